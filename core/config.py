@@ -1,0 +1,151 @@
+"""Configuration with pydantic-settings.
+
+Highest first: the ``config`` argument and keyword arguments, ``WEAVER_*`` environment variables
+(``__`` nests: ``WEAVER_LLM__MODEL``), a ``.env`` file, ``taskweaver_config.json`` in the app dir
+(TaskWeaver's flat dotted keys such as ``"llm.api_key"``), then defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_FILE_NAME = "taskweaver_config.json"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+class LLMSettings(BaseModel):
+    api_type: Literal["offline", "openai", "azure"] | None = Field(
+        None, description="None picks openai when an api_key or api_base is set, else offline"
+    )
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    model: str = "gpt-4o-mini"
+    api_version: str = "2024-06-01"
+    azure_deployment: str | None = None
+    timeout: float = Field(60.0, gt=0, description="seconds to wait for the next bytes of an answer")
+    connect_timeout: float = Field(10.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    retry_backoff: float = Field(0.5, ge=0, description="first backoff in seconds, doubled per retry")
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int | None = Field(None, gt=0)
+    response_format: Literal["json_object", "text"] = "json_object"
+
+    @property
+    def resolved_api_type(self) -> str:
+        if self.api_type:
+            return self.api_type
+        return "openai" if (self.api_key or self.api_base) else "offline"
+
+
+class ExecutionSettings(BaseModel):
+    timeout: float = Field(120.0, gt=0, description="seconds one code execution may run")
+    kernel_start_timeout: float = Field(60.0, gt=0)
+    max_output_chars: int = Field(1500, gt=0)
+
+
+class SessionSettings(BaseModel):
+    """TaskWeaver's AppSessionConfig."""
+
+    max_internal_chat_round_num: int = Field(10, gt=0)
+    max_file_mb: float = Field(100.0, gt=0)
+
+
+class CodeInterpreterSettings(BaseModel):
+    max_retry_count: int = Field(3, ge=0)
+
+
+class LoggingSettings(BaseModel):
+    level: str = "INFO"
+
+
+class AppConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="WEAVER_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    llm: LLMSettings = LLMSettings()
+    execution: ExecutionSettings = ExecutionSettings()
+    session: SessionSettings = SessionSettings()
+    code_interpreter: CodeInterpreterSettings = CodeInterpreterSettings()
+    logging: LoggingSettings = LoggingSettings()
+    plugin_dir: Path | None = None
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"llm.api_key": x}`` → ``{"llm": {"api_key": x}}``; nested dicts pass through."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key {key!r} conflicts with a plain value at {part!r}")
+        if isinstance(value, dict) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = value
+    return nested
+
+
+class _JsonFileSource(PydanticBaseSettingsSource):
+    """Reads ``taskweaver_config.json`` (flat dotted keys) as the lowest-priority source."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{self.path}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.path}: expected a JSON object of config keys")
+        return unflatten(data)
+
+
+def load_config(
+    app_dir: Path | None = None, overrides: dict[str, Any] | None = None, env_file: Path | None = None
+) -> AppConfig:
+    """Build the app's config; a bad value raises one ``ConfigError`` naming the key(s)."""
+    json_path = app_dir / CONFIG_FILE_NAME if app_dir else None
+
+    class _Config(AppConfig):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, dotenv_settings, _JsonFileSource(settings_cls, json_path)
+
+    kwargs = unflatten(overrides or {})
+    if env_file is not None:
+        kwargs["_env_file"] = env_file
+    try:
+        return _Config(**kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,185 @@
+"""Session events: what a handler sees, step by step, while a round runs."""
+
+from __future__ import annotations
+
+import abc
+import json
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from core.memory import Attachment, AttachmentType, Post
+
+logger = logging.getLogger(__name__)
+
+
+class EventScope(str, Enum):
+    session = "session"
+    round = "round"
+    post = "post"
+
+
+class SessionEventType(str, Enum):
+    session_start = "session_start"
+    session_end = "session_end"
+    session_new_round = "session_new_round"
+
+
+class RoundEventType(str, Enum):
+    round_start = "round_start"
+    round_end = "round_end"
+    round_error = "round_error"
+
+
+class PostEventType(str, Enum):
+    post_start = "post_start"
+    post_end = "post_end"
+    post_error = "post_error"
+    post_status_update = "post_status_update"
+    post_send_to_update = "post_send_to_update"
+    post_message_update = "post_message_update"
+    post_attachment_update = "post_attachment_update"
+
+
+EventType = SessionEventType | RoundEventType | PostEventType
+
+
+@dataclass
+class TaskWeaverEvent:
+    scope: EventScope
+    t: EventType
+    round_id: Optional[str]
+    post_id: Optional[str]
+    msg: str
+    extra: Any = field(default=None)
+
+    def __repr__(self) -> str:
+        return f"TaskWeaverEvent({self.t.value}, round={self.round_id}, post={self.post_id}, msg={self.msg[:40]!r})"
+
+
+class SessionEventHandler(abc.ABC):
+    """Receives every event of a round, in order, on the thread that runs the round."""
+
+    @abc.abstractmethod
+    def handle(self, event: TaskWeaverEvent) -> None: ...
+
+
+class SessionEventHandlerBase(SessionEventHandler):
+    """Dispatches to ``handle_session`` / ``handle_round`` / ``handle_post``; override what you need."""
+
+    def handle(self, event: TaskWeaverEvent) -> None:
+        if event.scope == EventScope.session:
+            self.handle_session(event.t, event.msg, event.extra)
+        elif event.scope == EventScope.round:
+            self.handle_round(event.t, event.msg, event.extra, event.round_id)
+        else:
+            self.handle_post(event.t, event.msg, event.extra, event.post_id, event.round_id)
+
+    def handle_session(self, type: SessionEventType, msg: str, extra: Any, **kwargs: Any) -> None:
+        pass
+
+    def handle_round(self, type: RoundEventType, msg: str, extra: Any, round_id: str, **kwargs: Any) -> None:
+        pass
+
+    def handle_post(
+        self, type: PostEventType, msg: str, extra: Any, post_id: str, round_id: str, **kwargs: Any
+    ) -> None:
+        pass
+
+
+class EventEmitter:
+    """Fans events out to the handlers registered for the current ``send_message`` call.
+
+    A failing handler is logged and skipped: a broken UI must not break the round.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: list[SessionEventHandler] = []
+
+    def register(self, handler: SessionEventHandler) -> None:
+        self._handlers.append(handler)
+
+    def unregister(self, handler: SessionEventHandler) -> None:
+        if handler in self._handlers:
+            self._handlers.remove(handler)
+
+    def emit(self, event: TaskWeaverEvent) -> None:
+        for handler in list(self._handlers):
+            try:
+                handler.handle(event)
+            except Exception:
+                logger.exception("event handler %r failed on %r", handler, event)
+
+    def emit_round(self, t: RoundEventType, round_id: str, msg: str, extra: Any = None) -> None:
+        self.emit(TaskWeaverEvent(EventScope.round, t, round_id, None, msg, extra))
+
+    def post_proxy(self, round_id: str, post: Post) -> "PostEventProxy":
+        return PostEventProxy(self, round_id, post)
+
+
+class PostEventProxy:
+    """Builds one post while telling handlers about each change as it happens."""
+
+    def __init__(self, emitter: EventEmitter, round_id: str, post: Post) -> None:
+        self.emitter = emitter
+        self.round_id = round_id
+        self.post = post
+        self._emit(PostEventType.post_start, "", {"role": post.send_from})
+
+    def _emit(self, t: PostEventType, msg: str, extra: Any = None) -> None:
+        self.emitter.emit(TaskWeaverEvent(EventScope.post, t, self.round_id, self.post.id, msg, extra))
+
+    def update_status(self, status: str) -> None:
+        self._emit(PostEventType.post_status_update, status)
+
+    def update_send_to(self, send_to: str) -> None:
+        self.post.send_to = send_to
+        self._emit(PostEventType.post_send_to_update, "", {"role": send_to})
+
+    def update_message(self, chunk: str, is_end: bool = False) -> None:
+        """Append a chunk of the post's message (streamed); ``is_end`` closes it."""
+        self.post.message += chunk
+        self._emit(PostEventType.post_message_update, chunk, {"is_end": is_end})
+
+    def update_attachment(
+        self,
+        chunk: Any,
+        type: AttachmentType,
+        attachment_id: str | None = None,
+        extra: Any = None,
+        is_end: bool = True,
+    ) -> Attachment:
+        """Create an attachment with its first chunk, append later string chunks to it."""
+        existing = next((a for a in self.post.attachment_list if a.id == attachment_id), None)
+        if existing is None:
+            existing = Attachment(type=type, content=chunk, extra=extra)
+            if attachment_id:
+                existing.id = attachment_id
+            self.post.add_attachment(existing)
+        elif isinstance(existing.content, str) and isinstance(chunk, str):
+            existing.content += chunk
+        else:
+            existing.content = chunk
+        msg = chunk if isinstance(chunk, str) else _render(chunk)
+        self._emit(
+            PostEventType.post_attachment_update,
+            msg,
+            {"type": type, "extra": extra, "id": existing.id, "is_end": is_end},
+        )
+        return existing
+
+    def error(self, msg: str) -> None:
+        self._emit(PostEventType.post_error, msg)
+
+    def end(self, msg: str = "") -> Post:
+        self._emit(PostEventType.post_end, msg)
+        return self.post
+
+
+def _render(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except TypeError:
+        return str(value)
+

@@ -1,0 +1,65 @@
+"""The seam between roles and language models: a request in, streamed text chunks out."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from core.cancel import CancelToken
+
+
+class LLMError(Exception):
+    """A model call failed in a way the user should read (timeout, HTTP error, retries exhausted)."""
+
+
+@dataclass
+class LLMCallRecord:
+    """Usage and latency of one model call, kept on the round and in the session log."""
+
+    role: str
+    model: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_s: float = 0.0
+    first_token_s: float | None = None
+    attempts: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ChatRequest:
+    """What a role asks of a model.
+
+    ``messages`` is the OpenAI chat-message list that real backends send. ``hints`` carries the same
+    situation as structured data for the offline backend, which must not pretend to read prose.
+    """
+
+    role: str
+    messages: list[dict[str, str]]
+    hints: dict[str, Any] = field(default_factory=dict)
+    json_mode: bool = True
+    record: LLMCallRecord | None = None
+
+    def __post_init__(self) -> None:
+        if self.record is None:
+            self.record = LLMCallRecord(role=self.role)
+
+
+class LLMBackend(abc.ABC):
+    """Streams a model's answer; every backend speaks the same JSON protocol (see core.roles.protocol)."""
+
+    name: str = "base"
+
+    @abc.abstractmethod
+    def stream_chat(self, request: ChatRequest, cancel: CancelToken) -> Iterator[str]:
+        """Yield the answer's text in chunks as it is generated.
+
+        Must stop promptly (closing any network stream) once ``cancel`` is set, by raising
+        ``RoundCancelled``; must raise ``LLMError`` for failures; fills ``request.record``.
+        """
+
+    def close(self) -> None:
+        """Release connections; called when the app stops."""

@@ -1,0 +1,112 @@
+"""Conversation memory with TaskWeaver's attribute names: Round → Post → Attachment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+from core.ids import create_id
+
+
+class AttachmentType(str, Enum):
+    """Typed pieces of a post (TaskWeaver's names)."""
+
+    init_plan = "init_plan"
+    plan = "plan"
+    current_plan_step = "current_plan_step"
+    plan_reasoning = "plan_reasoning"
+    stop = "stop"
+    thought = "thought"
+    reply_type = "reply_type"
+    reply_content = "reply_content"
+    verification = "verification"
+    code_error = "code_error"
+    execution_status = "execution_status"
+    execution_result = "execution_result"
+    artifact_paths = "artifact_paths"
+    revise_message = "revise_message"
+    invalid_response = "invalid_response"
+    table = "table"
+    llm_usage = "llm_usage"
+
+
+RoundState = Literal["created", "finished", "failed", "cancelled"]
+
+
+@dataclass
+class Attachment:
+    type: AttachmentType
+    content: Any
+    id: str = field(default_factory=lambda: create_id("atta"))
+    extra: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "type": self.type.value, "content": self.content, "extra": self.extra}
+
+
+@dataclass
+class Post:
+    send_from: str
+    send_to: str = "Unknown"
+    message: str = ""
+    attachment_list: list[Attachment] = field(default_factory=list)
+    id: str = field(default_factory=lambda: create_id("post"))
+
+    def add_attachment(self, attachment: Attachment) -> Attachment:
+        self.attachment_list.append(attachment)
+        return attachment
+
+    def get_attachment(self, type: AttachmentType) -> list[Any]:
+        """Contents of every attachment of ``type``, in order."""
+        return [a.content for a in self.attachment_list if a.type == type]
+
+    def first(self, type: AttachmentType, default: Any = None) -> Any:
+        found = self.get_attachment(type)
+        return found[0] if found else default
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "send_from": self.send_from,
+            "send_to": self.send_to,
+            "message": self.message,
+            "attachment_list": [a.to_dict() for a in self.attachment_list],
+        }
+
+
+@dataclass
+class Round:
+    user_query: str
+    state: RoundState = "created"
+    post_list: list[Post] = field(default_factory=list)
+    id: str = field(default_factory=lambda: create_id("round"))
+    error: str | None = None
+    llm_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_post(self, post: Post) -> Post:
+        self.post_list.append(post)
+        return post
+
+    @property
+    def reply(self) -> Post | None:
+        """The answer to the user: the last post sent to ``User``."""
+        for post in reversed(self.post_list):
+            if post.send_to == "User":
+                return post
+        return None
+
+    @property
+    def reply_text(self) -> str:
+        post = self.reply
+        return post.message if post else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "user_query": self.user_query,
+            "state": self.state,
+            "error": self.error,
+            "post_list": [p.to_dict() for p in self.post_list],
+            "llm_calls": self.llm_calls,
+        }
