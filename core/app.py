@@ -1,0 +1,89 @@
+"""TaskWeaverApp: loads config and plugins once, wires services with ``injector``, owns live sessions."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from injector import Injector, Module, provider, singleton
+
+from core.config import AppConfig, load_config
+from core.ids import create_id
+from core.llm.base import LLMBackend
+from core.llm.factory import create_backend
+from core.plugins.catalog import PluginCatalog
+from core.roles.registry import RoleRegistry, default_role_registry
+from core.session import Session
+from core.telemetry import TelemetryLogger
+from core.tracing import Tracing
+from core.workspace import Workspace, default_app_dir
+
+
+class _AppModule(Module):
+    def __init__(self, config: AppConfig, workspace: Workspace) -> None:
+        self.config = config
+        self.workspace = workspace
+
+    def configure(self, binder: Any) -> None:
+        binder.bind(AppConfig, to=self.config)
+        binder.bind(Workspace, to=self.workspace)
+        binder.bind(TelemetryLogger, to=TelemetryLogger("weaver"), scope=singleton)
+        binder.bind(Tracing, to=Tracing(), scope=singleton)
+        binder.bind(RoleRegistry, to=default_role_registry(), scope=singleton)
+
+    @singleton
+    @provider
+    def llm_backend(self) -> LLMBackend:
+        return create_backend(self.config.llm)
+
+    @singleton
+    @provider
+    def plugins(self) -> PluginCatalog:
+        return PluginCatalog.load(self.config.plugin_dir or self.workspace.plugin_dir)
+
+
+class TaskWeaverApp:
+    """The entry point: ``TaskWeaverApp(app_dir).get_session().send_message("...")``."""
+
+    def __init__(self, app_dir: str | Path | None = None, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self.app_dir = Path(app_dir) if app_dir else default_app_dir()
+        self.app_dir.mkdir(parents=True, exist_ok=True)
+        self.config = load_config(self.app_dir, {**(config or {}), **kwargs})
+        logging.getLogger("weaver").setLevel(self.config.logging.level.upper())
+        self.workspace = Workspace(self.app_dir)
+        self.injector = Injector([_AppModule(self.config, self.workspace)])
+        self.injector.binder.bind(Injector, to=self.injector)
+        self.plugins = self.injector.get(PluginCatalog)
+        for error in self.plugins.errors:
+            logging.getLogger("weaver").warning("plugin not loaded: %s", error)
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def get_session(self, session_id: str | None = None) -> Session:
+        """The live session ``session_id``, or a new one when no id is given."""
+        with self._lock:
+            if session_id is not None:
+                session = self._sessions.get(session_id)
+                if session is None or session.is_stopped:
+                    raise KeyError(f"no live session {session_id!r}")
+                return session
+            new_id = create_id()
+            session = self.injector.create_object(Session, additional_kwargs={"session_id": new_id})
+            self._sessions[new_id] = session
+            return session
+
+    @property
+    def sessions(self) -> list[Session]:
+        with self._lock:
+            return [s for s in self._sessions.values() if not s.is_stopped]
+
+    def stop(self) -> None:
+        """Stop every live session and release the model client."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            session.stop()
+        self.injector.get(LLMBackend).close()

@@ -1,0 +1,43 @@
+"""Starting a kernel with our own interpreter and environment, independent of installed kernelspecs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from jupyter_client import KernelManager
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+class _OwnPythonSpecs(KernelSpecManager):
+    """Always answers with ``sys.executable -m ipykernel_launcher``: a user's kernelspec can't swap it."""
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        return KernelSpec(
+            argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            display_name="Weaver Python",
+            language="python",
+            interrupt_mode="signal",
+        )
+
+
+def kernel_env(session_id: str, extra_env: dict[str, str] | None) -> dict[str, str]:
+    """Host environment + extras + session id; ``core`` importable and figures inline."""
+    env = dict(os.environ)
+    env.update(extra_env or {})
+    env["WEAVER_SESSION_ID"] = session_id
+    paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["MPLBACKEND"] = INLINE_BACKEND
+    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    return env
+
+
+def new_kernel_manager() -> KernelManager:
+    km = KernelManager(kernel_name="weaver-python", kernel_spec_manager=_OwnPythonSpecs())
+    km.shutdown_wait_time = 3.0  # a graceful shutdown that takes longer is forced
+    return km

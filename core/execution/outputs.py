@@ -1,0 +1,109 @@
+"""Turns one execution's iopub messages into result text, streams, saved images and tables."""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.execution.result import Artifact, Table
+from core.plugins.api import unique_path
+from core.plugins.runtime import TABLE_MIME
+
+MAX_STREAM_CHARS = 1_000_000  # a runaway print loop must not eat the server's memory
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_IMAGE_MIMES = (("image/png", ".png", "image"), ("image/jpeg", ".jpg", "image"), ("image/svg+xml", ".svg", "svg"))
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+@dataclass
+class OutputCollector:
+    """Accumulates the outputs whose parent is one execute request, until the kernel goes idle."""
+
+    cwd: Path
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    result: str = ""
+    error: str | None = None
+    error_name: str | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    _sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+
+    def handle(self, msg: dict[str, Any]) -> bool:
+        """Record one message; True once the kernel reports idle (the execution is over)."""
+        kind = msg["header"]["msg_type"]
+        content = msg["content"]
+        if kind == "status":
+            return content.get("execution_state") == "idle"
+        if kind == "stream":
+            self._stream(content.get("name", "stdout"), content.get("text", ""))
+        elif kind == "execute_result":
+            self._rich(content.get("data", {}), is_result=True)
+        elif kind == "display_data":
+            self._rich(content.get("data", {}), is_result=False)
+        elif kind == "error":
+            self.error_name = content.get("ename")
+            trace = content.get("traceback") or [f"{content.get('ename')}: {content.get('evalue')}"]
+            self.error = strip_ansi("\n".join(trace))
+        return False
+
+    def _stream(self, name: str, text: str) -> None:
+        name = "stderr" if name == "stderr" else "stdout"
+        parts = self.stderr if name == "stderr" else self.stdout
+        room = MAX_STREAM_CHARS - self._sizes[name]
+        if room <= 0:
+            return
+        if len(text) > room:
+            text = text[:room] + f"\n[{name} truncated after {MAX_STREAM_CHARS} characters]\n"
+        self._sizes[name] += len(text)
+        parts.append(text)
+
+    def _rich(self, data: dict[str, Any], is_result: bool) -> None:
+        saved = self._save_image(data)
+        table = data.get(TABLE_MIME)
+        if isinstance(table, dict):
+            self.tables.append(_table(table))
+        text = strip_ansi(str(data.get("text/plain", "")))
+        if is_result:
+            self.result = text
+        elif text and not saved:
+            # display(obj) shows inline in a notebook; in a chat it reads like printed output.
+            self._stream("stdout", text if text.endswith("\n") else text + "\n")
+
+    def _save_image(self, data: dict[str, Any]) -> bool:
+        """Save the best image representation as a file in cwd; True if one was saved."""
+        for mime, suffix, kind in _IMAGE_MIMES:
+            payload = data.get(mime)
+            if not payload:
+                continue
+            path = unique_path(self.cwd, f"figure{suffix}")
+            if mime == "image/svg+xml":
+                path.write_text(payload if isinstance(payload, str) else "".join(payload), encoding="utf-8")
+            else:
+                path.write_bytes(base64.b64decode(payload))
+            self.artifacts.append(Artifact(path.name, path, kind, "figure displayed by the code"))
+            return True
+        return False
+
+    @property
+    def stdout_text(self) -> str:
+        return "".join(self.stdout)
+
+    @property
+    def stderr_text(self) -> str:
+        return "".join(self.stderr)
+
+
+def _table(raw: dict[str, Any]) -> Table:
+    shape = raw.get("shape") or [0, 0]
+    return Table(
+        columns=[str(c) for c in raw.get("columns", [])],
+        rows=[[str(c) for c in row] for row in raw.get("rows", [])],
+        shape=(int(shape[0]), int(shape[1])),
+    )

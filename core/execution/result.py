@@ -1,0 +1,93 @@
+"""What one code execution produced, and how it is told to the model and the user."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ARTIFACT_TYPES = ("image", "chart", "df", "file", "txt", "svg", "html")
+
+
+@dataclass
+class Artifact:
+    """A file the execution left in the session's cwd (a saved figure, a plugin's CSV, ...)."""
+
+    name: str
+    path: Path
+    type: str
+    description: str = ""
+
+
+@dataclass
+class Table:
+    """A DataFrame result kept as data, so the UI can render it without parsing text."""
+
+    columns: list[str]
+    rows: list[list[str]]
+    shape: tuple[int, int]
+
+
+@dataclass
+class ExecutionResult:
+    execution_id: str
+    code: str
+    is_success: bool
+    result: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    error: str | None = None
+    artifacts: list[Artifact] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    timed_out: bool = False
+    cancelled: bool = False
+    kernel_died: bool = False
+
+    def status_line(self) -> str:
+        """One sentence: did it work, and if not, what kind of failure it was."""
+        if self.is_success:
+            return "The execution succeeded."
+        if self.timed_out:
+            reason = "it timed out and was interrupted"
+        elif self.cancelled:
+            reason = "it was cancelled"
+        elif self.kernel_died:
+            reason = "the Python kernel died"
+        else:
+            reason = "an error was raised"
+        return f"The execution failed ({reason})."
+
+    def summary(self, max_chars: int = 1500) -> str:
+        """Text for the model and the user; long parts are cut so a prompt stays bounded."""
+        parts = [self.status_line()]
+        for title, text in (
+            ("Result", self.result),
+            ("Stdout", self.stdout),
+            ("Stderr", self.stderr),
+            ("Error", self.error or ""),
+        ):
+            if text.strip():
+                parts.append(f"{title}:\n{clip(text.rstrip(), max_chars)}")
+        if self.logs:
+            parts.append("Plugin logs:\n" + clip("\n".join(self.logs), max_chars))
+        if self.artifacts:
+            lines = [_artifact_line(a) for a in self.artifacts]
+            parts.append("Artifacts:\n" + "\n".join(lines))
+        if len(parts) == 1 and self.is_success:
+            parts.append("(no output)")
+        return "\n".join(parts)
+
+
+def _artifact_line(artifact: Artifact) -> str:
+    desc = f" — {artifact.description}" if artifact.description else ""
+    return f"- {artifact.path.name} ({artifact.type}): {artifact.path}{desc}"
+
+
+def clip(text: str, max_chars: int) -> str:
+    """Keep the head and the tail (a traceback's last line matters most) and say how much was cut."""
+    if len(text) <= max_chars:
+        return text
+    cut = len(text) - max_chars
+    head = max_chars * 2 // 3
+    tail = max_chars - head
+    return f"{text[:head]}\n[... {cut} characters cut ...]\n{text[len(text) - tail:] if tail else ''}"

@@ -1,0 +1,185 @@
+"""The plugin author's API, importable as ``taskweaver.plugin`` inside a session's kernel.
+
+Kept free of pandas/matplotlib imports so loading it costs nothing; values are recognised by shape.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Callable, Literal, TypeVar
+
+ArtifactType = Literal["chart", "image", "df", "file", "txt", "svg", "html"]
+LogErrorLevel = Literal["info", "warning", "error"]
+
+_DEFAULT_SUFFIX = {"chart": ".png", "image": ".png", "df": ".csv", "txt": ".txt", "svg": ".svg", "html": ".html"}
+
+
+class PluginEnvError(KeyError):
+    """A plugin asked for an environment variable that is not set."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class PluginContext:
+    """What a plugin may see and do in its session; the runtime updates it before each execution."""
+
+    def __init__(self, env_id: str, session_id: str, cwd: Path) -> None:
+        self.env_id = env_id
+        self.session_id = session_id
+        self.cwd = Path(cwd).resolve()
+        self.execution_id = ""
+        self.session_vars: dict[str, str] = {}
+        self.artifacts: list[dict[str, str]] = []
+        self.logs: list[str] = []
+
+    def begin_execution(self, execution_id: str, session_vars: dict[str, str]) -> None:
+        """Reset the per-execution lists so artifacts and logs belong to exactly one execution."""
+        self.execution_id = execution_id
+        self.session_vars = dict(session_vars)
+        self.artifacts = []
+        self.logs = []
+
+    def get_session_var(self, variable_name: str, default: str | None = None) -> str | None:
+        return self.session_vars.get(variable_name, default)
+
+    def log(self, level: str, tag: str, message: str) -> None:
+        self.logs.append(f"{str(level).upper()} [{tag}] {message}")
+
+    def get_env(self, plugin_name: str, variable_name: str) -> str:
+        """Read ``PLUGIN_<plugin>_<var>``; namespacing stops two plugins clashing on one name."""
+        key = f"PLUGIN_{plugin_name}_{variable_name}"
+        if key not in os.environ:
+            raise PluginEnvError(f"Set the environment variable {key} to use the {plugin_name} plugin.")
+        return os.environ[key]
+
+    def create_artifact_path(
+        self, name: str, file_name: str, type: ArtifactType, desc: str = ""
+    ) -> tuple[str, str]:
+        """Reserve a fresh file in cwd and record it; the plugin writes the file itself."""
+        artifact_id = f"atf-{secrets.token_hex(4)}"
+        path = unique_path(self.cwd, file_name, _DEFAULT_SUFFIX.get(type, ""))
+        path.touch()
+        self.artifacts.append(
+            {"id": artifact_id, "name": name, "path": str(path), "type": type, "description": desc}
+        )
+        return artifact_id, str(path)
+
+    def add_artifact(self, name: str, file_name: str, type: ArtifactType, val: Any, desc: str = "") -> str:
+        """Save ``val`` (DataFrame → CSV, figure/image → PNG, str/bytes as-is) in cwd; returns its id."""
+        artifact_id, path = self.create_artifact_path(name, file_name, type, desc)
+        try:
+            _write_value(Path(path), val)
+        except Exception:
+            self.artifacts.pop()
+            Path(path).unlink(missing_ok=True)
+            raise
+        return artifact_id
+
+
+def _write_value(path: Path, val: Any) -> None:
+    if hasattr(val, "to_csv"):
+        val.to_csv(path, index=False)
+    elif hasattr(val, "savefig"):
+        val.savefig(path, format=_image_format(path))
+    elif hasattr(val, "save") and hasattr(val, "mode"):
+        val.save(path)
+    elif isinstance(val, str):
+        path.write_text(val, encoding="utf-8")
+    elif isinstance(val, (bytes, bytearray)):
+        path.write_bytes(bytes(val))
+    else:
+        raise TypeError(
+            f"add_artifact cannot save a {type(val).__name__}; "
+            "pass a DataFrame, a matplotlib figure, a PIL image, str or bytes"
+        )
+
+
+def _image_format(path: Path) -> str:
+    return path.suffix.lstrip(".").lower() or "png"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def unique_path(folder: Path, file_name: str, default_suffix: str = "") -> Path:
+    """A new readable file name inside ``folder``: no directories, no clobbering an existing file."""
+    base = _UNSAFE.sub("_", Path(str(file_name)).name).strip("._") or "artifact"
+    stem, suffix = os.path.splitext(base)
+    suffix = suffix or default_suffix
+    candidate = folder / f"{stem}{suffix}"
+    n = 2
+    while candidate.exists():
+        candidate = folder / f"{stem}-{n}{suffix}"
+        n += 1
+    return candidate
+
+
+class Plugin(abc.ABC):
+    """Base class of a plugin: configured once per kernel, called from generated code by its name."""
+
+    def __init__(self, name: str, ctx: PluginContext, config: dict[str, Any]) -> None:
+        self.name = name
+        self.ctx = ctx
+        self.config = config
+
+    @abc.abstractmethod
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def log(self, level: LogErrorLevel, message: str) -> None:
+        self.ctx.log(level, f"Plugin-{self.name}", message)
+
+    def get_env(self, variable_name: str) -> str:
+        return self.ctx.get_env(self.name, variable_name)
+
+
+# Classes registered while a plugin file is being loaded; the runtime takes the new entries.
+REGISTRY: list[type[Plugin]] = []
+
+T = TypeVar("T")
+
+
+def register_plugin(target: T) -> T:
+    """Mark a ``Plugin`` subclass (or a plain function, wrapped into one) as the file's plugin."""
+    if isinstance(target, type):
+        if not issubclass(target, Plugin):
+            raise TypeError(f"@register_plugin needs a Plugin subclass, got {target.__name__}")
+        REGISTRY.append(target)
+        return target
+    if callable(target):
+        REGISTRY.append(_wrap_function(target))
+        return target
+    raise TypeError("@register_plugin needs a Plugin subclass or a function")
+
+
+def _wrap_function(func: Callable[..., Any]) -> type[Plugin]:
+    def __call__(self: Plugin, *args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+
+    return type(func.__name__, (Plugin,), {"__call__": __call__, "__doc__": func.__doc__})
+
+
+def test_plugin(name: str | None = None, description: str | None = None) -> Callable[[T], T]:
+    """TaskWeaver's plugin self-test marker; accepted so such files load, and otherwise unused."""
+
+    def decorate(func: T) -> T:
+        return func
+
+    return decorate
+
+
+test_plugin.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+__all__ = [
+    "ArtifactType",
+    "LogErrorLevel",
+    "Plugin",
+    "PluginContext",
+    "PluginEnvError",
+    "register_plugin",
+    "test_plugin",
+]

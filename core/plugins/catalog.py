@@ -1,0 +1,23 @@
+"""The app's plugins, loaded once from the plugin folder and shared by every session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.plugins.spec import PluginSpec, load_plugin_specs
+
+
+@dataclass
+class PluginCatalog:
+    specs: list[PluginSpec] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, plugin_dir: Path | None) -> "PluginCatalog":
+        specs, errors = load_plugin_specs(plugin_dir)
+        return cls(specs, errors)
+
+    def prompt(self) -> str:
+        """The plugins as the code interpreter's prompt describes them."""
+        return "\n\n".join(spec.format_prompt() for spec in self.specs)

@@ -1,0 +1,118 @@
+"""A role asks its model for one JSON answer, streams it into a post, and re-asks once if it is unusable."""
+
+from __future__ import annotations
+
+import abc
+import json
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from core.config import AppConfig
+from core.events import PostEventProxy
+from core.ids import create_id
+from core.llm.base import ChatRequest, LLMBackend
+from core.llm.json_stream import FieldEvent, JsonProtocolError, JsonStreamParser
+from core.memory import AttachmentType, Post
+from core.roles.context import RoundContext, RoundFailed
+from core.roles.protocol import validate_reply
+
+Renderer = Callable[[PostEventProxy, FieldEvent], None]
+
+
+class StreamedField:
+    """Maps a streamed top-level string field onto one attachment of the post."""
+
+    def __init__(self, type: AttachmentType) -> None:
+        self.type = type
+        self.attachment_id = ""
+
+    def __call__(self, proxy: PostEventProxy, event: FieldEvent) -> None:
+        if event.kind == "start":
+            self.attachment_id = create_id("atta")
+            proxy.update_attachment("", self.type, self.attachment_id, is_end=False)
+        elif event.kind == "chunk":
+            proxy.update_attachment(event.text, self.type, self.attachment_id, is_end=False)
+        elif event.kind == "end":
+            proxy.update_attachment("", self.type, self.attachment_id, is_end=True)
+
+
+class Role(abc.ABC):
+    alias: str = ""
+    reply_model: type[BaseModel]
+    reply_format: str
+
+    def __init__(self, llm: LLMBackend, config: AppConfig) -> None:
+        self.llm = llm
+        self.config = config
+
+    @abc.abstractmethod
+    def reply(self, ctx: RoundContext) -> Post:
+        """Take the round's last post (addressed to this role) and answer it with new posts."""
+
+    def new_renderers(self) -> dict[str, Renderer]:
+        """Per-field handlers for streamed answers; fields without one are used only when complete."""
+        return {}
+
+    def ask_model(
+        self,
+        ctx: RoundContext,
+        messages: list[dict[str, str]],
+        hints: dict[str, Any],
+        allowed_send_to: set[str] | None = None,
+    ) -> tuple[PostEventProxy, Any]:
+        """Stream one answer into a new post; an unusable answer gets one corrective re-ask."""
+        for attempt in (1, 2):
+            proxy = ctx.emitter.post_proxy(ctx.round.id, Post(send_from=self.alias))
+            proxy.update_status("calling the language model")
+            text = self._stream_into(ctx, proxy, messages, hints)
+            try:
+                return proxy, validate_reply(text, self.reply_model, allowed_send_to)
+            except JsonProtocolError as exc:
+                proxy.update_attachment(text, AttachmentType.invalid_response)
+                proxy.error(f"The model's answer could not be used: {exc}")
+                proxy.update_send_to(self.alias)
+                ctx.round.add_post(proxy.end())
+                if attempt == 2:
+                    raise RoundFailed(
+                        f"The {self.alias}'s model answered twice with something that is not the expected "
+                        f"JSON, so this round stopped. Last problem: {exc}"
+                    ) from None
+                messages = messages + [
+                    {"role": "assistant", "content": text},
+                    {
+                        "role": "user",
+                        "content": f"Your answer could not be used: {exc}. Answer again with only one JSON "
+                        f"object in exactly this format: {self.reply_format}",
+                    },
+                ]
+                hints = {**hints, "reask": True}
+        raise AssertionError("unreachable")
+
+    def _stream_into(
+        self, ctx: RoundContext, proxy: PostEventProxy, messages: list[dict[str, str]], hints: dict[str, Any]
+    ) -> str:
+        request = ChatRequest(role=self.alias, messages=messages, hints=hints)
+        renderers = self.new_renderers()
+        parser = JsonStreamParser()
+        parts: list[str] = []
+        try:
+            for chunk in self.llm.stream_chat(request, ctx.cancel):
+                ctx.cancel.raise_if_cancelled()
+                parts.append(chunk)
+                for event in parser.feed(chunk):
+                    render = renderers.get(event.key)
+                    if render is not None:
+                        render(proxy, event)
+        except BaseException as exc:
+            proxy.error(str(exc) or type(exc).__name__)
+            ctx.round.add_post(proxy.end())
+            raise
+        finally:
+            assert request.record is not None
+            ctx.round.llm_calls.append(request.record.to_dict())
+        return "".join(parts)
+
+
+def reply_as_json(reply: BaseModel) -> str:
+    return json.dumps(reply.model_dump(), ensure_ascii=False)

@@ -1,0 +1,39 @@
+"""What a role sees of the round it is working in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.cancel import CancelToken
+from core.events import EventEmitter
+from core.memory import Post, Round
+
+
+class RoundFailed(Exception):
+    """The round cannot go on; the message is shown to the user as the reason."""
+
+
+@dataclass
+class RoundContext:
+    session_id: str
+    round: Round
+    history: list[Round]
+    emitter: EventEmitter
+    cancel: CancelToken
+    cwd: Path
+    session_vars: dict[str, str]
+    files_added: list[str] = field(default_factory=list)
+    code_failures: int = 0
+
+    @property
+    def last_post(self) -> Post:
+        return self.round.post_list[-1]
+
+    def cwd_files(self, limit: int = 50) -> list[str]:
+        """Names of the files in the working folder, for the prompts."""
+        try:
+            names = sorted(p.name for p in self.cwd.iterdir() if p.is_file() and not p.name.startswith("."))
+        except OSError:
+            return []
+        return names[:limit]

@@ -1,0 +1,112 @@
+"""The Planner: plans the user's request, delegates to workers, and answers the user."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from core.events import PostEventProxy
+from core.llm.json_stream import FieldEvent
+from core.memory import AttachmentType, Post
+from core.roles.base import Renderer, Role, StreamedField
+from core.roles.context import RoundContext
+from core.roles.prompts import planner_messages
+from core.roles.protocol import CODE_INTERPRETER, PLANNER, PLANNER_FORMAT, USER, PlannerReply
+
+CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def extract_code_blocks(text: str) -> list[str]:
+    return [block.strip("\n") for block in CODE_BLOCK.findall(text) if block.strip()]
+
+
+class _PlanField:
+    """Streams plan items as a numbered list, one line per item as each completes."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.attachment_id = ""
+
+    def __call__(self, proxy: PostEventProxy, event: FieldEvent) -> None:
+        from core.ids import create_id
+
+        if event.kind == "start":
+            self.attachment_id = create_id("atta")
+            proxy.update_attachment("", AttachmentType.plan, self.attachment_id, is_end=False)
+        elif event.kind == "item":
+            self.count += 1
+            proxy.update_attachment(f"{self.count}. {event.value}\n", AttachmentType.plan, self.attachment_id, is_end=False)
+        elif event.kind == "end":
+            if self.count == 0 and isinstance(event.value, str):  # a plan written as one string
+                proxy.update_attachment(event.value, AttachmentType.plan, self.attachment_id, is_end=False)
+            proxy.update_attachment("", AttachmentType.plan, self.attachment_id, is_end=True)
+
+
+def _render_send_to(proxy: PostEventProxy, event: FieldEvent) -> None:
+    if event.kind == "end" and isinstance(event.value, str):
+        proxy.update_send_to(event.value)
+
+
+def _render_message(proxy: PostEventProxy, event: FieldEvent) -> None:
+    if event.kind == "start":
+        proxy.update_message("", is_end=False)
+    elif event.kind == "chunk":
+        proxy.update_message(event.text, is_end=False)
+    elif event.kind == "end":
+        proxy.update_message("", is_end=True)
+
+
+class Planner(Role):
+    alias = PLANNER
+    reply_model = PlannerReply
+    reply_format = PLANNER_FORMAT
+
+    def __init__(self, *args: Any, workers: tuple[str, ...] = (CODE_INTERPRETER,), plugins_prompt: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.workers = workers
+        self.plugins_prompt = plugins_prompt
+
+    def new_renderers(self) -> dict[str, Renderer]:
+        return {
+            "thought": StreamedField(AttachmentType.thought),
+            "plan": _PlanField(),
+            "current_plan_step": StreamedField(AttachmentType.current_plan_step),
+            "send_to": _render_send_to,
+            "message": _render_message,
+        }
+
+    def reply(self, ctx: RoundContext) -> Post:
+        incoming = ctx.last_post
+        messages = planner_messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt)
+        proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming), {USER, *self.workers})
+        self._complete(proxy, reply)
+        return proxy.end()
+
+    def _hints(self, ctx: RoundContext, incoming: Post) -> dict[str, Any]:
+        """The situation as data, for the offline backend (it does not read prose)."""
+        if incoming.send_from == USER:
+            return {
+                "stage": "request",
+                "code_blocks": extract_code_blocks(incoming.message),
+                "files_added": list(ctx.files_added),
+            }
+        return {
+            "stage": "worker_reply",
+            "worker": incoming.send_from,
+            "worker_message": incoming.message,
+            "execution_status": incoming.first(AttachmentType.execution_status),
+            "artifacts": incoming.first(AttachmentType.artifact_paths, []),
+        }
+
+    @staticmethod
+    def _complete(proxy: PostEventProxy, reply: PlannerReply) -> None:
+        """Fill in what streaming did not deliver (an answer the streaming parser could not follow)."""
+        post = proxy.post
+        if not post.get_attachment(AttachmentType.plan) and reply.plan:
+            numbered = "".join(f"{i}. {step}\n" for i, step in enumerate(reply.plan, 1))
+            proxy.update_attachment(numbered, AttachmentType.plan)
+        if post.send_to != reply.send_to:
+            proxy.update_send_to(reply.send_to)
+        if post.message != reply.message:
+            post.message = ""
+            proxy.update_message(reply.message, is_end=True)

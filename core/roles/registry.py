@@ -1,0 +1,55 @@
+"""Which roles a session has, by alias, and how each is built for a session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from core.config import AppConfig
+from core.execution.kernel import KernelExecutor
+from core.llm.base import LLMBackend
+from core.roles.base import Role
+from core.roles.code_interpreter import CodeInterpreter
+from core.roles.planner import Planner
+from core.roles.protocol import CODE_INTERPRETER, PLANNER
+
+
+@dataclass
+class RoleDeps:
+    """What a role may need from its session."""
+
+    llm: LLMBackend
+    config: AppConfig
+    executor: KernelExecutor
+    plugins_prompt: str
+    workers: tuple[str, ...]
+
+
+RoleFactory = Callable[[RoleDeps], Role]
+
+
+class RoleRegistry:
+    def __init__(self) -> None:
+        self._factories: dict[str, RoleFactory] = {}
+
+    def register(self, alias: str, factory: RoleFactory) -> None:
+        self._factories[alias] = factory
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return tuple(self._factories)
+
+    def create_roles(self, deps: RoleDeps) -> dict[str, Role]:
+        return {alias: factory(deps) for alias, factory in self._factories.items()}
+
+
+def default_role_registry() -> RoleRegistry:
+    registry = RoleRegistry()
+    registry.register(
+        PLANNER, lambda d: Planner(d.llm, d.config, workers=d.workers, plugins_prompt=d.plugins_prompt)
+    )
+    registry.register(
+        CODE_INTERPRETER,
+        lambda d: CodeInterpreter(d.llm, d.config, executor=d.executor, plugins_prompt=d.plugins_prompt),
+    )
+    return registry

@@ -1,0 +1,196 @@
+"""A Session: one user's conversation, with its own kernel, folder, variables and rounds."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Dict, List, Literal, Optional
+
+from injector import Injector, inject
+
+from core.cancel import CancelToken, RoundCancelled
+from core.config import AppConfig
+from core.events import EventEmitter, RoundEventType, SessionEventHandler
+from core.execution.kernel import KernelExecutor
+from core.files import add_files, files_prefix
+from core.llm.base import LLMBackend, LLMError
+from core.memory import Post, Round
+from core.plugins.catalog import PluginCatalog
+from core.roles.context import RoundContext, RoundFailed
+from core.roles.protocol import PLANNER, USER
+from core.roles.registry import RoleDeps, RoleRegistry
+from core.telemetry import SessionLog, TelemetryLogger
+from core.tracing import Tracing
+from core.workspace import Workspace
+
+AppSessionConfig = AppConfig
+STOP_WAIT_S = 15.0
+
+
+class Session:
+    @inject
+    def __init__(
+        self,
+        session_id: str,
+        workspace: Workspace,
+        app_injector: Injector,
+        logger: TelemetryLogger,
+        tracing: Tracing,
+        config: AppSessionConfig,
+        role_registry: RoleRegistry,
+    ) -> None:
+        self.session_id = session_id
+        self.workspace = workspace.session_dir(session_id)
+        self.execution_cwd = workspace.execution_cwd(session_id)
+        self.execution_cwd.mkdir(parents=True, exist_ok=True)
+        self.logger = logger
+        self.tracing = tracing
+        self.config = config
+        self.session_var: dict[str, str] = {}
+        self.rounds: list[Round] = []
+        self.emitter = EventEmitter()
+        self.log = SessionLog(self.workspace, session_id)
+        plugins: PluginCatalog = app_injector.get(PluginCatalog)
+        self.executor = KernelExecutor(
+            session_id,
+            self.execution_cwd,
+            plugins.specs,
+            timeout=config.execution.timeout,
+            start_timeout=config.execution.kernel_start_timeout,
+        )
+        self._plugin_spec_errors = list(plugins.errors)
+        self.roles = role_registry.create_roles(
+            RoleDeps(
+                llm=app_injector.get(LLMBackend),
+                config=config,
+                executor=self.executor,
+                plugins_prompt=plugins.prompt(),
+                workers=tuple(a for a in role_registry.aliases if a != PLANNER),
+            )
+        )
+        self._round_lock = threading.Lock()
+        self._cancel: CancelToken | None = None
+        self._stopped = False
+        self.log.logger.info("session %s started in %s", session_id, self.execution_cwd)
+
+    @property
+    def plugin_errors(self) -> list[str]:
+        """Plugins that failed to load, as sentences to show the user."""
+        return self._plugin_spec_errors + self.executor.plugin_errors
+
+    @property
+    def is_stopped(self) -> bool:
+        return self._stopped
+
+    def update_session_var(self, variables: Dict[str, str]) -> None:
+        """Merge ``variables`` into this session's variables; plugins read them before each execution."""
+        if not isinstance(variables, dict):
+            raise ValueError("session variables must be a dict of str to str")
+        for key, value in variables.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ValueError(f"session variable {key!r} must map a str to a str")
+        self.session_var.update(variables)
+
+    def send_message(
+        self,
+        message: str,
+        event_handler: Optional[SessionEventHandler] = None,
+        files: Optional[List[Dict[Literal["name", "path", "content"], Any]]] = None,
+    ) -> Round:
+        """Run one round for ``message``; bad ``files`` raise ``ValueError`` before it starts.
+
+        Once the round has started this never raises: failures set ``state`` and ``error``.
+        """
+        if self._stopped:
+            raise RuntimeError(f"session {self.session_id} is stopped")
+        if not self._round_lock.acquire(blocking=False):
+            raise RuntimeError("a round is already running in this session")
+        try:
+            names = add_files(self.execution_cwd, list(files or []), int(self.config.session.max_file_mb * 1e6))
+            rnd = Round(user_query=files_prefix(names) + message)
+            self._cancel = CancelToken()
+            if event_handler is not None:
+                self.emitter.register(event_handler)
+            try:
+                self._run_round(rnd, names, self._cancel)
+            finally:
+                if event_handler is not None:
+                    self.emitter.unregister(event_handler)
+                self._cancel = None
+            return rnd
+        finally:
+            self._round_lock.release()
+
+    def cancel(self) -> bool:
+        """Cancel the running round from any thread: its model stream stops, its code is interrupted."""
+        token = self._cancel
+        if token is None:
+            return False
+        token.cancel()
+        return True
+
+    def _run_round(self, rnd: Round, files_added: list[str], cancel: CancelToken) -> None:
+        self.emitter.emit_round(RoundEventType.round_start, rnd.id, "Round started")
+        rnd.add_post(Post(send_from=USER, send_to=PLANNER, message=rnd.user_query))
+        ctx = RoundContext(
+            session_id=self.session_id,
+            round=rnd,
+            history=list(self.rounds),
+            emitter=self.emitter,
+            cancel=cancel,
+            cwd=self.execution_cwd,
+            session_vars=self.session_var,
+            files_added=files_added,
+        )
+        try:
+            with self.tracing.span("weaver.round", session_id=self.session_id, round_id=rnd.id):
+                self._converse(ctx)
+            rnd.state = "finished"
+        except RoundCancelled:
+            rnd.state, rnd.error = "cancelled", "The round was cancelled."
+        except RoundFailed as exc:
+            rnd.state, rnd.error = "failed", str(exc)
+        except LLMError as exc:
+            rnd.state, rnd.error = "failed", f"The language model could not be reached or failed: {exc}"
+        except Exception as exc:  # a bug of ours: tell the user plainly, keep the details in the log
+            self.log.logger.exception("round %s failed", rnd.id)
+            rnd.state, rnd.error = "failed", f"Something went wrong inside Weaver ({type(exc).__name__}); see the session log."
+        if rnd.state == "failed":
+            self.emitter.emit_round(RoundEventType.round_error, rnd.id, rnd.error or "")
+        self.emitter.emit_round(RoundEventType.round_end, rnd.id, rnd.state, {"state": rnd.state})
+        self.rounds.append(rnd)
+        self.log.logger.info("round %s %s: %s", rnd.id, rnd.state, rnd.error or rnd.reply_text[:200])
+        self.log.record_round(rnd)
+
+    def _converse(self, ctx: RoundContext) -> None:
+        """Pass the turn between roles until someone answers the user, within a bound on turns."""
+        limit = self.config.session.max_internal_chat_round_num
+        recipient = PLANNER
+        for _ in range(limit):
+            ctx.cancel.raise_if_cancelled()
+            role = self.roles.get(recipient)
+            if role is None:
+                raise RoundFailed(f"The Planner addressed {recipient!r}, which is not a role of this session.")
+            post = role.reply(ctx)
+            ctx.round.add_post(post)
+            if post.send_to == USER:
+                return
+            recipient = post.send_to
+        raise RoundFailed(
+            f"The agents took more than {limit} turns without answering you, so this round stopped. "
+            "Try a more specific request."
+        )
+
+    def stop(self) -> None:
+        """End the session: cancel a running round, shut the kernel down (its process is gone)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.cancel()
+        got_lock = self._round_lock.acquire(timeout=STOP_WAIT_S)
+        try:
+            self.executor.stop()
+        finally:
+            if got_lock:
+                self._round_lock.release()
+            self.log.logger.info("session %s stopped", self.session_id)
+            self.log.close()

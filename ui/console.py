@@ -1,0 +1,121 @@
+"""``weaver chat``: a session in the terminal, its events printed as they stream."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, TextIO
+
+from core import AttachmentType, PostEventType, RoundEventType, SessionEventHandlerBase, TaskWeaverApp
+
+LABELS = {
+    AttachmentType.thought: "thought",
+    AttachmentType.plan: "plan",
+    AttachmentType.current_plan_step: "current step",
+    AttachmentType.reply_content: "code",
+    AttachmentType.execution_status: "status",
+    AttachmentType.execution_result: "output",
+    AttachmentType.artifact_paths: "artifacts",
+    AttachmentType.table: "table",
+    AttachmentType.invalid_response: "unusable answer",
+}
+QUIET = {AttachmentType.reply_type, AttachmentType.revise_message}
+
+
+class ConsoleEventHandler(SessionEventHandlerBase):
+    """Prints each post under its role, and each streamed field under a label, as chunks arrive."""
+
+    def __init__(self, out: TextIO = sys.stdout, color: bool | None = None) -> None:
+        self.out = out
+        self.color = out.isatty() if color is None else color
+        self._stream_key: tuple[str, str] | None = None
+        self._roles: dict[str, str] = {}
+
+    def _paint(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.color else text
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def _switch(self, key: tuple[str, str], label: str) -> None:
+        if self._stream_key != key:
+            self._stream_key = key
+            self._write(f"\n  {self._paint(label + ':', '36')} ")
+
+    def handle_round(self, type: RoundEventType, msg: str, extra: Any, round_id: str, **kwargs: Any) -> None:
+        if type == RoundEventType.round_error:
+            self._write("\n" + self._paint(f"error: {msg}", "31") + "\n")
+        elif type == RoundEventType.round_end:
+            self._stream_key = None
+            state = (extra or {}).get("state", "")
+            self._write("\n" + self._paint(f"[round {state}]", "2") + "\n")
+
+    def handle_post(self, type: PostEventType, msg: str, extra: Any, post_id: str, round_id: str, **kwargs: Any) -> None:
+        if type == PostEventType.post_start:
+            self._roles[post_id] = extra["role"]
+            self._stream_key = None
+            self._write("\n" + self._paint(f"── {extra['role']} ", "1;35"))
+        elif type == PostEventType.post_send_to_update:
+            self._write(self._paint(f"→ {extra['role']} ", "35"))
+        elif type == PostEventType.post_status_update:
+            self._switch((post_id, "status"), "…")
+            self._write(self._paint(msg, "2"))
+        elif type == PostEventType.post_message_update:
+            if msg:
+                self._switch((post_id, "message"), "message")
+                self._write(msg)
+        elif type == PostEventType.post_attachment_update:
+            kind = extra["type"]
+            if kind in QUIET or not msg:
+                return
+            self._switch((post_id, extra["id"]), LABELS.get(kind, str(kind.value)))
+            self._write(msg)
+        elif type == PostEventType.post_error:
+            self._write("\n  " + self._paint(f"error: {msg}", "31"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="weaver chat", description="Chat with Weaver in the terminal.")
+    parser.add_argument("--app-dir", help="project folder (plugins/, taskweaver_config.json, workspace/)")
+    parser.add_argument("--file", action="append", default=[], help="add a file to the first message")
+    args = parser.parse_args(argv)
+    app = TaskWeaverApp(app_dir=args.app_dir)
+    session = app.get_session()
+    handler = ConsoleEventHandler()
+    files = [{"name": path, "path": path} for path in args.file]
+    print(f"Weaver — session {session.session_id} (model: {app.config.llm.resolved_api_type}).")
+    print("Type a message; a ```python block runs as code. Empty line sends, Ctrl-D quits.")
+    try:
+        while True:
+            message = _read_message()
+            if message is None:
+                break
+            if not message.strip() and not files:
+                continue
+            try:
+                session.send_message(message, event_handler=handler, files=files)
+            except ValueError as exc:
+                print(f"error: {exc}")
+            files = []
+    except KeyboardInterrupt:
+        print()
+    finally:
+        app.stop()
+    return 0
+
+
+def _read_message() -> str | None:
+    """Lines until an empty line (so code blocks can be pasted); None at end of input."""
+    lines: list[str] = []
+    prompt = "\nyou> "
+    while True:
+        try:
+            line = input(prompt)
+        except EOFError:
+            return "\n".join(lines) if lines else None
+        in_code = sum(l.strip().startswith("```") for l in lines) % 2 == 1
+        if not line and lines and not in_code:
+            return "\n".join(lines)
+        lines.append(line)
+        prompt = "...  "
