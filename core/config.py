@@ -48,6 +48,7 @@ class LLMSettings(BaseModel):
 class ExecutionSettings(BaseModel):
     timeout: float = Field(120.0, gt=0, description="seconds one code execution may run")
     kernel_start_timeout: float = Field(60.0, gt=0)
+    prewarm: bool = Field(True, description="start the kernel when the session is created, not at its first code")
     max_output_chars: int = Field(1500, gt=0)
 
 

@@ -71,6 +71,15 @@ class Session:
         self._cancel: CancelToken | None = None
         self._stopped = False
         self.log.logger.info("session %s started in %s", session_id, self.execution_cwd)
+        if config.execution.prewarm:
+            threading.Thread(target=self._prewarm, name=f"prewarm-{session_id}", daemon=True).start()
+
+    def _prewarm(self) -> None:
+        """Start the kernel in the background so the first code runs without waiting for it."""
+        try:
+            self.executor.start()
+        except Exception as exc:  # the first execution reports it to the user
+            self.log.logger.warning("kernel pre-start failed: %s", exc)
 
     @property
     def plugin_errors(self) -> list[str]:

@@ -197,13 +197,16 @@ class _Call:
     # -- pump side
 
     def _pump(self) -> None:
+        """Thread body: always ends with exactly one terminal event, so ``drain`` never hangs."""
+        outcome: tuple[str, Any] = ("end", None)
         try:
             self._attempts()
-            self.events.put(("end", None))
         except LLMError as exc:
-            self.events.put(("error", exc))
-        except Exception as exc:  # noqa: BLE001 - must reach the caller as an LLMError
-            self.events.put(("error", LLMError(f"unexpected error from the model client: {_short(exc)}")))
+            outcome = ("error", exc)
+        except BaseException as exc:  # noqa: BLE001 - must reach the caller as an LLMError
+            outcome = ("error", LLMError(f"unexpected error from the model client: {_short(exc)}"))
+        finally:
+            self.events.put(outcome)
 
     def _attempts(self) -> None:
         """Run attempts until one succeeds, the failure is final, or the caller is gone."""
