@@ -14,7 +14,7 @@ from core.execution.kernel import KernelExecutor
 from core.files import add_files, files_prefix
 from core.llm.base import LLMBackend, LLMError
 from core.memory import Post, Round
-from core.plugins.catalog import PluginCatalog
+from core.plugins.catalog import PluginCatalog, describe_plugins
 from core.roles.context import RoundContext, RoundFailed
 from core.roles.protocol import PLANNER, USER
 from core.roles.registry import RoleDeps, RoleRegistry
@@ -57,13 +57,13 @@ class Session:
             timeout=config.execution.timeout,
             start_timeout=config.execution.kernel_start_timeout,
         )
-        self._plugin_spec_errors = list(plugins.errors)
+        self._plugin_catalog = plugins
         self.roles = role_registry.create_roles(
             RoleDeps(
                 llm=app_injector.get(LLMBackend),
                 config=config,
                 executor=self.executor,
-                plugins_prompt=plugins.prompt(),
+                plugins_prompt=self._plugins_prompt,
                 workers=tuple(a for a in role_registry.aliases if a != PLANNER),
             )
         )
@@ -84,7 +84,12 @@ class Session:
     @property
     def plugin_errors(self) -> list[str]:
         """Plugins that failed to load, as sentences to show the user."""
-        return self._plugin_spec_errors + self.executor.plugin_errors
+        return self._plugin_catalog.errors + self.executor.plugin_errors
+
+    def _plugins_prompt(self) -> str:
+        """The plugins the model may call: those that loaded in the kernel, once it has started."""
+        loaded = self.executor.plugin_specs if self.executor.pid else self._plugin_catalog.specs
+        return describe_plugins(loaded)
 
     @property
     def is_stopped(self) -> bool:

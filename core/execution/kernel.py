@@ -34,8 +34,9 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 ALIVE_CHECK_SECONDS = 0.5
 INTERRUPT_GRACE_SECONDS = 5.0  # after this, an interrupt that did not stop the code forces a restart
-INTERRUPT_REPEAT_SECONDS = 1.0
+INTERRUPT_REPEAT_SECONDS = 2.0
 SILENT_TIMEOUT_SECONDS = 30.0
+NO_REPLY_GRACE_SECONDS = 1.0  # after the idle status, how long a missing reply is waited for
 _RUNTIME = "__import__('core.plugins.runtime', fromlist=['bootstrap'])"
 
 
@@ -116,11 +117,8 @@ class KernelExecutor:
 
     def stop(self) -> None:
         """Shut the kernel down and wait for its process to exit; the executor cannot be reused."""
-        self._stopping.set()
-        got_exec = self._exec_lock.acquire(blocking=False)
-        if not got_exec:
-            self.interrupt()  # the running execute notices _stopping and returns promptly
-            got_exec = self._exec_lock.acquire(timeout=INTERRUPT_GRACE_SECONDS + 5)
+        self._stopping.set()  # a running execute interrupts its code and returns promptly
+        got_exec = self._exec_lock.acquire(timeout=INTERRUPT_GRACE_SECONDS + SILENT_TIMEOUT_SECONDS)
         try:
             with self._lifecycle:
                 self._closed = True
@@ -145,6 +143,10 @@ class KernelExecutor:
         try:
             km.start_kernel(cwd=str(self.cwd), env=kernel_env(self.session_id, self.extra_env))
         except Exception as exc:
+            try:
+                km.cleanup_resources()  # the connection file written before the launch failed
+            except Exception:  # noqa: BLE001
+                logger.debug("cleanup after a failed launch failed", exc_info=True)
             raise KernelStartError(f"The Python kernel could not be started: {exc}") from exc
         self._km = km
         self._proc = getattr(km.provisioner, "process", None)
@@ -230,8 +232,11 @@ class KernelExecutor:
         """Run ``code`` in the session's kernel and report everything it produced."""
         execution_id = create_id("exec")
         with self._exec_lock:
+            if self._closed:
+                return self._failure(execution_id, code, "The session's kernel was stopped, so no code can run.")
             if (cancel is not None and cancel.cancelled) or self._stopping.is_set():
-                return self._failure(execution_id, code, "The execution was cancelled before it started.", cancelled=True)
+                message = "The execution was cancelled before it started."
+                return self._failure(execution_id, code, message, cancelled=True)
             try:
                 self.start()
             except (KernelStartError, ExecutorClosedError) as exc:
@@ -325,10 +330,12 @@ class KernelExecutor:
         res.is_success = res.error is None
         return res
 
-    def _lost_state_message(self, run: _Run, timeout: float) -> str:
+    def _lost_state_message(self, run: _Run, timeout: float, before_run: bool = False) -> str:
+        """Restart the kernel and explain what happened and that the session's state is gone."""
         exit_code = self._proc.poll() if self._proc is not None else None
         if run.died:
-            what = f"The Python kernel died while running this code (exit code {exit_code})"
+            when = "before this code could run" if before_run else "while running this code"
+            what = f"The Python kernel died {when} (exit code {exit_code})"
         elif run.stop_reason == "timeout":
             what = f"Execution exceeded {timeout:g} s and did not stop when interrupted, so the kernel was restarted"
         else:
@@ -359,14 +366,14 @@ class KernelExecutor:
         for item in report.get("artifacts", []):
             path = Path(item.get("path", "")).resolve()
             if path.is_relative_to(self.cwd) and path.is_file():
-                res.artifacts.append(
-                    Artifact(str(item.get("name") or path.name), path, str(item.get("type", "file")), str(item.get("description", "")))
-                )
+                name = str(item.get("name") or path.name)
+                kind = str(item.get("type") or "file")
+                res.artifacts.append(Artifact(name, path, kind, str(item.get("description") or "")))
 
     def _died_before_run(self, execution_id: str, code: str, exc: Exception) -> ExecutionResult:
         res = self._failure(execution_id, code, "")
         res.kernel_died = True
-        res.error = self._lost_state_message(_Run(OutputCollector(self.cwd), died=True), self.timeout)
+        res.error = self._lost_state_message(_Run(OutputCollector(self.cwd), died=True), self.timeout, before_run=True)
         logger.warning("kernel of session %s failed before running code: %s", self.session_id, exc)
         return res
 
@@ -377,11 +384,17 @@ class KernelExecutor:
     # ----- silent helper calls ---------------------------------------------------------------
 
     def _silent(self, code: str, user_expressions: dict[str, str] | None = None) -> dict[str, Any]:
-        """Run bookkeeping code without history or output; returns the execute_reply content."""
+        """Run bookkeeping code without history or output; returns the execute_reply content.
+
+        A stray SIGINT can abort the kernel's handler so no reply ever comes; the idle status
+        for our request still does, so it bounds the wait too.
+        """
         kc = self._kc
         if kc is None:
             raise KernelDiedError("no kernel is running")
-        msg_id = kc.execute(code, silent=True, store_history=False, user_expressions=user_expressions or {}, allow_stdin=False)
+        msg_id = kc.execute(
+            code, silent=True, store_history=False, user_expressions=user_expressions or {}, allow_stdin=False
+        )
         deadline = time.monotonic() + SILENT_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             try:
@@ -389,13 +402,33 @@ class KernelExecutor:
             except queue.Empty:
                 if not self._alive():
                     raise KernelDiedError("the kernel exited") from None
+                if self._went_idle(msg_id):
+                    deadline = min(deadline, time.monotonic() + NO_REPLY_GRACE_SECONDS)
                 continue
             if reply.get("parent_header", {}).get("msg_id") == msg_id:
                 content = reply["content"]
                 if content.get("status") != "ok":
                     raise RuntimeError(f"{content.get('ename')}: {content.get('evalue')}")
                 return content
-        raise TimeoutError(f"the kernel did not answer within {SILENT_TIMEOUT_SECONDS:g} s")
+        raise TimeoutError("the kernel did not answer a bookkeeping request")
+
+    def _went_idle(self, msg_id: str) -> bool:
+        """Drain pending iopub messages; True if one says the kernel finished ``msg_id``."""
+        while (msg := self._iopub_nowait()) is not None:
+            if (
+                msg.get("parent_header", {}).get("msg_id") == msg_id
+                and msg["header"]["msg_type"] == "status"
+                and msg["content"].get("execution_state") == "idle"
+            ):
+                return True
+        return False
+
+    def _iopub_nowait(self) -> dict[str, Any] | None:
+        assert self._kc is not None
+        try:
+            return self._kc.get_iopub_msg(timeout=0)
+        except queue.Empty:
+            return None
 
     def _silent_value(self, expression: str) -> str:
         """Evaluate an expression returning a str in the kernel, via user_expressions."""

@@ -19,5 +19,9 @@ class PluginCatalog:
         return cls(specs, errors)
 
     def prompt(self) -> str:
-        """The plugins as the code interpreter's prompt describes them."""
-        return "\n\n".join(spec.format_prompt() for spec in self.specs)
+        return describe_plugins(self.specs)
+
+
+def describe_plugins(specs: list[PluginSpec]) -> str:
+    """Plugins as the prompts describe them to the model."""
+    return "\n\n".join(spec.format_prompt() for spec in specs)

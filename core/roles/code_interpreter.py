@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from core.cancel import RoundCancelled
 from core.events import PostEventProxy
@@ -51,7 +51,7 @@ class CodeInterpreter(Role):
     reply_model = CodeReply
     reply_format = CODE_FORMAT
 
-    def __init__(self, *args: Any, executor: KernelExecutor, plugins_prompt: str = "", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, executor: KernelExecutor, plugins_prompt: Callable[[], str] = lambda: "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.executor = executor
         self.plugins_prompt = plugins_prompt
@@ -66,7 +66,7 @@ class CodeInterpreter(Role):
 
     def reply(self, ctx: RoundContext) -> Post:
         incoming = ctx.last_post
-        messages = code_messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt)
+        messages = code_messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
         proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming))
         if reply.reply_type == "text":
             if proxy.post.message != reply.reply_content:

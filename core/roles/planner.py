@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 from core.events import PostEventProxy
 from core.llm.json_stream import FieldEvent
@@ -61,7 +61,7 @@ class Planner(Role):
     reply_model = PlannerReply
     reply_format = PLANNER_FORMAT
 
-    def __init__(self, *args: Any, workers: tuple[str, ...] = (CODE_INTERPRETER,), plugins_prompt: str = "", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, workers: tuple[str, ...] = (CODE_INTERPRETER,), plugins_prompt: Callable[[], str] = lambda: "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.workers = workers
         self.plugins_prompt = plugins_prompt
@@ -77,7 +77,7 @@ class Planner(Role):
 
     def reply(self, ctx: RoundContext) -> Post:
         incoming = ctx.last_post
-        messages = planner_messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt)
+        messages = planner_messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
         proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming), {USER, *self.workers})
         self._complete(proxy, reply)
         return proxy.end()

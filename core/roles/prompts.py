@@ -59,7 +59,8 @@ def _code_turn(post: Post) -> str:
 
 
 def _recent_posts(history: list[Round], current: Round) -> list[Post]:
-    posts = [p for r in history[-HISTORY_ROUNDS:] for p in r.post_list]
+    # A failed or cancelled round may end in a post cut short: keep only what the user asked.
+    posts = [p for r in history[-HISTORY_ROUNDS:] for p in (r.post_list if r.state == "finished" else r.post_list[:1])]
     return posts + current.post_list
 
 

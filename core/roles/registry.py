@@ -21,7 +21,7 @@ class RoleDeps:
     llm: LLMBackend
     config: AppConfig
     executor: KernelExecutor
-    plugins_prompt: str
+    plugins_prompt: Callable[[], str]
     workers: tuple[str, ...]
 
 
