@@ -23,13 +23,14 @@ QUIET = {AttachmentType.reply_type, AttachmentType.revise_message}
 
 
 class ConsoleEventHandler(SessionEventHandlerBase):
-    """Prints each post under its role, and each streamed field under a label, as chunks arrive."""
+    """Prints each post under its role and each streamed field under a label, as chunks arrive."""
 
     def __init__(self, out: TextIO = sys.stdout, color: bool | None = None) -> None:
         self.out = out
         self.color = out.isatty() if color is None else color
         self._stream_key: tuple[str, str] | None = None
-        self._roles: dict[str, str] = {}
+        self._send_to: dict[str, str] = {}
+        self._has_output: set[str] = set()
 
     def _paint(self, text: str, code: str) -> str:
         return f"\033[{code}m{text}\033[0m" if self.color else text
@@ -38,41 +39,50 @@ class ConsoleEventHandler(SessionEventHandlerBase):
         self.out.write(text)
         self.out.flush()
 
-    def _switch(self, key: tuple[str, str], label: str) -> None:
+    def _stream(self, key: tuple[str, str], label: str, chunk: str, indent: str = "    ") -> None:
+        """Print ``chunk`` under ``label``, opening the label when a new field starts."""
         if self._stream_key != key:
             self._stream_key = key
-            self._write(f"\n  {self._paint(label + ':', '36')} ")
+            self._write(f"\n{label}\n{indent}")
+        self._write(chunk.replace("\n", "\n" + indent))
 
     def handle_round(self, type: RoundEventType, msg: str, extra: Any, round_id: str, **kwargs: Any) -> None:
         if type == RoundEventType.round_error:
-            self._write("\n" + self._paint(f"error: {msg}", "31") + "\n")
+            self._write("\n" + self._paint(f"error: {msg}", "31"))
         elif type == RoundEventType.round_end:
             self._stream_key = None
-            state = (extra or {}).get("state", "")
-            self._write("\n" + self._paint(f"[round {state}]", "2") + "\n")
+            self._write("\n" + self._paint(f"[round {(extra or {}).get('state', '')}]", "2") + "\n")
 
     def handle_post(self, type: PostEventType, msg: str, extra: Any, post_id: str, round_id: str, **kwargs: Any) -> None:
         if type == PostEventType.post_start:
-            self._roles[post_id] = extra["role"]
             self._stream_key = None
-            self._write("\n" + self._paint(f"── {extra['role']} ", "1;35"))
+            self._write("\n" + self._paint(f"── {extra['role']}", "1;35"))
         elif type == PostEventType.post_send_to_update:
-            self._write(self._paint(f"→ {extra['role']} ", "35"))
+            self._send_to[post_id] = extra["role"]
         elif type == PostEventType.post_status_update:
-            self._switch((post_id, "status"), "…")
-            self._write(self._paint(msg, "2"))
+            self._stream_key = None
+            self._write("\n" + self._paint(f"  · {msg}", "2"))
         elif type == PostEventType.post_message_update:
-            if msg:
-                self._switch((post_id, "message"), "message")
-                self._write(msg)
+            if not msg or post_id in self._has_output:  # a code post's message repeats its output
+                return
+            if self._send_to.get(post_id) == "User":
+                self._stream((post_id, "message"), self._paint("weaver>", "1;32"), msg, indent="")
+            else:
+                self._stream((post_id, "message"), self._paint("  message:", "36"), msg)
         elif type == PostEventType.post_attachment_update:
             kind = extra["type"]
             if kind in QUIET or not msg:
                 return
-            self._switch((post_id, extra["id"]), LABELS.get(kind, str(kind.value)))
-            self._write(msg)
+            if kind == AttachmentType.execution_result:
+                self._has_output.add(post_id)
+            self._stream((post_id, extra["id"]), self._paint(f"  {LABELS.get(kind, kind.value)}:", "36"), msg)
         elif type == PostEventType.post_error:
-            self._write("\n  " + self._paint(f"error: {msg}", "31"))
+            self._write("\n" + self._paint(f"  error: {msg}", "31"))
+        elif type == PostEventType.post_end:
+            self._stream_key = None
+            target = self._send_to.pop(post_id, "")
+            if target and target != "User":
+                self._write("\n" + self._paint(f"  → {target}", "2"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,3 +129,7 @@ def _read_message() -> str | None:
             return "\n".join(lines)
         lines.append(line)
         prompt = "...  "
+
+
+if __name__ == "__main__":
+    sys.exit(main())

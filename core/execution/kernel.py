@@ -141,7 +141,15 @@ class KernelExecutor:
         km = new_kernel_manager()
         self.cwd.mkdir(parents=True, exist_ok=True)
         try:
-            km.start_kernel(cwd=str(self.cwd), env=kernel_env(self.session_id, self.extra_env))
+            # The kernel's own chatter (e.g. ipykernel's transport warning) goes to the session's
+            # folder, not the server's terminal.
+            with (self.cwd.parent / "kernel.log").open("ab") as kernel_log:
+                km.start_kernel(
+                    cwd=str(self.cwd),
+                    env=kernel_env(self.session_id, self.extra_env),
+                    stdout=kernel_log,
+                    stderr=kernel_log,
+                )
         except Exception as exc:
             try:
                 km.cleanup_resources()  # the connection file written before the launch failed

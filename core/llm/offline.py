@@ -104,6 +104,9 @@ def _report(hints: dict[str, Any]) -> dict[str, Any]:
         lead = "The code did not succeed:"
     else:
         lead = "The code did not succeed. Here is what happened:"
+    first_line, _, details = output.partition("\n")
+    if status is not None and first_line.startswith("The execution"):
+        output = f"```text\n{details.strip() or first_line}\n```"
     return {
         "thought": "Report the CodeInterpreter's result to the user as it is.",
         "plan": ["Run the work", "Report the result"],

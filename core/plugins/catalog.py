@@ -15,6 +15,9 @@ class PluginCatalog:
 
     @classmethod
     def load(cls, plugin_dir: Path | None) -> "PluginCatalog":
+        """No folder means no plugins, which is not an error."""
+        if plugin_dir is None or not plugin_dir.is_dir():
+            return cls()
         specs, errors = load_plugin_specs(plugin_dir)
         return cls(specs, errors)
 
