@@ -1,0 +1,65 @@
+"""The ``weaver`` command: ``weaver ui`` serves the web chat, ``weaver chat`` the terminal chat.
+
+``weaver ui`` runs ``python -m chainlit run <repo>/ui/app.py --headless`` with the repo root as
+the working directory, because Chainlit finds ``.chainlit/config.toml``, ``chainlit.md`` and
+``public/`` relative to it. Only the standard library is imported here, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+APP_PATH = REPO_ROOT / "ui" / "app.py"
+
+
+def chainlit_command(host: str, port: int) -> list[str]:
+    """The command line that serves the web UI (kept separate so it can be checked)."""
+    return [sys.executable, "-m", "chainlit", "run", str(APP_PATH), "--headless", "--host", host, "--port", str(port)]
+
+
+def run_ui(host: str, port: int) -> int:
+    """Serve the web UI until Ctrl-C; returns Chainlit's exit code."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"Weaver web UI: open http://{shown}:{port}  (Ctrl-C stops it)", flush=True)
+    proc = subprocess.Popen(chainlit_command(host, port), cwd=REPO_ROOT)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)  # the server stops its sessions (and kernels) on the way out
+        try:
+            return proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weaver", description="Weaver: chat with a code-first data agent.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ui = sub.add_parser("ui", help="serve the web chat (Chainlit)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    sub.add_parser("chat", help="chat in this terminal (see: weaver chat --help)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "ui":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return run_ui(args.host, args.port)
+    from ui.console import main as chat_main
+
+    return int(chat_main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
