@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 from core.memory import AttachmentType, Post, Round
 from core.roles.protocol import CODE_FORMAT, CODE_INTERPRETER, PLANNER, PLANNER_FORMAT, USER
 
 HISTORY_ROUNDS = 8
+_NUMBERING = re.compile(r"^\d+\.\s*")
 
 PLANNER_SYSTEM = """You are the Planner of Weaver, a code-first data agent.
 You talk with the User and with the CodeInterpreter, a worker that writes Python and runs it in a \
@@ -40,7 +42,7 @@ def _planner_turn(post: Post) -> str:
     return json.dumps(
         {
             "thought": post.first(AttachmentType.thought, ""),
-            "plan": [line for line in str(post.first(AttachmentType.plan, "")).splitlines() if line],
+            "plan": [_NUMBERING.sub("", line) for line in str(post.first(AttachmentType.plan, "")).splitlines() if line],
             "current_plan_step": post.first(AttachmentType.current_plan_step, ""),
             "send_to": post.send_to,
             "message": post.message,

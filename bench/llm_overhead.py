@@ -1,0 +1,201 @@
+"""Framework overhead of a full round against a local OpenAI-compatible server.
+
+Runs N rounds of Planner → CodeInterpreter → kernel → Planner → User against the scripted server
+of the tests (real HTTP on 127.0.0.1, fixed small answers) and reports, per round, the wall time,
+the server's own time (request received → last byte sent, summed over the round's requests) and
+the kernel's execution time. Overhead = round time − server time. As a baseline it times the same
+answers fetched with bare ``OpenAIBackend.stream_chat`` calls in the same process.
+
+    python bench/llm_overhead.py [--rounds 30] [--delay 0.0] [--chunks 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from core import AttachmentType, PostEventType, SessionEventHandler, TaskWeaverApp, TaskWeaverEvent  # noqa: E402
+from core.cancel import CancelToken  # noqa: E402
+from core.llm.base import ChatRequest  # noqa: E402
+from core.llm.openai_backend import OpenAIBackend  # noqa: E402
+from tests.llm_server import Answer, RecordedRequest, ScriptedLLMServer  # noqa: E402
+
+CODE = "values = list(range(1, 11))\nprint(sum(v * v for v in values))"
+ANSWERS = (
+    json.dumps({"thought": "Needs code.", "plan": ["compute", "report"], "current_plan_step": "compute",
+                "send_to": "CodeInterpreter", "message": "Print the sum of squares of 1..10."}),
+    json.dumps({"thought": "Simple loop.", "reply_type": "python", "reply_content": CODE}),
+    json.dumps({"thought": "Done.", "plan": ["compute", "report"], "current_plan_step": "report",
+                "send_to": "User", "message": "The sum of squares of 1..10 is 385."}),
+)
+
+
+class _Stamped(threading.Event):
+    """An Event that remembers when it was set (the server sets ``finished`` after its last byte)."""
+
+    at: float = 0.0
+
+    def set(self) -> None:
+        self.at = time.monotonic()
+        super().set()
+
+
+@dataclass
+class _Timing:
+    arrived: float
+    request: RecordedRequest = field(repr=False)
+
+    @property
+    def serving_s(self) -> float:
+        self.request.finished.wait(10)
+        return self.request.finished.at - self.arrived  # type: ignore[attr-defined]
+
+
+class TimedServer(ScriptedLLMServer):
+    """The scripted server, also recording how long it spent on each request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timings: list[_Timing] = []
+
+    def record(self, request: RecordedRequest) -> None:
+        request.finished = _Stamped()
+        self.timings.append(_Timing(time.monotonic(), request))
+        super().record(request)
+
+    def server_time_since(self, index: int) -> float:
+        return sum(t.serving_s for t in self.timings[index:])
+
+
+class KernelClock(SessionEventHandler):
+    """Time from the CodeInterpreter's "executing code" status to its execution_status attachment."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.total = 0.0
+
+    def handle(self, event: TaskWeaverEvent) -> None:
+        if event.t == PostEventType.post_status_update and event.msg == "executing code":
+            self.started = time.monotonic()
+        elif (event.t == PostEventType.post_attachment_update
+              and event.extra["type"] == AttachmentType.execution_status and self.started):
+            self.total += time.monotonic() - self.started
+            self.started = 0.0
+
+
+@dataclass
+class RoundSample:
+    wall_s: float
+    server_s: float
+    kernel_s: float
+
+    @property
+    def overhead_s(self) -> float:
+        return self.wall_s - self.server_s
+
+
+def push_round(server: ScriptedLLMServer, chunks: int, delay: float) -> None:
+    server.push(*(Answer(text, chunks=chunks, delay=delay) for text in ANSWERS))
+
+
+def run_rounds(server: TimedServer, app_dir: Path, rounds: int, chunks: int, delay: float) -> list[RoundSample]:
+    """One warm-up round (kernel start), then ``rounds`` measured rounds in one session."""
+    app = TaskWeaverApp(app_dir=app_dir, config={
+        "llm.api_type": "openai", "llm.api_base": server.base_url, "llm.api_key": "bench",
+        "llm.model": "scripted", "llm.timeout": 10, "execution.timeout": 30, "logging.level": "WARNING",
+    })
+    samples: list[RoundSample] = []
+    try:
+        session = app.get_session()
+        for index in range(rounds + 1):
+            push_round(server, chunks, delay)
+            first, clock = len(server.timings), KernelClock()
+            started = time.monotonic()
+            rnd = session.send_message("What is the sum of squares of 1..10?", event_handler=clock)
+            wall = time.monotonic() - started
+            if rnd.state != "finished" or "385" not in rnd.post_list[2].first(AttachmentType.execution_result, ""):
+                raise SystemExit(f"round {index} did not work: {rnd.state} {rnd.error}")
+            if index:
+                samples.append(RoundSample(wall, server.server_time_since(first), clock.total))
+    finally:
+        app.stop()
+    return samples
+
+
+def run_raw(server: TimedServer, rounds: int, chunks: int, delay: float) -> list[RoundSample]:
+    """The same three answers per "round", fetched with bare backend calls (one warm-up)."""
+    backend = OpenAIBackend(server.openai_settings(model="scripted", timeout=10))
+    messages = [{"role": "system", "content": "bench"}, {"role": "user", "content": "sum of squares?"}]
+    samples: list[RoundSample] = []
+    try:
+        for index in range(rounds + 1):
+            push_round(server, chunks, delay)
+            first = len(server.timings)
+            started = time.monotonic()
+            for role in ("Planner", "CodeInterpreter", "Planner"):
+                text = "".join(backend.stream_chat(ChatRequest(role=role, messages=messages), CancelToken()))
+                assert text in ANSWERS
+            wall = time.monotonic() - started
+            if index:
+                samples.append(RoundSample(wall, server.server_time_since(first), 0.0))
+    finally:
+        backend.close()
+    return samples
+
+
+def p90(values: list[float]) -> float:
+    return statistics.quantiles(values, n=10, method="inclusive")[-1] if len(values) > 1 else values[0]
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:8.1f} ms"
+
+
+def report(rounds: list[RoundSample], raw: list[RoundSample]) -> None:
+    def line(label: str, values: list[float]) -> None:
+        print(f"  {label:<34} median {ms(statistics.median(values))}   p90 {ms(p90(values))}")
+
+    print(f"full rounds (Planner -> CodeInterpreter -> kernel -> Planner -> User), n={len(rounds)}")
+    line("round wall time", [r.wall_s for r in rounds])
+    line("server time (3 requests)", [r.server_s for r in rounds])
+    line("kernel execution", [r.kernel_s for r in rounds])
+    line("framework overhead (wall - server)", [r.overhead_s for r in rounds])
+    line("overhead without the kernel", [r.overhead_s - r.kernel_s for r in rounds])
+    print(f"baseline: 3 bare OpenAIBackend.stream_chat calls per round, same answers, n={len(raw)}")
+    line("wall time", [r.wall_s for r in raw])
+    line("server time", [r.server_s for r in raw])
+    line("client overhead (wall - server)", [r.overhead_s for r in raw])
+    ratio = statistics.median(r.wall_s for r in rounds) / statistics.median(r.wall_s for r in raw)
+    print(f"ratio of medians, round / bare calls: {ratio:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30, help="measured rounds (default 30)")
+    parser.add_argument("--chunks", type=int, default=8, help="streamed chunks per answer (default 8)")
+    parser.add_argument("--delay", type=float, default=0.0, help="server delay between chunks, s (default 0)")
+    args = parser.parse_args()
+    server = TimedServer().start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="weaver-bench-") as tmp:
+            rounds = run_rounds(server, Path(tmp), args.rounds, args.chunks, args.delay)
+        raw = run_raw(server, args.rounds, args.chunks, args.delay)
+    finally:
+        server.stop()
+    print(f"chunks per answer {args.chunks}, server delay between chunks {args.delay * 1000:.0f} ms")
+    report(rounds, raw)
+
+
+if __name__ == "__main__":
+    main()
