@@ -72,7 +72,7 @@ def _validate(entry: Any, max_bytes: int) -> _PendingFile:
 
 def _free_name(folder: Path, name: str) -> str:
     """``name`` or, if taken, ``stem-1.ext``, ``stem-2.ext``, …"""
-    if not (folder / name).exists():
+    if not os.path.lexists(folder / name):
         return name
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:
@@ -80,7 +80,7 @@ def _free_name(folder: Path, name: str) -> str:
     counter = 1
     while True:
         candidate = f"{stem}-{counter}.{ext}" if ext else f"{stem}-{counter}"
-        if not (folder / candidate).exists():
+        if not os.path.lexists(folder / candidate):
             return candidate
         counter += 1
 
