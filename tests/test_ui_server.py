@@ -1,0 +1,357 @@
+"""The web UI against a real Chainlit server, a real engine and real kernels (offline model).
+
+Each test talks over socket.io the way the browser does (see ``ui_harness``); waits are on
+received events, server log lines or /proc, never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import pytest
+
+try:
+    from tests.ui_harness import (
+        MAX_FILE_MB,
+        REPO_ROOT,
+        UIServer,
+        answers,
+        code_block,
+        free_port,
+        pid_alive,
+        steps,
+        ui_server,
+        wait_until,
+    )
+except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
+    from ui_harness import (  # type: ignore[no-redef]
+        MAX_FILE_MB,
+        REPO_ROOT,
+        UIServer,
+        answers,
+        code_block,
+        free_port,
+        pid_alive,
+        steps,
+        ui_server,
+        wait_until,
+    )
+
+from core import TaskWeaverApp
+from ui.files import parse_artifacts, resolve_inside, table_markdown
+from ui.lifecycle import SessionOwner
+
+__all__ = ["ui_server"]
+
+PID_CODE = code_block("import os\nprint('PID', os.getpid())")
+
+
+def kernel_pid(turn: list[dict]) -> int:
+    text = "\n".join(steps(turn, "CodeInterpreter") + answers(turn))
+    match = re.search(r"PID (\d+)", text)
+    assert match, f"no PID in {text!r}"
+    return int(match.group(1))
+
+
+def test_code_block_streams_role_steps_and_answer(ui_server: UIServer) -> None:
+    with ui_server.client() as client:
+        message_id = client.send(code_block("print(6*7)"))
+        turn = client.wait_turn(message_id)
+
+    planner, coder = steps(turn, "Planner"), steps(turn, "CodeInterpreter")
+    assert planner and coder, [m.get("name") for m in turn]
+    code_step = coder[0]
+    assert "```python\nprint(6*7)\n```" in code_step
+    assert "**Execution:** ✓ success" in code_step
+    assert "42" in code_step.split("**Output**", 1)[1]
+    assert "**Plan**" in planner[0] and "1. " in planner[0]
+    assert any("42" in a for a in answers(turn)), answers(turn)
+    # The steps were shown while they ran (sent before they ended), then closed.
+    first_seen = {}
+    for name, data in client.events:
+        if name in ("new_message", "stream_start") and isinstance(data, dict):
+            first_seen.setdefault(data["id"], data)
+    live = [d for d in first_seen.values() if d.get("name") == "CodeInterpreter"]
+    assert live and not live[0].get("end")
+    assert all(m.get("end") for m in turn if m.get("name") in ("Planner", "CodeInterpreter"))
+    assert not any("**Working:**" in s for s in planner + coder), "status line left behind"
+
+
+def test_uploaded_csv_is_profiled(ui_server: UIServer) -> None:
+    with ui_server.client() as client:
+        file_id = client.upload("sales.csv", b"region,units,price\nnorth,3,2.5\nsouth,5,1.0\neast,7,4.25\n")
+        turn = client.ask("profile this file", [file_id])
+
+    coder = "\n".join(steps(turn, "CodeInterpreter"))
+    assert "| region | units | price |" in coder, coder
+    assert "shape: 3 rows × 3 columns" in coder
+    assert any("3 rows x 3 columns" in a for a in answers(turn)), answers(turn)
+    sessions = list((ui_server.app_dir / "workspace" / "sessions").glob("*/cwd/sales.csv"))
+    assert sessions, "the upload did not reach the session folder"
+
+
+def test_a_refused_upload_is_a_clear_error_and_the_chat_goes_on(ui_server: UIServer) -> None:
+    big = b"n\n" + b"1\n" * (MAX_FILE_MB * 1_000_000 // 2 + 10)
+    with ui_server.client() as client:
+        file_id = client.upload("big.csv", big)
+        turn = client.ask("profile this file", [file_id])
+        errors = [m for m in turn if m.get("isError")]
+        assert errors and "big.csv" in errors[0]["output"], answers(turn)
+        assert "Traceback" not in errors[0]["output"]
+        after = client.ask(code_block("print('still', 6*7)"))
+    assert any("still 42" in a for a in answers(after))
+
+
+def test_two_clients_get_separate_sessions(ui_server: UIServer) -> None:
+    cwd_code = "import os\nprint('CWD', os.getcwd())"
+    with ui_server.client() as alice, ui_server.client() as bob:
+        a_id = alice.send(code_block("x = 1\n" + cwd_code))
+        b_first = bob.send(code_block(cwd_code))
+        a_turn, b_turn = alice.wait_turn(a_id), bob.wait_turn(b_first)
+        b_second = bob.ask(code_block("print(x)"))
+
+    def cwd(turn: list[dict]) -> str:
+        match = re.search(r"CWD (\S+)", "\n".join(steps(turn, "CodeInterpreter")))
+        assert match
+        return match.group(1)
+
+    assert cwd(a_turn) != cwd(b_turn)
+    assert "NameError" in "\n".join(steps(b_second, "CodeInterpreter") + answers(b_second))
+
+
+def test_rounds_of_two_users_run_at_the_same_time(ui_server: UIServer) -> None:
+    """A long round of one user must not hold up another user's short one."""
+    with ui_server.client() as slow, ui_server.client() as fast:
+        gate = Path(ui_server.app_dir) / f"gate-{slow.session_id}"
+        slow_id = slow.send(code_block(f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)\nprint('slow done')"))
+        slow.wait_for(lambda: any("executing code" in s for s in steps(slow.turn(slow_id), "CodeInterpreter")), 60, "slow code to run")
+        fast_turn = fast.ask(code_block("print('fast', 2+2)"))
+        assert not slow.turn_done(slow_id), "the slow round finished first: the test proves nothing"
+        gate.write_text("go")
+        slow_turn = slow.wait_turn(slow_id)
+    assert any("fast 4" in a for a in answers(fast_turn))
+    assert any("slow done" in a for a in answers(slow_turn))
+
+
+def test_disconnect_without_return_stops_the_kernel(ui_server: UIServer) -> None:
+    client = ui_server.client().connect()
+    pid = kernel_pid(client.ask(PID_CODE))
+    assert pid_alive(pid)
+    mark = ui_server.log_size()
+    client.disconnect()
+    wait_until(lambda: not pid_alive(pid), ui_server.grace_s + 30, f"kernel {pid} to exit")
+    ui_server.wait_log(rf"grace over for {client.session_id}: browser gone", 5, mark)
+
+
+def test_new_chat_stops_the_old_kernel_at_once(ui_server: UIServer) -> None:
+    client = ui_server.client().connect()
+    pid = kernel_pid(client.ask(PID_CODE))
+    mark = ui_server.log_size()
+    client.new_chat()
+    ui_server.wait_log(rf"chat end for {client.session_id}: stopping weaver session now", ui_server.grace_s - 0.5, mark)
+    wait_until(lambda: not pid_alive(pid), 20, f"kernel {pid} to exit")
+
+
+def test_reconnect_within_grace_keeps_the_conversation(ui_server: UIServer) -> None:
+    first = ui_server.client().connect()
+    pid = kernel_pid(first.ask(code_block("y = 41\nimport os\nprint('PID', os.getpid())")))
+    mark = ui_server.log_size()
+    first.disconnect()
+    ui_server.wait_log(rf"chat end for {first.session_id}", 10, mark)
+
+    again = ui_server.client(first.session_id).connect(expect_chat_start=False)
+    try:
+        ui_server.wait_log(rf"grace over for {first.session_id}: browser reconnected", ui_server.grace_s + 15, mark)
+        turn = again.ask(code_block("print(y + 1)"))
+    finally:
+        again.disconnect()
+    assert any("42" in a for a in answers(turn)), answers(turn)
+    assert pid_alive(pid), "the kernel was restarted"
+
+
+def test_a_round_running_across_a_blip_finishes_on_the_new_socket(ui_server: UIServer) -> None:
+    first = ui_server.client().connect()
+    gate = Path(ui_server.app_dir) / f"gate-{first.session_id}"
+    message_id = first.send(code_block(f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)\nprint('across', 6*7)"))
+    first.wait_for(lambda: any("executing code" in s for s in steps(first.turn(message_id), "CodeInterpreter")), 60, "the code to run")
+    mark = ui_server.log_size()
+    first.disconnect()
+    ui_server.wait_log(rf"chat end for {first.session_id}", 10, mark)
+    again = ui_server.client(first.session_id).connect(expect_chat_start=False)
+    try:
+        gate.write_text("go")
+        turn = again.wait_turn(message_id)
+    finally:
+        again.disconnect()
+    assert any("across 42" in a for a in answers(turn)), answers(turn)
+
+
+def test_message_after_the_grace_period_starts_a_fresh_session(ui_server: UIServer) -> None:
+    first = ui_server.client().connect()
+    pid = kernel_pid(first.ask(code_block("z = 5\nimport os\nprint('PID', os.getpid())")))
+    first.disconnect()
+    wait_until(lambda: not pid_alive(pid), ui_server.grace_s + 30, f"kernel {pid} to exit")
+
+    again = ui_server.client(first.session_id).connect(expect_chat_start=False)
+    try:
+        turn = again.ask(code_block("print(z)"))
+    finally:
+        again.disconnect()
+    said = answers(turn)
+    assert any("fresh one" in a for a in said), said
+    assert "NameError" in "\n".join(steps(turn, "CodeInterpreter") + said)
+
+
+def test_stop_cancels_a_long_round_and_the_next_message_works(ui_server: UIServer) -> None:
+    with ui_server.client() as client:
+        long_id = client.send(code_block("import time\nwhile True:\n    time.sleep(0.05)"))
+        client.wait_for(
+            lambda: any("executing code" in s for s in steps(client.turn(long_id), "CodeInterpreter")), 60, "the loop to run"
+        )
+        client.stop()
+        turn = client.wait_turn(long_id, timeout=60)
+        said = answers(turn)
+        assert any("Round cancelled" in a for a in said), said
+        assert any("cancelled" in s for s in steps(turn, "CodeInterpreter"))
+        after = client.ask(code_block("print('after', 6*7)"))
+    assert any("after 42" in a for a in answers(after)), answers(after)
+
+
+def test_figure_is_shown_inline_and_served(ui_server: UIServer) -> None:
+    code = (
+        "import matplotlib\nmatplotlib.use('module://matplotlib_inline.backend_inline')\n"
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.show()"
+    )
+    with ui_server.client() as client:
+        client.ask(code_block(code))
+        images = [e for e in client.elements() if e.get("type") == "image"]
+        assert images, client.event_names()
+        response = httpx.get(
+            f"{ui_server.base_url}/project/file/{images[0]['chainlitKey']}",
+            params={"session_id": client.session_id},
+            timeout=10,
+        )
+    assert response.status_code == 200
+    assert response.content.startswith(b"\x89PNG")
+
+
+def test_only_files_inside_the_session_folder_are_served(tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "ok.png").write_bytes(b"\x89PNG\r\n")
+    (tmp_path / "secret.txt").write_text("no")
+    (cwd / "link.txt").symlink_to(tmp_path / "secret.txt")
+    payload = (
+        f'[{{"name": "ok", "path": "{cwd / "ok.png"}", "type": "image"}},'
+        f' {{"name": "up", "path": "{cwd / ".." / "secret.txt"}", "type": "file"}},'
+        f' {{"name": "abs", "path": "/etc/passwd", "type": "file"}},'
+        f' {{"name": "link", "path": "{cwd / "link.txt"}", "type": "file"}}]'
+    )
+    assert [(a.name, a.kind) for a in parse_artifacts(payload, cwd)] == [("ok", "image")]
+    assert resolve_inside("ok.png", cwd) == (cwd / "ok.png").resolve()
+    assert resolve_inside(cwd, cwd) is None
+
+
+def test_table_markdown_escapes_cells() -> None:
+    text = table_markdown('{"columns": ["a", "b|c"], "rows": [["1", "x|y\\nz"]], "shape": [1, 2]}')
+    assert "| a | b\\|c |" in text
+    assert "| 1 | x\\|y z |" in text
+    assert "shape: 1 rows × 2 columns" in text
+
+
+def test_weaver_ui_launcher_serves_the_app_from_any_folder(tmp_path: Path) -> None:
+    """``weaver ui`` must find .chainlit/config.toml and public/ even when started elsewhere."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "WEAVER_APP_DIR": str(tmp_path / "app"), "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "launcher.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ui.cli", "ui", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def page() -> str:
+            assert proc.poll() is None, log.read_text()
+            try:
+                return httpx.get(base, timeout=1).text
+            except httpx.HTTPError:
+                return ""
+
+        html = wait_until(page, 60, "the launcher's server", every=0.2)
+        assert "<title>Weaver</title>" in html
+        assert "/public/stylesheet.css" in html
+        assert httpx.get(f"{base}/logo", params={"theme": "light"}, timeout=5).content.startswith(b"\x89PNG")
+        assert f"open http://127.0.0.1:{port}" in log.read_text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(base, timeout=1)
+
+
+async def _until(predicate: "Callable[[], object]", timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def test_session_owner_grace_reconnect_and_cleared_chat(tmp_path: Path) -> None:
+    """The owner's decisions with real engine sessions (no kernel starts: nothing executes)."""
+    app = TaskWeaverApp(app_dir=tmp_path / "app")
+    connected: set[str] = set()
+    cleared: set[str] = set()
+
+    async def scenario() -> None:
+        owner = SessionOwner(
+            lambda user: app.get_session(),
+            is_connected=lambda key: key in connected,
+            grace_s=0.3,
+            is_abandoned=lambda key: key in cleared,
+            settle_s=0.1,
+        )
+        # A blip: the browser is back when the grace period ends, so the session lives on.
+        kept = owner.open("blip", "alice")
+        owner.release("blip")
+        connected.add("blip")
+        await _until(lambda: not owner.stop_pending("blip"), 5, "the grace timer")
+        assert not kept.is_stopped and owner.current("blip") is kept
+        # Gone for good: stopped after the grace period; the next message gets a fresh session.
+        gone = owner.open("gone", "bob")
+        owner.release("gone")
+        await _until(lambda: gone.is_stopped, 10, "the session to stop")
+        lease = owner.acquire("gone", "bob")
+        assert lease.recreated and lease.session is not gone
+        # A message during the grace period disarms the stop.
+        owner.release("gone")
+        assert owner.stop_pending("gone")
+        assert owner.acquire("gone", "bob").session is lease.session
+        assert not owner.stop_pending("gone")
+        # "New chat": stopped after the short settle delay, not the grace period.
+        owner.grace_s = 30
+        cleared_session = owner.open("cleared", "carol")
+        owner.release("cleared")
+        cleared.add("cleared")
+        await _until(lambda: cleared_session.is_stopped, 5, "the cleared chat to stop")
+        await owner.close_all()
+        assert lease.session.is_stopped and kept.is_stopped and owner.live_count() == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        app.stop()

@@ -1,0 +1,299 @@
+"""Test harness for the web UI: a real Chainlit server subprocess and a socket.io client.
+
+``ui_server`` starts ``python -m chainlit run ui/app.py --headless`` on a free 127.0.0.1 port with
+the repo root as cwd (so .chainlit/config.toml, chainlit.md and public/ are the real ones), an
+app dir in a temp folder, a short disconnect grace and the offline model. It waits until
+``/health`` answers and stops the server by its own PID at teardown.
+
+``ChatClient`` talks to it the way the Chainlit frontend does (``/ws/socket.io`` with
+``auth={clientType, sessionId, threadId, userEnv, chatProfile}``, ``connection_successful``,
+``client_message`` with ``fileReferences``, uploads as multipart POST ``/project/file?session_id=``)
+and records every event so tests can wait on conditions instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+import httpx
+import pytest
+import socketio
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+GRACE_S = 3.0
+EXECUTION_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 60.0
+MAX_FILE_MB = 1
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, every: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@dataclass
+class UIServer:
+    """A running server: where to reach it, where its sessions live, what it logged."""
+
+    base_url: str
+    app_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+    grace_s: float
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, pattern: str, timeout: float, start: int = 0) -> re.Match[str]:
+        """Wait for a server log line matching ``pattern`` at or after byte offset ``start``."""
+        rx = re.compile(pattern)
+        return wait_until(lambda: rx.search(self.log()[start:]), timeout, f"server log {pattern!r}")
+
+    def log_size(self) -> int:
+        return len(self.log())
+
+    def client(self, session_id: str | None = None) -> "ChatClient":
+        return ChatClient(self.base_url, session_id)
+
+
+def start_server(app_dir: Path, log_path: Path, grace_s: float = GRACE_S) -> UIServer:
+    port = free_port()
+    (app_dir / "plugins").mkdir(parents=True, exist_ok=True)  # an empty plugin folder, as a real install has
+    env = {
+        **os.environ,
+        "WEAVER_APP_DIR": str(app_dir),
+        "WEAVER_UI_DISCONNECT_GRACE_S": str(grace_s),
+        "WEAVER_EXECUTION__TIMEOUT": str(EXECUTION_TIMEOUT_S),
+        "WEAVER_LLM__API_TYPE": "offline",
+        "WEAVER_SESSION__MAX_FILE_MB": str(MAX_FILE_MB),
+        "PYTHONUNBUFFERED": "1",
+    }
+    for key in ("OPENAI_API_KEY", "LITERAL_API_KEY", "DATABASE_URL", "CHAINLIT_AUTH_SECRET"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "chainlit", "run", "ui/app.py", "--headless", "--host", "127.0.0.1", "--port", str(port)]
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    server = UIServer(f"http://127.0.0.1:{port}", app_dir, log_path, proc, grace_s)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{server.log()[-3000:]}")
+        try:
+            return httpx.get(f"{server.base_url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, START_TIMEOUT_S, "the UI server to answer /health", every=0.2)
+    except BaseException:
+        stop_server(server)
+        raise
+    return server
+
+
+def stop_server(server: UIServer) -> None:
+    """Stop the server we started (by its PID only); it stops its sessions on the way out."""
+    proc = server.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
+    root = tmp_path_factory.mktemp("weaver-ui")
+    server = start_server(root / "app", root / "server.log")
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+class ChatClient:
+    """A python-socketio client that behaves like Chainlit's web frontend and records everything."""
+
+    def __init__(self, base_url: str, session_id: str | None = None) -> None:
+        self.base_url = base_url
+        self.session_id = session_id or str(uuid.uuid4())
+        self.events: list[tuple[str, Any]] = []
+        self._cond = threading.Condition()
+        self.sio = socketio.Client(reconnection=False)
+        self.sio.on("*", self._record)
+
+    def _record(self, event: str, data: Any = None) -> None:
+        with self._cond:
+            self.events.append((event, data))
+            self._cond.notify_all()
+
+    # -- connection ---------------------------------------------------------------------------
+    def connect(self, expect_chat_start: bool = True, timeout: float = 30) -> "ChatClient":
+        self.sio.connect(
+            self.base_url,
+            socketio_path="/ws/socket.io",
+            transports=["websocket"],
+            auth={"clientType": "webapp", "sessionId": self.session_id, "threadId": "", "userEnv": "{}", "chatProfile": ""},
+            wait_timeout=timeout,
+        )
+        self.sio.emit("connection_successful")
+        if expect_chat_start:
+            self.wait_for(lambda: self._run_done("on_chat_start"), timeout, "on_chat_start to finish")
+        return self
+
+    def disconnect(self) -> None:
+        if self.sio.connected:
+            self.sio.disconnect()
+
+    def __enter__(self) -> "ChatClient":
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.disconnect()
+
+    # -- actions ------------------------------------------------------------------------------
+    def upload(self, name: str, content: bytes, mime: str = "text/csv") -> str:
+        response = httpx.post(
+            f"{self.base_url}/project/file",
+            params={"session_id": self.session_id},
+            files={"file": (name, content, mime)},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    def send(self, text: str, file_ids: list[str] | tuple[str, ...] = ()) -> str:
+        message_id = str(uuid.uuid4())
+        message = {
+            "threadId": "",
+            "id": message_id,
+            "name": "User",
+            "type": "user_message",
+            "output": text,
+            "createdAt": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+            "metadata": {},
+        }
+        self.sio.emit("client_message", {"message": message, "fileReferences": [{"id": f} for f in file_ids]})
+        return message_id
+
+    def stop(self) -> None:
+        self.sio.emit("stop")
+
+    def new_chat(self) -> None:
+        """What the "New chat" button does: mark the session for clearing, then drop the socket.
+
+        python-socketio's client aborts its transport on disconnect and may drop a packet still
+        queued, so wait for the server's ack of ``clear_session`` first (the browser flushes).
+        """
+        self.sio.call("clear_session", timeout=10)
+        self.sio.disconnect()
+
+    # -- reading what arrived -----------------------------------------------------------------
+    def messages(self) -> dict[str, dict[str, Any]]:
+        """Every step/message by id, as the frontend would hold it after applying the events."""
+        with self._cond:
+            events = list(self.events)
+        items: dict[str, dict[str, Any]] = {}
+        for name, data in events:
+            if name in ("new_message", "stream_start", "update_message") and isinstance(data, dict):
+                items[data["id"]] = {**items.get(data["id"], {}), **data}
+            elif name == "stream_token" and isinstance(data, dict) and data.get("id") in items:
+                item = items[data["id"]]
+                key = "input" if data.get("isInput") else "output"
+                item[key] = data["token"] if data.get("isSequence") else (item.get(key) or "") + data["token"]
+        return items
+
+    def elements(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return [data for name, data in self.events if name == "element"]
+
+    def event_names(self) -> list[str]:
+        with self._cond:
+            return [name for name, _ in self.events]
+
+    def turn(self, message_id: str) -> list[dict[str, Any]]:
+        """Steps and messages that belong to one user message, in arrival order."""
+        items = self.messages()
+        run_ids = {i for i, m in items.items() if m.get("name") == "on_message" and m.get("parentId") == message_id}
+        return [m for m in items.values() if m.get("parentId") in run_ids]
+
+    def turn_done(self, message_id: str) -> bool:
+        items = self.messages()
+        return any(
+            m.get("name") == "on_message" and m.get("parentId") == message_id and m.get("end")
+            for m in items.values()
+        )
+
+    def wait_turn(self, message_id: str, timeout: float = 90) -> list[dict[str, Any]]:
+        self.wait_for(lambda: self.turn_done(message_id), timeout, f"turn {message_id} to finish")
+        return self.turn(message_id)
+
+    def ask(self, text: str, file_ids: list[str] | tuple[str, ...] = (), timeout: float = 90) -> list[dict[str, Any]]:
+        return self.wait_turn(self.send(text, file_ids), timeout)
+
+    def _run_done(self, name: str) -> bool:
+        return any(m.get("name") == name and m.get("end") for m in self.messages().values())
+
+    def wait_for(self, predicate: Callable[[], T], timeout: float, what: str) -> T:
+        """Wait, woken by each new event, until ``predicate()`` is truthy."""
+        deadline = time.monotonic() + timeout
+        with self._cond:  # an RLock: the predicate may read the events too
+            while True:
+                value = predicate()
+                if value:
+                    return value
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last events: {self.event_names()[-15:]}")
+                self._cond.wait(min(left, 1.0))
+
+
+def answers(turn: list[dict[str, Any]]) -> list[str]:
+    """The assistant messages of a turn (final answers, notices, errors)."""
+    return [str(m.get("output") or "") for m in turn if m.get("type") == "assistant_message"]
+
+
+def steps(turn: list[dict[str, Any]], name: str) -> list[str]:
+    return [str(m.get("output") or "") for m in turn if m.get("name") == name and m.get("type") != "assistant_message"]
+
+
+def code_block(code: str) -> str:
+    return f"```python\n{code}\n```"

@@ -1,0 +1,170 @@
+"""Weaver's web chat: the Chainlit entry point (``chainlit run ui/app.py`` from the repo root).
+
+A thin adapter over ``core``'s public API. One ``TaskWeaverApp`` per server process; one Weaver
+``Session`` per browser chat, owned by ``ui.lifecycle.SessionOwner`` (read its docstring for why
+a disconnect stops the kernel only after a grace period). Each message runs its round on a
+worker thread; ``ui.render`` brings the events back to the event loop and draws them as steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the path, not the repo root
+    sys.path.insert(0, str(REPO_ROOT))
+
+import chainlit as cl  # noqa: E402
+from chainlit.config import config as chainlit_config  # noqa: E402
+
+from core import Session, TaskWeaverApp  # noqa: E402
+from ui.files import uploads_from_elements  # noqa: E402
+from ui.lifecycle import SessionOwner  # noqa: E402
+from ui.render import RoundRenderer, pump_round  # noqa: E402
+
+logger = logging.getLogger("weaver.ui.app")
+
+_app: TaskWeaverApp | None = None
+_app_lock = threading.Lock()
+
+
+def weaver_app() -> TaskWeaverApp:
+    """The process-wide engine, created on first use (its config and plugins load once)."""
+    global _app
+    with _app_lock:
+        if _app is None:
+            _app = TaskWeaverApp()
+            logger.info("Weaver engine ready (app dir %s)", _app.app_dir)
+        return _app
+
+
+def new_session(user_name: str) -> Session:
+    """A fresh Weaver session that knows who it works for (plugins read ``user_name``)."""
+    session = weaver_app().get_session()
+    session.update_session_var({"user_name": user_name})
+    return session
+
+
+def browser_connected(chainlit_session_id: str) -> bool:
+    """True when a live socket currently serves this Chainlit session (it was restored)."""
+    from chainlit.server import sio
+    from chainlit.session import WebsocketSession
+
+    ws = WebsocketSession.get_by_id(chainlit_session_id)
+    return ws is not None and bool(sio.manager.is_connected(ws.socket_id, "/"))
+
+
+def chat_cleared(chainlit_session_id: str) -> bool:
+    """True when the browser asked for a new chat (``clear_session``): this chat will not return."""
+    from chainlit.session import WebsocketSession
+
+    ws = WebsocketSession.get_by_id(chainlit_session_id)
+    return ws is None or bool(getattr(ws, "to_clear", False))
+
+
+OWNER = SessionOwner(new_session, browser_connected, is_abandoned=chat_cleared)
+
+
+def _key() -> str:
+    return str(cl.context.session.id)
+
+
+def _user_name() -> str:
+    user = cl.user_session.get("user")
+    return str(getattr(user, "identifier", "") or "anonymous")
+
+
+def _setup_logging() -> None:
+    """Make our INFO lines visible in the server log unless someone configured logging already."""
+    weaver = logging.getLogger("weaver")
+    if not weaver.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        weaver.addHandler(handler)
+        if weaver.level == logging.NOTSET:
+            weaver.setLevel(logging.INFO)
+
+
+@cl.on_app_startup
+async def on_app_startup() -> None:
+    _setup_logging()
+    await asyncio.to_thread(weaver_app)
+
+
+@cl.on_app_shutdown
+async def on_app_shutdown() -> None:
+    await OWNER.close_all()
+    if _app is not None:
+        await asyncio.to_thread(_app.stop)
+
+
+@cl.set_starters
+async def starters(user: Any = None, language: str | None = None) -> list[cl.Starter]:
+    return [
+        cl.Starter(label="Run Python", message="```python\nimport math\nprint(math.factorial(10))\n```"),
+        cl.Starter(label="Draw a chart", message="Plot y = x² for x from -5 to 5 and save it as a PNG."),
+        cl.Starter(label="Profile a CSV", message="Attach a CSV with the paper clip and ask me to profile it."),
+    ]
+
+
+@cl.on_chat_start
+async def on_chat_start() -> None:
+    try:
+        session = OWNER.open(_key(), _user_name())
+    except Exception as exc:
+        logger.exception("could not create a Weaver session")
+        await cl.ErrorMessage(content=f"Weaver could not start a session: {exc}").send()
+        return
+    cl.user_session.set("weaver_session", session)
+    for problem in getattr(session, "plugin_errors", []) or []:
+        await cl.Message(content=f"Warning: {problem}", author=chainlit_config.ui.name).send()
+
+
+@cl.on_message
+async def on_message(message: cl.Message) -> None:
+    try:
+        lease = OWNER.acquire(_key(), _user_name())
+    except Exception as exc:
+        logger.exception("could not create a Weaver session")
+        await cl.ErrorMessage(content=f"Weaver could not start a session: {exc}").send()
+        return
+    session = lease.session
+    cl.user_session.set("weaver_session", session)
+    if lease.recreated:
+        await cl.Message(
+            content="Note: your previous session ended while you were away, so this is a fresh one: "
+            "variables and files from before are gone.",
+            author=chainlit_config.ui.name,
+        ).send()
+    files = uploads_from_elements(message.elements)
+    text = message.content or ""
+    parent = cl.context.current_step
+    renderer = RoundRenderer(
+        parent_id=parent.id if parent else message.id,
+        execution_cwd=Path(session.execution_cwd),
+        author=chainlit_config.ui.name,
+    )
+    async with lease.round_lock:  # one round at a time per chat; core refuses overlapping rounds
+        await pump_round(
+            lambda handler: session.send_message(text, event_handler=handler, files=files or None),
+            renderer,
+            session.cancel,
+        )
+
+
+@cl.on_stop
+async def on_stop() -> None:
+    session = OWNER.current(_key())
+    if session is not None:
+        await asyncio.to_thread(session.cancel)
+
+
+@cl.on_chat_end
+async def on_chat_end() -> None:
+    # Chainlit sets to_clear when the user asked for a new chat: that chat will never come back.
+    OWNER.release(_key(), immediate=bool(getattr(cl.context.session, "to_clear", False)))

@@ -1,0 +1,250 @@
+"""Who owns a Weaver session, and when its kernel goes away.
+
+Chainlit calls ``on_chat_end`` on *every* socket drop, yet it keeps the browser session for
+``project.session_timeout`` seconds and silently restores it when the same browser reconnects
+with its session id - without calling ``on_chat_start`` again (see ``connect`` and
+``connection_successful`` in chainlit/socket.py; Chainlit issues #2201 and #2228). Stopping
+the kernel in ``on_chat_end`` would wipe the variables of a user whose Wi-Fi blinked; never
+stopping it would leave one kernel process behind per closed tab.
+
+Design - a grace period plus lazy re-creation:
+
+* ``release`` (chat end) stops nothing at once. It arms a timer of ``grace_s`` seconds
+  (env ``WEAVER_UI_DISCONNECT_GRACE_S``, default 120).
+* When the timer fires, the owner asks ``is_connected(key)`` whether a socket of that Chainlit
+  session is live again (Chainlit restored it). If so the session is kept. If not, the running
+  round is cancelled and the session stopped, so its kernel process is gone.
+* ``acquire`` (every user message) disarms a pending timer; if the session was already stopped
+  it creates a fresh one and says so (``recreated``), so the UI can tell the user that earlier
+  variables are gone instead of failing.
+* An explicit "New chat" stops the old session at once: the frontend emits ``clear_session``
+  and then drops the socket, but the server may run the disconnect (and so ``on_chat_end``)
+  before the ``clear_session`` handler, so ``release`` also re-checks ``is_abandoned(key)``
+  after ``settle_s`` (one second) and stops then if the chat was cleared and not reconnected.
+  ``close_all`` is for server shutdown.
+
+Every method runs on the event loop thread; only the blocking ``cancel``/``stop`` calls go to a
+worker thread. The owner imports neither Chainlit nor the engine, so it can be reasoned about
+(and exercised) on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+logger = logging.getLogger("weaver.ui.lifecycle")
+
+GRACE_ENV = "WEAVER_UI_DISCONNECT_GRACE_S"
+DEFAULT_GRACE_S = 120.0
+FORGET_AFTER_S = 24 * 3600.0
+
+
+class StoppableSession(Protocol):
+    """The part of ``core.Session`` that the owner needs."""
+
+    session_id: str
+
+    def cancel(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+SessionFactory = Callable[[str], StoppableSession]
+
+
+def grace_from_env(default: float = DEFAULT_GRACE_S) -> float:
+    """Read the grace period; a bad value falls back to the default rather than crash the server."""
+    raw = os.environ.get(GRACE_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        logger.warning("%s=%r is not a number; using %.0fs", GRACE_ENV, raw, default)
+        return default
+    return max(0.0, value)
+
+
+@dataclass
+class Lease:
+    """What a message handler gets: the live session, whether it is new, and the turn lock."""
+
+    session: StoppableSession
+    recreated: bool
+    round_lock: asyncio.Lock
+
+
+@dataclass
+class _Entry:
+    user_name: str
+    session: StoppableSession | None
+    round_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    timer: asyncio.TimerHandle | None = None
+    timer_token: object | None = None
+    settle_timer: asyncio.TimerHandle | None = None
+    stopped_at: float | None = None
+    had_session: bool = False
+
+
+class SessionOwner:
+    """Maps Chainlit session ids to Weaver sessions and decides when to stop them."""
+
+    def __init__(
+        self,
+        factory: SessionFactory,
+        is_connected: Callable[[str], bool],
+        grace_s: float | None = None,
+        is_abandoned: Callable[[str], bool] | None = None,
+        settle_s: float = 1.0,
+    ) -> None:
+        self._factory = factory
+        self._is_connected = is_connected
+        self._is_abandoned = is_abandoned
+        self.settle_s = settle_s
+        self.grace_s = grace_from_env() if grace_s is None else grace_s
+        self._entries: dict[str, _Entry] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    def open(self, key: str, user_name: str) -> StoppableSession:
+        """Chat start: reuse the live session of this key or create one."""
+        return self.acquire(key, user_name).session
+
+    def acquire(self, key: str, user_name: str) -> Lease:
+        """A message arrived: the user is here, so disarm the stop and make sure a session is live."""
+        self._prune()
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = _Entry(user_name=user_name, session=None)
+            self._entries[key] = entry
+        self._disarm(entry)
+        recreated = False
+        if entry.session is not None and getattr(entry.session, "is_stopped", False):
+            entry.session = None  # stopped behind our back (e.g. the engine shut it down)
+        if entry.session is None:
+            recreated = entry.had_session
+            entry.session = self._factory(user_name)
+            entry.user_name = user_name
+            entry.had_session = True
+            entry.stopped_at = None
+            logger.info("chainlit session %s owns weaver session %s", key, entry.session.session_id)
+        return Lease(session=entry.session, recreated=recreated, round_lock=entry.round_lock)
+
+    def current(self, key: str) -> StoppableSession | None:
+        """The live session of a key, without creating one (used by the stop button)."""
+        entry = self._entries.get(key)
+        return entry.session if entry else None
+
+    def release(self, key: str, immediate: bool = False) -> None:
+        """Chat end: stop now if the user asked for a new chat, else after the grace period."""
+        entry = self._entries.get(key)
+        if entry is None or entry.session is None:
+            return
+        self._disarm(entry)
+        if immediate or self.grace_s <= 0:
+            logger.info("chat end for %s: stopping weaver session now", key)
+            self._stop(key, entry)
+            return
+        loop = asyncio.get_running_loop()
+        token = object()
+        entry.timer = loop.call_later(self.grace_s, self._grace_over, key, token)
+        entry.timer_token = token
+        if self._is_abandoned is not None and self.settle_s < self.grace_s:
+            entry.settle_timer = loop.call_later(self.settle_s, self._settled, key, token)
+        logger.info(
+            "chat end for %s: weaver session %s stops in %.1fs unless the browser reconnects",
+            key,
+            entry.session.session_id,
+            self.grace_s,
+        )
+
+    async def close_all(self) -> None:
+        """Server shutdown: stop every live session and wait for the stops to finish."""
+        for key, entry in list(self._entries.items()):
+            self._disarm(entry)
+            if entry.session is not None:
+                self._stop(key, entry)
+        if self._stopping:
+            await asyncio.gather(*list(self._stopping), return_exceptions=True)
+
+    def stop_pending(self, key: str) -> bool:
+        """True while a disconnect timer is armed for this key (for diagnostics and tests)."""
+        entry = self._entries.get(key)
+        return entry is not None and entry.timer is not None
+
+    def live_count(self) -> int:
+        """How many sessions are currently owned and not stopped."""
+        return sum(1 for e in self._entries.values() if e.session is not None)
+
+    def _settled(self, key: str, token: object) -> None:
+        """Shortly after a disconnect: stop now if the user had asked for a new chat."""
+        entry = self._entries.get(key)
+        if entry is None or entry.session is None or entry.timer_token is not token or self._is_abandoned is None:
+            return
+        entry.settle_timer = None
+        try:
+            abandoned = self._is_abandoned(key) and not self._is_connected(key)
+        except Exception:
+            logger.exception("abandon probe failed for %s; waiting for the grace period", key)
+            return
+        if abandoned:
+            logger.info("chat end for %s: stopping weaver session now (new chat)", key)
+            self._disarm(entry)
+            self._stop(key, entry)
+
+    def _grace_over(self, key: str, token: object) -> None:
+        entry = self._entries.get(key)
+        if entry is None or entry.session is None or entry.timer_token is not token:
+            return
+        entry.timer = None
+        try:
+            connected = self._is_connected(key)
+        except Exception:  # a failing probe must not keep kernels forever
+            logger.exception("connection probe failed for %s; treating it as gone", key)
+            connected = False
+        if connected:
+            logger.info("grace over for %s: browser reconnected, keeping weaver session %s", key, entry.session.session_id)
+            return
+        logger.info("grace over for %s: browser gone, stopping weaver session %s", key, entry.session.session_id)
+        self._stop(key, entry)
+
+    def _disarm(self, entry: _Entry) -> None:
+        for timer in (entry.timer, entry.settle_timer):
+            if timer is not None:
+                timer.cancel()
+        entry.timer = entry.settle_timer = None
+        entry.timer_token = None
+
+    def _stop(self, key: str, entry: _Entry) -> None:
+        session = entry.session
+        entry.session = None
+        entry.stopped_at = time.monotonic()
+        if session is None:
+            return
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(_cancel_and_stop, key, session))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    def _prune(self) -> None:
+        """Forget long-stopped entries so a server that runs for weeks does not grow without end."""
+        now = time.monotonic()
+        for key in [k for k, e in self._entries.items() if e.stopped_at and now - e.stopped_at > FORGET_AFTER_S]:
+            del self._entries[key]
+
+
+def _cancel_and_stop(key: str, session: StoppableSession) -> None:
+    """Cancel a round that may still run for a vanished user, then shut the kernel down."""
+    try:
+        session.cancel()
+    except Exception:
+        logger.exception("cancel failed for weaver session %s", session.session_id)
+    try:
+        session.stop()
+    except Exception:
+        logger.exception("stop failed for weaver session %s", session.session_id)
+    else:
+        logger.info("stopped weaver session %s of chainlit session %s", session.session_id, key)
