@@ -107,8 +107,12 @@ async def on_app_shutdown() -> None:
 async def starters(user: Any = None, language: str | None = None) -> list[cl.Starter]:
     return [
         cl.Starter(label="Run Python", message="```python\nimport math\nprint(math.factorial(10))\n```"),
-        cl.Starter(label="Draw a chart", message="Plot y = x² for x from -5 to 5 and save it as a PNG."),
-        cl.Starter(label="Profile a CSV", message="Attach a CSV with the paper clip and ask me to profile it."),
+        cl.Starter(
+            label="Draw a chart",
+            message="```python\nimport matplotlib.pyplot as plt\nxs = [x / 10 for x in range(-50, 51)]\n"
+            "plt.plot(xs, [x * x for x in xs])\nplt.title('y = x²')\nplt.show()\n```",
+        ),
+        cl.Starter(label="What can you do?", message="What can you do?"),
     ]
 
 
