@@ -19,32 +19,18 @@ from typing import Callable
 import httpx
 import pytest
 
-try:
-    from tests.ui_harness import (
-        MAX_FILE_MB,
-        REPO_ROOT,
-        UIServer,
-        answers,
-        code_block,
-        free_port,
-        pid_alive,
-        steps,
-        ui_server,
-        wait_until,
-    )
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from ui_harness import (  # type: ignore[no-redef]
-        MAX_FILE_MB,
-        REPO_ROOT,
-        UIServer,
-        answers,
-        code_block,
-        free_port,
-        pid_alive,
-        steps,
-        ui_server,
-        wait_until,
-    )
+from tests.ui_harness import (
+    MAX_FILE_MB,
+    REPO_ROOT,
+    UIServer,
+    answers,
+    code_block,
+    free_port,
+    pid_alive,
+    steps,
+    ui_server,
+    wait_until,
+)
 
 from core import TaskWeaverApp
 from ui.files import parse_artifacts, resolve_inside, table_markdown

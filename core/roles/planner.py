@@ -6,6 +6,7 @@ import re
 from typing import Any, Callable
 
 from core.events import PostEventProxy
+from core.ids import create_id
 from core.llm.json_stream import FieldEvent
 from core.memory import AttachmentType, Post
 from core.roles.base import Renderer, Role, StreamedField
@@ -28,8 +29,6 @@ class _PlanField:
         self.attachment_id = ""
 
     def __call__(self, proxy: PostEventProxy, event: FieldEvent) -> None:
-        from core.ids import create_id
-
         if event.kind == "start":
             self.attachment_id = create_id("atta")
             proxy.update_attachment("", AttachmentType.plan, self.attachment_id, is_end=False)

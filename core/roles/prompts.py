@@ -6,7 +6,7 @@ import json
 import re
 
 from core.memory import AttachmentType, Post, Round
-from core.roles.protocol import CODE_FORMAT, CODE_INTERPRETER, PLANNER, PLANNER_FORMAT, USER
+from core.roles.protocol import CODE_FORMAT, CODE_INTERPRETER, PLANNER, PLANNER_FORMAT
 
 HISTORY_ROUNDS = 8
 _NUMBERING = re.compile(r"^\d+\.\s*")
@@ -66,9 +66,13 @@ def _recent_posts(history: list[Round], current: Round) -> list[Post]:
     return posts + current.post_list
 
 
+def _system(template: str, files: list[str], plugins: str, reply_format: str) -> dict[str, str]:
+    text = template.format(files=", ".join(files) or "(none)", plugins=plugins or "(none)", format=reply_format)
+    return {"role": "system", "content": text}
+
+
 def planner_messages(history: list[Round], current: Round, files: list[str], plugins: str) -> list[dict[str, str]]:
-    system = PLANNER_SYSTEM.format(files=", ".join(files) or "(none)", plugins=plugins or "(none)", format=PLANNER_FORMAT)
-    messages = [{"role": "system", "content": system}]
+    messages = [_system(PLANNER_SYSTEM, files, plugins, PLANNER_FORMAT)]
     for post in _recent_posts(history, current):
         if post.get_attachment(AttachmentType.invalid_response):
             continue
@@ -80,8 +84,7 @@ def planner_messages(history: list[Round], current: Round, files: list[str], plu
 
 
 def code_messages(history: list[Round], current: Round, files: list[str], plugins: str) -> list[dict[str, str]]:
-    system = CODE_SYSTEM.format(files=", ".join(files) or "(none)", plugins=plugins or "(none)", format=CODE_FORMAT)
-    messages = [{"role": "system", "content": system}]
+    messages = [_system(CODE_SYSTEM, files, plugins, CODE_FORMAT)]
     for post in _recent_posts(history, current):
         if post.get_attachment(AttachmentType.invalid_response):
             continue
@@ -96,6 +99,3 @@ def code_messages(history: list[Round], current: Round, files: list[str], plugin
                 messages.append({"role": "user", "content": f"Execution result:\n{note}"})
     return messages
 
-
-def is_from_user(post: Post) -> bool:
-    return post.send_from == USER
