@@ -80,7 +80,7 @@ class ExecutionResult:
 
 def _artifact_line(artifact: Artifact) -> str:
     desc = f" — {artifact.description}" if artifact.description else ""
-    return f"- {artifact.path.name} ({artifact.type}): {artifact.path}{desc}"
+    return f"- {artifact.path.name} ({artifact.type}, in the working folder){desc}"
 
 
 def clip(text: str, max_chars: int) -> str:
