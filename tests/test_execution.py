@@ -232,3 +232,17 @@ def test_stop_while_code_runs(fresh: KernelExecutor) -> None:
     assert res.cancelled and not res.is_success
     assert time.monotonic() - started < 15
     assert not pid_exists(pid)
+
+
+def test_server_secrets_do_not_reach_user_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEAVER_LLM__API_KEY", "sk-server")
+    monkeypatch.setenv("CHAINLIT_AUTH_SECRET", "signing-secret")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    monkeypatch.setenv("PLUGIN_sql_API_KEY", "for-the-plugin")
+    executor = KernelExecutor("secrets", tmp_path)
+    try:
+        names = ["WEAVER_LLM__API_KEY", "CHAINLIT_AUTH_SECRET", "OPENAI_API_KEY", "PLUGIN_sql_API_KEY"]
+        res = executor.execute(f"import os\n[name for name in {names!r} if name in os.environ]")
+    finally:
+        executor.stop()
+    assert res.result == "['PLUGIN_sql_API_KEY']"

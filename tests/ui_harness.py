@@ -9,6 +9,9 @@ app dir in a temp folder, a short disconnect grace and the offline model. It wai
 ``auth={clientType, sessionId, threadId, userEnv, chatProfile}``, ``connection_successful``,
 ``client_message`` with ``fileReferences``, uploads as multipart POST ``/project/file?session_id=``)
 and records every event so tests can wait on conditions instead of sleeping.
+
+``start_server(..., extra_env=)`` adds environment variables (e.g. to turn on header login);
+``ChatClient.login_with_header`` logs in the way the frontend does when header auth is on.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import httpx
 import pytest
@@ -91,7 +94,9 @@ class UIServer:
         return ChatClient(self.base_url, session_id)
 
 
-def start_server(app_dir: Path, log_path: Path, grace_s: float = GRACE_S) -> UIServer:
+def start_server(
+    app_dir: Path, log_path: Path, grace_s: float = GRACE_S, extra_env: Mapping[str, str] | None = None
+) -> UIServer:
     port = free_port()
     (app_dir / "plugins").mkdir(parents=True, exist_ok=True)  # an empty plugin folder, as a real install has
     env = {
@@ -105,6 +110,7 @@ def start_server(app_dir: Path, log_path: Path, grace_s: float = GRACE_S) -> UIS
     }
     for key in ("OPENAI_API_KEY", "LITERAL_API_KEY", "DATABASE_URL", "CHAINLIT_AUTH_SECRET"):
         env.pop(key, None)
+    env.update(extra_env or {})
     cmd = [sys.executable, "-m", "chainlit", "run", "ui/app.py", "--headless", "--host", "127.0.0.1", "--port", str(port)]
     log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -155,6 +161,7 @@ class ChatClient:
     def __init__(self, base_url: str, session_id: str | None = None) -> None:
         self.base_url = base_url
         self.session_id = session_id or str(uuid.uuid4())
+        self.headers: dict[str, str] = {}  # sent with the socket handshake and uploads (the login cookie)
         self.events: list[tuple[str, Any]] = []
         self._cond = threading.Condition()
         self.sio = socketio.Client(reconnection=False)
@@ -172,12 +179,22 @@ class ChatClient:
             socketio_path="/ws/socket.io",
             transports=["websocket"],
             auth={"clientType": "webapp", "sessionId": self.session_id, "threadId": "", "userEnv": "{}", "chatProfile": ""},
+            headers=dict(self.headers),  # engine.io moves the Cookie header out of the dict it gets
             wait_timeout=timeout,
         )
         self.sio.emit("connection_successful")
         if expect_chat_start:
             self.wait_for(lambda: self._run_done("on_chat_start"), timeout, "on_chat_start to finish")
         return self
+
+    def login_with_header(self, header: str | None = None, value: str | None = None) -> httpx.Response:
+        """``POST /auth/header`` as the frontend does when header auth is on (here the test plays the
+        proxy and adds ``header: value``); on success keep the access-token cookie it sets."""
+        headers = {header: value} if header and value is not None else {}
+        response = httpx.post(f"{self.base_url}/auth/header", headers=headers, timeout=30)
+        if response.status_code == 200 and response.cookies:
+            self.headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in response.cookies.items())
+        return response
 
     def disconnect(self) -> None:
         if self.sio.connected:
@@ -195,6 +212,7 @@ class ChatClient:
             f"{self.base_url}/project/file",
             params={"session_id": self.session_id},
             files={"file": (name, content, mime)},
+            headers=self.headers,
             timeout=30,
         )
         response.raise_for_status()

@@ -4,16 +4,28 @@ A thin adapter over ``core``'s public API. One ``TaskWeaverApp`` per server proc
 ``Session`` per browser chat, owned by ``ui.lifecycle.SessionOwner`` (read its docstring for why
 a disconnect stops the kernel only after a grace period). Each message runs its round on a
 worker thread; ``ui.render`` brings the events back to the event loop and draws them as steps.
+
+Who is the user? By default nobody logs in and every session's ``user_name`` is "anonymous".
+Behind an authenticating reverse proxy, set ``WEAVER_UI_USER_HEADER`` to the header the proxy
+puts the user name in (e.g. ``X-Forwarded-User``): a Chainlit ``header_auth_callback`` then
+turns that header into ``cl.User(identifier=<value>)`` on ``POST /auth/header`` and refuses
+requests without it; Chainlit signs the result into its access-token cookie, which the socket
+presents on connect, and each Weaver session gets that identifier as ``user_name``. The proxy
+must strip any copy of the header sent by the client. Chainlit needs ``CHAINLIT_AUTH_SECRET``
+to sign the cookie; if it is missing the server refuses to start, by design, rather than invent
+a per-process secret: an explicit secret survives restarts and is shared by every replica, so
+logins stay valid and the operator knows a secret exists and must be kept out of reach.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the path, not the repo root
@@ -69,6 +81,34 @@ def chat_cleared(chainlit_session_id: str) -> bool:
 
 OWNER = SessionOwner(new_session, browser_connected, is_abandoned=chat_cleared)
 
+USER_HEADER_ENV = "WEAVER_UI_USER_HEADER"
+AUTH_SECRET_ENV = "CHAINLIT_AUTH_SECRET"
+
+
+def trusted_user_header() -> str | None:
+    """The header a trusted proxy puts the user name in (``$WEAVER_UI_USER_HEADER``), or None."""
+    return os.environ.get(USER_HEADER_ENV, "").strip() or None
+
+
+def user_from_headers(headers: Mapping[str, str], header: str) -> cl.User | None:
+    """The user named by ``header``; None (Chainlit answers 401) when it is missing or blank."""
+    value = (headers.get(header) or "").strip()
+    return cl.User(identifier=value, metadata={"provider": "header"}) if value else None
+
+
+USER_HEADER = trusted_user_header()
+if USER_HEADER is not None:
+    if not os.environ.get(AUTH_SECRET_ENV):
+        raise SystemExit(
+            f"Weaver UI: {USER_HEADER_ENV}={USER_HEADER} turns on login from a proxy header, which needs "
+            f"{AUTH_SECRET_ENV} to sign login cookies; set it (e.g. from `chainlit create-secret`) or unset "
+            f"{USER_HEADER_ENV}."
+        )
+
+    @cl.header_auth_callback
+    async def header_auth(headers: Mapping[str, str]) -> cl.User | None:
+        return user_from_headers(headers, USER_HEADER or "")
+
 
 def _key() -> str:
     return str(cl.context.session.id)
@@ -93,6 +133,8 @@ def _setup_logging() -> None:
 @cl.on_app_startup
 async def on_app_startup() -> None:
     _setup_logging()
+    if USER_HEADER is not None:
+        logger.info("login: the user is whoever the proxy names in the %s header", USER_HEADER)
     await asyncio.to_thread(weaver_app)
 
 

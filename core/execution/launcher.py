@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,9 +26,13 @@ class _OwnPythonSpecs(KernelSpecManager):
         )
 
 
+# The server's own credentials stay out of user code's os.environ (plugins' PLUGIN_* settings pass).
+_SERVER_SECRETS = re.compile(r"^(WEAVER_|CHAINLIT_|OPENAI_|AZURE_OPENAI)|API_KEY|SECRET|TOKEN|PASSWORD", re.IGNORECASE)
+
+
 def kernel_env(session_id: str, extra_env: dict[str, str] | None) -> dict[str, str]:
-    """Host environment + extras + session id; ``core`` importable and figures inline."""
-    env = dict(os.environ)
+    """Host environment without server secrets + extras + session id; ``core`` importable, figures inline."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("PLUGIN_") or not _SERVER_SECRETS.search(k)}
     env.update(extra_env or {})
     env["WEAVER_SESSION_ID"] = session_id
     paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
