@@ -273,3 +273,18 @@ def test_each_session_keeps_a_log_of_its_rounds(session) -> None:
     assert len(lines) == len(session.rounds)
     assert json.loads(lines[0])["state"] == "finished"
     assert "session" in (session.workspace / "session.log").read_text()
+
+
+def test_a_crashed_kernel_is_reported_and_replaced(app: TaskWeaverApp) -> None:
+    s = app.get_session()
+    try:
+        s.send_message(code("before = 1"))
+        old_pid = s.executor.pid
+        rnd = s.send_message(code("import os\nos._exit(1)"))
+        assert rnd.state == "finished"
+        assert "kernel died" in rnd.reply_text and "fresh kernel" in rnd.reply_text
+        assert not pid_alive(old_pid)
+        after = s.send_message(code("print('alive again')\nprint('before' in globals())"))
+        assert "alive again" in after.reply_text and "False" in after.reply_text
+    finally:
+        s.stop()
