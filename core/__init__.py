@@ -1,37 +1,60 @@
-"""Weaver's engine: TaskWeaver's Session model, with no UI dependency."""
+"""Weaver's engine: TaskWeaver's Session model, with no UI dependency.
 
-from core.app import TaskWeaverApp
-from core.cancel import CancelToken, RoundCancelled
-from core.config import AppConfig, ConfigError
-from core.events import (
-    EventScope,
-    PostEventType,
-    RoundEventType,
-    SessionEventHandler,
-    SessionEventHandlerBase,
-    SessionEventType,
-    TaskWeaverEvent,
-)
-from core.memory import Attachment, AttachmentType, Post, Round
-from core.session import AppSessionConfig, Session
+Names are imported on first use (PEP 562), so that the plugin runtime, which every kernel
+imports from ``core.plugins``, does not pull the whole engine into each kernel.
+"""
 
-__all__ = [
-    "AppConfig",
-    "AppSessionConfig",
-    "Attachment",
-    "AttachmentType",
-    "CancelToken",
-    "ConfigError",
-    "EventScope",
-    "Post",
-    "PostEventType",
-    "Round",
-    "RoundCancelled",
-    "RoundEventType",
-    "Session",
-    "SessionEventHandler",
-    "SessionEventHandlerBase",
-    "SessionEventType",
-    "TaskWeaverApp",
-    "TaskWeaverEvent",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "TaskWeaverApp": "core.app",
+    "Session": "core.session",
+    "AppSessionConfig": "core.session",
+    "AppConfig": "core.config",
+    "ConfigError": "core.config",
+    "CancelToken": "core.cancel",
+    "RoundCancelled": "core.cancel",
+    "EventScope": "core.events",
+    "PostEventType": "core.events",
+    "RoundEventType": "core.events",
+    "SessionEventType": "core.events",
+    "SessionEventHandler": "core.events",
+    "SessionEventHandlerBase": "core.events",
+    "TaskWeaverEvent": "core.events",
+    "Attachment": "core.memory",
+    "AttachmentType": "core.memory",
+    "Post": "core.memory",
+    "Round": "core.memory",
+    "Plugin": "core.plugins.api",
+    "register_plugin": "core.plugins.api",
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from core.app import TaskWeaverApp
+    from core.cancel import CancelToken, RoundCancelled
+    from core.config import AppConfig, ConfigError
+    from core.events import (
+        EventScope,
+        PostEventType,
+        RoundEventType,
+        SessionEventHandler,
+        SessionEventHandlerBase,
+        SessionEventType,
+        TaskWeaverEvent,
+    )
+    from core.memory import Attachment, AttachmentType, Post, Round
+    from core.plugins.api import Plugin, register_plugin
+    from core.session import AppSessionConfig, Session
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
