@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the path, not the repo root
@@ -40,6 +40,7 @@ from ui.lifecycle import SessionOwner  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
+T = TypeVar("T")
 
 _app: TaskWeaverApp | None = None
 _app_lock = threading.Lock()
@@ -158,13 +159,20 @@ async def starters(user: Any = None, language: str | None = None) -> list[cl.Sta
     ]
 
 
-@cl.on_chat_start
-async def on_chat_start() -> None:
+async def _or_report(get: Callable[[], T]) -> T | None:
+    """Run ``get`` (which may create a session); on failure tell the user plainly, details to the log."""
     try:
-        session = OWNER.open(_key(), _user_name())
+        return get()
     except Exception as exc:
         logger.exception("could not create a Weaver session")
         await cl.ErrorMessage(content=f"Weaver could not start a session: {exc}").send()
+        return None
+
+
+@cl.on_chat_start
+async def on_chat_start() -> None:
+    session = await _or_report(lambda: OWNER.open(_key(), _user_name()))
+    if session is None:
         return
     cl.user_session.set("weaver_session", session)
     for problem in getattr(session, "plugin_errors", []) or []:
@@ -173,11 +181,8 @@ async def on_chat_start() -> None:
 
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
-    try:
-        lease = OWNER.acquire(_key(), _user_name())
-    except Exception as exc:
-        logger.exception("could not create a Weaver session")
-        await cl.ErrorMessage(content=f"Weaver could not start a session: {exc}").send()
+    lease = await _or_report(lambda: OWNER.acquire(_key(), _user_name()))
+    if lease is None:
         return
     session = lease.session
     cl.user_session.set("weaver_session", session)

@@ -21,24 +21,19 @@ def extract_code_blocks(text: str) -> list[str]:
     return [block.strip("\n") for block in CODE_BLOCK.findall(text) if block.strip()]
 
 
-class _PlanField:
-    """Streams plan items as a numbered list, one line per item as each completes."""
+class _PlanField(StreamedField):
+    """Plan items stream as a numbered list, a line per item as each completes."""
 
     def __init__(self) -> None:
+        super().__init__(AttachmentType.plan)
         self.count = 0
-        self.attachment_id = ""
 
     def __call__(self, proxy: PostEventProxy, event: FieldEvent) -> None:
-        if event.kind == "start":
-            self.attachment_id = create_id("atta")
-            proxy.update_attachment("", AttachmentType.plan, self.attachment_id, is_end=False)
-        elif event.kind == "item":
-            self.count += 1
-            proxy.update_attachment(f"{self.count}. {event.value}\n", AttachmentType.plan, self.attachment_id, is_end=False)
-        elif event.kind == "end":
-            if self.count == 0 and isinstance(event.value, str):  # a plan written as one string
-                proxy.update_attachment(event.value, AttachmentType.plan, self.attachment_id, is_end=False)
-            proxy.update_attachment("", AttachmentType.plan, self.attachment_id, is_end=True)
+        if event.kind != "item":  # a plan written as one string streams like any text field
+            super().__call__(proxy, event)
+            return
+        self.count += 1
+        proxy.update_attachment(f"{self.count}. {event.value}\n", self.type, self.attachment_id, is_end=False)
 
 
 def _render_send_to(proxy: PostEventProxy, event: FieldEvent) -> None:
