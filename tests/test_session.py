@@ -288,3 +288,15 @@ def test_a_crashed_kernel_is_reported_and_replaced(app: TaskWeaverApp) -> None:
         assert "alive again" in after.reply_text and "False" in after.reply_text
     finally:
         s.stop()
+
+
+def test_file_names_are_data_not_code_and_builtins_survive(session) -> None:
+    rnd = session.send_message(
+        "", files=[{"name": "{__import__('os').getpid()}.csv", "content": b"a\n1\n"}, {"name": "print.csv", "content": b"b\n2\n"}]
+    )
+    reply = rnd.reply_text
+    assert "{__import__('os').getpid()}.csv: 1 rows x 1 columns" in reply
+    assert "print.csv: 1 rows x 1 columns, loaded as `print_data`" in reply
+    after = session.send_message(code("print('builtins fine', int(print_data.b.sum()))"))
+    assert "builtins fine 2" in after.reply_text
+    assert "NameError" in session.send_message(code("_describe_table")).reply_text  # helpers are cleaned up

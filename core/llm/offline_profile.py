@@ -1,7 +1,14 @@
-"""Generated Python that profiles files added without code: tables, images and text."""
+"""Generated Python that profiles files added without code: tables, images and text.
+
+File names only ever appear in the generated code as ``repr`` literals passed to small helper
+functions, so a name such as ``{x}.csv`` is data, never code. Each file has its own ``try``, so
+one broken file spoils nothing, and the helpers are deleted afterwards so the user's namespace
+gains only the tables' variables.
+"""
 
 from __future__ import annotations
 
+import builtins
 import keyword
 import re
 from pathlib import PurePath
@@ -16,16 +23,43 @@ TABLE_READERS = {
     ".parquet": "pd.read_parquet({path!r})",
 }
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+_RESERVED = set(dir(builtins)) | {"pd", "os", "Image", "display", "get_ipython", "exit", "quit"}
+
+_HELPERS = {
+    "_could_not_read": '''def _could_not_read(name, kind, error):
+    print(f"{name}: could not be read as {kind} ({type(error).__name__}: {error})")
+''',
+    "_describe_table": '''def _describe_table(name, table, variable):
+    print(f"{name}: {table.shape[0]} rows x {table.shape[1]} columns, loaded as `{variable}`")
+    print(table.dtypes.to_string())
+    display(table.head(5))
+''',
+    "_describe_image": '''def _describe_image(name):
+    with Image.open(name) as img:
+        print(f"{name}: image {img.size[0]} x {img.size[1]} pixels, mode {img.mode}, format {img.format}")
+''',
+    "_describe_text": '''def _describe_text(name):
+    try:
+        with open(name, encoding="utf-8") as handle:
+            text = handle.read()
+    except UnicodeDecodeError:
+        print(f"{name}: binary file, {os.path.getsize(name)} bytes (not text)")
+        return
+    lines = text.splitlines()
+    print(f"{name}: text, {len(lines)} lines, {len(text.split())} words")
+    print("\\n".join(lines[:5]))
+''',
+}
 
 
 def variable_name(file_name: str, taken: set[str]) -> str:
-    """A Python identifier named after the file: ``Sales 2024.csv`` → ``sales_2024``."""
+    """A Python identifier named after the file (``Sales 2024.csv`` → ``sales_2024``), never a builtin."""
     stem = PurePath(file_name).stem.lower()
     name = re.sub(r"\W+", "_", stem, flags=re.ASCII).strip("_") or "data"
     if name[0].isdigit():
         name = f"df_{name}"
-    if keyword.iskeyword(name) or name in {"pd", "Image"}:
-        name = f"{name}_"
+    if keyword.iskeyword(name) or name in _RESERVED:
+        name = f"{name}_data"
     candidate, n = name, 2
     while candidate in taken:
         candidate, n = f"{name}_{n}", n + 1
@@ -33,54 +67,32 @@ def variable_name(file_name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _table_code(file_name: str, var: str) -> str:
-    reader = TABLE_READERS[PurePath(file_name).suffix.lower()].format(path=file_name)
-    return f"""try:
-    {var} = {reader}
-    print(f"{file_name}: {{{var}.shape[0]}} rows x {{{var}.shape[1]}} columns, loaded as `{var}`")
-    print({var}.dtypes.to_string())
-    display({var}.head(5))
-except Exception as exc:
-    print(f"{file_name}: could not be read as a table ({{type(exc).__name__}}: {{exc}})")
-"""
-
-
-def _image_code(file_name: str) -> str:
-    return f"""try:
-    with Image.open({file_name!r}) as img:
-        print(f"{file_name}: image {{img.size[0]}} x {{img.size[1]}} pixels, mode {{img.mode}}, format {{img.format}}")
-except Exception as exc:
-    print(f"{file_name}: could not be read as an image ({{type(exc).__name__}}: {{exc}})")
-"""
-
-
-def _text_code(file_name: str) -> str:
-    return f"""try:
-    with open({file_name!r}, encoding="utf-8") as handle:
-        text = handle.read()
-    lines = text.splitlines()
-    print(f"{file_name}: text, {{len(lines)}} lines, {{len(text.split())}} words")
-    print("\\n".join(lines[:5]))
-except UnicodeDecodeError:
-    print(f"{file_name}: binary file, {{os.path.getsize({file_name!r})}} bytes (not text)")
-except Exception as exc:
-    print(f"{file_name}: could not be read ({{type(exc).__name__}}: {{exc}})")
-"""
+def _guarded(name: str, kind: str, body: str) -> str:
+    return f"try:\n    {body}\nexcept Exception as _error:\n    _could_not_read({name!r}, {kind!r}, _error)\n"
 
 
 def profile_code(file_names: list[str]) -> str:
-    """One cell that profiles every file, each in its own ``try`` so one broken file spoils nothing."""
+    """One cell that profiles every file, by type, each in its own ``try``."""
     taken: set[str] = set()
-    parts: list[str] = []
     imports = {"import os"}
+    helpers = ["_could_not_read"]
+    parts: list[str] = []
     for name in file_names:
         suffix = PurePath(name).suffix.lower()
         if suffix in TABLE_READERS:
             imports.add("import pandas as pd")
-            parts.append(_table_code(name, variable_name(name, taken)))
+            helpers.append("_describe_table")
+            var = variable_name(name, taken)
+            reader = TABLE_READERS[suffix].format(path=name)
+            parts.append(_guarded(name, "a table", f"{var} = {reader}\n    _describe_table({name!r}, {var}, {var!r})"))
         elif suffix in IMAGE_SUFFIXES:
             imports.add("from PIL import Image")
-            parts.append(_image_code(name))
+            helpers.append("_describe_image")
+            parts.append(_guarded(name, "an image", f"_describe_image({name!r})"))
         else:
-            parts.append(_text_code(name))
-    return "\n".join(sorted(imports)) + "\n\n" + "\n".join(parts)
+            helpers.append("_describe_text")
+            parts.append(_guarded(name, "text", f"_describe_text({name!r})"))
+    used = list(dict.fromkeys(helpers))
+    return "\n".join(
+        ["\n".join(sorted(imports)), "", *(_HELPERS[h] for h in used), *parts, f"del {', '.join(used)}\n"]
+    )
