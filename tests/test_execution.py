@@ -246,3 +246,13 @@ def test_server_secrets_do_not_reach_user_code(tmp_path: Path, monkeypatch: pyte
     finally:
         executor.stop()
     assert res.result == "['PLUGIN_sql_API_KEY']"
+
+
+def test_malformed_rich_output_is_skipped_not_fatal(executor: KernelExecutor) -> None:
+    res = executor.execute(
+        "display({'image/png': 'not base64!'}, raw=True)\n"
+        "display({'application/vnd.weaver.table+json': {'shape': 'x'}}, raw=True)\n"
+        "print('after')"
+    )
+    assert res.is_success and "after" in res.stdout
+    assert not [a for a in res.artifacts if a.type == "image"]

@@ -68,7 +68,10 @@ class OutputCollector:
         saved = self._save_image(data)
         table = data.get(TABLE_MIME)
         if isinstance(table, dict):
-            self.tables.append(_table(table))
+            try:
+                self.tables.append(_table(table))
+            except (TypeError, ValueError, IndexError):
+                pass  # not one of ours: user code displayed raw data under our type
         text = strip_ansi(str(data.get("text/plain", "")))
         if is_result:
             self.result = text
@@ -82,11 +85,16 @@ class OutputCollector:
             payload = data.get(mime)
             if not payload:
                 continue
+            try:  # user code can display any payload under an image type: skip what isn't one
+                content = (
+                    (payload if isinstance(payload, str) else "".join(payload)).encode("utf-8")
+                    if mime == "image/svg+xml"
+                    else base64.b64decode(payload, validate=True)
+                )
+            except (ValueError, TypeError):
+                continue
             path = unique_path(self.cwd, f"figure{suffix}")
-            if mime == "image/svg+xml":
-                path.write_text(payload if isinstance(payload, str) else "".join(payload), encoding="utf-8")
-            else:
-                path.write_bytes(base64.b64decode(payload))
+            path.write_bytes(content)
             self.artifacts.append(Artifact(path.name, path, kind, "figure displayed by the code"))
             return True
         return False
