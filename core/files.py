@@ -1,19 +1,20 @@
 """Copying user files into a session's working folder under safe names.
 
-Everything is validated before anything is written, so a bad entry leaves the folder untouched,
-and every target is checked to resolve inside the folder.
+Everything is validated before anything is written, and a write that fails part-way removes what
+it wrote, so a bad entry leaves the folder untouched; every target must resolve inside the folder.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-MAX_NAME_LENGTH = 120
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes; leave room for a "-N" clash suffix
 _UNSAFE_CHARS = re.compile(r'[<>:"|?*]')
 
 
@@ -35,11 +36,13 @@ def safe_file_name(name: str) -> str:
     cleaned = _UNSAFE_CHARS.sub("_", cleaned).strip().lstrip(".").strip()
     if not cleaned:
         raise ValueError(f"file name {name!r} has no usable characters")
-    if len(cleaned) > MAX_NAME_LENGTH:
+    if len(cleaned.encode("utf-8")) > MAX_NAME_BYTES:
         stem, dot, ext = cleaned.rpartition(".")
-        ext = ext if dot and len(ext) <= 10 else ""
-        keep = MAX_NAME_LENGTH - len(ext) - (1 if ext else 0)
-        cleaned = (stem if ext else cleaned)[:keep] + (f".{ext}" if ext else "")
+        ext = f".{ext}" if dot and stem and len(ext) <= 10 else ""
+        base = stem if ext else cleaned
+        while len((base + ext).encode("utf-8")) > MAX_NAME_BYTES:
+            base = base[:-1]
+        cleaned = base + ext
     return cleaned
 
 
@@ -91,23 +94,35 @@ def add_files(folder: Path, files: list[Mapping[str, Any]], max_bytes: int) -> l
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     written: list[str] = []
-    for item in pending:
-        name = _free_name(folder, item.name)
-        target = (folder / name).resolve()
-        if target.parent != folder:
-            raise ValueError(f"file name {item.name!r} would leave the session folder")
-        data = item.content if item.content is not None else None
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        for item in pending:
+            written.append(_write(folder, item))
+    except OSError as exc:
+        for name in written:  # all or nothing: the message will not mention a partial set
+            (folder / name).unlink(missing_ok=True)
+        raise ValueError(f"could not save the uploaded files: {exc.strerror or exc}") from exc
+    return written
+
+
+def _write(folder: Path, item: _PendingFile) -> str:
+    """Create a new file (never following or replacing anything) and copy the data in."""
+    name = _free_name(folder, item.name)
+    target = (folder / name).resolve()
+    if target.parent != folder:
+        raise ValueError(f"file name {item.name!r} would leave the session folder")
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
         with os.fdopen(fd, "wb") as out:
-            if data is not None:
-                out.write(data)
+            if item.content is not None:
+                out.write(item.content)
             else:
                 assert item.source is not None
                 with item.source.open("rb") as src:
-                    while block := src.read(1 << 20):
-                        out.write(block)
-        written.append(name)
-    return written
+                    shutil.copyfileobj(src, out, 1 << 20)
+    except OSError:
+        target.unlink(missing_ok=True)
+        raise
+    return name
 
 
 def files_prefix(names: list[str]) -> str:

@@ -25,9 +25,20 @@ def test_safe_names(given: str, expected: str) -> None:
     assert safe_file_name(given) == expected
 
 
-def test_long_names_keep_their_extension() -> None:
-    name = safe_file_name("x" * 500 + ".parquet")
-    assert len(name) <= 120 and name.endswith(".parquet")
+@pytest.mark.parametrize("stem", ["x" * 500, "😀" * 100, "é" * 300])
+def test_long_names_fit_the_file_system_and_keep_their_extension(stem: str, tmp_path: Path) -> None:
+    name = safe_file_name(stem + ".parquet")
+    assert len(name.encode()) <= 200 and name.endswith(".parquet")
+    assert add_files(tmp_path, [{"name": stem + ".parquet", "content": b"x"}], max_bytes=10) == [name]
+
+
+def test_a_read_error_mid_copy_is_a_clear_error_and_leaves_nothing(tmp_path: Path) -> None:
+    folder = tmp_path / "cwd"
+    # /proc/self/mem passes as a regular file but fails on read: an I/O error part-way through.
+    files = [{"name": "a.txt", "content": b"1"}, {"name": "b.bin", "path": "/proc/self/mem"}]
+    with pytest.raises(ValueError, match="could not save the uploaded files"):
+        add_files(folder, files, max_bytes=100)
+    assert list(folder.iterdir()) == []
 
 
 def test_oversize_upload_is_refused_and_nothing_is_written(tmp_path: Path) -> None:
