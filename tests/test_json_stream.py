@@ -56,3 +56,16 @@ def test_tolerant_parse_of_prose_around_the_object() -> None:
 def test_garbage_is_a_protocol_error(garbage: str) -> None:
     with pytest.raises(JsonProtocolError):
         parse_json_object(garbage)
+
+
+def test_raw_newlines_in_strings_are_accepted() -> None:
+    text = '{"reply_type": "python", "reply_content": "import os\nprint(1)"}'
+    assert parse_json_object(text)["reply_content"] == "import os\nprint(1)"
+    streamed = "".join(e.text for e in JsonStreamParser().feed(text) if e.kind == "chunk" and e.key == "reply_content")
+    assert streamed == "import os\nprint(1)"
+
+
+def test_a_bad_escape_in_prose_before_the_answer_does_not_break_the_stream() -> None:
+    parser = JsonStreamParser()
+    parser.feed('I used {"C:\\data": 1} then {"thought": "x"}')  # must not raise
+    assert parse_json_object('I used {"C:\\data": 1} then {"thought": "x"}') == {"thought": "x"}

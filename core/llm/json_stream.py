@@ -33,10 +33,10 @@ def parse_json_object(text: str) -> dict[str, Any]:
     """Parse the first JSON object in ``text``, tolerating fences and surrounding prose."""
     stripped = _FENCE.sub("", text.strip())
     try:
-        value = json.loads(stripped)
+        value = json.loads(stripped, strict=False)  # strict=False: raw newlines inside strings are common
     except json.JSONDecodeError:
         value = None
-        decoder = json.JSONDecoder()
+        decoder = json.JSONDecoder(strict=False)
         for match in re.finditer(r"\{", text):
             try:
                 value, _ = decoder.raw_decode(text, match.start())
@@ -92,7 +92,7 @@ class JsonStreamParser:
                 self._escape = True
                 self._key_raw += char
             elif char == '"':
-                self._key = json.loads(f'"{self._key_raw}"')
+                self._key = _decode(self._key_raw)
                 self._state = "colon"
             else:
                 self._key_raw += char
@@ -147,10 +147,7 @@ class JsonStreamParser:
             self._segment = ""
         if not segment:
             return
-        try:
-            text = json.loads(f'"{segment}"')
-        except json.JSONDecodeError:
-            text = segment  # a broken escape: show it raw rather than lose it
+        text = _decode(segment)
         self._decoded += text
         events.append(FieldEvent(self._key, "chunk", text=text))
 
@@ -185,13 +182,13 @@ class JsonStreamParser:
         self._item_start = end + 1
         if raw:
             try:
-                events.append(FieldEvent(self._key, "item", value=json.loads(raw)))
+                events.append(FieldEvent(self._key, "item", value=json.loads(raw, strict=False)))
             except json.JSONDecodeError:
                 pass
 
     def _finish_other(self, events: list[FieldEvent], raw: str, closing: str | None) -> None:
         try:
-            value = json.loads(raw.strip())
+            value = json.loads(raw.strip(), strict=False)
         except json.JSONDecodeError:
             value = raw.strip()
         events.append(FieldEvent(self._key, "end", value=value))
@@ -201,6 +198,14 @@ class JsonStreamParser:
             self._state = "key_or_end"
         else:
             self._state = "after_value"
+
+
+def _decode(raw: str) -> str:
+    """The text of a raw JSON string body; a broken escape is shown raw rather than lost."""
+    try:
+        return json.loads(f'"{raw}"', strict=False)
+    except json.JSONDecodeError:
+        return raw
 
 
 _HIGH_SURROGATE_END = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}$")
