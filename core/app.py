@@ -62,13 +62,17 @@ class TaskWeaverApp:
         self._lock = threading.Lock()
 
     def get_session(self, session_id: str | None = None) -> Session:
-        """The live session ``session_id``, or a new one when no id is given."""
+        """The live session ``session_id``, or a new one when no id is given (within the cap)."""
         with self._lock:
+            self._forget_stopped()
             if session_id is not None:
                 session = self._sessions.get(session_id)
-                if session is None or session.is_stopped:
+                if session is None:
                     raise KeyError(f"no live session {session_id!r}")
                 return session
+            limit = self.config.session.max_live_sessions
+            if len(self._sessions) >= limit:
+                raise RuntimeError(f"Weaver is serving its limit of {limit} sessions; try again later.")
             new_id = create_id()
             session = self.injector.create_object(Session, additional_kwargs={"session_id": new_id})
             self._sessions[new_id] = session
@@ -77,7 +81,13 @@ class TaskWeaverApp:
     @property
     def sessions(self) -> list[Session]:
         with self._lock:
-            return [s for s in self._sessions.values() if not s.is_stopped]
+            self._forget_stopped()
+            return list(self._sessions.values())
+
+    def _forget_stopped(self) -> None:
+        """Drop sessions stopped from outside (e.g. by the UI), so their rounds can be freed."""
+        for session_id in [sid for sid, s in self._sessions.items() if s.is_stopped]:
+            del self._sessions[session_id]
 
     def stop(self) -> None:
         """Stop every live session and release the model client."""

@@ -8,10 +8,11 @@ Highest first: the ``config`` argument and keyword arguments, ``WEAVER_*`` envir
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_FILE_NAME = "taskweaver_config.json"
@@ -38,11 +39,28 @@ class LLMSettings(BaseModel):
     max_tokens: int | None = Field(None, gt=0)
     response_format: Literal["json_object", "text"] = "json_object"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _taskweaver_ollama(cls, data: Any) -> Any:
+        """TaskWeaver's ``ollama`` type is Ollama's OpenAI-compatible API (``<base>/v1``) for us."""
+        if isinstance(data, dict) and data.get("api_type") == "ollama":
+            data = {**data, "api_type": "openai"}
+            base = str(data.get("api_base") or "http://127.0.0.1:11434").rstrip("/")
+            data["api_base"] = base if base.endswith("/v1") else f"{base}/v1"
+        return data
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _taskweaver_response_formats(cls, value: Any) -> Any:
+        """TaskWeaver's ``json_schema`` asks for JSON; so does our ``json_object``."""
+        return "json_object" if value == "json_schema" else value
+
     @property
     def resolved_api_type(self) -> str:
+        """The backend to use; a key or base (ours, or the OpenAI client's OPENAI_API_KEY) means OpenAI."""
         if self.api_type:
             return self.api_type
-        return "openai" if (self.api_key or self.api_base) else "offline"
+        return "openai" if (self.api_key or self.api_base or os.environ.get("OPENAI_API_KEY")) else "offline"
 
 
 class ExecutionSettings(BaseModel):
@@ -56,6 +74,7 @@ class SessionSettings(BaseModel):
     """TaskWeaver's AppSessionConfig."""
 
     max_internal_chat_round_num: int = Field(10, gt=0)
+    max_live_sessions: int = Field(100, gt=0, description="each holds a kernel (~70 MB idle)")
     max_file_mb: float = Field(100.0, gt=0)
 
 

@@ -119,6 +119,8 @@ class Session:
         if not self._round_lock.acquire(blocking=False):
             raise RuntimeError("a round is already running in this session")
         try:
+            if self._stopped:  # stop() ran between the first check and taking the lock
+                raise RuntimeError(f"session {self.session_id} is stopped")
             names = add_files(self.execution_cwd, list(files or []), int(self.config.session.max_file_mb * 1e6))
             rnd = Round(user_query=files_prefix(names) + message)
             self._cancel = CancelToken()

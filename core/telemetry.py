@@ -48,3 +48,5 @@ class SessionLog:
     def close(self) -> None:
         self.logger.removeHandler(self._handler)
         self._handler.close()
+        # Loggers live for the whole process otherwise: one per session ever opened would pile up.
+        logging.Logger.manager.loggerDict.pop(self.logger.name, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -12,6 +13,10 @@ from core import TaskWeaverApp
 from tests.llm_server import llm_server  # noqa: F401  (fixture)
 
 FIXTURE_APP = Path(__file__).parent / "app_fixture"
+
+# A developer's own OpenAI key would switch the default backend (and the servers the tests start)
+# from offline to the real service.
+os.environ.pop("OPENAI_API_KEY", None)
 
 
 def pid_alive(pid: int) -> bool:

@@ -64,3 +64,18 @@ def test_a_broken_json_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (tmp_path / "taskweaver_config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="taskweaver_config.json"):
         load_config(tmp_path)
+
+
+def test_taskweaver_llm_values_are_understood(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = load_config(tmp_path, {"llm.api_type": "ollama", "llm.api_base": "http://127.0.0.1:11434",
+                                    "llm.response_format": "json_schema"})
+    assert config.llm.resolved_api_type == "openai"
+    assert config.llm.api_base == "http://127.0.0.1:11434/v1"
+    assert config.llm.response_format == "json_object"
+
+
+def test_the_openai_clients_own_key_variable_selects_openai(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    assert load_config(tmp_path).llm.resolved_api_type == "openai"

@@ -300,3 +300,16 @@ def test_file_names_are_data_not_code_and_builtins_survive(session) -> None:
     after = session.send_message(code("print('builtins fine', int(print_data.b.sum()))"))
     assert "builtins fine 2" in after.reply_text
     assert "NameError" in session.send_message(code("_describe_table")).reply_text  # helpers are cleaned up
+
+
+def test_live_sessions_are_capped_and_stopped_ones_are_forgotten(tmp_path: Path) -> None:
+    application = TaskWeaverApp(app_dir=tmp_path, config={"session.max_live_sessions": 2, "execution.prewarm": False})
+    try:
+        first, second = application.get_session(), application.get_session()
+        with pytest.raises(RuntimeError, match="limit of 2 sessions"):
+            application.get_session()
+        first.stop()
+        third = application.get_session()  # the stopped one no longer counts
+        assert [s.session_id for s in application.sessions] == [second.session_id, third.session_id]
+    finally:
+        application.stop()

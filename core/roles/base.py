@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
+from core.cancel import RoundCancelled
 from core.config import AppConfig
 from core.events import PostEventProxy
 from core.ids import create_id
@@ -105,7 +106,8 @@ class Role(abc.ABC):
                     if render is not None:
                         render(proxy, event)
         except BaseException as exc:
-            proxy.error(str(exc) or type(exc).__name__)
+            if not isinstance(exc, RoundCancelled):  # a cancel is the user's choice, not an error
+                proxy.error(str(exc) or type(exc).__name__)
             ctx.round.add_post(proxy.end())
             raise
         finally:
