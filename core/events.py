@@ -14,25 +14,32 @@ from core.memory import Attachment, AttachmentType, Post
 logger = logging.getLogger(__name__)
 
 
-class EventScope(str, Enum):
+class _Named(str, Enum):
+    """Prints as its value (``round_start``), as the spec's ``print(event.t, event.msg)`` expects."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class EventScope(_Named):
     session = "session"
     round = "round"
     post = "post"
 
 
-class SessionEventType(str, Enum):
+class SessionEventType(_Named):
     session_start = "session_start"
     session_end = "session_end"
     session_new_round = "session_new_round"
 
 
-class RoundEventType(str, Enum):
+class RoundEventType(_Named):
     round_start = "round_start"
     round_end = "round_end"
     round_error = "round_error"
 
 
-class PostEventType(str, Enum):
+class PostEventType(_Named):
     post_start = "post_start"
     post_end = "post_end"
     post_error = "post_error"

@@ -313,3 +313,15 @@ def test_live_sessions_are_capped_and_stopped_ones_are_forgotten(tmp_path: Path)
         assert [s.session_id for s in application.sessions] == [second.session_id, third.session_id]
     finally:
         application.stop()
+
+
+def test_the_specs_console_handler_prints_readable_events(session, capsys: pytest.CaptureFixture[str]) -> None:
+    class ConsoleEventHandler(SessionEventHandler):  # the spec's example, verbatim
+        def handle(self, event: TaskWeaverEvent):
+            print(event.t, event.msg)
+
+    session.send_message(code("print('hi')"), ConsoleEventHandler())
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "round_start Round started"
+    assert lines[-1].startswith("round_end")
+    assert any(line.startswith("post_status_update executing code") for line in lines)
