@@ -8,6 +8,7 @@ the working directory, because Chainlit finds ``.chainlit/config.toml``, ``chain
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -23,11 +24,17 @@ def chainlit_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "chainlit", "run", str(APP_PATH), "--headless", "--host", host, "--port", str(port)]
 
 
-def run_ui(host: str, port: int) -> int:
-    """Serve the web UI until Ctrl-C; returns Chainlit's exit code."""
+def run_ui(host: str, port: int, app_dir: str | None) -> int:
+    """Serve the web UI until Ctrl-C; returns Chainlit's exit code.
+
+    Chainlit must run in the repo root, so the app folder (plugins, config, workspace) is resolved
+    here, against the folder the user started ``weaver ui`` in, and handed over by environment.
+    """
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"Weaver web UI: open http://{shown}:{port}  (Ctrl-C stops it)", flush=True)
-    proc = subprocess.Popen(chainlit_command(host, port), cwd=REPO_ROOT)
+    env = dict(os.environ)
+    env["WEAVER_APP_DIR"] = str(Path(app_dir or env.get("WEAVER_APP_DIR") or ".weaver").resolve())
+    print(f"Weaver web UI: open http://{shown}:{port}  (app folder {env['WEAVER_APP_DIR']}; Ctrl-C stops it)", flush=True)
+    proc = subprocess.Popen(chainlit_command(host, port), cwd=REPO_ROOT, env=env)
     try:
         return proc.wait()
     except KeyboardInterrupt:
@@ -45,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="serve the web chat (Chainlit)")
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    ui.add_argument("--app-dir", help="folder with plugins/, taskweaver_config.json and workspace/ (default ./.weaver)")
     sub.add_parser("chat", help="chat in this terminal (see: weaver chat --help)", add_help=False)
     return parser
 
@@ -55,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "ui":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return run_ui(args.host, args.port)
+        return run_ui(args.host, args.port, args.app_dir)
     from ui.console import main as chat_main
 
     return int(chat_main(rest) or 0)
