@@ -149,6 +149,11 @@ class PostEventProxy:
         self.post.message += chunk
         self._emit(PostEventType.post_message_update, chunk, {"is_end": is_end})
 
+    def replace_message(self, text: str) -> None:
+        """Replace what was streamed (``extra["replace"]``): the complete answer said otherwise."""
+        self.post.message = text
+        self._emit(PostEventType.post_message_update, text, {"is_end": True, "replace": True})
+
     def update_attachment(
         self,
         chunk: Any,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,3 +29,65 @@ def test_terminal_chat_runs_code_and_prints_the_answer(tmp_path: Path) -> None:
     assert "code:\n    value = 6 * 7" in out
     assert "weaver>" in out and "value=42" in out.split("weaver>")[-1]
     assert "[round finished]" in out
+
+
+class _Output:
+    """Reads a child's stdout on a thread, so a test can wait for text as it arrives."""
+
+    def __init__(self, stream: "subprocess.IO[str]") -> None:
+        self.text = ""
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: "subprocess.IO[str]") -> None:
+        for chunk in iter(lambda: stream.read(1), ""):
+            with self._cond:
+                self.text += chunk
+                self._cond.notify_all()
+
+    def wait_for(self, needle: str, after: int = 0, timeout: float = 60) -> int:
+        """Wait until ``needle`` appears at or after offset ``after``; returns the offset past it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (at := self.text.find(needle, after)) < 0:
+                left = deadline - time.monotonic()
+                assert left > 0, f"no {needle!r} in output:\n{self.text[-2000:]}"
+                self._cond.wait(left)
+            return at + len(needle)
+
+
+def test_ctrl_c_cancels_the_round_and_the_chat_goes_on(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ui.cli", "chat", "--app-dir", str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "WEAVER_LLM__API_TYPE": "offline"},
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    out = _Output(proc.stdout)
+
+    def say(text: str) -> None:
+        proc.stdin.write(text + "\n\n")
+        proc.stdin.flush()
+
+    try:
+        say("```python\nkept = 41\nprint('set', kept)\n```")
+        mark = out.wait_for("[round finished]")
+        say("```python\nimport time\nwhile True:\n    time.sleep(0.05)\n```")
+        mark = out.wait_for("executing code", mark)
+        proc.send_signal(signal.SIGINT)
+        mark = out.wait_for("[round cancelled]", mark)
+        say("```python\nprint('after', kept + 1)\n```")
+        mark = out.wait_for("after 42", mark)
+        mark = out.wait_for("[round finished]", mark)
+        out.wait_for("you> ", mark)
+        proc.send_signal(signal.SIGINT)  # at the prompt: quits
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -478,3 +478,16 @@ def test_internal_turns_are_bounded(server: ScriptedLLMServer, tmp_path: Path) -
         assert [k for k, _ in recorder.round_events()][-2:] == [RoundEventType.round_error, RoundEventType.round_end]
     finally:
         application.stop()
+
+
+def test_an_answer_the_stream_could_not_follow_is_replaced_not_repeated(
+    session: Session, server: ScriptedLLMServer
+) -> None:
+    """Prose with braces before the JSON misleads the streaming parser; the final text replaces it."""
+    preface = 'Sure. {"message": "draft"} Here is the real answer: '
+    server.push(Answer(preface + planner("User", "final"), chunks=4))
+    recorder = Recorder()
+    rnd = session.send_message("hello", event_handler=recorder)
+    assert rnd.state == "finished" and rnd.reply_text == "final"
+    updates = recorder.message_updates(rnd.reply.id)
+    assert updates[-1].msg == "final" and updates[-1].extra == {"is_end": True, "replace": True}

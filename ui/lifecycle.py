@@ -23,8 +23,10 @@ Design - a grace period plus lazy re-creation:
   after ``settle_s`` (one second) and stops then if the chat was cleared and not reconnected.
   ``close_all`` is for server shutdown.
 
-Every method runs on the event loop thread; only the blocking ``cancel``/``stop`` calls go to a
-worker thread. The owner imports neither Chainlit nor the engine, so it can be reasoned about
+Every method runs on the event loop thread; only the blocking ``stop`` of a session runs off it,
+on a thread of its own per stop: a stop can take seconds (it waits for the round to wind down and
+the kernel to exit), and asyncio's default executor has only a few workers, shared with everyone's
+rounds and Stop presses, so many stops at once (a shutdown) must not queue in it. The owner imports neither Chainlit nor the engine, so it can be reasoned about
 (and exercised) on its own.
 """
 
@@ -33,8 +35,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 logger = logging.getLogger("weaver.ui.lifecycle")
@@ -42,6 +46,8 @@ logger = logging.getLogger("weaver.ui.lifecycle")
 GRACE_ENV = "WEAVER_UI_DISCONNECT_GRACE_S"
 DEFAULT_GRACE_S = 120.0
 FORGET_AFTER_S = 24 * 3600.0
+CORE_DIR = Path(__file__).resolve().parents[1] / "core"
+SESSION_FAILED = "Weaver could not start a session for this chat. Please try again in a moment."
 
 
 class StoppableSession(Protocol):
@@ -49,12 +55,37 @@ class StoppableSession(Protocol):
 
     session_id: str
 
-    def cancel(self) -> None: ...
+    @property
+    def is_stopped(self) -> bool: ...
+
+    def cancel(self) -> object: ...
 
     def stop(self) -> None: ...
 
 
 SessionFactory = Callable[[str], StoppableSession]
+
+
+def session_error_text(exc: BaseException, core_dir: Path = CORE_DIR) -> str:
+    """What the browser is told when a session cannot be created: a plain sentence, never a raw
+    error (it may name server paths), unless it is a ``ValueError``/``RuntimeError`` raised by core
+    itself, whose messages are written for users (e.g. the limit of sessions is reached)."""
+    if isinstance(exc, (ValueError, RuntimeError)) and str(exc).strip() and _raised_in(exc, core_dir):
+        return str(exc)
+    return SESSION_FAILED
+
+
+def _raised_in(exc: BaseException, folder: Path) -> bool:
+    """True when the innermost frame of ``exc``'s traceback is in a file under ``folder``."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    try:
+        return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
 
 
 def grace_from_env(default: float = DEFAULT_GRACE_S) -> float:
@@ -123,7 +154,7 @@ class SessionOwner:
             self._entries[key] = entry
         self._disarm(entry)
         recreated = False
-        if entry.session is not None and getattr(entry.session, "is_stopped", False):
+        if entry.session is not None and entry.session.is_stopped:
             entry.session = None  # stopped behind our back (e.g. the engine shut it down)
         if entry.session is None:
             recreated = entry.had_session
@@ -225,7 +256,7 @@ class SessionOwner:
         entry.stopped_at = time.monotonic()
         if session is None:
             return
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(_cancel_and_stop, key, session))
+        task = asyncio.ensure_future(_in_own_thread(_cancel_and_stop, key, session))
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
@@ -234,6 +265,34 @@ class SessionOwner:
         now = time.monotonic()
         for key in [k for k, e in self._entries.items() if e.stopped_at and now - e.stopped_at > FORGET_AFTER_S]:
             del self._entries[key]
+
+
+async def _in_own_thread(fn: Callable[..., None], *args: object) -> None:
+    """Run ``fn(*args)`` on a new daemon thread and wait for it without holding a pooled worker."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        error: BaseException | None = None
+        try:
+            fn(*args)
+        except BaseException as exc:  # handed to the awaiting task
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, error)
+        except RuntimeError:  # the loop closed meanwhile: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name="weaver-session-stop", daemon=True).start()
+    await done
 
 
 def _cancel_and_stop(key: str, session: StoppableSession) -> None:

@@ -25,12 +25,13 @@ import chainlit as cl
 from chainlit.utils import utc_now
 
 from core import SessionEventHandlerBase, TaskWeaverEvent
-from ui.files import Artifact, fence, parse_artifacts, table_markdown
+from ui.files import Artifact, fence, neutralise_images, parse_artifacts, select_artifacts, table_markdown
 
 logger = logging.getLogger("weaver.ui.render")
 
 THROTTLE_S = 0.1
 USER = "User"
+EXECUTING_STATUS = "executing code"  # the status core gives a post while its code runs
 # Plain symbols from common text fonts: emoji would show as boxes where no emoji font is installed.
 STATUS_ICONS = {"success": "✓", "failure": "✗", "timeout": "✗", "cancelled": "■"}
 HIDDEN_ATTACHMENTS = frozenset({"artifact_paths", "reply_type", "init_plan", "stop", "llm_usage", "session_variables"})
@@ -61,6 +62,69 @@ class LoopHandler(SessionEventHandlerBase):
             logger.debug("dropping %r: event loop closed", event)
 
 
+def is_cancel_error(msg: str) -> bool:
+    """True for the post error core reports when a cancel stopped a post (not a real failure)."""
+    return "cancelled" in msg.lower()
+
+
+@dataclass
+class AnswerDraft:
+    """The answer to the user: the message of the one post currently addressed to User.
+
+    Core may address a post to User while the model streams, then find the answer unusable: the
+    post gets an error and is readdressed to its own role before a fresh post retries. Its text is
+    then withdrawn (``withdrawn`` tells the renderer to take back what it already showed), so the
+    answer never mixes two attempts. ``apply`` takes core's ``TaskWeaverEvent``s as they come.
+    """
+
+    post_id: str | None = None
+    text: str = ""
+    shown: int = 0
+    withdrawn: bool = False
+    _messages: dict[str, str] = field(default_factory=dict)
+
+    def apply(self, event: TaskWeaverEvent) -> None:
+        """Follow one post event (other events are ignored)."""
+        t = _value(event.t)
+        post_id = event.post_id
+        if not post_id or not t.startswith("post_"):
+            return
+        extra = event.extra if isinstance(event.extra, dict) else {}
+        if t == "post_message_update" and extra.get("replace"):
+            self._messages[post_id] = event.msg or ""
+            if post_id == self.post_id:  # take back what was shown, then show the corrected text
+                self._withdraw()
+                self.post_id, self.text = post_id, event.msg or ""
+        elif t == "post_message_update":
+            self._messages[post_id] = self._messages.get(post_id, "") + (event.msg or "")
+            if post_id == self.post_id:
+                self.text += event.msg or ""
+        elif t == "post_send_to_update":
+            to_user = str(extra.get("role") or "") == USER
+            if to_user and post_id != self.post_id:
+                self._withdraw()
+                self.post_id = post_id
+                self.text = self._messages.get(post_id, "")
+            elif not to_user and post_id == self.post_id:
+                self._withdraw()
+        elif t == "post_error" and post_id == self.post_id and not is_cancel_error(event.msg or ""):
+            self._withdraw()
+
+    def pending(self) -> str:
+        """Answer text not shown yet."""
+        return self.text[self.shown :]
+
+    def mark_shown(self) -> None:
+        self.shown = len(self.text)
+
+    def _withdraw(self) -> None:
+        if self.shown:
+            self.withdrawn = True
+        self.post_id = None
+        self.text = ""
+        self.shown = 0
+
+
 @dataclass
 class _Attachment:
     type: str
@@ -78,6 +142,8 @@ class _PostView:
     message: str = ""
     status: str = ""
     error: str = ""
+    cancelled: str = ""  # the error core reported when a cancel stopped this post
+    is_answer: bool = False
     attachments: dict[str, _Attachment] = field(default_factory=dict)
     artifacts: list[Artifact] = field(default_factory=list)
     ended: bool = False
@@ -86,6 +152,7 @@ class _PostView:
     last_flush: float = 0.0
 
     def markdown(self) -> str:
+        """The step's Markdown; model-written image syntax is neutralised (see ``neutralise_images``)."""
         parts: list[str] = []
         for att in self.attachments.values():
             part = _attachment_markdown(att)
@@ -96,16 +163,18 @@ class _PostView:
             parts.append(f"**Artifacts:** {names} - shown with the answer")
         shows_result = any(a.type == "execution_result" for a in self.attachments.values())
         if self.message and not (shows_result and self.send_to != USER):  # the result is shown already
-            if self.send_to == USER:
+            if self.send_to == USER and self.is_answer:
                 parts.append(f"**→ {USER}:** _(the answer below)_")
             else:
                 parts.append(f"**→ {self.send_to or '…'}:** {self.message}")
         if self.error:
             parts.append(f"**Error:** {self.error}")
+        elif self.cancelled:
+            parts.append(f"{STATUS_ICONS['cancelled']} cancelled")
         if not self.ended:
             # Bold with asterisks: underscores stay literal when the streaming cursor follows them.
             parts.append(f"**Working:** {self.status or 'starting'}…")
-        return "\n\n".join(parts)
+        return neutralise_images("\n\n".join(parts))
 
 
 def _attachment_markdown(att: _Attachment) -> str:
@@ -148,8 +217,10 @@ class RoundRenderer:
         self.throttle_s = throttle_s
         self.posts: dict[str, _PostView] = {}
         self.answer: cl.Message | None = None
-        self.answer_pending = ""
+        self.draft = AnswerDraft()
         self.answer_last_flush = 0.0
+        self.code_running = False
+        self.code_interrupted = False
         self.round_error: str | None = None
         self.round_state: str | None = None
         self.artifacts: list[Artifact] = []
@@ -171,21 +242,28 @@ class RoundRenderer:
             view = self._new_view(event.post_id, str(extra.get("role") or "Weaver"))
             await self._send(view)
         view.dirty = True
+        previous_answer = self.draft.post_id
+        self.draft.apply(event)
+        if self.draft.post_id != previous_answer:
+            for post_id in (previous_answer, self.draft.post_id):
+                if post_id in self.posts:
+                    self.posts[post_id].is_answer = post_id == self.draft.post_id
+                    self.posts[post_id].dirty = True
         if t == "post_send_to_update":
             view.send_to = str(extra.get("role") or "") or None
-            if view.send_to == USER and view.message:
-                self.answer_pending += view.message
         elif t == "post_status_update":
             view.status = event.msg
+            self.code_running = event.msg == EXECUTING_STATUS
         elif t == "post_message_update":
-            view.message += event.msg
-            if view.send_to == USER:
-                self.answer_pending += event.msg
+            view.message = event.msg if extra.get("replace") else view.message + event.msg
         elif t == "post_attachment_update":
             self._attachment(view, event.msg, extra)
         elif t == "post_error":
-            view.error = event.msg
-            view.step.is_error = True
+            if is_cancel_error(event.msg):
+                view.cancelled = event.msg  # a cancel is not shown as a failure; ``finish`` decides
+            else:
+                view.error = event.msg
+                view.step.is_error = True
         elif t == "post_end":
             view.ended = True
             view.step.end = utc_now()
@@ -213,6 +291,9 @@ class RoundRenderer:
         att.text += chunk or ""
         if extra.get("is_end", True) and not att.done:
             att.done = True
+            if att.type == "execution_status":
+                self.code_running = False
+                self.code_interrupted = self.code_interrupted or att.text.strip() == "cancelled"
             if att.type == "artifact_paths":
                 # Shown once, with the answer: each element is a copy in Chainlit's file store.
                 artifacts = parse_artifacts(att.text, self.execution_cwd)
@@ -246,42 +327,69 @@ class RoundRenderer:
         for view in list(self.posts.values()):
             if view.dirty and (force or now - view.last_flush >= self.throttle_s):
                 await self._push(view, final=view.ended)
-        if self.answer_pending and (force or now - self.answer_last_flush >= self.throttle_s):
+        if self.draft.withdrawn:  # the answer post turned out unusable: take its text back
+            self.draft.withdrawn = False
+            if self.answer is not None:
+                answer, self.answer = self.answer, None
+                await answer.remove()
+        if self.draft.pending() and (force or now - self.answer_last_flush >= self.throttle_s):
             if self.answer is None:
                 self.answer = cl.Message(content="", author=self.author)
-            chunk, self.answer_pending = self.answer_pending, ""
+            self.draft.mark_shown()
             self.answer_last_flush = now
-            await self.answer.stream_token(chunk)
+            # The whole text each time: image syntax can only be neutralised on complete text.
+            await self.answer.stream_token(neutralise_images(self.draft.text), is_sequence=True)
 
     async def finish(self, state: str, reply_text: str, error: str | None) -> None:
         """Close every step and tell the user how the round ended."""
         for view in self.posts.values():
+            if view.cancelled and state != "cancelled":  # not a cancel after all: show it as the error it is
+                view.error, view.cancelled = view.cancelled, ""
+                view.step.is_error = view.dirty = True
             if not view.ended:
                 view.ended = True
                 view.step.end = utc_now()
                 view.dirty = True
         await self.flush(force=True)
-        elements = [_element_for(a) for a in self.artifacts]
+        selection = select_artifacts(self.artifacts)
+        elements = [_element_for(a) for a in selection.shown]
+        if elements:
+            _ensure_files_dir()
+        notes = "".join(f"\n\n_{note}_" for note in selection.notes)
         if state == "finished":
             if self.answer is not None:
+                self.answer.content += notes
                 self.answer.elements = elements
                 await self.answer.send()
             else:
-                await cl.Message(content=reply_text or "_(no answer)_", author=self.author, elements=elements).send()
+                content = neutralise_images(reply_text or "_(no answer)_") + notes
+                await cl.Message(content=content, author=self.author, elements=elements).send()
             return
         if self.answer is not None:
             await self.answer.send()
         if state == "cancelled":
+            said = "Round cancelled."
+            if self.code_interrupted or self.code_running:
+                said += " The running code was interrupted."
             await cl.Message(
-                content="Round cancelled: the running code was interrupted. You can send a new message.",
-                author=self.author,
-                elements=elements,
+                content=f"{said} You can send a new message.{notes}", author=self.author, elements=elements
             ).send()
             return
         reason = self.round_error or error or "the round failed for an unknown reason (see the server log)"
-        await cl.ErrorMessage(content=f"The round failed: {reason}", author=self.author).send()
-        if elements:
-            await cl.Message(content="Files made before the failure:", author=self.author, elements=elements).send()
+        await cl.ErrorMessage(content=neutralise_images(f"The round failed: {reason}"), author=self.author).send()
+        if elements or notes:
+            await cl.Message(
+                content=f"Files made before the failure:{notes}", author=self.author, elements=elements
+            ).send()
+
+
+def _ensure_files_dir() -> None:
+    """Recreate Chainlit's ``.files`` folder if it is gone: any Chainlit server started in the same
+    folder deletes it when it shuts down, and Chainlit only creates it at import, so every later
+    element would fail to persist."""
+    from chainlit.config import FILES_DIRECTORY
+
+    FILES_DIRECTORY.mkdir(parents=True, exist_ok=True)
 
 
 _DONE = object()
@@ -349,7 +457,7 @@ async def pump_round(
                 if not cancelled:
                     cancelled = True
                     logger.info("stop pressed: cancelling the round")
-                    loop.run_in_executor(None, _safe_cancel, on_cancel)  # cancel may block briefly
+                    _safe_cancel(on_cancel)  # Session.cancel only sets an event: safe on the loop
             except Exception:
                 logger.exception("rendering an event failed; the round goes on")
     finally:
@@ -363,6 +471,7 @@ async def pump_round(
 
 
 def _safe_cancel(on_cancel: Callable[[], None]) -> None:
+    """Call ``on_cancel``; a failure is logged, never raised into the pump."""
     try:
         on_cancel()
     except Exception:

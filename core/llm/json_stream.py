@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 
 class JsonProtocolError(ValueError):
@@ -29,24 +29,38 @@ class FieldEvent:
 _FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$", re.IGNORECASE)
 
 
-def parse_json_object(text: str) -> dict[str, Any]:
-    """Parse the first JSON object in ``text``, tolerating fences and surrounding prose."""
+def parse_json_object(text: str, required: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Parse the JSON object in ``text``, tolerating fences and surrounding prose.
+
+    When prose holds several objects, the first that has every ``required`` key wins.
+    """
     stripped = _FENCE.sub("", text.strip())
     try:
-        value = json.loads(stripped, strict=False)  # strict=False: raw newlines inside strings are common
+        whole = json.loads(stripped, strict=False)  # strict=False: raw newlines inside strings are common
     except json.JSONDecodeError:
-        value = None
-        decoder = json.JSONDecoder(strict=False)
-        for match in re.finditer(r"\{", text):
-            try:
-                value, _ = decoder.raw_decode(text, match.start())
-                break
-            except json.JSONDecodeError:
-                continue
-    if not isinstance(value, dict):
+        whole = None
+    if isinstance(whole, dict):
+        return whole
+    found = list(_objects_in(text))
+    best = next((obj for obj in found if required <= obj.keys()), found[0] if found else None)
+    if best is None:
         preview = text.strip()[:200] or "(empty answer)"
         raise JsonProtocolError(f"expected one JSON object, got: {preview}")
-    return value
+    return best
+
+
+def _objects_in(text: str) -> Iterator[dict[str, Any]]:
+    decoder = json.JSONDecoder(strict=False)
+    position = text.find("{")
+    while position != -1:
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError:
+            position = text.find("{", position + 1)
+            continue
+        if isinstance(value, dict):
+            yield value
+        position = text.find("{", end)
 
 
 class JsonStreamParser:

@@ -70,8 +70,7 @@ class CodeInterpreter(Role):
         proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming))
         if reply.reply_type == "text":
             if proxy.post.message != reply.reply_content:
-                proxy.post.message = ""
-                proxy.update_message(reply.reply_content, is_end=True)
+                proxy.replace_message(reply.reply_content)
             proxy.update_send_to(PLANNER)
             return proxy.end()
         if not proxy.post.get_attachment(AttachmentType.reply_content):

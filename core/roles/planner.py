@@ -102,5 +102,4 @@ class Planner(Role):
         if post.send_to != reply.send_to:
             proxy.update_send_to(reply.send_to)
         if post.message != reply.message:
-            post.message = ""
-            proxy.update_message(reply.message, is_end=True)
+            proxy.replace_message(reply.message)

@@ -53,7 +53,8 @@ CODE_FORMAT = (
 
 def validate_reply(text: str, model: type[BaseModel], allowed_send_to: set[str] | None = None) -> Any:
     """Parse and check an answer; raise ``JsonProtocolError`` with a reason the model can act on."""
-    data = parse_json_object(text)
+    required = frozenset(name for name, field in model.model_fields.items() if field.is_required())
+    data = parse_json_object(text, required)
     try:
         reply = model.model_validate(data)
     except ValidationError as exc:
