@@ -262,9 +262,11 @@ def test_table_markdown_escapes_cells() -> None:
 
 
 def test_weaver_ui_launcher_serves_the_app_from_any_folder(tmp_path: Path) -> None:
-    """``weaver ui`` must find .chainlit/config.toml and public/ even when started elsewhere."""
+    """``weaver ui`` finds .chainlit/config.toml and public/ when started elsewhere, and keeps its
+    app folder where it was started."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "WEAVER_APP_DIR": str(tmp_path / "app"), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    env.pop("WEAVER_APP_DIR", None)
     log = tmp_path / "launcher.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -286,6 +288,7 @@ def test_weaver_ui_launcher_serves_the_app_from_any_folder(tmp_path: Path) -> No
         assert "/public/stylesheet.css" in html
         assert httpx.get(f"{base}/logo", params={"theme": "light"}, timeout=5).content.startswith(b"\x89PNG")
         assert f"open http://127.0.0.1:{port}" in log.read_text()
+        assert (tmp_path / ".weaver").is_dir()  # not the repo root, where Chainlit itself runs
     finally:
         proc.send_signal(signal.SIGINT)
         try:
