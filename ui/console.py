@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import queue
 import sys
 import threading
 from typing import Any, TextIO
@@ -109,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     files = [{"name": path, "path": path} for path in args.file]
     print(f"Weaver — session {session.session_id} (model: {app.config.llm.resolved_api_type}).")
     print("Type a message; a ```python block runs as code. Empty line sends; Ctrl-C stops a round; Ctrl-D quits.")
+    stdin = _StdinLines()
     try:
         while True:
-            message = _read_message()
+            message = _read_message(stdin)
             if message is None:
                 break
             if not message.strip() and not files:
@@ -160,14 +162,39 @@ def run_round(session: Session, message: str, handler: SessionEventHandler, file
     return refused[0] if refused else None
 
 
-def _read_message() -> str | None:
+class _StdinLines:
+    """Reads stdin on a daemon thread, so the main thread waits in Python code.
+
+    A Ctrl-C that lands between ``input()`` printing its prompt and blocking in ``read()`` would be
+    lost until the next line arrives; waiting on a queue in short slices always notices it.
+    """
+
+    def __init__(self) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, name="weaver-chat-stdin", daemon=True).start()
+
+    def _pump(self) -> None:
+        for line in iter(sys.stdin.readline, ""):
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def read(self, prompt: str) -> str | None:
+        """The next line (None at end of input), after showing ``prompt``."""
+        print(prompt, end="", flush=True)
+        while True:
+            try:
+                return self._lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+
+
+def _read_message(stdin: _StdinLines) -> str | None:
     """Lines until an empty line (so code blocks can be pasted); None at end of input."""
     lines: list[str] = []
     prompt = "\nyou> "
     while True:
-        try:
-            line = input(prompt)
-        except EOFError:
+        line = stdin.read(prompt)
+        if line is None:
             return "\n".join(lines) if lines else None
         in_code = sum(l.strip().startswith("```") for l in lines) % 2 == 1
         if not line and lines and not in_code:
