@@ -3,8 +3,8 @@
 Covers OpenAI itself, any OpenAI-compatible ``api_base`` (Ollama, vLLM, LM Studio, llama.cpp) and
 Azure OpenAI. Each call runs its blocking HTTP work on a small "pump" thread that feeds a queue;
 the caller's generator drains the queue. That way the caller can stop at once on cancel even while
-the HTTP client is blocked (waiting for headers or for the next bytes), and a watcher thread can
-unblock the pump by shutting the socket down, which the server sees as a disconnect.
+the HTTP client is blocked (waiting for headers or for the next bytes), and the cancel token's
+callback unblocks the pump by shutting the socket down, which the server sees as a disconnect.
 
 Retries are our own loop (the client's ``max_retries`` is 0): we need the attempt count for the
 call record, ``llm.retry_backoff`` timing, a cancellable backoff wait, and retrying a connection
@@ -30,7 +30,6 @@ from core.config import LLMSettings
 from core.llm.base import ChatRequest, LLMBackend, LLMCallRecord, LLMError
 
 _BACKOFF_CAP_S = 30.0  # longest wait between two attempts, whatever the server's Retry-After says
-_WATCH_SLICE_S = 0.25  # how long the cancel watcher sleeps before checking whether the call ended
 _SNIPPET = 200  # characters of a server's error message shown to users
 _RETRY_STATUSES = {408, 409, 429}
 
@@ -153,7 +152,7 @@ class _Call:
         started = time.monotonic()
         self.record.model = self.settings.model
         threading.Thread(target=self._pump, name="llm-pump", daemon=True).start()
-        threading.Thread(target=self._watch, name="llm-cancel-watch", daemon=True).start()
+        forget_cancel = self.cancel.on_cancel(self._on_cancel)
         try:
             while True:
                 kind, value = self.events.get()
@@ -168,6 +167,7 @@ class _Call:
                 yield value
                 self.cancel.raise_if_cancelled()
         finally:
+            forget_cancel()
             self.abort()
             self.record.latency_s = time.monotonic() - started
 
@@ -186,13 +186,10 @@ class _Call:
                 except OSError:
                     pass
 
-    def _watch(self) -> None:
-        """Wake the caller and unblock the pump when the token fires from another thread."""
-        while not self.stopped.is_set():
-            if self.cancel.wait(_WATCH_SLICE_S):
-                self.events.put(("cancel", None))
-                self.abort()
-                return
+    def _on_cancel(self) -> None:
+        """Runs in the cancelling thread: wake the caller and unblock the pump's read."""
+        self.events.put(("cancel", None))
+        self.abort()
 
     # -- pump side
 
