@@ -40,7 +40,7 @@ from tests.llm_server import Answer, ScriptedLLMServer
 from tests.ui_harness import start_server, stop_server
 from ui.files import Artifact, neutralise_images, parse_artifacts, resolve_inside, select_artifacts, table_markdown
 from ui.lifecycle import SESSION_FAILED, SessionOwner, session_error_text
-from ui.render import AnswerDraft
+from ui.answer import AnswerDraft
 
 __all__ = ["ui_server"]
 

@@ -25,12 +25,12 @@ import chainlit as cl
 from chainlit.utils import utc_now
 
 from core import SessionEventHandlerBase, TaskWeaverEvent
+from ui.answer import USER, AnswerDraft, event_value, is_cancel_error
 from ui.files import Artifact, fence, neutralise_images, parse_artifacts, select_artifacts, table_markdown
 
 logger = logging.getLogger("weaver.ui.render")
 
 THROTTLE_S = 0.1
-USER = "User"
 EXECUTING_STATUS = "executing code"  # the status core gives a post while its code runs
 # Plain symbols from common text fonts: emoji would show as boxes where no emoji font is installed.
 STATUS_ICONS = {"success": "✓", "failure": "✗", "timeout": "✗", "cancelled": "■"}
@@ -41,11 +41,6 @@ LABELS = {
     "revise_message": "Revision",
     "invalid_response": "Invalid response",
 }
-
-
-def _value(enum_or_str: Any) -> str:
-    """Event and attachment types are str enums in core; compare by value to stay loosely coupled."""
-    return str(getattr(enum_or_str, "value", enum_or_str))
 
 
 class LoopHandler(SessionEventHandlerBase):
@@ -60,69 +55,6 @@ class LoopHandler(SessionEventHandlerBase):
             self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
         except RuntimeError:  # the loop is closing (server shutdown): nobody is left to render
             logger.debug("dropping %r: event loop closed", event)
-
-
-def is_cancel_error(msg: str) -> bool:
-    """True for the post error core reports when a cancel stopped a post (not a real failure)."""
-    return "cancelled" in msg.lower()
-
-
-@dataclass
-class AnswerDraft:
-    """The answer to the user: the message of the one post currently addressed to User.
-
-    Core may address a post to User while the model streams, then find the answer unusable: the
-    post gets an error and is readdressed to its own role before a fresh post retries. Its text is
-    then withdrawn (``withdrawn`` tells the renderer to take back what it already showed), so the
-    answer never mixes two attempts. ``apply`` takes core's ``TaskWeaverEvent``s as they come.
-    """
-
-    post_id: str | None = None
-    text: str = ""
-    shown: int = 0
-    withdrawn: bool = False
-    _messages: dict[str, str] = field(default_factory=dict)
-
-    def apply(self, event: TaskWeaverEvent) -> None:
-        """Follow one post event (other events are ignored)."""
-        t = _value(event.t)
-        post_id = event.post_id
-        if not post_id or not t.startswith("post_"):
-            return
-        extra = event.extra if isinstance(event.extra, dict) else {}
-        if t == "post_message_update" and extra.get("replace"):
-            self._messages[post_id] = event.msg or ""
-            if post_id == self.post_id:  # take back what was shown, then show the corrected text
-                self._withdraw()
-                self.post_id, self.text = post_id, event.msg or ""
-        elif t == "post_message_update":
-            self._messages[post_id] = self._messages.get(post_id, "") + (event.msg or "")
-            if post_id == self.post_id:
-                self.text += event.msg or ""
-        elif t == "post_send_to_update":
-            to_user = str(extra.get("role") or "") == USER
-            if to_user and post_id != self.post_id:
-                self._withdraw()
-                self.post_id = post_id
-                self.text = self._messages.get(post_id, "")
-            elif not to_user and post_id == self.post_id:
-                self._withdraw()
-        elif t == "post_error" and post_id == self.post_id and not is_cancel_error(event.msg or ""):
-            self._withdraw()
-
-    def pending(self) -> str:
-        """Answer text not shown yet."""
-        return self.text[self.shown :]
-
-    def mark_shown(self) -> None:
-        self.shown = len(self.text)
-
-    def _withdraw(self) -> None:
-        if self.shown:
-            self.withdrawn = True
-        self.post_id = None
-        self.text = ""
-        self.shown = 0
 
 
 @dataclass
@@ -227,7 +159,7 @@ class RoundRenderer:
 
     async def apply(self, event: TaskWeaverEvent) -> None:
         """Update the model with one event; only a new post is shown at once, the rest on flush."""
-        t = _value(event.t)
+        t = event_value(event.t)
         extra = event.extra if isinstance(event.extra, dict) else {}
         if t == "round_error":
             self.round_error = event.msg or self.round_error
@@ -283,10 +215,10 @@ class RoundRenderer:
         return view
 
     def _attachment(self, view: _PostView, chunk: str, extra: dict[str, Any]) -> None:
-        att_id = str(extra.get("id") or f"{_value(extra.get('type'))}-{len(view.attachments)}")
+        att_id = str(extra.get("id") or f"{event_value(extra.get('type'))}-{len(view.attachments)}")
         att = view.attachments.get(att_id)
         if att is None:
-            att = _Attachment(type=_value(extra.get("type") or "text"))
+            att = _Attachment(type=event_value(extra.get("type") or "text"))
             view.attachments[att_id] = att
         att.text += chunk or ""
         if extra.get("is_end", True) and not att.done:
