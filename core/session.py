@@ -88,8 +88,9 @@ class Session:
 
     def _plugins_prompt(self) -> str:
         """The plugins the model may call: those that loaded in the kernel, once it has started."""
-        loaded = self.executor.plugin_specs if self.executor.pid else self._plugin_catalog.specs
-        return describe_plugins(loaded)
+        if self.executor.pid:
+            return describe_plugins(self.executor.plugin_specs)
+        return self._plugin_catalog.prompt()
 
     @property
     def is_stopped(self) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 from core.cancel import CancelToken
 from core.execution.kernel import KernelExecutor
 from core.execution.result import Artifact, ExecutionResult
+from tests.conftest import pid_alive
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,14 +33,6 @@ def fresh(tmp_path: Path) -> Iterator[KernelExecutor]:
     ex = KernelExecutor("fresh", tmp_path / "cwd")
     yield ex
     ex.stop()
-
-
-def pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_last_expression_is_the_result(executor: KernelExecutor) -> None:
@@ -171,7 +163,7 @@ def test_crash_restarts_a_fresh_kernel(fresh: KernelExecutor) -> None:
     assert res.kernel_died and not res.is_success
     assert "lost" in (res.error or "")
     assert fresh.pid is not None and fresh.pid != old_pid
-    assert old_pid is not None and not pid_exists(old_pid)
+    assert old_pid is not None and not pid_alive(old_pid)
     assert fresh.execute("2 + 2").result == "4"
     assert "NameError" in (fresh.execute("lost").error or "")
 
@@ -179,9 +171,9 @@ def test_crash_restarts_a_fresh_kernel(fresh: KernelExecutor) -> None:
 def test_stop_ends_the_kernel_process(fresh: KernelExecutor) -> None:
     assert fresh.execute("1").is_success
     pid = fresh.pid
-    assert pid is not None and pid_exists(pid)
+    assert pid is not None and pid_alive(pid)
     fresh.stop()
-    assert not pid_exists(pid)
+    assert not pid_alive(pid)
     assert fresh.pid is None
     fresh.stop()  # idempotent
     after = fresh.execute("1")
@@ -216,7 +208,7 @@ def test_code_ignoring_interrupts_gets_a_fresh_kernel(fresh: KernelExecutor) -> 
     res = fresh.execute(swallow, timeout=1)
     assert res.timed_out and res.kernel_died and not res.is_success
     assert "restarted" in (res.error or "") and "lost" in (res.error or "")
-    assert old_pid is not None and not pid_exists(old_pid)
+    assert old_pid is not None and not pid_alive(old_pid)
     assert fresh.execute("3 * 3").result == "9"
 
 
@@ -231,7 +223,7 @@ def test_stop_while_code_runs(fresh: KernelExecutor) -> None:
     timer.join()
     assert res.cancelled and not res.is_success
     assert time.monotonic() - started < 15
-    assert not pid_exists(pid)
+    assert not pid_alive(pid)
 
 
 def test_server_secrets_do_not_reach_user_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

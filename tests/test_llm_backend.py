@@ -15,15 +15,7 @@ from core.config import LLMSettings
 from core.llm.base import ChatRequest, LLMError
 from core.llm.factory import create_backend
 from core.llm.openai_backend import OpenAIBackend
-from tests.llm_server import (  # noqa: F401 - llm_server is a fixture (also in conftest)
-    Answer,
-    Drop,
-    Raw,
-    ScriptedLLMServer,
-    Stall,
-    Status,
-    llm_server,
-)
+from tests.llm_server import Answer, Drop, Raw, ScriptedLLMServer, Stall, Status  # llm_server: conftest
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,7 +12,6 @@ import pytest
 from core import (
     AttachmentType,
     PostEventType,
-    RoundEventType,
     SessionEventHandler,
     TaskWeaverApp,
     TaskWeaverEvent,
@@ -193,7 +192,6 @@ def test_runaway_code_is_interrupted_and_the_session_goes_on(session) -> None:
 
 
 def test_cancel_from_another_thread_ends_the_round_cancelled(session) -> None:
-    recorder = Recorder()
     started = threading.Event()
 
     class CancelWhenCodeRuns(SessionEventHandler):

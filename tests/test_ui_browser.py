@@ -13,10 +13,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-try:
-    from tests.ui_harness import REPO_ROOT, UIServer, pid_alive, ui_server, wait_until
-except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
-    from ui_harness import REPO_ROOT, UIServer, pid_alive, ui_server, wait_until  # type: ignore[no-redef]
+from tests.ui_harness import REPO_ROOT, UIServer, pid_alive, ui_server, wait_until
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 

@@ -34,6 +34,8 @@ import httpx
 import pytest
 import socketio
 
+from tests.conftest import pid_alive  # noqa: F401  (re-exported for the UI tests)
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRACE_S = 3.0
 EXECUTION_TIMEOUT_S = 60.0
@@ -58,15 +60,6 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, every: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(every)
-
-
-def pid_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError, ProcessLookupError):
-        return False
-    return state != "Z"
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import json
 from typing import Any, Callable
 
 from pydantic import BaseModel
@@ -114,7 +113,3 @@ class Role(abc.ABC):
             assert request.record is not None
             ctx.round.llm_calls.append(request.record.to_dict())
         return "".join(parts)
-
-
-def reply_as_json(reply: BaseModel) -> str:
-    return json.dumps(reply.model_dump(), ensure_ascii=False)

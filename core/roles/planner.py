@@ -6,7 +6,6 @@ import re
 from typing import Any, Callable
 
 from core.events import PostEventProxy
-from core.ids import create_id
 from core.llm.json_stream import FieldEvent
 from core.memory import AttachmentType, Post
 from core.roles.base import Renderer, Role, StreamedField
