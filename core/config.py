@@ -68,6 +68,10 @@ class ExecutionSettings(BaseModel):
     kernel_start_timeout: float = Field(60.0, gt=0)
     prewarm: bool = Field(True, description="start the kernel when the session is created, not at its first code")
     max_output_chars: int = Field(1500, gt=0)
+    # Output caps: one user's huge result must not grow the server or every other user's page.
+    max_table_rows: int = Field(20, gt=0, description="rows of a table result kept and shown")
+    max_table_columns: int = Field(30, gt=0, description="columns of a table result kept and shown")
+    max_artifacts: int = Field(20, gt=0, description="files of one execution listed to the model and shown")
 
 
 class SessionSettings(BaseModel):
