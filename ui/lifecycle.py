@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,8 +42,8 @@ from typing import Callable, Protocol
 
 logger = logging.getLogger("weaver.ui.lifecycle")
 
-GRACE_ENV = "WEAVER_UI_DISCONNECT_GRACE_S"
-DEFAULT_GRACE_S = 120.0
+DEFAULT_GRACE_S = 120.0  # WEAVER_UI_DISCONNECT_GRACE_S
+DEFAULT_MAX_PER_CLIENT = 5  # WEAVER_UI_MAX_SESSIONS_PER_CLIENT
 FORGET_AFTER_S = 24 * 3600.0
 CORE_DIR = Path(__file__).resolve().parents[1] / "core"
 SESSION_FAILED = "Weaver could not start a session for this chat. Please try again in a moment."
@@ -66,10 +65,23 @@ class StoppableSession(Protocol):
 SessionFactory = Callable[[str], StoppableSession]
 
 
+class TooManyChats(Exception):
+    """This client already holds its share of live sessions, all of them in use; says so plainly."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"You already have {limit} chats open, each with its own Python kernel, which is the most one "
+            "person can hold. Close one of them (or use New chat there), then send your message again."
+        )
+        self.limit = limit
+
+
 def session_error_text(exc: BaseException, core_dir: Path = CORE_DIR) -> str:
     """What the browser is told when a session cannot be created: a plain sentence, never a raw
-    error (it may name server paths), unless it is a ``ValueError``/``RuntimeError`` raised by core
-    itself, whose messages are written for users (e.g. the limit of sessions is reached)."""
+    error (it may name server paths), unless it is ours (``TooManyChats``) or a
+    ``ValueError``/``RuntimeError`` raised by core itself, whose messages are written for users."""
+    if isinstance(exc, TooManyChats):
+        return str(exc)
     if isinstance(exc, (ValueError, RuntimeError)) and str(exc).strip() and _raised_in(exc, core_dir):
         return str(exc)
     return SESSION_FAILED
@@ -88,32 +100,23 @@ def _raised_in(exc: BaseException, folder: Path) -> bool:
         return False
 
 
-def grace_from_env(default: float = DEFAULT_GRACE_S) -> float:
-    """Read the grace period; a bad value falls back to the default rather than crash the server."""
-    raw = os.environ.get(GRACE_ENV, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        logger.warning("%s=%r is not a number; using %.0fs", GRACE_ENV, raw, default)
-        return default
-    return max(0.0, value)
-
-
 @dataclass
 class Lease:
-    """What a message handler gets: the live session, whether it is new, and the turn lock."""
+    """What a message handler gets: the live session, whether it is new (``created``) or replaces
+    one that stopped (``recreated``), and the turn lock."""
 
     session: StoppableSession
     recreated: bool
     round_lock: asyncio.Lock
+    created: bool = False
 
 
 @dataclass
 class _Entry:
     user_name: str
     session: StoppableSession | None
+    client: str = ""
+    released_at: float | None = None
     round_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     timer: asyncio.TimerHandle | None = None
     timer_token: object | None = None
@@ -129,41 +132,61 @@ class SessionOwner:
         self,
         factory: SessionFactory,
         is_connected: Callable[[str], bool],
-        grace_s: float | None = None,
+        grace_s: float = DEFAULT_GRACE_S,
         is_abandoned: Callable[[str], bool] | None = None,
         settle_s: float = 1.0,
+        max_per_client: int = DEFAULT_MAX_PER_CLIENT,
     ) -> None:
         self._factory = factory
         self._is_connected = is_connected
         self._is_abandoned = is_abandoned
         self.settle_s = settle_s
-        self.grace_s = grace_from_env() if grace_s is None else grace_s
+        self.grace_s = grace_s
+        self.max_per_client = max_per_client
         self._entries: dict[str, _Entry] = {}
         self._stopping: set[asyncio.Task[None]] = set()
 
-    def open(self, key: str, user_name: str) -> StoppableSession:
-        """Chat start: reuse the live session of this key or create one."""
-        return self.acquire(key, user_name).session
+    def acquire(self, key: str, user_name: str, client: str = "") -> Lease:
+        """A message arrived: the user is here, so disarm the stop and make sure a session is live.
 
-    def acquire(self, key: str, user_name: str) -> Lease:
-        """A message arrived: the user is here, so disarm the stop and make sure a session is live."""
+        A chat gets its session (and kernel) only here, at its first message: a socket that never
+        sends one holds nothing. ``client`` (the logged-in user, or the address without login) may
+        hold at most ``max_per_client`` live sessions; past that its longest-disconnected chat is
+        stopped to make room, and if all of its chats are connected ``TooManyChats`` is raised.
+        """
         self._prune()
         entry = self._entries.get(key)
         if entry is None:
-            entry = _Entry(user_name=user_name, session=None)
+            entry = _Entry(user_name=user_name, session=None, client=client)
             self._entries[key] = entry
         self._disarm(entry)
-        recreated = False
+        entry.released_at = None
+        created = recreated = False
         if entry.session is not None and entry.session.is_stopped:
             entry.session = None  # stopped behind our back (e.g. the engine shut it down)
         if entry.session is None:
+            self._make_room(client, key)
             recreated = entry.had_session
             entry.session = self._factory(user_name)
-            entry.user_name = user_name
-            entry.had_session = True
+            entry.user_name, entry.client = user_name, client
+            entry.had_session = created = True
             entry.stopped_at = None
             logger.info("chainlit session %s owns weaver session %s", key, entry.session.session_id)
-        return Lease(session=entry.session, recreated=recreated, round_lock=entry.round_lock)
+        return Lease(session=entry.session, recreated=recreated, round_lock=entry.round_lock, created=created)
+
+    def _make_room(self, client: str, key: str) -> None:
+        """Keep ``client`` within its share: free its longest-disconnected chat, or refuse."""
+        mine = [(k, e) for k, e in self._entries.items() if k != key and e.client == client and e.session is not None]
+        if len(mine) < self.max_per_client:
+            return
+        gone = sorted((e.released_at, k) for k, e in mine if e.released_at is not None and not self._connected(k))
+        if not gone:
+            raise TooManyChats(self.max_per_client)
+        _, oldest = gone[0]
+        logger.info("client %s is at its %d sessions: stopping disconnected chat %s", client, self.max_per_client, oldest)
+        victim = self._entries[oldest]
+        self._disarm(victim)
+        self._stop(oldest, victim)
 
     def current(self, key: str) -> StoppableSession | None:
         """The live session of a key, without creating one (used by the stop button)."""
@@ -176,6 +199,7 @@ class SessionOwner:
         if entry is None or entry.session is None:
             return
         self._disarm(entry)
+        entry.released_at = time.monotonic()
         if immediate or self.grace_s <= 0:
             logger.info("chat end for %s: stopping weaver session now", key)
             self._stop(key, entry)
@@ -210,6 +234,13 @@ class SessionOwner:
     def live_count(self) -> int:
         """How many sessions are currently owned and not stopped."""
         return sum(1 for e in self._entries.values() if e.session is not None)
+
+    def _connected(self, key: str) -> bool:
+        try:
+            return self._is_connected(key)
+        except Exception:  # a failing probe counts as connected here: never stop a chat in use
+            logger.exception("connection probe failed for %s", key)
+            return True
 
     def _settled(self, key: str, token: object) -> None:
         """Shortly after a disconnect: stop now if the user had asked for a new chat."""

@@ -26,11 +26,13 @@ from chainlit.utils import utc_now
 
 from core import SessionEventHandlerBase, TaskWeaverEvent
 from ui.answer import USER, AnswerDraft, event_value, is_cancel_error
-from ui.files import Artifact, fence, neutralise_images, parse_artifacts, select_artifacts, table_markdown
+from ui.files import Artifact, parse_artifacts, select_artifacts
+from ui.markdown import clip_text, fence, neutralise_images, table_markdown
 
 logger = logging.getLogger("weaver.ui.render")
 
 THROTTLE_S = 0.1
+MAX_EVENT_CHARS = 100_000  # the default of WEAVER_UI_MAX_EVENT_CHARS
 EXECUTING_STATUS = "executing code"  # the status core gives a post while its code runs
 # Plain symbols from common text fonts: emoji would show as boxes where no emoji font is installed.
 STATUS_ICONS = {"success": "✓", "failure": "✗", "timeout": "✗", "cancelled": "■"}
@@ -82,6 +84,7 @@ class _PostView:
     sent: bool = False
     dirty: bool = True
     last_flush: float = 0.0
+    max_chars: int = MAX_EVENT_CHARS
 
     def markdown(self) -> str:
         """The step's Markdown; model-written image syntax is neutralised (see ``neutralise_images``)."""
@@ -106,7 +109,12 @@ class _PostView:
         if not self.ended:
             # Bold with asterisks: underscores stay literal when the streaming cursor follows them.
             parts.append(f"**Working:** {self.status or 'starting'}…")
-        return neutralise_images("\n\n".join(parts))
+        return safe_markdown("\n\n".join(parts), self.max_chars)
+
+
+def safe_markdown(text: str, max_chars: int) -> str:
+    """What may be sent to the browser: bounded in size, with no image that loads by itself."""
+    return neutralise_images(clip_text(text, max_chars))
 
 
 def _attachment_markdown(att: _Attachment) -> str:
@@ -142,8 +150,16 @@ def _element_for(artifact: Artifact) -> cl.Element:
 class RoundRenderer:
     """Builds the UI of one round from its events; all methods run on the event loop."""
 
-    def __init__(self, parent_id: str | None, execution_cwd: Path, author: str, throttle_s: float = THROTTLE_S) -> None:
+    def __init__(
+        self,
+        parent_id: str | None,
+        execution_cwd: Path,
+        author: str,
+        throttle_s: float = THROTTLE_S,
+        max_event_chars: int = MAX_EVENT_CHARS,
+    ) -> None:
         self.parent_id = parent_id
+        self.max_event_chars = max_event_chars
         self.execution_cwd = Path(execution_cwd)
         self.author = author
         self.throttle_s = throttle_s
@@ -210,7 +226,7 @@ class RoundRenderer:
             show_input=False,
         )
         step.start = utc_now()
-        view = _PostView(role=role, step=step)
+        view = _PostView(role=role, step=step, max_chars=self.max_event_chars)
         self.posts[post_id] = view
         return view
 
@@ -270,7 +286,7 @@ class RoundRenderer:
             self.draft.mark_shown()
             self.answer_last_flush = now
             # The whole text each time: image syntax can only be neutralised on complete text.
-            await self.answer.stream_token(neutralise_images(self.draft.text), is_sequence=True)
+            await self.answer.stream_token(safe_markdown(self.draft.text, self.max_event_chars), is_sequence=True)
 
     async def finish(self, state: str, reply_text: str, error: str | None) -> None:
         """Close every step and tell the user how the round ended."""
@@ -290,11 +306,11 @@ class RoundRenderer:
         notes = "".join(f"\n\n_{note}_" for note in selection.notes)
         if state == "finished":
             if self.answer is not None:
-                self.answer.content += notes
+                self.answer.content += notes  # already made safe as it streamed
                 self.answer.elements = elements
                 await self.answer.send()
             else:
-                content = neutralise_images(reply_text or "_(no answer)_") + notes
+                content = safe_markdown(reply_text or "_(no answer)_", self.max_event_chars) + notes
                 await cl.Message(content=content, author=self.author, elements=elements).send()
             return
         if self.answer is not None:
@@ -308,7 +324,7 @@ class RoundRenderer:
             ).send()
             return
         reason = self.round_error or error or "the round failed for an unknown reason (see the server log)"
-        await cl.ErrorMessage(content=neutralise_images(f"The round failed: {reason}"), author=self.author).send()
+        await cl.ErrorMessage(content=safe_markdown(f"The round failed: {reason}", self.max_event_chars), author=self.author).send()
         if elements or notes:
             await cl.Message(
                 content=f"Files made before the failure:{notes}", author=self.author, elements=elements

@@ -13,6 +13,11 @@ from core.plugins.api import unique_path
 from core.plugins.runtime import TABLE_MIME
 
 MAX_STREAM_CHARS = 1_000_000  # a runaway print loop must not eat the server's memory
+# Hard bounds on what one execution may hand the server, whatever the settings ask for later:
+# user code can display any payload under our table type, or thousands of tables and figures.
+MAX_TABLES_KEPT = 100
+MAX_TABLE_ROWS_KEPT = 1000
+MAX_TABLE_COLUMNS_KEPT = 200
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _IMAGE_MIMES = (("image/png", ".png", "image"), ("image/jpeg", ".jpg", "image"), ("image/svg+xml", ".svg", "svg"))
 
@@ -67,7 +72,7 @@ class OutputCollector:
     def _rich(self, data: dict[str, Any], is_result: bool) -> None:
         saved = self._save_image(data)
         table = data.get(TABLE_MIME)
-        if isinstance(table, dict):
+        if isinstance(table, dict) and len(self.tables) < MAX_TABLES_KEPT:
             try:
                 self.tables.append(_table(table))
             except (TypeError, ValueError, IndexError):
@@ -109,9 +114,12 @@ class OutputCollector:
 
 
 def _table(raw: dict[str, Any]) -> Table:
-    shape = raw.get("shape") or [0, 0]
+    """A table payload, bounded: only the rows and columns the UI could ever show are kept."""
+    columns = list(raw.get("columns", []))
+    rows = list(raw.get("rows", []))
+    shape = raw.get("shape") or [len(rows), len(columns)]
     return Table(
-        columns=[str(c) for c in raw.get("columns", [])],
-        rows=[[str(c) for c in row] for row in raw.get("rows", [])],
+        columns=[str(c)[:1000] for c in columns[:MAX_TABLE_COLUMNS_KEPT]],
+        rows=[[str(c)[:1000] for c in row[:MAX_TABLE_COLUMNS_KEPT]] for row in rows[:MAX_TABLE_ROWS_KEPT]],
         shape=(int(shape[0]), int(shape[1])),
     )

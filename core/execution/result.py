@@ -26,6 +26,13 @@ class Table:
     rows: list[list[str]]
     shape: tuple[int, int]
 
+    def clipped(self, max_rows: int, max_columns: int) -> "Table":
+        """The first rows and columns only; ``shape`` still tells the whole table's size."""
+        return Table(self.columns[:max_columns], [row[:max_columns] for row in self.rows[:max_rows]], self.shape)
+
+    def as_payload(self) -> dict[str, object]:
+        return {"columns": self.columns, "rows": self.rows, "shape": list(self.shape)}
+
 
 @dataclass
 class ExecutionResult:
@@ -57,8 +64,8 @@ class ExecutionResult:
             reason = "an error was raised"
         return f"The execution failed ({reason})."
 
-    def summary(self, max_chars: int = 1500) -> str:
-        """Text for the model and the user; long parts are cut so a prompt stays bounded."""
+    def summary(self, max_chars: int = 1500, max_artifacts: int = 20) -> str:
+        """Text for the model and the user; long parts and long file lists are cut so a prompt stays bounded."""
         parts = [self.status_line()]
         for title, text in (
             ("Result", self.result),
@@ -71,7 +78,11 @@ class ExecutionResult:
         if self.logs:
             parts.append("Plugin logs:\n" + clip("\n".join(self.logs), max_chars))
         if self.artifacts:
-            lines = [_artifact_line(a) for a in self.artifacts]
+            lines = [_artifact_line(a) for a in self.artifacts[:max_artifacts]]
+            if len(self.artifacts) > max_artifacts:
+                lines.append(
+                    f"- ... showing {max_artifacts} of {len(self.artifacts):,} files; the rest are in the working folder too"
+                )
             parts.append("Artifacts:\n" + "\n".join(lines))
         if len(parts) == 1 and self.is_success:
             parts.append("(no output)")

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 from core.cancel import CancelToken
 from core.llm.base import ChatRequest, LLMBackend
 from core.llm.offline_profile import profile_code
+from core.text import fence
 
 CHUNK_CHARS = 24
 
@@ -52,7 +53,7 @@ class OfflineBackend(LLMBackend):
                 "plan": ["Run the code block as written", "Report its output"],
                 "current_plan_step": "Run the code block as written",
                 "send_to": "CodeInterpreter",
-                "message": f"Please run this code exactly as written:\n```python\n{code}\n```",
+                "message": f"Please run this code exactly as written:\n{fence(code, 'python')}",
             }
         if files:
             listed = ", ".join(files)
@@ -106,7 +107,7 @@ def _report(hints: dict[str, Any]) -> dict[str, Any]:
         lead = "The code did not succeed. Here is what happened:"
     first_line, _, details = output.partition("\n")
     if status is not None and first_line.startswith("The execution"):
-        output = f"```text\n{details.strip() or first_line}\n```"
+        output = fence(details.strip() or first_line, "text")
     return {
         "thought": "Report the CodeInterpreter's result to the user as it is.",
         "plan": ["Run the work", "Report the result"],

@@ -18,7 +18,8 @@ from typing import Any
 from core.plugins import api
 
 TABLE_MIME = "application/vnd.weaver.table+json"
-TABLE_MAX_ROWS = 20
+TABLE_MAX_ROWS = 20  # the server clips again to execution.max_table_rows / max_table_columns
+TABLE_MAX_COLUMNS = 200
 _ALIASES = ("taskweaver.plugin", "taskweaver.plugin.base", "taskweaver.plugin.context", "taskweaver.plugin.register")
 
 _ctx: api.PluginContext | None = None
@@ -103,7 +104,7 @@ def table_json(df: Any) -> dict[str, Any]:
     """The first rows of a DataFrame as strings; a meaningful index becomes the first column."""
     import pandas as pd
 
-    frame = df.head(TABLE_MAX_ROWS)
+    frame = df.iloc[:TABLE_MAX_ROWS, :TABLE_MAX_COLUMNS]
     has_index = not (
         isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1
     )

@@ -82,15 +82,15 @@ class CodeInterpreter(Role):
         result = self.executor.execute(code, session_vars=dict(ctx.session_vars), cancel=ctx.cancel)
         status = execution_status(result)
         proxy.update_attachment(status, AttachmentType.execution_status)
-        summary = result.summary(self.config.execution.max_output_chars)
+        limits = self.config.execution
+        summary = result.summary(limits.max_output_chars, limits.max_artifacts)
         proxy.update_attachment(summary, AttachmentType.execution_result)
-        for table in result.tables:
-            proxy.update_attachment(
-                {"columns": table.columns, "rows": table.rows, "shape": list(table.shape)}, AttachmentType.table
-            )
+        for table in result.tables[: limits.max_artifacts]:
+            table = table.clipped(limits.max_table_rows, limits.max_table_columns)
+            proxy.update_attachment(table.as_payload(), AttachmentType.table)
         if result.artifacts:
             proxy.update_attachment(
-                [{"name": a.name, "path": str(a.path), "type": a.type} for a in result.artifacts],
+                [{"name": a.name, "path": str(a.path), "type": a.type} for a in result.artifacts[: limits.max_artifacts]],
                 AttachmentType.artifact_paths,
             )
         if result.cancelled:

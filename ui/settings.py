@@ -1,0 +1,97 @@
+"""The web UI's own settings (``WEAVER_UI_*``), read once with pydantic-settings.
+
+The engine's settings live in ``core.config``; these only concern the web server: who may drive
+it (hosts, origins, the proxy's user header), how long a dropped chat keeps its kernel, and the
+per-client and per-event limits that keep one browser from crowding out the others. A bad value
+stops the server at start with one message naming the variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+class UISettingsError(ValueError):
+    """A ``WEAVER_UI_*`` value is invalid; the message names the variable."""
+
+
+def _comma_list(value: Any) -> Any:
+    """``"a, b"`` → ``["a", "b"]``; an empty string is an empty list (the default applies)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class UISettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="WEAVER_UI_", extra="ignore")
+
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins whose pages may drive the server; default: its own"
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host header values answered; default: loopback names and the bound host"
+    )
+    user_header: str | None = Field(None, description="header a trusted proxy puts the user name in")
+    disconnect_grace_s: float = Field(120.0, ge=0, description="how long a dropped chat keeps its kernel")
+    max_sessions_per_client: int = Field(
+        5, gt=0, description="live sessions one user (or one address, without login) may hold"
+    )
+    max_event_chars: int = Field(100_000, ge=1000, description="largest text of one step or message sent")
+
+    _split_origins = field_validator("allowed_origins", "allowed_hosts", mode="before")(_comma_list)
+
+    @field_validator("user_header", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins_are_bare(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin == "*" or "://" not in origin or origin.rstrip("/").count("/") > 2:
+                raise ValueError(f"{origin!r} is not an origin like http://host:port ('*' is not allowed)")
+        return [o.rstrip("/").lower() for o in origins]
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_lower(cls, hosts: list[str]) -> list[str]:
+        return [h.lower() for h in hosts]
+
+
+@lru_cache(maxsize=1)
+def ui_settings() -> UISettings:
+    """The process's UI settings; raises ``UISettingsError`` naming the bad variable."""
+    try:
+        return UISettings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"WEAVER_UI_{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise UISettingsError(f"invalid web UI setting: {problems}") from None
+
+
+def host_literal(host: str) -> str:
+    """How a bound host appears in a ``Host`` header: IPv6 literals in brackets."""
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address or name that only this machine can reach."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
