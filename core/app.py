@@ -10,6 +10,7 @@ from typing import Any
 from injector import Injector, Module, provider, singleton
 
 from core.config import AppConfig, load_config
+from core.execution.sandbox import sandbox_warning, uses_bwrap
 from core.ids import create_id
 from core.llm.base import LLMBackend
 from core.llm.factory import create_backend
@@ -52,6 +53,11 @@ class TaskWeaverApp:
         self.app_dir.mkdir(parents=True, exist_ok=True)
         self.config = load_config(self.app_dir, {**(config or {}), **kwargs})
         logging.getLogger("weaver").setLevel(self.config.logging.level.upper())
+        uses_bwrap(self.config.execution)  # execution.sandbox = "bwrap" without bwrap: refuse to start
+        # Shown by the UI to operators; None when every kernel runs in its sandbox.
+        self.sandbox_warning: str | None = sandbox_warning(self.config.execution)
+        if self.sandbox_warning:
+            logging.getLogger("weaver").warning("!!! %s", self.sandbox_warning)
         self.workspace = Workspace(self.app_dir)
         self.injector = Injector([_AppModule(self.config, self.workspace)])
         self.injector.binder.bind(Injector, to=self.injector)

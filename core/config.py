@@ -72,6 +72,17 @@ class ExecutionSettings(BaseModel):
     max_table_rows: int = Field(20, gt=0, description="rows of a table result kept and shown")
     max_table_columns: int = Field(30, gt=0, description="columns of a table result kept and shown")
     max_artifacts: int = Field(20, gt=0, description="files of one execution listed to the model and shown")
+    # The kernel's sandbox and limits (core/execution/sandbox.py, limits.py); 0 turns a limit off.
+    sandbox: Literal["auto", "bwrap", "none"] = Field(
+        "auto", description="auto: bubblewrap when it works, else unsandboxed with a warning"
+    )
+    allow_unsandboxed: bool = Field(False, description="serve logins / non-loopback addresses without a sandbox")
+    network: bool = Field(False, description="let user code open network connections")
+    memory_mb: int = Field(2048, ge=0, description="memory of a kernel and everything it starts")
+    max_processes: int = Field(64, ge=0, description="processes and threads of a kernel and its children")
+    disk_mb: int = Field(1024, ge=0, description="size of a session's folder")
+    max_file_mb: int = Field(512, ge=0, description="size of any single file the kernel writes")
+    nice: int = Field(10, ge=0, le=19, description="CPU priority of kernels below the server's")
 
 
 class SessionSettings(BaseModel):

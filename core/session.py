@@ -11,6 +11,7 @@ from core.cancel import CancelToken, RoundCancelled
 from core.config import AppConfig
 from core.events import EventEmitter, RoundEventType, SessionEventHandler
 from core.execution.kernel import KernelExecutor
+from core.execution.limits import MB, incoming_bytes
 from core.files import add_files, files_prefix
 from core.llm.base import LLMBackend, LLMError
 from core.memory import Post, Round
@@ -56,6 +57,7 @@ class Session:
             plugins.specs,
             timeout=config.execution.timeout,
             start_timeout=config.execution.kernel_start_timeout,
+            settings=config.execution,
         )
         self._plugin_catalog = plugins
         self.roles = role_registry.create_roles(
@@ -122,6 +124,7 @@ class Session:
         try:
             if self._stopped:  # stop() ran between the first check and taking the lock
                 raise RuntimeError(f"session {self.session_id} is stopped")
+            self._check_room(list(files or []))
             names = add_files(self.execution_cwd, list(files or []), int(self.config.session.max_file_mb * 1e6))
             rnd = Round(user_query=files_prefix(names) + message)
             self._cancel = CancelToken()
@@ -136,6 +139,18 @@ class Session:
             return rnd
         finally:
             self._round_lock.release()
+
+    def _check_room(self, files: list[Any]) -> None:
+        """Refuse files that would take the session's folder past ``execution.disk_mb``."""
+        room = self.executor.disk_room()
+        if room is None or not files:
+            return
+        incoming = incoming_bytes(files)
+        if incoming > room:
+            raise ValueError(
+                f"The files need {incoming / MB:.1f} MB but this session's folder has only {room / MB:.1f} MB "
+                f"left of its {self.config.execution.disk_mb} MB (execution.disk_mb); delete files to make room."
+            )
 
     def cancel(self) -> bool:
         """Cancel the running round from any thread: its model stream stops, its code is interrupted."""

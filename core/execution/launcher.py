@@ -5,44 +5,78 @@ from __future__ import annotations
 import os
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Sequence
 
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+# The session folder must not shadow modules the kernel or Weaver import: no cwd on sys.path at
+# start (PYTHONSAFEPATH, ignore_cwd); the kernel appends it last once Weaver's runtime is loaded.
+KERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", "--IPKernelApp.ignore_cwd=True"]
 
 
 class _OwnPythonSpecs(KernelSpecManager):
     """Always answers with ``sys.executable -m ipykernel_launcher``: a user's kernelspec can't swap it."""
 
+    argv_prefix: list[str] = []
+
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
         return KernelSpec(
-            argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            argv=[*self.argv_prefix, *KERNEL_ARGV],
             display_name="Weaver Python",
             language="python",
             interrupt_mode="signal",
         )
 
 
-# The server's own credentials stay out of user code's os.environ (plugins' PLUGIN_* settings pass).
-_SERVER_SECRETS = re.compile(r"^(WEAVER_|CHAINLIT_|OPENAI_|AZURE_OPENAI)|API_KEY|SECRET|TOKEN|PASSWORD", re.IGNORECASE)
+# From the server's environment only these pass (an allowlist: whatever else the server holds,
+# credentials included, stays out); plugins get their PLUGIN_* settings.
+_PASSED = re.compile(r"^(LANG|LANGUAGE|TZ|LC_[A-Z]+|PLUGIN_\w+)$")
 
 
-def kernel_env(session_id: str, extra_env: dict[str, str] | None) -> dict[str, str]:
-    """Host environment without server secrets + extras + session id; ``core`` importable, figures inline."""
-    env = {k: v for k, v in os.environ.items() if k.startswith("PLUGIN_") or not _SERVER_SECRETS.search(k)}
+def kernel_env(session_id: str, extra_env: dict[str, str] | None, home: Path | None = None) -> dict[str, str]:
+    """Allowlisted host variables + extras + session id; ``core`` importable, figures inline."""
+    env = {k: v for k, v in os.environ.items() if _PASSED.match(k)}
+    paths = [os.path.dirname(sys.executable), *os.environ.get("PATH", os.defpath).split(os.pathsep)]
+    env["PATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
+    if home is not None:
+        env["HOME"] = str(home)
     env.update(extra_env or {})
     env["WEAVER_SESSION_ID"] = session_id
-    paths = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env["PYTHONSAFEPATH"] = "1"
+    env["PYTHONNOUSERSITE"] = "1"
     env["MPLBACKEND"] = INLINE_BACKEND
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     return env
 
 
-def new_kernel_manager() -> KernelManager:
-    km = KernelManager(kernel_name="weaver-python", kernel_spec_manager=_OwnPythonSpecs())
+def new_kernel_manager(argv_prefix: Sequence[str] = (), connection_file: Path | None = None,
+                       ipc_prefix: Path | None = None) -> KernelManager:
+    """A manager whose kernel runs behind ``argv_prefix`` (the sandbox) and, given ``ipc_prefix``,
+    talks over ZMQ ``ipc`` sockets in that private folder instead of TCP ports any process could reach."""
+    specs = _OwnPythonSpecs()
+    specs.argv_prefix = list(argv_prefix)
+    km = KernelManager(kernel_name="weaver-python", kernel_spec_manager=specs,
+                       transport="ipc" if ipc_prefix else "tcp")
+    if ipc_prefix is not None:
+        km.ip = str(ipc_prefix)
+    if connection_file is not None:
+        km.connection_file = str(connection_file)
     km.shutdown_wait_time = 3.0  # a graceful shutdown that takes longer is forced
     return km
+
+
+# bwrap --die-with-parent (PR_SET_PDEATHSIG) fires when the *thread* that started it ends, e.g. a
+# session's pre-start thread; so every kernel is started from this one thread, which lives as long
+# as the server process.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weaver-kernel-spawner")
+
+
+def start_kernel(km: KernelManager, **kwargs: Any) -> None:
+    """``km.start_kernel(**kwargs)`` from the long-lived spawner thread."""
+    _SPAWNER.submit(km.start_kernel, **kwargs).result()

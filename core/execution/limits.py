@@ -1,0 +1,212 @@
+"""Resource limits of one kernel: cgroup v1 memory and pids groups, rlimits, nice, disk room.
+
+As root, RLIMIT_NPROC does not bind and a process can raise its own rlimits only up to the hard
+limit we set, so memory and process counts are enforced with cgroups the kernel can't see or
+leave (``/sys`` is not mounted in the sandbox). File sizes use RLIMIT_FSIZE, which binds root too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+MB = 1024 * 1024
+_KILL_ROUNDS = 50
+DATA_FALLBACK_FACTOR = 4
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one kernel (with everything it starts) may use; 0 means no limit."""
+
+    memory_mb: int = 2048
+    max_processes: int = 64
+    disk_mb: int = 1024
+    max_file_mb: int = 512
+    nice: int = 10
+
+
+def _own_cgroup(controller: str) -> Path | None:
+    """The writable v1 hierarchy directory of this process for ``controller``, if any."""
+    base = CGROUP_ROOT / controller
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, names, path = line.split(":", 2)
+        if controller in names.split(","):
+            folder = base / path.lstrip("/")
+            return folder if os.access(folder, os.W_OK) and (folder / "cgroup.procs").exists() else None
+    return None
+
+
+class KernelCgroups:
+    """A memory and a pids cgroup for one kernel launch; every process it starts stays inside."""
+
+    def __init__(self, name: str, limits: Limits) -> None:
+        self.dirs: dict[str, Path] = {}
+        self.problems: list[str] = []
+        wanted = {"memory": limits.memory_mb > 0, "pids": limits.max_processes > 0}
+        for controller, needed in wanted.items():
+            parent = _own_cgroup(controller) if needed else None
+            if needed and parent is None:
+                self.problems.append(f"no writable {controller} cgroup (v1) under {CGROUP_ROOT}")
+                continue
+            if parent is None:
+                continue
+            folder = parent / "weaver" / name
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                self.dirs[controller] = folder
+                self._configure(controller, folder, limits)
+            except OSError as exc:
+                self.problems.append(f"{controller} cgroup {folder}: {exc}")
+
+    @staticmethod
+    def _configure(controller: str, folder: Path, limits: Limits) -> None:
+        if controller == "memory":
+            (folder / "memory.limit_in_bytes").write_text(str(limits.memory_mb * MB))
+            swap = folder / "memory.memsw.limit_in_bytes"
+            if swap.exists():  # memory + swap: no way around the limit through swap
+                swap.write_text(str(limits.memory_mb * MB))
+        else:
+            (folder / "pids.max").write_text(str(limits.max_processes))
+
+    @property
+    def procs_files(self) -> list[str]:
+        """``cgroup.procs`` files the launcher writes its own pid into before it execs."""
+        return [str(folder / "cgroup.procs") for folder in self.dirs.values()]
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for folder in self.dirs.values():
+            try:
+                found.update(int(p) for p in (folder / "cgroup.procs").read_text().split())
+            except OSError:
+                continue
+        return found
+
+    def oom_kills(self) -> int:
+        """How often the memory limit made the kernel OOM-kill a process in this group."""
+        folder = self.dirs.get("memory")
+        if folder is None:
+            return 0
+        try:
+            for line in (folder / "memory.oom_control").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+            return 1 if int((folder / "memory.failcnt").read_text()) > 0 else 0
+        except (OSError, ValueError):
+            return 0
+
+    def kill_all(self) -> None:
+        """SIGKILL every process left in the group, including ones that called setsid()."""
+        for _ in range(_KILL_ROUNDS):
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.01)
+        logger.error("processes %s survived SIGKILL in their cgroup", sorted(self.pids()))
+
+    def remove(self) -> None:
+        self.kill_all()
+        for folder in self.dirs.values():
+            for _ in range(_KILL_ROUNDS):  # an exiting process can keep the group busy for a moment
+                try:
+                    folder.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)
+        self.dirs = {}
+
+
+def wrapper_argv(limits: Limits, procs_files: list[str], memory_cgroup: bool) -> list[str]:
+    """``sh`` that joins the cgroups, sets the rlimits and nice, then execs the rest of argv.
+
+    Joining before the exec (rather than moving the process afterwards) means no child of the
+    kernel can ever be outside the groups; a failed join stops the launch instead of running
+    unlimited.
+    """
+    script = [f'echo $$ > {shlex.quote(path)} || exit 97' for path in procs_files]
+    if limits.max_file_mb > 0:
+        script.append(f"ulimit -f {limits.max_file_mb * MB // 512} || exit 98")  # 512-byte blocks
+    if limits.memory_mb > 0 and not memory_cgroup:
+        # Fallback only: RLIMIT_DATA counts reserved, not used, memory (pyarrow's allocator alone
+        # reserves ~1 GB), so it is set well above the limit and bounds one process, not the tree.
+        script.append(f"ulimit -d {limits.memory_mb * 1024 * DATA_FALLBACK_FACTOR} || exit 98")
+    script.append("ulimit -c 0")
+    script.append('exec nice -n "$0" "$@"')
+    return ["/bin/sh", "-c", "; ".join(script), str(limits.nice)]
+
+
+def folder_bytes(folder: Path) -> int:
+    """Apparent size of every file under ``folder`` (symlinks not followed)."""
+    total = 0
+    stack = [str(folder)]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    else:
+                        total += entry.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    return total
+
+
+def disk_room(folder: Path, disk_mb: int) -> int | None:
+    """Bytes the session folder may still grow by, or None when there is no disk limit."""
+    if disk_mb <= 0:
+        return None
+    return max(0, disk_mb * MB - folder_bytes(folder))
+
+
+def set_file_size_limit(pid: int, max_bytes: int) -> bool:
+    """Lower (or restore) RLIMIT_FSIZE of a running kernel; its later children inherit it."""
+    try:
+        import resource
+
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def incoming_bytes(files: list[object]) -> int:
+    """Total size of ``send_message``'s files (``path`` or ``content``); bad entries count 0."""
+    total = 0
+    for entry in files:
+        if not isinstance(entry, dict):
+            continue
+        if entry.get("path") is not None:
+            try:
+                total += Path(entry["path"]).stat().st_size
+            except OSError:
+                continue
+        elif isinstance(entry.get("content"), (bytes, bytearray, str)):
+            content = entry["content"]
+            total += len(content.encode("utf-8") if isinstance(content, str) else content)
+    return total

@@ -1,0 +1,237 @@
+"""Every kernel in its own bubblewrap sandbox, so a user's code reaches only that user's work.
+
+Inside, the kernel sees a read-only system (``/usr``, a few files of ``/etc``, the Python install
+and Weaver's ``core`` package), the plugins folder read-only, a private ``/tmp`` and its own
+session folder, writable. It has its own PID, IPC, UTS and (unless ``execution.network``) network
+namespaces, no capabilities, and talks to the server over ZMQ ``ipc`` sockets in a private 0700
+folder bound into that sandbox only. Limits (cgroups, rlimits, nice) are in ``limits.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import secrets
+import shutil
+import site
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from core.execution.limits import DATA_FALLBACK_FACTOR, KernelCgroups, Limits, wrapper_argv
+
+if TYPE_CHECKING:
+    from core.config import ExecutionSettings
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CORE_DIR = REPO_ROOT / "core"
+INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
+_TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+_ETC_FILES = (
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "passwd", "group",
+    "nsswitch.conf", "mime.types", "ssl", "ca-certificates", "hosts",
+)
+_ETC_NETWORK = ("resolv.conf", "gai.conf", "protocols", "services", "host.conf")
+
+
+class SandboxUnavailableError(RuntimeError):
+    """The configuration asks for a sandbox that cannot be built here; the message says what to do."""
+
+
+@functools.lru_cache(maxsize=1)
+def bwrap_problem() -> str | None:
+    """Why bubblewrap cannot sandbox a kernel here, or None when it works (probed once)."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return "bubblewrap (bwrap) is not installed"
+    probe = [exe, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--die-with-parent",
+             "--new-session", "--cap-drop", "ALL", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+             "--tmpfs", "/tmp", "true"]
+    try:
+        done = subprocess.run(probe, capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bwrap could not be run ({exc})"
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}"
+        return f"bwrap cannot create namespaces here ({detail})"
+    return None
+
+
+def uses_bwrap(settings: ExecutionSettings) -> bool:
+    """Whether kernels run in bubblewrap; ``sandbox = "bwrap"`` without a working bwrap raises."""
+    if settings.sandbox == "none":
+        return False
+    problem = bwrap_problem()
+    if problem is None:
+        return True
+    if settings.sandbox == "bwrap":
+        raise SandboxUnavailableError(
+            f"execution.sandbox is 'bwrap' but {problem}: {INSTALL_HINT}, "
+            "or set execution.sandbox to 'auto' or 'none'."
+        )
+    return False
+
+
+def sandbox_warning(settings: ExecutionSettings) -> str | None:
+    """The sentence to show operators when kernels run unsandboxed, or None when they are sandboxed."""
+    if settings.sandbox == "none":
+        why = "execution.sandbox is 'none'"
+    else:
+        problem = bwrap_problem()
+        if problem is None:
+            return None
+        why = problem
+    return (
+        f"Users' code runs WITHOUT a sandbox because {why}: any user can read other sessions' files, "
+        f"the app's config and the server's secrets. To isolate users, {INSTALL_HINT}."
+    )
+
+
+def require_sandbox(config: Any, reason: str) -> None:
+    """Refuse to serve ``reason`` (e.g. "with login on") unsandboxed in ``auto`` mode.
+
+    ``config`` is an ``AppConfig`` or its ``ExecutionSettings``. Raises
+    ``SandboxUnavailableError`` unless kernels will be sandboxed, the operator chose
+    ``execution.sandbox = "none"`` explicitly, or set ``execution.allow_unsandboxed``.
+    """
+    settings = getattr(config, "execution", config)
+    if uses_bwrap(settings) or settings.sandbox == "none" or settings.allow_unsandboxed:
+        return
+    raise SandboxUnavailableError(
+        f"Weaver will not run users' code without a sandbox {reason}: {bwrap_problem()}. "
+        f"To fix it, {INSTALL_HINT}; to accept the risk, set execution.allow_unsandboxed = true "
+        "(WEAVER_EXECUTION__ALLOW_UNSANDBOXED=true)."
+    )
+
+
+def limits_of(settings: ExecutionSettings) -> Limits:
+    return Limits(settings.memory_mb, settings.max_processes, settings.disk_mb, settings.max_file_mb, settings.nice)
+
+
+def _python_dirs() -> list[Path]:
+    """The interpreter's install folders: what the kernel needs to import its packages."""
+    dirs = [Path(sys.base_prefix), Path(sys.prefix), Path(sys.exec_prefix), *map(Path, site.getsitepackages())]
+    return [d.resolve() for d in dirs if d.is_dir()]
+
+
+def _minimal(paths: Iterable[Path]) -> list[Path]:
+    """Drop paths inside another path of the list (and anything under /usr, bound anyway)."""
+    unique = sorted(set(paths), key=lambda p: len(p.parts))
+    kept: list[Path] = []
+    for path in unique:
+        if path.is_relative_to("/usr") or any(path.is_relative_to(k) for k in kept):
+            continue
+        kept.append(path)
+    return kept
+
+
+def _hidden_ancestors(targets: Iterable[Path], mounts: set[Path]) -> list[str]:
+    """``--dir`` every folder above a bind target with mode 0111: passable, but not listable."""
+    args: list[str] = []
+    seen: set[Path] = set()
+    for target in targets:
+        for parent in reversed(target.parents):
+            if parent in seen or parent in mounts or len(parent.parts) <= 1:
+                continue
+            seen.add(parent)
+            args += ["--perms", "0111", "--dir", str(parent)]
+    return args
+
+
+def bwrap_argv(cwd: Path, runtime_dir: Path, read_only: Iterable[Path], network: bool) -> list[str]:
+    """The bubblewrap command line that runs the rest of argv as a sandboxed kernel."""
+    exe = shutil.which("bwrap") or "bwrap"
+    args = [exe, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent",
+            "--new-session", "--cap-drop", "ALL", "--hostname", "weaver"]
+    if not network:
+        args.append("--unshare-net")
+    args += ["--ro-bind", "/usr", "/usr"]
+    for name in _TOP_LEVEL:
+        top = Path("/") / name
+        if top.is_symlink():
+            args += ["--symlink", os.readlink(top), str(top)]
+        elif top.is_dir():
+            args += ["--ro-bind", str(top), str(top)]
+    for name in _ETC_FILES + (_ETC_NETWORK if network else ()):
+        args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
+    ro = _minimal([*_python_dirs(), CORE_DIR, *(Path(p).resolve() for p in read_only)])
+    rw = [cwd, runtime_dir]
+    args += _hidden_ancestors([*ro, *rw], {Path("/tmp"), Path("/usr"), Path("/etc"), Path("/dev"), Path("/proc")})
+    for path in ro:
+        args += ["--ro-bind", str(path), str(path)]
+    for path in rw:
+        args += ["--bind", str(path), str(path)]
+    return args + ["--chdir", str(cwd), "--"]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+class KernelBox:
+    """One kernel launch's confinement: argv prefix, environment, private folder and cgroups."""
+
+    def __init__(self, name: str, cwd: Path, settings: ExecutionSettings, read_only: Iterable[Path] = ()) -> None:
+        self.sandboxed = uses_bwrap(settings)
+        self.limits = limits_of(settings)
+        self.cwd = cwd
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix="weaver-kernel-"))  # mode 0700
+        self.cgroups = KernelCgroups(f"{name}-{secrets.token_hex(4)}", self.limits)
+        if self.cgroups.problems:
+            logger.warning(
+                "kernel %s runs without some cgroup limits (%s): without a memory cgroup, memory is bounded "
+                "per process by RLIMIT_DATA at %dx execution.memory_mb only; without a pids cgroup, the number "
+                "of processes is not bounded", name, "; ".join(self.cgroups.problems), DATA_FALLBACK_FACTOR,
+            )
+        self.argv_prefix = wrapper_argv(self.limits, self.cgroups.procs_files, "memory" in self.cgroups.dirs)
+        if self.sandboxed:
+            self.argv_prefix += bwrap_argv(cwd, self.runtime_dir, read_only, settings.network)
+        self._kernel_pid: int | None = None
+
+    @property
+    def connection_file(self) -> Path:
+        return self.runtime_dir / "kernel.json"
+
+    @property
+    def ipc_prefix(self) -> Path:
+        return self.runtime_dir / "ipc"
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """The kernel's environment: ``base`` plus private config folders and bounded thread pools."""
+        private = Path("/tmp") if self.sandboxed else self.runtime_dir
+        env = dict(base)
+        env["IPYTHONDIR"] = str(private / "ipython")
+        env["MPLCONFIGDIR"] = str(private / "matplotlib")
+        if self.limits.max_processes > 0:  # BLAS pools start a thread per core, each counts as a task
+            threads = str(max(1, min(os.cpu_count() or 1, self.limits.max_processes // 8)))
+            for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_MAX_THREADS"):
+                env.setdefault(key, threads)
+        return env
+
+    def kernel_pid(self, outer_pid: int | None) -> int | None:
+        """The host pid of the Python kernel (inside bwrap it is the grandchild of the launched pid)."""
+        if self._kernel_pid is None and outer_pid is not None:
+            if not self.sandboxed:
+                self._kernel_pid = outer_pid
+            else:
+                init = _children(outer_pid)
+                kernel = _children(init[0]) if init else []
+                self._kernel_pid = kernel[0] if kernel else None
+        return self._kernel_pid
+
+    def oom_killed(self) -> bool:
+        return self.cgroups.oom_kills() > 0
+
+    def close(self) -> None:
+        """Kill whatever the kernel left running, drop its cgroups and its private folder."""
+        self.cgroups.remove()
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
