@@ -124,3 +124,25 @@ def test_header_login_without_a_secret_refuses_to_start(tmp_path: Path) -> None:
 def test_without_the_setting_nobody_logs_in(ui_server: UIServer) -> None:
     config = httpx.get(f"{ui_server.base_url}/auth/config", timeout=10).json()
     assert not config["requireLogin"] and not config["headerAuth"]
+
+
+def test_a_repeated_login_header_is_refused(auth_server: UIServer) -> None:
+    """A proxy that appends its header to the client's copy must not let the client's copy win."""
+    twice = httpx.post(
+        f"{auth_server.base_url}/auth/header", headers=[(HEADER, "mallory-as-alice"), (HEADER, "mallory")], timeout=10
+    )
+    assert twice.status_code == 400 and "more than once" in twice.json()["detail"]
+    assert "set-cookie" not in twice.headers
+    assert logged_in(auth_server, "mallory").headers["Cookie"]  # one copy still logs in
+
+
+def test_only_the_owner_may_fetch_a_chat_file(auth_server: UIServer) -> None:
+    with logged_in(auth_server, "alice") as alice:
+        file_id = alice.upload("mine.csv", b"a,b\n1,2\n")
+        url = f"{auth_server.base_url}/project/file/{file_id}"
+        params = {"session_id": alice.session_id}
+        own = httpx.get(url, params=params, headers=alice.headers, timeout=10)
+        assert own.status_code == 200 and own.content == b"a,b\n1,2\n"
+        bob = logged_in(auth_server, "bob")
+        assert httpx.get(url, params=params, headers=bob.headers, timeout=10).status_code == 401
+        assert httpx.get(url, params=params, timeout=10).status_code == 401

@@ -39,6 +39,8 @@ pytestmark = [
 
 @pytest.fixture()
 def page(ui_server: UIServer) -> Iterator["playwright_sync.Page"]:
+    """A page whose Content-Security-Policy reports are collected; a test ends by checking that no
+    script or connection of the app was blocked (the CDN stylesheets the page links may be)."""
     with playwright_sync.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -46,7 +48,11 @@ def page(ui_server: UIServer) -> Iterator["playwright_sync.Page"]:
             context.route("**/*", _local_only)
             page = context.new_page()
             page.set_default_timeout(60_000)
+            violations: list[str] = []
+            page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
             yield page
+            blocked = [v for v in violations if "script-src" in v or "connect-src" in v or "worker-src" in v]
+            assert not blocked, blocked
         finally:
             browser.close()
 
@@ -117,3 +123,41 @@ def test_new_chat_button_stops_the_old_kernel(page: "playwright_sync.Page", ui_s
     ui_server.wait_log(r"stopping weaver session now", ui_server.grace_s - 0.5, mark)
     wait_until(lambda: not pid_alive(pid), 20, f"kernel {pid} to exit")
     expect(page.locator("#chat-input")).to_be_visible()
+
+
+EVIL_PAGE = """<!doctype html><title>evil</title><script>
+const target = "TARGET";
+const ws = new WebSocket(target.replace("http", "ws") + "/ws/socket.io/?EIO=4&transport=websocket");
+ws.onopen = () => { document.title = "opened"; };
+ws.onerror = ws.onclose = () => { if (document.title !== "opened") document.title = "refused"; };
+</script>"""
+
+
+def test_a_page_on_another_origin_cannot_open_a_socket(page: "playwright_sync.Page", ui_server: UIServer) -> None:
+    """A site the user visits (here one on another local port) tries to drive Weaver from the browser."""
+    import http.server
+    import threading
+
+    body = EVIL_PAGE.replace("TARGET", ui_server.base_url).encode()
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        mark = ui_server.log_size()
+        page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        page.wait_for_function("document.title !== 'evil'", timeout=30_000)
+        assert page.title() == "refused"
+        ui_server.wait_log(r"refused websocket /ws/socket.io/: requests from other web sites", 10, mark)
+    finally:
+        evil.shutdown()
+        evil.server_close()

@@ -40,7 +40,7 @@ from ui import guard  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.lifecycle import SessionOwner, session_error_text  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
-from ui.settings import LOOPBACK_HOSTS, UISettingsError, host_literal, ui_settings  # noqa: E402
+from ui.settings import UISettingsError, serving_hosts, serving_origins, ui_settings  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
 T = TypeVar("T")
@@ -127,27 +127,6 @@ def user_from_headers(headers: Mapping[str, str], header: str) -> cl.User | None
     return cl.User(identifier=value, metadata={"provider": "header"}) if value else None
 
 
-def serving_hosts(bound_host: str) -> list[str]:
-    """Host names the server answers to: ``WEAVER_UI_ALLOWED_HOSTS``, else loopback and the bound host."""
-    if SETTINGS.allowed_hosts:
-        return list(SETTINGS.allowed_hosts)
-    hosts = list(LOOPBACK_HOSTS)
-    if bound_host not in ("", "0.0.0.0", "::"):  # a wildcard names no host: the operator must
-        hosts.append(host_literal(bound_host).lower())
-    return hosts
-
-
-def serving_origins(hosts: list[str], port: int) -> list[str]:
-    """Origins of our own pages: ``WEAVER_UI_ALLOWED_ORIGINS``, else each served host on this port."""
-    if SETTINGS.allowed_origins:
-        return list(SETTINGS.allowed_origins)
-    origins = []
-    for host in hosts:
-        for scheme, default_port in (("http", 80), ("https", 443)):
-            origins.append(f"{scheme}://{host}" if port == default_port else f"{scheme}://{host}:{port}")
-    return origins
-
-
 def _upload_settings() -> Any:
     return chainlit_config.features.spontaneous_file_upload
 
@@ -157,11 +136,11 @@ def guard_policy() -> guard.GuardPolicy:
     from chainlit.server import get_html_template
 
     root = chainlit_config.run.root_path or ""
-    hosts = serving_hosts(chainlit_config.run.host)
+    hosts = serving_hosts(SETTINGS, chainlit_config.run.host)
     page = get_html_template(os.getenv("CHAINLIT_PARENT_ROOT_PATH", "") + os.getenv("CHAINLIT_ROOT_PATH", ""))
     return guard.GuardPolicy(
         allowed_hosts=frozenset(hosts),
-        allowed_origins=frozenset(serving_origins(hosts, int(chainlit_config.run.port))),
+        allowed_origins=frozenset(serving_origins(SETTINGS, hosts, int(chainlit_config.run.port))),
         socket_path=f"{root}/ws/socket.io",
         upload_path=f"{root}/project/file",
         file_path_prefix=f"{root}/project/file/",

@@ -131,6 +131,9 @@ class GuardPolicy:
     def refusal(self, scope: Scope) -> tuple[int, str] | None:
         """Why this request may not reach Chainlit (status, reason), or None when it may."""
         headers = scope.get("headers") or []
+        for name in (b"host", b"origin"):  # a browser sends each at most once; two could disagree
+            if _count(headers, name) > 1:
+                return 400, f"the {name.decode()} header arrived more than once"
         host = host_name(_header(headers, b"host"))
         if host not in self.allowed_hosts:
             return 400, "this server does not answer to that host name (see WEAVER_UI_ALLOWED_HOSTS)"
@@ -168,10 +171,6 @@ def _header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 def _count(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> int:
     return sum(1 for key, _ in headers if key.lower() == name)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class GuardMiddleware:
@@ -213,29 +212,36 @@ class GuardMiddleware:
             await _refuse(scope, send, 429, f"at most {max_files} files can be attached to one message; send it first")
             return
         received = 0
-        started = False
+        too_large = False
         status = 0
 
         async def counted_receive() -> Message:
-            nonlocal received
+            # Past the limit the app is told the client left, so it stops reading and stores nothing.
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge()
+                    too_large = True
+                    return {"type": "http.disconnect"}
             return message
 
         async def watched_send(message: Message) -> None:
-            nonlocal started, status
+            nonlocal status
+            if too_large:
+                return  # whatever the app makes of the "disconnect", the answer is ours
             if message["type"] == "http.response.start":
-                started, status = True, int(message["status"])
+                status = int(message["status"])
             await send(message)
 
         try:
             await self.app(scope, counted_receive, _with_headers(watched_send, self.policy.page_csp, False))
-        except _BodyTooLarge:
-            if started:
+        except Exception:
+            if not too_large:
                 raise
+        if too_large:
             await _refuse(scope, send, 413, f"the file is larger than the limit of {_mb(limit)}")
             return
         if 200 <= status < 300:

@@ -95,3 +95,28 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def serving_hosts(settings: UISettings, bound_host: str) -> list[str]:
+    """Host names the server answers to: ``allowed_hosts``, else loopback names and the bound host.
+
+    A wildcard bind (0.0.0.0, ::) names no host, so then only loopback names are answered until
+    the operator lists the public name: secure by default, and the refusal says which setting.
+    """
+    if settings.allowed_hosts:
+        return list(settings.allowed_hosts)
+    hosts = list(LOOPBACK_HOSTS)
+    if bound_host not in ("", "0.0.0.0", "::"):
+        hosts.append(host_literal(bound_host).lower())
+    return list(dict.fromkeys(hosts))
+
+
+def serving_origins(settings: UISettings, hosts: list[str], port: int) -> list[str]:
+    """Origins of our own pages: ``allowed_origins``, else each served host on this port (http, https)."""
+    if settings.allowed_origins:
+        return list(settings.allowed_origins)
+    origins = []
+    for host in hosts:
+        for scheme, default_port in (("http", 80), ("https", 443)):
+            origins.append(f"{scheme}://{host}" if port == default_port else f"{scheme}://{host}:{port}")
+    return origins
