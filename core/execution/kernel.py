@@ -311,6 +311,8 @@ class KernelExecutor:
                 return self._died_before_run(execution_id, code, exc)
             disk_start = self._prepare_disk()
             run = self._run_user_code(code, cancel, timeout or self.timeout, disk_start)
+            if disk_start is not None and run.stop_reason is None and not run.died:
+                run.disk_full = self._disk_overrun(disk_start)  # a burst of writes between two checks
             return self._finish(execution_id, code, run, timeout or self.timeout)
 
     def _prepare_disk(self) -> int | None:
@@ -418,7 +420,10 @@ class KernelExecutor:
         self._collect_plugin_outputs(res)
         if run.stop_reason is not None:
             res.error = self._interrupted_message(run.stop_reason, timeout, c.error)
-        if res.error is not None and ("File too large" in res.error or "No space left" in res.error):
+        if run.disk_full and run.stop_reason is None:
+            over = f"The code wrote past the session folder's limit. {self._disk_note()}"
+            res.error = f"{over}\n{res.error}" if res.error else over
+        elif res.error is not None and ("File too large" in res.error or "No space left" in res.error):
             res.error += "\n" + self._disk_note()
         res.is_success = res.error is None
         return res

@@ -16,7 +16,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # The session folder must not shadow modules the kernel or Weaver import: no cwd on sys.path at
 # start (PYTHONSAFEPATH, ignore_cwd); the kernel appends it last once Weaver's runtime is loaded.
-KERNEL_ARGV = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}", "--IPKernelApp.ignore_cwd=True"]
+# History stays in memory: no SQLite file to grow or to fail when the folder is full.
+KERNEL_ARGV = [
+    sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+    "--IPKernelApp.ignore_cwd=True", "--HistoryManager.hist_file=:memory:",
+]
 
 
 class _OwnPythonSpecs(KernelSpecManager):

@@ -1,0 +1,394 @@
+"""Each kernel in its own sandbox: from session A's code, nothing of B, the server or the machine.
+
+Every hostile probe is harmless if the sandbox were broken: signals are 0 (an existence and
+permission check), writes go to fresh names that are removed again, sizes are tiny through the
+settings, fork loops are bounded and their children exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core import TaskWeaverApp
+from core.config import ExecutionSettings
+from core.execution import sandbox
+from core.execution.kernel import KernelExecutor
+from core.execution.launcher import REPO_ROOT
+from core.execution.limits import folder_bytes
+from tests.conftest import FIXTURE_APP, pid_alive
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(sandbox.bwrap_problem() is not None, reason=f"no working bubblewrap: {sandbox.bwrap_problem()}"),
+]
+
+SERVER_SECRETS = {
+    "AWS_ACCESS_KEY_ID": "AKIA-test-secret",
+    "CHAINLIT_AUTH_SECRET": "chainlit-test-secret",
+    "DATABASE_URL": "postgres://u:db-test-secret@h/db",
+    "GITHUB_PAT": "ghp-test-secret",
+    "SENTRY_DSN": "https://sentry-test-secret@sentry.io/1",
+    "SSH_AUTH_SOCK": "/tmp/ssh-test-secret/agent.1",
+    "GOOGLE_APPLICATION_CREDENTIALS": "/secret/gcp-test-secret.json",
+}
+API_KEY = "sk-config-test-secret"
+
+
+def code(source: str) -> str:
+    return f"```python\n{source}\n```"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskWeaverApp]:
+    """A sandboxed app whose server holds secrets in its environment and its config file."""
+    app_dir = tmp_path_factory.mktemp("app")
+    shutil.copytree(FIXTURE_APP, app_dir, dirs_exist_ok=True)
+    (app_dir / "taskweaver_config.json").write_text(json.dumps({"llm.api_type": "offline", "llm.api_key": API_KEY}))
+    (app_dir / "public").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in SERVER_SECRETS.items():
+            mp.setenv(name, value)
+        application = TaskWeaverApp(app_dir=app_dir)
+        yield application
+        application.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(app: TaskWeaverApp):
+    """Session A (the attacker) and session B (the victim, with an upload and a variable)."""
+    a, b = app.get_session(), app.get_session()
+    rnd = b.send_message(code("secret_of_b = 'b-variable'"), files=[{"name": "b_data.csv", "content": b"x\nb-upload\n"}])
+    assert rnd.state == "finished", rnd.error
+    assert a.executor.execute("1").is_success
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def run_in_a(pair, source: str) -> str:
+    a, _ = pair
+    res = a.executor.execute(source)
+    return f"{res.stdout}{res.result}{res.error or ''}"
+
+
+def assert_b_intact(pair) -> None:
+    _, b = pair
+    assert (b.execution_cwd / "b_data.csv").read_bytes() == b"x\nb-upload\n"
+    assert b.executor.execute("secret_of_b").result == "'b-variable'"
+
+
+def test_a_cannot_read_or_overwrite_b_upload(pair) -> None:
+    _, b = pair
+    target = b.execution_cwd / "b_data.csv"
+    out = run_in_a(pair, f"open({str(target)!r}).read()")
+    assert "FileNotFoundError" in out and "b-upload" not in out
+    out = run_in_a(pair, f"open({str(target)!r}, 'w').write('overwritten')")
+    assert "Error" in out
+    assert_b_intact(pair)
+
+
+def test_a_cannot_list_the_sessions_or_read_b_log(pair) -> None:
+    a, b = pair
+    sessions = a.workspace.parent
+    out = run_in_a(pair, f"import os\nos.listdir({str(sessions)!r})")
+    assert "PermissionError" in out and b.session_id not in out
+    out = run_in_a(pair, f"open({str(b.workspace / 'rounds.jsonl')!r}).read()")
+    assert "FileNotFoundError" in out and "secret_of_b" not in out
+    assert_b_intact(pair)
+
+
+def test_a_cannot_read_the_app_config_home_or_system_secrets(pair, app: TaskWeaverApp) -> None:
+    probes = [app.app_dir / "taskweaver_config.json", Path.home() / ".ssh", Path("/etc/shadow"), REPO_ROOT / "README.md"]
+    for path in probes:
+        out = run_in_a(pair, f"import os\nopen({str(path)!r}).read() if os.path.isfile({str(path)!r}) else os.listdir({str(path)!r})")
+        assert "FileNotFoundError" in out or "PermissionError" in out, (path, out)
+        assert API_KEY not in out
+    assert "FileNotFoundError" in run_in_a(pair, f"import os\nos.listdir({str(app.app_dir / 'public')!r})")
+
+
+def test_a_cannot_see_or_signal_the_server_or_b(pair) -> None:
+    _, b = pair
+    server, b_kernel = os.getpid(), b.executor.kernel_pid
+    assert b_kernel is not None
+    out = run_in_a(pair, f"open('/proc/{server}/environ').read()")
+    assert "FileNotFoundError" in out and "test-secret" not in out
+    visible = run_in_a(pair, "import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))")
+    assert str(server) not in visible.split("[")[1] and str(b_kernel) not in visible.split("[")[1]
+    for pid in (server, b_kernel, os.getppid()):
+        assert "ProcessLookupError" in run_in_a(pair, f"import os\nos.kill({pid}, 0)")  # 0: lookup only
+    assert pid_alive(b_kernel)
+    assert_b_intact(pair)
+
+
+def test_a_cannot_reach_b_kernel_channel(pair) -> None:
+    _, b = pair
+    km = b.executor._km
+    assert km is not None
+    info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in km.get_connection_info().items()}
+    assert info["transport"] == "ipc" and oct(Path(km.connection_file).parent.stat().st_mode & 0o777) == "0o700"
+    probe = (
+        "import os, queue\nfrom jupyter_client import BlockingKernelClient\n"
+        f"info = {info!r}\nprint('file visible:', os.path.exists({km.connection_file!r}))\n"
+        "kc = BlockingKernelClient()\nkc.load_connection_info(info)\nkc.start_channels()\n"
+        "try:\n    kc.kernel_info()\n    kc.get_shell_msg(timeout=2)\n    print('CONNECTED')\n"
+        "except queue.Empty:\n    print('no reply')\nfinally:\n    kc.stop_channels()"
+    )
+    out = run_in_a(pair, probe)
+    assert "file visible: False" in out and "no reply" in out and "CONNECTED" not in out
+    assert_b_intact(pair)
+
+
+def test_a_cannot_write_to_the_repository_or_public(pair, app: TaskWeaverApp) -> None:
+    name = f"sandbox-probe-{uuid.uuid4().hex}.txt"
+    targets = [REPO_ROOT / "core" / name, REPO_ROOT / name, app.app_dir / "public" / name, app.app_dir / "plugins" / name]
+    try:
+        for target in targets:
+            out = run_in_a(pair, f"open({str(target)!r}, 'w').write('pwned')")
+            assert any(e in out for e in ("Read-only file system", "FileNotFoundError", "PermissionError")), (target, out)
+            assert not target.exists()
+    finally:
+        for target in targets:
+            target.unlink(missing_ok=True)
+
+
+def test_a_cannot_connect_to_the_server_port(pair) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0)
+        port = listener.getsockname()[1]
+        out = run_in_a(pair, f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3)")
+        assert "ConnectionRefusedError" in out or "OSError" in out
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+
+
+def test_network_setting_turns_outbound_network_on(tmp_path: Path) -> None:
+    ex = KernelExecutor("net", tmp_path / "cwd", settings=ExecutionSettings(network=True))
+    try:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            port = listener.getsockname()[1]
+            res = ex.execute(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3).close()")
+            assert res.is_success, res.error
+    finally:
+        ex.stop()
+
+
+def test_no_server_secret_reaches_user_code(pair) -> None:
+    out = run_in_a(
+        pair,
+        "import os\nprint(sorted(os.environ))\n"
+        "print(open('/proc/1/environ').read())\nprint(dict(os.environ))",
+    )
+    for name, value in SERVER_SECRETS.items():
+        assert name not in out and value not in out
+    assert "HOME" in out and "PATH" in out
+
+
+def test_kernel_runs_at_lower_priority_than_the_server(pair) -> None:
+    a, _ = pair
+    assert a.executor.kernel_pid is not None
+    fields = Path(f"/proc/{a.executor.kernel_pid}/stat").read_text().rsplit(")", 1)[1].split()
+    assert int(fields[16]) == os.getpriority(os.PRIO_PROCESS, 0) + 10  # field 19 of stat: nice
+
+
+# ----- limits --------------------------------------------------------------------------------
+
+
+def small_kernel(tmp_path: Path, **settings: object) -> KernelExecutor:
+    return KernelExecutor(f"limits-{uuid.uuid4().hex[:6]}", tmp_path / "cwd", settings=ExecutionSettings(**settings))
+
+
+def test_memory_over_the_limit_restarts_the_kernel_with_a_plain_message(tmp_path: Path) -> None:
+    ex = small_kernel(tmp_path, memory_mb=256)
+    try:
+        res = ex.execute("kept = 1\nblock = bytearray(1 << 30)")  # 1 GB against 256 MB
+        assert res.kernel_died and not res.is_success
+        assert "memory" in (res.error or "") and "256 MB" in (res.error or "") and "fresh kernel" in (res.error or "")
+        assert ex.execute("2 + 2").result == "4"
+    finally:
+        ex.stop()
+
+
+FORK_LOOP = """
+import os
+r, w = os.pipe()
+children, refused = [], 0
+for _ in range(40):
+    try:
+        pid = os.fork()
+    except OSError:
+        refused += 1
+        continue
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)  # every child waits for the loop to end, then exits
+        os._exit(0)
+    children.append(pid)
+os.close(w)
+for pid in children:
+    os.waitpid(pid, 0)
+print(len(children), refused)
+"""
+
+
+def test_a_fork_loop_fails_inside_its_own_sandbox(tmp_path: Path) -> None:
+    ex = small_kernel(tmp_path, max_processes=16)
+    try:
+        res = ex.execute(FORK_LOOP)
+        assert res.is_success, res.error
+        started, refused = map(int, res.stdout.split())
+        assert started < 16 and refused == 40 - started
+        assert ex.execute("'still here'").result == "'still here'"
+    finally:
+        ex.stop()
+
+
+def test_writes_past_the_disk_limit_fail_clearly_and_uploads_are_refused(tmp_path: Path) -> None:
+    ex = small_kernel(tmp_path, disk_mb=5, max_file_mb=3)
+    try:
+        res = ex.execute("with open('big.bin', 'wb') as f:\n    for _ in range(20):\n        f.write(b'x' * 2**20)")
+        assert not res.is_success and "File too large" in (res.error or "")
+        assert "execution.max_file_mb" in (res.error or "")
+        assert (ex.cwd / "big.bin").stat().st_size <= 3 * 2**20
+        # Many files, each under the per-file cap: the folder check stops or reports the run.
+        res = ex.execute("for i in range(20):\n    open(f'part{i}.bin', 'wb').write(b'x' * 2**20)")
+        assert not res.is_success and "execution.disk_mb" in (res.error or "")
+        assert ex.disk_room() == 0
+        res = ex.execute("with open('more.bin', 'wb') as f:\n    f.write(b'x' * 1024)")
+        assert not res.is_success and "File too large" in (res.error or "")
+        assert ex.execute("import os\nfor n in os.listdir('.'):\n    os.remove(n)").is_success
+        assert ex.disk_room() == 5 * 2**20
+    finally:
+        ex.stop()
+
+
+def test_an_upload_into_a_full_session_is_refused(tmp_path: Path) -> None:
+    shutil.copytree(FIXTURE_APP, tmp_path, dirs_exist_ok=True)
+    application = TaskWeaverApp(app_dir=tmp_path, config={"execution.disk_mb": 1, "execution.prewarm": False})
+    try:
+        s = application.get_session()
+        part = {"name": "part.bin", "content": b"x" * 600_000}
+        assert s.send_message("", files=[part]).state == "finished"
+        with pytest.raises(ValueError, match="execution.disk_mb"):
+            s.send_message("", files=[{**part, "name": "more.bin"}])
+        assert not (s.execution_cwd / "more.bin").exists()
+    finally:
+        application.stop()
+
+
+def test_a_detached_process_dies_with_its_session(app: TaskWeaverApp) -> None:
+    marker = f"weaver-detached-{uuid.uuid4().hex}"
+    s = app.get_session()
+    found: list[int] = []
+    try:
+        src = (
+            "import subprocess, sys\n"
+            f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', {marker!r}], start_new_session=True)\n"
+            "print('started')"
+        )
+        assert "started" in s.send_message(code(src)).reply_text
+        found = [pid for pid in _pids() if marker in _cmdline(pid)]
+        assert len(found) == 1 and pid_alive(found[0])
+        s.stop()
+        assert not pid_alive(found[0])
+    finally:
+        s.stop()
+        for pid in found:  # if the sandbox failed, don't leave it running
+            if pid_alive(pid) and marker in _cmdline(pid):
+                os.kill(pid, 9)
+
+
+def _pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_a_thread_still_running_at_timeout_is_killed_with_the_kernel(tmp_path: Path) -> None:
+    ex = small_kernel(tmp_path)
+    try:
+        ex.execute("kept = 1")
+        res = ex.execute(
+            "import threading, time\n"
+            "threading.Thread(target=lambda: [time.sleep(0.05) for _ in iter(int, 1)], daemon=True).start()\n"
+            "time.sleep(600)",
+            timeout=2,
+        )
+        assert res.timed_out and res.kernel_died
+        assert "thread" in (res.error or "") and "restarted" in (res.error or "")
+        assert "NameError" in (ex.execute("kept").error or "")
+    finally:
+        ex.stop()
+
+
+# ----- user files cannot shadow what Weaver imports --------------------------------------------
+
+
+def test_session_files_do_not_shadow_weaver_or_installed_modules(tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    for name in ("pandas", "core", "zmq", "json", "ipykernel_launcher", "IPython"):
+        (cwd / f"{name}.py").write_text(f"raise ImportError('shadowed {name}')\n")
+    (cwd / "mymodule.py").write_text("VALUE = 'mine'\n")
+    ex = KernelExecutor("shadow", cwd)
+    try:
+        ex.start()
+        assert ex.plugin_errors == []
+        res = ex.execute("import pandas\ndf = pandas.DataFrame({'a': [1, 2]})\ndf")
+        assert res.is_success, res.error
+        assert res.tables and res.tables[0].columns == ["a"]  # Weaver's runtime formatted it
+        assert ex.execute("import mymodule\nmymodule.VALUE").result == "'mine'"
+    finally:
+        ex.stop()
+
+
+# ----- modes -----------------------------------------------------------------------------------
+
+
+def test_unsandboxed_mode_warns_and_still_allowlists_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-test-secret")
+    shutil.copytree(FIXTURE_APP, tmp_path, dirs_exist_ok=True)
+    application = TaskWeaverApp(app_dir=tmp_path, config={"execution.sandbox": "none"})
+    try:
+        assert application.sandbox_warning and "WITHOUT a sandbox" in application.sandbox_warning
+        assert "WITHOUT a sandbox" in caplog.text
+        sandbox.require_sandbox(application.config, "with login on")  # an explicit choice is respected
+        s = application.get_session()
+        reply = s.send_message(code("import os\nprint('leaked:', 'AWS_ACCESS_KEY_ID' in os.environ)")).reply_text
+        assert "leaked: False" in reply
+    finally:
+        application.stop()
+
+
+def test_without_bwrap_auto_warns_and_public_serving_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap to be found
+    sandbox.bwrap_problem.cache_clear()
+    try:
+        settings = ExecutionSettings()
+        assert "not installed" in (sandbox.sandbox_warning(settings) or "")
+        with pytest.raises(sandbox.SandboxUnavailableError, match="allow_unsandboxed"):
+            sandbox.require_sandbox(settings, "with login on")
+        sandbox.require_sandbox(ExecutionSettings(allow_unsandboxed=True), "with login on")
+        with pytest.raises(sandbox.SandboxUnavailableError, match="bubblewrap"):
+            TaskWeaverApp(app_dir=tmp_path, config={"execution.sandbox": "bwrap"})
+    finally:
+        monkeypatch.undo()
+        sandbox.bwrap_problem.cache_clear()
+    assert sandbox.bwrap_problem() is None
