@@ -184,6 +184,11 @@ def test_network_setting_turns_outbound_network_on(tmp_path: Path) -> None:
         ex.stop()
 
 
+def test_a_cannot_create_namespaces_to_escape(pair) -> None:
+    out = run_in_a(pair, "import subprocess\nprint('rc', subprocess.run(['unshare', '--user', '--map-root-user', 'true']).returncode)")
+    assert "rc 0" not in out and "rc " in out
+
+
 def test_no_server_secret_reaches_user_code(pair) -> None:
     out = run_in_a(
         pair,
@@ -200,6 +205,8 @@ def test_kernel_runs_at_lower_priority_than_the_server(pair) -> None:
     assert a.executor.kernel_pid is not None
     fields = Path(f"/proc/{a.executor.kernel_pid}/stat").read_text().rsplit(")", 1)[1].split()
     assert int(fields[16]) == os.getpriority(os.PRIO_PROCESS, 0) + 10  # field 19 of stat: nice
+    reported = run_in_a(pair, "from ipykernel.connect import get_connection_file\nprint(get_connection_file())")
+    assert sandbox.kernel_host_pid(reported.strip()) == a.executor.kernel_pid  # how tests find a kernel's pid
 
 
 # ----- limits --------------------------------------------------------------------------------

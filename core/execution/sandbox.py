@@ -62,6 +62,18 @@ def bwrap_problem() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=1)
+def _userns_flags() -> tuple[str, ...]:
+    """Forbid user namespaces inside (bubblewrap >= 0.8), closing that kernel attack surface, if it works here."""
+    flags = ("--unshare-user", "--disable-userns")
+    try:
+        done = subprocess.run([shutil.which("bwrap") or "bwrap", *flags, "--ro-bind", "/", "/", "true"],
+                              capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    return flags if done.returncode == 0 else ()
+
+
 def uses_bwrap(settings: ExecutionSettings) -> bool:
     """Whether kernels run in bubblewrap; ``sandbox = "bwrap"`` without a working bwrap raises."""
     if settings.sandbox == "none":
@@ -146,8 +158,8 @@ def _hidden_ancestors(targets: Iterable[Path], mounts: set[Path]) -> list[str]:
 def bwrap_argv(cwd: Path, runtime_dir: Path, read_only: Iterable[Path], network: bool) -> list[str]:
     """The bubblewrap command line that runs the rest of argv as a sandboxed kernel."""
     exe = shutil.which("bwrap") or "bwrap"
-    args = [exe, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent",
-            "--new-session", "--cap-drop", "ALL", "--hostname", "weaver"]
+    args = [exe, *_userns_flags(), "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "weaver"]
     if not network:
         args.append("--unshare-net")
     args += ["--ro-bind", "/usr", "/usr"]
@@ -235,3 +247,21 @@ class KernelBox:
         """Kill whatever the kernel left running, drop its cgroups and its private folder."""
         self.cgroups.remove()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def kernel_host_pid(connection_file: str) -> int | None:
+    """Host pid of the kernel started with ``connection_file`` (for tests and operators).
+
+    Inside its PID namespace a kernel's ``os.getpid()`` is 2; the connection file path it reports
+    (``ipykernel.connect.get_connection_file()``) is the same on both sides.
+    """
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:3] == [b"-m", b"ipykernel_launcher"] and connection_file.encode() in argv:
+            return int(entry.name)
+    return None
