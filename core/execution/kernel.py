@@ -444,7 +444,7 @@ class KernelExecutor:
         parts = [f"The session's folder holds {used:.1f} MB of its {s.disk_mb} MB limit (execution.disk_mb)"] if s.disk_mb else []
         if s.max_file_mb:
             parts.append(f"a single file may be at most {s.max_file_mb} MB (execution.max_file_mb)")
-        return "; ".join(parts) + ". Delete files you no longer need to make room."
+        return "; ".join(parts) + ". Delete files you no longer need to make room." if parts else ""
 
     def _lost_state_message(self, run: _Run, timeout: float, before_run: bool = False) -> str:
         """Restart the kernel and explain what happened and that the session's state is gone."""

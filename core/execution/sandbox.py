@@ -183,10 +183,19 @@ def bwrap_argv(cwd: Path, runtime_dir: Path, read_only: Iterable[Path], network:
 
 
 def _children(pid: int) -> list[int]:
+    """Child pids, from /proc/<pid>/task/<pid>/children or, where the kernel lacks it, every stat."""
     try:
         return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except (OSError, ValueError):
-        return []
+        pass
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return sorted(found)
 
 
 class KernelBox:
