@@ -10,7 +10,7 @@ from typing import Any
 from injector import Injector, Module, provider, singleton
 
 from core.config import AppConfig, load_config
-from core.execution.sandbox import sandbox_warning, uses_bwrap
+from core.execution.sandbox import sandbox_warning, sweep_stale, uses_bwrap
 from core.ids import create_id
 from core.llm.base import LLMBackend
 from core.llm.factory import create_backend
@@ -54,6 +54,7 @@ class TaskWeaverApp:
         self.config = load_config(self.app_dir, {**(config or {}), **kwargs})
         logging.getLogger("weaver").setLevel(self.config.logging.level.upper())
         uses_bwrap(self.config.execution)  # execution.sandbox = "bwrap" without bwrap: refuse to start
+        sweep_stale()
         # Shown by the UI to operators; None when every kernel runs in its sandbox.
         self.sandbox_warning: str | None = sandbox_warning(self.config.execution)
         if self.sandbox_warning:

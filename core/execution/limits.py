@@ -210,3 +210,29 @@ def incoming_bytes(files: list[object]) -> int:
             content = entry["content"]
             total += len(content.encode("utf-8") if isinstance(content, str) else content)
     return total
+
+
+def sweep_stale_cgroups(min_age_s: float = 60.0) -> int:
+    """Remove empty kernel cgroups left by a server that died without cleaning up; returns how many.
+
+    Only groups older than ``min_age_s``: a new one is empty for the moment between its creation
+    and the launcher joining it.
+    """
+    removed = 0
+    for controller in ("memory", "pids"):
+        parent = _own_cgroup(controller)
+        base = parent / "weaver" if parent is not None else None
+        if base is None or not base.is_dir():
+            continue
+        for folder in base.iterdir():
+            try:
+                if (
+                    folder.is_dir()
+                    and time.time() - folder.stat().st_ctime > min_age_s
+                    and not (folder / "cgroup.procs").read_text().strip()
+                ):
+                    folder.rmdir()
+                    removed += 1
+            except OSError:
+                continue
+    return removed

@@ -18,10 +18,11 @@ import site
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from core.execution.limits import DATA_FALLBACK_FACTOR, KernelCgroups, Limits, wrapper_argv
+from core.execution.limits import DATA_FALLBACK_FACTOR, KernelCgroups, Limits, sweep_stale_cgroups, wrapper_argv
 
 if TYPE_CHECKING:
     from core.config import ExecutionSettings
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CORE_DIR = REPO_ROOT / "core"
+RUNTIME_PREFIX = "weaver-kernel-"
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC_FILES = (
@@ -205,7 +207,7 @@ class KernelBox:
         self.sandboxed = uses_bwrap(settings)
         self.limits = limits_of(settings)
         self.cwd = cwd
-        self.runtime_dir = Path(tempfile.mkdtemp(prefix="weaver-kernel-"))  # mode 0700
+        self.runtime_dir = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))  # mode 0700
         self.cgroups = KernelCgroups(f"{name}-{secrets.token_hex(4)}", self.limits)
         if self.cgroups.problems:
             logger.warning(
@@ -274,3 +276,34 @@ def kernel_host_pid(connection_file: str) -> int | None:
         if argv[1:3] == [b"-m", b"ipykernel_launcher"] and connection_file.encode() in argv:
             return int(entry.name)
     return None
+
+
+def sweep_stale(min_age_s: float = 60.0) -> None:
+    """Drop the cgroups and private folders of kernels whose server died without cleaning up.
+
+    The kernels themselves died with it (``--die-with-parent``); a folder still named on a live
+    process's command line, or younger than ``min_age_s``, is kept.
+    """
+    removed = sweep_stale_cgroups(min_age_s)
+    folders = [d for d in Path(tempfile.gettempdir()).glob(f"{RUNTIME_PREFIX}*") if d.is_dir()]
+    old = [d for d in folders if time.time() - d.stat().st_mtime > min_age_s]
+    if old:
+        in_use = _command_lines()
+        for folder in old:
+            if str(folder) not in in_use:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+    if removed:
+        logger.info("removed %d cgroups and folders of kernels of an earlier server", removed)
+
+
+def _command_lines() -> str:
+    """Every process's command line, joined: to tell which private folders are still used."""
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines.append((entry / "cmdline").read_bytes().decode(errors="replace"))
+            except OSError:
+                continue
+    return "\n".join(lines)
