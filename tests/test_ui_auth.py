@@ -146,3 +146,24 @@ def test_only_the_owner_may_fetch_a_chat_file(auth_server: UIServer) -> None:
         bob = logged_in(auth_server, "bob")
         assert httpx.get(url, params=params, headers=bob.headers, timeout=10).status_code == 401
         assert httpx.get(url, params=params, timeout=10).status_code == 401
+
+
+def test_login_without_a_working_sandbox_refuses_to_start(tmp_path: Path) -> None:
+    """Users who log in are different people: their code must not run unsandboxed unless asked by name."""
+    no_tools = tmp_path / "bin"
+    no_tools.mkdir()  # a PATH where bubblewrap cannot be found
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEAVER_")}
+    env.update(
+        {
+            "PATH": str(no_tools),
+            "WEAVER_UI_USER_HEADER": HEADER,
+            "CHAINLIT_AUTH_SECRET": secrets.token_urlsafe(32),
+            "WEAVER_APP_DIR": str(tmp_path / "app"),
+            "WEAVER_LLM__API_TYPE": "offline",
+        }
+    )
+    cmd = [sys.executable, "-m", "chainlit", "run", "ui/app.py", "--headless", "--host", "127.0.0.1", "--port", str(free_port())]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "without a sandbox with login on" in done.stderr and "allow_unsandboxed" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.ui_harness import REPO_ROOT, UIServer, pid_alive, ui_server, wait_until
+from tests.ui_harness import KERNEL_ID_CODE, REPO_ROOT, UIServer, kernel_pid_in, pid_alive, ui_server, wait_until
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -107,13 +107,11 @@ def test_new_chat_button_stops_the_old_kernel(page: "playwright_sync.Page", ui_s
         page.goto(ui_server.base_url)
     ws_info.value.wait_for_event("framereceived", predicate=_chat_started, timeout=60_000)
 
-    page.locator("#chat-input").fill("```python\nimport os\nprint('PID', os.getpid())\n```")
+    page.locator("#chat-input").fill(f"```python\n{KERNEL_ID_CODE}\n```")
     page.locator("#chat-submit").click()
-    answer = page.get_by_text(re.compile(r"PID \d+")).last
+    answer = page.get_by_text(re.compile(r"KERNEL \S+\.json")).last
     expect(answer).to_be_visible(timeout=90_000)
-    match = re.search(r"PID (\d+)", answer.inner_text())
-    assert match
-    pid = int(match.group(1))
+    pid = kernel_pid_in(answer.inner_text())
     assert pid_alive(pid)
 
     mark = ui_server.log_size()

@@ -402,3 +402,18 @@ def test_model_output_cannot_load_an_image_or_flood_the_page(tmp_path: Path) -> 
 def test_bad_ui_setting_stops_the_server_with_its_name(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="WEAVER_UI_ALLOWED_ORIGINS"):
         start_server(tmp_path / "app", tmp_path / "server.log", extra_env={"WEAVER_UI_ALLOWED_ORIGINS": "*"})
+
+
+def test_an_unsandboxed_server_says_so_in_every_chat(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "app", tmp_path / "server.log", extra_env={"WEAVER_EXECUTION__SANDBOX": "none"})
+    try:
+        with srv.client() as client:
+            said = client.wait_for(
+                lambda: [str(m.get("output")) for m in client.messages().values() if "WITHOUT a sandbox" in str(m.get("output"))],
+                30,
+                "the sandbox warning",
+            )
+        assert said[0].startswith("**Warning:** Users' code runs WITHOUT a sandbox because execution.sandbox is 'none'")
+        assert "!!! Users' code runs WITHOUT a sandbox" in srv.log()
+    finally:
+        stop_server(srv)

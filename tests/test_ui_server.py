@@ -21,7 +21,11 @@ import httpx
 import pytest
 
 from tests.ui_harness import (
+    KERNEL_ID_CODE,
     MAX_FILE_MB,
+    gated_code,
+    kernel_pid_in,
+    wait_started,
     REPO_ROOT,
     UIServer,
     answers,
@@ -45,14 +49,11 @@ from ui.answer import AnswerDraft
 
 __all__ = ["ui_server"]
 
-PID_CODE = code_block("import os\nprint('PID', os.getpid())")
+PID_CODE = code_block(KERNEL_ID_CODE)
 
 
 def kernel_pid(turn: list[dict]) -> int:
-    text = "\n".join(steps(turn, "CodeInterpreter") + answers(turn))
-    match = re.search(r"PID (\d+)", text)
-    assert match, f"no PID in {text!r}"
-    return int(match.group(1))
+    return kernel_pid_in("\n".join(steps(turn, "CodeInterpreter") + answers(turn)))
 
 
 def test_code_block_streams_role_steps_and_answer(ui_server: UIServer) -> None:
@@ -124,9 +125,8 @@ def test_two_clients_get_separate_sessions(ui_server: UIServer) -> None:
 def test_rounds_of_two_users_run_at_the_same_time(ui_server: UIServer) -> None:
     """A long round of one user must not hold up another user's short one."""
     with ui_server.client() as slow, ui_server.client() as fast:
-        gate = Path(ui_server.app_dir) / f"gate-{slow.session_id}"
-        slow_id = slow.send(code_block(f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)\nprint('slow done')"))
-        slow.wait_for(lambda: any("executing code" in s for s in steps(slow.turn(slow_id), "CodeInterpreter")), 60, "slow code to run")
+        slow_id = slow.send(gated_code(slow.session_id, "print('slow done')"))
+        gate = wait_started(ui_server, slow.session_id)
         fast_turn = fast.ask(code_block("print('fast', 2+2)"))
         assert not slow.turn_done(slow_id), "the slow round finished first: the test proves nothing"
         gate.write_text("go")
@@ -156,7 +156,7 @@ def test_new_chat_stops_the_old_kernel_at_once(ui_server: UIServer) -> None:
 
 def test_reconnect_within_grace_keeps_the_conversation(ui_server: UIServer) -> None:
     first = ui_server.client().connect()
-    pid = kernel_pid(first.ask(code_block("y = 41\nimport os\nprint('PID', os.getpid())")))
+    pid = kernel_pid(first.ask(code_block("y = 41\n" + KERNEL_ID_CODE)))
     mark = ui_server.log_size()
     first.disconnect()
     ui_server.wait_log(rf"chat end for {first.session_id}", 10, mark)
@@ -173,9 +173,8 @@ def test_reconnect_within_grace_keeps_the_conversation(ui_server: UIServer) -> N
 
 def test_a_round_running_across_a_blip_finishes_on_the_new_socket(ui_server: UIServer) -> None:
     first = ui_server.client().connect()
-    gate = Path(ui_server.app_dir) / f"gate-{first.session_id}"
-    message_id = first.send(code_block(f"import os, time\nwhile not os.path.exists({str(gate)!r}):\n    time.sleep(0.05)\nprint('across', 6*7)"))
-    first.wait_for(lambda: any("executing code" in s for s in steps(first.turn(message_id), "CodeInterpreter")), 60, "the code to run")
+    message_id = first.send(gated_code(first.session_id, "print('across', 6*7)"))
+    gate = wait_started(ui_server, first.session_id)
     mark = ui_server.log_size()
     first.disconnect()
     ui_server.wait_log(rf"chat end for {first.session_id}", 10, mark)
@@ -190,7 +189,7 @@ def test_a_round_running_across_a_blip_finishes_on_the_new_socket(ui_server: UIS
 
 def test_message_after_the_grace_period_starts_a_fresh_session(ui_server: UIServer) -> None:
     first = ui_server.client().connect()
-    pid = kernel_pid(first.ask(code_block("z = 5\nimport os\nprint('PID', os.getpid())")))
+    pid = kernel_pid(first.ask(code_block("z = 5\n" + KERNEL_ID_CODE)))
     first.disconnect()
     wait_until(lambda: not pid_alive(pid), ui_server.grace_s + 30, f"kernel {pid} to exit")
 

@@ -44,6 +44,38 @@ MAX_FILE_MB = 1
 T = TypeVar("T")
 
 
+# The kernel's pid as the host sees it: inside its PID namespace a sandboxed kernel is pid 2, but the
+# path of its connection file is the same on both sides.
+KERNEL_ID_CODE = "import ipykernel.connect\nprint('KERNEL', ipykernel.connect.get_connection_file())"
+
+
+def kernel_pid_in(text: str) -> int:
+    """The host pid of the kernel whose ``KERNEL_ID_CODE`` output is in ``text``."""
+    from core.execution.sandbox import kernel_host_pid
+
+    match = re.search(r"KERNEL (\S+\.json)", text)
+    assert match, f"no kernel connection file in {text!r}"
+    pid = kernel_host_pid(match.group(1))
+    assert pid is not None, f"no kernel process for {match.group(1)}"
+    return pid
+
+
+def gated_code(tag: str, then: str) -> str:
+    """Code that signals it runs, waits for the test to open its gate, then runs ``then``. Both
+    files live in the session's own folder: a sandboxed kernel sees nothing else."""
+    return code_block(
+        f"import os, time\nopen('started-{tag}', 'w').close()\n"
+        f"while not os.path.exists('gate-{tag}'):\n    time.sleep(0.05)\n{then}"
+    )
+
+
+def wait_started(server: "UIServer", tag: str, timeout: float = 60) -> Path:
+    """Wait until ``gated_code(tag)`` runs; returns its gate, to open with ``write_text``."""
+    sessions = Path(server.app_dir, "workspace", "sessions")
+    started = wait_until(lambda: next(sessions.glob(f"*/cwd/started-{tag}"), None), timeout, f"code {tag} to run")
+    return started.with_name(f"gate-{tag}")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

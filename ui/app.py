@@ -36,11 +36,14 @@ import chainlit as cl  # noqa: E402
 from chainlit.config import config as chainlit_config  # noqa: E402
 
 from core import Session, TaskWeaverApp  # noqa: E402
+from core.config import ConfigError, load_config  # noqa: E402
+from core.execution.sandbox import SandboxUnavailableError, require_sandbox  # noqa: E402
+from core.workspace import default_app_dir  # noqa: E402
 from ui import guard  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.lifecycle import SessionOwner, session_error_text  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
-from ui.settings import UISettingsError, serving_hosts, serving_origins, ui_settings  # noqa: E402
+from ui.settings import UISettingsError, is_loopback, serving_hosts, serving_origins, ui_settings  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
 T = TypeVar("T")
@@ -161,6 +164,25 @@ def _install_guard() -> guard.GuardPolicy:
 
 GUARD = _install_guard()
 USER_HEADER = SETTINGS.user_header
+
+
+def _refuse_unsandboxed_sharing() -> None:
+    """With login on, or reachable from other machines, users' code must run sandboxed (unless the
+    operator said otherwise by name): refuse to start, saying why, before anything is served."""
+    reasons = []
+    if USER_HEADER is not None:
+        reasons.append("with login on")
+    if not is_loopback(chainlit_config.run.host):
+        reasons.append(f"on {chainlit_config.run.host}, which other machines can reach")
+    if not reasons:
+        return
+    try:
+        require_sandbox(load_config(default_app_dir()), " and ".join(reasons))
+    except (SandboxUnavailableError, ConfigError) as exc:
+        raise SystemExit(f"Weaver UI: {exc}") from None
+
+
+_refuse_unsandboxed_sharing()
 if USER_HEADER is not None:
     if not os.environ.get(AUTH_SECRET_ENV):
         raise SystemExit(
@@ -248,8 +270,12 @@ async def _or_report(get: Callable[[], T]) -> T | None:
 
 @cl.on_chat_start
 async def on_chat_start() -> None:
-    """Nothing is started here: a chat gets its session and kernel with its first message, so a
-    socket that never sends one holds no kernel (see ``SessionOwner.acquire``)."""
+    """No session is started here: a chat gets its session and kernel with its first message, so a
+    socket that never sends one holds no kernel (see ``SessionOwner.acquire``). Users are told at
+    once if their code would run unsandboxed."""
+    warning = _app.sandbox_warning if _app is not None else None
+    if warning:
+        await cl.Message(content=f"**Warning:** {warning}", author=chainlit_config.ui.name).send()
 
 
 @cl.on_message
