@@ -26,6 +26,9 @@ _EXPORTS = {
     "TaskWeaverEvent": "core.events",
     "Attachment": "core.memory",
     "AttachmentType": "core.memory",
+    "ExecutionStatus": "core.memory",
+    "PostStatus": "core.memory",
+    "RoleName": "core.memory",
     "Post": "core.memory",
     "Round": "core.memory",
     "Plugin": "core.plugins.api",
@@ -46,7 +49,7 @@ if TYPE_CHECKING:
         SessionEventType,
         TaskWeaverEvent,
     )
-    from core.memory import Attachment, AttachmentType, Post, Round
+    from core.memory import Attachment, AttachmentType, ExecutionStatus, Post, PostStatus, RoleName, Round
     from core.plugins.api import Plugin, register_plugin
     from core.session import AppSessionConfig, Session
 

@@ -6,40 +6,32 @@ import abc
 import json
 import logging
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Optional
 
-from core.memory import Attachment, AttachmentType, Post
+from core.memory import Attachment, AttachmentType, Named, Post
 
 logger = logging.getLogger(__name__)
 
 
-class _Named(str, Enum):
-    """Prints as its value (``round_start``), as the spec's ``print(event.t, event.msg)`` expects."""
-
-    def __str__(self) -> str:
-        return self.value
-
-
-class EventScope(_Named):
+class EventScope(Named):
     session = "session"
     round = "round"
     post = "post"
 
 
-class SessionEventType(_Named):
+class SessionEventType(Named):
     session_start = "session_start"
     session_end = "session_end"
     session_new_round = "session_new_round"
 
 
-class RoundEventType(_Named):
+class RoundEventType(Named):
     round_start = "round_start"
     round_end = "round_end"
     round_error = "round_error"
 
 
-class PostEventType(_Named):
+class PostEventType(Named):
     post_start = "post_start"
     post_end = "post_end"
     post_error = "post_error"

@@ -9,7 +9,38 @@ from typing import Any, Literal
 from core.ids import create_id
 
 
-class AttachmentType(str, Enum):
+class Named(str, Enum):
+    """A str enum that prints as its value (``round_start``, ``Planner``), as TaskWeaver's do."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class RoleName(Named):
+    """Who sends and receives posts; the workers besides the Planner come from the role registry."""
+
+    User = "User"
+    Planner = "Planner"
+    CodeInterpreter = "CodeInterpreter"
+
+
+class PostStatus(Named):
+    """What a post is waiting for, while it is open (``post_status_update``)."""
+
+    calling_model = "calling the language model"
+    executing_code = "executing code"
+
+
+class ExecutionStatus(Named):
+    """How one code execution ended (the ``execution_status`` attachment)."""
+
+    success = "success"
+    failure = "failure"
+    timeout = "timeout"
+    cancelled = "cancelled"
+
+
+class AttachmentType(Named):
     """Typed pieces of a post (TaskWeaver's names)."""
 
     init_plan = "init_plan"

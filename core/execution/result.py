@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.memory import ExecutionStatus
+
 ARTIFACT_TYPES = ("image", "chart", "df", "file", "txt", "svg", "html")
 
 
@@ -50,18 +52,24 @@ class ExecutionResult:
     cancelled: bool = False
     kernel_died: bool = False
 
+    @property
+    def status(self) -> ExecutionStatus:
+        """How it ended, as the one value the model, the UI and the logs all read."""
+        if self.cancelled:
+            return ExecutionStatus.cancelled
+        if self.timed_out:
+            return ExecutionStatus.timeout
+        return ExecutionStatus.success if self.is_success else ExecutionStatus.failure
+
     def status_line(self) -> str:
         """One sentence: did it work, and if not, what kind of failure it was."""
-        if self.is_success:
+        status = self.status
+        if status is ExecutionStatus.success:
             return "The execution succeeded."
-        if self.timed_out:
-            reason = "it timed out and was interrupted"
-        elif self.cancelled:
-            reason = "it was cancelled"
-        elif self.kernel_died:
-            reason = "the Python kernel died"
-        else:
-            reason = "an error was raised"
+        reason = {
+            ExecutionStatus.timeout: "it timed out and was interrupted",
+            ExecutionStatus.cancelled: "it was cancelled",
+        }.get(status, "the Python kernel died" if self.kernel_died else "an error was raised")
         return f"The execution failed ({reason})."
 
     def summary(self, max_chars: int = 1500, max_artifacts: int = 20) -> str:

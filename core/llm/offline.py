@@ -105,8 +105,8 @@ def _report(hints: dict[str, Any]) -> dict[str, Any]:
         lead = "The code did not succeed:"
     else:
         lead = "The code did not succeed. Here is what happened:"
-    first_line, _, details = output.partition("\n")
-    if status is not None and first_line.startswith("The execution"):
+    if status is not None:  # an execution's report: its first line is the status, said above
+        first_line, _, details = output.partition("\n")
         output = fence(details.strip() or first_line, "text")
     return {
         "thought": "Report the CodeInterpreter's result to the user as it is.",

@@ -13,7 +13,7 @@ from core.events import PostEventProxy
 from core.ids import create_id
 from core.llm.base import ChatRequest, LLMBackend
 from core.llm.json_stream import FieldEvent, JsonProtocolError, JsonStreamParser
-from core.memory import AttachmentType, Post
+from core.memory import AttachmentType, Post, PostStatus
 from core.roles.context import RoundContext, RoundFailed
 from core.roles.protocol import validate_reply
 
@@ -64,7 +64,7 @@ class Role(abc.ABC):
         """Stream one answer into a new post; an unusable answer gets one corrective re-ask."""
         for attempt in (1, 2):
             proxy = ctx.emitter.post_proxy(ctx.round.id, Post(send_from=self.alias))
-            proxy.update_status("calling the language model")
+            proxy.update_status(PostStatus.calling_model)
             text = self._stream_into(ctx, proxy, messages, hints)
             try:
                 return proxy, validate_reply(text, self.reply_model, allowed_send_to)

@@ -7,9 +7,8 @@ from typing import Any, Callable
 from core.cancel import RoundCancelled
 from core.events import PostEventProxy
 from core.execution.kernel import KernelExecutor
-from core.execution.result import ExecutionResult
 from core.llm.json_stream import FieldEvent
-from core.memory import AttachmentType, Post
+from core.memory import AttachmentType, Post, PostStatus
 from core.roles.base import Renderer, Role, StreamedField
 from core.roles.context import RoundContext
 from core.roles.planner import extract_code_blocks
@@ -36,14 +35,6 @@ class _ReplyContentField(StreamedField):
             proxy.update_message(event.text, is_end=False)
         elif event.kind == "end":
             proxy.update_message("", is_end=True)
-
-
-def execution_status(result: ExecutionResult) -> str:
-    if result.cancelled:
-        return "cancelled"
-    if result.timed_out:
-        return "timeout"
-    return "success" if result.is_success else "failure"
 
 
 class CodeInterpreter(Role):
@@ -78,10 +69,9 @@ class CodeInterpreter(Role):
         return self._run(ctx, proxy, reply.reply_content)
 
     def _run(self, ctx: RoundContext, proxy: PostEventProxy, code: str) -> Post:
-        proxy.update_status("executing code")
+        proxy.update_status(PostStatus.executing_code)
         result = self.executor.execute(code, session_vars=dict(ctx.session_vars), cancel=ctx.cancel)
-        status = execution_status(result)
-        proxy.update_attachment(status, AttachmentType.execution_status)
+        proxy.update_attachment(result.status, AttachmentType.execution_status)
         limits = self.config.execution
         summary = result.summary(limits.max_output_chars, limits.max_artifacts)
         proxy.update_attachment(summary, AttachmentType.execution_result)

@@ -7,10 +7,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from core.llm.json_stream import JsonProtocolError, parse_json_object
+from core.memory import RoleName
 
-USER = "User"
-PLANNER = "Planner"
-CODE_INTERPRETER = "CodeInterpreter"
+USER = RoleName.User
+PLANNER = RoleName.Planner
+CODE_INTERPRETER = RoleName.CodeInterpreter
 
 
 class PlannerReply(BaseModel):
