@@ -15,6 +15,13 @@ _EXPORTS = {
     "AppSessionConfig": "core.session",
     "AppConfig": "core.config",
     "ConfigError": "core.config",
+    "WeaverError": "core.errors",
+    "BadFiles": "core.errors",
+    "SessionFull": "core.errors",
+    "SessionLimitReached": "core.errors",
+    "SessionNotFound": "core.errors",
+    "SessionStopped": "core.errors",
+    "RoundInProgress": "core.errors",
     "CancelToken": "core.cancel",
     "RoundCancelled": "core.cancel",
     "EventScope": "core.events",
@@ -40,6 +47,15 @@ if TYPE_CHECKING:
     from core.app import TaskWeaverApp
     from core.cancel import CancelToken, RoundCancelled
     from core.config import AppConfig, ConfigError
+    from core.errors import (
+        BadFiles,
+        RoundInProgress,
+        SessionFull,
+        SessionLimitReached,
+        SessionNotFound,
+        SessionStopped,
+        WeaverError,
+    )
     from core.events import (
         EventScope,
         PostEventType,

@@ -10,6 +10,7 @@ from typing import Any
 from injector import Injector, Module, provider, singleton
 
 from core.config import AppConfig, load_config
+from core.errors import SessionLimitReached, SessionNotFound
 from core.execution.sandbox import sandbox_warning, sweep_stale, uses_bwrap
 from core.ids import create_id
 from core.llm.base import LLMBackend
@@ -75,11 +76,11 @@ class TaskWeaverApp:
             if session_id is not None:
                 session = self._sessions.get(session_id)
                 if session is None:
-                    raise KeyError(f"no live session {session_id!r}")
+                    raise SessionNotFound(f"no live session {session_id!r}")
                 return session
             limit = self.config.session.max_live_sessions
             if len(self._sessions) >= limit:
-                raise RuntimeError(f"Weaver is serving its limit of {limit} sessions; try again later.")
+                raise SessionLimitReached(limit)
             new_id = create_id()
             session = self.injector.create_object(Session, additional_kwargs={"session_id": new_id})
             self._sessions[new_id] = session

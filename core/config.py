@@ -15,10 +15,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from core.errors import WeaverError
+
 CONFIG_FILE_NAME = "taskweaver_config.json"
 
 
-class ConfigError(ValueError):
+class ConfigError(WeaverError, ValueError):
     """A configuration value is invalid; the message names the key."""
 
 

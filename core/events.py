@@ -165,11 +165,16 @@ class PostEventProxy:
             existing.content += chunk
         else:
             existing.content = chunk
-        msg = chunk if isinstance(chunk, str) else _render(chunk)
+        # Text streams as text; a structured value (a table, a file list) travels as ``data``, with
+        # a sentence in ``msg`` for handlers that only print.
+        if isinstance(chunk, str):
+            msg, data = chunk, None
+        else:
+            msg, data = describe_value(type, chunk), chunk
         self._emit(
             PostEventType.post_attachment_update,
             msg,
-            {"type": type, "extra": extra, "id": existing.id, "is_end": is_end},
+            {"type": type, "extra": extra, "id": existing.id, "is_end": is_end, "data": data},
         )
         return existing
 
@@ -181,7 +186,14 @@ class PostEventProxy:
         return self.post
 
 
-def _render(value: Any) -> str:
+def describe_value(type: AttachmentType, value: Any) -> str:
+    """One human sentence for a structured attachment (what a console prints instead of the data)."""
+    if type == AttachmentType.table and isinstance(value, dict):
+        rows, columns = (list(value.get("shape") or []) + [0, 0])[:2]
+        return f"table: {rows} rows x {columns} columns"
+    if type == AttachmentType.artifact_paths and isinstance(value, list):
+        names = [str(item.get("name") if isinstance(item, dict) else item) for item in value]
+        return f"{len(names)} file(s): {', '.join(names)}"
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except TypeError:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from core.errors import BadFiles
+
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes; leave room for a "-N" clash suffix
 _UNSAFE_CHARS = re.compile(r'[<>:"|?*]')
 
@@ -28,14 +30,14 @@ class _PendingFile:
 def safe_file_name(name: str) -> str:
     """Reduce a user-given name to a plain file name: no folders, no ``..``, no control chars, not hidden."""
     if not isinstance(name, str):
-        raise ValueError(f"file name must be a string, got {type(name).__name__}")
+        raise BadFiles(f"file name must be a string, got {type(name).__name__}")
     if "\x00" in name:
-        raise ValueError(f"file name {name!r} contains a NUL character")
+        raise BadFiles(f"file name {name!r} contains a NUL character")
     last_part = re.split(r"[\\/]", name)[-1]
     cleaned = "".join(ch for ch in last_part if unicodedata.category(ch)[0] != "C")
     cleaned = _UNSAFE_CHARS.sub("_", cleaned).strip().lstrip(".").strip()
     if not cleaned:
-        raise ValueError(f"file name {name!r} has no usable characters")
+        raise BadFiles(f"file name {name!r} has no usable characters")
     if len(cleaned.encode("utf-8")) > MAX_NAME_BYTES:
         stem, dot, ext = cleaned.rpartition(".")
         ext = f".{ext}" if dot and stem and len(ext) <= 10 else ""
@@ -48,12 +50,12 @@ def safe_file_name(name: str) -> str:
 
 def _validate(entry: Any, max_bytes: int) -> _PendingFile:
     if not isinstance(entry, Mapping) or "name" not in entry:
-        raise ValueError(f"each file must be a dict with a 'name' and a 'path' or 'content', got {entry!r}")
+        raise BadFiles(f"each file must be a dict with a 'name' and a 'path' or 'content', got {entry!r}")
     name = safe_file_name(entry["name"])
     if entry.get("path") is not None:
         source = Path(entry["path"])
         if not source.is_file():
-            raise ValueError(f"file {entry['name']!r}: path {str(source)!r} is not a readable file")
+            raise BadFiles(f"file {entry['name']!r} could not be read")
         size = source.stat().st_size
         pending = _PendingFile(name, source, None)
     elif entry.get("content") is not None:
@@ -61,13 +63,13 @@ def _validate(entry: Any, max_bytes: int) -> _PendingFile:
         if isinstance(content, str):
             content = content.encode("utf-8")
         if not isinstance(content, (bytes, bytearray)):
-            raise ValueError(f"file {entry['name']!r}: content must be bytes or str")
+            raise BadFiles(f"file {entry['name']!r}: content must be bytes or str")
         size = len(content)
         pending = _PendingFile(name, None, bytes(content))
     else:
-        raise ValueError(f"file {entry['name']!r} has neither 'path' nor 'content'")
+        raise BadFiles(f"file {entry['name']!r} has neither 'path' nor 'content'")
     if size > max_bytes:
-        raise ValueError(
+        raise BadFiles(
             f"file {name!r} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit per file"
         )
     return pending
@@ -100,7 +102,7 @@ def add_files(folder: Path, files: list[Mapping[str, Any]], max_bytes: int) -> l
     except OSError as exc:
         for name in written:  # all or nothing: the message will not mention a partial set
             (folder / name).unlink(missing_ok=True)
-        raise ValueError(f"could not save the uploaded files: {exc.strerror or exc}") from exc
+        raise BadFiles(f"could not save the uploaded files: {exc.strerror or exc}") from exc
     return written
 
 
@@ -109,7 +111,7 @@ def _write(folder: Path, item: _PendingFile) -> str:
     name = _free_name(folder, item.name)
     target = (folder / name).resolve()
     if target.parent != folder:
-        raise ValueError(f"file name {item.name!r} would leave the session folder")
+        raise BadFiles(f"file name {item.name!r} would leave the session folder")
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         with os.fdopen(fd, "wb") as out:

@@ -9,6 +9,7 @@ from injector import Injector, inject
 
 from core.cancel import CancelToken, RoundCancelled
 from core.config import AppConfig
+from core.errors import RoundInProgress, SessionFull, SessionStopped
 from core.events import EventEmitter, RoundEventType, SessionEventHandler
 from core.execution.kernel import KernelExecutor
 from core.execution.limits import MB, incoming_bytes
@@ -113,17 +114,18 @@ class Session:
         event_handler: Optional[SessionEventHandler] = None,
         files: Optional[List[Dict[Literal["name", "path", "content"], Any]]] = None,
     ) -> Round:
-        """Run one round for ``message``; bad ``files`` raise ``ValueError`` before it starts.
+        """Run one round for ``message``; refusals raise a ``WeaverError`` before it starts:
+        ``BadFiles`` (``SessionFull``), ``SessionStopped``, ``RoundInProgress``.
 
         Once the round has started this never raises: failures set ``state`` and ``error``.
         """
         if self._stopped:
-            raise RuntimeError(f"session {self.session_id} is stopped")
+            raise SessionStopped(self.session_id)
         if not self._round_lock.acquire(blocking=False):
-            raise RuntimeError("a round is already running in this session")
+            raise RoundInProgress()
         try:
             if self._stopped:  # stop() ran between the first check and taking the lock
-                raise RuntimeError(f"session {self.session_id} is stopped")
+                raise SessionStopped(self.session_id)
             self._check_room(list(files or []))
             names = add_files(self.execution_cwd, list(files or []), int(self.config.session.max_file_mb * 1e6))
             rnd = Round(user_query=files_prefix(names) + message)
@@ -147,7 +149,7 @@ class Session:
             return
         incoming = incoming_bytes(files)
         if incoming > room:
-            raise ValueError(
+            raise SessionFull(
                 f"The files need {incoming / MB:.1f} MB but this session's folder has only {room / MB:.1f} MB "
                 f"left of its {self.config.execution.disk_mb} MB (execution.disk_mb); delete files to make room."
             )

@@ -145,7 +145,7 @@ def test_hostile_names_are_neutralised(session, hostile: str) -> None:
         ({"name": "nul\x00.txt", "content": b"x"}, "NUL"),
         ({"name": "nothing.txt"}, "neither"),
         ({"name": "..", "content": b"x"}, "no usable"),
-        ({"name": "missing.csv", "path": "/nonexistent/missing.csv"}, "not a readable file"),
+        ({"name": "missing.csv", "path": "/nonexistent/missing.csv"}, "could not be read"),
         ({"path": "/etc/hostname"}, "'name'"),
     ],
 )

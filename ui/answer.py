@@ -3,21 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from core import TaskWeaverEvent
-
-USER = "User"
-
-
-def event_value(enum_or_str: Any) -> str:
-    """Event and attachment types are str enums in core; compare by value to stay loosely coupled."""
-    return str(getattr(enum_or_str, "value", enum_or_str))
-
-
-def is_cancel_error(msg: str) -> bool:
-    """True for the post error core reports when a cancel stopped a post (not a real failure)."""
-    return "cancelled" in msg.lower()
+from core import PostEventType, RoleName, TaskWeaverEvent
 
 
 @dataclass
@@ -38,30 +25,30 @@ class AnswerDraft:
 
     def apply(self, event: TaskWeaverEvent) -> None:
         """Follow one post event (other events are ignored)."""
-        t = event_value(event.t)
+        t = event.t
         post_id = event.post_id
-        if not post_id or not t.startswith("post_"):
+        if not post_id or not isinstance(t, PostEventType):
             return
         extra = event.extra if isinstance(event.extra, dict) else {}
-        if t == "post_message_update" and extra.get("replace"):
+        if t == PostEventType.post_message_update and extra.get("replace"):
             self._messages[post_id] = event.msg or ""
             if post_id == self.post_id:  # take back what was shown, then show the corrected text
                 self._withdraw()
                 self.post_id, self.text = post_id, event.msg or ""
-        elif t == "post_message_update":
+        elif t == PostEventType.post_message_update:
             self._messages[post_id] = self._messages.get(post_id, "") + (event.msg or "")
             if post_id == self.post_id:
                 self.text += event.msg or ""
-        elif t == "post_send_to_update":
-            to_user = str(extra.get("role") or "") == USER
+        elif t == PostEventType.post_send_to_update:
+            to_user = extra.get("role") == RoleName.User
             if to_user and post_id != self.post_id:
                 self._withdraw()
                 self.post_id = post_id
                 self.text = self._messages.get(post_id, "")
             elif not to_user and post_id == self.post_id:
                 self._withdraw()
-        elif t == "post_error" and post_id == self.post_id and not is_cancel_error(event.msg or ""):
-            self._withdraw()
+        elif t == PostEventType.post_error and post_id == self.post_id:
+            self._withdraw()  # core reports no error for a cancel: an error means the answer is unusable
 
     def pending(self) -> str:
         """Answer text not shown yet."""

@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the p
 import chainlit as cl  # noqa: E402
 from chainlit.config import config as chainlit_config  # noqa: E402
 
-from core import Session, TaskWeaverApp  # noqa: E402
+from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
 from core.config import ConfigError, load_config  # noqa: E402
 from core.execution.sandbox import SandboxUnavailableError, require_sandbox  # noqa: E402
 from core.workspace import default_app_dir  # noqa: E402
@@ -259,11 +259,15 @@ async def starters(user: Any = None, language: str | None = None) -> list[cl.Sta
 
 
 async def _or_report(get: Callable[[], T]) -> T | None:
-    """Run ``get`` (which may create a session); on failure tell the user plainly, details to the log."""
+    """Run ``get`` (which may create a session); on failure tell the user plainly. A refusal
+    (``WeaverError``) is expected and logged in a line; anything else with its traceback."""
     try:
         return get()
     except Exception as exc:
-        logger.exception("could not create a Weaver session")
+        if isinstance(exc, WeaverError):
+            logger.info("no session for this chat: %s", exc)
+        else:
+            logger.exception("could not create a Weaver session")
         await cl.ErrorMessage(content=session_error_text(exc)).send()
         return None
 
@@ -303,6 +307,8 @@ async def on_message(message: cl.Message) -> None:
         execution_cwd=Path(session.execution_cwd),
         author=chainlit_config.ui.name,
         max_event_chars=SETTINGS.max_event_chars,
+        max_table_rows=session.config.execution.max_table_rows,
+        max_table_columns=session.config.execution.max_table_columns,
     )
     async with lease.round_lock:  # one round at a time per chat; core refuses overlapping rounds
         await pump_round(

@@ -11,12 +11,15 @@ from typing import Any, TextIO
 from core import (
     AttachmentType,
     PostEventType,
+    RoleName,
     RoundEventType,
     Session,
     SessionEventHandler,
     SessionEventHandlerBase,
     TaskWeaverApp,
+    WeaverError,
 )
+from ui.bridge import ThreadJob
 
 LABELS = {
     AttachmentType.thought: "thought",
@@ -79,7 +82,7 @@ class ConsoleEventHandler(SessionEventHandlerBase):
                 self._stream_key = None
                 key = (post_id, "corrected")
                 self._stream(key, self._paint("  message (corrected):", "36"), msg)
-            elif self._send_to.get(post_id) == "User":
+            elif self._send_to.get(post_id) == RoleName.User:
                 self._stream((post_id, "message"), self._paint("weaver>", "1;32"), msg, indent="")
             else:
                 self._stream((post_id, "message"), self._paint("  message:", "36"), msg)
@@ -89,14 +92,28 @@ class ConsoleEventHandler(SessionEventHandlerBase):
                 return
             if kind == AttachmentType.execution_result:
                 self._has_output.add(post_id)
+            if kind == AttachmentType.table and isinstance(extra.get("data"), dict):
+                msg = table_text(extra["data"])
             self._stream((post_id, extra["id"]), self._paint(f"  {LABELS.get(kind, kind.value)}:", "36"), msg)
         elif type == PostEventType.post_error:
             self._write("\n" + self._paint(f"  error: {msg}", "31"))
         elif type == PostEventType.post_end:
             self._stream_key = None
             target = self._send_to.pop(post_id, "")
-            if target and target != "User":
+            if target and target != RoleName.User:
                 self._write("\n" + self._paint(f"  → {target}", "2"))
+
+
+def table_text(table: dict[str, Any], max_rows: int = 10) -> str:
+    """A table payload as aligned plain text, its first rows and a line saying its shape."""
+    columns = [str(c) for c in table.get("columns") or []]
+    rows = [[str(v) for v in row] for row in (table.get("rows") or [])[:max_rows] if isinstance(row, list)]
+    widths = [min(30, max([len(c)] + [len(r[i]) for r in rows if i < len(r)])) for i, c in enumerate(columns)]
+    lines = ["  ".join(c[:30].ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v[:30].ljust(w) for v, w in zip(row, widths)) for row in rows]
+    shape = list(table.get("shape") or [len(rows), len(columns)]) + [0, 0]
+    lines.append(f"({shape[0]} rows x {shape[1]} columns)")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,36 +147,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_round(session: Session, message: str, handler: SessionEventHandler, files: list[dict[str, str]]) -> str | None:
-    """Run one round on a worker thread so Ctrl-C can cancel it; returns a refusal to print, if any.
+    """Run one round through the bridge so Ctrl-C can cancel it; returns a refusal to print, if any.
 
     The first Ctrl-C cancels the round (its code is interrupted, variables are kept) and waits for
     it to end; a second one during the same round raises ``KeyboardInterrupt`` to quit.
     """
-    refused: list[str] = []
-    done = threading.Event()
-
-    def work() -> None:
-        try:
-            session.send_message(message, event_handler=handler, files=files or None)
-        except (ValueError, RuntimeError) as exc:  # bad files, or the session refused the round
-            refused.append(str(exc))
-        finally:
-            done.set()
-
+    job = ThreadJob(lambda: session.send_message(message, event_handler=handler, files=files or None), "weaver-chat-round")
     cancelled = False
-    worker = threading.Thread(target=work, name="weaver-chat-round", daemon=True)
-    worker.start()
-    while not done.is_set():
+    while not job.done():
         try:
-            done.wait(0.2)  # a short timeout keeps the main thread responsive to SIGINT everywhere
+            job.wait(0.2)  # a short timeout keeps the main thread responsive to SIGINT everywhere
         except KeyboardInterrupt:
             if cancelled:
                 raise
             cancelled = True
             print("\n^C cancelling the round (Ctrl-C again quits)", flush=True)
             session.cancel()
-    worker.join()
-    return refused[0] if refused else None
+    try:
+        job.result()
+    except WeaverError as exc:  # refused before it started: bad files, a busy or ended session
+        return str(exc)
+    return None
 
 
 class _StdinLines:

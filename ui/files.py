@@ -8,7 +8,6 @@ Text that reaches the browser is made safe in ``ui.markdown``.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,15 +62,9 @@ def resolve_inside(path: str | Path, root: str | Path) -> Path | None:
     return real
 
 
-def parse_artifacts(payload: str, root: str | Path) -> list[Artifact]:
-    """Parse an ``artifact_paths`` attachment and keep only servable files inside ``root``."""
-    try:
-        items = json.loads(payload) if payload.strip() else []
-    except json.JSONDecodeError:
-        logger.warning("artifact_paths is not JSON: %.200r", payload)
-        return []
-    if isinstance(items, dict):
-        items = [items]
+def artifacts_inside(items: Iterable[Any], root: str | Path) -> list[Artifact]:
+    """The servable files of an ``artifact_paths`` list (``{name, path, type}`` dicts or paths):
+    only existing files inside ``root``; anything else is logged and dropped."""
     artifacts: list[Artifact] = []
     for item in items if isinstance(items, list) else []:
         if isinstance(item, str):

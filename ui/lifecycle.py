@@ -24,28 +24,27 @@ Design - a grace period plus lazy re-creation:
   ``close_all`` is for server shutdown.
 
 Every method runs on the event loop thread; only the blocking ``stop`` of a session runs off it,
-on a thread of its own per stop: a stop can take seconds (it waits for the round to wind down and
-the kernel to exit), and asyncio's default executor has only a few workers, shared with everyone's
-rounds and Stop presses, so many stops at once (a shutdown) must not queue in it. The owner imports neither Chainlit nor the engine, so it can be reasoned about
-(and exercised) on its own.
+through ``ui.bridge`` on a thread of its own per stop (a stop can take seconds, and many at once,
+as at shutdown, must not queue behind each other). The owner does not import Chainlit, so it can
+be reasoned about (and exercised) on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Protocol
+
+from core import WeaverError
+from ui.bridge import run_in_thread
 
 logger = logging.getLogger("weaver.ui.lifecycle")
 
 DEFAULT_GRACE_S = 120.0  # WEAVER_UI_DISCONNECT_GRACE_S
 DEFAULT_MAX_PER_CLIENT = 5  # WEAVER_UI_MAX_SESSIONS_PER_CLIENT
 FORGET_AFTER_S = 24 * 3600.0
-CORE_DIR = Path(__file__).resolve().parents[1] / "core"
 SESSION_FAILED = "Weaver could not start a session for this chat. Please try again in a moment."
 
 
@@ -65,7 +64,7 @@ class StoppableSession(Protocol):
 SessionFactory = Callable[[str], StoppableSession]
 
 
-class TooManyChats(Exception):
+class TooManyChats(WeaverError):
     """This client already holds its share of live sessions, all of them in use; says so plainly."""
 
     def __init__(self, limit: int) -> None:
@@ -76,28 +75,12 @@ class TooManyChats(Exception):
         self.limit = limit
 
 
-def session_error_text(exc: BaseException, core_dir: Path = CORE_DIR) -> str:
-    """What the browser is told when a session cannot be created: a plain sentence, never a raw
-    error (it may name server paths), unless it is ours (``TooManyChats``) or a
-    ``ValueError``/``RuntimeError`` raised by core itself, whose messages are written for users."""
-    if isinstance(exc, TooManyChats):
-        return str(exc)
-    if isinstance(exc, (ValueError, RuntimeError)) and str(exc).strip() and _raised_in(exc, core_dir):
+def session_error_text(exc: BaseException) -> str:
+    """What the browser is told when a session cannot be created: a ``WeaverError``'s own message
+    (written for users), else a plain sentence, never a raw error that may name server paths."""
+    if isinstance(exc, WeaverError) and str(exc).strip():
         return str(exc)
     return SESSION_FAILED
-
-
-def _raised_in(exc: BaseException, folder: Path) -> bool:
-    """True when the innermost frame of ``exc``'s traceback is in a file under ``folder``."""
-    tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    try:
-        return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(folder.resolve())
-    except (OSError, ValueError):
-        return False
 
 
 @dataclass
@@ -287,7 +270,7 @@ class SessionOwner:
         entry.stopped_at = time.monotonic()
         if session is None:
             return
-        task = asyncio.ensure_future(_in_own_thread(_cancel_and_stop, key, session))
+        task = asyncio.ensure_future(run_in_thread(_cancel_and_stop, key, session, name="weaver-session-stop"))
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
@@ -296,34 +279,6 @@ class SessionOwner:
         now = time.monotonic()
         for key in [k for k, e in self._entries.items() if e.stopped_at and now - e.stopped_at > FORGET_AFTER_S]:
             del self._entries[key]
-
-
-async def _in_own_thread(fn: Callable[..., None], *args: object) -> None:
-    """Run ``fn(*args)`` on a new daemon thread and wait for it without holding a pooled worker."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def settle(error: BaseException | None) -> None:
-        if done.done():
-            return
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
-
-    def run() -> None:
-        error: BaseException | None = None
-        try:
-            fn(*args)
-        except BaseException as exc:  # handed to the awaiting task
-            error = exc
-        try:
-            loop.call_soon_threadsafe(settle, error)
-        except RuntimeError:  # the loop closed meanwhile: nobody waits any more
-            pass
-
-    threading.Thread(target=run, name="weaver-session-stop", daemon=True).start()
-    await done
 
 
 def _cancel_and_stop(key: str, session: StoppableSession) -> None:

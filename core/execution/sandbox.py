@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from core.errors import WeaverError
 from core.execution.limits import DATA_FALLBACK_FACTOR, KernelCgroups, Limits, sweep_stale_cgroups, wrapper_argv
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ _ETC_FILES = (
 _ETC_NETWORK = ("resolv.conf", "gai.conf", "protocols", "services", "host.conf")
 
 
-class SandboxUnavailableError(RuntimeError):
+class SandboxUnavailableError(WeaverError, RuntimeError):
     """The configuration asks for a sandbox that cannot be built here; the message says what to do."""
 
 

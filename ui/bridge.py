@@ -1,0 +1,114 @@
+"""The one bridge between the engine's blocking calls and the UIs (in the spirit of starlette's
+``concurrency.py``): every blocking engine call a UI makes runs through here.
+
+``ThreadJob`` runs a call on a thread of its own and lets a caller wait for it from plain code
+(the terminal chat, which must stay responsive to Ctrl-C) or await it from the event loop (the web
+UI). Its own thread, not asyncio's default executor: that pool has a few workers shared by
+everyone, and a round or a session stop can take minutes, so one user's wait would queue others.
+
+``EventPipe`` is a ``SessionEventHandler`` for the engine's worker thread that hands each event,
+in order, to an ``asyncio.Queue`` on the loop, so no UI code ever runs off the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any, Callable, Generic, TypeVar
+
+from core import SessionEventHandlerBase, TaskWeaverEvent
+
+logger = logging.getLogger("weaver.ui.bridge")
+T = TypeVar("T")
+
+
+class ThreadJob(Generic[T]):
+    """``fn()`` on its own daemon thread; ``wait``/``result`` from sync code, ``join`` from async."""
+
+    def __init__(self, fn: Callable[[], T], name: str) -> None:
+        self._fn = fn
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # handed to whoever waits; nothing is lost on this thread
+            self._error = exc
+        with self._lock:
+            self._done.set()
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_settle, future)
+            except RuntimeError:  # that loop closed meanwhile: nobody waits there any more
+                pass
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the call returns (True) or ``timeout`` passes (False)."""
+        return self._done.wait(timeout)
+
+    def result(self) -> T:
+        """The call's return value, or its exception raised again; only once it is done."""
+        if not self._done.is_set():
+            raise RuntimeError("the job is still running")
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    async def join(self) -> T:
+        """Wait on the event loop without holding a worker thread; then as ``result``.
+
+        A cancel of the awaiting task is not passed on: the call goes on, and a later ``join``
+        waits for the same call.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._done.is_set():
+                future.set_result(None)
+            else:
+                self._waiters.append((loop, future))
+        await future
+        return self.result()
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def run_in_thread(fn: Callable[..., T], *args: Any, name: str = "weaver-call") -> T:
+    """Await ``fn(*args)`` run on a thread of its own (see ``ThreadJob``)."""
+    return await ThreadJob(lambda: fn(*args), name).join()
+
+
+class EventPipe(SessionEventHandlerBase):
+    """Runs on the engine's worker thread: forwards every event, in order, to the loop's queue;
+    ``close()`` puts ``EventPipe.END`` after the last one."""
+
+    END: object = object()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> None:
+        self._loop = loop
+        self._queue = queue
+
+    def handle(self, event: TaskWeaverEvent) -> None:
+        self._put(event)
+
+    def close(self) -> None:
+        self._put(EventPipe.END)
+
+    def _put(self, item: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closing (server shutdown): nobody is left to render
+            logger.debug("dropping %r: event loop closed", item)

@@ -1,0 +1,192 @@
+"""What the browser should show for one round, followed from the engine's events (no Chainlit here).
+
+``RoundView.apply`` takes core's ``TaskWeaverEvent``s as they come and keeps one ``PostView`` per
+post plus the answer draft; ``PostView.markdown`` is a step's whole, safe, bounded Markdown.
+``ui.render`` decides when to draw it. Everything is read from types: event and attachment types,
+``RoleName``, ``PostStatus``, ``ExecutionStatus`` and structured ``data`` payloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core import AttachmentType, ExecutionStatus, PostEventType, PostStatus, RoleName, TaskWeaverEvent
+from ui.answer import AnswerDraft
+from ui.files import Artifact, artifacts_inside
+from ui.markdown import clip_text, fence, neutralise_images, table_markdown
+
+MAX_EVENT_CHARS = 100_000  # the default of WEAVER_UI_MAX_EVENT_CHARS
+# Plain symbols from common text fonts: emoji would show as boxes where no emoji font is installed.
+STATUS_ICONS = {
+    ExecutionStatus.success: "✓",
+    ExecutionStatus.failure: "✗",
+    ExecutionStatus.timeout: "✗",
+    ExecutionStatus.cancelled: "■",
+}
+HIDDEN = frozenset(
+    {
+        AttachmentType.artifact_paths,  # shown once, with the answer
+        AttachmentType.reply_type,
+        AttachmentType.init_plan,
+        AttachmentType.stop,
+        AttachmentType.llm_usage,
+    }
+)
+LABELS = {
+    AttachmentType.verification: "Verification",
+    AttachmentType.code_error: "Code error",
+    AttachmentType.revise_message: "Revision",
+    AttachmentType.invalid_response: "Invalid response",
+}
+
+
+def safe_markdown(text: str, max_chars: int) -> str:
+    """What may be sent to the browser: bounded in size, with no image that loads by itself."""
+    return neutralise_images(clip_text(text, max_chars))
+
+
+@dataclass
+class AttachmentView:
+    type: AttachmentType
+    text: str = ""
+    data: Any = None
+    done: bool = False
+
+    def markdown(self, max_table_rows: int, max_table_columns: int) -> str:
+        text = self.text.strip()
+        kind = self.type
+        if kind in HIDDEN:
+            return ""
+        if kind == AttachmentType.plan:
+            return f"**Plan**\n\n{text}" if text else ""
+        if kind == AttachmentType.current_plan_step:
+            return f"**Current step:** {text}" if text else ""
+        if kind in (AttachmentType.thought, AttachmentType.plan_reasoning):
+            return "\n".join(f"> {line}" for line in text.splitlines())
+        if kind == AttachmentType.reply_content:
+            return fence(self.text, "python") if self.text else ""
+        if kind == AttachmentType.execution_status:
+            icon = STATUS_ICONS.get(text, "")  # type: ignore[call-overload]  # str enums look up by value
+            return f"**Execution:** {icon} {text}".replace("  ", " ") if text else ""
+        if kind == AttachmentType.execution_result:
+            return f"**Output**\n\n{fence(self.text, 'text')}" if text else ""
+        if kind == AttachmentType.table:
+            return table_markdown(self.data, max_table_rows, max_table_columns) if self.done and self.data else ""
+        label = LABELS.get(kind, str(kind).replace("_", " ").capitalize())
+        return f"**{label}:** {text}" if text else ""
+
+
+@dataclass
+class PostView:
+    """What we know about one post; ``markdown()`` is its step's whole output."""
+
+    role: str
+    send_to: str | None = None
+    message: str = ""
+    status: str = ""
+    error: str = ""
+    is_answer: bool = False
+    attachments: dict[str, AttachmentView] = field(default_factory=dict)
+    artifacts: list[Artifact] = field(default_factory=list)
+    ended: bool = False
+
+    def markdown(self, max_chars: int = MAX_EVENT_CHARS, max_table_rows: int = 20, max_table_columns: int = 30) -> str:
+        parts = [a.markdown(max_table_rows, max_table_columns) for a in self.attachments.values()]
+        parts = [p for p in parts if p]
+        if self.artifacts:
+            names = ", ".join(f"`{a.name}` ({a.kind})" for a in self.artifacts)
+            parts.append(f"**Artifacts:** {names} - shown with the answer")
+        shows_result = any(a.type == AttachmentType.execution_result for a in self.attachments.values())
+        if self.message and not (shows_result and self.send_to != RoleName.User):  # the result is shown already
+            if self.send_to == RoleName.User and self.is_answer:
+                parts.append(f"**→ {RoleName.User}:** _(the answer below)_")
+            else:
+                parts.append(f"**→ {self.send_to or '…'}:** {self.message}")
+        if self.error:
+            parts.append(f"**Error:** {self.error}")
+        if not self.ended:
+            # Bold with asterisks: underscores stay literal when the streaming cursor follows them.
+            parts.append(f"**Working:** {self.status or 'starting'}…")
+        return safe_markdown("\n\n".join(parts), max_chars)
+
+
+@dataclass
+class Change:
+    """What one event did to the view: which post, and whether it was just created or just ended."""
+
+    post_id: str
+    created: bool = False
+    ended: bool = False
+    also: tuple[str, ...] = ()  # other posts whose look changed (the answer moved to or from them)
+
+
+class RoundView:
+    """Every post of one round and the answer to the user, as the events tell them."""
+
+    def __init__(self, execution_cwd: Path) -> None:
+        self.execution_cwd = Path(execution_cwd)
+        self.posts: dict[str, PostView] = {}
+        self.draft = AnswerDraft()
+        self.code_running = False
+        self.code_interrupted = False
+        self.artifacts: list[Artifact] = []
+
+    def apply(self, event: TaskWeaverEvent) -> Change | None:
+        """Follow one event; None for events that change no post (round events)."""
+        if not isinstance(event.t, PostEventType) or not event.post_id:
+            return None
+        extra = event.extra if isinstance(event.extra, dict) else {}
+        change = Change(event.post_id)
+        view = self.posts.get(event.post_id)
+        if view is None:
+            view = self.posts[event.post_id] = PostView(role=str(extra.get("role") or "Weaver"))
+            change.created = True
+        previous_answer = self.draft.post_id
+        self.draft.apply(event)
+        if self.draft.post_id != previous_answer:
+            moved = tuple(p for p in (previous_answer, self.draft.post_id) if p in self.posts)
+            for post_id in moved:
+                self.posts[post_id].is_answer = post_id == self.draft.post_id
+            change.also = moved
+        t = event.t
+        if t == PostEventType.post_send_to_update:
+            view.send_to = str(extra.get("role") or "") or None
+        elif t == PostEventType.post_status_update:
+            view.status = event.msg
+            self.code_running = event.msg == PostStatus.executing_code
+        elif t == PostEventType.post_message_update:
+            view.message = event.msg if extra.get("replace") else view.message + event.msg
+        elif t == PostEventType.post_attachment_update:
+            self._attachment(view, event.msg, extra)
+        elif t == PostEventType.post_error:
+            view.error = event.msg
+        elif t == PostEventType.post_end:
+            view.ended = change.ended = True
+        return change
+
+    def _attachment(self, view: PostView, chunk: str, extra: dict[str, Any]) -> None:
+        kind = AttachmentType(extra.get("type") or AttachmentType.thought)
+        att_id = str(extra.get("id") or f"{kind}-{len(view.attachments)}")
+        att = view.attachments.setdefault(att_id, AttachmentView(type=kind))
+        if extra.get("data") is not None:
+            att.data = extra["data"]
+        else:
+            att.text += chunk or ""
+        if extra.get("is_end", True) and not att.done:
+            att.done = True
+            if kind == AttachmentType.execution_status:
+                self.code_running = False
+                self.code_interrupted = self.code_interrupted or att.text == ExecutionStatus.cancelled
+            elif kind == AttachmentType.artifact_paths:
+                found = artifacts_inside(att.data or [], self.execution_cwd)
+                view.artifacts.extend(found)
+                self.artifacts.extend(found)
+
+    def finish_posts(self) -> list[str]:
+        """Close every post still open (the round is over); returns their ids."""
+        still_open = [post_id for post_id, view in self.posts.items() if not view.ended]
+        for post_id in still_open:
+            self.posts[post_id].ended = True
+        return still_open
