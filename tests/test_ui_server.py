@@ -1,4 +1,5 @@
-"""The web UI against a real Chainlit server, a real engine and real kernels (offline model).
+"""The web UI against a real Chainlit server, a real engine and real kernels (offline model);
+the parts that need no server are in ``test_ui_units.py``.
 
 Each test talks over socket.io the way the browser does (see ``ui_harness``); waits are on
 received events, server log lines or /proc, never on fixed sleeps.
@@ -6,16 +7,14 @@ received events, server log lines or /proc, never on fixed sleeps.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
-import time
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import httpx
 import pytest
@@ -37,15 +36,10 @@ from tests.ui_harness import (
     wait_until,
 )
 
-from core import TaskWeaverApp
-from core.events import EventEmitter, SessionEventHandler, TaskWeaverEvent
-from core.memory import AttachmentType, Post
 from tests.llm_server import Answer, ScriptedLLMServer
 from tests.ui_harness import start_server, stop_server
-from ui.files import Artifact, parse_artifacts, resolve_inside, select_artifacts
 from ui.markdown import neutralise_images
-from ui.lifecycle import SESSION_FAILED, SessionOwner, session_error_text
-from ui.answer import AnswerDraft
+from ui.lifecycle import SESSION_FAILED
 
 __all__ = ["ui_server"]
 
@@ -237,23 +231,6 @@ def test_figure_is_shown_inline_and_served(ui_server: UIServer) -> None:
     assert response.content.startswith(b"\x89PNG")
 
 
-def test_only_files_inside_the_session_folder_are_served(tmp_path: Path) -> None:
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    (cwd / "ok.png").write_bytes(b"\x89PNG\r\n")
-    (tmp_path / "secret.txt").write_text("no")
-    (cwd / "link.txt").symlink_to(tmp_path / "secret.txt")
-    payload = (
-        f'[{{"name": "ok", "path": "{cwd / "ok.png"}", "type": "image"}},'
-        f' {{"name": "up", "path": "{cwd / ".." / "secret.txt"}", "type": "file"}},'
-        f' {{"name": "abs", "path": "/etc/passwd", "type": "file"}},'
-        f' {{"name": "link", "path": "{cwd / "link.txt"}", "type": "file"}}]'
-    )
-    assert [(a.name, a.kind) for a in parse_artifacts(payload, cwd)] == [("ok", "image")]
-    assert resolve_inside("ok.png", cwd) == (cwd / "ok.png").resolve()
-    assert resolve_inside(cwd, cwd) is None
-
-
 def test_weaver_ui_launcher_serves_the_app_from_any_folder(tmp_path: Path) -> None:
     """``weaver ui`` finds .chainlit/config.toml and public/ when started elsewhere, and keeps its
     app folder where it was started."""
@@ -293,59 +270,6 @@ def test_weaver_ui_launcher_serves_the_app_from_any_folder(tmp_path: Path) -> No
         httpx.get(base, timeout=1)
 
 
-async def _until(predicate: "Callable[[], object]", timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-def test_session_owner_grace_reconnect_and_cleared_chat(tmp_path: Path) -> None:
-    """The owner's decisions with real engine sessions (no kernel starts: nothing executes)."""
-    app = TaskWeaverApp(app_dir=tmp_path / "app")
-    connected: set[str] = set()
-    cleared: set[str] = set()
-
-    async def scenario() -> None:
-        owner = SessionOwner(
-            lambda user: app.get_session(),
-            is_connected=lambda key: key in connected,
-            grace_s=0.3,
-            is_abandoned=lambda key: key in cleared,
-            settle_s=0.1,
-        )
-        # A blip: the browser is back when the grace period ends, so the session lives on.
-        kept = owner.acquire("blip", "alice").session
-        owner.release("blip")
-        connected.add("blip")
-        await _until(lambda: not owner.stop_pending("blip"), 5, "the grace timer")
-        assert not kept.is_stopped and owner.current("blip") is kept
-        # Gone for good: stopped after the grace period; the next message gets a fresh session.
-        gone = owner.acquire("gone", "bob").session
-        owner.release("gone")
-        await _until(lambda: gone.is_stopped, 10, "the session to stop")
-        lease = owner.acquire("gone", "bob")
-        assert lease.recreated and lease.session is not gone
-        # A message during the grace period disarms the stop.
-        owner.release("gone")
-        assert owner.stop_pending("gone")
-        assert owner.acquire("gone", "bob").session is lease.session
-        assert not owner.stop_pending("gone")
-        # "New chat": stopped after the short settle delay, not the grace period.
-        owner.grace_s = 30
-        cleared_session = owner.acquire("cleared", "carol").session
-        owner.release("cleared")
-        cleared.add("cleared")
-        await _until(lambda: cleared_session.is_stopped, 5, "the cleared chat to stop")
-        await owner.close_all()
-        assert lease.session.is_stopped and kept.is_stopped and owner.live_count() == 0
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        app.stop()
-
-
 # ------------------------------------------------------------------ answers, images, artifacts, limits
 
 TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -366,18 +290,6 @@ def test_artifacts_beyond_the_cap_are_listed_by_name_not_attached(ui_server: UIS
     assert "showing 20 of 23 files; the rest are in the working folder too" in said, said
 
 
-def test_select_artifacts_skips_files_over_the_size_cap(tmp_path: Path) -> None:
-    big, small = tmp_path / "big.bin", tmp_path / "small.png"
-    with open(big, "wb") as f:
-        f.truncate(26 * 1000 * 1000)  # sparse: no real 26 MB write
-    small.write_bytes(b"\x89PNG")
-    chosen = select_artifacts(
-        [Artifact("big.bin", big, "file"), Artifact("small.png", small, "image"), Artifact("again", small, "image")]
-    )
-    assert [a.name for a in chosen.shown] == ["small.png"]
-    assert len(chosen.notes) == 1 and "`big.bin` (26 MB)" in chosen.notes[0] and "over 25 MB" in chosen.notes[0]
-
-
 def test_printed_image_syntax_reaches_the_browser_only_as_code(ui_server: UIServer) -> None:
     with ui_server.client() as client:
         turn = client.ask(code_block("print('![x](http://127.0.0.1:1/x)')"))
@@ -392,42 +304,6 @@ def test_upload_limit_follows_the_engine_limit(ui_server: UIServer) -> None:
     # MAX_FILE_MB=1 in the harness: Chainlit's server counts MiB, so 1 MB decimal allows max_size_mb=1
     # (floor of 0.95, raised to Chainlit's smallest useful value); config.toml says 95.
     assert settings["features"]["spontaneous_file_upload"]["max_size_mb"] == 1
-
-
-class _Recorder(SessionEventHandler):
-    def __init__(self) -> None:
-        self.events: list[TaskWeaverEvent] = []
-
-    def handle(self, event: TaskWeaverEvent) -> None:
-        self.events.append(event)
-
-
-def test_answer_draft_drops_an_attempt_that_core_readdressed() -> None:
-    """Core's own event objects, emitted the way ``Role.ask_model`` handles an unusable answer."""
-    emitter, recorder = EventEmitter(), _Recorder()
-    emitter.register(recorder)
-    draft = AnswerDraft()
-    first = emitter.post_proxy("r1", Post(send_from="Planner"))
-    first.update_send_to("User")
-    first.update_message("Wrong ")
-    first.update_message("answer")
-    for event in recorder.events:
-        draft.apply(event)
-    assert draft.pending() == "Wrong answer"
-    draft.mark_shown()
-    recorder.events.clear()
-    first.update_attachment("{bad", AttachmentType.invalid_response)
-    first.error("The model's answer could not be used: not JSON")
-    first.update_send_to("Planner")
-    first.end()
-    second = emitter.post_proxy("r1", Post(send_from="Planner"))
-    second.update_message("Right")  # message before send_to: taken when the post turns to User
-    second.update_send_to("User")
-    second.update_message(" answer")
-    for event in recorder.events:
-        draft.apply(event)
-    assert draft.withdrawn and draft.text == "Right answer" and draft.pending() == "Right answer"
-    assert draft.post_id == second.post.id
 
 
 def test_a_session_that_cannot_start_is_reported_plainly(tmp_path: Path) -> None:
@@ -445,58 +321,6 @@ def test_a_session_that_cannot_start_is_reported_plainly(tmp_path: Path) -> None
         stop_server(server)
     assert said == [SESSION_FAILED], said
     assert "could not create a Weaver session" in server.log() and str(app_dir) in server.log()
-
-
-def test_session_error_text_shows_only_core_messages(tmp_path: Path) -> None:
-    app = TaskWeaverApp(app_dir=tmp_path / "app")
-    session = app.get_session()
-    try:
-        with pytest.raises(ValueError) as bad_vars:
-            session.update_session_var("not a dict")  # type: ignore[arg-type]
-        session.stop()
-        with pytest.raises(RuntimeError) as stopped:
-            session.send_message("hi")
-    finally:
-        app.stop()
-    assert session_error_text(bad_vars.value) == str(bad_vars.value)
-    assert session_error_text(stopped.value) == str(stopped.value)
-    try:
-        raise RuntimeError(f"kernel spec in {tmp_path} is broken")  # raised outside core
-    except RuntimeError as exc:
-        assert session_error_text(exc) == SESSION_FAILED
-    try:
-        open(tmp_path / "missing" / "file")
-    except OSError as exc:
-        assert session_error_text(exc) == SESSION_FAILED
-
-
-def test_session_stops_run_on_their_own_threads() -> None:
-    """Many slow session stops at once (a shutdown) must not occupy asyncio's default executor."""
-    release = __import__("threading").Event()
-
-    class SlowSession:
-        session_id = "slow"
-        is_stopped = False
-
-        def cancel(self) -> bool:
-            return False
-
-        def stop(self) -> None:
-            release.wait(30)
-
-    async def scenario() -> None:
-        owner = SessionOwner(lambda user: SlowSession(), is_connected=lambda key: False, grace_s=0, max_per_client=100)
-        for i in range(12):
-            owner.acquire(f"k{i}", "u").session
-        closing = asyncio.ensure_future(owner.close_all())
-        await asyncio.sleep(0)
-        # With stops in the default executor (6 workers here) this would wait for a free worker.
-        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 5) == 42
-        release.set()
-        await asyncio.wait_for(closing, 10)
-        assert owner.live_count() == 0
-
-    asyncio.run(scenario())
 
 
 # ------------------------------------------------------------------------- against a scripted model

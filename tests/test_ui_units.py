@@ -1,0 +1,280 @@
+"""The web UI's parts that need no server: the view model, the bridge, the session owner, files.
+
+Events come from core's own ``EventEmitter`` and sessions from a real ``TaskWeaverApp``, so these
+check the contract between engine and UI as it is, not as a mock of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from core import (
+    AttachmentType,
+    ExecutionStatus,
+    Post,
+    PostStatus,
+    RoleName,
+    SessionLimitReached,
+    SessionStopped,
+    TaskWeaverApp,
+)
+from core.events import EventEmitter, SessionEventHandler, TaskWeaverEvent
+from ui.answer import AnswerDraft
+from ui.bridge import ThreadJob, run_in_thread
+from ui.files import Artifact, artifacts_inside, resolve_inside, select_artifacts
+from ui.lifecycle import SESSION_FAILED, SessionOwner, TooManyChats, session_error_text
+from ui.view import RoundView
+
+
+def test_only_files_inside_the_session_folder_are_served(tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "ok.png").write_bytes(b"\x89PNG\r\n")
+    (tmp_path / "secret.txt").write_text("no")
+    (cwd / "link.txt").symlink_to(tmp_path / "secret.txt")
+    payload = [
+        {"name": "ok", "path": str(cwd / "ok.png"), "type": "image"},
+        {"name": "up", "path": str(cwd / ".." / "secret.txt"), "type": "file"},
+        {"name": "abs", "path": "/etc/passwd", "type": "file"},
+        {"name": "link", "path": str(cwd / "link.txt"), "type": "file"},
+        "not-there.png",
+    ]
+    assert [(a.name, a.kind) for a in artifacts_inside(payload, cwd)] == [("ok", "image")]
+    assert resolve_inside("ok.png", cwd) == (cwd / "ok.png").resolve()
+    assert resolve_inside(cwd, cwd) is None
+
+
+async def _until(predicate: "Callable[[], object]", timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def test_session_owner_grace_reconnect_and_cleared_chat(tmp_path: Path) -> None:
+    """The owner's decisions with real engine sessions (no kernel starts: nothing executes)."""
+    app = TaskWeaverApp(app_dir=tmp_path / "app")
+    connected: set[str] = set()
+    cleared: set[str] = set()
+
+    async def scenario() -> None:
+        owner = SessionOwner(
+            lambda user: app.get_session(),
+            is_connected=lambda key: key in connected,
+            grace_s=0.3,
+            is_abandoned=lambda key: key in cleared,
+            settle_s=0.1,
+        )
+        # A blip: the browser is back when the grace period ends, so the session lives on.
+        kept = owner.acquire("blip", "alice").session
+        owner.release("blip")
+        connected.add("blip")
+        await _until(lambda: not owner.stop_pending("blip"), 5, "the grace timer")
+        assert not kept.is_stopped and owner.current("blip") is kept
+        # Gone for good: stopped after the grace period; the next message gets a fresh session.
+        gone = owner.acquire("gone", "bob").session
+        owner.release("gone")
+        await _until(lambda: gone.is_stopped, 10, "the session to stop")
+        lease = owner.acquire("gone", "bob")
+        assert lease.recreated and lease.session is not gone
+        # A message during the grace period disarms the stop.
+        owner.release("gone")
+        assert owner.stop_pending("gone")
+        assert owner.acquire("gone", "bob").session is lease.session
+        assert not owner.stop_pending("gone")
+        # "New chat": stopped after the short settle delay, not the grace period.
+        owner.grace_s = 30
+        cleared_session = owner.acquire("cleared", "carol").session
+        owner.release("cleared")
+        cleared.add("cleared")
+        await _until(lambda: cleared_session.is_stopped, 5, "the cleared chat to stop")
+        await owner.close_all()
+        assert lease.session.is_stopped and kept.is_stopped and owner.live_count() == 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        app.stop()
+
+
+def test_select_artifacts_skips_files_over_the_size_cap(tmp_path: Path) -> None:
+    big, small = tmp_path / "big.bin", tmp_path / "small.png"
+    with open(big, "wb") as f:
+        f.truncate(26 * 1000 * 1000)  # sparse: no real 26 MB write
+    small.write_bytes(b"\x89PNG")
+    chosen = select_artifacts(
+        [Artifact("big.bin", big, "file"), Artifact("small.png", small, "image"), Artifact("again", small, "image")]
+    )
+    assert [a.name for a in chosen.shown] == ["small.png"]
+    assert len(chosen.notes) == 1 and "`big.bin` (26 MB)" in chosen.notes[0] and "over 25 MB" in chosen.notes[0]
+
+
+class _Recorder(SessionEventHandler):
+    def __init__(self) -> None:
+        self.events: list[TaskWeaverEvent] = []
+
+    def handle(self, event: TaskWeaverEvent) -> None:
+        self.events.append(event)
+
+
+def test_answer_draft_drops_an_attempt_that_core_readdressed() -> None:
+    """Core's own event objects, emitted the way ``Role.ask_model`` handles an unusable answer."""
+    emitter, recorder = EventEmitter(), _Recorder()
+    emitter.register(recorder)
+    draft = AnswerDraft()
+    first = emitter.post_proxy("r1", Post(send_from="Planner"))
+    first.update_send_to("User")
+    first.update_message("Wrong ")
+    first.update_message("answer")
+    for event in recorder.events:
+        draft.apply(event)
+    assert draft.pending() == "Wrong answer"
+    draft.mark_shown()
+    recorder.events.clear()
+    first.update_attachment("{bad", AttachmentType.invalid_response)
+    first.error("The model's answer could not be used: not JSON")
+    first.update_send_to("Planner")
+    first.end()
+    second = emitter.post_proxy("r1", Post(send_from="Planner"))
+    second.update_message("Right")  # message before send_to: taken when the post turns to User
+    second.update_send_to("User")
+    second.update_message(" answer")
+    for event in recorder.events:
+        draft.apply(event)
+    assert draft.withdrawn and draft.text == "Right answer" and draft.pending() == "Right answer"
+    assert draft.post_id == second.post.id
+
+
+def test_session_error_text_shows_only_weaver_errors(tmp_path: Path) -> None:
+    app = TaskWeaverApp(app_dir=tmp_path / "app", config={"session.max_live_sessions": 1})
+    session = app.get_session()
+    try:
+        with pytest.raises(SessionLimitReached) as full:
+            app.get_session()
+        session.stop()
+        with pytest.raises(SessionStopped) as stopped:
+            session.send_message("hi")
+    finally:
+        app.stop()
+    assert session_error_text(full.value) == "Weaver is serving its limit of 1 sessions; try again later."
+    assert session_error_text(stopped.value).startswith("This session has ended")
+    assert session_error_text(TooManyChats(3)).startswith("You already have 3 chats open")
+    for raw in (RuntimeError(f"kernel spec in {tmp_path} is broken"), ValueError("x"), OSError(2, "No such file")):
+        assert session_error_text(raw) == SESSION_FAILED  # may name server paths: never shown
+
+
+def test_session_stops_run_on_their_own_threads() -> None:
+    """Many slow session stops at once (a shutdown) must not occupy asyncio's default executor."""
+    release = __import__("threading").Event()
+
+    class SlowSession:
+        session_id = "slow"
+        is_stopped = False
+
+        def cancel(self) -> bool:
+            return False
+
+        def stop(self) -> None:
+            release.wait(30)
+
+    async def scenario() -> None:
+        owner = SessionOwner(lambda user: SlowSession(), is_connected=lambda key: False, grace_s=0, max_per_client=100)
+        for i in range(12):
+            owner.acquire(f"k{i}", "u").session
+        closing = asyncio.ensure_future(owner.close_all())
+        await asyncio.sleep(0)
+        # With stops in the default executor (6 workers here) this would wait for a free worker.
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 5) == 42
+        release.set()
+        await asyncio.wait_for(closing, 10)
+        assert owner.live_count() == 0
+
+    asyncio.run(scenario())
+
+
+
+
+def _round_view(tmp_path: Path) -> tuple[EventEmitter, RoundView]:
+    emitter, view = EventEmitter(), RoundView(tmp_path)
+
+    class Apply(SessionEventHandler):
+        def handle(self, event: TaskWeaverEvent) -> None:
+            view.apply(event)
+
+    emitter.register(Apply())
+    return emitter, view
+
+
+def test_an_answer_that_says_cancelled_is_an_answer(tmp_path: Path) -> None:
+    """Only the round's state says it was cancelled, never the words of a message."""
+    emitter, view = _round_view(tmp_path)
+    post = emitter.post_proxy("r1", Post(send_from=RoleName.Planner))
+    post.update_send_to(RoleName.User)
+    post.update_message("Sorry, your order was cancelled.")
+    post.end()
+    assert view.draft.text == "Sorry, your order was cancelled." and not view.draft.withdrawn
+    step = view.posts[post.post.id].markdown()
+    assert "■" not in step and "**Error:**" not in step
+
+
+def test_a_post_error_is_shown_as_an_error_whatever_it_says(tmp_path: Path) -> None:
+    emitter, view = _round_view(tmp_path)
+    post = emitter.post_proxy("r1", Post(send_from=RoleName.Planner))
+    post.update_send_to(RoleName.User)
+    post.update_message("draft")
+    post.error("The request was cancelled by the server")
+    post.end()
+    assert view.draft.text == "" and "**Error:** The request was cancelled by the server" in view.posts[post.post.id].markdown()
+
+
+def test_tables_and_files_arrive_as_data_and_render_within_caps(tmp_path: Path) -> None:
+    (tmp_path / "chart.png").write_bytes(b"\x89PNG")
+    emitter, view = _round_view(tmp_path)
+    post = emitter.post_proxy("r1", Post(send_from=RoleName.CodeInterpreter))
+    post.update_status(PostStatus.executing_code)
+    assert view.code_running
+    post.update_attachment(ExecutionStatus.cancelled, AttachmentType.execution_status)
+    table = {"columns": ["a|b", "c"], "rows": [[str(i), "x"] for i in range(30)], "shape": [400_000, 2]}
+    post.update_attachment(table, AttachmentType.table)
+    post.update_attachment([{"name": "chart.png", "path": str(tmp_path / "chart.png"), "type": "image"}], AttachmentType.artifact_paths)
+    post.end()
+    step = view.posts[post.post.id].markdown(max_table_rows=5)
+    assert "**Execution:** ■ cancelled" in step
+    assert "| a\\|b | c |" in step and "showing 5 of 400,000 rows" in step
+    assert [a.name for a in view.artifacts] == ["chart.png"] and view.code_interrupted and not view.code_running
+
+
+def test_a_thread_job_hands_back_results_and_errors_to_sync_and_async_callers() -> None:
+    assert ThreadJob(lambda: 6 * 7, "t").wait(5)
+    job = ThreadJob(lambda: 6 * 7, "t")
+    job.wait(5)
+    assert job.result() == 42
+
+    def boom() -> None:
+        raise ValueError("bad")
+
+    failing = ThreadJob(boom, "t")
+    failing.wait(5)
+    with pytest.raises(ValueError, match="bad"):
+        failing.result()
+
+    gate = threading.Event()
+
+    async def scenario() -> None:
+        slow = ThreadJob(lambda: gate.wait(10) and "done", "t")
+        waiter = asyncio.ensure_future(slow.join())
+        await asyncio.sleep(0)
+        waiter.cancel()  # the awaiting task goes away; the call goes on
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        gate.set()
+        assert await slow.join() == "done"
+        assert await run_in_thread(lambda a, b: a + b, 2, 3) == 5
+
+    asyncio.run(scenario())
