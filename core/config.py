@@ -95,8 +95,17 @@ class SessionSettings(BaseModel):
     max_file_mb: float = Field(100.0, gt=0)
 
 
+class PlannerSettings(BaseModel):
+    prompt_file_path: Path | None = Field(
+        None, description="YAML replacing some or all of the Planner's prompts (core/roles/prompts/planner.yaml)"
+    )
+
+
 class CodeInterpreterSettings(BaseModel):
     max_retry_count: int = Field(3, ge=0)
+    prompt_file_path: Path | None = Field(
+        None, description="YAML replacing some or all of the CodeInterpreter's prompts (code_interpreter.yaml)"
+    )
 
 
 class LoggingSettings(BaseModel):
@@ -114,6 +123,7 @@ class AppConfig(BaseSettings):
     llm: LLMSettings = LLMSettings()
     execution: ExecutionSettings = ExecutionSettings()
     session: SessionSettings = SessionSettings()
+    planner: PlannerSettings = PlannerSettings()
     code_interpreter: CodeInterpreterSettings = CodeInterpreterSettings()
     logging: LoggingSettings = LoggingSettings()
     plugin_dir: Path | None = None
@@ -180,9 +190,22 @@ def load_config(
     if env_file is not None:
         kwargs["_env_file"] = env_file
     try:
-        return _Config(**kwargs)
+        config = _Config(**kwargs)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
+    _check_prompt_files(config, app_dir)
+    return config
+
+
+def _check_prompt_files(config: AppConfig, app_dir: Path | None) -> None:
+    """Resolve relative prompt files against the app dir and load them, so a bad one stops the app now."""
+    for section in (config.planner, config.code_interpreter):
+        path = section.prompt_file_path
+        if path is not None and not path.is_absolute() and app_dir is not None:
+            section.prompt_file_path = app_dir / path
+    from core.roles.prompts import check_prompt_files  # the roles import this module
+
+    check_prompt_files(config)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import abc
 from typing import Any, Callable
 
-from pydantic import BaseModel
-
 from core.cancel import RoundCancelled
 from core.config import AppConfig
 from core.events import PostEventProxy
@@ -15,9 +13,10 @@ from core.llm.base import ChatRequest, LLMBackend
 from core.llm.json_stream import FieldEvent, JsonProtocolError, JsonStreamParser
 from core.memory import AttachmentType, Post, PostStatus
 from core.roles.context import RoundContext, RoundFailed
-from core.roles.protocol import validate_reply
+from core.roles.prompts import RolePrompt
 
-Renderer = Callable[[PostEventProxy, FieldEvent], None]
+# Turns one streamed JSON field of the model's answer into updates of the post.
+FieldRenderer = Callable[[PostEventProxy, FieldEvent], None]
 
 
 class StreamedField:
@@ -38,9 +37,10 @@ class StreamedField:
 
 
 class Role(abc.ABC):
+    """A participant of the round; ``prompt`` (set by each role) holds its templates and reply contract."""
+
     alias: str = ""
-    reply_model: type[BaseModel]
-    reply_format: str
+    prompt: RolePrompt
 
     def __init__(self, llm: LLMBackend, config: AppConfig) -> None:
         self.llm = llm
@@ -50,7 +50,7 @@ class Role(abc.ABC):
     def reply(self, ctx: RoundContext) -> Post:
         """Take the round's last post (addressed to this role) and answer it with new posts."""
 
-    def new_renderers(self) -> dict[str, Renderer]:
+    def new_renderers(self) -> dict[str, FieldRenderer]:
         """Per-field handlers for streamed answers; fields without one are used only when complete."""
         return {}
 
@@ -59,7 +59,6 @@ class Role(abc.ABC):
         ctx: RoundContext,
         messages: list[dict[str, str]],
         hints: dict[str, Any],
-        allowed_send_to: set[str] | None = None,
     ) -> tuple[PostEventProxy, Any]:
         """Stream one answer into a new post; an unusable answer gets one corrective re-ask."""
         for attempt in (1, 2):
@@ -67,7 +66,7 @@ class Role(abc.ABC):
             proxy.update_status(PostStatus.calling_model)
             text = self._stream_into(ctx, proxy, messages, hints)
             try:
-                return proxy, validate_reply(text, self.reply_model, allowed_send_to)
+                return proxy, self.prompt.contract.validate(text)
             except JsonProtocolError as exc:
                 proxy.update_attachment(text, AttachmentType.invalid_response)
                 proxy.error(f"The model's answer could not be used: {exc}")
@@ -80,11 +79,7 @@ class Role(abc.ABC):
                     ) from None
                 messages = messages + [
                     {"role": "assistant", "content": text},
-                    {
-                        "role": "user",
-                        "content": f"Your answer could not be used: {exc}. Answer again with only one JSON "
-                        f"object in exactly this format: {self.reply_format}",
-                    },
+                    {"role": "user", "content": self.prompt.reask(str(exc))},
                 ]
                 hints = {**hints, "reask": True}
         raise AssertionError("unreachable")

@@ -9,11 +9,11 @@ from core.events import PostEventProxy
 from core.execution.kernel import KernelExecutor
 from core.llm.json_stream import FieldEvent
 from core.memory import AttachmentType, Post, PostStatus
-from core.roles.base import Renderer, Role, StreamedField
+from core.roles.base import FieldRenderer, Role, StreamedField
 from core.roles.context import RoundContext
 from core.roles.planner import extract_code_blocks
-from core.roles.prompts import code_messages
-from core.roles.protocol import CODE_FORMAT, CODE_INTERPRETER, PLANNER, CodeReply
+from core.roles.prompts import CodePrompt
+from core.roles.protocol import CODE_INTERPRETER, PLANNER
 
 
 class _ReplyContentField(StreamedField):
@@ -39,15 +39,14 @@ class _ReplyContentField(StreamedField):
 
 class CodeInterpreter(Role):
     alias = CODE_INTERPRETER
-    reply_model = CodeReply
-    reply_format = CODE_FORMAT
 
     def __init__(self, *args: Any, executor: KernelExecutor, plugins_prompt: Callable[[], str] = lambda: "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.executor = executor
+        self.prompt = CodePrompt(self.config)
         self.plugins_prompt = plugins_prompt
 
-    def new_renderers(self) -> dict[str, Renderer]:
+    def new_renderers(self) -> dict[str, FieldRenderer]:
         content = _ReplyContentField()
         return {
             "thought": StreamedField(AttachmentType.thought),
@@ -57,7 +56,7 @@ class CodeInterpreter(Role):
 
     def reply(self, ctx: RoundContext) -> Post:
         incoming = ctx.last_post
-        messages = code_messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
+        messages = self.prompt.messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
         proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming))
         if reply.reply_type == "text":
             if proxy.post.message != reply.reply_content:

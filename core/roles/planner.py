@@ -8,10 +8,10 @@ from typing import Any, Callable
 from core.events import PostEventProxy
 from core.llm.json_stream import FieldEvent
 from core.memory import AttachmentType, Post
-from core.roles.base import Renderer, Role, StreamedField
+from core.roles.base import FieldRenderer, Role, StreamedField
 from core.roles.context import RoundContext
-from core.roles.prompts import planner_messages
-from core.roles.protocol import CODE_INTERPRETER, PLANNER, PLANNER_FORMAT, USER, PlannerReply
+from core.roles.prompts import PlannerPrompt
+from core.roles.protocol import CODE_INTERPRETER, PLANNER, USER, PlannerReply
 
 CODE_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
@@ -51,15 +51,14 @@ def _render_message(proxy: PostEventProxy, event: FieldEvent) -> None:
 
 class Planner(Role):
     alias = PLANNER
-    reply_model = PlannerReply
-    reply_format = PLANNER_FORMAT
 
     def __init__(self, *args: Any, workers: tuple[str, ...] = (CODE_INTERPRETER,), plugins_prompt: Callable[[], str] = lambda: "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.workers = workers
+        self.prompt = PlannerPrompt(self.config, workers)
         self.plugins_prompt = plugins_prompt
 
-    def new_renderers(self) -> dict[str, Renderer]:
+    def new_renderers(self) -> dict[str, FieldRenderer]:
         return {
             "thought": StreamedField(AttachmentType.thought),
             "plan": _PlanField(),
@@ -70,8 +69,8 @@ class Planner(Role):
 
     def reply(self, ctx: RoundContext) -> Post:
         incoming = ctx.last_post
-        messages = planner_messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
-        proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming), {USER, *self.workers})
+        messages = self.prompt.messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
+        proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming))
         self._complete(proxy, reply)
         return proxy.end()
 

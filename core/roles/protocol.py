@@ -1,8 +1,15 @@
-"""The JSON each role's model must answer with, and how it is validated."""
+"""The JSON each role's model must answer with: its schema text for prompts, and its validation.
+
+A ``ReplyContract`` is the one source of both, so what the prompt asks for (field order,
+descriptions, allowed ``send_to`` values) is exactly what ``validate`` accepts.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -17,11 +24,11 @@ CODE_INTERPRETER = RoleName.CodeInterpreter
 class PlannerReply(BaseModel):
     """Field order is the order the model is asked to write them in, so the UI streams sensibly."""
 
-    thought: str = ""
-    plan: list[str] = Field(default_factory=list)
-    current_plan_step: str = ""
-    send_to: str
-    message: str
+    thought: str = Field("", description="your reasoning, one or two sentences")
+    plan: list[str] = Field(default_factory=list, description="a step of your plan")
+    current_plan_step: str = Field("", description="the step being worked on now")
+    send_to: str = Field(description="the recipient of the message")
+    message: str = Field(description="the message to that recipient")
 
     @field_validator("plan", mode="before")
     @classmethod
@@ -32,28 +39,56 @@ class PlannerReply(BaseModel):
 
 
 class CodeReply(BaseModel):
-    thought: str = ""
-    reply_type: Literal["python", "text"]
-    reply_content: str
+    thought: str = Field("", description="your reasoning")
+    reply_type: Literal["python", "text"] = Field(description="python to run code, text to answer in words")
+    reply_content: str = Field(description="the Python code to run, or a text answer")
 
 
-PLANNER_FORMAT = (
-    '{"thought": "<your reasoning, one or two sentences>", '
-    '"plan": ["<step 1>", "<step 2>"], '
-    '"current_plan_step": "<the step being worked on now>", '
-    '"send_to": "CodeInterpreter" or "User", '
-    '"message": "<the message to that recipient>"}'
-)
-
-CODE_FORMAT = (
-    '{"thought": "<your reasoning>", '
-    '"reply_type": "python" or "text", '
-    '"reply_content": "<the Python code to run, or a text answer>"}'
-)
+def planner_recipients(workers: Sequence[str]) -> tuple[str, ...]:
+    """Whom the Planner may address: the registry's workers, then the User."""
+    return (*workers, USER)
 
 
-def validate_reply(text: str, model: type[BaseModel], allowed_send_to: set[str] | None = None) -> Any:
-    """Parse and check an answer; raise ``JsonProtocolError`` with a reason the model can act on."""
+@dataclass(frozen=True)
+class ReplyContract:
+    """A reply model plus the allowed values of fields whose choices are known only at run time."""
+
+    model: type[BaseModel]
+    choices: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def fields(self) -> list[tuple[str, str]]:
+        """(name, description) of each field, in the order the model must write them."""
+        return [(name, info.description or name) for name, info in self.model.model_fields.items()]
+
+    def format(self) -> str:
+        """A one-line sketch of the JSON answer, e.g. ``{"thought": "<your reasoning>", ...}``."""
+        parts = []
+        for name, info in self.model.model_fields.items():
+            parts.append(f"{json.dumps(name)}: {self._placeholder(name, info.annotation, info.description or name)}")
+        return "{" + ", ".join(parts) + "}"
+
+    def _placeholder(self, name: str, annotation: Any, description: str) -> str:
+        options = self.choices.get(name)
+        if options is None and typing.get_origin(annotation) is Literal:
+            options = [str(a) for a in typing.get_args(annotation)]
+        if options is not None:
+            return " or ".join(json.dumps(str(o)) for o in options)
+        if typing.get_origin(annotation) is list:
+            return f'["<{description}>", ...]'
+        return f'"<{description}>"'
+
+    def validate(self, text: str) -> Any:
+        """Parse and check an answer; raise ``JsonProtocolError`` with a reason the model can act on."""
+        reply = validate_reply(text, self.model)
+        for name, values in self.choices.items():
+            got = getattr(reply, name, None)
+            if got not in values:
+                raise JsonProtocolError(f"{name} must be one of {sorted(map(str, values))}, got {got!r}")
+        return reply
+
+
+def validate_reply(text: str, model: type[BaseModel]) -> Any:
+    """Parse an answer and check it against ``model``; ``JsonProtocolError`` says what is wrong."""
     required = frozenset(name for name, field in model.model_fields.items() if field.is_required())
     data = parse_json_object(text, required)
     try:
@@ -61,8 +96,4 @@ def validate_reply(text: str, model: type[BaseModel], allowed_send_to: set[str] 
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'answer'}: {e['msg']}" for e in exc.errors())
         raise JsonProtocolError(f"the JSON does not match the required format ({problems})") from None
-    if allowed_send_to is not None and getattr(reply, "send_to", None) not in allowed_send_to:
-        raise JsonProtocolError(
-            f"send_to must be one of {sorted(allowed_send_to)}, got {getattr(reply, 'send_to', None)!r}"
-        )
     return reply

@@ -1,0 +1,112 @@
+"""What each role's model reads, rendered from prompt templates (YAML package data) and the registry.
+
+The Planner's prompt names the registry's workers and the ``send_to`` values; its reply format is
+derived from the reply model. The same ``ReplyContract`` renders that format and validates the
+answers, so the prompt and the check cannot disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from core.config import AppConfig
+from core.memory import AttachmentType, Round
+from core.roles.prompts.history import code_turn, planner_turn, recent_posts
+from core.roles.prompts.templates import PromptTemplates, has_builtin, load_templates, section_of
+from core.roles.protocol import CODE_INTERPRETER, PLANNER, CodeReply, PlannerReply, ReplyContract, planner_recipients
+
+__all__ = ["CodePrompt", "PlannerPrompt", "RolePrompt", "check_prompt_files", "prompt_file_for", "role_templates"]
+
+Message = dict[str, str]
+
+
+def prompt_file_for(alias: str, config: AppConfig) -> Path | None:
+    """The app's own prompt file for a role (``<section>.prompt_file_path``), if it set one."""
+    section = getattr(config, section_of(alias), None)
+    path = getattr(section, "prompt_file_path", None)
+    return Path(path) if path else None
+
+
+def role_templates(alias: str, config: AppConfig) -> PromptTemplates:
+    return load_templates(section_of(alias), prompt_file_for(alias, config))
+
+
+def check_prompt_files(config: AppConfig) -> None:
+    """Load every prompt file the config names, so a bad one stops the app with a ``ConfigError``."""
+    for alias in (PLANNER, CODE_INTERPRETER):
+        if prompt_file_for(alias, config) is not None:
+            role_templates(alias, config)
+
+
+def _worker_description(alias: str, config: AppConfig) -> str:
+    """How the Planner introduces a worker: the ``description`` of its prompt file, if it has one."""
+    if not has_builtin(section_of(alias)):
+        return ""
+    templates = role_templates(alias, config)
+    return templates.render("description").strip() if templates.has("description") else ""
+
+
+def _listing(items: Sequence[str] | str) -> str:
+    text = items if isinstance(items, str) else ", ".join(items)
+    return text or "(none)"
+
+
+class RolePrompt:
+    """A role's templates plus the contract its answers must meet."""
+
+    def __init__(self, templates: PromptTemplates, contract: ReplyContract) -> None:
+        self.templates = templates
+        self.contract = contract
+
+    def reask(self, problem: str) -> str:
+        """The corrective message after an unusable answer."""
+        return self.templates.render("reask", problem=problem, reply_format=self.contract.format())
+
+    def _system(self, **values: Any) -> Message:
+        return {"role": "system", "content": self.templates.render("system", reply_format=self.contract.format(), **values)}
+
+    def _incoming(self, sender: str, message: str) -> Message:
+        return {"role": "user", "content": self.templates.render("incoming", sender=sender, message=message)}
+
+
+class PlannerPrompt(RolePrompt):
+    """The Planner's prompt: workers and allowed recipients come from the role registry."""
+
+    def __init__(self, config: AppConfig, workers: Sequence[str]) -> None:
+        self.workers = tuple(workers)
+        self.recipients = planner_recipients(self.workers)
+        super().__init__(role_templates(PLANNER, config), ReplyContract(PlannerReply, {"send_to": self.recipients}))
+        self._workers = [{"name": w, "description": _worker_description(w, config)} for w in self.workers]
+
+    def messages(self, history: list[Round], current: Round, files: list[str], plugins: str) -> list[Message]:
+        system = self._system(
+            workers=self._workers, recipients=list(self.recipients), files=_listing(files), plugins=_listing(plugins)
+        )
+        messages = [system]
+        for post in recent_posts(history, current):
+            if post.send_from == PLANNER:
+                messages.append({"role": "assistant", "content": planner_turn(post)})
+            elif post.send_to == PLANNER:
+                messages.append(self._incoming(str(post.send_from), post.message))
+        return messages
+
+
+class CodePrompt(RolePrompt):
+    """The CodeInterpreter's prompt: instructions from the Planner, its code, and each run's result."""
+
+    def __init__(self, config: AppConfig) -> None:
+        super().__init__(role_templates(CODE_INTERPRETER, config), ReplyContract(CodeReply))
+
+    def messages(self, history: list[Round], current: Round, files: list[str], plugins: str) -> list[Message]:
+        messages = [self._system(files=_listing(files), plugins=_listing(plugins))]
+        for post in recent_posts(history, current):
+            if post.send_from == PLANNER and post.send_to == CODE_INTERPRETER:
+                messages.append(self._incoming(PLANNER, post.message))
+            elif post.send_from == CODE_INTERPRETER:
+                messages.append({"role": "assistant", "content": code_turn(post)})
+                if post.get_attachment(AttachmentType.execution_status):
+                    retry = post.send_to == CODE_INTERPRETER
+                    content = self.templates.render("execution_result", result=post.message, retry=retry)
+                    messages.append({"role": "user", "content": content})
+        return messages

@@ -1,0 +1,42 @@
+"""The chat history each role's model sees: recent rounds and the current one, as chat messages."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from core.memory import AttachmentType, Post, Round
+
+HISTORY_ROUNDS = 8
+_NUMBERING = re.compile(r"^\d+\.\s*")
+
+
+def planner_turn(post: Post) -> str:
+    """A Planner post as the JSON it would have written."""
+    return json.dumps(
+        {
+            "thought": post.first(AttachmentType.thought, ""),
+            "plan": [_NUMBERING.sub("", line) for line in str(post.first(AttachmentType.plan, "")).splitlines() if line],
+            "current_plan_step": post.first(AttachmentType.current_plan_step, ""),
+            "send_to": post.send_to,
+            "message": post.message,
+        },
+        ensure_ascii=False,
+    )
+
+
+def code_turn(post: Post) -> str:
+    """A CodeInterpreter post as the JSON it would have written."""
+    code = post.first(AttachmentType.reply_content, "")
+    kind = "python" if post.get_attachment(AttachmentType.execution_status) else "text"
+    return json.dumps(
+        {"thought": post.first(AttachmentType.thought, ""), "reply_type": kind, "reply_content": code or post.message},
+        ensure_ascii=False,
+    )
+
+
+def recent_posts(history: list[Round], current: Round) -> list[Post]:
+    """Posts of the last rounds and the current one, without answers the model could not use."""
+    # A failed or cancelled round may end in a post cut short: keep only what the user asked.
+    posts = [p for r in history[-HISTORY_ROUNDS:] for p in (r.post_list if r.state == "finished" else r.post_list[:1])]
+    return [p for p in posts + current.post_list if not p.get_attachment(AttachmentType.invalid_response)]
