@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CORE_DIR = REPO_ROOT / "core"
+# Inside the sandbox Weaver's runtime sits alone in a listable folder: the checkout's own folders
+# are passable but not listable there (no capabilities), and Python's import system lists the
+# folders on sys.path. A fixed place also works whichever checkout or install the server runs.
+SANDBOX_ROOT = Path("/opt/weaver")
 RUNTIME_PREFIX = "weaver-kernel-"
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -175,11 +179,12 @@ def bwrap_argv(cwd: Path, runtime_dir: Path, read_only: Iterable[Path], network:
     for name in _ETC_FILES + (_ETC_NETWORK if network else ()):
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
-    ro = _minimal([*_python_dirs(), CORE_DIR, *(Path(p).resolve() for p in read_only)])
+    ro = _minimal([*_python_dirs(), *(Path(p).resolve() for p in read_only)])
     rw = [cwd, runtime_dir]
     args += _hidden_ancestors([*ro, *rw], {Path("/tmp"), Path("/usr"), Path("/etc"), Path("/dev"), Path("/proc")})
     for path in ro:
         args += ["--ro-bind", str(path), str(path)]
+    args += ["--ro-bind", str(CORE_DIR), str(SANDBOX_ROOT / "core")]
     for path in rw:
         args += ["--bind", str(path), str(path)]
     return args + ["--chdir", str(cwd), "--"]
@@ -235,6 +240,8 @@ class KernelBox:
         env = dict(base)
         env["IPYTHONDIR"] = str(private / "ipython")
         env["MPLCONFIGDIR"] = str(private / "matplotlib")
+        if self.sandboxed:
+            env["PYTHONPATH"] = str(SANDBOX_ROOT)
         if self.limits.max_processes > 0:  # BLAS pools start a thread per core, each counts as a task
             threads = str(max(1, min(os.cpu_count() or 1, self.limits.max_processes // 8)))
             for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_MAX_THREADS"):
