@@ -130,7 +130,7 @@ def test_a_cannot_see_or_signal_the_server_or_b(pair) -> None:
 
 def test_a_cannot_reach_b_kernel_channel(pair) -> None:
     _, b = pair
-    km = b.executor._km
+    km = b.executor.process.manager
     assert km is not None
     info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in km.get_connection_info().items()}
     assert info["transport"] == "ipc" and oct(Path(km.connection_file).parent.stat().st_mode & 0o777) == "0o700"

@@ -1,0 +1,154 @@
+"""A kernel's process: launched in its sandbox box, interrupted, and torn down with everything it started.
+
+Holds no execution logic: the executor asks it to launch, to signal and to tear down, and reads
+its pids. Not thread-safe on its own; the executor's locks serialise calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from jupyter_client import BlockingKernelClient, KernelManager
+
+from core.config import ExecutionSettings
+from core.execution import messages
+from core.execution.launcher import kernel_env, new_kernel_manager, start_kernel
+from core.execution.sandbox import KernelBox, SandboxUnavailableError
+
+logger = logging.getLogger(__name__)
+
+
+class KernelStartError(RuntimeError):
+    """The kernel process could not be started or did not answer in time."""
+
+
+class KernelProcess:
+    """One running kernel at a time: its manager, client, process and sandbox box."""
+
+    def __init__(
+        self,
+        session_id: str,
+        cwd: Path,
+        settings: ExecutionSettings,
+        extra_env: dict[str, str],
+        start_timeout: float,
+        read_only: list[Path],
+    ) -> None:
+        self.session_id = session_id
+        self.cwd = cwd
+        self.settings = settings
+        self.extra_env = extra_env
+        self.start_timeout = start_timeout
+        self.read_only = read_only  # plugin folders, visible read-only inside the sandbox
+        self.manager: KernelManager | None = None
+        self.client: BlockingKernelClient | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.box: KernelBox | None = None
+
+    @property
+    def running(self) -> bool:
+        """A kernel was launched and not torn down (it may have died since)."""
+        return self.manager is not None
+
+    @property
+    def pid(self) -> int | None:
+        proc = self.proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
+    def kernel_pid(self) -> int | None:
+        """Host pid of the Python kernel itself (inside the sandbox it is not ``pid``)."""
+        box, pid = self.box, self.pid
+        return box.kernel_pid(pid) if box is not None and pid is not None else None
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.box is not None and self.box.sandboxed
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll() if self.proc is not None else None
+
+    def oom_killed(self) -> bool:
+        return self.box is not None and self.box.oom_killed()
+
+    def send_interrupt(self) -> None:
+        """SIGINT to the kernel's process group, never to the sandbox around it (that would kill it)."""
+        try:
+            pid = self.kernel_pid
+            if pid is not None:
+                os.killpg(os.getpgid(pid), signal.SIGINT)
+            elif self.manager is not None and not self.sandboxed:
+                self.manager.interrupt_kernel()
+        except Exception:  # noqa: BLE001 - the process may be exiting right now
+            logger.debug("interrupt of session %s failed", self.session_id, exc_info=True)
+
+    def launch(self) -> None:
+        """Start a kernel in a new box and wait until it answers; raises ``KernelStartError``."""
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        try:
+            box = KernelBox(self.session_id, self.cwd, self.settings, self.read_only)
+        except (SandboxUnavailableError, OSError) as exc:
+            raise KernelStartError(messages.start_failed(exc)) from exc
+        km = new_kernel_manager(box.argv_prefix, box.connection_file, box.ipc_prefix)
+        try:
+            # The kernel's own chatter (e.g. ipykernel's transport warning) goes to the session's
+            # folder, not the server's terminal.
+            with (self.cwd.parent / "kernel.log").open("ab") as kernel_log:
+                start_kernel(
+                    km,
+                    cwd=str(self.cwd),
+                    env=box.env(kernel_env(self.session_id, self.extra_env, home=self.cwd)),
+                    stdout=kernel_log,
+                    stderr=kernel_log,
+                    independent=box.sandboxed,  # no JPY_PARENT_PID: inside, the parent is pid 1
+                )
+        except Exception as exc:
+            try:
+                km.cleanup_resources()  # the connection file written before the launch failed
+            except Exception:  # noqa: BLE001
+                logger.debug("cleanup after a failed launch failed", exc_info=True)
+            box.close()
+            raise KernelStartError(messages.start_failed(exc)) from exc
+        self.box = box
+        self.manager = km
+        self.proc = getattr(km.provisioner, "process", None)
+        kc = km.client()
+        kc.allow_stdin = False
+        kc.start_channels()
+        self.client = kc
+        try:
+            kc.wait_for_ready(timeout=self.start_timeout)
+        except RuntimeError as exc:
+            self.teardown(graceful=False)
+            raise KernelStartError(messages.not_ready(self.start_timeout, exc)) from exc
+
+    def teardown(self, graceful: bool) -> None:
+        """Close channels, shut the kernel down and make sure every process it started is gone."""
+        kc, km, proc, box = self.client, self.manager, self.proc, self.box
+        self.client = self.manager = self.proc = self.box = None
+        if kc is not None:
+            try:
+                kc.stop_channels()
+            except Exception:  # noqa: BLE001
+                logger.debug("stop_channels failed", exc_info=True)
+        if km is not None:
+            try:
+                km.shutdown_kernel(now=not graceful or (proc is not None and proc.poll() is not None))
+            except Exception:  # noqa: BLE001 - fall through to killing the process ourselves
+                logger.debug("shutdown_kernel failed", exc_info=True)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        if proc is not None:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                logger.error("kernel process %s of session %s did not exit", proc.pid, self.session_id)
+        if box is not None:
+            box.close()

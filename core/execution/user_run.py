@@ -1,0 +1,83 @@
+"""Waiting for one user execution: its output until idle, or a deadline, a cancel, a crash or a full disk.
+
+A stopped run is interrupted, repeatedly (code may swallow one KeyboardInterrupt), for a grace
+period; after it the run counts as stuck and the executor restarts the kernel.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from core.execution.kernel_process import KernelProcess
+from core.execution.kernel_rpc import KernelRPC
+from core.execution.outputs import OutputCollector
+
+ALIVE_CHECK_SECONDS = 0.5
+INTERRUPT_GRACE_SECONDS = 5.0  # after this, an interrupt that did not stop the code forces a restart
+INTERRUPT_REPEAT_SECONDS = 2.0
+DISK_CHECK_SECONDS = 0.1
+
+
+@dataclass
+class Run:
+    """How the wait for one user execution ended."""
+
+    collector: OutputCollector
+    stop_reason: str | None = None  # "timeout" | "cancel" | "disk" when we interrupted it
+    died: bool = False
+    stuck: bool = False  # interrupted but never went idle
+    threads_left: int = 0  # threads the timed-out code started that still run
+    disk_full: bool = False  # the session folder passed its disk limit
+
+
+def run_user_code(
+    process: KernelProcess,
+    rpc: KernelRPC,
+    cwd: Path,
+    code: str,
+    timeout: float,
+    should_stop: Callable[[], bool],
+    disk_over: Callable[[], bool] | None,
+) -> Run:
+    """Send ``code`` and collect its iopub messages until it ends one way or another.
+
+    ``should_stop`` says the user cancelled (or the session is stopping); ``disk_over``, when the
+    folder has a limit, says the run grew it past that limit.
+    """
+    run = Run(OutputCollector(cwd))
+    msg_id = rpc.execute(code)
+    deadline = time.monotonic() + timeout
+    grace_end = next_interrupt = next_alive = next_disk = 0.0
+    while True:
+        msg = rpc.next_iopub()
+        if msg is not None and msg.get("parent_header", {}).get("msg_id") == msg_id:
+            if run.collector.handle(msg):
+                return run
+        now = time.monotonic()
+        if msg is None or now >= next_alive:
+            next_alive = now + ALIVE_CHECK_SECONDS
+            if not process.alive():
+                run.died = True
+                return run
+        if run.stop_reason is None and disk_over is not None and now >= next_disk:
+            over = disk_over()
+            # A folder of many files takes a while to walk: keep that under ~10% of a core.
+            next_disk = time.monotonic() + max(DISK_CHECK_SECONDS, 10 * (time.monotonic() - now))
+            if over:
+                run.disk_full = True
+                run.stop_reason = "disk"
+                grace_end, next_interrupt = now + INTERRUPT_GRACE_SECONDS, now
+        if run.stop_reason is None:
+            run.stop_reason = "cancel" if should_stop() else ("timeout" if now >= deadline else None)
+            if run.stop_reason is not None:
+                grace_end, next_interrupt = now + INTERRUPT_GRACE_SECONDS, now
+        if run.stop_reason is not None:
+            if now >= grace_end:
+                run.stuck = True
+                return run
+            if now >= next_interrupt:  # repeated: code may swallow one KeyboardInterrupt
+                next_interrupt = now + INTERRUPT_REPEAT_SECONDS
+                process.send_interrupt()
