@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -13,10 +14,13 @@ from core import (
     AttachmentType,
     PostEventType,
     SessionEventHandler,
+    SessionStopped,
     TaskWeaverApp,
     TaskWeaverEvent,
 )
 from tests.conftest import pid_alive
+from tests.llm_server import Answer, ScriptedLLMServer
+from tests.test_llm_rounds import planner, to_user
 
 
 class Recorder(SessionEventHandler):
@@ -226,9 +230,30 @@ def test_two_sessions_see_their_own_session_vars_in_a_plugin(app: TaskWeaverApp)
         bob.stop()
 
 
-def test_plugin_description_reaches_the_code_interpreter_prompt(app: TaskWeaverApp) -> None:
-    assert "whoami" in app.plugins.prompt() and "Greets the user" in app.plugins.prompt()
-    assert app.plugins.errors == []
+def test_plugin_description_reaches_the_code_interpreter_prompt(
+    app_dir: Path, llm_server: ScriptedLLMServer
+) -> None:
+    application = TaskWeaverApp(app_dir=app_dir, config={
+        "llm.api_type": "openai", "llm.api_base": llm_server.base_url, "llm.api_key": "test",
+        "llm.model": "scripted", "execution.prewarm": False,
+    })
+    try:
+        assert application.plugins.errors == []
+        llm_server.push(
+            Answer(planner("CodeInterpreter", "Greet the user.")),
+            Answer(json.dumps({"thought": "", "reply_type": "text", "reply_content": "Use whoami('Hi')."})),
+            to_user("You can call whoami."),
+        )
+        rnd = application.get_session().send_message("What can you do?")
+        assert rnd.state == "finished", rnd.error
+        planner_request, coder_request, _ = llm_server.requests
+        coder_system = coder_request.body["messages"][0]
+        assert coder_system["role"] == "system" and "You are the CodeInterpreter" in coder_system["content"]
+        assert "whoami" in coder_system["content"]
+        assert "Greets the user of this session by name." in coder_system["content"]
+        assert "whoami" in planner_request.body["messages"][0]["content"]  # the Planner knows what the worker can call
+    finally:
+        application.stop()
 
 
 def test_stop_leaves_no_kernel_process(app: TaskWeaverApp) -> None:
@@ -238,7 +263,7 @@ def test_stop_leaves_no_kernel_process(app: TaskWeaverApp) -> None:
     assert pid and pid_alive(pid)
     s.stop()
     assert not pid_alive(pid)
-    with pytest.raises(RuntimeError, match="stopped"):
+    with pytest.raises(SessionStopped, match="session has ended"):
         s.send_message("hello")
 
 
@@ -264,13 +289,17 @@ def test_get_session_by_id_returns_the_live_session(app: TaskWeaverApp) -> None:
         app.get_session(s.session_id)
 
 
-def test_each_session_keeps_a_log_of_its_rounds(session) -> None:
-    import json
-
-    lines = (session.workspace / "rounds.jsonl").read_text().splitlines()
-    assert len(lines) == len(session.rounds)
-    assert json.loads(lines[0])["state"] == "finished"
-    assert "session" in (session.workspace / "session.log").read_text()
+def test_each_session_keeps_a_log_of_its_rounds(app: TaskWeaverApp) -> None:
+    s = app.get_session()
+    try:
+        rounds = [s.send_message("Hello there"), s.send_message("And once more")]
+        logged = [json.loads(line) for line in (s.workspace / "rounds.jsonl").read_text().splitlines()]
+        assert [(r["id"], r["state"], r["user_query"]) for r in logged] == [
+            (rnd.id, "finished", rnd.user_query) for rnd in rounds
+        ]
+        assert f"session {s.session_id} started" in (s.workspace / "session.log").read_text()
+    finally:
+        s.stop()
 
 
 def test_a_crashed_kernel_is_reported_and_replaced(app: TaskWeaverApp) -> None:

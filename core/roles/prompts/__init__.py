@@ -59,12 +59,17 @@ class RolePrompt:
         self.templates = templates
         self.contract = contract
 
+    def messages(self, history: list[Round], current: Round, files: list[str], plugins: str) -> list[Message]:
+        """The chat the role's model is asked to continue: system prompt, then recent turns."""
+        raise NotImplementedError
+
     def reask(self, problem: str) -> str:
         """The corrective message after an unusable answer."""
         return self.templates.render("reask", problem=problem, reply_format=self.contract.format())
 
     def _system(self, **values: Any) -> Message:
-        return {"role": "system", "content": self.templates.render("system", reply_format=self.contract.format(), **values)}
+        content = self.templates.render("system", reply_format=self.contract.format(), **values)
+        return {"role": "system", "content": content}
 
     def _incoming(self, sender: str, message: str) -> Message:
         return {"role": "user", "content": self.templates.render("incoming", sender=sender, message=message)}
