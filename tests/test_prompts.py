@@ -63,7 +63,8 @@ def test_default_planner_prompt_names_the_registry_workers_and_accepts_them(
                   '"send_to": ', '"message": "<the message to that recipient>"']
         positions = [prompt.index(f) for f in fields]
         assert positions == sorted(positions)
-        assert llm_server.requests[1].body["messages"][-1] == {"role": "user", "content": "From Accountant: The books balance."}
+        last = llm_server.requests[1].body["messages"][-1]
+        assert last == {"role": "user", "content": "From Accountant: The books balance."}
     finally:
         app.stop()
 
@@ -100,7 +101,8 @@ def test_a_planner_prompt_file_replaces_the_system_prompt_the_model_sees(
         assert app.get_session().send_message("Hi").state == "finished"
         prompt = system_prompt(llm_server)
         assert prompt.startswith("You are Ledger, the planner of ACME's books.")
-        assert "Workers: CodeInterpreter | files: (none)" in prompt and '"send_to": "CodeInterpreter" or "User"' in prompt
+        assert "Workers: CodeInterpreter | files: (none)" in prompt
+        assert '"send_to": "CodeInterpreter" or "User"' in prompt
         assert "You are the Planner of Weaver" not in prompt
         # Keys the file leaves out keep their defaults.
         assert llm_server.requests[0].body["messages"][-1] == {"role": "user", "content": "From User: Hi"}
@@ -134,5 +136,6 @@ def test_a_bad_prompt_file_stops_the_app_with_one_clear_error(tmp_path: Path, co
 def test_a_code_interpreter_prompt_file_is_checked_too(tmp_path: Path) -> None:
     path = tmp_path / "ci.yaml"
     path.write_text("execution_result: 'Output: {{ output }}'\n")
-    with pytest.raises(ConfigError, match=r"^code_interpreter\.prompt_file_path: .*ci\.yaml: 'execution_result' uses output"):
+    expected = r"^code_interpreter\.prompt_file_path: .*ci\.yaml: 'execution_result' uses output"
+    with pytest.raises(ConfigError, match=expected):
         TaskWeaverApp(app_dir=tmp_path, config={"code_interpreter.prompt_file_path": str(path), **NO_PREWARM})
