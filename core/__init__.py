@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "TaskWeaverApp": "core.app",
     "Session": "core.session",
-    "AppSessionConfig": "core.session",
+    "AppSessionConfig": "core.config",
     "AppConfig": "core.config",
     "ConfigError": "core.config",
     "WeaverError": "core.errors",
@@ -46,7 +46,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from core.app import TaskWeaverApp
     from core.cancel import CancelToken, RoundCancelled
-    from core.config import AppConfig, ConfigError
+    from core.config import AppConfig, AppSessionConfig, ConfigError
     from core.errors import (
         BadFiles,
         RoundInProgress,
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     )
     from core.memory import Attachment, AttachmentType, ExecutionStatus, Post, PostStatus, RoleName, Round
     from core.plugins.api import Plugin, register_plugin
-    from core.session import AppSessionConfig, Session
+    from core.session import Session
 
 
 def __getattr__(name: str) -> Any:

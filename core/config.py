@@ -88,7 +88,7 @@ class ExecutionSettings(BaseModel):
 
 
 class SessionSettings(BaseModel):
-    """TaskWeaver's AppSessionConfig."""
+    """The ``session.*`` keys: limits on sessions, rounds and files."""
 
     max_internal_chat_round_num: int = Field(10, gt=0)
     max_live_sessions: int = Field(100, gt=0, description="each holds a kernel (~70 MB idle)")
@@ -127,6 +127,12 @@ class AppConfig(BaseSettings):
     code_interpreter: CodeInterpreterSettings = CodeInterpreterSettings()
     logging: LoggingSettings = LoggingSettings()
     plugin_dir: Path | None = None
+
+
+# TaskWeaver types a Session's ``config`` as ``AppSessionConfig``. A Weaver session reads every
+# section (its model, kernel limits, prompts, session limits), so it is given the app's whole config;
+# the name is kept so the Session constructor matches TaskWeaver's signature.
+AppSessionConfig = AppConfig
 
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:

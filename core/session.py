@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Literal, Optional
 from injector import Injector, inject
 
 from core.cancel import CancelToken, RoundCancelled
-from core.config import AppConfig
+from core.config import AppSessionConfig
 from core.errors import RoundInProgress, SessionFull, SessionStopped
 from core.events import EventEmitter, RoundEventType, SessionEventHandler
 from core.execution.kernel import KernelExecutor
@@ -24,7 +24,6 @@ from core.telemetry import SessionLog, TelemetryLogger
 from core.tracing import Tracing
 from core.workspace import Workspace
 
-AppSessionConfig = AppConfig
 STOP_WAIT_S = 15.0
 
 
@@ -50,7 +49,7 @@ class Session:
         self.session_var: dict[str, str] = {}
         self.rounds: list[Round] = []
         self.emitter = EventEmitter()
-        self.log = SessionLog(self.workspace, session_id)
+        self.log = SessionLog(self.workspace, session_id, parent=logger)
         plugins: PluginCatalog = app_injector.get(PluginCatalog)
         self.executor = KernelExecutor(
             session_id,

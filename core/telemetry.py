@@ -32,10 +32,11 @@ class TelemetryLogger:
 class SessionLog:
     """``session.log`` (text) and ``rounds.jsonl`` (one JSON round per line) in the session folder."""
 
-    def __init__(self, session_dir: Path, session_id: str) -> None:
+    def __init__(self, session_dir: Path, session_id: str, parent: TelemetryLogger | None = None) -> None:
         session_dir.mkdir(parents=True, exist_ok=True)
         self.rounds_path = session_dir / "rounds.jsonl"
-        self.logger = logging.getLogger(f"weaver.session.{session_id}")
+        # A child of the app's logger: its lines also reach wherever the app's logging goes.
+        self.logger = (parent or TelemetryLogger()).logger.getChild(f"session.{session_id}")
         self._handler = logging.FileHandler(session_dir / "session.log", encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.logger.addHandler(self._handler)
