@@ -33,11 +33,25 @@ from tests.llm_server import Answer, RecordedRequest, ScriptedLLMServer  # noqa:
 
 CODE = "values = list(range(1, 11))\nprint(sum(v * v for v in values))"
 ANSWERS = (
-    json.dumps({"thought": "Needs code.", "plan": ["compute", "report"], "current_plan_step": "compute",
-                "send_to": "CodeInterpreter", "message": "Print the sum of squares of 1..10."}),
+    json.dumps(
+        {
+            "thought": "Needs code.",
+            "plan": ["compute", "report"],
+            "current_plan_step": "compute",
+            "send_to": "CodeInterpreter",
+            "message": "Print the sum of squares of 1..10.",
+        }
+    ),
     json.dumps({"thought": "Simple loop.", "reply_type": "python", "reply_content": CODE}),
-    json.dumps({"thought": "Done.", "plan": ["compute", "report"], "current_plan_step": "report",
-                "send_to": "User", "message": "The sum of squares of 1..10 is 385."}),
+    json.dumps(
+        {
+            "thought": "Done.",
+            "plan": ["compute", "report"],
+            "current_plan_step": "report",
+            "send_to": "User",
+            "message": "The sum of squares of 1..10 is 385.",
+        }
+    ),
 )
 
 
@@ -88,8 +102,11 @@ class KernelClock(SessionEventHandler):
     def handle(self, event: TaskWeaverEvent) -> None:
         if event.t == PostEventType.post_status_update and event.msg == "executing code":
             self.started = time.monotonic()
-        elif (event.t == PostEventType.post_attachment_update
-              and event.extra["type"] == AttachmentType.execution_status and self.started):
+        elif (
+            event.t == PostEventType.post_attachment_update
+            and event.extra["type"] == AttachmentType.execution_status
+            and self.started
+        ):
             self.total += time.monotonic() - self.started
             self.started = 0.0
 
@@ -111,10 +128,18 @@ def push_round(server: ScriptedLLMServer, chunks: int, delay: float) -> None:
 
 def run_rounds(server: TimedServer, app_dir: Path, rounds: int, chunks: int, delay: float) -> list[RoundSample]:
     """One warm-up round (kernel start), then ``rounds`` measured rounds in one session."""
-    app = TaskWeaverApp(app_dir=app_dir, config={
-        "llm.api_type": "openai", "llm.api_base": server.base_url, "llm.api_key": "bench",
-        "llm.model": "scripted", "llm.timeout": 10, "execution.timeout": 30, "logging.level": "WARNING",
-    })
+    app = TaskWeaverApp(
+        app_dir=app_dir,
+        config={
+            "llm.api_type": "openai",
+            "llm.api_base": server.base_url,
+            "llm.api_key": "bench",
+            "llm.model": "scripted",
+            "llm.timeout": 10,
+            "execution.timeout": 30,
+            "logging.level": "WARNING",
+        },
+    )
     samples: list[RoundSample] = []
     try:
         session = app.get_session()

@@ -1,7 +1,8 @@
 """What the kernel sandbox costs: kernel start and execution latency, sandbox on vs off, same run.
 
 Starts alternate between ``execution.sandbox = "bwrap"`` with the default limits and
-``"none"`` with every limit off (the unconfined kernel of before), so both see the same machine state; each start is ``KernelExecutor.start()`` (launch →
+``"none"`` with every limit off (the unconfined kernel of before), so both see the same machine
+state; each start is ``KernelExecutor.start()`` (launch →
 kernel ready → Weaver's runtime bootstrapped). Executions run on one warm kernel of each kind, also
 alternating: a ``print(1)``, and a small pandas job that writes and reads a file in the session
 folder (so the per-execution disk bookkeeping is in the measurement).
@@ -84,15 +85,18 @@ def check(execute: Callable[[str], object], source: str, expect: str) -> float:
     started = time.monotonic()
     res = execute(source)
     elapsed = time.monotonic() - started
-    if not getattr(res, "is_success") or getattr(res, "stdout") != expect:
-        raise SystemExit(f"unexpected result: {getattr(res, 'error')!r} {getattr(res, 'stdout')!r}")
+    if not res.is_success or res.stdout != expect:
+        raise SystemExit(f"unexpected result: {res.error!r} {res.stdout!r}")
     return elapsed
 
 
 def report(title: str, times: dict[str, list[float]]) -> float:
     on, off = statistics.median(times["bwrap"]), statistics.median(times["none"])
     ratio = on / off
-    print(f"{title:<22} sandbox {on * 1000:8.1f} ms   none {off * 1000:8.1f} ms   ratio {ratio:5.2f}   (n={len(times['none'])})")
+    print(
+        f"{title:<22} sandbox {on * 1000:8.1f} ms   none {off * 1000:8.1f} ms   "
+        f"ratio {ratio:5.2f}   (n={len(times['none'])})"
+    )
     return ratio
 
 

@@ -177,9 +177,7 @@ def user_thread(app: TaskWeaverApp, phases: Phases, user: User, rounds: int) -> 
         phases.abort()
 
 
-def run_concurrent(
-    app: TaskWeaverApp, sessions: int, rounds: int, pids: list[int]
-) -> tuple[list[User], list[Mark]]:
+def run_concurrent(app: TaskWeaverApp, sessions: int, rounds: int, pids: list[int]) -> tuple[list[User], list[Mark]]:
     """``sessions`` users in as many threads; returns what they measured and the phase marks."""
     phases = Phases(sessions)
     users = [User() for _ in range(sessions)]
@@ -209,8 +207,7 @@ def line(label: str, text: str) -> None:
 def report_baseline(base: Baseline) -> None:
     print(f"baseline: one session, offline backend, `{WARM_CODE}` rounds")
     line("get_session() -> first answer (kernel start)", ms(base.first_answer_s))
-    line(f"warm round, n={len(base.warm_s)}",
-         f"median {ms(base.warm_median_s)}   p90 {ms(p90(base.warm_s))}")
+    line(f"warm round, n={len(base.warm_s)}", f"median {ms(base.warm_median_s)}   p90 {ms(p90(base.warm_s))}")
 
 
 def report_concurrent(base: Baseline, users: list[User], marks: list[Mark], rounds: int) -> None:
@@ -221,11 +218,16 @@ def report_concurrent(base: Baseline, users: list[User], marks: list[Mark], roun
     print(f"{n} sessions at once, {n} threads, {rounds} warm rounds each")
     line("get_session() -> first answer", f"median {ms(statistics.median(first))}   max {ms(max(first))}")
     line(f"warm round, n={len(warm)}", f"median {ms(statistics.median(warm))}   p90 {ms(p90(warm))}")
-    line("throughput", f"{len(warm) / warm_wall:8.1f} rounds/s over {warm_wall:.2f} s "
-                       f"(one session alone: {1 / base.warm_median_s:.1f} rounds/s)")
+    line(
+        "throughput",
+        f"{len(warm) / warm_wall:8.1f} rounds/s over {warm_wall:.2f} s "
+        f"(one session alone: {1 / base.warm_median_s:.1f} rounds/s)",
+    )
     line("ratio warm round median, concurrent / alone", f"{statistics.median(warm) / base.warm_median_s:6.2f}x")
-    line("ratio first answer median, concurrent / alone",
-         f"{statistics.median(first) / base.first_answer_s:6.2f}x   (max: {max(first) / base.first_answer_s:.2f}x)")
+    line(
+        "ratio first answer median, concurrent / alone",
+        f"{statistics.median(first) / base.first_answer_s:6.2f}x   (max: {max(first) / base.first_answer_s:.2f}x)",
+    )
 
 
 def report_memory(users: list[User], marks: list[Mark]) -> None:

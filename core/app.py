@@ -104,4 +104,4 @@ class TaskWeaverApp:
             self._sessions.clear()
         for session in sessions:
             session.stop()
-        self.injector.get(LLMBackend).close()
+        self.injector.get(LLMBackend).close()  # type: ignore[type-abstract]  # bound to a concrete backend

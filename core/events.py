@@ -68,12 +68,13 @@ class SessionEventHandlerBase(SessionEventHandler):
     """Dispatches to ``handle_session`` / ``handle_round`` / ``handle_post``; override what you need."""
 
     def handle(self, event: TaskWeaverEvent) -> None:
-        if event.scope == EventScope.session:
-            self.handle_session(event.t, event.msg, event.extra)
-        elif event.scope == EventScope.round:
-            self.handle_round(event.t, event.msg, event.extra, event.round_id)
+        t = event.t
+        if isinstance(t, SessionEventType):
+            self.handle_session(t, event.msg, event.extra)
+        elif isinstance(t, RoundEventType):
+            self.handle_round(t, event.msg, event.extra, event.round_id or "")
         else:
-            self.handle_post(event.t, event.msg, event.extra, event.post_id, event.round_id)
+            self.handle_post(t, event.msg, event.extra, event.post_id or "", event.round_id or "")
 
     def handle_session(self, type: SessionEventType, msg: str, extra: Any, **kwargs: Any) -> None:
         pass
@@ -198,4 +199,3 @@ def describe_value(type: AttachmentType, value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, default=str)
     except TypeError:
         return str(value)
-

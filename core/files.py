@@ -12,7 +12,7 @@ import shutil
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from core.errors import BadFiles
 
@@ -69,9 +69,7 @@ def _validate(entry: Any, max_bytes: int) -> _PendingFile:
     else:
         raise BadFiles(f"file {entry['name']!r} has neither 'path' nor 'content'")
     if size > max_bytes:
-        raise BadFiles(
-            f"file {name!r} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit per file"
-        )
+        raise BadFiles(f"file {name!r} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit per file")
     return pending
 
 
@@ -90,7 +88,7 @@ def _free_name(folder: Path, name: str) -> str:
         counter += 1
 
 
-def add_files(folder: Path, files: list[Mapping[str, Any]], max_bytes: int) -> list[str]:
+def add_files(folder: Path, files: Sequence[Mapping[Any, Any]], max_bytes: int) -> list[str]:
     """Copy ``files`` into ``folder``; returns the names they got there (in order)."""
     pending = [_validate(entry, max_bytes) for entry in files]
     folder = folder.resolve()

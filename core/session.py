@@ -62,7 +62,7 @@ class Session:
         self._plugin_catalog = plugins
         self.roles = role_registry.create_roles(
             RoleDeps(
-                llm=app_injector.get(LLMBackend),
+                llm=app_injector.get(LLMBackend),  # type: ignore[type-abstract]  # bound to a concrete backend
                 config=config,
                 executor=self.executor,
                 plugins_prompt=self._plugins_prompt,
@@ -186,7 +186,10 @@ class Session:
             rnd.state, rnd.error = "failed", f"The language model could not be reached or failed: {exc}"
         except Exception as exc:  # a bug of ours: tell the user plainly, keep the details in the log
             self.log.logger.exception("round %s failed", rnd.id)
-            rnd.state, rnd.error = "failed", f"Something went wrong inside Weaver ({type(exc).__name__}); see the session log."
+            rnd.state, rnd.error = (
+                "failed",
+                f"Something went wrong inside Weaver ({type(exc).__name__}); see the session log.",
+            )
         if rnd.state == "failed":
             self.emitter.emit_round(RoundEventType.round_error, rnd.id, rnd.error or "")
         self.emitter.emit_round(RoundEventType.round_end, rnd.id, rnd.state, {"state": rnd.state})
@@ -197,7 +200,7 @@ class Session:
     def _converse(self, ctx: RoundContext) -> None:
         """Pass the turn between roles until someone answers the user, within a bound on turns."""
         limit = self.config.session.max_internal_chat_round_num
-        recipient = PLANNER
+        recipient: str = PLANNER
         for _ in range(limit):
             ctx.cancel.raise_if_cancelled()
             role = self.roles.get(recipient)

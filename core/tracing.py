@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
+_otel_trace: Any
 try:  # pragma: no cover - depends on the environment
     from opentelemetry import trace as _otel_trace
 except ImportError:  # pragma: no cover

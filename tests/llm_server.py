@@ -182,9 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send_bytes(status, json.dumps(payload).encode(), "application/json", headers)
 
-    def _send_bytes(
-        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def _send_bytes(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -349,8 +347,14 @@ class ScriptedLLMServer:
     def openai_settings(self, **overrides: Any) -> LLMSettings:
         """Settings pointing an ``openai`` backend here, with test-friendly retry timing."""
         values: dict[str, Any] = dict(
-            api_type="openai", api_base=self.base_url, api_key="test-key", model="test-model",
-            timeout=5.0, connect_timeout=2.0, max_retries=2, retry_backoff=0.01,
+            api_type="openai",
+            api_base=self.base_url,
+            api_key="test-key",
+            model="test-model",
+            timeout=5.0,
+            connect_timeout=2.0,
+            max_retries=2,
+            retry_backoff=0.01,
         )
         values.update(overrides)
         return LLMSettings(**values)
@@ -358,9 +362,16 @@ class ScriptedLLMServer:
     def azure_settings(self, **overrides: Any) -> LLMSettings:
         """Settings pointing an ``azure`` backend here."""
         values: dict[str, Any] = dict(
-            api_type="azure", api_base=self.endpoint, api_key="azure-key", model="gpt-4o",
-            azure_deployment="my-deployment", api_version="2024-06-01",
-            timeout=5.0, connect_timeout=2.0, max_retries=2, retry_backoff=0.01,
+            api_type="azure",
+            api_base=self.endpoint,
+            api_key="azure-key",
+            model="gpt-4o",
+            azure_deployment="my-deployment",
+            api_version="2024-06-01",
+            timeout=5.0,
+            connect_timeout=2.0,
+            max_retries=2,
+            retry_backoff=0.01,
         )
         values.update(overrides)
         return LLMSettings(**values)

@@ -68,8 +68,10 @@ def test_a_broken_json_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_taskweaver_llm_values_are_understood(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    config = load_config(tmp_path, {"llm.api_type": "ollama", "llm.api_base": "http://127.0.0.1:11434",
-                                    "llm.response_format": "json_schema"})
+    config = load_config(
+        tmp_path,
+        {"llm.api_type": "ollama", "llm.api_base": "http://127.0.0.1:11434", "llm.response_format": "json_schema"},
+    )
     assert config.llm.resolved_api_type == "openai"
     assert config.llm.api_base == "http://127.0.0.1:11434/v1"
     assert config.llm.response_format == "json_object"

@@ -113,9 +113,7 @@ def test_already_cancelled_token_runs_nothing(executor: KernelExecutor) -> None:
 
 
 def test_matplotlib_figure_becomes_png_artifact(executor: KernelExecutor) -> None:
-    res = executor.execute(
-        "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('trend')\nplt.show()"
-    )
+    res = executor.execute("import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.title('trend')\nplt.show()")
     assert res.is_success, res.error
     images = [a for a in res.artifacts if a.type == "image"]
     assert len(images) == 1
@@ -147,8 +145,16 @@ def test_long_output_is_cut_in_summary(executor: KernelExecutor) -> None:
 
 def test_summary_lists_artifacts_and_failure_reason(tmp_path: Path) -> None:
     res = ExecutionResult(
-        execution_id="e", code="", is_success=False, result="", stdout="", stderr="",
-        error="boom", artifacts=[Artifact("p.png", tmp_path / "p.png", "image")], tables=[], logs=[],
+        execution_id="e",
+        code="",
+        is_success=False,
+        result="",
+        stdout="",
+        stderr="",
+        error="boom",
+        artifacts=[Artifact("p.png", tmp_path / "p.png", "image")],
+        tables=[],
+        logs=[],
         timed_out=True,
     )
     lines = res.summary().splitlines()

@@ -46,7 +46,9 @@ def test_oversize_upload_is_refused_and_nothing_is_written(tmp_path: Path) -> No
     big.write_bytes(b"0" * 5000)
     target = tmp_path / "cwd"
     with pytest.raises(ValueError, match="over the .* limit"):
-        add_files(target, [{"name": "small.txt", "content": b"ok"}, {"name": "big.bin", "path": str(big)}], max_bytes=4096)
+        add_files(
+            target, [{"name": "small.txt", "content": b"ok"}, {"name": "big.bin", "path": str(big)}], max_bytes=4096
+        )
     assert not target.exists() or list(target.iterdir()) == []
 
 

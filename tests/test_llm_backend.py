@@ -72,9 +72,7 @@ def test_chunks_arrive_in_order_and_usage_is_recorded(llm_server: ScriptedLLMSer
     assert record.first_token_s is not None and 0 <= record.first_token_s <= record.latency_s
 
 
-def test_request_carries_model_messages_stream_and_json_format(
-    llm_server: ScriptedLLMServer, backends: Any
-) -> None:
+def test_request_carries_model_messages_stream_and_json_format(llm_server: ScriptedLLMServer, backends: Any) -> None:
     llm_server.push(Answer(ANSWER), Answer(ANSWER))
     backend = backends(llm_server.openai_settings(temperature=0.3, max_tokens=99))
     _run(backend)
@@ -92,9 +90,7 @@ def test_request_carries_model_messages_stream_and_json_format(
     assert "response_format" not in second.body
 
 
-def test_text_response_format_setting_sends_no_response_format(
-    llm_server: ScriptedLLMServer, backends: Any
-) -> None:
+def test_text_response_format_setting_sends_no_response_format(llm_server: ScriptedLLMServer, backends: Any) -> None:
     llm_server.push(Answer(ANSWER))
     _run(backends(llm_server.openai_settings(response_format="text")))
     [req] = llm_server.wait_for_requests(1)
@@ -117,9 +113,7 @@ def test_azure_uses_deployment_path_api_version_and_api_key_header(
     assert second.path == "/openai/deployments/gpt-4o/chat/completions"  # deployment defaults to model
 
 
-def test_rejected_optional_parameter_is_dropped_and_remembered(
-    llm_server: ScriptedLLMServer, backends: Any
-) -> None:
+def test_rejected_optional_parameter_is_dropped_and_remembered(llm_server: ScriptedLLMServer, backends: Any) -> None:
     llm_server.push(
         Status(400, "Unrecognized request argument supplied: stream_options"),
         Answer(ANSWER),
@@ -191,9 +185,7 @@ def test_stall_mid_answer_times_out(llm_server: ScriptedLLMServer, backends: Any
     assert time.monotonic() - started < 4
 
 
-def test_connection_dropped_before_first_chunk_is_retried(
-    llm_server: ScriptedLLMServer, backends: Any
-) -> None:
+def test_connection_dropped_before_first_chunk_is_retried(llm_server: ScriptedLLMServer, backends: Any) -> None:
     llm_server.push(Drop(), Answer(ANSWER, drop_after=0), Answer(ANSWER, chunks=2))
     chunks, request = _run(backends(llm_server.openai_settings(max_retries=2)))
 
@@ -217,8 +209,12 @@ def test_connection_refused_fails_quickly(backends: Any) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     settings = LLMSettings(
-        api_type="openai", api_base=f"http://127.0.0.1:{port}/v1", api_key="k",
-        max_retries=2, retry_backoff=0.01, connect_timeout=1.0,
+        api_type="openai",
+        api_base=f"http://127.0.0.1:{port}/v1",
+        api_key="k",
+        max_retries=2,
+        retry_backoff=0.01,
+        connect_timeout=1.0,
     )
     message, elapsed = _error(backends(settings))
     assert "could not connect" in message and str(port) in message
@@ -233,9 +229,7 @@ def test_connection_refused_fails_quickly(backends: Any) -> None:
         ("data: {this is not json\n\n", "malformed stream"),
     ],
 )
-def test_garbage_reply_is_a_clear_error(
-    llm_server: ScriptedLLMServer, backends: Any, body: str, expected: str
-) -> None:
+def test_garbage_reply_is_a_clear_error(llm_server: ScriptedLLMServer, backends: Any, body: str, expected: str) -> None:
     llm_server.push(Raw(body, content_type="text/html"))
     message, _ = _error(backends(llm_server.openai_settings()))
     assert expected in message
@@ -244,9 +238,7 @@ def test_garbage_reply_is_a_clear_error(
 # ------------------------------------------------------------------------------------ cancel
 
 
-def test_cancel_from_consuming_loop_drops_the_connection(
-    llm_server: ScriptedLLMServer, backends: Any
-) -> None:
+def test_cancel_from_consuming_loop_drops_the_connection(llm_server: ScriptedLLMServer, backends: Any) -> None:
     llm_server.push(Answer(ANSWER, chunks=20, delay=0.3))
     backend = backends(llm_server.openai_settings())
     token = CancelToken()
@@ -262,9 +254,7 @@ def test_cancel_from_consuming_loop_drops_the_connection(
     assert req.disconnected.wait(2), "the server should see the client hang up"
 
 
-def test_cancel_from_another_thread_while_blocked_mid_stream(
-    llm_server: ScriptedLLMServer, backends: Any
-) -> None:
+def test_cancel_from_another_thread_while_blocked_mid_stream(llm_server: ScriptedLLMServer, backends: Any) -> None:
     llm_server.push(Answer(ANSWER, chunks=3, delay=10))
     backend = backends(llm_server.openai_settings(timeout=20))
     token = CancelToken()

@@ -74,8 +74,10 @@ class Recorder(SessionEventHandler):
 
     def attachment_updates(self, kind: AttachmentType, post_id: str | None = None) -> list[TaskWeaverEvent]:
         return [
-            e for e in self.events
-            if e.t == PostEventType.post_attachment_update and e.extra["type"] == kind
+            e
+            for e in self.events
+            if e.t == PostEventType.post_attachment_update
+            and e.extra["type"] == kind
             and (post_id is None or e.post_id == post_id)
         ]
 
@@ -178,21 +180,37 @@ def requests_since(server: ScriptedLLMServer, start: int) -> list[RecordedReques
 def test_full_round_streams_runs_code_and_records_usage(server: ScriptedLLMServer, session: Session) -> None:
     first = len(server.requests)
     code = (
-        "import pandas as pd\ndf = pd.read_csv('numbers.csv')\n"
-        "total = int((df.x ** 2).sum())\nprint(f'total={total}')"
+        "import pandas as pd\ndf = pd.read_csv('numbers.csv')\ntotal = int((df.x ** 2).sum())\nprint(f'total={total}')"
     )
     server.push(
-        Answer(planner("CodeInterpreter", "Sum the squares of column x of numbers.csv and print total=<n>.",
-                       plan=["load numbers.csv", "sum the squares of x", "report the total"]),
-               chunks=12, prompt_tokens=101, completion_tokens=31),
+        Answer(
+            planner(
+                "CodeInterpreter",
+                "Sum the squares of column x of numbers.csv and print total=<n>.",
+                plan=["load numbers.csv", "sum the squares of x", "report the total"],
+            ),
+            chunks=12,
+            prompt_tokens=101,
+            completion_tokens=31,
+        ),
         Answer(code_reply(code), chunks=12, prompt_tokens=202, completion_tokens=42),
-        Answer(planner("User", "The sum of the squares of x over the ten rows of numbers.csv is 385.",
-                       step="report the total"), chunks=12, delay=0.05, prompt_tokens=303, completion_tokens=23),
+        Answer(
+            planner(
+                "User", "The sum of the squares of x over the ten rows of numbers.csv is 385.", step="report the total"
+            ),
+            chunks=12,
+            delay=0.05,
+            prompt_tokens=303,
+            completion_tokens=23,
+        ),
     )
     recorder = Recorder()
     csv = "x\n" + "\n".join(str(i) for i in range(1, 11)) + "\n"
-    rnd = session.send_message("What is the sum of squares of x?", event_handler=recorder,
-                               files=[{"name": "numbers.csv", "content": csv.encode()}])
+    rnd = session.send_message(
+        "What is the sum of squares of x?",
+        event_handler=recorder,
+        files=[{"name": "numbers.csv", "content": csv.encode()}],
+    )
 
     assert rnd.state == "finished", rnd.error
     assert [p.send_from for p in rnd.post_list] == ["User", "Planner", "CodeInterpreter", "Planner"]
@@ -212,9 +230,19 @@ def test_full_round_streams_runs_code_and_records_usage(server: ScriptedLLMServe
     assert assert_streamed(answer_updates) == rnd.reply_text
     [result_event] = recorder.attachment_updates(AttachmentType.execution_result, ci_post.id)
     round_end = next(e for e in recorder.events if e.t == RoundEventType.round_end)
-    order = [recorder.index(e) for e in (plan_updates[0], plan_updates[-1], code_updates[0],
-                                          code_updates[-1], result_event, answer_updates[0], answer_updates[-1],
-                                          round_end)]
+    order = [
+        recorder.index(e)
+        for e in (
+            plan_updates[0],
+            plan_updates[-1],
+            code_updates[0],
+            code_updates[-1],
+            result_event,
+            answer_updates[0],
+            answer_updates[-1],
+            round_end,
+        )
+    ]
     assert order == sorted(order)
     # The answer's chunks reached the handler as the server sent them (0.05 s apart), not all at the end.
     texts = [e for e in answer_updates if e.msg]
@@ -233,7 +261,9 @@ def test_full_round_streams_runs_code_and_records_usage(server: ScriptedLLMServe
     assert "You are the CodeInterpreter" in coder.body["messages"][0]["content"]
     assert "numbers.csv" in coder.body["messages"][0]["content"]
     assert coder.body["messages"][-1] == {
-        "role": "user", "content": "From Planner: Sum the squares of column x of numbers.csv and print total=<n>."}
+        "role": "user",
+        "content": "From Planner: Sum the squares of column x of numbers.csv and print total=<n>.",
+    }
     assert "total=385" not in all_text(planner_1) + all_text(coder)
     assert planner_2.body["messages"][-1]["role"] == "user"
     assert "From CodeInterpreter" in planner_2.body["messages"][-1]["content"]
@@ -297,8 +327,11 @@ def test_code_that_keeps_failing_goes_back_to_the_planner_after_the_retry_bound(
 ) -> None:
     first = len(server.requests)
     broken = Answer(code_reply("raise ValueError('still broken')"))
-    server.push(Answer(planner("CodeInterpreter", "Do the thing.")), *[broken] * (CODE_RETRIES + 1),
-                to_user("The code kept failing with ValueError: still broken."))
+    server.push(
+        Answer(planner("CodeInterpreter", "Do the thing.")),
+        *[broken] * (CODE_RETRIES + 1),
+        to_user("The code kept failing with ValueError: still broken."),
+    )
     rnd = session.send_message("Do the thing.")
 
     assert rnd.state == "finished", rnd.error
@@ -439,11 +472,19 @@ def test_cancel_mid_stream_stops_the_round_and_drops_the_connection(
 
 
 def test_azure_round_uses_the_deployment_route(server: ScriptedLLMServer, tmp_path: Path) -> None:
-    application = new_app(tmp_path, server, **{
-        "llm.api_type": "azure", "llm.api_base": server.endpoint, "llm.api_key": "azure-key",
-        "llm.model": "gpt-4o", "llm.azure_deployment": "my-deployment", "llm.api_version": "2024-06-01",
-        "execution.prewarm": False,
-    })
+    application = new_app(
+        tmp_path,
+        server,
+        **{
+            "llm.api_type": "azure",
+            "llm.api_base": server.endpoint,
+            "llm.api_key": "azure-key",
+            "llm.model": "gpt-4o",
+            "llm.azure_deployment": "my-deployment",
+            "llm.api_version": "2024-06-01",
+            "execution.prewarm": False,
+        },
+    )
     try:
         first = len(server.requests)
         server.push(to_user("Hello from Azure."))

@@ -106,9 +106,7 @@ def test_plugin_env_lookup(executor: KernelExecutor) -> None:
     assert not res.is_success and "PLUGIN_greet_MISSING" in (res.error or "")
 
 
-def test_session_vars_are_per_executor(
-    executor: KernelExecutor, specs: list[PluginSpec], tmp_path: Path
-) -> None:
+def test_session_vars_are_per_executor(executor: KernelExecutor, specs: list[PluginSpec], tmp_path: Path) -> None:
     other = KernelExecutor("plugin-tests-2", tmp_path, plugins=specs)
     try:
         mine = executor.execute("greet('Hi')", session_vars={"user_name": "alice"})

@@ -59,8 +59,13 @@ def test_default_planner_prompt_names_the_registry_workers_and_accepts_them(
         assert "- CodeInterpreter: writes Python" in prompt and "- Accountant" in prompt
         assert '"send_to": "CodeInterpreter" or "Accountant" or "User"' in prompt
         # The reply format lists the fields in the reply model's order, with its descriptions.
-        fields = ['"thought": "<your reasoning', '"plan": [', '"current_plan_step": "<the step being worked on now>"',
-                  '"send_to": ', '"message": "<the message to that recipient>"']
+        fields = [
+            '"thought": "<your reasoning',
+            '"plan": [',
+            '"current_plan_step": "<the step being worked on now>"',
+            '"send_to": ',
+            '"message": "<the message to that recipient>"',
+        ]
         positions = [prompt.index(f) for f in fields]
         assert positions == sorted(positions)
         last = llm_server.requests[1].body["messages"][-1]

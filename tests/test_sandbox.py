@@ -22,7 +22,6 @@ from core.config import ExecutionSettings
 from core.execution import sandbox
 from core.execution.kernel import KernelExecutor
 from core.execution.launcher import REPO_ROOT
-from core.execution.limits import folder_bytes
 from tests.conftest import FIXTURE_APP, pid_alive
 
 pytestmark = [
@@ -65,7 +64,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskWeaverApp]:
 def pair(app: TaskWeaverApp):
     """Session A (the attacker) and session B (the victim, with an upload and a variable)."""
     a, b = app.get_session(), app.get_session()
-    rnd = b.send_message(code("secret_of_b = 'b-variable'"), files=[{"name": "b_data.csv", "content": b"x\nb-upload\n"}])
+    rnd = b.send_message(
+        code("secret_of_b = 'b-variable'"), files=[{"name": "b_data.csv", "content": b"x\nb-upload\n"}]
+    )
     assert rnd.state == "finished", rnd.error
     assert a.executor.execute("1").is_success
     yield a, b
@@ -106,9 +107,17 @@ def test_a_cannot_list_the_sessions_or_read_b_log(pair) -> None:
 
 
 def test_a_cannot_read_the_app_config_home_or_system_secrets(pair, app: TaskWeaverApp) -> None:
-    probes = [app.app_dir / "taskweaver_config.json", Path.home() / ".ssh", Path("/etc/shadow"), REPO_ROOT / "README.md"]
+    probes = [
+        app.app_dir / "taskweaver_config.json",
+        Path.home() / ".ssh",
+        Path("/etc/shadow"),
+        REPO_ROOT / "README.md",
+    ]
     for path in probes:
-        out = run_in_a(pair, f"import os\nopen({str(path)!r}).read() if os.path.isfile({str(path)!r}) else os.listdir({str(path)!r})")
+        out = run_in_a(
+            pair,
+            f"import os\nopen({str(path)!r}).read() if os.path.isfile({str(path)!r}) else os.listdir({str(path)!r})",
+        )
         assert "FileNotFoundError" in out or "PermissionError" in out, (path, out)
         assert API_KEY not in out
     assert "FileNotFoundError" in run_in_a(pair, f"import os\nos.listdir({str(app.app_dir / 'public')!r})")
@@ -148,11 +157,19 @@ def test_a_cannot_reach_b_kernel_channel(pair) -> None:
 
 def test_a_cannot_write_to_the_repository_or_public(pair, app: TaskWeaverApp) -> None:
     name = f"sandbox-probe-{uuid.uuid4().hex}.txt"
-    targets = [REPO_ROOT / "core" / name, REPO_ROOT / name, app.app_dir / "public" / name, app.app_dir / "plugins" / name]
+    targets = [
+        REPO_ROOT / "core" / name,
+        REPO_ROOT / name,
+        app.app_dir / "public" / name,
+        app.app_dir / "plugins" / name,
+    ]
     try:
         for target in targets:
             out = run_in_a(pair, f"open({str(target)!r}, 'w').write('pwned')")
-            assert any(e in out for e in ("Read-only file system", "FileNotFoundError", "PermissionError")), (target, out)
+            assert any(e in out for e in ("Read-only file system", "FileNotFoundError", "PermissionError")), (
+                target,
+                out,
+            )
             assert not target.exists()
     finally:
         for target in targets:
@@ -185,15 +202,17 @@ def test_network_setting_turns_outbound_network_on(tmp_path: Path) -> None:
 
 
 def test_a_cannot_create_namespaces_to_escape(pair) -> None:
-    out = run_in_a(pair, "import subprocess\nprint('rc', subprocess.run(['unshare', '--user', '--map-root-user', 'true']).returncode)")
+    out = run_in_a(
+        pair,
+        "import subprocess\nprint('rc', subprocess.run(['unshare', '--user', '--map-root-user', 'true']).returncode)",
+    )
     assert "rc 0" not in out and "rc " in out
 
 
 def test_no_server_secret_reaches_user_code(pair) -> None:
     out = run_in_a(
         pair,
-        "import os\nprint(sorted(os.environ))\n"
-        "print(open('/proc/1/environ').read())\nprint(dict(os.environ))",
+        "import os\nprint(sorted(os.environ))\nprint(open('/proc/1/environ').read())\nprint(dict(os.environ))",
     )
     for name, value in SERVER_SECRETS.items():
         assert name not in out and value not in out
@@ -301,7 +320,8 @@ def test_a_detached_process_dies_with_its_session(app: TaskWeaverApp) -> None:
     try:
         src = (
             "import subprocess, sys\n"
-            f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', {marker!r}], start_new_session=True)\n"
+            f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', {marker!r}],"
+            " start_new_session=True)\n"
             "print('started')"
         )
         assert "started" in s.send_message(code(src)).reply_text
@@ -368,8 +388,9 @@ def test_session_files_do_not_shadow_weaver_or_installed_modules(tmp_path: Path)
 # ----- modes -----------------------------------------------------------------------------------
 
 
-def test_unsandboxed_mode_warns_and_still_allowlists_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_unsandboxed_mode_warns_and_still_allowlists_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-test-secret")
     shutil.copytree(FIXTURE_APP, tmp_path, dirs_exist_ok=True)
     application = TaskWeaverApp(app_dir=tmp_path, config={"execution.sandbox": "none"})
@@ -384,7 +405,9 @@ def test_unsandboxed_mode_warns_and_still_allowlists_the_environment(tmp_path: P
         application.stop()
 
 
-def test_without_bwrap_auto_warns_and_public_serving_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_bwrap_auto_warns_and_public_serving_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap to be found
     sandbox.bwrap_problem.cache_clear()
     try:

@@ -79,7 +79,8 @@ def test_handler_sees_every_step_in_order(session) -> None:
         assert PostEventType.post_status_update in mine
     # The code streamed in several chunks, the last one closing the attachment.
     code_chunks = [
-        e for e in recorder.events
+        e
+        for e in recorder.events
         if e.t == PostEventType.post_attachment_update and e.extra["type"] == AttachmentType.reply_content
     ]
     assert len(code_chunks) >= 3
@@ -139,8 +140,10 @@ def test_hostile_names_are_neutralised(session, hostile: str) -> None:
     assert "/" not in added and "\\" not in added and not added.startswith(".") and "\x07" not in added
     assert (session.execution_cwd / added).read_bytes() == b"x"
     new_paths = set(session.workspace.parent.parent.rglob("*")) - outside_before
-    assert all(session.execution_cwd in p.parents or p == session.execution_cwd / added or
-               p.parent == session.workspace for p in new_paths), new_paths
+    assert all(
+        session.execution_cwd in p.parents or p == session.execution_cwd / added or p.parent == session.workspace
+        for p in new_paths
+    ), new_paths
 
 
 @pytest.mark.parametrize(
@@ -209,7 +212,9 @@ def test_cancel_from_another_thread_ends_the_round_cancelled(session) -> None:
 
     canceller = threading.Thread(target=cancel_when_running)
     canceller.start()
-    rnd = session.send_message(code("import time\nfor _ in range(100):\n    time.sleep(0.1)"), event_handler=CancelWhenCodeRuns())
+    rnd = session.send_message(
+        code("import time\nfor _ in range(100):\n    time.sleep(0.1)"), event_handler=CancelWhenCodeRuns()
+    )
     canceller.join()
     assert rnd.state == "cancelled"
     assert "works after cancel" in session.send_message(code("print('works after cancel')")).reply_text
@@ -230,13 +235,17 @@ def test_two_sessions_see_their_own_session_vars_in_a_plugin(app: TaskWeaverApp)
         bob.stop()
 
 
-def test_plugin_description_reaches_the_code_interpreter_prompt(
-    app_dir: Path, llm_server: ScriptedLLMServer
-) -> None:
-    application = TaskWeaverApp(app_dir=app_dir, config={
-        "llm.api_type": "openai", "llm.api_base": llm_server.base_url, "llm.api_key": "test",
-        "llm.model": "scripted", "execution.prewarm": False,
-    })
+def test_plugin_description_reaches_the_code_interpreter_prompt(app_dir: Path, llm_server: ScriptedLLMServer) -> None:
+    application = TaskWeaverApp(
+        app_dir=app_dir,
+        config={
+            "llm.api_type": "openai",
+            "llm.api_base": llm_server.base_url,
+            "llm.api_key": "test",
+            "llm.model": "scripted",
+            "execution.prewarm": False,
+        },
+    )
     try:
         assert application.plugins.errors == []
         llm_server.push(
@@ -319,7 +328,11 @@ def test_a_crashed_kernel_is_reported_and_replaced(app: TaskWeaverApp) -> None:
 
 def test_file_names_are_data_not_code_and_builtins_survive(session) -> None:
     rnd = session.send_message(
-        "", files=[{"name": "{__import__('os').getpid()}.csv", "content": b"a\n1\n"}, {"name": "print.csv", "content": b"b\n2\n"}]
+        "",
+        files=[
+            {"name": "{__import__('os').getpid()}.csv", "content": b"a\n1\n"},
+            {"name": "print.csv", "content": b"b\n2\n"},
+        ],
     )
     reply = rnd.reply_text
     assert "{__import__('os').getpid()}.csv: 1 rows x 1 columns" in reply

@@ -113,8 +113,21 @@ def test_another_user_cannot_take_over_a_chat_by_its_id(auth_server: UIServer) -
 
 def test_header_login_without_a_secret_refuses_to_start(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "CHAINLIT_AUTH_SECRET"}
-    env.update({"WEAVER_UI_USER_HEADER": HEADER, "WEAVER_APP_DIR": str(tmp_path / "app"), "WEAVER_LLM__API_TYPE": "offline"})
-    cmd = [sys.executable, "-m", "chainlit", "run", "ui/app.py", "--headless", "--host", "127.0.0.1", "--port", str(free_port())]
+    env.update(
+        {"WEAVER_UI_USER_HEADER": HEADER, "WEAVER_APP_DIR": str(tmp_path / "app"), "WEAVER_LLM__API_TYPE": "offline"}
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "chainlit",
+        "run",
+        "ui/app.py",
+        "--headless",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+    ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "CHAINLIT_AUTH_SECRET" in done.stderr and "WEAVER_UI_USER_HEADER" in done.stderr, done.stderr
@@ -162,7 +175,18 @@ def test_login_without_a_working_sandbox_refuses_to_start(tmp_path: Path) -> Non
             "WEAVER_LLM__API_TYPE": "offline",
         }
     )
-    cmd = [sys.executable, "-m", "chainlit", "run", "ui/app.py", "--headless", "--host", "127.0.0.1", "--port", str(free_port())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "chainlit",
+        "run",
+        "ui/app.py",
+        "--headless",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(free_port()),
+    ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "without a sandbox with login on" in done.stderr and "allow_unsandboxed" in done.stderr, done.stderr

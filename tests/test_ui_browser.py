@@ -49,7 +49,9 @@ def page(ui_server: UIServer) -> Iterator["playwright_sync.Page"]:
             page = context.new_page()
             page.set_default_timeout(60_000)
             violations: list[str] = []
-            page.on("console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+            page.on(
+                "console", lambda msg: violations.append(msg.text) if "Content Security Policy" in msg.text else None
+            )
             yield page
             blocked = [v for v in violations if "script-src" in v or "connect-src" in v or "worker-src" in v]
             assert not blocked, blocked

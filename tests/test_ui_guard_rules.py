@@ -7,7 +7,11 @@ import pytest
 from ui.guard import GuardPolicy, host_name, is_canonical_uuid, mime_agrees
 from ui.settings import UISettings, UISettingsError, serving_hosts, serving_origins, ui_settings
 
-ACCEPT = {"text/*": [".csv", ".txt"], "application/vnd.ms-excel": [".xls", ".csv"], "application/octet-stream": [".csv"]}
+ACCEPT = {
+    "text/*": [".csv", ".txt"],
+    "application/vnd.ms-excel": [".xls", ".csv"],
+    "application/octet-stream": [".csv"],
+}
 
 
 def policy(**kw: object) -> GuardPolicy:
@@ -26,7 +30,12 @@ def policy(**kw: object) -> GuardPolicy:
 
 
 def scope(method: str = "GET", path: str = "/", kind: str = "http", **headers: str) -> dict:
-    return {"type": kind, "method": method, "path": path, "headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]}
+    return {
+        "type": kind,
+        "method": method,
+        "path": path,
+        "headers": [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()],
+    }
 
 
 def test_host_names_are_compared_without_port() -> None:
@@ -47,7 +56,12 @@ def test_refusals() -> None:
     assert p.refusal(scope("GET", "/ws/socket.io/", host="localhost", origin="http://evil.example"))[0] == 403
     assert p.refusal(scope("GET", "/anything", "websocket", host="localhost", origin="http://evil.example"))[0] == 403
     assert p.refusal(scope("GET", "/page", host="localhost", origin="http://evil.example")) is None  # a plain read
-    doubled = {"type": "http", "method": "GET", "path": "/", "headers": [(b"host", b"localhost"), (b"x-user", b"a"), (b"x-user", b"b")]}
+    doubled = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [(b"host", b"localhost"), (b"x-user", b"a"), (b"x-user", b"b")],
+    }
     assert "more than once" in p.refusal(doubled)[1]
     two_hosts = {"type": "http", "method": "GET", "path": "/", "headers": [(b"host", b"localhost"), (b"host", b"evil")]}
     assert p.refusal(two_hosts)[0] == 400
@@ -55,7 +69,16 @@ def test_refusals() -> None:
 
 def test_session_ids_must_be_canonical_uuids() -> None:
     assert is_canonical_uuid("0b8e7a3c-4b4f-4a55-9a5e-51d9c3a0f0aa")
-    for bad in ("", "..", "../x", "/tmp/x", "0B8E7A3C-4B4F-4A55-9A5E-51D9C3A0F0AA", "0b8e7a3c4b4f4a559a5e51d9c3a0f0aa", None, 5):
+    for bad in (
+        "",
+        "..",
+        "../x",
+        "/tmp/x",
+        "0B8E7A3C-4B4F-4A55-9A5E-51D9C3A0F0AA",
+        "0b8e7a3c4b4f4a559a5e51d9c3a0f0aa",
+        None,
+        5,
+    ):
         assert not is_canonical_uuid(bad), bad
 
 

@@ -25,11 +25,12 @@ from tests.ui_harness import (
     answers,
     code_block,
     start_server,
-    stop_server,
     steps,
+    stop_server,
 )
 
 EVIL = "http://evil.example"
+TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 SESSIONS_LOG = r"owns weaver session"
 
 
@@ -43,7 +44,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
         stop_server(srv)
 
 
-def _socket(server: UIServer, transport: str, headers: dict[str, str], session_id: str | None = None) -> socketio.Client:
+def _socket(
+    server: UIServer, transport: str, headers: dict[str, str], session_id: str | None = None
+) -> socketio.Client:
     """A socket.io client sending exactly these headers (websocket-client would add its own Origin
     and Host beside ours, and the guard refuses any repeated Origin or Host anyway)."""
     options = {}
@@ -56,7 +59,13 @@ def _socket(server: UIServer, transport: str, headers: dict[str, str], session_i
         socketio_path="/ws/socket.io",
         transports=[transport],
         headers=headers,
-        auth={"clientType": "webapp", "sessionId": str(uuid.uuid4()) if session_id is None else session_id, "threadId": "", "userEnv": "{}", "chatProfile": ""},
+        auth={
+            "clientType": "webapp",
+            "sessionId": str(uuid.uuid4()) if session_id is None else session_id,
+            "threadId": "",
+            "userEnv": "{}",
+            "chatProfile": "",
+        },
         wait_timeout=10,
     )
     return client
@@ -86,14 +95,20 @@ def test_a_foreign_page_cannot_open_a_socket(server: UIServer, transport: str) -
     assert "requests from other web sites are refused" in server.log()
     with pytest.raises(socketio.exceptions.ConnectionError):  # nor by adding a second Origin of its own
         socketio.Client(reconnection=False).connect(
-            server.base_url, socketio_path="/ws/socket.io", transports=["websocket"], headers={"Origin": EVIL},
-            auth={"clientType": "webapp", "sessionId": str(uuid.uuid4())}, wait_timeout=10,
+            server.base_url,
+            socketio_path="/ws/socket.io",
+            transports=["websocket"],
+            headers={"Origin": EVIL},
+            auth={"clientType": "webapp", "sessionId": str(uuid.uuid4())},
+            wait_timeout=10,
         )
     assert _session_count(server) == before, "no session may exist for a refused socket"
 
 
 def test_a_foreign_page_gets_no_cors_and_cannot_post(server: UIServer) -> None:
-    page = httpx.get(f"{server.base_url}/project/settings", params={"language": "en-US"}, headers={"Origin": EVIL}, timeout=10)
+    page = httpx.get(
+        f"{server.base_url}/project/settings", params={"language": "en-US"}, headers={"Origin": EVIL}, timeout=10
+    )
     assert "access-control-allow-origin" not in page.headers, "other sites may not read our answers"
     post = httpx.post(f"{server.base_url}/auth/header", headers={"Origin": EVIL}, timeout=10)
     assert post.status_code == 403 and "other web sites" in post.json()["detail"]
@@ -195,7 +210,10 @@ def test_an_oversize_body_is_refused_before_it_is_read(server: UIServer) -> None
         assert declared.startswith("HTTP/1.1 413") and "larger than the limit" in declared, declared
 
         def chunks() -> Iterator[bytes]:  # no Content-Length: the size is only known as it streams
-            head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\nContent-Type: text/csv\r\n\r\n'
+            head = (
+                b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\n'
+                b"Content-Type: text/csv\r\n\r\n"
+            )
             yield head
             block = b"1," * (2**19)
             for _ in range(50):
@@ -226,7 +244,9 @@ def test_html_sent_as_csv_is_stored_and_served_as_plain_bytes(server: UIServer) 
         honest = _upload(server, client.session_id, "data.csv", b"a,b\n1,2\n", mime="text/csv")
         assert hostile.status_code == honest.status_code == 200
         served = httpx.get(
-            f"{server.base_url}/project/file/{hostile.json()['id']}", params={"session_id": client.session_id}, timeout=10
+            f"{server.base_url}/project/file/{hostile.json()['id']}",
+            params={"session_id": client.session_id},
+            timeout=10,
         )
         assert served.status_code == 200
         assert served.headers["content-type"] == "application/octet-stream"
@@ -234,7 +254,9 @@ def test_html_sent_as_csv_is_stored_and_served_as_plain_bytes(server: UIServer) 
         assert served.headers["x-content-type-options"] == "nosniff"
         assert "sandbox" in served.headers["content-security-policy"]
         csv = httpx.get(
-            f"{server.base_url}/project/file/{honest.json()['id']}", params={"session_id": client.session_id}, timeout=10
+            f"{server.base_url}/project/file/{honest.json()['id']}",
+            params={"session_id": client.session_id},
+            timeout=10,
         )
         assert csv.headers["content-type"].startswith("text/csv") and csv.headers["content-disposition"] == "attachment"
         # The chat still reads the hostile file as what its name says, with its name intact.
@@ -250,7 +272,9 @@ def test_files_per_message_are_capped_on_the_server(server: UIServer) -> None:
         refused = _upload(server, client.session_id, "more.csv", b"a\n1\n")
         assert "at most 10 files" in refused.json()["detail"]
         client.ask(code_block("print('sent')"))
-        assert _upload(server, client.session_id, "next.csv", b"a\n1\n").status_code == 200  # a new message, a new allowance
+        assert (
+            _upload(server, client.session_id, "next.csv", b"a\n1\n").status_code == 200
+        )  # a new message, a new allowance
     assert len(list((REPO_ROOT / ".files" / client.session_id).glob("*"))) <= 11
 
 
@@ -311,7 +335,7 @@ def test_a_forged_table_payload_is_clipped_too(server: UIServer) -> None:
 def test_fifteen_hundred_images_are_listed_within_the_cap(server: UIServer) -> None:
     code = (
         "import base64\nfrom IPython.display import Image, display\n"
-        "png = base64.b64decode('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==')\n"
+        f"png = base64.b64decode({TINY_PNG!r})\n"
         "for _ in range(1500):\n    display(Image(data=png))"
     )
     with server.client() as client:
@@ -384,13 +408,28 @@ def test_model_output_cannot_load_an_image_or_flood_the_page(tmp_path: Path) -> 
     try:
         with srv.client() as client:
             for shape in shapes:
-                message = json.dumps({"thought": shape, "plan": ["answer"], "current_plan_step": "answer", "send_to": "User", "message": shape})
+                message = json.dumps(
+                    {
+                        "thought": shape,
+                        "plan": ["answer"],
+                        "current_plan_step": "answer",
+                        "send_to": "User",
+                        "message": shape,
+                    }
+                )
                 llm.push(Answer(message, chunks=4))
                 turn = client.ask("show me")
                 for item in turn:
                     assert "<img" not in render.render(str(item.get("output") or "")), item.get("output")
             flood = "word " * 20_000
-            llm.push(Answer(json.dumps({"thought": "t", "plan": ["a"], "current_plan_step": "a", "send_to": "User", "message": flood}), chunks=20))
+            llm.push(
+                Answer(
+                    json.dumps(
+                        {"thought": "t", "plan": ["a"], "current_plan_step": "a", "send_to": "User", "message": flood}
+                    ),
+                    chunks=20,
+                )
+            )
             turn = client.ask("a long one")
             said = answers(turn)
             assert len(said) == 1 and len(said[0]) < 5200 and "showing 5,000 of 100,000 characters" in said[0]
@@ -409,7 +448,11 @@ def test_an_unsandboxed_server_says_so_in_every_chat(tmp_path: Path) -> None:
     try:
         with srv.client() as client:
             said = client.wait_for(
-                lambda: [str(m.get("output")) for m in client.messages().values() if "WITHOUT a sandbox" in str(m.get("output"))],
+                lambda: [
+                    str(m.get("output"))
+                    for m in client.messages().values()
+                    if "WITHOUT a sandbox" in str(m.get("output"))
+                ],
                 30,
                 "the sandbox warning",
             )

@@ -19,27 +19,27 @@ from typing import Iterator
 import httpx
 import pytest
 
+from tests.llm_server import Answer, ScriptedLLMServer
 from tests.ui_harness import (
     KERNEL_ID_CODE,
     MAX_FILE_MB,
-    gated_code,
-    kernel_pid_in,
-    wait_started,
     REPO_ROOT,
     UIServer,
     answers,
     code_block,
     free_port,
+    gated_code,
+    kernel_pid_in,
     pid_alive,
+    start_server,
     steps,
+    stop_server,
     ui_server,
+    wait_started,
     wait_until,
 )
-
-from tests.llm_server import Answer, ScriptedLLMServer
-from tests.ui_harness import start_server, stop_server
-from ui.markdown import neutralise_images
 from ui.lifecycle import SESSION_FAILED
+from ui.markdown import neutralise_images
 
 __all__ = ["ui_server"]
 
@@ -201,7 +201,9 @@ def test_stop_cancels_a_long_round_and_the_next_message_works(ui_server: UIServe
     with ui_server.client() as client:
         long_id = client.send(code_block("import time\nwhile True:\n    time.sleep(0.05)"))
         client.wait_for(
-            lambda: any("executing code" in s for s in steps(client.turn(long_id), "CodeInterpreter")), 60, "the loop to run"
+            lambda: any("executing code" in s for s in steps(client.turn(long_id), "CodeInterpreter")),
+            60,
+            "the loop to run",
         )
         client.stop()
         turn = client.wait_turn(long_id, timeout=60)
@@ -241,7 +243,10 @@ def test_weaver_ui_launcher_serves_the_app_from_any_folder(tmp_path: Path) -> No
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "ui.cli", "ui", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         base = f"http://127.0.0.1:{port}"
@@ -327,7 +332,9 @@ def test_a_session_that_cannot_start_is_reported_plainly(tmp_path: Path) -> None
 
 
 def _planner_json(send_to: str, message: str, thought: str = "Thinking.", tail: str = "") -> str:
-    body = json.dumps({"thought": thought, "plan": ["answer"], "current_plan_step": "answer", "send_to": send_to, "message": message})
+    body = json.dumps(
+        {"thought": thought, "plan": ["answer"], "current_plan_step": "answer", "send_to": send_to, "message": message}
+    )
     return body[:-1] + tail + "}" if tail else body
 
 
@@ -361,7 +368,11 @@ def test_an_unusable_answer_streamed_to_the_user_is_withdrawn(model_ui: tuple[UI
     llm.push(Answer(bad, chunks=40, delay=0.03), Answer(_planner_json("User", "SECOND ATTEMPT RIGHT"), chunks=4))
     with server.client() as client:
         turn = client.ask("hello")
-        shown = [d for n, d in client.events if n in ("stream_start", "new_message") and str(d.get("output")).startswith("FIRST")]
+        shown = [
+            d
+            for n, d in client.events
+            if n in ("stream_start", "new_message") and str(d.get("output")).startswith("FIRST")
+        ]
         deleted = {d.get("id") for n, d in client.events if n == "delete_message"}
     assert shown and shown[0]["id"] in deleted, "the first attempt should have streamed, then been withdrawn"
     said = answers(turn)
@@ -388,7 +399,9 @@ def test_stop_during_a_model_call_says_cancelled_without_an_error(model_ui: tupl
     llm.push(Answer(_planner_json("User", "A long story, word by word. " * 20), chunks=80, delay=0.05))
     with server.client() as client:
         long_id = client.send("tell me a story")
-        client.wait_for(lambda: any(m.get("type") == "assistant_message" for m in client.turn(long_id)), 30, "the answer to stream")
+        client.wait_for(
+            lambda: any(m.get("type") == "assistant_message" for m in client.turn(long_id)), 30, "the answer to stream"
+        )
         client.stop()
         turn = client.wait_turn(long_id, timeout=30)
         said = answers(turn)

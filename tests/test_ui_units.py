@@ -186,7 +186,7 @@ def test_session_stops_run_on_their_own_threads() -> None:
     async def scenario() -> None:
         owner = SessionOwner(lambda user: SlowSession(), is_connected=lambda key: False, grace_s=0, max_per_client=100)
         for i in range(12):
-            owner.acquire(f"k{i}", "u").session
+            owner.acquire(f"k{i}", "u")
         closing = asyncio.ensure_future(owner.close_all())
         await asyncio.sleep(0)
         # With stops in the default executor (6 workers here) this would wait for a free worker.
@@ -196,8 +196,6 @@ def test_session_stops_run_on_their_own_threads() -> None:
         assert owner.live_count() == 0
 
     asyncio.run(scenario())
-
-
 
 
 def _round_view(tmp_path: Path) -> tuple[EventEmitter, RoundView]:
@@ -230,7 +228,10 @@ def test_a_post_error_is_shown_as_an_error_whatever_it_says(tmp_path: Path) -> N
     post.update_message("draft")
     post.error("The request was cancelled by the server")
     post.end()
-    assert view.draft.text == "" and "**Error:** The request was cancelled by the server" in view.posts[post.post.id].markdown()
+    assert (
+        view.draft.text == ""
+        and "**Error:** The request was cancelled by the server" in view.posts[post.post.id].markdown()
+    )
 
 
 def test_tables_and_files_arrive_as_data_and_render_within_caps(tmp_path: Path) -> None:
@@ -242,7 +243,9 @@ def test_tables_and_files_arrive_as_data_and_render_within_caps(tmp_path: Path) 
     post.update_attachment(ExecutionStatus.cancelled, AttachmentType.execution_status)
     table = {"columns": ["a|b", "c"], "rows": [[str(i), "x"] for i in range(30)], "shape": [400_000, 2]}
     post.update_attachment(table, AttachmentType.table)
-    post.update_attachment([{"name": "chart.png", "path": str(tmp_path / "chart.png"), "type": "image"}], AttachmentType.artifact_paths)
+    post.update_attachment(
+        [{"name": "chart.png", "path": str(tmp_path / "chart.png"), "type": "image"}], AttachmentType.artifact_paths
+    )
     post.end()
     step = view.posts[post.post.id].markdown(max_table_rows=5)
     assert "**Execution:** ■ cancelled" in step

@@ -136,7 +136,18 @@ def start_server(
     for key in ("OPENAI_API_KEY", "LITERAL_API_KEY", "DATABASE_URL", "CHAINLIT_AUTH_SECRET"):
         env.pop(key, None)
     env.update(extra_env or {})
-    cmd = [sys.executable, "-m", "chainlit", "run", "ui/app.py", "--headless", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "chainlit",
+        "run",
+        "ui/app.py",
+        "--headless",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
@@ -203,7 +214,13 @@ class ChatClient:
             self.base_url,
             socketio_path="/ws/socket.io",
             transports=["websocket"],
-            auth={"clientType": "webapp", "sessionId": self.session_id, "threadId": "", "userEnv": "{}", "chatProfile": ""},
+            auth={
+                "clientType": "webapp",
+                "sessionId": self.session_id,
+                "threadId": "",
+                "userEnv": "{}",
+                "chatProfile": "",
+            },
             headers=dict(self.headers),  # engine.io moves the Cookie header out of the dict it gets
             wait_timeout=timeout,
         )
@@ -303,8 +320,7 @@ class ChatClient:
     def turn_done(self, message_id: str) -> bool:
         items = self.messages()
         return any(
-            m.get("name") == "on_message" and m.get("parentId") == message_id and m.get("end")
-            for m in items.values()
+            m.get("name") == "on_message" and m.get("parentId") == message_id and m.get("end") for m in items.values()
         )
 
     def wait_turn(self, message_id: str, timeout: float = 90) -> list[dict[str, Any]]:
@@ -327,7 +343,9 @@ class ChatClient:
                     return value
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last events: {self.event_names()[-15:]}")
+                    raise AssertionError(
+                        f"timed out after {timeout:.0f}s waiting for {what}; last events: {self.event_names()[-15:]}"
+                    )
                 self._cond.wait(min(left, 1.0))
 
 

@@ -155,7 +155,8 @@ def guard_policy() -> guard.GuardPolicy:
 
 
 def _install_guard() -> guard.GuardPolicy:
-    from chainlit.server import app as server_app, sio
+    from chainlit.server import app as server_app
+    from chainlit.server import sio
 
     policy = guard_policy()
     guard.install(server_app, sio, policy, accept=lambda: _upload_settings().accept)

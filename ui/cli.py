@@ -33,7 +33,9 @@ def run_ui(host: str, port: int, app_dir: str | None) -> int:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     env = dict(os.environ)
     env["WEAVER_APP_DIR"] = str(Path(app_dir or env.get("WEAVER_APP_DIR") or ".weaver").resolve())
-    print(f"Weaver web UI: open http://{shown}:{port}  (app folder {env['WEAVER_APP_DIR']}; Ctrl-C stops it)", flush=True)
+    print(
+        f"Weaver web UI: open http://{shown}:{port}  (app folder {env['WEAVER_APP_DIR']}; Ctrl-C stops it)", flush=True
+    )
     if host in ("0.0.0.0", "::") and not env.get("WEAVER_UI_ALLOWED_HOSTS"):
         print(
             "Note: listening on every address, but only loopback names are answered until "

@@ -66,7 +66,9 @@ class ConsoleEventHandler(SessionEventHandlerBase):
             self._stream_key = None
             self._write("\n" + self._paint(f"[round {(extra or {}).get('state', '')}]", "2") + "\n")
 
-    def handle_post(self, type: PostEventType, msg: str, extra: Any, post_id: str, round_id: str, **kwargs: Any) -> None:
+    def handle_post(
+        self, type: PostEventType, msg: str, extra: Any, post_id: str, round_id: str, **kwargs: Any
+    ) -> None:
         if type == PostEventType.post_start:
             self._stream_key = None
             self._write("\n" + self._paint(f"── {extra['role']}", "1;35"))
@@ -109,8 +111,8 @@ def table_text(table: dict[str, Any], max_rows: int = 10) -> str:
     columns = [str(c) for c in table.get("columns") or []]
     rows = [[str(v) for v in row] for row in (table.get("rows") or [])[:max_rows] if isinstance(row, list)]
     widths = [min(30, max([len(c)] + [len(r[i]) for r in rows if i < len(r)])) for i, c in enumerate(columns)]
-    lines = ["  ".join(c[:30].ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v[:30].ljust(w) for v, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(c[:30].ljust(w) for c, w in zip(columns, widths, strict=False))]
+    lines += ["  ".join(v[:30].ljust(w) for v, w in zip(row, widths, strict=False)) for row in rows]
     shape = list(table.get("shape") or [len(rows), len(columns)]) + [0, 0]
     lines.append(f"({shape[0]} rows x {shape[1]} columns)")
     return "\n".join(lines)
@@ -152,7 +154,9 @@ def run_round(session: Session, message: str, handler: SessionEventHandler, file
     The first Ctrl-C cancels the round (its code is interrupted, variables are kept) and waits for
     it to end; a second one during the same round raises ``KeyboardInterrupt`` to quit.
     """
-    job = ThreadJob(lambda: session.send_message(message, event_handler=handler, files=files or None), "weaver-chat-round")
+    job = ThreadJob(
+        lambda: session.send_message(message, event_handler=handler, files=files or None), "weaver-chat-round"
+    )
     cancelled = False
     while not job.done():
         try:
@@ -204,7 +208,7 @@ def _read_message(stdin: _StdinLines) -> str | None:
         line = stdin.read(prompt)
         if line is None:
             return "\n".join(lines) if lines else None
-        in_code = sum(l.strip().startswith("```") for l in lines) % 2 == 1
+        in_code = sum(text.strip().startswith("```") for text in lines) % 2 == 1
         if not line and lines and not in_code:
             return "\n".join(lines)
         lines.append(line)

@@ -77,7 +77,9 @@ def artifacts_inside(items: Iterable[Any], root: str | Path) -> list[Artifact]:
             continue
         declared = str(item.get("type") or "")
         is_image = real.suffix.lower() in IMAGE_SUFFIXES and declared in ("", "image", "chart", "file")
-        artifacts.append(Artifact(name=str(item.get("name") or real.name), path=real, kind="image" if is_image else "file"))
+        artifacts.append(
+            Artifact(name=str(item.get("name") or real.name), path=real, kind="image" if is_image else "file")
+        )
     return artifacts
 
 
@@ -113,7 +115,9 @@ def select_artifacts(
             shown.append(artifact)
     notes: list[str] = []
     if too_big:
-        too_big = too_big[:MAX_NAMES_LISTED] + ([f"{len(too_big) - MAX_NAMES_LISTED:,} more"] if len(too_big) > MAX_NAMES_LISTED else [])
+        too_big = too_big[:MAX_NAMES_LISTED] + (
+            [f"{len(too_big) - MAX_NAMES_LISTED:,} more"] if len(too_big) > MAX_NAMES_LISTED else []
+        )
         notes.append(
             f"Not attached because each is over {max_bytes / 1e6:.0f} MB: {', '.join(too_big)}; "
             "they are in the session's working folder."

@@ -166,7 +166,9 @@ class SessionOwner:
         if not gone:
             raise TooManyChats(self.max_per_client)
         _, oldest = gone[0]
-        logger.info("client %s is at its %d sessions: stopping disconnected chat %s", client, self.max_per_client, oldest)
+        logger.info(
+            "client %s is at its %d sessions: stopping disconnected chat %s", client, self.max_per_client, oldest
+        )
         victim = self._entries[oldest]
         self._disarm(victim)
         self._stop(oldest, victim)
@@ -252,7 +254,9 @@ class SessionOwner:
             logger.exception("connection probe failed for %s; treating it as gone", key)
             connected = False
         if connected:
-            logger.info("grace over for %s: browser reconnected, keeping weaver session %s", key, entry.session.session_id)
+            logger.info(
+                "grace over for %s: browser reconnected, keeping weaver session %s", key, entry.session.session_id
+            )
             return
         logger.info("grace over for %s: browser gone, stopping weaver session %s", key, entry.session.session_id)
         self._stop(key, entry)

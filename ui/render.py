@@ -161,7 +161,9 @@ class RoundRenderer:
                 state.dirty = True
         await self.flush(force=True)
         if outcome.state == "refused":
-            await cl.ErrorMessage(content=safe_markdown(outcome.error or "", self.max_event_chars), author=self.author).send()
+            await cl.ErrorMessage(
+                content=safe_markdown(outcome.error or "", self.max_event_chars), author=self.author
+            ).send()
             return
         selection = select_artifacts(self.view.artifacts)
         elements = [_element_for(a) for a in selection.shown]
@@ -183,12 +185,18 @@ class RoundRenderer:
             said = "Round cancelled."
             if self.view.code_interrupted or self.view.code_running:
                 said += " The running code was interrupted."
-            await cl.Message(content=f"{said} You can send a new message.{notes}", author=self.author, elements=elements).send()
+            await cl.Message(
+                content=f"{said} You can send a new message.{notes}", author=self.author, elements=elements
+            ).send()
             return
         reason = outcome.error or "the round failed for an unknown reason (see the server log)"
-        await cl.ErrorMessage(content=safe_markdown(f"The round failed: {reason}", self.max_event_chars), author=self.author).send()
+        await cl.ErrorMessage(
+            content=safe_markdown(f"The round failed: {reason}", self.max_event_chars), author=self.author
+        ).send()
         if elements or notes:
-            await cl.Message(content=f"Files made before the failure:{notes}", author=self.author, elements=elements).send()
+            await cl.Message(
+                content=f"Files made before the failure:{notes}", author=self.author, elements=elements
+            ).send()
 
 
 def _ensure_files_dir() -> None:

@@ -22,13 +22,11 @@ _RUNTIME = "__import__('core.plugins.runtime', fromlist=['bootstrap'])"
 # The session folder goes on sys.path last, only after Weaver's runtime is imported: an uploaded
 # pandas.py or core.py never shadows the real module, an uploaded mymodule.py still imports.
 _CWD_LAST = (
-    "(__import__('sys').path.remove('') if '' in __import__('sys').path else None,"
-    " __import__('sys').path.append(''))"
+    "(__import__('sys').path.remove('') if '' in __import__('sys').path else None, __import__('sys').path.append(''))"
 )
 # Threads alive before an execution, so the ones it started can be found when it times out.
 _MARK_THREADS = (
-    "__import__('sys').__dict__.__setitem__('_weaver_threads',"
-    " {t.ident for t in __import__('threading').enumerate()})"
+    "__import__('sys').__dict__.__setitem__('_weaver_threads', {t.ident for t in __import__('threading').enumerate()})"
 )
 _NEW_THREADS = (
     "str(sum(t.is_alive() and t.ident not in __import__('sys').__dict__.get('_weaver_threads', ())"

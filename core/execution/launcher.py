@@ -18,8 +18,13 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # start (PYTHONSAFEPATH, ignore_cwd); the kernel appends it last once Weaver's runtime is loaded.
 # History stays in memory: no SQLite file to grow or to fail when the folder is full.
 KERNEL_ARGV = [
-    sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-    "--IPKernelApp.ignore_cwd=True", "--HistoryManager.hist_file=:memory:",
+    sys.executable,
+    "-m",
+    "ipykernel_launcher",
+    "-f",
+    "{connection_file}",
+    "--IPKernelApp.ignore_cwd=True",
+    "--HistoryManager.hist_file=:memory:",
 ]
 
 
@@ -59,14 +64,14 @@ def kernel_env(session_id: str, extra_env: dict[str, str] | None, home: Path | N
     return env
 
 
-def new_kernel_manager(argv_prefix: Sequence[str] = (), connection_file: Path | None = None,
-                       ipc_prefix: Path | None = None) -> KernelManager:
+def new_kernel_manager(
+    argv_prefix: Sequence[str] = (), connection_file: Path | None = None, ipc_prefix: Path | None = None
+) -> KernelManager:
     """A manager whose kernel runs behind ``argv_prefix`` (the sandbox) and, given ``ipc_prefix``,
     talks over ZMQ ``ipc`` sockets in that private folder instead of TCP ports any process could reach."""
     specs = _OwnPythonSpecs()
     specs.argv_prefix = list(argv_prefix)
-    km = KernelManager(kernel_name="weaver-python", kernel_spec_manager=specs,
-                       transport="ipc" if ipc_prefix else "tcp")
+    km = KernelManager(kernel_name="weaver-python", kernel_spec_manager=specs, transport="ipc" if ipc_prefix else "tcp")
     if ipc_prefix is not None:
         km.ip = str(ipc_prefix)
     if connection_file is not None:

@@ -144,7 +144,7 @@ def wrapper_argv(limits: Limits, procs_files: list[str], memory_cgroup: bool) ->
     kernel can ever be outside the groups; a failed join stops the launch instead of running
     unlimited.
     """
-    script = [f'echo $$ > {shlex.quote(path)} || exit 97' for path in procs_files]
+    script = [f"echo $$ > {shlex.quote(path)} || exit 97" for path in procs_files]
     if limits.max_file_mb > 0:
         script.append(f"ulimit -f {limits.max_file_mb * MB // 512} || exit 98")  # 512-byte blocks
     if limits.memory_mb > 0 and not memory_cgroup:

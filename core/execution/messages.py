@@ -53,17 +53,23 @@ def lost_state(facts: LostState, timeout: float, memory_mb: int, restart_problem
         what = f"The Python kernel died {when} (exit code {facts.exit_code})"
     elif facts.threads_left:
         what = (
-            f"Execution exceeded {timeout:g} s and was interrupted, but {facts.threads_left} thread(s) it started "
-            "kept running, so the kernel was restarted with everything it ran"
-        ) if facts.stop_reason == "timeout" else (
-            f"The execution was stopped, but {facts.threads_left} thread(s) it started kept running, "
-            "so the kernel was restarted with everything it ran"
+            (
+                f"Execution exceeded {timeout:g} s and was interrupted, but {facts.threads_left} thread(s) it started "
+                "kept running, so the kernel was restarted with everything it ran"
+            )
+            if facts.stop_reason == "timeout"
+            else (
+                f"The execution was stopped, but {facts.threads_left} thread(s) it started kept running, "
+                "so the kernel was restarted with everything it ran"
+            )
         )
     elif facts.stop_reason == "timeout":
         what = f"Execution exceeded {timeout:g} s and did not stop when interrupted, so the kernel was restarted"
     elif facts.stop_reason == "disk":
-        what = ("The session's folder went over its disk limit and the code did not stop when interrupted, "
-                "so the kernel was restarted")
+        what = (
+            "The session's folder went over its disk limit and the code did not stop when interrupted, "
+            "so the kernel was restarted"
+        )
     else:
         what = "The execution was cancelled but did not stop when interrupted, so the kernel was restarted"
     if restart_problem:

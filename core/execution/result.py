@@ -89,7 +89,8 @@ class ExecutionResult:
             lines = [_artifact_line(a) for a in self.artifacts[:max_artifacts]]
             if len(self.artifacts) > max_artifacts:
                 lines.append(
-                    f"- ... showing {max_artifacts} of {len(self.artifacts):,} files; the rest are in the working folder too"
+                    f"- ... showing {max_artifacts} of {len(self.artifacts):,} files; "
+                    "the rest are in the working folder too"
                 )
             parts.append("Artifacts:\n" + "\n".join(lines))
         if len(parts) == 1 and self.is_success:
@@ -109,4 +110,4 @@ def clip(text: str, max_chars: int) -> str:
     cut = len(text) - max_chars
     head = max_chars * 2 // 3
     tail = max_chars - head
-    return f"{text[:head]}\n[... {cut} characters cut ...]\n{text[len(text) - tail:] if tail else ''}"
+    return f"{text[:head]}\n[... {cut} characters cut ...]\n{text[len(text) - tail :] if tail else ''}"

@@ -40,8 +40,18 @@ RUNTIME_PREFIX = "weaver-kernel-"
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC_FILES = (
-    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "passwd", "group",
-    "nsswitch.conf", "mime.types", "ssl", "ca-certificates", "hosts",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "timezone",
+    "passwd",
+    "group",
+    "nsswitch.conf",
+    "mime.types",
+    "ssl",
+    "ca-certificates",
+    "hosts",
 )
 _ETC_NETWORK = ("resolv.conf", "gai.conf", "protocols", "services", "host.conf")
 
@@ -56,9 +66,27 @@ def bwrap_problem() -> str | None:
     exe = shutil.which("bwrap")
     if exe is None:
         return "bubblewrap (bwrap) is not installed"
-    probe = [exe, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--die-with-parent",
-             "--new-session", "--cap-drop", "ALL", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
-             "--tmpfs", "/tmp", "true"]
+    probe = [
+        exe,
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-net",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--ro-bind",
+        "/",
+        "/",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "true",
+    ]
     try:
         done = subprocess.run(probe, capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -74,8 +102,12 @@ def _userns_flags() -> tuple[str, ...]:
     """Forbid user namespaces inside (bubblewrap >= 0.8), closing that kernel attack surface, if it works here."""
     flags = ("--unshare-user", "--disable-userns")
     try:
-        done = subprocess.run([shutil.which("bwrap") or "bwrap", *flags, "--ro-bind", "/", "/", "true"],
-                              capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
+        done = subprocess.run(
+            [shutil.which("bwrap") or "bwrap", *flags, "--ro-bind", "/", "/", "true"],
+            capture_output=True,
+            timeout=20,
+            env={"PATH": "/usr/bin:/bin"},
+        )
     except (OSError, subprocess.TimeoutExpired):
         return ()
     return flags if done.returncode == 0 else ()
@@ -90,8 +122,7 @@ def uses_bwrap(settings: ExecutionSettings) -> bool:
         return True
     if settings.sandbox == "bwrap":
         raise SandboxUnavailableError(
-            f"execution.sandbox is 'bwrap' but {problem}: {INSTALL_HINT}, "
-            "or set execution.sandbox to 'auto' or 'none'."
+            f"execution.sandbox is 'bwrap' but {problem}: {INSTALL_HINT}, or set execution.sandbox to 'auto' or 'none'."
         )
     return False
 
@@ -165,8 +196,20 @@ def _hidden_ancestors(targets: Iterable[Path], mounts: set[Path]) -> list[str]:
 def bwrap_argv(cwd: Path, runtime_dir: Path, read_only: Iterable[Path], network: bool) -> list[str]:
     """The bubblewrap command line that runs the rest of argv as a sandboxed kernel."""
     exe = shutil.which("bwrap") or "bwrap"
-    args = [exe, *_userns_flags(), "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "weaver"]
+    args = [
+        exe,
+        *_userns_flags(),
+        "--unshare-pid",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "weaver",
+    ]
     if not network:
         args.append("--unshare-net")
     args += ["--ro-bind", "/usr", "/usr"]
@@ -219,7 +262,10 @@ class KernelBox:
             logger.warning(
                 "kernel %s runs without some cgroup limits (%s): without a memory cgroup, memory is bounded "
                 "per process by RLIMIT_DATA at %dx execution.memory_mb only; without a pids cgroup, the number "
-                "of processes is not bounded", name, "; ".join(self.cgroups.problems), DATA_FALLBACK_FACTOR,
+                "of processes is not bounded",
+                name,
+                "; ".join(self.cgroups.problems),
+                DATA_FALLBACK_FACTOR,
             )
         self.argv_prefix = wrapper_argv(self.limits, self.cgroups.procs_files, "memory" in self.cgroups.dirs)
         if self.sandboxed:

@@ -61,5 +61,5 @@ class LLMBackend(abc.ABC):
         ``RoundCancelled``; must raise ``LLMError`` for failures; fills ``request.record``.
         """
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release connections; called when the app stops."""

@@ -83,7 +83,11 @@ class OfflineBackend(LLMBackend):
             }
         code_blocks: list[str] = hints.get("code_blocks") or []
         if code_blocks:
-            return {"thought": "Run the user's code as written.", "reply_type": "python", "reply_content": "\n\n".join(code_blocks)}
+            return {
+                "thought": "Run the user's code as written.",
+                "reply_type": "python",
+                "reply_content": "\n\n".join(code_blocks),
+            }
         files: list[str] = hints.get("files") or []
         if files:
             return {
@@ -91,7 +95,11 @@ class OfflineBackend(LLMBackend):
                 "reply_type": "python",
                 "reply_content": profile_code(files),
             }
-        return {"thought": "Nothing to run.", "reply_type": "text", "reply_content": "There was no code or file to work on."}
+        return {
+            "thought": "Nothing to run.",
+            "reply_type": "text",
+            "reply_content": "There was no code or file to work on.",
+        }
 
 
 def _report(hints: dict[str, Any]) -> dict[str, Any]:

@@ -26,19 +26,19 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".ti
 _RESERVED = set(dir(builtins)) | {"pd", "os", "Image", "display", "get_ipython", "exit", "quit"}
 
 _HELPERS = {
-    "_could_not_read": '''def _could_not_read(name, kind, error):
+    "_could_not_read": """def _could_not_read(name, kind, error):
     print(f"{name}: could not be read as {kind} ({type(error).__name__}: {error})")
-''',
-    "_describe_table": '''def _describe_table(name, table, variable):
+""",
+    "_describe_table": """def _describe_table(name, table, variable):
     print(f"{name}: {table.shape[0]} rows x {table.shape[1]} columns, loaded as `{variable}`")
     print(table.dtypes.to_string())
     display(table.head(5))
-''',
-    "_describe_image": '''def _describe_image(name):
+""",
+    "_describe_image": """def _describe_image(name):
     with Image.open(name) as img:
         print(f"{name}: image {img.size[0]} x {img.size[1]} pixels, mode {img.mode}, format {img.format}")
-''',
-    "_describe_text": '''def _describe_text(name):
+""",
+    "_describe_text": """def _describe_text(name):
     try:
         with open(name, encoding="utf-8") as handle:
             text = handle.read()
@@ -48,7 +48,7 @@ _HELPERS = {
     lines = text.splitlines()
     print(f"{name}: text, {len(lines)} lines, {len(text.split())} words")
     print("\\n".join(lines[:5]))
-''',
+""",
 }
 
 
@@ -93,6 +93,4 @@ def profile_code(file_names: list[str]) -> str:
             helpers.append("_describe_text")
             parts.append(_guarded(name, "text", f"_describe_text({name!r})"))
     used = list(dict.fromkeys(helpers))
-    return "\n".join(
-        ["\n".join(sorted(imports)), "", *(_HELPERS[h] for h in used), *parts, f"del {', '.join(used)}\n"]
-    )
+    return "\n".join(["\n".join(sorted(imports)), "", *(_HELPERS[h] for h in used), *parts, f"del {', '.join(used)}\n"])

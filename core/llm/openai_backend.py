@@ -290,11 +290,15 @@ class _Call:
             return self._status_failure(exc)
         if isinstance(exc, openai.APITimeoutError):
             if _caused_by(exc, "ConnectTimeout"):
-                return _Retry(f"could not connect to the model server at {where} "
-                              f"within {self.settings.connect_timeout:g} s (llm.connect_timeout)")
+                return _Retry(
+                    f"could not connect to the model server at {where} "
+                    f"within {self.settings.connect_timeout:g} s (llm.connect_timeout)"
+                )
             stage = "mid-answer" if self.sent_content else "before answering"
-            return LLMError(f"the model server at {where} sent nothing for {self.settings.timeout:g} s "
-                            f"{stage} (timeout, llm.timeout)")
+            return LLMError(
+                f"the model server at {where} sent nothing for {self.settings.timeout:g} s "
+                f"{stage} (timeout, llm.timeout)"
+            )
         if isinstance(exc, openai.APIConnectionError):
             if _caused_by(exc, "ConnectError"):
                 return _Retry(f"could not connect to the model server at {where}")
@@ -304,25 +308,27 @@ class _Call:
         if isinstance(exc, openai.APIError):
             return LLMError(f"the model server reported an error: {_snippet(exc.message)}")
         if isinstance(exc, (json.JSONDecodeError, pydantic.ValidationError, AttributeError, TypeError)):
-            return LLMError(f"the model server at {where} sent a malformed stream "
-                            "(is llm.api_base an OpenAI-compatible endpoint?)")
+            return LLMError(
+                f"the model server at {where} sent a malformed stream (is llm.api_base an OpenAI-compatible endpoint?)"
+            )
         return LLMError(f"model call failed: {_short(exc)}")
 
     def _status_failure(self, exc: openai.APIStatusError) -> Exception:
         code = exc.status_code
         detail = _snippet(exc.message)
         if code == 429:
-            return _Retry(f"the model server is rate-limiting requests (HTTP 429): {detail}",
-                          _retry_after(exc.response.headers))
+            return _Retry(
+                f"the model server is rate-limiting requests (HTTP 429): {detail}", _retry_after(exc.response.headers)
+            )
         if code >= 500 or code in _RETRY_STATUSES:
-            return _Retry(f"the model server failed with HTTP {code}: {detail}",
-                          _retry_after(exc.response.headers))
+            return _Retry(f"the model server failed with HTTP {code}: {detail}", _retry_after(exc.response.headers))
         if code in (401, 403):
-            return LLMError(f"the model server refused the credentials (HTTP {code}); "
-                            f"check llm.api_key: {detail}")
+            return LLMError(f"the model server refused the credentials (HTTP {code}); check llm.api_key: {detail}")
         if code == 404:
-            return LLMError(f"model or endpoint not found (HTTP 404); check llm.model, llm.api_base"
-                            f"{' and llm.azure_deployment' if self.backend.name == 'azure' else ''}: {detail}")
+            return LLMError(
+                f"model or endpoint not found (HTTP 404); check llm.model, llm.api_base"
+                f"{' and llm.azure_deployment' if self.backend.name == 'azure' else ''}: {detail}"
+            )
         return LLMError(f"the model server rejected the request (HTTP {code}): {detail}")
 
 

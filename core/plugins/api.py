@@ -57,16 +57,12 @@ class PluginContext:
             raise PluginEnvError(f"Set the environment variable {key} to use the {plugin_name} plugin.")
         return os.environ[key]
 
-    def create_artifact_path(
-        self, name: str, file_name: str, type: ArtifactType, desc: str = ""
-    ) -> tuple[str, str]:
+    def create_artifact_path(self, name: str, file_name: str, type: ArtifactType, desc: str = "") -> tuple[str, str]:
         """Reserve a fresh file in cwd and record it; the plugin writes the file itself."""
         artifact_id = f"atf-{secrets.token_hex(4)}"
         path = unique_path(self.cwd, file_name, _DEFAULT_SUFFIX.get(type, ""))
         path.touch()
-        self.artifacts.append(
-            {"id": artifact_id, "name": name, "path": str(path), "type": type, "description": desc}
-        )
+        self.artifacts.append({"id": artifact_id, "name": name, "path": str(path), "type": type, "description": desc})
         return artifact_id, str(path)
 
     def add_artifact(self, name: str, file_name: str, type: ArtifactType, val: Any, desc: str = "") -> str:

@@ -105,9 +105,7 @@ def table_json(df: Any) -> dict[str, Any]:
     import pandas as pd
 
     frame = df.iloc[:TABLE_MAX_ROWS, :TABLE_MAX_COLUMNS]
-    has_index = not (
-        isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1
-    )
+    has_index = not (isinstance(df.index, pd.RangeIndex) and df.index.start == 0 and df.index.step == 1)
     if has_index:
         frame = frame.reset_index()
     columns = [str(c) for c in frame.columns]

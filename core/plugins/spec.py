@@ -145,7 +145,7 @@ def load_plugin_specs(plugin_dir: Path | None) -> tuple[list[PluginSpec], list[s
             continue
         if spec.name in specs:
             errors.append(
-                f"Plugin '{spec.name}' is defined twice ({specs[spec.name].yaml_path.name} and "
+                f"Plugin '{spec.name}' is defined twice ({Path(str(specs[spec.name].yaml_path)).name} and "
                 f"{yaml_path.name}); only the first is used."
             )
             continue

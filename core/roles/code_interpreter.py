@@ -40,7 +40,9 @@ class _ReplyContentField(StreamedField):
 class CodeInterpreter(Role):
     alias = CODE_INTERPRETER
 
-    def __init__(self, *args: Any, executor: KernelExecutor, plugins_prompt: Callable[[], str] = lambda: "", **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, executor: KernelExecutor, plugins_prompt: Callable[[], str] = lambda: "", **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.executor = executor
         self.prompt = CodePrompt(self.config)
@@ -79,7 +81,10 @@ class CodeInterpreter(Role):
             proxy.update_attachment(table.as_payload(), AttachmentType.table)
         if result.artifacts:
             proxy.update_attachment(
-                [{"name": a.name, "path": str(a.path), "type": a.type} for a in result.artifacts[: limits.max_artifacts]],
+                [
+                    {"name": a.name, "path": str(a.path), "type": a.type}
+                    for a in result.artifacts[: limits.max_artifacts]
+                ],
                 AttachmentType.artifact_paths,
             )
         if result.cancelled:
@@ -105,7 +110,11 @@ class CodeInterpreter(Role):
     def _hints(self, ctx: RoundContext, incoming: Post) -> dict[str, Any]:
         """The situation as data, for the offline backend."""
         request = next(
-            (p.message for p in reversed(ctx.round.post_list) if p.send_from == PLANNER and p.send_to == CODE_INTERPRETER),
+            (
+                p.message
+                for p in reversed(ctx.round.post_list)
+                if p.send_from == PLANNER and p.send_to == CODE_INTERPRETER
+            ),
             incoming.message,
         )
         return {

@@ -52,7 +52,13 @@ def _render_message(proxy: PostEventProxy, event: FieldEvent) -> None:
 class Planner(Role):
     alias = PLANNER
 
-    def __init__(self, *args: Any, workers: tuple[str, ...] = (CODE_INTERPRETER,), plugins_prompt: Callable[[], str] = lambda: "", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        workers: tuple[str, ...] = (CODE_INTERPRETER,),
+        plugins_prompt: Callable[[], str] = lambda: "",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.workers = workers
         self.prompt = PlannerPrompt(self.config, workers)

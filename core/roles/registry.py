@@ -45,9 +45,7 @@ class RoleRegistry:
 
 def default_role_registry() -> RoleRegistry:
     registry = RoleRegistry()
-    registry.register(
-        PLANNER, lambda d: Planner(d.llm, d.config, workers=d.workers, plugins_prompt=d.plugins_prompt)
-    )
+    registry.register(PLANNER, lambda d: Planner(d.llm, d.config, workers=d.workers, plugins_prompt=d.plugins_prompt))
     registry.register(
         CODE_INTERPRETER,
         lambda d: CodeInterpreter(d.llm, d.config, executor=d.executor, plugins_prompt=d.plugins_prompt),

@@ -16,8 +16,9 @@ def planner_turn(post: Post) -> str:
     return json.dumps(
         {
             "thought": post.first(AttachmentType.thought, ""),
-            "plan": [_NUMBERING.sub("", line) for line in str(post.first(AttachmentType.plan, "")).splitlines()
-                     if line],
+            "plan": [
+                _NUMBERING.sub("", line) for line in str(post.first(AttachmentType.plan, "")).splitlines() if line
+            ],
             "current_plan_step": post.first(AttachmentType.current_plan_step, ""),
             "send_to": post.send_to,
             "message": post.message,
