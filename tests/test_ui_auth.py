@@ -8,6 +8,7 @@ the ``whoami`` plugin, which greets the session's ``user_name``.
 
 from __future__ import annotations
 
+import getpass
 import os
 import secrets
 import shutil
@@ -27,6 +28,7 @@ from tests.ui_harness import (
     answers,
     code_block,
     free_port,
+    login_cookie,
     start_server,
     steps,
     stop_server,
@@ -130,13 +132,22 @@ def test_header_login_without_a_secret_refuses_to_start(tmp_path: Path) -> None:
     ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
-    assert "CHAINLIT_AUTH_SECRET" in done.stderr and "WEAVER_UI_USER_HEADER" in done.stderr, done.stderr
+    assert "CHAINLIT_AUTH_SECRET" in done.stderr and "WEAVER_UI_AUTH=header" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
 
 
-def test_without_the_setting_nobody_logs_in(ui_server: UIServer) -> None:
+def test_by_default_the_local_user_is_logged_in_without_a_question(ui_server: UIServer) -> None:
     config = httpx.get(f"{ui_server.base_url}/auth/config", timeout=10).json()
-    assert not config["requireLogin"] and not config["headerAuth"]
+    assert config["requireLogin"] and config["headerAuth"] and not config["passwordAuth"]
+    cookie = login_cookie(ui_server.base_url)
+    assert cookie, "the page's automatic login was refused"
+    me = httpx.get(f"{ui_server.base_url}/user", headers=cookie, timeout=10).json()
+    assert me["identifier"] == getpass.getuser()
+    secret_file = ui_server.app_dir / ".auth_secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    with ui_server.client() as client:  # the secret is the server's: user code never sees it
+        turn = client.ask(code_block("import os\nprint('secret visible:', 'CHAINLIT_AUTH_SECRET' in os.environ)"))
+    assert any("secret visible: False" in a for a in answers(turn)), answers(turn)
 
 
 def test_a_repeated_login_header_is_refused(auth_server: UIServer) -> None:
@@ -189,5 +200,147 @@ def test_login_without_a_working_sandbox_refuses_to_start(tmp_path: Path) -> Non
     ]
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
-    assert "without a sandbox with login on" in done.stderr and "allow_unsandboxed" in done.stderr, done.stderr
+    assert "without a sandbox with header login" in done.stderr and "allow_unsandboxed" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+
+
+# ------------------------------------------------------------------ password login
+
+
+def add_user(app_dir: Path, name: str, password: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ui.cli", "user", "--app-dir", str(app_dir), "add", name, "--password-stdin"],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def password_login(server: UIServer, name: str, password: str) -> httpx.Response:
+    return httpx.post(f"{server.base_url}/login", data={"username": name, "password": password}, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
+    root = tmp_path_factory.mktemp("weaver-ui-password")
+    shutil.copytree(PLUGINS, root / "app" / "plugins")
+    add_user(root / "app", "alice", "alice-password")
+    add_user(root / "app", "bob", "bob-password-2")
+    env = {"WEAVER_UI_AUTH": "password", "WEAVER_UI_LOGIN_ATTEMPTS_PER_USER": "3"}
+    server = start_server(root / "app", root / "server.log", extra_env=env)
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def logged_in_with_password(server: UIServer, name: str, password: str) -> ChatClient:
+    response = password_login(server, name, password)
+    assert response.status_code == 200, response.text
+    client = server.client()
+    client.headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in response.cookies.items())
+    return client
+
+
+def test_weaver_user_manages_the_password_store(tmp_path: Path) -> None:
+    add_user(tmp_path, "carol", "carol-password")
+    store = tmp_path / "users.json"
+    assert store.stat().st_mode & 0o777 == 0o600 and "carol-password" not in store.read_text()
+    listed = subprocess.run(
+        [sys.executable, "-m", "ui.cli", "user", "--app-dir", str(tmp_path), "list"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert listed.stdout.split() == ["carol"]
+    short = subprocess.run(
+        [sys.executable, "-m", "ui.cli", "user", "--app-dir", str(tmp_path), "add", "dave", "--password-stdin"],
+        input="short\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert short.returncode == 1 and "at least 8 characters" in short.stderr
+
+
+def test_password_users_see_their_own_name_and_a_wrong_password_is_refused_plainly(password_server: UIServer) -> None:
+    config = httpx.get(f"{password_server.base_url}/auth/config", timeout=10).json()
+    assert config["passwordAuth"] and not config["headerAuth"]
+    for name, password in (("alice", "wrong-password"), ("nobody", "alice-password")):
+        refused = password_login(password_server, name, password)
+        assert refused.status_code == 401 and "set-cookie" not in refused.headers  # same answer for either part
+    with (
+        logged_in_with_password(password_server, "alice", "alice-password") as alice,
+        logged_in_with_password(password_server, "bob", "bob-password-2") as bob,
+    ):
+        a_turn, b_turn = alice.ask(WHOAMI), bob.ask(WHOAMI)
+        intruder = server_client_with(password_server, bob.headers, alice.session_id)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            intruder.connect(expect_chat_start=False)
+        stolen_upload = httpx.post(
+            f"{password_server.base_url}/project/file",
+            params={"session_id": alice.session_id},
+            files={"file": ("x.csv", b"a\n1\n", "text/csv")},
+            headers=bob.headers,
+            timeout=10,
+        )
+        assert stolen_upload.status_code == 401
+    assert any("Hi, alice!" in a for a in answers(a_turn)), answers(a_turn)
+    assert any("Hi, bob!" in a for a in answers(b_turn)), answers(b_turn)
+
+
+def server_client_with(server: UIServer, headers: dict[str, str], session_id: str) -> ChatClient:
+    client = server.client(session_id)
+    client.headers.update(headers)
+    return client
+
+
+def test_repeated_wrong_passwords_are_throttled(password_server: UIServer) -> None:
+    for _ in range(3):
+        assert password_login(password_server, "bob", "not-bobs").status_code == 401
+    locked = password_login(password_server, "bob", "bob-password-2")  # even the right one waits now
+    assert locked.status_code == 429 and "Too many failed logins" in locked.json()["detail"]
+    assert password_login(password_server, "alice", "alice-password").status_code == 200  # others are not locked out
+
+
+# ------------------------------------------------------------------ refusing to start
+
+
+def run_server_expecting_refusal(tmp_path: Path, host: str, extra: dict[str, str]) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEAVER_", "OAUTH_", "CHAINLIT_AUTH"))}
+    env.update({"WEAVER_APP_DIR": str(tmp_path / "app"), "WEAVER_LLM__API_TYPE": "offline", **extra})
+    cmd = [
+        sys.executable,
+        "-m",
+        "chainlit",
+        "run",
+        "ui/app.py",
+        "--headless",
+        "--host",
+        host,
+        "--port",
+        str(free_port()),
+    ]
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0, done.stdout[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stderr
+
+
+def test_local_login_on_an_address_others_can_reach_refuses_to_start(tmp_path: Path) -> None:
+    said = run_server_expecting_refusal(tmp_path, "0.0.0.0", {"WEAVER_UI_AUTH": "local"})
+    assert "WEAVER_UI_AUTH=local" in said and "other machines can reach" in said
+    said = run_server_expecting_refusal(tmp_path, "0.0.0.0", {})
+    assert "needs a login: set WEAVER_UI_AUTH" in said
+
+
+def test_oauth_needs_a_provider_and_a_list_of_who_may_enter(tmp_path: Path) -> None:
+    secret = {"CHAINLIT_AUTH_SECRET": secrets.token_urlsafe(32), "WEAVER_UI_AUTH": "oauth"}
+    assert "OAUTH_<PROVIDER>_CLIENT_ID" in run_server_expecting_refusal(tmp_path, "127.0.0.1", secret)
+    github = {**secret, "OAUTH_GITHUB_CLIENT_ID": "id", "OAUTH_GITHUB_CLIENT_SECRET": "s"}
+    assert "WEAVER_UI_ALLOWED_USERS" in run_server_expecting_refusal(tmp_path, "127.0.0.1", github)

@@ -21,9 +21,11 @@ import socketio
 
 from tests.ui_harness import (
     REPO_ROOT,
+    ChatClient,
     UIServer,
     answers,
     code_block,
+    login_cookie,
     start_server,
     steps,
     stop_server,
@@ -54,6 +56,7 @@ def _socket(
         headers = dict(headers)
         options = {key.lower(): headers.pop(key) for key in list(headers) if key.lower() in ("origin", "host")}
     client = socketio.Client(reconnection=False, websocket_extra_options=options)
+    headers = {**login_cookie(server.base_url), **headers}  # logged in: what is refused is the guard's doing
     client.connect(
         server.base_url,
         socketio_path="/ws/socket.io",
@@ -165,6 +168,7 @@ def test_a_session_id_that_is_not_a_uuid_is_refused_and_touches_no_folder(
         f"{server.base_url}/project/file",
         params={"session_id": session_id},
         files={"file": ("a.csv", b"a\n1\n", "text/csv")},
+        headers=login_cookie(server.base_url),
         timeout=10,
     )
     assert upload.status_code == 404  # no such chat: nothing is written anywhere
@@ -177,11 +181,12 @@ def test_a_session_id_that_is_not_a_uuid_is_refused_and_touches_no_folder(
 # ------------------------------------------------------------------ uploads
 
 
-def _upload(server: UIServer, chat: str, name: str, content: bytes, mime: str = "text/csv") -> httpx.Response:
+def _upload(server: UIServer, client: ChatClient, name: str, content: bytes, mime: str = "text/csv") -> httpx.Response:
     return httpx.post(
         f"{server.base_url}/project/file",
-        params={"session_id": chat},
+        params={"session_id": client.session_id},
         files={"file": (name, content, mime)},
+        headers=client.headers,
         timeout=30,
     )
 
@@ -224,7 +229,7 @@ def test_an_oversize_body_is_refused_before_it_is_read(server: UIServer) -> None
                 f"{server.base_url}/project/file",
                 params={"session_id": chat},
                 content=chunks(),
-                headers={"Content-Type": "multipart/form-data; boundary=b"},
+                headers={**client.headers, "Content-Type": "multipart/form-data; boundary=b"},
                 timeout=60,
             )
             assert streamed.status_code == 413, streamed.text
@@ -234,14 +239,14 @@ def test_an_oversize_body_is_refused_before_it_is_read(server: UIServer) -> None
         assert grown_mb < 8, f"the server grew by {grown_mb:.0f} MB"
         stored = list((REPO_ROOT / ".files" / chat).glob("*")) if (REPO_ROOT / ".files" / chat).exists() else []
         assert stored == []
-        ok = _upload(server, chat, "small.csv", b"a,b\n1,2\n")
+        ok = _upload(server, client, "small.csv", b"a,b\n1,2\n")
         assert ok.status_code == 200
 
 
 def test_html_sent_as_csv_is_stored_and_served_as_plain_bytes(server: UIServer) -> None:
     with server.client() as client:
-        hostile = _upload(server, client.session_id, "report.csv", b"<script>alert(1)</script>", mime="text/html")
-        honest = _upload(server, client.session_id, "data.csv", b"a,b\n1,2\n", mime="text/csv")
+        hostile = _upload(server, client, "report.csv", b"<script>alert(1)</script>", mime="text/html")
+        honest = _upload(server, client, "data.csv", b"a,b\n1,2\n", mime="text/csv")
         assert hostile.status_code == honest.status_code == 200
         served = httpx.get(
             f"{server.base_url}/project/file/{hostile.json()['id']}",
@@ -256,6 +261,7 @@ def test_html_sent_as_csv_is_stored_and_served_as_plain_bytes(server: UIServer) 
         csv = httpx.get(
             f"{server.base_url}/project/file/{honest.json()['id']}",
             params={"session_id": client.session_id},
+            headers=client.headers,
             timeout=10,
         )
         assert csv.headers["content-type"].startswith("text/csv") and csv.headers["content-disposition"] == "attachment"
@@ -267,14 +273,12 @@ def test_html_sent_as_csv_is_stored_and_served_as_plain_bytes(server: UIServer) 
 def test_files_per_message_are_capped_on_the_server(server: UIServer) -> None:
     """config.toml's max_files is 10: the browser enforces it, and now the server does too."""
     with server.client() as client:
-        codes = [_upload(server, client.session_id, f"f{i}.csv", b"a\n1\n").status_code for i in range(40)]
+        codes = [_upload(server, client, f"f{i}.csv", b"a\n1\n").status_code for i in range(40)]
         assert codes[:10] == [200] * 10 and set(codes[10:]) == {429}
-        refused = _upload(server, client.session_id, "more.csv", b"a\n1\n")
+        refused = _upload(server, client, "more.csv", b"a\n1\n")
         assert "at most 10 files" in refused.json()["detail"]
         client.ask(code_block("print('sent')"))
-        assert (
-            _upload(server, client.session_id, "next.csv", b"a\n1\n").status_code == 200
-        )  # a new message, a new allowance
+        assert _upload(server, client, "next.csv", b"a\n1\n").status_code == 200  # a new message, a new allowance
     assert len(list((REPO_ROOT / ".files" / client.session_id).glob("*"))) <= 11
 
 

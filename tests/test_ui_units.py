@@ -281,3 +281,38 @@ def test_a_thread_job_hands_back_results_and_errors_to_sync_and_async_callers() 
         assert await run_in_thread(lambda a, b: a + b, 2, 3) == 5
 
     asyncio.run(scenario())
+
+
+def test_login_modes_and_who_oauth_lets_in() -> None:
+    from ui.auth import AuthSetupError, allowed_by, choose_mode
+
+    assert choose_mode(None, None, loopback=True) == "local"
+    assert choose_mode(None, "X-User", loopback=False) == "header"
+    assert choose_mode("Password", None, loopback=False) == "password"
+    for requested, header, loopback in (
+        ("local", None, False),
+        (None, None, False),
+        ("header", None, True),
+        ("x", None, True),
+    ):
+        with pytest.raises(AuthSetupError):
+            choose_mode(requested, header, loopback)
+    allowed = ["alice", "@example.org"]
+    assert allowed_by(allowed, "alice") and allowed_by(allowed, "gh-carol", "carol@example.org")
+    assert not allowed_by(allowed, "mallory", "mallory@example.org.evil")
+    assert not allowed_by(allowed, "mallory@evil", None) and allowed_by(["*"], "anyone")
+
+
+def test_login_throttle_counts_per_user_and_per_address() -> None:
+    from ui.auth import LoginThrottle
+
+    throttle = LoginThrottle(per_user=2, per_address=3, window_s=60)
+    throttle.failed("bob", "10.0.0.1")
+    assert throttle.retry_after("bob", "10.0.0.9") == 0
+    throttle.failed("BOB", "10.0.0.2")
+    assert throttle.retry_after("bob", "10.0.0.9") > 0  # names are compared without case
+    throttle.failed("carol", "10.0.0.1")
+    throttle.failed("dave", "10.0.0.1")
+    assert throttle.retry_after("erin", "10.0.0.1") > 0 and throttle.retry_after("erin", "10.0.0.3") == 0
+    throttle.succeeded("bob")
+    assert throttle.retry_after("bob", "10.0.0.9") == 0

@@ -191,6 +191,18 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
         stop_server(server)
 
 
+def login_cookie(base_url: str, headers: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``{"Cookie": ...}`` of a login the way the page does it (``POST /auth/header``); empty when refused.
+
+    With the default local login everyone who asks is the local user; with header login the test
+    plays the proxy and passes the header in ``headers``.
+    """
+    response = httpx.post(f"{base_url}/auth/header", headers=dict(headers or {}), timeout=30)
+    if response.status_code != 200 or not response.cookies:
+        return {}
+    return {"Cookie": "; ".join(f"{k}={v}" for k, v in response.cookies.items())}
+
+
 class ChatClient:
     """A python-socketio client that behaves like Chainlit's web frontend and records everything."""
 
@@ -210,6 +222,8 @@ class ChatClient:
 
     # -- connection ---------------------------------------------------------------------------
     def connect(self, expect_chat_start: bool = True, timeout: float = 30) -> "ChatClient":
+        if "Cookie" not in self.headers:  # log in as the page would (local login: no questions asked)
+            self.headers.update(login_cookie(self.base_url))
         self.sio.connect(
             self.base_url,
             socketio_path="/ws/socket.io",
@@ -236,6 +250,8 @@ class ChatClient:
         response = httpx.post(f"{self.base_url}/auth/header", headers=headers, timeout=30)
         if response.status_code == 200 and response.cookies:
             self.headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in response.cookies.items())
+        else:
+            self.headers["Cookie"] = ""  # refused: connect must not log in on its own
         return response
 
     def disconnect(self) -> None:

@@ -4,17 +4,8 @@ A thin adapter over ``core``'s public API. One ``TaskWeaverApp`` per server proc
 ``Session`` per browser chat, owned by ``ui.lifecycle.SessionOwner`` (read its docstring for why
 a disconnect stops the kernel only after a grace period). Each message runs its round on a
 worker thread; ``ui.render`` brings the events back to the event loop and draws them as steps.
-
-Who is the user? By default nobody logs in and every session's ``user_name`` is "anonymous".
-Behind an authenticating reverse proxy, set ``WEAVER_UI_USER_HEADER`` to the header the proxy
-puts the user name in (e.g. ``X-Forwarded-User``): a Chainlit ``header_auth_callback`` then
-turns that header into ``cl.User(identifier=<value>)`` on ``POST /auth/header`` and refuses
-requests without it; Chainlit signs the result into its access-token cookie, which the socket
-presents on connect, and each Weaver session gets that identifier as ``user_name``. The proxy
-must strip any copy of the header sent by the client. Chainlit needs ``CHAINLIT_AUTH_SECRET``
-to sign the cookie; if it is missing the server refuses to start, by design, rather than invent
-a per-process secret: an explicit secret survives restarts and is shared by every replica, so
-logins stay valid and the operator knows a secret exists and must be kept out of reach.
+Who the user is comes from the login mode (``ui.auth``); the signed-in identity is every
+session's ``user_name``. What a request may do is checked first by ``ui.guard``.
 """
 
 from __future__ import annotations
@@ -26,7 +17,7 @@ import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the path, not the repo root
@@ -40,6 +31,7 @@ from core.config import ConfigError, load_config  # noqa: E402
 from core.execution.sandbox import SandboxUnavailableError, require_sandbox  # noqa: E402
 from core.workspace import default_app_dir  # noqa: E402
 from ui import guard  # noqa: E402
+from ui.auth import AuthSetupError, LoginThrottle, choose_mode, install_login  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.lifecycle import SessionOwner, session_error_text  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
@@ -119,16 +111,6 @@ OWNER = SessionOwner(
     max_per_client=SETTINGS.max_sessions_per_client,
 )
 
-USER_HEADER_ENV = "WEAVER_UI_USER_HEADER"
-AUTH_SECRET_ENV = "CHAINLIT_AUTH_SECRET"
-
-
-def user_from_headers(headers: Mapping[str, str], header: str) -> cl.User | None:
-    """The user named by ``header``; None (Chainlit answers 401) when it is missing or blank.
-    (A repeated header never gets here: ``ui.guard`` refuses the request.)"""
-    value = (headers.get(header) or "").strip()
-    return cl.User(identifier=value, metadata={"provider": "header"}) if value else None
-
 
 def _upload_settings() -> Any:
     return chainlit_config.features.spontaneous_file_upload
@@ -151,6 +133,7 @@ def guard_policy() -> guard.GuardPolicy:
         max_files=lambda: int(_upload_settings().max_files or 1),
         page_csp=guard.page_csp(guard.inline_scripts_of(page)),
         user_header=SETTINGS.user_header,
+        throttle=LOGIN.throttle,
     )
 
 
@@ -163,16 +146,29 @@ def _install_guard() -> guard.GuardPolicy:
     return policy
 
 
+try:
+    LOGIN = install_login(
+        choose_mode(SETTINGS.auth, SETTINGS.user_header, is_loopback(chainlit_config.run.host)),
+        default_app_dir(),
+        local_user=SETTINGS.local_user,
+        user_header=SETTINGS.user_header,
+        allowed_users=SETTINGS.allowed_users,
+        throttle=LoginThrottle(
+            SETTINGS.login_attempts_per_user, SETTINGS.login_attempts_per_address, SETTINGS.login_window_s
+        ),
+    )
+except AuthSetupError as exc:
+    raise SystemExit(f"Weaver UI: {exc}") from None
 GUARD = _install_guard()
-USER_HEADER = SETTINGS.user_header
 
 
 def _refuse_unsandboxed_sharing() -> None:
-    """With login on, or reachable from other machines, users' code must run sandboxed (unless the
-    operator said otherwise by name): refuse to start, saying why, before anything is served."""
+    """When several people use this server (a login other than local, or an address other machines
+    can reach), users' code must run sandboxed unless the operator said otherwise by name: refuse
+    to start, saying why, before anything is served."""
     reasons = []
-    if USER_HEADER is not None:
-        reasons.append("with login on")
+    if LOGIN.mode != "local":
+        reasons.append(f"with {LOGIN.mode} login")
     if not is_loopback(chainlit_config.run.host):
         reasons.append(f"on {chainlit_config.run.host}, which other machines can reach")
     if not reasons:
@@ -184,17 +180,6 @@ def _refuse_unsandboxed_sharing() -> None:
 
 
 _refuse_unsandboxed_sharing()
-if USER_HEADER is not None:
-    if not os.environ.get(AUTH_SECRET_ENV):
-        raise SystemExit(
-            f"Weaver UI: {USER_HEADER_ENV}={USER_HEADER} turns on login from a proxy header, which needs "
-            f"{AUTH_SECRET_ENV} to sign login cookies; set it (e.g. from `chainlit create-secret`) or unset "
-            f"{USER_HEADER_ENV}."
-        )
-
-    @cl.header_auth_callback
-    async def header_auth(headers: Mapping[str, str]) -> cl.User | None:
-        return user_from_headers(headers, USER_HEADER or "")
 
 
 def _key() -> str:
@@ -228,8 +213,7 @@ def _setup_logging() -> None:
 @cl.on_app_startup
 async def on_app_startup() -> None:
     _setup_logging()
-    if USER_HEADER is not None:
-        logger.info("login: the user is whoever the proxy names in the %s header", USER_HEADER)
+    logger.info("login %s", LOGIN.description)
     logger.info(
         "answering hosts %s; pages from %s may use it",
         ", ".join(sorted(GUARD.allowed_hosts)),

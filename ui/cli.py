@@ -1,4 +1,5 @@
-"""The ``weaver`` command: ``weaver ui`` serves the web chat, ``weaver chat`` the terminal chat.
+"""The ``weaver`` command: ``weaver ui`` serves the web chat, ``weaver chat`` the terminal chat,
+``weaver user`` manages password-login users.
 
 ``weaver ui`` runs ``python -m chainlit run <repo>/ui/app.py --headless`` with the repo root as
 the working directory, because Chainlit finds ``.chainlit/config.toml``, ``chainlit.md`` and
@@ -62,7 +63,50 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     ui.add_argument("--app-dir", help="folder with plugins/, taskweaver_config.json and workspace/ (default ./.weaver)")
     sub.add_parser("chat", help="chat in this terminal (see: weaver chat --help)", add_help=False)
+    user = sub.add_parser("user", help="manage password-login users (WEAVER_UI_AUTH=password)")
+    user.add_argument("--app-dir", help="the app folder whose users.json to change (default ./.weaver)")
+    actions = user.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add a user, or set a new password")
+    add.add_argument("name")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    actions.add_parser("remove", help="remove a user").add_argument("name")
+    actions.add_parser("list", help="list the users")
     return parser
+
+
+def run_user(action: str, name: str | None, app_dir: str | None, password_stdin: bool) -> int:
+    """``weaver user add|remove|list``: the password store in the app folder."""
+    import getpass
+
+    from ui.auth import UserStore
+
+    folder = Path(app_dir or os.environ.get("WEAVER_APP_DIR") or ".weaver").resolve()
+    store = UserStore(folder)
+    if action == "list":
+        for known in store.names():
+            print(known)
+        return 0
+    assert name is not None
+    if action == "remove":
+        if not store.remove(name):
+            print(f"weaver user: no user {name!r} in {store.path}", file=sys.stderr)
+            return 1
+        print(f"removed {name}")
+        return 0
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            print("weaver user: the two passwords differ; nothing changed", file=sys.stderr)
+            return 1
+    try:
+        new = store.add(name, password)
+    except ValueError as exc:
+        print(f"weaver user: {exc}; nothing changed", file=sys.stderr)
+        return 1
+    print(f"{'added' if new else 'changed the password of'} {name} in {store.path}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return run_ui(args.host, args.port, args.app_dir)
+    if args.command == "user":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return run_user(args.action, getattr(args, "name", None), args.app_dir, getattr(args, "password_stdin", False))
     from ui.console import main as chat_main
 
     return int(chat_main(rest) or 0)

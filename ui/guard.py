@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import parse_qs
 
+from ui.auth import LoginThrottle
+
 logger = logging.getLogger("weaver.ui.guard")
 
 Scope = dict[str, Any]
@@ -43,6 +45,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OCTET_STREAM = "application/octet-stream"
 MULTIPART_SLACK_BYTES = 64 * 1024  # multipart boundaries and part headers around one file
+MAX_LOGIN_BODY = 8 * 1024
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.DOTALL)
 COMMON_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
@@ -127,6 +130,8 @@ class GuardPolicy:
     page_csp: str
     user_header: str | None = None
     uploads: UploadLedger = field(default_factory=UploadLedger)
+    login_path: str = "/login"
+    throttle: LoginThrottle | None = None
 
     def refusal(self, scope: Scope) -> tuple[int, str] | None:
         """Why this request may not reach Chainlit (status, reason), or None when it may."""
@@ -196,6 +201,9 @@ class GuardMiddleware:
         if scope.get("method") == "POST" and scope.get("path") == self.policy.upload_path:
             await self._upload(scope, receive, send)
             return
+        if scope.get("method") == "POST" and scope.get("path") == self.policy.login_path and self.policy.throttle:
+            await self._login(scope, receive, send, self.policy.throttle)
+            return
         user_file = scope.get("path", "").startswith(self.policy.file_path_prefix)
         await self.app(scope, receive, _with_headers(send, self.policy.page_csp, user_file))
 
@@ -246,6 +254,49 @@ class GuardMiddleware:
             return
         if 200 <= status < 300:
             self.policy.uploads.add(chat_id)
+
+    async def _login(self, scope: Scope, receive: Receive, send: Send, throttle: LoginThrottle) -> None:
+        """A password login: refused while its user or address is throttled; its outcome counted."""
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_LOGIN_BODY:
+                await _refuse(scope, send, 413, "the login form is too large")
+                return
+            if not message.get("more_body"):
+                break
+        form = parse_qs(body.decode("utf-8", "replace"))
+        user = (form.get("username") or [""])[0][:200]
+        address = str((scope.get("client") or ("unknown",))[0])
+        wait = throttle.retry_after(user, address)
+        if wait > 0:
+            logger.warning("login for %.80r from %s refused: too many failed attempts", user, address)
+            await _refuse(scope, send, 429, f"Too many failed logins; try again in {wait:.0f} s.")
+            return
+        status = 0
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def watched_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        await self.app(scope, replay, _with_headers(watched_send, self.policy.page_csp, False))
+        if status == 401:
+            throttle.failed(user, address)
+        elif 200 <= status < 300:
+            throttle.succeeded(user)
 
 
 def _mb(n_bytes: int) -> str:

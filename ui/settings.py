@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,6 +38,16 @@ class UISettings(BaseSettings):
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Host header values answered; default: loopback names and the bound host"
     )
+    auth: Literal["local", "password", "header", "oauth"] | None = Field(
+        None, description="login mode; default: header when user_header is set, else local on loopback"
+    )
+    local_user: str | None = Field(None, description="the local user's name; default: the OS user")
+    allowed_users: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="OAuth: names, @domains, or * for anyone the provider accepts"
+    )
+    login_attempts_per_user: int = Field(5, gt=0, description="failed logins per user within the window")
+    login_attempts_per_address: int = Field(20, gt=0, description="failed logins per address within the window")
+    login_window_s: float = Field(300.0, gt=0, description="the login throttle's window")
     user_header: str | None = Field(None, description="header a trusted proxy puts the user name in")
     disconnect_grace_s: float = Field(120.0, ge=0, description="how long a dropped chat keeps its kernel")
     max_sessions_per_client: int = Field(
@@ -45,9 +55,9 @@ class UISettings(BaseSettings):
     )
     max_event_chars: int = Field(100_000, ge=1000, description="largest text of one step or message sent")
 
-    _split_origins = field_validator("allowed_origins", "allowed_hosts", mode="before")(_comma_list)
+    _split_lists = field_validator("allowed_origins", "allowed_hosts", "allowed_users", mode="before")(_comma_list)
 
-    @field_validator("user_header", mode="before")
+    @field_validator("user_header", "auth", "local_user", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return (value.strip() or None) if isinstance(value, str) else value
