@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,13 +12,14 @@ from injector import Injector, Module, provider, singleton
 
 from core.config import AppConfig, load_config
 from core.errors import SessionLimitReached, SessionNotFound
+from core.execution.pool import KernelPool, StartGate, WarmKernel
 from core.execution.sandbox import sandbox_warning, sweep_stale, uses_bwrap
 from core.ids import create_id
 from core.llm.base import LLMBackend
 from core.llm.factory import create_backend
 from core.plugins.catalog import PluginCatalog
 from core.roles.registry import RoleRegistry, default_role_registry
-from core.session import Session
+from core.session import Session, new_executor
 from core.telemetry import TelemetryLogger
 from core.tracing import Tracing
 from core.workspace import Workspace, default_app_dir
@@ -34,6 +36,7 @@ class _AppModule(Module):
         binder.bind(TelemetryLogger, to=TelemetryLogger("weaver"), scope=singleton)
         binder.bind(Tracing, to=Tracing(), scope=singleton)
         binder.bind(RoleRegistry, to=default_role_registry(), scope=singleton)
+        binder.bind(StartGate, to=StartGate(self.config.execution.max_concurrent_starts), scope=singleton)
 
     @singleton
     @provider
@@ -68,6 +71,20 @@ class TaskWeaverApp:
             logging.getLogger("weaver").warning("plugin not loaded: %s", error)
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+        self.kernel_starts = self.injector.get(StartGate)
+        self.pool = KernelPool(self.config.execution.pool_size, self._reserve_kernel, self._discard_kernel).start()
+
+    def _reserve_kernel(self) -> WarmKernel:
+        """A new session id and folder, and an unstarted kernel for them (the pool starts it)."""
+        session_id = create_id()
+        cwd = self.workspace.execution_cwd(session_id)
+        cwd.mkdir(parents=True, exist_ok=True)
+        executor = new_executor(session_id, cwd, self.config, self.plugins, self.kernel_starts)
+        return WarmKernel(session_id, executor)
+
+    def _discard_kernel(self, session_id: str) -> None:
+        """Remove the folder reserved for a pooled kernel that no session took."""
+        shutil.rmtree(self.workspace.session_dir(session_id), ignore_errors=True)
 
     def get_session(self, session_id: str | None = None) -> Session:
         """The live session ``session_id``, or a new one when no id is given (within the cap)."""
@@ -81,8 +98,16 @@ class TaskWeaverApp:
             limit = self.config.session.max_live_sessions
             if len(self._sessions) >= limit:
                 raise SessionLimitReached(limit)
-            new_id = create_id()
-            session = self.injector.create_object(Session, additional_kwargs={"session_id": new_id})
+            warm = self.pool.take()
+            try:
+                new_id = warm.session_id if warm else create_id()
+                kwargs: dict[str, Any] = {"session_id": new_id, "executor": warm.executor if warm else None}
+                session = self.injector.create_object(Session, additional_kwargs=kwargs)
+            except BaseException:
+                if warm is not None:
+                    warm.executor.stop()  # never handed to anyone else
+                    self._discard_kernel(warm.session_id)
+                raise
             self._sessions[new_id] = session
             return session
 
@@ -98,10 +123,11 @@ class TaskWeaverApp:
             del self._sessions[session_id]
 
     def stop(self) -> None:
-        """Stop every live session and release the model client."""
+        """Stop every live session and the pool's kernels, and release the model client."""
         with self._lock:
             sessions = list(self._sessions.values())
             self._sessions.clear()
+        self.pool.close()
         for session in sessions:
             session.stop()
         self.injector.get(LLMBackend).close()  # type: ignore[type-abstract]  # bound to a concrete backend

@@ -68,7 +68,13 @@ class LLMSettings(BaseModel):
 class ExecutionSettings(BaseModel):
     timeout: float = Field(120.0, gt=0, description="seconds one code execution may run")
     kernel_start_timeout: float = Field(60.0, gt=0)
-    prewarm: bool = Field(True, description="start the kernel when the session is created, not at its first code")
+    prewarm: bool = Field(
+        False, description="start a session's own kernel at its creation, not its first code (if the pool had none)"
+    )
+    pool_size: int = Field(2, ge=0, description="warm kernels kept started ahead, each handed to one new session")
+    max_concurrent_starts: int = Field(
+        0, ge=0, description="kernels starting at once (pool refills included); 0 means the number of cores"
+    )
     max_output_chars: int = Field(1500, gt=0)
     # Output caps: one user's huge result must not grow the server or every other user's page.
     max_table_rows: int = Field(20, gt=0, description="rows of a table result kept and shown")
@@ -91,7 +97,7 @@ class SessionSettings(BaseModel):
     """The ``session.*`` keys: limits on sessions, rounds and files."""
 
     max_internal_chat_round_num: int = Field(10, gt=0)
-    max_live_sessions: int = Field(100, gt=0, description="each holds a kernel (~70 MB idle)")
+    max_live_sessions: int = Field(100, gt=0, description="each holds a kernel (~55 MB idle)")
     max_file_mb: float = Field(100.0, gt=0)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
 
 from injector import Injector, inject
@@ -13,6 +14,7 @@ from core.errors import RoundInProgress, SessionFull, SessionStopped
 from core.events import EventEmitter, RoundEventType, SessionEventHandler
 from core.execution.kernel import KernelExecutor
 from core.execution.limits import MB, incoming_bytes
+from core.execution.pool import StartGate
 from core.files import add_files, files_prefix
 from core.llm.base import LLMBackend, LLMError
 from core.memory import Post, Round
@@ -27,6 +29,21 @@ from core.workspace import Workspace
 STOP_WAIT_S = 15.0
 
 
+def new_executor(
+    session_id: str, cwd: Path, config: AppSessionConfig, plugins: PluginCatalog, start_gate: StartGate | None
+) -> KernelExecutor:
+    """The kernel executor of one session (or of a pooled kernel reserved for one), not started yet."""
+    return KernelExecutor(
+        session_id,
+        cwd,
+        plugins.specs,
+        timeout=config.execution.timeout,
+        start_timeout=config.execution.kernel_start_timeout,
+        settings=config.execution,
+        start_gate=start_gate,
+    )
+
+
 class Session:
     @inject
     def __init__(
@@ -38,7 +55,10 @@ class Session:
         tracing: Tracing,
         config: AppSessionConfig,
         role_registry: RoleRegistry,
+        start_gate: StartGate,
+        executor: Optional[KernelExecutor] = None,
     ) -> None:
+        """``executor``: a warm kernel from the app's pool, started for ``session_id`` and its folder."""
         self.session_id = session_id
         self.workspace = workspace.session_dir(session_id)
         self.execution_cwd = workspace.execution_cwd(session_id)
@@ -51,14 +71,8 @@ class Session:
         self.emitter = EventEmitter()
         self.log = SessionLog(self.workspace, session_id, parent=logger)
         plugins: PluginCatalog = app_injector.get(PluginCatalog)
-        self.executor = KernelExecutor(
-            session_id,
-            self.execution_cwd,
-            plugins.specs,
-            timeout=config.execution.timeout,
-            start_timeout=config.execution.kernel_start_timeout,
-            settings=config.execution,
-        )
+        warm = executor is not None
+        self.executor = executor or new_executor(session_id, self.execution_cwd, config, plugins, start_gate)
         self._plugin_catalog = plugins
         self.roles = role_registry.create_roles(
             RoleDeps(
@@ -72,8 +86,10 @@ class Session:
         self._round_lock = threading.Lock()
         self._cancel: CancelToken | None = None
         self._stopped = False
-        self.log.logger.info("session %s started in %s", session_id, self.execution_cwd)
-        if config.execution.prewarm:
+        self.log.logger.info(
+            "session %s started in %s%s", session_id, self.execution_cwd, " with a warm kernel" if warm else ""
+        )
+        if config.execution.prewarm and not warm:
             threading.Thread(target=self._prewarm, name=f"prewarm-{session_id}", daemon=True).start()
 
     def _prewarm(self) -> None:

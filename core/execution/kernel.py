@@ -16,7 +16,7 @@ import logging
 import threading
 import weakref
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from core.cancel import CancelToken
 from core.config import ExecutionSettings
@@ -25,6 +25,7 @@ from core.execution.kernel_process import KernelProcess, KernelStartError
 from core.execution.kernel_rpc import SILENT_TIMEOUT_SECONDS, KernelDiedError, KernelRPC
 from core.execution.limits import MB, disk_room, folder_bytes, set_file_size_limit
 from core.execution.outputs import OutputCollector
+from core.execution.pool import StartCancelled, StartGate
 from core.execution.result import Artifact, ExecutionResult
 from core.execution.user_run import INTERRUPT_GRACE_SECONDS, Run, run_user_code
 from core.ids import create_id
@@ -51,8 +52,10 @@ class KernelExecutor:
         start_timeout: float = 60.0,
         extra_env: dict[str, str] | None = None,
         settings: ExecutionSettings | None = None,
+        start_gate: StartGate | None = None,
     ) -> None:
         self.session_id = session_id
+        self.start_gate = start_gate  # bounds concurrent kernel starts across sessions; None: unbounded
         self.cwd = Path(cwd).resolve()
         self.settings = settings or ExecutionSettings()
         self.timeout = timeout
@@ -69,6 +72,7 @@ class KernelExecutor:
         self._exec_lock = threading.Lock()
         self._stopping = threading.Event()
         self._closed = False
+        self._ready = False
         _LIVE.add(self)
 
     # ----- what callers read -------------------------------------------------------------------
@@ -86,6 +90,11 @@ class KernelExecutor:
     def sandboxed(self) -> bool:
         return self.process.sandboxed
 
+    @property
+    def ready(self) -> bool:
+        """A kernel is running and bootstrapped: code would run without waiting for a start."""
+        return self._ready and self.process.alive()
+
     def disk_room(self) -> int | None:
         """Bytes the session folder may still grow by (``execution.disk_mb``); None means unlimited."""
         return disk_room(self.cwd, self.settings.disk_mb)
@@ -100,14 +109,18 @@ class KernelExecutor:
 
     # ----- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the kernel and load plugins unless already running; raises ``KernelStartError``."""
+    def start(self, *, background: bool = False, cancel: CancelToken | None = None) -> None:
+        """Start the kernel and load plugins unless already running; raises ``KernelStartError``.
+
+        With a start gate, the launch waits for a free slot; ``background`` starts (pool refills)
+        let every start a user waits for go first, and a ``cancel`` while waiting abandons it.
+        """
         with self._lifecycle:
             if self._closed:
                 raise ExecutorClosedError(f"the executor of session {self.session_id} was stopped")
             if self.process.running:
                 return
-            self._launch()
+            self._launch(urgent=not background, cancel=cancel)
 
     def stop(self) -> None:
         """Shut the kernel down and wait for its process to exit; the executor cannot be reused."""
@@ -116,6 +129,7 @@ class KernelExecutor:
         try:
             with self._lifecycle:
                 self._closed = True
+                self._ready = False
                 self.process.teardown(graceful=True)
         finally:
             if got_exec:
@@ -128,9 +142,23 @@ class KernelExecutor:
             if self.process.running and self.process.alive():
                 self.process.send_interrupt()
 
-    def _launch(self) -> None:
-        self.process.launch()
-        self._bootstrap()
+    def _launch(self, urgent: bool = True, cancel: CancelToken | None = None) -> None:
+        def cancelled() -> bool:
+            return self._stopping.is_set() or (cancel is not None and cancel.cancelled)
+
+        if self.start_gate is None:
+            self.process.launch()
+            self._bootstrap()
+        else:
+            try:
+                with self.start_gate.slot(urgent=urgent, cancelled=cancelled):
+                    if cancelled():
+                        raise StartCancelled("the kernel start was cancelled")
+                    self.process.launch()
+                    self._bootstrap()
+            except StartCancelled as exc:
+                raise KernelStartError(str(exc)) from exc
+        self._ready = True
 
     def _bootstrap(self) -> None:
         """Shell settings and plugins; a failure is reported as a plugin error, not raised."""
@@ -156,6 +184,7 @@ class KernelExecutor:
     def _restart(self) -> str | None:
         """Replace a dead or stuck kernel with a fresh one; returns an error sentence on failure."""
         with self._lifecycle:
+            self._ready = False
             self.process.teardown(graceful=False)
             if self._closed or self._stopping.is_set():
                 return messages.SESSION_CLOSING
@@ -173,8 +202,12 @@ class KernelExecutor:
         session_vars: dict[str, str] | None = None,
         cancel: CancelToken | None = None,
         timeout: float | None = None,
+        on_running: Callable[[], object] | None = None,
     ) -> ExecutionResult:
-        """Run ``code`` in the session's kernel and report everything it produced."""
+        """Run ``code`` in the session's kernel and report everything it produced.
+
+        ``on_running`` is called once the kernel is up (started if need be), just before the code is sent.
+        """
         execution_id = create_id("exec")
         with self._exec_lock:
             if self._closed:
@@ -182,14 +215,18 @@ class KernelExecutor:
             if (cancel is not None and cancel.cancelled) or self._stopping.is_set():
                 return _failure(execution_id, code, messages.CANCELLED_BEFORE_START, cancelled=True)
             try:
-                self.start()
+                self.start(cancel=cancel)
             except (KernelStartError, ExecutorClosedError) as exc:
+                if (cancel is not None and cancel.cancelled) or self._stopping.is_set():
+                    return _failure(execution_id, code, messages.CANCELLED_BEFORE_START, cancelled=True)
                 return _failure(execution_id, code, str(exc))
             try:
                 self._begin_execution(execution_id, session_vars)
             except KernelDiedError as exc:
                 return self._died_before_run(execution_id, code, exc)
             disk_start = self._prepare_disk()
+            if on_running is not None:
+                on_running()
 
             def should_stop() -> bool:
                 return (cancel is not None and cancel.cancelled) or self._stopping.is_set()

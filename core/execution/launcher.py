@@ -17,10 +17,12 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # The session folder must not shadow modules the kernel or Weaver import: no cwd on sys.path at
 # start (PYTHONSAFEPATH, ignore_cwd); the kernel appends it last once Weaver's runtime is loaded.
 # History stays in memory: no SQLite file to grow or to fail when the folder is full.
+# ``core.execution.kernel_main`` is ipykernel's launcher without the debugger and completion engine.
+KERNEL_MODULE = "core.execution.kernel_main"
 KERNEL_ARGV = [
     sys.executable,
     "-m",
-    "ipykernel_launcher",
+    KERNEL_MODULE,
     "-f",
     "{connection_file}",
     "--IPKernelApp.ignore_cwd=True",

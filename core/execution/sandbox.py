@@ -314,6 +314,9 @@ class KernelBox:
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
 
+_KERNEL_MODULES = ([b"core.execution.kernel_main"], [b"ipykernel_launcher"])
+
+
 def kernel_host_pid(connection_file: str) -> int | None:
     """Host pid of the kernel started with ``connection_file`` (for tests and operators).
 
@@ -327,7 +330,7 @@ def kernel_host_pid(connection_file: str) -> int | None:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv[1:3] == [b"-m", b"ipykernel_launcher"] and connection_file.encode() in argv:
+        if argv[1:2] == [b"-m"] and argv[2:3] in _KERNEL_MODULES and connection_file.encode() in argv:
             return int(entry.name)
     return None
 

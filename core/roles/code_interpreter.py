@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 from core.cancel import RoundCancelled
 from core.events import PostEventProxy
+from core.execution import messages
 from core.execution.kernel import KernelExecutor
 from core.llm.json_stream import FieldEvent
 from core.memory import AttachmentType, Post, PostStatus
@@ -70,8 +71,14 @@ class CodeInterpreter(Role):
         return self._run(ctx, proxy, reply.reply_content)
 
     def _run(self, ctx: RoundContext, proxy: PostEventProxy, code: str) -> Post:
-        proxy.update_status(PostStatus.executing_code)
-        result = self.executor.execute(code, session_vars=dict(ctx.session_vars), cancel=ctx.cancel)
+        if not self.executor.ready:  # say why this wait is longer; execute() starts the kernel first
+            proxy.update_status(messages.STARTING_KERNEL)
+        result = self.executor.execute(
+            code,
+            session_vars=dict(ctx.session_vars),
+            cancel=ctx.cancel,
+            on_running=lambda: proxy.update_status(PostStatus.executing_code),
+        )
         proxy.update_attachment(result.status, AttachmentType.execution_status)
         limits = self.config.execution
         summary = result.summary(limits.max_output_chars, limits.max_artifacts)

@@ -1,0 +1,216 @@
+"""Warm kernels for new sessions, and a bound on how many kernels start at once.
+
+A kernel takes ~0.7 s to start, most of it CPU (importing IPython). ``KernelPool`` keeps
+``execution.pool_size`` sandboxed kernels started ahead, each for a pre-allocated session id and
+folder (the sandbox binds the folder at launch, so a kernel cannot change folders later); a new
+session adopts the id, the folder and the kernel, so each pooled kernel serves exactly one session.
+Plugins are loaded when the kernel starts (they are the app's, the same for every session); a
+session's variables reach the kernel with each execution.
+
+``StartGate`` lets at most ``execution.max_concurrent_starts`` kernels start at once: a hundred
+kernels importing together take as long as one after the other, but leave nothing for the web
+server in between. A start a user waits for goes before a pool refill.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+logger = logging.getLogger(__name__)
+
+WAIT_POLL_S = 0.2  # how often a queued start looks at its cancel token
+RETRY_FIRST_S = 1.0  # a failed refill waits this long, doubled per failure, up to RETRY_MAX_S
+RETRY_MAX_S = 60.0
+
+
+class StartCancelled(RuntimeError):
+    """The start was abandoned while it queued for a slot (the round was cancelled or the session stops)."""
+
+
+class StartGate:
+    """At most ``limit`` kernel starts at once; urgent ones (a user waits) go before background ones."""
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit if limit > 0 else (os.cpu_count() or 1)
+        self._cond = threading.Condition()
+        self._running = 0
+        self._urgent_waiting = 0
+        self.peak = 0  # the most starts ever seen at once (for tests and operators)
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    @contextmanager
+    def slot(self, urgent: bool = True, cancelled: Callable[[], bool] = lambda: False) -> Iterator[None]:
+        """Hold one of the ``limit`` slots while the body starts a kernel; raises ``StartCancelled``."""
+        with self._cond:
+            if urgent:
+                self._urgent_waiting += 1
+            try:
+                while self._running >= self.limit or (not urgent and self._urgent_waiting > 0):
+                    if cancelled():
+                        raise StartCancelled("the kernel start was cancelled while it waited for its turn")
+                    self._cond.wait(WAIT_POLL_S)
+            finally:
+                if urgent:
+                    self._urgent_waiting -= 1
+                    self._cond.notify_all()  # a background start may go now
+            self._running += 1
+            self.peak = max(self.peak, self._running)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+
+
+class PooledExecutor(Protocol):
+    """What the pool needs of a ``KernelExecutor``."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def start(self, *, background: bool = False) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass
+class WarmKernel:
+    """A started kernel and the session id and folder it was started for."""
+
+    session_id: str
+    executor: PooledExecutor
+
+
+class KernelPool:
+    """Keeps ``size`` warm kernels; ``take`` hands one over for good and a refill starts in the background.
+
+    ``allocate()`` reserves a new session id and folder and returns an unstarted executor for it;
+    ``discard(session_id)`` removes the folder of a kernel that no session took.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        allocate: Callable[[], WarmKernel],
+        discard: Callable[[str], None],
+    ) -> None:
+        self.size = size
+        self._allocate = allocate
+        self._discard = discard
+        self._ready: list[WarmKernel] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._failures = 0
+        self._thread: threading.Thread | None = None
+        self.handed_over = 0
+
+    def start(self) -> "KernelPool":
+        """Begin filling the pool on a background thread (nothing happens when ``size`` is 0)."""
+        if self.size > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._fill, name="weaver-kernel-pool", daemon=True)
+            self._thread.start()
+        return self
+
+    @property
+    def ready_count(self) -> int:
+        with self._cond:
+            return len(self._ready)
+
+    def take(self) -> WarmKernel | None:
+        """A started kernel no session has had, or None when none is ready (the caller starts its own)."""
+        with self._cond:
+            while self._ready:
+                warm = self._ready.pop(0)
+                self._cond.notify_all()  # the filler starts a replacement
+                if warm.executor.pid is not None:
+                    self.handed_over += 1
+                    return warm
+                logger.warning("pooled kernel for %s died while waiting; starting another", warm.session_id)
+                threading.Thread(target=self._drop, args=(warm,), name="weaver-pool-drop", daemon=True).start()
+        return None
+
+    def wait_ready(self, count: int, timeout: float) -> bool:
+        """Block until ``count`` kernels are ready (for benchmarks and tests); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._ready) < count:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def close(self, timeout: float = 90.0) -> None:
+        """Stop every kernel the pool holds, including one still starting, and remove their folders."""
+        with self._cond:
+            self._closed = True
+            ready, self._ready = self._ready, []
+            self._cond.notify_all()
+        for warm in ready:
+            self._drop(warm)
+        if self._thread is not None:
+            self._thread.join(timeout)  # the filler stops the kernel it was starting
+
+    # ----- the filler thread ---------------------------------------------------------------------
+
+    def _fill(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and len(self._ready) >= self.size:
+                    self._cond.wait()
+                if self._closed:
+                    return
+            warm = self._start_one()
+            if warm is None:
+                self._back_off()
+                continue
+            with self._cond:
+                if not self._closed:
+                    self._ready.append(warm)
+                    self._cond.notify_all()
+                    self._failures = 0
+                    continue
+            self._drop(warm)  # closed while it started
+            return
+
+    def _start_one(self) -> WarmKernel | None:
+        try:
+            warm = self._allocate()
+        except Exception as exc:  # e.g. the sessions folder cannot be created
+            logger.warning("could not prepare a pooled kernel: %s", exc)
+            return None
+        try:
+            warm.executor.start(background=True)
+            return warm
+        except Exception as exc:
+            logger.warning("a pooled kernel did not start: %s", exc)
+            self._drop(warm)
+            return None
+
+    def _back_off(self) -> None:
+        """Wait before the next refill after a failure, so a broken set-up does not spin."""
+        self._failures += 1
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self._failures - 1))
+        with self._cond:
+            if not self._closed:
+                self._cond.wait(delay)
+
+    def _drop(self, warm: WarmKernel) -> None:
+        try:
+            warm.executor.stop()
+        except Exception:
+            logger.exception("stopping a pooled kernel failed")
+        try:
+            self._discard(warm.session_id)
+        except Exception:
+            logger.exception("removing the folder of pooled kernel %s failed", warm.session_id)
