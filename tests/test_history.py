@@ -1,0 +1,490 @@
+"""Chat history (``ui.history``) against real databases: SQLite and a throwaway PostgreSQL cluster.
+
+Every data-layer test runs on both (``db`` is parametrized); the PostgreSQL cluster is started
+once for the module by ``tests/pg_cluster.py`` (as a non-root user, on a unix socket in a temp
+folder) and each test gets a fresh database in it. Steps, messages and files are made with
+Chainlit's own classes in an HTTP-session context, the way the server makes them. The file
+route is mounted on a FastAPI app with a catch-all route like Chainlit's, and called with
+Chainlit's own JWTs (``create_jwt``, ``CHAINLIT_AUTH_SECRET``) over ASGI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from tests.pg_cluster import PgCluster, start_cluster
+from ui.history import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    HistoryConfigError,
+    LocalFileStorage,
+    Migration,
+    SchemaError,
+    UnsafeObjectKey,
+    WeaverDataLayer,
+    check_object_key,
+    database_url_for,
+    history_settings,
+    install_file_route,
+    migrate,
+    open_history,
+    safe_file_name,
+    schema_version,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[PgCluster]:
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@dataclass
+class DB:
+    kind: str
+    app_dir: Path
+    url: str | None  # None: the default SQLite file in app_dir
+
+    async def open(self, on_thread_deleted: Any = None) -> WeaverDataLayer:
+        return await open_history(self.app_dir, self.url, on_thread_deleted=on_thread_deleted)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> DB:
+    app_dir = tmp_path / "app"
+    if request.param == "sqlite":
+        return DB("sqlite", app_dir, None)
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return DB("postgresql", app_dir, cluster.create_database())
+
+
+def run(db: DB, scenario: Callable[[WeaverDataLayer], Awaitable[None]], on_thread_deleted: Any = None) -> None:
+    """Open the history in a fresh event loop, run ``scenario`` in a Chainlit HTTP context, close."""
+
+    async def main() -> None:
+        from chainlit.context import ChainlitContext, context_var
+        from chainlit.session import HTTPSession
+
+        context_var.set(ChainlitContext(HTTPSession(id=str(uuid.uuid4()), client_type="webapp")))
+        layer = await db.open(on_thread_deleted)
+        try:
+            await scenario(layer)
+        finally:
+            await layer.close()
+
+    asyncio.run(main())
+
+
+# -- building a chat the way Chainlit does --------------------------------------------------------
+
+
+async def new_user(layer: WeaverDataLayer, name: str) -> Any:
+    import chainlit as cl
+
+    user = await layer.create_user(cl.User(identifier=name, metadata={"provider": "credentials"}))
+    assert user is not None and user.identifier == name
+    return user
+
+
+async def new_chat(
+    layer: WeaverDataLayer, user: Any, first: str, tmp: Path, session_id: str = "", file_name: str = "data.csv"
+) -> tuple[str, str]:
+    """A thread owned by ``user``: a user message with an uploaded file, a step, an answer.
+    Returns (thread id, the element's object key)."""
+    import chainlit as cl
+    from chainlit.utils import utc_now
+
+    thread_id = str(uuid.uuid4())
+    await layer.update_thread(thread_id, name=first, user_id=user.id, metadata={"weaver_session_id": session_id})
+    question = cl.Message(content=first, author=user.identifier, type="user_message", created_at=utc_now())
+    question.thread_id = thread_id
+    await layer.create_step(question.to_dict())
+    upload = tmp / f"upload-{thread_id}"
+    upload.write_bytes(b"a,b\n1,2\n")
+    element = cl.File(path=str(upload), name=file_name, mime="text/csv", thread_id=thread_id, for_id=question.id)
+    await layer.create_element(element)
+    step = cl.Step(name="CodeInterpreter", type="tool", show_input="python")
+    step.thread_id, step.parent_id = thread_id, question.id
+    step.input, step.output, step.metadata = "print(1)", "1", {"round": 1, "favorite": True}
+    await layer.create_step(step.to_dict())
+    answer = cl.Message(content=f"answer to {first}", author="Weaver", parent_id=question.id, created_at=utc_now())
+    answer.thread_id = thread_id
+    await layer.create_step(answer.to_dict())
+    key = (await layer.get_thread(thread_id) or {"elements": [{}]})["elements"][0].get("objectKey")
+    assert key, "the upload was not stored"
+    return thread_id, str(key)
+
+
+async def count(layer: WeaverDataLayer, table: str, where: str = "1 = 1", **params: Any) -> int:
+    async with layer.transaction() as conn:
+        return int((await conn.execute(text(f"SELECT COUNT(*) FROM {table} WHERE {where}"), params)).scalar() or 0)
+
+
+# -- schema ---------------------------------------------------------------------------------------
+
+
+def test_schema_created_on_first_open_and_migrated(db: DB) -> None:
+    async def scenario(layer: WeaverDataLayer) -> None:
+        assert await schema_version(layer.engine) == SCHEMA_VERSION == 1
+        for table in ("users", "threads", "steps", "elements", "feedbacks"):
+            assert await count(layer, table) == 0
+        assert await layer.open() == (1, 1)  # opening again changes nothing
+
+        alice = await new_user(layer, "alice")
+        thread_id = str(uuid.uuid4())
+        await layer.update_thread(thread_id, name="kept", user_id=alice.id)
+
+        archived = Migration(
+            2,
+            "threads can be archived",
+            lambda dialect: [
+                'ALTER TABLE threads ADD COLUMN "archived" BOOLEAN NOT NULL DEFAULT FALSE',
+                'CREATE INDEX threads_archived ON threads ("archived")',
+            ],
+        )
+        assert await migrate(layer.engine, (*MIGRATIONS, archived)) == (1, 2)
+        assert await migrate(layer.engine, (*MIGRATIONS, archived)) == (2, 2)
+        async with layer.transaction() as conn:
+            row = (await conn.execute(text('SELECT "name", "archived" FROM threads'))).one()
+        assert row[0] == "kept" and not row[1]
+        thread = await layer.get_thread(thread_id)
+        assert thread is not None and thread["name"] == "kept"
+
+        with pytest.raises(SchemaError, match="newer"):
+            await migrate(layer.engine, MIGRATIONS)  # this code knows only version 1
+
+        broken = Migration(3, "fails half way", lambda dialect: ['ALTER TABLE threads ADD COLUMN "x" TEXT', "NOT SQL"])
+        with pytest.raises(DBAPIError):
+            await migrate(layer.engine, (*MIGRATIONS, archived, broken))
+        assert await schema_version(layer.engine) == 2  # the failed step left nothing behind
+        async with layer.transaction() as conn:  # (SQLite reads an unknown "x" as a string: list the columns)
+            columns = set((await conn.execute(text("SELECT * FROM threads"))).keys())
+        assert "archived" in columns and "x" not in columns
+
+    run(db, scenario)
+    if db.kind == "sqlite":
+        assert (db.app_dir / "weaver.db").is_file()
+
+
+def test_database_settings() -> None:
+    app = Path("/srv/weaver")
+    assert database_url_for(app, None) == "sqlite+aiosqlite:////srv/weaver/weaver.db"
+    assert database_url_for(app, "postgresql://u:p@db/w") == "postgresql+asyncpg://u:p@db/w"
+    assert database_url_for(app, "postgresql+asyncpg://u@db/w") == "postgresql+asyncpg://u@db/w"
+    with pytest.raises(HistoryConfigError, match="WEAVER_DATABASE_URL"):
+        database_url_for(app, "mysql://db/w")
+    assert history_settings({}).database_url is None
+    assert history_settings({"WEAVER_DATABASE_URL": " "}).database_url is None
+    assert history_settings({"WEAVER_FILE_STORAGE": "s3://bucket"}).file_storage == "s3://bucket"
+    with pytest.raises(HistoryConfigError, match="WEAVER_FILE_STORAGE"):
+        history_settings({"WEAVER_FILE_STORAGE": "/tmp/files"})
+
+
+# -- the data layer -------------------------------------------------------------------------------
+
+
+def test_chats_are_stored_listed_renamed_and_searched(db: DB, tmp_path: Path) -> None:
+    async def scenario(layer: WeaverDataLayer) -> None:
+        alice, bob = await new_user(layer, "alice"), await new_user(layer, "bob")
+        assert (await layer.get_user("alice")).id == alice.id  # type: ignore[union-attr]
+        assert (await layer.create_user(alice)).id == alice.id  # type: ignore[union-attr]  (an update)
+
+        first, key = await new_chat(layer, alice, "Übersicht der Verkäufe", tmp_path, "s-1")
+        second, _ = await new_chat(layer, alice, "plot a sine", tmp_path, "s-2")
+        theirs, _ = await new_chat(layer, bob, "bob's secret sine", tmp_path, "s-3")
+
+        thread = await layer.get_thread(first)
+        assert thread is not None
+        assert thread["userIdentifier"] == "alice" and thread["userId"] == alice.id
+        assert thread["metadata"] == {"weaver_session_id": "s-1"}
+        steps = thread["steps"]
+        assert [s["type"] for s in steps] == ["user_message", "tool", "assistant_message"]
+        assert steps[0]["output"] == "Übersicht der Verkäufe"
+        tool = steps[1]
+        assert tool["input"] == "print(1)" and tool["output"] == "1" and tool["showInput"] == "python"
+        assert tool["metadata"] == {"round": 1, "favorite": True} and tool["streaming"] is False
+        assert steps[2]["parentId"] == steps[0]["id"]
+        (element,) = thread["elements"]
+        assert element["name"] == "data.csv" and element["mime"] == "text/csv"
+        assert element["forId"] == steps[0]["id"] and element["url"] == f"/weaver/files/{key}"
+        assert isinstance(element["props"], dict)
+        stored = db.app_dir / "files" / key
+        assert stored.read_bytes() == b"a,b\n1,2\n"
+        fetched = await layer.get_element(first, element["id"])
+        assert fetched is not None and fetched["objectKey"] == key
+        assert await layer.get_thread_author(first) == "alice"
+        assert await layer.get_thread_author(str(uuid.uuid4())) == ""  # Chainlit then answers 404
+
+        from chainlit.types import Feedback, Pagination, ThreadFilter
+
+        page = await layer.list_threads(Pagination(first=10), ThreadFilter(userId=alice.id))
+        assert [t["id"] for t in page.data] == [second, first]  # newest first, only hers
+        assert not page.pageInfo.hasNextPage
+        page = await layer.list_threads(Pagination(first=10), ThreadFilter(userId=bob.id))
+        assert [t["id"] for t in page.data] == [theirs]
+
+        one = await layer.list_threads(Pagination(first=1), ThreadFilter(userId=alice.id))
+        assert [t["id"] for t in one.data] == [second] and one.pageInfo.hasNextPage
+        rest = await layer.list_threads(
+            Pagination(first=1, cursor=one.pageInfo.endCursor), ThreadFilter(userId=alice.id)
+        )
+        assert [t["id"] for t in rest.data] == [first] and not rest.pageInfo.hasNextPage
+
+        async def search(user: Any, words: str) -> list[str]:
+            found = await layer.list_threads(Pagination(first=10), ThreadFilter(userId=user.id, search=words))
+            return [t["id"] for t in found.data]
+
+        assert await search(alice, "SINE") == [second]  # not bob's, which also says sine
+        assert await search(alice, "übersicht") == [first]
+        assert await search(alice, "100%") == []
+
+        await layer.update_thread(first, name="Sales overview")
+        assert (await layer.get_thread(first))["name"] == "Sales overview"  # type: ignore[index]
+        assert await search(alice, "overview") == [first]
+        assert await search(alice, "übersicht") == []
+
+        # metadata merges; None removes a key; the owner never changes
+        await layer.update_thread(first, metadata={"chat_profile": "x", "weaver_session_id": None})
+        await layer.update_thread(first, user_id=bob.id)
+        thread = await layer.get_thread(first)
+        assert thread is not None and thread["metadata"] == {"chat_profile": "x"}
+        assert thread["userIdentifier"] == "alice" and await layer.get_thread_author(first) == "alice"
+
+        # feedback, favourites, tags
+        answer_id = thread["steps"][2]["id"]
+        await layer.upsert_feedback(Feedback(forId=answer_id, value=1, threadId=first, comment="good"))
+        voted = await layer.list_threads(Pagination(first=10), ThreadFilter(userId=alice.id, feedback=1))
+        assert [t["id"] for t in voted.data] == [first]
+        thread = await layer.get_thread(first)
+        assert thread is not None and thread["steps"][2]["feedback"]["comment"] == "good"  # type: ignore[index]
+        favourites = await layer.get_favorite_steps(alice.id)
+        assert sorted(s["threadId"] for s in favourites) == sorted([first, second])
+        await layer.update_thread(second, tags=["profile-a", "b"])
+        assert (await layer.get_thread(second))["tags"] == ["profile-a", "b"]  # type: ignore[index]
+
+    run(db, scenario)
+
+
+def test_delete_thread_removes_rows_files_and_tells_the_ui(db: DB, tmp_path: Path) -> None:
+    deleted: list[tuple[str, dict[str, Any]]] = []
+
+    async def on_deleted(thread_id: str, metadata: dict[str, Any]) -> None:
+        deleted.append((thread_id, metadata))
+
+    async def scenario(layer: WeaverDataLayer) -> None:
+        alice = await new_user(layer, "alice")
+        doomed, doomed_key = await new_chat(layer, alice, "to delete", tmp_path, "session-doomed")
+        kept, kept_key = await new_chat(layer, alice, "to keep", tmp_path, "session-kept")
+        thread = await layer.get_thread(doomed)
+        assert thread is not None
+        from chainlit.types import Feedback
+
+        await layer.upsert_feedback(Feedback(forId=thread["steps"][2]["id"], value=0, threadId=doomed))
+        files = db.app_dir / "files"
+        assert (files / doomed_key).is_file() and (files / kept_key).is_file()
+
+        await layer.delete_thread(doomed)
+
+        assert deleted == [(doomed, {"weaver_session_id": "session-doomed"})]
+        assert await layer.get_thread(doomed) is None
+        for table in ("steps", "elements", "feedbacks"):
+            assert await count(layer, table, '"threadId" = :id', id=doomed) == 0
+        assert await count(layer, "threads", '"id" = :id', id=doomed) == 0
+        assert not (files / doomed_key).exists()
+        assert not (files / doomed).exists()  # its folder went with its last file
+        assert (files / kept_key).read_bytes() == b"a,b\n1,2\n"
+        assert len((await layer.get_thread(kept))["steps"]) == 3  # type: ignore[index]
+
+        await layer.delete_thread(doomed)  # a second time: nothing to tell
+        assert len(deleted) == 1
+
+    run(db, scenario, on_thread_deleted=on_deleted)
+
+
+def test_hostile_ids_and_names_are_refused(db: DB, tmp_path: Path) -> None:
+    async def scenario(layer: WeaverDataLayer) -> None:
+        import chainlit as cl
+
+        alice = await new_user(layer, "alice")
+        injection = "x') OR 1=1; DROP TABLE users; --"
+        await layer.update_thread(injection, name="evil", user_id=alice.id)
+        step = cl.Message(content="hi", author="alice", type="user_message")
+        step.thread_id = injection
+        await layer.create_step(step.to_dict())
+        assert await count(layer, "threads") == 0 and await count(layer, "steps") == 0
+        assert await layer.get_thread(injection) is None
+        assert await count(layer, "users") == 1
+
+        thread_id, key = await new_chat(layer, alice, "names", tmp_path, file_name="../../../etc/passwd")
+        files = (db.app_dir / "files").resolve()
+        stored = (files / key).resolve()
+        assert stored.is_relative_to(files / thread_id) and stored.name == "passwd"
+        assert (await layer.get_thread(thread_id))["elements"][0]["name"] == "../../../etc/passwd"  # type: ignore[index]
+
+        bad_element = cl.File(content=b"x", name="x", thread_id=thread_id, for_id=str(uuid.uuid4()))
+        bad_element.id = "../../escape"
+        await layer.create_element(bad_element)
+        assert await count(layer, "elements", '"id" = :id', id="../../escape") == 0
+        assert not any(p.name == "escape" for p in db.app_dir.rglob("*"))
+
+    run(db, scenario)
+
+
+HOSTILE_KEYS = [
+    "../x",
+    "a/../../x",
+    "..",
+    "/etc/passwd",
+    "a//b",
+    "a/./b",
+    "a/b/",
+    "",
+    "a\x00b",
+    "a\\..\\b",
+    "a\nb",
+    "x" * 2000,
+    "a/" + "y" * 300,
+]
+
+
+@pytest.mark.parametrize("key", HOSTILE_KEYS, ids=lambda k: repr(k)[:20])
+def test_hostile_object_keys_are_refused(key: str, tmp_path: Path) -> None:
+    storage = LocalFileStorage(tmp_path / "files")
+    with pytest.raises(UnsafeObjectKey):
+        check_object_key(key)
+    with pytest.raises(UnsafeObjectKey):
+        asyncio.run(storage.upload_file(key, b"x"))
+    with pytest.raises(UnsafeObjectKey):
+        asyncio.run(storage.delete_file(key))
+    assert storage.existing_file(key) is None
+    assert [p.name for p in tmp_path.rglob("*")] == ["files"]
+
+
+def test_local_storage_stays_in_its_folder(tmp_path: Path) -> None:
+    storage = LocalFileStorage(tmp_path / "files", url_prefix="/root/weaver/files")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (storage.root / "link").symlink_to(outside)
+    with pytest.raises(UnsafeObjectKey, match="outside"):
+        asyncio.run(storage.upload_file("link/x", b"x"))
+    assert not (outside / "x").exists()
+
+    stored = asyncio.run(storage.upload_file("t/e/a b#?.csv", "é,1\n"))
+    assert stored == {"object_key": "t/e/a b#?.csv", "url": "/root/weaver/files/t/e/a%20b%23%3F.csv"}
+    assert (storage.root / "t/e/a b#?.csv").read_bytes() == "é,1\n".encode()
+    assert oct((storage.root / "t/e/a b#?.csv").stat().st_mode & 0o777) == "0o600"
+    assert asyncio.run(storage.delete_file("t/e/a b#?.csv")) is True
+    assert not (storage.root / "t").exists()
+    assert asyncio.run(storage.delete_file("t/e/a b#?.csv")) is False
+
+    assert safe_file_name("../../etc/passwd") == "passwd"
+    assert safe_file_name("C:\\Users\\x\\report.xlsx") == "report.xlsx"
+    assert safe_file_name("..") == "file" and safe_file_name("\x00\x01") == "file"
+    long = safe_file_name("ä" * 300 + ".csv")
+    assert long.endswith(".csv") and len(long.encode()) <= 150
+
+
+# -- the file route -------------------------------------------------------------------------------
+
+
+def test_file_route_serves_the_owner_only(db: DB, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chainlit.auth import create_jwt
+    from chainlit.user import User
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse
+
+    monkeypatch.setenv("CHAINLIT_AUTH_SECRET", secrets.token_urlsafe(32))
+
+    async def scenario(layer: WeaverDataLayer) -> None:
+        import chainlit as cl
+
+        alice, bob = await new_user(layer, "alice"), await new_user(layer, "bob")
+        thread_id, key = await new_chat(layer, alice, "files", tmp_path)
+        svg = cl.Image(
+            content=b"<svg xmlns='http://www.w3.org/2000/svg'><script>alert(1)</script></svg>",
+            name="chart.svg",
+            mime="image/svg+xml",
+            thread_id=thread_id,
+            for_id=str(uuid.uuid4()),
+        )
+        await layer.create_element(svg)
+        svg_key = [e for e in (await layer.get_thread(thread_id))["elements"] if e["name"] == "chart.svg"][0]  # type: ignore[index]
+
+        app = FastAPI()
+
+        @app.get("/{full_path:path}")  # Chainlit's catch-all page route, registered before ours
+        async def page(full_path: str) -> HTMLResponse:
+            return HTMLResponse("<html>the chat page</html>")
+
+        install_file_route(app, lambda: layer)
+        install_file_route(app, lambda: layer)  # once only
+        assert sum(getattr(r, "name", "") == "weaver_file" for r in app.router.routes) == 1
+
+        tokens = {name: create_jwt(User(identifier=name)) for name in ("alice", "bob")}
+        url = f"/weaver/files/{key}"
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as client:
+
+            async def get(path: str, who: str | None = None, **kwargs: Any) -> httpx.Response:
+                headers = {"Cookie": f"access_token={tokens[who]}"} if who else None
+                return await client.get(path, headers=headers, **kwargs)
+
+            owner = await get(url, "alice")
+            assert owner.status_code == 200, owner.text
+            assert owner.content == b"a,b\n1,2\n"
+            assert owner.headers["content-type"].startswith("text/csv")
+            assert owner.headers["content-disposition"] == 'attachment; filename="data.csv"'
+            assert owner.headers["x-content-type-options"] == "nosniff"
+            assert "sandbox" in owner.headers["content-security-policy"]
+            assert owner.headers["cache-control"] == "private, no-store"
+            bearer = await client.get(url, headers={"Authorization": f"Bearer {tokens['alice']}"})
+            assert bearer.status_code == 200 and bearer.content == owner.content
+
+            image = await get(svg_key["url"], "alice")
+            assert image.status_code == 200 and image.headers["content-type"] == "image/svg+xml"
+            assert image.headers["content-disposition"].startswith("attachment")
+
+            other = await get(url, "bob")
+            missing = await get(f"/weaver/files/{thread_id}/nothing/here.csv", "bob")
+            assert other.status_code == missing.status_code == 404
+            assert other.content == missing.content  # another user's file looks like no file
+            assert b"a,b" not in other.content
+
+            anonymous = await get(url)
+            assert anonymous.status_code == 401 and b"a,b" not in anonymous.content
+            forged = await client.get(url, headers={"Cookie": f"access_token={tokens['alice'][:-4]}AAAA"})
+            assert forged.status_code == 401
+            stranger = create_jwt(User(identifier="mallory"))
+            assert (await client.get(url, headers={"Cookie": f"access_token={stranger}"})).status_code == 404
+
+            for hostile in (
+                "/weaver/files/..%2F..%2Fweaver.db",
+                "/weaver/files/%2Fetc%2Fpasswd",
+                "/weaver/files/a%00b",
+            ):
+                response = await get(hostile, "alice")
+                assert response.status_code == 404, hostile
+            assert (await get("/elsewhere", "alice")).text == "<html>the chat page</html>"
+
+            await layer.delete_thread(thread_id)
+            assert (await get(url, "alice")).status_code == 404
+        assert not (db.app_dir / "files" / key).exists()
+        assert bob.identifier == "bob"
+
+    run(db, scenario)
+    assert os.environ["CHAINLIT_AUTH_SECRET"]

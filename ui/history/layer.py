@@ -1,0 +1,573 @@
+"""``WeaverDataLayer``: Chainlit's SQLAlchemy data layer, made to work the same on SQLite and
+PostgreSQL and to keep each user's history to that user.
+
+What it changes from ``SQLAlchemyDataLayer`` (Chainlit 2.12), and why:
+
+* **One behaviour on both databases.** Values are adapted on the way in (dicts as JSON text;
+  lists as JSON text on SQLite, arrays on PostgreSQL) and normalised on the way out (JSON
+  columns decoded, SQLite's 0/1 read as booleans), so callers see the same dicts either way.
+  Chainlit's own queries return JSON as a string on SQLite and as a dict on PostgreSQL, and its
+  ``LIKE`` on a JSONB column (favourites) fails on PostgreSQL.
+* **Bound parameters everywhere.** Chainlit builds ``IN ('<thread ids>')`` by string joining,
+  and a signed-in user chooses the id of a new thread (the socket's ``threadId``): that is SQL
+  injection. Thread loading here binds the ids; thread ids that are not canonical UUIDs (all
+  Chainlit ever makes) are refused before any write.
+* **Errors are not silent.** Chainlit's ``execute_sql`` logs and returns None on any error; the
+  methods here raise for reads and deletions (the route answers 500), and log writes that run
+  in Chainlit's background tasks.
+* **A thread keeps its owner.** ``update_thread`` never moves a thread that has an owner to
+  another user.
+* **Listing** returns only the given user's threads, most recently active first (last step, else
+  creation), searched by name (case-insensitive, Unicode-aware, the same on both databases), with
+  Chainlit's cursor pagination; threads in the list carry no steps (as Chainlit's own layer).
+* **Deleting a thread** removes its rows in one transaction, then its files from storage, then
+  calls ``on_thread_deleted(thread_id, metadata)`` (sync or async) with the thread's metadata.
+* **Files** are stored under keys we build (``<thread>/<element>/<safe name>``), never from the
+  client's name alone; an element given only by URL is recorded, never fetched by the server
+  (Chainlit would download any URL: server-side request forgery).
+* Timestamps are UTC (Chainlit stamps threads with local time marked ``Z``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import re
+import uuid
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Optional, Union
+from urllib.parse import quote
+
+from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
+from chainlit.data.storage_clients.base import BaseStorageClient
+from chainlit.data.utils import queue_until_user_message
+from chainlit.types import PageInfo, PaginatedResponse, Pagination, ThreadDict, ThreadFilter
+from chainlit.utils import utc_now
+from sqlalchemy import bindparam, event, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from ui.history.schema import migrate
+from ui.history.storage import LocalFileStorage, check_object_key, safe_file_name
+
+if TYPE_CHECKING:
+    from chainlit.element import Element, ElementDict
+    from chainlit.step import StepDict
+
+logger = logging.getLogger("weaver.ui.history")
+
+ThreadDeleted = Callable[[str, dict[str, Any]], Union[None, Awaitable[None]]]
+OCTET_STREAM = "application/octet-stream"
+_ELEMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# Columns each table accepts from Chainlit's dicts, and how their values are kept.
+STEP_COLUMNS = (
+    "id", "name", "type", "threadId", "parentId", "streaming", "waitForAnswer", "isError", "metadata", "tags",
+    "input", "output", "createdAt", "command", "modes", "start", "end", "generation", "showInput", "language",
+    "defaultOpen", "autoCollapse",
+)  # fmt: skip
+ELEMENT_COLUMNS = (
+    "id", "threadId", "type", "url", "chainlitKey", "name", "display", "objectKey", "size", "page", "language",
+    "forId", "mime", "props", "autoPlay", "playerConfig",
+)  # fmt: skip
+JSON_COLUMNS = frozenset({"metadata", "modes", "generation", "props", "playerConfig"})
+BOOL_COLUMNS = frozenset({"streaming", "waitForAnswer", "isError", "defaultOpen", "autoCollapse", "autoPlay"})
+TAG_COLUMNS = frozenset({"tags"})
+
+
+def is_thread_id(value: object) -> bool:
+    """True for the canonical lowercase UUID form Chainlit gives every thread."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def _decode(value: Any, default: Any = None) -> Any:
+    """A JSON column's value as Python: PostgreSQL already decoded it, SQLite gives text."""
+    if value is None:
+        return default
+    if isinstance(value, (str, bytes)):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return default
+    return value
+
+
+def _normalise(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        if key in JSON_COLUMNS:
+            value = _decode(value, {} if key == "metadata" else None)
+        elif key in TAG_COLUMNS:
+            value = _decode(value) if isinstance(value, str) else value
+            value = list(value) if value is not None else None
+        elif key in BOOL_COLUMNS and value is not None:
+            value = bool(value)
+        out[key] = value
+    return out
+
+
+class WeaverDataLayer(SQLAlchemyDataLayer):
+    """Chainlit's data layer for Weaver's history. Call ``await open()`` once, in the server's
+    event loop (``ui.history.open_history`` does), before Chainlit uses it."""
+
+    def __init__(
+        self,
+        database_url: str,
+        storage: BaseStorageClient | None,
+        on_thread_deleted: ThreadDeleted | None = None,
+        user_thread_limit: int = 1000,
+    ) -> None:
+        is_sqlite = database_url.startswith("sqlite")
+        super().__init__(
+            conninfo=database_url,
+            connect_args={"timeout": 30} if is_sqlite else None,
+            storage_provider=storage,
+            user_thread_limit=user_thread_limit,
+        )
+        self.on_thread_deleted = on_thread_deleted
+        self.dialect = self.engine.dialect.name
+        if is_sqlite:
+            _sqlite_transactions(self.engine.sync_engine)
+
+    async def open(self) -> tuple[int, int]:
+        """Create or upgrade the schema; returns (version before, version after)."""
+        return await migrate(self.engine)
+
+    # -- SQL helpers -------------------------------------------------------------------------
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            yield conn
+
+    def _param(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return json.dumps(value)
+        if isinstance(value, (list, tuple)):
+            return list(value) if self.dialect == "postgresql" else json.dumps(list(value))
+        return value
+
+    def _json_param(self, value: Any) -> Any:
+        return None if value is None else json.dumps(value)
+
+    async def _rows(self, conn: AsyncConnection, sql: Any, params: Mapping[str, Any] | None = None) -> list[dict]:
+        statement = text(sql) if isinstance(sql, str) else sql
+        result = await conn.execute(statement, dict(params or {}))
+        return [_normalise(row._mapping) for row in result.fetchall()]
+
+    async def _upsert(self, conn: AsyncConnection, table: str, values: Mapping[str, Any]) -> None:
+        columns = list(values)
+        names = ", ".join(f'"{c}"' for c in columns)
+        marks = ", ".join(f":{c}" for c in columns)
+        updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in columns if c != "id")
+        conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+        sql = f'INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ("id") {conflict}'
+        await conn.execute(text(sql), {c: self._param(values[c]) for c in columns})
+
+    def _limit(self) -> int:
+        return int(self.user_thread_limit or 1_000_000)
+
+    async def get_current_timestamp(self) -> str:
+        return str(utc_now())
+
+    # -- threads -----------------------------------------------------------------------------
+    async def get_thread_author(self, thread_id: str) -> str:
+        """The thread's owner, or "" when there is none (Chainlit's check then answers 404)."""
+        async with self.transaction() as conn:
+            rows = await self._rows(conn, 'SELECT "userIdentifier" FROM threads WHERE "id" = :id', {"id": thread_id})
+        return str(rows[0]["userIdentifier"] or "") if rows else ""
+
+    async def update_thread(
+        self,
+        thread_id: str,
+        name: Optional[str] = None,
+        user_id: Optional[str] = None,
+        metadata: Optional[dict] = None,
+        tags: Optional[list[str]] = None,
+    ) -> None:
+        """Create the thread or change it. Metadata is merged (a None value removes its key); a
+        ``name`` in metadata names the thread when no name is given; the owner is set once."""
+        if not is_thread_id(thread_id):
+            logger.warning("refused to store a thread with id %.80r: not a UUID", thread_id)
+            return
+        lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
+        async with self.transaction() as conn:
+            rows = await self._rows(
+                conn, f'SELECT "metadata", "userId" FROM threads WHERE "id" = :id{lock}', {"id": thread_id}
+            )
+            existing = rows[0] if rows else None
+            if existing is not None and name is None and user_id is None and metadata is None and tags is None:
+                return
+            values: dict[str, Any] = {"id": thread_id}
+            if existing is None:
+                values["createdAt"] = await self.get_current_timestamp()
+            merged = dict(existing["metadata"] or {}) if existing else {}
+            if metadata is not None:
+                merged = {k: v for k, v in merged.items() if metadata.get(k, v) is not None}
+                merged.update({k: v for k, v in metadata.items() if v is not None})
+                values["metadata"] = merged
+            elif existing is None:
+                values["metadata"] = {}
+            if name is None and metadata:
+                name = metadata.get("name")
+            if name is not None:
+                values["name"] = str(name)
+            if user_id is not None:
+                owner = existing["userId"] if existing else None
+                if owner and owner != user_id:
+                    logger.warning("refused to move thread %s from user %s to %s", thread_id, owner, user_id)
+                else:
+                    users = await self._rows(conn, 'SELECT "identifier" FROM users WHERE "id" = :id', {"id": user_id})
+                    values["userId"] = user_id
+                    values["userIdentifier"] = users[0]["identifier"] if users else None
+            if tags is not None:
+                values["tags"] = list(tags)
+            await self._upsert(conn, "threads", values)
+
+    async def get_thread(self, thread_id: str) -> Optional[ThreadDict]:
+        threads = await self.get_all_user_threads(thread_id=thread_id)
+        return threads[0] if threads else None
+
+    async def get_all_user_threads(
+        self, user_id: Optional[str] = None, thread_id: Optional[str] = None
+    ) -> Optional[list[ThreadDict]]:
+        """One thread by id, or a user's threads (newest activity first), each with its steps,
+        feedback and elements."""
+        clauses, params = [], {"limit": self._limit()}
+        if thread_id is not None:
+            clauses.append('t."id" = :thread_id')
+            params["thread_id"] = thread_id
+        if user_id is not None:
+            clauses.append('t."userId" = :user_id')
+            params["user_id"] = user_id
+        if not clauses:
+            return []
+        async with self.transaction() as conn:
+            rows = await self._thread_rows(conn, " OR ".join(clauses), params)
+            return await self._full_threads(conn, rows)
+
+    async def _thread_rows(self, conn: AsyncConnection, where: str, params: Mapping[str, Any]) -> list[dict]:
+        sql = f"""
+            SELECT t."id", t."createdAt", t."name", t."userId", t."userIdentifier", t."tags", t."metadata",
+                   COALESCE((SELECT MAX(s."createdAt") FROM steps s WHERE s."threadId" = t."id"), t."createdAt", '')
+                       AS last_activity
+            FROM threads t
+            WHERE {where}
+            ORDER BY last_activity DESC, t."id" DESC
+            LIMIT :limit
+        """
+        return await self._rows(conn, sql, params)
+
+    def _thread_dict(self, row: Mapping[str, Any]) -> ThreadDict:
+        return ThreadDict(
+            id=row["id"],
+            createdAt=row["createdAt"],
+            name=row["name"],
+            userId=row["userId"],
+            userIdentifier=row["userIdentifier"],
+            tags=row["tags"],
+            metadata=row["metadata"] or {},
+            steps=[],
+            elements=[],
+        )
+
+    async def _full_threads(self, conn: AsyncConnection, rows: list[dict]) -> list[ThreadDict]:
+        threads = {row["id"]: self._thread_dict(row) for row in rows}
+        if not threads:
+            return []
+        ids = {"ids": list(threads)}
+        columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
+        steps = await self._rows(
+            conn,
+            text(
+                f"""SELECT {columns}, f."id" AS feedback_id, f."value" AS feedback_value,
+                           f."comment" AS feedback_comment
+                    FROM steps s LEFT JOIN feedbacks f ON f."forId" = s."id"
+                    WHERE s."threadId" IN :ids
+                    ORDER BY s."createdAt" ASC NULLS FIRST"""
+            ).bindparams(bindparam("ids", expanding=True)),
+            ids,
+        )
+        for step in steps:
+            threads[step["threadId"]]["steps"].append(self._step_dict(step))
+        element_columns = ", ".join(f'"{c}"' for c in ELEMENT_COLUMNS)
+        elements = await self._rows(
+            conn,
+            text(f'SELECT {element_columns} FROM elements WHERE "threadId" IN :ids').bindparams(
+                bindparam("ids", expanding=True)
+            ),
+            ids,
+        )
+        for element in elements:
+            threads[element["threadId"]]["elements"].append(await self._element_dict(element))
+        return list(threads.values())
+
+    def _step_dict(self, row: Mapping[str, Any]) -> StepDict:
+        step: dict[str, Any] = {c: row.get(c) for c in STEP_COLUMNS}
+        step["metadata"] = step["metadata"] or {}
+        step["streaming"] = bool(step["streaming"])
+        if step["showInput"] in (None, "false"):  # as Chainlit: a hidden input is not sent back
+            step["input"] = ""
+        step["feedback"] = (
+            {
+                "forId": row["id"],
+                "id": row["feedback_id"],
+                "value": row["feedback_value"],
+                "comment": row["feedback_comment"],
+            }
+            if row.get("feedback_value") is not None
+            else None
+        )
+        return step  # type: ignore[return-value]
+
+    async def _element_dict(self, row: Mapping[str, Any]) -> ElementDict:
+        element: dict[str, Any] = {c: row.get(c) for c in ELEMENT_COLUMNS}
+        key = element["objectKey"]
+        if key and self.storage_provider is not None:
+            try:
+                element["url"] = await self.storage_provider.get_read_url(object_key=key)
+            except Exception:
+                logger.warning("no read URL for element %s (key %.120r)", element["id"], key, exc_info=True)
+        element["props"] = element["props"] or {}
+        return element  # type: ignore[return-value]
+
+    async def list_threads(self, pagination: Pagination, filters: ThreadFilter) -> PaginatedResponse[ThreadDict]:
+        """The threads of ``filters.userId`` only, most recently active first; ``filters.search``
+        matches the name (case-insensitive), ``filters.feedback`` keeps threads with such a vote."""
+        if not filters.userId:
+            raise ValueError("list_threads needs filters.userId")
+        where = 't."userId" = :user_id'
+        params: dict[str, Any] = {"user_id": filters.userId, "limit": self._limit()}
+        if filters.feedback is not None:
+            where += """ AND EXISTS (SELECT 1 FROM feedbacks f JOIN steps s ON s."id" = f."forId"
+                                     WHERE s."threadId" = t."id" AND f."value" = :feedback)"""
+            params["feedback"] = int(filters.feedback)
+        async with self.transaction() as conn:
+            rows = await self._thread_rows(conn, where, params)
+        if filters.search:
+            needle = filters.search.casefold()
+            rows = [row for row in rows if needle in (row["name"] or "").casefold()]
+        start = 0
+        if pagination.cursor:
+            start = next((i + 1 for i, row in enumerate(rows) if row["id"] == pagination.cursor), 0)
+        page = rows[start : start + pagination.first]
+        return PaginatedResponse(
+            pageInfo=PageInfo(
+                hasNextPage=len(rows) > start + pagination.first,
+                startCursor=page[0]["id"] if page else None,
+                endCursor=page[-1]["id"] if page else None,
+            ),
+            data=[self._thread_dict(row) for row in page],
+        )
+
+    async def delete_thread(self, thread_id: str) -> None:
+        """Remove the thread, its steps, feedback and elements, then its files, then tell
+        ``on_thread_deleted``. Rows go first: a file left by a failed removal is an orphan, never a
+        row pointing at nothing."""
+        params = {"id": thread_id}
+        async with self.transaction() as conn:
+            found = await self._rows(conn, 'SELECT "metadata" FROM threads WHERE "id" = :id', params)
+            keys = [
+                row["objectKey"]
+                for row in await self._rows(conn, 'SELECT "objectKey" FROM elements WHERE "threadId" = :id', params)
+                if row["objectKey"]
+            ]
+            await conn.execute(
+                text(
+                    """DELETE FROM feedbacks WHERE "threadId" = :id
+                       OR "forId" IN (SELECT "id" FROM steps WHERE "threadId" = :id)"""
+                ),
+                params,
+            )
+            for table, column in (("elements", "threadId"), ("steps", "threadId"), ("threads", "id")):
+                await conn.execute(text(f'DELETE FROM {table} WHERE "{column}" = :id'), params)
+        await self._delete_files(keys)
+        if found and self.on_thread_deleted is not None:
+            try:
+                result = self.on_thread_deleted(thread_id, dict(found[0]["metadata"] or {}))
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                logger.exception("on_thread_deleted failed for thread %s", thread_id)
+
+    async def _delete_files(self, keys: Iterable[str]) -> None:
+        if self.storage_provider is None:
+            return
+        for key in keys:
+            try:
+                await self.storage_provider.delete_file(object_key=key)
+            except Exception:
+                logger.warning("could not delete file %.120r from storage", key, exc_info=True)
+
+    # -- steps -------------------------------------------------------------------------------
+    @queue_until_user_message()
+    async def create_step(self, step_dict: StepDict) -> None:
+        await self._write_step(step_dict)
+
+    @queue_until_user_message()
+    async def update_step(self, step_dict: StepDict) -> None:
+        await self._write_step(step_dict)
+
+    async def _write_step(self, step_dict: StepDict) -> None:
+        thread_id = step_dict.get("threadId")
+        if not is_thread_id(thread_id):
+            logger.warning("refused to store step %.80r: thread id %.80r is not a UUID", step_dict.get("id"), thread_id)
+            return
+        values: dict[str, Any] = {c: step_dict.get(c) for c in STEP_COLUMNS if step_dict.get(c) is not None}
+        if "showInput" in values:
+            values["showInput"] = str(values["showInput"]).lower()
+        values.setdefault("metadata", {})
+        for column in ("metadata", "modes", "generation"):
+            if column in values:
+                values[column] = self._json_param(values[column])
+        try:
+            await self.update_thread(str(thread_id))
+            async with self.transaction() as conn:
+                await self._upsert(conn, "steps", values)
+        except Exception:
+            logger.exception("could not store step %s", step_dict.get("id"))
+
+    @queue_until_user_message()
+    async def delete_step(self, step_id: str) -> None:
+        params = {"id": step_id}
+        async with self.transaction() as conn:
+            keys = [
+                row["objectKey"]
+                for row in await self._rows(conn, 'SELECT "objectKey" FROM elements WHERE "forId" = :id', params)
+                if row["objectKey"]
+            ]
+            await conn.execute(text('DELETE FROM feedbacks WHERE "forId" = :id'), params)
+            await conn.execute(text('DELETE FROM elements WHERE "forId" = :id'), params)
+            await conn.execute(text('DELETE FROM steps WHERE "id" = :id'), params)
+        await self._delete_files(keys)
+
+    async def get_step(self, step_id: str) -> Optional[StepDict]:
+        columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
+        async with self.transaction() as conn:
+            rows = await self._rows(
+                conn,
+                f"""SELECT {columns}, f."id" AS feedback_id, f."value" AS feedback_value,
+                           f."comment" AS feedback_comment
+                    FROM steps s LEFT JOIN feedbacks f ON f."forId" = s."id" WHERE s."id" = :id""",
+                {"id": step_id},
+            )
+        return self._step_dict(rows[0]) if rows else None
+
+    async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
+        columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
+        async with self.transaction() as conn:
+            rows = await self._rows(
+                conn,
+                f"""SELECT {columns}, NULL AS feedback_id, NULL AS feedback_value, NULL AS feedback_comment
+                    FROM steps s JOIN threads t ON t."id" = s."threadId"
+                    WHERE t."userId" = :user_id ORDER BY s."createdAt" DESC NULLS LAST""",
+                {"user_id": user_id},
+            )
+        return [self._step_dict(row) for row in rows if (row["metadata"] or {}).get("favorite") is True]
+
+    # -- elements ----------------------------------------------------------------------------
+    @queue_until_user_message()
+    async def create_element(self, element: Element) -> None:
+        try:
+            await self._write_element(element)
+        except Exception:
+            logger.exception("could not store element %s", getattr(element, "id", "?"))
+
+    async def _write_element(self, element: Element) -> None:
+        storage = self.storage_provider
+        if storage is None or not element.for_id:  # as Chainlit: only files attached to a step are kept
+            return
+        if not is_thread_id(element.thread_id) or not _ELEMENT_ID.match(str(element.id)):
+            logger.warning("refused element %.80r of thread %.80r: bad id", element.id, element.thread_id)
+            return
+        mime = element.mime or OCTET_STREAM
+        name = safe_file_name(element.name)
+        values: dict[str, Any] = {k: v for k, v in element.to_dict().items() if k in ELEMENT_COLUMNS and v is not None}
+        values["mime"] = mime
+        if element.path or element.content is not None:
+            key = check_object_key(f"{element.thread_id}/{element.id}/{name}")
+            if element.path and isinstance(storage, LocalFileStorage):
+                stored = await storage.upload_path(key, element.path)
+            else:
+                if element.path:
+                    data: bytes | str = await asyncio.to_thread(_read_bytes, element.path)
+                else:
+                    data = element.content  # type: ignore[assignment]
+                disposition = f"attachment; filename*=UTF-8''{quote(name)}"
+                stored = await storage.upload_file(
+                    object_key=key, data=data, mime=mime, overwrite=True, content_disposition=disposition
+                )
+            if not stored:
+                raise RuntimeError(f"storage refused element {element.id}")
+            values["objectKey"] = stored.get("object_key", key)
+            values["url"] = stored.get("url")
+        elif not element.url:
+            return  # nothing to keep
+        for column in ("props", "playerConfig"):
+            if column in values:
+                values[column] = self._json_param(values[column])
+        async with self.transaction() as conn:
+            await self._upsert(conn, "elements", values)
+
+    async def get_element(self, thread_id: str, element_id: str) -> Optional[ElementDict]:
+        columns = ", ".join(f'"{c}"' for c in ELEMENT_COLUMNS)
+        async with self.transaction() as conn:
+            rows = await self._rows(
+                conn,
+                f'SELECT {columns} FROM elements WHERE "threadId" = :thread_id AND "id" = :id',
+                {"thread_id": thread_id, "id": element_id},
+            )
+        return await self._element_dict(rows[0]) if rows else None
+
+    @queue_until_user_message()
+    async def delete_element(self, element_id: str, thread_id: Optional[str] = None) -> None:
+        where = '"id" = :id' + (' AND "threadId" = :thread_id' if thread_id else "")
+        params = {"id": element_id, "thread_id": thread_id} if thread_id else {"id": element_id}
+        async with self.transaction() as conn:
+            rows = await self._rows(conn, f'SELECT "objectKey" FROM elements WHERE {where}', params)
+            await conn.execute(text(f"DELETE FROM elements WHERE {where}"), params)
+        await self._delete_files(row["objectKey"] for row in rows if row["objectKey"])
+
+    async def file_for(self, object_key: str, user_identifier: str) -> dict[str, Any] | None:
+        """The element stored under ``object_key`` if ``user_identifier`` owns its thread:
+        ``{"name", "mime", "thread_id"}``; None otherwise (not found and not yours look the same)."""
+        async with self.transaction() as conn:
+            rows = await self._rows(
+                conn,
+                """SELECT e."name", e."mime", e."threadId" FROM elements e JOIN threads t ON t."id" = e."threadId"
+                   WHERE e."objectKey" = :key AND t."userIdentifier" = :user""",
+                {"key": object_key, "user": user_identifier},
+            )
+        if not rows:
+            return None
+        return {"name": rows[0]["name"], "mime": rows[0]["mime"] or OCTET_STREAM, "thread_id": rows[0]["threadId"]}
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _sqlite_transactions(sync_engine: Any) -> None:
+    """Real transactions on SQLite: pysqlite's own begins too late for DDL and reads-then-writes.
+    Every transaction takes the write lock at once (``BEGIN IMMEDIATE``), so two writers wait for
+    each other (``timeout``) instead of failing; WAL lets readers of other processes go on."""
+
+    @event.listens_for(sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
