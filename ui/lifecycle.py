@@ -16,17 +16,19 @@ Design - a grace period plus lazy re-creation:
   round is cancelled and the session stopped, so its kernel process is gone.
 * ``acquire`` (every user message) disarms a pending timer; if the session was already stopped
   it creates a fresh one and says so (``recreated``), so the UI can tell the user that earlier
-  variables are gone instead of failing.
+  variables are gone instead of failing. ``acquire_async`` does the same but creates the session
+  on a thread of its own (folders, log files, a pooled kernel's handover), so a crowd of first
+  messages never blocks the event loop; concurrent messages of one chat share one creation.
 * An explicit "New chat" stops the old session at once: the frontend emits ``clear_session``
   and then drops the socket, but the server may run the disconnect (and so ``on_chat_end``)
   before the ``clear_session`` handler, so ``release`` also re-checks ``is_abandoned(key)``
   after ``settle_s`` (one second) and stops then if the chat was cleared and not reconnected.
   ``close_all`` is for server shutdown.
 
-Every method runs on the event loop thread; only the blocking ``stop`` of a session runs off it,
-through ``ui.bridge`` on a thread of its own per stop (a stop can take seconds, and many at once,
-as at shutdown, must not queue behind each other). The owner does not import Chainlit, so it can
-be reasoned about (and exercised) on its own.
+Every method runs on the event loop thread; only the blocking creation (``acquire_async``) and
+``stop`` of a session run off it, through ``ui.bridge`` on a thread of its own per call (a stop
+can take seconds, and many at once, as at shutdown, must not queue behind each other). The owner
+does not import Chainlit, so it can be reasoned about (and exercised) on its own.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class _Entry:
     settle_timer: asyncio.TimerHandle | None = None
     stopped_at: float | None = None
     had_session: bool = False
+    creating: asyncio.Future[StoppableSession] | None = None  # acquire_async's creation in flight
 
 
 class SessionOwner:
@@ -137,6 +140,37 @@ class SessionOwner:
         hold at most ``max_per_client`` live sessions; past that its longest-disconnected chat is
         stopped to make room, and if all of its chats are connected ``TooManyChats`` is raised.
         """
+        entry = self._arrive(key, user_name, client)
+        if entry.session is not None:
+            return Lease(session=entry.session, recreated=False, round_lock=entry.round_lock)
+        self._make_room(client, key)
+        recreated = entry.had_session
+        self._adopt(key, entry, self._factory(user_name), user_name, client)
+        assert entry.session is not None
+        return Lease(session=entry.session, recreated=recreated, round_lock=entry.round_lock, created=True)
+
+    async def acquire_async(self, key: str, user_name: str, client: str = "") -> Lease:
+        """``acquire`` with the session created on a thread of its own, never on the event loop.
+
+        A second message of the same chat while its session is being created waits for that one
+        creation. If the awaiting task is cancelled the creation still completes and the chat
+        keeps the session (the grace period then applies as usual).
+        """
+        entry = self._arrive(key, user_name, client)
+        if entry.session is not None:
+            return Lease(session=entry.session, recreated=False, round_lock=entry.round_lock)
+        creating, created = entry.creating, False
+        if creating is None:
+            self._make_room(client, key)
+            recreated = entry.had_session
+            creating = asyncio.ensure_future(run_in_thread(self._factory, user_name, name="weaver-session-create"))
+            entry.creating, created = creating, True
+            creating.add_done_callback(lambda done: self._created(key, entry, done, user_name, client))
+        session = await asyncio.shield(creating)
+        return Lease(session=session, recreated=created and recreated, round_lock=entry.round_lock, created=created)
+
+    def _arrive(self, key: str, user_name: str, client: str) -> _Entry:
+        """A message arrived for ``key``: its entry, with any pending stop disarmed."""
         self._prune()
         entry = self._entries.get(key)
         if entry is None:
@@ -144,25 +178,44 @@ class SessionOwner:
             self._entries[key] = entry
         self._disarm(entry)
         entry.released_at = None
-        created = recreated = False
         if entry.session is not None and entry.session.is_stopped:
             entry.session = None  # stopped behind our back (e.g. the engine shut it down)
-        if entry.session is None:
-            self._make_room(client, key)
-            recreated = entry.had_session
-            entry.session = self._factory(user_name)
-            entry.user_name, entry.client = user_name, client
-            entry.had_session = created = True
-            entry.stopped_at = None
-            logger.info("chainlit session %s owns weaver session %s", key, entry.session.session_id)
-        return Lease(session=entry.session, recreated=recreated, round_lock=entry.round_lock, created=created)
+        return entry
+
+    def _adopt(self, key: str, entry: _Entry, session: StoppableSession, user_name: str, client: str) -> None:
+        entry.session = session
+        entry.user_name, entry.client = user_name, client
+        entry.had_session = True
+        entry.stopped_at = None
+        logger.info("chainlit session %s owns weaver session %s", key, session.session_id)
+
+    def _created(
+        self, key: str, entry: _Entry, done: asyncio.Future[StoppableSession], user_name: str, client: str
+    ) -> None:
+        """A creation finished (on the loop): the chat owns the session, even if its socket left meanwhile."""
+        entry.creating = None
+        if done.cancelled() or done.exception() is not None:
+            return  # the awaiting message reports it; the next message tries again
+        self._adopt(key, entry, done.result(), user_name, client)
+        if self._entries.get(key) is not entry:
+            self._stop(key, entry)  # forgotten meanwhile: nobody can reach this session
+        elif entry.released_at is not None:
+            self.release(key)  # the chat ended while its session was being made: the grace period starts now
 
     def _make_room(self, client: str, key: str) -> None:
         """Keep ``client`` within its share: free its longest-disconnected chat, or refuse."""
-        mine = [(k, e) for k, e in self._entries.items() if k != key and e.client == client and e.session is not None]
+        mine = [
+            (k, e)
+            for k, e in self._entries.items()
+            if k != key and e.client == client and (e.session is not None or e.creating is not None)
+        ]
         if len(mine) < self.max_per_client:
             return
-        gone = sorted((e.released_at, k) for k, e in mine if e.released_at is not None and not self._connected(k))
+        gone = sorted(
+            (e.released_at, k)
+            for k, e in mine
+            if e.session is not None and e.released_at is not None and not self._connected(k)
+        )
         if not gone:
             raise TooManyChats(self.max_per_client)
         _, oldest = gone[0]
@@ -181,6 +234,9 @@ class SessionOwner:
     def release(self, key: str, immediate: bool = False) -> None:
         """Chat end: stop now if the user asked for a new chat, else after the grace period."""
         entry = self._entries.get(key)
+        if entry is not None and entry.session is None and entry.creating is not None:
+            entry.released_at = time.monotonic()  # ``_created`` releases the session once it exists
+            return
         if entry is None or entry.session is None:
             return
         self._disarm(entry)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import subprocess
+import time
 from pathlib import Path
+from typing import Callable
 
 from jupyter_client import BlockingKernelClient, KernelManager
 
@@ -124,7 +127,7 @@ class KernelProcess:
         kc.start_channels()
         self.client = kc
         try:
-            kc.wait_for_ready(timeout=self.start_timeout)
+            wait_for_ready(kc, self.start_timeout, self.alive)
         except RuntimeError as exc:
             self.teardown(graceful=False)
             raise KernelStartError(messages.not_ready(self.start_timeout, exc)) from exc
@@ -152,3 +155,39 @@ class KernelProcess:
                 logger.error("kernel process %s of session %s did not exit", proc.pid, self.session_id)
         if box is not None:
             box.close()
+
+
+IOPUB_CHECK_S = 0.2
+
+
+def wait_for_ready(kc: BlockingKernelClient, timeout: float, alive: Callable[[], bool]) -> None:
+    """``kc.wait_for_ready`` without its idle tail: jupyter_client ends every wait by listening to
+    IOPub until it has been silent for 0.2 s, a third of a kernel's start time here; messages still
+    queued are drained without waiting instead (every later call matches replies by message id).
+    As there, the kernel is ready once it answers ``kernel_info`` and IOPub is seen connected."""
+    deadline = time.monotonic() + timeout
+    while True:
+        kc.kernel_info()
+        try:
+            msg = kc.get_shell_msg(timeout=max(0.01, min(1.0, deadline - time.monotonic())))
+        except queue.Empty:
+            msg = None
+        if msg is not None and msg["msg_type"] == "kernel_info_reply":
+            try:
+                kc.get_iopub_msg(timeout=IOPUB_CHECK_S)
+            except queue.Empty:
+                pass  # IOPub not connected yet: ask again
+            else:
+                handle = getattr(kc, "_handle_kernel_info_reply", None)
+                if handle is not None:
+                    handle(msg)  # adapts to the kernel's protocol version
+                break
+        if not alive():
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Kernel didn't respond in {timeout:g} seconds")
+    while True:
+        try:
+            kc.get_iopub_msg(timeout=0)
+        except queue.Empty:
+            return
