@@ -251,6 +251,7 @@ def test_html_sent_as_csv_is_stored_and_served_as_plain_bytes(server: UIServer) 
         served = httpx.get(
             f"{server.base_url}/project/file/{hostile.json()['id']}",
             params={"session_id": client.session_id},
+            headers=client.headers,
             timeout=10,
         )
         assert served.status_code == 200

@@ -30,6 +30,7 @@ from tests.ui_harness import (
     free_port,
     gated_code,
     kernel_pid_in,
+    login_cookie,
     pid_alive,
     start_server,
     steps,
@@ -227,6 +228,7 @@ def test_figure_is_shown_inline_and_served(ui_server: UIServer) -> None:
         response = httpx.get(
             f"{ui_server.base_url}/project/file/{images[0]['chainlitKey']}",
             params={"session_id": client.session_id},
+            headers=client.headers,
             timeout=10,
         )
     assert response.status_code == 200
@@ -305,7 +307,12 @@ def test_printed_image_syntax_reaches_the_browser_only_as_code(ui_server: UIServ
 
 
 def test_upload_limit_follows_the_engine_limit(ui_server: UIServer) -> None:
-    settings = httpx.get(f"{ui_server.base_url}/project/settings", params={"language": "en-US"}, timeout=10).json()
+    settings = httpx.get(
+        f"{ui_server.base_url}/project/settings",
+        params={"language": "en-US"},
+        headers=login_cookie(ui_server.base_url),
+        timeout=10,
+    ).json()
     # MAX_FILE_MB=1 in the harness: Chainlit's server counts MiB, so 1 MB decimal allows max_size_mb=1
     # (floor of 0.95, raised to Chainlit's smallest useful value); config.toml says 95.
     assert settings["features"]["spontaneous_file_upload"]["max_size_mb"] == 1
