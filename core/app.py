@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -23,6 +24,9 @@ from core.session import Session, new_executor
 from core.telemetry import TelemetryLogger
 from core.tracing import Tracing
 from core.workspace import Workspace, default_app_dir
+
+# Ids made by ``create_id`` (and the pool): safe as a folder name, never a path.
+SESSION_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
 
 
 class _AppModule(Module):
@@ -109,6 +113,30 @@ class TaskWeaverApp:
                     self._discard_kernel(warm.session_id)
                 raise
             self._sessions[new_id] = session
+            return session
+
+    def open_session(self, session_id: str) -> Session:
+        """The live session ``session_id``, or that session brought back from its folder: its earlier
+        rounds in memory and its files in place, with a new kernel (``Session.replay_code`` rebuilds
+        its variables). For a chat opened again after its kernel stopped, or after a restart."""
+        with self._lock:
+            self._forget_stopped()
+            live = self._sessions.get(session_id)
+            if live is not None:
+                return live
+            if (
+                not SESSION_ID.match(session_id)
+                or not (self.workspace.session_dir(session_id) / "rounds.jsonl").is_file()
+            ):
+                raise SessionNotFound(f"no session {session_id!r} to resume")
+            limit = self.config.session.max_live_sessions
+            if len(self._sessions) >= limit:
+                raise SessionLimitReached(limit)
+            session = self.injector.create_object(
+                Session, additional_kwargs={"session_id": session_id, "executor": None}
+            )
+            session.restore_history()
+            self._sessions[session_id] = session
             return session
 
     @property

@@ -99,6 +99,9 @@ class SessionSettings(BaseModel):
     max_internal_chat_round_num: int = Field(10, gt=0)
     max_live_sessions: int = Field(100, gt=0, description="each holds a kernel (~55 MB idle)")
     max_file_mb: float = Field(100.0, gt=0)
+    resume_replay: bool = Field(True, description="rebuild a resumed chat's variables by running its code again")
+    resume_replay_timeout: float = Field(120.0, gt=0, description="bound on that replay, in seconds")
+    idle_timeout: float = Field(3600.0, gt=0, description="a chat nobody has used this long stops its kernel")
 
 
 class PlannerSettings(BaseModel):

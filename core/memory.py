@@ -75,6 +75,17 @@ class Attachment:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type.value, "content": self.content, "extra": self.extra}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Attachment | None:
+        """The attachment ``to_dict`` wrote; None for a type this version does not know."""
+        try:
+            kind = AttachmentType(data["type"])
+        except (KeyError, ValueError):
+            return None
+        return cls(
+            type=kind, content=data.get("content"), id=str(data.get("id") or create_id("atta")), extra=data.get("extra")
+        )
+
 
 @dataclass
 class Post:
@@ -104,6 +115,17 @@ class Post:
             "message": self.message,
             "attachment_list": [a.to_dict() for a in self.attachment_list],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Post:
+        attachments = [Attachment.from_dict(a) for a in data.get("attachment_list") or [] if isinstance(a, dict)]
+        return cls(
+            send_from=str(data.get("send_from") or "Unknown"),
+            send_to=str(data.get("send_to") or "Unknown"),
+            message=str(data.get("message") or ""),
+            attachment_list=[a for a in attachments if a is not None],
+            id=str(data.get("id") or create_id("post")),
+        )
 
 
 @dataclass
@@ -141,3 +163,17 @@ class Round:
             "post_list": [p.to_dict() for p in self.post_list],
             "llm_calls": self.llm_calls,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Round:
+        """The round ``to_dict`` wrote (a session's ``rounds.jsonl`` line), for resuming a chat."""
+        known: tuple[RoundState, ...] = ("created", "finished", "failed", "cancelled")
+        state: RoundState = next((s for s in known if s == data.get("state")), "failed")
+        return cls(
+            user_query=str(data.get("user_query") or ""),
+            state=state,
+            post_list=[Post.from_dict(p) for p in data.get("post_list") or [] if isinstance(p, dict)],
+            id=str(data.get("id") or create_id("round")),
+            error=data.get("error"),
+            llm_calls=list(data.get("llm_calls") or []),
+        )

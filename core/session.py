@@ -19,6 +19,7 @@ from core.files import add_files, files_prefix
 from core.llm.base import LLMBackend, LLMError
 from core.memory import Post, Round
 from core.plugins.catalog import PluginCatalog, describe_plugins
+from core.resume import Progress, ReplayReport, load_rounds, replay, replay_plan
 from core.roles.context import RoundContext, RoundFailed
 from core.roles.protocol import PLANNER, USER
 from core.roles.registry import RoleDeps, RoleRegistry
@@ -168,6 +169,38 @@ class Session:
                 f"The files need {incoming / MB:.1f} MB but this session's folder has only {room / MB:.1f} MB "
                 f"left of its {self.config.execution.disk_mb} MB (execution.disk_mb); delete files to make room."
             )
+
+    def restore_history(self) -> None:
+        """Take the earlier rounds of this session's folder back into memory (a resumed chat)."""
+        self.rounds = load_rounds(self.log.rounds_path)
+        self.log.logger.info("session %s resumed with %d earlier rounds", self.session_id, len(self.rounds))
+
+    def replay_code(self, on_progress: Progress | None = None) -> ReplayReport:
+        """Rebuild the kernel's variables by running again the code that succeeded in earlier rounds
+        (see ``core.resume``); bounded by ``session.resume_replay_timeout``. Like a round, it
+        cannot overlap one, and ``cancel()`` stops it."""
+        if not self.config.session.resume_replay:
+            return ReplayReport(total=0)
+        if self._stopped:
+            raise SessionStopped(self.session_id)
+        if not self._round_lock.acquire(blocking=False):
+            raise RoundInProgress()
+        try:
+            steps = replay_plan(self.rounds, [spec.name for spec in self._plugin_catalog.specs])
+            self._cancel = CancelToken()
+            report = replay(
+                self.executor,
+                steps,
+                dict(self.session_var),
+                self.config.session.resume_replay_timeout,
+                self._cancel,
+                on_progress,
+            )
+            self.log.logger.info("session %s replay: %s", self.session_id, report.summary())
+            return report
+        finally:
+            self._cancel = None
+            self._round_lock.release()
 
     def cancel(self) -> bool:
         """Cancel the running round from any thread: its model stream stops, its code is interrupted."""

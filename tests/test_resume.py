@@ -1,0 +1,116 @@
+"""Resuming a chat after its kernel stopped or the server restarted (real kernels, offline model)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from core import SessionNotFound, TaskWeaverApp
+from core.resume import replay_plan
+
+FIXTURE_APP = Path(__file__).parent / "app_fixture"
+
+
+def code(text: str) -> str:
+    return f"```python\n{text}\n```"
+
+
+@pytest.fixture()
+def app_dir(tmp_path: Path) -> Path:
+    shutil.copytree(FIXTURE_APP, tmp_path / "app")
+    return tmp_path / "app"
+
+
+def test_a_resumed_chat_has_its_rounds_files_and_variables_back(app_dir: Path) -> None:
+    first = TaskWeaverApp(app_dir=app_dir)
+    session = first.get_session()
+    session_id = session.session_id
+    assert session.send_message(code("x = 41\nopen('notes.txt', 'w').write('kept')")).state == "finished"
+    assert session.send_message(code("greeting = whoami('Hi')")).state == "finished"  # calls a plugin
+    assert session.send_message(code("1 / 0")).state == "finished"  # fails: not replayed
+    assert session.send_message(code("y = x + 1")).state == "finished"
+    first.stop()  # the server goes away, and every kernel with it
+
+    second = TaskWeaverApp(app_dir=app_dir)
+    try:
+        resumed = second.open_session(session_id)
+        assert [r.user_query for r in resumed.rounds][0].endswith(code("x = 41\nopen('notes.txt', 'w').write('kept')"))
+        assert len(resumed.rounds) == 4
+        seen: list[tuple[int, int]] = []
+        report = resumed.replay_code(lambda done, total: seen.append((done, total)))
+        assert report.complete and report.total == 3 and report.ran == 2, report.summary()
+        assert seen == [(1, 3), (2, 3), (3, 3)]
+        assert "calls the plugin whoami" in report.summary()
+        answer = resumed.send_message(code("print(x, y, open('notes.txt').read())")).reply_text
+        assert "41 42 kept" in answer, answer
+        assert (
+            "greeting"
+            not in resumed.send_message(code("print(sorted(k for k in dir() if not k.startswith('_')))")).reply_text
+        )
+        assert second.open_session(session_id) is resumed  # a second tab gets the same session, no second kernel
+    finally:
+        second.stop()
+
+
+def test_a_step_that_fails_now_stops_the_replay_and_says_so(app_dir: Path) -> None:
+    first = TaskWeaverApp(app_dir=app_dir)
+    session = first.get_session()
+    session.send_message(code("open('data.txt', 'w').write('1')"))
+    session.send_message(code("n = int(open('data.txt').read())"))
+    session.send_message(code("m = n + 1"))
+    session_id, folder = session.session_id, session.execution_cwd
+    first.stop()
+    (folder / "data.txt").unlink()  # the first step now recreates it, so remove the code's input instead
+    rounds_file = folder.parent / "rounds.jsonl"
+    rounds_file.write_text(rounds_file.read_text().replace("open('data.txt', 'w').write('1')", "pass"))
+
+    second = TaskWeaverApp(app_dir=app_dir)
+    try:
+        resumed = second.open_session(session_id)
+        report = resumed.replay_code()
+        assert not report.complete and report.ran == 1 and report.failed and "step 2" in report.failed
+        assert "FileNotFoundError" in report.summary()
+        assert resumed.send_message(code("print('still usable')")).state == "finished"
+    finally:
+        second.stop()
+
+
+def test_replay_is_bounded_in_time(app_dir: Path) -> None:
+    first = TaskWeaverApp(app_dir=app_dir)
+    session = first.get_session()
+    session.send_message(code("import time\ntime.sleep(0.5)\nslow = True"))
+    session_id = session.session_id
+    first.stop()
+    second = TaskWeaverApp(app_dir=app_dir, config={"session.resume_replay_timeout": 0.2})
+    try:
+        report = second.open_session(session_id).replay_code()
+        assert report.timed_out and "took too long" in report.summary()
+    finally:
+        second.stop()
+
+
+def test_only_existing_session_folders_can_be_opened(app_dir: Path) -> None:
+    app = TaskWeaverApp(app_dir=app_dir)
+    try:
+        for bad in ("../app", "/tmp", "", "no-such-session", "x" * 200):
+            with pytest.raises(SessionNotFound):
+                app.open_session(bad)
+    finally:
+        app.stop()
+
+
+def test_replay_plan_skips_plugins_and_failures() -> None:
+    from core.memory import Attachment, AttachmentType, ExecutionStatus, Post, Round
+
+    def coder(text: str, status: ExecutionStatus) -> Post:
+        post = Post(send_from="CodeInterpreter", send_to="Planner")
+        post.add_attachment(Attachment(AttachmentType.reply_content, text))
+        post.add_attachment(Attachment(AttachmentType.execution_status, status))
+        return post
+
+    rnd = Round("q", post_list=[coder("a = 1", ExecutionStatus.success), coder("b = 1/0", ExecutionStatus.failure)])
+    rnd.add_post(coder("send_mail(to='x')", ExecutionStatus.success))
+    plan = replay_plan([rnd], ["send_mail"])
+    assert [(s.code, s.skip_reason is None) for s in plan] == [("a = 1", True), ("send_mail(to='x')", False)]
