@@ -281,6 +281,31 @@ def test_chats_are_stored_listed_renamed_and_searched(db: DB, tmp_path: Path) ->
     run(db, scenario)
 
 
+def test_concurrent_writes_are_all_kept(db: DB) -> None:
+    """Chainlit writes steps and thread changes from many tasks at once; none may be lost."""
+
+    async def scenario(layer: WeaverDataLayer) -> None:
+        import chainlit as cl
+        from chainlit.utils import utc_now
+
+        alice = await new_user(layer, "alice")
+        thread_id = str(uuid.uuid4())
+        messages = [cl.Message(content=f"m{i}", author="alice", created_at=utc_now()) for i in range(30)]
+        for message in messages:
+            message.thread_id = thread_id
+        await asyncio.gather(
+            *(layer.create_step(m.to_dict()) for m in messages),
+            *(layer.update_thread(thread_id, metadata={f"k{i}": i}) for i in range(10)),
+            layer.update_thread(thread_id, name="busy", user_id=alice.id),
+        )
+        thread = await layer.get_thread(thread_id)
+        assert thread is not None and thread["name"] == "busy" and thread["userIdentifier"] == "alice"
+        assert sorted(s["output"] for s in thread["steps"]) == sorted(f"m{i}" for i in range(30))
+        assert thread["metadata"] == {f"k{i}": i for i in range(10)}
+
+    run(db, scenario)
+
+
 def test_delete_thread_removes_rows_files_and_tells_the_ui(db: DB, tmp_path: Path) -> None:
     deleted: list[tuple[str, dict[str, Any]]] = []
 

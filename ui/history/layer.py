@@ -34,8 +34,6 @@ import asyncio
 import inspect
 import json
 import logging
-import re
-import uuid
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Optional, Union
 from urllib.parse import quote
@@ -45,9 +43,21 @@ from chainlit.data.storage_clients.base import BaseStorageClient
 from chainlit.data.utils import queue_until_user_message
 from chainlit.types import PageInfo, PaginatedResponse, Pagination, ThreadDict, ThreadFilter
 from chainlit.utils import utc_now
-from sqlalchemy import bindparam, event, text
+from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ui.history.rows import (
+    ELEMENT_COLUMNS,
+    ELEMENT_ID,
+    OCTET_STREAM,
+    STEP_COLUMNS,
+    is_thread_id,
+    normalise,
+    read_bytes,
+    sqlite_transactions,
+    step_dict,
+    thread_dict,
+)
 from ui.history.schema import migrate
 from ui.history.storage import LocalFileStorage, check_object_key, safe_file_name
 
@@ -58,60 +68,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("weaver.ui.history")
 
 ThreadDeleted = Callable[[str, dict[str, Any]], Union[None, Awaitable[None]]]
-OCTET_STREAM = "application/octet-stream"
-_ELEMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-# Columns each table accepts from Chainlit's dicts, and how their values are kept.
-STEP_COLUMNS = (
-    "id", "name", "type", "threadId", "parentId", "streaming", "waitForAnswer", "isError", "metadata", "tags",
-    "input", "output", "createdAt", "command", "modes", "start", "end", "generation", "showInput", "language",
-    "defaultOpen", "autoCollapse",
-)  # fmt: skip
-ELEMENT_COLUMNS = (
-    "id", "threadId", "type", "url", "chainlitKey", "name", "display", "objectKey", "size", "page", "language",
-    "forId", "mime", "props", "autoPlay", "playerConfig",
-)  # fmt: skip
-JSON_COLUMNS = frozenset({"metadata", "modes", "generation", "props", "playerConfig"})
-BOOL_COLUMNS = frozenset({"streaming", "waitForAnswer", "isError", "defaultOpen", "autoCollapse", "autoPlay"})
-TAG_COLUMNS = frozenset({"tags"})
-
-
-def is_thread_id(value: object) -> bool:
-    """True for the canonical lowercase UUID form Chainlit gives every thread."""
-    if not isinstance(value, str):
-        return False
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
-
-
-def _decode(value: Any, default: Any = None) -> Any:
-    """A JSON column's value as Python: PostgreSQL already decoded it, SQLite gives text."""
-    if value is None:
-        return default
-    if isinstance(value, (str, bytes)):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return default
-    return value
-
-
-def _normalise(row: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, uuid.UUID):
-            value = str(value)
-        if key in JSON_COLUMNS:
-            value = _decode(value, {} if key == "metadata" else None)
-        elif key in TAG_COLUMNS:
-            value = _decode(value) if isinstance(value, str) else value
-            value = list(value) if value is not None else None
-        elif key in BOOL_COLUMNS and value is not None:
-            value = bool(value)
-        out[key] = value
-    return out
 
 
 class WeaverDataLayer(SQLAlchemyDataLayer):
@@ -135,7 +91,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         self.on_thread_deleted = on_thread_deleted
         self.dialect = self.engine.dialect.name
         if is_sqlite:
-            _sqlite_transactions(self.engine.sync_engine)
+            sqlite_transactions(self.engine.sync_engine)
 
     async def open(self) -> tuple[int, int]:
         """Create or upgrade the schema; returns (version before, version after)."""
@@ -160,7 +116,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     async def _rows(self, conn: AsyncConnection, sql: Any, params: Mapping[str, Any] | None = None) -> list[dict]:
         statement = text(sql) if isinstance(sql, str) else sql
         result = await conn.execute(statement, dict(params or {}))
-        return [_normalise(row._mapping) for row in result.fetchall()]
+        return [normalise(dict(row._mapping)) for row in result.fetchall()]
 
     async def _upsert(self, conn: AsyncConnection, table: str, values: Mapping[str, Any]) -> None:
         columns = list(values)
@@ -197,30 +153,33 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         if not is_thread_id(thread_id):
             logger.warning("refused to store a thread with id %.80r: not a UUID", thread_id)
             return
-        lock = " FOR UPDATE" if self.dialect == "postgresql" else ""
         async with self.transaction() as conn:
-            rows = await self._rows(
+            # The row first (a no-op when it exists), then change it under its lock: two servers or
+            # tasks creating the same thread at once cannot overwrite each other's metadata.
+            await conn.execute(
+                text(
+                    'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
+                    'ON CONFLICT ("id") DO NOTHING'
+                ),
+                {"id": thread_id, "created": await self.get_current_timestamp(), "metadata": "{}"},
+            )
+            if name is None and user_id is None and metadata is None and tags is None:
+                return
+            lock = " FOR UPDATE" if self.dialect == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE locked it
+            (existing,) = await self._rows(
                 conn, f'SELECT "metadata", "userId" FROM threads WHERE "id" = :id{lock}', {"id": thread_id}
             )
-            existing = rows[0] if rows else None
-            if existing is not None and name is None and user_id is None and metadata is None and tags is None:
-                return
-            values: dict[str, Any] = {"id": thread_id}
-            if existing is None:
-                values["createdAt"] = await self.get_current_timestamp()
-            merged = dict(existing["metadata"] or {}) if existing else {}
+            values: dict[str, Any] = {}
             if metadata is not None:
-                merged = {k: v for k, v in merged.items() if metadata.get(k, v) is not None}
+                merged = {k: v for k, v in (existing["metadata"] or {}).items() if metadata.get(k, v) is not None}
                 merged.update({k: v for k, v in metadata.items() if v is not None})
                 values["metadata"] = merged
-            elif existing is None:
-                values["metadata"] = {}
             if name is None and metadata:
                 name = metadata.get("name")
             if name is not None:
                 values["name"] = str(name)
             if user_id is not None:
-                owner = existing["userId"] if existing else None
+                owner = existing["userId"]
                 if owner and owner != user_id:
                     logger.warning("refused to move thread %s from user %s to %s", thread_id, owner, user_id)
                 else:
@@ -229,7 +188,12 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
                     values["userIdentifier"] = users[0]["identifier"] if users else None
             if tags is not None:
                 values["tags"] = list(tags)
-            await self._upsert(conn, "threads", values)
+            if values:
+                assignments = ", ".join(f'"{column}" = :{column}' for column in values)
+                await conn.execute(
+                    text(f'UPDATE threads SET {assignments} WHERE "id" = :id'),
+                    {**{c: self._param(v) for c, v in values.items()}, "id": thread_id},
+                )
 
     async def get_thread(self, thread_id: str) -> Optional[ThreadDict]:
         threads = await self.get_all_user_threads(thread_id=thread_id)
@@ -240,7 +204,8 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     ) -> Optional[list[ThreadDict]]:
         """One thread by id, or a user's threads (newest activity first), each with its steps,
         feedback and elements."""
-        clauses, params = [], {"limit": self._limit()}
+        clauses: list[str] = []
+        params: dict[str, Any] = {"limit": self._limit()}
         if thread_id is not None:
             clauses.append('t."id" = :thread_id')
             params["thread_id"] = thread_id
@@ -265,21 +230,8 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         """
         return await self._rows(conn, sql, params)
 
-    def _thread_dict(self, row: Mapping[str, Any]) -> ThreadDict:
-        return ThreadDict(
-            id=row["id"],
-            createdAt=row["createdAt"],
-            name=row["name"],
-            userId=row["userId"],
-            userIdentifier=row["userIdentifier"],
-            tags=row["tags"],
-            metadata=row["metadata"] or {},
-            steps=[],
-            elements=[],
-        )
-
     async def _full_threads(self, conn: AsyncConnection, rows: list[dict]) -> list[ThreadDict]:
-        threads = {row["id"]: self._thread_dict(row) for row in rows}
+        threads = {row["id"]: thread_dict(row) for row in rows}
         if not threads:
             return []
         ids = {"ids": list(threads)}
@@ -296,7 +248,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
             ids,
         )
         for step in steps:
-            threads[step["threadId"]]["steps"].append(self._step_dict(step))
+            threads[step["threadId"]]["steps"].append(step_dict(step))
         element_columns = ", ".join(f'"{c}"' for c in ELEMENT_COLUMNS)
         elements = await self._rows(
             conn,
@@ -306,26 +258,8 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
             ids,
         )
         for element in elements:
-            threads[element["threadId"]]["elements"].append(await self._element_dict(element))
+            threads[element["threadId"]]["elements"].append(await self._element_dict(element))  # type: ignore[union-attr]
         return list(threads.values())
-
-    def _step_dict(self, row: Mapping[str, Any]) -> StepDict:
-        step: dict[str, Any] = {c: row.get(c) for c in STEP_COLUMNS}
-        step["metadata"] = step["metadata"] or {}
-        step["streaming"] = bool(step["streaming"])
-        if step["showInput"] in (None, "false"):  # as Chainlit: a hidden input is not sent back
-            step["input"] = ""
-        step["feedback"] = (
-            {
-                "forId": row["id"],
-                "id": row["feedback_id"],
-                "value": row["feedback_value"],
-                "comment": row["feedback_comment"],
-            }
-            if row.get("feedback_value") is not None
-            else None
-        )
-        return step  # type: ignore[return-value]
 
     async def _element_dict(self, row: Mapping[str, Any]) -> ElementDict:
         element: dict[str, Any] = {c: row.get(c) for c in ELEMENT_COLUMNS}
@@ -364,7 +298,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
                 startCursor=page[0]["id"] if page else None,
                 endCursor=page[-1]["id"] if page else None,
             ),
-            data=[self._thread_dict(row) for row in page],
+            data=[thread_dict(row) for row in page],
         )
 
     async def delete_thread(self, thread_id: str) -> None:
@@ -458,7 +392,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
                     FROM steps s LEFT JOIN feedbacks f ON f."forId" = s."id" WHERE s."id" = :id""",
                 {"id": step_id},
             )
-        return self._step_dict(rows[0]) if rows else None
+        return step_dict(rows[0]) if rows else None
 
     async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
         columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
@@ -470,7 +404,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
                     WHERE t."userId" = :user_id ORDER BY s."createdAt" DESC NULLS LAST""",
                 {"user_id": user_id},
             )
-        return [self._step_dict(row) for row in rows if (row["metadata"] or {}).get("favorite") is True]
+        return [step_dict(row) for row in rows if (row["metadata"] or {}).get("favorite") is True]
 
     # -- elements ----------------------------------------------------------------------------
     @queue_until_user_message()
@@ -484,7 +418,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         storage = self.storage_provider
         if storage is None or not element.for_id:  # as Chainlit: only files attached to a step are kept
             return
-        if not is_thread_id(element.thread_id) or not _ELEMENT_ID.match(str(element.id)):
+        if not is_thread_id(element.thread_id) or not ELEMENT_ID.match(str(element.id)):
             logger.warning("refused element %.80r of thread %.80r: bad id", element.id, element.thread_id)
             return
         mime = element.mime or OCTET_STREAM
@@ -497,7 +431,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
                 stored = await storage.upload_path(key, element.path)
             else:
                 if element.path:
-                    data: bytes | str = await asyncio.to_thread(_read_bytes, element.path)
+                    data: bytes | str = await asyncio.to_thread(read_bytes, element.path)
                 else:
                     data = element.content  # type: ignore[assignment]
                 disposition = f"attachment; filename*=UTF-8''{quote(name)}"
@@ -548,26 +482,3 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         if not rows:
             return None
         return {"name": rows[0]["name"], "mime": rows[0]["mime"] or OCTET_STREAM, "thread_id": rows[0]["threadId"]}
-
-
-def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _sqlite_transactions(sync_engine: Any) -> None:
-    """Real transactions on SQLite: pysqlite's own begins too late for DDL and reads-then-writes.
-    Every transaction takes the write lock at once (``BEGIN IMMEDIATE``), so two writers wait for
-    each other (``timeout``) instead of failing; WAL lets readers of other processes go on."""
-
-    @event.listens_for(sync_engine, "connect")
-    def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(sync_engine, "begin")
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")

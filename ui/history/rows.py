@@ -1,0 +1,131 @@
+"""Rows of the history tables as Chainlit's dicts, the same on SQLite and PostgreSQL.
+
+PostgreSQL (asyncpg) hands JSONB back decoded and booleans as booleans; SQLite hands back JSON
+text and 0/1. ``normalise`` makes both look like the former; ``thread_dict`` and ``step_dict``
+shape rows as Chainlit's ``ThreadDict`` and ``StepDict``. ``sqlite_transactions`` gives SQLite
+real transactions.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import TYPE_CHECKING, Any, Mapping
+
+from chainlit.types import ThreadDict
+from sqlalchemy import event
+
+if TYPE_CHECKING:
+    from chainlit.step import StepDict
+
+OCTET_STREAM = "application/octet-stream"
+ELEMENT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+# Columns each table accepts from Chainlit's dicts, and how their values are kept.
+STEP_COLUMNS = (
+    "id", "name", "type", "threadId", "parentId", "streaming", "waitForAnswer", "isError", "metadata", "tags",
+    "input", "output", "createdAt", "command", "modes", "start", "end", "generation", "showInput", "language",
+    "defaultOpen", "autoCollapse",
+)  # fmt: skip
+ELEMENT_COLUMNS = (
+    "id", "threadId", "type", "url", "chainlitKey", "name", "display", "objectKey", "size", "page", "language",
+    "forId", "mime", "props", "autoPlay", "playerConfig",
+)  # fmt: skip
+JSON_COLUMNS = frozenset({"metadata", "modes", "generation", "props", "playerConfig"})
+BOOL_COLUMNS = frozenset({"streaming", "waitForAnswer", "isError", "defaultOpen", "autoCollapse", "autoPlay"})
+TAG_COLUMNS = frozenset({"tags"})
+
+
+def is_thread_id(value: object) -> bool:
+    """True for the canonical lowercase UUID form Chainlit gives every thread."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def decode(value: Any, default: Any = None) -> Any:
+    """A JSON column's value as Python: PostgreSQL already decoded it, SQLite gives text."""
+    if value is None:
+        return default
+    if isinstance(value, (str, bytes)):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return default
+    return value
+
+
+def normalise(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, uuid.UUID):
+            value = str(value)
+        if key in JSON_COLUMNS:
+            value = decode(value, {} if key == "metadata" else None)
+        elif key in TAG_COLUMNS:
+            value = decode(value) if isinstance(value, str) else value
+            value = list(value) if value is not None else None
+        elif key in BOOL_COLUMNS and value is not None:
+            value = bool(value)
+        out[key] = value
+    return out
+
+
+def thread_dict(row: Mapping[str, Any]) -> ThreadDict:
+    return ThreadDict(
+        id=row["id"],
+        createdAt=row["createdAt"],
+        name=row["name"],
+        userId=row["userId"],
+        userIdentifier=row["userIdentifier"],
+        tags=row["tags"],
+        metadata=row["metadata"] or {},
+        steps=[],
+        elements=[],
+    )
+
+
+def step_dict(row: Mapping[str, Any]) -> StepDict:
+    step: dict[str, Any] = {c: row.get(c) for c in STEP_COLUMNS}
+    step["metadata"] = step["metadata"] or {}
+    step["streaming"] = bool(step["streaming"])
+    if step["showInput"] in (None, "false"):  # as Chainlit: a hidden input is not sent back
+        step["input"] = ""
+    step["feedback"] = (
+        {
+            "forId": row["id"],
+            "id": row["feedback_id"],
+            "value": row["feedback_value"],
+            "comment": row["feedback_comment"],
+        }
+        if row.get("feedback_value") is not None
+        else None
+    )
+    return step  # type: ignore[return-value]
+
+
+def read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def sqlite_transactions(sync_engine: Any) -> None:
+    """Real transactions on SQLite: pysqlite's own begins too late for DDL and reads-then-writes.
+    Every transaction takes the write lock at once (``BEGIN IMMEDIATE``), so two writers wait for
+    each other (``timeout``) instead of failing; WAL lets readers of other processes go on."""
+
+    @event.listens_for(sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
