@@ -41,11 +41,17 @@ class StartGate:
         self._cond = threading.Condition()
         self._running = 0
         self._urgent_waiting = 0
+        self._waiting = 0
         self.peak = 0  # the most starts ever seen at once (for tests and operators)
 
     @property
     def running(self) -> int:
         return self._running
+
+    @property
+    def waiting(self) -> int:
+        """Starts queued for a slot now."""
+        return self._waiting
 
     @contextmanager
     def slot(self, urgent: bool = True, cancelled: Callable[[], bool] = lambda: False) -> Iterator[None]:
@@ -53,12 +59,14 @@ class StartGate:
         with self._cond:
             if urgent:
                 self._urgent_waiting += 1
+            self._waiting += 1
             try:
                 while self._running >= self.limit or (not urgent and self._urgent_waiting > 0):
                     if cancelled():
                         raise StartCancelled("the kernel start was cancelled while it waited for its turn")
                     self._cond.wait(WAIT_POLL_S)
             finally:
+                self._waiting -= 1
                 if urgent:
                     self._urgent_waiting -= 1
                     self._cond.notify_all()  # a background start may go now

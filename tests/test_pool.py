@@ -1,0 +1,204 @@
+"""The warm kernel pool and the bound on kernel starts, with real sandboxed kernels.
+
+Timings are not checked here (``bench/load.py`` measures them); what a user or operator would
+check is: a new session gets a kernel that is already running, in its own folder, with its own
+variables; the pool refills; no kernel ever serves two sessions; nothing is left after a stop;
+no more kernels start at once than allowed; a session holds no kernel until it runs code.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from core import PostEventType, SessionEventHandler, TaskWeaverApp, TaskWeaverEvent
+from core.execution import messages
+from core.execution.pool import StartCancelled, StartGate
+from tests.conftest import FIXTURE_APP, pid_alive
+
+READY_TIMEOUT_S = 60.0
+
+
+def code(source: str) -> str:
+    return f"```python\n{source}\n```"
+
+
+def reply(session: Any, source: str) -> str:
+    rnd = session.send_message(code(source))
+    assert rnd.state == "finished", rnd.error
+    return str(rnd.reply_text)
+
+
+class Statuses(SessionEventHandler):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def handle(self, event: TaskWeaverEvent) -> None:
+        if event.t == PostEventType.post_status_update:
+            self.seen.append(event.msg)
+
+
+@pytest.fixture
+def pooled_app(tmp_path: Path) -> Iterator[TaskWeaverApp]:
+    shutil.copytree(FIXTURE_APP, tmp_path / "app")
+    application = TaskWeaverApp(app_dir=tmp_path / "app", config={"execution.pool_size": 2})
+    try:
+        assert application.pool.wait_ready(2, READY_TIMEOUT_S), "the pool did not fill"
+        yield application
+    finally:
+        application.stop()
+
+
+def test_a_new_session_gets_a_running_kernel_bound_to_its_own_folder_and_variables(pooled_app: TaskWeaverApp) -> None:
+    alice, bob = pooled_app.get_session(), pooled_app.get_session()
+    assert alice.executor.ready and bob.executor.ready  # running before any message
+    assert pooled_app.pool.handed_over == 2
+    alice.update_session_var({"user_name": "alice"})
+    bob.update_session_var({"user_name": "bob"})
+    statuses = Statuses()
+    rnd = alice.send_message(code("import os\nprint(os.getcwd())\nprint(whoami('Hi'))"), event_handler=statuses)
+    assert str(alice.execution_cwd) in rnd.reply_text and "Hi, alice!" in rnd.reply_text
+    assert messages.STARTING_KERNEL not in statuses.seen  # nothing to wait for
+    assert "Hi, bob!" in reply(bob, "print(whoami('Hi'))")
+    assert str(bob.execution_cwd) in reply(bob, "import os\nprint(os.getcwd())")
+    assert alice.execution_cwd != bob.execution_cwd
+
+
+def test_the_pool_refills_with_new_kernels_and_never_hands_one_out_twice(pooled_app: TaskWeaverApp) -> None:
+    first = pooled_app.get_session()
+    reply(first, "secret = 'first'\nopen('mine.txt', 'w').write('first')")
+    first_pid = first.executor.kernel_pid
+    first.stop()
+    assert first_pid is not None and not pid_alive(first_pid)
+    assert pooled_app.pool.wait_ready(2, READY_TIMEOUT_S), "the pool did not refill"
+    pids = {first_pid}
+    for _ in range(3):  # more sessions than the pool holds: later ones get refills
+        assert pooled_app.pool.wait_ready(1, READY_TIMEOUT_S)
+        later = pooled_app.get_session()
+        assert later.session_id != first.session_id and later.executor is not first.executor
+        out = reply(later, "import os\nprint(os.path.exists('mine.txt'))\nprint(globals().get('secret'))")
+        assert "False" in out and "None" in out  # no trace of the first session
+        assert later.executor.kernel_pid not in pids
+        pids.add(later.executor.kernel_pid)
+        later.stop()
+
+
+def test_app_stop_stops_the_pooled_kernels_and_removes_their_folders(tmp_path: Path) -> None:
+    application = TaskWeaverApp(app_dir=tmp_path / "app", config={"execution.pool_size": 2})
+    assert application.pool.wait_ready(2, READY_TIMEOUT_S)
+    taken = application.get_session()
+    sessions = tmp_path / "app" / "workspace" / "sessions"
+    assert application.pool.wait_ready(2, READY_TIMEOUT_S)
+    pooled = [p for p in sessions.iterdir() if p.name != taken.session_id]
+    assert len(pooled) == 2
+    pids = [int(pid) for pid in _kernel_pids(sessions)]
+    assert len(pids) == 3 and all(pid_alive(pid) for pid in pids)
+    application.stop()
+    assert not any(pid_alive(pid) for pid in pids)
+    assert not any(p.exists() for p in pooled)  # never a session: nothing to keep
+    assert (sessions / taken.session_id).is_dir()  # a real session keeps its folder and log
+
+
+def _kernel_pids(sessions: Path) -> list[int]:
+    """Host pids of the kernels whose environment names a session under ``sessions``."""
+    ids = {p.name.encode() for p in sessions.iterdir()}
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[1:3] == [b"-m", b"core.execution.kernel_main"]:
+            names = {e.split(b"=", 1)[1] for e in env if e.startswith(b"WEAVER_SESSION_ID=")}
+            if names & ids:
+                found.append(int(proc.name))
+    return found
+
+
+def test_without_the_pool_a_session_starts_its_kernel_at_its_first_code_and_says_so(tmp_path: Path) -> None:
+    application = TaskWeaverApp(app_dir=tmp_path / "app", config={"execution.pool_size": 0})
+    try:
+        session = application.get_session()
+        assert session.send_message("hello").state == "finished"
+        assert session.executor.pid is None  # a chat that runs no code holds no kernel
+        statuses = Statuses()
+        rnd = session.send_message(code("print(6*7)"), event_handler=statuses)
+        assert "42" in rnd.reply_text and session.executor.ready
+        assert statuses.seen.index(messages.STARTING_KERNEL) < statuses.seen.index("executing code")
+    finally:
+        application.stop()
+
+
+def test_kernel_starts_stay_within_the_bound(tmp_path: Path) -> None:
+    application = TaskWeaverApp(
+        app_dir=tmp_path / "app", config={"execution.pool_size": 0, "execution.max_concurrent_starts": 1}
+    )
+    try:
+        sessions = [application.get_session() for _ in range(3)]
+        outs: list[str] = []
+        threads = [threading.Thread(target=lambda s=s: outs.append(reply(s, "print(6*7)"))) for s in sessions]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(READY_TIMEOUT_S * 3)
+        assert len(outs) == 3 and all("42" in out for out in outs)
+        assert application.kernel_starts.limit == 1 and application.kernel_starts.peak == 1
+    finally:
+        application.stop()
+
+
+def test_the_default_bound_is_the_number_of_cores() -> None:
+    import os
+
+    assert StartGate().limit == (os.cpu_count() or 1) and StartGate(3).limit == 3
+
+
+def test_a_start_a_user_waits_for_goes_before_a_pool_refill() -> None:
+    gate = StartGate(1)
+    order: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with gate.slot():
+            holding.set()
+            release.wait(30)
+
+    def start(name: str, urgent: bool, queued: threading.Event) -> None:
+        queued.set()
+        with gate.slot(urgent=urgent):
+            order.append(name)
+
+    first = threading.Thread(target=hold)
+    first.start()
+    assert holding.wait(30)
+    refill_queued, user_queued = threading.Event(), threading.Event()
+    refill = threading.Thread(target=start, args=("refill", False, refill_queued))
+    refill.start()
+    assert refill_queued.wait(30)
+    user = threading.Thread(target=start, args=("user", True, user_queued))
+    user.start()
+    deadline = time.monotonic() + 30
+    while gate.waiting < 2:  # both queued inside the gate
+        assert time.monotonic() < deadline, "the starts did not queue"
+        time.sleep(0.01)
+    release.set()
+    for thread in (first, refill, user):
+        thread.join(30)
+    assert order == ["user", "refill"] and gate.peak == 1
+
+
+def test_a_queued_start_can_be_cancelled() -> None:
+    gate = StartGate(1)
+    with gate.slot():
+        with pytest.raises(StartCancelled):
+            with gate.slot(cancelled=lambda: True):
+                pass
+    assert gate.running == 0
