@@ -362,6 +362,16 @@ def test_hostile_ids_and_names_are_refused(db: DB, tmp_path: Path) -> None:
         assert stored.is_relative_to(files / thread_id) and stored.name == "passwd"
         assert (await layer.get_thread(thread_id))["elements"][0]["name"] == "../../../etc/passwd"  # type: ignore[index]
 
+        # a message sent with the id of another chat's step neither overwrites nor moves it
+        victim = (await layer.get_thread(thread_id))["steps"][0]  # type: ignore[index]
+        other = str(uuid.uuid4())
+        forged = cl.Message(content="overwritten", author="mallory", id=victim["id"])
+        forged.thread_id = other
+        await layer.create_step(forged.to_dict())
+        kept = (await layer.get_thread(thread_id))["steps"][0]  # type: ignore[index]
+        assert kept["id"] == victim["id"] and kept["output"] == victim["output"] == "names"
+        assert await count(layer, "steps", '"threadId" = :id', id=other) == 0
+
         bad_element = cl.File(content=b"x", name="x", thread_id=thread_id, for_id=str(uuid.uuid4()))
         bad_element.id = "../../escape"
         await layer.create_element(bad_element)

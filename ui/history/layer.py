@@ -15,8 +15,9 @@ What it changes from ``SQLAlchemyDataLayer`` (Chainlit 2.12), and why:
 * **Errors are not silent.** Chainlit's ``execute_sql`` logs and returns None on any error; the
   methods here raise for reads and deletions (the route answers 500), and log writes that run
   in Chainlit's background tasks.
-* **A thread keeps its owner.** ``update_thread`` never moves a thread that has an owner to
-  another user.
+* **A thread keeps its owner, and its steps.** ``update_thread`` never moves a thread that has
+  an owner to another user; a step or element written with an id that another thread's row
+  already has (ids come from the browser) changes nothing.
 * **Listing** returns only the given user's threads, most recently active first (last step, else
   creation), searched by name (case-insensitive, Unicode-aware, the same on both databases), with
   Chainlit's cursor pagination; threads in the list carry no steps (as Chainlit's own layer).
@@ -119,11 +120,16 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         return [normalise(dict(row._mapping)) for row in result.fetchall()]
 
     async def _upsert(self, conn: AsyncConnection, table: str, values: Mapping[str, Any]) -> None:
+        """Insert the row, or update the given columns of the row with its id. A row that has a
+        thread is only updated from the same thread: ids come from the browser, and a message
+        sent with the id of another chat's step must not overwrite it, nor move it."""
         columns = list(values)
         names = ", ".join(f'"{c}"' for c in columns)
         marks = ", ".join(f":{c}" for c in columns)
         updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in columns if c != "id")
         conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+        if updates and "threadId" in values:
+            conflict += f' WHERE {table}."threadId" = EXCLUDED."threadId"'
         sql = f'INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ("id") {conflict}'
         await conn.execute(text(sql), {c: self._param(values[c]) for c in columns})
 
