@@ -179,7 +179,8 @@ def test_schema_created_on_first_open_and_migrated(db: DB) -> None:
 
     run(db, scenario)
     if db.kind == "sqlite":
-        assert (db.app_dir / "weaver.db").is_file()
+        for name in ("weaver.db", "files"):
+            assert (db.app_dir / name).stat().st_mode & 0o077 == 0, f"{name} is readable by others"
 
 
 def test_database_settings() -> None:

@@ -135,8 +135,9 @@ async def open_history(
     that will use it (the server's): database connections belong to their loop."""
     app_dir = Path(app_dir)
     url = database_url_for(app_dir, database_url)
-    if url.startswith("sqlite"):
+    if not database_url:  # our own file: readable by the server's user only (SQLite's -wal and -shm follow it)
         app_dir.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(app_dir / DB_FILE, os.O_CREAT | os.O_WRONLY, 0o600))
     layer = WeaverDataLayer(url, make_storage(app_dir, file_storage, url_prefix), on_thread_deleted)
     try:
         await layer.open()
