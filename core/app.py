@@ -139,6 +139,16 @@ class TaskWeaverApp:
             self._sessions[session_id] = session
             return session
 
+    def delete_session(self, session_id: str) -> None:
+        """Forget a session for good (its chat was deleted): stop it if live, delete its folder."""
+        if not SESSION_ID.match(session_id):
+            raise SessionNotFound(f"no session {session_id!r}")
+        with self._lock:
+            live = self._sessions.pop(session_id, None)
+        if live is not None:
+            live.stop()
+        shutil.rmtree(self.workspace.session_dir(session_id), ignore_errors=True)
+
     @property
     def sessions(self) -> list[Session]:
         with self._lock:

@@ -69,6 +69,7 @@ class Session:
         self.config = config
         self.session_var: dict[str, str] = {}
         self.rounds: list[Round] = []
+        self.replay_pending = False  # resumed with earlier rounds whose code has not been run again yet
         self.emitter = EventEmitter()
         self.log = SessionLog(self.workspace, session_id, parent=logger)
         plugins: PluginCatalog = app_injector.get(PluginCatalog)
@@ -173,12 +174,14 @@ class Session:
     def restore_history(self) -> None:
         """Take the earlier rounds of this session's folder back into memory (a resumed chat)."""
         self.rounds = load_rounds(self.log.rounds_path)
+        self.replay_pending = any(r.state == "finished" for r in self.rounds)
         self.log.logger.info("session %s resumed with %d earlier rounds", self.session_id, len(self.rounds))
 
     def replay_code(self, on_progress: Progress | None = None) -> ReplayReport:
         """Rebuild the kernel's variables by running again the code that succeeded in earlier rounds
         (see ``core.resume``); bounded by ``session.resume_replay_timeout``. Like a round, it
         cannot overlap one, and ``cancel()`` stops it."""
+        self.replay_pending = False
         if not self.config.session.resume_replay:
             return ReplayReport(total=0)
         if self._stopped:

@@ -10,7 +10,7 @@ import asyncio
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
@@ -65,7 +65,7 @@ def test_session_owner_grace_reconnect_and_cleared_chat(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         owner = SessionOwner(
-            lambda user: app.get_session(),
+            lambda user, resume: app.get_session(),
             is_connected=lambda key: key in connected,
             grace_s=0.3,
             is_abandoned=lambda key: key in cleared,
@@ -184,7 +184,9 @@ def test_session_stops_run_on_their_own_threads() -> None:
             release.wait(30)
 
     async def scenario() -> None:
-        owner = SessionOwner(lambda user: SlowSession(), is_connected=lambda key: False, grace_s=0, max_per_client=100)
+        owner = SessionOwner(
+            lambda user, resume: SlowSession(), is_connected=lambda key: False, grace_s=0, max_per_client=100
+        )
         for i in range(12):
             owner.acquire(f"k{i}", "u")
         closing = asyncio.ensure_future(owner.close_all())
@@ -316,3 +318,32 @@ def test_login_throttle_counts_per_user_and_per_address() -> None:
     assert throttle.retry_after("erin", "10.0.0.1") > 0 and throttle.retry_after("erin", "10.0.0.3") == 0
     throttle.succeeded("bob")
     assert throttle.retry_after("bob", "10.0.0.9") == 0
+
+
+def test_a_second_tab_shares_the_session_and_an_idle_chat_comes_back(tmp_path: Path) -> None:
+    """Resume by id: a second tab of a live chat gets the same session (no second kernel); a chat idle
+    past ``idle_s`` stops its kernel, and its next message brings it back with its rounds."""
+    app = TaskWeaverApp(app_dir=tmp_path / "app", config={"execution.pool_size": 0})
+
+    def factory(user: str, resume_id: str | None) -> Any:
+        return app.open_session(resume_id) if resume_id else app.get_session()
+
+    async def scenario() -> None:
+        owner = SessionOwner(factory, is_connected=lambda key: False, grace_s=0.1, idle_s=0.5, max_per_client=10)
+        first = owner.acquire("tab1", "alice").session
+        assert first.send_message("hello").state == "finished"  # one round on disk
+        second = owner.acquire("tab2", "alice", resume_id=first.session_id).session
+        assert second is first
+        owner.release("tab1")  # the first tab closes: the other still holds the session
+        await _until(lambda: not owner.stop_pending("tab1"), 5, "the grace period")
+        assert not first.is_stopped
+        await _until(lambda: first.is_stopped, 10, "the idle chat to stop")
+        back = owner.acquire("tab2", "alice")
+        assert back.session is not first and back.session.session_id == first.session_id
+        assert [r.user_query for r in back.session.rounds] == ["hello"]
+        await owner.close_all()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        app.stop()

@@ -206,8 +206,9 @@ def login_cookie(base_url: str, headers: Mapping[str, str] | None = None) -> dic
 class ChatClient:
     """A python-socketio client that behaves like Chainlit's web frontend and records everything."""
 
-    def __init__(self, base_url: str, session_id: str | None = None) -> None:
+    def __init__(self, base_url: str, session_id: str | None = None, resume_thread_id: str = "") -> None:
         self.base_url = base_url
+        self.resume_thread_id = resume_thread_id  # an old chat to open, as the sidebar does
         self.session_id = session_id or str(uuid.uuid4())
         self.headers: dict[str, str] = {}  # sent with the socket handshake and uploads (the login cookie)
         self.events: list[tuple[str, Any]] = []
@@ -231,7 +232,7 @@ class ChatClient:
             auth={
                 "clientType": "webapp",
                 "sessionId": self.session_id,
-                "threadId": "",
+                "threadId": self.resume_thread_id,
                 "userEnv": "{}",
                 "chatProfile": "",
             },
@@ -322,6 +323,14 @@ class ChatClient:
     def elements(self) -> list[dict[str, Any]]:
         with self._cond:
             return [data for name, data in self.events if name == "element"]
+
+    def thread_id(self) -> str:
+        """The chat's id in the history, which the server announces at its first interaction."""
+        with self._cond:
+            for name, data in self.events:
+                if name == "first_interaction" and isinstance(data, dict) and data.get("thread_id"):
+                    return str(data["thread_id"])
+        return ""
 
     def event_names(self) -> list[str]:
         with self._cond:

@@ -11,13 +11,14 @@ session's ``user_name``. What a request may do is checked first by ``ui.guard``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the path, not the repo root
@@ -26,13 +27,15 @@ if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the p
 import chainlit as cl  # noqa: E402
 from chainlit.config import config as chainlit_config  # noqa: E402
 
-from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
+from core import Session, SessionNotFound, TaskWeaverApp, WeaverError  # noqa: E402
 from core.config import ConfigError, load_config  # noqa: E402
 from core.execution.sandbox import SandboxUnavailableError, require_sandbox  # noqa: E402
 from core.workspace import default_app_dir  # noqa: E402
 from ui import guard  # noqa: E402
 from ui.auth import AuthSetupError, LoginThrottle, choose_mode, install_login  # noqa: E402
+from ui.bridge import run_in_thread  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
+from ui.history import HistoryConfigError, WeaverDataLayer, history_settings, install_file_route, open_history  # noqa: E402
 from ui.lifecycle import SessionOwner, session_error_text  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
 from ui.settings import UISettingsError, is_loopback, serving_hosts, serving_origins, ui_settings  # noqa: E402
@@ -74,9 +77,18 @@ def sync_upload_limit(max_file_mb: float) -> int:
     return limit
 
 
-def new_session(user_name: str) -> Session:
-    """A fresh Weaver session that knows who it works for (plugins read ``user_name``)."""
-    session = weaver_app().get_session()
+def new_session(user_name: str, resume_id: str | None = None) -> Session:
+    """The chat's Weaver session, knowing who it works for (plugins read ``user_name``): the one
+    named ``resume_id`` - live, or brought back from its folder - else a fresh one."""
+    app = weaver_app()
+    session = None
+    if resume_id:
+        try:
+            session = app.open_session(resume_id)
+        except SessionNotFound:
+            logger.info("weaver session %s is gone; the chat continues in a fresh one", resume_id)
+    if session is None:
+        session = app.get_session()
     session.update_session_var({"user_name": user_name})
     return session
 
@@ -112,6 +124,39 @@ OWNER = SessionOwner(
 )
 
 
+try:
+    HISTORY_SETTINGS = history_settings()
+except HistoryConfigError as exc:
+    raise SystemExit(f"Weaver UI: {exc}") from None
+HISTORY: WeaverDataLayer | None = None
+HISTORY_FILES = f"{chainlit_config.run.root_path or ''}/weaver/files"
+
+
+def _install_history_route() -> None:
+    from chainlit.server import app as server_app
+
+    install_file_route(server_app, lambda: HISTORY, prefix=HISTORY_FILES)  # ahead of Chainlit's catch-all
+
+
+_install_history_route()
+
+
+@cl.data_layer
+def data_layer() -> WeaverDataLayer:
+    """Chainlit asks for it (synchronously) after start-up; it is opened in the server's loop there."""
+    if HISTORY is None:
+        raise RuntimeError("chat history is opened at app start-up")
+    return HISTORY
+
+
+async def _forget_weaver_session(thread_id: str, metadata: dict[str, Any]) -> None:
+    """A chat was deleted: stop its session if it is live, and delete its folder."""
+    session_id = metadata.get("weaver_session_id")
+    if isinstance(session_id, str) and session_id and _app is not None:
+        await run_in_thread(_app.delete_session, session_id, name="weaver-delete-session")
+        logger.info("deleted weaver session %s of deleted chat %s", session_id, thread_id)
+
+
 def _upload_settings() -> Any:
     return chainlit_config.features.spontaneous_file_upload
 
@@ -129,6 +174,7 @@ def guard_policy() -> guard.GuardPolicy:
         socket_path=f"{root}/ws/socket.io",
         upload_path=f"{root}/project/file",
         file_path_prefix=f"{root}/project/file/",
+        history_file_prefix=f"{HISTORY_FILES}/",
         max_upload_bytes=lambda: int((_upload_settings().max_size_mb or 0) * 2**20) + guard.MULTIPART_SLACK_BYTES,
         max_files=lambda: int(_upload_settings().max_files or 1),
         page_csp=guard.page_csp(guard.inline_scripts_of(page)),
@@ -221,6 +267,15 @@ async def on_app_startup() -> None:
     )
     app = await asyncio.to_thread(weaver_app)
     sync_upload_limit(app.config.session.max_file_mb)
+    OWNER.idle_s = app.config.session.idle_timeout
+    global HISTORY
+    HISTORY = await open_history(
+        app.app_dir,
+        HISTORY_SETTINGS.database_url,
+        on_thread_deleted=_forget_weaver_session,
+        file_storage=HISTORY_SETTINGS.file_storage,
+        url_prefix=HISTORY_FILES,
+    )
 
 
 @cl.on_app_shutdown
@@ -243,11 +298,11 @@ async def starters(user: Any = None, language: str | None = None) -> list[cl.Sta
     ]
 
 
-async def _or_report(get: Callable[[], T]) -> T | None:
-    """Run ``get`` (which may create a session); on failure tell the user plainly. A refusal
+async def _or_report(get: Awaitable[T]) -> T | None:
+    """Await ``get`` (which may create a session); on failure tell the user plainly. A refusal
     (``WeaverError``) is expected and logged in a line; anything else with its traceback."""
     try:
-        return get()
+        return await get
     except Exception as exc:
         if isinstance(exc, WeaverError):
             logger.info("no session for this chat: %s", exc)
@@ -270,20 +325,24 @@ async def on_chat_start() -> None:
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
     GUARD.uploads.message_sent(_key())
-    lease = await _or_report(lambda: OWNER.acquire(_key(), _user_name(), _client()))
+    resume_id = cl.user_session.get("weaver_session_id")
+    lease = await _or_report(OWNER.acquire_async(_key(), _user_name(), _client(), resume_id=resume_id))
     if lease is None:
         return
     session = lease.session
     cl.user_session.set("weaver_session", session)
     if lease.created:
+        await _remember_session(session.session_id)
         for problem in getattr(session, "plugin_errors", []) or []:
             await cl.Message(content=f"Warning: {problem}", author=chainlit_config.ui.name).send()
-    if lease.recreated:
-        await cl.Message(
-            content="Note: your previous session ended while you were away, so this is a fresh one: "
-            "variables and files from before are gone.",
-            author=chainlit_config.ui.name,
-        ).send()
+        if session.replay_pending:
+            await _restore(session)
+        elif resume_id and resume_id != session.session_id:
+            await cl.Message(
+                content="Note: this chat's earlier Python session could not be brought back, so this is a "
+                "fresh one: variables and files from before are gone.",
+                author=chainlit_config.ui.name,
+            ).send()
     files = uploads_from_elements(message.elements)
     text = message.content or ""
     parent = cl.context.current_step
@@ -301,6 +360,55 @@ async def on_message(message: cl.Message) -> None:
             renderer,
             session.cancel,
         )
+
+
+async def _remember_session(session_id: str) -> None:
+    """Note the chat's Weaver session in the chat itself, at once (Chainlit would only save it when
+    the socket closes, and a crash before that would lose the way back)."""
+    cl.user_session.set("weaver_session_id", session_id)
+    thread_id = getattr(cl.context.session, "thread_id", None)
+    if HISTORY is not None and thread_id:
+        try:
+            await HISTORY.update_thread(thread_id, metadata={"weaver_session_id": session_id})
+        except Exception:
+            logger.exception("could not note weaver session %s in chat %s", session_id, thread_id)
+
+
+async def _restore(session: Session) -> None:
+    """Run a resumed chat's earlier code again, with a visible step saying how it goes."""
+    loop = asyncio.get_running_loop()
+    step = cl.Step(name="Restoring your session", type="tool", default_open=True, show_input=False)
+    step.output = "Running your earlier code again to rebuild its variables…"
+    await step.send()
+
+    def progress(done: int, total: int) -> None:
+        text = f"Running your earlier code again to rebuild its variables… step {done} of {total}"
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(step.stream_token(text, is_sequence=True)))
+
+    try:
+        report = await run_in_thread(session.replay_code, progress, name="weaver-restore")
+        step.output = report.summary()
+        step.is_error = not report.complete
+    except WeaverError as exc:
+        step.output, step.is_error = str(exc), True
+    except Exception:
+        logger.exception("restoring weaver session %s failed", session.session_id)
+        step.output, step.is_error = (
+            "Your earlier variables could not be restored; the chat goes on without them.",
+            True,
+        )
+    await step.update()
+
+
+@cl.on_chat_resume
+async def on_chat_resume(thread: dict[str, Any]) -> None:
+    """An old chat was opened: remember its Weaver session; it comes back with the next message."""
+    metadata = thread.get("metadata") or {}
+    if isinstance(metadata, str):
+        metadata = json.loads(metadata or "{}")
+    session_id = metadata.get("weaver_session_id") if isinstance(metadata, dict) else None
+    if isinstance(session_id, str) and session_id:
+        cl.user_session.set("weaver_session_id", session_id)
 
 
 @cl.on_stop

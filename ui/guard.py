@@ -17,6 +17,7 @@ Chainlit handler, so a refused request creates no session and runs no code.
   not a canonical UUID, before Chainlit builds a path from it.
 * a wrapper around ``WebsocketSession.persist_file`` that stores an upload whose MIME type and
   file extension disagree as ``application/octet-stream``.
+* a wrapper around the thread routes' authorship check: another user's chat is 403, not 401.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ class GuardPolicy:
     user_header: str | None = None
     uploads: UploadLedger = field(default_factory=UploadLedger)
     login_path: str = "/login"
+    history_file_prefix: str = "/weaver/files/"
     throttle: LoginThrottle | None = None
 
     def refusal(self, scope: Scope) -> tuple[int, str] | None:
@@ -204,7 +206,8 @@ class GuardMiddleware:
         if scope.get("method") == "POST" and scope.get("path") == self.policy.login_path and self.policy.throttle:
             await self._login(scope, receive, send, self.policy.throttle)
             return
-        user_file = scope.get("path", "").startswith(self.policy.file_path_prefix)
+        path = scope.get("path", "")
+        user_file = path.startswith(self.policy.file_path_prefix) or path.startswith(self.policy.history_file_prefix)
         await self.app(scope, receive, _with_headers(send, self.policy.page_csp, user_file))
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -372,6 +375,7 @@ def install(app: Any, sio: Any, policy: GuardPolicy, accept: Callable[[], Mappin
     app.add_middleware(GuardMiddleware, policy=policy)  # added last: the outermost
     _guard_connect(sio, policy)
     _guard_persist_file(accept)
+    _guard_thread_author()
 
 
 def _guard_connect(sio: Any, policy: GuardPolicy) -> None:
@@ -408,6 +412,28 @@ def _guard_persist_file(accept: Callable[[], Mapping[str, Iterable[str]] | None]
 
     persist_file.weaver_guarded = True  # type: ignore[attr-defined]
     BaseSession.persist_file = persist_file  # type: ignore[method-assign]
+
+
+def _guard_thread_author() -> None:
+    """Another user's chat is forbidden (403), not "unauthorized" (401, which tells a signed-in
+    user to sign in again): Chainlit's thread routes check authorship through this one function."""
+    import chainlit.server as server
+    from fastapi import HTTPException
+
+    original = server.is_thread_author
+    if getattr(original, "weaver_guarded", False):
+        return
+
+    async def is_thread_author(username: str, thread_id: str) -> bool:
+        try:
+            return bool(await original(username, thread_id))
+        except HTTPException as exc:
+            if exc.status_code == 401:
+                raise HTTPException(status_code=403, detail="This chat belongs to someone else.") from None
+            raise
+
+    is_thread_author.weaver_guarded = True  # type: ignore[attr-defined]
+    server.is_thread_author = is_thread_author  # type: ignore[assignment]
 
 
 def client_address(environ: Mapping[str, Any] | None) -> str:

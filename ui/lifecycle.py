@@ -63,7 +63,8 @@ class StoppableSession(Protocol):
     def stop(self) -> None: ...
 
 
-SessionFactory = Callable[[str], StoppableSession]
+# (user name, id of a session to bring back or None) -> the chat's session
+SessionFactory = Callable[[str, "str | None"], StoppableSession]
 
 
 class TooManyChats(WeaverError):
@@ -109,6 +110,8 @@ class _Entry:
     stopped_at: float | None = None
     had_session: bool = False
     creating: asyncio.Future[StoppableSession] | None = None  # acquire_async's creation in flight
+    resume_id: str | None = None  # the Weaver session to bring back when this chat needs one again
+    idle_timer: asyncio.TimerHandle | None = None
 
 
 class SessionOwner:
@@ -122,6 +125,7 @@ class SessionOwner:
         is_abandoned: Callable[[str], bool] | None = None,
         settle_s: float = 1.0,
         max_per_client: int = DEFAULT_MAX_PER_CLIENT,
+        idle_s: float | None = None,
     ) -> None:
         self._factory = factory
         self._is_connected = is_connected
@@ -129,10 +133,11 @@ class SessionOwner:
         self.settle_s = settle_s
         self.grace_s = grace_s
         self.max_per_client = max_per_client
+        self.idle_s = idle_s
         self._entries: dict[str, _Entry] = {}
         self._stopping: set[asyncio.Task[None]] = set()
 
-    def acquire(self, key: str, user_name: str, client: str = "") -> Lease:
+    def acquire(self, key: str, user_name: str, client: str = "", resume_id: str | None = None) -> Lease:
         """A message arrived: the user is here, so disarm the stop and make sure a session is live.
 
         A chat gets its session (and kernel) only here, at its first message: a socket that never
@@ -140,37 +145,40 @@ class SessionOwner:
         hold at most ``max_per_client`` live sessions; past that its longest-disconnected chat is
         stopped to make room, and if all of its chats are connected ``TooManyChats`` is raised.
         """
-        entry = self._arrive(key, user_name, client)
+        entry = self._arrive(key, user_name, client, resume_id)
         if entry.session is not None:
             return Lease(session=entry.session, recreated=False, round_lock=entry.round_lock)
         self._make_room(client, key)
         recreated = entry.had_session
-        self._adopt(key, entry, self._factory(user_name), user_name, client)
+        self._adopt(key, entry, self._factory(user_name, entry.resume_id), user_name, client)
         assert entry.session is not None
         return Lease(session=entry.session, recreated=recreated, round_lock=entry.round_lock, created=True)
 
-    async def acquire_async(self, key: str, user_name: str, client: str = "") -> Lease:
+    async def acquire_async(self, key: str, user_name: str, client: str = "", resume_id: str | None = None) -> Lease:
         """``acquire`` with the session created on a thread of its own, never on the event loop.
 
         A second message of the same chat while its session is being created waits for that one
         creation. If the awaiting task is cancelled the creation still completes and the chat
         keeps the session (the grace period then applies as usual).
         """
-        entry = self._arrive(key, user_name, client)
+        entry = self._arrive(key, user_name, client, resume_id)
         if entry.session is not None:
             return Lease(session=entry.session, recreated=False, round_lock=entry.round_lock)
         creating, created = entry.creating, False
         if creating is None:
             self._make_room(client, key)
             recreated = entry.had_session
-            creating = asyncio.ensure_future(run_in_thread(self._factory, user_name, name="weaver-session-create"))
+            creating = asyncio.ensure_future(
+                run_in_thread(self._factory, user_name, entry.resume_id, name="weaver-session-create")
+            )
             entry.creating, created = creating, True
             creating.add_done_callback(lambda done: self._created(key, entry, done, user_name, client))
         session = await asyncio.shield(creating)
         return Lease(session=session, recreated=created and recreated, round_lock=entry.round_lock, created=created)
 
-    def _arrive(self, key: str, user_name: str, client: str) -> _Entry:
-        """A message arrived for ``key``: its entry, with any pending stop disarmed."""
+    def _arrive(self, key: str, user_name: str, client: str, resume_id: str | None) -> _Entry:
+        """A message arrived for ``key``: its entry, with any pending stop disarmed and the idle
+        clock restarted."""
         self._prune()
         entry = self._entries.get(key)
         if entry is None:
@@ -178,9 +186,33 @@ class SessionOwner:
             self._entries[key] = entry
         self._disarm(entry)
         entry.released_at = None
+        if resume_id and entry.session is None:
+            entry.resume_id = resume_id
         if entry.session is not None and entry.session.is_stopped:
+            entry.resume_id = entry.session.session_id
             entry.session = None  # stopped behind our back (e.g. the engine shut it down)
+        self._arm_idle(key, entry)
         return entry
+
+    def _arm_idle(self, key: str, entry: _Entry) -> None:
+        if entry.idle_timer is not None:
+            entry.idle_timer.cancel()
+            entry.idle_timer = None
+        if self.idle_s:
+            entry.idle_timer = asyncio.get_running_loop().call_later(self.idle_s, self._idle_over, key, entry)
+
+    def _idle_over(self, key: str, entry: _Entry) -> None:
+        """Nobody used this chat for ``idle_s``: stop its kernel (its history stays; the next
+        message brings the session back)."""
+        entry.idle_timer = None
+        if self._entries.get(key) is not entry or entry.session is None:
+            return
+        if entry.round_lock.locked():  # a round is still running: look again later
+            self._arm_idle(key, entry)
+            return
+        logger.info("chat %s idle for %.0fs: stopping weaver session %s", key, self.idle_s, entry.session.session_id)
+        self._disarm(entry)
+        self._stop(key, entry)
 
     def _adopt(self, key: str, entry: _Entry, session: StoppableSession, user_name: str, client: str) -> None:
         entry.session = session
@@ -325,10 +357,15 @@ class SessionOwner:
         entry.timer_token = None
 
     def _stop(self, key: str, entry: _Entry) -> None:
+        """Stop the chat's session, unless another chat (a second tab) still holds it."""
         session = entry.session
         entry.session = None
         entry.stopped_at = time.monotonic()
         if session is None:
+            return
+        entry.resume_id = session.session_id
+        if any(other is not entry and other.session is session for other in self._entries.values()):
+            logger.info("chat %s lets go of weaver session %s, which another chat still holds", key, session.session_id)
             return
         task = asyncio.ensure_future(run_in_thread(_cancel_and_stop, key, session, name="weaver-session-stop"))
         self._stopping.add(task)
