@@ -4,9 +4,11 @@ Runs N rounds of Planner → CodeInterpreter → kernel → Planner → User aga
 of the tests (real HTTP on 127.0.0.1, fixed small answers) and reports, per round, the wall time,
 the server's own time (request received → last byte sent, summed over the round's requests) and
 the kernel's execution time. Overhead = round time − server time. As a baseline it times the same
-answers fetched with bare ``OpenAIBackend.stream_chat`` calls in the same process.
+answers fetched with bare ``OpenAIBackend.stream_chat`` calls in the same process. Weaver's own
+cost per round = round time − the bare calls' time − the kernel's time, shown per block of ten
+rounds so its growth with the conversation is visible (prompts carry the history).
 
-    python bench/llm_overhead.py [--rounds 30] [--delay 0.0] [--chunks 8]
+    python bench/llm_overhead.py [--rounds 50] [--delay 0.0] [--chunks 8]
 """
 
 from __future__ import annotations
@@ -203,11 +205,18 @@ def report(rounds: list[RoundSample], raw: list[RoundSample]) -> None:
     line("client overhead (wall - server)", [r.overhead_s for r in raw])
     ratio = statistics.median(r.wall_s for r in rounds) / statistics.median(r.wall_s for r in raw)
     print(f"ratio of medians, round / bare calls: {ratio:.2f}x")
+    bare = statistics.median(r.wall_s for r in raw)
+    own = [r.wall_s - bare - r.kernel_s for r in rounds]
+    print(f"Weaver's own cost per round (round - median bare calls {ms(bare).strip()} - kernel)")
+    line("all rounds", own)
+    for start in range(0, len(own), 10):
+        block = own[start : start + 10]
+        line(f"rounds {start + 1}-{start + len(block)}", block)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30, help="measured rounds (default 30)")
+    parser.add_argument("--rounds", type=int, default=50, help="measured rounds, one conversation (default 50)")
     parser.add_argument("--chunks", type=int, default=8, help="streamed chunks per answer (default 8)")
     parser.add_argument("--delay", type=float, default=0.0, help="server delay between chunks, s (default 0)")
     args = parser.parse_args()

@@ -22,7 +22,7 @@ from core.cancel import CancelToken
 from core.config import ExecutionSettings
 from core.execution import messages
 from core.execution.kernel_process import KernelProcess, KernelStartError
-from core.execution.kernel_rpc import SILENT_TIMEOUT_SECONDS, KernelDiedError, KernelRPC
+from core.execution.kernel_rpc import NO_REPLY_GRACE_SECONDS, SILENT_TIMEOUT_SECONDS, KernelDiedError, KernelRPC
 from core.execution.limits import MB, disk_room, folder_bytes, set_file_size_limit
 from core.execution.outputs import OutputCollector
 from core.execution.pool import StartCancelled, StartGate
@@ -220,10 +220,9 @@ class KernelExecutor:
                 if (cancel is not None and cancel.cancelled) or self._stopping.is_set():
                     return _failure(execution_id, code, messages.CANCELLED_BEFORE_START, cancelled=True)
                 return _failure(execution_id, code, str(exc))
-            try:
-                self._begin_execution(execution_id, session_vars)
-            except KernelDiedError as exc:
-                return self._died_before_run(execution_id, code, exc)
+            if not self.process.alive():
+                return self._died_before_run(execution_id, code, KernelDiedError("the kernel exited"))
+            begin_id = self._rpc.send_begin_execution(_execution_payload(execution_id, session_vars))
             disk_start = self._prepare_disk()
             if on_running is not None:
                 on_running()
@@ -236,7 +235,7 @@ class KernelExecutor:
             run = run_user_code(self.process, self._rpc, self.cwd, code, limit, should_stop, disk_over)
             if disk_start is not None and run.stop_reason is None and not run.died:
                 run.disk_full = self._disk_overrun(disk_start)  # a burst of writes between two checks
-            return self._finish(execution_id, code, run, limit)
+            return self._finish(execution_id, code, run, limit, begin_id)
 
     def _prepare_disk(self) -> int | None:
         """Cap each file the run may write at the room the session folder has left; its size now."""
@@ -251,22 +250,12 @@ class KernelExecutor:
             set_file_size_limit(pid, min(room, per_file))
         return used
 
-    def _begin_execution(self, execution_id: str, session_vars: dict[str, str] | None) -> None:
-        """Push the execution id and session vars; plugins read them while the code runs."""
-        try:
-            self._rpc.begin_execution(_execution_payload(execution_id, session_vars))
-        except (TimeoutError, RuntimeError) as exc:
-            if isinstance(exc, KernelDiedError) or not self.process.alive():
-                raise KernelDiedError(str(exc)) from exc
-            # Plugins may see stale vars, but the user's code can still run.
-            logger.warning("begin_execution failed in session %s: %s", self.session_id, exc)
-
     def _disk_overrun(self, disk_start: int) -> bool:
         """The run grew the session folder past ``execution.disk_mb`` (a folder already full may shrink)."""
         used = folder_bytes(self.cwd)
         return used > self.settings.disk_mb * MB and used > disk_start
 
-    def _finish(self, execution_id: str, code: str, run: Run, timeout: float) -> ExecutionResult:
+    def _finish(self, execution_id: str, code: str, run: Run, timeout: float, begin_id: str) -> ExecutionResult:
         c = run.collector
         res = ExecutionResult(
             execution_id=execution_id,
@@ -288,7 +277,7 @@ class KernelExecutor:
             res.kernel_died = True
             res.error = self._lost_state_message(run, timeout)
             return res
-        self._collect_plugin_outputs(res)
+        self._collect_plugin_outputs(res, begin_id, run.msg_id)
         if run.stop_reason is not None:
             note = self._disk_note() if run.stop_reason == "disk" else ""
             res.error = messages.interrupted(run.stop_reason, timeout, c.error, note)
@@ -322,11 +311,20 @@ class KernelExecutor:
         )
         return messages.lost_state(facts, timeout, self.settings.memory_mb, self._restart())
 
-    def _collect_plugin_outputs(self, res: ExecutionResult) -> None:
-        """Artifacts and logs recorded by plugins during this execution (kept only inside cwd)."""
+    def _collect_plugin_outputs(self, res: ExecutionResult, begin_id: str, run_id: str) -> None:
+        """Artifacts and logs recorded by plugins during this execution (kept only inside cwd).
+
+        They usually came back with the code's own reply; after a failed cell they are asked for.
+        """
+        replies = self._rpc.replies({begin_id, run_id}, NO_REPLY_GRACE_SECONDS)
+        begun = replies.get(begin_id)
+        if begun is not None and begun.get("status") != "ok":  # plugins may have seen stale variables
+            logger.warning("begin_execution failed in session %s: %s", self.session_id, begun.get("evalue"))
         try:
-            report = self._rpc.collect()
-        except (RuntimeError, TimeoutError, ValueError) as exc:
+            report = self._rpc.collected(replies.get(run_id, {}))
+            if report is None:
+                report = self._rpc.collect()
+        except (RuntimeError, TimeoutError, ValueError, SyntaxError) as exc:
             logger.warning("collecting plugin outputs failed in session %s: %s", self.session_id, exc)
             return
         res.logs.extend(str(line) for line in report.get("logs", []))

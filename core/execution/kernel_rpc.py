@@ -17,8 +17,11 @@ from core.execution.kernel_process import KernelProcess
 
 POLL_SECONDS = 0.1
 SILENT_TIMEOUT_SECONDS = 30.0
-NO_REPLY_GRACE_SECONDS = 1.0  # after the idle status, how long a missing reply is waited for
+NO_REPLY_GRACE_SECONDS = 1.0
+UNCLAIMED_KEPT = 8  # after the idle status, how long a missing reply is waited for
 _RUNTIME = "__import__('core.plugins.runtime', fromlist=['bootstrap'])"
+_COLLECT = "weaver_collect"
+_COLLECT_CODE = f"{_RUNTIME}.collect()"
 # The session folder goes on sys.path last, only after Weaver's runtime is imported: an uploaded
 # pandas.py or core.py never shadows the real module, an uploaded mymodule.py still imports.
 _CWD_LAST = (
@@ -43,6 +46,15 @@ class KernelRPC:
 
     def __init__(self, process: KernelProcess) -> None:
         self.process = process
+        # Replies read while waiting for another one, kept (a few) for ``replies`` to find.
+        self._unclaimed: dict[str, dict[str, Any]] = {}
+
+    def _keep(self, reply: dict[str, Any]) -> None:
+        parent = reply.get("parent_header", {}).get("msg_id")
+        if parent:
+            self._unclaimed[parent] = reply["content"]
+            while len(self._unclaimed) > UNCLAIMED_KEPT:
+                del self._unclaimed[next(iter(self._unclaimed))]
 
     # ----- Weaver's runtime in the kernel ------------------------------------------------------
 
@@ -55,7 +67,17 @@ class KernelRPC:
 
     def begin_execution(self, payload: dict[str, Any]) -> None:
         """Push the execution id and session vars (plugins read them) and mark the live threads."""
-        self.silent(f"{_RUNTIME}.begin_execution({json.dumps(payload)!r})\n{_MARK_THREADS}")
+        self.silent(self._begin_code(payload))
+
+    def send_begin_execution(self, payload: dict[str, Any]) -> str:
+        """``begin_execution`` without waiting for its reply (the kernel runs requests in order, so
+        the user code sent next sees it); returns the request's msg_id for ``replies``."""
+        code = self._begin_code(payload)
+        return str(self._client().execute(code, silent=True, store_history=False, allow_stdin=False))
+
+    @staticmethod
+    def _begin_code(payload: dict[str, Any]) -> str:
+        return f"{_RUNTIME}.begin_execution({json.dumps(payload)!r})\n{_MARK_THREADS}"
 
     def collect(self) -> dict[str, Any]:
         """Artifacts and logs plugins recorded during this execution."""
@@ -69,9 +91,43 @@ class KernelRPC:
     # ----- channels ----------------------------------------------------------------------------
 
     def execute(self, code: str) -> str:
-        """Send user code (with history and output); returns the request's msg_id."""
+        """Send user code (with history and output); returns the request's msg_id.
+
+        What plugins recorded comes back in the same reply (``collected``): IPython evaluates
+        ``user_expressions`` after a cell that succeeded, which saves a round trip per execution.
+        """
         kc = self._client()
-        return kc.execute(code, silent=False, store_history=True, allow_stdin=False)
+        return str(
+            kc.execute(
+                code, silent=False, store_history=True, allow_stdin=False, user_expressions={_COLLECT: _COLLECT_CODE}
+            )
+        )
+
+    def replies(self, msg_ids: set[str], timeout: float) -> dict[str, dict[str, Any]]:
+        """The shell replies (content) to ``msg_ids`` already sent or arriving within ``timeout``."""
+        kc = self._client()
+        found = {m: self._unclaimed.pop(m) for m in msg_ids if m in self._unclaimed}
+        deadline = time.monotonic() + timeout
+        while len(found) < len(msg_ids):
+            try:
+                reply = kc.get_shell_msg(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            parent = reply.get("parent_header", {}).get("msg_id")
+            if parent in msg_ids:
+                found[parent] = reply["content"]
+            else:
+                self._keep(reply)
+        return found
+
+    @staticmethod
+    def collected(content: dict[str, Any]) -> dict[str, Any] | None:
+        """What plugins recorded, from a user execution's reply; None when it was not evaluated."""
+        value = content.get("user_expressions", {}).get(_COLLECT, {})
+        if value.get("status") != "ok":
+            return None
+        report = json.loads(ast.literal_eval(value["data"]["text/plain"]))
+        return report if isinstance(report, dict) else None
 
     def next_iopub(self, timeout: float = POLL_SECONDS) -> dict[str, Any] | None:
         try:
@@ -101,11 +157,13 @@ class KernelRPC:
                 if self._went_idle(msg_id):
                     deadline = min(deadline, time.monotonic() + NO_REPLY_GRACE_SECONDS)
                 continue
-            if reply.get("parent_header", {}).get("msg_id") == msg_id:
-                content: dict[str, Any] = reply["content"]
-                if content.get("status") != "ok":
-                    raise RuntimeError(f"{content.get('ename')}: {content.get('evalue')}")
-                return content
+            if reply.get("parent_header", {}).get("msg_id") != msg_id:
+                self._keep(reply)
+                continue
+            content: dict[str, Any] = reply["content"]
+            if content.get("status") != "ok":
+                raise RuntimeError(f"{content.get('ename')}: {content.get('evalue')}")
+            return content
         raise TimeoutError("the kernel did not answer a bookkeeping request")
 
     def silent_value(self, expression: str) -> str:

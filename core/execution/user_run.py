@@ -26,6 +26,7 @@ class Run:
     """How the wait for one user execution ended."""
 
     collector: OutputCollector
+    msg_id: str = ""  # the execute request's id, to find its reply
     stop_reason: str | None = None  # "timeout" | "cancel" | "disk" when we interrupted it
     died: bool = False
     stuck: bool = False  # interrupted but never went idle
@@ -48,7 +49,7 @@ def run_user_code(
     folder has a limit, says the run grew it past that limit.
     """
     run = Run(OutputCollector(cwd))
-    msg_id = rpc.execute(code)
+    msg_id = run.msg_id = rpc.execute(code)
     deadline = time.monotonic() + timeout
     grace_end = next_interrupt = next_alive = next_disk = 0.0
     while True:

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import openai
 import pydantic
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from core.cancel import CancelToken, RoundCancelled
 from core.config import LLMSettings
@@ -231,7 +232,16 @@ class _Call:
         """One HTTP request; translate every failure into ``_Retry`` or ``LLMError``."""
         params = self.backend.params(self.request)
         try:
-            stream = self.backend.client.chat.completions.create(**params)
+            # ``client.post`` is what ``chat.completions.create`` calls, minus its walk over the
+            # request's type hints (~5 ms per call for a prompt of twenty messages): our params are
+            # plain JSON already. Azure's client still maps the path to the deployment.
+            stream = self.backend.client.post(
+                "/chat/completions",
+                body=params,
+                cast_to=ChatCompletion,
+                stream=True,
+                stream_cls=openai.Stream[ChatCompletionChunk],
+            )
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
             if self.backend.drop_rejected_option(exc, params):
                 raise _Retry("option rejected", free=True) from None

@@ -7,6 +7,7 @@ answers, so the prompt and the check cannot disagree.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,6 +20,7 @@ from core.roles.protocol import CODE_INTERPRETER, PLANNER, CodeReply, PlannerRep
 __all__ = ["CodePrompt", "PlannerPrompt", "RolePrompt", "check_prompt_files", "prompt_file_for", "role_templates"]
 
 Message = dict[str, str]
+RENDERED_KEPT = 256  # rendered turns kept per role: more than the history window sends
 
 
 def prompt_file_for(alias: str, config: AppConfig) -> Path | None:
@@ -58,6 +60,9 @@ class RolePrompt:
     def __init__(self, templates: PromptTemplates, contract: ReplyContract) -> None:
         self.templates = templates
         self.contract = contract
+        # Every request re-sends the recent turns; each is rendered once (posts do not change
+        # once they are in the conversation), so a prompt costs the same at round 50 as at round 2.
+        self._rendered: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     def messages(self, history: list[Round], current: Round, files: list[str], plugins: str) -> list[Message]:
         """The chat the role's model is asked to continue: system prompt, then recent turns."""
@@ -68,11 +73,22 @@ class RolePrompt:
         return self.templates.render("reask", problem=problem, reply_format=self.contract.format())
 
     def _system(self, **values: Any) -> Message:
-        content = self.templates.render("system", reply_format=self.contract.format(), **values)
+        key = ("system", repr(sorted(values.items())))
+        content = self._rendered.get(key)
+        if content is None:  # the same until the session's files or the plugins change
+            content = self._rendered[key] = self.templates.render(
+                "system", reply_format=self.contract.format(), **values
+            )
         return {"role": "system", "content": content}
 
     def _incoming(self, sender: str, message: str) -> Message:
-        return {"role": "user", "content": self.templates.render("incoming", sender=sender, message=message)}
+        key = (sender, message)
+        content = self._rendered.get(key)
+        if content is None:
+            content = self._rendered[key] = self.templates.render("incoming", sender=sender, message=message)
+            if len(self._rendered) > RENDERED_KEPT:
+                self._rendered.popitem(last=False)
+        return {"role": "user", "content": content}
 
 
 class PlannerPrompt(RolePrompt):
