@@ -35,6 +35,7 @@ WARM_EXPECT = "Stdout:\n1\n"
 PANDAS_CODE = "import pandas as pd\nprint('pandas', pd.__version__)"
 PANDAS_EXPECT = "pandas "
 BASELINE_ROUNDS = 20
+POOLED_SESSIONS = 5
 BARRIER_TIMEOUT_S = 300.0
 
 
@@ -96,14 +97,36 @@ def mb(kb: float) -> str:
 class Baseline:
     first_answer_s: float
     warm_s: list[float]
+    pooled_first_s: list[float] = field(default_factory=list)
 
     @property
     def warm_median_s(self) -> float:
         return statistics.median(self.warm_s)
 
 
+def run_pooled(app: TaskWeaverApp, times: int, pids: list[int]) -> list[float]:
+    """New sessions one at a time, each once the pool is full again: get_session() → first answer."""
+    firsts = []
+    for _ in range(times):
+        if not app.pool.wait_ready(app.pool.size, BARRIER_TIMEOUT_S):
+            raise RoundError("the kernel pool did not fill")
+        started = time.monotonic()
+        session = app.get_session()
+        timed_round(session, WARM_CODE, WARM_EXPECT)
+        firsts.append(time.monotonic() - started)
+        pids.append(session.executor.pid or 0)
+        session.stop()
+    return firsts
+
+
 def run_baseline(app: TaskWeaverApp, rounds: int, pids: list[int]) -> Baseline:
-    """One session alone: get_session() → first answer, then ``rounds`` warm rounds; then stopped."""
+    """One session alone: get_session() → first answer, then ``rounds`` warm rounds; then stopped.
+
+    With a pool, first the pooled case (a warm kernel handed over), then the pool is closed so the
+    measured session starts its own kernel at its first code.
+    """
+    pooled = run_pooled(app, POOLED_SESSIONS, pids) if app.pool.size > 0 else []
+    app.pool.close()
     started = time.monotonic()
     session = app.get_session()
     timed_round(session, WARM_CODE, WARM_EXPECT)
@@ -113,7 +136,7 @@ def run_baseline(app: TaskWeaverApp, rounds: int, pids: list[int]) -> Baseline:
         pids.append(pid)
     warm = [timed_round(session, WARM_CODE, WARM_EXPECT) for _ in range(rounds)]
     session.stop()  # its kernel must not compete with the concurrent phase
-    return Baseline(first, warm)
+    return Baseline(first, warm, pooled)
 
 
 # ----- phase 2: N sessions at once -----------------------------------------------------------
@@ -206,6 +229,9 @@ def line(label: str, text: str) -> None:
 
 def report_baseline(base: Baseline) -> None:
     print(f"baseline: one session, offline backend, `{WARM_CODE}` rounds")
+    if base.pooled_first_s:
+        median = statistics.median(base.pooled_first_s)
+        line(f"get_session() -> first answer, pooled kernel, n={len(base.pooled_first_s)}", f"median {ms(median)}")
     line("get_session() -> first answer (kernel start)", ms(base.first_answer_s))
     line(f"warm round, n={len(base.warm_s)}", f"median {ms(base.warm_median_s)}   p90 {ms(p90(base.warm_s))}")
 
