@@ -363,6 +363,9 @@ class Report:
     pooled_kernels: int = 0
     left_after_s: float | None = None
     left: int = 0
+    cpu_server_s: float = 0.0
+    cpu_kernels_s: float = 0.0
+    cpu_client_s: float = 0.0
 
 
 async def crowd(server: Server, args: argparse.Namespace, label: str, deadline: float) -> Report:
@@ -373,6 +376,8 @@ async def crowd(server: Server, args: argparse.Namespace, label: str, deadline: 
     spid = server_pid(root) if root is not None else None
     report = Report(label, [], 0.0)
     report.server_rss_before_kb = rss_kb(spid) if spid else 0
+    server_cpu_before = cpu_ticks(spid) if spid else 0
+    client_cpu_before = time.process_time()
     started = time.monotonic()
     spacing = args.arrival / args.users if args.users > 1 else 0.0
     results = [UserResult() for _ in range(args.users)]
@@ -387,6 +392,10 @@ async def crowd(server: Server, args: argparse.Namespace, label: str, deadline: 
         found = kernels(root, server.app_dir)
         report.kernel_rss_kb = [rss_kb(k.pid) for k in found if not k.pooled]
         report.pooled_kernels = sum(1 for k in found if k.pooled)
+        tick = os.sysconf("SC_CLK_TCK")
+        report.cpu_server_s = (cpu_ticks(spid) - server_cpu_before) / tick
+        report.cpu_kernels_s = sum(cpu_ticks(k.pid) for k in found if not k.pooled) / tick
+    report.cpu_client_s = time.process_time() - client_cpu_before
     await asyncio.gather(*(s.disconnect() for s in sockets if s.connected), return_exceptions=True)
     if root is not None:
         left_at = time.monotonic()
@@ -453,6 +462,11 @@ def show(report: Report, args: argparse.Namespace) -> bool:
         print(
             f"  {'server memory':<24} {report.server_rss_before_kb / 1024:.0f} MB before, "
             f"{report.server_rss_loaded_kb / 1024:.0f} MB with everyone connected: {per_user:.2f} MB per user"
+        )
+    if report.cpu_server_s:
+        print(
+            f"  {'CPU used':<24} server {report.cpu_server_s:.1f} s, session kernels {report.cpu_kernels_s:.1f} s, "
+            f"this client {report.cpu_client_s:.1f} s ({os.cpu_count()} cores x {report.wall_s:.1f} s wall)"
         )
     if report.kernel_rss_kb:
         rss = [k / 1024 for k in report.kernel_rss_kb]
