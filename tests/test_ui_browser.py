@@ -161,3 +161,61 @@ def test_a_page_on_another_origin_cannot_open_a_socket(page: "playwright_sync.Pa
     finally:
         evil.shutdown()
         evil.server_close()
+
+
+@pytest.fixture()
+def password_server(tmp_path: Path) -> Iterator[UIServer]:
+    from tests.test_ui_auth import add_user
+    from tests.ui_harness import start_server, stop_server
+
+    add_user(tmp_path / "app", "alice", "alice-password")
+    server = start_server(tmp_path / "app", tmp_path / "server.log", extra_env={"WEAVER_UI_AUTH": "password"})
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def test_log_in_chat_reload_and_continue_from_the_sidebar(password_server: UIServer) -> None:
+    expect = playwright_sync.expect
+    with playwright_sync.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 1000})
+            context.route("**/*", _local_only)
+            page = context.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(password_server.base_url)
+            page.locator("#email").fill("alice")
+            page.locator("#password").fill("wrong-password")
+            page.locator("#password").press("Enter")
+            expect(page.get_by_text(re.compile("Unable to sign in|Sign in failed")).first).to_be_visible()
+            page.locator("#password").fill("alice-password")
+            page.locator("#password").press("Enter")
+
+            chat_input = page.locator("#chat-input")
+            expect(chat_input).to_be_visible()
+            chat_input.fill("```python\nremembered = 6 * 7\nprint('stored', remembered)\n```")
+            page.locator("#chat-submit").click()
+            expect(page.get_by_text("stored 42").last).to_be_visible(timeout=90_000)
+
+            page.reload()
+            expect(page.locator("#chat-input")).to_be_visible()
+            history = page.locator("#thread-history")
+            if not history.is_visible():
+                page.locator("#sidebar-trigger-button").click()
+            old_chat = history.get_by_text("remembered", exact=False).first
+            expect(old_chat).to_be_visible()
+            old_chat.click()
+            expect(page.get_by_text("stored 42").first).to_be_visible()  # the old conversation is shown again
+
+            chat_input = page.locator("#chat-input")
+            chat_input.fill("```python\nprint('still', remembered + 1)\n```")
+            page.locator("#chat-submit").click()
+            # The reloaded page's chat shares the still-live session, so its variables are simply there
+            # (a restore after a server restart is tested in test_ui_history).
+            expect(page.get_by_text("still 43").last).to_be_visible(timeout=120_000)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "ui_browser_resume.png"))
+        finally:
+            browser.close()
