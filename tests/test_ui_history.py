@@ -132,3 +132,16 @@ def test_deleting_a_chat_deletes_its_files_and_its_session(app_dir: Path) -> Non
         assert thread_id not in [t["id"] for t in threads(srv, alice)]
     finally:
         stop_server(srv)
+
+
+def test_with_local_login_history_works_with_no_set_up(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "app", tmp_path / "server.log")  # no WEAVER_UI_AUTH, no database settings
+    try:
+        with srv.client() as chat:
+            chat.ask(code_block("print('kept for later')"))
+            thread_id = chat.thread_id()
+        mine = threads(srv, chat.headers)
+        assert [t["id"] for t in mine] == [thread_id]
+        assert (tmp_path / "app" / "weaver.db").stat().st_mode & 0o777 == 0o600
+    finally:
+        stop_server(srv)
