@@ -449,7 +449,8 @@ def show(report: Report, args: argparse.Namespace) -> bool:
     ok = [u for u in users if u.error is None]
     errors = [u.error for u in users if u.error is not None]
     n = len(users)
-    print(f"\n== {report.label}: {n} users, {args.rounds} rounds each, arriving over {args.arrival:g} s ==")
+    crowd = f"{n} chats one after another" if args.users == 1 else f"{n} users arriving over {args.arrival:g} s"
+    print(f"\n== {report.label}: {crowd}, {args.rounds} rounds each ==")
     print(f"  {'page + login':<24} {stats([u.page_s for u in users if u.page_s is not None])}")
     print(f"  {'chat ready':<24} {stats([u.ready_s for u in users if u.ready_s is not None])}")
     print(f"  {'first step':<24} {stats([s for u in users for s in u.first_step_s])}")
