@@ -201,11 +201,9 @@ def test_log_in_chat_reload_and_continue_from_the_sidebar(password_server: UISer
 
             page.reload()
             expect(page.locator("#chat-input")).to_be_visible()
-            history = page.locator("#thread-history")
-            if not history.is_visible():
-                page.locator("#sidebar-trigger-button").click()
+            history = page.locator("#thread-history")  # the sidebar is open from the start (config.toml)
             old_chat = history.get_by_text("remembered", exact=False).first
-            expect(old_chat).to_be_visible()
+            expect(old_chat).to_be_in_viewport()
             old_chat.click()
             expect(page.get_by_text("stored 42").first).to_be_visible()  # the old conversation is shown again
 
