@@ -28,6 +28,7 @@ class PostStatus(Named):
     """What a post is waiting for, while it is open (``post_status_update``)."""
 
     calling_model = "calling the language model"
+    starting_kernel = "starting your Python kernel"
     executing_code = "executing code"
 
 

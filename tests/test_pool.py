@@ -16,8 +16,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from core import PostEventType, SessionEventHandler, TaskWeaverApp, TaskWeaverEvent
-from core.execution import messages
+from core import PostEventType, PostStatus, SessionEventHandler, TaskWeaverApp, TaskWeaverEvent
 from core.execution.pool import StartCancelled, StartGate
 from tests.conftest import FIXTURE_APP, pid_alive
 
@@ -63,7 +62,7 @@ def test_a_new_session_gets_a_running_kernel_bound_to_its_own_folder_and_variabl
     statuses = Statuses()
     rnd = alice.send_message(code("import os\nprint(os.getcwd())\nprint(whoami('Hi'))"), event_handler=statuses)
     assert str(alice.execution_cwd) in rnd.reply_text and "Hi, alice!" in rnd.reply_text
-    assert messages.STARTING_KERNEL not in statuses.seen  # nothing to wait for
+    assert PostStatus.starting_kernel not in statuses.seen  # nothing to wait for
     assert "Hi, bob!" in reply(bob, "print(whoami('Hi'))")
     assert str(bob.execution_cwd) in reply(bob, "import os\nprint(os.getcwd())")
     assert alice.execution_cwd != bob.execution_cwd
@@ -132,7 +131,7 @@ def test_without_the_pool_a_session_starts_its_kernel_at_its_first_code_and_says
         statuses = Statuses()
         rnd = session.send_message(code("print(6*7)"), event_handler=statuses)
         assert "42" in rnd.reply_text and session.executor.ready
-        assert statuses.seen.index(messages.STARTING_KERNEL) < statuses.seen.index("executing code")
+        assert statuses.seen.index(PostStatus.starting_kernel) < statuses.seen.index(PostStatus.executing_code)
     finally:
         application.stop()
 

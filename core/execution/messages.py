@@ -15,8 +15,6 @@ LOST_STATE = "all variables, imports and loaded data from earlier executions wer
 EXECUTOR_STOPPED = "The session's kernel was stopped, so no code can run."
 CANCELLED_BEFORE_START = "The execution was cancelled before it started."
 SESSION_CLOSING = "The session is closing, so no new kernel was started."
-# A post's status while its code waits for the session's kernel to start (shown as the step's working status).
-STARTING_KERNEL = "starting your Python kernel"
 
 
 @dataclass

@@ -6,7 +6,6 @@ from typing import Any, Callable
 
 from core.cancel import RoundCancelled
 from core.events import PostEventProxy
-from core.execution import messages
 from core.execution.kernel import KernelExecutor
 from core.llm.json_stream import FieldEvent
 from core.memory import AttachmentType, Post, PostStatus
@@ -72,7 +71,7 @@ class CodeInterpreter(Role):
 
     def _run(self, ctx: RoundContext, proxy: PostEventProxy, code: str) -> Post:
         if not self.executor.ready:  # say why this wait is longer; execute() starts the kernel first
-            proxy.update_status(messages.STARTING_KERNEL)
+            proxy.update_status(PostStatus.starting_kernel)
         result = self.executor.execute(
             code,
             session_vars=dict(ctx.session_vars),
