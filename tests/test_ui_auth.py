@@ -29,6 +29,7 @@ from tests.ui_harness import (
     code_block,
     free_port,
     login_cookie,
+    server_command,
     start_server,
     steps,
     stop_server,
@@ -118,18 +119,7 @@ def test_header_login_without_a_secret_refuses_to_start(tmp_path: Path) -> None:
     env.update(
         {"WEAVER_UI_USER_HEADER": HEADER, "WEAVER_APP_DIR": str(tmp_path / "app"), "WEAVER_LLM__API_TYPE": "offline"}
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "chainlit",
-        "run",
-        "ui/app.py",
-        "--headless",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(free_port()),
-    ]
+    cmd = server_command(free_port())
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "CHAINLIT_AUTH_SECRET" in done.stderr and "WEAVER_UI_AUTH=header" in done.stderr, done.stderr
@@ -186,18 +176,7 @@ def test_login_without_a_working_sandbox_refuses_to_start(tmp_path: Path) -> Non
             "WEAVER_LLM__API_TYPE": "offline",
         }
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "chainlit",
-        "run",
-        "ui/app.py",
-        "--headless",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(free_port()),
-    ]
+    cmd = server_command(free_port())
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "without a sandbox with header login" in done.stderr and "allow_unsandboxed" in done.stderr, done.stderr
@@ -314,18 +293,7 @@ def test_repeated_wrong_passwords_are_throttled(password_server: UIServer) -> No
 def run_server_expecting_refusal(tmp_path: Path, host: str, extra: dict[str, str]) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WEAVER_", "OAUTH_", "CHAINLIT_AUTH"))}
     env.update({"WEAVER_APP_DIR": str(tmp_path / "app"), "WEAVER_LLM__API_TYPE": "offline", **extra})
-    cmd = [
-        sys.executable,
-        "-m",
-        "chainlit",
-        "run",
-        "ui/app.py",
-        "--headless",
-        "--host",
-        host,
-        "--port",
-        str(free_port()),
-    ]
+    cmd = server_command(free_port(), host)
     done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0, done.stdout[-2000:]
     assert "Traceback" not in done.stderr, done.stderr

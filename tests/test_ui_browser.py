@@ -6,6 +6,7 @@ stylesheet from CDNs) are aborted, so the page renders from this machine alone.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Iterator
@@ -37,10 +38,10 @@ pytestmark = [
 ]
 
 
-@pytest.fixture()
-def page(ui_server: UIServer) -> Iterator["playwright_sync.Page"]:
-    """A page whose Content-Security-Policy reports are collected; a test ends by checking that no
-    script or connection of the app was blocked (the CDN stylesheets the page links may be)."""
+@contextlib.contextmanager
+def _browser_page() -> Iterator["playwright_sync.Page"]:
+    """A Chromium page that reaches 127.0.0.1 only and fails the test if the page's Content-Security-
+    Policy blocked a script or connection of the app (the CDN stylesheets the page links may be)."""
     with playwright_sync.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -57,6 +58,12 @@ def page(ui_server: UIServer) -> Iterator["playwright_sync.Page"]:
             assert not blocked, blocked
         finally:
             browser.close()
+
+
+@pytest.fixture()
+def page(ui_server: UIServer) -> Iterator["playwright_sync.Page"]:
+    with _browser_page() as browser_page:
+        yield browser_page
 
 
 def _local_only(route: "playwright_sync.Route") -> None:
@@ -178,42 +185,34 @@ def password_server(tmp_path: Path) -> Iterator[UIServer]:
 
 def test_log_in_chat_reload_and_continue_from_the_sidebar(password_server: UIServer) -> None:
     expect = playwright_sync.expect
-    with playwright_sync.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 1000})
-            context.route("**/*", _local_only)
-            page = context.new_page()
-            page.set_default_timeout(60_000)
-            page.goto(password_server.base_url)
-            page.locator("#email").fill("alice")
-            page.locator("#password").fill("wrong-password")
-            page.locator("#password").press("Enter")
-            expect(page.get_by_text(re.compile("Unable to sign in|Sign in failed")).first).to_be_visible()
-            page.locator("#password").fill("alice-password")
-            page.locator("#password").press("Enter")
+    with _browser_page() as page:
+        page.goto(password_server.base_url)
+        page.locator("#email").fill("alice")
+        page.locator("#password").fill("wrong-password")
+        page.locator("#password").press("Enter")
+        expect(page.get_by_text(re.compile("Unable to sign in|Sign in failed")).first).to_be_visible()
+        page.locator("#password").fill("alice-password")
+        page.locator("#password").press("Enter")
 
-            chat_input = page.locator("#chat-input")
-            expect(chat_input).to_be_visible()
-            chat_input.fill("```python\nremembered = 6 * 7\nprint('stored', remembered)\n```")
-            page.locator("#chat-submit").click()
-            expect(page.get_by_text("stored 42").last).to_be_visible(timeout=90_000)
+        chat_input = page.locator("#chat-input")
+        expect(chat_input).to_be_visible()
+        chat_input.fill("```python\nremembered = 6 * 7\nprint('stored', remembered)\n```")
+        page.locator("#chat-submit").click()
+        expect(page.get_by_text("stored 42").last).to_be_visible(timeout=90_000)
 
-            page.reload()
-            expect(page.locator("#chat-input")).to_be_visible()
-            history = page.locator("#thread-history")  # the sidebar is open from the start (config.toml)
-            old_chat = history.get_by_text("remembered", exact=False).first
-            expect(old_chat).to_be_in_viewport()
-            old_chat.click()
-            expect(page.get_by_text("stored 42").first).to_be_visible()  # the old conversation is shown again
+        page.reload()
+        expect(page.locator("#chat-input")).to_be_visible()
+        history = page.locator("#thread-history")  # the sidebar is open from the start (config.toml)
+        old_chat = history.get_by_text("remembered", exact=False).first
+        expect(old_chat).to_be_in_viewport()
+        old_chat.click()
+        expect(page.get_by_text("stored 42").first).to_be_visible()  # the old conversation is shown again
 
-            chat_input = page.locator("#chat-input")
-            chat_input.fill("```python\nprint('still', remembered + 1)\n```")
-            page.locator("#chat-submit").click()
-            # The reloaded page's chat shares the still-live session, so its variables are simply there
-            # (a restore after a server restart is tested in test_ui_history).
-            expect(page.get_by_text("still 43").last).to_be_visible(timeout=120_000)
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "ui_browser_resume.png"))
-        finally:
-            browser.close()
+        chat_input = page.locator("#chat-input")
+        chat_input.fill("```python\nprint('still', remembered + 1)\n```")
+        page.locator("#chat-submit").click()
+        # The reloaded page's chat shares the still-live session, so its variables are simply there
+        # (a restore after a server restart is tested in test_ui_history).
+        expect(page.get_by_text("still 43").last).to_be_visible(timeout=120_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "ui_browser_resume.png"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ui.guard import GuardPolicy, host_name, is_canonical_uuid, mime_agrees
+from ui.guard import GuardPolicy, host_name, mime_agrees
+from ui.ids import is_canonical_uuid
 from ui.settings import UISettings, UISettingsError, serving_hosts, serving_origins, ui_settings
 
 ACCEPT = {

@@ -76,6 +76,11 @@ def wait_started(server: "UIServer", tag: str, timeout: float = 60) -> Path:
     return started.with_name(f"gate-{tag}")
 
 
+def server_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    """``chainlit run ui/app.py`` as ``weaver ui`` runs it (from the repo root)."""
+    return [sys.executable, "-m", "chainlit", "run", "ui/app.py", "--headless", "--host", host, "--port", str(port)]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -136,18 +141,7 @@ def start_server(
     for key in ("OPENAI_API_KEY", "LITERAL_API_KEY", "DATABASE_URL", "CHAINLIT_AUTH_SECRET"):
         env.pop(key, None)
     env.update(extra_env or {})
-    cmd = [
-        sys.executable,
-        "-m",
-        "chainlit",
-        "run",
-        "ui/app.py",
-        "--headless",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    cmd = server_command(port)
     log = open(log_path, "wb")
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()

@@ -28,12 +28,12 @@ import json
 import logging
 import mimetypes
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import parse_qs
 
 from ui.auth import LoginThrottle
+from ui.ids import is_canonical_uuid
 
 logger = logging.getLogger("weaver.ui.guard")
 
@@ -55,16 +55,6 @@ COMMON_HEADERS = (
 )
 # A user's file is never a page: even opened directly, nothing in it may run or load.
 FILE_CSP = b"default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox; frame-ancestors 'none'"
-
-
-def is_canonical_uuid(value: object) -> bool:
-    """True only for the lowercase hyphenated form Chainlit's frontend generates."""
-    if not isinstance(value, str):
-        return False
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
 
 
 def page_csp(inline_scripts: Iterable[str]) -> str:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 from chainlit.types import ThreadDict
 from sqlalchemy import event
 
+from ui.ids import is_canonical_uuid
+
 if TYPE_CHECKING:
     from chainlit.step import StepDict
 
@@ -39,12 +41,7 @@ TAG_COLUMNS = frozenset({"tags"})
 
 def is_thread_id(value: object) -> bool:
     """True for the canonical lowercase UUID form Chainlit gives every thread."""
-    if not isinstance(value, str):
-        return False
-    try:
-        return str(uuid.UUID(value)) == value
-    except ValueError:
-        return False
+    return is_canonical_uuid(value)
 
 
 def decode(value: Any, default: Any = None) -> Any:
