@@ -7,7 +7,7 @@ the file limit per message is only the browser's, an upload's MIME type is taken
 and served back as is, and no page carries security headers. Everything here runs *before* any
 Chainlit handler, so a refused request creates no session and runs no code.
 
-``install(app, sio, policy)`` puts it in place, once, at import of ``ui/app.py``:
+``install(app, sio, policy)`` puts it in place, once, when ``ui/server.py`` sets the server up:
 
 * ``GuardMiddleware``, the outermost ASGI middleware, for HTTP and websockets: the ``Host``
   allowlist (DNS rebinding), the ``Origin`` allowlist for socket.io (both transports) and every
@@ -109,7 +109,7 @@ class UploadLedger:
 
 @dataclass
 class GuardPolicy:
-    """What the guard allows; built by ``ui.app`` from ``WEAVER_UI_*`` and Chainlit's config."""
+    """What the guard allows; built by ``ui.server`` from ``WEAVER_UI_*`` and Chainlit's config."""
 
     allowed_hosts: frozenset[str]
     allowed_origins: frozenset[str]

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import chainlit as cl
 from chainlit.utils import utc_now
 
-from core import Round, SessionEventHandler, WeaverError
+from core import RoleName, Round, SessionEventHandler, WeaverError
 from ui.bridge import EventPipe, ThreadJob
 from ui.files import Artifact, select_artifacts
 from ui.view import MAX_EVENT_CHARS, RoundView, safe_markdown
@@ -98,7 +98,7 @@ class RoundRenderer:
     def _new_step(self, role: str) -> _StepState:
         step = cl.Step(
             name=role,
-            type="tool" if role == "CodeInterpreter" else "llm",
+            type="tool" if role == RoleName.CodeInterpreter else "llm",
             parent_id=self.parent_id,
             default_open=True,
             show_input=False,

@@ -1,0 +1,231 @@
+"""What this web server is: its engine, its settings, who may log in, where history lives, and the
+guards in front of Chainlit. All of it is set up once, when ``ui/app.py`` (the Chainlit hooks)
+imports this module at start; a setting that cannot be served safely stops the server here, with
+one message saying what to set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from typing import Any
+
+import chainlit as cl
+from chainlit.config import config as chainlit_config
+
+from core import Session, SessionNotFound, TaskWeaverApp
+from core.config import ConfigError, load_config
+from core.execution.sandbox import SandboxUnavailableError, require_sandbox
+from core.workspace import default_app_dir
+from ui import guard
+from ui.auth import AuthSetupError, LoginThrottle, choose_mode, install_login
+from ui.bridge import run_in_thread
+from ui.history import HistoryConfigError, WeaverDataLayer, history_settings, install_file_route, open_history
+from ui.lifecycle import SessionOwner
+from ui.settings import UISettingsError, is_loopback, serving_hosts, serving_origins, ui_settings
+
+logger = logging.getLogger("weaver.ui.server")
+
+_app: TaskWeaverApp | None = None
+_app_lock = threading.Lock()
+
+
+def weaver_app() -> TaskWeaverApp:
+    """The process-wide engine, created on first use (its config and plugins load once)."""
+    global _app
+    with _app_lock:
+        if _app is None:
+            _app = TaskWeaverApp()
+            logger.info("Weaver engine ready (app dir %s)", _app.app_dir)
+        return _app
+
+
+def upload_limit_mb(max_file_mb: float) -> int:
+    """Chainlit's ``max_size_mb`` that accepts no file the engine refuses (with a floor of 1).
+
+    The engine's limit is decimal (``max_file_mb * 10**6`` bytes). Chainlit's browser checks
+    ``max_size_mb * 10**6`` bytes but its server checks ``max_size_mb * 2**20`` (MiB; see
+    ``validate_file_size`` in chainlit/server.py), so the value must satisfy the server's reading.
+    """
+    return max(1, math.floor(max_file_mb * 1e6 / 2**20))
+
+
+def sync_upload_limit(max_file_mb: float) -> int:
+    """Make Chainlit's upload limit follow ``session.max_file_mb``; returns the value set."""
+    upload = chainlit_config.features.spontaneous_file_upload
+    limit = upload_limit_mb(max_file_mb)
+    if upload is not None and upload.max_size_mb != limit:
+        logger.info("uploads limited to %d MB (MiB) to match session.max_file_mb=%g", limit, max_file_mb)
+        upload.max_size_mb = limit
+    return limit
+
+
+def new_session(user_name: str, resume_id: str | None = None) -> Session:
+    """The chat's Weaver session, knowing who it works for (plugins read ``user_name``): the one
+    named ``resume_id`` - live, or brought back from its folder - else a fresh one."""
+    app = weaver_app()
+    session = None
+    if resume_id:
+        try:
+            session = app.open_session(resume_id)
+        except SessionNotFound:
+            logger.info("weaver session %s is gone; the chat continues in a fresh one", resume_id)
+    if session is None:
+        session = app.get_session()
+    session.update_session_var({"user_name": user_name})
+    return session
+
+
+def browser_connected(chainlit_session_id: str) -> bool:
+    """True when a live socket currently serves this Chainlit session (it was restored)."""
+    from chainlit.server import sio
+    from chainlit.session import WebsocketSession
+
+    ws = WebsocketSession.get_by_id(chainlit_session_id)
+    return ws is not None and bool(sio.manager.is_connected(ws.socket_id, "/"))
+
+
+def chat_cleared(chainlit_session_id: str) -> bool:
+    """True when the browser asked for a new chat (``clear_session``): this chat will not return."""
+    from chainlit.session import WebsocketSession
+
+    ws = WebsocketSession.get_by_id(chainlit_session_id)
+    return ws is None or bool(getattr(ws, "to_clear", False))
+
+
+try:
+    SETTINGS = ui_settings()
+except UISettingsError as exc:
+    raise SystemExit(f"Weaver UI: {exc}") from None
+
+OWNER = SessionOwner(
+    new_session,
+    browser_connected,
+    grace_s=SETTINGS.disconnect_grace_s,
+    is_abandoned=chat_cleared,
+    max_per_client=SETTINGS.max_sessions_per_client,
+)
+
+
+try:
+    HISTORY_SETTINGS = history_settings()
+except HistoryConfigError as exc:
+    raise SystemExit(f"Weaver UI: {exc}") from None
+HISTORY: WeaverDataLayer | None = None
+HISTORY_FILES = f"{chainlit_config.run.root_path or ''}/weaver/files"
+
+
+def _install_history_route() -> None:
+    from chainlit.server import app as server_app
+
+    install_file_route(server_app, lambda: HISTORY, prefix=HISTORY_FILES)  # ahead of Chainlit's catch-all
+
+
+_install_history_route()
+
+
+@cl.data_layer
+def data_layer() -> WeaverDataLayer:
+    """Chainlit asks for it (synchronously) after start-up; it is opened in the server's loop there."""
+    if HISTORY is None:
+        raise RuntimeError("chat history is opened at app start-up")
+    return HISTORY
+
+
+async def _forget_weaver_session(thread_id: str, metadata: dict[str, Any]) -> None:
+    """A chat was deleted: stop its session if it is live, and delete its folder."""
+    session_id = metadata.get("weaver_session_id")
+    if isinstance(session_id, str) and session_id and _app is not None:
+        await run_in_thread(_app.delete_session, session_id, name="weaver-delete-session")
+        logger.info("deleted weaver session %s of deleted chat %s", session_id, thread_id)
+
+
+def _upload_settings() -> Any:
+    return chainlit_config.features.spontaneous_file_upload
+
+
+def guard_policy() -> guard.GuardPolicy:
+    """The guard's rules for this server, from ``WEAVER_UI_*`` and Chainlit's run and upload config."""
+    from chainlit.server import get_html_template
+
+    root = chainlit_config.run.root_path or ""
+    hosts = serving_hosts(SETTINGS, chainlit_config.run.host)
+    page = get_html_template(os.getenv("CHAINLIT_PARENT_ROOT_PATH", "") + os.getenv("CHAINLIT_ROOT_PATH", ""))
+    return guard.GuardPolicy(
+        allowed_hosts=frozenset(hosts),
+        allowed_origins=frozenset(serving_origins(SETTINGS, hosts, int(chainlit_config.run.port))),
+        socket_path=f"{root}/ws/socket.io",
+        upload_path=f"{root}/project/file",
+        file_path_prefix=f"{root}/project/file/",
+        history_file_prefix=f"{HISTORY_FILES}/",
+        max_upload_bytes=lambda: int((_upload_settings().max_size_mb or 0) * 2**20) + guard.MULTIPART_SLACK_BYTES,
+        max_files=lambda: int(_upload_settings().max_files or 1),
+        page_csp=guard.page_csp(guard.inline_scripts_of(page)),
+        user_header=SETTINGS.user_header,
+        throttle=LOGIN.throttle,
+    )
+
+
+def _install_guard() -> guard.GuardPolicy:
+    from chainlit.server import app as server_app
+    from chainlit.server import sio
+
+    policy = guard_policy()
+    guard.install(server_app, sio, policy, accept=lambda: _upload_settings().accept)
+    return policy
+
+
+try:
+    LOGIN = install_login(
+        choose_mode(SETTINGS.auth, SETTINGS.user_header, is_loopback(chainlit_config.run.host)),
+        default_app_dir(),
+        local_user=SETTINGS.local_user,
+        user_header=SETTINGS.user_header,
+        allowed_users=SETTINGS.allowed_users,
+        throttle=LoginThrottle(
+            SETTINGS.login_attempts_per_user, SETTINGS.login_attempts_per_address, SETTINGS.login_window_s
+        ),
+    )
+except AuthSetupError as exc:
+    raise SystemExit(f"Weaver UI: {exc}") from None
+GUARD = _install_guard()
+
+
+def _refuse_unsandboxed_sharing() -> None:
+    """When several people use this server (a login other than local, or an address other machines
+    can reach), users' code must run sandboxed unless the operator said otherwise by name: refuse
+    to start, saying why, before anything is served."""
+    reasons = []
+    if LOGIN.mode != "local":
+        reasons.append(f"with {LOGIN.mode} login")
+    if not is_loopback(chainlit_config.run.host):
+        reasons.append(f"on {chainlit_config.run.host}, which other machines can reach")
+    if not reasons:
+        return
+    try:
+        require_sandbox(load_config(default_app_dir()), " and ".join(reasons))
+    except (SandboxUnavailableError, ConfigError) as exc:
+        raise SystemExit(f"Weaver UI: {exc}") from None
+
+
+_refuse_unsandboxed_sharing()
+
+
+async def open_chat_history(app: TaskWeaverApp) -> WeaverDataLayer:
+    """Open (create or migrate) the history in the server's event loop, where its connections live."""
+    global HISTORY
+    HISTORY = await open_history(
+        app.app_dir,
+        HISTORY_SETTINGS.database_url,
+        on_thread_deleted=_forget_weaver_session,
+        file_storage=HISTORY_SETTINGS.file_storage,
+        url_prefix=HISTORY_FILES,
+    )
+    return HISTORY
+
+
+def running_engine() -> TaskWeaverApp | None:
+    """The engine if it was started (without starting it)."""
+    return _app
