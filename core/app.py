@@ -56,11 +56,23 @@ class _AppModule(Module):
 class TaskWeaverApp:
     """The entry point: ``TaskWeaverApp(app_dir).get_session().send_message("...")``."""
 
-    def __init__(self, app_dir: str | Path | None = None, config: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app_dir: str | Path | None = None,
+        use_local_uri: bool | None = None,
+        config: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """TaskWeaver's signature. ``use_local_uri`` (``code_interpreter.use_local_uri``, default true):
+        artifact_paths hold absolute paths; false: paths within the session's working folder."""
         self.app_dir = Path(app_dir) if app_dir else default_app_dir()
         self.app_dir.mkdir(parents=True, exist_ok=True)
-        self.config = load_config(self.app_dir, {**(config or {}), **kwargs})
+        given = {**(config or {}), **kwargs}
+        if use_local_uri is not None:
+            given["code_interpreter.use_local_uri"] = use_local_uri
+        self.config = load_config(self.app_dir, given)
         logging.getLogger("weaver").setLevel(self.config.logging.level.upper())
+        self._log_handler = _file_log_handler(self.app_dir, self.config)
         uses_bwrap(self.config.execution)  # execution.sandbox = "bwrap" without bwrap: refuse to start
         sweep_stale()
         # Shown by the UI to operators; None when every kernel runs in its sandbox.
@@ -169,3 +181,21 @@ class TaskWeaverApp:
         for session in sessions:
             session.stop()
         self.injector.get(LLMBackend).close()  # type: ignore[type-abstract]  # bound to a concrete backend
+        if self._log_handler is not None:
+            logging.getLogger("weaver").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+
+def _file_log_handler(app_dir: Path, config: AppConfig) -> logging.Handler | None:
+    """TaskWeaver's ``logging.log_folder`` / ``logging.log_file``: the app's log also goes to
+    ``<app_dir>/<log_folder>/<log_file>`` (defaults ``logs``, ``task_weaver.log``) when either is set."""
+    settings = config.logging
+    if settings.log_folder is None and settings.log_file is None:
+        return None
+    folder = app_dir / (settings.log_folder or "logs")
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(folder / (settings.log_file or "task_weaver.log"), encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("weaver").addHandler(handler)
+    return handler

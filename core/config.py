@@ -8,6 +8,7 @@ Highest first: the ``config`` argument and keyword arguments, ``WEAVER_*`` envir
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +16,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from core.compat.config_keys import as_list, translate
 from core.errors import WeaverError
+from core.roles.verification import DEFAULT_ALLOWED_MODULES, DEFAULT_BLOCKED_FUNCTIONS
 
 CONFIG_FILE_NAME = "taskweaver_config.json"
 
@@ -39,7 +42,9 @@ class LLMSettings(BaseModel):
     retry_backoff: float = Field(0.5, ge=0, description="first backoff in seconds, doubled per retry")
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int | None = Field(None, gt=0)
-    response_format: Literal["json_object", "text"] = "json_object"
+    response_format: Literal["json_object", "text"] = Field(
+        "json_object", description="null (TaskWeaver's setting for older models) means text"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -54,7 +59,10 @@ class LLMSettings(BaseModel):
     @field_validator("response_format", mode="before")
     @classmethod
     def _taskweaver_response_formats(cls, value: Any) -> Any:
-        """TaskWeaver's ``json_schema`` asks for JSON; so does our ``json_object``."""
+        """TaskWeaver's ``json_schema`` asks for JSON, as our ``json_object`` does; its ``null`` asks
+        for no format at all, which is our ``text``."""
+        if value is None:
+            return "text"
         return "json_object" if value == "json_schema" else value
 
     @property
@@ -102,6 +110,11 @@ class SessionSettings(BaseModel):
     resume_replay: bool = Field(True, description="rebuild a resumed chat's variables by running its code again")
     resume_replay_timeout: float = Field(120.0, gt=0, description="bound on that replay, in seconds")
     idle_timeout: float = Field(3600.0, gt=0, description="a chat nobody has used this long stops its kernel")
+    roles: list[str] = Field(
+        ["planner", "code_interpreter"], description="TaskWeaver's key; Weaver always runs these two (others: warned)"
+    )
+
+    _roles_list = field_validator("roles", mode="before")(classmethod(lambda cls, v: as_list(v)))
 
 
 class PlannerSettings(BaseModel):
@@ -112,6 +125,17 @@ class PlannerSettings(BaseModel):
 
 class CodeInterpreterSettings(BaseModel):
     max_retry_count: int = Field(3, ge=0)
+    # Checked before each execution (core/roles/verification.py): a guard rail, not a sandbox.
+    code_verification_on: bool = False
+    allowed_modules: list[str] = Field(
+        list(DEFAULT_ALLOWED_MODULES), description="top-level modules code may import; [] allows none"
+    )
+    blocked_functions: list[str] = Field(list(DEFAULT_BLOCKED_FUNCTIONS), description="names code may not use")
+    use_local_uri: bool = Field(True, description="artifact_paths hold absolute paths; false: names in the cwd")
+
+    _lists = field_validator("allowed_modules", "blocked_functions", mode="before")(
+        classmethod(lambda cls, v: as_list(v))
+    )
     prompt_file_path: Path | None = Field(
         None, description="YAML replacing some or all of the CodeInterpreter's prompts (code_interpreter.yaml)"
     )
@@ -119,6 +143,9 @@ class CodeInterpreterSettings(BaseModel):
 
 class LoggingSettings(BaseModel):
     level: str = "INFO"
+    # TaskWeaver's keys: set either, and the app also logs to <app_dir>/<log_folder>/<log_file>.
+    log_folder: str | None = None
+    log_file: str | None = None
 
 
 class AppConfig(BaseSettings):
@@ -164,9 +191,10 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 class _JsonFileSource(PydanticBaseSettingsSource):
     """Reads ``taskweaver_config.json`` (flat dotted keys) as the lowest-priority source."""
 
-    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None, notes: list[str] | None = None) -> None:
         super().__init__(settings_cls)
         self.path = path
+        self.notes = notes if notes is not None else []
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
         return None, field_name, False
@@ -180,14 +208,32 @@ class _JsonFileSource(PydanticBaseSettingsSource):
             raise ConfigError(f"{self.path}: not valid JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{self.path}: expected a JSON object of config keys")
-        return unflatten(data)
+        weaver_keys, notes = translate(data, known_keys(), self.path.parent)
+        self.notes[:] = notes
+        return unflatten(weaver_keys)
+
+
+def known_keys() -> frozenset[str]:
+    """Every flat key Weaver reads: ``llm.model``, ``plugin_dir``..."""
+    keys: set[str] = set()
+    for name, info in AppConfig.model_fields.items():
+        section = info.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            keys.update(f"{name}.{sub}" for sub in section.model_fields)
+        else:
+            keys.add(name)
+    return frozenset(keys)
 
 
 def load_config(
     app_dir: Path | None = None, overrides: dict[str, Any] | None = None, env_file: Path | None = None
 ) -> AppConfig:
-    """Build the app's config; a bad value raises one ``ConfigError`` naming the key(s)."""
+    """Build the app's config; a bad value raises one ``ConfigError`` naming the key(s).
+
+    TaskWeaver's keys are mapped onto Weaver's (core/compat/config_keys.py); each key Weaver does
+    not use is logged once, with the reason."""
     json_path = app_dir / CONFIG_FILE_NAME if app_dir else None
+    file_notes: list[str] = []
 
     class _Config(AppConfig):
         @classmethod
@@ -199,9 +245,10 @@ def load_config(
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return init_settings, env_settings, dotenv_settings, _JsonFileSource(settings_cls, json_path)
+            return init_settings, env_settings, dotenv_settings, _JsonFileSource(settings_cls, json_path, file_notes)
 
-    kwargs = unflatten(overrides or {})
+    given, notes = translate(overrides or {}, known_keys(), app_dir)
+    kwargs = unflatten(given)
     if env_file is not None:
         kwargs["_env_file"] = env_file
     try:
@@ -210,6 +257,8 @@ def load_config(
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from None
     _check_prompt_files(config, app_dir)
+    for note in dict.fromkeys(notes + file_notes):  # each once, in order
+        logging.getLogger("weaver.config").warning("%s", note)
     return config
 
 

@@ -6,6 +6,7 @@ import abc
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, Optional
 
 from core.memory import Attachment, AttachmentType, Named, Post
@@ -29,6 +30,7 @@ class RoundEventType(Named):
     round_start = "round_start"
     round_end = "round_end"
     round_error = "round_error"
+    round_new_post = "round_new_post"  # a post of the round is complete (ended without error): msg is its id
 
 
 class PostEventType(Named):
@@ -125,6 +127,7 @@ class PostEventProxy:
         self.emitter = emitter
         self.round_id = round_id
         self.post = post
+        self.failed = False
         self._emit(PostEventType.post_start, "", {"role": post.send_from})
 
     def _emit(self, t: PostEventType, msg: str, extra: Any = None) -> None:
@@ -180,11 +183,21 @@ class PostEventProxy:
         return existing
 
     def error(self, msg: str) -> None:
+        self.failed = True
         self._emit(PostEventType.post_error, msg)
 
     def end(self, msg: str = "") -> Post:
         self._emit(PostEventType.post_end, msg)
-        return self.post
+        post = self.post
+        if self.failed:  # cut short: not a post of the conversation (round_error tells why)
+            return post
+        self.emitter.emit_round(
+            RoundEventType.round_new_post,
+            self.round_id,
+            post.id,
+            {"post_id": post.id, "send_from": post.send_from, "send_to": post.send_to},
+        )
+        return post
 
 
 def describe_value(type: AttachmentType, value: Any) -> str:
@@ -193,7 +206,7 @@ def describe_value(type: AttachmentType, value: Any) -> str:
         rows, columns = (list(value.get("shape") or []) + [0, 0])[:2]
         return f"table: {rows} rows x {columns} columns"
     if type == AttachmentType.artifact_paths and isinstance(value, list):
-        names = [str(item.get("name") if isinstance(item, dict) else item) for item in value]
+        names = [str(item.get("name") if isinstance(item, dict) else PurePath(str(item)).name) for item in value]
         return f"{len(names)} file(s): {', '.join(names)}"
     try:
         return json.dumps(value, ensure_ascii=False, default=str)

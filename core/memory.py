@@ -61,6 +61,17 @@ class AttachmentType(Named):
     invalid_response = "invalid_response"
     table = "table"
     llm_usage = "llm_usage"
+    # TaskWeaver's other members, so its code can name them. Weaver's roles never create these:
+    # ``function`` (function-calling replies), the ``web_exploring_*`` ones (the WebExplorer role),
+    # ``text``, ``shared_memory_entry`` (cross-role shared memory) and ``image_url`` (vision input)
+    # belong to features Weaver does not have; a restored round that holds them keeps them.
+    function = "function"
+    web_exploring_plan = "web_exploring_plan"
+    web_exploring_screenshot = "web_exploring_screenshot"
+    web_exploring_link = "web_exploring_link"
+    text = "text"
+    shared_memory_entry = "shared_memory_entry"
+    image_url = "image_url"
 
 
 RoundState = Literal["created", "finished", "failed", "cancelled"]

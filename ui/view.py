@@ -180,7 +180,10 @@ class RoundView:
                 self.code_running = False
                 self.code_interrupted = self.code_interrupted or att.text == ExecutionStatus.cancelled
             elif kind == AttachmentType.artifact_paths:
-                found = artifacts_inside(att.data or [], self.execution_cwd)
+                # The content is TaskWeaver's list of paths; Weaver puts each file's name and type
+                # in the attachment's ``extra`` (older rounds had those dicts as the content).
+                details = extra.get("extra")
+                found = artifacts_inside(details if isinstance(details, list) else att.data or [], self.execution_cwd)
                 view.artifacts.extend(found)
                 self.artifacts.extend(found)
 

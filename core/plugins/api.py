@@ -6,11 +6,14 @@ Kept free of pandas/matplotlib imports so loading it costs nothing; values are r
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import re
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from typing import Any, Callable, Iterator, Literal, TypeVar
 
 ArtifactType = Literal["chart", "image", "df", "file", "txt", "svg", "html"]
 LogErrorLevel = Literal["info", "warning", "error"]
@@ -133,6 +136,38 @@ class Plugin(abc.ABC):
         return self.ctx.get_env(self.name, variable_name)
 
 
+class TestPluginContext(PluginContext):
+    """TaskWeaver's context for a plugin's own test block: ids are "test", files go to ``temp_dir``,
+    ``env`` and ``session_vars`` are plain dicts the test may fill (``get_env`` falls back to the
+    ``PLUGIN_<plugin>_<var>`` environment variable)."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, temp_dir: str | Path) -> None:
+        super().__init__("test", "test", Path(temp_dir))
+        self.execution_id = "test"
+        self.env: dict[str, str] = {}
+
+    def get_env(self, plugin_name: str, variable_name: str) -> str:
+        key = f"{plugin_name}_{variable_name}"
+        return self.env[key] if key in self.env else super().get_env(plugin_name, variable_name)
+
+
+@contextlib.contextmanager
+def temp_context(workspace_dir: str | Path | None = None) -> Iterator[TestPluginContext]:
+    """A ``TestPluginContext`` in a new temporary folder (inside ``workspace_dir`` if given),
+    removed afterwards: ``with temp_context() as ctx: MyPlugin("name", ctx, {})(...)``."""
+    if workspace_dir is None:
+        folder = Path(tempfile.mkdtemp(prefix="plugin-test-"))
+    else:
+        folder = Path(workspace_dir) / f"plugin-test-{secrets.token_hex(4)}"
+        folder.mkdir(parents=True)
+    try:
+        yield TestPluginContext(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 # Classes registered while a plugin file is being loaded; the runtime takes the new entries.
 REGISTRY: list[type[Plugin]] = []
 
@@ -176,6 +211,8 @@ __all__ = [
     "Plugin",
     "PluginContext",
     "PluginEnvError",
+    "TestPluginContext",
     "register_plugin",
+    "temp_context",
     "test_plugin",
 ]

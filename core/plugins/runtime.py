@@ -15,6 +15,8 @@ import types
 from pathlib import Path
 from typing import Any
 
+from core.compat.autoload import MARKER
+from core.compat.autoload import install as install_finder
 from core.plugins import api
 
 TABLE_MIME = "application/vnd.weaver.table+json"
@@ -68,9 +70,11 @@ def install_aliases() -> None:
         root = types.ModuleType("taskweaver", "Alias of core.plugins.api for TaskWeaver plugin files.")
         root.__path__ = []  # a package, so submodule imports resolve through sys.modules
         sys.modules["taskweaver"] = root
+    setattr(root, MARKER, True)
     root.plugin = api  # type: ignore[attr-defined]
     for alias in _ALIASES:
         sys.modules[alias] = api
+    install_finder()  # taskweaver.plugin.utils and the rest, imported only when a plugin asks
 
 
 def configure_shell(shell: Any) -> None:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 from core.cancel import RoundCancelled
 from core.events import PostEventProxy
 from core.execution.kernel import KernelExecutor
 from core.llm.json_stream import FieldEvent
-from core.memory import AttachmentType, Post, PostStatus
+from core.memory import AttachmentType, ExecutionStatus, Post, PostStatus
 from core.roles.base import FieldRenderer, Role, StreamedField
 from core.roles.context import RoundContext
 from core.roles.planner import extract_code_blocks
 from core.roles.prompts import CodePrompt
 from core.roles.protocol import CODE_INTERPRETER, PLANNER
+from core.roles.verification import describe_rules, verify_code
 
 
 class _ReplyContentField(StreamedField):
@@ -59,6 +61,10 @@ class CodeInterpreter(Role):
     def reply(self, ctx: RoundContext) -> Post:
         incoming = ctx.last_post
         messages = self.prompt.messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
+        settings = self.config.code_interpreter
+        if settings.code_verification_on:  # tell the model the rules its code is checked against
+            rules = describe_rules(settings.allowed_modules, settings.blocked_functions)
+            messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n{rules}"}
         proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming))
         if reply.reply_type == "text":
             if proxy.post.message != reply.reply_content:
@@ -67,7 +73,35 @@ class CodeInterpreter(Role):
             return proxy.end()
         if not proxy.post.get_attachment(AttachmentType.reply_content):
             proxy.update_attachment(reply.reply_content, AttachmentType.reply_content)
+        if settings.code_verification_on and not self._verified(ctx, proxy, reply.reply_content):
+            return proxy.end()
         return self._run(ctx, proxy, reply.reply_content)
+
+    def _verified(self, ctx: RoundContext, proxy: PostEventProxy, code: str) -> bool:
+        """Check the code against the app's rules before it runs; on errors the post says why, the
+        code is not run, and the model is asked to revise it (within max_retry_count)."""
+        settings = self.config.code_interpreter
+        errors = verify_code(code, settings.allowed_modules, settings.blocked_functions)
+        if not errors:
+            proxy.update_attachment("CORRECT", AttachmentType.verification)
+            return True
+        report = "\n".join(errors)
+        proxy.update_attachment("INCORRECT", AttachmentType.verification)
+        proxy.update_attachment(report, AttachmentType.code_error)
+        # Not run; "failure" so the model reads this as a result to fix (and a resume skips it).
+        proxy.update_attachment(ExecutionStatus.failure, AttachmentType.execution_status)
+        retry = ctx.code_failures < settings.max_retry_count
+        ctx.code_failures += 1
+        if retry:
+            proxy.update_attachment(
+                f"The code broke the app's verification rules (attempt {ctx.code_failures}); it will be revised.",
+                AttachmentType.revise_message,
+            )
+        proxy.update_message(
+            f"The code was not run: code verification found {len(errors)} problem(s).\n{report}", is_end=True
+        )
+        proxy.update_send_to(CODE_INTERPRETER if retry else PLANNER)
+        return False
 
     def _run(self, ctx: RoundContext, proxy: PostEventProxy, code: str) -> Post:
         if not self.executor.ready:  # say why this wait is longer; execute() starts the kernel first
@@ -86,12 +120,14 @@ class CodeInterpreter(Role):
             table = table.clipped(limits.max_table_rows, limits.max_table_columns)
             proxy.update_attachment(table.as_payload(), AttachmentType.table)
         if result.artifacts:
+            shown = result.artifacts[: limits.max_artifacts]
+            # TaskWeaver's shape: a list of path strings (absolute, or names in the cwd without
+            # use_local_uri); the details travel in the attachment's ``extra``.
+            local = self.config.code_interpreter.use_local_uri
             proxy.update_attachment(
-                [
-                    {"name": a.name, "path": str(a.path), "type": a.type}
-                    for a in result.artifacts[: limits.max_artifacts]
-                ],
+                [str(a.path) if local else _relative(a.path, self.executor.cwd) for a in shown],
                 AttachmentType.artifact_paths,
+                extra=[{"name": a.name, "path": str(a.path), "type": a.type} for a in shown],
             )
         if result.cancelled:
             proxy.update_send_to(PLANNER)
@@ -128,3 +164,11 @@ class CodeInterpreter(Role):
             "files": list(ctx.files_added),
             "previous_error": incoming.message if incoming.send_from == CODE_INTERPRETER else None,
         }
+
+
+def _relative(path: Path, cwd: Path) -> str:
+    """The artifact's path within the session's working folder (its name, for a file at the top)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(cwd).resolve()))
+    except ValueError:
+        return str(path)

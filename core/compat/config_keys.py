@@ -1,0 +1,194 @@
+"""Every TaskWeaver config key, accounted for: kept, mapped onto Weaver's, or ignored with a reason.
+
+``translate`` takes the flat dotted keys of ``taskweaver_config.json`` (or of the ``config``
+argument) and returns Weaver's keys plus one sentence per key Weaver does not use, which the app
+logs once at start. docs/taskweaver-config.md is the table for people.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# TaskWeaver's llm.api_type values; each may have its own section, llm.<type>.<key>.
+LLM_TYPES = frozenset(
+    {
+        "openai",
+        "azure",
+        "azure_ad",
+        "ollama",
+        "google_genai",
+        "qwen",
+        "zhipuai",
+        "groq",
+        "anthropic",
+        "azure_ml",
+        "mock",
+        "sentence_transformers",
+    }
+)
+ROLES = frozenset({"planner", "code_interpreter"})
+_ONE_MODEL = "Weaver uses one model (the llm.* keys) for every role"
+_NOT_SENT = "Weaver sends the model only temperature, max_tokens and response_format"
+_NO_EXAMPLES = (
+    "Weaver's roles read no example files; their prompts are YAML in core/roles/prompts, replaced per role "
+    "with <role>.prompt_file_path"
+)
+_NO_HISTORY_COMPRESSION = "Weaver sends the last 8 rounds as they are and does not summarise older ones"
+_NO_EXPERIENCE = "Weaver has no experience memory"
+_NO_ROLE = "this role is not available in Weaver (it has the Planner and the CodeInterpreter)"
+
+# (pattern, reason), first match wins. Patterns match the whole key.
+IGNORED: tuple[tuple[str, str], ...] = (
+    (r"llm\.(.+\.)?embedding_(model|api_type)", "Weaver has no embedding-based plugin selection or experience"),
+    (r"llm\.use_mock", "Weaver's offline backend (llm.api_type = offline) plays that part"),
+    (
+        r"llm\.(.+\.)?(stop_token|top_p|top_k|frequency_penalty|presence_penalty|seed|require_alternative_roles|"
+        r"support_system_role|support_constrained_generation|json_schema_enforcer|max_output_tokens|chat_mode)",
+        _NOT_SENT,
+    ),
+    (r"llm\.(.+\.)?aad_.*", "Azure AD sign-in is not supported; use llm.api_type = azure with an API key"),
+    (r"ext_llms\..*", _ONE_MODEL),
+    (r".*\.llm_alias", _ONE_MODEL),
+    (r".*\.(prompt_compression|compression_prompt_path)", _NO_HISTORY_COMPRESSION),
+    (r"round_compressor\..*", _NO_HISTORY_COMPRESSION),
+    (r".*\.(use_experience|experience_dir|dynamic_experience_sub_path)", _NO_EXPERIENCE),
+    (r"experience\..*", _NO_EXPERIENCE),
+    (r".*\.(use_example|example_base_path|dynamic_example_sub_path)", _NO_EXAMPLES),
+    (
+        r"code_generator\.(enable_auto_plugin_selection|auto_plugin_selection_topk)",
+        "every enabled plugin is always offered to the model (no embedding-based selection)",
+    ),
+    (
+        r"code_generator\..*",
+        "Weaver's CodeInterpreter has no separate code generator; replace its prompts with "
+        "code_interpreter.prompt_file_path (Weaver's YAML format)",
+    ),
+    (r"code_interpreter\.code_prefix", "not supported; a plugin can provide shared set-up instead"),
+    (
+        r"execution_service\.(env_dir|custom_image)",
+        "kernels run in Weaver's bubblewrap sandbox (execution.sandbox), not in a container image",
+    ),
+    (r"session_manager\..*", "live sessions are kept by the app; the web UI keeps chat history in its database"),
+    (r"workspace\..*", "Weaver's workspace is always <app_dir>/workspace"),
+    (r"tracing\..*", "Weaver has no OpenTelemetry export"),
+    (r"role\..*", "Weaver's roles are built in"),
+    (
+        r"logging\.(remote|app_insights_connection_string|injector|log_format_prompt)",
+        "Weaver logs to the console and, with logging.log_folder / logging.log_file, to a file only",
+    ),
+    (
+        r"(web_search|web_explorer|document_retriever|echo|recepta|code_interpreter_cli_only|"
+        r"code_interpreter_plugin_only|image_reader)\..*",
+        _NO_ROLE,
+    ),
+)
+_IGNORED = tuple((re.compile(pattern + r"\Z"), reason) for pattern, reason in IGNORED)
+_LLM_SECTION = re.compile(r"llm\.(?P<type>[a-z_]+)\.(?P<key>.+)\Z")
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"llm": {"model": m}}`` → ``{"llm.model": m}``; flat keys pass through."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and name != "ext_llms.llm_configs":
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def as_list(value: Any) -> Any:
+    """TaskWeaver accepts a list as a comma-separated string."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def translate(
+    data: Mapping[str, Any], known: frozenset[str], app_dir: Path | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """Weaver's flat keys for ``data`` (TaskWeaver's or Weaver's), and a warning per unused key."""
+    flat = flatten(data)
+    out: dict[str, Any] = {}
+    mapped: dict[str, Any] = {}  # filled in only where the same source did not set Weaver's key
+    notes: list[str] = []
+    active = str(flat.get("llm.api_type") or "openai")
+    for key, value in flat.items():
+        if key in known:
+            out[key] = value
+            if key == "session.roles":
+                notes.extend(_roles_note(value))
+            continue
+        section = _LLM_SECTION.match(key)
+        if section and section["type"] in LLM_TYPES:
+            target = f"llm.{section['key']}"
+            if section["type"] != active:
+                notes.append(f"{key} is ignored: llm.api_type is {active!r}, not {section['type']!r}")
+            elif target in known:
+                out[target] = value  # TaskWeaver: the type's own key wins over llm.<key>
+                continue
+            else:
+                notes.append(_ignored_note(key, target) or f"{key} is ignored: Weaver has no llm.{section['key']}")
+            continue
+        if key == "execution_service.kernel_mode":
+            mapped["execution.sandbox"] = _sandbox_for(value)
+        elif key == "plugin.base_path":
+            mapped["plugin_dir"] = _app_path(value, app_dir)
+        elif key == "use_local_uri":
+            mapped["code_interpreter.use_local_uri"] = value
+        else:
+            notes.append(_ignored_note(key, key) or f"{key} is ignored: it is not a Weaver or TaskWeaver config key")
+    for key, value in mapped.items():
+        out.setdefault(key, value)
+    return out, notes
+
+
+def _ignored_note(key: str, lookup: str) -> str | None:
+    for pattern, reason in _IGNORED:
+        if pattern.match(lookup) or pattern.match(key):
+            return f"{key} is ignored: {reason}"
+    return None
+
+
+def _sandbox_for(mode: Any) -> str:
+    """TaskWeaver's container mode isolates code: here that is bubblewrap, required. Its local mode
+    runs code on the host; here it keeps the default (the sandbox when it works)."""
+    if mode == "container":
+        return "bwrap"
+    if mode == "local":
+        return "auto"
+    from core.config import ConfigError  # core.config imports this module
+
+    raise ConfigError(f"execution_service.kernel_mode: expected 'local' or 'container', got {mode!r}")
+
+
+def _app_path(value: Any, app_dir: Path | None) -> str:
+    """TaskWeaver's ``${AppBaseDir}``, and relative paths, are the app folder."""
+    text = str(value)
+    if app_dir is not None:
+        text = text.replace("${AppBaseDir}", str(app_dir))
+        if not Path(text).is_absolute():
+            text = str(app_dir / text)
+    return text
+
+
+def _roles_note(value: Any) -> list[str]:
+    roles = as_list(value)
+    if not isinstance(roles, list):
+        return []
+    names = {str(r) for r in roles}
+    if names == ROLES:
+        return []
+    extra = sorted(names - ROLES)
+    missing = sorted(ROLES - names)
+    parts = []
+    if extra:
+        parts.append(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} not available")
+    if missing:
+        parts.append(f"{' and '.join(missing)} cannot be left out")
+    why = "; ".join(parts)
+    return [f"session.roles is partly ignored: Weaver always runs the Planner with the CodeInterpreter ({why})"]
