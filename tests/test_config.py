@@ -81,3 +81,84 @@ def test_the_openai_clients_own_key_variable_selects_openai(tmp_path: Path, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
     assert load_config(tmp_path).llm.resolved_api_type == "openai"
+
+
+# --------------------------------------------------------------------------- TaskWeaver's keys
+
+
+def test_taskweaver_keys_are_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taskweaver_config.json").write_text(
+        json.dumps(
+            {
+                "execution_service.kernel_mode": "container",
+                "plugin.base_path": "${AppBaseDir}/my_plugins",
+                "llm.api_type": "azure",
+                "llm.azure.api_key": "sk-azure",
+                "llm.azure.model": "deployment-1",
+                "llm.response_format": None,
+                "code_interpreter.allowed_modules": "pandas, numpy",
+                "use_local_uri": False,
+            }
+        )
+    )
+    config = load_config(tmp_path)
+    assert config.execution.sandbox == "bwrap"  # container mode isolates code: the sandbox is required
+    assert config.plugin_dir == tmp_path / "my_plugins"
+    assert config.llm.api_key.get_secret_value() == "sk-azure" and config.llm.model == "deployment-1"
+    assert config.llm.response_format == "text"
+    assert config.code_interpreter.allowed_modules == ["pandas", "numpy"]
+    assert config.code_interpreter.use_local_uri is False
+    assert load_config(tmp_path, {"execution_service.kernel_mode": "local"}).execution.sandbox == "auto"
+    # Weaver's own key, where given, wins over the mapped one.
+    assert load_config(tmp_path, {"execution.sandbox": "none"}).execution.sandbox == "none"
+    with pytest.raises(ConfigError, match="kernel_mode"):
+        load_config(tmp_path, {"execution_service.kernel_mode": "docker"})
+
+
+def test_verification_defaults_are_taskweavers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_config(tmp_path).code_interpreter
+    assert settings.code_verification_on is False
+    assert settings.allowed_modules[:3] == ["pandas", "matplotlib", "numpy"]
+    assert {"eval", "exec", "open", "__import__", "compile"} <= set(settings.blocked_functions)
+    assert settings.use_local_uri is True
+
+
+def test_an_ignored_key_is_warned_about_once_with_its_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taskweaver_config.json").write_text(
+        json.dumps(
+            {"llm.embedding_model": "all-mpnet-base-v2", "planner.llm_alias": "fast", "session.roles": ["planner"]}
+        )
+    )
+    with caplog.at_level("WARNING", logger="weaver.config"):
+        load_config(tmp_path, {"llm.embedding_model": "again", "llm.azure.model": "x", "nonsense.key": 1})
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if line.startswith("llm.embedding_model")] == [
+        "llm.embedding_model is ignored: Weaver has no embedding-based plugin selection or experience"
+    ]
+    assert any("planner.llm_alias is ignored" in line and "one model" in line for line in lines)
+    assert any("llm.azure.model is ignored: llm.api_type is 'openai'" in line for line in lines)
+    assert any(line.startswith("nonsense.key is ignored") for line in lines)
+    assert any("session.roles" in line and "code_interpreter cannot be left out" in line for line in lines)
+    assert len(lines) == 5
+
+
+def test_logging_keys_write_the_app_log_to_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from core import TaskWeaverApp
+
+    monkeypatch.chdir(tmp_path)
+    app = TaskWeaverApp(tmp_path, use_local_uri=False, config={"logging.log_folder": "logs", "execution.pool_size": 0})
+    try:
+        assert app.config.code_interpreter.use_local_uri is False
+        logging.getLogger("weaver.test").warning("written to the file")
+    finally:
+        app.stop()
+    assert "written to the file" in (tmp_path / "logs" / "task_weaver.log").read_text()
+    logging.getLogger("weaver.test").warning("after stop")
+    assert "after stop" not in (tmp_path / "logs" / "task_weaver.log").read_text()

@@ -147,3 +147,16 @@ def test_plugin_context_never_writes_outside_cwd(tmp_path: Path) -> None:
     ctx.add_artifact("note", "note", "txt", "again")
     assert (tmp_path / "note.txt").read_text() == "hello"
     assert (tmp_path / "note-2.txt").read_text() == "again"
+
+
+def test_taskweaver_plugin_helpers_import_in_the_kernel(executor: KernelExecutor) -> None:
+    code = (
+        "from taskweaver.plugin.utils import make_api_call\n"
+        "from taskweaver.plugin.context import TestPluginContext, temp_context\n"
+        "with temp_context() as ctx:\n"
+        '    found = (ctx.session_id, greet.__class__("greet", ctx, {})("Hi"))\n'
+        "found"
+    )
+    res = executor.execute(code)
+    assert res.is_success, res.error
+    assert res.result == "('test', 'Hi, anonymous.')"  # no configuration: the plugin's own default

@@ -94,7 +94,7 @@ class TaskWeaverAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             for name in chosen:
                 setattr(module, name, getattr(source, name))
                 exported.append(name)
-        setattr(module, "__all__", exported)
+        module.__dict__["__all__"] = exported
         module.__doc__ = f"Weaver's stand-in for {module.__name__} (core.compat)."
 
 

@@ -22,7 +22,7 @@ from core.plugins import api
 TABLE_MIME = "application/vnd.weaver.table+json"
 TABLE_MAX_ROWS = 20  # the server clips again to execution.max_table_rows / max_table_columns
 TABLE_MAX_COLUMNS = 200
-_ALIASES = ("taskweaver.plugin", "taskweaver.plugin.base", "taskweaver.plugin.context", "taskweaver.plugin.register")
+_ALIASES = ("taskweaver.plugin.base", "taskweaver.plugin.context", "taskweaver.plugin.register")
 
 _ctx: api.PluginContext | None = None
 
@@ -71,7 +71,13 @@ def install_aliases() -> None:
         root.__path__ = []  # a package, so submodule imports resolve through sys.modules
         sys.modules["taskweaver"] = root
     setattr(root, MARKER, True)
-    root.plugin = api  # type: ignore[attr-defined]
+    # taskweaver.plugin is a package (its .utils is a submodule) holding the API's names.
+    package = types.ModuleType("taskweaver.plugin", api.__doc__)
+    package.__dict__.update({name: getattr(api, name) for name in api.__all__})
+    package.__path__ = []
+    setattr(package, MARKER, True)
+    sys.modules["taskweaver.plugin"] = package
+    root.plugin = package  # type: ignore[attr-defined]
     for alias in _ALIASES:
         sys.modules[alias] = api
     install_finder()  # taskweaver.plugin.utils and the rest, imported only when a plugin asks
