@@ -123,6 +123,9 @@ def test_new_chat_button_stops_the_old_kernel(page: "playwright_sync.Page", ui_s
     pid = kernel_pid_in(answer.inner_text())
     assert pid_alive(pid)
 
+    # With history on, the page moves to the chat's own address after its first message; a click
+    # during that move is lost, so wait for it first.
+    page.wait_for_url(re.compile(r"/thread/[0-9a-f-]{36}$"))
     mark = ui_server.log_size()
     page.locator("#new-chat-button").click()
     page.locator("#confirm").click()
