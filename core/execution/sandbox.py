@@ -36,6 +36,10 @@ CORE_DIR = REPO_ROOT / "core"
 # are passable but not listable there (no capabilities), and Python's import system lists the
 # folders on sys.path. A fixed place also works whichever checkout or install the server runs.
 SANDBOX_ROOT = Path("/opt/weaver")
+# The project's datasets (``execution.data_dir``) are mounted read-only here: one short path the
+# prompts can name, the same whatever the app folder is, so code kept in a chat still runs after
+# the app moves.
+DATA_MOUNT = Path("/data")
 RUNTIME_PREFIX = "weaver-kernel-"
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -193,8 +197,22 @@ def _hidden_ancestors(targets: Iterable[Path], mounts: set[Path]) -> list[str]:
     return args
 
 
-def bwrap_argv(cwd: Path, runtime_dir: Path, read_only: Iterable[Path], network: bool) -> list[str]:
-    """The bubblewrap command line that runs the rest of argv as a sandboxed kernel."""
+def data_mount(data_dir: Path, sandboxed: bool) -> Path:
+    """Where kernels read the datasets folder: ``/data`` in the sandbox; its own path unsandboxed
+    (nothing can be mounted there) or when it already lives under ``/data``."""
+    real = data_dir.resolve()
+    if not sandboxed or real.is_relative_to(DATA_MOUNT):
+        return real
+    return DATA_MOUNT
+
+
+def bwrap_argv(
+    cwd: Path, runtime_dir: Path, read_only: Iterable[Path], network: bool, data_dir: Path | None = None
+) -> list[str]:
+    """The bubblewrap command line that runs the rest of argv as a sandboxed kernel.
+
+    ``data_dir`` (the project's datasets) is bound read-only at ``data_mount``: code reads it and
+    cannot write, rename or delete anything in it (a read-only mount, and no capability to remount)."""
     exe = shutil.which("bwrap") or "bwrap"
     args = [
         exe,
@@ -222,12 +240,17 @@ def bwrap_argv(cwd: Path, runtime_dir: Path, read_only: Iterable[Path], network:
     for name in _ETC_FILES + (_ETC_NETWORK if network else ()):
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
-    ro = _minimal([*_python_dirs(), *(Path(p).resolve() for p in read_only)])
+    data = data_dir.resolve() if data_dir is not None and data_dir.is_dir() else None
+    data_at_own_path = data is not None and data_mount(data, True) == data
+    extra_ro = [data] if data is not None and data_at_own_path else []
+    ro = _minimal([*_python_dirs(), *(Path(p).resolve() for p in read_only), *extra_ro])
     rw = [cwd, runtime_dir]
     args += _hidden_ancestors([*ro, *rw], {Path("/tmp"), Path("/usr"), Path("/etc"), Path("/dev"), Path("/proc")})
     for path in ro:
         args += ["--ro-bind", str(path), str(path)]
     args += ["--ro-bind", str(CORE_DIR), str(SANDBOX_ROOT / "core")]
+    if data is not None and not data_at_own_path:
+        args += ["--ro-bind", str(data), str(DATA_MOUNT)]
     for path in rw:
         args += ["--bind", str(path), str(path)]
     return args + ["--chdir", str(cwd), "--"]
@@ -269,7 +292,7 @@ class KernelBox:
             )
         self.argv_prefix = wrapper_argv(self.limits, self.cgroups.procs_files, "memory" in self.cgroups.dirs)
         if self.sandboxed:
-            self.argv_prefix += bwrap_argv(cwd, self.runtime_dir, read_only, settings.network)
+            self.argv_prefix += bwrap_argv(cwd, self.runtime_dir, read_only, settings.network, settings.data_dir)
         self._kernel_pid: int | None = None
 
     @property

@@ -7,12 +7,16 @@ profiled by generated code, and anything else gets a reply saying what offline m
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+import re
+from typing import TYPE_CHECKING, Any, Iterator
 
 from core.cancel import CancelToken
 from core.llm.base import ChatRequest, LLMBackend
 from core.llm.offline_profile import profile_code
 from core.text import fence
+
+if TYPE_CHECKING:
+    from core.datasets import Dataset
 
 CHUNK_CHARS = 24
 
@@ -28,17 +32,61 @@ To chat in plain language, configure a model: set `WEAVER_LLM__API_KEY` (and `WE
 `WEAVER_LLM__MODEL` for other servers), or put `llm.api_key` in `taskweaver_config.json`. See the README."""
 
 
+# "profile sales_2024" as the whole of the user's message (a command, like a fenced code block).
+PROFILE_COMMAND = re.compile(r"^\s*profile\s+([A-Za-z_][A-Za-z0-9_]*)\s*[.!]?\s*$", re.IGNORECASE)
+
+
 class OfflineBackend(LLMBackend):
     name = "offline"
 
+    def __init__(self, datasets: list[Dataset] | None = None) -> None:
+        self.datasets = {d.name.lower(): d for d in datasets or []}
+
     def stream_chat(self, request: ChatRequest, cancel: CancelToken) -> Iterator[str]:
-        answer = self.planner_answer(request.hints) if request.role == "Planner" else self.code_answer(request.hints)
+        if request.role == "Planner":
+            answer = self.dataset_answer(request) or self.planner_answer(request.hints)
+        else:
+            answer = self.code_answer(request.hints)
+        if answer.get("send_to") == "User" and self.datasets and answer.get("message") == OFFLINE_HELP:
+            answer = {**answer, "message": f"{OFFLINE_HELP}\n\n{self._datasets_help()}"}
         text = json.dumps(answer, ensure_ascii=False)
         assert request.record is not None
         request.record.model = "offline"
         for start in range(0, len(text), CHUNK_CHARS):
             cancel.raise_if_cancelled()
             yield text[start : start + CHUNK_CHARS]
+
+    def dataset_answer(self, request: ChatRequest) -> dict[str, Any] | None:
+        """A user's "profile <dataset name>": the CodeInterpreter profiles that project dataset like
+        an upload. The command is the user's whole message, the last turn of the request."""
+        hints = request.hints
+        if hints.get("stage") != "request" or hints.get("code_blocks") or hints.get("files_added"):
+            return None
+        if not self.datasets or not request.messages or request.messages[-1].get("role") != "user":
+            return None
+        text = request.messages[-1].get("content", "")
+        message = text.split(":", 1)[1] if text.startswith("From User:") else text
+        match = PROFILE_COMMAND.match(message)
+        dataset = self.datasets.get(match.group(1).lower()) if match else None
+        if dataset is None:
+            return None
+        code = profile_code([dataset.path], {dataset.path: dataset.name})
+        return {
+            "thought": f"The user asked to profile the project dataset {dataset.name}; the CodeInterpreter runs "
+            "the profiling code.",
+            "plan": [f"Load and profile the dataset {dataset.name}", "Report what it contains"],
+            "current_plan_step": f"Load and profile the dataset {dataset.name}",
+            "send_to": "CodeInterpreter",
+            "message": f"Please profile the dataset {dataset.name} by running this code exactly as written:\n"
+            f"{fence(code, 'python')}",
+        }
+
+    def _datasets_help(self) -> str:
+        names = list(self.datasets.values())
+        shown = ", ".join(f"`{d.name}`" for d in names[:10])
+        if len(names) > 10:
+            shown += f" and {len(names) - 10} more"
+        return f"- **Profile a project dataset**: send `profile <name>`, e.g. `profile {names[0].name}` ({shown})."
 
     @staticmethod
     def planner_answer(hints: dict[str, Any]) -> dict[str, Any]:

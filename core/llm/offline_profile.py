@@ -71,8 +71,9 @@ def _guarded(name: str, kind: str, body: str) -> str:
     return f"try:\n    {body}\nexcept Exception as _error:\n    _could_not_read({name!r}, {kind!r}, _error)\n"
 
 
-def profile_code(file_names: list[str]) -> str:
-    """One cell that profiles every file, by type, each in its own ``try``."""
+def profile_code(file_names: list[str], variables: dict[str, str] | None = None) -> str:
+    """One cell that profiles every file, by type, each in its own ``try``; a table is loaded
+    into ``variables[name]`` when given (a dataset's name), else a name made from the file's."""
     taken: set[str] = set()
     imports = {"import os"}
     helpers = ["_could_not_read"]
@@ -82,7 +83,8 @@ def profile_code(file_names: list[str]) -> str:
         if suffix in TABLE_READERS:
             imports.add("import pandas as pd")
             helpers.append("_describe_table")
-            var = variable_name(name, taken)
+            given = (variables or {}).get(name)
+            var = variable_name(given + ".x" if given else name, taken)
             reader = TABLE_READERS[suffix].format(path=name)
             parts.append(_guarded(name, "a table", f"{var} = {reader}\n    _describe_table({name!r}, {var}, {var!r})"))
         elif suffix in IMAGE_SUFFIXES:

@@ -60,6 +60,9 @@ class RolePrompt:
     def __init__(self, templates: PromptTemplates, contract: ReplyContract) -> None:
         self.templates = templates
         self.contract = contract
+        # The project's datasets (core/datasets.py), listed within session.max_dataset_prompt_chars;
+        # set by the session, the same for every turn.
+        self.datasets = ""
         # Every request re-sends the recent turns; each is rendered once (posts do not change
         # once they are in the conversation), so a prompt costs the same at round 50 as at round 2.
         self._rendered: OrderedDict[tuple[str, str], str] = OrderedDict()
@@ -73,11 +76,11 @@ class RolePrompt:
         return self.templates.render("reask", problem=problem, reply_format=self.contract.format())
 
     def _system(self, **values: Any) -> Message:
-        key = ("system", repr(sorted(values.items())))
+        key = ("system", repr(sorted(values.items())) + self.datasets)
         content = self._rendered.get(key)
         if content is None:  # the same until the session's files or the plugins change
             content = self._rendered[key] = self.templates.render(
-                "system", reply_format=self.contract.format(), **values
+                "system", reply_format=self.contract.format(), datasets=self.datasets, **values
             )
         return {"role": "system", "content": content}
 

@@ -22,13 +22,13 @@ from core.config import ConfigError
 # Every key a role's file may hold, with the variables its template may use.
 _KEYS: dict[str, dict[str, frozenset[str]]] = {
     "planner": {
-        "system": frozenset({"workers", "recipients", "files", "plugins", "reply_format"}),
+        "system": frozenset({"workers", "recipients", "files", "plugins", "datasets", "reply_format"}),
         "reask": frozenset({"problem", "reply_format"}),
         "incoming": frozenset({"sender", "message"}),
     },
     "code_interpreter": {
         "description": frozenset(),
-        "system": frozenset({"files", "plugins", "reply_format"}),
+        "system": frozenset({"files", "plugins", "datasets", "reply_format"}),
         "reask": frozenset({"problem", "reply_format"}),
         "incoming": frozenset({"sender", "message"}),
         "execution_result": frozenset({"result", "retry"}),
