@@ -12,12 +12,13 @@ from typing import Any
 from injector import Injector, Module, provider, singleton
 
 from core.config import AppConfig, load_config
+from core.datasets import Dataset, DatasetCatalog
 from core.errors import SessionLimitReached, SessionNotFound
 from core.execution.pool import KernelPool, StartGate, WarmKernel
-from core.execution.sandbox import sandbox_warning, sweep_stale, uses_bwrap
+from core.execution.sandbox import data_mount, sandbox_warning, sweep_stale, uses_bwrap
 from core.ids import create_id
 from core.llm.base import LLMBackend
-from core.llm.factory import create_backend
+from core.llm.factory import ModelChoices, create_backend
 from core.plugins.catalog import PluginCatalog
 from core.roles.registry import RoleRegistry, default_role_registry
 from core.session import Session, new_executor
@@ -30,13 +31,15 @@ SESSION_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
 
 
 class _AppModule(Module):
-    def __init__(self, config: AppConfig, workspace: Workspace) -> None:
+    def __init__(self, config: AppConfig, workspace: Workspace, datasets: DatasetCatalog) -> None:
         self.config = config
         self.workspace = workspace
+        self.datasets = datasets
 
     def configure(self, binder: Any) -> None:
         binder.bind(AppConfig, to=self.config)
         binder.bind(Workspace, to=self.workspace)
+        binder.bind(DatasetCatalog, to=self.datasets)
         binder.bind(TelemetryLogger, to=TelemetryLogger("weaver"), scope=singleton)
         binder.bind(Tracing, to=Tracing(), scope=singleton)
         binder.bind(RoleRegistry, to=default_role_registry(), scope=singleton)
@@ -45,7 +48,12 @@ class _AppModule(Module):
     @singleton
     @provider
     def llm_backend(self) -> LLMBackend:
-        return create_backend(self.config.llm)
+        return create_backend(self.config.llm, self.datasets.datasets)
+
+    @singleton
+    @provider
+    def model_choices(self, default: LLMBackend) -> ModelChoices:
+        return ModelChoices(self.config.llm, default, self.datasets.datasets)
 
     @singleton
     @provider
@@ -73,14 +81,18 @@ class TaskWeaverApp:
         self.config = load_config(self.app_dir, given)
         logging.getLogger("weaver").setLevel(self.config.logging.level.upper())
         self._log_handler = _file_log_handler(self.app_dir, self.config)
-        uses_bwrap(self.config.execution)  # execution.sandbox = "bwrap" without bwrap: refuse to start
+        sandboxed = uses_bwrap(self.config.execution)  # execution.sandbox = "bwrap" without bwrap: refuse to start
+        data_dir = self.config.execution.data_dir or Path("data")
+        self.config.execution.data_dir = data_dir = data_dir if data_dir.is_absolute() else self.app_dir / data_dir
+        # A bad data/datasets.yaml stops the app here, with the file named.
+        self.dataset_catalog = DatasetCatalog.load(data_dir, str(data_mount(data_dir, sandboxed)))
         sweep_stale()
         # Shown by the UI to operators; None when every kernel runs in its sandbox.
         self.sandbox_warning: str | None = sandbox_warning(self.config.execution)
         if self.sandbox_warning:
             logging.getLogger("weaver").warning("!!! %s", self.sandbox_warning)
         self.workspace = Workspace(self.app_dir)
-        self.injector = Injector([_AppModule(self.config, self.workspace)])
+        self.injector = Injector([_AppModule(self.config, self.workspace, self.dataset_catalog)])
         self.injector.binder.bind(Injector, to=self.injector)
         self.plugins = self.injector.get(PluginCatalog)
         for error in self.plugins.errors:
@@ -89,6 +101,17 @@ class TaskWeaverApp:
         self._lock = threading.Lock()
         self.kernel_starts = self.injector.get(StartGate)
         self.pool = KernelPool(self.config.execution.pool_size, self._reserve_kernel, self._discard_kernel).start()
+
+    @property
+    def datasets(self) -> list[Dataset]:
+        """The project's datasets (``<app_dir>/data/``), each with name, file, path in the kernel,
+        description, column notes and size: for a welcome screen."""
+        return list(self.dataset_catalog.datasets)
+
+    @property
+    def models(self) -> list[str]:
+        """The model names a chat may pick with ``Session.set_llm`` (``llm.models``), the default first."""
+        return self.config.llm.model_names
 
     def _reserve_kernel(self) -> WarmKernel:
         """A new session id and folder, and an unstarted kernel for them (the pool starts it)."""
@@ -180,6 +203,7 @@ class TaskWeaverApp:
         self.pool.close()
         for session in sessions:
             session.stop()
+        self.injector.get(ModelChoices).close()
         self.injector.get(LLMBackend).close()  # type: ignore[type-abstract]  # bound to a concrete backend
         if self._log_handler is not None:
             logging.getLogger("weaver").removeHandler(self._log_handler)

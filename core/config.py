@@ -45,6 +45,9 @@ class LLMSettings(BaseModel):
     response_format: Literal["json_object", "text"] = Field(
         "json_object", description="null (TaskWeaver's setting for older models) means text"
     )
+    models: list[dict[str, Any]] = Field(
+        [], description="named model choices for a chat: each a name plus any llm.* keys it overrides"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -64,6 +67,47 @@ class LLMSettings(BaseModel):
         if value is None:
             return "text"
         return "json_object" if value == "json_schema" else value
+
+    @model_validator(mode="after")
+    def _check_models(self) -> LLMSettings:
+        """Each named choice must build valid settings, so a bad one stops the app at start."""
+        seen = {self.default_model_name}
+        for index, entry in enumerate(self.models):
+            name = entry.get("name")
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"llm.models[{index}] needs a non-empty 'name'")
+            if name in seen:
+                raise ValueError(f"llm.models[{index}]: the name {name!r} is used twice (or is the default model's)")
+            seen.add(name)
+            if "models" in entry:
+                raise ValueError(f"llm.models[{index}] ({name}): a choice cannot hold 'models'")
+            try:
+                self.for_model(name)
+            except ValidationError as exc:
+                problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+                raise ValueError(f"llm.models[{index}] ({name}): {problems}") from None
+        return self
+
+    @property
+    def default_model_name(self) -> str:
+        """The name of the base llm.* settings among the choices: the model, or "offline"."""
+        return "offline" if self.resolved_api_type == "offline" else self.model
+
+    @property
+    def model_names(self) -> list[str]:
+        """Every choice a chat may pick, the default first."""
+        return [self.default_model_name, *(str(entry["name"]) for entry in self.models)]
+
+    def for_model(self, name: str | None) -> LLMSettings:
+        """The settings of the named choice (None or the default's name: these settings)."""
+        if name is None or name == self.default_model_name:
+            return self
+        entry = next((e for e in self.models if e.get("name") == name), None)
+        if entry is None:
+            raise KeyError(f"no model named {name!r} in llm.models (choices: {', '.join(self.model_names)})")
+        base = self.model_dump(exclude={"models"})
+        overrides = {k: v for k, v in entry.items() if k != "name"}
+        return LLMSettings(**{**base, **overrides})
 
     @property
     def resolved_api_type(self) -> str:
@@ -99,6 +143,9 @@ class ExecutionSettings(BaseModel):
     disk_mb: int = Field(1024, ge=0, description="size of a session's folder")
     max_file_mb: int = Field(512, ge=0, description="size of any single file the kernel writes")
     nice: int = Field(10, ge=0, le=19, description="CPU priority of kernels below the server's")
+    data_dir: Path | None = Field(
+        None, description="project datasets, read-only in every kernel; default <app_dir>/data"
+    )
 
 
 class SessionSettings(BaseModel):
@@ -110,6 +157,9 @@ class SessionSettings(BaseModel):
     resume_replay: bool = Field(True, description="rebuild a resumed chat's variables by running its code again")
     resume_replay_timeout: float = Field(120.0, gt=0, description="bound on that replay, in seconds")
     idle_timeout: float = Field(3600.0, gt=0, description="a chat nobody has used this long stops its kernel")
+    max_dataset_prompt_chars: int = Field(2000, ge=0, description="bound on the datasets listed in the prompts")
+    max_session_vars: int = Field(100, gt=0, description="session variables a session may hold (plugins' writes)")
+    max_session_var_chars: int = Field(4000, gt=0, description="longest value a plugin may write to one")
     roles: list[str] = Field(
         ["planner", "code_interpreter"], description="TaskWeaver's key; Weaver always runs these two (others: warned)"
     )

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional
+from typing import Any, Dict, Iterator, List, Literal, Optional
 
 from injector import Injector, inject
 
 from core.cancel import CancelToken, RoundCancelled
-from core.config import AppSessionConfig
+from core.config import AppSessionConfig, ConfigError
+from core.datasets import DatasetCatalog
 from core.errors import RoundInProgress, SessionFull, SessionStopped
-from core.events import EventEmitter, RoundEventType, SessionEventHandler
+from core.events import EventEmitter, PostEventType, RoundEventType, SessionEventHandler, TaskWeaverEvent
 from core.execution.kernel import KernelExecutor
 from core.execution.limits import MB, incoming_bytes
 from core.execution.pool import StartGate
 from core.files import add_files, files_prefix
-from core.llm.base import LLMBackend, LLMError
+from core.llm.base import ChatRequest, LLMBackend, LLMError
+from core.llm.factory import ModelChoices
 from core.memory import Post, Round
+from core.plugins.api import MAX_SESSION_VAR_NAME
 from core.plugins.catalog import PluginCatalog, describe_plugins
 from core.resume import Progress, ReplayReport, load_rounds, replay, replay_plan
 from core.roles.context import RoundContext, RoundFailed
@@ -28,6 +31,34 @@ from core.tracing import Tracing
 from core.workspace import Workspace
 
 STOP_WAIT_S = 15.0
+
+
+class _SessionLLM(LLMBackend):
+    """The session's model: the choice in use, swapped by ``Session.set_llm`` between rounds."""
+
+    def __init__(self, backend: LLMBackend, model_name: str) -> None:
+        self.backend = backend
+        self.model_name = model_name
+        self.name = backend.name
+
+    def stream_chat(self, request: ChatRequest, cancel: CancelToken) -> Iterator[str]:
+        return self.backend.stream_chat(request, cancel)
+
+    def close(self) -> None:
+        """The backends are the app's (shared by sessions); it closes them."""
+
+
+class _SessionEmitter(EventEmitter):
+    """Adds the model in use to each post's ``post_start`` (``extra["model"]``) for the UI."""
+
+    def __init__(self, llm: _SessionLLM) -> None:
+        super().__init__()
+        self._llm = llm
+
+    def emit(self, event: TaskWeaverEvent) -> None:
+        if event.t == PostEventType.post_start and isinstance(event.extra, dict):
+            event.extra.setdefault("model", self._llm.model_name)
+        super().emit(event)
 
 
 def new_executor(
@@ -42,6 +73,7 @@ def new_executor(
         start_timeout=config.execution.kernel_start_timeout,
         settings=config.execution,
         start_gate=start_gate,
+        session_var_limits=(config.session.max_session_vars, config.session.max_session_var_chars),
     )
 
 
@@ -70,21 +102,31 @@ class Session:
         self.session_var: dict[str, str] = {}
         self.rounds: list[Round] = []
         self.replay_pending = False  # resumed with earlier rounds whose code has not been run again yet
-        self.emitter = EventEmitter()
+        self._models: ModelChoices = app_injector.get(ModelChoices)
+        self._llm = _SessionLLM(self._models.get(None), self._models.default_name)
+        self._llm_next: tuple[str, float | None] | None = None  # set_llm's choice, taken at the next round
+        self.llm_temperature: float | None = None  # None: the chosen model's own llm.temperature
+        self.emitter: EventEmitter = _SessionEmitter(self._llm)
         self.log = SessionLog(self.workspace, session_id, parent=logger)
         plugins: PluginCatalog = app_injector.get(PluginCatalog)
         warm = executor is not None
         self.executor = executor or new_executor(session_id, self.execution_cwd, config, plugins, start_gate)
+        self.executor.on_session_vars = self._merge_plugin_vars
         self._plugin_catalog = plugins
         self.roles = role_registry.create_roles(
             RoleDeps(
-                llm=app_injector.get(LLMBackend),  # type: ignore[type-abstract]  # bound to a concrete backend
+                llm=self._llm,
                 config=config,
                 executor=self.executor,
                 plugins_prompt=self._plugins_prompt,
                 workers=tuple(a for a in role_registry.aliases if a != PLANNER),
             )
         )
+        datasets = app_injector.get(DatasetCatalog).prompt(config.session.max_dataset_prompt_chars)
+        for role in self.roles.values():
+            prompt = getattr(role, "prompt", None)
+            if prompt is not None and hasattr(prompt, "datasets"):
+                prompt.datasets = datasets
         self._round_lock = threading.Lock()
         self._cancel: CancelToken | None = None
         self._stopped = False
@@ -124,6 +166,52 @@ class Session:
             if not isinstance(key, str) or not isinstance(value, str):
                 raise ValueError(f"session variable {key!r} must map a str to a str")
         self.session_var.update(variables)
+
+    def _merge_plugin_vars(self, changed: Dict[str, str]) -> None:
+        """Take the variables plugins set in an execution (``ctx.set_session_var``); the kernel is not
+        trusted, so the bounds are checked again here and anything past them is dropped and logged."""
+        limits = self.config.session
+        for key, value in changed.items():
+            if not key or len(key) > MAX_SESSION_VAR_NAME or len(value) > limits.max_session_var_chars:
+                self.log.logger.warning("session variable %.60r from a plugin dropped: too long", key)
+            elif key not in self.session_var and len(self.session_var) >= limits.max_session_vars:
+                self.log.logger.warning(
+                    "session variable %.60r from a plugin dropped: session.max_session_vars reached", key
+                )
+            else:
+                self.session_var[key] = value
+
+    @property
+    def llm_models(self) -> list[str]:
+        """The names of the models this session may use (``llm.models``), the default first."""
+        return self._models.names
+
+    @property
+    def llm_name(self) -> str:
+        """The model the next round uses (its name among ``llm_models``)."""
+        return self._llm_next[0] if self._llm_next is not None else self._llm.model_name
+
+    def set_llm(self, name: Optional[str] = None, temperature: Optional[float] = None) -> None:
+        """Use the model ``name`` (one of ``llm_models``; None: the default) with ``temperature``
+        (None: that model's ``llm.temperature``) from the next round of this session on; a round
+        already running keeps its model. Raises ``ConfigError`` for an unknown name or a temperature
+        outside 0..2."""
+        try:
+            self._models.get(name, temperature)  # made now, so a bad choice fails here, not mid-round
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(str(exc.args[0]) if exc.args else str(exc)) from None
+        self._llm_next = (name or self._models.default_name, temperature)
+
+    def _take_llm_choice(self) -> None:
+        if self._llm_next is None:
+            return
+        name, temperature = self._llm_next
+        self._llm_next = None
+        self._llm.backend = self._models.get(name, temperature)
+        self._llm.model_name = name
+        self._llm.name = self._llm.backend.name
+        self.llm_temperature = temperature
+        self.log.logger.info("session %s now uses model %s (temperature %s)", self.session_id, name, temperature)
 
     def send_message(
         self,
@@ -214,7 +302,8 @@ class Session:
         return True
 
     def _run_round(self, rnd: Round, files_added: list[str], cancel: CancelToken) -> None:
-        self.emitter.emit_round(RoundEventType.round_start, rnd.id, "Round started")
+        self._take_llm_choice()
+        self.emitter.emit_round(RoundEventType.round_start, rnd.id, "Round started", {"model": self._llm.model_name})
         rnd.add_post(Post(send_from=USER, send_to=PLANNER, message=rnd.user_query))
         ctx = RoundContext(
             session_id=self.session_id,

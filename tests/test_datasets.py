@@ -11,7 +11,7 @@ from core import TaskWeaverApp
 from core.datasets import Dataset, DatasetCatalog, DatasetError
 from core.execution import sandbox
 from tests.llm_server import Answer, ScriptedLLMServer
-from tests.test_llm_rounds import all_text, code_reply, new_app, planner, to_user
+from tests.test_llm_rounds import code_reply, new_app, planner, to_user
 
 pytestmark = pytest.mark.timeout(90)
 

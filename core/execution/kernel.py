@@ -53,8 +53,12 @@ class KernelExecutor:
         extra_env: dict[str, str] | None = None,
         settings: ExecutionSettings | None = None,
         start_gate: StartGate | None = None,
+        session_var_limits: tuple[int, int] | None = None,
     ) -> None:
         self.session_id = session_id
+        # Plugins' ``set_session_var``: (count, value chars) bounds, and who merges what they set.
+        self.session_var_limits = session_var_limits
+        self.on_session_vars: Callable[[dict[str, str]], object] | None = None
         self.start_gate = start_gate  # bounds concurrent kernel starts across sessions; None: unbounded
         self.cwd = Path(cwd).resolve()
         self.settings = settings or ExecutionSettings()
@@ -170,6 +174,7 @@ class KernelExecutor:
                 for p in self._plugins
                 if p.code_path is not None
             ],
+            "session_var_limits": list(self.session_var_limits) if self.session_var_limits else None,
         }
         try:
             report = self._rpc.bootstrap(payload)
@@ -328,6 +333,9 @@ class KernelExecutor:
             logger.warning("collecting plugin outputs failed in session %s: %s", self.session_id, exc)
             return
         res.logs.extend(str(line) for line in report.get("logs", []))
+        changed = report.get("session_vars")
+        if isinstance(changed, dict) and changed and self.on_session_vars is not None:
+            self.on_session_vars({str(k): str(v) for k, v in changed.items()})
         for item in report.get("artifacts", []):
             path = Path(item.get("path", "")).resolve()
             if path.is_relative_to(self.cwd) and path.is_file():

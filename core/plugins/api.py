@@ -28,6 +28,13 @@ class PluginEnvError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class SessionVarError(ValueError):
+    """``set_session_var`` was given a bad name or value, or the session holds too many variables."""
+
+
+MAX_SESSION_VAR_NAME = 128  # characters of a session variable's name
+
+
 class PluginContext:
     """What a plugin may see and do in its session; the runtime updates it before each execution."""
 
@@ -39,6 +46,11 @@ class PluginContext:
         self.session_vars: dict[str, str] = {}
         self.artifacts: list[dict[str, str]] = []
         self.logs: list[str] = []
+        # Variables set during this execution, reported back to the session; the bounds are
+        # session.max_session_vars and session.max_session_var_chars (set by the runtime).
+        self.changed_session_vars: dict[str, str] = {}
+        self.max_session_vars = 100
+        self.max_session_var_chars = 4000
 
     def begin_execution(self, execution_id: str, session_vars: dict[str, str]) -> None:
         """Reset the per-execution lists so artifacts and logs belong to exactly one execution."""
@@ -46,9 +58,39 @@ class PluginContext:
         self.session_vars = dict(session_vars)
         self.artifacts = []
         self.logs = []
+        self.changed_session_vars = {}
 
     def get_session_var(self, variable_name: str, default: str | None = None) -> str | None:
         return self.session_vars.get(variable_name, default)
+
+    def set_session_var(self, variable_name: str, value: str) -> None:
+        """Set one of the session's variables (a Weaver extension; TaskWeaver's plugins only read
+        them). Later code and plugins of the session read it, and so does the app
+        (``Session.session_var``). Raises ``SessionVarError`` for a name or value that is not a
+        str, a value over ``session.max_session_var_chars``, or a new variable past
+        ``session.max_session_vars``."""
+        if not isinstance(variable_name, str) or not variable_name or len(variable_name) > MAX_SESSION_VAR_NAME:
+            raise SessionVarError(
+                f"set_session_var needs a name that is a non-empty str of at most {MAX_SESSION_VAR_NAME} "
+                f"characters, not {variable_name!r:.60}"
+            )
+        if not isinstance(value, str):
+            raise SessionVarError(
+                f"set_session_var({variable_name!r}, ...) needs a str value, not {type(value).__name__}; "
+                "convert it (str(), json.dumps()) first"
+            )
+        if len(value) > self.max_session_var_chars:
+            raise SessionVarError(
+                f"set_session_var({variable_name!r}, ...): the value has {len(value)} characters, more than the "
+                f"{self.max_session_var_chars} allowed (session.max_session_var_chars)"
+            )
+        if variable_name not in self.session_vars and len(self.session_vars) >= self.max_session_vars:
+            raise SessionVarError(
+                f"set_session_var({variable_name!r}, ...): the session already holds {len(self.session_vars)} "
+                f"variables, the most allowed (session.max_session_vars)"
+            )
+        self.session_vars[variable_name] = value
+        self.changed_session_vars[variable_name] = value
 
     def log(self, level: str, tag: str, message: str) -> None:
         self.logs.append(f"{str(level).upper()} [{tag}] {message}")
@@ -211,6 +253,7 @@ __all__ = [
     "Plugin",
     "PluginContext",
     "PluginEnvError",
+    "SessionVarError",
     "TestPluginContext",
     "register_plugin",
     "temp_context",

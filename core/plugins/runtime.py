@@ -36,6 +36,9 @@ def bootstrap(payload_json: str) -> str:
     if shell is not None:
         configure_shell(shell)
     _ctx = api.PluginContext(payload.get("env_id", "local"), payload.get("session_id", ""), Path.cwd())
+    limits = payload.get("session_var_limits")
+    if isinstance(limits, list) and len(limits) == 2:
+        _ctx.max_session_vars, _ctx.max_session_var_chars = int(limits[0]), int(limits[1])
     namespace = shell.user_ns if shell is not None else {}
     loaded, errors = load_plugins(payload.get("plugins", []), _ctx, namespace)
     return json.dumps({"loaded": loaded, "errors": errors})
@@ -49,10 +52,10 @@ def begin_execution(payload_json: str) -> None:
 
 
 def collect() -> str:
-    """After user code: the artifacts and logs plugins recorded during this execution."""
+    """After user code: the artifacts, logs and session variables plugins recorded during this execution."""
     if _ctx is None:
-        return json.dumps({"artifacts": [], "logs": []})
-    return json.dumps({"artifacts": _ctx.artifacts, "logs": _ctx.logs})
+        return json.dumps({"artifacts": [], "logs": [], "session_vars": {}})
+    return json.dumps({"artifacts": _ctx.artifacts, "logs": _ctx.logs, "session_vars": _ctx.changed_session_vars})
 
 
 def _shell() -> Any:
