@@ -1,5 +1,5 @@
 """The ``weaver`` command: ``weaver ui`` serves the web chat, ``weaver chat`` the terminal chat,
-``weaver user`` manages password-login users.
+``weaver user`` manages password-login users, ``weaver check`` checks the model connection.
 
 ``weaver ui`` runs ``python -m chainlit run <repo>/ui/app.py --headless`` with the repo root as
 the working directory, because Chainlit finds ``.chainlit/config.toml``, ``chainlit.md`` and
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     ui.add_argument("--app-dir", help="folder with plugins/, taskweaver_config.json and workspace/ (default ./.weaver)")
     sub.add_parser("chat", help="chat in this terminal (see: weaver chat --help)", add_help=False)
+    check = sub.add_parser("check", help="check the configured model connection and name what to fix")
+    check.add_argument("--app-dir", help="the app folder whose taskweaver_config.json to read (default ./.weaver)")
+    check.add_argument("--model", help="check this choice of llm.models instead of the default model")
     user = sub.add_parser("user", help="manage password-login users (WEAVER_UI_AUTH=password)")
     user.add_argument("--app-dir", help="the app folder whose users.json to change (default ./.weaver)")
     actions = user.add_subparsers(dest="action", required=True)
@@ -116,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return run_ui(args.host, args.port, args.app_dir)
+    if args.command == "check":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        from ui.check import main as check_main
+
+        return check_main(args.app_dir, args.model)
     if args.command == "user":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -1,0 +1,286 @@
+"""``weaver check``: a plain verdict on the configured model connection, each failure naming the
+config key to change. ``run_check`` (or ``run_check_async``) is what the web UI calls at start for
+its banner. No Chainlit here.
+
+The steps, in order, each only when the one before passed: the config loads; the server's address
+is reachable; a small chat completion is answered (the key is accepted, the model exists; its time
+is the latency); a streamed completion arrives in chunks (Weaver streams every answer); JSON mode
+works (``llm.response_format = json_object``, the default).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from core.config import AppConfig, ConfigError, LLMSettings, load_config
+
+PASS, FAIL, SKIP = "ok", "FAIL", "--"
+_PROMPT = [{"role": "user", "content": 'Reply with the JSON object {"ok": true} and nothing else.'}]
+
+
+@dataclass
+class CheckStep:
+    name: str
+    status: str  # PASS, FAIL or SKIP
+    detail: str = ""
+    key: str | None = None  # the config key to change when it failed
+
+
+@dataclass
+class CheckReport:
+    """What ``weaver check`` found; ``ok`` and the one-line ``summary`` are for a banner."""
+
+    target: str
+    steps: list[CheckStep] = field(default_factory=list)
+    offline: bool = False
+    latency_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(step.status != FAIL for step in self.steps)
+
+    @property
+    def failure(self) -> CheckStep | None:
+        return next((step for step in self.steps if step.status == FAIL), None)
+
+    @property
+    def summary(self) -> str:
+        if self.offline:
+            return "Offline mode: no language model is configured, so there is no connection to check."
+        failed = self.failure
+        if failed is not None:
+            return f"Model check failed ({self.target}): {failed.detail}"
+        latency = f", {self.latency_s:.2f} s for a short answer" if self.latency_s is not None else ""
+        return f"Model connection OK ({self.target}{latency})."
+
+    def lines(self) -> list[str]:
+        out = [f"weaver check: {self.target}"]
+        out += [f"  {step.status:<4}  {step.name}" + (f": {step.detail}" if step.detail else "") for step in self.steps]
+        out.append(("PASSED: " if self.ok else "FAILED: ") + self.summary)
+        return out
+
+    def add(self, name: str, status: str, detail: str = "", key: str | None = None) -> bool:
+        self.steps.append(CheckStep(name, status, detail, key))
+        return status != FAIL
+
+
+def run_check(config: AppConfig | LLMSettings, model: str | None = None) -> CheckReport:
+    """Check the model connection of ``config`` (its ``llm`` settings; ``model``: a named choice of
+    ``llm.models``). Blocking, bounded by ``llm.connect_timeout`` and ``llm.timeout`` per request."""
+    llm = config.llm if isinstance(config, AppConfig) else config
+    settings = llm.for_model(model)
+    api_type = settings.resolved_api_type
+    if api_type == "offline":
+        report = CheckReport("offline backend", offline=True)
+        report.add("config loads", PASS)
+        report.add("model", PASS, "offline mode (no model configured: set llm.api_key, llm.api_base, llm.model)")
+        return report
+    where = settings.api_base or "https://api.openai.com/v1"
+    report = CheckReport(f"{api_type} model {settings.model!r} at {where}")
+    report.add("config loads", PASS)
+    if not _reachable(report, settings, where):
+        return _skip_rest(report, "server reachable")
+    client = _client(settings, api_type)
+    try:
+        if not _completion(report, client, settings):
+            return _skip_rest(report, "key accepted")
+        if not _streaming(report, client, settings):
+            return _skip_rest(report, "streaming works")
+        _json_mode(report, client, settings)
+    finally:
+        client.close()
+    return report
+
+
+async def run_check_async(config: AppConfig | LLMSettings, model: str | None = None) -> CheckReport:
+    """``run_check`` off the event loop, for the web UI's start."""
+    return await asyncio.to_thread(run_check, config, model)
+
+
+# --------------------------------------------------------------------------------------- steps
+
+_ORDER = ["server reachable", "key accepted", "model exists", "chat completion", "streaming works", "JSON mode works"]
+
+
+def _skip_rest(report: CheckReport, after: str) -> CheckReport:
+    done = {step.name for step in report.steps}
+    for name in _ORDER[_ORDER.index(after) + 1 :]:
+        if name not in done:
+            report.add(name, SKIP, "not checked")
+    return report
+
+
+def _reachable(report: CheckReport, settings: LLMSettings, where: str) -> bool:
+    parts = urlsplit(where)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return report.add("server reachable", FAIL, f"{where!r} is not an http(s) URL; change llm.api_base", "api_base")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=settings.connect_timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return report.add(
+            "server reachable",
+            FAIL,
+            f"cannot connect to {parts.hostname}:{port} ({reason}); is the server running? "
+            "Otherwise change llm.api_base",
+            "api_base",
+        )
+    return report.add("server reachable", PASS, f"{parts.hostname}:{port}")
+
+
+def _client(settings: LLMSettings, api_type: str) -> Any:
+    import openai
+
+    from core.llm.openai_backend import _make_client  # one place builds the client, with our timeouts
+
+    client = _make_client(settings, api_type)
+    return client.with_options(max_retries=0) if isinstance(client, openai.OpenAI) else client
+
+
+def _params(settings: LLMSettings, **extra: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {"model": settings.model, "messages": _PROMPT, "temperature": settings.temperature}
+    params["max_tokens"] = 20
+    params.update(extra)
+    return params
+
+
+def _completion(report: CheckReport, client: Any, settings: LLMSettings) -> bool:
+    """One short answer: the key, the model and the latency."""
+    started = time.monotonic()
+    try:
+        answer = client.chat.completions.create(**_params(settings))
+    except Exception as exc:  # noqa: BLE001 - classified below
+        return _api_failure(report, exc, settings, "chat completion")
+    report.latency_s = time.monotonic() - started
+    report.add("key accepted", PASS)
+    report.add("model exists", PASS, str(getattr(answer, "model", "") or settings.model))
+    text = answer.choices[0].message.content if answer.choices else None
+    if not text:
+        return report.add(
+            "chat completion",
+            FAIL,
+            "the server answered without any text (is llm.api_base an OpenAI-compatible endpoint?)",
+            "api_base",
+        )
+    return report.add("chat completion", PASS, f"answered in {report.latency_s:.2f} s")
+
+
+def _streaming(report: CheckReport, client: Any, settings: LLMSettings) -> bool:
+    started = time.monotonic()
+    try:
+        chunks = [c for c in client.chat.completions.create(**_params(settings, stream=True))]
+    except Exception as exc:  # noqa: BLE001
+        return _api_failure(report, exc, settings, "streaming works")
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    if not texts:
+        return report.add(
+            "streaming works",
+            FAIL,
+            "the streamed answer had no text (Weaver needs streaming; is llm.api_base OpenAI-compatible?)",
+            "api_base",
+        )
+    return report.add("streaming works", PASS, f"{len(texts)} chunks in {time.monotonic() - started:.2f} s")
+
+
+def _json_mode(report: CheckReport, client: Any, settings: LLMSettings) -> bool:
+    if settings.response_format != "json_object":
+        return report.add("JSON mode works", SKIP, "not used (llm.response_format is text)")
+    advice = 'set llm.response_format to "text" (Weaver then asks for JSON in the prompt only)'
+    try:
+        chunks = list(
+            client.chat.completions.create(**_params(settings, stream=True, response_format={"type": "json_object"}))
+        )
+    except Exception as exc:  # noqa: BLE001
+        status = getattr(exc, "status_code", None)
+        if status in (400, 415, 422):
+            detail = _snippet(getattr(exc, "message", str(exc)))
+            return report.add(
+                "JSON mode works",
+                FAIL,
+                f"the server refused JSON mode (HTTP {status}: {detail}); {advice}",
+                "response_format",
+            )
+        return _api_failure(report, exc, settings, "JSON mode works")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    try:
+        json.loads(text)
+    except ValueError:
+        return report.add(
+            "JSON mode works",
+            FAIL,
+            f"asked for JSON, the model answered {_snippet(text)!r}; {advice}",
+            "response_format",
+        )
+    return report.add("JSON mode works", PASS)
+
+
+def _api_failure(report: CheckReport, exc: Exception, settings: LLMSettings, step: str) -> bool:
+    """Name the config key behind a failed request."""
+    import openai
+
+    status = getattr(exc, "status_code", None)
+    detail = _snippet(getattr(exc, "message", None) or str(exc))
+    if status in (401, 403):
+        return report.add(
+            "key accepted", FAIL, f"the server refused the key (HTTP {status}: {detail}); change llm.api_key", "api_key"
+        )
+    lowered = detail.lower()
+    model_missing = status == 404 or (
+        status == 400 and "model" in lowered and any(w in lowered for w in ("not found", "does not exist", "unknown"))
+    )
+    if model_missing:
+        report.add("key accepted", PASS)
+        key = "azure_deployment" if settings.resolved_api_type == "azure" else "model"
+        return report.add(
+            "model exists",
+            FAIL,
+            f"model {settings.model!r} not found (HTTP {status}: {detail}); change llm.{key}"
+            + ("" if status != 404 else " (or llm.api_base, if it is not the /v1 address)"),
+            key,
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return report.add(
+            step, FAIL, f"no answer within {settings.timeout:g} s; raise llm.timeout or check the server", "timeout"
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return report.add(step, FAIL, f"the connection failed ({detail}); check llm.api_base", "api_base")
+    if status is not None:
+        return report.add(step, FAIL, f"the server answered HTTP {status}: {detail}", None)
+    return report.add(
+        step,
+        FAIL,
+        f"unexpected answer ({type(exc).__name__}: {detail}); is llm.api_base OpenAI-compatible?",
+        "api_base",
+    )
+
+
+def _snippet(text: Any, limit: int = 160) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------------------- command
+
+
+def main(app_dir: str | None, model: str | None = None) -> int:
+    """``weaver check``: print each step and the verdict; 0 when all passed, 1 otherwise."""
+    import os
+
+    folder = Path(app_dir or os.environ.get("WEAVER_APP_DIR") or ".weaver").resolve()
+    try:
+        config = load_config(folder)
+        report = run_check(config, model)
+    except (ConfigError, KeyError) as exc:
+        print(f"weaver check: {folder}\n  {FAIL:<4}  config loads: {exc}\nFAILED: the configuration does not load.")
+        return 1
+    print("\n".join(report.lines()))
+    return 0 if report.ok else 1
