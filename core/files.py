@@ -128,3 +128,46 @@ def _write(folder: Path, item: _PendingFile) -> str:
 def files_prefix(names: list[str]) -> str:
     """TaskWeaver's note to the agent about added files, put before the user's message."""
     return f"files added: {', '.join(names)}.\n" if names else ""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of a session folder, as a chat's file list shows it."""
+
+    path: str  # relative to the folder, with "/"
+    size: int
+    modified: float  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class FileListing:
+    """The newest files of a session folder (at most the limit asked for), and its totals."""
+
+    entries: list[FileEntry]
+    total_files: int
+    used_bytes: int
+    quota_bytes: int | None
+
+
+def list_files(folder: Path, limit: int, quota_bytes: int | None = None) -> FileListing:
+    """Every regular file under ``folder`` (links are not followed), newest first, at most ``limit``."""
+    found: list[FileEntry] = []
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    info = entry.stat(follow_symlinks=False)
+                    relative = Path(entry.path).relative_to(folder).as_posix()
+                    found.append(FileEntry(relative, info.st_size, info.st_mtime))
+            except (OSError, ValueError):
+                continue
+    found.sort(key=lambda f: (-f.modified, f.path))
+    return FileListing(found[:limit], len(found), sum(f.size for f in found), quota_bytes)

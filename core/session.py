@@ -16,7 +16,7 @@ from core.events import EventEmitter, PostEventType, RoundEventType, SessionEven
 from core.execution.kernel import KernelExecutor
 from core.execution.limits import MB, incoming_bytes
 from core.execution.pool import StartGate
-from core.files import add_files, files_prefix
+from core.files import FileListing, add_files, files_prefix, list_files
 from core.llm.base import ChatRequest, LLMBackend, LLMError
 from core.llm.factory import ModelChoices
 from core.memory import Post, Round
@@ -258,6 +258,12 @@ class Session:
                 f"The files need {incoming / MB:.1f} MB but this session's folder has only {room / MB:.1f} MB "
                 f"left of its {self.config.execution.disk_mb} MB (execution.disk_mb); delete files to make room."
             )
+
+    def files(self, limit: int = 200) -> FileListing:
+        """The session folder's files (uploads and everything the code wrote), newest first, with
+        the space they use and the folder's quota (``execution.disk_mb``; None when unlimited)."""
+        quota_mb = self.config.execution.disk_mb
+        return list_files(self.execution_cwd, limit, int(quota_mb * MB) if quota_mb else None)
 
     def restore_history(self) -> None:
         """Take the earlier rounds of this session's folder back into memory (a resumed chat)."""

@@ -29,6 +29,8 @@ from ui import guard, server  # noqa: E402  (importing ``server`` sets this serv
 from ui.bridge import run_in_thread  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.lifecycle import session_error_text  # noqa: E402
+from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
+from ui.outputs import files_action, show_outputs  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
@@ -156,12 +158,29 @@ async def on_message(message: cl.Message) -> None:
         max_table_rows=session.config.execution.max_table_rows,
         max_table_columns=session.config.execution.max_table_columns,
     )
+    renderer.closing_actions = lambda: _files_action(session)
     async with lease.round_lock:  # one round at a time per chat; core refuses overlapping rounds
         await pump_round(
             lambda handler: session.send_message(text, event_handler=handler, files=files or None),
             renderer,
             session.cancel,
         )
+
+
+async def _files_action(session: Session) -> list[cl.Action]:
+    """The "Files (N)" button under a round's last message: the chat's files, counted now."""
+    listing = await run_in_thread(session.files, 0, name="weaver-count-files")
+    return [files_action(listing.total_files)] if listing.total_files else []
+
+
+@cl.action_callback(OUTPUTS_ACTION)
+async def on_files(action: cl.Action) -> None:
+    """The "Files" button: the chat's files in the side panel."""
+    session = cl.user_session.get("weaver_session")
+    if session is None:
+        await cl.Message(content="This chat has no files yet.", author=chainlit_config.ui.name).send()
+        return
+    await show_outputs(session)
 
 
 async def _remember_session(session_id: str) -> None:

@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import chainlit as cl
 from chainlit.utils import utc_now
@@ -75,6 +75,7 @@ class RoundRenderer:
         self.steps: dict[str, _StepState] = {}
         self.answer: cl.Message | None = None
         self.answer_last_flush = 0.0
+        self.closing_actions: Callable[[], Awaitable[list[cl.Action]]] | None = None  # under the round's last message
 
     async def apply(self, event: Any) -> None:
         """Follow one event; only a new post is shown at once, the rest on flush."""
@@ -165,6 +166,7 @@ class RoundRenderer:
                 content=safe_markdown(outcome.error or "", self.max_event_chars), author=self.author
             ).send()
             return
+        actions = await self.closing_actions() if self.closing_actions is not None else []
         selection = select_artifacts(self.view.artifacts)
         elements = [_element_for(a) for a in selection.shown]
         if elements:
@@ -174,10 +176,11 @@ class RoundRenderer:
             if self.answer is not None:
                 self.answer.content += notes  # already made safe as it streamed
                 self.answer.elements = elements
+                self.answer.actions = actions
                 await self.answer.send()
             else:
                 content = safe_markdown(outcome.reply_text or "_(no answer)_", self.max_event_chars) + notes
-                await cl.Message(content=content, author=self.author, elements=elements).send()
+                await cl.Message(content=content, author=self.author, elements=elements, actions=actions).send()
             return
         if self.answer is not None:
             await self.answer.send()
@@ -186,16 +189,19 @@ class RoundRenderer:
             if self.view.code_interrupted or self.view.code_running:
                 said += " The running code was interrupted."
             await cl.Message(
-                content=f"{said} You can send a new message.{notes}", author=self.author, elements=elements
+                content=f"{said} You can send a new message.{notes}",
+                author=self.author,
+                elements=elements,
+                actions=actions,
             ).send()
             return
         reason = outcome.error or "the round failed for an unknown reason (see the server log)"
         await cl.ErrorMessage(
             content=safe_markdown(f"The round failed: {reason}", self.max_event_chars), author=self.author
         ).send()
-        if elements or notes:
+        if elements or notes or actions:
             await cl.Message(
-                content=f"Files made before the failure:{notes}", author=self.author, elements=elements
+                content=f"Files made before the failure:{notes}", author=self.author, elements=elements, actions=actions
             ).send()
 
 

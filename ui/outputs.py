@@ -1,0 +1,72 @@
+"""The outputs panel: every file of a chat (uploads and what its code wrote), to look at and download.
+
+Each answer carries a "Files" action; pressing it opens Chainlit's element sidebar with the chat's
+files, newest first, their sizes and times, and the folder's use of its quota. The list is read
+from the session's folder when the button is pressed, so it is always current. Only files inside
+that folder are served (links are not followed), at most ``MAX_ATTACHED`` of them as downloads and
+none over ``MAX_ARTIFACT_BYTES``; the table names every listed file either way.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import chainlit as cl
+
+from core import Session
+from core.files import FileListing
+from ui.bridge import run_in_thread
+from ui.files import MAX_ARTIFACT_BYTES, resolve_inside
+from ui.markdown import code_text
+
+ACTION = "weaver_outputs"
+MAX_LISTED = 200
+MAX_ATTACHED = 50
+
+
+def files_action(count: int) -> cl.Action:
+    """The button under an answer that opens the chat's files."""
+    return cl.Action(
+        name=ACTION, payload={}, label=f"Files ({count})", tooltip="Everything this chat has made or received"
+    )
+
+
+def _size(n_bytes: float) -> str:
+    """Binary units, as ``execution.disk_mb`` counts them (1 MB = 1024 KB)."""
+    for unit in ("B", "KB", "MB"):
+        if n_bytes < 1024:
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.1f} GB"
+
+
+def listing_markdown(listing: FileListing) -> str:
+    """The table of files and the quota line (pure text, so it tests without Chainlit)."""
+    used = _size(listing.used_bytes)
+    quota = f" of {_size(listing.quota_bytes)}" if listing.quota_bytes else ""
+    lines = [f"**{listing.total_files} file(s), {used}{quota} used**", ""]
+    if listing.entries:
+        lines += ["| file | size | changed |", "| --- | --- | --- |"]
+        for entry in listing.entries:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.modified))
+            lines.append(f"| `{code_text(entry.path)}` | {_size(entry.size)} | {when} |")
+    if listing.total_files > len(listing.entries):
+        lines += ["", f"_showing the newest {len(listing.entries)} of {listing.total_files} files_"]
+    return "\n".join(lines)
+
+
+async def show_outputs(session: Session) -> None:
+    """Open the element sidebar with the session's files as downloads and the table of all of them."""
+    listing = await run_in_thread(session.files, MAX_LISTED, name="weaver-list-files")
+    root = Path(session.execution_cwd)
+    elements: list[cl.Element] = [cl.Text(name="Files of this chat", content=listing_markdown(listing), display="side")]
+    for entry in listing.entries:
+        if len(elements) > MAX_ATTACHED:
+            break
+        real = resolve_inside(entry.path, root)
+        if real is None or entry.size > MAX_ARTIFACT_BYTES:
+            continue
+        elements.append(cl.File(name=entry.path, path=str(real), display="side"))
+    await cl.ElementSidebar.set_title("Files of this chat")
+    await cl.ElementSidebar.set_elements(elements, key=f"outputs-{time.monotonic_ns()}")
