@@ -23,17 +23,21 @@ if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the p
 
 import chainlit as cl  # noqa: E402
 from chainlit.config import config as chainlit_config  # noqa: E402
+from chainlit.input_widget import Select, Slider  # noqa: E402
 
-from core import Session, WeaverError  # noqa: E402
+from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
 from ui import guard, server  # noqa: E402  (importing ``server`` sets this server up)
 from ui.bridge import run_in_thread  # noqa: E402
+from ui.check import CheckReport, run_check_async  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.lifecycle import session_error_text  # noqa: E402
+from ui.markdown import code_text  # noqa: E402
 from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
 from ui.outputs import files_action, show_outputs  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
+MODEL_CHECK: CheckReport | None = None  # the model check made at start, when a model is configured
 T = TypeVar("T")
 
 
@@ -78,6 +82,20 @@ async def on_app_startup() -> None:
     server.sync_upload_limit(app.config.session.max_file_mb)
     server.OWNER.idle_s = app.config.session.idle_timeout
     await server.open_chat_history(app)
+    if app.config.llm.resolved_api_type != "offline":
+        asyncio.ensure_future(_check_model(app))
+
+
+async def _check_model(app: TaskWeaverApp) -> None:
+    """Check the model connection once at start, so a broken set-up is a banner in every chat,
+    not a failure at someone's first message."""
+    global MODEL_CHECK
+    try:
+        MODEL_CHECK = await run_check_async(app.config)
+    except Exception:
+        logger.exception("the model check at start failed to run")
+        return
+    (logger.info if MODEL_CHECK.ok else logger.warning)("%s", MODEL_CHECK.summary)
 
 
 @cl.on_app_shutdown
@@ -124,6 +142,46 @@ async def on_chat_start() -> None:
     warning = engine.sandbox_warning if engine is not None else None
     if warning:
         await cl.Message(content=f"**Warning:** {warning}", author=chainlit_config.ui.name).send()
+    if MODEL_CHECK is not None and not MODEL_CHECK.ok:
+        await cl.ErrorMessage(
+            content=f"{MODEL_CHECK.summary} Ask the operator to run `weaver check`.", author=chainlit_config.ui.name
+        ).send()
+    if engine is None:
+        return
+    if engine.datasets:
+        listed = "\n".join(
+            f"- **{code_text(d.name)}** (`{code_text(d.path)}`): {d.description}" for d in engine.datasets
+        )
+        await cl.Message(content=f"Project datasets you can use:\n\n{listed}", author=chainlit_config.ui.name).send()
+    if len(engine.models) > 1:
+        await cl.ChatSettings(
+            [
+                Select(id="model", label="Model", values=engine.models, initial_index=0),
+                Slider(
+                    id="temperature", label="Temperature", initial=engine.config.llm.temperature, min=0, max=2, step=0.1
+                ),
+            ]
+        ).send()
+
+
+@cl.on_settings_update
+async def on_settings_update(settings: dict[str, Any]) -> None:
+    """A chat chose another model or temperature: it applies from the chat's next round."""
+    cl.user_session.set("weaver_llm", (settings.get("model"), settings.get("temperature")))
+    session = cl.user_session.get("weaver_session")
+    if session is not None:
+        await _apply_llm(session)
+
+
+async def _apply_llm(session: Session) -> None:
+    choice = cl.user_session.get("weaver_llm")
+    if not choice:
+        return
+    name, temperature = choice
+    try:
+        session.set_llm(name, None if temperature is None else round(float(temperature), 1))
+    except WeaverError as exc:
+        await cl.ErrorMessage(content=str(exc), author=chainlit_config.ui.name).send()
 
 
 @cl.on_message
@@ -135,6 +193,7 @@ async def on_message(message: cl.Message) -> None:
         return
     session = lease.session
     cl.user_session.set("weaver_session", session)
+    await _apply_llm(session)
     if lease.created:
         await _remember_session(session.session_id)
         for problem in getattr(session, "plugin_errors", []) or []:
@@ -157,6 +216,7 @@ async def on_message(message: cl.Message) -> None:
         max_event_chars=server.SETTINGS.max_event_chars,
         max_table_rows=session.config.execution.max_table_rows,
         max_table_columns=session.config.execution.max_table_columns,
+        show_model=len(getattr(session, "llm_models", [])) > 1,
     )
     renderer.closing_actions = lambda: _files_action(session)
     async with lease.round_lock:  # one round at a time per chat; core refuses overlapping rounds

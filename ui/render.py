@@ -65,13 +65,14 @@ class RoundRenderer:
         max_event_chars: int = MAX_EVENT_CHARS,
         max_table_rows: int = 20,
         max_table_columns: int = 30,
+        show_model: bool = False,
     ) -> None:
         self.parent_id = parent_id
         self.author = author
         self.throttle_s = throttle_s
         self.max_event_chars = max_event_chars
         self.table_caps = (max_table_rows, max_table_columns)
-        self.view = RoundView(execution_cwd)
+        self.view = RoundView(execution_cwd, show_model=show_model)
         self.steps: dict[str, _StepState] = {}
         self.answer: cl.Message | None = None
         self.answer_last_flush = 0.0

@@ -15,7 +15,7 @@ from typing import Any
 from core import AttachmentType, ExecutionStatus, PostEventType, PostStatus, RoleName, TaskWeaverEvent
 from ui.answer import AnswerDraft
 from ui.files import Artifact, artifacts_inside
-from ui.markdown import clip_text, fence, neutralise_images, table_markdown
+from ui.markdown import clip_text, code_text, fence, neutralise_images, table_markdown
 
 MAX_EVENT_CHARS = 100_000  # the default of WEAVER_UI_MAX_EVENT_CHARS
 # Plain symbols from common text fonts: emoji would show as boxes where no emoji font is installed.
@@ -83,6 +83,7 @@ class PostView:
     """What we know about one post; ``markdown()`` is its step's whole output."""
 
     role: str
+    model: str | None = None  # the model that wrote this post, when the chat can choose one
     send_to: str | None = None
     message: str = ""
     status: str = ""
@@ -95,6 +96,8 @@ class PostView:
     def markdown(self, max_chars: int = MAX_EVENT_CHARS, max_table_rows: int = 20, max_table_columns: int = 30) -> str:
         parts = [a.markdown(max_table_rows, max_table_columns) for a in self.attachments.values()]
         parts = [p for p in parts if p]
+        if self.model:
+            parts.insert(0, f"model: `{code_text(str(self.model))}`")
         if self.artifacts:
             names = ", ".join(f"`{a.name}` ({a.kind})" for a in self.artifacts)
             parts.append(f"**Artifacts:** {names} - shown with the answer")
@@ -125,8 +128,9 @@ class Change:
 class RoundView:
     """Every post of one round and the answer to the user, as the events tell them."""
 
-    def __init__(self, execution_cwd: Path) -> None:
+    def __init__(self, execution_cwd: Path, show_model: bool = False) -> None:
         self.execution_cwd = Path(execution_cwd)
+        self.show_model = show_model
         self.posts: dict[str, PostView] = {}
         self.draft = AnswerDraft()
         self.code_running = False
@@ -141,7 +145,8 @@ class RoundView:
         change = Change(event.post_id)
         view = self.posts.get(event.post_id)
         if view is None:
-            view = self.posts[event.post_id] = PostView(role=str(extra.get("role") or "Weaver"))
+            model = extra.get("model") if self.show_model else None
+            view = self.posts[event.post_id] = PostView(role=str(extra.get("role") or "Weaver"), model=model)
             change.created = True
         previous_answer = self.draft.post_id
         self.draft.apply(event)
