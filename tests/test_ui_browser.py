@@ -98,13 +98,19 @@ def test_upload_csv_and_see_steps_and_answer(page: "playwright_sync.Page", ui_se
     expect(submit).to_be_enabled()
     submit.click()
 
+    # Answer first: the answer and its table are shown in full; the work is folded into one line a step.
     expect(page.get_by_text("Done. Here is what the code produced").first).to_be_visible(timeout=90_000)
-    expect(page.get_by_text("CodeInterpreter").first).to_be_visible()
     expect(page.get_by_text("shape: 3 rows × 3 columns").first).to_be_visible()
     expect(page.locator("table").filter(has_text="region").first).to_be_visible()
-    expect(page.get_by_text("pd.read_csv").first).to_be_visible()
-
+    folded = page.get_by_text("CodeInterpreter · ran", exact=False).first
+    expect(folded).to_be_visible()
+    expect(page.get_by_text("Planner · plan of 2 steps", exact=False).first).to_be_visible()
+    expect(page.get_by_text("pd.read_csv")).to_have_count(0)  # the code waits behind its step
     ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui_browser_answer_first.png"))
+
+    folded.click()  # unfold the work on demand
+    expect(page.get_by_text("pd.read_csv").first).to_be_visible()
     page.set_viewport_size({"width": 1280, "height": 2600})  # the chat scrolls inside the page: show it all
     expect(page.get_by_text("profile this file").first).to_be_in_viewport()
     page.screenshot(path=str(ARTIFACTS / "ui_browser_csv.png"))

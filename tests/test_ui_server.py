@@ -32,6 +32,7 @@ from tests.ui_harness import (
     kernel_pid_in,
     login_cookie,
     pid_alive,
+    role_of,
     start_server,
     steps,
     stop_server,
@@ -71,7 +72,12 @@ def test_code_block_streams_role_steps_and_answer(ui_server: UIServer) -> None:
             first_seen.setdefault(data["id"], data)
     live = [d for d in first_seen.values() if d.get("name") == "CodeInterpreter"]
     assert live and not live[0].get("end")
-    assert all(m.get("end") for m in turn if m.get("name") in ("Planner", "CodeInterpreter"))
+    roles = [m for m in turn if role_of(m) in ("Planner", "CodeInterpreter")]
+    assert roles and all(m.get("end") for m in roles)
+    # Folded away, each step's header says what it did.
+    names = [str(m.get("name")) for m in roles]
+    assert "Planner · plan of 2 steps, asked the CodeInterpreter" in names, names
+    assert any(re.fullmatch(r"CodeInterpreter · ran 1 line, success, \d+\.\d s", n) for n in names), names
     assert not any("**Working:**" in s for s in planner + coder), "status line left behind"
 
 

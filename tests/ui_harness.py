@@ -373,8 +373,14 @@ def answers(turn: list[dict[str, Any]]) -> list[str]:
     return [str(m.get("output") or "") for m in turn if m.get("type") == "assistant_message"]
 
 
+def role_of(step: dict[str, Any]) -> str:
+    """The role a step belongs to: its name, before the " · summary" a finished step gets."""
+    return str(step.get("name") or "").split(" · ", 1)[0]
+
+
 def steps(turn: list[dict[str, Any]], name: str) -> list[str]:
-    return [str(m.get("output") or "") for m in turn if m.get("name") == name and m.get("type") != "assistant_message"]
+    """The outputs of a turn's steps of role ``name``."""
+    return [str(m.get("output") or "") for m in turn if role_of(m) == name and m.get("type") != "assistant_message"]
 
 
 def code_block(code: str) -> str:

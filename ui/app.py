@@ -23,7 +23,7 @@ if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the p
 
 import chainlit as cl  # noqa: E402
 from chainlit.config import config as chainlit_config  # noqa: E402
-from chainlit.input_widget import Select, Slider  # noqa: E402
+from chainlit.input_widget import Select, Slider, Switch  # noqa: E402
 
 from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
 from ui import guard, server  # noqa: E402  (importing ``server`` sets this server up)
@@ -38,6 +38,8 @@ from ui.render import RoundRenderer, pump_round  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
 MODEL_CHECK: CheckReport | None = None  # the model check made at start, when a model is configured
+# Answer first: each user's choice to see every step expanded (for this server's lifetime).
+EXPANDED_BY_USER: dict[str, bool] = {}
 T = TypeVar("T")
 
 
@@ -153,20 +155,27 @@ async def on_chat_start() -> None:
             f"- **{code_text(d.name)}** (`{code_text(d.path)}`): {d.description}" for d in engine.datasets
         )
         await cl.Message(content=f"Project datasets you can use:\n\n{listed}", author=chainlit_config.ui.name).send()
+    widgets: list[Any] = [
+        Switch(id="expand_steps", label="Show every step expanded", initial=EXPANDED_BY_USER.get(_user_name(), False))
+    ]
     if len(engine.models) > 1:
-        await cl.ChatSettings(
-            [
-                Select(id="model", label="Model", values=engine.models, initial_index=0),
-                Slider(
-                    id="temperature", label="Temperature", initial=engine.config.llm.temperature, min=0, max=2, step=0.1
-                ),
-            ]
-        ).send()
+        widgets += [
+            Select(id="model", label="Model", values=engine.models, initial_index=0),
+            Slider(
+                id="temperature", label="Temperature", initial=engine.config.llm.temperature, min=0, max=2, step=0.1
+            ),
+        ]
+    await cl.ChatSettings(widgets).send()
 
 
 @cl.on_settings_update
 async def on_settings_update(settings: dict[str, Any]) -> None:
-    """A chat chose another model or temperature: it applies from the chat's next round."""
+    """A chat chose another model or temperature (from its next round), or how steps are shown
+    (remembered for the user's next chats too)."""
+    if "expand_steps" in settings:
+        EXPANDED_BY_USER[_user_name()] = bool(settings["expand_steps"])
+    if "model" not in settings:
+        return
     cl.user_session.set("weaver_llm", (settings.get("model"), settings.get("temperature")))
     session = cl.user_session.get("weaver_session")
     if session is not None:
@@ -217,6 +226,7 @@ async def on_message(message: cl.Message) -> None:
         max_table_rows=session.config.execution.max_table_rows,
         max_table_columns=session.config.execution.max_table_columns,
         show_model=len(getattr(session, "llm_models", [])) > 1,
+        expand_steps=EXPANDED_BY_USER.get(_user_name(), False),
     )
     renderer.closing_actions = lambda: _files_action(session)
     async with lease.round_lock:  # one round at a time per chat; core refuses overlapping rounds

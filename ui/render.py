@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -23,11 +23,13 @@ from chainlit.utils import utc_now
 from core import RoleName, Round, SessionEventHandler, WeaverError
 from ui.bridge import EventPipe, ThreadJob
 from ui.files import Artifact, select_artifacts
+from ui.markdown import table_markdown
 from ui.view import MAX_EVENT_CHARS, RoundView, safe_markdown
 
 logger = logging.getLogger("weaver.ui.render")
 
 THROTTLE_S = 0.1
+MAX_ANSWER_TABLES = 5
 
 
 @dataclass
@@ -45,6 +47,7 @@ class _StepState:
     sent: bool = False
     dirty: bool = True
     last_flush: float = 0.0
+    started: float = field(default_factory=time.monotonic)
 
 
 def _element_for(artifact: Artifact) -> cl.Element:
@@ -66,6 +69,7 @@ class RoundRenderer:
         max_table_rows: int = 20,
         max_table_columns: int = 30,
         show_model: bool = False,
+        expand_steps: bool = False,
     ) -> None:
         self.parent_id = parent_id
         self.author = author
@@ -73,6 +77,7 @@ class RoundRenderer:
         self.max_event_chars = max_event_chars
         self.table_caps = (max_table_rows, max_table_columns)
         self.view = RoundView(execution_cwd, show_model=show_model)
+        self.expand_steps = expand_steps  # answer first: the work is folded away unless asked for
         self.steps: dict[str, _StepState] = {}
         self.answer: cl.Message | None = None
         self.answer_last_flush = 0.0
@@ -93,8 +98,14 @@ class RoundRenderer:
             await self._send(change.post_id)
         if change.ended:
             state.step.end = utc_now()
-            if self.view.posts[change.post_id].error:
+            post = self.view.posts[change.post_id]
+            if post.error:
                 state.step.is_error = True
+            summary = post.summary()
+            if summary and post.role == RoleName.CodeInterpreter:
+                summary += f", {time.monotonic() - state.started:.1f} s"
+            if summary:  # the folded step's header says what it did
+                state.step.name = f"{post.role} · {summary}"
             await self._push(change.post_id, final=True)
 
     def _new_step(self, role: str) -> _StepState:
@@ -102,7 +113,7 @@ class RoundRenderer:
             name=role,
             type="tool" if role == RoleName.CodeInterpreter else "llm",
             parent_id=self.parent_id,
-            default_open=True,
+            default_open=self.expand_steps,
             show_input=False,
         )
         step.start = utc_now()
@@ -172,7 +183,7 @@ class RoundRenderer:
         elements = [_element_for(a) for a in selection.shown]
         if elements:
             _ensure_files_dir()
-        notes = "".join(f"\n\n_{note}_" for note in selection.notes)
+        notes = "".join(f"\n\n_{note}_" for note in selection.notes) + self._tables_markdown()
         if outcome.state == "finished":
             if self.answer is not None:
                 self.answer.content += notes  # already made safe as it streamed
@@ -204,6 +215,11 @@ class RoundRenderer:
             await cl.Message(
                 content=f"Files made before the failure:{notes}", author=self.author, elements=elements, actions=actions
             ).send()
+
+    def _tables_markdown(self) -> str:
+        """The round's tables, shown with the answer (its steps are folded away)."""
+        tables = [table_markdown(t, *self.table_caps) for t in self.view.tables()[:MAX_ANSWER_TABLES]]
+        return safe_markdown("".join(f"\n\n{t}" for t in tables), self.max_event_chars)  # cells come from user code
 
 
 def _ensure_files_dir() -> None:

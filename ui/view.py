@@ -93,6 +93,25 @@ class PostView:
     artifacts: list[Artifact] = field(default_factory=list)
     ended: bool = False
 
+    def summary(self) -> str:
+        """One line for the collapsed step: what this post did ("plan of 2 steps", "ran 4 lines")."""
+        if self.error:
+            return "error"
+        by_type = {a.type: a for a in self.attachments.values()}
+        status = by_type.get(AttachmentType.execution_status)
+        code = by_type.get(AttachmentType.reply_content)
+        if status is not None and code is not None:
+            lines = len([line for line in code.text.splitlines() if line.strip()])
+            return f"ran {lines} line{'s' if lines != 1 else ''}, {status.text.strip() or 'no status'}"
+        parts = []
+        plan = by_type.get(AttachmentType.plan)
+        if plan is not None and plan.text.strip():
+            steps = len([line for line in plan.text.splitlines() if line.strip()])
+            parts.append(f"plan of {steps} step{'s' if steps != 1 else ''}")
+        if self.send_to:
+            parts.append("answered you" if self.send_to == RoleName.User else f"asked the {self.send_to}")
+        return ", ".join(parts)
+
     def markdown(self, max_chars: int = MAX_EVENT_CHARS, max_table_rows: int = 20, max_table_columns: int = 30) -> str:
         parts = [a.markdown(max_table_rows, max_table_columns) for a in self.attachments.values()]
         parts = [p for p in parts if p]
@@ -191,6 +210,15 @@ class RoundView:
                 found = artifacts_inside(details if isinstance(details, list) else att.data or [], self.execution_cwd)
                 view.artifacts.extend(found)
                 self.artifacts.extend(found)
+
+    def tables(self) -> list[Any]:
+        """Every table the round's code produced, in order (shown again with the answer)."""
+        return [
+            a.data
+            for view in self.posts.values()
+            for a in view.attachments.values()
+            if a.type == AttachmentType.table and a.done and a.data
+        ]
 
     def finish_posts(self) -> list[str]:
         """Close every post still open (the round is over); returns their ids."""
