@@ -121,7 +121,12 @@ def test_the_welcome_lists_datasets_and_a_broken_model_is_a_banner(tmp_path: Pat
         "datasets:\n  - name: sales_2024\n    file: sales.csv\n    description: Units sold by region\n"
     )
     closed = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
-    env = {"WEAVER_LLM__API_TYPE": "openai", "WEAVER_LLM__API_BASE": closed, "WEAVER_LLM__API_KEY": "k"}
+    env = {
+        "WEAVER_LLM__API_TYPE": "openai",
+        "WEAVER_LLM__API_BASE": closed,
+        "WEAVER_LLM__API_KEY": "k",
+        "WEAVER_UI_CHECK_MODEL_AT_START": "true",
+    }
     server = start_server(tmp_path / "app", tmp_path / "server.log", extra_env=env)
     try:
         server.wait_log(r"Model check failed", 30)

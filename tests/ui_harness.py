@@ -136,6 +136,8 @@ def start_server(
         "WEAVER_EXECUTION__TIMEOUT": str(EXECUTION_TIMEOUT_S),
         "WEAVER_LLM__API_TYPE": "offline",
         "WEAVER_SESSION__MAX_FILE_MB": str(MAX_FILE_MB),
+        # The model check at start would take the scripted model server's queued answers.
+        "WEAVER_UI_CHECK_MODEL_AT_START": "false",
         "PYTHONUNBUFFERED": "1",
     }
     for key in ("OPENAI_API_KEY", "LITERAL_API_KEY", "DATABASE_URL", "CHAINLIT_AUTH_SECRET"):

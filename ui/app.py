@@ -84,7 +84,7 @@ async def on_app_startup() -> None:
     server.sync_upload_limit(app.config.session.max_file_mb)
     server.OWNER.idle_s = app.config.session.idle_timeout
     await server.open_chat_history(app)
-    if app.config.llm.resolved_api_type != "offline":
+    if app.config.llm.resolved_api_type != "offline" and server.SETTINGS.check_model_at_start:
         asyncio.ensure_future(_check_model(app))
 
 

@@ -53,6 +53,9 @@ class UISettings(BaseSettings):
     max_sessions_per_client: int = Field(
         5, gt=0, description="live sessions one user (or one address, without login) may hold"
     )
+    check_model_at_start: bool = Field(
+        True, description="run `weaver check` at start when a model is configured (a few small requests)"
+    )
     max_event_chars: int = Field(100_000, ge=1000, description="largest text of one step or message sent")
 
     _split_lists = field_validator("allowed_origins", "allowed_hosts", "allowed_users", mode="before")(_comma_list)
