@@ -145,3 +145,21 @@ def test_the_welcome_lists_datasets_and_a_broken_model_is_a_banner(tmp_path: Pat
         assert "**sales_2024** (`/data/sales.csv`): Units sold by region" in text, text
     finally:
         stop_server(server)
+
+
+def test_a_forged_model_setting_is_refused_plainly(tmp_path: Path) -> None:
+    import json
+
+    from tests.ui_harness import answers, start_server, stop_server
+
+    env = {"WEAVER_LLM__MODELS": json.dumps([{"name": "Big", "model": "big-model"}])}
+    server = start_server(tmp_path / "app", tmp_path / "server.log", extra_env=env)
+    try:
+        with server.client() as client:
+            client.sio.emit("chat_settings_change", {"model": "no-such-model", "temperature": "hot"})
+            turn = client.ask(code_block("print('still works')"))
+            refused = [str(m.get("output")) for m in client.messages().values() if m.get("isError")]
+        assert any("That model setting cannot be used" in r for r in refused), refused
+        assert any("still works" in a for a in answers(turn)), answers(turn)
+    finally:
+        stop_server(server)

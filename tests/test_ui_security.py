@@ -465,3 +465,18 @@ def test_an_unsandboxed_server_says_so_in_every_chat(tmp_path: Path) -> None:
         assert "!!! Users' code runs WITHOUT a sandbox" in srv.log()
     finally:
         stop_server(srv)
+
+
+def test_a_thread_id_that_is_not_a_uuid_is_refused_at_connect(server: UIServer) -> None:
+    for hostile in ("../x", "1' OR '1'='1", "/tmp/x"):
+        client = socketio.Client(reconnection=False)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            client.connect(
+                server.base_url,
+                socketio_path="/ws/socket.io",
+                transports=["websocket"],
+                headers=login_cookie(server.base_url),
+                auth={"clientType": "webapp", "sessionId": str(uuid.uuid4()), "threadId": hostile},
+                wait_timeout=10,
+            )
+    assert "threadId" in server.log() and "is not a UUID" in server.log()

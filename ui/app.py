@@ -189,8 +189,11 @@ async def _apply_llm(session: Session) -> None:
     name, temperature = choice
     try:
         session.set_llm(name, None if temperature is None else round(float(temperature), 1))
-    except WeaverError as exc:
-        await cl.ErrorMessage(content=str(exc), author=chainlit_config.ui.name).send()
+    except (WeaverError, TypeError, ValueError) as exc:  # the values come from the browser
+        cl.user_session.set("weaver_llm", None)
+        await cl.ErrorMessage(
+            content=f"That model setting cannot be used: {exc}", author=chainlit_config.ui.name
+        ).send()
 
 
 @cl.on_message

@@ -377,6 +377,10 @@ def _guard_connect(sio: Any, policy: GuardPolicy) -> None:
         if not is_canonical_uuid(session_id):
             logger.warning("refused socket %s: sessionId %.80r is not a UUID", sid, session_id)
             raise ConnectionRefusedError("invalid session id")
+        thread_id = auth.get("threadId") if isinstance(auth, dict) else None
+        if thread_id and not is_canonical_uuid(thread_id):  # the chat to resume becomes a database key
+            logger.warning("refused socket %s: threadId %.80r is not a UUID", sid, thread_id)
+            raise ConnectionRefusedError("invalid thread id")
         scope = environ.get("asgi.scope") or {}
         refusal = policy.refusal(scope) if scope else None
         if refusal is not None:  # the middleware said no already; kept in case it is bypassed
