@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from core.config import ConfigError
+from core.text import human_size
 
 INDEX_FILE = "datasets.yaml"
 MAX_FILES = 1000  # files listed from the folder; a data lake belongs in a database plugin
@@ -221,12 +222,3 @@ def _free_name(stem: str, taken: set[str]) -> str:
     from core.llm.offline_profile import variable_name  # the name an offline profile loads it into
 
     return variable_name(stem + ".x", taken)
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"

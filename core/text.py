@@ -17,3 +17,13 @@ def fence(text: str, language: str = "") -> str:
     ticks = "`" * max(3, longest + 1)
     body = text if text.endswith("\n") or not text else text + "\n"
     return f"{ticks}{language}\n{body}{ticks}"
+
+
+def human_size(size: float) -> str:
+    """A size in binary units, as ``execution.disk_mb`` counts them (1 MB = 1024 KB)."""
+    value = float(size)
+    for unit in ("B", "KB", "MB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"

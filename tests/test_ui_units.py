@@ -347,3 +347,21 @@ def test_a_second_tab_shares_the_session_and_an_idle_chat_comes_back(tmp_path: P
         asyncio.run(scenario())
     finally:
         app.stop()
+
+
+def test_login_throttle_forgets_expired_names_when_it_grows() -> None:
+    """Failed logins with ever new names must not grow the server's memory without end."""
+    from ui.auth import LoginThrottle
+
+    throttle = LoginThrottle(per_user=5, per_address=1000, window_s=60, max_keys=50)
+    for i in range(40):
+        throttle.failed(f"user{i}", "10.0.0.1")
+    for key in list(throttle._failures):  # their window has passed
+        throttle._failures[key] = [t - 120 for t in throttle._failures[key]]
+    for i in range(40, 100):
+        throttle.failed(f"user{i}", "10.0.0.2")
+    assert not any(k in throttle._failures for k in ("user:user0", "user:user39", "addr:10.0.0.1"))  # expired: gone
+    assert len(throttle._failures) == 60 + 1  # the live names and their address stay counted
+    assert throttle.retry_after("user99", "10.0.0.2") == 0  # the live ones are still counted
+    throttle.failed("user99", "10.0.0.2")
+    assert "user:user99" in throttle._failures and len(throttle._failures["user:user99"]) == 2

@@ -191,6 +191,7 @@ class LoginThrottle:
     per_user: int = 5
     per_address: int = 20
     window_s: float = 300.0
+    max_keys: int = 10_000  # past this many names and addresses, expired ones are forgotten at once
     _failures: dict[str, list[float]] = field(default_factory=dict)
 
     def retry_after(self, user: str, address: str) -> float:
@@ -204,6 +205,8 @@ class LoginThrottle:
 
     def failed(self, user: str, address: str) -> None:
         now = time.monotonic()
+        if len(self._failures) >= self.max_keys:  # many names or addresses: drop what has expired
+            self._failures = {k: v for k, v in self._failures.items() if now - v[-1] < self.window_s}
         for key in (f"user:{user.lower()}", f"addr:{address}"):
             self._failures.setdefault(key, []).append(now)
 

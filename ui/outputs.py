@@ -16,6 +16,7 @@ import chainlit as cl
 
 from core import Session
 from core.files import FileListing
+from core.text import human_size
 from ui.bridge import run_in_thread
 from ui.files import MAX_ARTIFACT_BYTES, resolve_inside
 from ui.markdown import code_text
@@ -32,25 +33,16 @@ def files_action(count: int) -> cl.Action:
     )
 
 
-def _size(n_bytes: float) -> str:
-    """Binary units, as ``execution.disk_mb`` counts them (1 MB = 1024 KB)."""
-    for unit in ("B", "KB", "MB"):
-        if n_bytes < 1024:
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1024
-    return f"{n_bytes:.1f} GB"
-
-
 def listing_markdown(listing: FileListing) -> str:
     """The table of files and the quota line (pure text, so it tests without Chainlit)."""
-    used = _size(listing.used_bytes)
-    quota = f" of {_size(listing.quota_bytes)}" if listing.quota_bytes else ""
+    used = human_size(listing.used_bytes)
+    quota = f" of {human_size(listing.quota_bytes)}" if listing.quota_bytes else ""
     lines = [f"**{listing.total_files} file(s), {used}{quota} used**", ""]
     if listing.entries:
         lines += ["| file | size | changed |", "| --- | --- | --- |"]
         for entry in listing.entries:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.modified))
-            lines.append(f"| `{code_text(entry.path)}` | {_size(entry.size)} | {when} |")
+            lines.append(f"| `{code_text(entry.path)}` | {human_size(entry.size)} | {when} |")
     if listing.total_files > len(listing.entries):
         lines += ["", f"_showing the newest {len(listing.entries)} of {listing.total_files} files_"]
     return "\n".join(lines)
