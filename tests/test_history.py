@@ -307,6 +307,61 @@ def test_concurrent_writes_are_all_kept(db: DB) -> None:
     run(db, scenario)
 
 
+def test_streamed_step_updates_are_stored_together_and_a_users_message_at_once(db: DB) -> None:
+    """A streaming step's updates wait a moment and land as one row with the last state; the
+    user's own message is in the database as soon as it is written; a read sees everything."""
+
+    async def scenario(layer: WeaverDataLayer) -> None:
+        import chainlit as cl
+        from chainlit.utils import utc_now
+
+        alice = await new_user(layer, "alice")
+        thread_id = str(uuid.uuid4())
+        await layer.update_thread(thread_id, name="t", user_id=alice.id)
+        step = cl.Step(name="CodeInterpreter", type="tool")
+        step.thread_id = thread_id
+        for i in range(50):
+            step.output = f"line {i}"
+            await (layer.create_step if i == 0 else layer.update_step)(step.to_dict())
+        assert await count(layer, "steps") == 0, "each streamed update was stored on its own"
+        question = cl.Message(content="hello", author="alice", type="user_message", created_at=utc_now())
+        question.thread_id = thread_id
+        await layer.create_step(question.to_dict())
+        assert await count(layer, "steps", '"type" = :t', t="user_message") == 1
+        other = cl.Message(content="pending answer", author="Weaver", created_at=utc_now())
+        other.thread_id = thread_id
+        await layer.create_step(other.to_dict())
+        thread = await layer.get_thread(thread_id)
+        assert thread is not None
+        outputs = {s["id"]: s["output"] for s in thread["steps"]}
+        assert outputs[step.id] == "line 49" and outputs[other.id] == "pending answer"
+
+    run(db, scenario)
+
+
+def test_pending_steps_are_stored_at_close_and_one_bad_row_loses_only_itself(db: DB) -> None:
+    """Shutdown stores what is pending; a row the database refuses does not take the others with it."""
+    thread_id = str(uuid.uuid4())
+
+    async def write(layer: WeaverDataLayer) -> None:
+        import chainlit as cl
+
+        good = cl.Step(name="good", type="tool")
+        good.thread_id, good.output = thread_id, "kept"
+        await layer.create_step(good.to_dict())
+        bad = {**good.to_dict(), "id": str(uuid.uuid4()), "output": object()}  # no database stores it
+        await layer.create_step(bad)  # type: ignore[arg-type]
+        assert await count(layer, "steps") == 0
+
+    run(db, write)
+
+    async def read(layer: WeaverDataLayer) -> None:
+        thread = await layer.get_thread(thread_id)
+        assert thread is not None and [s["output"] for s in thread["steps"]] == ["kept"]
+
+    run(db, read)
+
+
 def test_delete_thread_removes_rows_files_and_tells_the_ui(db: DB, tmp_path: Path) -> None:
     deleted: list[tuple[str, dict[str, Any]]] = []
 

@@ -61,12 +61,15 @@ from ui.history.rows import (
 )
 from ui.history.schema import migrate
 from ui.history.storage import LocalFileStorage, check_object_key, safe_file_name
+from ui.history.write_behind import WriteBehind
 
 if TYPE_CHECKING:
     from chainlit.element import Element, ElementDict
     from chainlit.step import StepDict
 
 logger = logging.getLogger("weaver.ui.history")
+# How long a step's update may wait to be stored with others (ui/history/write_behind.py).
+STEP_WRITE_DELAY_S = 0.5
 
 ThreadDeleted = Callable[[str, dict[str, Any]], Union[None, Awaitable[None]]]
 
@@ -81,6 +84,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         storage: BaseStorageClient | None,
         on_thread_deleted: ThreadDeleted | None = None,
         user_thread_limit: int = 1000,
+        step_write_delay: float = STEP_WRITE_DELAY_S,
     ) -> None:
         is_sqlite = database_url.startswith("sqlite")
         super().__init__(
@@ -91,12 +95,18 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         )
         self.on_thread_deleted = on_thread_deleted
         self.dialect = self.engine.dialect.name
+        self._steps = WriteBehind(self._store_steps, step_write_delay)
         if is_sqlite:
             sqlite_transactions(self.engine.sync_engine)
 
     async def open(self) -> tuple[int, int]:
         """Create or upgrade the schema; returns (version before, version after)."""
         return await migrate(self.engine)
+
+    async def close(self) -> None:
+        """Store the steps still pending, then let the connections go."""
+        await self._steps.flush()
+        await super().close()
 
     # -- SQL helpers -------------------------------------------------------------------------
     @asynccontextmanager
@@ -210,6 +220,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     ) -> Optional[list[ThreadDict]]:
         """One thread by id, or a user's threads (newest activity first), each with its steps,
         feedback and elements."""
+        await self.flush_steps()
         clauses: list[str] = []
         params: dict[str, Any] = {"limit": self._limit()}
         if thread_id is not None:
@@ -281,6 +292,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     async def list_threads(self, pagination: Pagination, filters: ThreadFilter) -> PaginatedResponse[ThreadDict]:
         """The threads of ``filters.userId`` only, most recently active first; ``filters.search``
         matches the name (case-insensitive), ``filters.feedback`` keeps threads with such a vote."""
+        await self.flush_steps()
         if not filters.userId:
             raise ValueError("list_threads needs filters.userId")
         where = 't."userId" = :user_id'
@@ -311,6 +323,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         """Remove the thread, its steps, feedback and elements, then its files, then tell
         ``on_thread_deleted``. Rows go first: a file left by a failed removal is an orphan, never a
         row pointing at nothing."""
+        await self.flush_steps()
         params = {"id": thread_id}
         async with self.transaction() as conn:
             found = await self._rows(conn, 'SELECT "metadata" FROM threads WHERE "id" = :id', params)
@@ -356,6 +369,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         await self._write_step(step_dict)
 
     async def _write_step(self, step_dict: StepDict) -> None:
+        """Queue the step's state (see ``write_behind``); a user's own message is stored at once."""
         thread_id = step_dict.get("threadId")
         if not is_thread_id(thread_id):
             logger.warning("refused to store step %.80r: thread id %.80r is not a UUID", step_dict.get("id"), thread_id)
@@ -367,15 +381,44 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         for column in ("metadata", "modes", "generation"):
             if column in values:
                 values[column] = self._json_param(values[column])
+        if step_dict.get("type") == "user_message":
+            await self._steps.write_now(str(values["id"]), values)
+        else:
+            self._steps.add(str(values["id"]), values)
+
+    async def _store_steps(self, rows: dict[str, dict[str, Any]]) -> None:
+        """One transaction: the threads the steps belong to (created if new), then every step."""
         try:
-            await self.update_thread(str(thread_id))
-            async with self.transaction() as conn:
-                await self._upsert(conn, "steps", values)
+            await self._store_step_rows(list(rows.values()))
         except Exception:
-            logger.exception("could not store step %s", step_dict.get("id"))
+            logger.warning("storing %d steps together failed; storing them one by one", len(rows), exc_info=True)
+            for values in rows.values():  # one bad row must not cost everyone else their history
+                try:
+                    await self._store_step_rows([values])
+                except Exception:
+                    logger.exception("could not store step %s", values.get("id"))
+
+    async def _store_step_rows(self, rows: list[dict[str, Any]]) -> None:
+        created = await self.get_current_timestamp()
+        async with self.transaction() as conn:
+            for thread_id in dict.fromkeys(str(values["threadId"]) for values in rows):
+                await conn.execute(
+                    text(
+                        'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
+                        'ON CONFLICT ("id") DO NOTHING'
+                    ),
+                    {"id": thread_id, "created": created, "metadata": "{}"},
+                )
+            for values in rows:
+                await self._upsert(conn, "steps", values)
+
+    async def flush_steps(self) -> None:
+        """Store the steps still pending; every read of steps calls it first."""
+        await self._steps.flush()
 
     @queue_until_user_message()
     async def delete_step(self, step_id: str) -> None:
+        await self.flush_steps()
         params = {"id": step_id}
         async with self.transaction() as conn:
             keys = [
@@ -389,6 +432,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         await self._delete_files(keys)
 
     async def get_step(self, step_id: str) -> Optional[StepDict]:
+        await self.flush_steps()
         columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
         async with self.transaction() as conn:
             rows = await self._rows(
@@ -401,6 +445,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         return step_dict(rows[0]) if rows else None
 
     async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
+        await self.flush_steps()
         columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
         async with self.transaction() as conn:
             rows = await self._rows(

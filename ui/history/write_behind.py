@@ -1,0 +1,89 @@
+"""Step writes gathered for a moment and stored together, one transaction for many.
+
+A round streams: Chainlit stores a step when it starts and again at every update, and each store
+was its own transaction (plus one more to make sure the thread row exists). Under a crowd that was
+a third of the web server's CPU (``py-spy --gil`` on ``bench/load.py --users 100``), all of it on
+the event loop every user waits on. Here a step's latest state waits up to ``delay`` seconds, keyed
+by its id (later updates replace earlier ones, column by column, as the upsert would), and a single
+transaction stores everything pending, from every user.
+
+What it costs: a server killed outright loses at most ``delay`` seconds of step updates. A user's
+own message is never held (``write_now``), every read of the history waits for what is pending
+first, and shutdown stores the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+
+logger = logging.getLogger("weaver.ui.history")
+
+Rows = dict[str, dict[str, Any]]
+StoreRows = Callable[[Rows], Awaitable[None]]
+
+
+class WriteBehind:
+    """Rows by id, merged until ``flush``; ``store`` gets them all at once, in arrival order."""
+
+    def __init__(self, store: StoreRows, delay: float) -> None:
+        self._store = store
+        self.delay = delay
+        self._pending: Rows = {}
+        self._lock = asyncio.Lock()  # one store at a time: an older state never lands after a newer one
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def add(self, row_id: str, values: dict[str, Any]) -> None:
+        """Keep ``values`` for ``row_id`` (merged over what is pending) and store them soon."""
+        kept = self._pending.get(row_id)
+        if kept is None:
+            self._pending[row_id] = dict(values)
+        else:
+            kept.update(values)
+        if self.delay <= 0:
+            self._schedule(0.0)
+        elif self._timer is None:
+            self._schedule(self.delay)
+
+    async def write_now(self, row_id: str, values: dict[str, Any]) -> None:
+        """Store ``values`` (with everything pending) before returning."""
+        self.add(row_id, values)
+        await self.flush()
+
+    def discard(self, row_id: str) -> None:
+        self._pending.pop(row_id, None)
+
+    async def flush(self) -> None:
+        """Store everything pending now; a failure is logged and those rows are dropped."""
+        async with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            rows, self._pending = self._pending, {}
+            if not rows:
+                return
+            try:
+                await self._store(rows)
+            except Exception:
+                logger.exception("could not store %d step(s) of the history", len(rows))
+
+    def _schedule(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        task = asyncio.ensure_future(self.flush())
+        task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("storing the history failed", exc_info=task.exception())
