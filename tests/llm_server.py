@@ -47,15 +47,17 @@ class Answer:
     """A 200 SSE stream of ``text`` split into ``chunks`` deltas.
 
     ``delay`` is slept before every chunk after the first, ``first_delay`` before the first one
-    (after the headers). ``drop_after=k`` closes the connection after k content chunks (0: right
-    after the headers) without finishing the stream. A usage chunk is sent when the request asked
-    for it (``stream_options.include_usage``), as OpenAI does.
+    (after the headers), ``end_delay`` before the stream is finished. ``drop_after=k`` closes the
+    connection after k content chunks (0: right after the headers) without finishing the stream.
+    A usage chunk is sent when the request asked for it (``stream_options.include_usage``), as
+    OpenAI does.
     """
 
     text: str
     chunks: int = 3
     delay: float = 0.0
     first_delay: float = 0.0
+    end_delay: float = 0.0
     drop_after: int | None = None
     prompt_tokens: int = 11
     completion_tokens: int = 7
@@ -211,6 +213,7 @@ class _Handler(BaseHTTPRequestHandler):
         if answer.drop_after is not None:
             self._drop()
             return
+        self._pause(answer.end_delay)
         self._event(_chunk(answer.model, [{"index": 0, "delta": {}, "finish_reason": "stop"}]))
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {

@@ -396,6 +396,24 @@ def test_an_unusable_answer_streamed_to_the_user_is_withdrawn(model_ui: tuple[UI
     assert "**Invalid response:**" in planner and "**Error:**" in planner
 
 
+def test_text_held_back_by_the_throttle_still_reaches_the_page(model_ui: tuple[UIServer, ScriptedLLMServer]) -> None:
+    """The answer's last words arrive within the throttle window of the words before them, then
+    the model pauses: no later event comes to push them, and they must show anyway."""
+    server, llm = model_ui
+    # Two halves 20 ms apart: the first carries the start of the answer and is shown at once.
+    text = _planner_json("User", "The first words " * 12 + "THE LAST WORDS.")
+    llm.push(Answer(text, chunks=2, delay=0.02, end_delay=5))
+    with server.client() as client:
+        message_id = client.send("hello")
+
+        def last_words_shown() -> bool:
+            return any("THE LAST WORDS" in a for a in answers(client.turn(message_id)))
+
+        client.wait_for(last_words_shown, 4, "the last words to be shown while the model pauses")
+        assert not client.turn_done(message_id)
+        client.wait_turn(message_id)
+
+
 def test_model_image_syntax_is_not_rendered_as_images(model_ui: tuple[UIServer, ScriptedLLMServer]) -> None:
     server, llm = model_ui
     message = "Done: ![x](http://127.0.0.1:9/leak?q=secret) and `![kept](code)`"

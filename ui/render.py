@@ -165,6 +165,14 @@ class RoundRenderer:
             # The whole text each time: image syntax can only be neutralised on complete text.
             await self.answer.stream_token(safe_markdown(draft.text, self.max_event_chars), is_sequence=True)
 
+    def next_flush_in(self) -> float | None:
+        """Seconds until a change held back by the throttle is due; None when none is held."""
+        now = time.monotonic()
+        due = [state.last_flush + self.throttle_s for state in self.steps.values() if state.dirty]
+        if self.view.draft.pending():
+            due.append(self.answer_last_flush + self.throttle_s)
+        return max(0.0, min(due) - now) if due else None
+
     async def finish(self, outcome: RoundOutcome) -> None:
         """Close every step and tell the user how the round ended."""
         for post_id in self.view.finish_posts():
@@ -255,7 +263,7 @@ async def pump_round(
             pipe.close()  # after every event of the round, in order
 
     job = ThreadJob(work, name="weaver-round")
-    ticker = asyncio.ensure_future(_tick(queue, renderer.throttle_s))
+    wake: asyncio.TimerHandle | None = None  # one wake-up, only while the throttle holds a change back
     cancelled = False
     try:
         while True:
@@ -263,9 +271,14 @@ async def pump_round(
                 item = await queue.get()
                 if item is EventPipe.END:
                     break
-                if item is not _TICK:
+                if item is _TICK:
+                    wake = None
+                else:
                     await renderer.apply(item)
                 await renderer.flush()
+                due = renderer.next_flush_in()
+                if due is not None and wake is None:
+                    wake = loop.call_later(due, queue.put_nowait, _TICK)
             except asyncio.CancelledError:
                 if not cancelled:
                     cancelled = True
@@ -274,7 +287,8 @@ async def pump_round(
             except Exception:
                 logger.exception("rendering an event failed; the round goes on")
     finally:
-        ticker.cancel()
+        if wake is not None:
+            wake.cancel()
     outcome = await _outcome(job)
     try:
         await renderer.finish(outcome)
@@ -305,10 +319,3 @@ async def _outcome(job: ThreadJob[Round]) -> RoundOutcome:
             logger.exception("send_message raised")
             return RoundOutcome("failed", error=f"internal error ({type(exc).__name__}); details are in the server log")
     return RoundOutcome(rnd.state, rnd.reply_text or "", rnd.error)
-
-
-async def _tick(queue: asyncio.Queue[Any], every: float) -> None:
-    """Wake the pump regularly so throttled changes are pushed even when no event arrives."""
-    while True:
-        await asyncio.sleep(every)
-        queue.put_nowait(_TICK)
