@@ -130,18 +130,25 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         return [normalise(dict(row._mapping)) for row in result.fetchall()]
 
     async def _upsert(self, conn: AsyncConnection, table: str, values: Mapping[str, Any]) -> None:
-        """Insert the row, or update the given columns of the row with its id. A row that has a
+        await self._upsert_many(conn, table, [values])
+
+    async def _upsert_many(self, conn: AsyncConnection, table: str, rows: list[Mapping[str, Any]]) -> None:
+        """Insert each row, or update the given columns of the row with its id. A row that has a
         thread is only updated from the same thread: ids come from the browser, and a message
-        sent with the id of another chat's step must not overwrite it, nor move it."""
-        columns = list(values)
-        names = ", ".join(f'"{c}"' for c in columns)
-        marks = ", ".join(f":{c}" for c in columns)
-        updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in columns if c != "id")
-        conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-        if updates and "threadId" in values:
-            conflict += f' WHERE {table}."threadId" = EXCLUDED."threadId"'
-        sql = f'INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ("id") {conflict}'
-        await conn.execute(text(sql), {c: self._param(values[c]) for c in columns})
+        sent with the id of another chat's step must not overwrite it, nor move it. Rows with the
+        same columns go in one statement with many parameter sets."""
+        by_columns: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+        for values in rows:
+            by_columns.setdefault(tuple(values), []).append(values)
+        for columns, group in by_columns.items():
+            names = ", ".join(f'"{c}"' for c in columns)
+            marks = ", ".join(f":{c}" for c in columns)
+            updates = ", ".join(f'"{c}" = EXCLUDED."{c}"' for c in columns if c != "id")
+            conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+            if updates and "threadId" in columns:
+                conflict += f' WHERE {table}."threadId" = EXCLUDED."threadId"'
+            sql = f'INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ("id") {conflict}'
+            await conn.execute(text(sql), [{c: self._param(values[c]) for c in columns} for values in group])
 
     def _limit(self) -> int:
         return int(self.user_thread_limit or 1_000_000)
@@ -400,17 +407,16 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
 
     async def _store_step_rows(self, rows: list[dict[str, Any]]) -> None:
         created = await self.get_current_timestamp()
+        threads = dict.fromkeys(str(values["threadId"]) for values in rows)
         async with self.transaction() as conn:
-            for thread_id in dict.fromkeys(str(values["threadId"]) for values in rows):
-                await conn.execute(
-                    text(
-                        'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
-                        'ON CONFLICT ("id") DO NOTHING'
-                    ),
-                    {"id": thread_id, "created": created, "metadata": "{}"},
-                )
-            for values in rows:
-                await self._upsert(conn, "steps", values)
+            await conn.execute(
+                text(
+                    'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
+                    'ON CONFLICT ("id") DO NOTHING'
+                ),
+                [{"id": thread_id, "created": created, "metadata": "{}"} for thread_id in threads],
+            )
+            await self._upsert_many(conn, "steps", rows)
 
     async def flush_steps(self) -> None:
         """Store the steps still pending; every read of steps calls it first."""
