@@ -59,6 +59,13 @@ def test_state_persists_across_executes(executor: KernelExecutor) -> None:
     assert executor.execute("counter").result == "2"
 
 
+def test_ipython_in_out_and_underscore_work(executor: KernelExecutor) -> None:
+    """The kernel keeps no history database, but IPython's ``In``, ``Out`` and ``_`` still work."""
+    assert executor.execute("6 * 7").result == "42"
+    res = executor.execute("print(_, Out[max(Out)], In[-2])")
+    assert res.is_success and res.stdout.strip() == "42 42 6 * 7", res.stdout
+
+
 def test_kernel_runs_in_cwd_with_session_env(executor: KernelExecutor) -> None:
     res = executor.execute("import os\nprint(os.getcwd()); print(os.environ['WEAVER_SESSION_ID'])")
     assert res.stdout.split() == [str(executor.cwd), "exec-tests"]

@@ -16,7 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # The session folder must not shadow modules the kernel or Weaver import: no cwd on sys.path at
 # start (PYTHONSAFEPATH, ignore_cwd); the kernel appends it last once Weaver's runtime is loaded.
-# History stays in memory: no SQLite file to grow or to fail when the folder is full.
+# No history database: no SQLite file to grow or to fail when the folder is full, and ~25 ms less
+# CPU per kernel start (IPython builds the database even in memory); In, Out and _ still work.
 # ``core.execution.kernel_main`` is ipykernel's launcher without the debugger and completion engine.
 KERNEL_MODULE = "core.execution.kernel_main"
 KERNEL_ARGV = [
@@ -26,7 +27,7 @@ KERNEL_ARGV = [
     "-f",
     "{connection_file}",
     "--IPKernelApp.ignore_cwd=True",
-    "--HistoryManager.hist_file=:memory:",
+    "--HistoryManager.enabled=False",
 ]
 
 
