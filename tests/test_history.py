@@ -307,6 +307,25 @@ def test_concurrent_writes_are_all_kept(db: DB) -> None:
     run(db, scenario)
 
 
+def test_first_logins_of_one_name_at_once_make_one_user(db: DB) -> None:
+    """Two browsers signing in a new name at the same moment get the same user; a later login
+    updates the metadata and keeps the id."""
+
+    async def scenario(layer: WeaverDataLayer) -> None:
+        import chainlit as cl
+
+        made = await asyncio.gather(
+            *(layer.create_user(cl.User(identifier="zoe", metadata={"n": i})) for i in range(8))
+        )
+        assert len({u.id for u in made if u is not None}) == 1 and await count(layer, "users") == 1
+        again = await layer.create_user(cl.User(identifier="zoe", metadata={"provider": "password"}))
+        found = await layer.get_user("zoe")
+        assert again is not None and found is not None and again.id == found.id == made[0].id  # type: ignore[union-attr]
+        assert found.metadata == {"provider": "password"} and await layer.get_user("nobody") is None
+
+    run(db, scenario)
+
+
 def test_streamed_step_updates_are_stored_together_and_a_users_message_at_once(db: DB) -> None:
     """A streaming step's updates wait a moment and land as one row with the last state; the
     user's own message is in the database as soon as it is written; a read sees everything."""

@@ -35,6 +35,7 @@ import asyncio
 import inspect
 import json
 import logging
+import uuid
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Optional, Union
 from urllib.parse import quote
@@ -43,6 +44,7 @@ from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.data.storage_clients.base import BaseStorageClient
 from chainlit.data.utils import queue_until_user_message
 from chainlit.types import PageInfo, PaginatedResponse, Pagination, ThreadDict, ThreadFilter
+from chainlit.user import PersistedUser, User
 from chainlit.utils import utc_now
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -70,6 +72,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger("weaver.ui.history")
 # How long a step's update may wait to be stored with others (ui/history/write_behind.py).
 STEP_WRITE_DELAY_S = 0.5
+
+_USER_BY_IDENTIFIER = 'SELECT "id", "identifier", "metadata", "createdAt" FROM users WHERE "identifier" = :identifier'
+
+
+def _persisted_user(row: Mapping[str, Any]) -> PersistedUser:
+    return PersistedUser(
+        id=str(row["id"]),
+        identifier=str(row["identifier"]),
+        createdAt=str(row["createdAt"]),
+        metadata=dict(row["metadata"] or {}),
+    )
+
 
 ThreadDeleted = Callable[[str, dict[str, Any]], Union[None, Awaitable[None]]]
 
@@ -155,6 +169,35 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
 
     async def get_current_timestamp(self) -> str:
         return str(utc_now())
+
+    # -- users -------------------------------------------------------------------------------
+    # Chainlit's versions take an ORM session per statement and three statements per login (read,
+    # write, read again), and two first logins of one name at once both insert; here one
+    # transaction, and an upsert on the unique identifier.
+    async def get_user(self, identifier: str) -> Optional[PersistedUser]:
+        async with self.transaction() as conn:
+            rows = await self._rows(conn, _USER_BY_IDENTIFIER, {"identifier": identifier})
+        return _persisted_user(rows[0]) if rows else None
+
+    async def create_user(self, user: User) -> Optional[PersistedUser]:
+        """Create the user, or update its metadata if the identifier exists; returns the stored user."""
+        params = {
+            "id": str(uuid.uuid4()),
+            "identifier": str(user.identifier),
+            "metadata": json.dumps(user.metadata or {}),
+            "created": await self.get_current_timestamp(),
+        }
+        async with self.transaction() as conn:
+            await conn.execute(
+                text(
+                    'INSERT INTO users ("id", "identifier", "metadata", "createdAt") '
+                    "VALUES (:id, :identifier, :metadata, :created) "
+                    'ON CONFLICT ("identifier") DO UPDATE SET "metadata" = EXCLUDED."metadata"'
+                ),
+                params,
+            )
+            rows = await self._rows(conn, _USER_BY_IDENTIFIER, {"identifier": params["identifier"]})
+        return _persisted_user(rows[0]) if rows else None
 
     # -- threads -----------------------------------------------------------------------------
     async def get_thread_author(self, thread_id: str) -> str:
