@@ -124,7 +124,9 @@ class KernelProcess:
         self.proc = getattr(km.provisioner, "process", None)
         kc = km.client()
         kc.allow_stdin = False
-        kc.start_channels()
+        # No heartbeat channel: a thread per kernel pinging every few seconds, for what ``alive()``
+        # already knows from the process itself (a hundred kernels made a hundred such threads).
+        kc.start_channels(hb=False)
         self.client = kc
         try:
             wait_for_ready(kc, self.start_timeout, self.alive)
