@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from core.execution.kernel_process import KernelProcess
+from core.execution.handle import KernelHandle
 from core.execution.kernel_rpc import KernelRPC
 from core.execution.outputs import OutputCollector
 
@@ -35,7 +35,7 @@ class Run:
 
 
 def run_user_code(
-    process: KernelProcess,
+    process: KernelHandle,
     rpc: KernelRPC,
     cwd: Path,
     code: str,
