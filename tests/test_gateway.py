@@ -6,6 +6,7 @@ with a token; every kernel here is its child, never this process's.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -239,3 +240,18 @@ def test_the_pool_works_and_stopping_leaves_no_kernel_on_the_gateway(
     finally:
         application.stop()
     assert gateway.kernels() == []
+
+
+def test_weaver_check_gives_a_verdict_on_the_gateway(
+    gateway: Gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ui.check import main as weaver_check
+
+    (tmp_path / "taskweaver_config.json").write_text(json.dumps(gateway_config(gateway)))
+    assert weaver_check(str(tmp_path)) == 0
+    assert "token accepted" in capsys.readouterr().out
+    (tmp_path / "taskweaver_config.json").write_text(
+        json.dumps({**gateway_config(gateway), "execution.gateway_token": "wrong"})
+    )
+    assert weaver_check(str(tmp_path)) == 1
+    assert "execution.gateway_token" in capsys.readouterr().out
