@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import socket
 import ssl
 import threading
 from typing import Any
@@ -32,8 +33,22 @@ logger = logging.getLogger(__name__)
 DEAD_STATES = ("restarting", "dead")  # the gateway's own iopub notes that the kernel process died
 
 
+_SHARED: dict[tuple[object, ...], GatewayREST] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class GatewayREST:
     """The gateway's REST API with Weaver's token and TLS settings; every failure is a ``GatewayError``."""
+
+    @classmethod
+    def shared(cls, settings: ExecutionSettings) -> GatewayREST:
+        """One client (one connection pool) per gateway set-up for the whole process, not per session."""
+        key = tuple(getattr(settings, name) for name in type(settings).model_fields if name.startswith("gateway_"))
+        with _SHARED_LOCK:
+            rest = _SHARED.get(key)
+            if rest is None:
+                rest = _SHARED[key] = cls(settings)
+            return rest
 
     def __init__(self, settings: ExecutionSettings) -> None:
         if settings.gateway_url is None:
@@ -231,9 +246,23 @@ class GatewayChannels:
             self._socket.send(json.dumps(wire, default=json_default))
         return str(msg["header"]["msg_id"])
 
+    def _ack_now(self) -> None:
+        """Acknowledge what arrives at once (Linux ``TCP_QUICKACK``, which the kernel clears again).
+
+        The gateway writes each message as a small packet without ``TCP_NODELAY``; with our
+        delayed ACK, Nagle's algorithm then held its next message ~40 ms, on every round trip.
+        """
+        sock = getattr(self._socket, "sock", None)
+        if _QUICKACK is not None and sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            except OSError:
+                pass
+
     def _read(self) -> None:
         try:
             while not self.closed.is_set():
+                self._ack_now()
                 raw = self._socket.recv()
                 if not raw:
                     break
@@ -250,6 +279,9 @@ class GatewayChannels:
                 logger.warning("the gateway websocket closed: %s", exc)
         finally:
             self.closed.set()
+
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
 def _sslopt(settings: ExecutionSettings) -> dict[str, Any]:

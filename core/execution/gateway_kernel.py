@@ -51,7 +51,7 @@ class GatewayKernel:
         self.settings = settings
         self.extra_env = extra_env
         self.start_timeout = start_timeout
-        self.rest = GatewayREST(settings)
+        self.rest = GatewayREST.shared(settings)
         self.kernel_id: str | None = None
         self.client: GatewayChannels | None = None
         self.remote_pid: int | None = None
