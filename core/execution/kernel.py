@@ -1,8 +1,9 @@
 """One stateful Jupyter kernel per session, with timeouts, cancel, crash recovery and plugins.
 
-The facade over three seams: ``kernel_process`` (launch, teardown, pids, sandbox), ``kernel_rpc``
-(calls into the kernel) and ``user_run`` (waiting for user code); the user-facing sentences are
-in ``messages``.
+The facade over three seams: the kernel handle (``handle.KernelHandle``, picked by ``backend``: a
+local sandboxed ``kernel_process`` or a ``gateway_kernel`` on a Jupyter kernel gateway; launch,
+teardown, signals, and the files of a remote kernel), ``kernel_rpc`` (calls into the kernel) and
+``user_run`` (waiting for user code); the user-facing sentences are in ``messages``.
 
 Threading: ``execute`` runs on one worker thread at a time (a lock enforces it); ``interrupt``,
 ``stop`` and the cancel token may come from other threads. Sockets are only touched by the thread
