@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -31,13 +32,19 @@ class Gateway:
     proc: subprocess.Popen[bytes]
     root: Path  # the gateway's working folder: kernels start here
     log: Path
+    cert: Path | None = None  # its self-signed TLS certificate (https), also the CA to trust
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def kernels(self) -> list[dict[str, object]]:
-        response = httpx.get(f"{self.url}/api/kernels", headers={"Authorization": f"token {self.token}"}, timeout=10)
+        response = httpx.get(
+            f"{self.url}/api/kernels",
+            headers={"Authorization": f"token {self.token}"},
+            timeout=10,
+            verify=ssl.create_default_context(cafile=str(self.cert)) if self.cert else True,
+        )
         response.raise_for_status()
         found: list[dict[str, object]] = response.json()
         return found
@@ -70,9 +77,24 @@ def write_kernelspec(jupyter_path: Path) -> None:
     (spec_dir / "kernel.json").write_text(json.dumps(spec), encoding="utf-8")
 
 
-def start_gateway(root: Path, token: str = "gw-secret-token") -> Gateway:
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1, valid for a day."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        + ["-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def start_gateway(root: Path, token: str = "gw-secret-token", tls: bool = False) -> Gateway:
     """Start ``python -m kernel_gateway`` in ``root`` and wait until it answers with the token."""
     root.mkdir(parents=True, exist_ok=True)
+    cert, key = self_signed(root) if tls else (None, None)
+    tls_args = [f"--KernelGatewayApp.certfile={cert}", f"--KernelGatewayApp.keyfile={key}"] if tls else []
     jupyter = root / ".jupyter"
     write_kernelspec(jupyter / "data")
     port = free_port()
@@ -100,6 +122,7 @@ def start_gateway(root: Path, token: str = "gw-secret-token") -> Gateway:
                 f"--KernelGatewayApp.auth_token={token}",
                 f"--KernelGatewayApp.default_kernel_name={KERNEL_NAME}",
                 "--JupyterWebsocketPersonality.list_kernels=True",
+                *tls_args,
             ],
             cwd=root,
             # A POST with "env" gives the kernel PATH, these, and KERNEL_* variables only.
@@ -107,14 +130,17 @@ def start_gateway(root: Path, token: str = "gw-secret-token") -> Gateway:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    gateway = Gateway(f"http://127.0.0.1:{port}", token, proc, root, log)
+    gateway = Gateway(f"{'https' if tls else 'http'}://127.0.0.1:{port}", token, proc, root, log, cert)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"the kernel gateway exited: {log.read_text(errors='replace')[-2000:]}")
         try:
             response = httpx.get(
-                f"{gateway.url}/api/kernelspecs", headers={"Authorization": f"token {token}"}, timeout=2
+                f"{gateway.url}/api/kernelspecs",
+                headers={"Authorization": f"token {token}"},
+                timeout=2,
+                verify=ssl.create_default_context(cafile=str(cert)) if cert else True,
             )
             if response.status_code == 200:
                 return gateway

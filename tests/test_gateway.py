@@ -255,3 +255,26 @@ def test_weaver_check_gives_a_verdict_on_the_gateway(
     )
     assert weaver_check(str(tmp_path)) == 1
     assert "execution.gateway_token" in capsys.readouterr().out
+
+
+def test_a_tls_gateway_is_used_with_its_ca_and_refused_without(tmp_path_factory: pytest.TempPathFactory) -> None:
+    gw = start_gateway(tmp_path_factory.mktemp("tls-gateway"), tls=True)
+    apps = tmp_path_factory.mktemp("tls-apps")
+    try:
+        assert gw.url.startswith("https://") and gw.cert is not None
+        application = TaskWeaverApp(
+            app_dir=apps / "a", config=gateway_config(gw, **{"execution.gateway_ca_file": str(gw.cert)})
+        )
+        try:  # REST and the websocket (wss) both check the certificate against the CA
+            assert "tls 3" in application.get_session().send_message(code("print('tls', 1 + 2)")).reply_text
+        finally:
+            application.stop()
+        with pytest.raises(GatewayUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            TaskWeaverApp(app_dir=apps / "b", config=gateway_config(gw))
+        unchecked = TaskWeaverApp(
+            app_dir=apps / "c", config=gateway_config(gw, **{"execution.gateway_validate_cert": False})
+        )
+        unchecked.stop()
+        assert gw.kernels() == []
+    finally:
+        gw.stop()

@@ -56,11 +56,15 @@ class GatewayREST:
         self.settings = settings
         self.base = settings.gateway_url
         self.headers = auth_headers(settings)
+        try:
+            verify = _verify(settings)
+        except (OSError, ssl.SSLError) as exc:
+            raise GatewayUnavailable(
+                "The TLS files for the kernel gateway (execution.gateway_ca_file, gateway_client_cert, "
+                f"gateway_client_key) could not be loaded: {exc}"
+            ) from exc
         self._client = httpx.Client(
-            base_url=self.base,
-            headers=self.headers,
-            verify=_verify(settings),
-            timeout=settings.gateway_request_timeout,
+            base_url=self.base, headers=self.headers, verify=verify, timeout=settings.gateway_request_timeout
         )
 
     def close(self) -> None:
@@ -97,11 +101,12 @@ class GatewayREST:
     def start_kernel(self, name: str, env: dict[str, str]) -> str:
         """``POST /api/kernels``; returns the new kernel's id."""
         response = self.request("POST", "/api/kernels", {"name": name, "env": env})
-        if response.status_code not in (200, 201):
-            raise GatewayError(
-                f"the gateway did not start a {name!r} kernel: HTTP {response.status_code} {_why(response)}"
-            )
-        return str(response.json()["id"])
+        try:
+            if response.status_code not in (200, 201):
+                raise ValueError(f"HTTP {response.status_code} {_why(response)}")
+            return str(response.json()["id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise GatewayError(f"the gateway did not start a {name!r} kernel: {exc}") from exc
 
     def delete_kernel(self, kernel_id: str) -> None:
         response = self.request("DELETE", f"/api/kernels/{quote(kernel_id)}")
@@ -117,8 +122,11 @@ class GatewayREST:
     def kernels(self) -> list[dict[str, Any]]:
         """``GET /api/kernels``: every kernel the gateway runs now."""
         response = self.request("GET", "/api/kernels")
-        response.raise_for_status()
-        found = response.json()
+        try:
+            response.raise_for_status()
+            found = response.json()
+        except (httpx.HTTPStatusError, ValueError) as exc:
+            raise GatewayError(f"the gateway did not list its kernels: {exc}") from exc
         return found if isinstance(found, list) else []
 
 
