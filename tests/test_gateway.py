@@ -148,7 +148,7 @@ def test_stop_interrupts_a_busy_loop_promptly_and_state_survives(session: Sessio
     ended = time.monotonic()
     canceller.join()
     assert rnd.state == "cancelled"
-    assert ended - cancelled_at[0] < 3.0
+    assert ended - cancelled_at[0] < 4.0  # past the interrupt grace (5 s) the kernel would be replaced
     assert "42" in session.send_message(code("print(kept + 1)")).reply_text
 
 
