@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import httpx
 import pytest
 
 from core import TaskWeaverApp
@@ -160,15 +161,32 @@ def test_a_timeout_interrupts_and_state_survives(session: Session) -> None:
 
 
 def test_a_dead_kernel_is_replaced_and_the_next_round_works(gateway: Gateway, session: Session) -> None:
+    session.send_message(code("print('uploaded')"), files=[{"name": "before.csv", "content": "n\n40\n2\n"}])
     old_kernel = session.executor.process.kernel_id  # type: ignore[attr-defined]
     rnd = session.send_message(code("import os\nos._exit(1)"))
     assert "kernel died" in rnd.reply_text.lower() and "lost" in rnd.reply_text
+    # Files follow the new kernel too: the upload is sent again (its old copy is gone first here,
+    # as it would be with a new container per kernel).
+    (remote_folder(gateway, session) / "before.csv").unlink()
     assert "back" in session.send_message(code("print('back')")).reply_text
     ids = [k["id"] for k in gateway.kernels()]
     assert old_kernel not in ids and session.executor.process.kernel_id in ids  # type: ignore[attr-defined]
-    # Files follow the new kernel too: the upload is there again.
-    again = code("import pandas as pd\nprint('total', pd.read_csv('sales.csv')['revenue'].sum())")
+    again = code("import pandas as pd\nprint('total', pd.read_csv('before.csv')['n'].sum())")
     assert "total 42" in session.send_message(again).reply_text
+
+
+def test_a_kernel_the_gateway_stopped_on_its_own_is_replaced(gateway: Gateway, session: Session) -> None:
+    kernel_id = session.executor.process.kernel_id  # type: ignore[attr-defined]
+    response = httpx.delete(
+        f"{gateway.url}/api/kernels/{kernel_id}", headers={"Authorization": f"token {gateway.token}"}, timeout=30
+    )
+    assert response.status_code == 204  # as an idle-kernel cull would
+    deadline = time.monotonic() + 10
+    while session.executor.process.alive() and time.monotonic() < deadline:  # the websocket closes
+        time.sleep(0.05)
+    rnd = session.send_message(code("print('after the cull')"))
+    assert "lost" in rnd.reply_text
+    assert "after the cull" in session.send_message(code("print('after the cull')")).reply_text
 
 
 def test_a_file_over_the_cap_stays_in_the_kernel_and_the_user_is_told(session: Session) -> None:
