@@ -119,6 +119,11 @@ class GatewayREST:
     def restart_kernel(self, kernel_id: str) -> None:
         self.request("POST", f"/api/kernels/{quote(kernel_id)}/restart")
 
+    def kernel_exists(self, kernel_id: str) -> bool:
+        """``GET /api/kernels/{id}``: False once the gateway no longer has it (404)."""
+        response = self.request("GET", f"/api/kernels/{quote(kernel_id)}")
+        return response.status_code != 404
+
     def kernels(self) -> list[dict[str, Any]]:
         """``GET /api/kernels``: every kernel the gateway runs now."""
         response = self.request("GET", "/api/kernels")

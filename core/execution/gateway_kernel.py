@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 # operator allowlists them (``--JupyterWebsocketPersonality.env_whitelist``).
 _PASSED = re.compile(r"^PLUGIN_\w+$")
 PID_TIMEOUT_S = 10.0
+EXISTS_CHECK_S = 2.0  # how often ``alive`` asks the gateway whether the kernel still exists
 _WHERE = {"pid": "__import__('os').getpid()", "cwd": "__import__('os').getcwd()"}
 
 
@@ -56,6 +57,7 @@ class GatewayKernel:
         self.client: GatewayChannels | None = None
         self.remote_pid: int | None = None
         self.remote_cwd: str | None = None  # the kernel's working folder, from the bootstrap
+        self._exists_checked = 0.0
         per_file = settings.max_file_mb * MB if settings.max_file_mb > 0 else 0
         self.files = FileSync(cwd, per_file, settings.gateway_sync_mb * MB)
 
@@ -79,8 +81,22 @@ class GatewayKernel:
         return False  # the gateway's isolation, not Weaver's bubblewrap
 
     def alive(self) -> bool:
-        kc = self.client
-        return kc is not None and not kc.died.is_set() and not kc.closed.is_set()
+        """The channels say nothing is wrong and, asked at most every ``EXISTS_CHECK_S``, the gateway
+        still has the kernel (a kernel it deleted, e.g. culled as idle, may leave the socket open)."""
+        kc, kernel_id = self.client, self.kernel_id
+        if kc is None or kernel_id is None or kc.died.is_set() or kc.closed.is_set():
+            return False
+        now = time.monotonic()
+        if now - self._exists_checked >= EXISTS_CHECK_S:
+            self._exists_checked = now
+            try:
+                exists = self.rest.kernel_exists(kernel_id)
+            except GatewayError:
+                exists = True  # an unreachable gateway is not a dead kernel; the socket will tell
+            if not exists:
+                kc.died.set()
+                return False
+        return True
 
     def exit_code(self) -> int | None:
         return None
