@@ -176,6 +176,7 @@ def test_a_dead_kernel_is_replaced_and_the_next_round_works(gateway: Gateway, se
 
 
 def test_a_kernel_the_gateway_stopped_on_its_own_is_replaced(gateway: Gateway, session: Session) -> None:
+    assert session.send_message(code("print(1)")).state == "finished"
     kernel_id = session.executor.process.kernel_id  # type: ignore[attr-defined]
     response = httpx.delete(
         f"{gateway.url}/api/kernels/{kernel_id}", headers={"Authorization": f"token {gateway.token}"}, timeout=30
