@@ -20,11 +20,13 @@ import pytest
 from core import TaskWeaverApp
 from core.errors import GatewayAuthError, GatewayUnavailable
 from core.events import PostEventType, SessionEventHandler, TaskWeaverEvent
+from core.memory import AttachmentType
 from core.session import Session
 from tests.conftest import FIXTURE_APP
 from tests.gateway_server import KERNEL_NAME, Gateway, free_port, start_gateway
 
 pytestmark = [pytest.mark.gateway, pytest.mark.timeout(180)]
+PLUGIN_FIXTURES = Path(__file__).parent / "plugin_fixtures"
 
 
 def code(source: str) -> str:
@@ -53,6 +55,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 def gw_app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("gw-app")
     shutil.copytree(FIXTURE_APP, target, dirs_exist_ok=True)
+    for name in ("save_table.py", "save_table.yaml"):  # a plugin that writes an artifact
+        shutil.copy(PLUGIN_FIXTURES / name, target / "plugins" / name)
     return target
 
 
@@ -125,6 +129,15 @@ def test_a_saved_chart_comes_back_with_identical_bytes(gateway: Gateway, session
 
 def test_a_plugin_runs_remotely_and_sees_the_session_variable(session: Session) -> None:
     assert "Hi, alice! (from the config)" in session.send_message(code("print(whoami('Hi'))")).reply_text
+
+
+def test_a_plugin_artifact_comes_back_and_is_listed(gateway: Gateway, session: Session) -> None:
+    rnd = session.send_message(code("df, note = save_table(3)\nprint(note)"))
+    assert "saved 3 rows" in rnd.reply_text
+    paths = [p for p in rnd.post_list if p.send_from == "CodeInterpreter"][0].first(AttachmentType.artifact_paths)
+    assert paths and Path(paths[0]).parent == session.execution_cwd
+    assert Path(paths[0]).read_bytes() == (remote_folder(gateway, session) / Path(paths[0]).name).read_bytes()
+    assert Path(paths[0]).read_text().startswith("month,sales")
 
 
 def test_stop_interrupts_a_busy_loop_promptly_and_state_survives(session: Session) -> None:
