@@ -167,6 +167,7 @@ def test_stop_interrupts_a_busy_loop_promptly_and_state_survives(session: Sessio
 
 
 def test_a_timeout_interrupts_and_state_survives(session: Session) -> None:
+    session.send_message(code("kept = 41"))
     rnd = session.send_message(code("while True:\n    pass"))
     assert "interrupted" in rnd.reply_text
     assert rnd.post_list[2].first("execution_status") == "timeout"  # type: ignore[arg-type]
