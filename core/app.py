@@ -14,6 +14,7 @@ from injector import Injector, Module, provider, singleton
 from core.config import AppConfig, load_config
 from core.datasets import Dataset, DatasetCatalog
 from core.errors import SessionLimitReached, SessionNotFound
+from core.execution.gateway_client import check_gateway
 from core.execution.pool import KernelPool, StartGate, WarmKernel
 from core.execution.sandbox import data_mount, sandbox_warning, sweep_stale, uses_bwrap
 from core.ids import create_id
@@ -81,6 +82,8 @@ class TaskWeaverApp:
         self.config = load_config(self.app_dir, given)
         logging.getLogger("weaver").setLevel(self.config.logging.level.upper())
         self._log_handler = _file_log_handler(self.app_dir, self.config)
+        if self.config.execution.gateway_url:
+            check_gateway(self.config.execution)  # a wrong token or an unreachable gateway stops the app here
         sandboxed = uses_bwrap(self.config.execution)  # execution.sandbox = "bwrap" without bwrap: refuse to start
         data_dir = self.config.execution.data_dir or Path("data")
         self.config.execution.data_dir = data_dir = data_dir if data_dir.is_absolute() else self.app_dir / data_dir

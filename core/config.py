@@ -146,6 +146,36 @@ class ExecutionSettings(BaseModel):
     data_dir: Path | None = Field(
         None, description="project datasets, read-only in every kernel; default <app_dir>/data"
     )
+    # Remote kernels (core/execution/gateway*.py): unset, every kernel is a local child process.
+    gateway_url: str | None = Field(
+        None,
+        description="base URL of a Jupyter kernel gateway (http(s)://host:port); every session's kernel starts there",
+    )
+    gateway_token: SecretStr | None = Field(
+        None, description="the gateway's auth token, sent as 'Authorization: token ...' on every request"
+    )
+    gateway_validate_cert: bool = Field(True, description="check the gateway's TLS certificate (https only)")
+    gateway_ca_file: Path | None = Field(None, description="CA bundle that signed the gateway's certificate")
+    gateway_client_cert: Path | None = Field(None, description="client certificate for mutual TLS with the gateway")
+    gateway_client_key: Path | None = Field(None, description="private key of gateway_client_cert")
+    gateway_kernel_name: str = Field("python3", min_length=1, description="kernelspec the gateway starts")
+    gateway_request_timeout: float = Field(
+        60.0, gt=0, description="seconds one gateway request may take (a kernel start included)"
+    )
+    gateway_sync_mb: int = Field(
+        256, ge=0, description="bytes moved between the web tier and a remote kernel per execution, each way; 0: no cap"
+    )
+
+    @field_validator("gateway_url")
+    @classmethod
+    def _gateway_url(cls, value: str | None) -> str | None:
+        """An http(s) base without a trailing slash; an empty string means local kernels."""
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
 
 
 class SessionSettings(BaseModel):

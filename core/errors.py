@@ -49,3 +49,15 @@ class RoundInProgress(WeaverError, RuntimeError):
 
     def __init__(self) -> None:
         super().__init__("Your previous message is still being worked on; wait for it or press Stop.")
+
+
+class GatewayError(WeaverError, RuntimeError):
+    """The Jupyter kernel gateway (``execution.gateway_url``) cannot serve Weaver's kernels."""
+
+
+class GatewayAuthError(GatewayError):
+    """The gateway refused Weaver's credentials (401/403): ``execution.gateway_token`` is wrong or missing."""
+
+
+class GatewayUnavailable(GatewayError):
+    """The gateway could not be reached, or answered with something other than a Jupyter gateway's API."""

@@ -283,4 +283,21 @@ def main(app_dir: str | None, model: str | None = None) -> int:
         print(f"weaver check: {folder}\n  {FAIL:<4}  config loads: {exc}\nFAILED: the configuration does not load.")
         return 1
     print("\n".join(report.lines()))
-    return 0 if report.ok else 1
+    gateway_ok = True
+    if config.execution.gateway_url:
+        gateway_ok, line = gateway_verdict(config)
+        print(line)
+    return 0 if report.ok and gateway_ok else 1
+
+
+def gateway_verdict(config: AppConfig) -> tuple[bool, str]:
+    """Kernels on a gateway: reachable, the token accepted, the kernel name offered (one request)."""
+    from core.errors import GatewayError
+    from core.execution.gateway_client import check_gateway
+
+    where = config.execution.gateway_url
+    try:
+        check_gateway(config.execution)
+    except GatewayError as exc:
+        return False, f"  {FAIL:<4}  kernel gateway {where}: {exc}"
+    return True, f"  {PASS:<4}  kernel gateway {where}: token accepted, offers {config.execution.gateway_kernel_name!r}"

@@ -1,8 +1,9 @@
 """One stateful Jupyter kernel per session, with timeouts, cancel, crash recovery and plugins.
 
-The facade over three seams: ``kernel_process`` (launch, teardown, pids, sandbox), ``kernel_rpc``
-(calls into the kernel) and ``user_run`` (waiting for user code); the user-facing sentences are
-in ``messages``.
+The facade over three seams: the kernel handle (``handle.KernelHandle``, picked by ``backend``: a
+local sandboxed ``kernel_process`` or a ``gateway_kernel`` on a Jupyter kernel gateway; launch,
+teardown, signals, and the files of a remote kernel), ``kernel_rpc`` (calls into the kernel) and
+``user_run`` (waiting for user code); the user-facing sentences are in ``messages``.
 
 Threading: ``execute`` runs on one worker thread at a time (a lock enforces it); ``interrupt``,
 ``stop`` and the cancel token may come from other threads. Sockets are only touched by the thread
@@ -21,7 +22,8 @@ from typing import Any, Callable, Sequence
 from core.cancel import CancelToken
 from core.config import ExecutionSettings
 from core.execution import messages
-from core.execution.kernel_process import KernelProcess, KernelStartError
+from core.execution.backend import new_kernel_handle
+from core.execution.kernel_process import KernelStartError
 from core.execution.kernel_rpc import NO_REPLY_GRACE_SECONDS, SILENT_TIMEOUT_SECONDS, KernelDiedError, KernelRPC
 from core.execution.limits import MB, disk_room, folder_bytes, set_file_size_limit
 from core.execution.outputs import OutputCollector
@@ -70,7 +72,9 @@ class KernelExecutor:
         self._plugin_errors: list[str] = []
         # Plugin folders are visible, read-only, inside the sandbox.
         plugin_dirs = sorted({p.code_path.resolve().parent for p in self._plugins if p.code_path is not None})
-        self.process = KernelProcess(session_id, self.cwd, self.settings, self.extra_env, start_timeout, plugin_dirs)
+        self.process = new_kernel_handle(
+            session_id, self.cwd, self.settings, self.extra_env, start_timeout, plugin_dirs
+        )
         self._rpc = KernelRPC(self.process)
         self._lifecycle = threading.RLock()
         self._exec_lock = threading.Lock()
@@ -177,8 +181,8 @@ class KernelExecutor:
             "session_var_limits": list(self.session_var_limits) if self.session_var_limits else None,
         }
         try:
-            report = self._rpc.bootstrap(payload)
-        except (RuntimeError, TimeoutError, ValueError) as exc:
+            report = self._rpc.bootstrap(self.process.bootstrap_payload(payload))
+        except (RuntimeError, TimeoutError, ValueError, OSError) as exc:
             self._loaded = []
             self._plugin_errors = [messages.plugin_runtime_failed(exc)]
             logger.warning("bootstrap failed in session %s: %s", self.session_id, exc)
@@ -227,6 +231,7 @@ class KernelExecutor:
                 return _failure(execution_id, code, str(exc))
             if not self.process.alive():
                 return self._died_before_run(execution_id, code, KernelDiedError("the kernel exited"))
+            notes = self._move_files(self.process.before_run)
             begin_id = self._rpc.send_begin_execution(_execution_payload(execution_id, session_vars))
             disk_start = self._prepare_disk()
             if on_running is not None:
@@ -240,7 +245,15 @@ class KernelExecutor:
             run = run_user_code(self.process, self._rpc, self.cwd, code, limit, should_stop, disk_over)
             if disk_start is not None and run.stop_reason is None and not run.died:
                 run.disk_full = self._disk_overrun(disk_start)  # a burst of writes between two checks
-            return self._finish(execution_id, code, run, limit, begin_id)
+            return self._finish(execution_id, code, run, limit, begin_id, notes)
+
+    def _move_files(self, move: Callable[[KernelRPC], list[str]]) -> list[str]:
+        """The backend's file hook (a remote kernel's files follow it); a failure is a note, not a crash."""
+        try:
+            return move(self._rpc)
+        except (RuntimeError, TimeoutError, ValueError, OSError) as exc:
+            logger.warning("moving files of session %s failed: %s", self.session_id, exc)
+            return [messages.files_not_moved(exc)]
 
     def _prepare_disk(self) -> int | None:
         """Cap each file the run may write at the room the session folder has left; its size now."""
@@ -260,7 +273,9 @@ class KernelExecutor:
         used = folder_bytes(self.cwd)
         return used > self.settings.disk_mb * MB and used > disk_start
 
-    def _finish(self, execution_id: str, code: str, run: Run, timeout: float, begin_id: str) -> ExecutionResult:
+    def _finish(
+        self, execution_id: str, code: str, run: Run, timeout: float, begin_id: str, notes: list[str]
+    ) -> ExecutionResult:
         c = run.collector
         res = ExecutionResult(
             execution_id=execution_id,
@@ -282,6 +297,9 @@ class KernelExecutor:
             res.kernel_died = True
             res.error = self._lost_state_message(run, timeout)
             return res
+        notes = notes + self._move_files(self.process.after_run)
+        if notes:
+            res.stderr += "".join(f"[weaver] {note}\n" for note in notes)
         self._collect_plugin_outputs(res, begin_id, run.msg_id)
         if run.stop_reason is not None:
             note = self._disk_note() if run.stop_reason == "disk" else ""
@@ -337,7 +355,7 @@ class KernelExecutor:
         if isinstance(changed, dict) and changed and self.on_session_vars is not None:
             self.on_session_vars({str(k): str(v) for k, v in changed.items()})
         for item in report.get("artifacts", []):
-            path = Path(item.get("path", "")).resolve()
+            path = self.process.local_path(str(item.get("path", ""))).resolve()
             if path.is_relative_to(self.cwd) and path.is_file():
                 name = str(item.get("name") or path.name)
                 kind = str(item.get("type") or "file")

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from jupyter_client import BlockingKernelClient, KernelManager
 
@@ -21,6 +21,9 @@ from core.config import ExecutionSettings
 from core.execution import messages
 from core.execution.launcher import kernel_env, new_kernel_manager, start_kernel
 from core.execution.sandbox import KernelBox, SandboxUnavailableError
+
+if TYPE_CHECKING:
+    from core.execution.kernel_rpc import KernelRPC
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +137,19 @@ class KernelProcess:
             self.teardown(graceful=False)
             raise KernelStartError(messages.not_ready(self.start_timeout, exc)) from exc
 
+    # The kernel shares the session's folder and reads plugins where they are: nothing to move.
+    def bootstrap_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return payload
+
+    def before_run(self, rpc: KernelRPC) -> list[str]:
+        return []
+
+    def after_run(self, rpc: KernelRPC) -> list[str]:
+        return []
+
+    def local_path(self, path: str) -> Path:
+        return Path(path)
+
     def teardown(self, graceful: bool) -> None:
         """Close channels, shut the kernel down and make sure every process it started is gone."""
         kc, km, proc, box = self.client, self.manager, self.proc, self.box
@@ -162,7 +178,7 @@ class KernelProcess:
 IOPUB_CHECK_S = 0.2
 
 
-def wait_for_ready(kc: BlockingKernelClient, timeout: float, alive: Callable[[], bool]) -> None:
+def wait_for_ready(kc: Any, timeout: float, alive: Callable[[], bool]) -> None:
     """``kc.wait_for_ready`` without its idle tail: jupyter_client ends every wait by listening to
     IOPub until it has been silent for 0.2 s, a third of a kernel's start time here; messages still
     queued are drained without waiting instead (every later call matches replies by message id).

@@ -13,7 +13,7 @@ import queue
 import time
 from typing import Any
 
-from core.execution.kernel_process import KernelProcess
+from core.execution.handle import KernelHandle
 
 POLL_SECONDS = 0.1
 SILENT_TIMEOUT_SECONDS = 30.0
@@ -44,7 +44,7 @@ class KernelDiedError(RuntimeError):
 class KernelRPC:
     """Calls into the kernel ``process`` currently runs (it changes when the kernel is restarted)."""
 
-    def __init__(self, process: KernelProcess) -> None:
+    def __init__(self, process: KernelHandle) -> None:
         self.process = process
         # Replies read while waiting for another one, kept (a few) for ``replies`` to find.
         self._unclaimed: dict[str, dict[str, Any]] = {}

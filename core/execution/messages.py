@@ -37,6 +37,10 @@ def not_ready(start_timeout: float, problem: object) -> str:
     return f"The Python kernel did not become ready within {start_timeout:g} s: {problem}"
 
 
+def files_not_moved(problem: object) -> str:
+    return f"The session's files could not be synchronised with the kernel: {problem}"
+
+
 def plugin_runtime_failed(problem: object) -> str:
     return f"The kernel's plugin runtime could not be set up, so no plugin is available: {problem}"
 
@@ -50,7 +54,8 @@ def lost_state(facts: LostState, timeout: float, memory_mb: int, restart_problem
         )
     elif facts.died:
         when = "before this code could run" if facts.before_run else "while running this code"
-        what = f"The Python kernel died {when} (exit code {facts.exit_code})"
+        code = "" if facts.exit_code is None else f" (exit code {facts.exit_code})"
+        what = f"The Python kernel died {when}{code}"
     elif facts.threads_left:
         what = (
             (

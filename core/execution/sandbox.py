@@ -119,7 +119,7 @@ def _userns_flags() -> tuple[str, ...]:
 
 def uses_bwrap(settings: ExecutionSettings) -> bool:
     """Whether kernels run in bubblewrap; ``sandbox = "bwrap"`` without a working bwrap raises."""
-    if settings.sandbox == "none":
+    if settings.gateway_url or settings.sandbox == "none":  # on a gateway, isolation is the gateway's
         return False
     problem = bwrap_problem()
     if problem is None:
@@ -133,6 +133,8 @@ def uses_bwrap(settings: ExecutionSettings) -> bool:
 
 def sandbox_warning(settings: ExecutionSettings) -> str | None:
     """The sentence to show operators when kernels run unsandboxed, or None when they are sandboxed."""
+    if settings.gateway_url:
+        return None  # no local kernels: each runs where the gateway puts it (one container per kernel)
     if settings.sandbox == "none":
         why = "execution.sandbox is 'none'"
     else:
@@ -154,7 +156,7 @@ def require_sandbox(config: Any, reason: str) -> None:
     ``execution.sandbox = "none"`` explicitly, or set ``execution.allow_unsandboxed``.
     """
     settings = getattr(config, "execution", config)
-    if uses_bwrap(settings) or settings.sandbox == "none" or settings.allow_unsandboxed:
+    if settings.gateway_url or uses_bwrap(settings) or settings.sandbox == "none" or settings.allow_unsandboxed:
         return
     raise SandboxUnavailableError(
         f"Weaver will not run users' code without a sandbox {reason}: {bwrap_problem()}. "

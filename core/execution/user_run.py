@@ -11,13 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from core.execution.kernel_process import KernelProcess
+from core.execution.handle import KernelHandle
 from core.execution.kernel_rpc import KernelRPC
 from core.execution.outputs import OutputCollector
 
 ALIVE_CHECK_SECONDS = 0.5
 INTERRUPT_GRACE_SECONDS = 5.0  # after this, an interrupt that did not stop the code forces a restart
 INTERRUPT_REPEAT_SECONDS = 2.0
+# An interrupt that lands before the kernel runs the cell is lost (an idle kernel ignores SIGINT);
+# a remote kernel makes that window longer. Until the cell has been busy this long, repeat sooner.
+EARLY_REPEAT_SECONDS = 0.25
+BUSY_SETTLE_SECONDS = 0.2
 DISK_CHECK_SECONDS = 0.1
 
 
@@ -35,7 +39,7 @@ class Run:
 
 
 def run_user_code(
-    process: KernelProcess,
+    process: KernelHandle,
     rpc: KernelRPC,
     cwd: Path,
     code: str,
@@ -52,9 +56,12 @@ def run_user_code(
     msg_id = run.msg_id = rpc.execute(code)
     deadline = time.monotonic() + timeout
     grace_end = next_interrupt = next_alive = next_disk = 0.0
+    busy_since: float | None = None
     while True:
         msg = rpc.next_iopub()
         if msg is not None and msg.get("parent_header", {}).get("msg_id") == msg_id:
+            if busy_since is None and msg["content"].get("execution_state") == "busy":
+                busy_since = time.monotonic()
             if run.collector.handle(msg):
                 return run
         now = time.monotonic()
@@ -80,5 +87,6 @@ def run_user_code(
                 run.stuck = True
                 return run
             if now >= next_interrupt:  # repeated: code may swallow one KeyboardInterrupt
-                next_interrupt = now + INTERRUPT_REPEAT_SECONDS
+                early = busy_since is None or now - busy_since < BUSY_SETTLE_SECONDS
+                next_interrupt = now + (EARLY_REPEAT_SECONDS if early else INTERRUPT_REPEAT_SECONDS)
                 process.send_interrupt()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
+import tempfile
 import traceback
 import types
 from pathlib import Path
@@ -25,12 +27,14 @@ TABLE_MAX_COLUMNS = 200
 _ALIASES = ("taskweaver.plugin.base", "taskweaver.plugin.context", "taskweaver.plugin.register")
 
 _ctx: api.PluginContext | None = None
+_plugin_dir: Path | None = None  # plugin sources sent by the server (remote kernels only)
 
 
 def bootstrap(payload_json: str) -> str:
     """Prepare the shell and load the plugins; returns ``{"loaded": [...], "errors": [...]}``."""
     global _ctx
     payload = json.loads(payload_json)
+    _enter_workdir(payload.get("workdir"))
     shell = _shell()
     install_aliases()
     if shell is not None:
@@ -42,6 +46,30 @@ def bootstrap(payload_json: str) -> str:
     namespace = shell.user_ns if shell is not None else {}
     loaded, errors = load_plugins(payload.get("plugins", []), _ctx, namespace)
     return json.dumps({"loaded": loaded, "errors": errors})
+
+
+def _enter_workdir(name: object) -> None:
+    """A remote kernel works in a folder of its session's own (one plain name), made private."""
+    if not name:
+        return
+    if not isinstance(name, str) or "/" in name or name in (".", "..") or "\x00" in name:
+        raise ValueError(f"refused working folder {name!r}")
+    os.makedirs(name, mode=0o700, exist_ok=True)
+    os.chdir(name)
+    os.environ["HOME"] = os.getcwd()
+
+
+def _plugin_path(entry: dict[str, Any]) -> Path:
+    """The plugin's file: where it is, or (a remote kernel) its source written to a private folder."""
+    source = entry.get("source")
+    if not isinstance(source, str):
+        return Path(entry["path"])
+    global _plugin_dir
+    if _plugin_dir is None:
+        _plugin_dir = Path(tempfile.mkdtemp(prefix="weaver-plugins-"))
+    path = _plugin_dir / f"{entry['name']}.py"
+    path.write_text(source, encoding="utf-8")
+    return path
 
 
 def begin_execution(payload_json: str) -> None:
@@ -143,7 +171,7 @@ def load_plugins(
     for entry in plugins:
         name = entry["name"]
         try:
-            cls = _load_plugin_class(name, Path(entry["path"]))
+            cls = _load_plugin_class(name, _plugin_path(entry))
             namespace[name] = cls(name, ctx, dict(entry.get("configurations") or {}))
         except _PluginLoadError as exc:
             errors.append(str(exc))

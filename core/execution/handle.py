@@ -1,0 +1,64 @@
+"""What the executor, KernelRPC and user_run need of a kernel, wherever it runs.
+
+Two backends have this shape: ``kernel_process.KernelProcess`` (a local child process in its
+sandbox) and ``gateway_kernel.GatewayKernel`` (a kernel on a Jupyter kernel gateway);
+``backend.new_kernel_handle`` picks one from the settings. The executor calls the file hooks around
+every execution and never asks which backend it has.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from core.execution.kernel_rpc import KernelRPC
+
+
+class KernelHandle(Protocol):
+    """One running kernel at a time: launched, signalled, torn down, and its channels (``client``)."""
+
+    # A BlockingKernelClient, or the gateway's blocking adapter: execute, kernel_info, get_*_msg.
+    client: Any
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def kernel_pid(self) -> int | None:
+        """Host pid for local limits (file size); None where the kernel is not a local process."""
+        ...
+
+    @property
+    def sandboxed(self) -> bool: ...
+
+    def alive(self) -> bool: ...
+
+    def exit_code(self) -> int | None: ...
+
+    def oom_killed(self) -> bool: ...
+
+    def send_interrupt(self) -> None: ...
+
+    def launch(self) -> None: ...
+
+    def teardown(self, graceful: bool) -> None: ...
+
+    def bootstrap_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """What the kernel's runtime needs to start, for this backend (e.g. plugin sources)."""
+        ...
+
+    def before_run(self, rpc: KernelRPC) -> list[str]:
+        """Bring the kernel's folder up to date with the session's; returns notes for the user."""
+        ...
+
+    def after_run(self, rpc: KernelRPC) -> list[str]:
+        """Bring files the run wrote back to the session's folder; returns notes for the user."""
+        ...
+
+    def local_path(self, path: str) -> Path:
+        """Where a path the kernel reported (a plugin's artifact) is in the session's folder."""
+        ...

@@ -1,0 +1,313 @@
+"""Kernels on a real Jupyter kernel gateway: the same rounds, files following the kernel, refusals.
+
+One ``jupyter-kernel-gateway`` process for the module (tests/gateway_server.py), on 127.0.0.1
+with a token; every kernel here is its child, never this process's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from core import TaskWeaverApp
+from core.errors import GatewayAuthError, GatewayUnavailable
+from core.events import PostEventType, SessionEventHandler, TaskWeaverEvent
+from core.memory import AttachmentType
+from core.session import Session
+from tests.conftest import FIXTURE_APP
+from tests.gateway_server import KERNEL_NAME, Gateway, free_port, start_gateway
+
+pytestmark = [pytest.mark.gateway, pytest.mark.timeout(180)]
+PLUGIN_FIXTURES = Path(__file__).parent / "plugin_fixtures"
+
+
+def code(source: str) -> str:
+    return f"Please run:\n```python\n{source}\n```"
+
+
+def gateway_config(gw: Gateway, **more: object) -> dict[str, object]:
+    return {
+        "execution.gateway_url": gw.url,
+        "execution.gateway_token": gw.token,
+        "execution.gateway_kernel_name": KERNEL_NAME,
+        "execution.pool_size": 0,
+        "execution.max_file_mb": 1,
+        **more,
+    }
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gw = start_gateway(tmp_path_factory.mktemp("gateway"))
+    yield gw
+    gw.stop()
+
+
+@pytest.fixture(scope="module")
+def gw_app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("gw-app")
+    shutil.copytree(FIXTURE_APP, target, dirs_exist_ok=True)
+    for name in ("save_table.py", "save_table.yaml"):  # a plugin that writes an artifact
+        shutil.copy(PLUGIN_FIXTURES / name, target / "plugins" / name)
+    return target
+
+
+@pytest.fixture(scope="module")
+def gw_app(gateway: Gateway, gw_app_dir: Path) -> Iterator[TaskWeaverApp]:
+    application = TaskWeaverApp(app_dir=gw_app_dir, config=gateway_config(gateway))
+    yield application
+    application.stop()
+
+
+@pytest.fixture(scope="module")
+def session(gw_app: TaskWeaverApp) -> Iterator[Session]:
+    s = gw_app.get_session()
+    s.update_session_var({"user_name": "alice"})
+    yield s
+    s.stop()
+
+
+def remote_folder(gw: Gateway, s: Session) -> Path:
+    return gw.root / f"weaver-{s.session_id}"
+
+
+class Outputs(SessionEventHandler):
+    """The texts of the events a round streams."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def handle(self, event: TaskWeaverEvent) -> None:
+        self.texts.append(f"{event.msg} {event.extra}")
+
+
+def test_code_runs_in_a_kernel_the_gateway_started_and_its_output_streams(gateway: Gateway, session: Session) -> None:
+    seen = Outputs()
+    rnd = session.send_message(code("import os\nprint('pids', os.getpid(), os.getppid())"), event_handler=seen)
+    assert rnd.state == "finished"
+    pid, parent = (int(w) for w in rnd.reply_text.split("pids", 1)[1].split()[:2])
+    assert parent == gateway.pid != os.getpid()
+    assert session.executor.pid == pid and session.executor.kernel_pid is None
+    assert any(f"pids {pid} {parent}" in text for text in seen.texts)  # came through the events path
+    assert any(k["id"] == session.executor.process.kernel_id for k in gateway.kernels())  # type: ignore[attr-defined]
+
+
+def test_an_uploaded_csv_is_read_by_the_remote_kernel(gateway: Gateway, session: Session) -> None:
+    table = "region,revenue\nEMEA,10\nAPAC,32\n"
+    rnd = session.send_message(
+        code("import pandas as pd\ndf = pd.read_csv('sales.csv')\nprint('total', df['revenue'].sum())\ndf.describe()"),
+        files=[{"name": "sales.csv", "content": table}],
+    )
+    assert "total 42" in rnd.reply_text
+    assert "mean" in rnd.reply_text  # describe() came back as a table
+    assert (remote_folder(gateway, session) / "sales.csv").read_text() == table
+
+
+def test_a_saved_chart_comes_back_with_identical_bytes(gateway: Gateway, session: Session) -> None:
+    rnd = session.send_message(
+        code(
+            "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+            "plt.plot([1, 3, 2]); plt.savefig('chart.png'); plt.close()\n"
+            "import os; os.makedirs('out', exist_ok=True); open('out/note.txt', 'w').write('made remotely')"
+        )
+    )
+    assert rnd.state == "finished"
+    local = session.execution_cwd / "chart.png"
+    assert local.read_bytes() == (remote_folder(gateway, session) / "chart.png").read_bytes()
+    assert local.read_bytes().startswith(b"\x89PNG")
+    assert (session.execution_cwd / "out" / "note.txt").read_text() == "made remotely"
+    assert "chart.png" in [f.path for f in session.files().entries]  # what the Files panel lists
+
+
+def test_a_plugin_runs_remotely_and_sees_the_session_variable(session: Session) -> None:
+    assert "Hi, alice! (from the config)" in session.send_message(code("print(whoami('Hi'))")).reply_text
+
+
+def test_a_plugin_artifact_comes_back_and_is_listed(gateway: Gateway, session: Session) -> None:
+    rnd = session.send_message(code("df, note = save_table(3)\nprint(note)"))
+    assert "saved 3 rows" in rnd.reply_text
+    paths = [p for p in rnd.post_list if p.send_from == "CodeInterpreter"][0].first(AttachmentType.artifact_paths)
+    assert paths and Path(paths[0]).parent == session.execution_cwd
+    assert Path(paths[0]).read_bytes() == (remote_folder(gateway, session) / Path(paths[0]).name).read_bytes()
+    assert Path(paths[0]).read_text().startswith("month,sales")
+
+
+def test_stop_interrupts_a_busy_loop_promptly_and_state_survives(session: Session) -> None:
+    session.send_message(code("kept = 41"))
+    running = threading.Event()
+
+    class WhenRunning(SessionEventHandler):
+        def handle(self, event: TaskWeaverEvent) -> None:
+            if event.t == PostEventType.post_status_update and event.msg == "executing code":
+                running.set()
+
+    cancelled_at: list[float] = []
+
+    def cancel() -> None:
+        assert running.wait(30)
+        cancelled_at.append(time.monotonic())
+        session.cancel()
+
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    rnd = session.send_message(code("while True:\n    pass"), event_handler=WhenRunning())
+    ended = time.monotonic()
+    canceller.join()
+    assert rnd.state == "cancelled"
+    assert ended - cancelled_at[0] < 4.0  # past the interrupt grace (5 s) the kernel would be replaced
+    assert "42" in session.send_message(code("print(kept + 1)")).reply_text
+
+
+def test_a_timeout_interrupts_and_state_survives(session: Session) -> None:
+    session.send_message(code("kept = 41"))
+    rnd = session.send_message(code("while True:\n    pass"))
+    assert "interrupted" in rnd.reply_text
+    assert rnd.post_list[2].first("execution_status") == "timeout"  # type: ignore[arg-type]
+    assert "42" in session.send_message(code("print(kept + 1)")).reply_text
+
+
+def test_a_dead_kernel_is_replaced_and_the_next_round_works(gateway: Gateway, session: Session) -> None:
+    session.send_message(code("print('uploaded')"), files=[{"name": "before.csv", "content": "n\n40\n2\n"}])
+    old_kernel = session.executor.process.kernel_id  # type: ignore[attr-defined]
+    rnd = session.send_message(code("import os\nos._exit(1)"))
+    assert "kernel died" in rnd.reply_text.lower() and "lost" in rnd.reply_text
+    # Files follow the new kernel too: the upload is sent again (its old copy is gone first here,
+    # as it would be with a new container per kernel).
+    (remote_folder(gateway, session) / "before.csv").unlink()
+    assert "back" in session.send_message(code("print('back')")).reply_text
+    ids = [k["id"] for k in gateway.kernels()]
+    assert old_kernel not in ids and session.executor.process.kernel_id in ids  # type: ignore[attr-defined]
+    again = code("import pandas as pd\nprint('total', pd.read_csv('before.csv')['n'].sum())")
+    assert "total 42" in session.send_message(again).reply_text
+
+
+def test_a_kernel_the_gateway_stopped_on_its_own_is_replaced(gateway: Gateway, session: Session) -> None:
+    assert session.send_message(code("print(1)")).state == "finished"
+    kernel_id = session.executor.process.kernel_id  # type: ignore[attr-defined]
+    response = httpx.delete(
+        f"{gateway.url}/api/kernels/{kernel_id}", headers={"Authorization": f"token {gateway.token}"}, timeout=30
+    )
+    assert response.status_code == 204  # as an idle-kernel cull would
+    deadline = time.monotonic() + 10
+    while session.executor.process.alive() and time.monotonic() < deadline:  # the websocket closes
+        time.sleep(0.05)
+    rnd = session.send_message(code("print('after the cull')"))
+    assert "before this code could run" in rnd.reply_text and "lost" in rnd.reply_text
+    assert "after the cull" in session.send_message(code("print('after the cull')")).reply_text
+
+
+def test_a_file_over_the_cap_stays_in_the_kernel_and_the_user_is_told(session: Session) -> None:
+    rnd = session.send_message(code("open('big.bin', 'wb').write(b'x' * (2 * 1024 * 1024))"))
+    assert "big.bin" in rnd.reply_text and "execution.max_file_mb" in rnd.reply_text
+    assert not (session.execution_cwd / "big.bin").exists()
+
+
+def test_hostile_names_from_the_kernel_are_not_written_outside(gateway: Gateway, gw_app: TaskWeaverApp) -> None:
+    s = gw_app.get_session()
+    try:
+        outside = s.execution_cwd.parent
+        # User code replaces the kernel-side helpers: the kernel is not trusted.
+        rnd = s.send_message(
+            code(
+                "import json, base64, os\nimport core.plugins.kernel_files as kf\n"
+                "kf.manifest = lambda a: json.dumps({'files': [['../escape.txt', 4, 1], ['/tmp/abs-escape.txt', 4, 1],"
+                " ['a/../../up.txt', 4, 1], ['ok.txt', 4, 1]], 'truncated': False})\n"
+                "kf.read = lambda a: json.dumps({'data': base64.b64encode(b'evil').decode()})\n"
+                "os.symlink('/etc/hostname', 'link.txt')"
+            )
+        )
+        assert rnd.state == "finished"
+        assert "refuses" in rnd.reply_text
+        assert not (outside / "escape.txt").exists() and not Path("/tmp/abs-escape.txt").exists()
+        assert not (outside.parent / "up.txt").exists()
+        assert (s.execution_cwd / "ok.txt").read_bytes() == b"evil"  # a plain name is fine, whatever its bytes
+        # A symlink in the kernel's folder is never followed: its target's content does not come back.
+        s.send_message(code("import importlib; importlib.reload(kf)"))
+        assert not (s.execution_cwd / "link.txt").exists()
+        # Nor a local symlink sent to the kernel.
+        (s.execution_cwd / "passwd-link").symlink_to("/etc/passwd")
+        s.send_message(code("print(1)"))
+        assert not os.path.lexists(remote_folder(gateway, s) / "passwd-link")
+    finally:
+        s.stop()
+
+
+def test_a_wrong_token_or_no_gateway_is_refused_at_start(gateway: Gateway, tmp_path: Path) -> None:
+    with pytest.raises(GatewayAuthError, match="execution.gateway_token"):
+        TaskWeaverApp(app_dir=tmp_path / "a", config={**gateway_config(gateway), "execution.gateway_token": "wrong"})
+    with pytest.raises(GatewayAuthError):
+        TaskWeaverApp(app_dir=tmp_path / "b", config={**gateway_config(gateway), "execution.gateway_token": None})
+    with pytest.raises(GatewayUnavailable, match="could not be reached"):
+        TaskWeaverApp(
+            app_dir=tmp_path / "c",
+            config={**gateway_config(gateway), "execution.gateway_url": f"http://127.0.0.1:{free_port()}"},
+        )
+    with pytest.raises(GatewayUnavailable, match="no-such-kernel"):
+        TaskWeaverApp(
+            app_dir=tmp_path / "d",
+            config={**gateway_config(gateway), "execution.gateway_kernel_name": "no-such-kernel"},
+        )
+
+
+def test_the_pool_works_and_stopping_leaves_no_kernel_on_the_gateway(
+    gateway: Gateway, session: Session, tmp_path: Path
+) -> None:
+    session.stop()
+    application = TaskWeaverApp(
+        app_dir=tmp_path / "pooled", config=gateway_config(gateway, **{"execution.pool_size": 1})
+    )
+    try:
+        assert application.pool.wait_ready(1, 60)
+        s = application.get_session()
+        assert "pooled 7" in s.send_message(code("print('pooled', 3 + 4)")).reply_text
+        assert application.pool.handed_over == 1
+        s.stop()
+    finally:
+        application.stop()
+    assert gateway.kernels() == []
+
+
+def test_weaver_check_gives_a_verdict_on_the_gateway(
+    gateway: Gateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ui.check import main as weaver_check
+
+    (tmp_path / "taskweaver_config.json").write_text(json.dumps(gateway_config(gateway)))
+    assert weaver_check(str(tmp_path)) == 0
+    assert "token accepted" in capsys.readouterr().out
+    (tmp_path / "taskweaver_config.json").write_text(
+        json.dumps({**gateway_config(gateway), "execution.gateway_token": "wrong"})
+    )
+    assert weaver_check(str(tmp_path)) == 1
+    assert "execution.gateway_token" in capsys.readouterr().out
+
+
+def test_a_tls_gateway_is_used_with_its_ca_and_refused_without(tmp_path_factory: pytest.TempPathFactory) -> None:
+    gw = start_gateway(tmp_path_factory.mktemp("tls-gateway"), tls=True)
+    apps = tmp_path_factory.mktemp("tls-apps")
+    try:
+        assert gw.url.startswith("https://") and gw.cert is not None
+        application = TaskWeaverApp(
+            app_dir=apps / "a", config=gateway_config(gw, **{"execution.gateway_ca_file": str(gw.cert)})
+        )
+        try:  # REST and the websocket (wss) both check the certificate against the CA
+            assert "tls 3" in application.get_session().send_message(code("print('tls', 1 + 2)")).reply_text
+        finally:
+            application.stop()
+        with pytest.raises(GatewayUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+            TaskWeaverApp(app_dir=apps / "b", config=gateway_config(gw))
+        unchecked = TaskWeaverApp(
+            app_dir=apps / "c", config=gateway_config(gw, **{"execution.gateway_validate_cert": False})
+        )
+        unchecked.stop()
+        assert gw.kernels() == []
+    finally:
+        gw.stop()
