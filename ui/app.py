@@ -103,6 +103,8 @@ async def _check_model(app: TaskWeaverApp) -> None:
 @cl.on_app_shutdown
 async def on_app_shutdown() -> None:
     await server.OWNER.close_all()
+    if server.LIVE is not None:
+        await server.LIVE.stop()
     engine = server.running_engine()
     if engine is not None:
         await asyncio.to_thread(engine.stop)
@@ -264,6 +266,8 @@ async def _remember_session(session_id: str) -> None:
     if server.HISTORY is not None and thread_id:
         try:
             await server.HISTORY.update_thread(thread_id, metadata={"weaver_session_id": session_id})
+            if server.LIVE is not None:  # so the page can reconnect into this chat on another replica
+                await server.LIVE.note_thread(_key(), thread_id)
         except Exception:
             logger.exception("could not note weaver session %s in chat %s", session_id, thread_id)
 

@@ -123,8 +123,29 @@ def _v1(dialect: str) -> list[str]:
     ]
 
 
+def _v2(dialect: str) -> list[str]:
+    """State that several replicas share (``ui.shared``); times are epoch seconds from the database's clock."""
+    seconds = "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
+    return [
+        'CREATE TABLE weaver_secrets ("name" TEXT PRIMARY KEY, "value" TEXT NOT NULL)',
+        f'CREATE TABLE weaver_login_failures ("key" TEXT NOT NULL, "at" {seconds} NOT NULL)',
+        'CREATE INDEX login_failures_key ON weaver_login_failures ("key", "at")',
+        f"""CREATE TABLE weaver_live_sessions (
+            "chat" TEXT PRIMARY KEY,
+            "client" TEXT NOT NULL,
+            "replica" TEXT NOT NULL,
+            "threadId" TEXT,
+            "live" BOOLEAN NOT NULL DEFAULT TRUE,
+            "expiresAt" {seconds} NOT NULL
+        )""",
+        'CREATE INDEX live_sessions_client ON weaver_live_sessions ("client")',
+        'CREATE INDEX live_sessions_replica ON weaver_live_sessions ("replica")',
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "Chainlit's tables: users, threads, steps, elements, feedbacks", _v1),
+    Migration(2, "shared by replicas: the login secret, failed logins, live sessions per user", _v2),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
