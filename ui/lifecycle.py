@@ -150,6 +150,7 @@ class SessionOwner:
         self._entries: dict[str, _Entry] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self.registry = registry
+        self._releases: dict[str, asyncio.Task[None]] = {}  # shared-count releases in flight, by chat
 
     def acquire(self, key: str, user_name: str, client: str = "", resume_id: str | None = None) -> Lease:
         """A message arrived: the user is here, so disarm the stop and make sure a session is live.
@@ -180,7 +181,8 @@ class SessionOwner:
             return Lease(session=entry.session, recreated=False, round_lock=entry.round_lock)
         creating, created = entry.creating, False
         if creating is None:
-            self._make_room(client, key)
+            if self.registry is None:  # with a registry, ``_claim`` makes room against the shared count
+                self._make_room(client, key)
             recreated = entry.had_session
             creating = asyncio.ensure_future(self._create(key, user_name, client, entry.resume_id))
             entry.creating, created = creating, True
@@ -191,6 +193,9 @@ class SessionOwner:
     async def _create(self, key: str, user_name: str, client: str, resume_id: str | None) -> StoppableSession:
         """Claim the chat's place among the client's live chats on every replica, then make its session."""
         if self.registry is not None:
+            pending = self._releases.get(key)
+            if pending is not None:  # a late release of this chat's last session must not undo the claim
+                await asyncio.gather(pending, return_exceptions=True)
             await self._claim(key, client)
         try:
             return await run_in_thread(self._factory, user_name, resume_id, name="weaver-session-create")
@@ -222,7 +227,9 @@ class SessionOwner:
             victim = self._entries[oldest]
             self._disarm(victim)
             self._stop(oldest, victim)
-            await self.registry.release(oldest)
+            released = self._releases.get(oldest)
+            if released is not None:
+                await asyncio.gather(released, return_exceptions=True)
 
     def _give_back(self, key: str) -> None:
         """The chat holds no session any more: its place in the shared count is free (in the background)."""
@@ -230,7 +237,9 @@ class SessionOwner:
             return
         task = asyncio.ensure_future(self._release_shared(key))
         self._stopping.add(task)
+        self._releases[key] = task
         task.add_done_callback(self._stopping.discard)
+        task.add_done_callback(lambda done: self._releases.pop(key, None) if self._releases.get(key) is done else None)
 
     async def _release_shared(self, key: str) -> None:
         assert self.registry is not None
