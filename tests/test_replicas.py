@@ -315,3 +315,40 @@ def test_a_killed_replica_takes_its_kernels_and_the_chat_goes_on_elsewhere(layou
         page.disconnect()
     print(f"replica killed -> chat resumed on the other: {reconnected_s:.1f} s")
     wait_until(lambda: not _kernel_pids(survivor.proc.pid), GRACE_S + 30, "every kernel to stop after everyone left")
+
+
+def test_a_dead_replicas_places_expire_and_its_chats_can_still_be_found(cluster: PgCluster, tmp_path: Path) -> None:
+    """Straight on the shared tables: a replica that stops beating stops counting after three beats."""
+    import asyncio
+
+    from ui.history import open_history
+    from ui.shared import EXPIRY_BEATS, LiveSessions
+
+    url = cluster.create_database()
+
+    async def scenario(folder: Path) -> None:
+        layer = await open_history(folder, url)
+        try:
+            beat = 0.2
+            dead = LiveSessions(lambda: layer.engine, "dead", heartbeat_s=beat)  # never beats: killed
+            alive = LiveSessions(lambda: layer.engine, "alive", heartbeat_s=beat)
+            await alive.start()
+            try:
+                assert await dead.claim("chat-1", "user:erin", limit=1)
+                await dead.note_thread("chat-1", "thread-1")
+                assert not await alive.claim("chat-2", "user:erin", limit=1), "the dead replica's chat still counts"
+                expires = time.monotonic() + beat * EXPIRY_BEATS
+                while not await alive.claim("chat-2", "user:erin", limit=1):
+                    assert time.monotonic() < expires + 5, "the dead replica's place never expired"
+                    await asyncio.sleep(0.05)
+                assert await dead.thread_of("chat-1") == "thread-1", "its page can still reconnect into its chat"
+                await asyncio.sleep(beat * (EXPIRY_BEATS + 1))  # the living replica's beat keeps its own place
+                assert not await dead.claim("chat-3", "user:erin", limit=1)
+                await alive.release("chat-2")
+                assert await dead.claim("chat-3", "user:erin", limit=1)
+            finally:
+                await alive.stop()
+        finally:
+            await layer.close()
+
+    asyncio.run(scenario(tmp_path))
