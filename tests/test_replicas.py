@@ -352,3 +352,51 @@ def test_a_dead_replicas_places_expire_and_its_chats_can_still_be_found(cluster:
             await layer.close()
 
     asyncio.run(scenario(tmp_path))
+
+
+def test_killing_weaver_ui_takes_its_server_and_kernels_with_it(tmp_path: Path) -> None:
+    """A replica run as ``weaver ui`` is two processes (the launcher and Chainlit's server); when an
+    orchestrator SIGKILLs the launcher, the server and its kernels must not live on without it."""
+    import sys
+
+    port = free_port()
+    (tmp_path / "app" / "plugins").mkdir(parents=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "WEAVER_APP_DIR": str(tmp_path / "app"),
+        "WEAVER_LLM__API_TYPE": "offline",
+        "WEAVER_UI_CHECK_MODEL_AT_START": "false",
+        "WEAVER_EXECUTION__POOL_SIZE": "1",  # one warm kernel: something to outlive the server
+    }
+    with open(tmp_path / "launcher.log", "wb") as out:
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "ui.cli", "ui", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server_pids: set[int] = set()
+    try:
+
+        def warm_kernel() -> set[int]:
+            assert launcher.poll() is None, (tmp_path / "launcher.log").read_text()
+            return {p for p in _kernel_pids(launcher.pid) if b"kernel" in Path(f"/proc/{p}/cmdline").read_bytes()}
+
+        kernels = wait_until(warm_kernel, 60, "the server's warm kernel", every=0.2)
+        server_pids = {int(p) for p in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split()}
+        assert server_pids, "the launcher runs the server as its child"
+        launcher.kill()
+        launcher.wait(timeout=10)
+        watched = server_pids | kernels
+        wait_until(lambda: not any(pid_alive(p) for p in watched), 30, "the server and its kernel to die too")
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait(timeout=10)
+        for pid in server_pids:  # only if the test failed: our own server, by its PID
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
