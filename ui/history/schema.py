@@ -162,6 +162,14 @@ async def schema_version(engine: AsyncEngine) -> int:
         return await _read_version(conn)
 
 
+async def _locked_version(engine: AsyncEngine) -> int:
+    """``schema_version`` under the schema lock (PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` locks anyway)."""
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        return await _read_version(conn)
+
+
 async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATIONS) -> tuple[int, int]:
     """Bring the schema to the last of ``migrations``; returns (version before, version after)."""
     versions = [m.version for m in migrations]
@@ -169,7 +177,7 @@ async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATI
         raise ValueError("migrations must have increasing versions from 1")
     target = versions[-1]
     dialect = engine.dialect.name
-    before = await schema_version(engine)
+    before = await _locked_version(engine)  # locked: replicas starting together would race on CREATE TABLE
     if before > target:
         raise SchemaError(
             f"the history database is at schema version {before}, newer than this Weaver knows ({target}); "
@@ -186,4 +194,4 @@ async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATI
                 await conn.execute(text(statement))
             await conn.execute(text(f"DELETE FROM {VERSION_TABLE}"))
             await conn.execute(text(f'INSERT INTO {VERSION_TABLE} ("version") VALUES (:v)'), {"v": step.version})
-    return before, await schema_version(engine)
+    return before, await _locked_version(engine)
