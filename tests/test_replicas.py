@@ -86,7 +86,10 @@ def _kernel_pids(root_pid: int) -> set[int]:
 
 
 def _start_proxy(root: Path, port: int, replicas: dict[str, int]) -> tuple[subprocess.Popen[bytes], Path]:
-    """HAProxy in the foreground (``-db``) with the deployed config, filled in from the environment."""
+    """HAProxy in the foreground (``-db``) with the deployed config, filled in from the environment.
+    Missing HAProxy fails the test with what to install (CI installs it), as a missing PostgreSQL does."""
+    if not os.access(HAPROXY, os.X_OK):
+        pytest.fail("haproxy was not found; install it (Debian: apt-get install haproxy) - .ci/run does", pytrace=False)
     config = REPO_ROOT / "deploy" / "haproxy.cfg"
     env = {
         "PATH": os.environ.get("PATH", ""),
