@@ -36,6 +36,7 @@ from tests.ui_harness import (
     code_block,
     free_port,
     pid_alive,
+    server_command,
     start_server,
     steps,
     stop_server,
@@ -403,3 +404,21 @@ def test_killing_weaver_ui_takes_its_server_and_kernels_with_it(tmp_path: Path) 
         for pid in server_pids:  # only if the test failed: our own server, by its PID
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_an_unreachable_shared_database_stops_the_start_with_one_message(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CHAINLIT_AUTH_SECRET"}
+    env.update(
+        {
+            "WEAVER_APP_DIR": str(tmp_path / "app"),
+            "WEAVER_LLM__API_TYPE": "offline",
+            "WEAVER_UI_AUTH": "password",
+            "WEAVER_DATABASE_URL": f"postgresql+asyncpg://weaver@/weaver?host={tmp_path / 'no-server'}&port=5432",
+        }
+    )
+    done = subprocess.run(
+        server_command(free_port()), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    assert "WEAVER_DATABASE_URL" in done.stderr and "CHAINLIT_AUTH_SECRET" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr

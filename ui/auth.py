@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping, Protocol
 
+import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.exc import SQLAlchemyError
 
 logger = logging.getLogger("weaver.ui.auth")
 
@@ -102,7 +104,13 @@ def ensure_secret(app_dir: Path, mode: AuthMode, database_url: str | None = None
 
     if is_shared(database_url):
         assert database_url is not None
-        return shared_secret(database_url)
+        try:
+            return shared_secret(database_url)
+        except (OSError, SQLAlchemyError, asyncpg.PostgresError) as exc:
+            raise AuthSetupError(
+                f"the login secret is kept in the shared database, which cannot be reached ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); check WEAVER_DATABASE_URL, or set {SECRET_ENV} on every replica."
+            ) from None
     return _secret_file(app_dir / SECRET_FILE)
 
 
