@@ -15,6 +15,7 @@ from typing import Any
 
 import chainlit as cl
 from chainlit.config import config as chainlit_config
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import Session, SessionNotFound, TaskWeaverApp
 from core.config import ConfigError, load_config
@@ -113,7 +114,8 @@ SHARED = is_shared(HISTORY_SETTINGS.database_url)
 REPLICA_ID = SETTINGS.replica_id or f"{socket.gethostname()}:{chainlit_config.run.port}"
 
 
-def _history_engine() -> Any:
+def _history_engine() -> AsyncEngine | None:
+    """The history's engine once it is open (at app start-up): the shared state's connection pool."""
     return HISTORY.engine if HISTORY is not None else None
 
 

@@ -60,6 +60,7 @@ class UISettings(BaseSettings):
     replica_id: str | None = Field(
         None,
         max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
         description="this replica's name, sent as X-Weaver-Replica and kept with its shared rows; default host:port",
     )
     replica_heartbeat_s: float = Field(
