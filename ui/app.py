@@ -11,6 +11,7 @@ session's ``user_name``. What a request may do is checked first by ``ui.guard``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import sys
@@ -279,9 +280,13 @@ async def _restore(session: Session) -> None:
     step.output = "Running your earlier code again to rebuild its variables…"
     await step.send()
 
+    chat_context = contextvars.copy_context()  # Chainlit's context of this chat: stream_token needs it
+
     def progress(done: int, total: int) -> None:
         text = f"Running your earlier code again to rebuild its variables… step {done} of {total}"
-        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(step.stream_token(text, is_sequence=True)))
+        loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(step.stream_token(text, is_sequence=True)), context=chat_context
+        )
 
     try:
         report = await run_in_thread(session.replay_code, progress, name="weaver-restore")
