@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -126,13 +126,12 @@ def cluster() -> Iterator[PgCluster]:
         pg.stop()
 
 
-@pytest.fixture(scope="module")
-def layout(cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Layout]:
-    root = tmp_path_factory.mktemp("weaver-replicas")
-    app_dir = root / "app"  # the shared app folder: users.json, workspace/, files/
-    for name, password in PASSWORDS.items():
-        add_user(app_dir, name, password)
-    url = cluster.create_database()
+BIND_FAILED = ("address already in use", "cannot bind socket")  # uvicorn's and HAProxy's words
+
+
+def _start_layout(root: Path, app_dir: Path, url: str, stoppers: list[Callable[[], None]]) -> Layout:
+    """Both replicas and the proxy; how to stop each process started goes into ``stoppers`` at once,
+    so the caller stops it (by its PID) whatever happens next."""
     ports = {"a": free_port(), "b": free_port()}
     proxy_port = free_port()
     origins = ",".join(f"http://127.0.0.1:{p}" for p in (proxy_port, *ports.values()))
@@ -151,33 +150,62 @@ def layout(cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
         return start_server(app_dir, root / f"replica-{rid}.log", GRACE_S, env, port=ports[rid])
 
     replicas: dict[str, UIServer] = {}
-    proxy: subprocess.Popen[bytes] | None = None
+    with ThreadPoolExecutor(2) as pool:
+        futures = {rid: pool.submit(start, rid) for rid in ports}
+        failures = []
+        for rid, future in futures.items():
+            try:
+                server = replicas[rid] = future.result()
+                stoppers.append(lambda server=server: stop_server(server))
+            except AssertionError as exc:  # start_server stopped that one itself
+                failures.append(exc)
+        if failures:
+            raise failures[0]
+    proxy, proxy_log = _start_proxy(root, proxy_port, ports)
+    stoppers.append(lambda: _stop_proxy(proxy))
+    proxy_url = f"http://127.0.0.1:{proxy_port}"
+
+    def both_in_rotation() -> bool:
+        if proxy.poll() is not None:
+            raise AssertionError(f"haproxy exited:\n{proxy_log.read_text()[-2000:]}")
+        seen = set()
+        for _ in range(4):
+            try:
+                seen.add(httpx.get(f"{proxy_url}/health", timeout=2).headers.get("x-weaver-replica"))
+            except httpx.HTTPError:
+                return False
+        return seen == {"a", "b"}
+
+    wait_until(both_in_rotation, 30, "haproxy to route to both replicas", every=0.2)
+    return Layout(app_dir, replicas, proxy_url, proxy, proxy_log)
+
+
+@pytest.fixture(scope="module")
+def layout(cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Layout]:
+    root = tmp_path_factory.mktemp("weaver-replicas")
+    app_dir = root / "app"  # the shared app folder: users.json, workspace/, files/
+    for name, password in PASSWORDS.items():
+        add_user(app_dir, name, password)
+    url = cluster.create_database()
+    stoppers: list[Callable[[], None]] = []
     try:
-        with ThreadPoolExecutor(2) as pool:
-            futures = {rid: pool.submit(start, rid) for rid in ports}
-            for rid, future in futures.items():
-                replicas[rid] = future.result()
-        proxy, proxy_log = _start_proxy(root, proxy_port, ports)
-        proxy_url = f"http://127.0.0.1:{proxy_port}"
-
-        def both_in_rotation() -> bool:
-            if proxy.poll() is not None:
-                raise AssertionError(f"haproxy exited:\n{proxy_log.read_text()[-2000:]}")
-            seen = set()
-            for _ in range(4):
-                try:
-                    seen.add(httpx.get(f"{proxy_url}/health", timeout=2).headers.get("x-weaver-replica"))
-                except httpx.HTTPError:
-                    return False
-            return seen == {"a", "b"}
-
-        wait_until(both_in_rotation, 30, "haproxy to route to both replicas", every=0.2)
-        yield Layout(app_dir, replicas, proxy_url, proxy, proxy_log)
+        for attempt in range(3):  # ports are chosen before the servers bind them (the origins name them)
+            try:
+                built = _start_layout(root, app_dir, url, stoppers)
+                break
+            except AssertionError as exc:
+                if attempt == 2 or not any(words in str(exc) for words in BIND_FAILED):
+                    raise
+                _stop_all(stoppers)  # another program took a port meanwhile: again, on new ports
+        yield built
     finally:
-        if proxy is not None:
-            _stop_proxy(proxy)
-        for server in replicas.values():
-            stop_server(server)
+        _stop_all(stoppers)
+
+
+def _stop_all(stoppers: list[Callable[[], None]]) -> None:
+    """The proxy first, then the replicas (each stops its sessions on the way out)."""
+    while stoppers:
+        stoppers.pop()()
 
 
 @dataclass
