@@ -320,6 +320,24 @@ def test_login_throttle_counts_per_user_and_per_address() -> None:
     assert throttle.retry_after("bob", "10.0.0.9") == 0
 
 
+def test_servers_starting_together_on_one_app_folder_agree_on_the_login_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replicas sharing an app folder (no shared database) make at most one secret and all read it whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ui.auth import SECRET_FILE, ensure_secret
+
+    monkeypatch.delenv("CHAINLIT_AUTH_SECRET", raising=False)
+    for attempt in range(5):
+        folder = tmp_path / str(attempt)
+        with ThreadPoolExecutor(8) as pool:
+            secrets = set(pool.map(lambda d: ensure_secret(d, "password"), [folder] * 8))
+        assert len(secrets) == 1 and len(secrets.pop()) >= 32
+        assert [p.name for p in folder.iterdir()] == [SECRET_FILE]  # no temporary file is left behind
+        assert (folder / SECRET_FILE).stat().st_mode & 0o777 == 0o600
+
+
 def test_a_second_tab_shares_the_session_and_an_idle_chat_comes_back(tmp_path: Path) -> None:
     """Resume by id: a second tab of a live chat gets the same session (no second kernel); a chat idle
     past ``idle_s`` stops its kernel, and its next message brings it back with its rounds."""

@@ -10,7 +10,7 @@ app dir in a temp folder, a short disconnect grace and the offline model. It wai
 ``client_message`` with ``fileReferences``, uploads as multipart POST ``/project/file?session_id=``)
 and records every event so tests can wait on conditions instead of sleeping.
 
-``start_server(..., extra_env=)`` adds environment variables (e.g. to turn on header login);
+``start_server(..., extra_env=, port=)`` adds environment variables (e.g. to turn on header login);
 ``ChatClient.login_with_header`` logs in the way the frontend does when header auth is on.
 """
 
@@ -125,9 +125,13 @@ class UIServer:
 
 
 def start_server(
-    app_dir: Path, log_path: Path, grace_s: float = GRACE_S, extra_env: Mapping[str, str] | None = None
+    app_dir: Path,
+    log_path: Path,
+    grace_s: float = GRACE_S,
+    extra_env: Mapping[str, str] | None = None,
+    port: int | None = None,
 ) -> UIServer:
-    port = free_port()
+    port = port or free_port()
     (app_dir / "plugins").mkdir(parents=True, exist_ok=True)  # an empty plugin folder, as a real install has
     env = {
         **os.environ,
@@ -202,8 +206,17 @@ def login_cookie(base_url: str, headers: Mapping[str, str] | None = None) -> dic
 class ChatClient:
     """A python-socketio client that behaves like Chainlit's web frontend and records everything."""
 
-    def __init__(self, base_url: str, session_id: str | None = None, resume_thread_id: str = "") -> None:
+    def __init__(
+        self,
+        base_url: str,
+        session_id: str | None = None,
+        resume_thread_id: str = "",
+        transports: tuple[str, ...] = ("websocket",),
+    ) -> None:
         self.base_url = base_url
+        # ("polling", "websocket") starts on long-polling and upgrades, as the browser does: every
+        # request of it must reach the same server (behind a proxy, through its sticky cookie).
+        self.transports = list(transports)
         self.resume_thread_id = resume_thread_id  # an old chat to open, as the sidebar does
         self.session_id = session_id or str(uuid.uuid4())
         self.headers: dict[str, str] = {}  # sent with the socket handshake and uploads (the login cookie)
@@ -224,7 +237,7 @@ class ChatClient:
         self.sio.connect(
             self.base_url,
             socketio_path="/ws/socket.io",
-            transports=["websocket"],
+            transports=self.transports,
             auth={
                 "clientType": "webapp",
                 "sessionId": self.session_id,

@@ -11,6 +11,7 @@ session's ``user_name``. What a request may do is checked first by ``ui.guard``.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import sys
@@ -103,6 +104,8 @@ async def _check_model(app: TaskWeaverApp) -> None:
 @cl.on_app_shutdown
 async def on_app_shutdown() -> None:
     await server.OWNER.close_all()
+    if server.LIVE is not None:
+        await server.LIVE.stop()
     engine = server.running_engine()
     if engine is not None:
         await asyncio.to_thread(engine.stop)
@@ -264,6 +267,8 @@ async def _remember_session(session_id: str) -> None:
     if server.HISTORY is not None and thread_id:
         try:
             await server.HISTORY.update_thread(thread_id, metadata={"weaver_session_id": session_id})
+            if server.LIVE is not None:  # so the page can reconnect into this chat on another replica
+                await server.LIVE.note_thread(_key(), thread_id)
         except Exception:
             logger.exception("could not note weaver session %s in chat %s", session_id, thread_id)
 
@@ -275,9 +280,13 @@ async def _restore(session: Session) -> None:
     step.output = "Running your earlier code again to rebuild its variables…"
     await step.send()
 
+    chat_context = contextvars.copy_context()  # Chainlit's context of this chat: stream_token needs it
+
     def progress(done: int, total: int) -> None:
         text = f"Running your earlier code again to rebuild its variables… step {done} of {total}"
-        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(step.stream_token(text, is_sequence=True)))
+        loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(step.stream_token(text, is_sequence=True)), context=chat_context
+        )
 
     try:
         report = await run_in_thread(session.replay_code, progress, name="weaver-restore")

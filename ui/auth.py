@@ -12,8 +12,9 @@
   their environment variables; ``WEAVER_UI_ALLOWED_USERS`` says who may enter.
 
 Login cookies are signed with ``CHAINLIT_AUTH_SECRET``. For ``local`` and ``password`` a secret is
-generated on first start and kept in the app folder (mode 0600) unless one is set; ``header`` and
-``oauth`` want an explicit one, shared by every replica. The secret never reaches a kernel (the
+generated on first start unless one is set: kept in a shared PostgreSQL history database
+(``ui.shared``) when there is one, else in the app folder (mode 0600), so replicas sharing either
+agree; ``header`` and ``oauth`` want an explicit one, shared by every replica. The secret never reaches a kernel (the
 kernels' environment is an allowlist).
 """
 
@@ -29,10 +30,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal, Mapping, Protocol
 
+import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy.exc import SQLAlchemyError
 
 logger = logging.getLogger("weaver.ui.auth")
 
@@ -85,9 +88,10 @@ def local_user_name(configured: str | None) -> str:
     return name
 
 
-def ensure_secret(app_dir: Path, mode: AuthMode) -> str:
-    """The cookie-signing secret: ``CHAINLIT_AUTH_SECRET`` if set; for ``local``/``password`` one kept in
-    the app folder (created 0600 on first start); otherwise an ``AuthSetupError``."""
+def ensure_secret(app_dir: Path, mode: AuthMode, database_url: str | None = None) -> str:
+    """The cookie-signing secret: ``CHAINLIT_AUTH_SECRET`` if set; for ``local``/``password`` the one kept
+    in a shared (PostgreSQL) history database, else the one in the app folder (created 0600 on first
+    start); otherwise an ``AuthSetupError``. Replicas sharing the database or the app folder agree."""
     given = os.environ.get(SECRET_ENV, "")
     if given:
         return given
@@ -96,20 +100,40 @@ def ensure_secret(app_dir: Path, mode: AuthMode) -> str:
             f"WEAVER_UI_AUTH={mode} needs {SECRET_ENV} to sign login cookies (from `chainlit create-secret`); "
             "set the same one on every replica."
         )
-    path = app_dir / SECRET_FILE
-    app_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        secret = path.read_text(encoding="utf-8").strip()
-        if len(secret) < 32:
-            raise AuthSetupError(f"{path} holds no usable secret; delete it to have a new one made.") from None
-        os.chmod(path, 0o600)
-        return secret
-    secret = secrets.token_urlsafe(48)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(secret + "\n")
-    logger.info("made a new login secret in %s", path)
+    from ui.shared import is_shared, shared_secret
+
+    if is_shared(database_url):
+        assert database_url is not None
+        try:
+            return shared_secret(database_url)
+        except (OSError, SQLAlchemyError, asyncpg.PostgresError) as exc:
+            raise AuthSetupError(
+                f"the login secret is kept in the shared database, which cannot be reached ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); check WEAVER_DATABASE_URL, or set {SECRET_ENV} on every replica."
+            ) from None
+    return _secret_file(app_dir / SECRET_FILE)
+
+
+def _secret_file(path: Path) -> str:
+    """The secret in ``path``, made on first use. It is written to a private temporary file and
+    linked into place, so a replica starting at the same moment reads a whole secret or makes none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(tmp, path)
+            logger.info("made a new login secret in %s", path)
+        except FileExistsError:
+            pass  # another server made it first: use theirs
+        finally:
+            os.unlink(tmp)
+    secret = path.read_text(encoding="utf-8").strip()
+    if len(secret) < 32:
+        raise AuthSetupError(f"{path} holds no usable secret; delete it to have a new one made.")
+    os.chmod(path, 0o600)
     return secret
 
 
@@ -180,6 +204,17 @@ class UserStore:
 # ----------------------------------------------------------------------------------- throttle
 
 
+class LoginLimiter(Protocol):
+    """What ``ui.guard`` asks about password logins: this process's ``LoginThrottle``, or
+    ``ui.shared.SharedLoginThrottle`` counting across replicas in their shared database."""
+
+    async def wait(self, user: str, address: str) -> float: ...
+
+    async def failure(self, user: str, address: str) -> None: ...
+
+    async def success(self, user: str) -> None: ...
+
+
 @dataclass
 class LoginThrottle:
     """Failed logins per user and per address within a sliding window; past the limit, wait.
@@ -212,6 +247,16 @@ class LoginThrottle:
 
     def succeeded(self, user: str) -> None:
         self._failures.pop(f"user:{user.lower()}", None)
+
+    # ``LoginLimiter``: the same, for the guard (nothing here waits)
+    async def wait(self, user: str, address: str) -> float:
+        return self.retry_after(user, address)
+
+    async def failure(self, user: str, address: str) -> None:
+        self.failed(user, address)
+
+    async def success(self, user: str) -> None:
+        self.succeeded(user)
 
     def _wait(self, key: str, limit: int, now: float) -> float:
         recent = [t for t in self._failures.get(key, []) if now - t < self.window_s]
@@ -254,7 +299,7 @@ class Login:
 
     mode: AuthMode
     description: str
-    throttle: LoginThrottle | None = None
+    throttle: LoginLimiter | None = None
 
 
 def install_login(
@@ -264,7 +309,8 @@ def install_login(
     local_user: str | None,
     user_header: str | None,
     allowed_users: list[str],
-    throttle: LoginThrottle,
+    throttle: LoginLimiter,
+    database_url: str | None = None,
 ) -> Login:
     """Register the Chainlit callbacks of ``mode`` and make sure a signing secret is in place.
 
@@ -272,7 +318,7 @@ def install_login(
     """
     import chainlit as cl
 
-    os.environ[SECRET_ENV] = ensure_secret(app_dir, mode)
+    os.environ[SECRET_ENV] = ensure_secret(app_dir, mode, database_url)
     if mode == "local":
         name = local_user_name(local_user)
 

@@ -25,6 +25,16 @@ def chainlit_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "chainlit", "run", str(APP_PATH), "--headless", "--host", host, "--port", str(port)]
 
 
+def _die_with_parent() -> None:
+    """In the server's child, before exec: ask Linux for SIGTERM when ``weaver ui`` dies, even by
+    SIGKILL, so a killed replica does not leave its server (and so its kernels) running."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def run_ui(host: str, port: int, app_dir: str | None) -> int:
     """Serve the web UI until Ctrl-C; returns Chainlit's exit code.
 
@@ -43,7 +53,7 @@ def run_ui(host: str, port: int, app_dir: str | None) -> int:
             "WEAVER_UI_ALLOWED_HOSTS lists the names others use to reach this machine.",
             flush=True,
         )
-    proc = subprocess.Popen(chainlit_command(host, port), cwd=REPO_ROOT, env=env)
+    proc = subprocess.Popen(chainlit_command(host, port), cwd=REPO_ROOT, env=env, preexec_fn=_die_with_parent)
     try:
         return proc.wait()
     except KeyboardInterrupt:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 from urllib.parse import parse_qs
 
-from ui.auth import LoginThrottle
+from ui.auth import LoginLimiter
 from ui.ids import is_canonical_uuid
 
 logger = logging.getLogger("weaver.ui.guard")
@@ -53,6 +53,7 @@ COMMON_HEADERS = (
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"same-origin"),
 )
+REPLICA_HEADER = b"x-weaver-replica"
 # A user's file is never a page: even opened directly, nothing in it may run or load.
 FILE_CSP = b"default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sandbox; frame-ancestors 'none'"
 
@@ -123,7 +124,10 @@ class GuardPolicy:
     uploads: UploadLedger = field(default_factory=UploadLedger)
     login_path: str = "/login"
     history_file_prefix: str = "/weaver/files/"
-    throttle: LoginThrottle | None = None
+    throttle: LoginLimiter | None = None
+    replica_id: str | None = None  # sent as X-Weaver-Replica, only when set by name
+    # The thread of a chat that lived on another replica (``ui.shared.LiveSessions.thread_of``).
+    thread_of_chat: Callable[[str], Awaitable[str | None]] | None = None
 
     def refusal(self, scope: Scope) -> tuple[int, str] | None:
         """Why this request may not reach Chainlit (status, reason), or None when it may."""
@@ -198,7 +202,7 @@ class GuardMiddleware:
             return
         path = scope.get("path", "")
         user_file = path.startswith(self.policy.file_path_prefix) or path.startswith(self.policy.history_file_prefix)
-        await self.app(scope, receive, _with_headers(send, self.policy.page_csp, user_file))
+        await self.app(scope, receive, _with_headers(send, self.policy, user_file))
 
     async def _upload(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One file into a chat: refused by size before it is read, and by count per message."""
@@ -238,7 +242,7 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, counted_receive, _with_headers(watched_send, self.policy.page_csp, False))
+            await self.app(scope, counted_receive, _with_headers(watched_send, self.policy, False))
         except Exception:
             if not too_large:
                 raise
@@ -248,7 +252,7 @@ class GuardMiddleware:
         if 200 <= status < 300:
             self.policy.uploads.add(chat_id)
 
-    async def _login(self, scope: Scope, receive: Receive, send: Send, throttle: LoginThrottle) -> None:
+    async def _login(self, scope: Scope, receive: Receive, send: Send, throttle: LoginLimiter) -> None:
         """A password login: refused while its user or address is throttled; its outcome counted."""
         body = b""
         while True:
@@ -264,7 +268,7 @@ class GuardMiddleware:
         form = parse_qs(body.decode("utf-8", "replace"))
         user = (form.get("username") or [""])[0][:200]
         address = str((scope.get("client") or ("unknown",))[0])
-        wait = throttle.retry_after(user, address)
+        wait = await throttle.wait(user, address)
         if wait > 0:
             logger.warning("login for %.80r from %s refused: too many failed attempts", user, address)
             await _refuse(scope, send, 429, f"Too many failed logins; try again in {wait:.0f} s.")
@@ -285,27 +289,31 @@ class GuardMiddleware:
                 status = int(message["status"])
             await send(message)
 
-        await self.app(scope, replay, _with_headers(watched_send, self.policy.page_csp, False))
+        await self.app(scope, replay, _with_headers(watched_send, self.policy, False))
         if status == 401:
-            throttle.failed(user, address)
+            await throttle.failure(user, address)
         elif 200 <= status < 300:
-            throttle.succeeded(user)
+            await throttle.success(user)
 
 
 def _mb(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:.0f} MB"
 
 
-def _with_headers(send: Send, page_csp: str, user_file: bool) -> Send:
-    """Add the security headers to every response: the page CSP to HTML, a strict one to user files.
+def _with_headers(send: Send, policy: GuardPolicy, user_file: bool) -> Send:
+    """Add the security headers to every response: the page CSP to HTML, a strict one to user files;
+    and, when ``WEAVER_UI_REPLICA_ID`` is set, which replica answered (``X-Weaver-Replica``).
 
     Only headers are read and written, so it works on compressed bodies too.
     """
+    page_csp = policy.page_csp
 
     async def wrapped(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _OWNED]
             headers.extend(COMMON_HEADERS)
+            if policy.replica_id:
+                headers.append((REPLICA_HEADER, policy.replica_id.encode("latin-1", "replace")))
             if user_file:
                 headers.append((b"content-security-policy", FILE_CSP))
                 headers.append((b"content-disposition", b"attachment"))
@@ -317,7 +325,11 @@ def _with_headers(send: Send, page_csp: str, user_file: bool) -> Send:
     return wrapped
 
 
-_OWNED = frozenset(name for name, _ in COMMON_HEADERS) | {b"content-security-policy", b"content-disposition"}
+_OWNED = frozenset(name for name, _ in COMMON_HEADERS) | {
+    b"content-security-policy",
+    b"content-disposition",
+    REPLICA_HEADER,
+}
 
 
 async def _refuse(scope: Scope, send: Send, status: int, reason: str) -> None:
@@ -385,9 +397,33 @@ def _guard_connect(sio: Any, policy: GuardPolicy) -> None:
         refusal = policy.refusal(scope) if scope else None
         if refusal is not None:  # the middleware said no already; kept in case it is bypassed
             raise ConnectionRefusedError(refusal[1])
+        if not thread_id:
+            auth = await _resume_elsewhere(policy, str(session_id), auth)
         return await original(sid, environ, auth)
 
     sio.handlers["/"]["connect"] = connect
+
+
+async def _resume_elsewhere(policy: GuardPolicy, session_id: str, auth: dict[str, Any]) -> dict[str, Any]:
+    """A page whose replica died reconnects here with its old ``sessionId`` and, for a chat begun in
+    that page, no ``threadId``: Chainlit would open an empty chat. If the chat is unknown here but
+    its thread was noted in the shared database, ask Chainlit to resume that thread instead
+    (Chainlit itself refuses a thread that is not the signed-in user's)."""
+    if policy.thread_of_chat is None:
+        return auth
+    from chainlit.session import WebsocketSession
+
+    if WebsocketSession.get_by_id(session_id) is not None:
+        return auth  # live here: Chainlit restores it as usual
+    try:
+        thread_id = await policy.thread_of_chat(session_id)
+    except Exception:
+        logger.exception("could not look up the thread of chat %s", session_id)
+        return auth
+    if thread_id and is_canonical_uuid(thread_id):
+        logger.info("chat %s reconnects from another replica: resuming its thread %s", session_id, thread_id)
+        return {**auth, "threadId": thread_id}
+    return auth
 
 
 def _guard_persist_file(accept: Callable[[], Mapping[str, Iterable[str]] | None]) -> None:

@@ -24,6 +24,10 @@ Design - a grace period plus lazy re-creation:
   before the ``clear_session`` handler, so ``release`` also re-checks ``is_abandoned(key)``
   after ``settle_s`` (one second) and stops then if the chat was cleared and not reconnected.
   ``close_all`` is for server shutdown.
+* With several replicas sharing a database, ``registry`` (``ui.shared.LiveSessions``) holds the
+  per-client cap across all of them: ``acquire_async`` claims a place there before it creates a
+  session (freeing this replica's longest-disconnected chat of the client when it is full), and a
+  stop gives the place back. Without one, the cap is this process's (``_make_room``).
 
 Every method runs on the event loop thread; only the blocking creation (``acquire_async``) and
 ``stop`` of a session run off it, through ``ui.bridge`` on a thread of its own per call (a stop
@@ -48,6 +52,14 @@ DEFAULT_GRACE_S = 120.0  # WEAVER_UI_DISCONNECT_GRACE_S
 DEFAULT_MAX_PER_CLIENT = 5  # WEAVER_UI_MAX_SESSIONS_PER_CLIENT
 FORGET_AFTER_S = 24 * 3600.0
 SESSION_FAILED = "Weaver could not start a session for this chat. Please try again in a moment."
+
+
+class LiveRegistry(Protocol):
+    """Live chats per client across replicas (``ui.shared.LiveSessions``)."""
+
+    async def claim(self, chat: str, client: str, limit: int) -> bool: ...
+
+    async def release(self, chat: str) -> None: ...
 
 
 class StoppableSession(Protocol):
@@ -126,6 +138,7 @@ class SessionOwner:
         settle_s: float = 1.0,
         max_per_client: int = DEFAULT_MAX_PER_CLIENT,
         idle_s: float | None = None,
+        registry: LiveRegistry | None = None,
     ) -> None:
         self._factory = factory
         self._is_connected = is_connected
@@ -136,6 +149,8 @@ class SessionOwner:
         self.idle_s = idle_s
         self._entries: dict[str, _Entry] = {}
         self._stopping: set[asyncio.Task[None]] = set()
+        self.registry = registry
+        self._releases: dict[str, asyncio.Task[None]] = {}  # shared-count releases in flight, by chat
 
     def acquire(self, key: str, user_name: str, client: str = "", resume_id: str | None = None) -> Lease:
         """A message arrived: the user is here, so disarm the stop and make sure a session is live.
@@ -166,15 +181,72 @@ class SessionOwner:
             return Lease(session=entry.session, recreated=False, round_lock=entry.round_lock)
         creating, created = entry.creating, False
         if creating is None:
-            self._make_room(client, key)
+            if self.registry is None:  # with a registry, ``_claim`` makes room against the shared count
+                self._make_room(client, key)
             recreated = entry.had_session
-            creating = asyncio.ensure_future(
-                run_in_thread(self._factory, user_name, entry.resume_id, name="weaver-session-create")
-            )
+            creating = asyncio.ensure_future(self._create(key, user_name, client, entry.resume_id))
             entry.creating, created = creating, True
             creating.add_done_callback(lambda done: self._created(key, entry, done, user_name, client))
         session = await asyncio.shield(creating)
         return Lease(session=session, recreated=created and recreated, round_lock=entry.round_lock, created=created)
+
+    async def _create(self, key: str, user_name: str, client: str, resume_id: str | None) -> StoppableSession:
+        """Claim the chat's place among the client's live chats on every replica, then make its session."""
+        if self.registry is not None:
+            pending = self._releases.get(key)
+            if pending is not None:  # a late release of this chat's last session must not undo the claim
+                await asyncio.gather(pending, return_exceptions=True)
+            await self._claim(key, client)
+        try:
+            return await run_in_thread(self._factory, user_name, resume_id, name="weaver-session-create")
+        except BaseException:
+            self._give_back(key)
+            raise
+
+    async def _claim(self, key: str, client: str) -> None:
+        """The shared cap: free this replica's longest-disconnected chats of ``client`` while the
+        shared count is full; if none is left to free, refuse (the client's other chats may be
+        connected, or on other replicas, which stop them after their own grace period)."""
+        assert self.registry is not None
+        while not await self.registry.claim(key, client, self.max_per_client):
+            gone = sorted(
+                (e.released_at, k)
+                for k, e in self._entries.items()
+                if k != key
+                and e.client == client
+                and e.session is not None
+                and e.released_at is not None
+                and not self._connected(k)
+            )
+            if not gone:
+                raise TooManyChats(self.max_per_client)
+            _, oldest = gone[0]
+            logger.info(
+                "client %s is at its %d sessions on all replicas: stopping chat %s", client, self.max_per_client, oldest
+            )
+            victim = self._entries[oldest]
+            self._disarm(victim)
+            self._stop(oldest, victim)
+            released = self._releases.get(oldest)
+            if released is not None:
+                await asyncio.gather(released, return_exceptions=True)
+
+    def _give_back(self, key: str) -> None:
+        """The chat holds no session any more: its place in the shared count is free (in the background)."""
+        if self.registry is None:
+            return
+        task = asyncio.ensure_future(self._release_shared(key))
+        self._stopping.add(task)
+        self._releases[key] = task
+        task.add_done_callback(self._stopping.discard)
+        task.add_done_callback(lambda done: self._releases.pop(key, None) if self._releases.get(key) is done else None)
+
+    async def _release_shared(self, key: str) -> None:
+        assert self.registry is not None
+        try:
+            await self.registry.release(key)
+        except Exception:  # the row expires with this replica's heartbeat if it cannot be given back
+            logger.exception("could not release chat %s in the shared database", key)
 
     def _arrive(self, key: str, user_name: str, client: str, resume_id: str | None) -> _Entry:
         """A message arrived for ``key``: its entry, with any pending stop disarmed and the idle
@@ -364,6 +436,7 @@ class SessionOwner:
         if session is None:
             return
         entry.resume_id = session.session_id
+        self._give_back(key)
         if any(other is not entry and other.session is session for other in self._entries.values()):
             logger.info("chat %s lets go of weaver session %s, which another chat still holds", key, session.session_id)
             return

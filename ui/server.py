@@ -9,22 +9,25 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import threading
 from typing import Any
 
 import chainlit as cl
 from chainlit.config import config as chainlit_config
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import Session, SessionNotFound, TaskWeaverApp
 from core.config import ConfigError, load_config
 from core.execution.sandbox import SandboxUnavailableError, require_sandbox
 from core.workspace import default_app_dir
 from ui import guard
-from ui.auth import AuthSetupError, LoginThrottle, choose_mode, install_login
+from ui.auth import AuthSetupError, LoginLimiter, LoginThrottle, choose_mode, install_login
 from ui.bridge import run_in_thread
 from ui.history import HistoryConfigError, WeaverDataLayer, history_settings, install_file_route, open_history
 from ui.lifecycle import SessionOwner
 from ui.settings import UISettingsError, is_loopback, serving_hosts, serving_origins, ui_settings
+from ui.shared import LiveSessions, SharedLoginThrottle, is_shared
 
 logger = logging.getLogger("weaver.ui.server")
 
@@ -100,20 +103,32 @@ try:
 except UISettingsError as exc:
     raise SystemExit(f"Weaver UI: {exc}") from None
 
+try:
+    HISTORY_SETTINGS = history_settings()
+except HistoryConfigError as exc:
+    raise SystemExit(f"Weaver UI: {exc}") from None
+HISTORY: WeaverDataLayer | None = None
+# Replicas sharing a PostgreSQL history share the login secret, the throttle and the session caps
+# through it (``ui.shared``); a SQLite file belongs to this process, which keeps them in memory.
+SHARED = is_shared(HISTORY_SETTINGS.database_url)
+REPLICA_ID = SETTINGS.replica_id or f"{socket.gethostname()}:{chainlit_config.run.port}"
+
+
+def _history_engine() -> AsyncEngine | None:
+    """The history's engine once it is open (at app start-up): the shared state's connection pool."""
+    return HISTORY.engine if HISTORY is not None else None
+
+
+LIVE = LiveSessions(_history_engine, REPLICA_ID, SETTINGS.replica_heartbeat_s) if SHARED else None
+
 OWNER = SessionOwner(
     new_session,
     browser_connected,
     grace_s=SETTINGS.disconnect_grace_s,
     is_abandoned=chat_cleared,
     max_per_client=SETTINGS.max_sessions_per_client,
+    registry=LIVE,
 )
-
-
-try:
-    HISTORY_SETTINGS = history_settings()
-except HistoryConfigError as exc:
-    raise SystemExit(f"Weaver UI: {exc}") from None
-HISTORY: WeaverDataLayer | None = None
 HISTORY_FILES = f"{chainlit_config.run.root_path or ''}/weaver/files"
 
 
@@ -165,6 +180,8 @@ def guard_policy() -> guard.GuardPolicy:
         page_csp=guard.page_csp(guard.inline_scripts_of(page)),
         user_header=SETTINGS.user_header,
         throttle=LOGIN.throttle,
+        replica_id=SETTINGS.replica_id,
+        thread_of_chat=LIVE.thread_of if LIVE is not None else None,
     )
 
 
@@ -177,6 +194,12 @@ def _install_guard() -> guard.GuardPolicy:
     return policy
 
 
+def _login_throttle() -> LoginLimiter:
+    """Failed logins counted in the shared database when there is one, else in this process."""
+    limits = (SETTINGS.login_attempts_per_user, SETTINGS.login_attempts_per_address, SETTINGS.login_window_s)
+    return SharedLoginThrottle(_history_engine, *limits) if SHARED else LoginThrottle(*limits)
+
+
 try:
     LOGIN = install_login(
         choose_mode(SETTINGS.auth, SETTINGS.user_header, is_loopback(chainlit_config.run.host)),
@@ -184,9 +207,8 @@ try:
         local_user=SETTINGS.local_user,
         user_header=SETTINGS.user_header,
         allowed_users=SETTINGS.allowed_users,
-        throttle=LoginThrottle(
-            SETTINGS.login_attempts_per_user, SETTINGS.login_attempts_per_address, SETTINGS.login_window_s
-        ),
+        throttle=_login_throttle(),
+        database_url=HISTORY_SETTINGS.database_url,
     )
 except AuthSetupError as exc:
     raise SystemExit(f"Weaver UI: {exc}") from None
@@ -223,6 +245,9 @@ async def open_chat_history(app: TaskWeaverApp) -> WeaverDataLayer:
         file_storage=HISTORY_SETTINGS.file_storage,
         url_prefix=HISTORY_FILES,
     )
+    if LIVE is not None:
+        await LIVE.start()
+        logger.info("replica %s shares login, throttle and session caps through the database", REPLICA_ID)
     return HISTORY
 
 

@@ -57,10 +57,19 @@ class UISettings(BaseSettings):
         True, description="run `weaver check` at start when a model is configured (a few small requests)"
     )
     max_event_chars: int = Field(100_000, ge=1000, description="largest text of one step or message sent")
+    replica_id: str | None = Field(
+        None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="this replica's name, sent as X-Weaver-Replica and kept with its shared rows; default host:port",
+    )
+    replica_heartbeat_s: float = Field(
+        10.0, gt=0, description="how often a replica renews its live sessions in a shared database (3 beats = expiry)"
+    )
 
     _split_lists = field_validator("allowed_origins", "allowed_hosts", "allowed_users", mode="before")(_comma_list)
 
-    @field_validator("user_header", "auth", "local_user", mode="before")
+    @field_validator("user_header", "auth", "local_user", "replica_id", mode="before")
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return (value.strip() or None) if isinstance(value, str) else value

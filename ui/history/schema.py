@@ -123,8 +123,29 @@ def _v1(dialect: str) -> list[str]:
     ]
 
 
+def _v2(dialect: str) -> list[str]:
+    """State that several replicas share (``ui.shared``); times are epoch seconds from the database's clock."""
+    seconds = "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
+    return [
+        'CREATE TABLE weaver_secrets ("name" TEXT PRIMARY KEY, "value" TEXT NOT NULL)',
+        f'CREATE TABLE weaver_login_failures ("key" TEXT NOT NULL, "at" {seconds} NOT NULL)',
+        'CREATE INDEX login_failures_key ON weaver_login_failures ("key", "at")',
+        f"""CREATE TABLE weaver_live_sessions (
+            "chat" TEXT PRIMARY KEY,
+            "client" TEXT NOT NULL,
+            "replica" TEXT NOT NULL,
+            "threadId" TEXT,
+            "live" BOOLEAN NOT NULL DEFAULT TRUE,
+            "expiresAt" {seconds} NOT NULL
+        )""",
+        'CREATE INDEX live_sessions_client ON weaver_live_sessions ("client")',
+        'CREATE INDEX live_sessions_replica ON weaver_live_sessions ("replica")',
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "Chainlit's tables: users, threads, steps, elements, feedbacks", _v1),
+    Migration(2, "shared by replicas: the login secret, failed logins, live sessions per user", _v2),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -141,6 +162,14 @@ async def schema_version(engine: AsyncEngine) -> int:
         return await _read_version(conn)
 
 
+async def _locked_version(engine: AsyncEngine) -> int:
+    """``schema_version`` under the schema lock (PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` locks anyway)."""
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+        return await _read_version(conn)
+
+
 async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATIONS) -> tuple[int, int]:
     """Bring the schema to the last of ``migrations``; returns (version before, version after)."""
     versions = [m.version for m in migrations]
@@ -148,7 +177,7 @@ async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATI
         raise ValueError("migrations must have increasing versions from 1")
     target = versions[-1]
     dialect = engine.dialect.name
-    before = await schema_version(engine)
+    before = await _locked_version(engine)  # locked: replicas starting together would race on CREATE TABLE
     if before > target:
         raise SchemaError(
             f"the history database is at schema version {before}, newer than this Weaver knows ({target}); "
@@ -165,4 +194,4 @@ async def migrate(engine: AsyncEngine, migrations: Sequence[Migration] = MIGRATI
                 await conn.execute(text(statement))
             await conn.execute(text(f"DELETE FROM {VERSION_TABLE}"))
             await conn.execute(text(f'INSERT INTO {VERSION_TABLE} ("version") VALUES (:v)'), {"v": step.version})
-    return before, await schema_version(engine)
+    return before, await _locked_version(engine)

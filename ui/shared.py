@@ -1,0 +1,266 @@
+"""What several ``weaver ui`` replicas must agree on, kept in their shared PostgreSQL database.
+
+Replicas behind a sticky load balancer share one database (``WEAVER_DATABASE_URL``) and one
+app folder. Anything a user could otherwise multiply by hitting another replica lives here,
+in the history database's own tables (``ui.history.schema``, version 2), never only in one
+process's memory:
+
+* the **login secret** (``weaver_secrets``): made once by whichever replica starts first, so a
+  login cookie signed by one replica is valid on all of them;
+* **failed logins** (``weaver_login_failures``): one row per failure, per name and per address,
+  so the throttle counts across replicas (``SharedLoginThrottle``);
+* **live sessions** (``weaver_live_sessions``): one row per chat holding a kernel, with its
+  client (user), its replica and an expiry that the replica's heartbeat pushes forward. A replica
+  that dies stops renewing its rows, so they stop counting after ``3 × heartbeat`` seconds; its
+  kernels died with it (``bwrap --die-with-parent``). The row also remembers the chat's thread,
+  so a page whose replica died reconnects into the same chat (``LiveSessions.thread_of``).
+
+Times are epoch seconds from the database's clock, so replicas' clocks need not agree. Only
+PostgreSQL is used this way (``is_shared``): a SQLite file belongs to one server process, which
+keeps today's in-memory throttle and caps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import threading
+from pathlib import Path
+from typing import Callable
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ui.history import database_url_for, migrate
+
+logger = logging.getLogger("weaver.ui.shared")
+
+NOW = "extract(epoch from clock_timestamp())"
+SECRET_NAME = "chainlit_auth_secret"
+EXPIRY_BEATS = 3  # a replica's rows live this many heartbeats past its last one
+FORGET_AFTER_S = 86_400.0  # expired rows are kept this long: a page may still reconnect into its chat
+
+
+def is_shared(database_url: str | None) -> bool:
+    """True when the history database is one several servers can share (PostgreSQL)."""
+    return bool(database_url) and database_url_for(Path("."), database_url).startswith("postgresql")
+
+
+# ----------------------------------------------------------------------------------- secret
+
+
+def shared_secret(database_url: str) -> str:
+    """The login-signing secret kept in the shared database, made there by the first replica.
+
+    Called once at start, before the server's event loop runs, so it uses its own short-lived
+    connection on a thread of its own (safe whether or not a loop is running here).
+    """
+    found: list[str] = []
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            found.append(asyncio.run(_secret(database_url_for(".", database_url))))  # type: ignore[arg-type]
+        except BaseException as exc:  # re-raised in the caller's thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=work, name="weaver-shared-secret")
+    worker.start()
+    worker.join()
+    if failed:
+        raise failed[0]
+    return found[0]
+
+
+async def _secret(url: str) -> str:
+    engine = create_async_engine(url)
+    try:
+        await migrate(engine)  # the table may not exist yet: replicas starting together migrate once
+        async with engine.begin() as conn:
+            await conn.execute(
+                text('INSERT INTO weaver_secrets ("name", "value") VALUES (:n, :v) ON CONFLICT ("name") DO NOTHING'),
+                {"n": SECRET_NAME, "v": secrets.token_urlsafe(48)},
+            )
+            value = (
+                await conn.execute(text('SELECT "value" FROM weaver_secrets WHERE "name" = :n'), {"n": SECRET_NAME})
+            ).scalar_one()
+        return str(value)
+    finally:
+        await engine.dispose()
+
+
+# ----------------------------------------------------------------------------------- throttle
+
+
+class SharedLoginThrottle:
+    """``ui.auth.LoginThrottle``'s rules, counted in the shared database across replicas.
+
+    ``engine`` is asked for at each call: the history (and its engine) opens at app start-up,
+    after this object is built.
+    """
+
+    def __init__(
+        self, engine: Callable[[], AsyncEngine | None], per_user: int, per_address: int, window_s: float
+    ) -> None:
+        self._engine = engine
+        self.per_user, self.per_address, self.window_s = per_user, per_address, window_s
+        self._writes = 0
+
+    def _db(self) -> AsyncEngine:
+        engine = self._engine()
+        if engine is None:
+            raise RuntimeError("the shared login throttle is used before the history database is open")
+        return engine
+
+    async def wait(self, user: str, address: str) -> float:
+        """Seconds until another attempt is allowed (0 when it is allowed now)."""
+        async with self._db().connect() as conn:
+            waits = [
+                await self._wait(conn, f"user:{user.lower()}", self.per_user),
+                await self._wait(conn, f"addr:{address}", self.per_address),
+            ]
+        return max(waits)
+
+    async def _wait(self, conn: AsyncConnection, key: str, limit: int) -> float:
+        rows = (
+            await conn.execute(
+                text(
+                    f'SELECT "at", {NOW} AS now FROM weaver_login_failures '
+                    f'WHERE "key" = :k AND "at" > {NOW} - :w ORDER BY "at" DESC LIMIT :n'
+                ),
+                {"k": key, "w": self.window_s, "n": limit},
+            )
+        ).all()
+        if len(rows) < limit:
+            return 0.0
+        oldest_counted, now = float(rows[-1][0]), float(rows[-1][1])
+        return max(1.0, self.window_s - (now - oldest_counted))
+
+    async def failure(self, user: str, address: str) -> None:
+        async with self._db().begin() as conn:
+            for key in (f"user:{user.lower()}", f"addr:{address}"):
+                await conn.execute(
+                    text(f'INSERT INTO weaver_login_failures ("key", "at") VALUES (:k, {NOW})'), {"k": key}
+                )
+            self._writes += 1
+            if self._writes % 100 == 0:  # now and then, forget what has left every window
+                await conn.execute(
+                    text(f'DELETE FROM weaver_login_failures WHERE "at" < {NOW} - :w'), {"w": self.window_s}
+                )
+
+    async def success(self, user: str) -> None:
+        async with self._db().begin() as conn:
+            await conn.execute(
+                text('DELETE FROM weaver_login_failures WHERE "key" = :k'), {"k": f"user:{user.lower()}"}
+            )
+
+
+# ----------------------------------------------------------------------------------- live sessions
+
+
+class LiveSessions:
+    """Chats holding a kernel, per client, across replicas; this replica's rows kept alive by a heartbeat."""
+
+    def __init__(self, engine: Callable[[], AsyncEngine | None], replica: str, heartbeat_s: float) -> None:
+        self._engine = engine
+        self.replica = replica
+        self.heartbeat_s = heartbeat_s
+        self._beat: asyncio.Task[None] | None = None
+
+    @property
+    def ttl_s(self) -> float:
+        return self.heartbeat_s * EXPIRY_BEATS
+
+    def _db(self) -> AsyncEngine:
+        engine = self._engine()
+        if engine is None:
+            raise RuntimeError("live sessions are counted before the history database is open")
+        return engine
+
+    async def start(self) -> None:
+        """At start: rows of this replica's earlier life no longer count (its kernels died with it); then beat."""
+        await self._retire_mine()
+        self._beat = asyncio.ensure_future(self._heartbeat())
+
+    async def stop(self) -> None:
+        """At shutdown: stop beating; this replica's rows no longer count (its sessions were stopped)."""
+        if self._beat is not None:
+            self._beat.cancel()
+            await asyncio.gather(self._beat, return_exceptions=True)
+        await self._retire_mine()
+
+    async def _retire_mine(self) -> None:
+        async with self._db().begin() as conn:
+            await conn.execute(
+                text('UPDATE weaver_live_sessions SET "live" = FALSE WHERE "replica" = :r'), {"r": self.replica}
+            )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                async with self._db().begin() as conn:
+                    await conn.execute(
+                        text(
+                            f'UPDATE weaver_live_sessions SET "expiresAt" = {NOW} + :t WHERE "replica" = :r AND "live"'
+                        ),
+                        {"t": self.ttl_s, "r": self.replica},
+                    )
+                    await conn.execute(
+                        text(f'DELETE FROM weaver_live_sessions WHERE "expiresAt" < {NOW} - :f'), {"f": FORGET_AFTER_S}
+                    )
+            except Exception:  # a database blip must not end the heartbeat; rows expire if it lasts
+                logger.exception("live-session heartbeat failed")
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def claim(self, chat: str, client: str, limit: int) -> bool:
+        """Record ``chat`` as live for ``client`` on this replica if the client holds fewer than
+        ``limit`` other live chats on any replica; False when it is at its cap. Claims of one client
+        are serialised by an advisory lock, so two replicas cannot both take the last place."""
+        async with self._db().begin() as conn:
+            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:c))"), {"c": client})
+            held = (
+                await conn.execute(
+                    text(
+                        'SELECT COUNT(*) FROM weaver_live_sessions WHERE "client" = :c AND "chat" <> :k '
+                        f'AND "live" AND "expiresAt" > {NOW}'
+                    ),
+                    {"c": client, "k": chat},
+                )
+            ).scalar_one()
+            if int(held) >= limit:
+                return False
+            await conn.execute(
+                text(
+                    'INSERT INTO weaver_live_sessions ("chat", "client", "replica", "live", "expiresAt") '
+                    f'VALUES (:k, :c, :r, TRUE, {NOW} + :t) ON CONFLICT ("chat") DO UPDATE SET '
+                    '"client" = EXCLUDED."client", "replica" = EXCLUDED."replica", "live" = TRUE, '
+                    '"expiresAt" = EXCLUDED."expiresAt"'
+                ),
+                {"k": chat, "c": client, "r": self.replica, "t": self.ttl_s},
+            )
+        return True
+
+    async def note_thread(self, chat: str, thread_id: str) -> None:
+        """Remember the chat's thread, so its page can reconnect into it on another replica."""
+        async with self._db().begin() as conn:
+            await conn.execute(
+                text('UPDATE weaver_live_sessions SET "threadId" = :t WHERE "chat" = :k'), {"t": thread_id, "k": chat}
+            )
+
+    async def release(self, chat: str) -> None:
+        """The chat's session stopped here: it no longer counts. The row stays (not renewed) for
+        ``FORGET_AFTER_S``, so the chat's page can still reconnect into its thread elsewhere."""
+        async with self._db().begin() as conn:
+            await conn.execute(
+                text('UPDATE weaver_live_sessions SET "live" = FALSE WHERE "chat" = :k AND "replica" = :r'),
+                {"k": chat, "r": self.replica},
+            )
+
+    async def thread_of(self, chat: str) -> str | None:
+        """The thread of a chat that lived on another replica (alive or dead), if one was noted."""
+        async with self._db().connect() as conn:
+            value = (
+                await conn.execute(text('SELECT "threadId" FROM weaver_live_sessions WHERE "chat" = :k'), {"k": chat})
+            ).scalar_one_or_none()
+        return str(value) if value else None
