@@ -329,6 +329,39 @@ def test_first_logins_of_one_name_at_once_make_one_user(db: DB) -> None:
     run(db, scenario)
 
 
+def test_reads_do_not_wait_for_a_writer(db: DB) -> None:
+    """A login and the chat list read beside a long write: on SQLite they used to queue for the
+    write lock behind every step being stored."""
+
+    async def scenario(layer: WeaverDataLayer) -> None:
+        import chainlit as cl
+
+        await new_user(layer, "ann")
+        writing, release = asyncio.Event(), asyncio.Event()
+
+        async def long_write() -> None:
+            async with layer.transaction() as conn:
+                await conn.execute(
+                    text('UPDATE users SET "metadata" = :m WHERE "identifier" = :i'), {"m": "{}", "i": "ann"}
+                )
+                writing.set()
+                await release.wait()
+
+        writer = asyncio.ensure_future(long_write())
+        await writing.wait()
+        try:
+            again = await asyncio.wait_for(
+                layer.create_user(cl.User(identifier="ann", metadata={"provider": "credentials"})), 5
+            )
+            assert again is not None and again.identifier == "ann"
+            assert await asyncio.wait_for(layer.get_thread_author(str(uuid.uuid4())), 5) == ""
+        finally:
+            release.set()
+            await writer
+
+    run(db, scenario)
+
+
 def test_streamed_step_updates_are_stored_together_and_a_users_message_at_once(db: DB) -> None:
     """A streaming step's updates wait a moment and land as one row with the last state; the
     user's own message is in the database as soon as it is written; a read sees everything."""

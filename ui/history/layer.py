@@ -53,6 +53,7 @@ from ui.history.rows import (
     ELEMENT_COLUMNS,
     ELEMENT_ID,
     OCTET_STREAM,
+    READ_ONLY,
     STEP_COLUMNS,
     is_thread_id,
     normalise,
@@ -128,6 +129,14 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         async with self.engine.begin() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction that only reads: on SQLite it does not wait for, nor hold, the write lock."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(**{READ_ONLY: True})
+            async with conn.begin():
+                yield conn
+
     def _param(self, value: Any) -> Any:
         if isinstance(value, dict):
             return json.dumps(value)
@@ -172,15 +181,18 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
 
     # -- users -------------------------------------------------------------------------------
     # Chainlit's versions take an ORM session per statement and three statements per login (read,
-    # write, read again), and two first logins of one name at once both insert; here one
-    # transaction, and an upsert on the unique identifier.
+    # write, read again), and two first logins of one name at once both insert; here a read, and a
+    # write only when the user is new or its metadata changed (an upsert on the unique identifier).
     async def get_user(self, identifier: str) -> Optional[PersistedUser]:
-        async with self.transaction() as conn:
+        async with self.reading() as conn:
             rows = await self._rows(conn, _USER_BY_IDENTIFIER, {"identifier": identifier})
         return _persisted_user(rows[0]) if rows else None
 
     async def create_user(self, user: User) -> Optional[PersistedUser]:
         """Create the user, or update its metadata if the identifier exists; returns the stored user."""
+        known = await self.get_user(str(user.identifier))
+        if known is not None and known.metadata == (user.metadata or {}):
+            return known  # the usual login: nothing to write, no write lock to wait for
         params = {
             "id": str(uuid.uuid4()),
             "identifier": str(user.identifier),
@@ -202,7 +214,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     # -- threads -----------------------------------------------------------------------------
     async def get_thread_author(self, thread_id: str) -> str:
         """The thread's owner, or "" when there is none (Chainlit's check then answers 404)."""
-        async with self.transaction() as conn:
+        async with self.reading() as conn:
             rows = await self._rows(conn, 'SELECT "userIdentifier" FROM threads WHERE "id" = :id', {"id": thread_id})
         return str(rows[0]["userIdentifier"] or "") if rows else ""
 
@@ -281,7 +293,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
             params["user_id"] = user_id
         if not clauses:
             return []
-        async with self.transaction() as conn:
+        async with self.reading() as conn:
             rows = await self._thread_rows(conn, " OR ".join(clauses), params)
             return await self._full_threads(conn, rows)
 
@@ -351,7 +363,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
             where += """ AND EXISTS (SELECT 1 FROM feedbacks f JOIN steps s ON s."id" = f."forId"
                                      WHERE s."threadId" = t."id" AND f."value" = :feedback)"""
             params["feedback"] = int(filters.feedback)
-        async with self.transaction() as conn:
+        async with self.reading() as conn:
             rows = await self._thread_rows(conn, where, params)
         if filters.search:
             needle = filters.search.casefold()
@@ -483,7 +495,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     async def get_step(self, step_id: str) -> Optional[StepDict]:
         await self.flush_steps()
         columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
-        async with self.transaction() as conn:
+        async with self.reading() as conn:
             rows = await self._rows(
                 conn,
                 f"""SELECT {columns}, f."id" AS feedback_id, f."value" AS feedback_value,
@@ -496,7 +508,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
         await self.flush_steps()
         columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
-        async with self.transaction() as conn:
+        async with self.reading() as conn:
             rows = await self._rows(
                 conn,
                 f"""SELECT {columns}, NULL AS feedback_id, NULL AS feedback_value, NULL AS feedback_comment
@@ -552,7 +564,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
 
     async def get_element(self, thread_id: str, element_id: str) -> Optional[ElementDict]:
         columns = ", ".join(f'"{c}"' for c in ELEMENT_COLUMNS)
-        async with self.transaction() as conn:
+        async with self.reading() as conn:
             rows = await self._rows(
                 conn,
                 f'SELECT {columns} FROM elements WHERE "threadId" = :thread_id AND "id" = :id',
@@ -572,7 +584,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     async def file_for(self, object_key: str, user_identifier: str) -> dict[str, Any] | None:
         """The element stored under ``object_key`` if ``user_identifier`` owns its thread:
         ``{"name", "mime", "thread_id"}``; None otherwise (not found and not yours look the same)."""
-        async with self.transaction() as conn:
+        async with self.reading() as conn:
             rows = await self._rows(
                 conn,
                 """SELECT e."name", e."mime", e."threadId" FROM elements e JOIN threads t ON t."id" = e."threadId"

@@ -110,10 +110,15 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+READ_ONLY = "weaver_read_only"  # execution option of a connection that only reads
+
+
 def sqlite_transactions(sync_engine: Any) -> None:
     """Real transactions on SQLite: pysqlite's own begins too late for DDL and reads-then-writes.
-    Every transaction takes the write lock at once (``BEGIN IMMEDIATE``), so two writers wait for
-    each other (``timeout``) instead of failing; WAL lets readers of other processes go on."""
+    A transaction takes the write lock at once (``BEGIN IMMEDIATE``), so two writers wait for
+    each other (``timeout``) instead of failing. One that only reads (``READ_ONLY``) begins
+    deferred and never takes it: WAL lets it read beside a writer, so a login or a page of the
+    chat list does not queue behind every step being stored."""
 
     @event.listens_for(sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -125,4 +130,4 @@ def sqlite_transactions(sync_engine: Any) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
