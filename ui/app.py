@@ -210,7 +210,7 @@ async def on_message(message: cl.Message) -> None:
     cl.user_session.set("weaver_session", session)
     await _apply_llm(session)
     if lease.created:
-        await _remember_session(session.session_id)
+        _remember_session(session.session_id)
         for problem in getattr(session, "plugin_errors", []) or []:
             await cl.Message(content=f"Warning: {problem}", author=chainlit_config.ui.name).send()
         if session.replay_pending:
@@ -259,18 +259,30 @@ async def on_files(action: cl.Action) -> None:
     await show_outputs(session)
 
 
-async def _remember_session(session_id: str) -> None:
+def _remember_session(session_id: str) -> None:
     """Note the chat's Weaver session in the chat itself, at once (Chainlit would only save it when
-    the socket closes, and a crash before that would lose the way back)."""
+    the socket closes, and a crash before that would lose the way back). The write goes on beside
+    the round rather than before it: on SQLite it may wait for the write lock, and the user's
+    first step should not."""
     cl.user_session.set("weaver_session_id", session_id)
     thread_id = getattr(cl.context.session, "thread_id", None)
     if server.HISTORY is not None and thread_id:
-        try:
+        task = asyncio.ensure_future(_note_session(thread_id, session_id, _key()))
+        _NOTING.add(task)
+        task.add_done_callback(_NOTING.discard)
+
+
+_NOTING: set[asyncio.Future[None]] = set()  # notes being written (a reference, so none is collected early)
+
+
+async def _note_session(thread_id: str, session_id: str, key: str) -> None:
+    try:
+        if server.HISTORY is not None:
             await server.HISTORY.update_thread(thread_id, metadata={"weaver_session_id": session_id})
-            if server.LIVE is not None:  # so the page can reconnect into this chat on another replica
-                await server.LIVE.note_thread(_key(), thread_id)
-        except Exception:
-            logger.exception("could not note weaver session %s in chat %s", session_id, thread_id)
+        if server.LIVE is not None:  # so the page can reconnect into this chat on another replica
+            await server.LIVE.note_thread(key, thread_id)
+    except Exception:
+        logger.exception("could not note weaver session %s in chat %s", session_id, thread_id)
 
 
 async def _restore(session: Session) -> None:

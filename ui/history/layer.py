@@ -111,6 +111,10 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         self.on_thread_deleted = on_thread_deleted
         self.dialect = self.engine.dialect.name
         self._steps = WriteBehind(self._store_steps, step_write_delay)
+        # SQLite has one writer at a time. Writers queue here, before taking a pooled connection,
+        # so the ones waiting for the write lock do not hold every connection while a login or a
+        # page of the chat list waits for one (PostgreSQL locks rows, not the database: no queue).
+        self._one_writer: asyncio.Lock | None = asyncio.Lock() if is_sqlite else None
         if is_sqlite:
             sqlite_transactions(self.engine.sync_engine)
 
@@ -126,7 +130,12 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     # -- SQL helpers -------------------------------------------------------------------------
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.begin() as conn:
+        """A transaction that may write (never nested: on SQLite, writers take turns)."""
+        if self._one_writer is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._one_writer, self.engine.begin() as conn:
             yield conn
 
     @asynccontextmanager
