@@ -32,9 +32,11 @@ What it changes from ``SQLAlchemyDataLayer`` (Chainlit 2.12), and why:
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import json
 import logging
+import time
 import uuid
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Optional, Union
@@ -71,6 +73,8 @@ if TYPE_CHECKING:
     from chainlit.step import StepDict
 
 logger = logging.getLogger("weaver.ui.history")
+USER_CACHE_S = 5.0  # how long a user read from the database is used again
+USER_CACHE_SIZE = 10_000
 # How long a step's update may wait to be stored with others (ui/history/write_behind.py).
 STEP_WRITE_DELAY_S = 0.5
 
@@ -111,6 +115,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         self.on_thread_deleted = on_thread_deleted
         self.dialect = self.engine.dialect.name
         self._steps = WriteBehind(self._store_steps, step_write_delay)
+        self._users: dict[str, tuple[float, PersistedUser]] = {}  # identifier -> (when read, user)
         # SQLite has one writer at a time. Writers queue here, before taking a pooled connection,
         # so the ones waiting for the write lock do not hold every connection while a login or a
         # page of the chat list waits for one (PostgreSQL locks rows, not the database: no queue).
@@ -193,9 +198,21 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     # write, read again), and two first logins of one name at once both insert; here a read, and a
     # write only when the user is new or its metadata changed (an upsert on the unique identifier).
     async def get_user(self, identifier: str) -> Optional[PersistedUser]:
+        """The stored user; Chainlit asks at every socket connect and authenticated request, so a
+        found user is remembered for ``USER_CACHE_S`` (users change only at their own login)."""
+        now = time.monotonic()
+        cached = self._users.get(identifier)
+        if cached is not None and now - cached[0] < USER_CACHE_S:
+            return copy.copy(cached[1])  # callers set display_name on what they get
         async with self.reading() as conn:
             rows = await self._rows(conn, _USER_BY_IDENTIFIER, {"identifier": identifier})
-        return _persisted_user(rows[0]) if rows else None
+        if not rows:
+            return None
+        user = _persisted_user(rows[0])
+        if len(self._users) >= USER_CACHE_SIZE:
+            self._users.clear()
+        self._users[identifier] = (now, copy.copy(user))
+        return user
 
     async def create_user(self, user: User) -> Optional[PersistedUser]:
         """Create the user, or update its metadata if the identifier exists; returns the stored user."""
@@ -218,6 +235,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
                 params,
             )
             rows = await self._rows(conn, _USER_BY_IDENTIFIER, {"identifier": params["identifier"]})
+        self._users.pop(params["identifier"], None)
         return _persisted_user(rows[0]) if rows else None
 
     # -- threads -----------------------------------------------------------------------------
