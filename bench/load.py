@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -48,6 +47,7 @@ from urllib.parse import urlparse
 
 import httpx
 import socketio
+from procs import cpu_ticks, descendants, free_port, rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = "```python\nprint(6*7)\n```"
@@ -202,41 +202,6 @@ async def run_user(
 # ----- processes -------------------------------------------------------------------------------
 
 
-def _ppid(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def descendants(root: int) -> list[int]:
-    parents = {int(p.name): _ppid(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
-    found, frontier = [], {root}
-    while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = set(children)
-    return found
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_ticks(pid: int) -> int:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 @dataclass
 class Kernel:
     pid: int
@@ -300,12 +265,6 @@ class Server:
     proc: subprocess.Popen[bytes] | None
     app_dir: Path | None
     log: Path | None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(folder: Path, users: int, pool_size: int, grace: float, timeout: float) -> Server:

@@ -19,7 +19,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from procs import children, descendants, free_port, rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,44 +36,6 @@ sys.path.insert(0, str(ROOT))
 from tests.pg_cluster import start_cluster  # noqa: E402
 
 KERNEL = b"core.execution.kernel_main"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def children(pid: int) -> dict[int, list[int]]:
-    """Every process's children, by parent pid."""
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            tree.setdefault(parent, []).append(int(entry.name))
-    return tree
-
-
-def descendants(pid: int) -> list[int]:
-    tree, found, todo = children(pid), [], [pid]
-    while todo:
-        kids = tree.get(todo.pop(), [])
-        found += kids
-        todo += kids
-    return found
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def is_kernel(pid: int) -> bool:
@@ -98,7 +60,7 @@ class Replica:
 
     def server_pid(self) -> int | None:
         """The Chainlit server (the launcher's child)."""
-        kids = children(self.proc.pid).get(self.proc.pid, [])
+        kids = children().get(self.proc.pid, [])
         return kids[0] if kids else None
 
     def sample(self) -> None:
