@@ -162,7 +162,8 @@ async def run_user(
         async with httpx.AsyncClient(base_url=base, timeout=step_timeout, verify=_TLS) as http:
             (await http.get("/")).raise_for_status()
             login = await http.post("/auth/header", headers={"Origin": base})
-            cookie = "; ".join(f"{k}={v}" for k, v in login.cookies.items()) if login.status_code == 200 else ""
+            # Every cookie the page holds, as a browser sends them: a proxy's stickiness cookie too.
+            cookie = "; ".join(f"{k}={v}" for k, v in http.cookies.items()) if login.status_code == 200 else ""
         result.page_s = time.monotonic() - started
         started = time.monotonic()
         auth = {
