@@ -138,7 +138,7 @@ class Session:
         self._cancel: CancelToken | None = None
         self._stopped = False
         self.log.logger.info(
-            "session %s started in %s%s", session_id, self.execution_cwd, " with a warm kernel" if warm else ""
+            "session %s started in %s%s", session_id, self.execution_cwd, " with a kernel handed over" if warm else ""
         )
         if config.execution.prewarm and not warm:
             threading.Thread(target=self._prewarm, name=f"prewarm-{session_id}", daemon=True).start()

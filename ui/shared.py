@@ -306,11 +306,12 @@ class LiveSessions:
         """The gateway kernel that ``chat`` held for ``session_id`` on a replica that is gone, now
         this replica's; None when there is none to take.
 
-        A replica is gone when its rows expired (or it retired them); while the row still looks
-        alive this waits for it to expire, at most ``ttl_s`` plus a beat, and then gives up (that
-        replica may be alive: the page only moved, and the kernel stays its own). The row is taken
-        under its lock and stays uncounted (``live`` false) until ``claim``; if the claim never
-        comes, ``reap_orphans`` deletes the kernel after the window, as for any orphan.
+        A replica is gone when its rows expired; until the chat's row expires this waits, at most
+        ``ttl_s`` plus a beat, and then gives up (that replica may be alive: the page only moved,
+        and the kernel stays its own). The row is taken under its lock with a fresh expiry and stays
+        uncounted (``live`` false) until ``claim``, so no other replica takes it meanwhile; if the
+        claim never comes, the row expires again and ``reap_orphans`` deletes the kernel after the
+        window, as for any orphan.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ttl_s + self.heartbeat_s
@@ -319,7 +320,7 @@ class LiveSessions:
                 row = (
                     await conn.execute(
                         text(
-                            f'SELECT "kernelId", "sessionId", "live", "expiresAt" - {NOW} '
+                            f'SELECT "kernelId", "sessionId", "expiresAt" - {NOW} '
                             'FROM weaver_live_sessions WHERE "chat" = :k FOR UPDATE'
                         ),
                         {"k": chat},
@@ -327,8 +328,10 @@ class LiveSessions:
                 ).first()
                 if row is None or row[0] is None or row[1] != session_id:
                     return None
-                kernel_id, live, left = str(row[0]), bool(row[2]), float(row[3])
-                if not live or left < 0:
+                kernel_id, left = str(row[0]), float(row[2])
+                # Expired only: a row that is not live but fresh was just adopted by another replica
+                # (not claimed yet) or retired by its restarted replica; both expire within ttl_s.
+                if left < 0:
                     await conn.execute(
                         text(
                             'UPDATE weaver_live_sessions SET "replica" = :r, "live" = FALSE, '
