@@ -275,6 +275,7 @@ def test_weaver_ui_refuses_to_start_with_a_gateway_it_cannot_use(gateway: Gatewa
             "WEAVER_EXECUTION__GATEWAY_KERNEL_NAME": KERNEL_NAME,
         }
     )
+    before = gateway.kernels()
     cases = {
         "execution.gateway_token": {"WEAVER_EXECUTION__GATEWAY_TOKEN": "wrong-token"},
         "execution.gateway_url": {"WEAVER_EXECUTION__GATEWAY_URL": f"http://127.0.0.1:{free_port()}"},
@@ -294,12 +295,13 @@ def test_weaver_ui_refuses_to_start_with_a_gateway_it_cannot_use(gateway: Gatewa
         refusal = [line for line in said.splitlines() if line.startswith("Weaver UI: ")]
         assert len(refusal) == 1 and named in refusal[0], said
         assert "Traceback" not in said, said
-    assert gateway.kernels() == []
+    assert gateway.kernels() == before, "a refused server started no kernel"
 
 
 def test_another_server_adopts_a_sessions_kernel_with_its_variables(gateway: Gateway, tmp_path: Path) -> None:
     """What a replica does when the one that ran a chat died: the same kernel id, the same variables,
     nothing replayed; a kernel id the gateway no longer has gives a new kernel and a pending replay."""
+    others = {k["id"] for k in gateway.kernels()}  # the module's session may hold one
     first = TaskWeaverApp(app_dir=tmp_path / "shared", config=gateway_config(gateway))
     second = TaskWeaverApp(app_dir=tmp_path / "shared", config=gateway_config(gateway))
     try:
@@ -314,7 +316,7 @@ def test_another_server_adopts_a_sessions_kernel_with_its_variables(gateway: Gat
         assert not s2.replay_pending, "an adopted kernel still holds the variables"
         rnd = s2.send_message(code("import os\nprint('kept', kept + 1, os.path.basename(os.getcwd()))"))
         assert f"kept 42 weaver-{s1.session_id}" in rnd.reply_text, rnd.reply_text
-        assert [k["id"] for k in gateway.kernels()] == [kernel_id]
+        assert {k["id"] for k in gateway.kernels()} - others == {kernel_id}, "attached, not started"
 
         s2.stop()  # deletes the kernel; the chat's next server cannot adopt it any more
         third = second.open_session(s1.session_id, kernel_id=kernel_id)
@@ -324,7 +326,7 @@ def test_another_server_adopts_a_sessions_kernel_with_its_variables(gateway: Gat
     finally:
         second.stop()
         first.stop()
-    assert gateway.kernels() == []
+    assert {k["id"] for k in gateway.kernels()} <= others
 
 
 def test_the_pool_works_and_stopping_leaves_no_kernel_on_the_gateway(
