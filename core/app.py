@@ -153,10 +153,16 @@ class TaskWeaverApp:
             self._sessions[new_id] = session
             return session
 
-    def open_session(self, session_id: str) -> Session:
+    def open_session(self, session_id: str, kernel_id: str | None = None) -> Session:
         """The live session ``session_id``, or that session brought back from its folder: its earlier
         rounds in memory and its files in place, with a new kernel (``Session.replay_code`` rebuilds
-        its variables). For a chat opened again after its kernel stopped, or after a restart."""
+        its variables). For a chat opened again after its kernel stopped, or after a restart.
+
+        ``kernel_id`` (gateway kernels only): the session's kernel that another server started and
+        can no longer drive (it died). It is attached to here, before this returns, so its variables
+        survive with nothing to replay (``Session.replay_pending`` is False); if it is gone, a new
+        kernel starts and the replay is pending as usual."""
+        executor = None
         with self._lock:
             self._forget_stopped()
             live = self._sessions.get(session_id)
@@ -170,12 +176,21 @@ class TaskWeaverApp:
             limit = self.config.session.max_live_sessions
             if len(self._sessions) >= limit:
                 raise SessionLimitReached(limit)
+            if kernel_id and self.config.execution.gateway_url:
+                cwd = self.workspace.execution_cwd(session_id)
+                executor = new_executor(session_id, cwd, self.config, self.plugins, self.kernel_starts, kernel_id)
             session = self.injector.create_object(
-                Session, additional_kwargs={"session_id": session_id, "executor": None}
+                Session, additional_kwargs={"session_id": session_id, "executor": executor}
             )
             session.restore_history()
             self._sessions[session_id] = session
-            return session
+        if executor is not None:  # outside the app's lock: a gateway round trip, or a new kernel's start
+            try:
+                executor.start()  # attaches, or starts a new kernel if that one is gone
+            except Exception as exc:  # the first execution tries again and reports it
+                logging.getLogger("weaver").warning("session %s: its kernel did not start: %s", session_id, exc)
+            session.replay_pending = session.replay_pending and not executor.adopted
+        return session
 
     def delete_session(self, session_id: str) -> None:
         """Forget a session for good (its chat was deleted): stop it if live, delete its folder."""

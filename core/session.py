@@ -62,9 +62,15 @@ class _SessionEmitter(EventEmitter):
 
 
 def new_executor(
-    session_id: str, cwd: Path, config: AppSessionConfig, plugins: PluginCatalog, start_gate: StartGate | None
+    session_id: str,
+    cwd: Path,
+    config: AppSessionConfig,
+    plugins: PluginCatalog,
+    start_gate: StartGate | None,
+    attach_to: str | None = None,
 ) -> KernelExecutor:
-    """The kernel executor of one session (or of a pooled kernel reserved for one), not started yet."""
+    """The kernel executor of one session (or of a pooled kernel reserved for one), not started yet;
+    ``attach_to``: its gateway kernel that another server started, to connect to first."""
     return KernelExecutor(
         session_id,
         cwd,
@@ -74,6 +80,7 @@ def new_executor(
         settings=config.execution,
         start_gate=start_gate,
         session_var_limits=(config.session.max_session_vars, config.session.max_session_var_chars),
+        attach_to=attach_to,
     )
 
 
@@ -131,7 +138,7 @@ class Session:
         self._cancel: CancelToken | None = None
         self._stopped = False
         self.log.logger.info(
-            "session %s started in %s%s", session_id, self.execution_cwd, " with a warm kernel" if warm else ""
+            "session %s started in %s%s", session_id, self.execution_cwd, " with a kernel handed over" if warm else ""
         )
         if config.execution.prewarm and not warm:
             threading.Thread(target=self._prewarm, name=f"prewarm-{session_id}", daemon=True).start()

@@ -257,6 +257,78 @@ def test_a_wrong_token_or_no_gateway_is_refused_at_start(gateway: Gateway, tmp_p
         )
 
 
+def test_weaver_ui_refuses_to_start_with_a_gateway_it_cannot_use(gateway: Gateway, tmp_path: Path) -> None:
+    """``weaver ui`` exits non-zero at once with the engine's sentence, not a served site whose every
+    chat fails: a wrong token names execution.gateway_token, no gateway names execution.gateway_url."""
+    import subprocess
+    import sys
+
+    from tests.ui_harness import REPO_ROOT
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("WEAVER_", "CHAINLIT_"))}
+    base.update(
+        {
+            "PYTHONPATH": str(REPO_ROOT),
+            "WEAVER_LLM__API_TYPE": "offline",
+            "WEAVER_UI_CHECK_MODEL_AT_START": "false",
+            "WEAVER_EXECUTION__GATEWAY_URL": gateway.url,
+            "WEAVER_EXECUTION__GATEWAY_KERNEL_NAME": KERNEL_NAME,
+        }
+    )
+    before = gateway.kernels()
+    cases = {
+        "execution.gateway_token": {"WEAVER_EXECUTION__GATEWAY_TOKEN": "wrong-token"},
+        "execution.gateway_url": {"WEAVER_EXECUTION__GATEWAY_URL": f"http://127.0.0.1:{free_port()}"},
+    }
+    for named, env in cases.items():
+        port = str(free_port())
+        done = subprocess.run(
+            [sys.executable, "-m", "ui.cli", "ui", "--port", port, "--app-dir", str(tmp_path / "app")],
+            cwd=tmp_path,
+            env={**base, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        said = done.stdout + done.stderr
+        assert done.returncode != 0, said
+        refusal = [line for line in said.splitlines() if line.startswith("Weaver UI: ")]
+        assert len(refusal) == 1 and named in refusal[0], said
+        assert "Traceback" not in said, said
+    assert gateway.kernels() == before, "a refused server started no kernel"
+
+
+def test_another_server_adopts_a_sessions_kernel_with_its_variables(gateway: Gateway, tmp_path: Path) -> None:
+    """What a replica does when the one that ran a chat died: the same kernel id, the same variables,
+    nothing replayed; a kernel id the gateway no longer has gives a new kernel and a pending replay."""
+    others = {k["id"] for k in gateway.kernels()}  # the module's session may hold one
+    first = TaskWeaverApp(app_dir=tmp_path / "shared", config=gateway_config(gateway))
+    second = TaskWeaverApp(app_dir=tmp_path / "shared", config=gateway_config(gateway))
+    try:
+        s1 = first.get_session()
+        started: list[str | None] = []
+        s1.executor.on_kernel_started = started.append
+        assert s1.send_message(code("kept = 41\nopen('made.txt', 'w').write('x')")).state == "finished"
+        kernel_id = s1.executor.remote_kernel_id
+        assert kernel_id and started[-1] == kernel_id
+        s2 = second.open_session(s1.session_id, kernel_id=kernel_id)
+        assert s2.executor.adopted and s2.executor.remote_kernel_id == kernel_id
+        assert not s2.replay_pending, "an adopted kernel still holds the variables"
+        rnd = s2.send_message(code("import os\nprint('kept', kept + 1, os.path.basename(os.getcwd()))"))
+        assert f"kept 42 weaver-{s1.session_id}" in rnd.reply_text, rnd.reply_text
+        assert {k["id"] for k in gateway.kernels()} - others == {kernel_id}, "attached, not started"
+
+        s2.stop()  # deletes the kernel; the chat's next server cannot adopt it any more
+        third = second.open_session(s1.session_id, kernel_id=kernel_id)
+        assert not third.executor.adopted and third.replay_pending
+        assert third.executor.remote_kernel_id not in (None, kernel_id)
+        third.stop()
+    finally:
+        second.stop()
+        first.stop()
+    assert {k["id"] for k in gateway.kernels()} <= others
+
+
 def test_the_pool_works_and_stopping_leaves_no_kernel_on_the_gateway(
     gateway: Gateway, session: Session, tmp_path: Path
 ) -> None:

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 import httpx
 import pytest
@@ -129,9 +129,17 @@ def cluster() -> Iterator[PgCluster]:
 BIND_FAILED = ("address already in use", "cannot bind socket")  # uvicorn's and HAProxy's words
 
 
-def _start_layout(root: Path, app_dir: Path, url: str, stoppers: list[Callable[[], None]]) -> Layout:
+def _start_layout(
+    root: Path,
+    app_dir: Path,
+    url: str,
+    stoppers: list[Callable[[], None]],
+    extra_env: Mapping[str, str] | None = None,
+    grace_s: float = GRACE_S,
+) -> Layout:
     """Both replicas and the proxy; how to stop each process started goes into ``stoppers`` at once,
-    so the caller stops it (by its PID) whatever happens next."""
+    so the caller stops it (by its PID) whatever happens next. ``extra_env``: more settings for both
+    replicas (tests/test_layout.py points them at a kernel gateway)."""
     ports = {"a": free_port(), "b": free_port()}
     proxy_port = free_port()
     origins = ",".join(f"http://127.0.0.1:{p}" for p in (proxy_port, *ports.values()))
@@ -143,11 +151,12 @@ def _start_layout(root: Path, app_dir: Path, url: str, stoppers: list[Callable[[
         "WEAVER_UI_LOGIN_ATTEMPTS_PER_USER": str(ATTEMPTS),
         "WEAVER_UI_REPLICA_HEARTBEAT_S": "1",
         "WEAVER_EXECUTION__POOL_SIZE": "0",  # no warm kernels: every kernel belongs to a chat
+        **(extra_env or {}),
     }
 
     def start(rid: str) -> UIServer:
         env = {**common, "WEAVER_UI_REPLICA_ID": rid}
-        return start_server(app_dir, root / f"replica-{rid}.log", GRACE_S, env, port=ports[rid])
+        return start_server(app_dir, root / f"replica-{rid}.log", grace_s, env, port=ports[rid])
 
     replicas: dict[str, UIServer] = {}
     with ThreadPoolExecutor(2) as pool:
@@ -380,6 +389,59 @@ def test_a_dead_replicas_places_expire_and_its_chats_can_still_be_found(cluster:
                 assert await dead.claim("chat-3", "user:erin", limit=1)
             finally:
                 await alive.stop()
+        finally:
+            await layer.close()
+
+    asyncio.run(scenario(tmp_path))
+
+
+def test_a_dead_replicas_gateway_kernel_is_adopted_once_or_deleted_once(cluster: PgCluster, tmp_path: Path) -> None:
+    """Straight on the shared tables, with replicas racing: of two replicas adopting one chat's kernel
+    only one gets it, and only after the dead replica's row expired; of two replicas reaping, each
+    orphaned kernel is deleted once, after the adoption window, and a claimed kernel never."""
+    import asyncio
+
+    from ui.history import open_history
+    from ui.shared import LiveSessions
+
+    url = cluster.create_database()
+    beat, window = 0.2, 0.4
+
+    async def scenario(folder: Path) -> None:
+        layer = await open_history(folder, url)
+        try:
+            dead, a, b = (LiveSessions(lambda: layer.engine, rid, beat, window) for rid in ("dead", "a", "b"))
+            deleted: list[str] = []
+
+            async def delete(kernel_id: str) -> None:
+                await asyncio.sleep(0.05)  # a gateway round trip, during which the row stays locked
+                deleted.append(kernel_id)
+
+            a.delete_kernel = b.delete_kernel = delete
+            await a.start()  # both beat, and reap at every beat
+            await b.start()
+            for n in (1, 2):
+                assert await dead.claim(f"chat-{n}", "user:erin", limit=5)
+                await dead.note_kernel(f"chat-{n}", f"s{n}", f"k{n}")
+            started = time.monotonic()
+            got = await asyncio.gather(a.adopt_kernel("chat-1", "s1"), b.adopt_kernel("chat-1", "s1"))
+            assert got.count("k1") == 1 and got.count(None) == 1, got
+            assert time.monotonic() - started >= beat * 2, "adopted before the dead replica's row expired"
+            assert await a.adopt_kernel("chat-2", "wrong-session") is None
+            winner = a if got[0] == "k1" else b
+            assert await winner.claim("chat-1", "user:erin", limit=5)  # its heartbeat keeps the row fresh
+            try:
+                expires = time.monotonic() + beat * 3 + window + 5
+                while "k2" not in deleted:
+                    assert time.monotonic() < expires, "the orphaned kernel was never deleted"
+                    await asyncio.gather(a.reap_orphans(), b.reap_orphans())
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(window + beat * 3)
+                await asyncio.gather(a.reap_orphans(), b.reap_orphans())
+                assert deleted == ["k2"], "deleted once, and never the adopted kernel"
+            finally:
+                await a.stop()
+                await b.stop()
         finally:
             await layer.close()
 

@@ -210,6 +210,7 @@ async def on_message(message: cl.Message) -> None:
     cl.user_session.set("weaver_session", session)
     await _apply_llm(session)
     if lease.created:
+        server.track_kernel(_key(), session)
         _remember_session(session.session_id)
         for problem in getattr(session, "plugin_errors", []) or []:
             await cl.Message(content=f"Warning: {problem}", author=chainlit_config.ui.name).send()

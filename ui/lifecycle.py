@@ -27,7 +27,9 @@ Design - a grace period plus lazy re-creation:
 * With several replicas sharing a database, ``registry`` (``ui.shared.LiveSessions``) holds the
   per-client cap across all of them: ``acquire_async`` claims a place there before it creates a
   session (freeing this replica's longest-disconnected chat of the client when it is full), and a
-  stop gives the place back. Without one, the cap is this process's (``_make_room``).
+  stop gives the place back. Without one, the cap is this process's (``_make_room``). A chat that
+  comes back from a replica that died first asks the registry for the gateway kernel it held there
+  (``adopt_kernel``); the factory then attaches to it instead of starting one.
 
 Every method runs on the event loop thread; only the blocking creation (``acquire_async``) and
 ``stop`` of a session run off it, through ``ui.bridge`` on a thread of its own per call (a stop
@@ -61,6 +63,8 @@ class LiveRegistry(Protocol):
 
     async def release(self, chat: str) -> None: ...
 
+    async def adopt_kernel(self, chat: str, session_id: str) -> str | None: ...
+
 
 class StoppableSession(Protocol):
     """The part of ``core.Session`` that the owner needs."""
@@ -75,8 +79,9 @@ class StoppableSession(Protocol):
     def stop(self) -> None: ...
 
 
-# (user name, id of a session to bring back or None) -> the chat's session
-SessionFactory = Callable[[str, "str | None"], StoppableSession]
+# (user name, id of a session to bring back or None[, its gateway kernel to adopt]) -> the chat's session;
+# the third argument is passed only when there is a kernel to adopt.
+SessionFactory = Callable[..., StoppableSession]
 
 
 class TooManyChats(WeaverError):
@@ -191,17 +196,32 @@ class SessionOwner:
         return Lease(session=session, recreated=created and recreated, round_lock=entry.round_lock, created=created)
 
     async def _create(self, key: str, user_name: str, client: str, resume_id: str | None) -> StoppableSession:
-        """Claim the chat's place among the client's live chats on every replica, then make its session."""
+        """Claim the chat's place among the client's live chats on every replica (taking over the gateway
+        kernel it held on a replica that died, if any), then make its session."""
+        kernel_id: str | None = None
         if self.registry is not None:
             pending = self._releases.get(key)
             if pending is not None:  # a late release of this chat's last session must not undo the claim
                 await asyncio.gather(pending, return_exceptions=True)
+            if resume_id:
+                kernel_id = await self._adoptable(key, resume_id)
             await self._claim(key, client)
+        adopt = (kernel_id,) if kernel_id else ()
         try:
-            return await run_in_thread(self._factory, user_name, resume_id, name="weaver-session-create")
+            return await run_in_thread(self._factory, user_name, resume_id, *adopt, name="weaver-session-create")
         except BaseException:
             self._give_back(key)
             raise
+
+    async def _adoptable(self, key: str, resume_id: str) -> str | None:
+        """The gateway kernel this chat held on a replica that is gone, now ours; None on any failure
+        (the chat then gets a new kernel and its code is replayed, as without a gateway)."""
+        assert self.registry is not None
+        try:
+            return await self.registry.adopt_kernel(key, resume_id)
+        except Exception:
+            logger.exception("could not look for chat %s's kernel in the shared database", key)
+            return None
 
     async def _claim(self, key: str, client: str) -> None:
         """The shared cap: free this replica's longest-disconnected chats of ``client`` while the

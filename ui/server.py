@@ -6,12 +6,13 @@ one message saying what to set.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
 import socket
 import threading
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import chainlit as cl
 from chainlit.config import config as chainlit_config
@@ -19,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import Session, SessionNotFound, TaskWeaverApp
 from core.config import ConfigError, load_config
+from core.errors import GatewayError
+from core.execution.gateway_client import GatewayREST, check_gateway
 from core.execution.sandbox import SandboxUnavailableError, require_sandbox
 from core.workspace import default_app_dir
 from ui import guard
@@ -27,7 +30,7 @@ from ui.bridge import run_in_thread
 from ui.history import HistoryConfigError, WeaverDataLayer, history_settings, install_file_route, open_history
 from ui.lifecycle import SessionOwner
 from ui.settings import UISettingsError, is_loopback, serving_hosts, serving_origins, ui_settings
-from ui.shared import LiveSessions, SharedLoginThrottle, is_shared
+from ui.shared import EXPIRY_BEATS, LiveSessions, SharedLoginThrottle, is_shared
 
 logger = logging.getLogger("weaver.ui.server")
 
@@ -65,14 +68,15 @@ def sync_upload_limit(max_file_mb: float) -> int:
     return limit
 
 
-def new_session(user_name: str, resume_id: str | None = None) -> Session:
+def new_session(user_name: str, resume_id: str | None = None, kernel_id: str | None = None) -> Session:
     """The chat's Weaver session, knowing who it works for (plugins read ``user_name``): the one
-    named ``resume_id`` - live, or brought back from its folder - else a fresh one."""
+    named ``resume_id`` - live, or brought back from its folder (attached to its gateway kernel
+    ``kernel_id`` when a replica that died left one) - else a fresh one."""
     app = weaver_app()
     session = None
     if resume_id:
         try:
-            session = app.open_session(resume_id)
+            session = app.open_session(resume_id, kernel_id=kernel_id)
         except SessionNotFound:
             logger.info("weaver session %s is gone; the chat continues in a fresh one", resume_id)
     if session is None:
@@ -119,7 +123,9 @@ def _history_engine() -> AsyncEngine | None:
     return HISTORY.engine if HISTORY is not None else None
 
 
-LIVE = LiveSessions(_history_engine, REPLICA_ID, SETTINGS.replica_heartbeat_s) if SHARED else None
+# A dead replica's gateway kernel waits to be adopted as long as a disconnected chat's kernel would.
+ADOPT_WINDOW_S = max(SETTINGS.disconnect_grace_s, EXPIRY_BEATS * SETTINGS.replica_heartbeat_s)
+LIVE = LiveSessions(_history_engine, REPLICA_ID, SETTINGS.replica_heartbeat_s, ADOPT_WINDOW_S) if SHARED else None
 
 OWNER = SessionOwner(
     new_session,
@@ -235,6 +241,25 @@ def _refuse_unsandboxed_sharing() -> None:
 _refuse_unsandboxed_sharing()
 
 
+def _refuse_unusable_gateway() -> None:
+    """With ``execution.gateway_url`` every kernel runs on that gateway: one it cannot reach, that
+    refuses the token or lacks the kernel stops the server here, with the engine's one sentence
+    (naming ``execution.gateway_url`` or ``execution.gateway_token``), before anything is served.
+    The engine checks again when it starts; a failure there is only logged by Chainlit."""
+    try:
+        settings = load_config(default_app_dir()).execution
+    except ConfigError as exc:
+        raise SystemExit(f"Weaver UI: {exc}") from None
+    if settings.gateway_url:
+        try:
+            check_gateway(settings)
+        except GatewayError as exc:
+            raise SystemExit(f"Weaver UI: {exc}") from None
+
+
+_refuse_unusable_gateway()
+
+
 async def open_chat_history(app: TaskWeaverApp) -> WeaverDataLayer:
     """Open (create or migrate) the history in the server's event loop, where its connections live."""
     global HISTORY
@@ -246,9 +271,51 @@ async def open_chat_history(app: TaskWeaverApp) -> WeaverDataLayer:
         url_prefix=HISTORY_FILES,
     )
     if LIVE is not None:
+        if app.config.execution.gateway_url:
+            LIVE.delete_kernel = _gateway_deleter(app)
         await LIVE.start()
         logger.info("replica %s shares login, throttle and session caps through the database", REPLICA_ID)
     return HISTORY
+
+
+def _gateway_deleter(app: TaskWeaverApp) -> Callable[[str], Awaitable[None]]:
+    """Deletes one kernel on the engine's gateway, off the event loop (the REST client blocks)."""
+    rest = GatewayREST.shared(app.config.execution)
+
+    async def delete(kernel_id: str) -> None:
+        await run_in_thread(rest.delete_kernel, kernel_id, name="weaver-delete-kernel")
+
+    return delete
+
+
+def track_kernel(chat: str, session: Any) -> None:
+    """Keep the chat's row in the shared database naming its gateway kernel, now and at every
+    later kernel start (a restart after a crash), so another replica can adopt or delete it if
+    this one dies. Local kernels have no id to note: nothing is done for them. ``session``: a
+    ``core.Session`` (typed loosely: the owner hands out its ``StoppableSession`` view)."""
+    if LIVE is None or not session.config.execution.gateway_url:
+        return
+    loop = asyncio.get_running_loop()
+    live = LIVE
+
+    def note(kernel_id: str | None) -> None:  # on the loop
+        task = asyncio.ensure_future(live.note_kernel(chat, session.session_id, kernel_id))
+        _NOTING.add(task)
+        task.add_done_callback(_noted)
+
+    session.executor.on_kernel_started = lambda kernel_id: loop.call_soon_threadsafe(note, kernel_id)
+    current = session.executor.remote_kernel_id
+    if current is not None:
+        note(current)
+
+
+_NOTING: set[asyncio.Task[None]] = set()  # held until done (the loop keeps only weak references)
+
+
+def _noted(task: asyncio.Task[None]) -> None:
+    _NOTING.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("could not note a gateway kernel in the shared database: %s", task.exception())
 
 
 def running_engine() -> TaskWeaverApp | None:

@@ -2,7 +2,7 @@
 
 Replicas behind a sticky load balancer share one database (``WEAVER_DATABASE_URL``) and one
 app folder. Anything a user could otherwise multiply by hitting another replica lives here,
-in the history database's own tables (``ui.history.schema``, version 2), never only in one
+in the history database's own tables (``ui.history.schema``, versions 2 and 3), never only in one
 process's memory:
 
 * the **login secret** (``weaver_secrets``): made once by whichever replica starts first, so a
@@ -12,8 +12,15 @@ process's memory:
 * **live sessions** (``weaver_live_sessions``): one row per chat holding a kernel, with its
   client (user), its replica and an expiry that the replica's heartbeat pushes forward. A replica
   that dies stops renewing its rows, so they stop counting after ``3 × heartbeat`` seconds; its
-  kernels died with it (``bwrap --die-with-parent``). The row also remembers the chat's thread,
-  so a page whose replica died reconnects into the same chat (``LiveSessions.thread_of``).
+  local kernels died with it (``bwrap --die-with-parent``). The row also remembers the chat's
+  thread, so a page whose replica died reconnects into the same chat (``LiveSessions.thread_of``);
+* **gateway kernels** (schema version 3: the row's ``sessionId`` and ``kernelId``): a kernel on a
+  Jupyter gateway outlives the replica that started it. When the chat comes back on another
+  replica, that replica adopts the kernel (``adopt_kernel``: the variables survive, nothing is
+  replayed) once the dead replica's rows have expired; a kernel nobody adopts within
+  ``adopt_window_s`` after that is deleted by whichever replica's heartbeat finds it first
+  (``reap_orphans``). Row locks (``FOR UPDATE``, ``SKIP LOCKED``) keep two replicas from both
+  adopting, or both deleting, one kernel, and from deleting one being adopted.
 
 Times are epoch seconds from the database's clock, so replicas' clocks need not agree. Only
 PostgreSQL is used this way (``is_shared``): a SQLite file belongs to one server process, which
@@ -27,7 +34,7 @@ import logging
 import secrets
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -159,13 +166,27 @@ class SharedLoginThrottle:
 # ----------------------------------------------------------------------------------- live sessions
 
 
+# Deletes one kernel on the gateway (404 included); raises when the gateway could not be asked.
+KernelDeleter = Callable[[str], Awaitable[None]]
+
+
 class LiveSessions:
     """Chats holding a kernel, per client, across replicas; this replica's rows kept alive by a heartbeat."""
 
-    def __init__(self, engine: Callable[[], AsyncEngine | None], replica: str, heartbeat_s: float) -> None:
+    def __init__(
+        self,
+        engine: Callable[[], AsyncEngine | None],
+        replica: str,
+        heartbeat_s: float,
+        adopt_window_s: float = 0.0,
+    ) -> None:
+        """``adopt_window_s``: how long past its expiry a dead replica's kernel waits to be adopted."""
         self._engine = engine
         self.replica = replica
         self.heartbeat_s = heartbeat_s
+        self.adopt_window_s = adopt_window_s
+        # Set at start when kernels run on a gateway: the heartbeat then deletes orphaned kernels.
+        self.delete_kernel: KernelDeleter | None = None
         self._beat: asyncio.Task[None] | None = None
 
     @property
@@ -211,6 +232,11 @@ class LiveSessions:
                     )
             except Exception:  # a database blip must not end the heartbeat; rows expire if it lasts
                 logger.exception("live-session heartbeat failed")
+            if self.delete_kernel is not None:
+                try:
+                    await self.reap_orphans()
+                except Exception:
+                    logger.exception("deleting orphaned gateway kernels failed")
             await asyncio.sleep(self.heartbeat_s)
 
     async def claim(self, chat: str, client: str, limit: int) -> bool:
@@ -235,7 +261,10 @@ class LiveSessions:
                     'INSERT INTO weaver_live_sessions ("chat", "client", "replica", "live", "expiresAt") '
                     f'VALUES (:k, :c, :r, TRUE, {NOW} + :t) ON CONFLICT ("chat") DO UPDATE SET '
                     '"client" = EXCLUDED."client", "replica" = EXCLUDED."replica", "live" = TRUE, '
-                    '"expiresAt" = EXCLUDED."expiresAt"'
+                    '"expiresAt" = EXCLUDED."expiresAt", '
+                    # A kernel noted by another replica is not ours unless ``adopt_kernel`` took it.
+                    '"kernelId" = CASE WHEN weaver_live_sessions."replica" = EXCLUDED."replica" '
+                    'THEN weaver_live_sessions."kernelId" END'
                 ),
                 {"k": chat, "c": client, "r": self.replica, "t": self.ttl_s},
             )
@@ -249,13 +278,108 @@ class LiveSessions:
             )
 
     async def release(self, chat: str) -> None:
-        """The chat's session stopped here: it no longer counts. The row stays (not renewed) for
-        ``FORGET_AFTER_S``, so the chat's page can still reconnect into its thread elsewhere."""
+        """The chat's session stopped here (and its kernel with it): it no longer counts. The row stays
+        (not renewed) for ``FORGET_AFTER_S``, so the chat's page can still reconnect into its thread elsewhere."""
         async with self._db().begin() as conn:
             await conn.execute(
-                text('UPDATE weaver_live_sessions SET "live" = FALSE WHERE "chat" = :k AND "replica" = :r'),
+                text(
+                    'UPDATE weaver_live_sessions SET "live" = FALSE, "kernelId" = NULL '
+                    'WHERE "chat" = :k AND "replica" = :r'
+                ),
                 {"k": chat, "r": self.replica},
             )
+
+    # ----- gateway kernels ------------------------------------------------------------------------
+
+    async def note_kernel(self, chat: str, session_id: str, kernel_id: str | None) -> None:
+        """The chat's session on this replica now runs in gateway kernel ``kernel_id``."""
+        async with self._db().begin() as conn:
+            await conn.execute(
+                text(
+                    'UPDATE weaver_live_sessions SET "sessionId" = :s, "kernelId" = :g '
+                    'WHERE "chat" = :k AND "replica" = :r'
+                ),
+                {"s": session_id, "g": kernel_id, "k": chat, "r": self.replica},
+            )
+
+    async def adopt_kernel(self, chat: str, session_id: str) -> str | None:
+        """The gateway kernel that ``chat`` held for ``session_id`` on a replica that is gone, now
+        this replica's; None when there is none to take.
+
+        A replica is gone when its rows expired; until the chat's row expires this waits, at most
+        ``ttl_s`` plus a beat, and then gives up (that replica may be alive: the page only moved,
+        and the kernel stays its own). The row is taken under its lock with a fresh expiry and stays
+        uncounted (``live`` false) until ``claim``, so no other replica takes it meanwhile; if the
+        claim never comes, the row expires again and ``reap_orphans`` deletes the kernel after the
+        window, as for any orphan.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.ttl_s + self.heartbeat_s
+        while True:
+            async with self._db().begin() as conn:
+                row = (
+                    await conn.execute(
+                        text(
+                            f'SELECT "kernelId", "sessionId", "expiresAt" - {NOW} '
+                            'FROM weaver_live_sessions WHERE "chat" = :k FOR UPDATE'
+                        ),
+                        {"k": chat},
+                    )
+                ).first()
+                if row is None or row[0] is None or row[1] != session_id:
+                    return None
+                kernel_id, left = str(row[0]), float(row[2])
+                # Expired only: a row that is not live but fresh was just adopted by another replica
+                # (not claimed yet) or retired by its restarted replica; both expire within ttl_s.
+                if left < 0:
+                    await conn.execute(
+                        text(
+                            'UPDATE weaver_live_sessions SET "replica" = :r, "live" = FALSE, '
+                            f'"expiresAt" = {NOW} + :t WHERE "chat" = :k'
+                        ),
+                        {"r": self.replica, "t": self.ttl_s, "k": chat},
+                    )
+                    logger.info("chat %s: adopting gateway kernel %s of a replica that is gone", chat, kernel_id)
+                    return kernel_id
+            wait = min(left, self.heartbeat_s) + 0.05
+            if loop.time() + wait > deadline:
+                logger.info("chat %s: its replica still beats; its kernel %s stays that replica's", chat, kernel_id)
+                return None
+            await asyncio.sleep(wait)  # until the row's expiry, read from the database's clock
+
+    async def reap_orphans(self) -> list[str]:
+        """Delete the gateway kernels of rows that expired over ``adopt_window_s`` ago and still name
+        one (a dead replica's chats nobody came back to); returns their ids. One row at a time under
+        its lock, skipping rows another replica is deleting or adopting; a kernel the gateway could
+        not delete stays named, for the next beat."""
+        assert self.delete_kernel is not None
+        deleted: list[str] = []
+        while True:
+            async with self._db().begin() as conn:
+                row = (
+                    await conn.execute(
+                        text(
+                            'SELECT "chat", "kernelId" FROM weaver_live_sessions WHERE "kernelId" IS NOT NULL '
+                            f'AND "expiresAt" < {NOW} - :w LIMIT 1 FOR UPDATE SKIP LOCKED'
+                        ),
+                        {"w": self.adopt_window_s},
+                    )
+                ).first()
+                if row is None:
+                    return deleted
+                chat, kernel_id = str(row[0]), str(row[1])
+                try:
+                    await self.delete_kernel(kernel_id)
+                except Exception as exc:  # the gateway is away: try again at the next beat
+                    logger.warning("orphaned gateway kernel %s of chat %s not deleted: %s", kernel_id, chat, exc)
+                    return deleted
+                await conn.execute(
+                    text('UPDATE weaver_live_sessions SET "kernelId" = NULL WHERE "chat" = :k'), {"k": chat}
+                )
+            logger.info(
+                "deleted gateway kernel %s of chat %s: its replica is gone and nobody adopted it", kernel_id, chat
+            )
+            deleted.append(kernel_id)
 
     async def thread_of(self, chat: str) -> str | None:
         """The thread of a chat that lived on another replica (alive or dead), if one was noted."""

@@ -16,10 +16,13 @@ def new_kernel_handle(
     extra_env: dict[str, str],
     start_timeout: float,
     read_only: list[Path],
+    attach_to: str | None = None,
 ) -> KernelHandle:
-    """``execution.gateway_url`` set: a kernel on that gateway; unset: a local sandboxed process."""
+    """``execution.gateway_url`` set: a kernel on that gateway (``attach_to``: an existing one of this
+    session to connect to first); unset: a local sandboxed process (``attach_to`` is ignored: a local
+    kernel dies with the server that started it)."""
     if settings.gateway_url:
         from core.execution.gateway_kernel import GatewayKernel  # httpx/websocket only in gateway mode
 
-        return GatewayKernel(session_id, cwd, settings, extra_env, start_timeout)
+        return GatewayKernel(session_id, cwd, settings, extra_env, start_timeout, attach_to)
     return KernelProcess(session_id, cwd, settings, extra_env, start_timeout, read_only)

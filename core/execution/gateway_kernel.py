@@ -45,9 +45,19 @@ class GatewayKernel:
     """One remote kernel at a time for one session; not thread-safe on its own (the executor's locks are)."""
 
     def __init__(
-        self, session_id: str, cwd: Path, settings: ExecutionSettings, extra_env: dict[str, str], start_timeout: float
+        self,
+        session_id: str,
+        cwd: Path,
+        settings: ExecutionSettings,
+        extra_env: dict[str, str],
+        start_timeout: float,
+        attach_to: str | None = None,
     ) -> None:
+        """``attach_to``: the id of this session's kernel that another server started on the gateway
+        (it died); the first ``launch`` connects to that kernel, with its variables, if it still exists."""
         self.session_id = session_id
+        self.attach_to = attach_to
+        self.adopted = False  # the running kernel is the one ``attach_to`` named
         self.cwd = cwd
         self.settings = settings
         self.extra_env = extra_env
@@ -114,22 +124,58 @@ class GatewayKernel:
             logger.debug("interrupting remote kernel %s failed: %s", kernel_id, exc)
 
     def launch(self) -> None:
-        """Start a kernel on the gateway and wait until it answers; raises ``KernelStartError``."""
+        """Start a kernel on the gateway (or attach to ``attach_to``) and wait until it answers;
+        raises ``KernelStartError``."""
         self.cwd.mkdir(parents=True, exist_ok=True)
+        attach, self.attach_to = self.attach_to, None  # only the first launch; a restart starts afresh
+        if attach is not None and self._attach(attach):
+            return
         try:
             self.kernel_id = self.rest.start_kernel(self.settings.gateway_kernel_name, self._env())
         except GatewayError as exc:
             raise KernelStartError(messages.start_failed(exc)) from exc
         try:
-            self.client = GatewayChannels(self.settings, self.kernel_id, self.start_timeout)
-            wait_for_ready(self.client, self.start_timeout, self.alive)
-            self.remote_pid, start_cwd = self._ask_pid()
-            self.remote_cwd = posixpath.join(start_cwd, self._workdir)
+            self._connect()
         except Exception as exc:
             self.teardown(graceful=False)
             raise KernelStartError(messages.not_ready(self.start_timeout, exc)) from exc
-        self.files.reset()
         logger.info("session %s: kernel %s started on the gateway", self.session_id, self.kernel_id)
+
+    def _attach(self, kernel_id: str) -> bool:
+        """Connect to an existing kernel of this session; False (nothing running) when it is gone
+        or does not answer, so the caller starts a new one. A kernel that does not answer is
+        deleted: nobody else may adopt it any more."""
+        try:
+            if not self.rest.kernel_exists(kernel_id):
+                logger.info("session %s: kernel %s is gone from the gateway", self.session_id, kernel_id)
+                return False
+        except GatewayError as exc:
+            logger.warning("session %s: cannot ask for kernel %s: %s", self.session_id, kernel_id, exc)
+            return False
+        self.kernel_id = kernel_id
+        try:
+            self._connect()
+        except Exception as exc:  # noqa: BLE001 - any failure means: start a new kernel instead
+            logger.warning(
+                "session %s: kernel %s did not answer (%s); starting a new one", self.session_id, kernel_id, exc
+            )
+            self.teardown(graceful=False)
+            return False
+        self.adopted = True
+        logger.info("session %s: attached to its kernel %s on the gateway", self.session_id, kernel_id)
+        return True
+
+    def _connect(self) -> None:
+        """Open the channels of ``kernel_id``, wait until it answers, and learn its pid and folder."""
+        assert self.kernel_id is not None
+        self.adopted = False
+        self.client = GatewayChannels(self.settings, self.kernel_id, self.start_timeout)
+        wait_for_ready(self.client, self.start_timeout, self.alive)
+        self.remote_pid, now_cwd = self._ask_pid()
+        # A kernel bootstrapped before (an adopted one) already works in the session's folder.
+        here = posixpath.basename(now_cwd.rstrip("/")) == self._workdir
+        self.remote_cwd = now_cwd if here else posixpath.join(now_cwd, self._workdir)
+        self.files.reset()
 
     def teardown(self, graceful: bool) -> None:
         """Close the channels and ``DELETE`` the kernel on the gateway (it stops its process)."""

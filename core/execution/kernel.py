@@ -56,8 +56,13 @@ class KernelExecutor:
         settings: ExecutionSettings | None = None,
         start_gate: StartGate | None = None,
         session_var_limits: tuple[int, int] | None = None,
+        attach_to: str | None = None,
     ) -> None:
+        """``attach_to``: a gateway kernel of this session that another server started (see ``adopted``)."""
         self.session_id = session_id
+        # Called with ``remote_kernel_id`` after each kernel start (on the starting thread), so a web
+        # tier can note which gateway kernel a session holds; None: nobody listens.
+        self.on_kernel_started: Callable[[str | None], object] | None = None
         # Plugins' ``set_session_var``: (count, value chars) bounds, and who merges what they set.
         self.session_var_limits = session_var_limits
         self.on_session_vars: Callable[[dict[str, str]], object] | None = None
@@ -73,7 +78,7 @@ class KernelExecutor:
         # Plugin folders are visible, read-only, inside the sandbox.
         plugin_dirs = sorted({p.code_path.resolve().parent for p in self._plugins if p.code_path is not None})
         self.process = new_kernel_handle(
-            session_id, self.cwd, self.settings, self.extra_env, start_timeout, plugin_dirs
+            session_id, self.cwd, self.settings, self.extra_env, start_timeout, plugin_dirs, attach_to
         )
         self._rpc = KernelRPC(self.process)
         self._lifecycle = threading.RLock()
@@ -97,6 +102,17 @@ class KernelExecutor:
     @property
     def sandboxed(self) -> bool:
         return self.process.sandboxed
+
+    @property
+    def remote_kernel_id(self) -> str | None:
+        """The gateway's id of the running kernel; None for a local kernel or none running."""
+        kernel_id = getattr(self.process, "kernel_id", None)
+        return kernel_id if isinstance(kernel_id, str) else None
+
+    @property
+    def adopted(self) -> bool:
+        """The running kernel is the ``attach_to`` one, with the variables it had: nothing to replay."""
+        return bool(getattr(self.process, "adopted", False))
 
     @property
     def ready(self) -> bool:
@@ -167,6 +183,11 @@ class KernelExecutor:
             except StartCancelled as exc:
                 raise KernelStartError(str(exc)) from exc
         self._ready = True
+        if self.on_kernel_started is not None:
+            try:
+                self.on_kernel_started(self.remote_kernel_id)
+            except Exception:  # noqa: BLE001 - a listener's failure is not the kernel's
+                logger.exception("on_kernel_started failed in session %s", self.session_id)
 
     def _bootstrap(self) -> None:
         """Shell settings and plugins; a failure is reported as a plugin error, not raised."""

@@ -54,6 +54,8 @@ def _enter_workdir(name: object) -> None:
         return
     if not isinstance(name, str) or "/" in name or name in (".", "..") or "\x00" in name:
         raise ValueError(f"refused working folder {name!r}")
+    if os.path.basename(os.getcwd()) == name:  # bootstrapped again (a server adopted this kernel)
+        return
     os.makedirs(name, mode=0o700, exist_ok=True)
     os.chdir(name)
     os.environ["HOME"] = os.getcwd()

@@ -143,9 +143,19 @@ def _v2(dialect: str) -> list[str]:
     ]
 
 
+def _v3(dialect: str) -> list[str]:
+    """Which gateway kernel a live chat holds (``ui.shared``): another replica adopts it when the
+    chat's replica dies, or deletes it when nobody does."""
+    return [
+        'ALTER TABLE weaver_live_sessions ADD COLUMN "sessionId" TEXT',
+        'ALTER TABLE weaver_live_sessions ADD COLUMN "kernelId" TEXT',
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "Chainlit's tables: users, threads, steps, elements, feedbacks", _v1),
     Migration(2, "shared by replicas: the login secret, failed logins, live sessions per user", _v2),
+    Migration(3, "the gateway kernel of each live chat, for adoption and clean-up across replicas", _v3),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
