@@ -127,6 +127,21 @@ def test_a_saved_chart_comes_back_with_identical_bytes(gateway: Gateway, session
     assert "chart.png" in [f.path for f in session.files().entries]  # what the Files panel lists
 
 
+def test_the_servers_kernel_variables_go_with_each_start(
+    gw_app: TaskWeaverApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KERNEL_* settings of the web tier reach the gateway (Enterprise Gateway picks a kernel's
+    container image from KERNEL_IMAGE); other server variables stay behind."""
+    monkeypatch.setenv("KERNEL_IMAGE", "registry.example/weaver-kernel:1")
+    monkeypatch.setenv("WEAVER_SERVER_ONLY", "secret")
+    s = gw_app.get_session()
+    try:
+        probe = "import os\nprint('seen', os.environ.get('KERNEL_IMAGE'), os.environ.get('WEAVER_SERVER_ONLY'))"
+        assert "seen registry.example/weaver-kernel:1 None" in s.send_message(code(probe)).reply_text
+    finally:
+        s.stop()
+
+
 def test_a_plugin_runs_remotely_and_sees_the_session_variable(session: Session) -> None:
     assert "Hi, alice! (from the config)" in session.send_message(code("print(whoami('Hi'))")).reply_text
 

@@ -34,8 +34,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Variables the kernel gateway passes to a kernel: KERNEL_* always, others only when its
-# operator allowlists them (``--JupyterWebsocketPersonality.env_whitelist``).
-_PASSED = re.compile(r"^PLUGIN_\w+$")
+# operator allowlists them (``--JupyterWebsocketPersonality.env_whitelist``). The server's own
+# KERNEL_* variables are the operator's words to the gateway (Enterprise Gateway reads e.g.
+# KERNEL_IMAGE, the container image of a kernel), so they go with every start.
+_PASSED = re.compile(r"^(PLUGIN|KERNEL)_\w+$")
 PID_TIMEOUT_S = 10.0
 EXISTS_CHECK_S = 2.0  # how often ``alive`` asks the gateway whether the kernel still exists
 _WHERE = {"pid": "__import__('os').getpid()", "cwd": "__import__('os').getcwd()"}
