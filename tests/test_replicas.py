@@ -307,7 +307,7 @@ def test_the_chat_cap_holds_across_replicas(layout: Layout) -> None:
         pages[1].disconnect()  # at the cap again; a new chat at home frees the disconnected one at once
         mark = home.log_size()
         assert any("home ok" in a for a in answers(late.connect().ask(code_block("print('home ok')"))))
-        home.wait_log(rf"on all replicas: stopping chat {pages[1].session_id}", 10, mark)
+        home.wait_log(rf"on all replicas: stopping disconnected chat {pages[1].session_id}", 10, mark)
     finally:
         for client in (*pages, elsewhere, late):
             client.disconnect()

@@ -229,24 +229,8 @@ class SessionOwner:
         connected, or on other replicas, which stop them after their own grace period)."""
         assert self.registry is not None
         while not await self.registry.claim(key, client, self.max_per_client):
-            gone = sorted(
-                (e.released_at, k)
-                for k, e in self._entries.items()
-                if k != key
-                and e.client == client
-                and e.session is not None
-                and e.released_at is not None
-                and not self._connected(k)
-            )
-            if not gone:
-                raise TooManyChats(self.max_per_client)
-            _, oldest = gone[0]
-            logger.info(
-                "client %s is at its %d sessions on all replicas: stopping chat %s", client, self.max_per_client, oldest
-            )
-            victim = self._entries[oldest]
-            self._disarm(victim)
-            self._stop(oldest, victim)
+            mine = [(k, e) for k, e in self._entries.items() if k != key and e.client == client]
+            oldest = self._stop_longest_disconnected(client, mine, " on all replicas")
             released = self._releases.get(oldest)
             if released is not None:
                 await asyncio.gather(released, return_exceptions=True)
@@ -335,6 +319,11 @@ class SessionOwner:
         ]
         if len(mine) < self.max_per_client:
             return
+        self._stop_longest_disconnected(client, mine, "")
+
+    def _stop_longest_disconnected(self, client: str, mine: list[tuple[str, _Entry]], where: str) -> str:
+        """Stop the chat of ``mine`` whose browser left longest ago and return its key; refuse
+        (``TooManyChats``) when every one of them is still connected."""
         gone = sorted(
             (e.released_at, k)
             for k, e in mine
@@ -344,11 +333,16 @@ class SessionOwner:
             raise TooManyChats(self.max_per_client)
         _, oldest = gone[0]
         logger.info(
-            "client %s is at its %d sessions: stopping disconnected chat %s", client, self.max_per_client, oldest
+            "client %s is at its %d sessions%s: stopping disconnected chat %s",
+            client,
+            self.max_per_client,
+            where,
+            oldest,
         )
         victim = self._entries[oldest]
         self._disarm(victim)
         self._stop(oldest, victim)
+        return oldest
 
     def current(self, key: str) -> StoppableSession | None:
         """The live session of a key, without creating one (used by the stop button)."""
