@@ -424,10 +424,13 @@ def test_a_dead_replicas_gateway_kernel_is_adopted_once_or_deleted_once(cluster:
                 assert await dead.claim(f"chat-{n}", "user:erin", limit=5)
                 await dead.note_kernel(f"chat-{n}", f"s{n}", f"k{n}")
             started = time.monotonic()
-            got = await asyncio.gather(a.adopt_kernel("chat-1", "s1"), b.adopt_kernel("chat-1", "s1"))
+            assert await a.adopt_kernel("chat-1", "s1", "user:mallory") is None  # not mallory's chat
+            got = await asyncio.gather(
+                a.adopt_kernel("chat-1", "s1", "user:erin"), b.adopt_kernel("chat-1", "s1", "user:erin")
+            )
             assert got.count("k1") == 1 and got.count(None) == 1, got
             assert time.monotonic() - started >= beat * 2, "adopted before the dead replica's row expired"
-            assert await a.adopt_kernel("chat-2", "wrong-session") is None
+            assert await a.adopt_kernel("chat-2", "wrong-session", "user:erin") is None
             winner = a if got[0] == "k1" else b
             assert await winner.claim("chat-1", "user:erin", limit=5)  # its heartbeat keeps the row fresh
             try:

@@ -63,7 +63,7 @@ class LiveRegistry(Protocol):
 
     async def release(self, chat: str) -> None: ...
 
-    async def adopt_kernel(self, chat: str, session_id: str) -> str | None: ...
+    async def adopt_kernel(self, chat: str, session_id: str, client: str) -> str | None: ...
 
 
 class StoppableSession(Protocol):
@@ -204,7 +204,7 @@ class SessionOwner:
             if pending is not None:  # a late release of this chat's last session must not undo the claim
                 await asyncio.gather(pending, return_exceptions=True)
             if resume_id:
-                kernel_id = await self._adoptable(key, resume_id)
+                kernel_id = await self._adoptable(key, resume_id, client)
             await self._claim(key, client)
         adopt = (kernel_id,) if kernel_id else ()
         try:
@@ -213,12 +213,12 @@ class SessionOwner:
             self._give_back(key)
             raise
 
-    async def _adoptable(self, key: str, resume_id: str) -> str | None:
+    async def _adoptable(self, key: str, resume_id: str, client: str) -> str | None:
         """The gateway kernel this chat held on a replica that is gone, now ours; None on any failure
         (the chat then gets a new kernel and its code is replayed, as without a gateway)."""
         assert self.registry is not None
         try:
-            return await self.registry.adopt_kernel(key, resume_id)
+            return await self.registry.adopt_kernel(key, resume_id, client)
         except Exception:
             logger.exception("could not look for chat %s's kernel in the shared database", key)
             return None

@@ -302,9 +302,10 @@ class LiveSessions:
                 {"s": session_id, "g": kernel_id, "k": chat, "r": self.replica},
             )
 
-    async def adopt_kernel(self, chat: str, session_id: str) -> str | None:
+    async def adopt_kernel(self, chat: str, session_id: str, client: str) -> str | None:
         """The gateway kernel that ``chat`` held for ``session_id`` on a replica that is gone, now
-        this replica's; None when there is none to take.
+        this replica's; None when there is none to take. Only the client (user) whose chat it was
+        may take it: a chat key and a session id are not proof of who is asking.
 
         A replica is gone when its rows expired; until the chat's row expires this waits, at most
         ``ttl_s`` plus a beat, and then gives up (that replica may be alive: the page only moved,
@@ -321,9 +322,9 @@ class LiveSessions:
                     await conn.execute(
                         text(
                             f'SELECT "kernelId", "sessionId", "expiresAt" - {NOW} '
-                            'FROM weaver_live_sessions WHERE "chat" = :k FOR UPDATE'
+                            'FROM weaver_live_sessions WHERE "chat" = :k AND "client" = :c FOR UPDATE'
                         ),
-                        {"k": chat},
+                        {"k": chat, "c": client},
                     )
                 ).first()
                 if row is None or row[0] is None or row[1] != session_id:
