@@ -26,7 +26,7 @@ from core import (
 )
 from core.events import EventEmitter, SessionEventHandler, TaskWeaverEvent
 from ui.answer import AnswerDraft
-from ui.bridge import ThreadJob, run_in_thread
+from ui.bridge import ThreadJob, in_background, run_in_thread
 from ui.files import Artifact, artifacts_inside, resolve_inside, select_artifacts
 from ui.lifecycle import SESSION_FAILED, SessionOwner, TooManyChats, session_error_text
 from ui.view import RoundView
@@ -253,6 +253,29 @@ def test_tables_and_files_arrive_as_data_and_render_within_caps(tmp_path: Path) 
     assert "**Execution:** ■ cancelled" in step
     assert "| a\\|b | c |" in step and "showing 5 of 400,000 rows" in step
     assert [a.name for a in view.artifacts] == ["chart.png"] and view.code_interrupted and not view.code_running
+
+
+def test_background_work_runs_to_its_end_and_a_failure_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Work started beside a round is not lost: it finishes, and a failure says what failed."""
+    done: list[str] = []
+
+    async def note() -> None:
+        await asyncio.sleep(0)
+        done.append("noted")
+
+    async def broken() -> None:
+        raise RuntimeError("database gone")
+
+    async def main() -> None:
+        first = in_background(note(), "noting a session")
+        second = in_background(broken(), "noting a kernel")
+        await asyncio.wait([first, second])
+        await asyncio.sleep(0)  # their done-callbacks run next
+
+    with caplog.at_level("ERROR", logger="weaver.ui.bridge"):
+        asyncio.run(main())
+    assert done == ["noted"]
+    assert any("noting a kernel failed" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
 def test_a_thread_job_hands_back_results_and_errors_to_sync_and_async_callers() -> None:

@@ -28,7 +28,7 @@ from chainlit.input_widget import Select, Slider, Switch  # noqa: E402
 
 from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
 from ui import guard, server  # noqa: E402  (importing ``server`` sets this server up)
-from ui.bridge import run_in_thread  # noqa: E402
+from ui.bridge import in_background, run_in_thread  # noqa: E402
 from ui.check import CheckReport, run_check_async  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.lifecycle import session_error_text  # noqa: E402
@@ -86,7 +86,7 @@ async def on_app_startup() -> None:
     server.OWNER.idle_s = app.config.session.idle_timeout
     await server.open_chat_history(app)
     if app.config.llm.resolved_api_type != "offline" and server.SETTINGS.check_model_at_start:
-        asyncio.ensure_future(_check_model(app))
+        in_background(_check_model(app), "the model check at start")
 
 
 async def _check_model(app: TaskWeaverApp) -> None:
@@ -268,22 +268,14 @@ def _remember_session(session_id: str) -> None:
     cl.user_session.set("weaver_session_id", session_id)
     thread_id = getattr(cl.context.session, "thread_id", None)
     if server.HISTORY is not None and thread_id:
-        task = asyncio.ensure_future(_note_session(thread_id, session_id, _key()))
-        _NOTING.add(task)
-        task.add_done_callback(_NOTING.discard)
-
-
-_NOTING: set[asyncio.Future[None]] = set()  # notes being written (a reference, so none is collected early)
+        in_background(_note_session(thread_id, session_id, _key()), f"noting session {session_id} in chat {thread_id}")
 
 
 async def _note_session(thread_id: str, session_id: str, key: str) -> None:
-    try:
-        if server.HISTORY is not None:
-            await server.HISTORY.update_thread(thread_id, metadata={"weaver_session_id": session_id})
-        if server.LIVE is not None:  # so the page can reconnect into this chat on another replica
-            await server.LIVE.note_thread(key, thread_id)
-    except Exception:
-        logger.exception("could not note weaver session %s in chat %s", session_id, thread_id)
+    if server.HISTORY is not None:
+        await server.HISTORY.update_thread(thread_id, metadata={"weaver_session_id": session_id})
+    if server.LIVE is not None:  # so the page can reconnect into this chat on another replica
+        await server.LIVE.note_thread(key, thread_id)
 
 
 async def _restore(session: Session) -> None:

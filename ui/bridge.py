@@ -6,6 +6,9 @@
 UI). Its own thread, not asyncio's default executor: that pool has a few workers shared by
 everyone, and a round or a session stop can take minutes, so one user's wait would queue others.
 
+``in_background`` runs a coroutine beside the caller, held until it ends (the loop keeps only
+weak references to tasks) and with its failure logged, never lost.
+
 ``EventPipe`` is a ``SessionEventHandler`` for the engine's worker thread that hands each event,
 in order, to an ``asyncio.Queue`` on the loop, so no UI code ever runs off the loop.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Coroutine, Generic, TypeVar
 
 from core import SessionEventHandlerBase, TaskWeaverEvent
 
@@ -89,6 +92,23 @@ def _settle(future: asyncio.Future[None]) -> None:
 async def run_in_thread(fn: Callable[..., T], *args: Any, name: str = "weaver-call") -> T:
     """Await ``fn(*args)`` run on a thread of its own (see ``ThreadJob``)."""
     return await ThreadJob(lambda: fn(*args), name).join()
+
+
+_BACKGROUND: set[asyncio.Future[Any]] = set()
+
+
+def in_background(work: Coroutine[Any, Any, Any], what: str) -> asyncio.Future[Any]:
+    """Start ``work`` on the running loop without waiting for it; a failure is logged as ``what``."""
+    task = asyncio.ensure_future(work)
+    _BACKGROUND.add(task)
+
+    def done(finished: asyncio.Future[Any]) -> None:
+        _BACKGROUND.discard(finished)
+        if not finished.cancelled() and finished.exception() is not None:
+            logger.error("%s failed", what, exc_info=finished.exception())
+
+    task.add_done_callback(done)
+    return task
 
 
 class EventPipe(SessionEventHandlerBase):

@@ -26,7 +26,7 @@ from core.execution.sandbox import SandboxUnavailableError, require_sandbox
 from core.workspace import default_app_dir
 from ui import guard
 from ui.auth import AuthSetupError, LoginLimiter, LoginThrottle, choose_mode, install_login
-from ui.bridge import run_in_thread
+from ui.bridge import in_background, run_in_thread
 from ui.history import HistoryConfigError, WeaverDataLayer, history_settings, install_file_route, open_history
 from ui.lifecycle import SessionOwner
 from ui.settings import UISettingsError, is_loopback, serving_hosts, serving_origins, ui_settings
@@ -299,23 +299,12 @@ def track_kernel(chat: str, session: Any) -> None:
     live = LIVE
 
     def note(kernel_id: str | None) -> None:  # on the loop
-        task = asyncio.ensure_future(live.note_kernel(chat, session.session_id, kernel_id))
-        _NOTING.add(task)
-        task.add_done_callback(_noted)
+        in_background(live.note_kernel(chat, session.session_id, kernel_id), f"noting gateway kernel {kernel_id}")
 
     session.executor.on_kernel_started = lambda kernel_id: loop.call_soon_threadsafe(note, kernel_id)
     current = session.executor.remote_kernel_id
     if current is not None:
         note(current)
-
-
-_NOTING: set[asyncio.Task[None]] = set()  # held until done (the loop keeps only weak references)
-
-
-def _noted(task: asyncio.Task[None]) -> None:
-    _NOTING.discard(task)
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("could not note a gateway kernel in the shared database: %s", task.exception())
 
 
 def running_engine() -> TaskWeaverApp | None:
