@@ -225,6 +225,28 @@ def test_a_file_over_the_cap_stays_in_the_kernel_and_the_user_is_told(session: S
     assert not (session.execution_cwd / "big.bin").exists()
 
 
+def test_a_run_bringing_back_more_than_its_share_waits_for_the_next_run(
+    gateway: Gateway, gw_app_dir: Path, tmp_path: Path
+) -> None:
+    """Many files each under the per-file cap: one execution moves at most ``gateway_sync_mb``,
+    says what waits, and the rest follows after the next execution."""
+    app = TaskWeaverApp(app_dir=gw_app_dir, config=gateway_config(gateway, **{"execution.gateway_sync_mb": 1}))
+    s = app.get_session()
+    try:
+        writes = "for i in range(3):\n    open(f'part{i}.bin', 'wb').write(bytes([i]) * (600 * 1024))"
+        rnd = s.send_message(code(writes))
+        back = sorted(p.name for p in s.execution_cwd.glob("part*.bin"))
+        assert len(back) == 1, back  # 600 KB fits in 1 MB; a second would not
+        assert "execution.gateway_sync_mb" in rnd.reply_text and "after the next execution" in rnd.reply_text
+        s.send_message(code("print('next')"))
+        s.send_message(code("print('and the next')"))
+        for i in range(3):
+            assert (s.execution_cwd / f"part{i}.bin").read_bytes() == bytes([i]) * (600 * 1024)
+    finally:
+        s.stop()
+        app.stop()
+
+
 def test_hostile_names_from_the_kernel_are_not_written_outside(gateway: Gateway, gw_app: TaskWeaverApp) -> None:
     s = gw_app.get_session()
     try:
