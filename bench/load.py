@@ -52,7 +52,8 @@ from procs import cpu_ticks, descendants, free_port, rss_kb
 ROOT = Path(__file__).resolve().parent.parent
 CODE = "```python\nprint(6*7)\n```"
 EXPECT = "42"
-KERNEL_MODULES = (b"core.execution.kernel_main", b"ipykernel_launcher")
+FORK_SERVER = b"core.execution.zygote"
+KERNEL_MODULES = (b"core.execution.kernel_main", b"ipykernel_launcher", FORK_SERVER)
 
 
 # ----- one simulated user ----------------------------------------------------------------------
@@ -211,21 +212,22 @@ class Kernel:
 
 
 def kernels(root: int, app_dir: Path | None) -> list[Kernel]:
-    """The kernel processes under ``root``; a kernel whose session folder has no session log is pooled."""
+    """The kernel processes under ``root``; a kernel whose session folder has no session log is pooled.
+
+    A kernel forked from the fork server carries its command line: it is told from the fork server
+    itself by living in a PID namespace of its own. Its session is the folder it works in."""
     found = []
+    own_pid_ns = os.readlink("/proc/self/ns/pid")
     for pid in descendants(root):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             if argv[1:2] != [b"-m"] or argv[2] not in KERNEL_MODULES:
                 continue
-            env = dict(
-                entry.split(b"=", 1)
-                for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                if b"=" in entry
-            )
+            if argv[2] == FORK_SERVER and os.readlink(f"/proc/{pid}/ns/pid") == own_pid_ns:
+                continue
+            session_id = Path(os.readlink(f"/proc/{pid}/cwd")).parent.name
         except (OSError, IndexError):
             continue
-        session_id = env.get(b"WEAVER_SESSION_ID", b"").decode()
         pooled = app_dir is not None and not (app_dir / "workspace" / "sessions" / session_id / "session.log").exists()
         found.append(Kernel(pid, session_id, pooled))
     return found

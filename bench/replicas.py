@@ -33,17 +33,8 @@ from procs import children, descendants, free_port, rss_kb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.execution.sandbox import is_kernel_process  # noqa: E402
 from tests.pg_cluster import start_cluster  # noqa: E402
-
-KERNEL = b"core.execution.kernel_main"
-
-
-def is_kernel(pid: int) -> bool:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return argv[1:3] == [b"-m", KERNEL]
 
 
 @dataclass
@@ -68,7 +59,7 @@ class Replica:
         if server is None:
             return
         self.peak_server_kb = max(self.peak_server_kb, rss_kb(server))
-        kernels = [p for p in descendants(server) if is_kernel(p)]
+        kernels = [p for p in descendants(server) if is_kernel_process(p)]
         self.peak_kernels = max(self.peak_kernels, len(kernels))
         self.peak_kernel_kb = max(self.peak_kernel_kb, sum(rss_kb(p) for p in kernels))
 

@@ -8,6 +8,7 @@ no more kernels start at once than allowed; a session holds no kernel until it r
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from core import PostEventType, PostStatus, SessionEventHandler, TaskWeaverApp, TaskWeaverEvent
+from core.execution import sandbox
 from core.execution.pool import StartCancelled, StartGate
 from tests.conftest import FIXTURE_APP, pid_alive
 
@@ -104,21 +106,15 @@ def test_app_stop_stops_the_pooled_kernels_and_removes_their_folders(tmp_path: P
 
 
 def _kernel_pids(sessions: Path) -> list[int]:
-    """Host pids of the kernels whose environment names a session under ``sessions``."""
-    ids = {p.name.encode() for p in sessions.iterdir()}
+    """Host pids of the kernels working in a session folder under ``sessions``."""
     found = []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            env = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[1:3] == [b"-m", b"core.execution.kernel_main"]:
-            names = {e.split(b"=", 1)[1] for e in env if e.startswith(b"WEAVER_SESSION_ID=")}
-            if names & ids:
-                found.append(int(proc.name))
+        if proc.name.isdigit() and sandbox.is_kernel_process(int(proc.name)):
+            try:
+                if Path(os.readlink(proc / "cwd")).is_relative_to(sessions):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
     return found
 
 

@@ -13,7 +13,8 @@ features a Weaver kernel never offers:
 
 Together ~40 % of a start's CPU and ~14 MB of memory. The garbage collector is also paused during
 start-up (thousands of objects are created, none is garbage). This module imports nothing but the
-standard library and ipykernel: it runs in every kernel.
+standard library and ipykernel: it runs in every kernel, and ``prepare`` runs once in the kernel
+fork server (``zygote.py``), whose children go straight to ``run``.
 """
 
 from __future__ import annotations
@@ -43,23 +44,36 @@ def _stand_in_embed() -> types.ModuleType:
     return module
 
 
-def main() -> None:
+def prepare() -> list[str]:
+    """Import ipykernel with the left-out modules hidden; returns the names ``run`` unhides."""
     gc.disable()
     hidden = [name for name in LEFT_OUT if name not in sys.modules]
     for name in hidden:
         sys.modules[name] = None  # type: ignore[assignment]  # an import of it raises ImportError
     if "IPython" not in sys.modules:
         sys.modules[EMBED] = _stand_in_embed()
+    import ipykernel.kernelapp  # noqa: F401
+
+    return [*hidden, EMBED]
+
+
+def run(argv: list[str], hidden: list[str]) -> None:
+    """Initialise the kernel from ``argv`` (without the program name), then serve until shutdown."""
     from ipykernel.kernelapp import IPKernelApp
 
+    gc.disable()
     app = IPKernelApp.instance()
-    app.initialize()  # ipykernel and IPython note here, once, that these are missing
-    for name in [*hidden, EMBED]:
+    app.initialize(argv)  # ipykernel and IPython note here, once, that the hidden modules are missing
+    for name in hidden:
         module = sys.modules.get(name, False)
         if module is None or getattr(module, "__weaver_stand_in__", False):
             del sys.modules[name]  # later imports get the real module
     gc.enable()
     app.start()
+
+
+def main() -> None:
+    run(sys.argv[1:], prepare())
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from jupyter_client import BlockingKernelClient, KernelManager
 
 from core.config import ExecutionSettings
 from core.execution import messages
-from core.execution.launcher import kernel_env, new_kernel_manager, start_kernel
+from core.execution.kernel_forks import FORK_SERVER, ForkServerError
+from core.execution.launcher import KERNEL_ARGV, kernel_env, new_kernel_manager, start_kernel
 from core.execution.sandbox import KernelBox, SandboxUnavailableError
 
 if TYPE_CHECKING:
@@ -76,10 +77,14 @@ class KernelProcess:
         return self.box is not None and self.box.sandboxed
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        box = self.box
+        return self.proc is not None and self.proc.poll() is None and not (box is not None and box.kernel_exited())
 
     def exit_code(self) -> int | None:
-        return self.proc.poll() if self.proc is not None else None
+        """The kernel's exit code; None for a forked kernel (its sandbox's code is its placeholder's)."""
+        if self.proc is None or (self.box is not None and self.box.forked):
+            return None
+        return self.proc.poll()
 
     def oom_killed(self) -> bool:
         return self.box is not None and self.box.oom_killed()
@@ -98,33 +103,66 @@ class KernelProcess:
     def launch(self) -> None:
         """Start a kernel in a new box and wait until it answers; raises ``KernelStartError``."""
         self.cwd.mkdir(parents=True, exist_ok=True)
+        forked = self.settings.fork_kernels and FORK_SERVER.usable
+        try:
+            self._launch(forked)
+        except ForkServerError as exc:
+            logger.warning("kernel of session %s not forked (%s); starting it on its own", self.session_id, exc)
+            self._launch(forked=False)
+
+    def _launch(self, forked: bool) -> None:
         try:
             box = KernelBox(self.session_id, self.cwd, self.settings, self.read_only)
         except (SandboxUnavailableError, OSError) as exc:
             raise KernelStartError(messages.start_failed(exc)) from exc
-        km = new_kernel_manager(box.argv_prefix, box.connection_file, box.ipc_prefix)
+        forked = forked and box.sandboxed
+        argv = box.placeholder_argv() if forked else KERNEL_ARGV
+        km = new_kernel_manager(box.argv_prefix, box.connection_file, box.ipc_prefix, argv)
+        env = box.env(kernel_env(self.session_id, self.extra_env, home=self.cwd))
+        # The kernel's own chatter (e.g. ipykernel's transport warning) goes to the session's
+        # folder, not the server's terminal.
+        log = self.cwd.parent / "kernel.log"
         try:
-            # The kernel's own chatter (e.g. ipykernel's transport warning) goes to the session's
-            # folder, not the server's terminal.
-            with (self.cwd.parent / "kernel.log").open("ab") as kernel_log:
+            with log.open("ab") as kernel_log:
                 start_kernel(
                     km,
                     cwd=str(self.cwd),
-                    env=box.env(kernel_env(self.session_id, self.extra_env, home=self.cwd)),
+                    env=env,
                     stdout=kernel_log,
                     stderr=kernel_log,
                     independent=box.sandboxed,  # no JPY_PARENT_PID: inside, the parent is pid 1
                 )
+            proc = getattr(km.provisioner, "process", None)
+            if forked:
+                if proc is None:
+                    raise ForkServerError("the sandbox's process is not known")
+                pid = FORK_SERVER.fork(
+                    outer_pid=proc.pid,
+                    fifo=box.fifo,
+                    connection_file=box.connection_file,
+                    env=env,
+                    cwd=self.cwd,
+                    log=log,
+                    cgroups=box.cgroups.procs_files,
+                    timeout=self.start_timeout,
+                )
+                box.adopt_kernel(pid)
         except Exception as exc:
+            try:
+                km.shutdown_kernel(now=True)  # the placeholder of a kernel that was not forked
+            except Exception:  # noqa: BLE001
+                logger.debug("cleanup after a failed launch failed", exc_info=True)
             try:
                 km.cleanup_resources()  # the connection file written before the launch failed
             except Exception:  # noqa: BLE001
                 logger.debug("cleanup after a failed launch failed", exc_info=True)
             box.close()
+            if isinstance(exc, ForkServerError):
+                raise
             raise KernelStartError(messages.start_failed(exc)) from exc
         self.box = box
         self.manager = km
-        self.proc = getattr(km.provisioner, "process", None)
+        self.proc = proc
         kc = km.client()
         kc.allow_stdin = False
         # No heartbeat channel: a thread per kernel pinging every few seconds, for what ``alive()``

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,25 +21,19 @@ INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # CPU per kernel start (IPython builds the database even in memory); In, Out and _ still work.
 # ``core.execution.kernel_main`` is ipykernel's launcher without the debugger and completion engine.
 KERNEL_MODULE = "core.execution.kernel_main"
-KERNEL_ARGV = [
-    sys.executable,
-    "-m",
-    KERNEL_MODULE,
-    "-f",
-    "{connection_file}",
-    "--IPKernelApp.ignore_cwd=True",
-    "--HistoryManager.enabled=False",
-]
+KERNEL_ARGS = ["-f", "{connection_file}", "--IPKernelApp.ignore_cwd=True", "--HistoryManager.enabled=False"]
+KERNEL_ARGV = [sys.executable, "-m", KERNEL_MODULE, *KERNEL_ARGS]
 
 
 class _OwnPythonSpecs(KernelSpecManager):
-    """Always answers with ``sys.executable -m ipykernel_launcher``: a user's kernelspec can't swap it."""
+    """Always answers with our own command (``KERNEL_ARGV``): a user's kernelspec can't swap it."""
 
     argv_prefix: list[str] = []
+    argv: list[str] = KERNEL_ARGV
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
         return KernelSpec(
-            argv=[*self.argv_prefix, *KERNEL_ARGV],
+            argv=[*self.argv_prefix, *self.argv],
             display_name="Weaver Python",
             language="python",
             interrupt_mode="signal",
@@ -68,12 +63,17 @@ def kernel_env(session_id: str, extra_env: dict[str, str] | None, home: Path | N
 
 
 def new_kernel_manager(
-    argv_prefix: Sequence[str] = (), connection_file: Path | None = None, ipc_prefix: Path | None = None
+    argv_prefix: Sequence[str] = (),
+    connection_file: Path | None = None,
+    ipc_prefix: Path | None = None,
+    argv: Sequence[str] = KERNEL_ARGV,
 ) -> KernelManager:
     """A manager whose kernel runs behind ``argv_prefix`` (the sandbox) and, given ``ipc_prefix``,
-    talks over ZMQ ``ipc`` sockets in that private folder instead of TCP ports any process could reach."""
+    talks over ZMQ ``ipc`` sockets in that private folder instead of TCP ports any process could reach.
+    ``argv`` replaces the kernel's command (a placeholder when the kernel is forked into the sandbox)."""
     specs = _OwnPythonSpecs()
     specs.argv_prefix = list(argv_prefix)
+    specs.argv = list(argv)
     km = KernelManager(kernel_name="weaver-python", kernel_spec_manager=specs, transport="ipc" if ipc_prefix else "tcp")
     if ipc_prefix is not None:
         km.ip = str(ipc_prefix)
@@ -92,3 +92,12 @@ _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weaver-kernel-s
 def start_kernel(km: KernelManager, **kwargs: Any) -> None:
     """``km.start_kernel(**kwargs)`` from the long-lived spawner thread."""
     _SPAWNER.submit(km.start_kernel, **kwargs).result()
+
+
+def spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(argv, **kwargs)`` from the long-lived spawner thread."""
+
+    def popen() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(list(argv), **kwargs)
+
+    return _SPAWNER.submit(popen).result()

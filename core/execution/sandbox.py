@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import secrets
+import select
 import shutil
 import site
 import subprocess
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from core.errors import WeaverError
 from core.execution.limits import DATA_FALLBACK_FACTOR, KernelCgroups, Limits, sweep_stale_cgroups, wrapper_argv
@@ -296,10 +297,34 @@ class KernelBox:
         if self.sandboxed:
             self.argv_prefix += bwrap_argv(cwd, self.runtime_dir, read_only, settings.network, settings.data_dir)
         self._kernel_pid: int | None = None
+        self._pidfd: int | None = None
 
     @property
     def connection_file(self) -> Path:
         return self.runtime_dir / "kernel.json"
+
+    @property
+    def fifo(self) -> Path:
+        """Read by the placeholder of a forked kernel (``zygote.py``); only the kernel writes it."""
+        return self.runtime_dir / "kernel.alive"
+
+    def placeholder_argv(self) -> list[str]:
+        """What bubblewrap runs when the kernel is forked in: ``cat`` of the FIFO, until the kernel exits."""
+        os.mkfifo(self.fifo, 0o600)
+        return ["/bin/sh", "-c", 'exec cat -- "$0" >/dev/null', str(self.fifo)]
+
+    def adopt_kernel(self, pid: int) -> None:
+        """Record the kernel forked into this box; a pidfd tells its exit apart from a reused pid."""
+        self._kernel_pid = pid
+        self._pidfd = os.pidfd_open(pid)
+
+    @property
+    def forked(self) -> bool:
+        return self._pidfd is not None
+
+    def kernel_exited(self) -> bool:
+        """Whether a forked kernel is gone (its sandbox may still be held open by a child it forked)."""
+        return self._pidfd is not None and bool(select.select([self._pidfd], [], [], 0)[0])
 
     @property
     def ipc_prefix(self) -> Path:
@@ -337,27 +362,67 @@ class KernelBox:
         """Kill whatever the kernel left running, drop its cgroups and its private folder."""
         self.cgroups.remove()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
 
 _KERNEL_MODULES = ([b"core.execution.kernel_main"], [b"ipykernel_launcher"])
+_FORKED_KERNEL = [b"core.execution.zygote"]
 
 
 def kernel_host_pid(connection_file: str) -> int | None:
     """Host pid of the kernel started with ``connection_file`` (for tests and operators).
 
-    Inside its PID namespace a kernel's ``os.getpid()`` is 2; the connection file path it reports
-    (``ipykernel.connect.get_connection_file()``) is the same on both sides.
+    Inside its PID namespace a kernel's ``os.getpid()`` is 2 or 3; the connection file path it
+    reports (``ipykernel.connect.get_connection_file()``) is the same on both sides. A kernel
+    forked into its sandbox carries the fork server's command line: it is the Python process
+    below the bubblewrap whose command line binds the connection file's folder.
     """
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
+    folder = str(Path(connection_file).parent).encode()
+    sandboxes: list[int] = []
+    for pid, argv in _processes():
         if argv[1:2] == [b"-m"] and argv[2:3] in _KERNEL_MODULES and connection_file.encode() in argv:
-            return int(entry.name)
+            return pid
+        if Path(argv[0].decode(errors="replace")).name == "bwrap" and folder in argv:
+            sandboxes.append(pid)
+    for outer in sandboxes:
+        for init in _children(outer):
+            for pid in _children(init):
+                argv = _cmdline(pid)
+                if argv[1:2] == [b"-m"] and argv[2:3] == _FORKED_KERNEL:
+                    return pid
     return None
+
+
+def is_kernel_process(pid: int) -> bool:
+    """Whether ``pid`` is a kernel: started as one, or forked into a sandbox by the fork server
+    (which shares that command line, but not the sandbox's PID namespace)."""
+    argv = _cmdline(pid)
+    if argv[1:2] != [b"-m"]:
+        return False
+    if argv[2:3] in _KERNEL_MODULES:
+        return True
+    try:
+        return argv[2:3] == _FORKED_KERNEL and os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
+def _processes() -> Iterator[tuple[int, list[bytes]]]:
+    """Every process's pid and argv."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            argv = _cmdline(int(entry.name))
+            if argv:
+                yield int(entry.name), argv
 
 
 def sweep_stale(min_age_s: float = 60.0) -> None:
@@ -381,11 +446,4 @@ def sweep_stale(min_age_s: float = 60.0) -> None:
 
 def _command_lines() -> str:
     """Every process's command line, joined: to tell which private folders are still used."""
-    lines = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                lines.append((entry / "cmdline").read_bytes().decode(errors="replace"))
-            except OSError:
-                continue
-    return "\n".join(lines)
+    return "\n".join(b"\0".join(argv).decode(errors="replace") for _, argv in _processes())
