@@ -19,10 +19,12 @@ runs with ``WEAVER_UI_DISCONNECT_GRACE_S=--grace``). Pooled kernels (no session 
 Without ``--url`` it starts ``weaver ui`` on a free 127.0.0.1 port in a temporary app folder,
 offline, with the per-client and live-session caps raised to fit the crowd (every simulated user
 comes from 127.0.0.1 as the same local user), and stops it at the end. ``--compare-pool`` runs the
-same crowd twice in one run, with the pool on (``execution.pool_size`` as given) and off (0).
-Only 127.0.0.1 targets are accepted. The whole run is bounded by ``--timeout``.
+same crowd twice in one run, with the pool on (``execution.pool_size`` as given) and off (0);
+``--compare-fork`` once more with ``execution.fork_kernels`` flipped (kernels forked from the
+pre-imported fork server, or each importing ipykernel itself). Only 127.0.0.1 targets are
+accepted. The whole run is bounded by ``--timeout``.
 
-    python bench/load.py [--users 100] [--rounds 3] [--arrival 1.0] [--compare-pool] [--url URL]
+    python bench/load.py [--users 100] [--rounds 3] [--arrival 1.0] [--compare-pool] [--compare-fork] [--url URL]
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from urllib.parse import urlparse
 
 import httpx
 import socketio
-from procs import cpu_ticks, descendants, free_port, rss_kb
+from procs import cpu_ticks, descendants, free_port, pss_kb, rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = "```python\nprint(6*7)\n```"
@@ -270,7 +272,7 @@ class Server:
     log: Path | None
 
 
-def start_server(folder: Path, users: int, pool_size: int, grace: float, timeout: float) -> Server:
+def start_server(folder: Path, users: int, pool_size: int, grace: float, timeout: float, fork: bool = True) -> Server:
     app_dir = folder / "app"
     (app_dir / "plugins").mkdir(parents=True)
     port = free_port()
@@ -281,6 +283,7 @@ def start_server(folder: Path, users: int, pool_size: int, grace: float, timeout
         "WEAVER_UI_MAX_SESSIONS_PER_CLIENT": str(max(1000, users)),
         "WEAVER_SESSION__MAX_LIVE_SESSIONS": str(max(1000, users)),
         "WEAVER_EXECUTION__POOL_SIZE": str(pool_size),
+        "WEAVER_EXECUTION__FORK_KERNELS": str(fork).lower(),
         "PYTHONUNBUFFERED": "1",
     }
     for key in ("OPENAI_API_KEY", "WEAVER_LLM__API_KEY", "WEAVER_LLM__API_BASE"):
@@ -329,6 +332,7 @@ class Report:
     server_rss_before_kb: int = 0
     server_rss_loaded_kb: int = 0
     kernel_rss_kb: list[int] = field(default_factory=list)
+    kernel_pss_kb: list[int] = field(default_factory=list)
     pooled_kernels: int = 0
     left_after_s: float | None = None
     left: int = 0
@@ -360,6 +364,7 @@ async def crowd(server: Server, args: argparse.Namespace, label: str, deadline: 
         report.server_rss_loaded_kb = rss_kb(spid)
         found = kernels(root, server.app_dir)
         report.kernel_rss_kb = [rss_kb(k.pid) for k in found if not k.pooled]
+        report.kernel_pss_kb = [pss_kb(k.pid) for k in found if not k.pooled]
         report.pooled_kernels = sum(1 for k in found if k.pooled)
         tick = os.sysconf("SC_CLK_TCK")
         report.cpu_server_s = (cpu_ticks(spid) - server_cpu_before) / tick
@@ -389,6 +394,7 @@ async def sequential(server: Server, args: argparse.Namespace, label: str, deadl
     for extra in reports[1:]:
         merged.users += extra.users
         merged.kernel_rss_kb += extra.kernel_rss_kb
+        merged.kernel_pss_kb += extra.kernel_pss_kb
         merged.left = max(merged.left, extra.left)
         if extra.left_after_s is None or merged.left_after_s is None:
             merged.left_after_s = None
@@ -444,6 +450,11 @@ def show(report: Report, args: argparse.Namespace) -> bool:
             f"  {'kernel memory (idle)':<24} median {statistics.median(rss):.1f} MB, max {max(rss):.1f} MB, "
             f"total {sum(rss):.0f} MB for {len(rss)} kernels (+{report.pooled_kernels} pooled)"
         )
+        pss = [k / 1024 for k in report.kernel_pss_kb]
+        print(
+            f"  {'  proportional (PSS)':<24} median {statistics.median(pss):.1f} MB, max {max(pss):.1f} MB, "
+            f"total {sum(pss):.0f} MB (pages shared between kernels counted once)"
+        )
     if args.url is None:
         gone = f"after {report.left_after_s:.1f} s" if report.left_after_s is not None else "NOT within the limit"
         print(f"  {'session kernels left':<24} {report.left} (all gone {gone}; grace {args.grace:g} s)")
@@ -456,14 +467,19 @@ async def main_async(args: argparse.Namespace) -> bool:
         server = Server(args.url.rstrip("/"), None, None, None)
         report = await (sequential if args.users == 1 else crowd)(server, args, f"server at {args.url}", deadline)
         return show(report, args)
-    sizes = [args.pool_size, 0] if args.compare_pool else [args.pool_size]
+    variants = [(args.pool_size, not args.no_fork)]
+    if args.compare_pool:
+        variants.append((0, not args.no_fork))
+    if args.compare_fork:
+        variants.append((args.pool_size, args.no_fork))
     clean = True
-    for size in sizes:
+    for size, fork in variants:
         with tempfile.TemporaryDirectory(prefix="weaver-load-") as tmp:
-            server = start_server(Path(tmp), args.users, size, args.grace, min(120.0, deadline - time.monotonic()))
+            limit = min(120.0, deadline - time.monotonic())
+            server = start_server(Path(tmp), args.users, size, args.grace, limit, fork)
             try:
                 run_args = argparse.Namespace(**{**vars(args), "pool_size": size})
-                label = f"pool_size={size}"
+                label = f"pool_size={size}, fork_kernels={str(fork).lower()}"
                 report = await (sequential if args.users == 1 else crowd)(server, run_args, label, deadline)
                 clean = show(report, run_args) and clean
             finally:
@@ -479,6 +495,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="with --users 1: new chats one after another (5)")
     parser.add_argument("--pool-size", type=int, default=2, help="execution.pool_size of the started server (2)")
     parser.add_argument("--compare-pool", action="store_true", help="also run the crowd with the pool off")
+    parser.add_argument("--no-fork", action="store_true", help="execution.fork_kernels = false (each kernel imports)")
+    parser.add_argument(
+        "--compare-fork", action="store_true", help="also run the crowd with execution.fork_kernels flipped"
+    )
     parser.add_argument("--grace", type=float, default=10.0, help="WEAVER_UI_DISCONNECT_GRACE_S (default 10)")
     parser.add_argument("--step-timeout", type=float, default=120.0, help="longest wait for one step (120 s)")
     parser.add_argument("--timeout", type=float, default=900.0, help="bound on the whole run (default 900 s)")

@@ -50,6 +50,17 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size: pages shared with other processes (a fork server's) counted in part."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def cpu_ticks(pid: int) -> int:
     """User + system CPU of the process, in clock ticks."""
     try:

@@ -8,6 +8,7 @@ difference. Hostile probes stay harmless: signals are 0, writes go to the test's
 from __future__ import annotations
 
 import os
+import resource
 import select
 import signal
 import subprocess
@@ -198,3 +199,25 @@ def test_the_fork_server_refuses_a_target_that_is_not_a_sandbox(tmp_path: Path) 
         with open(fifo, "wb"):
             pass  # the placeholder reads end-of-file and exits
         outer.wait(timeout=10)
+
+
+def test_liveness_works_when_the_server_holds_more_than_1024_descriptors(tmp_path: Path) -> None:
+    """A server with a hundred kernels holds well over 1024 descriptors (select() cannot watch those)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), max(hard, 2048)))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        kp = _launch(tmp_path)
+        try:
+            assert kp.alive() and run(kp, "print(6 * 7)").strip() == "42"
+            assert kp.kernel_pid is not None
+            os.kill(kp.kernel_pid, signal.SIGKILL)
+            assert kp.proc is not None
+            kp.proc.wait(timeout=10)
+            assert not kp.alive()
+        finally:
+            kp.teardown(graceful=False)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

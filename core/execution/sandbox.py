@@ -324,7 +324,11 @@ class KernelBox:
 
     def kernel_exited(self) -> bool:
         """Whether a forked kernel is gone (its sandbox may still be held open by a child it forked)."""
-        return self._pidfd is not None and bool(select.select([self._pidfd], [], [], 0)[0])
+        if self._pidfd is None:
+            return False
+        poller = select.poll()  # not select(): a server with many kernels has descriptors past 1024
+        poller.register(self._pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     @property
     def ipc_prefix(self) -> Path:
