@@ -339,6 +339,16 @@ class Report:
     cpu_server_s: float = 0.0
     cpu_kernels_s: float = 0.0
     cpu_client_s: float = 0.0
+    client_lag_s: list[float] = field(default_factory=list)
+
+
+async def loop_lag(lags: list[float], period: float = 0.01) -> None:
+    """How late this client's own event loop runs a 10 ms timer: when it is late, so is every
+    figure measured meanwhile (the simulated users share this one process)."""
+    while True:
+        planned = time.monotonic() + period
+        await asyncio.sleep(period)
+        lags.append(max(0.0, time.monotonic() - planned))
 
 
 async def crowd(server: Server, args: argparse.Namespace, label: str, deadline: float) -> Report:
@@ -354,9 +364,11 @@ async def crowd(server: Server, args: argparse.Namespace, label: str, deadline: 
     started = time.monotonic()
     spacing = args.arrival / args.users if args.users > 1 else 0.0
     results = [UserResult() for _ in range(args.users)]
+    lag = asyncio.ensure_future(loop_lag(report.client_lag_s))
     sockets = await asyncio.gather(
         *(run_user(server.base, i * spacing, args.rounds, step_timeout, r) for i, r in enumerate(results))
     )
+    lag.cancel()
     report.wall_s = time.monotonic() - started
     report.users = results
     if root is not None and spid is not None:
@@ -395,6 +407,7 @@ async def sequential(server: Server, args: argparse.Namespace, label: str, deadl
         merged.users += extra.users
         merged.kernel_rss_kb += extra.kernel_rss_kb
         merged.kernel_pss_kb += extra.kernel_pss_kb
+        merged.client_lag_s += extra.client_lag_s
         merged.left = max(merged.left, extra.left)
         if extra.left_after_s is None or merged.left_after_s is None:
             merged.left_after_s = None
@@ -432,6 +445,8 @@ def show(report: Report, args: argparse.Namespace) -> bool:
     print(f"  {'first answer':<24} {stats([u.answer_s[0] for u in users if u.answer_s])}")
     print(f"  {'warm rounds':<24} {stats([s for u in users for s in u.answer_s[1:]])}")
     print(f"  {'errors':<24} {len(errors)} of {n}" + (f"  first: {errors[0]}" if errors else ""))
+    if report.client_lag_s:
+        print(f"  {'client loop lag':<24} {stats(report.client_lag_s)}  (this script's own delay)")
     print(f"  {'wall time':<24} {report.wall_s:.1f} s ({len(ok)} users done)")
     if report.server_rss_loaded_kb:
         per_user = (report.server_rss_loaded_kb - report.server_rss_before_kb) / 1024 / max(1, n)

@@ -329,6 +329,33 @@ def test_first_logins_of_one_name_at_once_make_one_user(db: DB) -> None:
     run(db, scenario)
 
 
+def test_a_crowd_of_first_logins_of_one_name_writes_the_user_once(db: DB) -> None:
+    """A class opening the app together: fifty logins of a name not yet stored, at once. Each
+    used to queue its own write of the same row behind the others (seconds, on a busy server)."""
+
+    async def scenario(layer: WeaverDataLayer) -> None:
+        import chainlit as cl
+        from sqlalchemy import event
+
+        inserts: list[str] = []
+
+        def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            if statement.lstrip().upper().startswith("INSERT INTO USERS"):
+                inserts.append(statement)
+
+        event.listen(layer.engine.sync_engine, "before_cursor_execute", seen)
+        try:
+            made = await asyncio.gather(
+                *(layer.create_user(cl.User(identifier="class", metadata={"provider": "local"})) for _ in range(50))
+            )
+        finally:
+            event.remove(layer.engine.sync_engine, "before_cursor_execute", seen)
+        assert len({u.id for u in made if u is not None}) == 1 and len(made) == 50
+        assert len(inserts) == 1 and await count(layer, "users") == 1
+
+    run(db, scenario)
+
+
 def test_reads_do_not_wait_for_a_writer(db: DB) -> None:
     """A login and the chat list read beside a long write: on SQLite they used to queue for the
     write lock behind every step being stored."""

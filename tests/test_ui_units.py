@@ -7,6 +7,7 @@ check the contract between engine and UI as it is, not as a mock of it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from pathlib import Path
@@ -308,6 +309,31 @@ def test_a_thread_job_hands_back_results_and_errors_to_sync_and_async_callers() 
     asyncio.run(scenario())
 
 
+def test_thread_jobs_all_run_at_once_and_reuse_idle_workers() -> None:
+    """Twenty rounds that each wait for all the others finish (none queues behind another); a
+    hundred quick jobs one after another reuse the idle workers instead of a thread each."""
+    together = threading.Barrier(20, timeout=10)
+    jobs = [ThreadJob(together.wait, "round") for _ in range(20)]
+    assert all(job.wait(15) for job in jobs)
+    assert all(isinstance(job.result(), int) for job in jobs)  # no BrokenBarrierError: all ran at once
+    names = set()
+    for _ in range(100):
+        job = ThreadJob(lambda: threading.current_thread().name, "quick")
+        assert job.wait(5)
+        names.add(job.result())
+    assert len(names) <= 21  # the twenty workers and at most one more, not a hundred new threads
+    assert all(name.startswith("quick (weaver-worker-") for name in names)
+    values = contextvars.ContextVar("values", default="unset")
+    seen = set()
+    for _ in range(30):
+        setter = ThreadJob(lambda: values.set("set by an earlier job"), "setter")
+        assert setter.wait(5)
+        reader = ThreadJob(values.get, "reader")
+        assert reader.wait(5)
+        seen.add(reader.result())
+    assert seen == {"unset"}  # each job starts in a fresh context, as on a thread of its own
+
+
 def test_login_modes_and_who_oauth_lets_in() -> None:
     from ui.auth import AuthSetupError, allowed_by, choose_mode
 
@@ -406,3 +432,22 @@ def test_login_throttle_forgets_expired_names_when_it_grows() -> None:
     assert throttle.retry_after("user99", "10.0.0.2") == 0  # the live ones are still counted
     throttle.failed("user99", "10.0.0.2")
     assert "user:user99" in throttle._failures and len(throttle._failures["user:user99"]) == 2
+
+
+def test_chainlit_steps_get_ordered_timestamps_without_sleeping() -> None:
+    """Chainlit slept 1 ms on the event loop per step to keep creation times apart; its clock now
+    keeps them apart (and in string order, as history sorts them) without the sleep."""
+    import importlib
+    from datetime import datetime
+
+    from ui import chainlit_timing
+
+    chainlit_timing.install()
+    stamps = [chainlit_timing.ordered_utc_now() for _ in range(500)]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 500
+    times = [datetime.fromisoformat(s.rstrip("Z")) for s in stamps]
+    assert all((b - a).total_seconds() >= 0.001 for a, b in zip(times, times[1:], strict=False))
+    for name in chainlit_timing.PATCHED:
+        module = importlib.import_module(name)
+        assert module.utc_now is chainlit_timing.ordered_utc_now
+        assert module.time.sleep is not time.sleep and module.time.time is time.time

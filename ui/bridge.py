@@ -1,10 +1,13 @@
 """The one bridge between the engine's blocking calls and the UIs (in the spirit of starlette's
 ``concurrency.py``): every blocking engine call a UI makes runs through here.
 
-``ThreadJob`` runs a call on a thread of its own and lets a caller wait for it from plain code
-(the terminal chat, which must stay responsive to Ctrl-C) or await it from the event loop (the web
-UI). Its own thread, not asyncio's default executor: that pool has a few workers shared by
-everyone, and a round or a session stop can take minutes, so one user's wait would queue others.
+``ThreadJob`` runs a call on a worker thread and lets a caller wait for it from plain code (the
+terminal chat, which must stay responsive to Ctrl-C) or await it from the event loop (the web UI).
+Not asyncio's default executor: that pool has a few workers shared by everyone, and a round or a
+session stop can take minutes, so one user's wait would queue others. ``_Workers`` has a worker
+for every job instead: an idle one if there is one, else a new one, started by a thread of its
+own, because ``Thread.start`` waits until the new thread runs, and under load that wait held the
+event loop for milliseconds per round.
 
 ``in_background`` runs a coroutine beside the caller, held until it ends (the loop keeps only
 weak references to tasks) and with its failure logged, never lost.
@@ -16,7 +19,10 @@ in order, to an ``asyncio.Queue`` on the loop, so no UI code ever runs off the l
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import itertools
 import logging
+import queue
 import threading
 from typing import Any, Callable, Coroutine, Generic, TypeVar
 
@@ -26,8 +32,57 @@ logger = logging.getLogger("weaver.ui.bridge")
 T = TypeVar("T")
 
 
+class _Workers:
+    """Daemon threads that run jobs; a job never waits for another, the caller never for a thread start."""
+
+    IDLE_S = 60.0  # a worker idle this long ends
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wanted: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._names = itertools.count(1)
+        self._starter: threading.Thread | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` (in a fresh ``contextvars`` context, as on a new thread) as soon as a worker is free."""
+        with self._lock:
+            claimed = self._idle > 0
+            if claimed:
+                self._idle -= 1
+            elif self._starter is None:
+                self._starter = threading.Thread(target=self._start_workers, name="weaver-worker-starter", daemon=True)
+                self._starter.start()  # once per process
+        self._jobs.put(job)
+        if not claimed:
+            self._wanted.put(None)
+
+    def _start_workers(self) -> None:
+        while True:
+            self._wanted.get()
+            threading.Thread(target=self._work, name=f"weaver-worker-{next(self._names)}", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get(timeout=self.IDLE_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:  # else a job was handed to this worker just now: take it
+                        self._idle -= 1
+                        return
+                continue
+            contextvars.Context().run(job)
+            with self._lock:
+                self._idle += 1
+
+
+_WORKERS = _Workers()
+
+
 class ThreadJob(Generic[T]):
-    """``fn()`` on its own daemon thread; ``wait``/``result`` from sync code, ``join`` from async."""
+    """``fn()`` on a worker thread; ``wait``/``result`` from sync code, ``join`` from async."""
 
     def __init__(self, fn: Callable[[], T], name: str) -> None:
         self._fn = fn
@@ -36,13 +91,18 @@ class ThreadJob(Generic[T]):
         self._value: T | None = None
         self._error: BaseException | None = None
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        threading.Thread(target=self._run, name=name, daemon=True).start()
+        self._name = name
+        _WORKERS.submit(self._run)
 
     def _run(self) -> None:
+        worker = threading.current_thread()
+        worker_name, worker.name = worker.name, f"{self._name} ({worker.name})"
         try:
             self._value = self._fn()
         except BaseException as exc:  # handed to whoever waits; nothing is lost on this thread
             self._error = exc
+        finally:
+            worker.name = worker_name
         with self._lock:
             self._done.set()
             waiters, self._waiters = self._waiters, []
@@ -90,7 +150,7 @@ def _settle(future: asyncio.Future[None]) -> None:
 
 
 async def run_in_thread(fn: Callable[..., T], *args: Any, name: str = "weaver-call") -> T:
-    """Await ``fn(*args)`` run on a thread of its own (see ``ThreadJob``)."""
+    """Await ``fn(*args)`` run on a worker thread (see ``ThreadJob``)."""
     return await ThreadJob(lambda: fn(*args), name).join()
 
 

@@ -116,6 +116,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         self.dialect = self.engine.dialect.name
         self._steps = WriteBehind(self._store_steps, step_write_delay)
         self._users: dict[str, tuple[float, PersistedUser]] = {}  # identifier -> (when read, user)
+        self._user_writes = asyncio.Lock()  # users are written one at a time (see create_user)
         # SQLite has one writer at a time. Writers queue here, before taking a pooled connection,
         # so the ones waiting for the write lock do not hold every connection while a login or a
         # page of the chat list waits for one (PostgreSQL locks rows, not the database: no queue).
@@ -215,10 +216,20 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         return user
 
     async def create_user(self, user: User) -> Optional[PersistedUser]:
-        """Create the user, or update its metadata if the identifier exists; returns the stored user."""
+        """Create the user, or update its metadata if the identifier exists; returns the stored user.
+
+        Logins that find the same user missing at once (a class opening the app together) write it
+        once: the others wait for that write and then find it, instead of queueing a write each."""
         known = await self.get_user(str(user.identifier))
         if known is not None and known.metadata == (user.metadata or {}):
             return known  # the usual login: nothing to write, no write lock to wait for
+        async with self._user_writes:
+            known = await self.get_user(str(user.identifier))
+            if known is not None and known.metadata == (user.metadata or {}):
+                return known
+            return await self._write_user(user)
+
+    async def _write_user(self, user: User) -> Optional[PersistedUser]:
         params = {
             "id": str(uuid.uuid4()),
             "identifier": str(user.identifier),
@@ -235,8 +246,12 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
                 params,
             )
             rows = await self._rows(conn, _USER_BY_IDENTIFIER, {"identifier": params["identifier"]})
-        self._users.pop(params["identifier"], None)
-        return _persisted_user(rows[0]) if rows else None
+        if not rows:
+            self._users.pop(params["identifier"], None)
+            return None
+        stored = _persisted_user(rows[0])
+        self._users[params["identifier"]] = (time.monotonic(), copy.copy(stored))
+        return stored
 
     # -- threads -----------------------------------------------------------------------------
     async def get_thread_author(self, thread_id: str) -> str:
