@@ -196,8 +196,10 @@ def test_the_fork_server_refuses_a_target_that_is_not_a_sandbox(tmp_path: Path) 
         assert not (tmp_path / "fork.json").exists()  # the helper read the request and removed it
     finally:
         server.close()
-        with open(fifo, "wb"):
-            pass  # the placeholder reads end-of-file and exits
+        try:  # a placeholder still reading gets end-of-file and exits (the helper's write end ended it already)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass  # no reader left
         outer.wait(timeout=10)
 
 

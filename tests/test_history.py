@@ -391,12 +391,13 @@ def test_reads_do_not_wait_for_a_writer(db: DB) -> None:
 
 def test_streamed_step_updates_are_stored_together_and_a_users_message_at_once(db: DB) -> None:
     """A streaming step's updates wait a moment and land as one row with the last state; the
-    user's own message is in the database as soon as it is written; a read sees everything."""
+    user's own message is stored at once, without the delay; a read sees everything."""
 
     async def scenario(layer: WeaverDataLayer) -> None:
         import chainlit as cl
         from chainlit.utils import utc_now
 
+        layer._steps.delay = 60.0  # so only a store started at once can have a message stored in time
         alice = await new_user(layer, "alice")
         thread_id = str(uuid.uuid4())
         await layer.update_thread(thread_id, name="t", user_id=alice.id)
@@ -409,7 +410,12 @@ def test_streamed_step_updates_are_stored_together_and_a_users_message_at_once(d
         question = cl.Message(content="hello", author="alice", type="user_message", created_at=utc_now())
         question.thread_id = thread_id
         await layer.create_step(question.to_dict())
-        assert await count(layer, "steps", '"type" = :t', t="user_message") == 1
+
+        async def stored() -> None:  # without waiting for the write-behind delay (60 s here)
+            while await count(layer, "steps", '"type" = :t', t="user_message") != 1:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(stored(), 5)
         other = cl.Message(content="pending answer", author="Weaver", created_at=utc_now())
         other.thread_id = thread_id
         await layer.create_step(other.to_dict())

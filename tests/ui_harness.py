@@ -1,6 +1,6 @@
 """Test harness for the web UI: a real Chainlit server subprocess and a socket.io client.
 
-``ui_server`` starts ``python -m chainlit run ui/app.py --headless`` on a free 127.0.0.1 port with
+``ui_server`` starts ``python -m ui.chainlit_main run ui/app.py --headless`` on a free 127.0.0.1 port with
 the repo root as cwd (so .chainlit/config.toml, chainlit.md and public/ are the real ones), an
 app dir in a temp folder, a short disconnect grace and the offline model. It waits until
 ``/health`` answers and stops the server by its own PID at teardown.
@@ -77,8 +77,9 @@ def wait_started(server: "UIServer", tag: str, timeout: float = 60) -> Path:
 
 
 def server_command(port: int, host: str = "127.0.0.1") -> list[str]:
-    """``chainlit run ui/app.py`` as ``weaver ui`` runs it (from the repo root)."""
-    return [sys.executable, "-m", "chainlit", "run", "ui/app.py", "--headless", "--host", host, "--port", str(port)]
+    """``chainlit run ui/app.py`` as ``weaver ui`` runs it (from the repo root, see ``ui/chainlit_main.py``)."""
+    argv = ["run", "ui/app.py", "--headless", "--host", host, "--port", str(port)]
+    return [sys.executable, "-m", "ui.chainlit_main", *argv]
 
 
 def free_port() -> int:

@@ -1,7 +1,8 @@
 """The ``weaver`` command: ``weaver ui`` serves the web chat, ``weaver chat`` the terminal chat,
 ``weaver user`` manages password-login users, ``weaver check`` checks the model connection.
 
-``weaver ui`` runs ``python -m chainlit run <repo>/ui/app.py --headless`` with the repo root as
+``weaver ui`` runs ``python -m ui.chainlit_main run <repo>/ui/app.py --headless`` (Chainlit's own
+command line, see ``ui/chainlit_main.py``) with the repo root as
 the working directory, because Chainlit finds ``.chainlit/config.toml``, ``chainlit.md`` and
 ``public/`` relative to it. Only the standard library is imported here, so ``--help`` is instant.
 """
@@ -22,7 +23,8 @@ APP_PATH = REPO_ROOT / "ui" / "app.py"
 
 def chainlit_command(host: str, port: int) -> list[str]:
     """The command line that serves the web UI (kept separate so it can be checked)."""
-    return [sys.executable, "-m", "chainlit", "run", str(APP_PATH), "--headless", "--host", host, "--port", str(port)]
+    argv = ["run", str(APP_PATH), "--headless", "--host", host, "--port", str(port)]
+    return [sys.executable, "-m", "ui.chainlit_main", *argv]
 
 
 def _die_with_parent() -> None:

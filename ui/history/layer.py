@@ -473,7 +473,8 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         await self._write_step(step_dict)
 
     async def _write_step(self, step_dict: StepDict) -> None:
-        """Queue the step's state (see ``write_behind``); a user's own message is stored at once."""
+        """Queue the step's state (see ``write_behind``); a user's own message is stored at once, in
+        the background."""
         thread_id = step_dict.get("threadId")
         if not is_thread_id(thread_id):
             logger.warning("refused to store step %.80r: thread id %.80r is not a UUID", step_dict.get("id"), thread_id)
@@ -486,7 +487,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
             if column in values:
                 values[column] = self._json_param(values[column])
         if step_dict.get("type") == "user_message":
-            await self._steps.write_now(str(values["id"]), values)
+            self._steps.write_soon(str(values["id"]), values)
         else:
             self._steps.add(str(values["id"]), values)
 

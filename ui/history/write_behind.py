@@ -8,8 +8,9 @@ by its id (later updates replace earlier ones, column by column, as the upsert w
 transaction stores everything pending, from every user.
 
 What it costs: a server killed outright loses at most ``delay`` seconds of step updates. A user's
-own message is never held (``write_now``), every read of the history waits for what is pending
-first, and shutdown stores the rest.
+own message is never held: its store starts at once (``write_soon``), though the round it starts
+does not wait for the commit. Every read of the history waits for what is pending first, and
+shutdown stores the rest.
 """
 
 from __future__ import annotations
@@ -50,10 +51,11 @@ class WriteBehind:
         elif self._timer is None:
             self._schedule(self.delay)
 
-    async def write_now(self, row_id: str, values: dict[str, Any]) -> None:
-        """Store ``values`` (with everything pending) before returning."""
+    def write_soon(self, row_id: str, values: dict[str, Any]) -> None:
+        """Store ``values`` (with everything pending) in a transaction started right away; the
+        caller does not wait for it (under a crowd it queues behind other users' stores)."""
         self.add(row_id, values)
-        await self.flush()
+        self._schedule(0.0)
 
     def discard(self, row_id: str) -> None:
         self._pending.pop(row_id, None)
