@@ -102,6 +102,7 @@ class TaskWeaverApp:
             logging.getLogger("weaver").warning("plugin not loaded: %s", error)
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
+        self._being_built = 0  # new sessions under construction, counted against the cap
         self.kernel_starts = self.injector.get(StartGate)
         self.pool = KernelPool(self.config.execution.pool_size, self._reserve_kernel, self._discard_kernel).start()
 
@@ -129,7 +130,10 @@ class TaskWeaverApp:
         shutil.rmtree(self.workspace.session_dir(session_id), ignore_errors=True)
 
     def get_session(self, session_id: str | None = None) -> Session:
-        """The live session ``session_id``, or a new one when no id is given (within the cap)."""
+        """The live session ``session_id``, or a new one when no id is given (within the cap).
+
+        A new session is built outside the app's lock, its place under the cap reserved first: a
+        hundred users starting chats together build theirs side by side, not one after another."""
         with self._lock:
             self._forget_stopped()
             if session_id is not None:
@@ -138,8 +142,10 @@ class TaskWeaverApp:
                     raise SessionNotFound(f"no live session {session_id!r}")
                 return session
             limit = self.config.session.max_live_sessions
-            if len(self._sessions) >= limit:
+            if len(self._sessions) + self._being_built >= limit:
                 raise SessionLimitReached(limit)
+            self._being_built += 1
+        try:
             warm = self.pool.take()
             try:
                 new_id = warm.session_id if warm else create_id()
@@ -150,8 +156,14 @@ class TaskWeaverApp:
                     warm.executor.stop()  # never handed to anyone else
                     self._discard_kernel(warm.session_id)
                 raise
+        except BaseException:
+            with self._lock:
+                self._being_built -= 1
+            raise
+        with self._lock:
+            self._being_built -= 1
             self._sessions[new_id] = session
-            return session
+        return session
 
     def open_session(self, session_id: str, kernel_id: str | None = None) -> Session:
         """The live session ``session_id``, or that session brought back from its folder: its earlier
@@ -174,7 +186,7 @@ class TaskWeaverApp:
             ):
                 raise SessionNotFound(f"no session {session_id!r} to resume")
             limit = self.config.session.max_live_sessions
-            if len(self._sessions) >= limit:
+            if len(self._sessions) + self._being_built >= limit:
                 raise SessionLimitReached(limit)
             if kernel_id and self.config.execution.gateway_url:
                 cwd = self.workspace.execution_cwd(session_id)
