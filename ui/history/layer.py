@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import inspect
 import json
 import logging
@@ -73,6 +74,9 @@ if TYPE_CHECKING:
     from chainlit.step import StepDict
 
 logger = logging.getLogger("weaver.ui.history")
+# A statement's text is parsed (bind parameters found, a cache key made) each time ``text()`` is
+# called; the history sends the same few statements many times a second under a crowd.
+_text = functools.lru_cache(maxsize=512)(text)
 USER_CACHE_S = 5.0  # how long a user read from the database is used again
 USER_CACHE_SIZE = 10_000
 # How long a step's update may wait to be stored with others (ui/history/write_behind.py).
@@ -163,7 +167,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         return None if value is None else json.dumps(value)
 
     async def _rows(self, conn: AsyncConnection, sql: Any, params: Mapping[str, Any] | None = None) -> list[dict]:
-        statement = text(sql) if isinstance(sql, str) else sql
+        statement = _text(sql) if isinstance(sql, str) else sql
         result = await conn.execute(statement, dict(params or {}))
         return [normalise(dict(row._mapping)) for row in result.fetchall()]
 
@@ -186,7 +190,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
             if updates and "threadId" in columns:
                 conflict += f' WHERE {table}."threadId" = EXCLUDED."threadId"'
             sql = f'INSERT INTO {table} ({names}) VALUES ({marks}) ON CONFLICT ("id") {conflict}'
-            await conn.execute(text(sql), [{c: self._param(values[c]) for c in columns} for values in group])
+            await conn.execute(_text(sql), [{c: self._param(values[c]) for c in columns} for values in group])
 
     def _limit(self) -> int:
         return int(self.user_thread_limit or 1_000_000)
@@ -238,7 +242,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         }
         async with self.transaction() as conn:
             await conn.execute(
-                text(
+                _text(
                     'INSERT INTO users ("id", "identifier", "metadata", "createdAt") '
                     "VALUES (:id, :identifier, :metadata, :created) "
                     'ON CONFLICT ("identifier") DO UPDATE SET "metadata" = EXCLUDED."metadata"'
@@ -277,7 +281,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
             # The row first (a no-op when it exists), then change it under its lock: two servers or
             # tasks creating the same thread at once cannot overwrite each other's metadata.
             await conn.execute(
-                text(
+                _text(
                     'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
                     'ON CONFLICT ("id") DO NOTHING'
                 ),
@@ -311,7 +315,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
             if values:
                 assignments = ", ".join(f'"{column}" = :{column}' for column in values)
                 await conn.execute(
-                    text(f'UPDATE threads SET {assignments} WHERE "id" = :id'),
+                    _text(f'UPDATE threads SET {assignments} WHERE "id" = :id'),
                     {**{c: self._param(v) for c, v in values.items()}, "id": thread_id},
                 )
 
@@ -359,7 +363,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
         steps = await self._rows(
             conn,
-            text(
+            _text(
                 f"""SELECT {columns}, f."id" AS feedback_id, f."value" AS feedback_value,
                            f."comment" AS feedback_comment
                     FROM steps s LEFT JOIN feedbacks f ON f."forId" = s."id"
@@ -373,7 +377,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         element_columns = ", ".join(f'"{c}"' for c in ELEMENT_COLUMNS)
         elements = await self._rows(
             conn,
-            text(f'SELECT {element_columns} FROM elements WHERE "threadId" IN :ids').bindparams(
+            _text(f'SELECT {element_columns} FROM elements WHERE "threadId" IN :ids').bindparams(
                 bindparam("ids", expanding=True)
             ),
             ids,
@@ -437,14 +441,14 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
                 if row["objectKey"]
             ]
             await conn.execute(
-                text(
+                _text(
                     """DELETE FROM feedbacks WHERE "threadId" = :id
                        OR "forId" IN (SELECT "id" FROM steps WHERE "threadId" = :id)"""
                 ),
                 params,
             )
             for table, column in (("elements", "threadId"), ("steps", "threadId"), ("threads", "id")):
-                await conn.execute(text(f'DELETE FROM {table} WHERE "{column}" = :id'), params)
+                await conn.execute(_text(f'DELETE FROM {table} WHERE "{column}" = :id'), params)
         await self._delete_files(keys)
         if found and self.on_thread_deleted is not None:
             try:
@@ -508,7 +512,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         threads = dict.fromkeys(str(values["threadId"]) for values in rows)
         async with self.transaction() as conn:
             await conn.execute(
-                text(
+                _text(
                     'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
                     'ON CONFLICT ("id") DO NOTHING'
                 ),
@@ -530,9 +534,9 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
                 for row in await self._rows(conn, 'SELECT "objectKey" FROM elements WHERE "forId" = :id', params)
                 if row["objectKey"]
             ]
-            await conn.execute(text('DELETE FROM feedbacks WHERE "forId" = :id'), params)
-            await conn.execute(text('DELETE FROM elements WHERE "forId" = :id'), params)
-            await conn.execute(text('DELETE FROM steps WHERE "id" = :id'), params)
+            await conn.execute(_text('DELETE FROM feedbacks WHERE "forId" = :id'), params)
+            await conn.execute(_text('DELETE FROM elements WHERE "forId" = :id'), params)
+            await conn.execute(_text('DELETE FROM steps WHERE "id" = :id'), params)
         await self._delete_files(keys)
 
     async def get_step(self, step_id: str) -> Optional[StepDict]:
@@ -621,7 +625,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         params = {"id": element_id, "thread_id": thread_id} if thread_id else {"id": element_id}
         async with self.transaction() as conn:
             rows = await self._rows(conn, f'SELECT "objectKey" FROM elements WHERE {where}', params)
-            await conn.execute(text(f"DELETE FROM elements WHERE {where}"), params)
+            await conn.execute(_text(f"DELETE FROM elements WHERE {where}"), params)
         await self._delete_files(row["objectKey"] for row in rows if row["objectKey"])
 
     async def file_for(self, object_key: str, user_identifier: str) -> dict[str, Any] | None:
