@@ -11,6 +11,7 @@ import os
 import resource
 import select
 import signal
+import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -85,6 +86,12 @@ def test_a_sandboxed_kernel_is_forked_and_confined_like_its_placeholder(kernel: 
     assert os.sched_getscheduler(pid) == os.sched_getscheduler(placeholder)
     root, its_root = os.stat(f"/proc/{pid}/root/"), os.stat(f"/proc/{placeholder}/root/")
     assert (root.st_dev, root.st_ino) == (its_root.st_dev, its_root.st_ino)
+    # no descriptor leads out of the sandbox: no folder (the fork server's view of the host's /proc)
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            assert not stat.S_ISDIR(os.stat(f"/proc/{pid}/fd/{fd}").st_mode), os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue  # closed meanwhile
     # adopted by the sandbox's own init, which reaps it, not by the host's pid 1
     assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == sandbox._children(kernel.pid)[0]
 

@@ -125,8 +125,8 @@ def _enter_sandbox(request: dict[str, Any]) -> tuple[int, int]:
 
 
 def _reply(message: dict[str, Any]) -> None:
-    """One line on the server's pipe: under PIPE_BUF, so concurrent helpers never interleave."""
-    os.write(1, (json.dumps(message)[:3000] + "\n").encode())
+    """One line on the server's pipe: short (under PIPE_BUF), so concurrent helpers never interleave."""
+    os.write(1, (json.dumps(message) + "\n").encode())
 
 
 def _timed_out(signum: int, frame: Any) -> NoReturn:
@@ -151,6 +151,7 @@ def _helper(order: dict[str, Any], hidden: list[str]) -> NoReturn:
         fifo, host_proc = _enter_sandbox(request)
         first = os.fork()
         if first == 0:
+            os.close(host_proc)  # nothing in the sandbox may hold a way back to the host's /proc
             if os.fork() == 0:
                 _kernel(request, hidden, log, fifo)
             os.kill(os.getpid(), signal.SIGSTOP)  # until the helper has read the kernel's host pid
@@ -160,7 +161,7 @@ def _helper(order: dict[str, Any], hidden: list[str]) -> NoReturn:
         os.kill(first, signal.SIGKILL)
         os.waitpid(first, 0)
     except BaseException as exc:  # noqa: BLE001 - every failure is the server's to report
-        _reply({"id": request["id"], "error": f"{type(exc).__name__}: {exc}"})
+        _reply({"id": request["id"], "error": f"{type(exc).__name__}: {exc}"[:1000]})
         os._exit(1)
     _reply({"id": request["id"], "pid": kernel})
     os._exit(0)
