@@ -136,8 +136,8 @@ def test_the_fork_server_never_holds_what_a_kernel_was_given(tmp_path: Path) -> 
     first.launch()
     try:
         assert run(first, "import os; print(os.environ['PLUGIN_TOKEN'])").strip() == secret
-        assert FORK_SERVER._proc is not None
-        assert secrets_in_memory(FORK_SERVER._proc.pid, secret.encode()) == 0
+        assert FORK_SERVER._run is not None
+        assert secrets_in_memory(FORK_SERVER._run.proc.pid, secret.encode()) == 0
     finally:
         first.teardown(graceful=False)
 
@@ -167,14 +167,15 @@ def test_a_child_the_kernel_forked_does_not_keep_a_dead_kernel_alive(kernel: Ker
 def test_a_killed_fork_server_is_started_again(tmp_path: Path) -> None:
     first = _launch(tmp_path, "a")
     first.teardown(graceful=False)
-    proc = FORK_SERVER._proc
-    assert proc is not None and proc.poll() is None
+    assert FORK_SERVER._run is not None
+    proc = FORK_SERVER._run.proc
+    assert proc.poll() is None
     proc.kill()
     proc.wait(timeout=10)
     second = _launch(tmp_path, "b")
     try:
         assert b"core.execution.zygote" in Path(f"/proc/{second.kernel_pid}/cmdline").read_bytes()
-        assert FORK_SERVER._proc is not proc
+        assert FORK_SERVER._run is not None and FORK_SERVER._run.proc is not proc
         assert run(second, "print(6 * 7)").strip() == "42"
     finally:
         second.teardown(graceful=False)
