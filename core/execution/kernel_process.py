@@ -146,7 +146,10 @@ class KernelProcess:
                     cgroups=box.cgroups.procs_files,
                     timeout=self.start_timeout,
                 )
-                box.adopt_kernel(pid)
+                try:
+                    box.adopt_kernel(pid)
+                except OSError as exc:  # no pidfd on this system (Linux < 5.3): the sandbox goes, unforked next
+                    raise ForkServerError(f"cannot follow the forked kernel ({exc})") from exc
         except Exception as exc:
             try:
                 km.shutdown_kernel(now=True)  # the placeholder of a kernel that was not forked
