@@ -52,10 +52,12 @@ import socketio
 from procs import cpu_ticks, descendants, free_port, pss_kb, rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from core.execution.sandbox import is_kernel_process  # noqa: E402  (stdlib and core only)
+
 CODE = "```python\nprint(6*7)\n```"
 EXPECT = "42"
-FORK_SERVER = b"core.execution.zygote"
-KERNEL_MODULES = (b"core.execution.kernel_main", b"ipykernel_launcher", FORK_SERVER)
 
 
 # ----- one simulated user ----------------------------------------------------------------------
@@ -215,20 +217,14 @@ class Kernel:
 
 def kernels(root: int, app_dir: Path | None) -> list[Kernel]:
     """The kernel processes under ``root``; a kernel whose session folder has no session log is pooled.
-
-    A kernel forked from the fork server carries its command line: it is told from the fork server
-    itself by living in a PID namespace of its own. Its session is the folder it works in."""
+    Its session is the folder it works in (a forked kernel's environment is the fork server's)."""
     found = []
-    own_pid_ns = os.readlink("/proc/self/ns/pid")
     for pid in descendants(root):
+        if not is_kernel_process(pid):
+            continue
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if argv[1:2] != [b"-m"] or argv[2] not in KERNEL_MODULES:
-                continue
-            if argv[2] == FORK_SERVER and os.readlink(f"/proc/{pid}/ns/pid") == own_pid_ns:
-                continue
             session_id = Path(os.readlink(f"/proc/{pid}/cwd")).parent.name
-        except (OSError, IndexError):
+        except OSError:
             continue
         pooled = app_dir is not None and not (app_dir / "workspace" / "sessions" / session_id / "session.log").exists()
         found.append(Kernel(pid, session_id, pooled))

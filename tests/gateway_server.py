@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.processes import stop_process
+
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_NAME = "weaver-test"
 START_TIMEOUT_S = 30.0
@@ -50,13 +52,7 @@ class Gateway:
         return found
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, signal.SIGTERM, timeout=15)
 
 
 def free_port() -> int:

@@ -33,6 +33,8 @@ from typing import Any
 
 import pytest
 
+from tests.processes import stop_process
+
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 SUPERUSER = "postgres"
@@ -192,14 +194,8 @@ class PgCluster:
 
     def stop(self) -> None:
         """Stop our server by its PID (fast shutdown), then remove its folder."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGINT, timeout=STOP_TIMEOUT_S)
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -125,12 +125,7 @@ def test_uploads_charts_and_stop_through_the_proxy(layout: Layout, gateway: Gate
         )
         images = [e for e in page.elements() if e.get("type") == "image"]
         assert images, page.event_names()
-        got = httpx.get(
-            f"{layout.proxy_url}/project/file/{images[0]['chainlitKey']}",
-            params={"session_id": page.session_id},
-            headers=page.headers,
-            timeout=10,
-        )
+        got = page.fetch_element(images[0])  # through the proxy
         assert got.status_code == 200 and got.headers["content-type"] == "image/png", got.text[:200]
         assert got.content.startswith(b"\x89PNG")
 

@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from tests.pg_cluster import PgCluster, start_cluster
+from tests.processes import stop_process
 from tests.test_ui_auth import add_user
 from tests.ui_harness import (
     REPO_ROOT,
@@ -107,16 +108,6 @@ def _start_proxy(root: Path, port: int, replicas: dict[str, int]) -> tuple[subpr
     return proc, log_path
 
 
-def _stop_proxy(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PgCluster]:
     pg = start_cluster()
@@ -171,7 +162,7 @@ def _start_layout(
         if failures:
             raise failures[0]
     proxy, proxy_log = _start_proxy(root, proxy_port, ports)
-    stoppers.append(lambda: _stop_proxy(proxy))
+    stoppers.append(lambda: stop_process(proxy, signal.SIGTERM, timeout=10))
     proxy_url = f"http://127.0.0.1:{proxy_port}"
 
     def both_in_rotation() -> bool:

@@ -41,15 +41,7 @@ def test_the_files_button_lists_a_written_file_and_it_downloads(ui_server: UISer
         table = next(e for e in elements if e["type"] == "text")
         report = next(e for e in elements if e["name"] == "report.csv")
 
-        def fetch(element: dict) -> httpx.Response:
-            return httpx.get(
-                f"{ui_server.base_url}/project/file/{element['chainlitKey']}",
-                params={"session_id": client.session_id},
-                headers=client.headers,
-                timeout=10,
-            )
-
-        served, listed = fetch(report), fetch(table).text
+        served, listed = client.fetch_element(report), client.fetch_element(table).text
     assert served.status_code == 200 and served.content == REPORT
     assert served.headers["content-disposition"] == "attachment"
     size = f"{len(REPORT)} B"

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.llm_server import Answer, ScriptedLLMServer
+from tests.processes import stop_process
 from tests.ui_harness import (
     KERNEL_ID_CODE,
     MAX_FILE_MB,
@@ -233,12 +234,7 @@ def test_figure_is_shown_inline_and_served(ui_server: UIServer) -> None:
         client.ask(code_block(code))
         images = [e for e in client.elements() if e.get("type") == "image"]
         assert images, client.event_names()
-        response = httpx.get(
-            f"{ui_server.base_url}/project/file/{images[0]['chainlitKey']}",
-            params={"session_id": client.session_id},
-            headers=client.headers,
-            timeout=10,
-        )
+        response = client.fetch_element(images[0])
     assert response.status_code == 200
     assert response.content.startswith(b"\x89PNG")
 
@@ -275,12 +271,7 @@ def test_weaver_ui_launcher_serves_the_app_from_any_folder(tmp_path: Path) -> No
         assert f"open http://127.0.0.1:{port}" in log.read_text()
         assert (tmp_path / ".weaver").is_dir()  # not the repo root, where Chainlit itself runs
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, signal.SIGINT, timeout=30)
     with pytest.raises(httpx.HTTPError):
         httpx.get(base, timeout=1)
 

@@ -35,6 +35,7 @@ import pytest
 import socketio
 
 from tests.conftest import pid_alive  # noqa: F401  (re-exported for the UI tests)
+from tests.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRACE_S = 3.0
@@ -172,14 +173,7 @@ def start_server(
 
 def stop_server(server: UIServer) -> None:
     """Stop the server we started (by its PID only); it stops its sessions on the way out."""
-    proc = server.proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    stop_process(server.proc, signal.SIGINT, timeout=20)
 
 
 @pytest.fixture(scope="session")
@@ -333,6 +327,15 @@ class ChatClient:
     def elements(self) -> list[dict[str, Any]]:
         with self._cond:
             return [data for name, data in self.events if name == "element"]
+
+    def fetch_element(self, element: dict[str, Any]) -> httpx.Response:
+        """The file behind a shown element, fetched as the page does: with its chat's id and the login cookie."""
+        return httpx.get(
+            f"{self.base_url}/project/file/{element['chainlitKey']}",
+            params={"session_id": self.session_id},
+            headers=self.headers,
+            timeout=10,
+        )
 
     def thread_id(self) -> str:
         """The chat's id in the history, which the server announces at its first interaction."""
