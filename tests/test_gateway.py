@@ -277,6 +277,47 @@ def test_hostile_names_from_the_kernel_are_not_written_outside(gateway: Gateway,
         s.stop()
 
 
+def test_a_lying_or_malformed_file_list_is_refused_not_fatal(gw_app: TaskWeaverApp) -> None:
+    """The kernel's own code may replace its file helpers: a negative size must not make room in
+    the per-execution share for what follows, malformed entries are refused one by one, and a
+    list that is not a list costs the run a note, never the round."""
+    s = gw_app.get_session()
+    try:
+        rnd = s.send_message(
+            code(
+                "import json, base64\nimport core.plugins.kernel_files as kf\n"
+                "kf.manifest = lambda a: json.dumps({'files': [['neg.txt', -10**15, 1], {'x': 1}, ['short.txt', 4],"
+                " ['none.txt', 4, None], [7, 4, 1], ['ok.txt', 4, 1]], 'truncated': False})\n"
+                "kf.read = lambda a: json.dumps({'data': base64.b64encode(b'evil').decode()})"
+            )
+        )
+        assert rnd.state == "finished", rnd.error
+        assert rnd.reply_text.count("refuses to copy") == 5, rnd.reply_text
+        assert sorted(p.name for p in s.execution_cwd.iterdir()) == ["ok.txt"]
+        rnd = s.send_message(code("kf.manifest = lambda a: json.dumps({'files': 5})"))
+        assert rnd.state == "finished" and "could not be synchronised" in rnd.reply_text, rnd.reply_text
+        rnd = s.send_message(code("import importlib\nimportlib.reload(kf)\nprint(6 * 7)"))
+        assert rnd.state == "finished" and "42" in rnd.reply_text
+    finally:
+        s.stop()
+
+
+def test_a_file_over_the_per_run_share_but_under_the_file_cap_still_comes_back(
+    gateway: Gateway, gw_app_dir: Path
+) -> None:
+    """``gateway_sync_mb`` below ``max_file_mb``: a file between the two moves alone, not never."""
+    config = gateway_config(gateway, **{"execution.gateway_sync_mb": 1, "execution.max_file_mb": 2})
+    app = TaskWeaverApp(app_dir=gw_app_dir, config=config)
+    s = app.get_session()
+    try:
+        rnd = s.send_message(code("open('big.bin', 'wb').write(b'b' * (1536 * 1024))"))
+        assert rnd.state == "finished", rnd.error
+        assert (s.execution_cwd / "big.bin").read_bytes() == b"b" * (1536 * 1024)
+    finally:
+        s.stop()
+        app.stop()
+
+
 def test_a_wrong_token_or_no_gateway_is_refused_at_start(gateway: Gateway, tmp_path: Path) -> None:
     with pytest.raises(GatewayAuthError, match="execution.gateway_token"):
         TaskWeaverApp(app_dir=tmp_path / "a", config={**gateway_config(gateway), "execution.gateway_token": "wrong"})

@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.execution.limits import MB
 from core.plugins import kernel_files
 from core.plugins.kernel_files import UnsafePath, listing, parts, read_chunk, write_chunk
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MB = 1024 * 1024
 CHUNK_BYTES = 512 * 1024  # ~700 KB of base64 per message, far below the gateway's websocket limit
 _HELPERS = "__import__('core.plugins.kernel_files', fromlist=['manifest'])"
 Sig = tuple[int, int]  # (size, mtime_ns)
@@ -49,6 +49,11 @@ class FileSync:
         """A new kernel: its folder may hold none of our files, so everything goes again."""
         self._seen.clear()
 
+    def _over_share(self, moved: int, size: int) -> bool:
+        """Whether a file of ``size`` waits for a later execution: past the per-execution share,
+        unless it is the execution's first (a file under ``max_file_mb`` but over the share moves alone)."""
+        return bool(self.max_run_bytes) and moved > 0 and moved + size > self.max_run_bytes
+
     # ----- session folder -> kernel ------------------------------------------------------------
 
     def push(self, rpc: KernelRPC) -> list[str]:
@@ -65,7 +70,7 @@ class FileSync:
                 self._seen[rel] = (sig, remote_seen)
                 notes.append(f"{rel} ({sig[0] / MB:.1f} MB) was not sent to the kernel: over execution.max_file_mb.")
                 continue
-            if self.max_run_bytes and moved + sig[0] > self.max_run_bytes:
+            if self._over_share(moved, sig[0]):
                 waiting.append(rel)
                 continue
             try:
@@ -89,10 +94,7 @@ class FileSync:
             answer = _call(rpc, "write", args)
             offset += len(data)
             if last:
-                sig = answer.get("sig")
-                if not (isinstance(sig, list) and len(sig) == 2):
-                    raise ValueError("the kernel did not confirm the file")
-                return int(sig[0]), int(sig[1])
+                return _sig(answer.get("sig"), "the kernel's confirmation of the file")
 
     # ----- kernel -> session folder ------------------------------------------------------------
 
@@ -104,11 +106,16 @@ class FileSync:
             notes.append(f"The kernel's folder holds over {kernel_files.MAX_LISTED} files; only those were looked at.")
         moved = 0
         waiting: list[str] = []
-        for entry in answer.get("files", [])[: kernel_files.MAX_LISTED]:
+        files = answer.get("files", [])
+        if not isinstance(files, list):
+            raise ValueError(f"the kernel's file list is a {type(files).__name__}")
+        for entry in files[: kernel_files.MAX_LISTED]:
             try:
-                rel, size, mtime = str(entry[0]), int(entry[1]), int(entry[2])
+                if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
+                    raise ValueError("not [name, size, mtime]")
+                rel, (size, mtime) = entry[0], _sig(entry[1:], "a size and time")
                 parts(rel)
-            except (UnsafePath, TypeError, ValueError, IndexError):
+            except (UnsafePath, ValueError):
                 notes.append(f"The kernel named a file Weaver refuses to copy: {str(entry)[:120]!r}.")
                 continue
             local_seen, remote_seen = self._seen.get(rel, (None, None))
@@ -118,7 +125,7 @@ class FileSync:
                 self._seen[rel] = (local_seen, (size, mtime))
                 notes.append(f"{rel} ({size / MB:.1f} MB) stayed in the kernel: over execution.max_file_mb.")
                 continue
-            if (self.max_run_bytes and moved + size > self.max_run_bytes) or (room is not None and moved + size > room):
+            if self._over_share(moved, size) or (room is not None and moved + size > room):
                 waiting.append(rel)
                 continue
             try:
@@ -154,6 +161,14 @@ def _call(rpc: KernelRPC, function: str, args: dict[str, Any]) -> dict[str, Any]
     if not isinstance(answer, dict):
         raise ValueError(f"the kernel's {function} answered {type(answer).__name__}")
     return answer
+
+
+def _sig(value: Any, what: str) -> Sig:
+    """A (size, mtime_ns) pair as the kernel sent it: two whole numbers, neither negative (a size
+    below zero would make room in the per-execution share for everything after it)."""
+    if not (isinstance(value, list) and len(value) == 2 and all(type(v) is int and v >= 0 for v in value)):
+        raise ValueError(f"{what} is not two whole numbers of zero or more: {str(value)[:60]}")
+    return value[0], value[1]
 
 
 def _waiting_note(names: list[str], what: str, cap: int, room: int | None = None) -> str:

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 from core.config import ExecutionSettings
 from core.errors import GatewayError
 from core.execution import messages
-from core.execution.file_sync import MB, FileSync
+from core.execution.file_sync import FileSync
 from core.execution.gateway_client import GatewayChannels, GatewayREST
 from core.execution.kernel_process import KernelStartError, wait_for_ready
-from core.execution.limits import disk_room
+from core.execution.limits import MB, disk_room
 
 if TYPE_CHECKING:
     from core.execution.kernel_rpc import KernelRPC
