@@ -516,6 +516,17 @@ def test_hostile_ids_and_names_are_refused(db: DB, tmp_path: Path) -> None:
         assert kept["id"] == victim["id"] and kept["output"] == victim["output"] == "names"
         assert await count(layer, "steps", '"threadId" = :id', id=other) == 0
 
+        # nor while the victim's step still waits in the write-behind queue (not yet stored)
+        queued = cl.Step(name="CodeInterpreter", type="tool")
+        queued.thread_id, queued.output = thread_id, "victim's output"
+        await layer.create_step(queued.to_dict())
+        forged = cl.Message(content="overwritten", author="mallory", id=queued.id)
+        forged.thread_id = other
+        await layer.create_step(forged.to_dict())
+        steps = {s["id"]: s for s in (await layer.get_thread(thread_id))["steps"]}  # type: ignore[index]
+        assert steps[queued.id]["output"] == "victim's output" and steps[queued.id]["name"] == "CodeInterpreter"
+        assert await count(layer, "steps", '"threadId" = :id', id=other) == 0
+
         bad_element = cl.File(content=b"x", name="x", thread_id=thread_id, for_id=str(uuid.uuid4()))
         bad_element.id = "../../escape"
         await layer.create_element(bad_element)

@@ -32,10 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Mapping, Protocol
 
-import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy.exc import SQLAlchemyError
 
 logger = logging.getLogger("weaver.ui.auth")
 
@@ -104,6 +102,9 @@ def ensure_secret(app_dir: Path, mode: AuthMode, database_url: str | None = None
 
     if is_shared(database_url):
         assert database_url is not None
+        import asyncpg  # the database drivers only when the secret is shared (`weaver user` needs neither)
+        from sqlalchemy.exc import SQLAlchemyError
+
         try:
             return shared_secret(database_url)
         except (OSError, SQLAlchemyError, asyncpg.PostgresError) as exc:

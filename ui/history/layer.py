@@ -490,10 +490,14 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         for column in ("metadata", "modes", "generation"):
             if column in values:
                 values[column] = self._json_param(values[column])
+        # Queued by chat and id: step ids come from the browser, and a step sent with the id of
+        # another chat's step must not merge into that step's queued state (the store then keeps
+        # each row in its own chat, as for a step already stored).
+        key = f"{thread_id}/{values['id']}"
         if step_dict.get("type") == "user_message":
-            self._steps.write_soon(str(values["id"]), values)
+            self._steps.write_soon(key, values)
         else:
-            self._steps.add(str(values["id"]), values)
+            self._steps.add(key, values)
 
     async def _store_steps(self, rows: dict[str, dict[str, Any]]) -> None:
         """One transaction: the threads the steps belong to (created if new), then every step."""

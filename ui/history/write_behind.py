@@ -19,6 +19,8 @@ import asyncio
 import logging
 from typing import Any, Awaitable, Callable
 
+from ui.bridge import in_background
+
 logger = logging.getLogger("weaver.ui.history")
 
 Rows = dict[str, dict[str, Any]]
@@ -82,10 +84,4 @@ class WriteBehind:
 
     def _fire(self) -> None:
         self._timer = None
-        task = asyncio.ensure_future(self.flush())
-        task.add_done_callback(_log_failure)
-
-
-def _log_failure(task: asyncio.Future[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("storing the history failed", exc_info=task.exception())
+        in_background(self.flush(), "storing the history")
