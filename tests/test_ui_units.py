@@ -27,7 +27,7 @@ from core import (
 )
 from core.events import EventEmitter, SessionEventHandler, TaskWeaverEvent
 from ui.answer import AnswerDraft
-from ui.bridge import ThreadJob, in_background, run_in_thread
+from ui.bridge import EventPipe, ThreadJob, in_background, run_in_thread
 from ui.files import Artifact, artifacts_inside, resolve_inside, select_artifacts
 from ui.lifecycle import SESSION_FAILED, SessionOwner, TooManyChats, session_error_text
 from ui.view import RoundView
@@ -307,6 +307,44 @@ def test_a_thread_job_hands_back_results_and_errors_to_sync_and_async_callers() 
         assert await run_in_thread(lambda a, b: a + b, 2, 3) == 5
 
     asyncio.run(scenario())
+
+
+def test_event_pipe_hands_over_every_event_in_order_and_wakes_the_loop_once_per_batch() -> None:
+    """Events sent from the engine's thread while the loop is busy arrive together, in order,
+    after one wake-up of the loop; the end marker comes last; ``wake`` returns an empty batch."""
+
+    async def scenario() -> tuple[list[object], list[object], list[object]]:
+        loop = asyncio.get_running_loop()
+        pipe = EventPipe(loop)
+        wakeups = 0
+        real = loop.call_soon_threadsafe
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            nonlocal wakeups
+            wakeups += 1
+            return real(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        try:
+            producer = threading.Thread(target=lambda: [pipe.handle(i) for i in range(300)])  # type: ignore[func-returns-value]
+            producer.start()
+            producer.join()  # the loop is busy meanwhile: nothing is taken yet
+            first = await pipe.batch()
+            assert wakeups == 1
+            pipe.wake()
+            empty = await pipe.batch()
+            closer = threading.Thread(target=lambda: (pipe.handle("last"), pipe.close()))
+            closer.start()
+            closer.join()
+            last = await pipe.batch()
+        finally:
+            del loop.call_soon_threadsafe
+        return first, empty, last
+
+    first, empty, last = asyncio.run(scenario())
+    assert first == list(range(300))
+    assert empty == []
+    assert last == ["last", EventPipe.END]
 
 
 def test_thread_jobs_all_run_at_once_and_reuse_idle_workers() -> None:

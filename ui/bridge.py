@@ -13,7 +13,7 @@ event loop for milliseconds per round.
 weak references to tasks) and with its failure logged, never lost.
 
 ``EventPipe`` is a ``SessionEventHandler`` for the engine's worker thread that hands each event,
-in order, to an ``asyncio.Queue`` on the loop, so no UI code ever runs off the loop.
+in order, to the loop, in batches, so no UI code ever runs off the loop.
 """
 
 from __future__ import annotations
@@ -172,14 +172,24 @@ def in_background(work: Coroutine[Any, Any, Any], what: str) -> asyncio.Future[A
 
 
 class EventPipe(SessionEventHandlerBase):
-    """Runs on the engine's worker thread: forwards every event, in order, to the loop's queue;
-    ``close()`` puts ``EventPipe.END`` after the last one."""
+    """Runs on the engine's worker thread: hands every event, in order, to the loop, where
+    ``batch()`` takes all that arrived since the last call; ``close()`` adds ``EventPipe.END``
+    after the last one.
+
+    The loop is woken once per batch, not once per event: a round streams ~50 events, and each
+    wake-up is a write to the loop's self-pipe plus a pass of the loop. When the loop is busy
+    (a crowd), more events wait for it and each batch grows, so the cost per event falls just
+    when it matters.
+    """
 
     END: object = object()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._queue = queue
+        self._ready = asyncio.Event()
+        self._items: list[object] = []
+        self._lock = threading.Lock()
+        self._woken = False  # a wake-up is on its way to the loop
 
     def handle(self, event: TaskWeaverEvent) -> None:
         self._put(event)
@@ -187,8 +197,26 @@ class EventPipe(SessionEventHandlerBase):
     def close(self) -> None:
         self._put(EventPipe.END)
 
+    def wake(self) -> None:
+        """On the loop: let ``batch()`` return (empty if nothing came), e.g. when a throttle ends."""
+        self._ready.set()
+
+    async def batch(self) -> list[object]:
+        """On the loop: wait until something arrived (or ``wake``), then take all of it, in order."""
+        await self._ready.wait()
+        self._ready.clear()
+        with self._lock:
+            items, self._items = self._items, []
+            self._woken = False
+        return items
+
     def _put(self, item: object) -> None:
+        with self._lock:
+            self._items.append(item)
+            if self._woken:
+                return
+            self._woken = True
         try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+            self._loop.call_soon_threadsafe(self._ready.set)
         except RuntimeError:  # the loop is closing (server shutdown): nobody is left to render
             logger.debug("dropping %r: event loop closed", item)

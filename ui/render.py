@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -239,9 +240,6 @@ def _ensure_files_dir() -> None:
     FILES_DIRECTORY.mkdir(parents=True, exist_ok=True)
 
 
-_TICK = object()
-
-
 async def pump_round(
     send: Callable[[SessionEventHandler], Round],
     renderer: RoundRenderer,
@@ -249,12 +247,12 @@ async def pump_round(
 ) -> RoundOutcome:
     """Run ``send(handler)`` (a ``send_message`` call) through the bridge and render its events.
 
+    Events come in batches (``EventPipe.batch``); a batch is applied in order, then flushed once.
     A ``CancelledError`` (Chainlit cancels the message task when the user presses stop) calls
     ``on_cancel`` and keeps rendering, so the cancelled round is still closed properly.
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    pipe = EventPipe(loop, queue)
+    pipe = EventPipe(loop)
 
     def work() -> Round:
         try:
@@ -265,30 +263,30 @@ async def pump_round(
     job = ThreadJob(work, name="weaver-round")
     wake: asyncio.TimerHandle | None = None  # one wake-up, only while the throttle holds a change back
     cancelled = False
-    try:
-        while True:
-            try:
-                item = await queue.get()
-                if item is EventPipe.END:
-                    break
-                if item is _TICK:
-                    wake = None
-                else:
-                    await renderer.apply(item)
-                await renderer.flush()
-                due = renderer.next_flush_in()
-                if due is not None and wake is None:
-                    wake = loop.call_later(due, queue.put_nowait, _TICK)
-            except asyncio.CancelledError:
-                if not cancelled:
-                    cancelled = True
-                    logger.info("stop pressed: cancelling the round")
-                    _safe_cancel(on_cancel)  # Session.cancel only sets an event: safe on the loop
-            except Exception:
-                logger.exception("rendering an event failed; the round goes on")
-    finally:
-        if wake is not None:
-            wake.cancel()
+    pending: deque[object] = deque()  # of the current batch; what a stop press interrupted stays here
+    while True:
+        try:
+            if not pending:
+                pending.extend(await pipe.batch())
+                if wake is not None and wake.when() <= loop.time():
+                    wake = None  # it is due: a later hold-back needs a new one
+            while pending and pending[0] is not EventPipe.END:
+                await renderer.apply(pending.popleft())
+            if pending:  # the end of the round
+                break
+            await renderer.flush()
+            due = renderer.next_flush_in()
+            if due is not None and wake is None:
+                wake = loop.call_later(due, pipe.wake)
+        except asyncio.CancelledError:
+            if not cancelled:
+                cancelled = True
+                logger.info("stop pressed: cancelling the round")
+                _safe_cancel(on_cancel)  # Session.cancel only sets an event: safe on the loop
+        except Exception:
+            logger.exception("rendering an event failed; the round goes on")
+    if wake is not None:
+        wake.cancel()
     outcome = await _outcome(job)
     try:
         await renderer.finish(outcome)
