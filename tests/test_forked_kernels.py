@@ -164,6 +164,23 @@ def test_a_child_the_kernel_forked_does_not_keep_a_dead_kernel_alive(kernel: Ker
     assert not kernel.alive()
 
 
+def test_kernels_and_the_fork_server_take_the_cpu_as_one_idle_group(kernel: KernelProcess) -> None:
+    """Every process of a kernel, one that made itself a new session too, is in the kernel's cpu
+    group inside Weaver's idle group, and so is the fork server. A session of its own (autogroup)
+    would otherwise weigh as much as the whole web server."""
+    assert kernel.box is not None
+    cpu, memory = kernel.box.cgroups.dirs["cpu"], kernel.box.cgroups.dirs["memory"]
+    assert (cpu.parent / "cpu.idle").read_text().strip() == "1"
+    run(kernel, "import subprocess\nsubprocess.Popen(['sleep', '60'], start_new_session=True)")
+
+    def procs(folder: Path) -> set[int]:
+        return {int(p) for p in (folder / "cgroup.procs").read_text().split()}
+
+    assert kernel.kernel_pid in procs(cpu)
+    assert procs(cpu) == procs(memory) and len(procs(cpu)) >= 2  # the kernel and the new session's sleep
+    assert FORK_SERVER._run is not None and FORK_SERVER._run.proc.pid in procs(cpu.parent)
+
+
 def test_a_killed_fork_server_is_started_again(tmp_path: Path) -> None:
     first = _launch(tmp_path, "a")
     first.teardown(graceful=False)

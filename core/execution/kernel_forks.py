@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core.execution.launcher import KERNEL_ARGS, kernel_env, spawn
+from core.execution.limits import kernels_cpu_group
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class KernelForkServer:
             argv = [sys.executable, "-m", ZYGOTE_MODULE]
             # Started from the spawner thread: its parent-death signal fires when that thread ends.
             proc = spawn(argv, env=env, cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
+            _join_kernels_cpu_group(proc.pid)  # it works only for kernels: it waits as they do
             run = self._run = _Run(proc)
             threading.Thread(target=self._read, args=(run,), name="weaver-fork-server", daemon=True).start()
         try:
@@ -156,3 +158,13 @@ class KernelForkServer:
 
 FORK_SERVER = KernelForkServer()
 atexit.register(FORK_SERVER.close)
+
+
+def _join_kernels_cpu_group(pid: int) -> None:
+    folder = kernels_cpu_group()
+    if folder is None:
+        return
+    try:
+        (folder / "cgroup.procs").write_text(str(pid))
+    except OSError as exc:
+        logger.debug("the fork server stays out of the kernels' cpu group: %s", exc)

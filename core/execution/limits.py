@@ -1,4 +1,4 @@
-"""Resource limits of one kernel: cgroup v1 memory and pids groups, rlimits, nice, disk room.
+"""Resource limits of one kernel: cgroup v1 memory, pids and cpu groups, rlimits, nice, disk room.
 
 As root, RLIMIT_NPROC does not bind and a process can raise its own rlimits only up to the hard
 limit we set, so memory and process counts are enforced with cgroups the kernel can't see or
@@ -49,8 +49,36 @@ def _own_cgroup(controller: str) -> Path | None:
     return None
 
 
+def kernels_cpu_group() -> Path | None:
+    """The idle cpu cgroup (v1) every kernel's cpu group sits in, made on first use; None without one."""
+    parent = _own_cgroup("cpu")
+    if parent is None:
+        return None
+    folder = parent / "weaver"
+    try:
+        folder.mkdir(exist_ok=True)
+        idle = folder / "cpu.idle"
+        if idle.exists():
+            idle.write_text("1")
+        else:
+            (folder / "cpu.shares").write_text("2")
+    except OSError as exc:
+        logger.debug("no idle cpu cgroup at %s: %s", folder, exc)
+        return None
+    return folder
+
+
 class KernelCgroups:
-    """A memory and a pids cgroup for one kernel launch; every process it starts stays inside."""
+    """A memory, a pids and a cpu cgroup for one kernel launch; every process it starts stays inside.
+
+    The cpu groups of all kernels share one parent, ``weaver``, that is idle (``cpu.idle``, or
+    the least ``cpu.shares`` where that is missing): together, the kernels get the CPU the web
+    server and the rest of the machine leave. Nice and ``SCHED_IDLE`` alone do not do that where
+    the kernel groups tasks by session (autogroup, on by default on most distributions): every
+    sandbox is a session of its own, so each kernel weighed as much as the whole web server, and
+    a hundred kernels starting at once left it a hundredth of the CPU. A task in a cpu cgroup is
+    outside autogroup, so user code that calls ``setsid()`` gains nothing either.
+    """
 
     def __init__(self, name: str, limits: Limits) -> None:
         self.dirs: dict[str, Path] = {}
@@ -70,6 +98,13 @@ class KernelCgroups:
                 self._configure(controller, folder, limits)
             except OSError as exc:
                 self.problems.append(f"{controller} cgroup {folder}: {exc}")
+        idle = kernels_cpu_group() if limits.nice > 0 else None  # a priority, not a limit: nice still applies
+        if idle is not None:
+            try:
+                (idle / name).mkdir(exist_ok=True)
+                self.dirs["cpu"] = idle / name
+            except OSError as exc:
+                logger.debug("no cpu cgroup for %s: %s", name, exc)
 
     @staticmethod
     def _configure(controller: str, folder: Path, limits: Limits) -> None:
