@@ -55,8 +55,14 @@ def run(kp: KernelProcess, source: str) -> str:
         elif msg["msg_type"] == "error":
             out.append("\n".join(msg["content"]["traceback"]))
 
-    kp.client.execute_interactive(source, timeout=20, output_hook=keep)
-    return "".join(out)
+    msg_id = kp.client.execute(source)
+    while True:
+        msg = kp.client.get_iopub_msg(timeout=20)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return "".join(out)
+        keep(msg)
 
 
 def placeholder_of(kp: KernelProcess) -> int:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class KernelHandle(Protocol):
     """One running kernel at a time: launched, signalled, torn down, and its channels (``client``)."""
 
-    # A BlockingKernelClient, or the gateway's blocking adapter: execute, kernel_info, get_*_msg.
+    # ``KernelChannels`` (ZMQ) or the gateway's ``GatewayChannels``: execute, kernel_info, get_*_msg.
     client: Any
 
     @property

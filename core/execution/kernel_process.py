@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from jupyter_client import BlockingKernelClient, KernelManager
+from jupyter_client import KernelManager
 
 from core.config import ExecutionSettings
 from core.execution import messages
 from core.execution.kernel_forks import FORK_SERVER, ForkServerError
 from core.execution.launcher import KERNEL_ARGV, kernel_env, new_kernel_manager, start_kernel
 from core.execution.sandbox import KernelBox, SandboxUnavailableError
+from core.execution.zmq_channels import KernelChannels
 
 if TYPE_CHECKING:
     from core.execution.kernel_rpc import KernelRPC
@@ -52,7 +53,7 @@ class KernelProcess:
         self.start_timeout = start_timeout
         self.read_only = read_only  # plugin folders, visible read-only inside the sandbox
         self.manager: KernelManager | None = None
-        self.client: BlockingKernelClient | None = None
+        self.client: KernelChannels | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.box: KernelBox | None = None
 
@@ -166,11 +167,9 @@ class KernelProcess:
         self.box = box
         self.manager = km
         self.proc = proc
-        kc = km.client()
-        kc.allow_stdin = False
-        # No heartbeat channel: a thread per kernel pinging every few seconds, for what ``alive()``
-        # already knows from the process itself (a hundred kernels made a hundred such threads).
-        kc.start_channels(hb=False)
+        # Shell and IOPub only. No heartbeat channel: a thread per kernel pinging every few
+        # seconds, for what ``alive()`` already knows from the process itself.
+        kc = KernelChannels(km.get_connection_info())
         self.client = kc
         try:
             wait_for_ready(kc, self.start_timeout, self.alive)

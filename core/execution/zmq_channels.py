@@ -1,0 +1,141 @@
+"""A local kernel's shell and iopub channels as a blocking client on plain ZMQ sockets.
+
+jupyter_client's ``BlockingKernelClient`` runs its asyncio client through ``run_sync``: every
+read, even one that finds nothing, builds and steps an event loop. A round waiting for its code
+polls IOPub ten times a second, and with a hundred rounds in flight that polling alone took
+~30 % of a core in the web server, beside the GIL it held. Here a read is one ``zmq_poll``
+(which lets go of the GIL while it waits) and one ``recv``.
+
+Messages are still built and signed by ``jupyter_client.session.Session``. Incoming ones are
+checked against the connection's key (HMAC) and decoded without Session's date parsing, which
+nothing here reads. Same method names as ``BlockingKernelClient`` and ``GatewayChannels``, so
+``KernelRPC`` and ``user_run`` do not care which they have. Not thread-safe (ZMQ sockets are
+not): one caller at a time, as the executor's lock ensures.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+from hmac import compare_digest
+from typing import Any, Mapping
+
+import zmq
+from jupyter_client.session import Session
+
+
+class InvalidMessage(ValueError):
+    """A kernel message without a valid signature or with missing parts: dropped, never used."""
+
+
+class KernelChannels:
+    """Shell (DEALER) and IOPub (SUB) sockets to one kernel, from its connection info."""
+
+    def __init__(self, info: Mapping[str, Any]) -> None:
+        key = info["key"]
+        self.session = Session(
+            key=key.encode() if isinstance(key, str) else key,
+            signature_scheme=str(info.get("signature_scheme", "hmac-sha256")),
+            username="weaver",
+        )
+        self.allow_stdin = False
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self._shell = context.socket(zmq.DEALER)
+        self._iopub = context.socket(zmq.SUB)
+        for sock in (self._shell, self._iopub):
+            sock.linger = 0
+        self._shell.setsockopt(zmq.IDENTITY, self.session.bsession)
+        self._iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._shell.connect(_url(info, "shell_port"))
+        self._iopub.connect(_url(info, "iopub_port"))
+
+    # ----- BlockingKernelClient's names ---------------------------------------------------------
+
+    def execute(
+        self,
+        code: str,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: dict[str, str] | None = None,
+        allow_stdin: bool | None = None,
+        stop_on_error: bool = True,
+    ) -> str:
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": store_history,
+            "user_expressions": user_expressions or {},
+            "allow_stdin": self.allow_stdin if allow_stdin is None else allow_stdin,
+            "stop_on_error": stop_on_error,
+        }
+        return self._send("execute_request", content)
+
+    def kernel_info(self) -> str:
+        return self._send("kernel_info_request", {})
+
+    def get_shell_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        return self._receive(self._shell, timeout)
+
+    def get_iopub_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        return self._receive(self._iopub, timeout)
+
+    def stop_channels(self) -> None:
+        self._shell.close(linger=0)
+        self._iopub.close(linger=0)
+
+    # ----- inside ---------------------------------------------------------------------------------
+
+    def _send(self, msg_type: str, content: dict[str, Any]) -> str:
+        msg = self.session.msg(msg_type, content)
+        self.session.send(self._shell, msg)
+        return str(msg["header"]["msg_id"])
+
+    def _receive(self, sock: zmq.Socket[bytes], timeout: float | None) -> dict[str, Any]:
+        """The next valid message on ``sock`` within ``timeout`` (None: wait); ``queue.Empty`` if none."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait_ms = -1 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not sock.poll(wait_ms):
+                raise queue.Empty
+            try:
+                return self._decode(sock.recv_multipart())
+            except InvalidMessage:
+                continue  # dropped: wait on for a valid one
+
+    def _decode(self, frames: list[bytes]) -> dict[str, Any]:
+        try:
+            start = frames.index(b"<IDS|MSG>") + 1
+        except ValueError:
+            raise InvalidMessage("no delimiter") from None
+        parts = frames[start:]
+        if len(parts) < 5:
+            raise InvalidMessage("missing parts")
+        signature, header, parent, metadata, content = parts[:5]
+        auth = self.session.auth
+        if auth is not None:
+            check = auth.copy()
+            for part in (header, parent, metadata, content):
+                check.update(part)
+            if not compare_digest(signature, check.hexdigest().encode("ascii")):
+                raise InvalidMessage("bad signature")
+        try:
+            head = json.loads(header)
+            return {
+                "header": head,
+                "msg_id": head.get("msg_id"),
+                "msg_type": head.get("msg_type"),
+                "parent_header": json.loads(parent),
+                "metadata": json.loads(metadata),
+                "content": json.loads(content),
+                "buffers": parts[5:],
+            }
+        except (ValueError, AttributeError):
+            raise InvalidMessage("not JSON") from None
+
+
+def _url(info: Mapping[str, Any], port_key: str) -> str:
+    """``tcp://ip:port``, or ``ipc://path-port`` as jupyter_client names IPC endpoints."""
+    if info.get("transport", "tcp") == "tcp":
+        return f"tcp://{info['ip']}:{info[port_key]}"
+    return f"{info['transport']}://{info['ip']}-{info[port_key]}"

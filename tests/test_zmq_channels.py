@@ -1,0 +1,62 @@
+"""The local kernel client's own checks, against real ZMQ sockets on 127.0.0.1 standing in for a kernel."""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import zmq
+from jupyter_client.session import Session
+
+from core.execution.zmq_channels import KernelChannels
+
+
+@pytest.fixture
+def kernel_side() -> Iterator[tuple[dict[str, Any], zmq.Socket[bytes], zmq.Socket[bytes]]]:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    shell, iopub = context.socket(zmq.ROUTER), context.socket(zmq.PUB)
+    info = {
+        "transport": "tcp",
+        "ip": "127.0.0.1",
+        "key": secrets.token_hex(16),
+        "signature_scheme": "hmac-sha256",
+        "shell_port": shell.bind_to_random_port("tcp://127.0.0.1"),
+        "iopub_port": iopub.bind_to_random_port("tcp://127.0.0.1"),
+    }
+    yield info, shell, iopub
+    shell.close(0)
+    iopub.close(0)
+
+
+def test_only_messages_signed_with_the_connection_key_are_taken(kernel_side: Any) -> None:
+    info, shell, iopub = kernel_side
+    client = KernelChannels(info)
+    try:
+        kernel = Session(key=info["key"].encode(), signature_scheme="hmac-sha256")
+        forger = Session(key=b"not-the-key", signature_scheme="hmac-sha256")
+        msg_id = client.execute("print(1)")
+        request = kernel.recv(shell, mode=0)[1]  # signed with the key: accepted by the kernel side
+        assert request is not None and request["content"]["code"] == "print(1)"
+        assert request["header"]["msg_id"] == msg_id
+        parent = request["header"]
+        deadline = time.monotonic() + 10
+        while True:  # a SUB socket takes a moment to join: publish until one arrives
+            kernel.send(iopub, "status", {"execution_state": "starting"})
+            try:
+                client.get_iopub_msg(timeout=0.05)
+                break
+            except queue.Empty:
+                assert time.monotonic() < deadline, "the IOPub subscription never connected"
+        forger.send(iopub, "stream", {"name": "stdout", "text": "forged"}, parent=parent)
+        iopub.send_multipart([b"<IDS|MSG>", b"sig", b"{", b"{}", b"{}", b"{}"])  # garbage
+        kernel.send(iopub, "stream", {"name": "stdout", "text": "real"}, parent=parent)
+        got = client.get_iopub_msg(timeout=5)
+        assert got["content"]["text"] == "real" and got["parent_header"]["msg_id"] == msg_id
+        with pytest.raises(queue.Empty):
+            client.get_iopub_msg(timeout=0.05)
+    finally:
+        client.stop_channels()
