@@ -27,6 +27,7 @@ from jupyter_client.session import Session
 
 from core.config import ExecutionSettings
 from core.errors import GatewayAuthError, GatewayError, GatewayUnavailable
+from core.execution.handle import ShellRequests
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def channels_url(base: str, kernel_id: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-class GatewayChannels:
+class GatewayChannels(ShellRequests):
     """One kernel's shell and iopub channels over the gateway's websocket, as a blocking client.
 
     A reader thread sorts incoming messages into a queue per channel; it also notes the gateway's
@@ -196,7 +197,6 @@ class GatewayChannels:
 
         assert settings.gateway_url is not None
         self.session = Session(username="weaver")
-        self.allow_stdin = False
         self._queues: dict[str, queue.Queue[dict[str, Any]]] = {"shell": queue.Queue(), "iopub": queue.Queue()}
         self._send_lock = threading.Lock()
         self.died = threading.Event()
@@ -215,28 +215,6 @@ class GatewayChannels:
 
     # ----- what KernelRPC and user_run call (BlockingKernelClient's names) ------------------------
 
-    def execute(
-        self,
-        code: str,
-        silent: bool = False,
-        store_history: bool = True,
-        user_expressions: dict[str, str] | None = None,
-        allow_stdin: bool | None = None,
-        stop_on_error: bool = True,
-    ) -> str:
-        content = {
-            "code": code,
-            "silent": silent,
-            "store_history": store_history,
-            "user_expressions": user_expressions or {},
-            "allow_stdin": self.allow_stdin if allow_stdin is None else allow_stdin,
-            "stop_on_error": stop_on_error,
-        }
-        return self._send("shell", "execute_request", content)
-
-    def kernel_info(self) -> str:
-        return self._send("shell", "kernel_info_request", {})
-
     def get_shell_msg(self, timeout: float | None = None) -> dict[str, Any]:
         return self._queues["shell"].get(timeout=timeout)
 
@@ -253,9 +231,9 @@ class GatewayChannels:
 
     # ----- inside ---------------------------------------------------------------------------------
 
-    def _send(self, channel: str, msg_type: str, content: dict[str, Any]) -> str:
+    def _shell_request(self, msg_type: str, content: dict[str, Any]) -> str:
         msg = self.session.msg(msg_type, content)
-        wire = {**msg, "channel": channel}
+        wire = {**msg, "channel": "shell"}
         with self._send_lock:
             self._socket.send(json.dumps(wire, default=json_default))
         return str(msg["header"]["msg_id"])

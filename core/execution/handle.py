@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 class KernelHandle(Protocol):
     """One running kernel at a time: launched, signalled, torn down, and its channels (``client``)."""
 
-    # ``KernelChannels`` (ZMQ) or the gateway's ``GatewayChannels``: execute, kernel_info, get_*_msg.
+    # ``KernelChannels`` (ZMQ) or the gateway's ``GatewayChannels``: a ``ShellRequests`` with get_*_msg.
     client: Any
 
     @property
@@ -62,3 +62,35 @@ class KernelHandle(Protocol):
     def local_path(self, path: str) -> Path:
         """Where a path the kernel reported (a plugin's artifact) is in the session's folder."""
         ...
+
+
+class ShellRequests:
+    """``execute`` and ``kernel_info`` as jupyter_client's blocking client names them, for both
+    channel adapters; each sends a request on its shell channel and returns the request's msg_id."""
+
+    allow_stdin = False
+
+    def execute(
+        self,
+        code: str,
+        silent: bool = False,
+        store_history: bool = True,
+        user_expressions: dict[str, str] | None = None,
+        allow_stdin: bool | None = None,
+        stop_on_error: bool = True,
+    ) -> str:
+        content = {
+            "code": code,
+            "silent": silent,
+            "store_history": store_history,
+            "user_expressions": user_expressions or {},
+            "allow_stdin": self.allow_stdin if allow_stdin is None else allow_stdin,
+            "stop_on_error": stop_on_error,
+        }
+        return self._shell_request("execute_request", content)
+
+    def kernel_info(self) -> str:
+        return self._shell_request("kernel_info_request", {})
+
+    def _shell_request(self, msg_type: str, content: dict[str, Any]) -> str:
+        raise NotImplementedError

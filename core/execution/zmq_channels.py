@@ -24,12 +24,14 @@ from typing import Any, Mapping
 import zmq
 from jupyter_client.session import Session
 
+from core.execution.handle import ShellRequests
+
 
 class InvalidMessage(ValueError):
     """A kernel message without a valid signature or with missing parts: dropped, never used."""
 
 
-class KernelChannels:
+class KernelChannels(ShellRequests):
     """Shell (DEALER) and IOPub (SUB) sockets to one kernel, from its connection info."""
 
     def __init__(self, info: Mapping[str, Any]) -> None:
@@ -39,7 +41,6 @@ class KernelChannels:
             signature_scheme=str(info.get("signature_scheme", "hmac-sha256")),
             username="weaver",
         )
-        self.allow_stdin = False
         context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._shell = context.socket(zmq.DEALER)
         self._iopub = context.socket(zmq.SUB)
@@ -50,29 +51,7 @@ class KernelChannels:
         self._shell.connect(_url(info, "shell_port"))
         self._iopub.connect(_url(info, "iopub_port"))
 
-    # ----- BlockingKernelClient's names ---------------------------------------------------------
-
-    def execute(
-        self,
-        code: str,
-        silent: bool = False,
-        store_history: bool = True,
-        user_expressions: dict[str, str] | None = None,
-        allow_stdin: bool | None = None,
-        stop_on_error: bool = True,
-    ) -> str:
-        content = {
-            "code": code,
-            "silent": silent,
-            "store_history": store_history,
-            "user_expressions": user_expressions or {},
-            "allow_stdin": self.allow_stdin if allow_stdin is None else allow_stdin,
-            "stop_on_error": stop_on_error,
-        }
-        return self._send("execute_request", content)
-
-    def kernel_info(self) -> str:
-        return self._send("kernel_info_request", {})
+    # ----- what KernelRPC and user_run call (BlockingKernelClient's names) ------------------------
 
     def get_shell_msg(self, timeout: float | None = None) -> dict[str, Any]:
         return self._receive(self._shell, timeout)
@@ -86,7 +65,7 @@ class KernelChannels:
 
     # ----- inside ---------------------------------------------------------------------------------
 
-    def _send(self, msg_type: str, content: dict[str, Any]) -> str:
+    def _shell_request(self, msg_type: str, content: dict[str, Any]) -> str:
         msg = self.session.msg(msg_type, content)
         self.session.send(self._shell, msg)
         return str(msg["header"]["msg_id"])
