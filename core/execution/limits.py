@@ -257,7 +257,7 @@ def sweep_stale_cgroups(min_age_s: float = 60.0) -> int:
     and the launcher joining it.
     """
     removed = 0
-    for controller in ("memory", "pids"):
+    for controller in ("memory", "pids", "cpu"):
         parent = _own_cgroup(controller)
         base = parent / "weaver" if parent is not None else None
         if base is None or not base.is_dir():
