@@ -119,7 +119,7 @@ class TaskWeaverApp:
 
     def _reserve_kernel(self) -> WarmKernel:
         """A new session id and folder, and an unstarted kernel for them (the pool starts it)."""
-        session_id = create_id()
+        session_id = create_id(unguessable=True)
         cwd = self.workspace.execution_cwd(session_id)
         cwd.mkdir(parents=True, exist_ok=True)
         executor = new_executor(session_id, cwd, self.config, self.plugins, self.kernel_starts)
@@ -148,7 +148,7 @@ class TaskWeaverApp:
         try:
             warm = self.pool.take()
             try:
-                new_id = warm.session_id if warm else create_id()
+                new_id = warm.session_id if warm else create_id(unguessable=True)
                 kwargs: dict[str, Any] = {"session_id": new_id, "executor": warm.executor if warm else None}
                 session = self.injector.create_object(Session, additional_kwargs=kwargs)
             except BaseException:
