@@ -27,6 +27,9 @@ class FieldEvent:
 
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$", re.IGNORECASE)
+# One decoder for every parse: ``json.loads`` with an option builds a new one each call, and a
+# streamed answer is parsed in hundreds of small pieces.
+_LENIENT = json.JSONDecoder(strict=False)
 
 
 def parse_json_object(text: str, required: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -36,7 +39,7 @@ def parse_json_object(text: str, required: frozenset[str] = frozenset()) -> dict
     """
     stripped = _FENCE.sub("", text.strip())
     try:
-        whole = json.loads(stripped, strict=False)  # strict=False: raw newlines inside strings are common
+        whole = _LENIENT.decode(stripped)  # strict=False: raw newlines inside strings are common
     except json.JSONDecodeError:
         whole = None
     if isinstance(whole, dict):
@@ -196,13 +199,13 @@ class JsonStreamParser:
         self._item_start = end + 1
         if raw:
             try:
-                events.append(FieldEvent(self._key, "item", value=json.loads(raw, strict=False)))
+                events.append(FieldEvent(self._key, "item", value=_LENIENT.decode(raw)))
             except json.JSONDecodeError:
                 pass
 
     def _finish_other(self, events: list[FieldEvent], raw: str, closing: str | None) -> None:
         try:
-            value = json.loads(raw.strip(), strict=False)
+            value = _LENIENT.decode(raw.strip())
         except json.JSONDecodeError:
             value = raw.strip()
         events.append(FieldEvent(self._key, "end", value=value))
@@ -217,7 +220,7 @@ class JsonStreamParser:
 def _decode(raw: str) -> str:
     """The text of a raw JSON string body; a broken escape is shown raw rather than lost."""
     try:
-        return json.loads(f'"{raw}"', strict=False)
+        return _LENIENT.decode(f'"{raw}"')
     except json.JSONDecodeError:
         return raw
 

@@ -9,11 +9,13 @@ from core.memory import AttachmentType, Post, Round
 
 HISTORY_ROUNDS = 8
 _NUMBERING = re.compile(r"^\d+\.\s*")
+# Every request re-sends the recent turns; ``json.dumps`` with an option builds an encoder each call.
+_TURN_JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 def planner_turn(post: Post) -> str:
     """A Planner post as the JSON it would have written."""
-    return json.dumps(
+    return _TURN_JSON.encode(
         {
             "thought": post.first(AttachmentType.thought, ""),
             "plan": [
@@ -22,8 +24,7 @@ def planner_turn(post: Post) -> str:
             "current_plan_step": post.first(AttachmentType.current_plan_step, ""),
             "send_to": post.send_to,
             "message": post.message,
-        },
-        ensure_ascii=False,
+        }
     )
 
 
@@ -31,9 +32,8 @@ def code_turn(post: Post) -> str:
     """A CodeInterpreter post as the JSON it would have written."""
     code = post.first(AttachmentType.reply_content, "")
     kind = "python" if post.get_attachment(AttachmentType.execution_status) else "text"
-    return json.dumps(
-        {"thought": post.first(AttachmentType.thought, ""), "reply_type": kind, "reply_content": code or post.message},
-        ensure_ascii=False,
+    return _TURN_JSON.encode(
+        {"thought": post.first(AttachmentType.thought, ""), "reply_type": kind, "reply_content": code or post.message}
     )
 
 
