@@ -3,9 +3,9 @@
 Runs N rounds of Planner → CodeInterpreter → kernel → Planner → User against the scripted server
 of the tests (real HTTP on 127.0.0.1, fixed small answers) and reports, per round, the wall time,
 the server's own time (request received → last byte sent, summed over the round's requests) and
-the kernel's execution time. Overhead = round time − server time. As a baseline it times the same
-answers fetched with bare ``OpenAIBackend.stream_chat`` calls in the same process. Weaver's own
-cost per round = round time − the bare calls' time − the kernel's time, shown per block of ten
+the kernel's execution time. Overhead = round time − server time. As a baseline, right after each
+round, it times the same answers fetched with bare ``OpenAIBackend.stream_chat`` calls in the same
+process. Weaver's own cost per round = round time − its bare calls' time − the kernel's time, shown per block of ten
 rounds so its growth with the conversation is visible (prompts carry the history).
 
     python bench/llm_overhead.py [--rounds 50] [--delay 0.0] [--chunks 8]
@@ -128,8 +128,13 @@ def push_round(server: ScriptedLLMServer, chunks: int, delay: float) -> None:
     server.push(*(Answer(text, chunks=chunks, delay=delay) for text in ANSWERS))
 
 
-def run_rounds(server: TimedServer, app_dir: Path, rounds: int, chunks: int, delay: float) -> list[RoundSample]:
-    """One warm-up round (kernel start), then ``rounds`` measured rounds in one session."""
+def run_rounds(
+    server: TimedServer, app_dir: Path, rounds: int, chunks: int, delay: float
+) -> tuple[list[RoundSample], list[RoundSample]]:
+    """One warm-up round (kernel start), then ``rounds`` measured rounds in one session, each
+    followed at once by its baseline: the same three answers fetched with bare backend calls.
+    Pairing them cancels the drift of other load on the machine, which a baseline measured
+    apart (before or after all the rounds) does not."""
     app = TaskWeaverApp(
         app_dir=app_dir,
         config={
@@ -142,7 +147,9 @@ def run_rounds(server: TimedServer, app_dir: Path, rounds: int, chunks: int, del
             "logging.level": "WARNING",
         },
     )
+    backend = OpenAIBackend(server.openai_settings(model="scripted", timeout=10))
     samples: list[RoundSample] = []
+    raw: list[RoundSample] = []
     try:
         session = app.get_session()
         for index in range(rounds + 1):
@@ -153,32 +160,26 @@ def run_rounds(server: TimedServer, app_dir: Path, rounds: int, chunks: int, del
             wall = time.monotonic() - started
             if rnd.state != "finished" or "385" not in rnd.post_list[2].first(AttachmentType.execution_result, ""):
                 raise SystemExit(f"round {index} did not work: {rnd.state} {rnd.error}")
+            bare = bare_round(server, backend, chunks, delay)
             if index:
                 samples.append(RoundSample(wall, server.server_time_since(first), clock.total))
-    finally:
-        app.stop()
-    return samples
-
-
-def run_raw(server: TimedServer, rounds: int, chunks: int, delay: float) -> list[RoundSample]:
-    """The same three answers per "round", fetched with bare backend calls (one warm-up)."""
-    backend = OpenAIBackend(server.openai_settings(model="scripted", timeout=10))
-    messages = [{"role": "system", "content": "bench"}, {"role": "user", "content": "sum of squares?"}]
-    samples: list[RoundSample] = []
-    try:
-        for index in range(rounds + 1):
-            push_round(server, chunks, delay)
-            first = len(server.timings)
-            started = time.monotonic()
-            for role in ("Planner", "CodeInterpreter", "Planner"):
-                text = "".join(backend.stream_chat(ChatRequest(role=role, messages=messages), CancelToken()))
-                assert text in ANSWERS
-            wall = time.monotonic() - started
-            if index:
-                samples.append(RoundSample(wall, server.server_time_since(first), 0.0))
+                raw.append(bare)
     finally:
         backend.close()
-    return samples
+        app.stop()
+    return samples, raw
+
+
+def bare_round(server: TimedServer, backend: OpenAIBackend, chunks: int, delay: float) -> RoundSample:
+    """A round's three answers fetched with bare ``stream_chat`` calls: the baseline."""
+    messages = [{"role": "system", "content": "bench"}, {"role": "user", "content": "sum of squares?"}]
+    push_round(server, chunks, delay)
+    first = len(server.timings)
+    started = time.monotonic()
+    for role in ("Planner", "CodeInterpreter", "Planner"):
+        text = "".join(backend.stream_chat(ChatRequest(role=role, messages=messages), CancelToken()))
+        assert text in ANSWERS
+    return RoundSample(time.monotonic() - started, server.server_time_since(first), 0.0)
 
 
 def p90(values: list[float]) -> float:
@@ -205,9 +206,8 @@ def report(rounds: list[RoundSample], raw: list[RoundSample]) -> None:
     line("client overhead (wall - server)", [r.overhead_s for r in raw])
     ratio = statistics.median(r.wall_s for r in rounds) / statistics.median(r.wall_s for r in raw)
     print(f"ratio of medians, round / bare calls: {ratio:.2f}x")
-    bare = statistics.median(r.wall_s for r in raw)
-    own = [r.wall_s - bare - r.kernel_s for r in rounds]
-    print(f"Weaver's own cost per round (round - median bare calls {ms(bare).strip()} - kernel)")
+    own = [r.wall_s - b.wall_s - r.kernel_s for r, b in zip(rounds, raw)]
+    print("Weaver's own cost per round (round - its paired bare calls - kernel)")
     line("all rounds", own)
     for start in range(0, len(own), 10):
         block = own[start : start + 10]
@@ -223,8 +223,7 @@ def main() -> None:
     server = TimedServer().start()
     try:
         with tempfile.TemporaryDirectory(prefix="weaver-bench-") as tmp:
-            rounds = run_rounds(server, Path(tmp), args.rounds, args.chunks, args.delay)
-        raw = run_raw(server, args.rounds, args.chunks, args.delay)
+            rounds, raw = run_rounds(server, Path(tmp), args.rounds, args.chunks, args.delay)
     finally:
         server.stop()
     print(f"chunks per answer {args.chunks}, server delay between chunks {args.delay * 1000:.0f} ms")
