@@ -26,6 +26,9 @@ from jupyter_client.session import Session
 
 from core.execution.handle import ShellRequests
 
+RECONNECT_FIRST_MS = 5
+RECONNECT_MAX_MS = 100
+
 
 class InvalidMessage(ValueError):
     """A kernel message without a valid signature or with missing parts: dropped, never used."""
@@ -46,6 +49,10 @@ class KernelChannels(ShellRequests):
         self._iopub = context.socket(zmq.SUB)
         for sock in (self._shell, self._iopub):
             sock.linger = 0
+            # A kernel just forked binds its sockets a moment after we connect; ZMQ's default
+            # retry is 100 ms later, two thirds of a start. Retry soon, backing off to that.
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_FIRST_MS)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
         self._shell.setsockopt(zmq.IDENTITY, self.session.bsession)
         self._iopub.setsockopt(zmq.SUBSCRIBE, b"")
         self._shell.connect(_url(info, "shell_port"))
