@@ -310,6 +310,37 @@ def test_concurrent_writes_are_all_kept(db: DB) -> None:
     run(db, scenario)
 
 
+def test_new_chats_arriving_together_share_the_transactions_of_their_thread_changes(db: DB) -> None:
+    """Fifty chats started at once each name their thread, set its owner and note metadata. Each
+    change used to be a transaction of its own (three per new chat, under a crowd on the event
+    loop); they now share one or two, and every change is stored when its call returns."""
+
+    async def scenario(layer: WeaverDataLayer) -> None:
+        from sqlalchemy import event
+
+        alice = await new_user(layer, "alice")
+        ids = [str(uuid.uuid4()) for _ in range(50)]
+        begins: list[object] = []
+        began = begins.append
+        event.listen(layer.engine.sync_engine, "begin", began)
+        try:
+            await asyncio.gather(
+                *(
+                    layer.update_thread(t, name=f"chat {i}", user_id=alice.id, metadata={"n": i})
+                    for i, t in enumerate(ids)
+                )
+            )
+        finally:
+            event.remove(layer.engine.sync_engine, "begin", began)
+        assert 1 <= len(begins) <= 3
+        for i, thread_id in enumerate(ids):
+            thread = await layer.get_thread(thread_id)
+            assert thread is not None and thread["name"] == f"chat {i}" and thread["userIdentifier"] == "alice"
+            assert thread["metadata"] == {"n": i}
+
+    run(db, scenario)
+
+
 def test_first_logins_of_one_name_at_once_make_one_user(db: DB) -> None:
     """Two browsers signing in a new name at the same moment get the same user; a later login
     updates the metadata and keeps the id."""
@@ -397,7 +428,7 @@ def test_streamed_step_updates_are_stored_together_and_a_users_message_at_once(d
         import chainlit as cl
         from chainlit.utils import utc_now
 
-        layer._steps.delay = 60.0  # so only a store started at once can have a message stored in time
+        layer._writes.delay = 60.0  # so only a store started at once can have a message stored in time
         alice = await new_user(layer, "alice")
         thread_id = str(uuid.uuid4())
         await layer.update_thread(thread_id, name="t", user_id=alice.id)

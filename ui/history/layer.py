@@ -81,6 +81,7 @@ USER_CACHE_S = 5.0  # how long a user read from the database is used again
 USER_CACHE_SIZE = 10_000
 # How long a step's update may wait to be stored with others (ui/history/write_behind.py).
 STEP_WRITE_DELAY_S = 0.5
+THREAD_CHANGE = "thread:"  # queued beside steps, whose keys begin with their thread's UUID
 
 _USER_BY_IDENTIFIER = 'SELECT "id", "identifier", "metadata", "createdAt" FROM users WHERE "identifier" = :identifier'
 
@@ -95,6 +96,16 @@ def _persisted_user(row: Mapping[str, Any]) -> PersistedUser:
 
 
 ThreadDeleted = Callable[[str, dict[str, Any]], Union[None, Awaitable[None]]]
+
+
+def _merge_change(kept: dict[str, Any], new: dict[str, Any]) -> None:
+    """Two pending changes of one thread as one: later values win, metadata merges key by key
+    (a None still removes its key when stored)."""
+    for key, value in new.items():
+        if key == "metadata" and kept.get("metadata") is not None:
+            kept["metadata"] = {**kept["metadata"], **value}
+        else:
+            kept[key] = value
 
 
 class WeaverDataLayer(SQLAlchemyDataLayer):
@@ -118,7 +129,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         )
         self.on_thread_deleted = on_thread_deleted
         self.dialect = self.engine.dialect.name
-        self._steps = WriteBehind(self._store_steps, step_write_delay)
+        self._writes = WriteBehind(self._store_pending, step_write_delay)
         self._users: dict[str, tuple[float, PersistedUser]] = {}  # identifier -> (when read, user)
         self._user_writes = asyncio.Lock()  # users are written one at a time (see create_user)
         # SQLite has one writer at a time. Writers queue here, before taking a pooled connection,
@@ -133,8 +144,8 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         return await migrate(self.engine)
 
     async def close(self) -> None:
-        """Store the steps still pending, then let the connections go."""
-        await self._steps.flush()
+        """Store the writes still pending (steps, thread changes), then let the connections go."""
+        await self._writes.flush()
         await super().close()
 
     # -- SQL helpers -------------------------------------------------------------------------
@@ -273,51 +284,61 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         tags: Optional[list[str]] = None,
     ) -> None:
         """Create the thread or change it. Metadata is merged (a None value removes its key); a
-        ``name`` in metadata names the thread when no name is given; the owner is set once."""
+        ``name`` in metadata names the thread when no name is given; the owner is set once.
+
+        Returns once the change is stored, in the transaction of whatever else is pending: changes
+        from many chats at once share one (see ``write_behind``)."""
         if not is_thread_id(thread_id):
             logger.warning("refused to store a thread with id %.80r: not a UUID", thread_id)
             return
-        async with self.transaction() as conn:
-            # The row first (a no-op when it exists), then change it under its lock: two servers or
-            # tasks creating the same thread at once cannot overwrite each other's metadata.
+        given = {"name": name, "userId": user_id, "metadata": metadata, "tags": tags}
+        change = {k: v for k, v in given.items() if v is not None}
+        self._writes.write_soon(THREAD_CHANGE + thread_id, change, _merge_change)
+        await self._writes.flush()
+
+    async def _change_thread(self, conn: AsyncConnection, thread_id: str, change: dict[str, Any]) -> None:
+        """Apply one pending ``update_thread`` change inside the store's transaction."""
+        # The row first (a no-op when it exists), then change it under its lock: two servers or
+        # tasks creating the same thread at once cannot overwrite each other's metadata.
+        await conn.execute(
+            _text(
+                'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
+                'ON CONFLICT ("id") DO NOTHING'
+            ),
+            {"id": thread_id, "created": await self.get_current_timestamp(), "metadata": "{}"},
+        )
+        if not change:
+            return
+        lock = " FOR UPDATE" if self.dialect == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE locked it
+        (existing,) = await self._rows(
+            conn, f'SELECT "metadata", "userId" FROM threads WHERE "id" = :id{lock}', {"id": thread_id}
+        )
+        values: dict[str, Any] = {}
+        metadata, name, user_id = change.get("metadata"), change.get("name"), change.get("userId")
+        if metadata is not None:
+            merged = {k: v for k, v in (existing["metadata"] or {}).items() if metadata.get(k, v) is not None}
+            merged.update({k: v for k, v in metadata.items() if v is not None})
+            values["metadata"] = merged
+        if name is None and metadata:
+            name = metadata.get("name")
+        if name is not None:
+            values["name"] = str(name)
+        if user_id is not None:
+            owner = existing["userId"]
+            if owner and owner != user_id:
+                logger.warning("refused to move thread %s from user %s to %s", thread_id, owner, user_id)
+            else:
+                users = await self._rows(conn, 'SELECT "identifier" FROM users WHERE "id" = :id', {"id": user_id})
+                values["userId"] = user_id
+                values["userIdentifier"] = users[0]["identifier"] if users else None
+        if change.get("tags") is not None:
+            values["tags"] = list(change["tags"])
+        if values:
+            assignments = ", ".join(f'"{column}" = :{column}' for column in values)
             await conn.execute(
-                _text(
-                    'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
-                    'ON CONFLICT ("id") DO NOTHING'
-                ),
-                {"id": thread_id, "created": await self.get_current_timestamp(), "metadata": "{}"},
+                _text(f'UPDATE threads SET {assignments} WHERE "id" = :id'),
+                {**{c: self._param(v) for c, v in values.items()}, "id": thread_id},
             )
-            if name is None and user_id is None and metadata is None and tags is None:
-                return
-            lock = " FOR UPDATE" if self.dialect == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE locked it
-            (existing,) = await self._rows(
-                conn, f'SELECT "metadata", "userId" FROM threads WHERE "id" = :id{lock}', {"id": thread_id}
-            )
-            values: dict[str, Any] = {}
-            if metadata is not None:
-                merged = {k: v for k, v in (existing["metadata"] or {}).items() if metadata.get(k, v) is not None}
-                merged.update({k: v for k, v in metadata.items() if v is not None})
-                values["metadata"] = merged
-            if name is None and metadata:
-                name = metadata.get("name")
-            if name is not None:
-                values["name"] = str(name)
-            if user_id is not None:
-                owner = existing["userId"]
-                if owner and owner != user_id:
-                    logger.warning("refused to move thread %s from user %s to %s", thread_id, owner, user_id)
-                else:
-                    users = await self._rows(conn, 'SELECT "identifier" FROM users WHERE "id" = :id', {"id": user_id})
-                    values["userId"] = user_id
-                    values["userIdentifier"] = users[0]["identifier"] if users else None
-            if tags is not None:
-                values["tags"] = list(tags)
-            if values:
-                assignments = ", ".join(f'"{column}" = :{column}' for column in values)
-                await conn.execute(
-                    _text(f'UPDATE threads SET {assignments} WHERE "id" = :id'),
-                    {**{c: self._param(v) for c, v in values.items()}, "id": thread_id},
-                )
 
     async def get_thread(self, thread_id: str) -> Optional[ThreadDict]:
         threads = await self.get_all_user_threads(thread_id=thread_id)
@@ -328,7 +349,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     ) -> Optional[list[ThreadDict]]:
         """One thread by id, or a user's threads (newest activity first), each with its steps,
         feedback and elements."""
-        await self.flush_steps()
+        await self.flush_writes()
         clauses: list[str] = []
         params: dict[str, Any] = {"limit": self._limit()}
         if thread_id is not None:
@@ -400,7 +421,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     async def list_threads(self, pagination: Pagination, filters: ThreadFilter) -> PaginatedResponse[ThreadDict]:
         """The threads of ``filters.userId`` only, most recently active first; ``filters.search``
         matches the name (case-insensitive), ``filters.feedback`` keeps threads with such a vote."""
-        await self.flush_steps()
+        await self.flush_writes()
         if not filters.userId:
             raise ValueError("list_threads needs filters.userId")
         where = 't."userId" = :user_id'
@@ -431,7 +452,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         """Remove the thread, its steps, feedback and elements, then its files, then tell
         ``on_thread_deleted``. Rows go first: a file left by a failed removal is an orphan, never a
         row pointing at nothing."""
-        await self.flush_steps()
+        await self.flush_writes()
         params = {"id": thread_id}
         async with self.transaction() as conn:
             found = await self._rows(conn, 'SELECT "metadata" FROM threads WHERE "id" = :id', params)
@@ -495,42 +516,48 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         # each row in its own chat, as for a step already stored).
         key = f"{thread_id}/{values['id']}"
         if step_dict.get("type") == "user_message":
-            self._steps.write_soon(key, values)
+            self._writes.write_soon(key, values)
         else:
-            self._steps.add(key, values)
+            self._writes.add(key, values)
 
-    async def _store_steps(self, rows: dict[str, dict[str, Any]]) -> None:
-        """One transaction: the threads the steps belong to (created if new), then every step."""
+    async def _store_pending(self, rows: dict[str, dict[str, Any]]) -> None:
+        """One transaction: thread changes, the threads the steps belong to (created if new), then
+        every step."""
         try:
-            await self._store_step_rows(list(rows.values()))
+            await self._store_rows(rows)
         except Exception:
-            logger.warning("storing %d steps together failed; storing them one by one", len(rows), exc_info=True)
-            for values in rows.values():  # one bad row must not cost everyone else their history
+            logger.warning("storing %d rows together failed; storing them one by one", len(rows), exc_info=True)
+            for key, values in rows.items():  # one bad row must not cost everyone else their history
                 try:
-                    await self._store_step_rows([values])
+                    await self._store_rows({key: values})
                 except Exception:
-                    logger.exception("could not store step %s", values.get("id"))
+                    logger.exception("could not store %s", key)
 
-    async def _store_step_rows(self, rows: list[dict[str, Any]]) -> None:
+    async def _store_rows(self, rows: dict[str, dict[str, Any]]) -> None:
+        changes = {k[len(THREAD_CHANGE) :]: v for k, v in rows.items() if k.startswith(THREAD_CHANGE)}
+        steps = [v for k, v in rows.items() if not k.startswith(THREAD_CHANGE)]
         created = await self.get_current_timestamp()
-        threads = dict.fromkeys(str(values["threadId"]) for values in rows)
+        threads = dict.fromkeys(str(values["threadId"]) for values in steps)
         async with self.transaction() as conn:
-            await conn.execute(
-                _text(
-                    'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
-                    'ON CONFLICT ("id") DO NOTHING'
-                ),
-                [{"id": thread_id, "created": created, "metadata": "{}"} for thread_id in threads],
-            )
-            await self._upsert_many(conn, "steps", rows)
+            for thread_id, change in changes.items():
+                await self._change_thread(conn, thread_id, change)
+            if steps:
+                await conn.execute(
+                    _text(
+                        'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
+                        'ON CONFLICT ("id") DO NOTHING'
+                    ),
+                    [{"id": thread_id, "created": created, "metadata": "{}"} for thread_id in threads],
+                )
+                await self._upsert_many(conn, "steps", steps)
 
-    async def flush_steps(self) -> None:
-        """Store the steps still pending; every read of steps calls it first."""
-        await self._steps.flush()
+    async def flush_writes(self) -> None:
+        """Store the writes still pending (steps, thread changes); every read of the history calls it first."""
+        await self._writes.flush()
 
     @queue_until_user_message()
     async def delete_step(self, step_id: str) -> None:
-        await self.flush_steps()
+        await self.flush_writes()
         params = {"id": step_id}
         async with self.transaction() as conn:
             keys = [
@@ -544,7 +571,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         await self._delete_files(keys)
 
     async def get_step(self, step_id: str) -> Optional[StepDict]:
-        await self.flush_steps()
+        await self.flush_writes()
         columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
         async with self.reading() as conn:
             rows = await self._rows(
@@ -557,7 +584,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         return step_dict(rows[0]) if rows else None
 
     async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
-        await self.flush_steps()
+        await self.flush_writes()
         columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
         async with self.reading() as conn:
             rows = await self._rows(

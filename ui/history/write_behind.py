@@ -11,6 +11,10 @@ What it costs: a server killed outright loses at most ``delay`` seconds of step 
 own message is never held: its store starts at once (``write_soon``), though the round it starts
 does not wait for the commit. Every read of the history waits for what is pending first, and
 shutdown stores the rest.
+
+Thread changes (name, owner, metadata) go the same way, as rows of their own with a merge of their
+own: ``update_thread`` waits for the transaction that stores its change, but a hundred new chats
+share a few transactions instead of taking three each.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ logger = logging.getLogger("weaver.ui.history")
 
 Rows = dict[str, dict[str, Any]]
 StoreRows = Callable[[Rows], Awaitable[None]]
+Merge = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
 class WriteBehind:
@@ -41,22 +46,23 @@ class WriteBehind:
     def pending(self) -> int:
         return len(self._pending)
 
-    def add(self, row_id: str, values: dict[str, Any]) -> None:
-        """Keep ``values`` for ``row_id`` (merged over what is pending) and store them soon."""
+    def add(self, row_id: str, values: dict[str, Any], merge: Merge = dict.update) -> None:
+        """Keep ``values`` for ``row_id`` (``merge``d over what is pending; by default later values
+        replace earlier ones, column by column) and store them soon."""
         kept = self._pending.get(row_id)
         if kept is None:
             self._pending[row_id] = dict(values)
         else:
-            kept.update(values)
+            merge(kept, values)
         if self.delay <= 0:
             self._schedule(0.0)
         elif self._timer is None:
             self._schedule(self.delay)
 
-    def write_soon(self, row_id: str, values: dict[str, Any]) -> None:
+    def write_soon(self, row_id: str, values: dict[str, Any], merge: Merge = dict.update) -> None:
         """Store ``values`` (with everything pending) in a transaction started right away; the
         caller does not wait for it (under a crowd it queues behind other users' stores)."""
-        self.add(row_id, values)
+        self.add(row_id, values, merge)
         self._schedule(0.0)
 
     def discard(self, row_id: str) -> None:
