@@ -347,6 +347,42 @@ def test_event_pipe_hands_over_every_event_in_order_and_wakes_the_loop_once_per_
     assert last == ["last", EventPipe.END]
 
 
+def test_what_a_connection_is_given_in_one_loop_pass_leaves_in_one_write_in_order() -> None:
+    """Three pieces written in one pass reach the peer as one write, in order; a piece written
+    just before ``close`` still leaves."""
+    import socket
+
+    from ui.socket_writes import CoalescedWrites
+
+    async def scenario() -> tuple[bytes, int, bytes]:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+        sent: list[bytes] = []
+        real_write = transport.write
+        transport.write = lambda data: (sent.append(bytes(data)), real_write(data))[1]  # type: ignore[method-assign]
+        wrapped = CoalescedWrites(transport)  # type: ignore[arg-type]
+        for piece in (b"one ", b"two ", b"three"):
+            wrapped.write(piece)
+        assert sent == [] and wrapped.get_write_buffer_size() == len(b"one two three")
+        await asyncio.sleep(0)
+        first = await loop.sock_recv(theirs, 100)
+        writes = len(sent)
+        wrapped.write(b"bye")
+        wrapped.close()
+        await asyncio.sleep(0)
+        rest = b""
+        while chunk := await loop.sock_recv(theirs, 100):
+            rest += chunk
+        theirs.close()
+        return first, writes, rest
+
+    first, writes, rest = asyncio.run(scenario())
+    assert first == b"one two three" and writes == 1
+    assert rest == b"bye"
+
+
 def test_thread_jobs_all_run_at_once_and_reuse_idle_workers() -> None:
     """Twenty rounds that each wait for all the others finish (none queues behind another); a
     hundred quick jobs one after another reuse the idle workers instead of a thread each."""

@@ -24,7 +24,7 @@ from core.errors import GatewayError
 from core.execution.gateway_client import GatewayREST, check_gateway
 from core.execution.sandbox import SandboxUnavailableError, require_sandbox
 from core.workspace import default_app_dir
-from ui import chainlit_timing, guard
+from ui import chainlit_timing, guard, socket_writes
 from ui.auth import AuthSetupError, LoginLimiter, LoginThrottle, choose_mode, install_login
 from ui.bridge import in_background, run_in_thread
 from ui.history import HistoryConfigError, WeaverDataLayer, history_settings, install_file_route, open_history
@@ -220,6 +220,7 @@ except AuthSetupError as exc:
     raise SystemExit(f"Weaver UI: {exc}") from None
 GUARD = _install_guard()
 chainlit_timing.install()
+socket_writes.install()
 
 
 def _refuse_unsandboxed_sharing() -> None:
