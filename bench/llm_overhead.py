@@ -206,7 +206,7 @@ def report(rounds: list[RoundSample], raw: list[RoundSample]) -> None:
     line("client overhead (wall - server)", [r.overhead_s for r in raw])
     ratio = statistics.median(r.wall_s for r in rounds) / statistics.median(r.wall_s for r in raw)
     print(f"ratio of medians, round / bare calls: {ratio:.2f}x")
-    own = [r.wall_s - b.wall_s - r.kernel_s for r, b in zip(rounds, raw)]
+    own = [r.wall_s - b.wall_s - r.kernel_s for r, b in zip(rounds, raw, strict=True)]
     print("Weaver's own cost per round (round - its paired bare calls - kernel)")
     line("all rounds", own)
     for start in range(0, len(own), 10):

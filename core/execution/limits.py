@@ -76,7 +76,7 @@ class KernelCgroups:
     server and the rest of the machine leave. Nice and ``SCHED_IDLE`` alone do not do that where
     the kernel groups tasks by session (autogroup, on by default on most distributions): every
     sandbox is a session of its own, so each kernel weighed as much as the whole web server, and
-    a hundred kernels starting at once left it a hundredth of the CPU. A task in a cpu cgroup is
+    under a crowd its event loop waited for a CPU half of the time. A task in a cpu cgroup is
     outside autogroup, so user code that calls ``setsid()`` gains nothing either.
     """
 
