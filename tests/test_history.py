@@ -341,6 +341,44 @@ def test_new_chats_arriving_together_share_the_transactions_of_their_thread_chan
     run(db, scenario)
 
 
+def test_thread_changes_stored_together_end_as_if_stored_one_after_another(db: DB) -> None:
+    """Changes of one thread that wait in the same batch: the first owner stays and a second is
+    refused, metadata merges (a None removes its key), a name in later metadata wins."""
+
+    async def scenario(layer: WeaverDataLayer) -> None:
+        alice, bob = await new_user(layer, "alice"), await new_user(layer, "bob")
+        thread_id = str(uuid.uuid4())
+        await layer.update_thread(thread_id, metadata={"gone": 1})
+        await asyncio.gather(
+            layer.update_thread(str(uuid.uuid4()), name="other"),  # its store runs while the three below wait together
+            layer.update_thread(thread_id, name="first", user_id=alice.id, metadata={"a": 1}),
+            layer.update_thread(thread_id, user_id=bob.id, metadata={"b": 2, "gone": None}),
+            layer.update_thread(thread_id, metadata={"name": "from metadata"}),
+        )
+        thread = await layer.get_thread(thread_id)
+        assert thread is not None and thread["userIdentifier"] == "alice" and thread["name"] == "from metadata"
+        assert thread["metadata"] == {"a": 1, "b": 2, "name": "from metadata"}
+
+    run(db, scenario)
+
+
+def test_a_store_goes_on_when_the_caller_that_started_it_is_cancelled(db: DB) -> None:
+    """The batch a cancelled caller was storing holds other chats' rows too: it is not rolled back."""
+
+    async def scenario(layer: WeaverDataLayer) -> None:
+        alice = await new_user(layer, "alice")
+        thread_id = str(uuid.uuid4())
+        caller = asyncio.ensure_future(layer.update_thread(thread_id, name="kept", user_id=alice.id))
+        await asyncio.sleep(0)  # it queued its change and its store has begun
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        thread = await layer.get_thread(thread_id)
+        assert thread is not None and thread["name"] == "kept" and thread["userIdentifier"] == "alice"
+
+    run(db, scenario)
+
+
 def test_first_logins_of_one_name_at_once_make_one_user(db: DB) -> None:
     """Two browsers signing in a new name at the same moment get the same user; a later login
     updates the metadata and keeps the id."""

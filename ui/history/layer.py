@@ -99,13 +99,19 @@ ThreadDeleted = Callable[[str, dict[str, Any]], Union[None, Awaitable[None]]]
 
 
 def _merge_change(kept: dict[str, Any], new: dict[str, Any]) -> None:
-    """Two pending changes of one thread as one: later values win, metadata merges key by key
-    (a None still removes its key when stored)."""
+    """Two pending changes of one thread as one, ending where the two applied in turn would: the
+    first owner stays (a second is refused when stored), metadata merges key by key (a None still
+    removes its key), otherwise the later value wins, a name in later metadata included."""
     for key, value in new.items():
+        if key == "userId" and kept.get("userId") is not None:
+            continue
         if key == "metadata" and kept.get("metadata") is not None:
             kept["metadata"] = {**kept["metadata"], **value}
         else:
             kept[key] = value
+    named = (new.get("metadata") or {}).get("name")
+    if "name" not in new and named is not None:
+        kept["name"] = named
 
 
 class WeaverDataLayer(SQLAlchemyDataLayer):
@@ -539,7 +545,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         created = await self.get_current_timestamp()
         threads = dict.fromkeys(str(values["threadId"]) for values in steps)
         async with self.transaction() as conn:
-            for thread_id, change in changes.items():
+            for thread_id, change in sorted(changes.items()):  # one lock order for every replica
                 await self._change_thread(conn, thread_id, change)
             if steps:
                 await conn.execute(

@@ -69,7 +69,11 @@ class WriteBehind:
         self._pending.pop(row_id, None)
 
     async def flush(self) -> None:
-        """Store everything pending now; a failure is logged and those rows are dropped."""
+        """Store everything pending now; a failure is logged and those rows are dropped. The store
+        goes on if the caller is cancelled: it holds other chats' rows too."""
+        await asyncio.shield(in_background(self._flush_in_turn(), "storing the history"))
+
+    async def _flush_in_turn(self) -> None:
         async with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
@@ -90,4 +94,4 @@ class WriteBehind:
 
     def _fire(self) -> None:
         self._timer = None
-        in_background(self.flush(), "storing the history")
+        in_background(self._flush_in_turn(), "storing the history")
