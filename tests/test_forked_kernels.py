@@ -170,13 +170,16 @@ def test_a_child_the_kernel_forked_does_not_keep_a_dead_kernel_alive(kernel: Ker
     assert not kernel.alive()
 
 
-def test_kernels_and_the_fork_server_take_the_cpu_as_one_idle_group(kernel: KernelProcess) -> None:
+def test_kernels_and_the_fork_server_take_the_cpu_as_one_process_at_the_kernels_nice(kernel: KernelProcess) -> None:
     """Every process of a kernel, one that made itself a new session too, is in the kernel's cpu
-    group inside Weaver's idle group, and so is the fork server. A session of its own (autogroup)
-    would otherwise weigh as much as the whole web server."""
+    group inside the kernels' shared group, which weighs as one process at ``execution.nice``
+    (10: 110 against 1024), and so is the fork server. A session of its own (autogroup) would
+    otherwise weigh as much as the whole web server."""
     assert kernel.box is not None
     cpu, memory = kernel.box.cgroups.dirs["cpu"], kernel.box.cgroups.dirs["memory"]
-    assert (cpu.parent / "cpu.idle").read_text().strip() == "1"
+    assert ExecutionSettings().nice == 10 and (cpu.parent / "cpu.shares").read_text().strip() == "110"
+    idle = cpu.parent / "cpu.idle"
+    assert not idle.exists() or idle.read_text().strip() == "0"
     run(kernel, "import subprocess\nsubprocess.Popen(['sleep', '60'], start_new_session=True)")
 
     def procs(folder: Path) -> set[int]:

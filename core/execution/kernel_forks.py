@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from core.execution.launcher import KERNEL_ARGS, kernel_env, spawn
-from core.execution.limits import kernels_cpu_group
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +65,11 @@ class KernelForkServer:
         log: Path,
         cgroups: list[str],
         timeout: float,
+        cpu_group: Path | None = None,
     ) -> int:
         """Fork a kernel into the sandbox of ``outer_pid`` (bubblewrap around a placeholder reading
-        ``fifo``); returns the kernel's host pid. Raises ``ForkServerError``."""
+        ``fifo``); returns the kernel's host pid. A fork server started for it joins ``cpu_group``
+        (the kernels' shared cpu cgroup): it works only for kernels. Raises ``ForkServerError``."""
         request = {
             "outer": outer_pid,
             "fifo": str(fifo),
@@ -83,7 +84,7 @@ class KernelForkServer:
         with os.fdopen(os.open(order_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:
             json.dump(request, file)
         with self._lock:
-            run = self._running(timeout)
+            run = self._running(timeout, cpu_group)
             ident = next(self._ids)
             answer: Future[dict[str, Any]] = Future()
             run.pending[ident] = answer
@@ -104,7 +105,7 @@ class KernelForkServer:
             raise ForkServerError(str(reply.get("error", reply)))
         return int(reply["pid"])
 
-    def _running(self, timeout: float) -> _Run:
+    def _running(self, timeout: float, cpu_group: Path | None) -> _Run:
         """The running fork server, started first if there is none (the caller holds the lock)."""
         run = self._run
         if run is None or run.proc.poll() is not None:
@@ -112,7 +113,8 @@ class KernelForkServer:
             argv = [sys.executable, "-m", ZYGOTE_MODULE]
             # Started from the spawner thread: its parent-death signal fires when that thread ends.
             proc = spawn(argv, env=env, cwd="/", stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
-            _join_kernels_cpu_group(proc.pid)  # it works only for kernels: it waits as they do
+            if cpu_group is not None:
+                _join_cpu_group(proc.pid, cpu_group)
             run = self._run = _Run(proc)
             threading.Thread(target=self._read, args=(run,), name="weaver-fork-server", daemon=True).start()
         try:
@@ -160,10 +162,7 @@ FORK_SERVER = KernelForkServer()
 atexit.register(FORK_SERVER.close)
 
 
-def _join_kernels_cpu_group(pid: int) -> None:
-    folder = kernels_cpu_group()
-    if folder is None:
-        return
+def _join_cpu_group(pid: int, folder: Path) -> None:
     try:
         (folder / "cgroup.procs").write_text(str(pid))
     except OSError as exc:

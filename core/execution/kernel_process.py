@@ -146,6 +146,7 @@ class KernelProcess:
                     log=log,
                     cgroups=box.cgroups.procs_files,
                     timeout=self.start_timeout,
+                    cpu_group=box.cgroups.shared_cpu_group,
                 )
                 try:
                     box.adopt_kernel(pid)

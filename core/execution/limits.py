@@ -49,8 +49,13 @@ def _own_cgroup(controller: str) -> Path | None:
     return None
 
 
-def kernels_cpu_group() -> Path | None:
-    """The idle cpu cgroup (v1) every kernel's cpu group sits in, made on first use; None without one."""
+# The kernel's CFS weight of each nice value 0..19 (kernel/sched/core.c, sched_prio_to_weight).
+NICE_WEIGHTS = (1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15)
+
+
+def kernels_cpu_group(nice: int) -> Path | None:
+    """The cpu cgroup (v1) every kernel's cpu group sits in, made on first use, weighing as one
+    process at ``nice`` (10: 110 against a nice-0 process's 1024); None without one."""
     parent = _own_cgroup("cpu")
     if parent is None:
         return None
@@ -58,12 +63,11 @@ def kernels_cpu_group() -> Path | None:
     try:
         folder.mkdir(exist_ok=True)
         idle = folder / "cpu.idle"
-        if idle.exists():
-            idle.write_text("1")
-        else:
-            (folder / "cpu.shares").write_text("2")
+        if idle.exists() and idle.read_text().strip() != "0":
+            idle.write_text("0")
+        (folder / "cpu.shares").write_text(str(NICE_WEIGHTS[max(0, min(nice, 19))]))
     except OSError as exc:
-        logger.debug("no idle cpu cgroup at %s: %s", folder, exc)
+        logger.debug("no cpu cgroup for the kernels at %s: %s", folder, exc)
         return None
     return folder
 
@@ -71,13 +75,14 @@ def kernels_cpu_group() -> Path | None:
 class KernelCgroups:
     """A memory, a pids and a cpu cgroup for one kernel launch; every process it starts stays inside.
 
-    The cpu groups of all kernels share one parent, ``weaver``, that is idle (``cpu.idle``, or
-    the least ``cpu.shares`` where that is missing): together, the kernels get the CPU the web
-    server and the rest of the machine leave. Nice and ``SCHED_IDLE`` alone do not do that where
-    the kernel groups tasks by session (autogroup, on by default on most distributions): every
-    sandbox is a session of its own, so each kernel weighed as much as the whole web server, and
-    under a crowd its event loop waited for a CPU half of the time. A task in a cpu cgroup is
-    outside autogroup, so user code that calls ``setsid()`` gains nothing either.
+    The cpu groups of all kernels share one parent, ``weaver``, that weighs as one process at
+    ``execution.nice``: together, the kernels take what the web server and the rest of the machine
+    leave, and never less than that share (an idle group could starve them under a sustained
+    load, past their wall-clock timeouts). Nice and ``SCHED_IDLE`` alone did not do that where the
+    kernel groups tasks by session (autogroup, on by default on most distributions): every sandbox
+    is a session of its own, so each kernel weighed as much as the whole web server, and under a
+    crowd its event loop waited for a CPU half of the time. A task in a cpu cgroup is outside
+    autogroup, so user code that calls ``setsid()`` gains nothing either.
     """
 
     def __init__(self, name: str, limits: Limits) -> None:
@@ -98,11 +103,11 @@ class KernelCgroups:
                 self._configure(controller, folder, limits)
             except OSError as exc:
                 self.problems.append(f"{controller} cgroup {folder}: {exc}")
-        idle = kernels_cpu_group() if limits.nice > 0 else None  # a priority, not a limit: nice still applies
-        if idle is not None:
+        shared = kernels_cpu_group(limits.nice) if limits.nice > 0 else None  # a priority, not a limit
+        if shared is not None:
             try:
-                (idle / name).mkdir(exist_ok=True)
-                self.dirs["cpu"] = idle / name
+                (shared / name).mkdir(exist_ok=True)
+                self.dirs["cpu"] = shared / name
             except OSError as exc:
                 logger.debug("no cpu cgroup for %s: %s", name, exc)
 
@@ -115,6 +120,12 @@ class KernelCgroups:
                 swap.write_text(str(limits.memory_mb * MB))
         else:
             (folder / "pids.max").write_text(str(limits.max_processes))
+
+    @property
+    def shared_cpu_group(self) -> Path | None:
+        """The cpu cgroup all kernels share (the parent of this kernel's), if it has one."""
+        cpu = self.dirs.get("cpu")
+        return cpu.parent if cpu is not None else None
 
     @property
     def procs_files(self) -> list[str]:
