@@ -101,7 +101,7 @@ ThreadDeleted = Callable[[str, dict[str, Any]], Union[None, Awaitable[None]]]
 def _merge_change(kept: dict[str, Any], new: dict[str, Any]) -> None:
     """Two pending changes of one thread as one, ending where the two applied in turn would: the
     first owner stays (a second is refused when stored), metadata merges key by key (a None still
-    removes its key), otherwise the later value wins, a name in later metadata included."""
+    removes its key), otherwise the later value wins."""
     for key, value in new.items():
         if key == "userId" and kept.get("userId") is not None:
             continue
@@ -109,9 +109,6 @@ def _merge_change(kept: dict[str, Any], new: dict[str, Any]) -> None:
             kept["metadata"] = {**kept["metadata"], **value}
         else:
             kept[key] = value
-    named = (new.get("metadata") or {}).get("name")
-    if "name" not in new and named is not None:
-        kept["name"] = named
 
 
 class WeaverDataLayer(SQLAlchemyDataLayer):
@@ -297,22 +294,17 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         if not is_thread_id(thread_id):
             logger.warning("refused to store a thread with id %.80r: not a UUID", thread_id)
             return
+        if name is None and metadata:
+            name = metadata.get("name")
         given = {"name": name, "userId": user_id, "metadata": metadata, "tags": tags}
         change = {k: v for k, v in given.items() if v is not None}
-        self._writes.write_soon(THREAD_CHANGE + thread_id, change, _merge_change)
+        self._writes.add(THREAD_CHANGE + thread_id, change, _merge_change)
         await self._writes.flush()
 
     async def _change_thread(self, conn: AsyncConnection, thread_id: str, change: dict[str, Any]) -> None:
-        """Apply one pending ``update_thread`` change inside the store's transaction."""
-        # The row first (a no-op when it exists), then change it under its lock: two servers or
-        # tasks creating the same thread at once cannot overwrite each other's metadata.
-        await conn.execute(
-            _text(
-                'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
-                'ON CONFLICT ("id") DO NOTHING'
-            ),
-            {"id": thread_id, "created": await self.get_current_timestamp(), "metadata": "{}"},
-        )
+        """Apply one pending ``update_thread`` change inside the store's transaction, under the
+        row's lock (the row exists: ``_store_rows`` made it first), so two servers or tasks changing
+        the same thread at once cannot overwrite each other's metadata."""
         if not change:
             return
         lock = " FOR UPDATE" if self.dialect == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE locked it
@@ -325,8 +317,6 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
             merged = {k: v for k, v in (existing["metadata"] or {}).items() if metadata.get(k, v) is not None}
             merged.update({k: v for k, v in metadata.items() if v is not None})
             values["metadata"] = merged
-        if name is None and metadata:
-            name = metadata.get("name")
         if name is not None:
             values["name"] = str(name)
         if user_id is not None:
@@ -543,18 +533,19 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
         changes = {k[len(THREAD_CHANGE) :]: v for k, v in rows.items() if k.startswith(THREAD_CHANGE)}
         steps = [v for k, v in rows.items() if not k.startswith(THREAD_CHANGE)]
         created = await self.get_current_timestamp()
-        threads = dict.fromkeys(str(values["threadId"]) for values in steps)
+        # Every thread row first (a no-op where it exists), in one lock order for every replica.
+        threads = sorted({*changes, *(str(values["threadId"]) for values in steps)})
         async with self.transaction() as conn:
-            for thread_id, change in sorted(changes.items()):  # one lock order for every replica
+            await conn.execute(
+                _text(
+                    'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
+                    'ON CONFLICT ("id") DO NOTHING'
+                ),
+                [{"id": thread_id, "created": created, "metadata": "{}"} for thread_id in threads],
+            )
+            for thread_id, change in sorted(changes.items()):
                 await self._change_thread(conn, thread_id, change)
             if steps:
-                await conn.execute(
-                    _text(
-                        'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
-                        'ON CONFLICT ("id") DO NOTHING'
-                    ),
-                    [{"id": thread_id, "created": created, "metadata": "{}"} for thread_id in threads],
-                )
                 await self._upsert_many(conn, "steps", steps)
 
     async def flush_writes(self) -> None:

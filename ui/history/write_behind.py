@@ -71,6 +71,8 @@ class WriteBehind:
     async def flush(self) -> None:
         """Store everything pending now; a failure is logged and those rows are dropped. The store
         goes on if the caller is cancelled: it holds other chats' rows too."""
+        if not self._pending and not self._lock.locked():
+            return  # the common read: nothing queued, no store running
         await asyncio.shield(in_background(self._flush_in_turn(), "storing the history"))
 
     async def _flush_in_turn(self) -> None:
