@@ -264,12 +264,16 @@ async def pump_round(
     wake: asyncio.TimerHandle | None = None  # one wake-up, only while the throttle holds a change back
     cancelled = False
     pending: deque[object] = deque()  # of the current batch; what a stop press interrupted stays here
+
+    def woken() -> None:
+        nonlocal wake
+        wake = None  # fired: a later hold-back needs a new one
+        pipe.wake()
+
     while True:
         try:
             if not pending:
                 pending.extend(await pipe.batch())
-                if wake is not None and wake.when() <= loop.time():
-                    wake = None  # it is due: a later hold-back needs a new one
             while pending and pending[0] is not EventPipe.END:
                 await renderer.apply(pending.popleft())
             if pending:  # the end of the round
@@ -277,7 +281,7 @@ async def pump_round(
             await renderer.flush()
             due = renderer.next_flush_in()
             if due is not None and wake is None:
-                wake = loop.call_later(due, pipe.wake)
+                wake = loop.call_later(due, woken)
         except asyncio.CancelledError:
             if not cancelled:
                 cancelled = True
