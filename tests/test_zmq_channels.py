@@ -32,7 +32,7 @@ def kernel_side() -> Iterator[tuple[dict[str, Any], zmq.Socket[bytes], zmq.Socke
     iopub.close(0)
 
 
-def test_only_messages_signed_with_the_connection_key_are_taken(kernel_side: Any) -> None:
+def test_only_signed_messages_of_the_protocol_s_shape_are_taken(kernel_side: Any) -> None:
     info, shell, iopub = kernel_side
     client = KernelChannels(info)
     try:
@@ -53,6 +53,9 @@ def test_only_messages_signed_with_the_connection_key_are_taken(kernel_side: Any
                 assert time.monotonic() < deadline, "the IOPub subscription never connected"
         forger.send(iopub, "stream", {"name": "stdout", "text": "forged"}, parent=parent)
         iopub.send_multipart([b"<IDS|MSG>", b"sig", b"{", b"{}", b"{}", b"{}"])  # garbage
+        # Signed with the key (user code in the kernel can read it) but not objects where one is read.
+        for shape in ([b"{}", b"[]", b"{}", b"{}"], [b"{}", b"{}", b"{}", b"1"], [b"[]", b"{}", b"{}", b"{}"]):
+            iopub.send_multipart([b"<IDS|MSG>", kernel.sign(shape), *shape])
         kernel.send(iopub, "stream", {"name": "stdout", "text": "real"}, parent=parent)
         got = client.get_iopub_msg(timeout=5)
         assert got["content"]["text"] == "real" and got["parent_header"]["msg_id"] == msg_id

@@ -7,9 +7,10 @@ polls IOPub ten times a second, and with a hundred rounds in flight that polling
 (which lets go of the GIL while it waits) and one ``recv``.
 
 Messages are still built and signed by ``jupyter_client.session.Session``. Incoming ones are
-checked against the connection's key (HMAC) and decoded without Session's date parsing, which
-nothing here reads. Same method names as ``BlockingKernelClient`` and ``GatewayChannels``, so
-``KernelRPC`` and ``user_run`` do not care which they have. Not thread-safe (ZMQ sockets are
+checked against the connection's key (``Session.sign``) and decoded without Session's date
+parsing, which nothing here reads; a part that is not a JSON object is dropped with its message.
+Same method names as ``BlockingKernelClient`` and ``GatewayChannels``, so ``KernelRPC`` and
+``user_run`` do not care which they have. Not thread-safe (ZMQ sockets are
 not): one caller at a time, as the executor's lock ensures.
 """
 
@@ -97,27 +98,26 @@ class KernelChannels(ShellRequests):
         parts = frames[start:]
         if len(parts) < 5:
             raise InvalidMessage("missing parts")
-        signature, header, parent, metadata, content = parts[:5]
-        auth = self.session.auth
-        if auth is not None:
-            check = auth.copy()
-            for part in (header, parent, metadata, content):
-                check.update(part)
-            if not compare_digest(signature, check.hexdigest().encode("ascii")):
-                raise InvalidMessage("bad signature")
+        signature = parts[0]
+        if self.session.auth is not None and not compare_digest(signature, self.session.sign(parts[1:5])):
+            raise InvalidMessage("bad signature")
         try:
-            head = json.loads(header)
-            return {
-                "header": head,
-                "msg_id": head.get("msg_id"),
-                "msg_type": head.get("msg_type"),
-                "parent_header": json.loads(parent),
-                "metadata": json.loads(metadata),
-                "content": json.loads(content),
-                "buffers": parts[5:],
-            }
-        except (ValueError, AttributeError):
+            header, parent, metadata, content = (json.loads(part) for part in parts[1:5])
+        except ValueError:
             raise InvalidMessage("not JSON") from None
+        # The kernel runs the user's code, which can read the key and sign anything: every part
+        # callers read with ``.get`` must be an object, or a round would fail on it.
+        if not all(isinstance(part, dict) for part in (header, parent, metadata, content)):
+            raise InvalidMessage("a part is not a JSON object")
+        return {
+            "header": header,
+            "msg_id": header.get("msg_id"),
+            "msg_type": header.get("msg_type"),
+            "parent_header": parent,
+            "metadata": metadata,
+            "content": content,
+            "buffers": parts[5:],
+        }
 
 
 def _url(info: Mapping[str, Any], port_key: str) -> str:
