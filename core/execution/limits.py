@@ -7,6 +7,7 @@ leave (``/sys`` is not mounted in the sandbox). File sizes use RLIMIT_FSIZE, whi
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -53,9 +54,10 @@ def _own_cgroup(controller: str) -> Path | None:
 NICE_WEIGHTS = (1024, 820, 655, 526, 423, 335, 272, 215, 172, 137, 110, 87, 70, 56, 45, 36, 29, 23, 18, 15)
 
 
+@functools.lru_cache(maxsize=None)
 def kernels_cpu_group(nice: int) -> Path | None:
-    """The cpu cgroup (v1) every kernel's cpu group sits in, made on first use, weighing as one
-    process at ``nice`` (10: 110 against a nice-0 process's 1024); None without one."""
+    """The cpu cgroup (v1) every kernel's cpu group sits in, made once per process, weighing as
+    one process at ``nice`` (10: 110 against a nice-0 process's 1024); None without one."""
     parent = _own_cgroup("cpu")
     if parent is None:
         return None
@@ -198,8 +200,9 @@ def wrapper_argv(limits: Limits, procs_files: list[str], memory_cgroup: bool) ->
         # reserves ~1 GB), so it is set well above the limit and bounds one process, not the tree.
         script.append(f"ulimit -d {limits.memory_mb * 1024 * DATA_FALLBACK_FACTOR} || exit 98")
     script.append("ulimit -c 0")
-    # SCHED_IDLE on top of nice: a hundred kernels starting at once share what the web server leaves,
-    # instead of each weighing as much as a tenth of it (CFS weights: nice 10 = 110, server = 1024).
+    # Nice and SCHED_IDLE order a kernel's processes among the other kernels. Against the web
+    # server it is the kernels' shared cpu cgroup that counts (see ``KernelCgroups``): where Linux
+    # groups tasks by session, nice alone let each sandbox weigh as much as the whole server.
     script.append('if command -v chrt >/dev/null 2>&1; then exec chrt --idle 0 nice -n "$0" "$@"; fi')
     script.append('exec nice -n "$0" "$@"')
     return ["/bin/sh", "-c", "; ".join(script), str(limits.nice)]

@@ -298,6 +298,7 @@ class KernelBox:
             self.argv_prefix += bwrap_argv(cwd, self.runtime_dir, read_only, settings.network, settings.data_dir)
         self._kernel_pid: int | None = None
         self._pidfd: int | None = None
+        self._exit_poller: select.poll | None = None
 
     @property
     def connection_file(self) -> Path:
@@ -317,6 +318,10 @@ class KernelBox:
         """Record the kernel forked into this box; a pidfd tells its exit apart from a reused pid."""
         self._kernel_pid = pid
         self._pidfd = os.pidfd_open(pid)
+        # Asked at every liveness check; poll(), not select(): a server with many kernels has
+        # descriptors past 1024.
+        self._exit_poller = select.poll()
+        self._exit_poller.register(self._pidfd, select.POLLIN)
 
     @property
     def forked(self) -> bool:
@@ -324,11 +329,9 @@ class KernelBox:
 
     def kernel_exited(self) -> bool:
         """Whether a forked kernel is gone (its sandbox may still be held open by a child it forked)."""
-        if self._pidfd is None:
+        if self._exit_poller is None:
             return False
-        poller = select.poll()  # not select(): a server with many kernels has descriptors past 1024
-        poller.register(self._pidfd, select.POLLIN)
-        return bool(poller.poll(0))
+        return bool(self._exit_poller.poll(0))
 
     @property
     def ipc_prefix(self) -> Path:
@@ -367,6 +370,7 @@ class KernelBox:
         self.cgroups.remove()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         if self._pidfd is not None:
+            self._exit_poller = None
             os.close(self._pidfd)
             self._pidfd = None
 
