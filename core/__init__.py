@@ -14,7 +14,7 @@ _EXPORTS = {
     "Session": "core.session",
     "AppSessionConfig": "core.config",
     "AppConfig": "core.config",
-    "ConfigError": "core.config",
+    "ConfigError": "core.errors",
     "WeaverError": "core.errors",
     "BadFiles": "core.errors",
     "SessionFull": "core.errors",
@@ -46,9 +46,10 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from core.app import TaskWeaverApp
     from core.cancel import CancelToken, RoundCancelled
-    from core.config import AppConfig, AppSessionConfig, ConfigError
+    from core.config import AppConfig, AppSessionConfig
     from core.errors import (
         BadFiles,
+        ConfigError,
         RoundInProgress,
         SessionFull,
         SessionLimitReached,

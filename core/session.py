@@ -9,9 +9,9 @@ from typing import Any, Dict, Iterator, List, Literal, Optional
 from injector import Injector, inject
 
 from core.cancel import CancelToken, RoundCancelled
-from core.config import AppSessionConfig, ConfigError
+from core.config import AppSessionConfig
 from core.datasets import DatasetCatalog
-from core.errors import RoundInProgress, SessionFull, SessionStopped
+from core.errors import ConfigError, RoundInProgress, SessionFull, SessionStopped
 from core.events import EventEmitter, PostEventType, RoundEventType, SessionEventHandler, TaskWeaverEvent
 from core.execution.kernel import KernelExecutor
 from core.execution.limits import MB, incoming_bytes
