@@ -14,7 +14,7 @@ _EXPORTS = {
     "Session": "core.session",
     "AppSessionConfig": "core.config",
     "AppConfig": "core.config",
-    "ConfigError": "core.config",
+    "ConfigError": "core.errors",
     "WeaverError": "core.errors",
     "BadFiles": "core.errors",
     "SessionFull": "core.errors",
@@ -31,6 +31,14 @@ _EXPORTS = {
     "SessionEventHandler": "core.events",
     "SessionEventHandlerBase": "core.events",
     "TaskWeaverEvent": "core.events",
+    "EventPayload": "core.events",
+    "RoundStarted": "core.events",
+    "RoundEnded": "core.events",
+    "PostAdded": "core.events",
+    "PostStarted": "core.events",
+    "SendToUpdated": "core.events",
+    "MessageChunk": "core.events",
+    "AttachmentChunk": "core.events",
     "Attachment": "core.memory",
     "AttachmentType": "core.memory",
     "ExecutionStatus": "core.memory",
@@ -46,9 +54,10 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from core.app import TaskWeaverApp
     from core.cancel import CancelToken, RoundCancelled
-    from core.config import AppConfig, AppSessionConfig, ConfigError
+    from core.config import AppConfig, AppSessionConfig
     from core.errors import (
         BadFiles,
+        ConfigError,
         RoundInProgress,
         SessionFull,
         SessionLimitReached,
@@ -57,9 +66,17 @@ if TYPE_CHECKING:
         WeaverError,
     )
     from core.events import (
+        AttachmentChunk,
+        EventPayload,
         EventScope,
+        MessageChunk,
+        PostAdded,
         PostEventType,
+        PostStarted,
+        RoundEnded,
         RoundEventType,
+        RoundStarted,
+        SendToUpdated,
         SessionEventHandler,
         SessionEventHandlerBase,
         SessionEventType,

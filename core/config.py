@@ -17,14 +17,11 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.compat.config_keys import as_list, translate
-from core.errors import WeaverError
+from core.errors import ConfigError
+from core.roles.prompts.templates import load_templates
 from core.roles.verification import DEFAULT_ALLOWED_MODULES, DEFAULT_BLOCKED_FUNCTIONS
 
 CONFIG_FILE_NAME = "taskweaver_config.json"
-
-
-class ConfigError(WeaverError, ValueError):
-    """A configuration value is invalid; the message names the key."""
 
 
 class LLMSettings(BaseModel):
@@ -349,10 +346,9 @@ def load_config(
 
 def _check_prompt_files(config: AppConfig, app_dir: Path | None) -> None:
     """Resolve relative prompt files against the app dir and load them, so a bad one stops the app now."""
-    for section in (config.planner, config.code_interpreter):
+    for name, section in (("planner", config.planner), ("code_interpreter", config.code_interpreter)):
         path = section.prompt_file_path
         if path is not None and not path.is_absolute() and app_dir is not None:
-            section.prompt_file_path = app_dir / path
-    from core.roles.prompts import check_prompt_files  # the roles import this module
-
-    check_prompt_files(config)
+            section.prompt_file_path = path = app_dir / path
+        if path is not None:
+            load_templates(name, path)

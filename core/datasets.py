@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core.config import ConfigError
+from core.errors import ConfigError
 from core.text import human_size
 
 INDEX_FILE = "datasets.yaml"

@@ -13,6 +13,10 @@ class WeaverError(Exception):
     """Something Weaver refused or could not do; the message is fit to show the user."""
 
 
+class ConfigError(WeaverError, ValueError):
+    """A configuration value is invalid (a setting, a config file, a prompt file); the message names the key."""
+
+
 class BadFiles(WeaverError, ValueError):
     """Files handed to ``send_message`` cannot be taken (name, size, type, room); nothing was kept."""
 

@@ -1,15 +1,20 @@
-"""Session events: what a handler sees, step by step, while a round runs."""
+"""Session events: what a handler sees, step by step, while a round runs.
+
+An event's data travels as a typed ``payload`` (one frozen dataclass per kind of event that carries
+any), read by attribute. ``extra`` is the same data as TaskWeaver's dict, for handlers written
+against TaskWeaver (``SessionEventHandlerBase.handle_post(type, msg, extra, ...)``).
+"""
 
 from __future__ import annotations
 
 import abc
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Optional
 
-from core.memory import Attachment, AttachmentType, Named, Post
+from core.memory import Attachment, AttachmentType, Named, Post, RoundState
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +51,108 @@ class PostEventType(Named):
 EventType = SessionEventType | RoundEventType | PostEventType
 
 
+@dataclass(frozen=True)
+class RoundStarted:
+    """``round_start``: the model that answers this round."""
+
+    model: str
+
+    def as_extra(self) -> dict[str, Any]:
+        return {"model": self.model}
+
+
+@dataclass(frozen=True)
+class RoundEnded:
+    """``round_end``: how the round ended (``msg`` says the same as text)."""
+
+    state: RoundState
+
+    def as_extra(self) -> dict[str, Any]:
+        return {"state": self.state}
+
+
+@dataclass(frozen=True)
+class PostAdded:
+    """``round_new_post``: a post of the round is complete and part of the conversation."""
+
+    post_id: str
+    send_from: str
+    send_to: str
+
+    def as_extra(self) -> dict[str, Any]:
+        return {"post_id": self.post_id, "send_from": self.send_from, "send_to": self.send_to}
+
+
+@dataclass(frozen=True)
+class PostStarted:
+    """``post_start``: who writes the post, and with which model (None where no session chose one)."""
+
+    role: str
+    model: str | None = None
+
+    def as_extra(self) -> dict[str, Any]:
+        return {"role": self.role} if self.model is None else {"role": self.role, "model": self.model}
+
+
+@dataclass(frozen=True)
+class SendToUpdated:
+    """``post_send_to_update``: whom the post is addressed to now (it may change while it streams)."""
+
+    role: str
+
+    def as_extra(self) -> dict[str, Any]:
+        return {"role": self.role}
+
+
+@dataclass(frozen=True)
+class MessageChunk:
+    """``post_message_update``: ``msg`` is a chunk of the post's message, or with ``replace`` the
+    whole message instead of what streamed (the complete answer said otherwise)."""
+
+    is_end: bool
+    replace: bool = False
+
+    def as_extra(self) -> dict[str, Any]:
+        return {"is_end": self.is_end, "replace": True} if self.replace else {"is_end": self.is_end}
+
+
+@dataclass(frozen=True)
+class AttachmentChunk:
+    """``post_attachment_update``: a chunk of attachment ``id``; its first chunk creates it.
+
+    Text streams in ``msg``. A structured value (a table, a list of files) is ``data``, whole,
+    with a sentence about it in ``msg``; ``attachment_extra`` is the attachment's ``extra``.
+    """
+
+    id: str
+    type: AttachmentType
+    is_end: bool = True
+    data: Any = None
+    attachment_extra: Any = None
+
+    def as_extra(self) -> dict[str, Any]:
+        extra = self.attachment_extra
+        return {"type": self.type, "extra": extra, "id": self.id, "is_end": self.is_end, "data": self.data}
+
+
+EventPayload = RoundStarted | RoundEnded | PostAdded | PostStarted | SendToUpdated | MessageChunk | AttachmentChunk
+
+
 @dataclass
 class TaskWeaverEvent:
+    """One step of a round. Read ``payload`` by attribute; ``extra`` is TaskWeaver's dict of it."""
+
     scope: EventScope
     t: EventType
     round_id: Optional[str]
     post_id: Optional[str]
     msg: str
-    extra: Any = field(default=None)
+    payload: EventPayload | None = None
+
+    @property
+    def extra(self) -> dict[str, Any] | None:
+        """The payload with TaskWeaver's keys (``{"role": ...}``, ``{"is_end": ...}``); a new dict each time."""
+        return None if self.payload is None else self.payload.as_extra()
 
     def __repr__(self) -> str:
         return f"TaskWeaverEvent({self.t.value}, round={self.round_id}, post={self.post_id}, msg={self.msg[:40]!r})"
@@ -113,8 +212,13 @@ class EventEmitter:
             except Exception:
                 logger.exception("event handler %r failed on %r", handler, event)
 
-    def emit_round(self, t: RoundEventType, round_id: str, msg: str, extra: Any = None) -> None:
-        self.emit(TaskWeaverEvent(EventScope.round, t, round_id, None, msg, extra))
+    def emit_round(self, t: RoundEventType, round_id: str, msg: str, payload: EventPayload | None = None) -> None:
+        self.emit(TaskWeaverEvent(EventScope.round, t, round_id, None, msg, payload))
+
+    @property
+    def model_name(self) -> str | None:
+        """The model that writes the posts (told in ``post_start``); None where no session chose one."""
+        return None
 
     def post_proxy(self, round_id: str, post: Post) -> "PostEventProxy":
         return PostEventProxy(self, round_id, post)
@@ -128,27 +232,27 @@ class PostEventProxy:
         self.round_id = round_id
         self.post = post
         self.failed = False
-        self._emit(PostEventType.post_start, "", {"role": post.send_from})
+        self._emit(PostEventType.post_start, "", PostStarted(post.send_from, emitter.model_name))
 
-    def _emit(self, t: PostEventType, msg: str, extra: Any = None) -> None:
-        self.emitter.emit(TaskWeaverEvent(EventScope.post, t, self.round_id, self.post.id, msg, extra))
+    def _emit(self, t: PostEventType, msg: str, payload: EventPayload | None = None) -> None:
+        self.emitter.emit(TaskWeaverEvent(EventScope.post, t, self.round_id, self.post.id, msg, payload))
 
     def update_status(self, status: str) -> None:
         self._emit(PostEventType.post_status_update, status)
 
     def update_send_to(self, send_to: str) -> None:
         self.post.send_to = send_to
-        self._emit(PostEventType.post_send_to_update, "", {"role": send_to})
+        self._emit(PostEventType.post_send_to_update, "", SendToUpdated(send_to))
 
     def update_message(self, chunk: str, is_end: bool = False) -> None:
         """Append a chunk of the post's message (streamed); ``is_end`` closes it."""
         self.post.message += chunk
-        self._emit(PostEventType.post_message_update, chunk, {"is_end": is_end})
+        self._emit(PostEventType.post_message_update, chunk, MessageChunk(is_end))
 
     def replace_message(self, text: str) -> None:
-        """Replace what was streamed (``extra["replace"]``): the complete answer said otherwise."""
+        """Replace what was streamed (``MessageChunk.replace``): the complete answer said otherwise."""
         self.post.message = text
-        self._emit(PostEventType.post_message_update, text, {"is_end": True, "replace": True})
+        self._emit(PostEventType.post_message_update, text, MessageChunk(is_end=True, replace=True))
 
     def update_attachment(
         self,
@@ -175,11 +279,8 @@ class PostEventProxy:
             msg, data = chunk, None
         else:
             msg, data = describe_value(type, chunk), chunk
-        self._emit(
-            PostEventType.post_attachment_update,
-            msg,
-            {"type": type, "extra": extra, "id": existing.id, "is_end": is_end, "data": data},
-        )
+        payload = AttachmentChunk(existing.id, type, is_end, data=data, attachment_extra=extra)
+        self._emit(PostEventType.post_attachment_update, msg, payload)
         return existing
 
     def error(self, msg: str) -> None:
@@ -195,7 +296,7 @@ class PostEventProxy:
             RoundEventType.round_new_post,
             self.round_id,
             post.id,
-            {"post_id": post.id, "send_from": post.send_from, "send_to": post.send_to},
+            PostAdded(post.id, post.send_from, post.send_to),
         )
         return post
 

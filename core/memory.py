@@ -73,6 +73,40 @@ class AttachmentType(Named):
     shared_memory_entry = "shared_memory_entry"
     image_url = "image_url"
 
+    @property
+    def label(self) -> str:
+        """What a person reads as this attachment's heading, in every UI (``ATTACHMENT_LABELS``)."""
+        return ATTACHMENT_LABELS[self]
+
+
+# One table for the web and the terminal, lower case: a UI capitalises where its style wants.
+ATTACHMENT_LABELS: dict[AttachmentType, str] = {
+    AttachmentType.init_plan: "initial plan",
+    AttachmentType.plan: "plan",
+    AttachmentType.current_plan_step: "current step",
+    AttachmentType.plan_reasoning: "reasoning",
+    AttachmentType.stop: "stop",
+    AttachmentType.thought: "thought",
+    AttachmentType.reply_type: "reply type",
+    AttachmentType.reply_content: "code",
+    AttachmentType.verification: "verification",
+    AttachmentType.code_error: "code error",
+    AttachmentType.execution_status: "execution",
+    AttachmentType.execution_result: "output",
+    AttachmentType.artifact_paths: "artifacts",
+    AttachmentType.revise_message: "revision",
+    AttachmentType.invalid_response: "invalid response",
+    AttachmentType.table: "table",
+    AttachmentType.llm_usage: "model usage",
+    AttachmentType.function: "function call",
+    AttachmentType.web_exploring_plan: "web plan",
+    AttachmentType.web_exploring_screenshot: "web screenshot",
+    AttachmentType.web_exploring_link: "web link",
+    AttachmentType.text: "text",
+    AttachmentType.shared_memory_entry: "shared memory",
+    AttachmentType.image_url: "image",
+}
+
 
 RoundState = Literal["created", "finished", "failed", "cancelled"]
 

@@ -9,10 +9,10 @@ from typing import Any, Dict, Iterator, List, Literal, Optional
 from injector import Injector, inject
 
 from core.cancel import CancelToken, RoundCancelled
-from core.config import AppSessionConfig, ConfigError
+from core.config import AppSessionConfig
 from core.datasets import DatasetCatalog
-from core.errors import RoundInProgress, SessionFull, SessionStopped
-from core.events import EventEmitter, PostEventType, RoundEventType, SessionEventHandler, TaskWeaverEvent
+from core.errors import ConfigError, RoundInProgress, SessionFull, SessionStopped
+from core.events import EventEmitter, RoundEnded, RoundEventType, RoundStarted, SessionEventHandler
 from core.execution.kernel import KernelExecutor
 from core.execution.limits import MB, incoming_bytes
 from core.execution.pool import StartGate
@@ -49,16 +49,15 @@ class _SessionLLM(LLMBackend):
 
 
 class _SessionEmitter(EventEmitter):
-    """Adds the model in use to each post's ``post_start`` (``extra["model"]``) for the UI."""
+    """Tells the model in use in each post's ``post_start`` (``PostStarted.model``), for the UI."""
 
     def __init__(self, llm: _SessionLLM) -> None:
         super().__init__()
         self._llm = llm
 
-    def emit(self, event: TaskWeaverEvent) -> None:
-        if event.t == PostEventType.post_start and isinstance(event.extra, dict):
-            event.extra.setdefault("model", self._llm.model_name)
-        super().emit(event)
+    @property
+    def model_name(self) -> str | None:
+        return self._llm.model_name
 
 
 def new_executor(
@@ -316,7 +315,7 @@ class Session:
 
     def _run_round(self, rnd: Round, files_added: list[str], cancel: CancelToken) -> None:
         self._take_llm_choice()
-        self.emitter.emit_round(RoundEventType.round_start, rnd.id, "Round started", {"model": self._llm.model_name})
+        self.emitter.emit_round(RoundEventType.round_start, rnd.id, "Round started", RoundStarted(self._llm.model_name))
         rnd.add_post(Post(send_from=USER, send_to=PLANNER, message=rnd.user_query))
         ctx = RoundContext(
             session_id=self.session_id,
@@ -346,7 +345,7 @@ class Session:
             )
         if rnd.state == "failed":
             self.emitter.emit_round(RoundEventType.round_error, rnd.id, rnd.error or "")
-        self.emitter.emit_round(RoundEventType.round_end, rnd.id, rnd.state, {"state": rnd.state})
+        self.emitter.emit_round(RoundEventType.round_end, rnd.id, rnd.state, RoundEnded(rnd.state))
         self.rounds.append(rnd)
         self.log.logger.info("round %s %s: %s", rnd.id, rnd.state, rnd.error or rnd.reply_text[:200])
         self.log.record_round(rnd)

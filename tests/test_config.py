@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.config import ConfigError, load_config
+from core.config import load_config
+from core.errors import ConfigError
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from core import PostEventType, RoundEventType, TaskWeaverApp
-from core.config import ConfigError, load_config
+from core.config import load_config
+from core.errors import ConfigError
 from tests.llm_server import ScriptedLLMServer
 from tests.test_llm_rounds import Recorder, new_app, to_user
 

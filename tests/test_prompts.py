@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from core import TaskWeaverApp
-from core.config import ConfigError
+from core.errors import ConfigError
 from core.memory import Post
 from core.roles.base import Role
 from core.roles.context import RoundContext

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core import PostEventType, RoleName, TaskWeaverEvent
+from core import MessageChunk, PostEventType, RoleName, SendToUpdated, TaskWeaverEvent
 
 
 @dataclass
@@ -29,8 +29,8 @@ class AnswerDraft:
         post_id = event.post_id
         if not post_id or not isinstance(t, PostEventType):
             return
-        extra = event.extra if isinstance(event.extra, dict) else {}
-        if t == PostEventType.post_message_update and extra.get("replace"):
+        payload = event.payload
+        if t == PostEventType.post_message_update and isinstance(payload, MessageChunk) and payload.replace:
             self._messages[post_id] = event.msg or ""
             if post_id == self.post_id:  # take back what was shown, then show the corrected text
                 self._withdraw()
@@ -40,7 +40,7 @@ class AnswerDraft:
             if post_id == self.post_id:
                 self.text += event.msg or ""
         elif t == PostEventType.post_send_to_update:
-            to_user = extra.get("role") == RoleName.User
+            to_user = isinstance(payload, SendToUpdated) and payload.role == RoleName.User
             if to_user and post_id != self.post_id:
                 self._withdraw()
                 self.post_id = post_id

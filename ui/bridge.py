@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 import itertools
 import logging
 import queue
 import threading
-from typing import Any, Callable, Coroutine, Generic, TypeVar
+from typing import Any, Callable, Coroutine, Final, Generic, TypeVar
 
-from core import SessionEventHandlerBase, TaskWeaverEvent
+from core import SessionEventHandler, TaskWeaverEvent
 
 logger = logging.getLogger("weaver.ui.bridge")
 T = TypeVar("T")
@@ -171,7 +172,13 @@ def in_background(work: Coroutine[Any, Any, Any], what: str) -> asyncio.Future[A
     return task
 
 
-class EventPipe(SessionEventHandlerBase):
+class PipeEnd(enum.Enum):
+    """The marker ``EventPipe.close()`` puts after a round's last event."""
+
+    END = "end"
+
+
+class EventPipe(SessionEventHandler):
     """Runs on the engine's worker thread: hands every event, in order, to the loop, where
     ``batch()`` takes all that arrived since the last call; ``close()`` adds ``EventPipe.END``
     after the last one.
@@ -182,12 +189,12 @@ class EventPipe(SessionEventHandlerBase):
     when it matters.
     """
 
-    END: object = object()
+    END: Final = PipeEnd.END
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._ready = asyncio.Event()
-        self._items: list[object] = []
+        self._items: list[TaskWeaverEvent | PipeEnd] = []
         self._lock = threading.Lock()
         self._woken = False  # a wake-up is on its way to the loop
 
@@ -201,7 +208,7 @@ class EventPipe(SessionEventHandlerBase):
         """On the loop: let ``batch()`` return (empty if nothing came), e.g. when a throttle ends."""
         self._ready.set()
 
-    async def batch(self) -> list[object]:
+    async def batch(self) -> list[TaskWeaverEvent | PipeEnd]:
         """On the loop: wait until something arrived (or ``wake``), then take all of it, in order."""
         await self._ready.wait()
         self._ready.clear()
@@ -210,7 +217,7 @@ class EventPipe(SessionEventHandlerBase):
             self._woken = False
         return items
 
-    def _put(self, item: object) -> None:
+    def _put(self, item: TaskWeaverEvent | PipeEnd) -> None:
         with self._lock:
             self._items.append(item)
             if self._woken:

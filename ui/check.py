@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from core.config import AppConfig, ConfigError, LLMSettings, load_config
+from core.config import AppConfig, LLMSettings, load_config
+from core.errors import ConfigError
 
 PASS, FAIL, SKIP = "ok", "FAIL", "--"
 _PROMPT = [{"role": "user", "content": 'Reply with the JSON object {"ok": true} and nothing else.'}]

@@ -6,36 +6,32 @@ import argparse
 import queue
 import sys
 import threading
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from core import (
+    AttachmentChunk,
     AttachmentType,
+    EventPayload,
+    MessageChunk,
     PostEventType,
+    PostStarted,
     RoleName,
+    RoundEnded,
     RoundEventType,
+    SendToUpdated,
     Session,
     SessionEventHandler,
-    SessionEventHandlerBase,
     TaskWeaverApp,
+    TaskWeaverEvent,
     WeaverError,
 )
 from ui.bridge import ThreadJob
 
-LABELS = {
-    AttachmentType.thought: "thought",
-    AttachmentType.plan: "plan",
-    AttachmentType.current_plan_step: "current step",
-    AttachmentType.reply_content: "code",
-    AttachmentType.execution_status: "status",
-    AttachmentType.execution_result: "output",
-    AttachmentType.artifact_paths: "artifacts",
-    AttachmentType.table: "table",
-    AttachmentType.invalid_response: "unusable answer",
-}
 QUIET = {AttachmentType.reply_type, AttachmentType.revise_message}
+FileEntry = dict[Literal["name", "path", "content"], Any]  # one of ``Session.send_message``'s files
 
 
-class ConsoleEventHandler(SessionEventHandlerBase):
+class ConsoleEventHandler(SessionEventHandler):
     """Prints each post under its role and each streamed field under a label, as chunks arrive."""
 
     def __init__(self, out: TextIO = sys.stdout, color: bool | None = None) -> None:
@@ -59,28 +55,34 @@ class ConsoleEventHandler(SessionEventHandlerBase):
             self._write(f"\n{label}\n{indent}")
         self._write(chunk.replace("\n", "\n" + indent))
 
-    def handle_round(self, type: RoundEventType, msg: str, extra: Any, round_id: str, **kwargs: Any) -> None:
+    def handle(self, event: TaskWeaverEvent) -> None:
+        """Print one event; what it carries is read from its typed ``payload``."""
+        if isinstance(event.t, RoundEventType):
+            self._round(event.t, event.msg, event.payload)
+        elif isinstance(event.t, PostEventType):
+            self._post(event.t, event.msg, event.payload, event.post_id or "")
+
+    def _round(self, type: RoundEventType, msg: str, payload: EventPayload | None) -> None:
         if type == RoundEventType.round_error:
             self._write("\n" + self._paint(f"error: {msg}", "31"))
         elif type == RoundEventType.round_end:
             self._stream_key = None
-            self._write("\n" + self._paint(f"[round {(extra or {}).get('state', '')}]", "2") + "\n")
+            state = payload.state if isinstance(payload, RoundEnded) else ""
+            self._write("\n" + self._paint(f"[round {state}]", "2") + "\n")
 
-    def handle_post(
-        self, type: PostEventType, msg: str, extra: Any, post_id: str, round_id: str, **kwargs: Any
-    ) -> None:
-        if type == PostEventType.post_start:
+    def _post(self, type: PostEventType, msg: str, payload: EventPayload | None, post_id: str) -> None:
+        if isinstance(payload, PostStarted):
             self._stream_key = None
-            self._write("\n" + self._paint(f"── {extra['role']}", "1;35"))
-        elif type == PostEventType.post_send_to_update:
-            self._send_to[post_id] = extra["role"]
+            self._write("\n" + self._paint(f"── {payload.role}", "1;35"))
+        elif isinstance(payload, SendToUpdated):
+            self._send_to[post_id] = payload.role
         elif type == PostEventType.post_status_update:
             self._stream_key = None
             self._write("\n" + self._paint(f"  · {msg}", "2"))
         elif type == PostEventType.post_message_update:
             if not msg or post_id in self._has_output:  # a code post's message repeats its output
                 return
-            if (extra or {}).get("replace"):  # the complete answer differs from what streamed
+            if isinstance(payload, MessageChunk) and payload.replace:  # the complete answer differs from what streamed
                 self._stream_key = None
                 key = (post_id, "corrected")
                 self._stream(key, self._paint("  message (corrected):", "36"), msg)
@@ -88,15 +90,15 @@ class ConsoleEventHandler(SessionEventHandlerBase):
                 self._stream((post_id, "message"), self._paint("weaver>", "1;32"), msg, indent="")
             else:
                 self._stream((post_id, "message"), self._paint("  message:", "36"), msg)
-        elif type == PostEventType.post_attachment_update:
-            kind = extra["type"]
+        elif isinstance(payload, AttachmentChunk):
+            kind = payload.type
             if kind in QUIET or not msg:
                 return
             if kind == AttachmentType.execution_result:
                 self._has_output.add(post_id)
-            if kind == AttachmentType.table and isinstance(extra.get("data"), dict):
-                msg = table_text(extra["data"])
-            self._stream((post_id, extra["id"]), self._paint(f"  {LABELS.get(kind, kind.value)}:", "36"), msg)
+            if kind == AttachmentType.table and isinstance(payload.data, dict):
+                msg = table_text(payload.data)
+            self._stream((post_id, payload.id), self._paint(f"  {kind.label}:", "36"), msg)
         elif type == PostEventType.post_error:
             self._write("\n" + self._paint(f"  error: {msg}", "31"))
         elif type == PostEventType.post_end:
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     app = TaskWeaverApp(app_dir=args.app_dir)
     session = app.get_session()
     handler = ConsoleEventHandler()
-    files = [{"name": path, "path": path} for path in args.file]
+    files: list[FileEntry] = [{"name": path, "path": path} for path in args.file]
     print(f"Weaver — session {session.session_id} (model: {app.config.llm.resolved_api_type}).")
     print("Type a message; a ```python block runs as code. Empty line sends; Ctrl-C stops a round; Ctrl-D quits.")
     stdin = _StdinLines()
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_round(session: Session, message: str, handler: SessionEventHandler, files: list[dict[str, str]]) -> str | None:
+def run_round(session: Session, message: str, handler: SessionEventHandler, files: list[FileEntry]) -> str | None:
     """Run one round through the bridge so Ctrl-C can cancel it; returns a refusal to print, if any.
 
     The first Ctrl-C cancels the round (its code is interrupted, variables are kept) and waits for

@@ -101,9 +101,9 @@ def table_markdown(table: dict[str, Any] | str, max_rows: int = 20, max_columns:
     """
     if isinstance(table, str):
         try:
-            table = json.loads(table)
+            table = json.loads(text := table)
         except json.JSONDecodeError:
-            return fence(clip_text(table, 2000))
+            return fence(clip_text(text, 2000))
     if not isinstance(table, dict):
         return fence(clip_text(str(table), 2000))
     all_columns = list(table.get("columns") or [])

@@ -16,13 +16,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import chainlit as cl
 from chainlit.utils import utc_now
 
-from core import RoleName, Round, SessionEventHandler, WeaverError
-from ui.bridge import EventPipe, ThreadJob
+from core import RoleName, Round, SessionEventHandler, TaskWeaverEvent, WeaverError
+from ui.bridge import EventPipe, PipeEnd, ThreadJob
 from ui.files import Artifact, select_artifacts
 from ui.markdown import table_markdown
 from ui.view import MAX_EVENT_CHARS, RoundView, safe_markdown
@@ -84,7 +84,7 @@ class RoundRenderer:
         self.answer_last_flush = 0.0
         self.closing_actions: Callable[[], Awaitable[list[cl.Action]]] | None = None  # under the round's last message
 
-    async def apply(self, event: Any) -> None:
+    async def apply(self, event: TaskWeaverEvent) -> None:
         """Follow one event; only a new post is shown at once, the rest on flush."""
         change = self.view.apply(event)
         if change is None:
@@ -263,7 +263,9 @@ async def pump_round(
     job = ThreadJob(work, name="weaver-round")
     wake: asyncio.TimerHandle | None = None  # one wake-up, only while the throttle holds a change back
     cancelled = False
-    pending: deque[object] = deque()  # of the current batch; what a stop press interrupted stays here
+    pending: deque[TaskWeaverEvent | PipeEnd] = (
+        deque()
+    )  # of the current batch; what a stop press interrupted stays here
 
     def woken() -> None:
         nonlocal wake
@@ -274,8 +276,9 @@ async def pump_round(
         try:
             if not pending:
                 pending.extend(await pipe.batch())
-            while pending and pending[0] is not EventPipe.END:
-                await renderer.apply(pending.popleft())
+            while pending and (event := pending[0]) is not EventPipe.END:
+                pending.popleft()
+                await renderer.apply(event)
             if pending:  # the end of the round
                 break
             await renderer.flush()

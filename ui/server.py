@@ -19,8 +19,8 @@ from chainlit.config import config as chainlit_config
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import Session, SessionNotFound, TaskWeaverApp
-from core.config import ConfigError, load_config
-from core.errors import GatewayError
+from core.config import load_config
+from core.errors import ConfigError, GatewayError
 from core.execution.gateway_client import GatewayREST, check_gateway
 from core.execution.sandbox import SandboxUnavailableError, require_sandbox
 from core.workspace import default_app_dir

@@ -68,8 +68,9 @@ def _coalescing(made: Callable[[Any, asyncio.Transport], None]) -> Callable[[Any
 
 def install() -> None:
     """Make every new HTTP and websocket connection of this process write once per loop pass."""
-    for protocol in (H11Protocol, WSProtocol):
+    protocols: tuple[type[Any], ...] = (H11Protocol, WSProtocol)  # one method of two unrelated classes
+    for protocol in protocols:
         if not getattr(protocol.connection_made, "__weaver_coalescing__", False):
             wrapped = _coalescing(protocol.connection_made)
             wrapped.__weaver_coalescing__ = True  # type: ignore[attr-defined]
-            protocol.connection_made = wrapped  # type: ignore[method-assign]
+            protocol.connection_made = wrapped

@@ -3,7 +3,7 @@
 ``RoundView.apply`` takes core's ``TaskWeaverEvent``s as they come and keeps one ``PostView`` per
 post plus the answer draft; ``PostView.markdown`` is a step's whole, safe, bounded Markdown.
 ``ui.render`` decides when to draw it. Everything is read from types: event and attachment types,
-``RoleName``, ``PostStatus``, ``ExecutionStatus`` and structured ``data`` payloads.
+``RoleName``, ``PostStatus``, ``ExecutionStatus`` and the events' typed payloads.
 """
 
 from __future__ import annotations
@@ -12,7 +12,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core import AttachmentType, ExecutionStatus, PostEventType, PostStatus, RoleName, TaskWeaverEvent
+from core import (
+    AttachmentChunk,
+    AttachmentType,
+    ExecutionStatus,
+    MessageChunk,
+    PostEventType,
+    PostStarted,
+    PostStatus,
+    RoleName,
+    SendToUpdated,
+    TaskWeaverEvent,
+)
 from ui.answer import AnswerDraft
 from ui.files import Artifact, artifacts_inside
 from ui.markdown import clip_text, code_text, fence, neutralise_images, table_markdown
@@ -34,12 +45,6 @@ HIDDEN = frozenset(
         AttachmentType.llm_usage,
     }
 )
-LABELS = {
-    AttachmentType.verification: "Verification",
-    AttachmentType.code_error: "Code error",
-    AttachmentType.revise_message: "Revision",
-    AttachmentType.invalid_response: "Invalid response",
-}
 
 
 def safe_markdown(text: str, max_chars: int) -> str:
@@ -59,22 +64,22 @@ class AttachmentView:
         kind = self.type
         if kind in HIDDEN:
             return ""
+        label = kind.label.capitalize()
         if kind == AttachmentType.plan:
-            return f"**Plan**\n\n{text}" if text else ""
+            return f"**{label}**\n\n{text}" if text else ""
         if kind == AttachmentType.current_plan_step:
-            return f"**Current step:** {text}" if text else ""
+            return f"**{label}:** {text}" if text else ""
         if kind in (AttachmentType.thought, AttachmentType.plan_reasoning):
             return "\n".join(f"> {line}" for line in text.splitlines())
         if kind == AttachmentType.reply_content:
             return fence(self.text, "python") if self.text else ""
         if kind == AttachmentType.execution_status:
             icon = STATUS_ICONS.get(text, "")  # type: ignore[call-overload]  # str enums look up by value
-            return f"**Execution:** {icon} {text}".replace("  ", " ") if text else ""
+            return f"**{label}:** {icon} {text}".replace("  ", " ") if text else ""
         if kind == AttachmentType.execution_result:
-            return f"**Output**\n\n{fence(self.text, 'text')}" if text else ""
+            return f"**{label}**\n\n{fence(self.text, 'text')}" if text else ""
         if kind == AttachmentType.table:
             return table_markdown(self.data, max_table_rows, max_table_columns) if self.done and self.data else ""
-        label = LABELS.get(kind, str(kind).replace("_", " ").capitalize())
         return f"**{label}:** {text}" if text else ""
 
 
@@ -160,12 +165,13 @@ class RoundView:
         """Follow one event; None for events that change no post (round events)."""
         if not isinstance(event.t, PostEventType) or not event.post_id:
             return None
-        extra = event.extra if isinstance(event.extra, dict) else {}
+        payload = event.payload
         change = Change(event.post_id)
         view = self.posts.get(event.post_id)
         if view is None:
-            model = extra.get("model") if self.show_model else None
-            view = self.posts[event.post_id] = PostView(role=str(extra.get("role") or "Weaver"), model=model)
+            started = payload if isinstance(payload, PostStarted) else PostStarted("Weaver")
+            model = started.model if self.show_model else None
+            view = self.posts[event.post_id] = PostView(role=started.role or "Weaver", model=model)
             change.created = True
         previous_answer = self.draft.post_id
         self.draft.apply(event)
@@ -175,30 +181,31 @@ class RoundView:
                 self.posts[post_id].is_answer = post_id == self.draft.post_id
             change.also = moved
         t = event.t
-        if t == PostEventType.post_send_to_update:
-            view.send_to = str(extra.get("role") or "") or None
+        if t == PostEventType.post_send_to_update and isinstance(payload, SendToUpdated):
+            view.send_to = payload.role or None
         elif t == PostEventType.post_status_update:
             view.status = event.msg
             self.code_running = event.msg == PostStatus.executing_code
         elif t == PostEventType.post_message_update:
-            view.message = event.msg if extra.get("replace") else view.message + event.msg
-        elif t == PostEventType.post_attachment_update:
-            self._attachment(view, event.msg, extra)
+            replace = isinstance(payload, MessageChunk) and payload.replace
+            view.message = event.msg if replace else view.message + event.msg
+        elif t == PostEventType.post_attachment_update and isinstance(payload, AttachmentChunk):
+            self._attachment(view, event.msg, payload)
         elif t == PostEventType.post_error:
             view.error = event.msg
         elif t == PostEventType.post_end:
             view.ended = change.ended = True
         return change
 
-    def _attachment(self, view: PostView, chunk: str, extra: dict[str, Any]) -> None:
-        kind = AttachmentType(extra.get("type") or AttachmentType.thought)
-        att_id = str(extra.get("id") or f"{kind}-{len(view.attachments)}")
+    def _attachment(self, view: PostView, chunk: str, payload: AttachmentChunk) -> None:
+        kind = payload.type
+        att_id = payload.id or f"{kind}-{len(view.attachments)}"
         att = view.attachments.setdefault(att_id, AttachmentView(type=kind))
-        if extra.get("data") is not None:
-            att.data = extra["data"]
+        if payload.data is not None:
+            att.data = payload.data
         else:
             att.text += chunk or ""
-        if extra.get("is_end", True) and not att.done:
+        if payload.is_end and not att.done:
             att.done = True
             if kind == AttachmentType.execution_status:
                 self.code_running = False
@@ -206,7 +213,7 @@ class RoundView:
             elif kind == AttachmentType.artifact_paths:
                 # The content is TaskWeaver's list of paths; Weaver puts each file's name and type
                 # in the attachment's ``extra`` (older rounds had those dicts as the content).
-                details = extra.get("extra")
+                details = payload.attachment_extra
                 found = artifacts_inside(details if isinstance(details, list) else att.data or [], self.execution_cwd)
                 view.artifacts.extend(found)
                 self.artifacts.extend(found)

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError
+
 # TaskWeaver's llm.api_type values; each may have its own section, llm.<type>.<key>.
 LLM_TYPES = frozenset(
     {
@@ -161,8 +163,6 @@ def _sandbox_for(mode: Any) -> str:
         return "bwrap"
     if mode == "local":
         return "auto"
-    from core.config import ConfigError  # core.config imports this module
-
     raise ConfigError(f"execution_service.kernel_mode: expected 'local' or 'container', got {mode!r}")
 
 

@@ -40,7 +40,7 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
@@ -188,7 +188,7 @@ class WeaverDataLayer(SQLAlchemyDataLayer):
     async def _upsert(self, conn: AsyncConnection, table: str, values: Mapping[str, Any]) -> None:
         await self._upsert_many(conn, table, [values])
 
-    async def _upsert_many(self, conn: AsyncConnection, table: str, rows: list[Mapping[str, Any]]) -> None:
+    async def _upsert_many(self, conn: AsyncConnection, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert each row, or update the given columns of the row with its id. A row that has a
         thread is only updated from the same thread: ids come from the browser, and a message
         sent with the id of another chat's step must not overwrite it, nor move it. Rows with the

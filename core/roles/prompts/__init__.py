@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from core.config import AppConfig
 from core.memory import AttachmentType, Round
 from core.roles.prompts.history import code_turn, planner_turn, recent_posts
 from core.roles.prompts.templates import PromptTemplates, has_builtin, load_templates, section_of
 from core.roles.protocol import CODE_INTERPRETER, PLANNER, CodeReply, PlannerReply, ReplyContract, planner_recipients
 
-__all__ = ["CodePrompt", "PlannerPrompt", "RolePrompt", "check_prompt_files", "prompt_file_for", "role_templates"]
+if TYPE_CHECKING:  # core.config loads the templates of this package to check prompt files
+    from core.config import AppConfig
+
+__all__ = ["CodePrompt", "PlannerPrompt", "RolePrompt", "prompt_file_for", "role_templates"]
 
 Message = dict[str, str]
 RENDERED_KEPT = 256  # rendered turns kept per role: more than the history window sends
@@ -32,13 +34,6 @@ def prompt_file_for(alias: str, config: AppConfig) -> Path | None:
 
 def role_templates(alias: str, config: AppConfig) -> PromptTemplates:
     return load_templates(section_of(alias), prompt_file_for(alias, config))
-
-
-def check_prompt_files(config: AppConfig) -> None:
-    """Load every prompt file the config names, so a bad one stops the app with a ``ConfigError``."""
-    for alias in (PLANNER, CODE_INTERPRETER):
-        if prompt_file_for(alias, config) is not None:
-            role_templates(alias, config)
 
 
 def _worker_description(alias: str, config: AppConfig) -> str:

@@ -17,7 +17,7 @@ import yaml
 from jinja2 import StrictUndefined, Template, TemplateError, meta
 from jinja2.sandbox import SandboxedEnvironment
 
-from core.config import ConfigError
+from core.errors import ConfigError
 
 # Every key a role's file may hold, with the variables its template may use.
 _KEYS: dict[str, dict[str, frozenset[str]]] = {
