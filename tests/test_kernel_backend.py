@@ -144,3 +144,28 @@ def test_nothing_outside_the_backends_asks_local_or_gateway() -> None:
     assert gateway_questions("core/app.py", before) == ["core/app.py:1 gateway_url"]
     assert gateway_questions("ui/server.py", "from core.execution.gateway_kernel import GatewayKernel\n")
     assert gateway_questions("core/execution/gateway_backend.py", before) == []
+
+
+def test_weaver_ui_refuses_kernels_the_chosen_backend_cannot_run(tmp_path: Path) -> None:
+    """Before serving anyone, ``weaver ui`` asks the backend's start-up check: a local backend told to
+    sandbox without bubblewrap, or a backend name nobody registered, stops it with one sentence."""
+    import os
+    import subprocess
+
+    from tests.ui_harness import REPO_ROOT, free_port, server_command
+
+    no_tools = tmp_path / "bin"
+    no_tools.mkdir()  # a PATH where bubblewrap cannot be found
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("WEAVER_", "CHAINLIT_"))}
+    base.update({"PATH": str(no_tools), "WEAVER_APP_DIR": str(tmp_path / "app"), "WEAVER_LLM__API_TYPE": "offline"})
+    cases = {
+        "execution.sandbox is 'bwrap' but bubblewrap (bwrap) is not installed": {"WEAVER_EXECUTION__SANDBOX": "bwrap"},
+        "execution.backend: no kernel backend 'k8s'": {"WEAVER_EXECUTION__BACKEND": "k8s"},
+    }
+    for said_first, env in cases.items():
+        cmd = server_command(free_port())
+        done = subprocess.run(cmd, cwd=REPO_ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0, done.stderr
+        refusal = [line for line in done.stderr.splitlines() if line.startswith("Weaver UI: ")]
+        assert len(refusal) == 1 and said_first in refusal[0], done.stderr
+        assert "Traceback" not in done.stderr, done.stderr
