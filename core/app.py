@@ -14,9 +14,8 @@ from injector import Injector, Module, provider, singleton
 from core.config import AppConfig, load_config
 from core.datasets import Dataset, DatasetCatalog
 from core.errors import SessionLimitReached, SessionNotFound
-from core.execution.gateway_client import check_gateway
+from core.execution.backend import KernelBackend, backend_for
 from core.execution.pool import KernelPool, StartGate, WarmKernel
-from core.execution.sandbox import data_mount, sandbox_warning, sweep_stale, uses_bwrap
 from core.ids import create_id
 from core.llm.base import LLMBackend
 from core.llm.factory import ModelChoices, create_backend
@@ -32,13 +31,17 @@ SESSION_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
 
 
 class _AppModule(Module):
-    def __init__(self, config: AppConfig, workspace: Workspace, datasets: DatasetCatalog) -> None:
+    def __init__(
+        self, config: AppConfig, workspace: Workspace, datasets: DatasetCatalog, kernels: KernelBackend
+    ) -> None:
         self.config = config
         self.workspace = workspace
         self.datasets = datasets
+        self.kernels = kernels
 
     def configure(self, binder: Any) -> None:
         binder.bind(AppConfig, to=self.config)
+        binder.bind(KernelBackend, to=self.kernels)
         binder.bind(Workspace, to=self.workspace)
         binder.bind(DatasetCatalog, to=self.datasets)
         binder.bind(TelemetryLogger, to=TelemetryLogger("weaver"), scope=singleton)
@@ -82,20 +85,23 @@ class TaskWeaverApp:
         self.config = load_config(self.app_dir, given)
         logging.getLogger("weaver").setLevel(self.config.logging.level.upper())
         self._log_handler = _file_log_handler(self.app_dir, self.config)
-        if self.config.execution.gateway_url:
-            check_gateway(self.config.execution)  # a wrong token or an unreachable gateway stops the app here
-        sandboxed = uses_bwrap(self.config.execution)  # execution.sandbox = "bwrap" without bwrap: refuse to start
+        # Where kernels run, chosen once; everything that starts or asks about kernels asks it.
+        self.kernel_backend = backend_for(self.config.execution)
+        # A wrong gateway token, an unreachable gateway or execution.sandbox = "bwrap" without
+        # bwrap stops the app here.
+        self.kernel_backend.check_startup()
         data_dir = self.config.execution.data_dir or Path("data")
         self.config.execution.data_dir = data_dir = data_dir if data_dir.is_absolute() else self.app_dir / data_dir
         # A bad data/datasets.yaml stops the app here, with the file named.
-        self.dataset_catalog = DatasetCatalog.load(data_dir, str(data_mount(data_dir, sandboxed)))
-        sweep_stale()
-        # Shown by the UI to operators; None when every kernel runs in its sandbox.
-        self.sandbox_warning: str | None = sandbox_warning(self.config.execution)
+        self.dataset_catalog = DatasetCatalog.load(data_dir, str(self.kernel_backend.data_mount(data_dir)))
+        self.kernel_backend.sweep_stale()
+        # Shown by the UI to operators; None when every kernel is isolated.
+        self.sandbox_warning: str | None = self.kernel_backend.sandbox_warning()
         if self.sandbox_warning:
             logging.getLogger("weaver").warning("!!! %s", self.sandbox_warning)
         self.workspace = Workspace(self.app_dir)
-        self.injector = Injector([_AppModule(self.config, self.workspace, self.dataset_catalog)])
+        module = _AppModule(self.config, self.workspace, self.dataset_catalog, self.kernel_backend)
+        self.injector = Injector([module])
         self.injector.binder.bind(Injector, to=self.injector)
         self.plugins = self.injector.get(PluginCatalog)
         for error in self.plugins.errors:
@@ -122,7 +128,7 @@ class TaskWeaverApp:
         session_id = create_id(unguessable=True)
         cwd = self.workspace.execution_cwd(session_id)
         cwd.mkdir(parents=True, exist_ok=True)
-        executor = new_executor(session_id, cwd, self.config, self.plugins, self.kernel_starts)
+        executor = new_executor(session_id, cwd, self.config, self.plugins, self.kernel_starts, self.kernel_backend)
         return WarmKernel(session_id, executor)
 
     def _discard_kernel(self, session_id: str) -> None:
@@ -170,10 +176,11 @@ class TaskWeaverApp:
         rounds in memory and its files in place, with a new kernel (``Session.replay_code`` rebuilds
         its variables). For a chat opened again after its kernel stopped, or after a restart.
 
-        ``kernel_id`` (gateway kernels only): the session's kernel that another server started and
-        can no longer drive (it died). It is attached to here, before this returns, so its variables
-        survive with nothing to replay (``Session.replay_pending`` is False); if it is gone, a new
-        kernel starts and the replay is pending as usual."""
+        ``kernel_id`` (where the kernel backend's kernels outlive their server, as on a gateway): the
+        session's kernel that another server started and can no longer drive (it died). It is
+        attached to here, before this returns, so its variables survive with nothing to replay
+        (``Session.replay_pending`` is False); if it is gone, a new kernel starts and the replay is
+        pending as usual."""
         executor = None
         with self._lock:
             self._forget_stopped()
@@ -188,15 +195,17 @@ class TaskWeaverApp:
             limit = self.config.session.max_live_sessions
             if len(self._sessions) + self._being_built >= limit:
                 raise SessionLimitReached(limit)
-            if kernel_id and self.config.execution.gateway_url:
+            if kernel_id and self.kernel_backend.kernels_outlive_server:
                 cwd = self.workspace.execution_cwd(session_id)
-                executor = new_executor(session_id, cwd, self.config, self.plugins, self.kernel_starts, kernel_id)
+                executor = new_executor(
+                    session_id, cwd, self.config, self.plugins, self.kernel_starts, self.kernel_backend, kernel_id
+                )
             session = self.injector.create_object(
                 Session, additional_kwargs={"session_id": session_id, "executor": executor}
             )
             session.restore_history()
             self._sessions[session_id] = session
-        if executor is not None:  # outside the app's lock: a gateway round trip, or a new kernel's start
+        if executor is not None:  # outside the app's lock: a remote round trip, or a new kernel's start
             try:
                 executor.start()  # attaches, or starts a new kernel if that one is gone
             except Exception as exc:  # the first execution tries again and reports it
@@ -235,6 +244,7 @@ class TaskWeaverApp:
             session.stop()
         self.injector.get(ModelChoices).close()
         self.injector.get(LLMBackend).close()  # type: ignore[type-abstract]  # bound to a concrete backend
+        self.kernel_backend.close()
         if self._log_handler is not None:
             logging.getLogger("weaver").removeHandler(self._log_handler)
             self._log_handler.close()

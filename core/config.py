@@ -148,6 +148,12 @@ class ExecutionSettings(BaseModel):
     data_dir: Path | None = Field(
         None, description="project datasets, read-only in every kernel; default <app_dir>/data"
     )
+    # Where kernels run (core/execution/backend.py): a registered backend's name.
+    backend: str | None = Field(
+        None,
+        description="'local' (sandboxed child processes) or 'gateway' (a Jupyter kernel gateway); "
+        "unset: 'gateway' when gateway_url is set, else 'local'",
+    )
     # Remote kernels (core/execution/gateway*.py): unset, every kernel is a local child process.
     gateway_url: str | None = Field(
         None,
@@ -167,6 +173,18 @@ class ExecutionSettings(BaseModel):
     gateway_sync_mb: int = Field(
         256, ge=0, description="bytes moved between the web tier and a remote kernel per execution, each way; 0: no cap"
     )
+
+    @property
+    def backend_name(self) -> str:
+        """The kernel backend in use: ``backend``, else the one the other keys imply (so configs
+        written before ``execution.backend`` existed keep working)."""
+        return self.backend or ("gateway" if self.gateway_url else "local")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str | None) -> str | None:
+        """A name in any case; an empty string means unset."""
+        return (value.strip().lower() or None) if value is not None else None
 
     @field_validator("gateway_url")
     @classmethod

@@ -12,7 +12,14 @@ from core.cancel import CancelToken, RoundCancelled
 from core.config import AppSessionConfig
 from core.datasets import DatasetCatalog
 from core.errors import ConfigError, RoundInProgress, SessionFull, SessionStopped
-from core.events import EventEmitter, RoundEnded, RoundEventType, RoundStarted, SessionEventHandler
+from core.events import (
+    EventEmitter,
+    RoundEnded,
+    RoundEventType,
+    RoundStarted,
+    SessionEventHandler,
+)
+from core.execution.backend import KernelBackend
 from core.execution.kernel import KernelExecutor
 from core.execution.limits import MB, incoming_bytes
 from core.execution.pool import StartGate
@@ -66,10 +73,12 @@ def new_executor(
     config: AppSessionConfig,
     plugins: PluginCatalog,
     start_gate: StartGate | None,
+    backend: KernelBackend,
     attach_to: str | None = None,
 ) -> KernelExecutor:
-    """The kernel executor of one session (or of a pooled kernel reserved for one), not started yet;
-    ``attach_to``: its gateway kernel that another server started, to connect to first."""
+    """The kernel executor of one session (or of a pooled kernel reserved for one), not started yet,
+    its kernel made by the app's ``backend``; ``attach_to``: its kernel that another server started
+    (where the backend's kernels outlive their server), to connect to first."""
     return KernelExecutor(
         session_id,
         cwd,
@@ -80,6 +89,7 @@ def new_executor(
         start_gate=start_gate,
         session_var_limits=(config.session.max_session_vars, config.session.max_session_var_chars),
         attach_to=attach_to,
+        backend=backend,
     )
 
 
@@ -95,6 +105,7 @@ class Session:
         config: AppSessionConfig,
         role_registry: RoleRegistry,
         start_gate: StartGate,
+        kernel_backend: KernelBackend,
         executor: Optional[KernelExecutor] = None,
     ) -> None:
         """``executor``: a warm kernel from the app's pool, started for ``session_id`` and its folder."""
@@ -116,7 +127,9 @@ class Session:
         self.log = SessionLog(self.workspace, session_id, parent=logger)
         plugins: PluginCatalog = app_injector.get(PluginCatalog)
         warm = executor is not None
-        self.executor = executor or new_executor(session_id, self.execution_cwd, config, plugins, start_gate)
+        self.executor = executor or new_executor(
+            session_id, self.execution_cwd, config, plugins, start_gate, kernel_backend
+        )
         self.executor.on_session_vars = self._merge_plugin_vars
         self._plugin_catalog = plugins
         self.roles = role_registry.create_roles(

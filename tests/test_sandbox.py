@@ -22,6 +22,7 @@ from core.config import ExecutionSettings
 from core.execution import sandbox
 from core.execution.kernel import KernelExecutor
 from core.execution.launcher import REPO_ROOT
+from core.execution.local_backend import LocalBackend
 from tests.conftest import FIXTURE_APP, pid_alive
 
 pytestmark = [
@@ -399,7 +400,7 @@ def test_unsandboxed_mode_warns_and_still_allowlists_the_environment(
     try:
         assert application.sandbox_warning and "WITHOUT a sandbox" in application.sandbox_warning
         assert "WITHOUT a sandbox" in caplog.text
-        sandbox.require_sandbox(application.config, "with login on")  # an explicit choice is respected
+        application.kernel_backend.require_sandbox("with login on")  # an explicit choice is respected
         s = application.get_session()
         reply = s.send_message(code("import os\nprint('leaked:', 'AWS_ACCESS_KEY_ID' in os.environ)")).reply_text
         assert "leaked: False" in reply
@@ -414,10 +415,10 @@ def test_without_bwrap_auto_warns_and_public_serving_is_refused(
     sandbox.bwrap_problem.cache_clear()
     try:
         settings = ExecutionSettings()
-        assert "not installed" in (sandbox.sandbox_warning(settings) or "")
+        assert "not installed" in (LocalBackend(settings).sandbox_warning() or "")
         with pytest.raises(sandbox.SandboxUnavailableError, match="allow_unsandboxed"):
-            sandbox.require_sandbox(settings, "with login on")
-        sandbox.require_sandbox(ExecutionSettings(allow_unsandboxed=True), "with login on")
+            LocalBackend(settings).require_sandbox("with login on")
+        LocalBackend(ExecutionSettings(allow_unsandboxed=True)).require_sandbox("with login on")
         with pytest.raises(sandbox.SandboxUnavailableError, match="bubblewrap"):
             TaskWeaverApp(app_dir=tmp_path, config={"execution.sandbox": "bwrap"})
     finally:

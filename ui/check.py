@@ -283,22 +283,19 @@ def main(app_dir: str | None, model: str | None = None) -> int:
     except (ConfigError, KeyError) as exc:
         print(f"weaver check: {folder}\n  {FAIL:<4}  config loads: {exc}\nFAILED: the configuration does not load.")
         return 1
-    print("\n".join(report.lines()))
-    gateway_ok = True
-    if config.execution.gateway_url:
-        gateway_ok, line = gateway_verdict(config)
-        print(line)
-    return 0 if report.ok and gateway_ok else 1
+    lines = report.lines()
+    kernels_ok, line = kernels_verdict(config)
+    print("\n".join([*lines[:-1], line, lines[-1]]))
+    return 0 if report.ok and kernels_ok else 1
 
 
-def gateway_verdict(config: AppConfig) -> tuple[bool, str]:
-    """Kernels on a gateway: reachable, the token accepted, the kernel name offered (one request)."""
-    from core.errors import GatewayError
-    from core.execution.gateway_client import check_gateway
+def kernels_verdict(config: AppConfig) -> tuple[bool, str]:
+    """The kernel backend's own verdict (``KernelBackend.status``): sandboxed or not for local
+    kernels; for a gateway, reachable, the token accepted and the kernel name offered (one request)."""
+    from core.execution.backend import backend_for
 
-    where = config.execution.gateway_url
     try:
-        check_gateway(config.execution)
-    except GatewayError as exc:
-        return False, f"  {FAIL:<4}  kernel gateway {where}: {exc}"
-    return True, f"  {PASS:<4}  kernel gateway {where}: token accepted, offers {config.execution.gateway_kernel_name!r}"
+        status = backend_for(config.execution).status()
+    except ConfigError as exc:
+        return False, f"  {FAIL:<4}  kernels: {exc}"
+    return status.ok, f"  {PASS if status.ok else FAIL:<4}  kernels ({status.backend}): {status.detail}"

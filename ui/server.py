@@ -20,9 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import Session, SessionNotFound, TaskWeaverApp
 from core.config import load_config
-from core.errors import ConfigError, GatewayError
-from core.execution.gateway_client import GatewayREST, check_gateway
-from core.execution.sandbox import SandboxUnavailableError, require_sandbox
+from core.errors import WeaverError
+from core.execution.backend import KernelBackend, backend_for
 from core.workspace import default_app_dir
 from ui import chainlit_timing, guard, socket_writes
 from ui.auth import AuthSetupError, LoginLimiter, LoginThrottle, choose_mode, install_login
@@ -70,8 +69,8 @@ def sync_upload_limit(max_file_mb: float) -> int:
 
 def new_session(user_name: str, resume_id: str | None = None, kernel_id: str | None = None) -> Session:
     """The chat's Weaver session, knowing who it works for (plugins read ``user_name``): the one
-    named ``resume_id`` - live, or brought back from its folder (attached to its gateway kernel
-    ``kernel_id`` when a replica that died left one) - else a fresh one."""
+    named ``resume_id`` - live, or brought back from its folder (attached to its kernel ``kernel_id``
+    when a replica that died left one) - else a fresh one."""
     app = weaver_app()
     session = None
     if resume_id:
@@ -123,7 +122,8 @@ def _history_engine() -> AsyncEngine | None:
     return HISTORY.engine if HISTORY is not None else None
 
 
-# A dead replica's gateway kernel waits to be adopted as long as a disconnected chat's kernel would.
+# A dead replica's kernel (where kernels outlive it) waits to be adopted as long as a disconnected
+# chat's kernel would.
 ADOPT_WINDOW_S = max(SETTINGS.disconnect_grace_s, EXPIRY_BEATS * SETTINGS.replica_heartbeat_s)
 LIVE = LiveSessions(_history_engine, REPLICA_ID, SETTINGS.replica_heartbeat_s, ADOPT_WINDOW_S) if SHARED else None
 
@@ -223,43 +223,28 @@ chainlit_timing.install()
 socket_writes.install()
 
 
-def _refuse_unsandboxed_sharing() -> None:
-    """When several people use this server (a login other than local, or an address other machines
-    can reach), users' code must run sandboxed unless the operator said otherwise by name: refuse
-    to start, saying why, before anything is served."""
+def _refuse_unservable_kernels() -> None:
+    """Before anything is served, the kernel backend the engine will use must be able to run users'
+    code, and to run it isolated when several people use this server (a login other than local, or
+    an address other machines can reach) unless the operator said otherwise by name. Otherwise stop
+    here with the engine's one sentence (naming the key to set: ``execution.allow_unsandboxed``,
+    ``execution.sandbox``, the gateway's address or token...). The engine checks again when it
+    starts; a failure there is only logged by Chainlit."""
     reasons = []
     if LOGIN.mode != "local":
         reasons.append(f"with {LOGIN.mode} login")
     if not is_loopback(chainlit_config.run.host):
         reasons.append(f"on {chainlit_config.run.host}, which other machines can reach")
-    if not reasons:
-        return
     try:
-        require_sandbox(load_config(default_app_dir()), " and ".join(reasons))
-    except (SandboxUnavailableError, ConfigError) as exc:
+        kernels = backend_for(load_config(default_app_dir()).execution)
+        if reasons:
+            kernels.require_sandbox(" and ".join(reasons))
+        kernels.check_startup()
+    except WeaverError as exc:  # ConfigError, SandboxUnavailableError, GatewayError
         raise SystemExit(f"Weaver UI: {exc}") from None
 
 
-_refuse_unsandboxed_sharing()
-
-
-def _refuse_unusable_gateway() -> None:
-    """With ``execution.gateway_url`` every kernel runs on that gateway: one it cannot reach, that
-    refuses the token or lacks the kernel stops the server here, with the engine's one sentence
-    (naming ``execution.gateway_url`` or ``execution.gateway_token``), before anything is served.
-    The engine checks again when it starts; a failure there is only logged by Chainlit."""
-    try:
-        settings = load_config(default_app_dir()).execution
-    except ConfigError as exc:
-        raise SystemExit(f"Weaver UI: {exc}") from None
-    if settings.gateway_url:
-        try:
-            check_gateway(settings)
-        except GatewayError as exc:
-            raise SystemExit(f"Weaver UI: {exc}") from None
-
-
-_refuse_unusable_gateway()
+_refuse_unservable_kernels()
 
 
 async def open_chat_history(app: TaskWeaverApp) -> WeaverDataLayer:
@@ -273,35 +258,34 @@ async def open_chat_history(app: TaskWeaverApp) -> WeaverDataLayer:
         url_prefix=HISTORY_FILES,
     )
     if LIVE is not None:
-        if app.config.execution.gateway_url:
-            LIVE.delete_kernel = _gateway_deleter(app)
+        if app.kernel_backend.kernels_outlive_server:
+            LIVE.delete_kernel = _kernel_deleter(app.kernel_backend)
         await LIVE.start()
         logger.info("replica %s shares login, throttle and session caps through the database", REPLICA_ID)
     return HISTORY
 
 
-def _gateway_deleter(app: TaskWeaverApp) -> Callable[[str], Awaitable[None]]:
-    """Deletes one kernel on the engine's gateway, off the event loop (the REST client blocks)."""
-    rest = GatewayREST.shared(app.config.execution)
+def _kernel_deleter(kernels: KernelBackend) -> Callable[[str], Awaitable[None]]:
+    """Deletes one kernel a dead replica left, off the event loop (the backend's call blocks)."""
 
     async def delete(kernel_id: str) -> None:
-        await run_in_thread(rest.delete_kernel, kernel_id, name="weaver-delete-kernel")
+        await run_in_thread(kernels.delete_kernel, kernel_id, name="weaver-delete-kernel")
 
     return delete
 
 
 def track_kernel(chat: str, session: Any) -> None:
-    """Keep the chat's row in the shared database naming its gateway kernel, now and at every
-    later kernel start (a restart after a crash), so another replica can adopt or delete it if
-    this one dies. Local kernels have no id to note: nothing is done for them. ``session``: a
-    ``core.Session`` (typed loosely: the owner hands out its ``StoppableSession`` view)."""
-    if LIVE is None or not session.config.execution.gateway_url:
+    """Keep the chat's row in the shared database naming its kernel, now and at every later kernel
+    start (a restart after a crash), so another replica can adopt or delete it if this one dies.
+    Kernels that die with their server (local ones) have nothing to note: nothing is done for them.
+    ``session``: a ``core.Session`` (typed loosely: the owner hands out its ``StoppableSession`` view)."""
+    if LIVE is None or _app is None or not _app.kernel_backend.kernels_outlive_server:
         return
     loop = asyncio.get_running_loop()
     live = LIVE
 
     def note(kernel_id: str | None) -> None:  # on the loop
-        in_background(live.note_kernel(chat, session.session_id, kernel_id), f"noting gateway kernel {kernel_id}")
+        in_background(live.note_kernel(chat, session.session_id, kernel_id), f"noting kernel {kernel_id}")
 
     session.executor.on_kernel_started = lambda kernel_id: loop.call_soon_threadsafe(note, kernel_id)
     current = session.executor.remote_kernel_id

@@ -14,10 +14,10 @@ process's memory:
   that dies stops renewing its rows, so they stop counting after ``3 × heartbeat`` seconds; its
   local kernels died with it (``bwrap --die-with-parent``). The row also remembers the chat's
   thread, so a page whose replica died reconnects into the same chat (``LiveSessions.thread_of``);
-* **gateway kernels** (schema version 3: the row's ``sessionId`` and ``kernelId``): a kernel on a
-  Jupyter gateway outlives the replica that started it. When the chat comes back on another
-  replica, that replica adopts the kernel (``adopt_kernel``: the variables survive, nothing is
-  replayed) once the dead replica's rows have expired; a kernel nobody adopts within
+* **kernels that outlive their replica** (schema version 3: the row's ``sessionId`` and ``kernelId``),
+  as a Jupyter gateway's do (``KernelBackend.kernels_outlive_server``). When the chat comes back
+  on another replica, that replica adopts the kernel (``adopt_kernel``: the variables survive,
+  nothing is replayed) once the dead replica's rows have expired; a kernel nobody adopts within
   ``adopt_window_s`` after that is deleted by whichever replica's heartbeat finds it first
   (``reap_orphans``). Row locks (``FOR UPDATE``, ``SKIP LOCKED``) keep two replicas from both
   adopting, or both deleting, one kernel, and from deleting one being adopted.
@@ -166,7 +166,8 @@ class SharedLoginThrottle:
 # ----------------------------------------------------------------------------------- live sessions
 
 
-# Deletes one kernel on the gateway (404 included); raises when the gateway could not be asked.
+# Deletes one kernel a dead replica left (``KernelBackend.delete_kernel``, off the loop; a kernel
+# already gone included); raises when the backend could not be asked.
 KernelDeleter = Callable[[str], Awaitable[None]]
 
 
@@ -185,7 +186,8 @@ class LiveSessions:
         self.replica = replica
         self.heartbeat_s = heartbeat_s
         self.adopt_window_s = adopt_window_s
-        # Set at start when kernels run on a gateway: the heartbeat then deletes orphaned kernels.
+        # Set at start when the kernel backend's kernels outlive their replica: the heartbeat then
+        # deletes orphaned kernels.
         self.delete_kernel: KernelDeleter | None = None
         self._beat: asyncio.Task[None] | None = None
 

@@ -1,9 +1,9 @@
 """What the executor, KernelRPC and user_run need of a kernel, wherever it runs.
 
-Two backends have this shape: ``kernel_process.KernelProcess`` (a local child process in its
-sandbox) and ``gateway_kernel.GatewayKernel`` (a kernel on a Jupyter kernel gateway);
-``backend.new_kernel_handle`` picks one from the settings. The executor calls the file hooks around
-every execution and never asks which backend it has.
+Each kernel backend (``backend.KernelBackend.new_kernel``) returns one: ``kernel_process.KernelProcess``
+(a local child process in its sandbox), ``gateway_kernel.GatewayKernel`` (a kernel on a Jupyter
+kernel gateway). The executor calls the file hooks around every execution and reads what it needs
+through this protocol only: it never asks which backend it has, nor looks for a backend's attributes.
 """
 
 from __future__ import annotations
@@ -34,6 +34,17 @@ class KernelHandle(Protocol):
 
     @property
     def sandboxed(self) -> bool: ...
+
+    @property
+    def kernel_id(self) -> str | None:
+        """The backend's id of the running kernel, by which another server may adopt or delete it;
+        None where kernels die with their server (local) or none runs."""
+        ...
+
+    @property
+    def adopted(self) -> bool:
+        """The running kernel is one another server started (``attach_to``), variables included."""
+        ...
 
     def alive(self) -> bool: ...
 

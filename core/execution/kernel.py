@@ -1,7 +1,8 @@
 """One stateful Jupyter kernel per session, with timeouts, cancel, crash recovery and plugins.
 
-The facade over three seams: the kernel handle (``handle.KernelHandle``, picked by ``backend``: a
-local sandboxed ``kernel_process`` or a ``gateway_kernel`` on a Jupyter kernel gateway; launch,
+The facade over three seams: the kernel handle (``handle.KernelHandle``, made by the app's
+``backend.KernelBackend``: a local sandboxed ``kernel_process``, a ``gateway_kernel`` on a Jupyter
+kernel gateway, or any registered backend's; launch,
 teardown, signals, and the files of a remote kernel), ``kernel_rpc`` (calls into the kernel) and
 ``user_run`` (waiting for user code); the user-facing sentences are in ``messages``.
 
@@ -22,7 +23,7 @@ from typing import Any, Callable, Sequence
 from core.cancel import CancelToken
 from core.config import ExecutionSettings
 from core.execution import messages
-from core.execution.backend import new_kernel_handle
+from core.execution.backend import KernelBackend, backend_for
 from core.execution.kernel_process import KernelStartError
 from core.execution.kernel_rpc import NO_REPLY_GRACE_SECONDS, SILENT_TIMEOUT_SECONDS, KernelDiedError, KernelRPC
 from core.execution.limits import MB, disk_room, folder_bytes, set_file_size_limit
@@ -57,11 +58,13 @@ class KernelExecutor:
         start_gate: StartGate | None = None,
         session_var_limits: tuple[int, int] | None = None,
         attach_to: str | None = None,
+        backend: KernelBackend | None = None,
     ) -> None:
-        """``attach_to``: a gateway kernel of this session that another server started (see ``adopted``)."""
+        """``attach_to``: a kernel of this session that another server started (see ``adopted``);
+        ``backend``: the app's kernel backend (None: the one ``settings`` choose)."""
         self.session_id = session_id
         # Called with ``remote_kernel_id`` after each kernel start (on the starting thread), so a web
-        # tier can note which gateway kernel a session holds; None: nobody listens.
+        # tier can note which kernel a session holds (where kernels outlive it); None: nobody listens.
         self.on_kernel_started: Callable[[str | None], object] | None = None
         # Plugins' ``set_session_var``: (count, value chars) bounds, and who merges what they set.
         self.session_var_limits = session_var_limits
@@ -69,6 +72,7 @@ class KernelExecutor:
         self.start_gate = start_gate  # bounds concurrent kernel starts across sessions; None: unbounded
         self.cwd = Path(cwd).resolve()
         self.settings = settings or ExecutionSettings()
+        self.backend = backend or backend_for(self.settings)
         self.timeout = timeout
         self.start_timeout = start_timeout
         self.extra_env = dict(extra_env or {})
@@ -77,8 +81,8 @@ class KernelExecutor:
         self._plugin_errors: list[str] = []
         # Plugin folders are visible, read-only, inside the sandbox.
         plugin_dirs = sorted({p.code_path.resolve().parent for p in self._plugins if p.code_path is not None})
-        self.process = new_kernel_handle(
-            session_id, self.cwd, self.settings, self.extra_env, start_timeout, plugin_dirs, attach_to
+        self.process = self.backend.new_kernel(
+            session_id, self.cwd, self.extra_env, start_timeout, plugin_dirs, attach_to
         )
         self._rpc = KernelRPC(self.process)
         self._lifecycle = threading.RLock()
@@ -105,14 +109,13 @@ class KernelExecutor:
 
     @property
     def remote_kernel_id(self) -> str | None:
-        """The gateway's id of the running kernel; None for a local kernel or none running."""
-        kernel_id = getattr(self.process, "kernel_id", None)
-        return kernel_id if isinstance(kernel_id, str) else None
+        """The backend's id of the running kernel, where kernels outlive their server; else None."""
+        return self.process.kernel_id
 
     @property
     def adopted(self) -> bool:
         """The running kernel is the ``attach_to`` one, with the variables it had: nothing to replay."""
-        return bool(getattr(self.process, "adopted", False))
+        return self.process.adopted
 
     @property
     def ready(self) -> bool:

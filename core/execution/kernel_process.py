@@ -77,6 +77,14 @@ class KernelProcess:
     def sandboxed(self) -> bool:
         return self.box is not None and self.box.sandboxed
 
+    @property
+    def kernel_id(self) -> str | None:
+        return None  # a local kernel dies with this server: nobody else can adopt it
+
+    @property
+    def adopted(self) -> bool:
+        return False
+
     def alive(self) -> bool:
         box = self.box
         return self.proc is not None and self.proc.poll() is None and not (box is not None and box.kernel_exited())

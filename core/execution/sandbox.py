@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from core.errors import WeaverError
 from core.execution.limits import DATA_FALLBACK_FACTOR, KernelCgroups, Limits, sweep_stale_cgroups, wrapper_argv
@@ -119,8 +119,11 @@ def _userns_flags() -> tuple[str, ...]:
 
 
 def uses_bwrap(settings: ExecutionSettings) -> bool:
-    """Whether kernels run in bubblewrap; ``sandbox = "bwrap"`` without a working bwrap raises."""
-    if settings.gateway_url or settings.sandbox == "none":  # on a gateway, isolation is the gateway's
+    """Whether a local kernel runs in bubblewrap; ``sandbox = "bwrap"`` without a working bwrap raises.
+
+    The policy around it (the warning, the refusal to serve others unsandboxed) is the local
+    kernel backend's (``local_backend.py``); kernels elsewhere never reach this module."""
+    if settings.sandbox == "none":
         return False
     problem = bwrap_problem()
     if problem is None:
@@ -130,40 +133,6 @@ def uses_bwrap(settings: ExecutionSettings) -> bool:
             f"execution.sandbox is 'bwrap' but {problem}: {INSTALL_HINT}, or set execution.sandbox to 'auto' or 'none'."
         )
     return False
-
-
-def sandbox_warning(settings: ExecutionSettings) -> str | None:
-    """The sentence to show operators when kernels run unsandboxed, or None when they are sandboxed."""
-    if settings.gateway_url:
-        return None  # no local kernels: each runs where the gateway puts it (one container per kernel)
-    if settings.sandbox == "none":
-        why = "execution.sandbox is 'none'"
-    else:
-        problem = bwrap_problem()
-        if problem is None:
-            return None
-        why = problem
-    return (
-        f"Users' code runs WITHOUT a sandbox because {why}: any user can read other sessions' files, "
-        f"the app's config and the server's secrets. To isolate users, {INSTALL_HINT}."
-    )
-
-
-def require_sandbox(config: Any, reason: str) -> None:
-    """Refuse to serve ``reason`` (e.g. "with login on") unsandboxed in ``auto`` mode.
-
-    ``config`` is an ``AppConfig`` or its ``ExecutionSettings``. Raises
-    ``SandboxUnavailableError`` unless kernels will be sandboxed, the operator chose
-    ``execution.sandbox = "none"`` explicitly, or set ``execution.allow_unsandboxed``.
-    """
-    settings = getattr(config, "execution", config)
-    if settings.gateway_url or uses_bwrap(settings) or settings.sandbox == "none" or settings.allow_unsandboxed:
-        return
-    raise SandboxUnavailableError(
-        f"Weaver will not run users' code without a sandbox {reason}: {bwrap_problem()}. "
-        f"To fix it, {INSTALL_HINT}; to accept the risk, set execution.allow_unsandboxed = true "
-        "(WEAVER_EXECUTION__ALLOW_UNSANDBOXED=true)."
-    )
 
 
 def limits_of(settings: ExecutionSettings) -> Limits:

@@ -1,0 +1,84 @@
+"""Kernels as child processes of this server, each in its own bubblewrap sandbox (``sandbox.py``).
+
+The policy of local kernels lives here: whether they will be sandboxed, the warning when they are
+not, the refusal to serve other people unsandboxed, where they read the datasets, and the clean-up
+after an earlier server. A kernel dies with its server (``--die-with-parent``), so nothing is adopted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.execution.backend import BackendStatus, KernelBackend
+from core.execution.handle import KernelHandle
+from core.execution.kernel_process import KernelProcess
+from core.execution.sandbox import (
+    INSTALL_HINT,
+    SandboxUnavailableError,
+    bwrap_problem,
+    data_mount,
+    sweep_stale,
+    uses_bwrap,
+)
+
+
+class LocalBackend(KernelBackend):
+    """``execution.backend = "local"`` (the default): sandboxed local processes."""
+
+    def new_kernel(
+        self,
+        session_id: str,
+        cwd: Path,
+        extra_env: dict[str, str],
+        start_timeout: float,
+        read_only: list[Path],
+        attach_to: str | None = None,
+    ) -> KernelHandle:
+        """``attach_to`` is ignored: a local kernel died with the server that started it."""
+        return KernelProcess(session_id, cwd, self.settings, extra_env, start_timeout, read_only)
+
+    def check_startup(self) -> None:
+        """``execution.sandbox = "bwrap"`` without a working bubblewrap refuses to start."""
+        uses_bwrap(self.settings)
+
+    def sweep_stale(self) -> None:
+        sweep_stale()
+
+    def data_mount(self, data_dir: Path) -> Path:
+        """``/data`` inside the sandbox; the folder's own path unsandboxed."""
+        return data_mount(data_dir, uses_bwrap(self.settings))
+
+    def sandbox_warning(self) -> str | None:
+        if self.settings.sandbox == "none":
+            why = "execution.sandbox is 'none'"
+        else:
+            problem = bwrap_problem()
+            if problem is None:
+                return None
+            why = problem
+        return (
+            f"Users' code runs WITHOUT a sandbox because {why}: any user can read other sessions' files, "
+            f"the app's config and the server's secrets. To isolate users, {INSTALL_HINT}."
+        )
+
+    def require_sandbox(self, reason: str) -> None:
+        """Refuse unsandboxed kernels in ``auto`` mode unless the operator chose ``execution.sandbox =
+        "none"`` by name or set ``execution.allow_unsandboxed``."""
+        settings = self.settings
+        if uses_bwrap(settings) or settings.sandbox == "none" or settings.allow_unsandboxed:
+            return
+        raise SandboxUnavailableError(
+            f"Weaver will not run users' code without a sandbox {reason}: {bwrap_problem()}. "
+            f"To fix it, {INSTALL_HINT}; to accept the risk, set execution.allow_unsandboxed = true "
+            "(WEAVER_EXECUTION__ALLOW_UNSANDBOXED=true)."
+        )
+
+    def status(self) -> BackendStatus:
+        try:
+            sandboxed = uses_bwrap(self.settings)
+        except SandboxUnavailableError as exc:
+            return BackendStatus(self.name, False, str(exc), "execution.sandbox")
+        if sandboxed:
+            return BackendStatus(self.name, True, "each in a bubblewrap sandbox")
+        why = "execution.sandbox is 'none'" if self.settings.sandbox == "none" else bwrap_problem()
+        return BackendStatus(self.name, True, f"WITHOUT a sandbox ({why})")
