@@ -12,8 +12,10 @@ layer to Chainlit with ``@cl.data_layer``::
 
     layer = await open_history(app_dir, history_settings().database_url, on_thread_deleted=...)
 
-Modules: ``layer`` (``WeaverDataLayer``), ``schema`` (tables and migrations), ``storage``
-(files and key checks), ``route`` (the file route).
+Modules: ``layer`` (``WeaverDataLayer``, made of ``users``, ``threads``, ``steps``, ``elements``
+and ``feedback`` over the SQL of ``store``), ``write_behind`` (steps stored together), ``rows``
+(rows as Chainlit's dicts), ``schema`` (tables and migrations), ``storage`` (files and key checks),
+``route`` (the file route).
 """
 
 from __future__ import annotations
