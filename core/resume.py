@@ -5,15 +5,17 @@ chat opened again later - after a server restart too - gets a Session with those
 memory (the Planner knows what was said and done) and the same files. Kernel variables cannot be
 saved, so they are rebuilt by running again, in order, the code that succeeded in that chat.
 
-What is not replayed: code that calls a plugin (a plugin may send mail, charge a card, write to
-a database: its side effects must not happen twice), and code that failed or was cancelled the
-first time. A skipped step is named in the report; a step that fails now stops the replay, which
-is reported without failing the chat. The whole replay has a time bound.
+What is not replayed: code that could reach a plugin (a plugin may send mail, charge a card,
+write to a database: its side effects must not happen twice) - by naming it, by looking names up
+at run time (``eval``, ``globals()``, ``getattr`` with a computed name...), through a name an
+earlier skipped step made, or through IPython magics (``core.replay_check`` decides) - and code
+that failed or was cancelled the first time. A skipped step is named in the report; a step that
+fails now stops the replay, which is reported without failing the chat. The whole replay has a
+time bound.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import logging
 import time
@@ -24,6 +26,7 @@ from typing import Callable, Iterable, Protocol
 from core.cancel import CancelToken
 from core.execution.result import ExecutionResult
 from core.memory import AttachmentType, ExecutionStatus, RoleName, Round
+from core.replay_check import ReplayChecker, Skip
 
 logger = logging.getLogger(__name__)
 
@@ -63,34 +66,27 @@ class ReplayStep:
     """One piece of code from the chat, and why it is skipped (None: it is run)."""
 
     code: str
-    skip_reason: str | None = None
+    skip_reason: Skip | None = None
 
 
 def replay_plan(rounds: Iterable[Round], plugin_names: Iterable[str]) -> list[ReplayStep]:
-    """The code that succeeded in these rounds, in order; code that calls a plugin is skipped."""
-    plugins = set(plugin_names)
+    """The code that succeeded in these rounds, in order; code that could reach a plugin is
+    skipped (see ``core.replay_check``)."""
+    checker = ReplayChecker(frozenset(plugin_names))
     steps: list[ReplayStep] = []
     for rnd in rounds:
         for post in rnd.post_list:
             if post.send_from != RoleName.CodeInterpreter:
                 continue
-            if post.first(AttachmentType.execution_status) != ExecutionStatus.success:
-                continue
+            status = post.first(AttachmentType.execution_status)
             code = str(post.first(AttachmentType.reply_content, "") or "")
-            if not code.strip():
+            if status is None or not code.strip():
                 continue
-            called = sorted(plugins & _names_in(code))
-            reason = f"it calls the plugin {', '.join(called)}, whose side effects are not repeated" if called else None
-            steps.append(ReplayStep(code, reason))
+            if status != ExecutionStatus.success:
+                checker.not_run(code)  # what it made is missing from the replay
+                continue
+            steps.append(ReplayStep(code, checker.check(code)))
     return steps
-
-
-def _names_in(code: str) -> set[str]:
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return set()
-    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
 
 
 @dataclass

@@ -605,6 +605,48 @@ def test_hostile_ids_and_names_are_refused(db: DB, tmp_path: Path) -> None:
     run(db, scenario)
 
 
+def test_feedback_stays_on_its_step_and_a_step_is_deleted_only_from_its_own_chat(db: DB, tmp_path: Path) -> None:
+    """Ids come from the browser: a feedback id sent again for another step, or a step id removed
+    from another chat's session, must not change the chat the row is in."""
+
+    async def scenario(layer: WeaverDataLayer) -> None:
+        from chainlit.context import context
+        from chainlit.types import Feedback
+
+        alice, bob = await new_user(layer, "alice"), await new_user(layer, "bob")
+        hers, _ = await new_chat(layer, alice, "hers", tmp_path)
+        mine, _ = await new_chat(layer, bob, "mine", tmp_path)
+        her_answer = (await layer.get_thread(hers))["steps"][2]["id"]  # type: ignore[index]
+        my_answer = (await layer.get_thread(mine))["steps"][2]["id"]  # type: ignore[index]
+
+        async def feedback(thread_id: str, step_id: str) -> Any:
+            steps = (await layer.get_thread(thread_id))["steps"]  # type: ignore[index]
+            return next(s for s in steps if s["id"] == step_id).get("feedback")
+
+        given = await layer.upsert_feedback(Feedback(forId=her_answer, value=1, threadId=hers, comment="good"))
+        await layer.upsert_feedback(Feedback(id=given, forId=my_answer, value=0, threadId=mine, comment="moved"))
+        kept = await feedback(hers, her_answer)
+        assert kept is not None and (kept["value"], kept["comment"]) == (1, "good")
+        assert await feedback(mine, my_answer) is None
+        from ui.history.feedback import FeedbackTarget
+
+        assert await layer.feedback_target(given) == FeedbackTarget(step_id=her_answer, author="alice")
+        assert await layer.step_author(her_answer) == "alice" and await layer.step_author("no-such-step") is None
+
+        naming_hers = await layer.upsert_feedback(Feedback(forId=my_answer, value=0, threadId=hers))
+        assert await count(layer, "feedbacks", '"id" = :id AND "threadId" = :t', id=naming_hers, t=mine) == 1
+
+        context.session.thread_id = mine  # bob's session asks
+        await layer.delete_step(her_answer)
+        assert her_answer in [s["id"] for s in (await layer.get_thread(hers))["steps"]]  # type: ignore[index]
+        assert await feedback(hers, her_answer) is not None
+        await layer.delete_step(my_answer)
+        assert my_answer not in [s["id"] for s in (await layer.get_thread(mine))["steps"]]  # type: ignore[index]
+        assert await count(layer, "feedbacks", '"forId" = :id', id=my_answer) == 0
+
+    run(db, scenario)
+
+
 HOSTILE_KEYS = [
     "../x",
     "a/../../x",

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from core import SessionNotFound, TaskWeaverApp
+from core.memory import Attachment, AttachmentType, ExecutionStatus, Post, Round
+from core.replay_check import SkipKind
 from core.resume import replay_plan
 
 FIXTURE_APP = Path(__file__).parent / "app_fixture"
@@ -101,16 +103,114 @@ def test_only_existing_session_folders_can_be_opened(app_dir: Path) -> None:
         app.stop()
 
 
+def coder(text: str, status: ExecutionStatus = ExecutionStatus.success) -> Post:
+    post = Post(send_from="CodeInterpreter", send_to="Planner")
+    post.add_attachment(Attachment(AttachmentType.reply_content, text))
+    post.add_attachment(Attachment(AttachmentType.execution_status, status))
+    return post
+
+
 def test_replay_plan_skips_plugins_and_failures() -> None:
-    from core.memory import Attachment, AttachmentType, ExecutionStatus, Post, Round
-
-    def coder(text: str, status: ExecutionStatus) -> Post:
-        post = Post(send_from="CodeInterpreter", send_to="Planner")
-        post.add_attachment(Attachment(AttachmentType.reply_content, text))
-        post.add_attachment(Attachment(AttachmentType.execution_status, status))
-        return post
-
     rnd = Round("q", post_list=[coder("a = 1", ExecutionStatus.success), coder("b = 1/0", ExecutionStatus.failure)])
     rnd.add_post(coder("send_mail(to='x')", ExecutionStatus.success))
     plan = replay_plan([rnd], ["send_mail"])
     assert [(s.code, s.skip_reason is None) for s in plan] == [("a = 1", True), ("send_mail(to='x')", False)]
+
+
+# -- code that reaches a plugin without calling it by name ---------------------------------------
+
+SEND_MAIL_PY = """
+from taskweaver.plugin import Plugin, register_plugin
+
+
+@register_plugin
+class SendMail(Plugin):
+    def __call__(self, tag: str):
+        with open("outbox.txt", "a") as outbox:  # the side effect: one line per mail sent
+            outbox.write(tag + "\\n")
+        return "sent " + tag
+"""
+SEND_MAIL_YAML = """
+name: send_mail
+enabled: true
+required: false
+description: Sends a mail (here, a line in outbox.txt).
+parameters:
+  - name: tag
+    type: str
+    required: true
+    description: what the mail says
+returns:
+  - name: status
+    type: str
+    description: what was sent
+"""
+# Each reaches send_mail once, and says which way it went.
+INDIRECT = {
+    "globals": "globals()['send_' + 'mail']('globals')",
+    "eval": "eval('send_' + \"mail('eval')\")",
+    "exec": "exec('send_' + \"mail('exec')\")",
+    "getattr": "import sys as system\ngetattr(system.modules[__name__], 'send_' + 'mail')('getattr')",
+    "__import__": "__import__('__m' + 'ain__').__dict__['send_' + 'mail']('__import__')",
+    "importlib": "import importlib\nimportlib.import_module('__main__').__dict__['send_' + 'mail']('importlib')",
+    "vars": "vars()['send_' + 'mail']('vars')",
+    "locals": "locals()['send_' + 'mail']('locals')",
+    "magic": "%time send_mail('magic')",
+}
+ALIAS = ("f = send_mail", "f('alias')")  # the second reaches the plugin through a name the first made
+
+
+@pytest.mark.parametrize("form", [*INDIRECT, "alias"])
+def test_each_indirect_way_to_a_plugin_is_skipped_and_data_code_is_not(form: str) -> None:
+    cells = list(ALIAS) if form == "alias" else [INDIRECT[form]]
+    rnd = Round("q", post_list=[coder("x = 41"), *(coder(c) for c in cells), coder("y = x + 1")])
+    plan = replay_plan([rnd], ["send_mail"])
+    assert [s.skip_reason is None for s in plan] == [True, *(False for _ in cells), True]
+    kinds = {s.skip_reason.kind for s in plan if s.skip_reason is not None}
+    assert kinds <= {SkipKind.PLUGIN, SkipKind.DYNAMIC, SkipKind.FROM_SKIPPED, SkipKind.NOT_PYTHON}
+
+
+def test_names_made_by_skipped_or_failed_steps_are_tracked_until_made_again() -> None:
+    rnd = Round(
+        "q",
+        post_list=[
+            coder("rows = send_mail('x')"),  # skipped: rows is missing in the replay
+            coder("n = len(rows)"),  # skipped too: it uses rows
+            coder("half = 1 / 0", ExecutionStatus.failure),  # failed: half is missing too
+            coder("print(half)"),
+            coder("rows = [1, 2]\nn = len(rows)"),  # makes rows again before using it
+            coder("total = sum(rows) + n"),
+            coder("import operator\nkey = operator.itemgetter(0)"),
+        ],
+    )
+    plan = replay_plan([rnd], ["send_mail"])
+    assert [s.skip_reason is None for s in plan] == [False, False, False, True, True, True]
+    assert "it uses rows, made by an earlier step" in str(plan[1].skip_reason)
+    assert "it uses half" in str(plan[2].skip_reason)
+
+
+def test_a_resumed_chat_does_not_repeat_a_plugin_reached_indirectly(app_dir: Path) -> None:
+    (app_dir / "plugins" / "send_mail.py").write_text(SEND_MAIL_PY)
+    (app_dir / "plugins" / "send_mail.yaml").write_text(SEND_MAIL_YAML)
+    first = TaskWeaverApp(app_dir=app_dir)
+    session = first.get_session()
+    session_id, outbox = session.session_id, session.execution_cwd / "outbox.txt"
+    cells = ["x = 41", *INDIRECT.values(), *ALIAS, "y = x + 1"]
+    for cell in cells:
+        assert session.send_message(code(cell)).state == "finished"
+    sent = sorted(outbox.read_text().split())
+    assert sent == sorted([*INDIRECT, "alias"]), "every way reached the plugin once"
+    first.stop()
+
+    second = TaskWeaverApp(app_dir=app_dir)
+    try:
+        resumed = second.open_session(session_id)
+        report = resumed.replay_code()
+        again = sorted(outbox.read_text().split())
+        assert again == sent, f"sent again at resume: {sorted({tag for tag in again if again.count(tag) > 1})}"
+        assert report.complete and report.ran == 2 and report.total == len(cells), report.summary()
+        assert "looks names up at run time" in report.summary()
+        answer = resumed.send_message(code("print(x, y)")).reply_text
+        assert "41 42" in answer, answer
+    finally:
+        second.stop()

@@ -26,7 +26,14 @@ from core.workspace import default_app_dir
 from ui import chainlit_timing, guard, socket_writes
 from ui.auth import AuthSetupError, LoginLimiter, LoginThrottle, choose_mode, install_login
 from ui.bridge import in_background, run_in_thread
-from ui.history import HistoryConfigError, WeaverDataLayer, history_settings, install_file_route, open_history
+from ui.history import (
+    HistoryConfigError,
+    WeaverDataLayer,
+    history_settings,
+    install_file_route,
+    install_ownership_checks,
+    open_history,
+)
 from ui.lifecycle import SessionOwner
 from ui.settings import UISettingsError, is_loopback, serving_hosts, serving_origins, ui_settings
 from ui.shared import EXPIRY_BEATS, LiveSessions, SharedLoginThrottle, is_shared
@@ -142,6 +149,7 @@ def _install_history_route() -> None:
     from chainlit.server import app as server_app
 
     install_file_route(server_app, lambda: HISTORY, prefix=HISTORY_FILES)  # ahead of Chainlit's catch-all
+    install_ownership_checks(server_app, lambda: HISTORY)  # feedback and element routes: the caller's rows only
 
 
 _install_history_route()

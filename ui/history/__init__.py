@@ -12,8 +12,10 @@ layer to Chainlit with ``@cl.data_layer``::
 
     layer = await open_history(app_dir, history_settings().database_url, on_thread_deleted=...)
 
-Modules: ``layer`` (``WeaverDataLayer``), ``schema`` (tables and migrations), ``storage``
-(files and key checks), ``route`` (the file route).
+Modules: ``layer`` (``WeaverDataLayer``, made of ``users``, ``threads``, ``steps``, ``elements``
+and ``feedback`` over the SQL of ``store``), ``write_behind`` (steps stored together), ``rows``
+(rows as Chainlit's dicts), ``schema`` (tables and migrations), ``storage`` (files and key checks),
+``route`` (the file route), ``ownership`` (feedback and element routes refuse another user's rows).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Mapping
 from chainlit.data.storage_clients.base import BaseStorageClient
 
 from ui.history.layer import ThreadDeleted, WeaverDataLayer, is_thread_id
+from ui.history.ownership import install_ownership_checks
 from ui.history.route import install_file_route, request_user
 from ui.history.schema import MIGRATIONS, SCHEMA_VERSION, Migration, SchemaError, migrate, schema_version
 from ui.history.storage import (
@@ -55,6 +58,7 @@ __all__ = [
     "database_url_for",
     "history_settings",
     "install_file_route",
+    "install_ownership_checks",
     "is_thread_id",
     "make_storage",
     "migrate",

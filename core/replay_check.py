@@ -1,0 +1,295 @@
+"""Which earlier code a resumed chat may run again: only code that provably cannot reach a plugin.
+
+A plugin may send mail, charge a card or write to a database; running it again at every resume
+would repeat that. Code reaches a plugin by naming it, but also indirectly: ``globals()['send_' +
+'mail']()``, ``eval``, ``getattr(module, name)``, an alias made earlier (``f = send_mail``). So each
+step is read with ``ast`` and skipped (``Skip``, which says why) when:
+
+* it **names a plugin**: as a name, an attribute, an import, or inside a string or bytes literal
+  (a string can be evaluated or looked up, and pandas' ``query``/``eval`` call ``@name``);
+* it **looks something up at run time**: ``globals``, ``locals``, ``vars``, ``eval``, ``exec``,
+  ``compile``, ``__import__``, ``__builtins__``, ``builtins``, ``importlib``, ``setattr``,
+  ``delattr``, ``getattr`` with a computed name, ``operator.attrgetter``/``methodcaller``,
+  ``sys.modules``/``sys._getframe``, ``IPython``/``get_ipython``, a dunder attribute such as
+  ``__dict__`` or ``__globals__``, frame attributes (``f_globals``...), ``.query``/``.eval``
+  with a computed expression, or imports of ``inspect``, ``gc``, ``ctypes``, ``__main__`` or the
+  plugin machinery (``taskweaver``, ``core``);
+* it **uses a name that a step not replayed made** (skipped, failed or cancelled) and no
+  replayed step has made again since: in the replay that name is missing, or holds something
+  else (``f = send_mail`` is skipped, so a later ``f()`` is skipped too, not a NameError that
+  stops the restore);
+* it is **not plain Python**: IPython's ``%magic`` and ``!shell`` lines run whatever they say.
+
+Names are tracked per statement at the top level of each step (a use checked before the
+statement's own bindings; uses inside functions count, bindings inside them do not). This is a
+conservative reading of the text, not a sandbox: it decides what is run *again*, which the user
+already ran once, and when in doubt it skips.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Iterator
+
+# Reached by name, these look up or run other names at run time.
+DYNAMIC_NAMES = frozenset(
+    {
+        "globals", "locals", "vars", "eval", "exec", "compile", "__import__", "__builtins__", "builtins",
+        "importlib", "setattr", "delattr", "get_ipython", "IPython", "breakpoint", "attrgetter", "methodcaller",
+        "__main__", "__loader__", "__spec__",
+    }
+)  # fmt: skip
+# Attributes that reach namespaces, frames or objects by a computed path.
+DYNAMIC_ATTRIBUTES = frozenset(
+    {
+        "f_globals", "f_locals", "f_builtins", "f_back", "tb_frame", "gi_frame", "cr_frame", "ag_frame",
+        "_getframe", "_current_frames", "attrgetter", "methodcaller", "get_ipython", "run_line_magic",
+        "run_cell_magic", "user_ns", "import_module",
+    }
+)  # fmt: skip
+HARMLESS_DUNDERS = frozenset({"__name__", "__doc__", "__version__", "__file__", "__qualname__", "__module__"})
+SYS_LOOKUPS = frozenset({"modules", "_getframe", "_current_frames"})
+# Modules that hand out other objects by name or by scanning the process (or hold the plugins).
+BLOCKED_MODULES = frozenset(
+    {"importlib", "builtins", "__main__", "IPython", "inspect", "gc", "ctypes", "taskweaver", "core"}
+)
+# A pandas ``.query``/``.eval`` string resolves ``@names`` from the caller's variables.
+EXPRESSION_METHODS = frozenset({"query", "eval"})
+
+
+class SkipKind(Enum):
+    PLUGIN = "plugin"  # names a plugin
+    DYNAMIC = "dynamic"  # looks names up at run time
+    FROM_SKIPPED = "from_skipped"  # uses a name only a step not replayed made
+    NOT_PYTHON = "not_python"  # IPython magics or shell lines, or not code at all
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Why a step is not run again; ``str()`` says it in words a user can read."""
+
+    kind: SkipKind
+    names: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        listed = ", ".join(self.names)
+        if self.kind is SkipKind.PLUGIN:
+            return f"it calls the plugin {listed}, whose side effects are not repeated"
+        if self.kind is SkipKind.DYNAMIC:
+            return (
+                f"it looks names up at run time ({listed}), so it could reach a plugin, "
+                "whose side effects are not repeated"
+            )
+        if self.kind is SkipKind.FROM_SKIPPED:
+            return f"it uses {listed}, made by an earlier step that is not run again"
+        return "it is not plain Python (IPython magics or shell commands), so it could call a plugin"
+
+
+@dataclass
+class ReplayChecker:
+    """Decides step by step, in the chat's order, and remembers the names that steps not replayed made."""
+
+    plugins: frozenset[str]
+    missing: set[str] = field(default_factory=set)  # made by a step not replayed, not made again since
+    _sys_names: set[str] = field(default_factory=lambda: {"sys"})
+
+    def check(self, code: str) -> Skip | None:
+        """Why ``code`` must not run again, or None; either way its names are accounted for."""
+        tree, plain = _parse(code)
+        if tree is None:
+            return Skip(SkipKind.NOT_PYTHON)
+        self._sys_names |= _aliases_of(tree, "sys")
+        skip = self._reaches_plugin(tree) if plain else Skip(SkipKind.NOT_PYTHON)
+        if skip is None:
+            skip = self._uses_missing(tree)
+        if skip is not None:
+            self.missing |= _bound_names(tree)
+        return skip
+
+    def not_run(self, code: str) -> None:
+        """A step that is not run again for another reason (it failed, or was cancelled)."""
+        tree, _ = _parse(code)
+        if tree is not None:
+            self.missing |= _bound_names(tree)
+
+    def _reaches_plugin(self, tree: ast.Module) -> Skip | None:
+        named = sorted(self.plugins & _identifiers(tree)) or sorted(p for p in self.plugins if _in_literals(tree, p))
+        if named:
+            return Skip(SkipKind.PLUGIN, tuple(named))
+        dynamic = sorted(set(_dynamic_uses(tree, self._sys_names)))
+        if dynamic:
+            return Skip(SkipKind.DYNAMIC, tuple(dynamic))
+        return None
+
+    def _uses_missing(self, tree: ast.Module) -> Skip | None:
+        used: set[str] = set()
+        for statement in tree.body:
+            used |= _loaded_names(statement) & self.missing
+            self.missing -= _bound_names(ast.Module(body=[statement], type_ignores=[]))
+        if used:  # ``check`` marks everything the step binds as missing again
+            return Skip(SkipKind.FROM_SKIPPED, tuple(sorted(used)))
+        return None
+
+
+def _parse(code: str) -> tuple[ast.Module | None, bool]:
+    """The code as Python, and whether it was plain Python; IPython lines (``%magic``,
+    ``!shell``) are read as the kernel would run them, to learn what they bind."""
+    try:
+        return ast.parse(code), True
+    except (SyntaxError, ValueError):
+        pass
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        return ast.parse(TransformerManager().transform_cell(code)), False
+    except Exception:
+        return None, False
+
+
+def _identifiers(tree: ast.AST) -> set[str]:
+    """Every name, attribute and imported name the code mentions."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.alias):
+            found.update(node.name.split("."))
+            if node.asname:
+                found.add(node.asname)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.update(node.module.split("."))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found.add(node.name)
+        elif isinstance(node, ast.arg):
+            found.add(node.arg)
+        elif isinstance(node, ast.keyword) and node.arg:
+            found.add(node.arg)
+    return found
+
+
+def _in_literals(tree: ast.AST, name: str) -> bool:
+    """Whether a string or bytes literal holds ``name`` as a word (``_`` and ``.`` count as breaks,
+    so ``'_weaver_plugin_send_mail'`` and ``'@send_mail(1)'`` hold ``send_mail``)."""
+    word = re.compile(rf"(?<![A-Za-z0-9]){re.escape(name)}(?![A-Za-z0-9])")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant):
+            value = node.value
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            if isinstance(text, str) and word.search(text):
+                return True
+    return False
+
+
+def _is_text(node: ast.AST | None) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def _dynamic_uses(tree: ast.AST, sys_names: set[str]) -> Iterator[str]:
+    """What in the code looks names up at run time, each as the code spells it."""
+    literal_getattr = {  # ``getattr(x, "name")``: its own Name node is fine
+        id(node.func)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) >= 2
+        if _is_text(node.args[1])
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if node.id in DYNAMIC_NAMES:
+                yield node.id
+            elif node.id == "getattr" and id(node) not in literal_getattr:
+                yield "getattr with a computed name"
+        elif isinstance(node, ast.Attribute):
+            yield from _dynamic_attribute(node, sys_names)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            if node.func.attr in EXPRESSION_METHODS:
+                first = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "expr"), None)
+                if first is not None and not _is_text(first):
+                    yield f".{node.func.attr} with a computed expression"
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield from _blocked_imports(node)
+
+
+def _dynamic_attribute(node: ast.Attribute, sys_names: set[str]) -> Iterator[str]:
+    attr = node.attr
+    dunder = attr.startswith("__") and attr.endswith("__")
+    if attr in DYNAMIC_ATTRIBUTES or (dunder and attr not in HARMLESS_DUNDERS):
+        yield attr
+    elif attr in SYS_LOOKUPS and isinstance(node.value, ast.Name) and node.value.id in sys_names:
+        yield f"sys.{attr}"
+
+
+def _blocked_imports(node: ast.Import | ast.ImportFrom) -> Iterator[str]:
+    modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+    for module in modules:
+        top = module.split(".")[0]
+        if top in BLOCKED_MODULES or top.startswith("_weaver"):
+            yield f"import {module}"
+    if isinstance(node, ast.ImportFrom) and node.module == "sys":
+        for alias in node.names:
+            if alias.name in SYS_LOOKUPS or alias.name == "*":
+                yield f"sys.{alias.name}"
+
+
+def _aliases_of(tree: ast.AST, module: str) -> set[str]:
+    """The names ``import module as x`` binds in the code."""
+    return {
+        alias.asname
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+        if alias.name == module and alias.asname
+    }
+
+
+_SCOPES = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.Lambda,
+    ast.ClassDef,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
+
+
+def _top_level(node: ast.AST) -> Iterator[ast.AST]:
+    """The nodes of ``node`` that run in the module's scope (not inside functions, classes or
+    comprehensions, whose names are their own), with the scope nodes themselves."""
+    yield node
+    if isinstance(node, _SCOPES):
+        return
+    for child in ast.iter_child_nodes(node):
+        yield from _top_level(child)
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
+    """The module-level names the code binds (or deletes)."""
+    bound: set[str] = set()
+    for node in _top_level(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            bound.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.alias):
+            bound.add(node.asname or node.name.split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            bound.add(node.rest)
+    for node in ast.walk(tree):  # ``global x`` in a function binds the module's x when it runs
+        if isinstance(node, ast.Global):
+            bound.update(node.names)
+    return bound
+
+
+def _loaded_names(tree: ast.AST) -> set[str]:
+    """Every name the code reads, inside functions too (they run when called)."""
+    return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}

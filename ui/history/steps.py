@@ -1,0 +1,146 @@
+"""Steps (messages, and the parts of a round): written through the write-behind
+(``ui.history.write_behind``), many chats' pending steps in one transaction.
+
+A step written with an id that another thread's row already has (ids come from the browser)
+changes nothing (``HistoryStore._upsert_many``). A step or thread whose thread id is not a
+canonical UUID (all Chainlit ever makes) is refused before any write.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Optional
+
+from chainlit.context import context
+from chainlit.data.utils import queue_until_user_message
+
+from ui.history.rows import STEP_COLUMNS, is_thread_id, step_dict
+from ui.history.store import HistoryStore, sql_text
+from ui.history.threads import THREAD_CHANGE
+
+if TYPE_CHECKING:
+    from chainlit.step import StepDict
+
+logger = logging.getLogger("weaver.ui.history")
+
+
+class Steps(HistoryStore):
+    """Chainlit's step methods, and the store the write-behind calls."""
+
+    @queue_until_user_message()
+    async def create_step(self, step_dict: StepDict) -> None:
+        await self._write_step(step_dict)
+
+    @queue_until_user_message()
+    async def update_step(self, step_dict: StepDict) -> None:
+        await self._write_step(step_dict)
+
+    async def _write_step(self, step_dict: StepDict) -> None:
+        """Queue the step's state (see ``write_behind``); a user's own message is stored at once, in
+        the background."""
+        thread_id = step_dict.get("threadId")
+        if not is_thread_id(thread_id):
+            logger.warning("refused to store step %.80r: thread id %.80r is not a UUID", step_dict.get("id"), thread_id)
+            return
+        values: dict[str, Any] = {c: step_dict.get(c) for c in STEP_COLUMNS if step_dict.get(c) is not None}
+        if "showInput" in values:
+            values["showInput"] = str(values["showInput"]).lower()
+        values.setdefault("metadata", {})
+        for column in ("metadata", "modes", "generation"):
+            if column in values:
+                values[column] = self._json_param(values[column])
+        # Queued by chat and id: step ids come from the browser, and a step sent with the id of
+        # another chat's step must not merge into that step's queued state (the store then keeps
+        # each row in its own chat, as for a step already stored).
+        key = f"{thread_id}/{values['id']}"
+        if step_dict.get("type") == "user_message":
+            self._writes.write_soon(key, values)
+        else:
+            self._writes.add(key, values)
+
+    async def _store_pending(self, rows: dict[str, dict[str, Any]]) -> None:
+        """One transaction: thread changes, the threads the steps belong to (created if new), then
+        every step."""
+        try:
+            await self._store_rows(rows)
+        except Exception:
+            logger.warning("storing %d rows together failed; storing them one by one", len(rows), exc_info=True)
+            for key, values in rows.items():  # one bad row must not cost everyone else their history
+                try:
+                    await self._store_rows({key: values})
+                except Exception:
+                    logger.exception("could not store %s", key)
+
+    async def _store_rows(self, rows: dict[str, dict[str, Any]]) -> None:
+        changes = {k[len(THREAD_CHANGE) :]: v for k, v in rows.items() if k.startswith(THREAD_CHANGE)}
+        steps = [v for k, v in rows.items() if not k.startswith(THREAD_CHANGE)]
+        created = await self.get_current_timestamp()
+        # Every thread row first (a no-op where it exists), in one lock order for every replica.
+        threads = sorted({*changes, *(str(values["threadId"]) for values in steps)})
+        async with self.transaction() as conn:
+            await conn.execute(
+                sql_text(
+                    'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
+                    'ON CONFLICT ("id") DO NOTHING'
+                ),
+                [{"id": thread_id, "created": created, "metadata": "{}"} for thread_id in threads],
+            )
+            for thread_id, change in sorted(changes.items()):
+                await self._change_thread(conn, thread_id, change)
+            if steps:
+                await self._upsert_many(conn, "steps", steps)
+
+    async def flush_writes(self) -> None:
+        """Store the writes still pending (steps, thread changes); every read of the history calls it first."""
+        await self._writes.flush()
+
+    @queue_until_user_message()
+    async def delete_step(self, step_id: str) -> None:
+        """Delete the step, with its feedback and elements, if it is in the asking session's chat.
+        Chainlit deletes by id alone, and a user's message has the id its browser chose: a message
+        sent with another chat's step id, then removed (editing an earlier message removes the
+        later ones), must not delete that chat's step."""
+        await self.flush_writes()
+        params = {"id": step_id, "chat": context.session.thread_id}  # queue_until_user_message made sure of a session
+        async with self.transaction() as conn:
+            found = await self._rows(conn, 'SELECT "threadId" FROM steps WHERE "id" = :id', params)
+            if found and found[0]["threadId"] != params["chat"]:
+                logger.warning("refused to delete step %.80r: it is not in chat %s", step_id, params["chat"])
+                return
+            in_chat = '"forId" = :id AND "threadId" = :chat'
+            keys = [
+                row["objectKey"]
+                for row in await self._rows(conn, f'SELECT "objectKey" FROM elements WHERE {in_chat}', params)
+                if row["objectKey"]
+            ]
+            if found:
+                await conn.execute(sql_text('DELETE FROM feedbacks WHERE "forId" = :id'), params)
+            await conn.execute(sql_text(f"DELETE FROM elements WHERE {in_chat}"), params)
+            await conn.execute(sql_text('DELETE FROM steps WHERE "id" = :id AND "threadId" = :chat'), params)
+        await self._delete_files(keys)
+
+    async def get_step(self, step_id: str) -> Optional[StepDict]:
+        await self.flush_writes()
+        columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
+        async with self.reading() as conn:
+            rows = await self._rows(
+                conn,
+                f"""SELECT {columns}, f."id" AS feedback_id, f."value" AS feedback_value,
+                           f."comment" AS feedback_comment
+                    FROM steps s LEFT JOIN feedbacks f ON f."forId" = s."id" WHERE s."id" = :id""",
+                {"id": step_id},
+            )
+        return step_dict(rows[0]) if rows else None
+
+    async def get_favorite_steps(self, user_id: str) -> list[StepDict]:
+        await self.flush_writes()
+        columns = ", ".join(f's."{c}"' for c in STEP_COLUMNS)
+        async with self.reading() as conn:
+            rows = await self._rows(
+                conn,
+                f"""SELECT {columns}, NULL AS feedback_id, NULL AS feedback_value, NULL AS feedback_comment
+                    FROM steps s JOIN threads t ON t."id" = s."threadId"
+                    WHERE t."userId" = :user_id ORDER BY s."createdAt" DESC NULLS LAST""",
+                {"user_id": user_id},
+            )
+        return [step_dict(row) for row in rows if (row["metadata"] or {}).get("favorite") is True]
