@@ -27,10 +27,11 @@ from chainlit.config import config as chainlit_config  # noqa: E402
 from chainlit.input_widget import Select, Slider, Switch  # noqa: E402
 
 from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
-from ui import guard, server  # noqa: E402  (importing ``server`` sets this server up)
+from ui import server  # noqa: E402  (importing ``server`` sets this server up)
 from ui.bridge import in_background, run_in_thread  # noqa: E402
 from ui.check import CheckReport, run_check_async  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
+from ui.guards import client_address  # noqa: E402
 from ui.lifecycle import session_error_text  # noqa: E402
 from ui.markdown import code_text  # noqa: E402
 from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
@@ -58,7 +59,7 @@ def _client() -> str:
     user = cl.user_session.get("user")
     if user is not None and getattr(user, "identifier", ""):
         return f"user:{user.identifier}"
-    return f"addr:{guard.client_address(getattr(cl.context.session, 'environ', None))}"
+    return f"addr:{client_address(getattr(cl.context.session, 'environ', None))}"
 
 
 def _setup_logging() -> None:
