@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
+from pathlib import Path
 from typing import Iterator
 
 import httpx
 import pytest
 
-from tests.test_ui_auth import PLUGINS, add_user
+from tests.test_ui_auth import PLUGINS, add_user, run_server_expecting_refusal
 from tests.ui_harness import UIServer, start_server, stop_server
 
 PASSWORDS = {"alice": "alice-password", "bob": "bob-password-2", "carol": "carol-password", "dave": "dave-password"}
@@ -269,3 +270,9 @@ def test_x_forwarded_for_from_an_untrusted_peer_is_ignored(direct: UIServer) -> 
     rotating = [login(direct, {"username": f"nobody{i}", "password": "x"}, stranger()) for i in range(PER_ADDRESS + 1)]
     assert [r.status_code for r in rotating] == [401] * PER_ADDRESS + [429]
     assert login(direct, {"username": "alice", "password": PASSWORDS["alice"]}, stranger()).status_code == 429
+
+
+def test_a_hand_set_uvicorn_proxy_trust_refuses_to_start(tmp_path: Path) -> None:
+    """``FORWARDED_ALLOW_IPS`` would say otherwise than ``WEAVER_UI_TRUSTED_PROXIES``: one line, naming it."""
+    said = run_server_expecting_refusal(tmp_path, "127.0.0.1", {"FORWARDED_ALLOW_IPS": "*"})
+    assert "Weaver UI: FORWARDED_ALLOW_IPS='*' is set" in said and "WEAVER_UI_TRUSTED_PROXIES" in said, said
