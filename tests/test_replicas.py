@@ -140,6 +140,7 @@ def _start_layout(
         "WEAVER_UI_ALLOWED_ORIGINS": origins,
         "WEAVER_UI_MAX_SESSIONS_PER_CLIENT": str(CAP),
         "WEAVER_UI_LOGIN_ATTEMPTS_PER_USER": str(ATTEMPTS),
+        "WEAVER_UI_TRUSTED_PROXIES": "127.0.0.1",  # the proxy, as deploy/haproxy.cfg says to set it
         "WEAVER_UI_REPLICA_HEARTBEAT_S": "1",
         "WEAVER_EXECUTION__POOL_SIZE": "0",  # no warm kernels: every kernel belongs to a chat
         **(extra_env or {}),

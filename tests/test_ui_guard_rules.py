@@ -1,10 +1,11 @@
-"""The guard's rules on their own (``ui.guard``, ``ui.settings``): no server needed."""
+"""The guards' rules on their own (``ui.guards.host_origin``, ``ui.guards.file_serving``, ``ui.settings``): no
+server needed. The same rules against a real server: ``tests/test_ui_security.py``."""
 
 from __future__ import annotations
 
 import pytest
 
-from ui.guard import GuardPolicy, host_name, mime_agrees
+from ui.guards import HostOrigin, ProxyTrustError, host_name, mime_agrees, trust_proxies
 from ui.ids import is_canonical_uuid
 from ui.settings import UISettings, UISettingsError, serving_hosts, serving_origins, ui_settings
 
@@ -15,19 +16,14 @@ ACCEPT = {
 }
 
 
-def policy(**kw: object) -> GuardPolicy:
-    base = dict(
+def policy(**kw: object) -> HostOrigin:
+    base: dict[str, object] = dict(
         allowed_hosts=frozenset({"127.0.0.1", "localhost"}),
         allowed_origins=frozenset({"http://127.0.0.1:8000"}),
         socket_path="/ws/socket.io",
-        upload_path="/project/file",
-        file_path_prefix="/project/file/",
-        max_upload_bytes=lambda: 1000,
-        max_files=lambda: 2,
-        page_csp="default-src 'self'",
     )
     base.update(kw)
-    return GuardPolicy(**base)  # type: ignore[arg-type]
+    return HostOrigin(**base)  # type: ignore[arg-type]
 
 
 def scope(method: str = "GET", path: str = "/", kind: str = "http", **headers: str) -> dict:
@@ -117,3 +113,28 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             ui_settings()
     finally:
         ui_settings.cache_clear()
+
+
+def test_trusted_proxies_are_addresses_or_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WEAVER_UI_TRUSTED_PROXIES", raising=False)
+    assert UISettings().trusted_proxies == []  # nobody's X-Forwarded-For counts by default
+    monkeypatch.setenv("WEAVER_UI_TRUSTED_PROXIES", "127.0.0.1, 10.1.2.3/16, ::1")
+    assert UISettings().trusted_proxies == ["127.0.0.1", "10.1.0.0/16", "::1"]  # as uvicorn compares them
+    for bad in ("*", "proxy.example", "10.0.0.0/99"):
+        monkeypatch.setenv("WEAVER_UI_TRUSTED_PROXIES", bad)
+        ui_settings.cache_clear()
+        try:
+            with pytest.raises(UISettingsError, match="WEAVER_UI_TRUSTED_PROXIES"):
+                ui_settings()
+        finally:
+            ui_settings.cache_clear()
+
+
+def test_uvicorn_is_told_whom_to_trust_and_a_hand_set_trust_is_refused() -> None:
+    env: dict[str, str] = {}
+    trust_proxies([], env)
+    assert env == {"FORWARDED_ALLOW_IPS": ""}  # uvicorn then trusts no peer (its default is 127.0.0.1)
+    trust_proxies(["127.0.0.1", "10.0.0.0/8"], env := {})
+    assert env["FORWARDED_ALLOW_IPS"] == "127.0.0.1,10.0.0.0/8"
+    with pytest.raises(ProxyTrustError, match="WEAVER_UI_TRUSTED_PROXIES"):
+        trust_proxies([], {"FORWARDED_ALLOW_IPS": "*"})

@@ -1,4 +1,5 @@
-"""The web server's guards (``ui/guard.py``) against a real ``weaver ui`` server, as an attacker tries.
+"""The web server's guards (``ui/guards/``, with the patches of ``ui/patches/`` they need) against a real
+``weaver ui`` server, as an attacker tries.
 
 Every hostile request here is harmless if a guard fails: folders named by hostile session ids
 are temp folders (or are never cleared), bodies are sent to 127.0.0.1 only, and sizes are small

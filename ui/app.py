@@ -5,7 +5,7 @@ A thin adapter over ``core``'s public API. One ``TaskWeaverApp`` per server proc
 a disconnect stops the kernel only after a grace period). Each message runs its round on a
 worker thread; ``ui.render`` brings the events back to the event loop and draws them as steps.
 Who the user is comes from the login mode (``ui.auth``); the signed-in identity is every
-session's ``user_name``. What a request may do is checked first by ``ui.guard``.
+session's ``user_name``. What a request may do is checked first by ``ui.guards``.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ from chainlit.config import config as chainlit_config  # noqa: E402
 from chainlit.input_widget import Select, Slider, Switch  # noqa: E402
 
 from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
-from ui import guard, server  # noqa: E402  (importing ``server`` sets this server up)
+from ui import server  # noqa: E402  (importing ``server`` sets this server up)
 from ui.bridge import in_background, run_in_thread  # noqa: E402
 from ui.check import CheckReport, run_check_async  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
+from ui.guards import client_address  # noqa: E402
 from ui.lifecycle import session_error_text  # noqa: E402
 from ui.markdown import code_text  # noqa: E402
 from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
@@ -58,7 +59,7 @@ def _client() -> str:
     user = cl.user_session.get("user")
     if user is not None and getattr(user, "identifier", ""):
         return f"user:{user.identifier}"
-    return f"addr:{guard.client_address(getattr(cl.context.session, 'environ', None))}"
+    return f"addr:{client_address(getattr(cl.context.session, 'environ', None))}"
 
 
 def _setup_logging() -> None:

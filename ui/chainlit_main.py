@@ -1,33 +1,26 @@
-"""Chainlit's command line without ``nest_asyncio``: Weaver's web server on asyncio's C tasks.
-
-Chainlit's CLI calls ``nest_asyncio.apply()`` as it is imported. That makes every event loop
-re-entrant by replacing asyncio's C ``Task`` and ``Future`` with their pure-Python versions and
-running the loop's inner step in Python as well. Re-entrancy serves only code that calls
-``run_until_complete`` inside the running loop: Chainlit's ``run_sync`` called from the loop's own
-thread, and its per-chat-profile config overrides. Weaver uses neither. The price was paid on every
-task step of the server: profiled under a crowd, asyncio's Python task and loop code was a quarter
-of the event loop's CPU.
+"""``weaver ui``'s entry point: Chainlit's command line, after Weaver's patches are checked.
 
 ``weaver ui`` runs ``python -m ui.chainlit_main run ui/app.py ...`` (the arguments of
-``python -m chainlit``). Here ``nest_asyncio`` is a stand-in whose ``apply`` does nothing, so
-Chainlit runs unchanged on the standard loop. Should a future Weaver add chat profiles with config
-overrides, Chainlit's attempt fails inside its own ``try`` and falls back to the global config.
+``python -m chainlit``). Before Chainlit is imported, every patch in ``ui.patches`` is checked
+against the installed Chainlit and uvicorn: one Weaver needs that does not fit stops here with one
+line; a speed patch that does not fit is skipped with a warning. Then ``no_nest_asyncio`` goes in
+(it must precede ``chainlit.cli``'s import); the rest are installed when ``ui/server.py`` sets the
+server up.
 """
 
 from __future__ import annotations
 
 import sys
-import types
 
-
-def _without_nest_asyncio() -> None:
-    stand_in = types.ModuleType("nest_asyncio", "Stand-in in Weaver's web server: apply() leaves asyncio as it is.")
-    stand_in.apply = lambda loop=None: None  # type: ignore[attr-defined]
-    sys.modules["nest_asyncio"] = stand_in
+from ui import patches
 
 
 def main() -> None:
-    _without_nest_asyncio()
+    try:
+        patches.check()
+    except patches.PatchRefused as exc:
+        sys.exit(f"Weaver UI: {exc}")
+    patches.install("no_nest_asyncio")
     from chainlit.cli import cli
 
     cli(prog_name="chainlit")

@@ -23,17 +23,10 @@ from core.config import load_config
 from core.errors import WeaverError
 from core.execution.backend import KernelBackend, backend_for
 from core.workspace import default_app_dir
-from ui import chainlit_timing, guard, socket_writes
-from ui.auth import AuthSetupError, LoginLimiter, LoginThrottle, choose_mode, install_login
+from ui import guards, patches
+from ui.auth import AuthSetupError, choose_mode, install_login
 from ui.bridge import in_background, run_in_thread
-from ui.history import (
-    HistoryConfigError,
-    WeaverDataLayer,
-    history_settings,
-    install_file_route,
-    install_ownership_checks,
-    open_history,
-)
+from ui.history import HistoryConfigError, WeaverDataLayer, history_settings, open_history
 from ui.lifecycle import SessionOwner
 from ui.settings import UISettingsError, is_loopback, serving_hosts, serving_origins, ui_settings
 from ui.shared import EXPIRY_BEATS, LiveSessions, SharedLoginThrottle, is_shared
@@ -148,11 +141,18 @@ HISTORY_FILES = f"{chainlit_config.run.root_path or ''}/weaver/files"
 def _install_history_route() -> None:
     from chainlit.server import app as server_app
 
-    install_file_route(server_app, lambda: HISTORY, prefix=HISTORY_FILES)  # ahead of Chainlit's catch-all
-    install_ownership_checks(server_app, lambda: HISTORY)  # feedback and element routes: the caller's rows only
+    patches.install("history_route", server_app, lambda: HISTORY, HISTORY_FILES)  # ahead of Chainlit's catch-all
+    patches.install(
+        "history_ownership", server_app, lambda: HISTORY
+    )  # feedback and element routes: the caller's rows only
 
 
-_install_history_route()
+try:
+    patches.check()  # once more, for a server not started by ``ui/chainlit_main.py``
+    guards.trust_proxies(SETTINGS.trusted_proxies)  # before uvicorn reads FORWARDED_ALLOW_IPS
+    _install_history_route()
+except (patches.PatchRefused, guards.ProxyTrustError) as exc:
+    raise SystemExit(f"Weaver UI: {exc}") from None
 
 
 @cl.data_layer
@@ -175,43 +175,54 @@ def _upload_settings() -> Any:
     return chainlit_config.features.spontaneous_file_upload
 
 
-def guard_policy() -> guard.GuardPolicy:
-    """The guard's rules for this server, from ``WEAVER_UI_*`` and Chainlit's run and upload config."""
+def guard_policy() -> guards.GuardPolicy:
+    """The guards' rules for this server, from ``WEAVER_UI_*`` and Chainlit's run and upload config."""
     from chainlit.server import get_html_template
 
     root = chainlit_config.run.root_path or ""
     hosts = serving_hosts(SETTINGS, chainlit_config.run.host)
     page = get_html_template(os.getenv("CHAINLIT_PARENT_ROOT_PATH", "") + os.getenv("CHAINLIT_ROOT_PATH", ""))
-    return guard.GuardPolicy(
-        allowed_hosts=frozenset(hosts),
-        allowed_origins=frozenset(serving_origins(SETTINGS, hosts, int(chainlit_config.run.port))),
-        socket_path=f"{root}/ws/socket.io",
-        upload_path=f"{root}/project/file",
-        file_path_prefix=f"{root}/project/file/",
-        history_file_prefix=f"{HISTORY_FILES}/",
-        max_upload_bytes=lambda: int((_upload_settings().max_size_mb or 0) * 2**20) + guard.MULTIPART_SLACK_BYTES,
-        max_files=lambda: int(_upload_settings().max_files or 1),
-        page_csp=guard.page_csp(guard.inline_scripts_of(page)),
-        user_header=SETTINGS.user_header,
-        throttle=LOGIN.throttle,
-        replica_id=SETTINGS.replica_id,
+    return guards.GuardPolicy(
+        host_origin=guards.HostOrigin(
+            allowed_hosts=frozenset(hosts),
+            allowed_origins=frozenset(serving_origins(SETTINGS, hosts, int(chainlit_config.run.port))),
+            socket_path=f"{root}/ws/socket.io",
+            user_header=SETTINGS.user_header,
+        ),
+        upload=guards.UploadGuard(
+            path=f"{root}/project/file",
+            max_bytes=lambda: int((_upload_settings().max_size_mb or 0) * 2**20) + guards.MULTIPART_SLACK_BYTES,
+            max_files=lambda: int(_upload_settings().max_files or 1),
+        ),
+        files=guards.FileServing((f"{root}/project/file/", f"{HISTORY_FILES}/")),
+        headers=guards.ResponseHeaders(guards.page_csp(guards.inline_scripts_of(page)), SETTINGS.replica_id),
+        login=guards.LoginGuard(f"{root}/login", LOGIN.throttle) if LOGIN.throttle is not None else None,
         thread_of_chat=LIVE.thread_of if LIVE is not None else None,
     )
 
 
-def _install_guard() -> guard.GuardPolicy:
+def _install_guards() -> guards.GuardPolicy:
+    """The guard middleware, and the patches of Chainlit's own handlers the guards need."""
     from chainlit.server import app as server_app
     from chainlit.server import sio
 
     policy = guard_policy()
-    guard.install(server_app, sio, policy, accept=lambda: _upload_settings().accept)
+    guards.install(server_app, policy)
+    try:
+        patches.install("socket_connect", sio, policy)
+        patches.install("upload_mime", lambda: _upload_settings().accept)
+        patches.install("thread_author")
+        patches.install("step_timestamps")
+        patches.install("joined_writes")
+    except patches.PatchRefused as exc:
+        raise SystemExit(f"Weaver UI: {exc}") from None
     return policy
 
 
-def _login_throttle() -> LoginLimiter:
+def _login_throttle() -> guards.LoginLimiter:
     """Failed logins counted in the shared database when there is one, else in this process."""
     limits = (SETTINGS.login_attempts_per_user, SETTINGS.login_attempts_per_address, SETTINGS.login_window_s)
-    return SharedLoginThrottle(_history_engine, *limits) if SHARED else LoginThrottle(*limits)
+    return SharedLoginThrottle(_history_engine, *limits) if SHARED else guards.LoginThrottle(*limits)
 
 
 try:
@@ -226,9 +237,7 @@ try:
     )
 except AuthSetupError as exc:
     raise SystemExit(f"Weaver UI: {exc}") from None
-GUARD = _install_guard()
-chainlit_timing.install()
-socket_writes.install()
+GUARD = _install_guards()
 
 
 def _refuse_unservable_kernels() -> None:

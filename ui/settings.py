@@ -49,6 +49,10 @@ class UISettings(BaseSettings):
     login_attempts_per_address: int = Field(20, gt=0, description="failed logins per address within the window")
     login_window_s: float = Field(300.0, gt=0, description="the login throttle's window")
     user_header: str | None = Field(None, description="header a trusted proxy puts the user name in")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="peers (addresses or networks) whose X-Forwarded-For names the client; default: none",
+    )
     disconnect_grace_s: float = Field(120.0, ge=0, description="how long a dropped chat keeps its kernel")
     max_sessions_per_client: int = Field(
         5, gt=0, description="live sessions one user (or one address, without login) may hold"
@@ -67,7 +71,23 @@ class UISettings(BaseSettings):
         10.0, gt=0, description="how often a replica renews its live sessions in a shared database (3 beats = expiry)"
     )
 
-    _split_lists = field_validator("allowed_origins", "allowed_hosts", "allowed_users", mode="before")(_comma_list)
+    _split_lists = field_validator(
+        "allowed_origins", "allowed_hosts", "allowed_users", "trusted_proxies", mode="before"
+    )(_comma_list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies_are_addresses(cls, proxies: list[str]) -> list[str]:
+        """Each an IP address or network (``10.0.0.0/8``), written the way uvicorn compares them."""
+        parsed = []
+        for proxy in proxies:
+            try:
+                parsed.append(
+                    str(ipaddress.ip_network(proxy, strict=False) if "/" in proxy else ipaddress.ip_address(proxy))
+                )
+            except ValueError:
+                raise ValueError(f"{proxy!r} is not an IP address or network (names and '*' are not allowed)") from None
+        return parsed
 
     @field_validator("user_header", "auth", "local_user", "replica_id", mode="before")
     @classmethod

@@ -39,6 +39,7 @@ from typing import Awaitable, Callable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from ui.guards.login_throttle import Attempt, address_key, user_key
 from ui.history import database_url_for, migrate
 
 logger = logging.getLogger("weaver.ui.shared")
@@ -46,6 +47,7 @@ logger = logging.getLogger("weaver.ui.shared")
 NOW = "extract(epoch from clock_timestamp())"
 SECRET_NAME = "chainlit_auth_secret"
 EXPIRY_BEATS = 3  # a replica's rows live this many heartbeats past its last one
+LOCK_CLASS = 0x57A7  # the advisory-lock class of the login throttle (claims lock on one key, class-less)
 FORGET_AFTER_S = 86_400.0  # expired rows are kept this long: a page may still reconnect into its chat
 
 
@@ -101,10 +103,12 @@ async def _secret(url: str) -> str:
 
 
 class SharedLoginThrottle:
-    """``ui.auth.LoginThrottle``'s rules, counted in the shared database across replicas.
+    """``ui.guards.LoginThrottle``'s rules, counted in the shared database across replicas.
 
-    ``engine`` is asked for at each call: the history (and its engine) opens at app start-up,
-    after this object is built.
+    ``attempt`` checks and reserves in one transaction that first takes a transaction-scoped advisory
+    lock on the name and on the address (in a fixed order, so two attempts cannot deadlock), so
+    attempts arriving together at any replicas are counted one after another. ``engine`` is asked
+    for at each call: the history (and its engine) opens at app start-up, after this object is built.
     """
 
     def __init__(
@@ -120,14 +124,27 @@ class SharedLoginThrottle:
             raise RuntimeError("the shared login throttle is used before the history database is open")
         return engine
 
-    async def wait(self, user: str, address: str) -> float:
-        """Seconds until another attempt is allowed (0 when it is allowed now)."""
-        async with self._db().connect() as conn:
-            waits = [
-                await self._wait(conn, f"user:{user.lower()}", self.per_user),
-                await self._wait(conn, f"addr:{address}", self.per_address),
-            ]
-        return max(waits)
+    async def attempt(self, user: str, address: str) -> Attempt:
+        """Refuse (``retry_after`` > 0), or count one failure for the name and the address (the
+        token: the time it was counted at, to refund it by)."""
+        limits = {user_key(user): self.per_user, address_key(address): self.per_address}
+        async with self._db().begin() as conn:
+            for key in sorted(limits):
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(:k))"), {"c": LOCK_CLASS, "k": key})
+            wait = max([await self._wait(conn, key, limit) for key, limit in limits.items()])
+            if wait > 0:
+                return Attempt(user, address, wait)
+            at = float((await conn.execute(text(f"SELECT ({NOW})::double precision"))).scalar_one())
+            for key in limits:
+                await conn.execute(
+                    text('INSERT INTO weaver_login_failures ("key", "at") VALUES (:k, :a)'), {"k": key, "a": at}
+                )
+            self._writes += 1
+            if self._writes % 100 == 0:  # now and then, forget what has left every window
+                await conn.execute(
+                    text(f'DELETE FROM weaver_login_failures WHERE "at" < {NOW} - :w'), {"w": self.window_s}
+                )
+        return Attempt(user, address, token=at)
 
     async def _wait(self, conn: AsyncConnection, key: str, limit: int) -> float:
         rows = (
@@ -144,22 +161,18 @@ class SharedLoginThrottle:
         oldest_counted, now = float(rows[-1][0]), float(rows[-1][1])
         return max(1.0, self.window_s - (now - oldest_counted))
 
-    async def failure(self, user: str, address: str) -> None:
-        async with self._db().begin() as conn:
-            for key in (f"user:{user.lower()}", f"addr:{address}"):
-                await conn.execute(
-                    text(f'INSERT INTO weaver_login_failures ("key", "at") VALUES (:k, {NOW})'), {"k": key}
-                )
-            self._writes += 1
-            if self._writes % 100 == 0:  # now and then, forget what has left every window
-                await conn.execute(
-                    text(f'DELETE FROM weaver_login_failures WHERE "at" < {NOW} - :w'), {"w": self.window_s}
-                )
-
-    async def success(self, user: str) -> None:
+    async def succeeded(self, attempt: Attempt) -> None:
+        """Forget the name's failures, and refund the address's failure reserved for this attempt."""
         async with self._db().begin() as conn:
             await conn.execute(
-                text('DELETE FROM weaver_login_failures WHERE "key" = :k'), {"k": f"user:{user.lower()}"}
+                text('DELETE FROM weaver_login_failures WHERE "key" = :k'), {"k": user_key(attempt.user)}
+            )
+            await conn.execute(
+                text(
+                    "DELETE FROM weaver_login_failures WHERE ctid IN (SELECT ctid FROM weaver_login_failures "
+                    'WHERE "key" = :k AND "at" = :a LIMIT 1)'
+                ),
+                {"k": address_key(attempt.address), "a": attempt.token},
             )
 
 

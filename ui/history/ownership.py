@@ -13,7 +13,7 @@ route runs, so nothing is written.
 
 What the other routes and events that reach the data layer already check (Chainlit 2.12):
 reading, renaming, sharing and deleting a chat (``is_thread_author``, made a 403 by
-``ui.guard``); listing chats (the caller's own user id); reading an element (``is_thread_author``
+``ui.guards``); listing chats (the caller's own user id); reading an element (``is_thread_author``
 and the element's chat); a shared chat (read only); the socket's writes (steps, elements, chat
 metadata, favourites) go to the session's own chat, which Chainlit checks at connect; a step is
 deleted only from the chat of the session that asks (``ui.history.steps``).

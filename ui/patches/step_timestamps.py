@@ -6,10 +6,10 @@ event loop that is a blocking call: it releases the GIL, and getting it back wai
 thread holds it, often a whole switch interval (5 ms). A round makes several steps, so with a
 hundred users the loop spent seconds asleep while chats waited to become ready.
 
-``install()`` (called once when ``ui/server.py`` sets the server up) removes the sleep from those
-two constructors and gives them a clock that never repeats instead: each timestamp is at least
-1 ms after the one before, which is the order the sleep was there to keep, and always carries
-microseconds, so the strings sort as the times do.
+``install()`` (through ``ui.patches``, when ``ui/server.py`` sets the server up) removes the sleep
+from the constructors in ``chainlit.step`` and ``chainlit.message`` and gives them a clock that
+never repeats instead: each timestamp is at least 1 ms after the one before, which is the order the
+sleep was there to keep, and always carries microseconds, so the strings sort as the times do.
 """
 
 from __future__ import annotations

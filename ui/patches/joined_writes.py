@@ -6,16 +6,29 @@ go of the GIL, and under a crowd the server's worker threads take it, so the eve
 to get it back. Here the pieces a connection is given in one pass are joined and written when the
 pass ends (``call_soon``): the same bytes, in the same order, at most one loop pass later.
 
-``install()`` wraps the transport uvicorn hands its HTTP (h11) and websocket (wsproto) protocols.
+``install()`` wraps the transport uvicorn hands its HTTP (h11) and websocket (wsproto) protocols,
+the ones it picks when ``httptools`` and ``websockets`` are not installed (Weaver does not need
+them). When uvicorn would pick another protocol (``uvicorn[standard]`` brings both, or
+``UVICORN_WS_PROTOCOL`` names one), that protocol is left alone and a warning says so: this patch
+was written and measured against h11 and wsproto only. Chainlit builds uvicorn's ``Config`` with
+``http`` left at ``auto`` and ``ws`` from ``UVICORN_WS_PROTOCOL``; ``serving_protocols`` reads the
+choice the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from typing import Any, Callable
 
+from uvicorn.config import HTTP_PROTOCOLS, WS_PROTOCOLS
+from uvicorn.importer import import_from_string
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
+
+logger = logging.getLogger("weaver.ui.patches.joined_writes")
+WRITTEN_FOR = (H11Protocol, WSProtocol)
 
 
 class CoalescedWrites:
@@ -66,11 +79,32 @@ def _coalescing(made: Callable[[Any, asyncio.Transport], None]) -> Callable[[Any
     return connection_made
 
 
-def install() -> None:
-    """Make every new HTTP and websocket connection of this process write once per loop pass."""
-    protocols: tuple[type[Any], ...] = (H11Protocol, WSProtocol)  # one method of two unrelated classes
-    for protocol in protocols:
+def serving_protocols() -> list[type]:
+    """The protocol classes uvicorn will serve HTTP and websockets with, chosen as Chainlit asks it to."""
+    chosen: list[type] = [import_from_string(HTTP_PROTOCOLS["auto"])]
+    ws = os.environ.get("UVICORN_WS_PROTOCOL", "auto")
+    target = WS_PROTOCOLS.get(ws, ws)
+    if target:
+        chosen.append(import_from_string(target))
+    return chosen
+
+
+def install(protocols: list[type] | None = None) -> list[type]:
+    """Make every new connection of ``protocols`` (default: the ones uvicorn will serve with) write once
+    per loop pass; a protocol this was not written for is left alone, with a warning. Returns the
+    protocols that now join their writes."""
+    joined: list[type] = []
+    for protocol in serving_protocols() if protocols is None else protocols:
+        if protocol not in WRITTEN_FOR:
+            logger.warning(
+                "uvicorn serves with %s here, not h11/wsproto: its writes are not joined (uninstall httptools "
+                "and websockets, or unset UVICORN_WS_PROTOCOL, to have them joined)",
+                protocol.__name__,
+            )
+            continue
         if not getattr(protocol.connection_made, "__weaver_coalescing__", False):
             wrapped = _coalescing(protocol.connection_made)
             wrapped.__weaver_coalescing__ = True  # type: ignore[attr-defined]
-            protocol.connection_made = wrapped
+            protocol.connection_made = wrapped  # type: ignore[method-assign,assignment]
+        joined.append(protocol)
+    return joined
