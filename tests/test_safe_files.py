@@ -205,23 +205,27 @@ SWAP_SECONDS = 4.0
 SWAP_ROUNDS = 100_000
 
 
-def swap_code(canary: Path) -> str:
-    """User code: in a kernel thread, swap x.csv between a regular file and links (bounded)."""
+def swap_code(canary: Path, seconds: float = SWAP_SECONDS) -> str:
+    """User code: in a kernel thread, for a bounded time, exchange x.csv (a regular file) with
+    links to the canary and to ``/proc/self/environ`` (``renameat2(RENAME_EXCHANGE)``: every name
+    always exists, it is only ever a file or a link); then x.csv is the regular file again."""
     return f"""
-import os, threading, time
+import ctypes, os, threading, time
+_libc = ctypes.CDLL(None, use_errno=True)
+def _exchange(a, b):
+    if _libc.renameat2(-100, a.encode(), -100, b.encode(), 2) != 0:
+        raise OSError(ctypes.get_errno(), "renameat2")
 def _swap():
-    end, n = time.monotonic() + {SWAP_SECONDS}, 0
-    targets = [{str(canary)!r}, "/proc/self/environ"]
-    while time.monotonic() < end and n < {SWAP_ROUNDS}:
-        with open("reg.tmp", "wb") as f:
-            f.write({REGULAR!r})
-        os.replace("reg.tmp", "x.csv")
-        os.symlink(targets[n % 2], "link.tmp")
-        os.replace("link.tmp", "x.csv")
-        n += 1
-    with open("reg.tmp", "wb") as f:
+    with open("x.csv", "wb") as f:
         f.write({REGULAR!r})
-    os.replace("reg.tmp", "x.csv")
+    os.symlink({str(canary)!r}, "y.csv")
+    os.symlink("/proc/self/environ", "z.csv")
+    end, n = time.monotonic() + {seconds}, 0
+    while time.monotonic() < end and n < {SWAP_ROUNDS}:
+        other = "y.csv" if n % 2 else "z.csv"
+        _exchange("x.csv", other)
+        _exchange("x.csv", other)
+        n += 1
     open("swap-done", "w").write(str(n))
 threading.Thread(target=_swap, daemon=True).start()
 """
@@ -251,15 +255,16 @@ def test_the_swap_race_never_serves_the_canary(racing_session, tmp_path: Path, c
         # 1. the Files panel: list, then read what is listed
         listing = session.files(200)
         downloads, notes = read_downloads(cwd, listing)
-        served += [content for name, content in downloads if name == "x.csv"]
+        served += [content for name, content in downloads if name.endswith(".csv")]
         refusals.update(notes)
         # 2. an artifact shown with an answer
-        selection = select_artifacts(artifacts_inside([{"name": "x.csv", "path": str(cwd / "x.csv")}], cwd))
+        named = [{"name": n, "path": str(cwd / n)} for n in ("x.csv", "y.csv", "z.csv")]
+        selection = select_artifacts(artifacts_inside(named, cwd))
         served += [a.content for a in selection.shown]
         refusals.update(selection.notes)
         # 3. the history store's copy of a file
         try:
-            stored = asyncio.run(storage.upload_path(f"t/{reads}/x.csv", cwd / "x.csv"))
+            stored = asyncio.run(storage.upload_path(f"t/{reads}/x.csv", cwd / ("x.csv", "y.csv")[reads % 2]))
             served.append((tmp_path / "history-files" / stored["object_key"]).read_bytes())
         except UnsafeFile as exc:
             refusals.add(exc.reason.name)
