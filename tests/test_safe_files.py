@@ -199,6 +199,22 @@ def test_uploads_are_written_past_a_planted_link(cwd: Path, tmp_path: Path, cana
         add_files(cwd, [{"name": "x.csv", "path": str(source)}], max_bytes=1000)
 
 
+def test_a_figure_is_saved_past_a_link_the_code_planted(racing_session, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The server saves displayed images into the folder: a link named figure.png is not followed."""
+    target = tmp_path / "created-through-link"
+    code = (
+        f"import os\nos.symlink({str(target)!r}, 'figure.png')\n"
+        "from IPython.display import Image, display\n"
+        "display(Image(data=b'\\x89PNG\\r\\n\\x1a\\nnot-really', format='png'))"
+    )
+    result = racing_session.executor.execute(code)
+    assert result.is_success, result.error
+    assert not target.exists() and not os.path.lexists(target)
+    cwd = Path(racing_session.execution_cwd)
+    assert [a.name for a in result.artifacts] == ["figure-2.png"]
+    assert (cwd / "figure-2.png").read_bytes().startswith(b"\x89PNG") and (cwd / "figure.png").is_symlink()
+
+
 # ----- the race: a real sandboxed kernel swaps a name while the server reads it -----------------
 
 SWAP_SECONDS = 4.0
