@@ -310,3 +310,18 @@ def test_the_files_panel_reads_a_link_as_a_plain_refusal(tmp_path: Path, cwd: Pa
         "`z.csv` has more than one name (a hard link); it is not served",
     ]
     assert all(stat.S_ISREG(os.lstat(cwd / n).st_mode) for n in ("y.csv", "z.csv"))
+
+
+def test_what_one_panel_or_message_holds_in_memory_is_bounded(cwd: Path) -> None:
+    from core.files import list_files
+    from ui.files import Artifact
+
+    (cwd / "sub" / "ok.txt").unlink()
+    for name in ("a.bin", "b.bin", "c.bin"):
+        (cwd / name).write_bytes(b"1" * 400)
+    downloads, notes = read_downloads(cwd, list_files(cwd, 10), max_total_bytes=900)
+    assert sum(len(content) for _, content in downloads) <= 900 and len(downloads) == 2
+    assert notes == ["1 more file(s), as one panel offers at most 900 B; they are in the session's working folder"]
+    chosen = select_artifacts([Artifact(n, n, "file", cwd) for n in ("a.bin", "b.bin", "c.bin")], max_total_bytes=900)
+    assert [a.name for a in chosen.shown] == ["a.bin", "b.bin"]
+    assert "Showing 2 of 3 files" in chosen.notes[0] and "`c.bin`" in chosen.notes[0]

@@ -23,6 +23,8 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".
 # Chainlit reads every attached file whole into memory, so a round attaches a bounded number.
 MAX_ARTIFACTS_SHOWN = 20
 MAX_ARTIFACT_BYTES = 25 * 1000 * 1000
+# Attached files are held in memory as bytes until Chainlit has stored them: bounded per message.
+MAX_ATTACHED_TOTAL_BYTES = 100 * 1000 * 1000
 MAX_NAMES_LISTED = 10
 
 
@@ -90,15 +92,20 @@ class ArtifactSelection:
 
 
 def select_artifacts(
-    artifacts: Iterable[Artifact], max_count: int = MAX_ARTIFACTS_SHOWN, max_bytes: int = MAX_ARTIFACT_BYTES
+    artifacts: Iterable[Artifact],
+    max_count: int = MAX_ARTIFACTS_SHOWN,
+    max_bytes: int = MAX_ARTIFACT_BYTES,
+    max_total_bytes: int = MAX_ATTACHED_TOTAL_BYTES,
 ) -> ArtifactSelection:
-    """Read at most ``max_count`` artifacts of at most ``max_bytes`` each through ``core.safe_files``
-    (blocking: call it off the event loop); name the others, and any refused file, in notes."""
+    """Read at most ``max_count`` artifacts of at most ``max_bytes`` each and ``max_total_bytes`` in
+    all through ``core.safe_files`` (blocking: call it off the event loop); name the others, and
+    any refused file, in notes."""
     shown: list[Attached] = []
     too_big: list[str] = []
     over_count: list[str] = []
     refused: list[str] = []
     seen: set[tuple[Path, str]] = set()
+    total = 0
     for artifact in artifacts:
         if (artifact.root, artifact.rel) in seen:
             continue
@@ -107,10 +114,11 @@ def select_artifacts(
             with open_file(artifact.root, artifact.rel) as opened:
                 if opened.size > max_bytes:
                     too_big.append(f"`{code_text(artifact.name)}` ({opened.size / 1e6:.0f} MB)")
-                elif len(shown) >= max_count:
+                elif len(shown) >= max_count or total + opened.size > max_total_bytes:
                     over_count.append(f"`{code_text(artifact.name)}`")
                 elif opened.size:  # Chainlit cannot attach empty content
                     shown.append(Attached(artifact.name, artifact.kind, opened.read_all()))
+                    total += opened.size
         except UnsafeFile as exc:
             if exc.reason is not Refusal.MISSING:  # deleted since the round reported it: nothing to say
                 refused.append(f"`{code_text(exc.name)}` {exc.said}")

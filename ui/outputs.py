@@ -26,6 +26,7 @@ from ui.markdown import code_text
 ACTION = "weaver_outputs"
 MAX_LISTED = 200
 MAX_ATTACHED = 50
+MAX_OFFERED_BYTES = 100 * 1000 * 1000  # downloads are held in memory until Chainlit stored them
 
 
 def files_action(count: int) -> cl.Action:
@@ -50,24 +51,41 @@ def listing_markdown(listing: FileListing) -> str:
     return "\n".join(lines)
 
 
-def read_downloads(root: Path, listing: FileListing) -> tuple[list[tuple[str, bytes]], list[str]]:
+def read_downloads(
+    root: Path, listing: FileListing, max_total_bytes: int = MAX_OFFERED_BYTES
+) -> tuple[list[tuple[str, bytes]], list[str]]:
     """The listed files to offer as downloads, as ``(name, bytes)`` read through ``core.safe_files``
-    (at most ``MAX_ATTACHED``, none over ``MAX_ARTIFACT_BYTES``), and a sentence per refused file.
-    Blocking: call it off the event loop."""
+    (at most ``MAX_ATTACHED``, none over ``MAX_ARTIFACT_BYTES``, ``max_total_bytes`` in all), and
+    a sentence per file refused or left out. Blocking: call it off the event loop."""
     downloads: list[tuple[str, bytes]] = []
     refused: list[str] = []
+    total = 0
+    left_out = 0
     for entry in listing.entries:
         if len(downloads) >= MAX_ATTACHED:
             break
         if entry.size > MAX_ARTIFACT_BYTES or entry.size == 0:  # Chainlit cannot attach empty content
             continue
+        if total + entry.size > max_total_bytes:
+            left_out += 1
+            continue
         try:
-            downloads.append((entry.path, read_file(root, entry.path, MAX_ARTIFACT_BYTES)))
+            downloads.append(
+                (entry.path, read_file(root, entry.path, min(MAX_ARTIFACT_BYTES, max_total_bytes - total)))
+            )
+            total += len(downloads[-1][1])
         except UnsafeFile as exc:
-            if exc.reason not in (Refusal.MISSING, Refusal.TOO_BIG):
+            if exc.reason is Refusal.TOO_BIG:  # grew since it was listed
+                left_out += 1
+            elif exc.reason is not Refusal.MISSING:
                 refused.append(f"`{code_text(exc.name)}` {exc.said}")
         except OSError:
             continue
+    if left_out:
+        refused.append(
+            f"{left_out} more file(s), as one panel offers at most {human_size(max_total_bytes)}; "
+            "they are in the session's working folder"
+        )
     return downloads, refused
 
 
