@@ -325,3 +325,15 @@ def test_what_one_panel_or_message_holds_in_memory_is_bounded(cwd: Path) -> None
     chosen = select_artifacts([Artifact(n, n, "file", cwd) for n in ("a.bin", "b.bin", "c.bin")], max_total_bytes=900)
     assert [a.name for a in chosen.shown] == ["a.bin", "b.bin"]
     assert "Showing 2 of 3 files" in chosen.notes[0] and "`c.bin`" in chosen.notes[0]
+
+
+def test_the_prompt_names_files_but_no_link(cwd: Path, tmp_path: Path, canary: bytes) -> None:
+    from core.cancel import CancelToken
+    from core.events import EventEmitter
+    from core.memory import Round
+    from core.roles.context import RoundContext
+
+    (cwd / "data.csv").write_bytes(b"a")
+    (cwd / "secret-name.txt").symlink_to(canary_path(tmp_path))
+    context = RoundContext("s", Round("q"), [], EventEmitter(), CancelToken(), cwd, {})
+    assert context.cwd_files() == ["data.csv"]
