@@ -337,3 +337,12 @@ def test_the_prompt_names_files_but_no_link(cwd: Path, tmp_path: Path, canary: b
     (cwd / "secret-name.txt").symlink_to(canary_path(tmp_path))
     context = RoundContext("s", Round("q"), [], EventEmitter(), CancelToken(), cwd, {})
     assert context.cwd_files() == ["data.csv"]
+
+
+def test_a_file_changed_while_it_is_read_is_refused(resolver: str, cwd: Path) -> None:
+    with open_file(cwd, "sub/ok.txt") as opened:
+        (cwd / "sub" / "ok.txt").write_bytes(b"longer than it was when checked")
+        with pytest.raises(UnsafeFile) as caught:
+            opened.read_all()
+    assert caught.value.reason is Refusal.CHANGED
+    assert str(caught.value) == "sub/ok.txt was changed while it was being read"

@@ -62,7 +62,10 @@ class FileSync:
 
     def push(self, rpc: KernelRPC) -> list[str]:
         """Send the session's new or changed files to the kernel; returns notes for the user."""
-        found = walk(self.cwd, skip_hidden_prefixes=(TEMP_PREFIX, PART_PREFIX)).files[: kernel_files.MAX_LISTED]
+        try:
+            found = walk(self.cwd, skip_hidden_prefixes=(TEMP_PREFIX, PART_PREFIX)).files[: kernel_files.MAX_LISTED]
+        except OSError:  # no folder yet: nothing to send
+            found = []
         here: dict[str, Sig] = {f.path: (f.size, f.modified_ns) for f in found}
         notes: list[str] = []
         moved = 0
