@@ -1,20 +1,22 @@
 """Copying user files into a session's working folder under safe names.
 
 Everything is validated before anything is written, and a write that fails part-way removes what
-it wrote, so a bad entry leaves the folder untouched; every target must resolve inside the folder.
+it wrote, so a bad entry leaves the folder untouched. Reading and writing go through
+``core.safe_files``: an upload is read from the handle that was checked, and written as a new
+name in the opened folder, so a link user code planted there is never followed.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from core.errors import BadFiles
+from core.safe_files import OpenedFile, UnsafeFile, open_plain, open_root, walk, write_new
 
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes; leave room for a "-N" clash suffix
 _UNSAFE_CHARS = re.compile(r'[<>:"|?*]')
@@ -23,7 +25,7 @@ _UNSAFE_CHARS = re.compile(r'[<>:"|?*]')
 @dataclass
 class _PendingFile:
     name: str
-    source: Path | None
+    source: OpenedFile | None  # an upload, already opened (links refused) and checked
     content: bytes | None
 
 
@@ -53,10 +55,11 @@ def _validate(entry: Any, max_bytes: int) -> _PendingFile:
         raise BadFiles(f"each file must be a dict with a 'name' and a 'path' or 'content', got {entry!r}")
     name = safe_file_name(entry["name"])
     if entry.get("path") is not None:
-        source = Path(entry["path"])
-        if not source.is_file():
-            raise BadFiles(f"file {entry['name']!r} could not be read")
-        size = source.stat().st_size
+        try:  # the handle read later is the one checked now: a swap in between changes nothing
+            source = open_plain(str(entry["path"]))
+        except (OSError, UnsafeFile):
+            raise BadFiles(f"file {entry['name']!r} could not be read") from None
+        size = source.size
         pending = _PendingFile(name, source, None)
     elif entry.get("content") is not None:
         content = entry["content"]
@@ -69,60 +72,57 @@ def _validate(entry: Any, max_bytes: int) -> _PendingFile:
     else:
         raise BadFiles(f"file {entry['name']!r} has neither 'path' nor 'content'")
     if size > max_bytes:
+        if pending.source is not None:
+            pending.source.close()
         raise BadFiles(f"file {name!r} is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit per file")
     return pending
 
 
-def _free_name(folder: Path, name: str) -> str:
-    """``name`` or, if taken, ``stem-1.ext``, ``stem-2.ext``, …"""
-    if not os.path.lexists(folder / name):
-        return name
+def _free_names(name: str) -> Iterator[str]:
+    """``name``, then ``stem-1.ext``, ``stem-2.ext``, … (taken ones are skipped by the writer)."""
+    yield name
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:
         stem, ext = name, ""
     counter = 1
     while True:
-        candidate = f"{stem}-{counter}.{ext}" if ext else f"{stem}-{counter}"
-        if not os.path.lexists(folder / candidate):
-            return candidate
+        yield f"{stem}-{counter}.{ext}" if ext else f"{stem}-{counter}"
         counter += 1
 
 
 def add_files(folder: Path, files: Sequence[Mapping[Any, Any]], max_bytes: int) -> list[str]:
     """Copy ``files`` into ``folder``; returns the names they got there (in order)."""
-    pending = [_validate(entry, max_bytes) for entry in files]
-    folder = folder.resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    pending: list[_PendingFile] = []
+    try:
+        for entry in files:
+            pending.append(_validate(entry, max_bytes))
+        folder.mkdir(parents=True, exist_ok=True)
+        return _write_all(folder, pending)
+    finally:
+        for item in pending:
+            if item.source is not None:
+                item.source.close()
+
+
+def _write_all(folder: Path, pending: list[_PendingFile]) -> list[str]:
+    """Write every file as a new name (never following or replacing anything); all or nothing."""
     written: list[str] = []
+    root = open_root(folder)
     try:
         for item in pending:
-            written.append(_write(folder, item))
-    except OSError as exc:
+            data = item.content if item.content is not None else item.source.file if item.source else b""
+            written.append(write_new(root, _free_names(item.name), data))
+    except (OSError, UnsafeFile) as exc:
         for name in written:  # all or nothing: the message will not mention a partial set
-            (folder / name).unlink(missing_ok=True)
-        raise BadFiles(f"could not save the uploaded files: {exc.strerror or exc}") from exc
+            try:
+                os.unlink(name, dir_fd=root)
+            except OSError:
+                pass
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise BadFiles(f"could not save the uploaded files: {reason}") from exc
+    finally:
+        os.close(root)
     return written
-
-
-def _write(folder: Path, item: _PendingFile) -> str:
-    """Create a new file (never following or replacing anything) and copy the data in."""
-    name = _free_name(folder, item.name)
-    target = (folder / name).resolve()
-    if target.parent != folder:
-        raise BadFiles(f"file name {item.name!r} would leave the session folder")
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if item.content is not None:
-                out.write(item.content)
-            else:
-                assert item.source is not None
-                with item.source.open("rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-    except OSError:
-        target.unlink(missing_ok=True)
-        raise
-    return name
 
 
 def files_prefix(names: list[str]) -> str:
@@ -151,23 +151,10 @@ class FileListing:
 
 def list_files(folder: Path, limit: int, quota_bytes: int | None = None) -> FileListing:
     """Every regular file under ``folder`` (links are not followed), newest first, at most ``limit``."""
-    found: list[FileEntry] = []
-    stack = [folder]
-    while stack:
-        current = stack.pop()
-        try:
-            entries = list(os.scandir(current))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    info = entry.stat(follow_symlinks=False)
-                    relative = Path(entry.path).relative_to(folder).as_posix()
-                    found.append(FileEntry(relative, info.st_size, info.st_mtime))
-            except (OSError, ValueError):
-                continue
-    found.sort(key=lambda f: (-f.modified, f.path))
-    return FileListing(found[:limit], len(found), sum(f.size for f in found), quota_bytes)
+    try:
+        found = walk(folder).files
+    except OSError:
+        found = []
+    entries = [FileEntry(f.path, f.size, f.modified) for f in found]
+    entries.sort(key=lambda f: (-f.modified, f.path))
+    return FileListing(entries[:limit], len(entries), sum(f.size for f in entries), quota_bytes)

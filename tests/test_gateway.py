@@ -461,3 +461,33 @@ def test_a_tls_gateway_is_used_with_its_ca_and_refused_without(tmp_path_factory:
         assert gw.kernels() == []
     finally:
         gw.stop()
+
+
+def test_files_coming_back_replace_a_planted_link_and_never_write_through_one(
+    gw_app: TaskWeaverApp, tmp_path: Path
+) -> None:
+    s = gw_app.get_session()
+    try:
+        canary = tmp_path / "canary.txt"
+        canary.write_bytes(b"canary")
+        (tmp_path / "elsewhere").mkdir()
+        s.execution_cwd.mkdir(parents=True, exist_ok=True)
+        (s.execution_cwd / "res.csv").symlink_to(canary)
+        (s.execution_cwd / "out").symlink_to(tmp_path / "elsewhere")
+        if os.geteuid() == 0:
+            os.chown(s.execution_cwd, 54321, 54322)
+        rnd = s.send_message(
+            code(
+                "import os\nos.makedirs('out', exist_ok=True)\n"
+                "open('res.csv', 'w').write('a,b')\nopen('out/x.csv', 'w').write('x')"
+            )
+        )
+        assert rnd.state == "finished"
+        assert canary.read_bytes() == b"canary" and list((tmp_path / "elsewhere").iterdir()) == []
+        local = s.execution_cwd / "res.csv"
+        assert not local.is_symlink() and local.read_text() == "a,b"
+        assert "out/x.csv could not be copied from the kernel: out/x.csv is a link" in rnd.reply_text
+        if os.geteuid() == 0:
+            assert (local.stat().st_uid, local.stat().st_gid) == (54321, 54322)
+    finally:
+        s.stop()

@@ -782,6 +782,14 @@ def test_file_route_serves_the_owner_only(db: DB, tmp_path: Path, monkeypatch: p
                 assert response.status_code == 404, hostile
             assert (await get("/elsewhere", "alice")).text == "<html>the chat page</html>"
 
+            stored, canary = db.app_dir / "files" / key, tmp_path / "canary.txt"
+            canary.write_bytes(b"CANARY-history")
+            stored.unlink()
+            stored.symlink_to(canary)  # a link where a stored file was: not followed
+            linked = await get(url, "alice")
+            assert linked.status_code == 404 and b"CANARY" not in linked.content
+            stored.unlink()
+
             await layer.delete_thread(thread_id)
             assert (await get(url, "alice")).status_code == 404
         assert not (db.app_dir / "files" / key).exists()

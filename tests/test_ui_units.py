@@ -28,7 +28,7 @@ from core import (
 from core.events import EventEmitter, SessionEventHandler, TaskWeaverEvent
 from ui.answer import AnswerDraft
 from ui.bridge import EventPipe, ThreadJob, in_background, run_in_thread
-from ui.files import Artifact, artifacts_inside, resolve_inside, select_artifacts
+from ui.files import Artifact, artifacts_inside, select_artifacts
 from ui.lifecycle import SESSION_FAILED, SessionOwner, TooManyChats, session_error_text
 from ui.view import RoundView
 
@@ -47,8 +47,9 @@ def test_only_files_inside_the_session_folder_are_served(tmp_path: Path) -> None
         "not-there.png",
     ]
     assert [(a.name, a.kind) for a in artifacts_inside(payload, cwd)] == [("ok", "image")]
-    assert resolve_inside("ok.png", cwd) == (cwd / "ok.png").resolve()
-    assert resolve_inside(cwd, cwd) is None
+    assert [a.rel for a in artifacts_inside(["ok.png", str(cwd)], cwd)] == ["ok.png"]
+    chosen = select_artifacts(artifacts_inside(payload, cwd))
+    assert [a.content for a in chosen.shown] == [b"\x89PNG\r\n"]
 
 
 async def _until(predicate: "Callable[[], object]", timeout: float, what: str) -> None:
@@ -106,11 +107,16 @@ def test_session_owner_grace_reconnect_and_cleared_chat(tmp_path: Path) -> None:
 
 def test_select_artifacts_skips_files_over_the_size_cap(tmp_path: Path) -> None:
     big, small = tmp_path / "big.bin", tmp_path / "small.png"
+    root = tmp_path
     with open(big, "wb") as f:
         f.truncate(26 * 1000 * 1000)  # sparse: no real 26 MB write
     small.write_bytes(b"\x89PNG")
     chosen = select_artifacts(
-        [Artifact("big.bin", big, "file"), Artifact("small.png", small, "image"), Artifact("again", small, "image")]
+        [
+            Artifact("big.bin", "big.bin", "file", root),
+            Artifact("small.png", "small.png", "image", root),
+            Artifact("again", "small.png", "image", root),
+        ]
     )
     assert [a.name for a in chosen.shown] == ["small.png"]
     assert len(chosen.notes) == 1 and "`big.bin` (26 MB)" in chosen.notes[0] and "over 25 MB" in chosen.notes[0]

@@ -22,8 +22,8 @@ import chainlit as cl
 from chainlit.utils import utc_now
 
 from core import RoleName, Round, SessionEventHandler, TaskWeaverEvent, WeaverError
-from ui.bridge import EventPipe, PipeEnd, ThreadJob
-from ui.files import Artifact, select_artifacts
+from ui.bridge import EventPipe, PipeEnd, ThreadJob, run_in_thread
+from ui.files import Attached, select_artifacts
 from ui.markdown import table_markdown
 from ui.view import MAX_EVENT_CHARS, RoundView, safe_markdown
 
@@ -51,10 +51,11 @@ class _StepState:
     started: float = field(default_factory=time.monotonic)
 
 
-def _element_for(artifact: Artifact) -> cl.Element:
+def _element_for(artifact: Attached) -> cl.Element:
+    """Bytes, never a path: Chainlit would open a path again later, after user code swapped it."""
     if artifact.kind == "image":
-        return cl.Image(path=str(artifact.path), name=artifact.name, display="inline", size="large")
-    return cl.File(path=str(artifact.path), name=artifact.name, display="inline")
+        return cl.Image(content=artifact.content, name=artifact.name, display="inline", size="large")
+    return cl.File(content=artifact.content, name=artifact.name, display="inline")
 
 
 class RoundRenderer:
@@ -188,7 +189,7 @@ class RoundRenderer:
             ).send()
             return
         actions = await self.closing_actions() if self.closing_actions is not None else []
-        selection = select_artifacts(self.view.artifacts)
+        selection = await run_in_thread(select_artifacts, list(self.view.artifacts), name="weaver-read-artifacts")
         elements = [_element_for(a) for a in selection.shown]
         if elements:
             _ensure_files_dir()

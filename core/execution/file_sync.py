@@ -11,7 +11,9 @@ Bounds: a file over ``execution.max_file_mb`` does not move (the user is told); 
 at most ``execution.gateway_sync_mb`` per execution, the rest waits for the next execution (told
 too); nothing comes back past the session folder's room (``execution.disk_mb``). Deletions are
 not mirrored. Paths are checked on both ends (``kernel_files.parts``), and the kernel's answers are
-never trusted: a path that could leave the folder is refused here, whatever the kernel says.
+never trusted: a path that could leave the folder is refused here, whatever the kernel says. On
+this side every file is listed, read and written through ``core.safe_files`` (no link followed,
+new files renamed into place and given to the session folder's owner).
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.execution.limits import MB
 from core.plugins import kernel_files
-from core.plugins.kernel_files import UnsafePath, listing, parts, read_chunk, write_chunk
+from core.plugins.kernel_files import PART_PREFIX, UnsafePath, parts
+from core.safe_files import TEMP_PREFIX, NewFile, UnsafeFile, open_file, walk
 
 if TYPE_CHECKING:
     from core.execution.kernel_rpc import KernelRPC
@@ -58,7 +62,11 @@ class FileSync:
 
     def push(self, rpc: KernelRPC) -> list[str]:
         """Send the session's new or changed files to the kernel; returns notes for the user."""
-        here, _ = listing(str(self.cwd))
+        try:
+            found = walk(self.cwd, skip_hidden_prefixes=(TEMP_PREFIX, PART_PREFIX)).files[: kernel_files.MAX_LISTED]
+        except OSError:  # no folder yet: nothing to send
+            found = []
+        here: dict[str, Sig] = {f.path: (f.size, f.modified_ns) for f in found}
         notes: list[str] = []
         moved = 0
         waiting: list[str] = []
@@ -75,7 +83,7 @@ class FileSync:
                 continue
             try:
                 remote = self._send(rpc, rel, sig[0])
-            except (OSError, UnsafePath, RuntimeError, ValueError) as exc:
+            except (OSError, UnsafePath, UnsafeFile, RuntimeError, ValueError) as exc:
                 notes.append(f"{rel} could not be sent to the kernel: {exc}")
                 logger.warning("sending %s to a remote kernel failed: %s", rel, exc)
                 continue
@@ -86,15 +94,17 @@ class FileSync:
         return notes
 
     def _send(self, rpc: KernelRPC, rel: str, size: int) -> Sig:
-        offset = 0
-        while True:
-            data = read_chunk(str(self.cwd), rel, offset, CHUNK_BYTES)
-            last = offset + len(data) >= size or len(data) < CHUNK_BYTES
-            args = {"path": rel, "offset": offset, "data": base64.b64encode(data).decode("ascii"), "last": last}
-            answer = _call(rpc, "write", args)
-            offset += len(data)
-            if last:
-                return _sig(answer.get("sig"), "the kernel's confirmation of the file")
+        """Send the file from one handle, opened without following links (``core.safe_files``)."""
+        with open_file(self.cwd, rel, size) as opened:
+            offset = 0
+            while True:
+                data = os.pread(opened.file.fileno(), CHUNK_BYTES, offset)
+                last = offset + len(data) >= size or len(data) < CHUNK_BYTES
+                args = {"path": rel, "offset": offset, "data": base64.b64encode(data).decode("ascii"), "last": last}
+                answer = _call(rpc, "write", args)
+                offset += len(data)
+                if last:
+                    return _sig(answer.get("sig"), "the kernel's confirmation of the file")
 
     # ----- kernel -> session folder ------------------------------------------------------------
 
@@ -130,7 +140,7 @@ class FileSync:
                 continue
             try:
                 local = self._fetch(rpc, rel, size)
-            except (OSError, UnsafePath, RuntimeError, ValueError) as exc:
+            except (OSError, UnsafePath, UnsafeFile, RuntimeError, ValueError) as exc:
                 notes.append(f"{rel} could not be copied from the kernel: {exc}")
                 logger.warning("copying %s from a remote kernel failed: %s", rel, exc)
                 continue
@@ -141,19 +151,21 @@ class FileSync:
         return notes
 
     def _fetch(self, rpc: KernelRPC, rel: str, size: int) -> Sig:
-        """Read the file in chunks into a part file here; stop at ``size`` even if it grew meanwhile."""
-        offset = 0
-        while True:
-            length = min(CHUNK_BYTES, size - offset)
-            data = b""
-            if length > 0:
-                answer = _call(rpc, "read", {"path": rel, "offset": offset, "length": length})
-                data = base64.b64decode(str(answer.get("data", "")), validate=True)[:length]
-            last = len(data) < CHUNK_BYTES or offset + len(data) >= size
-            sig = write_chunk(str(self.cwd), rel, offset, data, last)
-            offset += len(data)
-            if sig is not None:
-                return sig
+        """Read the file in chunks into a new hidden file in the (opened) folder, put in place at the
+        end (``core.safe_files.NewFile``); stop at ``size`` even if it grew meanwhile."""
+        with NewFile(self.cwd, rel, make_folders=True) as new:
+            offset = 0
+            while True:
+                length = min(CHUNK_BYTES, size - offset)
+                data = b""
+                if length > 0:
+                    answer = _call(rpc, "read", {"path": rel, "offset": offset, "length": length})
+                    data = base64.b64decode(str(answer.get("data", "")), validate=True)[:length]
+                new.write(data)
+                offset += len(data)
+                if len(data) < CHUNK_BYTES or offset >= size:
+                    info = new.commit()
+                    return info.st_size, info.st_mtime_ns
 
 
 def _call(rpc: KernelRPC, function: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from core.execution.result import Artifact, Table
-from core.plugins.api import unique_path
 from core.plugins.runtime import TABLE_MIME
+from core.safe_files import UnsafeFile, numbered, write_new
 
 MAX_STREAM_CHARS = 1_000_000  # a runaway print loop must not eat the server's memory
 # Hard bounds on what one execution may hand the server, whatever the settings ask for later:
@@ -98,8 +98,11 @@ class OutputCollector:
                 )
             except (ValueError, TypeError):
                 continue
-            path = unique_path(self.cwd, f"figure{suffix}")
-            path.write_bytes(content)
+            try:  # a new name in the opened folder: a link user code planted as figure.png is not followed
+                name = write_new(self.cwd, numbered("figure", suffix), content)
+            except (OSError, UnsafeFile):
+                return False
+            path = self.cwd / name
             self.artifacts.append(Artifact(path.name, path, kind, "figure displayed by the code"))
             return True
         return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +34,10 @@ class RoundContext:
     def cwd_files(self, limit: int = 50) -> list[str]:
         """Names of the files in the working folder, for the prompts."""
         try:
-            names = sorted(p.name for p in self.cwd.iterdir() if p.is_file() and not p.name.startswith("."))
+            with os.scandir(self.cwd) as entries:  # a link is not followed (nor named): user code makes them
+                names = sorted(
+                    e.name for e in entries if e.is_file(follow_symlinks=False) and not e.name.startswith(".")
+                )
         except OSError:
             return []
         return names[:limit]

@@ -11,18 +11,23 @@ the file otherwise, with its stored MIME type, ``Content-Disposition: attachment
 too: an ``<img>`` in the chat shows an attachment all the same, since the header only matters
 when the URL is opened as a page, and then a user's SVG or HTML must not run on our origin),
 ``X-Content-Type-Options: nosniff``, a sandboxing CSP and ``Cache-Control: private, no-store``
-(a deleted chat's files must not stay readable from a shared cache).
+(a deleted chat's files must not stay readable from a shared cache). The file is opened through
+``core.safe_files`` (no link followed, a regular file with one name) and sent from that handle.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Callable, Union
+from typing import Any, AsyncIterator, Callable, Union
+from urllib.parse import quote
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from core.safe_files import OpenedFile, UnsafeFile, open_file
 from ui.history.layer import WeaverDataLayer
 from ui.history.storage import DEFAULT_URL_PREFIX, LocalFileStorage, UnsafeObjectKey, check_object_key, safe_file_name
 
@@ -34,6 +39,7 @@ FILE_HEADERS = {
     "frame-ancestors 'none'",
     "Cache-Control": "private, no-store",
 }
+CHUNK_BYTES = 1024 * 1024
 LayerSource = Union[WeaverDataLayer, Callable[[], Union[WeaverDataLayer, None]]]
 
 
@@ -60,6 +66,26 @@ def _not_found() -> Response:
     return JSONResponse({"detail": "File not found"}, status_code=404, headers=FILE_HEADERS)
 
 
+def _attachment(name: str) -> str:
+    """``Content-Disposition`` of a download named ``name`` (RFC 6266; non-ASCII as ``filename*``)."""
+    quoted = quote(name)
+    return f'attachment; filename="{name}"' if quoted == name else f"attachment; filename*=utf-8''{quoted}"
+
+
+async def _chunks(opened: OpenedFile) -> AsyncIterator[bytes]:
+    """The file's bytes as checked when it was opened: no more than its size then."""
+    left = opened.size
+    try:
+        while left > 0:
+            chunk = await asyncio.to_thread(opened.file.read, min(CHUNK_BYTES, left))
+            if not chunk:
+                break
+            left -= len(chunk)
+            yield chunk
+    finally:
+        opened.close()
+
+
 def file_endpoint(source: LayerSource) -> Callable[[Request], Any]:
     async def serve_file(request: Request) -> Response:
         user = request_user(request)
@@ -81,15 +107,21 @@ def file_endpoint(source: LayerSource) -> Callable[[Request], Any]:
         if not isinstance(storage, LocalFileStorage):
             return _not_found()  # remote storage hands out its own (signed) URLs
         found = await layer.file_for(key, user)
-        path = storage.existing_file(key) if found else None
-        if found is None or path is None:
+        if found is None:
             return _not_found()
-        return FileResponse(
-            path,
+        try:  # served from the handle that was checked (no link followed), never a path opened again
+            opened = await asyncio.to_thread(open_file, storage.root, key)
+        except (UnsafeFile, OSError):
+            return _not_found()
+        return StreamingResponse(
+            _chunks(opened),
             media_type=found["mime"],
-            filename=safe_file_name(found["name"]),
-            content_disposition_type="attachment",
-            headers=FILE_HEADERS,
+            headers={
+                **FILE_HEADERS,
+                "Content-Length": str(opened.size),
+                "Content-Disposition": _attachment(safe_file_name(found["name"])),
+            },
+            background=BackgroundTask(opened.close),
         )
 
     return serve_file

@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 from chainlit.data.storage_clients.base import BaseStorageClient
 
+from core.safe_files import open_plain
+
 MAX_KEY_CHARS = 1024
 MAX_SEGMENT_BYTES = 255  # a file name on ext4, xfs, btrfs
 MAX_NAME_BYTES = 150  # the file-name part of a key we build, leaving room on any file system
@@ -111,14 +113,20 @@ class LocalFileStorage(BaseStorageClient):
         return {"object_key": object_key, "url": await self.get_read_url(object_key)}
 
     async def upload_path(self, object_key: str, source: Path | str, overwrite: bool = True) -> dict[str, Any]:
-        """Copy the file at ``source`` without reading it into memory."""
+        """Copy the file at ``source`` without reading it into memory. The source is opened once,
+        refusing a link, FIFO, device or hard link as its last component (``core.safe_files``), and
+        copied from that handle: Weaver hands Chainlit a session folder's files as bytes, so a path
+        here is Chainlit's own upload store, but a path is never followed blindly."""
         path = self.path_for(object_key)
+        opened = await asyncio.to_thread(open_plain, source)
 
         def copy(out: Any) -> None:
-            with open(source, "rb") as src:
-                shutil.copyfileobj(src, out, 1024 * 1024)
+            shutil.copyfileobj(opened.file, out, 1024 * 1024)
 
-        await asyncio.to_thread(self._write, path, overwrite, copy)
+        try:
+            await asyncio.to_thread(self._write, path, overwrite, copy)
+        finally:
+            opened.close()
         return {"object_key": object_key, "url": await self.get_read_url(object_key)}
 
     def _write(self, path: Path, overwrite: bool, fill: Any) -> None:

@@ -1,0 +1,87 @@
+"""Through the real server: while user code swaps a file for links, the Files panel never serves
+what a link points to (a root-only canary, the server's own environment). On the code before
+``core.safe_files`` this test served both within a few presses."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import pytest
+
+from tests.test_safe_files import REGULAR, swap_code
+from tests.ui_harness import ChatClient, UIServer, code_block, start_server, stop_server
+
+SWAP_SECONDS = 8.0
+
+
+@pytest.fixture
+def env_canary() -> str:
+    return f"ENVCANARY{secrets.token_hex(12)}"
+
+
+@pytest.fixture
+def server(tmp_path: Path, env_canary: str) -> Iterator[UIServer]:
+    # The kernel at the server's own CPU priority (execution.nice 0), as on a machine with cores to
+    # spare: with the default nice the kernel barely runs while the server answers, and the race
+    # that leaked files on the old code is too rare to see in a test's time.
+    env = {"WEAVER_TEST_SECRET": env_canary, "WEAVER_EXECUTION__NICE": "0"}
+    running = start_server(tmp_path / "app", tmp_path / "server.log", extra_env=env)
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+def _panels(client: ChatClient) -> list[dict[str, Any]]:
+    """Every panel the server has shown this client so far."""
+    return [d for n, d in client.events if n == "set_sidebar_elements"]
+
+
+def test_the_files_panel_never_serves_a_swapped_in_link(server: UIServer, tmp_path: Path, env_canary: str) -> None:
+    canary = tmp_path / "canary.txt"
+    secret = f"CANARY-{secrets.token_hex(16)}".encode()
+    canary.write_bytes(secret)
+    canary.chmod(0o600)
+    with server.client() as client:
+        # keep.csv: the chat has a file (and so its Files button) whatever x.csv is when the round ends
+        turn = client.ask(code_block("open('keep.csv', 'wb').write(b'k')\n" + swap_code(canary, SWAP_SECONDS)))
+        answer_ids = {m["id"] for m in turn if m.get("type") == "assistant_message"}
+        action = client.wait_for(
+            lambda: next((d for n, d in client.events if n == "action" and d.get("forId") in answer_ids), None),
+            30,
+            "the Files button under the answer",
+        )
+        found = [p.parent for p in server.app_dir.glob("workspace/sessions/*/cwd/keep.csv")]
+        assert len(found) == 1
+        cwd = found[0]
+        served: list[bytes] = []
+        notes: list[str] = []
+        deadline = time.monotonic() + SWAP_SECONDS + 90
+        presses = 0
+        while not (cwd / "swap-done").exists():
+            assert time.monotonic() < deadline, "the kernel's swap loop did not finish"
+            before = len(_panels(client))
+            pressed = httpx.post(
+                f"{server.base_url}/project/action",
+                json={"sessionId": client.session_id, "action": action},
+                headers=client.headers,
+                timeout=30,
+            )
+            assert pressed.status_code == 200, pressed.text
+            presses += 1
+            shown = client.wait_for(lambda seen=before: _panels(client)[seen:], 30, "the panel")
+            for element in shown[-1]["elements"]:
+                fetched = client.fetch_element(element)
+                assert fetched.status_code == 200
+                if element["type"] == "text":
+                    notes.append(fetched.text)
+                elif element["name"] in ("x.csv", "y.csv", "z.csv"):
+                    served.append(fetched.content)
+    everything = b"".join(served) + "".join(notes).encode()
+    assert secret not in everything and env_canary.encode() not in everything
+    assert served and all(content == REGULAR for content in served), served[:3]
+    assert presses >= 3
