@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import itertools
 import os
 import platform
 import secrets
@@ -467,6 +468,29 @@ class NewFile:
         os.close(self._dir_fd)
         return info
 
+    def commit_new(self, names: Iterable[str]) -> str:
+        """Put the file in place under the first of ``names`` (in the same folder) that is not
+        taken, never replacing anything (a dangling link counts as taken); returns the name used.
+        The bytes are written once, whatever the number of names tried."""
+        self.file.flush()
+        self.file.close()
+        try:
+            for name in names:
+                if len(split_path(name)) != 1 or name.startswith(TEMP_PREFIX):
+                    raise UnsafeFile(name, Refusal.BAD_NAME)
+                try:
+                    os.link(self._temp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd, follow_symlinks=False)
+                except FileExistsError:
+                    continue
+                os.unlink(self._temp, dir_fd=self._dir_fd)
+                self._done = True
+                os.close(self._dir_fd)
+                return name
+            raise FileExistsError("no free name")
+        except BaseException:
+            self.abort()
+            raise
+
     def abort(self) -> None:
         """Remove the temporary; the target name is untouched."""
         if self._done:
@@ -504,21 +528,22 @@ def write_file(
 def write_new(root: str | Path | int, names: Iterable[str], data: bytes | BinaryIO) -> str:
     """Write ``data`` under the first of ``names`` (in the session folder's top level) not taken
     yet, never replacing anything; returns the name used."""
-    for name in names:
-        if not isinstance(data, bytes):
-            data.seek(0)
-        try:
-            write_file(root, name, data, replace=False)
-            return name
-        except FileExistsError:
-            continue
-    raise FileExistsError("no free name")
+    names = iter(names)
+    first = next(names)
+    with NewFile(root, first) as new:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            new.write(bytes(data))
+        else:
+            while chunk := data.read(1 << 20):
+                new.write(chunk)
+        return new.commit_new(itertools.chain((first,), names))
 
 
-def numbered(stem: str, suffix: str) -> Iterator[str]:
-    """``stem.suffix``, ``stem-2.suffix``, ``stem-3.suffix``, … (for ``write_new``)."""
-    yield f"{stem}{suffix}"
-    n = 2
+def numbered(stem: str, suffix: str, start: int = 1) -> Iterator[str]:
+    """``stem.suffix``, ``stem-2.suffix``, ``stem-3.suffix``, … from the ``start``-th (for ``write_new``)."""
+    if start <= 1:
+        yield f"{stem}{suffix}"
+    n = max(2, start)
     while True:
         yield f"{stem}-{n}{suffix}"
         n += 1

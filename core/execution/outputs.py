@@ -39,6 +39,7 @@ class OutputCollector:
     artifacts: list[Artifact] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     _sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+    _figures: int = 0  # figures saved: the next one is looked for from there, not from figure.png
 
     def handle(self, msg: dict[str, Any]) -> bool:
         """Record one message; True once the kernel reports idle (the execution is over)."""
@@ -99,9 +100,10 @@ class OutputCollector:
             except (ValueError, TypeError):
                 continue
             try:  # a new name in the opened folder: a link user code planted as figure.png is not followed
-                name = write_new(self.cwd, numbered("figure", suffix), content)
+                name = write_new(self.cwd, numbered("figure", suffix, start=self._figures + 1), content)
             except (OSError, UnsafeFile):
                 return False
+            self._figures += 1
             path = self.cwd / name
             self.artifacts.append(Artifact(path.name, path, kind, "figure displayed by the code"))
             return True
