@@ -1,0 +1,1 @@
+"""Runtime patches of Chainlit, each in a module of its own that names the function and version it changes."""
