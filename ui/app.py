@@ -76,7 +76,7 @@ def _setup_logging() -> None:
 @cl.on_app_startup
 async def on_app_startup() -> None:
     _setup_logging()
-    logger.info("login %s", server.LOGIN.description)
+    logger.info("login %s; a login lasts %g h", server.LOGIN.description, server.SETTINGS.session_hours)
     logger.info(
         "answering hosts %s; pages from %s may use it",
         ", ".join(sorted(server.GUARD.allowed_hosts)),
