@@ -121,4 +121,7 @@ class EndedLogins:
             await cl.ErrorMessage(content=ended_text(refused), author=chainlit_config.ui.name).send()
         except Exception:
             logger.exception("could not tell chat %s that its login ended", key)
-        await sio.disconnect(ws.socket_id)
+        try:
+            await sio.disconnect(ws.socket_id)  # its reconnect is refused: the token no longer holds
+        except Exception:  # the socket had already gone (a chat in its grace period)
+            logger.debug("socket of chat %s already gone", key)
