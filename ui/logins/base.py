@@ -1,6 +1,7 @@
-"""What a login mode is: one small class saying what it needs at start, how it authenticates and
-what it refuses as unsafe. ``ui.logins`` lists the modes once (``MODES``); adding one is a class
-here-like and a line there.
+"""What a login mode is: one small class saying what it needs at start (``LoginContext``), what it
+refuses as unsafe (``check_safe``), how it authenticates (``install``) and when a login it made no
+longer holds (``refusal``). ``ui.logins`` lists the modes once (``MODES``): a new mode is a subclass
+in ``ui.logins.modes`` and one name in that list.
 """
 
 from __future__ import annotations
