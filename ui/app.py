@@ -258,6 +258,8 @@ async def _files_action(session: Session) -> list[cl.Action]:
 @cl.action_callback(OUTPUTS_ACTION)
 async def on_files(action: cl.Action) -> None:
     """The "Files" button: the chat's files in the side panel."""
+    if server.ENDED_LOGINS.refused(_key()):
+        return
     session = cl.user_session.get("weaver_session")
     if session is None:
         await cl.Message(content="This chat has no files yet.", author=chainlit_config.ui.name).send()

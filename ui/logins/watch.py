@@ -5,8 +5,8 @@ session (``WebsocketSession.token``). Every ``every_s`` seconds this replica mer
 revocations of all replicas (``TokenRevocations.refresh``) and asks the token checks
 (``TokenGate.refusal``) about the token of each chat holding a session here; a message checks its
 own chat first (``refused``), so a removed user cannot start one more round in the meantime.
-Ending a chat stops its session at once (``SessionOwner.end``), sends one plain message and closes
-the socket, whose reconnect is then refused like any request with that token.
+Ending a chat stops its session at once (``SessionOwner.end``) and sends the page one plain message
+saying why; a reload then shows the login form, since every request with that token is refused.
 """
 
 from __future__ import annotations
@@ -101,16 +101,21 @@ class EndedLogins:
     def _end(self, key: str, refused: Refused) -> None:
         logger.info("%s: ending chat %s and stopping its session", refused, key)
         self.owner.end(key)
-        task = asyncio.ensure_future(self._tell_and_close(key, refused))
+        task = asyncio.ensure_future(self._tell(key, refused))
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
 
-    async def _tell_and_close(self, key: str, refused: Refused) -> None:
-        """In a task of its own: Chainlit's context of that chat is set here, not in the caller's."""
+    async def _tell(self, key: str, refused: Refused) -> None:
+        """In a task of its own: Chainlit's context of that chat is set here, not in the caller's.
+
+        The message is also stored in the chat, so it is there when its user signs in again: a page
+        whose next HTTP request is refused moves to the login form at once, maybe before this
+        arrives. The socket is left open on purpose (closing it makes the page reconnect, be refused
+        and jump to the login form before anyone could read why); what it could still ask for goes
+        through ``ui.app``'s hooks, which check the login first (``refused``)."""
         import chainlit as cl
         from chainlit.config import config as chainlit_config
         from chainlit.context import init_ws_context
-        from chainlit.server import sio
         from chainlit.session import WebsocketSession
 
         ws = WebsocketSession.get_by_id(key)
@@ -118,10 +123,7 @@ class EndedLogins:
             return
         try:
             init_ws_context(ws)
+            cl.user_session.set("weaver_session", None)
             await cl.ErrorMessage(content=ended_text(refused), author=chainlit_config.ui.name).send()
         except Exception:
             logger.exception("could not tell chat %s that its login ended", key)
-        try:
-            await sio.disconnect(ws.socket_id)  # its reconnect is refused: the token no longer holds
-        except Exception:  # the socket had already gone (a chat in its grace period)
-            logger.debug("socket of chat %s already gone", key)
