@@ -797,3 +797,28 @@ def test_file_route_serves_the_owner_only(db: DB, tmp_path: Path, monkeypatch: p
 
     run(db, scenario)
     assert os.environ["CHAINLIT_AUTH_SECRET"]
+
+
+def test_logged_out_tokens_are_kept_for_every_replica_until_they_expire(db: DB) -> None:
+    """Two servers on one database (two replicas, or one before and after a restart): a token one of
+    them revokes is refused by the other after its refresh; a token past its own expiry is forgotten."""
+    import time
+
+    from ui.logins import TokenRevocations
+
+    async def scenario(first: WeaverDataLayer) -> None:
+        second = await db.open()
+        try:
+            here, there = TokenRevocations(lambda: first), TokenRevocations(lambda: second)
+            await here.revoke("token-a", "alice", time.time() + 3600)
+            await here.revoke("token-old", "alice", time.time() - 1)
+            assert here.is_revoked("token-a") and not there.is_revoked("token-a")
+            await there.refresh()
+            assert there.is_revoked("token-a") and not there.is_revoked("token-b")
+            assert not there.is_revoked("token-old")  # it would be refused as expired anyway
+            await here.refresh()
+            assert len(here) == 1
+        finally:
+            await second.close()
+
+    run(db, scenario)

@@ -273,6 +273,18 @@ def test_failed_logins_count_on_every_replica(layout: Layout) -> None:
     assert login(a, "alice").status_code == 200  # nobody else is held up
 
 
+def test_a_logout_on_one_replica_is_refused_on_the_other_within_seconds(layout: Layout) -> None:
+    a, b = layout.replicas["a"].base_url, layout.replicas["b"].base_url
+    response = login(a, "alice")
+    cookie = {"Cookie": f"access_token={response.cookies['access_token']}"}
+    assert httpx.get(f"{b}/user", headers=cookie, timeout=10).status_code == 200
+    assert httpx.post(f"{a}/logout", headers=cookie, timeout=10).status_code == 200
+    assert httpx.get(f"{a}/user", headers=cookie, timeout=10).status_code == 401  # here at once
+    wait_until(  # there after its next refresh from the shared database (every 2 s)
+        lambda: httpx.get(f"{b}/user", headers=cookie, timeout=10).status_code == 401, 15, "replica b to refuse it"
+    )
+
+
 def test_the_chat_cap_holds_across_replicas(layout: Layout) -> None:
     """Carol at her cap on her replica cannot open one more on the other; a chat she leaves frees
     its place for the other replica after the grace period, or at once for a new chat where it was."""

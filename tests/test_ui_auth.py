@@ -9,31 +9,39 @@ the ``whoami`` plugin, which greets the session's ``user_name``.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping
 
 import httpx
+import jwt
 import pytest
 import socketio
 
 from tests.ui_harness import (
+    KERNEL_ID_CODE,
     REPO_ROOT,
     ChatClient,
     UIServer,
     answers,
     code_block,
     free_port,
+    kernel_pid_in,
     login_cookie,
+    pid_alive,
     server_command,
     start_server,
     steps,
     stop_server,
     ui_server,
+    wait_until,
 )
 
 __all__ = ["ui_server"]
@@ -208,7 +216,7 @@ def password_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServ
     shutil.copytree(PLUGINS, root / "app" / "plugins")
     add_user(root / "app", "alice", "alice-password")
     add_user(root / "app", "bob", "bob-password-2")
-    env = {"WEAVER_UI_AUTH": "password", "WEAVER_UI_LOGIN_ATTEMPTS_PER_USER": "3"}
+    env = {"WEAVER_UI_AUTH": "password", "WEAVER_UI_LOGIN_ATTEMPTS_PER_USER": "3", "WEAVER_UI_SESSION_HOURS": "2"}
     server = start_server(root / "app", root / "server.log", extra_env=env)
     try:
         yield server
@@ -312,3 +320,143 @@ def test_oauth_needs_a_provider_and_a_list_of_who_may_enter(tmp_path: Path) -> N
     assert "OAUTH_<PROVIDER>_CLIENT_ID" in run_server_expecting_refusal(tmp_path, "127.0.0.1", secret)
     github = {**secret, "OAUTH_GITHUB_CLIENT_ID": "id", "OAUTH_GITHUB_CLIENT_SECRET": "s"}
     assert "WEAVER_UI_ALLOWED_USERS" in run_server_expecting_refusal(tmp_path, "127.0.0.1", github)
+
+
+# ------------------------------------------------------------------ logins that end
+
+
+def weaver_user(app_dir: Path, *args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The real ``weaver user`` command, in a process of its own (as an operator runs it)."""
+    command = [sys.executable, "-m", "ui.cli", "user", "--app-dir", str(app_dir), *args]
+    if password is not None:
+        command.append("--password-stdin")
+    return subprocess.run(
+        command,
+        input=None if password is None else password + "\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+
+
+def cookie_of(response: httpx.Response) -> dict[str, str]:
+    assert response.status_code == 200, response.text
+    return {"Cookie": "; ".join(f"{k}={v}" for k, v in response.cookies.items())}
+
+
+def user_page(server: UIServer, cookie: Mapping[str, str]) -> int:
+    """``GET /user`` with this cookie, as the page asks at load: 200 shows the chat, 401 the login."""
+    return httpx.get(f"{server.base_url}/user", headers=dict(cookie), timeout=30).status_code
+
+
+def socket_refused(server: UIServer, cookie: Mapping[str, str]) -> bool:
+    client = server_client_with(server, dict(cookie), str(uuid.uuid4()))
+    try:
+        client.connect(expect_chat_start=False)
+    except socketio.exceptions.ConnectionError:
+        return True
+    client.disconnect()
+    return False
+
+
+def kernel_of(client: ChatClient) -> int:
+    turn = client.ask(code_block(KERNEL_ID_CODE))
+    return kernel_pid_in("\n".join(steps(turn, "CodeInterpreter") + answers(turn)))
+
+
+def test_logout_ends_the_login_on_every_route_and_socket(password_server: UIServer) -> None:
+    cookie = cookie_of(password_login(password_server, "alice", "alice-password"))
+    other = cookie_of(password_login(password_server, "alice", "alice-password"))  # another browser of hers
+    assert user_page(password_server, cookie) == 200 and not socket_refused(password_server, cookie)
+    out = httpx.post(f"{password_server.base_url}/logout", headers=cookie, timeout=30)
+    assert out.status_code == 200
+    assert user_page(password_server, cookie) == 401  # the page shows the login again
+    assert socket_refused(password_server, cookie)
+    jwt_login = httpx.post(
+        f"{password_server.base_url}/auth/jwt",
+        headers={"Authorization": f"Bearer {cookie['Cookie'].partition('=')[2]}"},
+        timeout=30,
+    )
+    assert jwt_login.status_code == 401  # nor can the old token be traded for a new cookie
+    assert user_page(password_server, other) == 200  # only that login ended
+
+
+def test_a_removed_user_is_refused_at_once_and_their_live_chat_stops(password_server: UIServer) -> None:
+    assert weaver_user(password_server.app_dir, "add", "erin", password="erin-password").returncode == 0
+    cookie = cookie_of(password_login(password_server, "erin", "erin-password"))
+    with server_client_with(password_server, cookie, str(uuid.uuid4())) as erin:
+        pid = kernel_of(erin)
+        assert pid_alive(pid)
+        removed = weaver_user(password_server.app_dir, "remove", "erin")
+        assert removed.returncode == 0 and "logins end at once" in removed.stdout
+        assert user_page(password_server, cookie) == 401 and socket_refused(password_server, cookie)
+        wait_until(lambda: not pid_alive(pid), 30, f"erin's kernel {pid} to exit")
+        told = erin.wait_for(
+            lambda: [m for m in erin.messages().values() if "account was removed" in str(m.get("output"))],
+            30,
+            "erin's page to be told",
+        )
+        assert "Reload the page to sign in again" in told[0]["output"]
+    assert password_login(password_server, "erin", "erin-password").status_code == 401
+
+
+def test_a_new_password_ends_the_old_logins_and_a_new_login_works(password_server: UIServer) -> None:
+    assert weaver_user(password_server.app_dir, "add", "frank", password="frank-password").returncode == 0
+    old = cookie_of(password_login(password_server, "frank", "frank-password"))
+    assert user_page(password_server, old) == 200
+    changed = weaver_user(password_server.app_dir, "passwd", "frank", password="frank-password-2")
+    assert changed.returncode == 0, changed.stderr
+    assert user_page(password_server, old) == 401 and socket_refused(password_server, old)
+    assert password_login(password_server, "frank", "frank-password").status_code == 401
+    new = cookie_of(password_login(password_server, "frank", "frank-password-2"))
+    assert user_page(password_server, new) == 200 and not socket_refused(password_server, new)
+    nobody = weaver_user(password_server.app_dir, "passwd", "nobody", password="whatever-password")
+    assert nobody.returncode == 1 and "no user 'nobody'" in nobody.stderr
+
+
+def minted(server: UIServer, user: str, issued_hours_ago: float) -> dict[str, str]:
+    """A token signed with the server's own secret, as its login made it ``issued_hours_ago`` hours
+    ago, but with Chainlit's default lifetime of 15 days, so its ``exp`` is still ahead."""
+    secret = (server.app_dir / ".auth_secret").read_text().strip()
+    epoch = json.loads((server.app_dir / "users.json").read_text())[user]["login_epoch"]
+    now = time.time()
+    claims = {
+        "identifier": user,
+        "display_name": None,
+        "metadata": {"provider": "password", "login_epoch": epoch},
+        "iat": int(now - issued_hours_ago * 3600),
+        "exp": int(now - issued_hours_ago * 3600 + 15 * 86400),
+    }
+    return {"Cookie": f"access_token={jwt.encode(claims, secret, algorithm='HS256')}"}
+
+
+def test_a_login_lasts_as_long_as_the_session_setting(password_server: UIServer) -> None:
+    """The server runs with WEAVER_UI_SESSION_HOURS=2."""
+    response = password_login(password_server, "alice", "alice-password")
+    token = response.cookies["access_token"]
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == 2 * 3600
+    assert "Max-Age=7200" in response.headers["set-cookie"]
+    assert user_page(password_server, minted(password_server, "alice", 1.5)) == 200
+    stale = minted(password_server, "alice", 2.5)
+    assert user_page(password_server, stale) == 401 and socket_refused(password_server, stale)
+
+
+def test_a_logout_is_still_honoured_after_a_restart(tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    add_user(app, "gina", "gina-password")
+    env = {"WEAVER_UI_AUTH": "password"}
+    server = start_server(app, tmp_path / "server.log", extra_env=env)
+    try:
+        out = cookie_of(password_login(server, "gina", "gina-password"))
+        kept = cookie_of(password_login(server, "gina", "gina-password"))
+        assert httpx.post(f"{server.base_url}/logout", headers=out, timeout=30).status_code == 200
+    finally:
+        stop_server(server)
+    server = start_server(app, tmp_path / "server-2.log", extra_env=env)
+    try:
+        assert user_page(server, out) == 401 and socket_refused(server, out)
+        assert user_page(server, kept) == 200
+    finally:
+        stop_server(server)

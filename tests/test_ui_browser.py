@@ -225,3 +225,39 @@ def test_log_in_chat_reload_and_continue_from_the_sidebar(password_server: UISer
         expect(page.get_by_text("still 43").last).to_be_visible(timeout=120_000)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "ui_browser_resume.png"))
+
+
+def test_a_new_password_sends_the_page_to_the_login_and_the_chat_says_why(password_server: UIServer) -> None:
+    """``weaver user passwd`` while alice's chat is open: the page shows the login form (its cookie is
+    refused), her kernel is gone, and once she signs in with the new password the old chat says why."""
+    from tests.test_ui_auth import weaver_user
+
+    expect = playwright_sync.expect
+    with _browser_page() as page:
+        page.goto(password_server.base_url)
+        page.locator("#email").fill("alice")
+        page.locator("#password").fill("alice-password")
+        page.locator("#password").press("Enter")
+        chat_input = page.locator("#chat-input")
+        expect(chat_input).to_be_visible()
+        chat_input.fill(f"```python\n{KERNEL_ID_CODE}\n```")
+        page.locator("#chat-submit").click()
+        printed = page.get_by_text(re.compile(r"KERNEL \S+\.json")).last
+        expect(printed).to_be_visible(timeout=90_000)
+        pid = kernel_pid_in(printed.inner_text())
+
+        changed = weaver_user(password_server.app_dir, "passwd", "alice", password="alice-password-2")
+        assert changed.returncode == 0, changed.stderr
+        wait_until(lambda: not pid_alive(pid), 30, f"alice's kernel {pid} to exit")
+        page.reload()
+        expect(page.locator("#email")).to_be_visible()  # the login form, not the chat
+        expect(page.locator("#chat-input")).to_have_count(0)
+
+        page.locator("#email").fill("alice")
+        page.locator("#password").fill("alice-password-2")
+        page.locator("#password").press("Enter")
+        expect(page.locator("#chat-input")).to_be_visible()
+        page.locator("#thread-history").get_by_text("KERNEL", exact=False).first.click()
+        expect(page.get_by_text("Your password was changed", exact=False).first).to_be_visible()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "ui_browser_password_changed.png"))

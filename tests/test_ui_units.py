@@ -378,12 +378,17 @@ def test_thread_jobs_all_run_at_once_and_reuse_idle_workers() -> None:
     assert seen == {"unset"}  # each job starts in a fresh context, as on a thread of its own
 
 
-def test_login_modes_and_who_oauth_lets_in() -> None:
-    from ui.auth import AuthSetupError, allowed_by, choose_mode
+def test_login_modes_and_who_oauth_lets_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ui.logins import MODES, AuthSetupError, LoginContext, allowed_by, make_login
+    from ui.settings import UISettings
 
-    assert choose_mode(None, None, loopback=True) == "local"
-    assert choose_mode(None, "X-User", loopback=False) == "header"
-    assert choose_mode("Password", None, loopback=False) == "password"
+    monkeypatch.delenv("CHAINLIT_AUTH_SECRET", raising=False)
+
+    def mode(requested: str | None, header: str | None, loopback: bool) -> str:
+        return make_login(requested, LoginContext(app_dir=tmp_path, loopback=loopback, user_header=header)).name
+
+    assert mode(None, None, loopback=True) == "local"
+    assert mode("Password", None, loopback=False) == "password"
     for requested, header, loopback in (
         ("local", None, False),
         (None, None, False),
@@ -391,7 +396,12 @@ def test_login_modes_and_who_oauth_lets_in() -> None:
         ("x", None, True),
     ):
         with pytest.raises(AuthSetupError):
-            choose_mode(requested, header, loopback)
+            mode(requested, header, loopback)
+    with pytest.raises(AuthSetupError, match="CHAINLIT_AUTH_SECRET"):  # header and oauth want an explicit secret
+        mode(None, "X-User", loopback=False)
+    assert sorted(MODES) == ["header", "local", "oauth", "password"]
+    with pytest.raises(ValueError, match="not one of local, password, header, oauth"):
+        UISettings(auth="kerberos")
     allowed = ["alice", "@example.org"]
     assert allowed_by(allowed, "alice") and allowed_by(allowed, "gh-carol", "carol@example.org")
     assert not allowed_by(allowed, "mallory", "mallory@example.org.evil")
@@ -404,13 +414,13 @@ def test_servers_starting_together_on_one_app_folder_agree_on_the_login_secret(
     """Replicas sharing an app folder (no shared database) make at most one secret and all read it whole."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ui.auth import SECRET_FILE, ensure_secret
+    from ui.logins import SECRET_FILE, ensure_secret
 
     monkeypatch.delenv("CHAINLIT_AUTH_SECRET", raising=False)
     for attempt in range(5):
         folder = tmp_path / str(attempt)
         with ThreadPoolExecutor(8) as pool:
-            secrets = set(pool.map(lambda d: ensure_secret(d, "password"), [folder] * 8))
+            secrets = set(pool.map(ensure_secret, [folder] * 8))
         assert len(secrets) == 1 and len(secrets.pop()) >= 32
         assert [p.name for p in folder.iterdir()] == [SECRET_FILE]  # no temporary file is left behind
         assert (folder / SECRET_FILE).stat().st_mode & 0o777 == 0o600

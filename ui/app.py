@@ -4,7 +4,7 @@ A thin adapter over ``core``'s public API. One ``TaskWeaverApp`` per server proc
 ``Session`` per browser chat, owned by ``ui.lifecycle.SessionOwner`` (read its docstring for why
 a disconnect stops the kernel only after a grace period). Each message runs its round on a
 worker thread; ``ui.render`` brings the events back to the event loop and draws them as steps.
-Who the user is comes from the login mode (``ui.auth``); the signed-in identity is every
+Who the user is comes from the login mode (``ui.logins``); the signed-in identity is every
 session's ``user_name``. What a request may do is checked first by ``ui.guards``.
 """
 
@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, TypeVar
+from typing import Any, Awaitable, Literal, TypeVar, cast
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the path, not the repo root
@@ -25,6 +25,7 @@ if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the p
 import chainlit as cl  # noqa: E402
 from chainlit.config import config as chainlit_config  # noqa: E402
 from chainlit.input_widget import Select, Slider, Switch  # noqa: E402
+from chainlit.types import ThreadDict  # noqa: E402
 
 from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
 from ui import server  # noqa: E402  (importing ``server`` sets this server up)
@@ -56,9 +57,9 @@ def _user_name() -> str:
 
 def _client() -> str:
     """Who holds this chat, for the per-client cap: the logged-in user, else the peer address."""
-    user = cl.user_session.get("user")
-    if user is not None and getattr(user, "identifier", ""):
-        return f"user:{user.identifier}"
+    identifier = getattr(cl.user_session.get("user"), "identifier", None)
+    if identifier:
+        return f"user:{identifier}"
     return f"addr:{client_address(getattr(cl.context.session, 'environ', None))}"
 
 
@@ -76,7 +77,7 @@ def _setup_logging() -> None:
 @cl.on_app_startup
 async def on_app_startup() -> None:
     _setup_logging()
-    logger.info("login %s", server.LOGIN.description)
+    logger.info("login %s; a login lasts %g h", server.LOGIN.description, server.SETTINGS.session_hours)
     logger.info(
         "answering hosts %s; pages from %s may use it",
         ", ".join(sorted(server.GUARD.allowed_hosts)),
@@ -104,6 +105,7 @@ async def _check_model(app: TaskWeaverApp) -> None:
 
 @cl.on_app_shutdown
 async def on_app_shutdown() -> None:
+    await server.ENDED_LOGINS.stop()
     await server.OWNER.close_all()
     if server.LIVE is not None:
         await server.LIVE.stop()
@@ -203,6 +205,8 @@ async def _apply_llm(session: Session) -> None:
 @cl.on_message
 async def on_message(message: cl.Message) -> None:
     server.GUARD.uploads.message_sent(_key())
+    if server.ENDED_LOGINS.refused(_key()):  # signed out, removed or a new password since this socket connected
+        return
     resume_id = cl.user_session.get("weaver_session_id")
     lease = await _or_report(server.OWNER.acquire_async(_key(), _user_name(), _client(), resume_id=resume_id))
     if lease is None:
@@ -223,7 +227,8 @@ async def on_message(message: cl.Message) -> None:
                 "fresh one: variables and files from before are gone.",
                 author=chainlit_config.ui.name,
             ).send()
-    files = uploads_from_elements(message.elements)
+    # core's file entries are keyed by Literal names; ui.files builds them with those keys as str
+    files = cast(list[dict[Literal["name", "path", "content"], Any]], uploads_from_elements(message.elements))
     text = message.content or ""
     parent = cl.context.current_step
     renderer = RoundRenderer(
@@ -254,6 +259,8 @@ async def _files_action(session: Session) -> list[cl.Action]:
 @cl.action_callback(OUTPUTS_ACTION)
 async def on_files(action: cl.Action) -> None:
     """The "Files" button: the chat's files in the side panel."""
+    if server.ENDED_LOGINS.refused(_key()):
+        return
     session = cl.user_session.get("weaver_session")
     if session is None:
         await cl.Message(content="This chat has no files yet.", author=chainlit_config.ui.name).send()
@@ -310,9 +317,9 @@ async def _restore(session: Session) -> None:
 
 
 @cl.on_chat_resume
-async def on_chat_resume(thread: dict[str, Any]) -> None:
+async def on_chat_resume(thread: ThreadDict) -> None:
     """An old chat was opened: remember its Weaver session; it comes back with the next message."""
-    metadata = thread.get("metadata") or {}
+    metadata: Any = thread.get("metadata") or {}
     if isinstance(metadata, str):
         metadata = json.loads(metadata or "{}")
     session_id = metadata.get("weaver_session_id") if isinstance(metadata, dict) else None

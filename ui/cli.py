@@ -81,19 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     user = sub.add_parser("user", help="manage password-login users (WEAVER_UI_AUTH=password)")
     user.add_argument("--app-dir", help="the app folder whose users.json to change (default ./.weaver)")
     actions = user.add_subparsers(dest="action", required=True)
-    add = actions.add_parser("add", help="add a user, or set a new password")
+    add = actions.add_parser("add", help="add a user, or set a new password (signs out its logins)")
     add.add_argument("name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    actions.add_parser("remove", help="remove a user").add_argument("name")
+    passwd = actions.add_parser("passwd", help="change a user's password and sign out all its logins at once")
+    passwd.add_argument("name")
+    passwd.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    actions.add_parser("remove", help="remove a user and sign out all its logins at once").add_argument("name")
     actions.add_parser("list", help="list the users")
     return parser
 
 
 def run_user(action: str, name: str | None, app_dir: str | None, password_stdin: bool) -> int:
-    """``weaver user add|remove|list``: the password store in the app folder."""
+    """``weaver user add|passwd|remove|list``: the password store in the app folder. A running server
+    re-reads it at its next request, so a removal or a new password ends the user's logins at once."""
     import getpass
 
-    from ui.auth import UserStore
+    from ui.logins import NoSuchUser, UserStore
 
     folder = Path(app_dir or os.environ.get("WEAVER_APP_DIR") or ".weaver").resolve()
     store = UserStore(folder)
@@ -106,8 +110,11 @@ def run_user(action: str, name: str | None, app_dir: str | None, password_stdin:
         if not store.remove(name):
             print(f"weaver user: no user {name!r} in {store.path}", file=sys.stderr)
             return 1
-        print(f"removed {name}")
+        print(f"removed {name}; their logins end at once")
         return 0
+    if action == "passwd" and name not in store.names():
+        print(f"weaver user: no user {name!r} in {store.path}; add one with `weaver user add {name}`", file=sys.stderr)
+        return 1
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -116,11 +123,17 @@ def run_user(action: str, name: str | None, app_dir: str | None, password_stdin:
             print("weaver user: the two passwords differ; nothing changed", file=sys.stderr)
             return 1
     try:
-        new = store.add(name, password)
+        new = store.add(name, password, must_exist=action == "passwd")
+    except NoSuchUser:
+        print(f"weaver user: no user {name!r} in {store.path}; nothing changed", file=sys.stderr)
+        return 1
     except ValueError as exc:
         print(f"weaver user: {exc}; nothing changed", file=sys.stderr)
         return 1
-    print(f"{'added' if new else 'changed the password of'} {name} in {store.path}")
+    if new:
+        print(f"added {name} in {store.path}")
+    else:
+        print(f"changed the password of {name} in {store.path}; their earlier logins end at once")
     return 0
 
 

@@ -25,9 +25,9 @@ Design - a grace period plus lazy re-creation:
   after ``settle_s`` (one second) and stops then if the chat was cleared and not reconnected.
   ``close_all`` is for server shutdown.
 * With several replicas sharing a database, ``registry`` (``ui.shared.LiveSessions``) holds the
-  per-client cap across all of them: ``acquire_async`` claims a place there before it creates a
-  session (freeing this replica's longest-disconnected chat of the client when it is full), and a
-  stop gives the place back. Without one, the cap is this process's (``_make_room``). A chat that
+  per-client cap across all of them (``ui.replica_cap``): ``acquire_async`` claims a place there
+  before it creates a session (freeing this replica's longest-disconnected chat of the client when
+  it is full), and a stop gives the place back. Without one, the cap is this process's (``_make_room``). A chat that
   comes back from a replica that died first asks the registry for the gateway kernel it held there
   (``adopt_kernel``); the factory then attaches to it instead of starting one.
 
@@ -43,10 +43,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Generic, Protocol, TypeVar
 
 from core import WeaverError
 from ui.bridge import run_in_thread
+from ui.replica_cap import LiveRegistry, ReplicaCap
 
 logger = logging.getLogger("weaver.ui.lifecycle")
 
@@ -54,16 +55,6 @@ DEFAULT_GRACE_S = 120.0  # WEAVER_UI_DISCONNECT_GRACE_S
 DEFAULT_MAX_PER_CLIENT = 5  # WEAVER_UI_MAX_SESSIONS_PER_CLIENT
 FORGET_AFTER_S = 24 * 3600.0
 SESSION_FAILED = "Weaver could not start a session for this chat. Please try again in a moment."
-
-
-class LiveRegistry(Protocol):
-    """Live chats per client across replicas (``ui.shared.LiveSessions``)."""
-
-    async def claim(self, chat: str, client: str, limit: int) -> bool: ...
-
-    async def release(self, chat: str) -> None: ...
-
-    async def adopt_kernel(self, chat: str, session_id: str, client: str) -> str | None: ...
 
 
 class StoppableSession(Protocol):
@@ -79,9 +70,12 @@ class StoppableSession(Protocol):
     def stop(self) -> None: ...
 
 
+# The chat's session type: ``core.Session`` in the server (``ui.app`` uses all of it), anything
+# with the ``StoppableSession`` part elsewhere.
+S = TypeVar("S", bound=StoppableSession)
 # (user name, id of a session to bring back or None[, its gateway kernel to adopt]) -> the chat's session;
 # the third argument is passed only when there is a kernel to adopt.
-SessionFactory = Callable[..., StoppableSession]
+SessionFactory = Callable[..., S]
 
 
 class TooManyChats(WeaverError):
@@ -104,20 +98,20 @@ def session_error_text(exc: BaseException) -> str:
 
 
 @dataclass
-class Lease:
+class Lease(Generic[S]):
     """What a message handler gets: the live session, whether it is new (``created``) or replaces
     one that stopped (``recreated``), and the turn lock."""
 
-    session: StoppableSession
+    session: S
     recreated: bool
     round_lock: asyncio.Lock
     created: bool = False
 
 
 @dataclass
-class _Entry:
+class _Entry(Generic[S]):
     user_name: str
-    session: StoppableSession | None
+    session: S | None
     client: str = ""
     released_at: float | None = None
     round_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -126,17 +120,17 @@ class _Entry:
     settle_timer: asyncio.TimerHandle | None = None
     stopped_at: float | None = None
     had_session: bool = False
-    creating: asyncio.Future[StoppableSession] | None = None  # acquire_async's creation in flight
+    creating: asyncio.Future[S] | None = None  # acquire_async's creation in flight
     resume_id: str | None = None  # the Weaver session to bring back when this chat needs one again
     idle_timer: asyncio.TimerHandle | None = None
 
 
-class SessionOwner:
+class SessionOwner(Generic[S]):
     """Maps Chainlit session ids to Weaver sessions and decides when to stop them."""
 
     def __init__(
         self,
-        factory: SessionFactory,
+        factory: SessionFactory[S],
         is_connected: Callable[[str], bool],
         grace_s: float = DEFAULT_GRACE_S,
         is_abandoned: Callable[[str], bool] | None = None,
@@ -152,12 +146,11 @@ class SessionOwner:
         self.grace_s = grace_s
         self.max_per_client = max_per_client
         self.idle_s = idle_s
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, _Entry[S]] = {}
         self._stopping: set[asyncio.Task[None]] = set()
-        self.registry = registry
-        self._releases: dict[str, asyncio.Task[None]] = {}  # shared-count releases in flight, by chat
+        self._cap = ReplicaCap(registry, self._stopping) if registry is not None else None
 
-    def acquire(self, key: str, user_name: str, client: str = "", resume_id: str | None = None) -> Lease:
+    def acquire(self, key: str, user_name: str, client: str = "", resume_id: str | None = None) -> Lease[S]:
         """A message arrived: the user is here, so disarm the stop and make sure a session is live.
 
         A chat gets its session (and kernel) only here, at its first message: a socket that never
@@ -174,7 +167,7 @@ class SessionOwner:
         assert entry.session is not None
         return Lease(session=entry.session, recreated=recreated, round_lock=entry.round_lock, created=True)
 
-    async def acquire_async(self, key: str, user_name: str, client: str = "", resume_id: str | None = None) -> Lease:
+    async def acquire_async(self, key: str, user_name: str, client: str = "", resume_id: str | None = None) -> Lease[S]:
         """``acquire`` with the session created on a thread of its own, never on the event loop.
 
         A second message of the same chat while its session is being created waits for that one
@@ -186,7 +179,7 @@ class SessionOwner:
             return Lease(session=entry.session, recreated=False, round_lock=entry.round_lock)
         creating, created = entry.creating, False
         if creating is None:
-            if self.registry is None:  # with a registry, ``_claim`` makes room against the shared count
+            if self._cap is None:  # with a registry, ``ReplicaCap`` makes room against the shared count
                 self._make_room(client, key)
             recreated = entry.had_session
             creating = asyncio.ensure_future(self._create(key, user_name, client, entry.resume_id))
@@ -195,17 +188,14 @@ class SessionOwner:
         session = await asyncio.shield(creating)
         return Lease(session=session, recreated=created and recreated, round_lock=entry.round_lock, created=created)
 
-    async def _create(self, key: str, user_name: str, client: str, resume_id: str | None) -> StoppableSession:
+    async def _create(self, key: str, user_name: str, client: str, resume_id: str | None) -> S:
         """Claim the chat's place among the client's live chats on every replica (taking over the gateway
         kernel it held on a replica that died, if any), then make its session."""
         kernel_id: str | None = None
-        if self.registry is not None:
-            pending = self._releases.get(key)
-            if pending is not None:  # a late release of this chat's last session must not undo the claim
-                await asyncio.gather(pending, return_exceptions=True)
-            if resume_id:
-                kernel_id = await self._adoptable(key, resume_id, client)
-            await self._claim(key, client)
+        if self._cap is not None:
+            kernel_id = await self._cap.prepare(
+                key, client, resume_id, self.max_per_client, lambda: self._free_one(key, client)
+            )
         adopt = (kernel_id,) if kernel_id else ()
         try:
             return await run_in_thread(self._factory, user_name, resume_id, *adopt, name="weaver-session-create")
@@ -213,46 +203,18 @@ class SessionOwner:
             self._give_back(key)
             raise
 
-    async def _adoptable(self, key: str, resume_id: str, client: str) -> str | None:
-        """The gateway kernel this chat held on a replica that is gone, now ours; None on any failure
-        (the chat then gets a new kernel and its code is replayed, as without a gateway)."""
-        assert self.registry is not None
-        try:
-            return await self.registry.adopt_kernel(key, resume_id, client)
-        except Exception:
-            logger.exception("could not look for chat %s's kernel in the shared database", key)
-            return None
-
-    async def _claim(self, key: str, client: str) -> None:
-        """The shared cap: free this replica's longest-disconnected chats of ``client`` while the
-        shared count is full; if none is left to free, refuse (the client's other chats may be
-        connected, or on other replicas, which stop them after their own grace period)."""
-        assert self.registry is not None
-        while not await self.registry.claim(key, client, self.max_per_client):
-            mine = [(k, e) for k, e in self._entries.items() if k != key and e.client == client]
-            oldest = self._stop_longest_disconnected(client, mine, " on all replicas")
-            released = self._releases.get(oldest)
-            if released is not None:
-                await asyncio.gather(released, return_exceptions=True)
+    def _free_one(self, key: str, client: str) -> str:
+        """The shared count is full: free this replica's longest-disconnected chat of ``client``, or
+        refuse (its other chats may be connected, or on other replicas, which stop them after their
+        own grace period)."""
+        mine = [(k, e) for k, e in self._entries.items() if k != key and e.client == client]
+        return self._stop_longest_disconnected(client, mine, " on all replicas")
 
     def _give_back(self, key: str) -> None:
-        """The chat holds no session any more: its place in the shared count is free (in the background)."""
-        if self.registry is None:
-            return
-        task = asyncio.ensure_future(self._release_shared(key))
-        self._stopping.add(task)
-        self._releases[key] = task
-        task.add_done_callback(self._stopping.discard)
-        task.add_done_callback(lambda done: self._releases.pop(key, None) if self._releases.get(key) is done else None)
+        if self._cap is not None:
+            self._cap.give_back(key)
 
-    async def _release_shared(self, key: str) -> None:
-        assert self.registry is not None
-        try:
-            await self.registry.release(key)
-        except Exception:  # the row expires with this replica's heartbeat if it cannot be given back
-            logger.exception("could not release chat %s in the shared database", key)
-
-    def _arrive(self, key: str, user_name: str, client: str, resume_id: str | None) -> _Entry:
+    def _arrive(self, key: str, user_name: str, client: str, resume_id: str | None) -> _Entry[S]:
         """A message arrived for ``key``: its entry, with any pending stop disarmed and the idle
         clock restarted."""
         self._prune()
@@ -270,14 +232,14 @@ class SessionOwner:
         self._arm_idle(key, entry)
         return entry
 
-    def _arm_idle(self, key: str, entry: _Entry) -> None:
+    def _arm_idle(self, key: str, entry: _Entry[S]) -> None:
         if entry.idle_timer is not None:
             entry.idle_timer.cancel()
             entry.idle_timer = None
         if self.idle_s:
             entry.idle_timer = asyncio.get_running_loop().call_later(self.idle_s, self._idle_over, key, entry)
 
-    def _idle_over(self, key: str, entry: _Entry) -> None:
+    def _idle_over(self, key: str, entry: _Entry[S]) -> None:
         """Nobody used this chat for ``idle_s``: stop its kernel (its history stays; the next
         message brings the session back)."""
         entry.idle_timer = None
@@ -290,16 +252,14 @@ class SessionOwner:
         self._disarm(entry)
         self._stop(key, entry)
 
-    def _adopt(self, key: str, entry: _Entry, session: StoppableSession, user_name: str, client: str) -> None:
+    def _adopt(self, key: str, entry: _Entry[S], session: S, user_name: str, client: str) -> None:
         entry.session = session
         entry.user_name, entry.client = user_name, client
         entry.had_session = True
         entry.stopped_at = None
         logger.info("chainlit session %s owns weaver session %s", key, session.session_id)
 
-    def _created(
-        self, key: str, entry: _Entry, done: asyncio.Future[StoppableSession], user_name: str, client: str
-    ) -> None:
+    def _created(self, key: str, entry: _Entry[S], done: asyncio.Future[S], user_name: str, client: str) -> None:
         """A creation finished (on the loop): the chat owns the session, even if its socket left meanwhile."""
         entry.creating = None
         if done.cancelled() or done.exception() is not None:
@@ -321,7 +281,7 @@ class SessionOwner:
             return
         self._stop_longest_disconnected(client, mine, "")
 
-    def _stop_longest_disconnected(self, client: str, mine: list[tuple[str, _Entry]], where: str) -> str:
+    def _stop_longest_disconnected(self, client: str, mine: list[tuple[str, _Entry[S]]], where: str) -> str:
         """Stop the chat of ``mine`` whose browser left longest ago and return its key; refuse
         (``TooManyChats``) when every one of them is still connected."""
         gone = sorted(
@@ -344,7 +304,7 @@ class SessionOwner:
         self._stop(oldest, victim)
         return oldest
 
-    def current(self, key: str) -> StoppableSession | None:
+    def current(self, key: str) -> S | None:
         """The live session of a key, without creating one (used by the stop button)."""
         entry = self._entries.get(key)
         return entry.session if entry else None
@@ -389,6 +349,22 @@ class SessionOwner:
         """True while a disconnect timer is armed for this key (for diagnostics and tests)."""
         entry = self._entries.get(key)
         return entry is not None and entry.timer is not None
+
+    def live_keys(self) -> list[str]:
+        """The chats that hold a session here, or are getting one."""
+        return [k for k, e in self._entries.items() if e.session is not None or e.creating is not None]
+
+    def end(self, key: str) -> None:
+        """The chat's login ended: stop its session now and forget the chat (a session still being
+        made is stopped as soon as it exists: ``_created`` finds its chat forgotten)."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        self._disarm(entry)
+        if entry.idle_timer is not None:
+            entry.idle_timer.cancel()
+            entry.idle_timer = None
+        self._stop(key, entry)
 
     def live_count(self) -> int:
         """How many sessions are currently owned and not stopped."""
@@ -435,14 +411,14 @@ class SessionOwner:
         logger.info("grace over for %s: browser gone, stopping weaver session %s", key, entry.session.session_id)
         self._stop(key, entry)
 
-    def _disarm(self, entry: _Entry) -> None:
+    def _disarm(self, entry: _Entry[S]) -> None:
         for timer in (entry.timer, entry.settle_timer):
             if timer is not None:
                 timer.cancel()
         entry.timer = entry.settle_timer = None
         entry.timer_token = None
 
-    def _stop(self, key: str, entry: _Entry) -> None:
+    def _stop(self, key: str, entry: _Entry[S]) -> None:
         """Stop the chat's session, unless another chat (a second tab) still holds it."""
         session = entry.session
         entry.session = None

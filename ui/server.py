@@ -24,10 +24,11 @@ from core.errors import WeaverError
 from core.execution.backend import KernelBackend, backend_for
 from core.workspace import default_app_dir
 from ui import guards, patches
-from ui.auth import AuthSetupError, choose_mode, install_login
 from ui.bridge import in_background, run_in_thread
 from ui.history import HistoryConfigError, WeaverDataLayer, history_settings, open_history
 from ui.lifecycle import SessionOwner
+from ui.logins import AuthSetupError, LoginContext, TokenRevocations, install_login, make_login
+from ui.logins.watch import EndedLogins
 from ui.settings import UISettingsError, is_loopback, serving_hosts, serving_origins, ui_settings
 from ui.shared import EXPIRY_BEATS, LiveSessions, SharedLoginThrottle, is_shared
 
@@ -127,7 +128,7 @@ def _history_engine() -> AsyncEngine | None:
 ADOPT_WINDOW_S = max(SETTINGS.disconnect_grace_s, EXPIRY_BEATS * SETTINGS.replica_heartbeat_s)
 LIVE = LiveSessions(_history_engine, REPLICA_ID, SETTINGS.replica_heartbeat_s, ADOPT_WINDOW_S) if SHARED else None
 
-OWNER = SessionOwner(
+OWNER: SessionOwner[Session] = SessionOwner(
     new_session,
     browser_connected,
     grace_s=SETTINGS.disconnect_grace_s,
@@ -225,18 +226,29 @@ def _login_throttle() -> guards.LoginLimiter:
     return SharedLoginThrottle(_history_engine, *limits) if SHARED else guards.LoginThrottle(*limits)
 
 
+# Logged-out tokens are kept in the history database (opened at app start-up, hence the getter).
+REVOCATIONS = TokenRevocations(lambda: HISTORY)
 try:
     LOGIN = install_login(
-        choose_mode(SETTINGS.auth, SETTINGS.user_header, is_loopback(chainlit_config.run.host)),
-        default_app_dir(),
-        local_user=SETTINGS.local_user,
-        user_header=SETTINGS.user_header,
-        allowed_users=SETTINGS.allowed_users,
+        make_login(
+            SETTINGS.auth,
+            LoginContext(
+                app_dir=default_app_dir(),
+                loopback=is_loopback(chainlit_config.run.host),
+                local_user=SETTINGS.local_user,
+                user_header=SETTINGS.user_header,
+                allowed_users=SETTINGS.allowed_users,
+                database_url=HISTORY_SETTINGS.database_url,
+            ),
+        ),
+        revocations=REVOCATIONS,
+        session_hours=SETTINGS.session_hours,
         throttle=_login_throttle(),
-        database_url=HISTORY_SETTINGS.database_url,
     )
 except AuthSetupError as exc:
     raise SystemExit(f"Weaver UI: {exc}") from None
+patches.install("revocation", LOGIN.tokens.refusal)
+ENDED_LOGINS = EndedLogins(LOGIN.tokens, OWNER)
 GUARD = _install_guards()
 
 
@@ -248,8 +260,8 @@ def _refuse_unservable_kernels() -> None:
     ``execution.sandbox``, the gateway's address or token...). The engine checks again when it
     starts; a failure there is only logged by Chainlit."""
     reasons = []
-    if LOGIN.mode != "local":
-        reasons.append(f"with {LOGIN.mode} login")
+    if LOGIN.mode.name != "local":
+        reasons.append(f"with {LOGIN.mode.name} login")
     if not is_loopback(chainlit_config.run.host):
         reasons.append(f"on {chainlit_config.run.host}, which other machines can reach")
     try:
@@ -274,6 +286,7 @@ async def open_chat_history(app: TaskWeaverApp) -> WeaverDataLayer:
         file_storage=HISTORY_SETTINGS.file_storage,
         url_prefix=HISTORY_FILES,
     )
+    await ENDED_LOGINS.start()
     if LIVE is not None:
         if app.kernel_backend.kernels_outlive_server:
             LIVE.delete_kernel = _kernel_deleter(app.kernel_backend)
@@ -291,11 +304,10 @@ def _kernel_deleter(kernels: KernelBackend) -> Callable[[str], Awaitable[None]]:
     return delete
 
 
-def track_kernel(chat: str, session: Any) -> None:
+def track_kernel(chat: str, session: Session) -> None:
     """Keep the chat's row in the shared database naming its kernel, now and at every later kernel
     start (a restart after a crash), so another replica can adopt or delete it if this one dies.
-    Kernels that die with their server (local ones) have nothing to note: nothing is done for them.
-    ``session``: a ``core.Session`` (typed loosely: the owner hands out its ``StoppableSession`` view)."""
+    Kernels that die with their server (local ones) have nothing to note: nothing is done for them."""
     if LIVE is None or _app is None or not _app.kernel_backend.kernels_outlive_server:
         return
     loop = asyncio.get_running_loop()

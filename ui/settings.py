@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,8 +38,12 @@ class UISettings(BaseSettings):
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Host header values answered; default: loopback names and the bound host"
     )
-    auth: Literal["local", "password", "header", "oauth"] | None = Field(
-        None, description="login mode; default: header when user_header is set, else local on loopback"
+    auth: str | None = Field(
+        None,
+        description="login mode (a name in ui.logins.MODES); default: header with user_header, else local on loopback",
+    )
+    session_hours: float = Field(
+        24.0, gt=0, le=24 * 366, description="how long a login lasts; logout, removal and a new password end it sooner"
     )
     local_user: str | None = Field(None, description="the local user's name; default: the OS user")
     allowed_users: Annotated[list[str], NoDecode] = Field(
@@ -93,6 +97,15 @@ class UISettings(BaseSettings):
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("auth")
+    @classmethod
+    def _known_mode(cls, value: str | None) -> str | None:
+        from ui.logins import MODES
+
+        if value is not None and value.lower() not in MODES:
+            raise ValueError(f"{value!r} is not one of {', '.join(MODES)}")
+        return value.lower() if value is not None else None
 
     @field_validator("allowed_origins")
     @classmethod

@@ -152,10 +152,25 @@ def _v3(dialect: str) -> list[str]:
     ]
 
 
+def _v4(dialect: str) -> list[str]:
+    """Logged-out login tokens (``ui.logins.revocations``): a hash of each, kept until it expires anyway."""
+    seconds = "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
+    return [
+        f"""CREATE TABLE weaver_revoked_tokens (
+            "hash" TEXT PRIMARY KEY,
+            "userIdentifier" TEXT NOT NULL,
+            "expiresAt" {seconds} NOT NULL,
+            "revokedAt" {seconds} NOT NULL
+        )""",
+        'CREATE INDEX revoked_tokens_expiry ON weaver_revoked_tokens ("expiresAt")',
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "Chainlit's tables: users, threads, steps, elements, feedbacks", _v1),
     Migration(2, "shared by replicas: the login secret, failed logins, live sessions per user", _v2),
     Migration(3, "the gateway kernel of each live chat, for adoption and clean-up across replicas", _v3),
+    Migration(4, "logged-out login tokens, refused on every replica until they expire", _v4),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

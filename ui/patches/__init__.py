@@ -56,6 +56,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch("thread_author", Need.BEHAVIOUR, (CHAINLIT,)),
     Patch("history_route", Need.BEHAVIOUR, (CHAINLIT,)),
     Patch("history_ownership", Need.SECURITY, (CHAINLIT,)),
+    Patch("revocation", Need.SECURITY, (CHAINLIT,)),
     Patch("no_nest_asyncio", Need.SPEED, (CHAINLIT,)),
     Patch("step_timestamps", Need.SPEED, (CHAINLIT,)),
     Patch("joined_writes", Need.SPEED, (UVICORN,)),

@@ -1,0 +1,131 @@
+"""Password-login users: names and argon2 hashes in ``<app_dir>/users.json`` (``weaver user``).
+
+Each record also holds a ``login_epoch``, a random value made anew whenever its password is set. A
+login carries the epoch it was made under (in the token's user metadata), so a password change
+(``weaver user passwd``, or ``add`` of an existing name) signs out every earlier login of that user,
+and ``remove`` every login of it: the server compares on each request (``epoch_of``), and re-reads
+the file when it changes, so the command needs no way to reach a running server and every replica
+sharing the app folder sees it at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from ui.logins.base import AuthSetupError
+
+USERS_FILE = "users.json"
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
+_HASHER = PasswordHasher()
+# Checked against when a user does not exist, so a wrong name costs as much time as a wrong password.
+_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+class NoSuchUser(KeyError):
+    """The name is not in the user list."""
+
+
+class UserStore:
+    """Users and argon2 hashes in ``<app_dir>/users.json`` (mode 0600), re-read when it changes."""
+
+    def __init__(self, app_dir: Path) -> None:
+        self.path = app_dir / USERS_FILE
+        self._lock = threading.Lock()
+        self._seen: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) of the copy below
+        self._cached: dict[str, dict[str, Any]] = {}
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, json.JSONDecodeError) as exc:
+            raise AuthSetupError(f"{self.path} cannot be read as a user list ({exc})") from None
+        return data if isinstance(data, dict) else {}
+
+    def _save(self, users: Mapping[str, dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(users, out, indent=1, sort_keys=True)
+        os.replace(tmp, self.path)  # a new inode: readers see the old list or the new one, never half
+
+    def current(self) -> Mapping[str, dict[str, Any]]:
+        """The users as the file holds them now: one ``stat`` per call, a re-read only when it
+        changed (the server asks on every request; ``weaver user`` writes from another process).
+        A list that cannot be read counts as empty: nobody's login is honoured until it is fixed."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._seen, self._cached = None, {}
+            return self._cached
+        seen = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if seen != self._seen:
+            try:
+                self._cached = self._load()
+            except AuthSetupError:
+                self._cached = {}
+            self._seen = seen
+        return self._cached
+
+    def names(self) -> list[str]:
+        return sorted(self._load())
+
+    def epoch_of(self, name: str) -> str | None:
+        """The user's current login epoch ("" for a record older than epochs); None: no such user."""
+        entry = self.current().get(name)
+        return str(entry.get("login_epoch", "")) if isinstance(entry, dict) else None
+
+    def add(self, name: str, password: str, *, must_exist: bool = False) -> bool:
+        """Add ``name`` or give it a new password (a new login epoch: its earlier logins end);
+        True if the user is new. ``must_exist``: only change a password (``NoSuchUser`` otherwise)."""
+        if not USER_NAME.match(name):
+            raise ValueError("a user name has 1-64 letters, digits or . _ @ + - and starts with a letter or digit")
+        if len(password) < 8:
+            raise ValueError("a password needs at least 8 characters")
+        with self._lock:
+            users = self._load()
+            new = name not in users
+            if new and must_exist:
+                raise NoSuchUser(name)
+            users[name] = {
+                "hash": _HASHER.hash(password),
+                "changed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "login_epoch": secrets.token_hex(8),
+            }
+            self._save(users)
+        return new
+
+    def remove(self, name: str) -> bool:
+        with self._lock:
+            users = self._load()
+            if users.pop(name, None) is None:
+                return False
+            self._save(users)
+        return True
+
+    def login(self, name: str, password: str) -> str | None:
+        """The user's login epoch when the password is right, else None; an unknown name costs the
+        same work as a wrong password."""
+        entry = self._load().get(name)
+        stored = str(entry.get("hash", "")) if isinstance(entry, dict) else _DUMMY_HASH
+        try:
+            ok = _HASHER.verify(stored, password) and isinstance(entry, dict)
+        except (VerificationError, InvalidHashError):
+            return None
+        return str(entry.get("login_epoch", "")) if ok and isinstance(entry, dict) else None
+
+    def verify(self, name: str, password: str) -> bool:
+        """True when the password is right."""
+        return self.login(name, password) is not None
