@@ -16,7 +16,7 @@ from core.datasets import Dataset, DatasetCatalog
 from core.errors import SessionLimitReached, SessionNotFound
 from core.execution.gateway_client import check_gateway
 from core.execution.pool import KernelPool, StartGate, WarmKernel
-from core.execution.sandbox import data_mount, sandbox_warning, sweep_stale, uses_bwrap
+from core.execution.sandbox import check_confinement, data_mount, sandbox_warning, sweep_stale, uses_bwrap
 from core.ids import create_id
 from core.llm.base import LLMBackend
 from core.llm.factory import ModelChoices, create_backend
@@ -85,6 +85,7 @@ class TaskWeaverApp:
         if self.config.execution.gateway_url:
             check_gateway(self.config.execution)  # a wrong token or an unreachable gateway stops the app here
         sandboxed = uses_bwrap(self.config.execution)  # execution.sandbox = "bwrap" without bwrap: refuse to start
+        check_confinement(self.config.execution)  # the same without seccomp; a missing uid switch is logged
         data_dir = self.config.execution.data_dir or Path("data")
         self.config.execution.data_dir = data_dir = data_dir if data_dir.is_absolute() else self.app_dir / data_dir
         # A bad data/datasets.yaml stops the app here, with the file named.
