@@ -636,3 +636,13 @@ def test_without_libseccomp_bwrap_mode_refuses_to_start_and_auto_warns(
         syscalls.seccomp_problem.cache_clear()
         sandbox._warn_once.cache_clear()
     assert syscalls.seccomp_problem() is None
+
+
+def test_weaver_ui_as_root_with_a_login_for_others_says_to_run_it_as_a_user() -> None:
+    from ui.cli import root_warning
+
+    for mode in ("password", "header", "oauth"):
+        warning = root_warning(mode, euid=0)
+        assert warning is not None and "runs as root" in warning and "deploy/weaver.service" in warning
+    assert root_warning("password", euid=1000) is None  # an ordinary user: nothing to say
+    assert root_warning("local", euid=0) is None and root_warning("", euid=0) is None  # one person's own machine
