@@ -424,8 +424,9 @@ def bwrap_argv(
 
 
 # Kept through bubblewrap's --cap-drop ALL for ``drop_to`` alone: it needs them to change uid and
-# to empty the bounding set, and the change of uid clears them.
-_UID_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP")
+# to empty the bounding set, and bubblewrap to enter a working folder that only the kernel's uid
+# may enter (--chdir comes after the capabilities are dropped). The change of uid clears them all.
+_UID_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH")
 
 
 def drop_to(uid: int) -> list[str]:
