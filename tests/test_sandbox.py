@@ -651,3 +651,19 @@ def test_weaver_ui_as_root_with_a_login_for_others_says_to_run_it_as_a_user() ->
         assert warning is not None and "runs as root" in warning and "deploy/weaver.service" in warning
     assert root_warning("password", euid=1000) is None  # an ordinary user: nothing to say
     assert root_warning("local", euid=0) is None and root_warning("", euid=0) is None  # one person's own machine
+
+
+def test_without_a_uid_switch_kernels_keep_the_servers_uid_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = ExecutionSettings(kernel_uid_range="300000-300001")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no setpriv to be found
+    sandbox._warn_once.cache_clear()
+    try:
+        assert sandbox._kernel_uid(settings) is None
+        sandbox.check_confinement(settings)
+        assert caplog.text.count("not one of their own") == 1 and "setpriv" in caplog.text
+    finally:
+        monkeypatch.undo()
+        sandbox.uid_switch_problem.cache_clear()
+        sandbox._warn_once.cache_clear()
