@@ -132,7 +132,7 @@ class KernelProcess:
                     stdout=kernel_log,
                     stderr=kernel_log,
                     independent=box.sandboxed,  # no JPY_PARENT_PID: inside, the parent is pid 1
-                    pass_fds=box.pass_fds,  # the seccomp filter and the folders bound by descriptor
+                    pass_fds=box.pass_fds,  # the seccomp filter, as BPF for bubblewrap to read
                 )
             box.launched()
             proc = getattr(km.provisioner, "process", None)
