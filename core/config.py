@@ -154,6 +154,12 @@ class ExecutionSettings(BaseModel):
         description="'local' (sandboxed child processes) or 'gateway' (a Jupyter kernel gateway); "
         "unset: 'gateway' when gateway_url is set, else 'local'",
     )
+    kernel_uid_range: str = Field(
+        "200000-299999",
+        description="host uids (and gids) kernels run as, one per live kernel, 'first-last'; '' keeps the "
+        "server's own uid (for baselines only)",
+    )
+    seccomp: bool = Field(True, description="refuse system calls a data kernel never needs (ptrace, mount, ...)")
     # Remote kernels (core/execution/gateway*.py): unset, every kernel is a local child process.
     gateway_url: str | None = Field(
         None,
@@ -185,6 +191,27 @@ class ExecutionSettings(BaseModel):
     def _backend(cls, value: str | None) -> str | None:
         """A name in any case; an empty string means unset."""
         return (value.strip().lower() or None) if value is not None else None
+
+    @field_validator("kernel_uid_range")
+    @classmethod
+    def _uid_range(cls, value: str) -> str:
+        """'' or 'first-last' with 0 < first <= last < 2**32 - 1 (root and the invalid uid never)."""
+        value = value.strip()
+        if value:
+            first, sep, last = value.partition("-")
+            if not (sep and first.strip().isdigit() and last.strip().isdigit()):
+                raise ValueError("must be 'first-last' (e.g. '200000-299999') or ''")
+            if not 0 < int(first) <= int(last) < 2**32 - 1:
+                raise ValueError("needs 0 < first <= last < 4294967295")
+        return value
+
+    @property
+    def kernel_uids(self) -> tuple[int, int] | None:
+        """The ``kernel_uid_range`` as (first, last), or None when kernels keep the server's uid."""
+        if not self.kernel_uid_range:
+            return None
+        first, _, last = self.kernel_uid_range.partition("-")
+        return int(first), int(last)
 
     @field_validator("gateway_url")
     @classmethod

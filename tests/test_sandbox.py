@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -331,6 +332,10 @@ def test_a_detached_process_dies_with_its_session(app: TaskWeaverApp) -> None:
         found = [pid for pid in _pids() if marker in _cmdline(pid)]
         assert len(found) == 1 and pid_alive(found[0])
         s.stop()
+        # killed by the time stop() returns; on a loaded machine its exit may still be finishing
+        deadline = time.monotonic() + 5
+        while pid_alive(found[0]) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert not pid_alive(found[0])
     finally:
         s.stop()
@@ -425,3 +430,241 @@ def test_without_bwrap_auto_warns_and_public_serving_is_refused(
         monkeypatch.undo()
         sandbox.bwrap_problem.cache_clear()
     assert sandbox.bwrap_problem() is None
+
+
+# ----- the kernel's own uid and its seccomp filter ---------------------------------------------
+
+KERNEL_UIDS = ExecutionSettings().kernel_uids
+assert KERNEL_UIDS is not None
+needs_uid_switch = pytest.mark.skipif(
+    sandbox.uid_switch_problem(KERNEL_UIDS[0]) is not None,
+    reason=f"kernels cannot get a uid of their own here: {sandbox.uid_switch_problem(KERNEL_UIDS[0])}",
+)
+
+
+def proc_status(pid: int) -> dict[str, list[str]]:
+    """``/proc/<pid>/status`` as the host sees it: each field's words."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.split() for key, value in (line.split(":", 1) for line in lines)}
+
+
+def outcome(ex: KernelExecutor, source: str) -> str:
+    res = ex.execute(source)
+    return f"{res.stdout}{res.result}{res.error or ''}"
+
+
+@needs_uid_switch
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "unforked"])
+def test_a_kernel_runs_as_a_uid_of_its_own_under_the_seccomp_filter(tmp_path: Path, forked: bool) -> None:
+    ex = small_kernel(tmp_path, fork_kernels=forked)
+    try:
+        inside = outcome(ex, "import os, getpass\nprint(os.getuid(), os.getgid(), os.getgroups(), getpass.getuser())")
+        assert ex.process.box is not None and ex.process.box.forked == forked
+        pid = ex.kernel_pid
+        assert pid is not None
+        status = proc_status(pid)
+        uid = int(status["Uid"][0])
+        assert status["Uid"] == [str(uid)] * 4 and status["Gid"] == [str(uid)] * 4  # real, effective, saved, fs
+        assert KERNEL_UIDS[0] <= uid <= KERNEL_UIDS[1]
+        assert status["Groups"] == [] and status["CapEff"] == ["0000000000000000"]
+        assert status["Seccomp"] == ["2"] and status["NoNewPrivs"] == ["1"]
+        assert f"{uid} {uid} [] kernel" in inside
+        # what it writes is its own, and so is its folder
+        assert "written" in outcome(ex, "open('mine.txt', 'w').write('x')\nprint('written')")
+        assert (tmp_path / "cwd" / "mine.txt").stat().st_uid == uid
+        assert (tmp_path / "cwd").stat().st_uid == uid
+    finally:
+        ex.stop()
+
+
+@needs_uid_switch
+def test_two_kernels_have_different_uids_and_a_later_one_takes_over_the_folder(tmp_path: Path) -> None:
+    first, second = small_kernel(tmp_path / "a"), small_kernel(tmp_path / "b")
+    try:
+        uid_a, uid_b = (int(outcome(ex, "import os\nprint(os.getuid())").strip()) for ex in (first, second))
+        assert uid_a != uid_b and 0 not in (uid_a, uid_b)
+        outcome(
+            first,
+            "import os\nos.makedirs('sub')\nopen('sub/f.txt', 'w').write('x')\nos.symlink('/etc/hostname', 'link')",
+        )
+    finally:
+        first.stop()
+        second.stop()
+    # a kernel started again on the same folder may get another uid: everything in it becomes its
+    # own, the link itself and not what it points to
+    hostname_owner = Path("/etc/hostname").stat().st_uid
+    again = small_kernel(tmp_path / "a")
+    try:
+        uid = int(outcome(again, "import os\nprint(os.getuid())").strip())
+        assert "appended" in outcome(again, "open('sub/f.txt', 'a').write('y')\nprint('appended')")
+        assert (tmp_path / "a" / "cwd" / "sub" / "f.txt").stat().st_uid == uid
+        assert (tmp_path / "a" / "cwd" / "link").lstat().st_uid == uid
+        assert Path("/etc/hostname").stat().st_uid == hostname_owner
+    finally:
+        again.stop()
+
+
+@needs_uid_switch
+def test_a_file_only_root_may_read_is_out_of_a_kernels_reach(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "public.csv").write_text("a\n1\n")
+    canary = data / "canary.txt"
+    canary.write_text("root-only-canary")
+    canary.chmod(0o600)  # owned by root: a kernel running as root (even without capabilities) reads it
+    ex = small_kernel(tmp_path, data_dir=data)
+    try:
+        assert "a\n1" in outcome(ex, "print(open('/data/public.csv').read())")
+        out = outcome(ex, "print(open('/data/canary.txt').read())")
+        assert "PermissionError" in out and "root-only-canary" not in out
+        out = outcome(ex, "import os\nprint(os.listdir('/root'))")
+        assert "PermissionError" in out or "FileNotFoundError" in out
+    finally:
+        ex.stop()
+
+
+# Each probe runs in a forked child, so a filter that failed to load changes nothing in the kernel
+# (a child traced by its parent, in a namespace of its own, or without address randomisation exits).
+SYSCALL_PROBES = """
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def probe(name, call):
+    pid = os.fork()
+    if pid == 0:
+        result = call()
+        os._exit(0 if result >= 0 else ctypes.get_errno())
+    print(name, errno.errorcode.get(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), 'allowed'))
+probe('ptrace', lambda: libc.ptrace(0, 0, 0, 0))  # PTRACE_TRACEME
+probe('mount', lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None))
+probe('unshare', lambda: libc.unshare(0x10000000))  # CLONE_NEWUSER
+probe('keyctl', lambda: libc.syscall(250, 0, -3, 0))  # KEYCTL_GET_KEYRING_ID of the session keyring
+probe('personality', lambda: libc.personality(0x0040000))  # ADDR_NO_RANDOMIZE
+probe('clone3', lambda: libc.syscall(435, None, 0))
+"""
+
+
+THREADS_AND_CHILDREN = """
+import subprocess, threading
+ran = []
+threads = [threading.Thread(target=ran.append, args=(i,)) for i in range(3)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print('threads ran', len(ran))
+print('child exit', subprocess.run(['true']).returncode)
+"""
+
+
+@needs_uid_switch
+@pytest.mark.parametrize("forked", [True, False], ids=["forked", "unforked"])
+def test_system_calls_a_data_kernel_never_needs_are_refused(tmp_path: Path, forked: bool) -> None:
+    ex = small_kernel(tmp_path, fork_kernels=forked)
+    try:
+        out = outcome(ex, SYSCALL_PROBES)
+        for name in ("ptrace", "mount", "unshare", "keyctl", "personality"):
+            assert f"{name} EPERM" in out, out
+        assert "clone3 ENOSYS" in out  # so glibc falls back to clone, whose flags the filter reads
+        # threads and child processes still start (clone without namespace flags)
+        out = outcome(ex, THREADS_AND_CHILDREN)
+        assert "threads ran 3" in out and "child exit 0" in out
+    finally:
+        ex.stop()
+
+
+@needs_uid_switch
+def test_with_the_uid_switch_and_seccomp_off_a_kernel_runs_as_before(tmp_path: Path) -> None:
+    ex = small_kernel(tmp_path, kernel_uid_range="", seccomp=False)
+    try:
+        assert outcome(ex, "import os\nprint(os.getuid())").strip() == str(os.geteuid())
+        assert ex.kernel_pid is not None and proc_status(ex.kernel_pid)["Seccomp"] == ["0"]
+    finally:
+        ex.stop()
+
+
+@needs_uid_switch
+def test_pandas_charts_plugins_and_uploads_work_as_the_kernels_uid(pair) -> None:
+    a, _ = pair
+    out = run_in_a(
+        pair,
+        "import os, pandas as pd, matplotlib.pyplot as plt\n"
+        "df = pd.DataFrame({'k': [1, 2, 1], 'v': [1.0, 2.0, 3.0]})\n"
+        "print(df.groupby('k').v.sum().to_dict())\n"
+        "plt.plot(df.v)\nplt.savefig('chart.png')\nprint('uid', os.getuid())",
+    )
+    assert "{1: 4.0, 2: 2.0}" in out
+    uid = int(out.split("uid ")[1].split()[0])
+    assert uid != 0 and (a.execution_cwd / "chart.png").stat().st_uid == uid
+    rnd = a.send_message(code("print(whoami('Hi'))"), files=[{"name": "upload.csv", "content": b"x\n1\n"}])
+    assert "Hi, " in rnd.reply_text
+    # an upload the server wrote is the kernel's to change
+    assert "changed" in run_in_a(pair, "open('upload.csv', 'a').write('2\\n')\nprint('changed')")
+    assert (a.execution_cwd / "upload.csv").stat().st_uid == uid
+
+
+def test_the_uid_range_setting_is_checked() -> None:
+    assert ExecutionSettings(kernel_uid_range=" 300000-300009 ").kernel_uids == (300000, 300009)
+    assert ExecutionSettings(kernel_uid_range="").kernel_uids is None
+    for bad in ("0-10", "10", "20-10", "a-b", "1-4294967295"):
+        with pytest.raises(ValueError):
+            ExecutionSettings(kernel_uid_range=bad)
+
+
+def test_uids_are_handed_out_once_until_given_back() -> None:
+    uids = sandbox.KernelUids()
+    taken = [uids.take(500, 502) for _ in range(3)]
+    assert sorted(taken) == [500, 501, 502]
+    with pytest.raises(sandbox.SandboxUnavailableError, match="kernel_uid_range"):
+        uids.take(500, 502)
+    uids.give_back(501)
+    assert uids.take(500, 502) == 501
+
+
+def test_without_libseccomp_bwrap_mode_refuses_to_start_and_auto_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from core.execution import syscalls
+
+    def missing() -> None:
+        raise RuntimeError("Unable to find libseccomp")
+
+    monkeypatch.setattr(syscalls, "_library", missing)
+    syscalls.seccomp_problem.cache_clear()
+    sandbox._warn_once.cache_clear()
+    try:
+        with pytest.raises(sandbox.SandboxUnavailableError, match="libseccomp"):
+            sandbox.check_confinement(ExecutionSettings(sandbox="bwrap"))
+        sandbox.check_confinement(ExecutionSettings(sandbox="bwrap", seccomp=False))
+        sandbox.check_confinement(ExecutionSettings())
+        assert "without a seccomp filter" in caplog.text and "libseccomp" in caplog.text
+    finally:
+        monkeypatch.undo()
+        syscalls.seccomp_problem.cache_clear()
+        sandbox._warn_once.cache_clear()
+    assert syscalls.seccomp_problem() is None
+
+
+def test_weaver_ui_as_root_with_a_login_for_others_says_to_run_it_as_a_user() -> None:
+    from ui.cli import root_warning
+
+    for mode in ("password", "header", "oauth"):
+        warning = root_warning(mode, euid=0)
+        assert warning is not None and "runs as root" in warning and "deploy/weaver.service" in warning
+    assert root_warning("password", euid=1000) is None  # an ordinary user: nothing to say
+    assert root_warning("local", euid=0) is None and root_warning("", euid=0) is None  # one person's own machine
+
+
+def test_without_a_uid_switch_kernels_keep_the_servers_uid_with_one_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = ExecutionSettings(kernel_uid_range="300000-300001")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no setpriv to be found
+    sandbox._warn_once.cache_clear()
+    try:
+        assert sandbox._kernel_uid(settings) is None
+        sandbox.check_confinement(settings)
+        assert caplog.text.count("not one of their own") == 1 and "setpriv" in caplog.text
+    finally:
+        monkeypatch.undo()
+        sandbox.uid_switch_problem.cache_clear()
+        sandbox._warn_once.cache_clear()

@@ -37,6 +37,21 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+MULTI_USER_LOGINS = ("password", "header", "oauth")
+
+
+def root_warning(auth: str, euid: int | None = None) -> str | None:
+    """The warning for a web server that serves several users as root, or None."""
+    if (os.geteuid() if euid is None else euid) != 0 or auth.strip().lower() not in MULTI_USER_LOGINS:
+        return None
+    return (
+        f"WARNING: the web server runs as root with WEAVER_UI_AUTH={auth.strip().lower()}: a flaw in it would "
+        "give its finder the whole machine. Run `weaver ui` as an ordinary user instead (deploy/weaver.service "
+        "and deploy/README.md: useradd --system weaver). Kernels then run as that user, still sandboxed; what "
+        "needs root is listed in README, 'What needs root'."
+    )
+
+
 def run_ui(host: str, port: int, app_dir: str | None) -> int:
     """Serve the web UI until Ctrl-C; returns Chainlit's exit code.
 
@@ -55,6 +70,9 @@ def run_ui(host: str, port: int, app_dir: str | None) -> int:
             "WEAVER_UI_ALLOWED_HOSTS lists the names others use to reach this machine.",
             flush=True,
         )
+    warning = root_warning(env.get("WEAVER_UI_AUTH", ""))
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     proc = subprocess.Popen(chainlit_command(host, port), cwd=REPO_ROOT, env=env, preexec_fn=_die_with_parent)
     try:
         return proc.wait()

@@ -66,10 +66,13 @@ class KernelForkServer:
         cgroups: list[str],
         timeout: float,
         cpu_group: Path | None = None,
+        uid: int | None = None,
+        seccomp: bool = False,
     ) -> int:
         """Fork a kernel into the sandbox of ``outer_pid`` (bubblewrap around a placeholder reading
         ``fifo``); returns the kernel's host pid. A fork server started for it joins ``cpu_group``
-        (the kernels' shared cpu cgroup): it works only for kernels. Raises ``ForkServerError``."""
+        (the kernels' shared cpu cgroup): it works only for kernels. The kernel runs as host ``uid``
+        (None: the fork server's) under the seccomp filter if ``seccomp``. Raises ``ForkServerError``."""
         request = {
             "outer": outer_pid,
             "fifo": str(fifo),
@@ -79,6 +82,8 @@ class KernelForkServer:
             "log": str(log),
             "cgroups": cgroups,
             "timeout": timeout,
+            "uid": uid,
+            "seccomp": seccomp,
         }
         order_file = fifo.with_name("fork.json")
         with os.fdopen(os.open(order_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as file:

@@ -140,7 +140,9 @@ class KernelProcess:
                     stdout=kernel_log,
                     stderr=kernel_log,
                     independent=box.sandboxed,  # no JPY_PARENT_PID: inside, the parent is pid 1
+                    pass_fds=box.pass_fds,  # the seccomp filter, as BPF for bubblewrap to read
                 )
+            box.launched()
             proc = getattr(km.provisioner, "process", None)
             if forked:
                 if proc is None:
@@ -155,6 +157,8 @@ class KernelProcess:
                     cgroups=box.cgroups.procs_files,
                     timeout=self.start_timeout,
                     cpu_group=box.cgroups.shared_cpu_group,
+                    uid=box.uid,
+                    seccomp=box.seccomp,
                 )
                 try:
                     box.adopt_kernel(pid)
@@ -191,6 +195,8 @@ class KernelProcess:
         return payload
 
     def before_run(self, rpc: KernelRPC) -> list[str]:
+        if self.box is not None:
+            self.box.claim_new_files()  # uploads the server wrote since: the kernel's to change
         return []
 
     def after_run(self, rpc: KernelRPC) -> list[str]:

@@ -11,7 +11,9 @@ import functools
 import logging
 import os
 import shlex
+import shutil
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,14 +187,19 @@ class KernelCgroups:
         self.dirs = {}
 
 
-def wrapper_argv(limits: Limits, procs_files: list[str], memory_cgroup: bool) -> list[str]:
+def wrapper_argv(
+    limits: Limits, procs_files: list[str], memory_cgroup: bool, uid: int | None = None, owned: list[str] | None = None
+) -> list[str]:
     """``sh`` that joins the cgroups, sets the rlimits and nice, then execs the rest of argv.
 
     Joining before the exec (rather than moving the process afterwards) means no child of the
     kernel can ever be outside the groups; a failed join stops the launch instead of running
-    unlimited.
+    unlimited. With ``uid``, it first gives ``owned`` (files the launch writes just before it
+    runs, e.g. the connection file) to that uid and gid, never following a symlink.
     """
     script = [f"echo $$ > {shlex.quote(path)} || exit 97" for path in procs_files]
+    if uid is not None and owned:
+        script.append(f"chown -h {uid}:{uid} -- {' '.join(shlex.quote(path) for path in owned)} || exit 96")
     if limits.max_file_mb > 0:
         script.append(f"ulimit -f {limits.max_file_mb * MB // 512} || exit 98")  # 512-byte blocks
     if limits.memory_mb > 0 and not memory_cgroup:
@@ -237,14 +244,55 @@ def disk_room(folder: Path, disk_mb: int) -> int | None:
 
 
 def set_file_size_limit(pid: int, max_bytes: int) -> bool:
-    """Lower (or restore) RLIMIT_FSIZE of a running kernel; its later children inherit it."""
-    try:
-        import resource
+    """Lower (or restore) RLIMIT_FSIZE of a running kernel; its later children inherit it.
 
+    Setting another uid's limits needs CAP_SYS_RESOURCE, which a container may withhold even from
+    root. A kernel with a uid of its own then has its soft limit set by a process of that uid
+    (``setpriv`` + ``prlimit``), below the hard limit the launch set (``execution.max_file_mb``):
+    it can go up again when room is made, and code that raises it itself is still held by the
+    hard limit and by the folder check after each run."""
+    import resource
+
+    try:
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
         return True
+    except PermissionError:
+        pass
     except (OSError, ValueError):
         return False
+    uid = _uid_of(pid)
+    setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
+    if uid is None or uid == os.geteuid() or setpriv is None or prlimit is None:
+        return False
+    drop = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    try:
+        hard = _file_size_hard_limit(pid)
+        soft = max_bytes if hard is None else min(max_bytes, hard)
+        done = subprocess.run([*drop, prlimit, f"--pid={pid}", f"--fsize={soft}:"], capture_output=True, timeout=10)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _file_size_hard_limit(pid: int) -> int | None:
+    """RLIMIT_FSIZE's hard limit of ``pid`` (None: unlimited), read where any process may read it."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max file size"):
+            hard = line[26:].split()[1]
+            return None if hard == "unlimited" else int(hard)
+    return None
+
+
+def _uid_of(pid: int) -> int | None:
+    """The real uid of ``pid`` (from its status: a process that changed uid without exec has its
+    /proc folder owned by root)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def incoming_bytes(files: list[object]) -> int:

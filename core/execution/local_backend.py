@@ -16,6 +16,7 @@ from core.execution.sandbox import (
     INSTALL_HINT,
     SandboxUnavailableError,
     bwrap_problem,
+    check_confinement,
     data_mount,
     sweep_stale,
     uses_bwrap,
@@ -38,8 +39,10 @@ class LocalBackend(KernelBackend):
         return KernelProcess(session_id, cwd, self.settings, extra_env, start_timeout, read_only)
 
     def check_startup(self) -> None:
-        """``execution.sandbox = "bwrap"`` without a working bubblewrap refuses to start."""
-        uses_bwrap(self.settings)
+        """``execution.sandbox = "bwrap"`` without a working bubblewrap, or without the seccomp
+        filter asked for, refuses to start; in ``auto`` what is missing of the confinement is logged."""
+        if uses_bwrap(self.settings):
+            check_confinement(self.settings)
 
     def sweep_stale(self) -> None:
         sweep_stale()

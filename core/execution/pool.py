@@ -6,6 +6,8 @@ folder (the sandbox binds the folder at launch, so a kernel cannot change folder
 session adopts the id, the folder and the kernel, so each pooled kernel serves exactly one session.
 Plugins are loaded when the kernel starts (they are the app's, the same for every session); a
 session's variables reach the kernel with each execution.
+The folder a pooled kernel was started on was given to that kernel's own uid at its start
+(``sandbox.KernelBox``) and is the very folder its session adopts, so nothing changes hands here.
 
 ``StartGate`` lets at most ``execution.max_concurrent_starts`` kernels start at once: a hundred
 kernels importing together take as long as one after the other, but leave nothing for the web

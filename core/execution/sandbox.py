@@ -5,6 +5,12 @@ and Weaver's ``core`` package), the plugins folder read-only, a private ``/tmp``
 session folder, writable. It has its own PID, IPC, UTS and (unless ``execution.network``) network
 namespaces, no capabilities, and talks to the server over ZMQ ``ipc`` sockets in a private 0700
 folder bound into that sandbox only. Limits (cgroups, rlimits, nice) are in ``limits.py``.
+
+As root, each kernel also gets a host uid (and gid) of its own from ``execution.kernel_uid_range``,
+its folders are given to that uid, and ``setpriv`` switches to it inside the sandbox, right before
+the kernel runs. Bubblewrap itself still runs as root: run as the kernel's uid it must reach every
+folder it binds by path as that uid, and a Python under ``/root`` or a session under a 0700 folder
+is out of its reach. Every kernel also runs under a seccomp filter (``syscalls.py``).
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ import site
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from core.errors import WeaverError
+from core.execution import syscalls
 from core.execution.limits import DATA_FALLBACK_FACTOR, KernelCgroups, Limits, sweep_stale_cgroups, wrapper_argv
 
 if TYPE_CHECKING:
@@ -139,6 +147,136 @@ def limits_of(settings: ExecutionSettings) -> Limits:
     return Limits(settings.memory_mb, settings.max_processes, settings.disk_mb, settings.max_file_mb, settings.nice)
 
 
+# The name a kernel's uid goes by (USER, LOGNAME): no passwd entry exists for it, and getpass,
+# IPython and friends ask the environment first.
+KERNEL_USER = "kernel"
+
+
+@functools.lru_cache(maxsize=None)
+def uid_switch_problem(uid: int) -> str | None:
+    """Why kernels cannot run as host uid ``uid`` here, or None when they can (probed once per uid):
+    the server must be root, with bubblewrap and setpriv."""
+    if os.geteuid() != 0:
+        return "the server does not run as root"
+    if shutil.which("setpriv") is None:
+        return "setpriv (util-linux) is not installed"
+    if shutil.which("bwrap") is None:
+        return "bubblewrap (bwrap) is not installed"
+    probe = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--cap-drop", "ALL"]
+    probe += [arg for cap in _UID_CAPS for arg in ("--cap-add", cap)]
+    probe += ["--ro-bind", "/", "/", "--proc", "/proc", "--", *drop_to(uid), "true"]
+    try:
+        done = subprocess.run(probe, capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"bubblewrap could not be run ({exc})"
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}"
+        return f"bubblewrap cannot switch a kernel's uid here ({detail})"
+    return None
+
+
+def confinement_problems(settings: ExecutionSettings) -> list[str]:
+    """What of the uid switch and the seccomp filter cannot be had here, as sentences for operators
+    (empty when kernels get both, or when they are not local sandboxed kernels at all)."""
+    if settings.gateway_url or settings.sandbox == "none" or bwrap_problem() is not None:
+        return []
+    problems = []
+    uids = settings.kernel_uids
+    if uids is not None and (why := uid_switch_problem(uids[0])) is not None:
+        problems.append(f"kernels run as the server's own uid {os.geteuid()}, not one of their own, because {why}")
+    if settings.seccomp and (why := syscalls.seccomp_problem()) is not None:
+        problems.append(f"kernels run without a seccomp filter: {why}; to fix it, {syscalls.INSTALL_HINT}")
+    return problems
+
+
+def check_confinement(settings: ExecutionSettings) -> None:
+    """At start: with ``execution.sandbox = "bwrap"``, refuse to run without the seccomp filter the
+    settings ask for; otherwise log, loudly and once, whatever of the confinement is missing."""
+    if settings.sandbox == "bwrap" and settings.seccomp and syscalls.seccomp_problem() is not None:
+        _seccomp_usable(settings)  # raises
+    for problem in confinement_problems(settings):
+        _warn_once(problem)
+
+
+class KernelUids:
+    """The host uids of this process's live kernels: each kernel takes a free one of the range and
+    gives it back when it is torn down. Taken round the range, so a uid comes back as late as it can."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_use: set[int] = set()
+        self._next = 0
+
+    def take(self, first: int, last: int) -> int:
+        with self._lock:
+            size = last - first + 1
+            for step in range(size):
+                uid = first + (self._next + step) % size
+                if uid not in self._in_use:
+                    self._in_use.add(uid)
+                    self._next = (uid - first + 1) % size
+                    return uid
+        raise SandboxUnavailableError(
+            f"every uid of execution.kernel_uid_range ({first}-{last}) is taken by a live kernel; widen the range"
+        )
+
+    def give_back(self, uid: int) -> None:
+        with self._lock:
+            self._in_use.discard(uid)
+
+    @property
+    def in_use(self) -> set[int]:
+        with self._lock:
+            return set(self._in_use)
+
+
+KERNEL_UIDS = KernelUids()
+
+
+def give_tree(folder: Path, uid: int) -> None:
+    """Make ``uid`` (and gid) own ``folder`` and, if it did not already, everything in it.
+
+    Never follows a symlink: descriptors of each folder (``os.fwalk``) and ``lchown`` of each name
+    in it, so a link an earlier kernel left cannot point the change at a file outside."""
+    top = os.lstat(folder)
+    if top.st_uid == uid and top.st_gid == uid:
+        give_entries(folder, uid)
+        return
+    for _, dirs, files, fd in os.fwalk(folder, follow_symlinks=False):
+        _give(fd, None, uid)
+        for name in dirs + files:
+            _give(fd, name, uid)
+
+
+def give_entries(folder: Path, uid: int) -> None:
+    """Give ``uid`` the entries directly in ``folder`` that it does not own (what the server added
+    since: uploads, saved figures), so the kernel may write to them as to its own files."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                try:
+                    if entry.stat(follow_symlinks=False).st_uid != uid:
+                        _give(fd, entry.name, uid)
+                except OSError:
+                    continue
+    finally:
+        os.close(fd)
+
+
+def _give(dir_fd: int, name: str | None, uid: int) -> None:
+    try:
+        if name is None:
+            os.chown(dir_fd, uid, uid)
+        else:
+            os.chown(name, uid, uid, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        logger.debug("could not give %s to uid %d: %s", name or "a folder", uid, exc)
+
+
 def _python_dirs() -> list[Path]:
     """The interpreter's install folders: what the kernel needs to import its packages."""
     dirs = [Path(sys.base_prefix), Path(sys.prefix), Path(sys.exec_prefix), *map(Path, site.getsitepackages())]
@@ -169,6 +307,14 @@ def _hidden_ancestors(targets: Iterable[Path], mounts: set[Path]) -> list[str]:
     return args
 
 
+def _listable(folder: Path) -> list[str]:
+    """``--dir`` ``folder`` and the folders above it with mode 0755 (bubblewrap's own are 0700, out
+    of a kernel's reach when it does not run as root)."""
+    return [
+        arg for parent in [*reversed(folder.parents), folder][1:] for arg in ("--perms", "0755", "--dir", str(parent))
+    ]
+
+
 def data_mount(data_dir: Path, sandboxed: bool) -> Path:
     """Where kernels read the datasets folder: ``/data`` in the sandbox; its own path unsandboxed
     (nothing can be mounted there) or when it already lives under ``/data``."""
@@ -179,16 +325,27 @@ def data_mount(data_dir: Path, sandboxed: bool) -> Path:
 
 
 def bwrap_argv(
-    cwd: Path, runtime_dir: Path, read_only: Iterable[Path], network: bool, data_dir: Path | None = None
+    cwd: Path,
+    runtime_dir: Path,
+    read_only: Iterable[Path],
+    network: bool,
+    data_dir: Path | None = None,
+    *,
+    uid: int | None = None,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """The bubblewrap command line that runs the rest of argv as a sandboxed kernel.
 
     ``data_dir`` (the project's datasets) is bound read-only at ``data_mount``: code reads it and
-    cannot write, rename or delete anything in it (a read-only mount, and no capability to remount)."""
+    cannot write, rename or delete anything in it (a read-only mount, and no capability to remount).
+    With ``uid``, what runs inside becomes that host uid and gid (``drop_to``); ``seccomp_fd`` holds
+    the seccomp filter's BPF, loaded just before the command runs."""
     exe = shutil.which("bwrap") or "bwrap"
     args = [
         exe,
-        *_userns_flags(),
+        # A user namespace would map only root: the kernel's own uid could not exist inside. It
+        # mattered for --disable-userns; with a uid, the seccomp filter refuses new namespaces.
+        *(_userns_flags() if uid is None else ()),
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
@@ -197,6 +354,7 @@ def bwrap_argv(
         "--new-session",
         "--cap-drop",
         "ALL",
+        *(arg for cap in _UID_CAPS for arg in ("--cap-add", cap) if uid is not None),
         "--hostname",
         "weaver",
     ]
@@ -211,7 +369,9 @@ def bwrap_argv(
             args += ["--ro-bind", str(top), str(top)]
     for name in _ETC_FILES + (_ETC_NETWORK if network else ()):
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
+    # /tmp and /dev/shm are the sandbox's own: writable by its kernel whichever uid it runs as.
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--perms", "1777"]
+    args += ["--tmpfs", "/tmp"]
     data = data_dir.resolve() if data_dir is not None and data_dir.is_dir() else None
     data_at_own_path = data is not None and data_mount(data, True) == data
     extra_ro = [data] if data is not None and data_at_own_path else []
@@ -220,12 +380,32 @@ def bwrap_argv(
     args += _hidden_ancestors([*ro, *rw], {Path("/tmp"), Path("/usr"), Path("/etc"), Path("/dev"), Path("/proc")})
     for path in ro:
         args += ["--ro-bind", str(path), str(path)]
+    args += _listable(SANDBOX_ROOT)
     args += ["--ro-bind", str(CORE_DIR), str(SANDBOX_ROOT / "core")]
     if data is not None and not data_at_own_path:
+        args += _listable(DATA_MOUNT.parent) if len(DATA_MOUNT.parts) > 2 else []
         args += ["--ro-bind", str(data), str(DATA_MOUNT)]
     for path in rw:
         args += ["--bind", str(path), str(path)]
-    return args + ["--chdir", str(cwd), "--"]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
+    return args + ["--chdir", str(cwd), "--", *(drop_to(uid) if uid is not None else ())]
+
+
+# Kept through bubblewrap's --cap-drop ALL for ``drop_to`` alone: it needs them to change uid and
+# to empty the bounding set, and bubblewrap to enter a working folder that only the kernel's uid
+# may enter (--chdir comes after the capabilities are dropped). The change of uid clears them all.
+_UID_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH")
+
+
+def drop_to(uid: int) -> list[str]:
+    """``setpriv`` that runs the rest of argv as host ``uid`` and gid, no supplementary groups, no
+    capability in any set (a uid change from root clears the rest) and no new privileges."""
+    setpriv = shutil.which("setpriv") or "setpriv"
+    return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"] + [
+        "--no-new-privs",
+        "--",
+    ]
 
 
 def _children(pid: int) -> list[int]:
@@ -245,13 +425,16 @@ def _children(pid: int) -> list[int]:
 
 
 class KernelBox:
-    """One kernel launch's confinement: argv prefix, environment, private folder and cgroups."""
+    """One kernel launch's confinement: argv prefix, environment, private folder, cgroups, uid."""
 
     def __init__(self, name: str, cwd: Path, settings: ExecutionSettings, read_only: Iterable[Path] = ()) -> None:
         self.sandboxed = uses_bwrap(settings)
         self.limits = limits_of(settings)
         self.cwd = cwd
+        self.seccomp = self.sandboxed and settings.seccomp and _seccomp_usable(settings)
+        self.uid = _kernel_uid(settings) if self.sandboxed else None
         self.runtime_dir = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))  # mode 0700
+        self.pass_fds: list[int] = []  # for the launch only (the seccomp filter): closed once it started
         self.cgroups = KernelCgroups(f"{name}-{secrets.token_hex(4)}", self.limits)
         if self.cgroups.problems:
             logger.warning(
@@ -262,12 +445,48 @@ class KernelBox:
                 "; ".join(self.cgroups.problems),
                 DATA_FALLBACK_FACTOR,
             )
-        self.argv_prefix = wrapper_argv(self.limits, self.cgroups.procs_files, "memory" in self.cgroups.dirs)
-        if self.sandboxed:
-            self.argv_prefix += bwrap_argv(cwd, self.runtime_dir, read_only, settings.network, settings.data_dir)
         self._kernel_pid: int | None = None
         self._pidfd: int | None = None
         self._exit_poller: select.poll | None = None
+        try:
+            if self.uid is not None:
+                give_tree(self.runtime_dir, self.uid)
+                give_tree(cwd, self.uid)
+            self.argv_prefix = wrapper_argv(
+                self.limits,
+                self.cgroups.procs_files,
+                "memory" in self.cgroups.dirs,
+                self.uid,
+                [str(self.connection_file)],  # written by the launch, just before the wrapper runs
+            )
+            if self.sandboxed:
+                seccomp_fd = None
+                if self.seccomp:
+                    seccomp_fd = syscalls.bpf_descriptor()
+                    self.pass_fds.append(seccomp_fd)
+                self.argv_prefix += bwrap_argv(
+                    cwd,
+                    self.runtime_dir,
+                    read_only,
+                    settings.network,
+                    settings.data_dir,
+                    uid=self.uid,
+                    seccomp_fd=seccomp_fd,
+                )
+        except BaseException:
+            self.close()
+            raise
+
+    def launched(self) -> None:
+        """The kernel's process is started: the descriptor of its seccomp filter is not needed any more."""
+        fds, self.pass_fds = self.pass_fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def claim_new_files(self) -> None:
+        """Give the kernel's uid what the server put in its folder since (uploads, saved figures)."""
+        if self.uid is not None:
+            give_entries(self.cwd, self.uid)
 
     @property
     def connection_file(self) -> Path:
@@ -281,6 +500,8 @@ class KernelBox:
     def placeholder_argv(self) -> list[str]:
         """What bubblewrap runs when the kernel is forked in: ``cat`` of the FIFO, until the kernel exits."""
         os.mkfifo(self.fifo, 0o600)
+        if self.uid is not None:
+            os.chown(self.fifo, self.uid, self.uid, follow_symlinks=False)
         return ["/bin/sh", "-c", 'exec cat -- "$0" >/dev/null', str(self.fifo)]
 
     def adopt_kernel(self, pid: int) -> None:
@@ -314,6 +535,8 @@ class KernelBox:
         env["MPLCONFIGDIR"] = str(private / "matplotlib")
         if self.sandboxed:
             env["PYTHONPATH"] = str(SANDBOX_ROOT)
+        if self.uid is not None:
+            env["USER"] = env["LOGNAME"] = KERNEL_USER
         if self.limits.max_processes > 0:  # BLAS pools start a thread per core, each counts as a task
             threads = str(max(1, min(os.cpu_count() or 1, self.limits.max_processes // 8)))
             for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_MAX_THREADS"):
@@ -336,12 +559,47 @@ class KernelBox:
 
     def close(self) -> None:
         """Kill whatever the kernel left running, drop its cgroups and its private folder."""
+        self.launched()
         self.cgroups.remove()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         if self._pidfd is not None:
             self._exit_poller = None
             os.close(self._pidfd)
             self._pidfd = None
+        if self.uid is not None:  # nothing runs as it any more: the cgroups were emptied above
+            KERNEL_UIDS.give_back(self.uid)
+            self.uid = None
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    logger.warning("!!! %s", message)
+
+
+def _kernel_uid(settings: ExecutionSettings) -> int | None:
+    """A host uid of its own for a new kernel, or None (off, or not possible here: warned once)."""
+    uids = settings.kernel_uids
+    if uids is None:
+        return None
+    if uid_switch_problem(uids[0]) is not None:
+        for problem in confinement_problems(settings):
+            _warn_once(problem)
+        return None
+    return KERNEL_UIDS.take(*uids)
+
+
+def _seccomp_usable(settings: ExecutionSettings) -> bool:
+    """Whether the seccomp filter can be built; ``sandbox = "bwrap"`` refuses to go without it."""
+    problem = syscalls.seccomp_problem()
+    if problem is None:
+        return True
+    if settings.sandbox == "bwrap":
+        raise SandboxUnavailableError(
+            f"execution.sandbox is 'bwrap' but {problem}: {syscalls.INSTALL_HINT}, or set execution.seccomp = false."
+        )
+    for sentence in confinement_problems(settings):
+        _warn_once(sentence)
+    return False
 
 
 _KERNEL_MODULES = ([b"core.execution.kernel_main"], [b"ipykernel_launcher"])

@@ -9,9 +9,12 @@ builds every sandbox: the server launches it, as for any kernel, around a placeh
 FIFO in the kernel's private folder) that proves the sandbox is set up by opening the FIFO. A helper
 forked from here then copies the placeholder's confinement onto itself: its cgroups (the server
 names them), rlimits, nice and scheduling policy, then its IPC, UTS, network, cgroup, PID and mount
-namespaces, its root and working folder, and last its user namespace. There it drops every
-capability (bounding and ambient sets included), sets no-new-privileges and forks the kernel, which
-therefore lands inside the sandbox's PID namespace. The kernel holds the FIFO's only write end: when
+namespaces, its root and working folder, and last its user namespace (if the sandbox has one: a
+kernel with a uid of its own has none). There it drops every capability (bounding and ambient sets
+included), becomes the kernel's uid and gid with no supplementary groups (as ``setpriv`` does for a
+kernel bubblewrap starts), sets no-new-privileges, loads the seccomp filter bubblewrap would have
+loaded (``syscalls.py``, built once here) and forks the kernel, which therefore lands inside the
+sandbox's PID namespace. The kernel holds the FIFO's only write end: when
 it exits the placeholder reads end-of-file and exits, and bubblewrap takes the sandbox down.
 
 Runs outside any sandbox as the server's user, takes orders only from the server (stdin, JSON
@@ -32,7 +35,7 @@ import signal
 import sys
 from typing import Any, NoReturn
 
-from core.execution import kernel_main
+from core.execution import kernel_main, syscalls
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
@@ -46,6 +49,7 @@ _CAP_VERSION_3 = 0x20080522
 NAMESPACES = ("ipc", "uts", "net", "cgroup", "pid", "mnt")
 KERNEL_FIFO_FD = 3  # the kernel's write end of the placeholder's FIFO
 _HOST_PATH = frozenset(filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)))  # the sandbox has its own
+_FILTER: Any = None  # the seccomp filter, built once at start where libseccomp is there
 RLIMITS = sorted(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
 
 
@@ -79,11 +83,34 @@ def _same_namespace(pid: int, kind: str) -> bool:
     return os.stat(f"/proc/{pid}/ns/{kind}").st_ino == os.stat(f"/proc/self/ns/{kind}").st_ino
 
 
-def _drop_privileges(last_cap: int) -> None:
-    """What ``bwrap --cap-drop ALL`` leaves: no capability in any set, and none to be regained."""
+def _rlimits(pid: int) -> dict[int, tuple[int, int]]:
+    """The rlimits of ``pid``, from /proc/<pid>/limits: ``prlimit`` of a process of another uid
+    needs CAP_SYS_RESOURCE, which a container may not grant even to root. Its lines follow the
+    RLIMIT_* numbers (fs/proc/base.c)."""
+    with open(f"/proc/{pid}/limits") as file:
+        rows = file.read().splitlines()[1:]
+    found: dict[int, tuple[int, int]] = {}
+    for limit in RLIMITS:
+        soft, hard = rows[limit][26:].split()[:2]
+        found[limit] = (_rlimit_value(soft), _rlimit_value(hard))
+    return found
+
+
+def _rlimit_value(text: str) -> int:
+    return resource.RLIM_INFINITY if text == "unlimited" else int(text)
+
+
+def _drop_privileges(last_cap: int, uid: int | None) -> None:
+    """What ``bwrap --cap-drop ALL`` leaves, as host ``uid`` if given: no capability in any set,
+    and none to be regained. The bounding set goes first, while this process still holds the
+    capability to drop it (a change of uid may clear the others)."""
     for cap in range(last_cap + 1):
         _prctl(PR_CAPBSET_DROP, cap, "dropping the capability bounding set")
     _prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, "clearing ambient capabilities")
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
     _check(_libc.capset(ctypes.byref(_CapHeader(_CAP_VERSION_3, 0)), (_CapData * 2)()), "capset")
     _prctl(PR_SET_NO_NEW_PRIVS, 1, "setting no_new_privs")
 
@@ -97,8 +124,8 @@ def _enter_sandbox(request: dict[str, Any]) -> tuple[int, int]:
     for procs in request["cgroups"]:
         with open(procs, "w") as cgroup:
             cgroup.write(str(os.getpid()))
-    for limit in RLIMITS:
-        resource.setrlimit(limit, resource.prlimit(placeholder, limit))
+    for limit, values in _rlimits(placeholder).items():
+        resource.setrlimit(limit, values)
     os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, placeholder))
     os.sched_setscheduler(0, os.sched_getscheduler(placeholder), os.sched_param(0))
     with open("/proc/sys/kernel/cap_last_cap") as caps:
@@ -120,7 +147,11 @@ def _enter_sandbox(request: dict[str, Any]) -> tuple[int, int]:
     if user is not None:
         _check(_libc.setns(user, 0), "joining the sandbox's user namespace")
         os.close(user)
-    _drop_privileges(last_cap)
+    _drop_privileges(last_cap, request.get("uid"))
+    if request.get("seccomp"):
+        if _FILTER is None:
+            raise RuntimeError("the fork server has no seccomp filter")
+        _FILTER.load()
     return fifo, host_proc
 
 
@@ -200,6 +231,9 @@ def serve() -> None:
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "setting the parent-death signal")
     if os.getppid() == 1:
         return
+    global _FILTER
+    if syscalls.seccomp_problem() is None:
+        _FILTER = syscalls.build_filter()
     hidden = kernel_main.prepare()
     gc.collect()
     gc.freeze()  # the imported objects stay shared with every kernel instead of being copied on the first collection
