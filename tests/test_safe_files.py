@@ -346,3 +346,20 @@ def test_a_file_changed_while_it_is_read_is_refused(resolver: str, cwd: Path) ->
             opened.read_all()
     assert caught.value.reason is Refusal.CHANGED
     assert str(caught.value) == "sub/ok.txt was changed while it was being read"
+
+
+def test_the_disk_limit_walk_never_follows_a_link(tmp_path: Path) -> None:
+    """The session folder's size counts its own files only: a link to a folder (say ``/``) or to a
+    large file outside adds nothing, so user code cannot make the server walk the host."""
+    from core.execution.limits import folder_bytes
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big.bin").write_bytes(b"x" * 100_000)
+    session = tmp_path / "cwd"
+    (session / "sub").mkdir(parents=True)
+    (session / "a.txt").write_bytes(b"a" * 10)
+    (session / "sub" / "b.txt").write_bytes(b"b" * 5)
+    os.symlink(outside, session / "linked-folder")
+    os.symlink("/", session / "root")
+    assert folder_bytes(session) < 100

@@ -216,23 +216,19 @@ def wrapper_argv(
 
 
 def folder_bytes(folder: Path) -> int:
-    """Apparent size of every file under ``folder`` (symlinks not followed)."""
+    """Apparent size of every file under ``folder``. Walked by ``os.fwalk`` (folders opened through
+    descriptors, links never followed): user code swapping a folder for a link to ``/`` while this
+    runs cannot make the server walk the host's file system."""
     total = 0
-    stack = [str(folder)]
-    while stack:
-        try:
-            entries = os.scandir(stack.pop())
-        except OSError:
-            continue
-        with entries:
-            for entry in entries:
+    try:
+        for _, _, files, dir_fd in os.fwalk(folder, follow_symlinks=False):
+            for name in files:
                 try:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    else:
-                        total += entry.stat(follow_symlinks=False).st_size
+                    total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size
                 except OSError:
                     continue
+    except OSError:
+        return total
     return total
 
 
