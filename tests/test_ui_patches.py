@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from ui import patches
 from ui.patches import PATCHES, Need, PatchRefused
@@ -38,6 +37,10 @@ def test_every_patch_fits_what_is_installed_and_has_its_module() -> None:
 
 
 def test_the_chainlit_pin_is_the_series_the_patches_were_written_for() -> None:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     pins = [d.replace(" ", "") for d in project["dependencies"] if d.startswith("chainlit")]
     assert pins == [patches.CHAINLIT]

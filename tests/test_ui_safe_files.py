@@ -85,3 +85,32 @@ def test_the_files_panel_never_serves_a_swapped_in_link(server: UIServer, tmp_pa
     assert secret not in everything and env_canary.encode() not in everything
     assert served and all(content == REGULAR for content in served), served[:3]
     assert presses >= 3
+
+
+def test_the_files_panel_attaches_at_most_the_configured_total(tmp_path: Path) -> None:
+    """``WEAVER_UI_MAX_ATTACHED_MB``: the panel reads its downloads into memory, so past the setting
+    the rest are named ("one panel offers at most 1.0 MB"), not attached."""
+    running = start_server(tmp_path / "app", tmp_path / "server.log", extra_env={"WEAVER_UI_MAX_ATTACHED_MB": "1"})
+    try:
+        with running.client() as client:
+            turn = client.ask(code_block("for n in 'ab': open(f'{n}.bin', 'wb').write(b'x' * 600_000)"))
+            answer_ids = {m["id"] for m in turn if m.get("type") == "assistant_message"}
+            action = client.wait_for(
+                lambda: next((d for n, d in client.events if n == "action" and d.get("forId") in answer_ids), None),
+                30,
+                "the Files button under the answer",
+            )
+            pressed = httpx.post(
+                f"{running.base_url}/project/action",
+                json={"sessionId": client.session_id, "action": action},
+                headers=client.headers,
+                timeout=30,
+            )
+            assert pressed.status_code == 200, pressed.text
+            panel = client.wait_for(lambda: _panels(client), 30, "the panel")[-1]["elements"]
+            downloads = [e["name"] for e in panel if e["type"] != "text"]
+            table = next(client.fetch_element(e).text for e in panel if e["type"] == "text")
+    finally:
+        stop_server(running)
+    assert len(downloads) == 1 and downloads[0] in ("a.bin", "b.bin"), downloads
+    assert "at most 1.0 MB" in table, table

@@ -236,6 +236,7 @@ async def on_message(message: cl.Message) -> None:
         execution_cwd=Path(session.execution_cwd),
         author=chainlit_config.ui.name,
         max_event_chars=server.SETTINGS.max_event_chars,
+        max_attached_bytes=server.SETTINGS.max_attached_mb * 2**20,
         max_table_rows=session.config.execution.max_table_rows,
         max_table_columns=session.config.execution.max_table_columns,
         show_model=len(getattr(session, "llm_models", [])) > 1,
@@ -265,7 +266,7 @@ async def on_files(action: cl.Action) -> None:
     if session is None:
         await cl.Message(content="This chat has no files yet.", author=chainlit_config.ui.name).send()
         return
-    await show_outputs(session)
+    await show_outputs(session, server.SETTINGS.max_attached_mb * 2**20)
 
 
 def _remember_session(session_id: str) -> None:

@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg", ".
 MAX_ARTIFACTS_SHOWN = 20
 MAX_ARTIFACT_BYTES = 25 * 1000 * 1000
 # Attached files are held in memory as bytes until Chainlit has stored them: bounded per message.
-MAX_ATTACHED_TOTAL_BYTES = 100 * 1000 * 1000
+MAX_ATTACHED_TOTAL_BYTES = 100 * 2**20
 MAX_NAMES_LISTED = 10
 
 

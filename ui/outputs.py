@@ -26,7 +26,7 @@ from ui.markdown import code_text
 ACTION = "weaver_outputs"
 MAX_LISTED = 200
 MAX_ATTACHED = 50
-MAX_OFFERED_BYTES = 100 * 1000 * 1000  # downloads are held in memory until Chainlit stored them
+MAX_OFFERED_BYTES = 100 * 2**20  # downloads are held in memory until Chainlit stored them
 
 
 def files_action(count: int) -> cl.Action:
@@ -89,11 +89,11 @@ def read_downloads(
     return downloads, refused
 
 
-async def show_outputs(session: Session) -> None:
+async def show_outputs(session: Session, max_total_bytes: int = MAX_OFFERED_BYTES) -> None:
     """Open the element sidebar with the session's files as downloads and the table of all of them."""
     listing = await run_in_thread(session.files, MAX_LISTED, name="weaver-list-files")
     root = Path(session.execution_cwd)
-    downloads, refused = await run_in_thread(read_downloads, root, listing, name="weaver-read-files")
+    downloads, refused = await run_in_thread(read_downloads, root, listing, max_total_bytes, name="weaver-read-files")
     table = listing_markdown(listing)
     if refused:
         table += "\n\n_Not offered for download: " + "; ".join(refused[:MAX_NAMES_LISTED]) + "._"

@@ -11,6 +11,7 @@ Chainlit task, so the user always sees how the round ended, which it reads from 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -23,7 +24,7 @@ from chainlit.utils import utc_now
 
 from core import RoleName, Round, SessionEventHandler, TaskWeaverEvent, WeaverError
 from ui.bridge import EventPipe, PipeEnd, ThreadJob, run_in_thread
-from ui.files import Attached, select_artifacts
+from ui.files import MAX_ATTACHED_TOTAL_BYTES, Attached, select_artifacts
 from ui.markdown import table_markdown
 from ui.view import MAX_EVENT_CHARS, RoundView, safe_markdown
 
@@ -68,6 +69,7 @@ class RoundRenderer:
         author: str,
         throttle_s: float = THROTTLE_S,
         max_event_chars: int = MAX_EVENT_CHARS,
+        max_attached_bytes: int = MAX_ATTACHED_TOTAL_BYTES,
         max_table_rows: int = 20,
         max_table_columns: int = 30,
         show_model: bool = False,
@@ -77,6 +79,7 @@ class RoundRenderer:
         self.author = author
         self.throttle_s = throttle_s
         self.max_event_chars = max_event_chars
+        self.max_attached_bytes = max_attached_bytes
         self.table_caps = (max_table_rows, max_table_columns)
         self.view = RoundView(execution_cwd, show_model=show_model)
         self.expand_steps = expand_steps  # answer first: the work is folded away unless asked for
@@ -189,7 +192,11 @@ class RoundRenderer:
             ).send()
             return
         actions = await self.closing_actions() if self.closing_actions is not None else []
-        selection = await run_in_thread(select_artifacts, list(self.view.artifacts), name="weaver-read-artifacts")
+        selection = await run_in_thread(
+            functools.partial(select_artifacts, max_total_bytes=self.max_attached_bytes),
+            list(self.view.artifacts),
+            name="weaver-read-artifacts",
+        )
         elements = [_element_for(a) for a in selection.shown]
         if elements:
             _ensure_files_dir()

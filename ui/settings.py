@@ -65,6 +65,12 @@ class UISettings(BaseSettings):
         True, description="run `weaver check` at start when a model is configured (a few small requests)"
     )
     max_event_chars: int = Field(100_000, ge=1000, description="largest text of one step or message sent")
+    max_attached_mb: int = Field(
+        100,
+        ge=1,
+        description="largest total of files one answer or one Files panel attaches (they are read into memory "
+        "until Chainlit has stored them); the rest are named, not attached",
+    )
     replica_id: str | None = Field(
         None,
         max_length=64,
