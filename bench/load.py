@@ -54,7 +54,7 @@ from procs import cpu_ticks, descendants, free_port, pss_kb, rss_kb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.execution.sandbox import is_kernel_process  # noqa: E402  (stdlib and core only)
+from core.execution.kernel_procs import is_kernel_process  # noqa: E402  (stdlib and core only)
 
 CODE = "```python\nprint(6*7)\n```"
 EXPECT = "42"

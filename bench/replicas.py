@@ -33,7 +33,7 @@ from procs import children, descendants, free_port, rss_kb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.execution.sandbox import is_kernel_process  # noqa: E402
+from core.execution.kernel_procs import is_kernel_process  # noqa: E402
 from tests.pg_cluster import start_cluster  # noqa: E402
 
 

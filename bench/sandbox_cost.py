@@ -25,7 +25,8 @@ if str(ROOT) not in sys.path:
 
 from core.config import ExecutionSettings  # noqa: E402
 from core.execution.kernel import KernelExecutor  # noqa: E402
-from core.execution.sandbox import bwrap_problem, uid_switch_problem  # noqa: E402
+from core.execution.kernel_users import uid_switch_problem  # noqa: E402
+from core.execution.sandbox import bwrap_problem  # noqa: E402
 
 MODES = {"on": {}, "off": {"kernel_uid_range": "", "seccomp": False}}
 SETUP = "import numpy as np, pandas as pd\ndf = pd.DataFrame({'k': np.arange(10**6) % 1000, 'v': np.ones(10**6)})"

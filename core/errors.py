@@ -65,3 +65,7 @@ class GatewayAuthError(GatewayError):
 
 class GatewayUnavailable(GatewayError):
     """The gateway could not be reached, or answered with something other than a Jupyter gateway's API."""
+
+
+class SandboxUnavailableError(WeaverError, RuntimeError):
+    """The configuration asks for a sandbox that cannot be built here; the message says what to do."""

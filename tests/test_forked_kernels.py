@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from core.config import ExecutionSettings
-from core.execution import sandbox
+from core.execution import kernel_procs, kernel_users, sandbox
 from core.execution.kernel_forks import FORK_SERVER, ForkServerError, KernelForkServer
 from core.execution.kernel_process import KernelProcess
 from core.execution.launcher import REPO_ROOT
@@ -67,8 +67,8 @@ def run(kp: KernelProcess, source: str) -> str:
 
 def placeholder_of(kp: KernelProcess) -> int:
     assert kp.pid is not None
-    (init,) = sandbox._children(kp.pid)
-    return min(sandbox._children(init))  # the placeholder was started before the kernel was forked in
+    (init,) = kernel_procs.children(kp.pid)
+    return min(kernel_procs.children(init))  # the placeholder was started before the kernel was forked in
 
 
 def status(pid: int, *fields: str) -> dict[str, str]:
@@ -101,11 +101,13 @@ def test_a_sandboxed_kernel_is_forked_and_confined_like_its_placeholder(kernel: 
         except FileNotFoundError:
             continue  # closed meanwhile
     # adopted by the sandbox's own init, which reaps it, not by the host's pid 1
-    assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) == sandbox._children(kernel.pid)[0]
+    parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert parent == kernel_procs.children(kernel.pid)[0]
 
 
 @pytest.mark.skipif(
-    sandbox.uid_switch_problem(200000) is not None, reason=f"no uid switch here: {sandbox.uid_switch_problem(200000)}"
+    kernel_users.uid_switch_problem(200000) is not None,
+    reason=f"no uid switch here: {kernel_users.uid_switch_problem(200000)}",
 )
 def test_a_forked_kernel_runs_as_its_own_uid_under_the_seccomp_filter(kernel: KernelProcess) -> None:
     pid, placeholder = kernel.kernel_pid, placeholder_of(kernel)

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from core import PostEventType, PostStatus, SessionEventHandler, TaskWeaverApp, TaskWeaverEvent
-from core.execution import sandbox
+from core.execution import kernel_procs
 from core.execution.pool import StartCancelled, StartGate
 from tests.conftest import FIXTURE_APP, pid_alive
 
@@ -109,7 +109,7 @@ def _kernel_pids(sessions: Path) -> list[int]:
     """Host pids of the kernels working in a session folder under ``sessions``."""
     found = []
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and sandbox.is_kernel_process(int(proc.name)):
+        if proc.name.isdigit() and kernel_procs.is_kernel_process(int(proc.name)):
             try:
                 if Path(os.readlink(proc / "cwd")).is_relative_to(sessions):
                     found.append(int(proc.name))

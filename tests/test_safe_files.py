@@ -21,7 +21,7 @@ import pytest
 
 from core import TaskWeaverApp, safe_files
 from core.files import add_files
-from core.safe_files import NewFile, Refusal, UnsafeFile, open_file, read_file, walk, write_file, write_new
+from core.safe_files import NewFile, Refusal, UnsafeFile, open_file, opening, read_file, walk, write_file, write_new
 from ui.files import artifacts_inside, select_artifacts
 from ui.history.storage import LocalFileStorage
 from ui.outputs import read_downloads
@@ -36,7 +36,7 @@ def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
         if not safe_files.openat2_available():
             pytest.skip("this kernel has no openat2")
     else:
-        monkeypatch.setattr(safe_files, "_openat2_works", False)
+        monkeypatch.setattr(opening, "_openat2_works", False)
     return str(request.param)
 
 

@@ -20,7 +20,8 @@ import pytest
 
 from core import TaskWeaverApp
 from core.config import ExecutionSettings
-from core.execution import sandbox
+from core.errors import SandboxUnavailableError
+from core.execution import kernel_procs, kernel_users, sandbox
 from core.execution.kernel import KernelExecutor
 from core.execution.launcher import REPO_ROOT
 from core.execution.local_backend import LocalBackend
@@ -229,7 +230,7 @@ def test_kernel_runs_at_lower_priority_than_the_server(pair) -> None:
     # and SCHED_IDLE, so many kernels together cannot outweigh the web server (chrt is util-linux's)
     assert shutil.which("chrt") is None or os.sched_getscheduler(a.executor.kernel_pid) == os.SCHED_IDLE
     reported = run_in_a(pair, "from ipykernel.connect import get_connection_file\nprint(get_connection_file())")
-    assert sandbox.kernel_host_pid(reported.strip()) == a.executor.kernel_pid  # how tests find a kernel's pid
+    assert kernel_procs.kernel_host_pid(reported.strip()) == a.executor.kernel_pid  # how tests find a kernel's pid
 
 
 # ----- limits --------------------------------------------------------------------------------
@@ -421,10 +422,10 @@ def test_without_bwrap_auto_warns_and_public_serving_is_refused(
     try:
         settings = ExecutionSettings()
         assert "not installed" in (LocalBackend(settings).sandbox_warning() or "")
-        with pytest.raises(sandbox.SandboxUnavailableError, match="allow_unsandboxed"):
+        with pytest.raises(SandboxUnavailableError, match="allow_unsandboxed"):
             LocalBackend(settings).require_sandbox("with login on")
         LocalBackend(ExecutionSettings(allow_unsandboxed=True)).require_sandbox("with login on")
-        with pytest.raises(sandbox.SandboxUnavailableError, match="bubblewrap"):
+        with pytest.raises(SandboxUnavailableError, match="bubblewrap"):
             TaskWeaverApp(app_dir=tmp_path, config={"execution.sandbox": "bwrap"})
     finally:
         monkeypatch.undo()
@@ -437,8 +438,8 @@ def test_without_bwrap_auto_warns_and_public_serving_is_refused(
 KERNEL_UIDS = ExecutionSettings().kernel_uids
 assert KERNEL_UIDS is not None
 needs_uid_switch = pytest.mark.skipif(
-    sandbox.uid_switch_problem(KERNEL_UIDS[0]) is not None,
-    reason=f"kernels cannot get a uid of their own here: {sandbox.uid_switch_problem(KERNEL_UIDS[0])}",
+    kernel_users.uid_switch_problem(KERNEL_UIDS[0]) is not None,
+    reason=f"kernels cannot get a uid of their own here: {kernel_users.uid_switch_problem(KERNEL_UIDS[0])}",
 )
 
 
@@ -611,10 +612,10 @@ def test_the_uid_range_setting_is_checked() -> None:
 
 
 def test_uids_are_handed_out_once_until_given_back() -> None:
-    uids = sandbox.KernelUids()
+    uids = kernel_users.KernelUids()
     taken = [uids.take(500, 502) for _ in range(3)]
     assert sorted(taken) == [500, 501, 502]
-    with pytest.raises(sandbox.SandboxUnavailableError, match="kernel_uid_range"):
+    with pytest.raises(SandboxUnavailableError, match="kernel_uid_range"):
         uids.take(500, 502)
     uids.give_back(501)
     assert uids.take(500, 502) == 501
@@ -632,7 +633,7 @@ def test_without_libseccomp_bwrap_mode_refuses_to_start_and_auto_warns(
     syscalls.seccomp_problem.cache_clear()
     sandbox._warn_once.cache_clear()
     try:
-        with pytest.raises(sandbox.SandboxUnavailableError, match="libseccomp"):
+        with pytest.raises(SandboxUnavailableError, match="libseccomp"):
             sandbox.check_confinement(ExecutionSettings(sandbox="bwrap"))
         sandbox.check_confinement(ExecutionSettings(sandbox="bwrap", seccomp=False))
         sandbox.check_confinement(ExecutionSettings())
@@ -666,5 +667,5 @@ def test_without_a_uid_switch_kernels_keep_the_servers_uid_with_one_warning(
         assert caplog.text.count("not one of their own") == 1 and "setpriv" in caplog.text
     finally:
         monkeypatch.undo()
-        sandbox.uid_switch_problem.cache_clear()
+        kernel_users.uid_switch_problem.cache_clear()
         sandbox._warn_once.cache_clear()

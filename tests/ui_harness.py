@@ -52,7 +52,7 @@ KERNEL_ID_CODE = "import ipykernel.connect\nprint('KERNEL', ipykernel.connect.ge
 
 def kernel_pid_in(text: str) -> int:
     """The host pid of the kernel whose ``KERNEL_ID_CODE`` output is in ``text``."""
-    from core.execution.sandbox import kernel_host_pid
+    from core.execution.kernel_procs import kernel_host_pid
 
     match = re.search(r"KERNEL (\S+\.json)", text)
     assert match, f"no kernel connection file in {text!r}"

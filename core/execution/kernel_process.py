@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from jupyter_client import KernelManager
 
 from core.config import ExecutionSettings
+from core.errors import SandboxUnavailableError
 from core.execution import messages
 from core.execution.kernel_forks import FORK_SERVER, ForkServerError
 from core.execution.launcher import KERNEL_ARGV, kernel_env, new_kernel_manager, start_kernel
-from core.execution.sandbox import KernelBox, SandboxUnavailableError
+from core.execution.sandbox import KernelBox
 from core.execution.zmq_channels import KernelChannels
 
 if TYPE_CHECKING:

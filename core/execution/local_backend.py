@@ -9,18 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.errors import SandboxUnavailableError
 from core.execution.backend import BackendStatus, KernelBackend
 from core.execution.handle import KernelHandle
 from core.execution.kernel_process import KernelProcess
-from core.execution.sandbox import (
-    INSTALL_HINT,
-    SandboxUnavailableError,
-    bwrap_problem,
-    check_confinement,
-    data_mount,
-    sweep_stale,
-    uses_bwrap,
-)
+from core.execution.kernel_procs import sweep_stale
+from core.execution.sandbox import INSTALL_HINT, bwrap_problem, check_confinement, data_mount, uses_bwrap
 
 
 class LocalBackend(KernelBackend):

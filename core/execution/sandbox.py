@@ -6,11 +6,12 @@ session folder, writable. It has its own PID, IPC, UTS and (unless ``execution.n
 namespaces, no capabilities, and talks to the server over ZMQ ``ipc`` sockets in a private 0700
 folder bound into that sandbox only. Limits (cgroups, rlimits, nice) are in ``limits.py``.
 
-As root, each kernel also gets a host uid (and gid) of its own from ``execution.kernel_uid_range``,
-its folders are given to that uid, and ``setpriv`` switches to it inside the sandbox, right before
-the kernel runs. Bubblewrap itself still runs as root: run as the kernel's uid it must reach every
-folder it binds by path as that uid, and a Python under ``/root`` or a session under a 0700 folder
-is out of its reach. Every kernel also runs under a seccomp filter (``syscalls.py``).
+As root, each kernel also runs as a host uid of its own (``kernel_users.py``), switched to inside
+the sandbox right before the kernel runs. Bubblewrap itself still runs as root: run as the kernel's
+uid it must reach every folder it binds by path as that uid, and a Python under ``/root`` or a
+session under a 0700 folder is out of its reach. Every kernel also runs under a seccomp filter
+(``syscalls.py``). Kernel processes are found on the host, and an earlier server's left-overs
+swept, in ``kernel_procs.py``.
 """
 
 from __future__ import annotations
@@ -25,14 +26,22 @@ import site
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable
 
-from core.errors import WeaverError
+from core.errors import SandboxUnavailableError
 from core.execution import syscalls
-from core.execution.limits import DATA_FALLBACK_FACTOR, KernelCgroups, Limits, sweep_stale_cgroups, wrapper_argv
+from core.execution.kernel_procs import RUNTIME_PREFIX, children
+from core.execution.kernel_users import (
+    KERNEL_UIDS,
+    KERNEL_USER,
+    UID_CAPS,
+    drop_to,
+    give_entries,
+    give_tree,
+    uid_switch_problem,
+)
+from core.execution.limits import DATA_FALLBACK_FACTOR, KernelCgroups, Limits, wrapper_argv
 
 if TYPE_CHECKING:
     from core.config import ExecutionSettings
@@ -49,7 +58,6 @@ SANDBOX_ROOT = Path("/opt/weaver")
 # prompts can name, the same whatever the app folder is, so code kept in a chat still runs after
 # the app moves.
 DATA_MOUNT = Path("/data")
-RUNTIME_PREFIX = "weaver-kernel-"
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap)"
 _TOP_LEVEL = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC_FILES = (
@@ -67,10 +75,6 @@ _ETC_FILES = (
     "hosts",
 )
 _ETC_NETWORK = ("resolv.conf", "gai.conf", "protocols", "services", "host.conf")
-
-
-class SandboxUnavailableError(WeaverError, RuntimeError):
-    """The configuration asks for a sandbox that cannot be built here; the message says what to do."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -147,38 +151,11 @@ def limits_of(settings: ExecutionSettings) -> Limits:
     return Limits(settings.memory_mb, settings.max_processes, settings.disk_mb, settings.max_file_mb, settings.nice)
 
 
-# The name a kernel's uid goes by (USER, LOGNAME): no passwd entry exists for it, and getpass,
-# IPython and friends ask the environment first.
-KERNEL_USER = "kernel"
-
-
-@functools.lru_cache(maxsize=None)
-def uid_switch_problem(uid: int) -> str | None:
-    """Why kernels cannot run as host uid ``uid`` here, or None when they can (probed once per uid):
-    the server must be root, with bubblewrap and setpriv."""
-    if os.geteuid() != 0:
-        return "the server does not run as root"
-    if shutil.which("setpriv") is None:
-        return "setpriv (util-linux) is not installed"
-    if shutil.which("bwrap") is None:
-        return "bubblewrap (bwrap) is not installed"
-    probe = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--cap-drop", "ALL"]
-    probe += [arg for cap in _UID_CAPS for arg in ("--cap-add", cap)]
-    probe += ["--ro-bind", "/", "/", "--proc", "/proc", "--", *drop_to(uid), "true"]
-    try:
-        done = subprocess.run(probe, capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"bubblewrap could not be run ({exc})"
-    if done.returncode != 0:
-        detail = done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}"
-        return f"bubblewrap cannot switch a kernel's uid here ({detail})"
-    return None
-
-
 def confinement_problems(settings: ExecutionSettings) -> list[str]:
     """What of the uid switch and the seccomp filter cannot be had here, as sentences for operators
-    (empty when kernels get both, or when they are not local sandboxed kernels at all)."""
-    if settings.gateway_url or settings.sandbox == "none" or bwrap_problem() is not None:
+    (empty when kernels get both, or when they are not sandboxed at all). Only the local backend
+    asks (``local_backend.py``, ``KernelBox``): kernels elsewhere never reach this module."""
+    if settings.sandbox == "none" or bwrap_problem() is not None:
         return []
     problems = []
     uids = settings.kernel_uids
@@ -196,85 +173,6 @@ def check_confinement(settings: ExecutionSettings) -> None:
         _seccomp_usable(settings)  # raises
     for problem in confinement_problems(settings):
         _warn_once(problem)
-
-
-class KernelUids:
-    """The host uids of this process's live kernels: each kernel takes a free one of the range and
-    gives it back when it is torn down. Taken round the range, so a uid comes back as late as it can."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._in_use: set[int] = set()
-        self._next = 0
-
-    def take(self, first: int, last: int) -> int:
-        with self._lock:
-            size = last - first + 1
-            for step in range(size):
-                uid = first + (self._next + step) % size
-                if uid not in self._in_use:
-                    self._in_use.add(uid)
-                    self._next = (uid - first + 1) % size
-                    return uid
-        raise SandboxUnavailableError(
-            f"every uid of execution.kernel_uid_range ({first}-{last}) is taken by a live kernel; widen the range"
-        )
-
-    def give_back(self, uid: int) -> None:
-        with self._lock:
-            self._in_use.discard(uid)
-
-    @property
-    def in_use(self) -> set[int]:
-        with self._lock:
-            return set(self._in_use)
-
-
-KERNEL_UIDS = KernelUids()
-
-
-def give_tree(folder: Path, uid: int) -> None:
-    """Make ``uid`` (and gid) own ``folder`` and, if it did not already, everything in it.
-
-    Never follows a symlink: descriptors of each folder (``os.fwalk``) and ``lchown`` of each name
-    in it, so a link an earlier kernel left cannot point the change at a file outside."""
-    top = os.lstat(folder)
-    if top.st_uid == uid and top.st_gid == uid:
-        give_entries(folder, uid)
-        return
-    for _, dirs, files, fd in os.fwalk(folder, follow_symlinks=False):
-        _give(fd, None, uid)
-        for name in dirs + files:
-            _give(fd, name, uid)
-
-
-def give_entries(folder: Path, uid: int) -> None:
-    """Give ``uid`` the entries directly in ``folder`` that it does not own (what the server added
-    since: uploads, saved figures), so the kernel may write to them as to its own files."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError:
-        return
-    try:
-        with os.scandir(fd) as entries:
-            for entry in entries:
-                try:
-                    if entry.stat(follow_symlinks=False).st_uid != uid:
-                        _give(fd, entry.name, uid)
-                except OSError:
-                    continue
-    finally:
-        os.close(fd)
-
-
-def _give(dir_fd: int, name: str | None, uid: int) -> None:
-    try:
-        if name is None:
-            os.chown(dir_fd, uid, uid)
-        else:
-            os.chown(name, uid, uid, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError as exc:
-        logger.debug("could not give %s to uid %d: %s", name or "a folder", uid, exc)
 
 
 def _python_dirs() -> list[Path]:
@@ -338,8 +236,8 @@ def bwrap_argv(
 
     ``data_dir`` (the project's datasets) is bound read-only at ``data_mount``: code reads it and
     cannot write, rename or delete anything in it (a read-only mount, and no capability to remount).
-    With ``uid``, what runs inside becomes that host uid and gid (``drop_to``); ``seccomp_fd`` holds
-    the seccomp filter's BPF, loaded just before the command runs."""
+    With ``uid``, what runs inside becomes that host uid and gid (``kernel_users.drop_to``);
+    ``seccomp_fd`` holds the seccomp filter's BPF, loaded just before the command runs."""
     exe = shutil.which("bwrap") or "bwrap"
     args = [
         exe,
@@ -354,7 +252,7 @@ def bwrap_argv(
         "--new-session",
         "--cap-drop",
         "ALL",
-        *(arg for cap in _UID_CAPS for arg in ("--cap-add", cap) if uid is not None),
+        *(arg for cap in UID_CAPS for arg in ("--cap-add", cap) if uid is not None),
         "--hostname",
         "weaver",
     ]
@@ -390,38 +288,6 @@ def bwrap_argv(
     if seccomp_fd is not None:
         args += ["--seccomp", str(seccomp_fd)]
     return args + ["--chdir", str(cwd), "--", *(drop_to(uid) if uid is not None else ())]
-
-
-# Kept through bubblewrap's --cap-drop ALL for ``drop_to`` alone: it needs them to change uid and
-# to empty the bounding set, and bubblewrap to enter a working folder that only the kernel's uid
-# may enter (--chdir comes after the capabilities are dropped). The change of uid clears them all.
-_UID_CAPS = ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP", "CAP_DAC_READ_SEARCH")
-
-
-def drop_to(uid: int) -> list[str]:
-    """``setpriv`` that runs the rest of argv as host ``uid`` and gid, no supplementary groups, no
-    capability in any set (a uid change from root clears the rest) and no new privileges."""
-    setpriv = shutil.which("setpriv") or "setpriv"
-    return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"] + [
-        "--no-new-privs",
-        "--",
-    ]
-
-
-def _children(pid: int) -> list[int]:
-    """Child pids, from /proc/<pid>/task/<pid>/children or, where the kernel lacks it, every stat."""
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except (OSError, ValueError):
-        pass
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return sorted(found)
 
 
 class KernelBox:
@@ -549,8 +415,8 @@ class KernelBox:
             if not self.sandboxed:
                 self._kernel_pid = outer_pid
             else:
-                init = _children(outer_pid)
-                kernel = _children(init[0]) if init else []
+                init = children(outer_pid)
+                kernel = children(init[0]) if init else []
                 self._kernel_pid = kernel[0] if kernel else None
         return self._kernel_pid
 
@@ -600,85 +466,3 @@ def _seccomp_usable(settings: ExecutionSettings) -> bool:
     for sentence in confinement_problems(settings):
         _warn_once(sentence)
     return False
-
-
-_KERNEL_MODULES = ([b"core.execution.kernel_main"], [b"ipykernel_launcher"])
-_FORKED_KERNEL = [b"core.execution.zygote"]
-
-
-def kernel_host_pid(connection_file: str) -> int | None:
-    """Host pid of the kernel started with ``connection_file`` (for tests and operators).
-
-    Inside its PID namespace a kernel's ``os.getpid()`` is 2 or 3; the connection file path it
-    reports (``ipykernel.connect.get_connection_file()``) is the same on both sides. A kernel
-    forked into its sandbox carries the fork server's command line: it is the Python process
-    below the bubblewrap whose command line binds the connection file's folder.
-    """
-    folder = str(Path(connection_file).parent).encode()
-    sandboxes: list[int] = []
-    for pid, argv in _processes():
-        if argv[1:2] == [b"-m"] and argv[2:3] in _KERNEL_MODULES and connection_file.encode() in argv:
-            return pid
-        if Path(argv[0].decode(errors="replace")).name == "bwrap" and folder in argv:
-            sandboxes.append(pid)
-    for outer in sandboxes:
-        for init in _children(outer):
-            for pid in _children(init):
-                argv = _cmdline(pid)
-                if argv[1:2] == [b"-m"] and argv[2:3] == _FORKED_KERNEL:
-                    return pid
-    return None
-
-
-def is_kernel_process(pid: int) -> bool:
-    """Whether ``pid`` is a kernel: started as one, or forked into a sandbox by the fork server
-    (which shares that command line, but not the sandbox's PID namespace)."""
-    argv = _cmdline(pid)
-    if argv[1:2] != [b"-m"]:
-        return False
-    if argv[2:3] in _KERNEL_MODULES:
-        return True
-    try:
-        return argv[2:3] == _FORKED_KERNEL and os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return False
-
-
-def _cmdline(pid: int) -> list[bytes]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return []
-
-
-def _processes() -> Iterator[tuple[int, list[bytes]]]:
-    """Every process's pid and argv."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            argv = _cmdline(int(entry.name))
-            if argv:
-                yield int(entry.name), argv
-
-
-def sweep_stale(min_age_s: float = 60.0) -> None:
-    """Drop the cgroups and private folders of kernels whose server died without cleaning up.
-
-    The kernels themselves died with it (``--die-with-parent``); a folder still named on a live
-    process's command line, or younger than ``min_age_s``, is kept.
-    """
-    removed = sweep_stale_cgroups(min_age_s)
-    folders = [d for d in Path(tempfile.gettempdir()).glob(f"{RUNTIME_PREFIX}*") if d.is_dir()]
-    old = [d for d in folders if time.time() - d.stat().st_mtime > min_age_s]
-    if old:
-        in_use = _command_lines()
-        for folder in old:
-            if str(folder) not in in_use:
-                shutil.rmtree(folder, ignore_errors=True)
-                removed += 1
-    if removed:
-        logger.info("removed %d cgroups and folders of kernels of an earlier server", removed)
-
-
-def _command_lines() -> str:
-    """Every process's command line, joined: to tell which private folders are still used."""
-    return "\n".join(b"\0".join(argv).decode(errors="replace") for _, argv in _processes())
