@@ -31,7 +31,7 @@ from core.plugins.kernel_files import PART_PREFIX, UnsafePath, parts
 from core.safe_files import TEMP_PREFIX, NewFile, UnsafeFile, open_file, walk
 
 if TYPE_CHECKING:
-    from core.execution.kernel_rpc import KernelRPC
+    from core.execution.handle import SilentEval
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class FileSync:
 
     # ----- session folder -> kernel ------------------------------------------------------------
 
-    def push(self, rpc: KernelRPC) -> list[str]:
+    def push(self, rpc: SilentEval) -> list[str]:
         """Send the session's new or changed files to the kernel; returns notes for the user."""
         try:
             found = walk(self.cwd, skip_hidden_prefixes=(TEMP_PREFIX, PART_PREFIX)).files[: kernel_files.MAX_LISTED]
@@ -93,7 +93,7 @@ class FileSync:
             notes.append(_waiting_note(waiting, "sent to the kernel", self.max_run_bytes))
         return notes
 
-    def _send(self, rpc: KernelRPC, rel: str, size: int) -> Sig:
+    def _send(self, rpc: SilentEval, rel: str, size: int) -> Sig:
         """Send the file from one handle, opened without following links (``core.safe_files``)."""
         with open_file(self.cwd, rel, size) as opened:
             offset = 0
@@ -108,7 +108,7 @@ class FileSync:
 
     # ----- kernel -> session folder ------------------------------------------------------------
 
-    def pull(self, rpc: KernelRPC, room: int | None) -> list[str]:
+    def pull(self, rpc: SilentEval, room: int | None) -> list[str]:
         """Bring the kernel's new or changed files back; ``room``: bytes the folder may still grow by."""
         answer = _call(rpc, "manifest", {"max_listed": kernel_files.MAX_LISTED})
         notes: list[str] = []
@@ -150,7 +150,7 @@ class FileSync:
             notes.append(_waiting_note(waiting, "copied from the kernel", self.max_run_bytes, room))
         return notes
 
-    def _fetch(self, rpc: KernelRPC, rel: str, size: int) -> Sig:
+    def _fetch(self, rpc: SilentEval, rel: str, size: int) -> Sig:
         """Read the file in chunks into a new hidden file in the (opened) folder, put in place at the
         end (``core.safe_files.NewFile``); stop at ``size`` even if it grew meanwhile."""
         with NewFile(self.cwd, rel, make_folders=True) as new:
@@ -168,7 +168,7 @@ class FileSync:
                     return info.st_size, info.st_mtime_ns
 
 
-def _call(rpc: KernelRPC, function: str, args: dict[str, Any]) -> dict[str, Any]:
+def _call(rpc: SilentEval, function: str, args: dict[str, Any]) -> dict[str, Any]:
     answer = json.loads(rpc.silent_value(f"{_HELPERS}.{function}({json.dumps(args)!r})"))
     if not isinstance(answer, dict):
         raise ValueError(f"the kernel's {function} answered {type(answer).__name__}")

@@ -29,7 +29,7 @@ from core.execution.kernel_process import KernelStartError, wait_for_ready
 from core.execution.limits import MB, disk_room
 
 if TYPE_CHECKING:
-    from core.execution.kernel_rpc import KernelRPC
+    from core.execution.handle import SilentEval
 
 logger = logging.getLogger(__name__)
 
@@ -199,10 +199,10 @@ class GatewayKernel:
             plugins.append({**entry, "source": source})
         return {**payload, "plugins": plugins, "workdir": self._workdir}
 
-    def before_run(self, rpc: KernelRPC) -> list[str]:
+    def before_run(self, rpc: SilentEval) -> list[str]:
         return self.files.push(rpc)
 
-    def after_run(self, rpc: KernelRPC) -> list[str]:
+    def after_run(self, rpc: SilentEval) -> list[str]:
         return self.files.pull(rpc, disk_room(self.cwd, self.settings.disk_mb))
 
     def local_path(self, path: str) -> Path:

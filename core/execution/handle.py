@@ -9,10 +9,15 @@ through this protocol only: it never asks which backend it has, nor looks for a 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from core.execution.kernel_rpc import KernelRPC
+
+class SilentEval(Protocol):
+    """What a backend's file hooks need of the kernel's RPC (``kernel_rpc.KernelRPC`` is one): an
+    expression evaluated without history or output. Named here, not imported, so the RPC (which
+    holds a handle) and the handle do not import each other."""
+
+    def silent_value(self, expression: str) -> str: ...
 
 
 class KernelHandle(Protocol):
@@ -62,11 +67,11 @@ class KernelHandle(Protocol):
         """What the kernel's runtime needs to start, for this backend (e.g. plugin sources)."""
         ...
 
-    def before_run(self, rpc: KernelRPC) -> list[str]:
+    def before_run(self, rpc: SilentEval) -> list[str]:
         """Bring the kernel's folder up to date with the session's; returns notes for the user."""
         ...
 
-    def after_run(self, rpc: KernelRPC) -> list[str]:
+    def after_run(self, rpc: SilentEval) -> list[str]:
         """Bring files the run wrote back to the session's folder; returns notes for the user."""
         ...
 

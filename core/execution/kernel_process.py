@@ -26,7 +26,7 @@ from core.execution.sandbox import KernelBox
 from core.execution.zmq_channels import KernelChannels
 
 if TYPE_CHECKING:
-    from core.execution.kernel_rpc import KernelRPC
+    from core.execution.handle import SilentEval
 
 logger = logging.getLogger(__name__)
 
@@ -195,12 +195,12 @@ class KernelProcess:
     def bootstrap_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
         return payload
 
-    def before_run(self, rpc: KernelRPC) -> list[str]:
+    def before_run(self, rpc: SilentEval) -> list[str]:
         if self.box is not None:
             self.box.claim_new_files()  # uploads the server wrote since: the kernel's to change
         return []
 
-    def after_run(self, rpc: KernelRPC) -> list[str]:
+    def after_run(self, rpc: SilentEval) -> list[str]:
         return []
 
     def local_path(self, path: str) -> Path:
