@@ -379,7 +379,21 @@ def test_logout_ends_the_login_on_every_route_and_socket(password_server: UIServ
         timeout=30,
     )
     assert jwt_login.status_code == 401  # nor can the old token be traded for a new cookie
+    # PyJWT also accepts the token with padding after its signature: the same login, still ended
+    token = cookie["Cookie"].partition("=")[2]
+    assert user_page(password_server, {"Authorization": f"Bearer {token}="}) == 401
+    assert user_page(password_server, {"Cookie": f"access_token={token}="}) == 401
+    # the history's file route asks the same check as every other route
+    history_file = f"{password_server.base_url}/weaver/files/{uuid.uuid4()}/{uuid.uuid4()}/x.csv"
+    assert httpx.get(history_file, headers=cookie, timeout=30).status_code == 401
+    assert httpx.get(history_file, headers=other, timeout=30).status_code != 401
     assert user_page(password_server, other) == 200  # only that login ended
+    live = httpx.post(
+        f"{password_server.base_url}/auth/jwt",
+        headers={"Authorization": f"Bearer {other['Cookie'].partition('=')[2]}"},
+        timeout=30,
+    )
+    assert live.status_code == 401  # a live token is not traded for a new, longer login either
 
 
 def test_a_removed_user_is_refused_at_once_and_their_live_chat_stops(password_server: UIServer) -> None:

@@ -43,10 +43,14 @@ CHUNK_BYTES = 1024 * 1024
 LayerSource = Union[WeaverDataLayer, Callable[[], Union[WeaverDataLayer, None]]]
 
 
-def request_user(request: Request) -> str | None:
-    """The identifier of the user logged in by Chainlit's token, or None (missing, bad, expired)."""
+async def request_user(request: Request) -> str | None:
+    """The identifier of the user logged in by Chainlit's token, or None (missing, bad, expired, or a
+    login that has ended). The token is checked by ``chainlit.auth.authenticate_user`` looked up at
+    call time: the function every Chainlit route uses, with Weaver's revocation check around it
+    (``ui.patches.revocation``), so this route refuses exactly what the others refuse."""
+    import chainlit.auth as chainlit_auth
     from chainlit.auth import get_token_from_cookies
-    from chainlit.auth.jwt import decode_jwt, get_jwt_secret
+    from chainlit.auth.jwt import get_jwt_secret
 
     token = get_token_from_cookies(dict(request.cookies))
     if not token:
@@ -55,7 +59,7 @@ def request_user(request: Request) -> str | None:
     if not token or not get_jwt_secret():
         return None
     try:
-        user = decode_jwt(token)
+        user = await chainlit_auth.authenticate_user(token)
     except Exception:
         return None
     identifier = getattr(user, "identifier", None)
@@ -88,7 +92,7 @@ async def _chunks(opened: OpenedFile) -> AsyncIterator[bytes]:
 
 def file_endpoint(source: LayerSource) -> Callable[[Request], Any]:
     async def serve_file(request: Request) -> Response:
-        user = request_user(request)
+        user = await request_user(request)
         if user is None:
             return JSONResponse(
                 {"detail": "Not authenticated"},

@@ -1,10 +1,11 @@
-"""Logged-out login tokens, kept in the history database so a restart or another replica honours them.
+"""Logged-out logins, kept in the history database so a restart or another replica honours them.
 
-A token is stored as its SHA-256 (the token itself would be a credential in the database) with the
-time it expires anyway; past that the row is useless and is deleted. Checks read a copy in memory
-(``is_revoked``, no query per request); ``refresh`` merges the database's rows into it, which the
-server does every few seconds (``ui.logins.watch``): a logout on another replica holds here within
-that time, and on this replica at once. Revocations are never undone, so merging cannot lose one.
+A login is stored as the SHA-256 of its key (``tokens.login_key``: its signed claims, never the
+token's text, which PyJWT accepts in more than one spelling) with the time it expires anyway; past
+that the row is useless and is deleted. Checks read a copy in memory (``is_revoked``, no query per
+request); ``refresh`` merges the database's rows into it, which the server does every few seconds
+(``ui.logins.watch``): a logout on another replica holds here within that time, and on this replica
+at once. Revocations are never undone, so merging cannot lose one.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("weaver.ui.auth")
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+def token_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class TokenRevocations:

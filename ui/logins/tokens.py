@@ -11,6 +11,7 @@ user was removed, or its password changed). Everything here reads memory and, fo
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +23,16 @@ from ui.logins.base import LoginMode, Refusal
 from ui.logins.revocations import TokenRevocations
 
 logger = logging.getLogger("weaver.ui.auth")
+
+
+def login_key(claims: Mapping[str, Any]) -> str:
+    """What names one login, however its token is spelled: PyJWT accepts more than one text for one
+    signed token (padding after the signature, say), so the text is no key; the signed claims are.
+    ``login_id`` is random per login (``ui.patches.revocation``); ``iat`` tells apart logins made
+    before it existed."""
+    metadata = claims.get("metadata")
+    login_id = metadata.get("login_id") if isinstance(metadata, Mapping) else None
+    return json.dumps([claims.get("identifier"), login_id, claims.get("iat")], sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,7 @@ class TokenGate:
         if claims is None:
             return None
         user = str(claims.get("identifier", ""))
-        if self.revocations.is_revoked(token):
+        if self.revocations.is_revoked(login_key(claims)):
             return Refused(Refusal.SIGNED_OUT, user)
         issued = claims.get("iat")
         if not isinstance(issued, (int, float)) or time.time() - issued > self.lifetime_s:
@@ -79,6 +90,6 @@ class TokenGate:
         user = str(claims.get("identifier", ""))
         expires = claims.get("exp")
         until = float(expires) if isinstance(expires, (int, float)) else time.time() + self.lifetime_s
-        await self.revocations.revoke(token, user, until)
+        await self.revocations.revoke(login_key(claims), user, until)
         logger.info("%s signed out: the login token is revoked", user)
         return True

@@ -7,8 +7,9 @@ login early. Two of its functions decide, and both are wrapped here:
   ``get_current_user``, e.g. ``GET /user``, uploads, threads, files) and the socket.io ``connect``
   (``chainlit.socket._authenticate_connection``) call it. A refused token gets Chainlit's own 401
   ("Invalid authentication token"), so the page shows the login again; a socket is refused.
-* ``chainlit.server.decode_jwt`` (the name ``POST /auth/jwt`` calls): that route trades a token
-  for a fresh cookie, which would otherwise turn a logged-out token into a new login.
+* ``chainlit.server.decode_jwt`` (the name only ``POST /auth/jwt`` calls): that route trades a
+  token for a fresh login (new id, new lifetime) that a logout of the original would not end, so
+  it refuses every token; Weaver's page never uses it.
 * ``chainlit.server.create_jwt`` (every login): Chainlit's tokens carry only the user and whole
   seconds, so two logins of one user within a second got the same token, and logging one out
   ended both (or a login right after a logout got the revoked token back). Each token gets a
@@ -51,12 +52,12 @@ def install(refusal: Callable[[str], object | None]) -> None:
             raise HTTPException(status_code=401, detail="Invalid authentication token")
         return await original_authenticate(token)
 
-    def decode_jwt(token: str) -> Any:
-        why = refusal(token) if token else None
-        if why is not None:
-            logger.info("login token refused at /auth/jwt: %s", why)
-            raise jwt.InvalidTokenError("this login has ended")
-        return original_decode(token)
+    def decode_jwt(token: str) -> Any:  # noqa: ARG001 (Chainlit's signature)
+        # Only ``POST /auth/jwt`` calls it: a login made from a token, which Weaver's page never
+        # uses; it would turn any token, a copied one included, into a fresh login (new id, new
+        # lifetime) that the original's logout does not end. Refused whatever the token.
+        logger.info("POST /auth/jwt refused: Weaver does not make logins from tokens")
+        raise jwt.InvalidTokenError("logins from tokens are not accepted")
 
     def create_jwt(data: Any) -> str:
         unique = copy.copy(data)
