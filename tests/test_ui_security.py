@@ -279,6 +279,15 @@ def test_files_per_message_are_capped_on_the_server(server: UIServer) -> None:
         assert codes[:10] == [200] * 10 and set(codes[10:]) == {429}
         refused = _upload(server, client, "more.csv", b"a\n1\n")
         assert "at most 10 files" in refused.json()["detail"]
+        # naming another chat first does not move the count: Chainlit stores into the chat named last
+        twice = httpx.post(
+            f"{server.base_url}/project/file",
+            params=[("session_id", str(uuid.uuid4())), ("session_id", client.session_id)],
+            files={"file": ("sneaky.csv", b"a\n1\n", "text/csv")},
+            headers=client.headers,
+            timeout=30,
+        )
+        assert twice.status_code == 400, twice.text
         client.ask(code_block("print('sent')"))
         assert _upload(server, client, "next.csv", b"a\n1\n").status_code == 200  # a new message, a new allowance
     assert len(list((REPO_ROOT / ".files" / client.session_id).glob("*"))) <= 11

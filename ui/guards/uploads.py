@@ -53,7 +53,12 @@ class UploadGuard:
         if length is not None and (not length.isdigit() or int(length) > limit):
             await refuse(scope, send, 413, f"the file is larger than the limit of {_mb(limit)}")
             return
-        chat_id = (parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_id") or [""])[0]
+        named = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get("session_id")
+        if named is not None and len(named) > 1:
+            # Chainlit stores the file in the chat named last; the count must be that chat's too.
+            await refuse(scope, send, 400, "an upload names its chat once")
+            return
+        chat_id = (named or [""])[0]
         max_files = self.max_files()
         if self.ledger.pending(chat_id) >= max_files:
             await refuse(scope, send, 429, f"at most {max_files} files can be attached to one message; send it first")
