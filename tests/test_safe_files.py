@@ -242,7 +242,8 @@ def _swap():
         _exchange("x.csv", other)
         _exchange("x.csv", other)
         n += 1
-    open("swap-done", "w").write(str(n))
+    open("swap-count", "w").write(str(n))
+    os.rename("swap-count", "swap-done")  # whole when it appears: the test waits for the name
 threading.Thread(target=_swap, daemon=True).start()
 """
 
@@ -363,3 +364,65 @@ def test_the_disk_limit_walk_never_follows_a_link(tmp_path: Path) -> None:
     os.symlink(outside, session / "linked-folder")
     os.symlink("/", session / "root")
     assert folder_bytes(session) < 100
+
+
+def test_a_folder_nested_past_the_walks_depth_counts_as_full(tmp_path: Path) -> None:
+    """A tree deeper than Python's recursion limit neither crashes the disk check nor hides its
+    bytes from it: it cannot be measured, so the folder has no room left, and the note says why."""
+    from core.config import ExecutionSettings
+    from core.execution.limits import disk_room, folder_usage
+    from core.execution.messages import disk_note
+
+    session = tmp_path / "cwd"
+    session.mkdir()
+    (session / "a.txt").write_bytes(b"a" * 10)
+    fd = os.open(session, os.O_RDONLY)
+    try:
+        for _ in range(1200):  # made through descriptors: the path itself would pass PATH_MAX
+            os.mkdir("d", dir_fd=fd)
+            inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        os.mkfifo("pipe", dir_fd=fd)
+    finally:
+        os.close(fd)
+    try:
+        found = folder_usage(session)
+        room = disk_room(session, 1024)
+    finally:
+        _remove_chain(session, 1200)  # pytest's own clean-up would recurse past Python's limit
+    assert found.too_deep and found.bytes == 10
+    assert room == 0
+    note = disk_note(ExecutionSettings(disk_mb=1024), found.bytes / 2**20, found.too_deep)
+    assert "nested more than" in note and "counts as full" in note
+
+
+def _remove_chain(top: Path, depth: int) -> None:
+    """Remove ``top/d/d/.../pipe`` made ``depth`` folders deep, from the bottom up, by descriptors."""
+    fds = [os.open(top, os.O_RDONLY)]
+    for _ in range(depth):
+        fds.append(os.open("d", os.O_RDONLY, dir_fd=fds[-1]))
+    os.unlink("pipe", dir_fd=fds[-1])
+    for level in range(depth, 0, -1):
+        os.close(fds[level])
+        os.rmdir("d", dir_fd=fds[level - 1])
+    os.close(fds[0])
+
+
+def test_the_walk_never_opens_a_fifo_where_a_folder_was(tmp_path: Path) -> None:
+    """Folders are opened with O_DIRECTORY|O_NOFOLLOW: a FIFO (or link) in a folder's place is
+    skipped at once, never waited on (a plain open of a FIFO blocks until a writer comes)."""
+    from core.safe_files import Progress, entries, open_root
+    from core.safe_files.opening import DIR_FLAGS, open_beneath
+
+    session = tmp_path / "cwd"
+    session.mkdir()
+    os.mkfifo(session / "was-a-folder")
+    root = open_root(session)
+    try:
+        with pytest.raises(UnsafeFile):
+            open_beneath(root, "was-a-folder", DIR_FLAGS)  # what the walk does for a folder: refused, no wait
+        names = [e.name for e in entries(root, Progress())]
+    finally:
+        os.close(root)
+    assert names == ["was-a-folder"]

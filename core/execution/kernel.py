@@ -26,7 +26,7 @@ from core.execution import messages
 from core.execution.backend import KernelBackend, backend_for
 from core.execution.kernel_process import KernelStartError
 from core.execution.kernel_rpc import NO_REPLY_GRACE_SECONDS, SILENT_TIMEOUT_SECONDS, KernelDiedError, KernelRPC
-from core.execution.limits import MB, disk_room, folder_bytes, set_file_size_limit
+from core.execution.limits import MB, disk_room, folder_usage, set_file_size_limit
 from core.execution.outputs import OutputCollector
 from core.execution.pool import StartCancelled, StartGate
 from core.execution.result import Artifact, ExecutionResult
@@ -285,17 +285,18 @@ class KernelExecutor:
         pid = self.kernel_pid
         if limit_mb <= 0:
             return None
-        used = folder_bytes(self.cwd)
+        found = folder_usage(self.cwd)
+        used = found.bytes
         if pid is not None:
-            room = max(0, limit_mb * MB - used)
+            room = 0 if found.too_deep else max(0, limit_mb * MB - used)
             per_file = self.settings.max_file_mb * MB if self.settings.max_file_mb > 0 else room
             set_file_size_limit(pid, min(room, per_file))
         return used
 
     def _disk_overrun(self, disk_start: int) -> bool:
         """The run grew the session folder past ``execution.disk_mb`` (a folder already full may shrink)."""
-        used = folder_bytes(self.cwd)
-        return used > self.settings.disk_mb * MB and used > disk_start
+        found = folder_usage(self.cwd)
+        return found.too_deep or (found.bytes > self.settings.disk_mb * MB and found.bytes > disk_start)
 
     def _finish(
         self, execution_id: str, code: str, run: Run, timeout: float, begin_id: str, notes: list[str]
@@ -344,7 +345,8 @@ class KernelExecutor:
             return 0
 
     def _disk_note(self) -> str:
-        return messages.disk_note(self.settings, folder_bytes(self.cwd) / MB)
+        found = folder_usage(self.cwd)
+        return messages.disk_note(self.settings, found.bytes / MB, found.too_deep)
 
     def _lost_state_message(self, run: Run, timeout: float, before_run: bool = False) -> str:
         """Restart the kernel and explain what happened and that the session's state is gone."""

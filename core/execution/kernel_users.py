@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from core.errors import SandboxUnavailableError
+from core.safe_files import Progress, entries, open_root
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +73,11 @@ class KernelUids:
         self._in_use: set[int] = set()
         self._next = 0
 
-    def take(self, first: int, last: int) -> int:
+    def take(self, first: int, last: int, prefer: int | None = None) -> int:
         with self._lock:
+            if prefer is not None and first <= prefer <= last and prefer not in self._in_use:
+                self._in_use.add(prefer)
+                return prefer
             size = last - first + 1
             for step in range(size):
                 uid = first + (self._next + step) % size
@@ -101,16 +105,23 @@ KERNEL_UIDS = KernelUids()
 def give_tree(folder: Path, uid: int) -> None:
     """Make ``uid`` (and gid) own ``folder`` and, if it did not already, everything in it.
 
-    Never follows a symlink: descriptors of each folder (``os.fwalk``) and ``lchown`` of each name
-    in it, so a link an earlier kernel left cannot point the change at a file outside."""
+    Never follows a symlink: each folder opened without following links (``core.safe_files.entries``,
+    a list, not recursion) and ``lchown`` of each name in it, so a link an earlier kernel left cannot
+    point the change at a file outside, nor a FIFO or a deep tree stop it."""
     top = os.lstat(folder)
     if top.st_uid == uid and top.st_gid == uid:
         give_entries(folder, uid)
         return
-    for _, dirs, files, fd in os.fwalk(folder, follow_symlinks=False):
-        _give(fd, None, uid)
-        for name in dirs + files:
-            _give(fd, name, uid)
+    try:
+        root_fd = open_root(folder)
+    except OSError:
+        return
+    try:
+        _give(root_fd, None, uid)
+        for entry in entries(root_fd, Progress()):
+            _give(entry.dir_fd, entry.name, uid)
+    finally:
+        os.close(root_fd)
 
 
 def give_entries(folder: Path, uid: int) -> None:

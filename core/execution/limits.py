@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.safe_files import Usage, usage
+
 logger = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -215,28 +217,24 @@ def wrapper_argv(
     return ["/bin/sh", "-c", "; ".join(script), str(limits.nice)]
 
 
+def folder_usage(folder: Path) -> Usage:
+    """What the session folder holds, for the disk limit (``core.safe_files.usage``: folders opened
+    without following links, walked with a list, so user code swapping a folder for a link, a FIFO
+    or a very deep tree cannot send the server's walk across the host, block it or crash it)."""
+    return usage(folder)
+
+
 def folder_bytes(folder: Path) -> int:
-    """Apparent size of every file under ``folder``. Walked by ``os.fwalk`` (folders opened through
-    descriptors, links never followed): user code swapping a folder for a link to ``/`` while this
-    runs cannot make the server walk the host's file system."""
-    total = 0
-    try:
-        for _, _, files, dir_fd in os.fwalk(folder, follow_symlinks=False):
-            for name in files:
-                try:
-                    total += os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_size
-                except OSError:
-                    continue
-    except OSError:
-        return total
-    return total
+    return folder_usage(folder).bytes
 
 
 def disk_room(folder: Path, disk_mb: int) -> int | None:
-    """Bytes the session folder may still grow by, or None when there is no disk limit."""
+    """Bytes the session folder may still grow by, or None when there is no disk limit. A folder
+    with folders nested too deep to count has no room (see ``Usage.too_deep``)."""
     if disk_mb <= 0:
         return None
-    return max(0, disk_mb * MB - folder_bytes(folder))
+    found = folder_usage(folder)
+    return 0 if found.too_deep else max(0, disk_mb * MB - found.bytes)
 
 
 def set_file_size_limit(pid: int, max_bytes: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.config import ExecutionSettings
+from core.safe_files import MAX_PARTS
 
 LOST_STATE = "all variables, imports and loaded data from earlier executions were lost"
 
@@ -98,9 +99,14 @@ def wrote_past_disk_limit(disk_note: str) -> str:
     return f"The code wrote past the session folder's limit. {disk_note}"
 
 
-def disk_note(settings: ExecutionSettings, used_mb: float) -> str:
+def disk_note(settings: ExecutionSettings, used_mb: float, too_deep: bool = False) -> str:
     """Why a write failed: the session folder's and each file's limit, and what is left."""
     parts = []
+    if too_deep:
+        parts.append(
+            f"The session's folder has folders nested more than {MAX_PARTS} deep, which cannot be measured, "
+            "so it counts as full"
+        )
     if settings.disk_mb:
         parts.append(
             f"The session's folder holds {used_mb:.1f} MB of its {settings.disk_mb} MB limit (execution.disk_mb)"

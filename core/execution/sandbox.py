@@ -162,7 +162,11 @@ def confinement_problems(settings: ExecutionSettings) -> list[str]:
     if uids is not None and (why := uid_switch_problem(uids[0])) is not None:
         problems.append(f"kernels run as the server's own uid {os.geteuid()}, not one of their own, because {why}")
     if settings.seccomp and (why := syscalls.seccomp_problem()) is not None:
-        problems.append(f"kernels run without a seccomp filter: {why}; to fix it, {syscalls.INSTALL_HINT}")
+        problems.append(
+            f"kernels run without a seccomp filter: {why}, so ptrace, mount and the like are refused only by "
+            "the missing capabilities, and a kernel with a uid of its own may create user namespaces (as any "
+            f"unprivileged user of this host can); to fix it, {syscalls.INSTALL_HINT}"
+        )
     return problems
 
 
@@ -298,7 +302,7 @@ class KernelBox:
         self.limits = limits_of(settings)
         self.cwd = cwd
         self.seccomp = self.sandboxed and settings.seccomp and _seccomp_usable(settings)
-        self.uid = _kernel_uid(settings) if self.sandboxed else None
+        self.uid: int | None = None
         self.runtime_dir = Path(tempfile.mkdtemp(prefix=RUNTIME_PREFIX))  # mode 0700
         self.pass_fds: list[int] = []  # for the launch only (the seccomp filter): closed once it started
         self.cgroups = KernelCgroups(f"{name}-{secrets.token_hex(4)}", self.limits)
@@ -315,6 +319,8 @@ class KernelBox:
         self._pidfd: int | None = None
         self._exit_poller: select.poll | None = None
         try:
+            # A restarted kernel takes its folder's uid again when it is free: nothing to re-own.
+            self.uid = _kernel_uid(settings, _owner(cwd)) if self.sandboxed else None
             if self.uid is not None:
                 give_tree(self.runtime_dir, self.uid)
                 give_tree(cwd, self.uid)
@@ -442,8 +448,16 @@ def _warn_once(message: str) -> None:
     logger.warning("!!! %s", message)
 
 
-def _kernel_uid(settings: ExecutionSettings) -> int | None:
-    """A host uid of its own for a new kernel, or None (off, or not possible here: warned once)."""
+def _owner(folder: Path) -> int | None:
+    try:
+        return os.lstat(folder).st_uid
+    except OSError:
+        return None
+
+
+def _kernel_uid(settings: ExecutionSettings, prefer: int | None = None) -> int | None:
+    """A host uid of its own for a new kernel (``prefer`` when it is in the range and free), or
+    None (off, or not possible here: warned once)."""
     uids = settings.kernel_uids
     if uids is None:
         return None
@@ -451,7 +465,7 @@ def _kernel_uid(settings: ExecutionSettings) -> int | None:
         for problem in confinement_problems(settings):
             _warn_once(problem)
         return None
-    return KERNEL_UIDS.take(*uids)
+    return KERNEL_UIDS.take(*uids, prefer=prefer)
 
 
 def _seccomp_usable(settings: ExecutionSettings) -> bool:

@@ -21,7 +21,7 @@ Opening and the handle checks are in ``opening.py``, listing in ``listing.py``, 
 ``writing.py``; import them from here.
 """
 
-from core.safe_files.listing import MAX_WALKED, Found, Walk, folder_bytes, walk
+from core.safe_files.listing import MAX_WALKED, Entry, Found, Progress, Usage, Walk, entries, folder_bytes, usage, walk
 from core.safe_files.opening import (
     MAX_PARTS,
     OpenedFile,
@@ -47,7 +47,10 @@ __all__ = [
     "OpenedFile",
     "Refusal",
     "UnsafeFile",
+    "Usage",
     "Walk",
+    "Entry",
+    "Progress",
     "folder_bytes",
     "numbered",
     "open_beneath",
@@ -59,6 +62,8 @@ __all__ = [
     "relative_name",
     "split_path",
     "walk",
+    "entries",
+    "usage",
     "write_file",
     "write_new",
 ]
