@@ -47,15 +47,18 @@ DYNAMIC_ATTRIBUTES = frozenset(
     {
         "f_globals", "f_locals", "f_builtins", "f_back", "tb_frame", "gi_frame", "cr_frame", "ag_frame",
         "_getframe", "_current_frames", "attrgetter", "methodcaller", "get_ipython", "run_line_magic",
-        "run_cell_magic", "user_ns", "import_module",
+        "run_cell_magic", "user_ns", "import_module", "resolve_name", "locate",
     }
 )  # fmt: skip
 HARMLESS_DUNDERS = frozenset({"__name__", "__doc__", "__version__", "__file__", "__qualname__", "__module__"})
 SYS_LOOKUPS = frozenset({"modules", "_getframe", "_current_frames"})
 # Modules that hand out other objects by name or by scanning the process (or hold the plugins).
 BLOCKED_MODULES = frozenset(
-    {"importlib", "builtins", "__main__", "IPython", "inspect", "gc", "ctypes", "taskweaver", "core"}
-)
+    {
+        "importlib", "builtins", "__main__", "IPython", "inspect", "gc", "ctypes", "taskweaver", "core", "pkgutil",
+        "pydoc", "pickle", "marshal", "dill", "copyreg",
+    }
+)  # fmt: skip
 # A pandas ``.query``/``.eval`` string resolves ``@names`` from the caller's variables.
 EXPRESSION_METHODS = frozenset({"query", "eval"})
 
@@ -219,7 +222,10 @@ def _dynamic_attribute(node: ast.Attribute, sys_names: set[str]) -> Iterator[str
     dunder = attr.startswith("__") and attr.endswith("__")
     if attr in DYNAMIC_ATTRIBUTES or (dunder and attr not in HARMLESS_DUNDERS):
         yield attr
-    elif attr in SYS_LOOKUPS and isinstance(node.value, ast.Name) and node.value.id in sys_names:
+    elif attr in SYS_LOOKUPS and (
+        (isinstance(node.value, ast.Name) and node.value.id in sys_names)
+        or (isinstance(node.value, ast.Attribute) and node.value.attr == "sys")  # os.sys.modules
+    ):
         yield f"sys.{attr}"
 
 

@@ -156,6 +156,8 @@ INDIRECT = {
     "vars": "vars()['send_' + 'mail']('vars')",
     "locals": "locals()['send_' + 'mail']('locals')",
     "magic": "%time send_mail('magic')",
+    "pkgutil": "import pkgutil\npkgutil.resolve_name('__main__:' + 'send_' + 'mail')('pkgutil')",
+    "pydoc": "import pydoc\npydoc.locate('__main__.' + 'send_' + 'mail')('pydoc')",
 }
 ALIAS = ("f = send_mail", "f('alias')")  # the second reaches the plugin through a name the first made
 
