@@ -73,6 +73,8 @@ class LocalBackend(KernelBackend):
     def status(self) -> BackendStatus:
         try:
             sandboxed = uses_bwrap(self.settings)
+            if sandboxed:
+                check_confinement(self.settings)  # what `weaver ui` would refuse, this says too
         except SandboxUnavailableError as exc:
             return BackendStatus(self.name, False, str(exc), "execution.sandbox")
         if sandboxed:

@@ -83,10 +83,16 @@ class NewFile:
             os.close(self._dir_fd)
             raise
         try:
-            os.fchown(fd, *owner)
-        except PermissionError:
-            pass  # not root: the file is ours, as the folder is
-        self.file: BinaryIO = os.fdopen(fd, "wb")
+            try:
+                os.fchown(fd, *owner)
+            except PermissionError:
+                pass  # not root: the file is ours, as the folder is
+            self.file: BinaryIO = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            _unlink_quietly(self._temp, self._dir_fd)
+            os.close(self._dir_fd)
+            raise
         self._done = False
 
     def write(self, data: bytes) -> int:
@@ -161,11 +167,7 @@ def write_file(
     """Write ``data`` (bytes, or a file object copied in chunks) as ``rel`` of the session folder;
     see ``NewFile``. ``replace=False``: ``FileExistsError`` when the name is taken."""
     with NewFile(root, rel, make_folders=make_folders) as new:
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            new.write(bytes(data))
-        else:
-            while chunk := data.read(1 << 20):
-                new.write(chunk)
+        _fill(new, data)
         return new.commit(replace=replace)
 
 
@@ -175,12 +177,24 @@ def write_new(root: str | Path | int, names: Iterable[str], data: bytes | Binary
     names = iter(names)
     first = next(names)
     with NewFile(root, first) as new:
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            new.write(bytes(data))
-        else:
-            while chunk := data.read(1 << 20):
-                new.write(chunk)
+        _fill(new, data)
         return new.commit_new(itertools.chain((first,), names))
+
+
+def _fill(new: NewFile, data: bytes | BinaryIO) -> None:
+    """Bytes as they are, a file object copied in chunks."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        new.write(bytes(data))
+        return
+    while chunk := data.read(1 << 20):
+        new.write(chunk)
+
+
+def _unlink_quietly(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 def numbered(stem: str, suffix: str, start: int = 1) -> Iterator[str]:
