@@ -41,6 +41,29 @@ def _panels(client: ChatClient) -> list[dict[str, Any]]:
     return [d for n, d in client.events if n == "set_sidebar_elements"]
 
 
+def _files_button(client: ChatClient, turn: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Files button shown under the round's answer."""
+    answer_ids = {m["id"] for m in turn if m.get("type") == "assistant_message"}
+    return client.wait_for(
+        lambda: next((d for n, d in client.events if n == "action" and d.get("forId") in answer_ids), None),
+        30,
+        "the Files button under the answer",
+    )
+
+
+def _press(server: UIServer, client: ChatClient, action: dict[str, Any]) -> list[dict[str, Any]]:
+    """Press the Files button; the elements of the panel it opens."""
+    before = len(_panels(client))
+    pressed = httpx.post(
+        f"{server.base_url}/project/action",
+        json={"sessionId": client.session_id, "action": action},
+        headers=client.headers,
+        timeout=30,
+    )
+    assert pressed.status_code == 200, pressed.text
+    return client.wait_for(lambda: _panels(client)[before:], 30, "the panel")[-1]["elements"]
+
+
 def test_the_files_panel_never_serves_a_swapped_in_link(server: UIServer, tmp_path: Path, env_canary: str) -> None:
     canary = tmp_path / "canary.txt"
     secret = f"CANARY-{secrets.token_hex(16)}".encode()
@@ -49,12 +72,7 @@ def test_the_files_panel_never_serves_a_swapped_in_link(server: UIServer, tmp_pa
     with server.client() as client:
         # keep.csv: the chat has a file (and so its Files button) whatever x.csv is when the round ends
         turn = client.ask(code_block("open('keep.csv', 'wb').write(b'k')\n" + swap_code(canary, SWAP_SECONDS)))
-        answer_ids = {m["id"] for m in turn if m.get("type") == "assistant_message"}
-        action = client.wait_for(
-            lambda: next((d for n, d in client.events if n == "action" and d.get("forId") in answer_ids), None),
-            30,
-            "the Files button under the answer",
-        )
+        action = _files_button(client, turn)
         found = [p.parent for p in server.app_dir.glob("workspace/sessions/*/cwd/keep.csv")]
         assert len(found) == 1
         cwd = found[0]
@@ -64,17 +82,8 @@ def test_the_files_panel_never_serves_a_swapped_in_link(server: UIServer, tmp_pa
         presses = 0
         while not (cwd / "swap-done").exists():
             assert time.monotonic() < deadline, "the kernel's swap loop did not finish"
-            before = len(_panels(client))
-            pressed = httpx.post(
-                f"{server.base_url}/project/action",
-                json={"sessionId": client.session_id, "action": action},
-                headers=client.headers,
-                timeout=30,
-            )
-            assert pressed.status_code == 200, pressed.text
             presses += 1
-            shown = client.wait_for(lambda seen=before: _panels(client)[seen:], 30, "the panel")
-            for element in shown[-1]["elements"]:
+            for element in _press(server, client, action):
                 fetched = client.fetch_element(element)
                 assert fetched.status_code == 200
                 if element["type"] == "text":
@@ -94,20 +103,7 @@ def test_the_files_panel_attaches_at_most_the_configured_total(tmp_path: Path) -
     try:
         with running.client() as client:
             turn = client.ask(code_block("for n in 'ab': open(f'{n}.bin', 'wb').write(b'x' * 600_000)"))
-            answer_ids = {m["id"] for m in turn if m.get("type") == "assistant_message"}
-            action = client.wait_for(
-                lambda: next((d for n, d in client.events if n == "action" and d.get("forId") in answer_ids), None),
-                30,
-                "the Files button under the answer",
-            )
-            pressed = httpx.post(
-                f"{running.base_url}/project/action",
-                json={"sessionId": client.session_id, "action": action},
-                headers=client.headers,
-                timeout=30,
-            )
-            assert pressed.status_code == 200, pressed.text
-            panel = client.wait_for(lambda: _panels(client), 30, "the panel")[-1]["elements"]
+            panel = _press(running, client, _files_button(client, turn))
             downloads = [e["name"] for e in panel if e["type"] != "text"]
             table = next(client.fetch_element(e).text for e in panel if e["type"] == "text")
     finally:
