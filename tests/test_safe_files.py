@@ -426,3 +426,19 @@ def test_the_walk_never_opens_a_fifo_where_a_folder_was(tmp_path: Path) -> None:
     finally:
         os.close(root)
     assert names == ["was-a-folder"]
+
+
+def test_an_elements_file_for_remote_storage_is_read_without_following_a_link(tmp_path: Path) -> None:
+    """The S3 path of the history reads an element's file once, as the local store copies it:
+    a link planted where Chainlit's upload was is refused, the canary it points at never read."""
+    from ui.history.rows import read_bytes
+
+    canary = tmp_path / "canary.txt"
+    canary.write_bytes(b"CANARY")
+    upload = tmp_path / "upload.csv"
+    upload.write_bytes(b"a,b\n1,2\n")
+    assert read_bytes(str(upload)) == b"a,b\n1,2\n"
+    upload.unlink()
+    os.symlink(canary, upload)
+    with pytest.raises(UnsafeFile):
+        read_bytes(str(upload))

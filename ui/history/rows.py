@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 from chainlit.types import ThreadDict
 from sqlalchemy import event
 
+from core.safe_files import open_plain
 from ui.ids import is_canonical_uuid
 
 if TYPE_CHECKING:
@@ -106,8 +107,10 @@ def step_dict(row: Mapping[str, Any]) -> StepDict:
 
 
 def read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    """An element's file (Chainlit's upload store), opened once as ``LocalFileStorage.upload_path``
+    does: a link, FIFO, device or hard link as its last component is refused, never followed."""
+    with open_plain(path) as opened:
+        return opened.read_all()
 
 
 READ_ONLY = "weaver_read_only"  # execution option of a connection that only reads
