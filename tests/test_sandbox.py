@@ -491,16 +491,36 @@ def test_two_kernels_have_different_uids_and_a_later_one_takes_over_the_folder(t
     finally:
         first.stop()
         second.stop()
-    # a kernel started again on the same folder may get another uid: everything in it becomes its
-    # own, the link itself and not what it points to
+    # a kernel started again on the same folder while its uid is taken (held here) gets another:
+    # everything in it becomes its own, the link itself and not what it points to
     hostname_owner = Path("/etc/hostname").stat().st_uid
+    kernel_users.KERNEL_UIDS.take(uid_a, uid_a)
     again = small_kernel(tmp_path / "a")
     try:
-        uid = int(outcome(again, "import os\nprint(os.getuid())").strip())
+        try:
+            uid = int(outcome(again, "import os\nprint(os.getuid())").strip())
+        finally:
+            kernel_users.KERNEL_UIDS.give_back(uid_a)
+        assert uid != uid_a
         assert "appended" in outcome(again, "open('sub/f.txt', 'a').write('y')\nprint('appended')")
         assert (tmp_path / "a" / "cwd" / "sub" / "f.txt").stat().st_uid == uid
         assert (tmp_path / "a" / "cwd" / "link").lstat().st_uid == uid
         assert Path("/etc/hostname").stat().st_uid == hostname_owner
+    finally:
+        again.stop()
+
+
+@needs_uid_switch
+def test_a_kernel_started_again_takes_its_folders_uid_when_it_is_free(tmp_path: Path) -> None:
+    """No re-owning of the whole folder at every restart: the folder's uid is taken again."""
+    first = small_kernel(tmp_path)
+    try:
+        uid = int(outcome(first, "import os\nprint(os.getuid())").strip())
+    finally:
+        first.stop()
+    again = small_kernel(tmp_path)
+    try:
+        assert int(outcome(again, "import os\nprint(os.getuid())").strip()) == uid
     finally:
         again.stop()
 
