@@ -453,3 +453,33 @@ def test_a_second_tab_shares_the_session_and_an_idle_chat_comes_back(tmp_path: P
         asyncio.run(scenario())
     finally:
         app.stop()
+
+
+def test_token_checks_verify_each_token_once_and_still_end_logins(tmp_path: Path) -> None:
+    """The token gate keeps the claims it verified (a live chat's token is asked about every 2 s),
+    yet a cached token past its ``exp`` is refused and a logout after caching still holds."""
+    import jwt
+
+    from ui.logins import tokens as token_module
+    from ui.logins.base import LoginContext, Refusal
+    from ui.logins.modes import LocalLogin
+    from ui.logins.revocations import TokenRevocations
+
+    secret = "s" * 32
+    gate = token_module.TokenGate(
+        lambda: secret, 3600, TokenRevocations(lambda: None), LocalLogin(LoginContext(tmp_path, True))
+    )
+    now = int(time.time())
+    live = jwt.encode({"identifier": "ann", "iat": now, "exp": now + 3600, "metadata": {"login_id": "a"}}, secret)
+    assert gate.refusal(live) is None and gate.refusal(live) is None
+    assert len(gate._verified) == 1  # verified once
+    asyncio.run(gate.sign_out(live))
+    refused = gate.refusal(live)
+    assert refused is not None and refused.why is Refusal.SIGNED_OUT
+    short = jwt.encode({"identifier": "bo", "iat": now, "exp": now + 1, "metadata": {"login_id": "b"}}, secret)
+    assert gate.claims(short) is not None
+    gate._verified[(secret, short)]["exp"] = now - 1  # as if its second had passed while cached
+    assert gate.claims(short) is None
+    for n in range(token_module.MAX_VERIFIED + 5):
+        gate.claims(jwt.encode({"identifier": f"u{n}", "iat": now, "exp": now + 3600}, secret))
+    assert len(gate._verified) == token_module.MAX_VERIFIED

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -23,6 +24,8 @@ from ui.logins.base import LoginMode, Refusal
 from ui.logins.revocations import TokenRevocations
 
 logger = logging.getLogger("weaver.ui.auth")
+
+MAX_VERIFIED = 10_000  # tokens whose verified claims are kept; the oldest go first
 
 
 def login_key(claims: Mapping[str, Any]) -> str:
@@ -56,16 +59,30 @@ class TokenGate:
         self.lifetime_s = lifetime_s
         self.revocations = revocations
         self.mode = mode
+        # Checked tokens and their claims: every request and, every 2 s, every live chat asks
+        # again about the same few tokens; a signature is verified once, not at each ask.
+        self._verified: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
 
     def claims(self, token: str) -> dict[str, Any] | None:
         """The token's claims when its signature and expiry are good, else None (Chainlit refuses it)."""
         secret = self._secret()
         if not token or not secret:
             return None
-        try:
-            return dict(jwt.decode(token, secret, algorithms=["HS256"]))
-        except jwt.InvalidTokenError:
+        key = (secret, token)
+        claims = self._verified.get(key)
+        if claims is None:
+            try:
+                claims = dict(jwt.decode(token, secret, algorithms=["HS256"]))
+            except jwt.InvalidTokenError:
+                return None
+            self._verified[key] = claims
+            if len(self._verified) > MAX_VERIFIED:
+                self._verified.popitem(last=False)
+        expires = claims.get("exp")
+        if isinstance(expires, (int, float)) and expires <= time.time():
+            self._verified.pop(key, None)
             return None
+        return claims
 
     def refusal(self, token: str) -> Refused | None:
         """Why this token no longer holds, or None (also for a token Chainlit will refuse itself)."""
