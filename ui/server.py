@@ -25,7 +25,8 @@ from core.execution.backend import KernelBackend, backend_for
 from core.workspace import default_app_dir
 from ui import guards, patches
 from ui.bridge import in_background, run_in_thread
-from ui.history import HistoryConfigError, WeaverDataLayer, history_settings, open_history
+from ui.history import HistoryConfigError, OutageNotices, WeaverDataLayer, history_settings, open_history
+from ui.history.write_behind import MB, OutagePolicy
 from ui.lifecycle import SessionOwner
 from ui.logins import AuthSetupError, LoginContext, TokenRevocations, install_login, make_login
 from ui.logins.watch import EndedLogins
@@ -112,6 +113,12 @@ try:
 except HistoryConfigError as exc:
     raise SystemExit(f"Weaver UI: {exc}") from None
 HISTORY: WeaverDataLayer | None = None
+HISTORY_OUTAGE = OutagePolicy(
+    retry_first_s=SETTINGS.history_retry_first_s,
+    retry_max_s=SETTINGS.history_retry_max_s,
+    wait_s=SETTINGS.history_wait_s,
+    spool_bytes=int(SETTINGS.history_spool_mb * MB),
+)
 # Replicas sharing a PostgreSQL history share the login secret, the throttle and the session caps
 # through it (``ui.shared``); a SQLite file belongs to this process, which keeps them in memory.
 SHARED = is_shared(HISTORY_SETTINGS.database_url)
@@ -285,7 +292,10 @@ async def open_chat_history(app: TaskWeaverApp) -> WeaverDataLayer:
         on_thread_deleted=_forget_weaver_session,
         file_storage=HISTORY_SETTINGS.file_storage,
         url_prefix=HISTORY_FILES,
+        outage=HISTORY_OUTAGE,
+        server_id=REPLICA_ID,
     )
+    OutageNotices(HISTORY.writes, SETTINGS.history_notice_s).start()  # tells the chats the database keeps waiting
     await ENDED_LOGINS.start()
     if LIVE is not None:
         if app.kernel_backend.kernels_outlive_server:

@@ -80,6 +80,21 @@ class UISettings(BaseSettings):
     replica_heartbeat_s: float = Field(
         10.0, gt=0, description="how often a replica renews its live sessions in a shared database (3 beats = expiry)"
     )
+    history_retry_first_s: float = Field(
+        0.5, gt=0, description="while the history database fails: the first wait before storing again (doubling)"
+    )
+    history_retry_max_s: float = Field(10.0, gt=0, description="...up to this wait between tries")
+    history_wait_s: float = Field(
+        5.0, ge=0, description="the longest a read of the history waits for unsaved changes while the database fails"
+    )
+    history_spool_mb: float = Field(
+        256.0,
+        gt=0,
+        description="the most unsaved chat changes kept while the database fails (the spool file, and memory)",
+    )
+    history_notice_s: float = Field(
+        5.0, ge=0, description="a chat unsaved this long (the database failing) tells its user so"
+    )
 
     _split_lists = field_validator(
         "allowed_origins", "allowed_hosts", "allowed_users", "trusted_proxies", mode="before"

@@ -12,6 +12,10 @@ layer to Chainlit with ``@cl.data_layer``::
 
     layer = await open_history(app_dir, history_settings().database_url, on_thread_deleted=...)
 
+When the database fails, nothing written is dropped: the write-behind keeps the rows, spools them
+to ``<app_dir>/history-spool/`` and stores them when it is back; a server starting stores what a
+dead one left there (``write_behind``, ``spool``); ``notices`` tells the users whose chats wait.
+
 Modules: ``layer`` (``WeaverDataLayer``, made of ``users``, ``threads``, ``steps``, ``elements``
 and ``feedback`` over the SQL of ``store``), ``write_behind`` (steps stored together), ``rows``
 (rows as Chainlit's dicts), ``schema`` (tables and migrations), ``storage`` (files and key checks),
@@ -28,9 +32,11 @@ from typing import Mapping
 from chainlit.data.storage_clients.base import BaseStorageClient
 
 from ui.history.layer import ThreadDeleted, WeaverDataLayer, is_thread_id
+from ui.history.notices import OutageNotices
 from ui.history.ownership import install_ownership_checks
 from ui.history.route import install_file_route, request_user
 from ui.history.schema import MIGRATIONS, SCHEMA_VERSION, Migration, SchemaError, migrate, schema_version
+from ui.history.spool import SPOOL_DIR, Spool
 from ui.history.storage import (
     DEFAULT_URL_PREFIX,
     LocalFileStorage,
@@ -39,6 +45,7 @@ from ui.history.storage import (
     s3_storage,
     safe_file_name,
 )
+from ui.history.write_behind import DEFAULT_OUTAGE, OutagePolicy, WriteBehind, history_writes
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -49,14 +56,19 @@ __all__ = [
     "LocalFileStorage",
     "MIGRATIONS",
     "Migration",
+    "OutageNotices",
+    "OutagePolicy",
     "SCHEMA_VERSION",
+    "SPOOL_DIR",
     "SchemaError",
     "ThreadDeleted",
     "UnsafeObjectKey",
     "WeaverDataLayer",
+    "WriteBehind",
     "check_object_key",
     "database_url_for",
     "history_settings",
+    "history_writes",
     "install_file_route",
     "install_ownership_checks",
     "is_thread_id",
@@ -134,17 +146,28 @@ async def open_history(
     *,
     file_storage: str | None = None,
     url_prefix: str = DEFAULT_URL_PREFIX,
+    outage: OutagePolicy = DEFAULT_OUTAGE,
+    server_id: str = "server",
 ) -> WeaverDataLayer:
-    """The history's data layer with its schema created or upgraded. Call it in the event loop
-    that will use it (the server's): database connections belong to their loop."""
+    """The history's data layer with its schema created or upgraded, and the rows that servers
+    which died left in ``<app_dir>/history-spool`` stored. Call it in the event loop that will use
+    it (the server's): database connections belong to their loop. ``server_id`` names this
+    server's spool file (for people reading the folder)."""
     app_dir = Path(app_dir)
     url = database_url_for(app_dir, database_url)
     if not database_url:  # our own file: readable by the server's user only (SQLite's -wal and -shm follow it)
         app_dir.mkdir(parents=True, exist_ok=True)
         os.close(os.open(app_dir / DB_FILE, os.O_CREAT | os.O_WRONLY, 0o600))
-    layer = WeaverDataLayer(url, make_storage(app_dir, file_storage, url_prefix), on_thread_deleted)
+    layer = WeaverDataLayer(
+        url,
+        make_storage(app_dir, file_storage, url_prefix),
+        on_thread_deleted,
+        outage=outage,
+        spool=Spool(app_dir / SPOOL_DIR, server_id),
+    )
     try:
         await layer.open()
+        await layer.take_over_spools()
     except BaseException:
         await layer.close()
         raise

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("weaver.ui.history")
 
+ELEMENT_ROW = "element:"  # an element's row, queued beside steps and thread changes
+
 
 class Elements(HistoryStore):
     """Chainlit's element methods, and ``file_for`` for the file route."""
@@ -67,8 +69,9 @@ class Elements(HistoryStore):
         for column in ("props", "playerConfig"):
             if column in values:
                 values[column] = self._json_param(values[column])
-        async with self.transaction() as conn:
-            await self._upsert(conn, "elements", values)
+        # Stored with the steps (kept, and stored later, if the database is away); here once stored.
+        self._writes.add(f"{ELEMENT_ROW}{element.thread_id}/{element.id}", values)
+        await self._writes.flush()
 
     async def get_element(self, thread_id: str, element_id: str) -> Optional[ElementDict]:
         columns = ", ".join(f'"{c}"' for c in ELEMENT_COLUMNS)

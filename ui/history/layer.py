@@ -29,6 +29,7 @@ HTTP routes that write feedback and elements by id are checked for ownership by 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.data.storage_clients.base import BaseStorageClient
@@ -37,15 +38,24 @@ from ui.history.elements import Elements
 from ui.history.feedback import Feedbacks
 from ui.history.rows import is_thread_id, sqlite_transactions
 from ui.history.schema import migrate
+from ui.history.spool import Spool, orphans
 from ui.history.steps import Steps
-from ui.history.threads import ThreadDeleted, Threads
+from ui.history.threads import THREAD_CHANGE, ThreadDeleted, Threads, merge_change
 from ui.history.users import Users
-from ui.history.write_behind import WriteBehind
+from ui.history.write_behind import DEFAULT_OUTAGE, Merge, OutagePolicy, WriteBehind, register, unregister
+
+logger = logging.getLogger("weaver.ui.history")
 
 __all__ = ["STEP_WRITE_DELAY_S", "ThreadDeleted", "WeaverDataLayer", "is_thread_id"]
 
 # How long a step's update may wait to be stored with others (ui/history/write_behind.py).
 STEP_WRITE_DELAY_S = 0.5
+
+
+def _merge_for(key: str) -> Merge:
+    """How a later change of a pending row goes over an earlier one (as ``update_thread`` and
+    ``_write_step`` merge them): a thread change merges its own way; a step's columns are replaced."""
+    return merge_change if key.startswith(THREAD_CHANGE) else dict.update
 
 
 class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, SQLAlchemyDataLayer):
@@ -59,6 +69,8 @@ class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, SQLAlchemyData
         on_thread_deleted: ThreadDeleted | None = None,
         user_thread_limit: int = 1000,
         step_write_delay: float = STEP_WRITE_DELAY_S,
+        outage: OutagePolicy = DEFAULT_OUTAGE,
+        spool: Spool | None = None,
     ) -> None:
         is_sqlite = database_url.startswith("sqlite")
         super().__init__(
@@ -69,7 +81,9 @@ class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, SQLAlchemyData
         )
         self.on_thread_deleted = on_thread_deleted
         self.dialect = self.engine.dialect.name
-        self._writes = WriteBehind(self._store_pending, step_write_delay)
+        self._writes = WriteBehind(
+            self._store_pending, step_write_delay, merge_for=_merge_for, outage=outage, spool=spool
+        )
         self._users = {}
         self._user_writes = asyncio.Lock()
         # SQLite has one writer at a time. Writers queue here, before taking a pooled connection,
@@ -81,9 +95,38 @@ class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, SQLAlchemyData
 
     async def open(self) -> tuple[int, int]:
         """Create or upgrade the schema; returns (version before, version after)."""
-        return await migrate(self.engine)
+        versions = await migrate(self.engine)
+        register(self._writes)
+        return versions
+
+    @property
+    def writes(self) -> WriteBehind:
+        """The write-behind: what waits to be stored (``pending``, ``failed_writes``, ``failing_since``)."""
+        return self._writes
+
+    async def take_over_spools(self) -> int:
+        """Store the rows that servers which died left in the spool folder (none that a live
+        server holds); returns how many rows. Called once at start, before anything is served."""
+        spool = self._writes.spool
+        if spool is None:
+            return 0
+        taken = 0
+        for orphan in await asyncio.to_thread(orphans, spool.folder, spool.name):
+            try:
+                rows = await self._writes.take_over(orphan.batches())
+            except BaseException:
+                orphan.release()
+                raise
+            orphan.remove()
+            logger.warning("history: %d row(s) left by a server that stopped in %s are being stored", rows, orphan.path)
+            taken += rows
+        if taken:
+            await self._writes.flush(now=True)
+        return taken
 
     async def close(self) -> None:
-        """Store the writes still pending (steps, thread changes), then let the connections go."""
-        await self._writes.flush()
+        """Store the writes still pending (steps, thread changes), then let the connections go;
+        what the database does not take stays in the spool for the next start."""
+        unregister(self._writes)
+        await self._writes.close()
         await super().close()

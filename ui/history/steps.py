@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, Optional
 from chainlit.context import context
 from chainlit.data.utils import queue_until_user_message
 
+from ui.history.elements import ELEMENT_ROW
 from ui.history.rows import STEP_COLUMNS, is_thread_id, step_dict
-from ui.history.store import HistoryStore, sql_text
+from ui.history.store import HistoryStore, lost_connection, sql_text
 from ui.history.threads import THREAD_CHANGE
 
 if TYPE_CHECKING:
@@ -60,35 +61,49 @@ class Steps(HistoryStore):
 
     async def _store_pending(self, rows: dict[str, dict[str, Any]]) -> None:
         """One transaction: thread changes, the threads the steps belong to (created if new), then
-        every step."""
-        try:
-            await self._store_rows(rows)
-        except Exception:
-            logger.warning("storing %d rows together failed; storing them one by one", len(rows), exc_info=True)
-            for key, values in rows.items():  # one bad row must not cost everyone else their history
-                try:
-                    await self._store_rows({key: values})
-                except Exception:
-                    logger.exception("could not store %s", key)
+        every step. Raises only when the database does not answer (the write-behind then keeps the
+        rows and tries again); a row it refuses is logged and dropped."""
+        for again in (False, True):
+            try:
+                await self._store_rows(rows)
+                return
+            except Exception as exc:
+                if not await self.database_answers():
+                    raise
+                if again or not lost_connection(exc):
+                    break
+                # A pooled connection from before the database restarted: once more, on a new one.
+        logger.warning("storing %d rows together failed; storing them one by one", len(rows), exc_info=True)
+        for key, values in rows.items():  # one bad row must not cost everyone else their history
+            try:
+                await self._store_rows({key: values})
+            except Exception as exc:
+                if lost_connection(exc) or not await self.database_answers():
+                    raise
+                logger.exception("could not store %s", key)
 
     async def _store_rows(self, rows: dict[str, dict[str, Any]]) -> None:
         changes = {k[len(THREAD_CHANGE) :]: v for k, v in rows.items() if k.startswith(THREAD_CHANGE)}
-        steps = [v for k, v in rows.items() if not k.startswith(THREAD_CHANGE)]
+        elements = [v for k, v in rows.items() if k.startswith(ELEMENT_ROW)]
+        steps = [v for k, v in rows.items() if not k.startswith((THREAD_CHANGE, ELEMENT_ROW))]
         created = await self.get_current_timestamp()
         # Every thread row first (a no-op where it exists), in one lock order for every replica.
         threads = sorted({*changes, *(str(values["threadId"]) for values in steps)})
         async with self.transaction() as conn:
-            await conn.execute(
-                sql_text(
-                    'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
-                    'ON CONFLICT ("id") DO NOTHING'
-                ),
-                [{"id": thread_id, "created": created, "metadata": "{}"} for thread_id in threads],
-            )
+            if threads:  # (none when only elements wait)
+                await conn.execute(
+                    sql_text(
+                        'INSERT INTO threads ("id", "createdAt", "metadata") VALUES (:id, :created, :metadata) '
+                        'ON CONFLICT ("id") DO NOTHING'
+                    ),
+                    [{"id": thread_id, "created": created, "metadata": "{}"} for thread_id in threads],
+                )
             for thread_id, change in sorted(changes.items()):
                 await self._change_thread(conn, thread_id, change)
             if steps:
                 await self._upsert_many(conn, "steps", steps)
+            if elements:
+                await self._upsert_many(conn, "elements", elements)
 
     async def flush_writes(self) -> None:
         """Store the writes still pending (steps, thread changes); every read of the history calls it first."""

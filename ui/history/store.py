@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Mapping, Sequenc
 
 from chainlit.data.storage_clients.base import BaseStorageClient
 from chainlit.utils import utc_now
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -31,6 +32,26 @@ logger = logging.getLogger("weaver.ui.history")
 # A statement's text is parsed (bind parameters found, a cache key made) each time ``text()`` is
 # called; the history sends the same few statements many times a second under a crowd.
 sql_text = functools.lru_cache(maxsize=512)(text)
+
+PROBE_TIMEOUT_S = 5.0  # a database that takes longer to answer SELECT 1 counts as away
+
+
+def lost_connection(exc: BaseException) -> bool:
+    """True when ``exc`` says the connection to the database failed, not the statement: the
+    database went away, restarted (a pooled connection from before), or is locked or unreachable."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        exc,
+        (
+            sa_exc.OperationalError,
+            sa_exc.InterfaceError,
+            sa_exc.DisconnectionError,
+            sa_exc.TimeoutError,
+            OSError,
+            asyncio.TimeoutError,
+        ),
+    )
 
 
 class HistoryStore:
@@ -60,6 +81,19 @@ class HistoryStore:
             await conn.execution_options(**{READ_ONLY: True})
             async with conn.begin():
                 yield conn
+
+    async def database_answers(self) -> bool:
+        """True when the database answers a trivial query (within ``PROBE_TIMEOUT_S``)."""
+
+        async def probe() -> None:
+            async with self.engine.connect() as conn:
+                await conn.execute(sql_text("SELECT 1"))
+
+        try:
+            await asyncio.wait_for(probe(), PROBE_TIMEOUT_S)
+        except Exception:
+            return False
+        return True
 
     def _param(self, value: Any) -> Any:
         if isinstance(value, dict):

@@ -30,7 +30,7 @@ THREAD_CHANGE = "thread:"  # queued beside steps, whose keys begin with their th
 ThreadDeleted = Callable[[str, dict[str, Any]], Union[None, Awaitable[None]]]
 
 
-def _merge_change(kept: dict[str, Any], new: dict[str, Any]) -> None:
+def merge_change(kept: dict[str, Any], new: dict[str, Any]) -> None:
     """Two pending changes of one thread as one, ending where the two applied in turn would: the
     first owner stays (a second is refused when stored), metadata merges key by key (a None still
     removes its key), otherwise the later value wins."""
@@ -74,7 +74,7 @@ class Threads(HistoryStore):
             name = metadata.get("name")
         given = {"name": name, "userId": user_id, "metadata": metadata, "tags": tags}
         change = {k: v for k, v in given.items() if v is not None}
-        self._writes.add(THREAD_CHANGE + thread_id, change, _merge_change)
+        self._writes.add(THREAD_CHANGE + thread_id, change, merge_change)
         await self._writes.flush()
 
     async def _change_thread(self, conn: AsyncConnection, thread_id: str, change: dict[str, Any]) -> None:
