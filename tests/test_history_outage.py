@@ -217,6 +217,9 @@ def test_a_spool_left_at_shutdown_is_stored_by_the_next_start_and_a_live_servers
             await asyncio.to_thread(stop)
             await first.create_step(step(thread_id, "late", "written in the outage", "user_message"))  # type: ignore[arg-type]
             await until(lambda: first.writes.failing_since is not None, 10, "the store to fail")
+            await first.update_step(step(thread_id, "streamed", "a step's last state"))  # type: ignore[arg-type]
+            assert not await first.flush_writes(now=True)  # a drain's flush: one try, then all of it on disk
+            assert "a step's last state" in json.dumps(spool_lines(app_dir))
             await first.close()  # the shutdown flush tries once, fails, leaves the spool
             left = [p.name for p in (app_dir / SPOOL_DIR).glob("*.jsonl")]
             assert len(left) == 2 and any(name.startswith("first-") for name in left), left
@@ -226,7 +229,7 @@ def test_a_spool_left_at_shutdown_is_stored_by_the_next_start_and_a_live_servers
             try:
                 thread = await second.get_thread(thread_id)
                 assert thread is not None and thread["name"] == "stored"  # not the live replica's row
-                assert [s["output"] for s in thread["steps"]] == ["written in the outage"]
+                assert sorted(s["output"] for s in thread["steps"]) == ["a step's last state", "written in the outage"]
                 assert not any(p.name.startswith("first-") for p in (app_dir / SPOOL_DIR).glob("*.jsonl"))
                 assert spool_lines(app_dir) == [{"rows": {f"thread:{thread_id}": {"name": "not mine to take"}}}]
                 assert orphans(app_dir / SPOOL_DIR) == []  # still held by its live server

@@ -105,9 +105,11 @@ class Steps(HistoryStore):
             if elements:
                 await self._upsert_many(conn, "elements", elements)
 
-    async def flush_writes(self) -> None:
-        """Store the writes still pending (steps, thread changes); every read of the history calls it first."""
-        await self._writes.flush()
+    async def flush_writes(self, now: bool = False) -> bool:
+        """Store the writes still pending (steps, thread changes); every read of the history calls it
+        first. While the database fails: one try (at once when ``now``, as at shutdown), bounded by
+        ``WEAVER_UI_HISTORY_WAIT_S``; False then, with every pending row in the spool file."""
+        return await self._writes.flush(now)
 
     @queue_until_user_message()
     async def delete_step(self, step_id: str) -> None:

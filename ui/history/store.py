@@ -158,7 +158,7 @@ class HistoryStore:
                 logger.warning("could not delete file %.120r from storage", key, exc_info=True)
 
     # Parts call each other through these (each is defined by the part named).
-    async def flush_writes(self) -> None:  # steps
+    async def flush_writes(self, now: bool = False) -> bool:  # steps
         raise NotImplementedError
 
     async def _change_thread(self, conn: AsyncConnection, thread_id: str, change: dict[str, Any]) -> None:  # threads

@@ -146,15 +146,20 @@ class WriteBehind:
     async def flush(self, now: bool = False) -> bool:
         """Store everything pending now; True once it is stored. The store goes on if the caller is
         cancelled: it holds other chats' rows too. While the database fails this waits for one try
-        (made now when ``now``, or when the last one ended ``retry_first_s`` ago; else the next
-        one's), at most ``wait_s``: False then, and the rows stay pending (and spooled)."""
+        (made now when ``now``, or when the last one ended ``retry_first_s`` ago), at most
+        ``wait_s``; if the rows are still not stored they are all in the spool file when this
+        returns False (so a shutdown may follow at once)."""
         target = self._added
         if self._settled >= target and not self._lock.locked():
             return True  # the common read: nothing queued, no store running
         if self.failing_since is None:
             await asyncio.shield(in_background(self._flush_in_turn(), "storing the history"))
-            return self._settled >= target
-        return await self._wait_for_try(target, now)
+            stored = self._settled >= target
+        else:
+            stored = await self._wait_for_try(target, now)
+        if not stored:
+            await asyncio.shield(in_background(self._spool_now(), "spooling the history"))
+        return stored
 
     async def _wait_for_try(self, target: int, now: bool) -> bool:
         tried = self._tried
@@ -182,7 +187,8 @@ class WriteBehind:
             _merge_into(left, key, values, self._merge_for(key))
         if not left:
             if self.spool is not None:
-                await run_in_thread(self.spool.close, True, name="weaver-history-spool")
+                async with self._spool_lock:  # after a line being written, if any
+                    await run_in_thread(self.spool.close, True, name="weaver-history-spool")
             return
         logger.error(
             "history: %d row(s) could not be stored before shutdown; %s",
