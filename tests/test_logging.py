@@ -90,8 +90,14 @@ def test_a_round_leaves_no_user_text_in_the_log_and_every_line_is_json(json_serv
     )
     assert settings.status_code == 200  # Chainlit looked for chainlit_de-DE.md (there is none)
     with json_server.client() as chat:
-        turn = chat.ask(code_block(f"# {MESSAGE}\nprint('MARKER-' + 'printed-7f3a')"))
-        assert PRINTED in "\n".join(answers(turn))  # the user saw it
+        code = (
+            f"# {MESSAGE}\nimport os, subprocess, sys\nmarker = 'MARKER-' + 'printed-7f3a'\nprint(marker)\n"
+            "print(marker, file=sys.stderr)\nos.write(1, (marker + '-fd1\\n').encode())\n"
+            "os.write(2, (marker + '-fd2\\n').encode())\nsubprocess.run(['echo', marker + '-child'])"
+        )
+        turn = chat.ask(code_block(code))
+        seen = "\n".join(answers(turn))
+        assert PRINTED in seen and f"{PRINTED}-fd1" in seen and f"{PRINTED}-child" in seen  # the user saw it
     json_server.wait_log(r'"message": "round \S+ finished', 30)
     log = json_server.log()
     assert PRINTED not in log and MESSAGE not in log
