@@ -19,6 +19,7 @@ from core.execution.pool import KernelPool, StartGate, WarmKernel
 from core.ids import create_id
 from core.llm.base import LLMBackend
 from core.llm.factory import ModelChoices, create_backend
+from core.logs import formatter
 from core.plugins.catalog import PluginCatalog
 from core.roles.registry import RoleRegistry, default_role_registry
 from core.session import Session, new_executor
@@ -260,6 +261,6 @@ def _file_log_handler(app_dir: Path, config: AppConfig) -> logging.Handler | Non
     folder = app_dir / (settings.log_folder or "logs")
     folder.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(folder / (settings.log_file or "task_weaver.log"), encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter())  # WEAVER_LOG_FORMAT, as the server's own log
     logging.getLogger("weaver").addHandler(handler)
     return handler

@@ -360,7 +360,9 @@ class Session:
             self.emitter.emit_round(RoundEventType.round_error, rnd.id, rnd.error or "")
         self.emitter.emit_round(RoundEventType.round_end, rnd.id, rnd.state, RoundEnded(rnd.state))
         self.rounds.append(rnd)
-        self.log.logger.info("round %s %s: %s", rnd.id, rnd.state, rnd.error or rnd.reply_text[:200])
+        # The state and Weaver's own error sentence, never the answer or the program's output (those
+        # are the user's: rounds.jsonl keeps them).
+        self.log.logger.info("round %s %s%s", rnd.id, rnd.state, f": {rnd.error[:300]}" if rnd.error else "")
         self.log.record_round(rnd)
 
     def _converse(self, ctx: RoundContext) -> None:

@@ -34,6 +34,7 @@ from ui.check import CheckReport, run_check_async  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.guards import client_address  # noqa: E402
 from ui.lifecycle import session_error_text  # noqa: E402
+from ui.log_setup import setup as setup_log  # noqa: E402
 from ui.markdown import code_text  # noqa: E402
 from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
 from ui.outputs import files_action, show_outputs  # noqa: E402
@@ -64,14 +65,8 @@ def _client() -> str:
 
 
 def _setup_logging() -> None:
-    """Make our INFO lines visible in the server log unless someone configured logging already."""
-    weaver = logging.getLogger("weaver")
-    if not weaver.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        weaver.addHandler(handler)
-        if weaver.level == logging.NOTSET:
-            weaver.setLevel(logging.INFO)
+    """Our INFO lines in the server log, every line (uvicorn's too) in ``WEAVER_LOG_FORMAT``."""
+    setup_log()
 
 
 @cl.on_app_startup

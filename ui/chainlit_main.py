@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import sys
 
-from ui import patches
+from core.logs import LogFormatError
+from ui import log_setup, patches
 
 
 def main() -> None:
     try:
+        log_setup.setup()  # before Chainlit's own logging set-up, which then adds nothing
         patches.check()
-    except patches.PatchRefused as exc:
+    except (patches.PatchRefused, LogFormatError) as exc:
         sys.exit(f"Weaver UI: {exc}")
     patches.install("no_nest_asyncio")
     from chainlit.cli import cli

@@ -110,15 +110,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_user() -> str:
+    """Who ran ``weaver user`` (the audit log's ``by``)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
 def run_user(action: str, name: str | None, app_dir: str | None, password_stdin: bool) -> int:
     """``weaver user add|passwd|remove|list``: the password store in the app folder. A running server
     re-reads it at its next request, so a removal or a new password ends the user's logins at once."""
     import getpass
 
+    from ui.audit import AuditEvent, AuditLog
     from ui.logins import NoSuchUser, UserStore
 
     folder = Path(app_dir or os.environ.get("WEAVER_APP_DIR") or ".weaver").resolve()
     store = UserStore(folder)
+    audit = AuditLog(folder)  # the server's audit.jsonl: who changed the users, from this machine
     if action == "list":
         for known in store.names():
             print(known)
@@ -128,6 +140,7 @@ def run_user(action: str, name: str | None, app_dir: str | None, password_stdin:
         if not store.remove(name):
             print(f"weaver user: no user {name!r} in {store.path}", file=sys.stderr)
             return 1
+        audit.record(AuditEvent.USER_REMOVED, user=name, client="cli", by=_os_user())
         print(f"removed {name}; their logins end at once")
         return 0
     if action == "passwd" and name not in store.names():
@@ -148,6 +161,7 @@ def run_user(action: str, name: str | None, app_dir: str | None, password_stdin:
     except ValueError as exc:
         print(f"weaver user: {exc}; nothing changed", file=sys.stderr)
         return 1
+    audit.record(AuditEvent.USER_ADDED if new else AuditEvent.PASSWORD_CHANGED, user=name, client="cli", by=_os_user())
     if new:
         print(f"added {name} in {store.path}")
     else:

@@ -24,6 +24,8 @@ from core.errors import WeaverError
 from core.execution.backend import KernelBackend, backend_for
 from core.workspace import default_app_dir
 from ui import guards, patches
+from ui.audit import AuditEvent, request_user
+from ui.audit import record as record_audit
 from ui.bridge import in_background, run_in_thread
 from ui.history import HistoryConfigError, OutageNotices, WeaverDataLayer, history_settings, open_history
 from ui.history.write_behind import MB, OutagePolicy
@@ -173,6 +175,7 @@ def data_layer() -> WeaverDataLayer:
 
 async def _forget_weaver_session(thread_id: str, metadata: dict[str, Any]) -> None:
     """A chat was deleted: stop its session if it is live, and delete its folder."""
+    record_audit(AuditEvent.CHAT_DELETED, user=request_user(), chat=thread_id)
     session_id = metadata.get("weaver_session_id")
     if isinstance(session_id, str) and session_id and _app is not None:
         await run_in_thread(_app.delete_session, session_id, name="weaver-delete-session")

@@ -10,6 +10,7 @@ module here closes one gap; ``middleware.GuardMiddleware`` runs them before any 
   login uses and reserved before the password is checked.
 * ``client``: which peers may name the client in ``X-Forwarded-For`` (``WEAVER_UI_TRUSTED_PROXIES``).
 * ``file_serving``: users' files served as downloads that cannot run, stored with an honest type.
+* ``downloads``: every user's file that goes out is a line of the audit log (``ui.audit``).
 * ``headers``: the security headers on every answer, and the guards' refusals.
 * ``failover``: a page whose replica died comes back into its chat on another replica.
 

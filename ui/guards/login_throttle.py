@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
+from ui import audit
 from ui.guards.asgi import ASGIApp, Receive, Scope, Send, replayed, watching_status
 from ui.guards.headers import ResponseHeaders, refuse
 
@@ -186,6 +187,7 @@ class LoginGuard:
         attempt = await self.limiter.attempt(user, address)
         if attempt.retry_after > 0:
             logger.warning("login for %.80r from %s refused: too many failed attempts", user, address)
+            audit.record(audit.AuditEvent.LOGIN_FAILED, user=user, client=address, reason="throttled")
             await refuse(scope, send, 429, f"Too many failed logins; try again in {attempt.retry_after:.0f} s.")
             return
         status: list[int] = []

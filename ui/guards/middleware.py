@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ui import audit
 from ui.guards.asgi import ASGIApp, Receive, Scope, Send
+from ui.guards.downloads import watch_downloads
 from ui.guards.failover import ThreadOf
 from ui.guards.file_serving import FileServing
 from ui.guards.headers import ResponseHeaders, refuse
@@ -55,6 +57,9 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         policy = self.policy
+        # Whoever records an audit line while this request is handled names this client.
+        audit.CLIENT.set(audit.scope_client(scope))
+        audit.REQUEST.set(scope)
         refusal = policy.host_origin.refusal(scope)
         if refusal is not None:
             status, reason = refusal
@@ -71,4 +76,5 @@ class GuardMiddleware:
             await policy.login(self.app, scope, receive, send, policy.headers)
             return
         user_file = policy.files.is_user_file(scope.get("path", ""))
-        await self.app(scope, receive, policy.headers.wrap(send, user_file))
+        out = policy.headers.wrap(send, user_file)
+        await self.app(scope, receive, watch_downloads(scope, out) if user_file else out)

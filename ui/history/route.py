@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from core.safe_files import OpenedFile, UnsafeFile, open_file
+from ui.guards.downloads import DOWNLOAD_STATE
 from ui.history.layer import WeaverDataLayer
 from ui.history.storage import DEFAULT_URL_PREFIX, LocalFileStorage, UnsafeObjectKey, check_object_key, safe_file_name
 
@@ -117,6 +118,8 @@ def file_endpoint(source: LayerSource) -> Callable[[Request], Any]:
             opened = await asyncio.to_thread(open_file, storage.root, key)
         except (UnsafeFile, OSError):
             return _not_found()
+        # For the audit line the guards write when the answer starts (ui.guards.downloads).
+        setattr(request.state, DOWNLOAD_STATE, {"user": user, "file": found["name"], "chat": found["thread_id"]})
         return StreamingResponse(
             _chunks(opened),
             media_type=found["mime"],

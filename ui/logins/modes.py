@@ -20,6 +20,8 @@ import os
 import re
 from typing import Any, Mapping
 
+from ui import audit
+from ui.audit import AuditEvent
 from ui.logins.base import AuthSetupError, LoginMode, Refusal
 from ui.logins.users import UserStore
 
@@ -58,6 +60,7 @@ class LocalLogin(LoginMode):
 
         @cl.header_auth_callback
         async def local_login(headers: Mapping[str, str]) -> cl.User | None:
+            audit.record(AuditEvent.LOGIN, user=name, mode=self.name)
             return cl.User(identifier=name, metadata={"provider": "local"})
 
         return f"local: everyone who reaches this page is {name!r}"
@@ -85,7 +88,9 @@ class PasswordLogin(LoginMode):
 
             epoch = await run_in_thread(store.login, username, password, name="weaver-login")  # argon2: slow on purpose
             if epoch is None:
+                audit.record(AuditEvent.LOGIN_FAILED, user=username, mode=self.name, reason="credentials")
                 return None
+            audit.record(AuditEvent.LOGIN, user=username, mode=self.name)
             return cl.User(identifier=username, metadata={"provider": "password", "login_epoch": epoch})
 
         return f"password: users in {store.path}"
@@ -118,7 +123,11 @@ class HeaderLogin(LoginMode):
         @cl.header_auth_callback
         async def header_login(headers: Mapping[str, str]) -> cl.User | None:
             value = (headers.get(header) or "").strip()  # a repeated header never gets here (ui.guard)
-            return cl.User(identifier=value, metadata={"provider": "header"}) if value else None
+            if not value:
+                audit.record(AuditEvent.LOGIN_FAILED, user="", mode=self.name, reason="no_user_header")
+                return None
+            audit.record(AuditEvent.LOGIN, user=value, mode=self.name)
+            return cl.User(identifier=value, metadata={"provider": "header"})
 
         return f"header: the user is whoever the proxy names in the {header} header"
 
@@ -176,7 +185,15 @@ class OAuthLogin(LoginMode):
         ) -> cl.User | None:
             email = raw_user_data.get("email") if isinstance(raw_user_data, dict) else None
             if allowed_by(allowed, default_user.identifier, email):
+                audit.record(AuditEvent.LOGIN, user=default_user.identifier, mode=self.name, provider=provider_id)
                 return default_user
+            audit.record(
+                AuditEvent.LOGIN_FAILED,
+                user=default_user.identifier,
+                mode=self.name,
+                provider=provider_id,
+                reason="not_allowed",
+            )
             logger.warning(
                 "oauth login of %r via %s refused: not in WEAVER_UI_ALLOWED_USERS", default_user.identifier, provider_id
             )

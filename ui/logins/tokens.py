@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping
 
 import jwt
 
+from ui import audit
 from ui.logins.base import LoginMode, Refusal
 from ui.logins.revocations import TokenRevocations
 
@@ -109,4 +110,5 @@ class TokenGate:
         until = float(expires) if isinstance(expires, (int, float)) else time.time() + self.lifetime_s
         await self.revocations.revoke(login_key(claims), user, until)
         logger.info("%s signed out: the login token is revoked", user)
+        audit.record(audit.AuditEvent.LOGOUT, user=user)
         return True

@@ -15,6 +15,8 @@ import asyncio
 import logging
 from typing import Any
 
+from ui import audit
+from ui.guards.client import client_address
 from ui.lifecycle import SessionOwner
 from ui.logins.base import Refusal
 from ui.logins.tokens import Refused, TokenGate
@@ -36,6 +38,21 @@ def ended_text(refused: Refused) -> str:
     return (
         f"{_WHY[refused.why]}, so this chat was closed and its Python session stopped (its variables are gone). "
         "Reload the page to sign in again."
+    )
+
+
+def _audit_end(key: str, refused: Refused) -> None:
+    """The audit line of a chat stopped because its login ended (an admin's removal or new password,
+    a logout elsewhere, an expiry), with the chat's client as its socket saw it."""
+    from chainlit.session import WebsocketSession
+
+    ws = WebsocketSession.get_by_id(key)
+    audit.record(
+        audit.AuditEvent.SESSION_ENDED,
+        user=refused.user,
+        client=client_address(getattr(ws, "environ", None)),
+        reason=refused.why.name.lower(),
+        chat=str(getattr(ws, "thread_id", "") or ""),
     )
 
 
@@ -100,6 +117,7 @@ class EndedLogins:
 
     def _end(self, key: str, refused: Refused) -> None:
         logger.info("%s: ending chat %s and stopping its session", refused, key)
+        _audit_end(key, refused)
         self.owner.end(key)
         task = asyncio.ensure_future(self._tell(key, refused))
         self._ending.add(task)

@@ -22,7 +22,8 @@ def install(accept: Callable[[], Mapping[str, Iterable[str]] | None]) -> None:
 
     async def persist_file(self: Any, name: str, mime: str, path: str | None = None, content: Any = None) -> Any:
         if not mime_agrees(name, mime or "", accept()):
-            logger.warning("upload %.80r declared as %.80r: stored as %s", name, mime, OCTET_STREAM)
+            # DEBUG: nothing to act on (files without a known type, the Files panel's own text).
+            logger.debug("upload %.80r declared as %.80r: stored as %s", name, mime, OCTET_STREAM)
             mime = OCTET_STREAM
         return await original(self, name=name, mime=mime, path=path, content=content)
 
