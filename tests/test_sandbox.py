@@ -689,3 +689,20 @@ def test_without_a_uid_switch_kernels_keep_the_servers_uid_with_one_warning(
         monkeypatch.undo()
         kernel_users.uid_switch_problem.cache_clear()
         sandbox._warn_once.cache_clear()
+
+
+def test_a_chart_prints_no_fontconfig_error_and_leaves_no_cache_in_the_chat_folder(app: TaskWeaverApp) -> None:
+    """Fonts' configuration is there, read-only; fontconfig's cache goes to the sandbox's own /tmp."""
+    s = app.get_session()
+    try:
+        out = run_in_a(
+            (s, None),
+            "import matplotlib.pyplot as plt, os\nplt.plot([1, 2, 3])\nplt.title('sales')\nplt.savefig('chart.png')\n"
+            "print(os.environ['XDG_CACHE_HOME'], open('/etc/fonts/fonts.conf').read(5))",
+        )
+        assert "Fontconfig" not in out and "/tmp/cache <?xml" in out, out
+        names = [p.relative_to(s.execution_cwd).as_posix() for p in s.execution_cwd.rglob("*")]
+        assert "chart.png" in names and not any(name.startswith(".cache") for name in names), names
+        assert "Fontconfig" not in (s.execution_cwd.parent / "kernel.log").read_text(errors="replace")
+    finally:
+        s.stop()
