@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     stdin = _StdinLines()
     try:
         while True:
-            message = _read_message(stdin)
+            message = _read_message(stdin, files_waiting=bool(files))
             if message is None or message.strip() == "/quit":
                 print("\nGoodbye.", flush=True)
                 break
@@ -273,16 +273,16 @@ class _StdinLines:
         return None
 
 
-def _read_message(stdin: _StdinLines) -> str | None:
+def _read_message(stdin: _StdinLines, files_waiting: bool = False) -> str | None:
     """Lines until an empty line (so code blocks can be pasted), or one ``/`` command line at once;
-    None at end of input."""
+    None at end of input. With files waiting, an empty line at once sends them alone."""
     lines: list[str] = []
     prompt = "\nyou> "
     while True:
         line = stdin.read(prompt)
         if line is None:
             return "\n".join(lines) if lines else None
-        if not lines and line.startswith("/"):
+        if not lines and (line.startswith("/") or (files_waiting and not line)):
             return line
         in_code = sum(text.strip().startswith("```") for text in lines) % 2 == 1
         if not line and lines and not in_code:
