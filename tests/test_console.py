@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -125,3 +127,13 @@ def test_files_after_the_first_message_help_and_a_goodbye(tmp_path: Path) -> Non
     assert "calling the language model" not in out and "offline rules" in out
     assert "`/file PATH` in `weaver chat`" in out  # the offline help names the terminal's way
     assert out.rstrip().endswith("Goodbye.")
+
+
+def test_a_bad_app_file_stops_the_terminal_chat_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ui.console import main
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "lookup.yaml").write_text("name: lookup\ndescription: [unclosed\n")
+    assert main(["--app-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("weaver chat: ") and "lookup.yaml" in err and "\n" not in err
