@@ -60,16 +60,11 @@ def run_ui(host: str, port: int, app_dir: str | None, public_url: str | None = N
     The app's files are read first (``ui/startup.py``): a bad one stops here, in a line, before
     anything listens. ``public_url``: the address others type (``ui/public_url.py``).
     """
-    import logging
-
     from ui.public_url import WILDCARD_HOSTS, PublicUrlError, public_url_env, wildcard_advice
     from ui.startup import EXIT_REFUSED, StartupRefused, check_before_serving
 
     env = dict(os.environ)
     env["WEAVER_APP_DIR"] = str(Path(app_dir or env.get("WEAVER_APP_DIR") or ".weaver").resolve())
-    engine_log = logging.getLogger("weaver")
-    level = engine_log.level
-    engine_log.setLevel(logging.ERROR)  # the server logs the config's notes itself
     try:
         check_before_serving(Path(env["WEAVER_APP_DIR"]), env_file=REPO_ROOT / ".env")  # the server's .env
         if public_url:
@@ -77,8 +72,6 @@ def run_ui(host: str, port: int, app_dir: str | None, public_url: str | None = N
     except (StartupRefused, PublicUrlError) as exc:
         print(f"Weaver UI: {exc}", file=sys.stderr, flush=True)
         return EXIT_REFUSED
-    finally:
-        engine_log.setLevel(level)
     shown = public_url or f"http://{'127.0.0.1' if host in WILDCARD_HOSTS else host}:{port}"
     print(f"Weaver web UI: open {shown}  (app folder {env['WEAVER_APP_DIR']}; Ctrl-C stops it)", flush=True)
     if host in WILDCARD_HOSTS and not public_url and not env.get("WEAVER_UI_ALLOWED_HOSTS"):

@@ -33,7 +33,11 @@ class StartupRefused(Exception):
 
 def check_before_serving(app_dir: Path, env_file: Path | None = None) -> None:
     """Read every file and ``WEAVER_UI_*`` setting the server reads at start; raise ``StartupRefused``
-    at the first bad one. ``env_file``: the ``.env`` the server will read (it runs in the repo root)."""
+    at the first bad one. ``env_file``: the ``.env`` the server will read (it runs in the repo root).
+    The config's notes (TaskWeaver keys Weaver does not use) are left to the engine to log, once."""
+    notes = logging.getLogger("weaver.config")
+    level = notes.level
+    notes.setLevel(logging.ERROR)
     try:
         settings = ui_settings()
         check_app_files(app_dir, env_file)
@@ -46,6 +50,8 @@ def check_before_serving(app_dir: Path, env_file: Path | None = None) -> None:
                 raise StartupRefused(str(exc)) from None
     except (UISettingsError, ConfigError) as exc:
         raise StartupRefused(str(exc)) from None
+    finally:
+        notes.setLevel(level)
 
 
 def stop_server_on_failure(hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
