@@ -23,6 +23,7 @@ from core.logs import formatter
 from core.plugins.catalog import PluginCatalog
 from core.roles.registry import RoleRegistry, default_role_registry
 from core.session import Session, new_executor
+from core.startup_check import data_folder
 from core.telemetry import TelemetryLogger
 from core.tracing import Tracing
 from core.workspace import Workspace, default_app_dir
@@ -91,8 +92,7 @@ class TaskWeaverApp:
         # A wrong gateway token, an unreachable gateway or execution.sandbox = "bwrap" without
         # bwrap stops the app here.
         self.kernel_backend.check_startup()
-        data_dir = self.config.execution.data_dir or Path("data")
-        self.config.execution.data_dir = data_dir = data_dir if data_dir.is_absolute() else self.app_dir / data_dir
+        self.config.execution.data_dir = data_dir = data_folder(self.config, self.app_dir)
         # A bad data/datasets.yaml stops the app here, with the file named.
         self.dataset_catalog = DatasetCatalog.load(data_dir, str(self.kernel_backend.data_mount(data_dir)))
         self.kernel_backend.sweep_stale()

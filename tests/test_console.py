@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -91,3 +93,47 @@ def test_ctrl_c_cancels_the_round_and_the_chat_goes_on(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_files_after_the_first_message_help_and_a_goodbye(tmp_path: Path) -> None:
+    """In-chat commands: ``/file`` adds a file to the next message (here after a first round),
+    ``/help`` lists the commands; offline, no step claims to call a language model; Ctrl-D (end of
+    input) says goodbye."""
+    table = tmp_path / "sales.csv"
+    table.write_text("region,revenue\nEast,10\nWest,\nNorth,30\n")
+    script = (
+        "What can you do?\n\n"  # the first message: offline, the help
+        "/help\n"
+        f"/file {tmp_path / 'missing.csv'}\n"
+        f"/file {table}\n"
+        "\n"  # an empty line sends the waiting file alone: offline, it is profiled
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "ui.cli", "chat", "--app-dir", str(tmp_path / "app")],
+        input=script,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "WEAVER_LLM__API_TYPE": "offline", "WEAVER_EXECUTION__POOL_SIZE": "0"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "/file PATH" in out and "/quit" in out  # the help
+    assert "no file" in out and "missing.csv" in out
+    second = out.split("sales.csv goes with your next message", 1)[1]
+    assert "sales.csv" in second.split("[round finished]")[0] and "East" in second  # the file reached the round
+    assert out.count("[round finished]") == 2
+    assert "calling the language model" not in out and "offline rules" in out
+    assert "`/file PATH` in `weaver chat`" in out  # the offline help names the terminal's way
+    assert out.rstrip().endswith("Goodbye.")
+
+
+def test_a_bad_app_file_stops_the_terminal_chat_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ui.console import main
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "lookup.yaml").write_text("name: lookup\ndescription: [unclosed\n")
+    assert main(["--app-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("weaver chat: ") and "lookup.yaml" in err and "\n" not in err

@@ -689,3 +689,68 @@ def test_without_a_uid_switch_kernels_keep_the_servers_uid_with_one_warning(
         monkeypatch.undo()
         kernel_users.uid_switch_problem.cache_clear()
         sandbox._warn_once.cache_clear()
+
+
+def test_a_chart_prints_no_fontconfig_error_and_leaves_no_cache_in_the_chat_folder(app: TaskWeaverApp) -> None:
+    """Fonts' configuration is there, read-only; fontconfig's cache goes to the sandbox's own /tmp."""
+    s = app.get_session()
+    try:
+        out = run_in_a(
+            (s, None),
+            "import matplotlib.pyplot as plt, os\nplt.plot([1, 2, 3])\nplt.title('sales')\nplt.savefig('chart.png')\n"
+            "print(os.environ['XDG_CACHE_HOME'], open('/etc/fonts/fonts.conf').read(5))",
+        )
+        assert "Fontconfig" not in out and "/tmp/cache <?xml" in out, out
+        names = [p.relative_to(s.execution_cwd).as_posix() for p in s.execution_cwd.rglob("*")]
+        assert "chart.png" in names and not any(name.startswith(".cache") for name in names), names
+        assert "Fontconfig" not in (s.execution_cwd.parent / "kernel.log").read_text(errors="replace")
+    finally:
+        s.stop()
+
+
+NO_CHILD_AFTER_STOP = r"""
+import json, os, sys
+from pathlib import Path
+from core import TaskWeaverApp
+
+def children():
+    found = set()
+    for task in Path("/proc/self/task").iterdir():
+        found.update((task / "children").read_text().split())
+    return sorted(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in found)
+
+config = {"llm.api_type": "offline", "execution.pool_size": 0, "execution.fork_kernels": True}
+first, second = TaskWeaverApp(app_dir=sys.argv[1], config=config), TaskWeaverApp(app_dir=sys.argv[2], config=config)
+for app in (first, second):
+    assert app.get_session().executor.execute("1 + 1").result == "2"
+first.stop()
+after_first = children()
+second.stop()
+print(json.dumps({"after_first": after_first, "after_last": children()}))
+"""
+
+
+def test_no_child_process_remains_after_the_last_app_stops(tmp_path: Path) -> None:
+    """The kernel fork server serves every app of a process; it ends with the last one's ``stop``."""
+    done = subprocess_run_python(NO_CHILD_AFTER_STOP, str(tmp_path / "one"), str(tmp_path / "two"))
+    seen = json.loads(done.splitlines()[-1])
+    # the second app's kernel (in its sandbox) and the fork server, still serving the second app
+    assert any("core.execution.zygote" in cmd for cmd in seen["after_first"]), seen
+    assert any("bwrap" in cmd for cmd in seen["after_first"]), seen
+    assert seen["after_last"] == []
+
+
+def subprocess_run_python(source: str, *args: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", source, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout

@@ -39,6 +39,7 @@ from ui.markdown import code_text  # noqa: E402
 from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
 from ui.outputs import files_action, show_outputs  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
+from ui.startup import stop_server_on_failure  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
 MODEL_CHECK: CheckReport | None = None  # the model check made at start, when a model is configured
@@ -70,6 +71,7 @@ def _setup_logging() -> None:
 
 
 @cl.on_app_startup
+@stop_server_on_failure  # a start that fails ends the process (Chainlit would serve a broken app)
 async def on_app_startup() -> None:
     _setup_logging()
     logger.info("login %s; a login lasts %g h", server.LOGIN.description, server.SETTINGS.session_hours)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from core.config import AppConfig, LLMSettings, load_config
+from core.config import AppConfig, LLMSettings
 from core.errors import ConfigError
 
 PASS, FAIL, SKIP = "ok", "FAIL", "--"
@@ -276,12 +276,14 @@ def main(app_dir: str | None, model: str | None = None) -> int:
     """``weaver check``: print each step and the verdict; 0 when all passed, 1 otherwise."""
     import os
 
+    from core.startup_check import check_app_files
+
     folder = Path(app_dir or os.environ.get("WEAVER_APP_DIR") or ".weaver").resolve()
     try:
-        config = load_config(folder)
+        config = check_app_files(folder)  # what `weaver ui` reads before it serves: config, prompts, datasets, plugins
         report = run_check(config, model)
     except (ConfigError, KeyError) as exc:
-        print(f"weaver check: {folder}\n  {FAIL:<4}  config loads: {exc}\nFAILED: the configuration does not load.")
+        print(f"weaver check: {folder}\n  {FAIL:<4}  config loads: {exc}\nFAILED: the app folder's files do not load.")
         return 1
     lines = report.lines()
     kernels_ok, line = kernels_verdict(config)

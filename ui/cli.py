@@ -52,24 +52,32 @@ def root_warning(auth: str, euid: int | None = None) -> str | None:
     )
 
 
-def run_ui(host: str, port: int, app_dir: str | None) -> int:
+def run_ui(host: str, port: int, app_dir: str | None, public_url: str | None = None) -> int:
     """Serve the web UI until Ctrl-C; returns Chainlit's exit code.
 
     Chainlit must run in the repo root, so the app folder (plugins, config, workspace) is resolved
     here, against the folder the user started ``weaver ui`` in, and handed over by environment.
+    The app's files are read first (``ui/startup.py``): a bad one stops here, in a line, before
+    anything listens. ``public_url``: the address others type (``ui/public_url.py``).
     """
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    from ui.public_url import WILDCARD_HOSTS, PublicUrlError, public_url_env, wildcard_advice
+    from ui.startup import EXIT_REFUSED, StartupRefused, check_before_serving
+
     env = dict(os.environ)
     env["WEAVER_APP_DIR"] = str(Path(app_dir or env.get("WEAVER_APP_DIR") or ".weaver").resolve())
-    print(
-        f"Weaver web UI: open http://{shown}:{port}  (app folder {env['WEAVER_APP_DIR']}; Ctrl-C stops it)", flush=True
-    )
-    if host in ("0.0.0.0", "::") and not env.get("WEAVER_UI_ALLOWED_HOSTS"):
-        print(
-            "Note: listening on every address, but only loopback names are answered until "
-            "WEAVER_UI_ALLOWED_HOSTS lists the names others use to reach this machine.",
-            flush=True,
-        )
+    try:
+        check_before_serving(Path(env["WEAVER_APP_DIR"]), env_file=REPO_ROOT / ".env")  # the server's .env
+        if public_url:
+            env.update(public_url_env(public_url, host, port))
+    except (StartupRefused, PublicUrlError) as exc:
+        print(f"Weaver UI: {exc}", file=sys.stderr, flush=True)
+        return EXIT_REFUSED
+    shown = public_url or f"http://{'127.0.0.1' if host in WILDCARD_HOSTS else host}:{port}"
+    print(f"Weaver web UI: open {shown}  (app folder {env['WEAVER_APP_DIR']}; Ctrl-C stops it)", flush=True)
+    if host in WILDCARD_HOSTS and not public_url and not env.get("WEAVER_UI_ALLOWED_HOSTS"):
+        import socket
+
+        print(wildcard_advice(port, socket.gethostname()), flush=True)
     warning = root_warning(env.get("WEAVER_UI_AUTH", ""))
     if warning:
         print(warning, file=sys.stderr, flush=True)
@@ -85,13 +93,52 @@ def run_ui(host: str, port: int, app_dir: str | None) -> int:
             return proc.wait()
 
 
+# The login modes are ui.logins.MODES (not imported here: --help stays instant; a test keeps them equal).
+UI_EPILOG = """\
+login (WEAVER_UI_AUTH):
+  local     the default on 127.0.0.1: whoever reaches the page is you (WEAVER_UI_LOCAL_USER)
+  password  users you add with `weaver user add NAME` (kept in <app dir>/users.json)
+  header    a trusted proxy names the user in WEAVER_UI_USER_HEADER
+  oauth     GitHub, Google, Azure AD... through Chainlit's OAUTH_* variables and WEAVER_UI_ALLOWED_USERS
+
+for colleagues (add each one first: weaver user add NAME):
+  WEAVER_UI_AUTH=password weaver ui --host 0.0.0.0 --public-url http://$(hostname):8000
+
+Every setting (WEAVER_UI_* for the web server, taskweaver_config.json or WEAVER_* for the model,
+kernels and limits) is described in {readme}.
+"""
+
+
+def installed_version() -> str:
+    """The installed package's version (``pyproject.toml``), from its metadata."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("weaver-chat")
+    except PackageNotFoundError:
+        return "(not installed: run `pip install -e .`)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weaver", description="Weaver: chat with a code-first data agent.")
+    parser.add_argument("--version", action="version", version=f"weaver {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    ui = sub.add_parser("ui", help="serve the web chat (Chainlit)")
-    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ui = sub.add_parser(
+        "ui",
+        help="serve the web chat (Chainlit)",
+        description="Serve the web chat. On 127.0.0.1 you are signed in as the local user without a question.",
+        epilog=UI_EPILOG.format(readme=REPO_ROOT / "README.md"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0: every one)")
     ui.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     ui.add_argument("--app-dir", help="folder with plugins/, taskweaver_config.json and workspace/ (default ./.weaver)")
+    ui.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the address others type (http://teambox:8000, or the proxy's https://…): its host is answered "
+        "and its pages accepted, besides the loopback names",
+    )
     sub.add_parser("chat", help="chat in this terminal (see: weaver chat --help)", add_help=False)
     check = sub.add_parser("check", help="check the configured model connection and name what to fix")
     check.add_argument("--app-dir", help="the app folder whose taskweaver_config.json to read (default ./.weaver)")
@@ -175,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "ui":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return run_ui(args.host, args.port, args.app_dir)
+        return run_ui(args.host, args.port, args.app_dir, args.public_url)
     if args.command == "check":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -1,11 +1,18 @@
-"""``weaver chat``: a session in the terminal, its events printed as they stream."""
+"""``weaver chat``: a session in the terminal, its events printed as they stream.
+
+A message is one or more lines ended by an empty line (so code can be pasted). A line starting with
+``/`` is a command, done at once: ``/file PATH`` adds files to the next message, ``/help`` and
+``/quit``. Ctrl-C cancels a running round; Ctrl-D (or ``/quit``) says goodbye and quits.
+"""
 
 from __future__ import annotations
 
 import argparse
 import queue
+import shlex
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from core import (
@@ -15,6 +22,7 @@ from core import (
     MessageChunk,
     PostEventType,
     PostStarted,
+    PostStatus,
     RoleName,
     RoundEnded,
     RoundEventType,
@@ -25,18 +33,29 @@ from core import (
     TaskWeaverEvent,
     WeaverError,
 )
+from core.errors import ConfigError
+from core.startup_check import check_app_files
+from core.workspace import default_app_dir
 from ui.bridge import ThreadJob
 
 QUIET = {AttachmentType.reply_type, AttachmentType.revise_message}
+OFFLINE_STATUS = "answering by Weaver's offline rules (no language model is configured)"
+HELP = """\
+Type a message and end it with an empty line; a ```python block runs as code in your kernel.
+  /file PATH [PATH...]  add files to your next message (an empty message sends them alone)
+  /help                 this list
+  /quit                 quit (so does Ctrl-D)
+Ctrl-C stops a running round; your variables are kept."""
 FileEntry = dict[Literal["name", "path", "content"], Any]  # one of ``Session.send_message``'s files
 
 
 class ConsoleEventHandler(SessionEventHandler):
     """Prints each post under its role and each streamed field under a label, as chunks arrive."""
 
-    def __init__(self, out: TextIO = sys.stdout, color: bool | None = None) -> None:
+    def __init__(self, out: TextIO = sys.stdout, color: bool | None = None, offline: bool = False) -> None:
         self.out = out
         self.color = out.isatty() if color is None else color
+        self.offline = offline  # no language model: the status says what answers instead
         self._stream_key: tuple[str, str] | None = None
         self._send_to: dict[str, str] = {}
         self._has_output: set[str] = set()
@@ -78,6 +97,8 @@ class ConsoleEventHandler(SessionEventHandler):
             self._send_to[post_id] = payload.role
         elif type == PostEventType.post_status_update:
             self._stream_key = None
+            if self.offline and msg == PostStatus.calling_model:
+                msg = OFFLINE_STATUS
             self._write("\n" + self._paint(f"  · {msg}", "2"))
         elif type == PostEventType.post_message_update:
             if not msg or post_id in self._has_output:  # a code post's message repeats its output
@@ -121,22 +142,39 @@ def table_text(table: dict[str, Any], max_rows: int = 10) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="weaver chat", description="Chat with Weaver in the terminal.")
+    parser = argparse.ArgumentParser(
+        prog="weaver chat",
+        description="Chat with Weaver in the terminal. In the chat, /help lists the commands (/file PATH adds files).",
+    )
     parser.add_argument("--app-dir", help="project folder (plugins/, taskweaver_config.json, workspace/)")
     parser.add_argument("--file", action="append", default=[], help="add a file to the first message")
     args = parser.parse_args(argv)
+    try:
+        check_app_files(Path(args.app_dir) if args.app_dir else default_app_dir())
+    except ConfigError as exc:
+        print(f"weaver chat: {exc}", file=sys.stderr)
+        return 1
     app = TaskWeaverApp(app_dir=args.app_dir)
+    offline = app.config.llm.resolved_api_type == "offline"
     session = app.get_session()
-    handler = ConsoleEventHandler()
-    files: list[FileEntry] = [{"name": path, "path": path} for path in args.file]
+    handler = ConsoleEventHandler(offline=offline)
+    files: list[FileEntry] = []
+    for path in args.file:
+        _add_file(files, path)
     print(f"Weaver — session {session.session_id} (model: {app.config.llm.resolved_api_type}).")
-    print("Type a message; a ```python block runs as code. Empty line sends; Ctrl-C stops a round; Ctrl-D quits.")
+    if offline:
+        print("Offline mode: no language model. Fenced Python runs as written; files you add are profiled.")
+    print("Type a message and end it with an empty line. /file PATH adds a file; /help lists the commands.")
     stdin = _StdinLines()
     try:
         while True:
-            message = _read_message(stdin)
-            if message is None:
+            message = _read_message(stdin, files_waiting=bool(files))
+            if message is None or message.strip() == "/quit":
+                print("\nGoodbye.", flush=True)
                 break
+            if message.startswith("/"):
+                _command(message, files)
+                continue
             if not message.strip() and not files:
                 continue
             error = run_round(session, message, handler, files)
@@ -144,10 +182,39 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {error}", flush=True)
             files = []
     except KeyboardInterrupt:  # at the prompt, or a second Ctrl-C during a round
-        print(flush=True)
+        print("\nGoodbye.", flush=True)
     finally:
         app.stop()
     return 0
+
+
+def _command(line: str, files: list[FileEntry]) -> None:
+    """Do one ``/`` command (all but ``/quit``)."""
+    name, _, rest = line.strip().partition(" ")
+    if name == "/help":
+        print(HELP, flush=True)
+    elif name == "/file":
+        try:
+            paths = shlex.split(rest)
+        except ValueError as exc:
+            print(f"/file: {exc}", flush=True)
+            return
+        if not paths:
+            print("/file needs a path: /file data/sales.csv", flush=True)
+        for path in paths:
+            _add_file(files, path)
+    else:
+        print(f"unknown command {name}; /help lists them (a message cannot start with /)", flush=True)
+
+
+def _add_file(files: list[FileEntry], path: str) -> None:
+    """Queue ``path`` for the next message, or say why not (the session checks size and name again)."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        print(f"no file {path!r}; nothing added", flush=True)
+        return
+    files.append({"name": file.name, "path": str(file)})
+    print(f"{file.name} goes with your next message ({len(files)} file(s) waiting)", flush=True)
 
 
 def run_round(session: Session, message: str, handler: SessionEventHandler, files: list[FileEntry]) -> str | None:
@@ -185,6 +252,7 @@ class _StdinLines:
 
     def __init__(self) -> None:
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self._ended = False  # end of input was read: every later read is None too
         threading.Thread(target=self._pump, name="weaver-chat-stdin", daemon=True).start()
 
     def _pump(self) -> None:
@@ -195,21 +263,27 @@ class _StdinLines:
     def read(self, prompt: str) -> str | None:
         """The next line (None at end of input), after showing ``prompt``."""
         print(prompt, end="", flush=True)
-        while True:
+        while not self._ended:
             try:
-                return self._lines.get(timeout=0.2)
+                line = self._lines.get(timeout=0.2)
             except queue.Empty:
                 continue
+            self._ended = line is None
+            return line
+        return None
 
 
-def _read_message(stdin: _StdinLines) -> str | None:
-    """Lines until an empty line (so code blocks can be pasted); None at end of input."""
+def _read_message(stdin: _StdinLines, files_waiting: bool = False) -> str | None:
+    """Lines until an empty line (so code blocks can be pasted), or one ``/`` command line at once;
+    None at end of input. With files waiting, an empty line at once sends them alone."""
     lines: list[str] = []
     prompt = "\nyou> "
     while True:
         line = stdin.read(prompt)
         if line is None:
             return "\n".join(lines) if lines else None
+        if not lines and (line.startswith("/") or (files_waiting and not line)):
+            return line
         in_code = sum(text.strip().startswith("```") for text in lines) % 2 == 1
         if not line and lines and not in_code:
             return "\n".join(lines)

@@ -1,6 +1,8 @@
 """The server's side of the kernel fork server (``zygote.py``): started once, asked for each sandboxed kernel.
 
-One fork server per server process, started on the first sandboxed kernel and again if it dies.
+One fork server per server process, started on the first sandboxed kernel and again if it dies,
+and stopped when the last kernel backend using it is closed (at the last app's stop), so no child
+process outlives the last app of a process.
 A request names a sandbox bubblewrap has just built; the answer is the host pid of the kernel
 forked into it. Requests from several threads are answered as they complete, matched by id.
 """
@@ -15,6 +17,7 @@ import os
 import subprocess
 import sys
 import threading
+import weakref
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -49,6 +52,7 @@ class KernelForkServer:
         self._run: _Run | None = None
         self._ids = itertools.count(1)
         self.problem: str | None = None  # set when it cannot start here: kernels then start on their own
+        self._holders: weakref.WeakSet[object] = weakref.WeakSet()  # who may still ask for kernels
 
     @property
     def usable(self) -> bool:
@@ -154,13 +158,33 @@ class KernelForkServer:
             if not waiting.done():
                 waiting.set_exception(failure)
 
+    def hold(self, holder: object) -> None:
+        """``holder`` (an app's kernel backend) starts kernels through the fork server: it stays up
+        until every holder has released it."""
+        with self._lock:
+            self._holders.add(holder)
+
+    def release(self, holder: object) -> None:
+        """``holder`` starts no more kernels; after the last one the fork server stops (a later
+        kernel starts it again)."""
+        with self._lock:
+            self._holders.discard(holder)
+            run = self._run if not self._holders else None
+            if run is not None:
+                self._run = None
+        _stop(run)
+
     def close(self) -> None:
         """Stop the fork server (kernels it forked live on in their sandboxes)."""
         with self._lock:
             run, self._run = self._run, None
-        if run is not None and run.proc.poll() is None:
-            run.proc.kill()
-            run.proc.wait(timeout=10)
+        _stop(run)
+
+
+def _stop(run: _Run | None) -> None:
+    if run is not None and run.proc.poll() is None:
+        run.proc.kill()
+        run.proc.wait(timeout=10)
 
 
 FORK_SERVER = KernelForkServer()

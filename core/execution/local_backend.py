@@ -12,6 +12,7 @@ from pathlib import Path
 from core.errors import SandboxUnavailableError
 from core.execution.backend import BackendStatus, KernelBackend
 from core.execution.handle import KernelHandle
+from core.execution.kernel_forks import FORK_SERVER
 from core.execution.kernel_process import KernelProcess
 from core.execution.kernel_procs import sweep_stale
 from core.execution.sandbox import INSTALL_HINT, bwrap_problem, check_confinement, data_mount, uses_bwrap
@@ -30,6 +31,8 @@ class LocalBackend(KernelBackend):
         attach_to: str | None = None,
     ) -> KernelHandle:
         """``attach_to`` is ignored: a local kernel died with the server that started it."""
+        if self.settings.fork_kernels:
+            FORK_SERVER.hold(self)  # released at close: the fork server ends with the last app
         return KernelProcess(session_id, cwd, self.settings, extra_env, start_timeout, read_only)
 
     def check_startup(self) -> None:
@@ -40,6 +43,10 @@ class LocalBackend(KernelBackend):
 
     def sweep_stale(self) -> None:
         sweep_stale()
+
+    def close(self) -> None:
+        """Kernels are stopped by their sessions; the fork server stops if no other app uses it."""
+        FORK_SERVER.release(self)
 
     def data_mount(self, data_dir: Path) -> Path:
         """``/data`` inside the sandbox; the folder's own path unsandboxed."""

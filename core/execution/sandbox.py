@@ -73,6 +73,7 @@ _ETC_FILES = (
     "ssl",
     "ca-certificates",
     "hosts",
+    "fonts",  # fontconfig's configuration: without it a chart's first font lookup prints an error
 )
 _ETC_NETWORK = ("resolv.conf", "gai.conf", "protocols", "services", "host.conf")
 
@@ -269,6 +270,9 @@ def bwrap_argv(
             args += ["--symlink", os.readlink(top), str(top)]
         elif top.is_dir():
             args += ["--ro-bind", str(top), str(top)]
+    # Passable by a kernel with a uid of its own (bubblewrap makes the folder 0700): the few files
+    # bound below are all it holds.
+    args += ["--perms", "0755", "--dir", "/etc"]
     for name in _ETC_FILES + (_ETC_NETWORK if network else ()):
         args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
     # /tmp and /dev/shm are the sandbox's own: writable by its kernel whichever uid it runs as.
@@ -405,6 +409,8 @@ class KernelBox:
         env = dict(base)
         env["IPYTHONDIR"] = str(private / "ipython")
         env["MPLCONFIGDIR"] = str(private / "matplotlib")
+        # Caches (fontconfig's, pip's...) go to the private folder, not under HOME, the user's folder.
+        env["XDG_CACHE_HOME"] = str(private / "cache")
         if self.sandboxed:
             env["PYTHONPATH"] = str(SANDBOX_ROOT)
         if self.uid is not None:

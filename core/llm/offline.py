@@ -25,8 +25,8 @@ free-form requests. Here is what works right now:
 
 - **Run Python**: send a message with a fenced code block (three backticks and `python`). It runs in \
 your own kernel, and variables persist between messages.
-- **Profile files**: drop CSV, TSV, Excel, JSON, Parquet, image or text files into the chat and I'll \
-load and describe them.
+- **Profile files**: add CSV, TSV, Excel, JSON, Parquet, image or text files (drop them on the web chat, or \
+`/file PATH` in `weaver chat`) and I'll load and describe them.
 
 To chat in plain language, configure a model: set `WEAVER_LLM__API_KEY` (and `WEAVER_LLM__API_BASE` / \
 `WEAVER_LLM__MODEL` for other servers), or put `llm.api_key` in `taskweaver_config.json`. See the README."""
