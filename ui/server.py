@@ -23,7 +23,7 @@ from core.config import load_config
 from core.errors import WeaverError
 from core.execution.backend import KernelBackend, backend_for
 from core.workspace import default_app_dir
-from ui import guards, patches
+from ui import guards, ops_routes, patches
 from ui.bridge import in_background, run_in_thread
 from ui.history import HistoryConfigError, WeaverDataLayer, history_settings, open_history
 from ui.lifecycle import SessionOwner
@@ -249,6 +249,7 @@ except AuthSetupError as exc:
     raise SystemExit(f"Weaver UI: {exc}") from None
 patches.install("revocation", LOGIN.tokens.refusal)
 ENDED_LOGINS = EndedLogins(LOGIN.tokens, OWNER)
+OPS = ops_routes.install(lambda: _app, lambda: HISTORY)  # /ready, /metrics: inside the guards (installed next)
 GUARD = _install_guards()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from core.errors import SandboxUnavailableError
 from core.execution.backend import BackendStatus, KernelBackend
 from core.execution.handle import KernelHandle
+from core.execution.kernel_forks import FORK_SERVER
 from core.execution.kernel_process import KernelProcess
 from core.execution.kernel_procs import sweep_stale
 from core.execution.sandbox import INSTALL_HINT, bwrap_problem, check_confinement, data_mount, uses_bwrap
@@ -69,6 +70,13 @@ class LocalBackend(KernelBackend):
             f"To fix it, {INSTALL_HINT}; to accept the risk, set execution.allow_unsandboxed = true "
             "(WEAVER_EXECUTION__ALLOW_UNSANDBOXED=true)."
         )
+
+    def readiness(self, timeout: float) -> BackendStatus:
+        """Ready; when kernels should fork from the fork server but it could not start, they start
+        on their own (~5x the CPU each): said in the detail, still ready (nothing would clear it)."""
+        if self.settings.fork_kernels and not FORK_SERVER.usable:
+            return BackendStatus(self.name, True, f"kernels start without the fork server: {FORK_SERVER.problem}")
+        return BackendStatus(self.name, True, "")
 
     def status(self) -> BackendStatus:
         try:
