@@ -20,11 +20,14 @@ output or an exception's text (an error is named by its type).
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import threading
 from typing import Any, Iterator, Mapping
 
 from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode, Tracer
 
+logger = logging.getLogger("weaver.tracing")
 _LOCK = threading.Lock()
 _TRACER: Tracer | None = None
 DEFAULT_SERVICE_NAME = "weaver"
@@ -46,7 +49,17 @@ def process_tracer() -> Tracer:
             provider = TracerProvider(resource=resource)  # flushed and shut down at exit
             provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
             _TRACER = provider.get_tracer("weaver")
+            logger.info("tracing on: spans go to %s over OTLP/HTTP", traces_endpoint())
         return _TRACER
+
+
+def traces_endpoint(environ: Mapping[str, str] | None = None) -> str:
+    """Where the OTLP/HTTP exporter sends spans, by the standard variables (for the log line)."""
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "http://localhost:4318"
+    return f"{base.rstrip('/')}/v1/traces"
 
 
 def _value(value: Any) -> Any:

@@ -169,6 +169,7 @@ def test_a_round_is_counted_traced_and_its_text_never_leaves(
     [execution] = [s for s in ours if s.name == "weaver.execution"]
     assert execution.attributes["weaver.execution.outcome"] == "success"
     assert not any(CANARY.encode() in body for body in receiver.bodies)  # no message, code or output
+    assert f"tracing on: spans go to {receiver.endpoint} over OTLP/HTTP" in server.log()
 
 
 def test_a_failed_model_call_is_an_error_in_metrics_and_spans(
@@ -215,6 +216,9 @@ def test_metrics_through_a_proxy_need_the_token(
         >= 0
     )
     assert httpx.post(url, timeout=10).status_code in (403, 405)  # no writes (the guard or the route refuses)
+    # The guards stand in front: a Host the server does not answer is refused before the route.
+    rebound = httpx.get(url, headers={"Host": "evil.example"}, timeout=10)
+    assert rebound.status_code == 400 and "WEAVER_UI_ALLOWED_HOSTS" in rebound.text and "weaver_" not in rebound.text
     # /ready: the verdict for everyone (the load balancer), the details for loopback or the token.
     proxied = httpx.get(f"{server.base_url}/ready", headers=PROXIED, timeout=10)
     assert proxied.status_code == 200

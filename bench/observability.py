@@ -1,0 +1,147 @@
+"""What metrics and tracing cost per round: the same rounds with both on and with both off.
+
+In one process, two engines on the offline model: one with ``metrics.enabled`` and
+``tracing.enabled`` (spans exported over OTLP/HTTP to a receiver on 127.0.0.1 in this process, so
+the exporter's own thread is in the cost), one with both off. Their rounds alternate, one on, one
+off, so both see the same machine. ``metrics.enabled`` is process-wide: it is switched with each
+round, as the app sets it.
+
+1. Text rounds (Planner → User, no kernel): the engine's own work only, where the cost shows.
+2. Code rounds (a fenced ``print(1)``: Planner → CodeInterpreter → kernel → Planner → User):
+   every span and counter a round can have, with a kernel's noise around it.
+3. The instrumentation alone: one code round's spans (8) and metric updates (~10), timed in a loop.
+
+Prints the medians (and p90) per mode, the cost per round (median of the paired differences) and
+the ratio of the medians; exits 1 when a text round's cost reaches ``--budget-ms`` (1 ms).
+
+    python bench/observability.py [--rounds 300] [--code-rounds 60] [--budget-ms 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.otlp_receiver import OTLPReceiver  # noqa: E402
+
+RECEIVER = OTLPReceiver().start()
+os.environ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = RECEIVER.endpoint  # read when the provider is made
+
+from core import TaskWeaverApp, metrics  # noqa: E402
+from core.llm.base import LLMCallRecord  # noqa: E402
+from core.memory import Round  # noqa: E402
+from core.roles.base import _observe_call  # noqa: E402
+from core.roles.context import RoundContext  # noqa: E402
+from core.session import Session  # noqa: E402
+from core.tracing import Tracing  # noqa: E402
+
+TEXT = "hello"
+CODE = "```python\nprint(1)\n```"
+
+
+def _p90(values: list[float]) -> float:
+    return statistics.quantiles(values, n=10)[-1]
+
+
+def _paired(session_on: Session, session_off: Session, message: str, rounds: int) -> tuple[list[float], list[float]]:
+    """Alternating rounds (on first in even pairs, off first in odd ones); their wall times in ms."""
+    on: list[float] = []
+    off: list[float] = []
+    for i in range(rounds):
+        order = [(True, session_on), (False, session_off)]
+        if i % 2:
+            order.reverse()
+        for mode, session in order:
+            metrics.configure(mode)
+            started = time.perf_counter()
+            state = session.send_message(message).state
+            elapsed = (time.perf_counter() - started) * 1000
+            assert state == "finished", state
+            (on if mode else off).append(elapsed)
+    return on, off
+
+
+def _report(title: str, on: list[float], off: list[float]) -> float:
+    cost = statistics.median(a - b for a, b in zip(on, off, strict=True))
+    print(f"{title} ({len(on)} rounds each)")
+    print(f"  on : median {statistics.median(on):7.3f} ms   p90 {_p90(on):7.3f} ms")
+    print(f"  off: median {statistics.median(off):7.3f} ms   p90 {_p90(off):7.3f} ms")
+    ratio = statistics.median(on) / statistics.median(off)
+    print(f"  cost per round (median of paired differences): {cost:+.3f} ms; ratio of medians {ratio:.3f}")
+    return cost
+
+
+def _instrumentation_alone(repeats: int) -> float:
+    """µs for what one code round adds: 8 spans with their attributes, ~10 metric updates."""
+    tracing = Tracing(True)
+    ctx = RoundContext("bench", Round(user_query="x"), [], None, None, Path("."), {"user_name": "u"}, tracing=tracing)  # type: ignore[arg-type]
+    record = LLMCallRecord(role="Planner", model="m", prompt_tokens=11, completion_tokens=7, first_token_s=0.01)
+    metrics.configure(True)
+
+    def one_round() -> None:
+        with tracing.span("weaver.round", {**ctx.trace_attributes(), "weaver.model": "m"}):
+            for role in ("Planner", "CodeInterpreter", "Planner"):
+                with tracing.span("weaver.role", {**ctx.trace_attributes(), "weaver.role": role}):
+                    with tracing.span("weaver.llm", {**ctx.trace_attributes(), "gen_ai.system": "offline"}) as span:
+                        _observe_call(span, "offline", record, False)
+                    if role == "CodeInterpreter":
+                        with tracing.span("weaver.execution", ctx.trace_attributes()) as span:
+                            span.set_attribute("weaver.execution.outcome", "success")
+                        metrics.code_executed("success")
+        metrics.round_ended("finished", 0.01)
+
+    def timed(work: Callable[[], None]) -> float:
+        started = time.perf_counter()
+        for _ in range(repeats):
+            work()
+        return (time.perf_counter() - started) / repeats * 1e6
+
+    timed(one_round)  # warm-up
+    return statistics.median(timed(one_round) for _ in range(5))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=300, help="text rounds per mode")
+    parser.add_argument("--code-rounds", type=int, default=60, help="code rounds per mode")
+    parser.add_argument("--budget-ms", type=float, default=1.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="weaver-bench-obs-") as folder:
+        common = {"llm.api_type": "offline", "execution.pool_size": 0}
+        app_off = TaskWeaverApp(Path(folder, "off"), config={**common, "metrics.enabled": False})
+        app_on = TaskWeaverApp(Path(folder, "on"), config={**common, "tracing.enabled": True})
+        try:
+            session_on, session_off = app_on.get_session(), app_off.get_session()
+            for session in (session_on, session_off):
+                session.update_session_var({"user_name": "bench"})
+                session.send_message(CODE)  # the kernel starts here, not in a timed round
+            _paired(session_on, session_off, TEXT, 20)  # warm-up
+            text_cost = _report("Text rounds (no kernel)", *_paired(session_on, session_off, TEXT, args.rounds))
+            _report("Code rounds (print(1) in the kernel)", *_paired(session_on, session_off, CODE, args.code_rounds))
+        finally:
+            app_on.stop()
+            app_off.stop()
+    expected = (20 + args.rounds) * 3 + (1 + args.code_rounds) * 8  # spans of the traced rounds
+    spans = RECEIVER.wait_for(lambda got: len(got) >= expected, 30)
+    print(f"Spans received by the local OTLP receiver: {len(spans)} (the traced rounds made {expected})")
+    alone = _instrumentation_alone(2000)
+    print(f"Instrumentation alone, one code round's spans and metric updates: {alone:.1f} µs")
+    RECEIVER.stop()
+    if text_cost >= args.budget_ms:
+        print(f"FAIL: {text_cost:.3f} ms per round is over the {args.budget_ms} ms budget")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
