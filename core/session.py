@@ -377,7 +377,7 @@ class Session:
             role = self.roles.get(recipient)
             if role is None:
                 raise RoundFailed(f"The Planner addressed {recipient!r}, which is not a role of this session.")
-            with ctx.tracing.span("weaver.role", {**ctx.trace_attributes(), "weaver.role": recipient}):
+            with ctx.tracing.span("weaver.role", {"weaver.role": recipient}):
                 post = role.reply(ctx)
             ctx.round.add_post(post)
             if post.send_to == USER:

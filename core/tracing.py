@@ -12,9 +12,10 @@ The provider is Weaver's own, not OpenTelemetry's global one: Chainlit's Literal
 (traceloop) installs a global provider of its own when used, and Weaver's spans must neither end up
 in it nor depend on who set the global first.
 
-What a span carries: ids (the Weaver session, which is the chat, and the round), the user's name,
-the role, the model's name and token counts, an execution's outcome; never a message, code, its
-output or an exception's text (an error is named by its type).
+What a span carries: the round's span names the Weaver session (the chat), the round and the user
+(its children share its trace); the others the role, the model's name and token counts, an
+execution's outcome. Never a message, code, its output or an exception's text (an error is named
+by its type).
 """
 
 from __future__ import annotations

@@ -123,3 +123,22 @@ class OTLPReceiver:
                 names = sorted({s.name for s in self.spans})
                 raise AssertionError(f"spans not received in {timeout:.0f}s; got {len(self.spans)}: {names}")
             return list(self.spans)
+
+
+def main() -> None:
+    """``python -m tests.otlp_receiver``: a receiver in a process of its own (benchmarks, so decoding
+    spans does not compete with the measured process). Prints its endpoint; then, for each line read
+    on stdin, the number of spans received so far; stops at end of input."""
+    import sys
+
+    receiver = OTLPReceiver().start()
+    print(receiver.endpoint, flush=True)
+    for _ in sys.stdin:
+        with receiver._cond:
+            count = len(receiver.spans)
+        print(count, flush=True)
+    receiver.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -96,7 +96,7 @@ class Role(abc.ABC):
         parts: list[str] = []
         backend = getattr(self.llm, "name", "") or type(self.llm).__name__
         failed = False
-        with ctx.tracing.span("weaver.llm", {**ctx.trace_attributes(), "gen_ai.system": backend}) as span:
+        with ctx.tracing.span("weaver.llm", {"gen_ai.system": backend}) as span:
             try:
                 for chunk in self.llm.stream_chat(request, ctx.cancel):
                     ctx.cancel.raise_if_cancelled()
@@ -125,12 +125,11 @@ def _observe_call(span: Span, backend: str, record: LLMCallRecord, failed: bool)
         backend, failed, record.attempts, record.prompt_tokens, record.completion_tokens, record.first_token_s
     )
     if span.is_recording():
-        for key, value in (
-            ("gen_ai.response.model", record.model),
-            ("gen_ai.usage.input_tokens", record.prompt_tokens),
-            ("gen_ai.usage.output_tokens", record.completion_tokens),
-            ("weaver.llm.attempts", record.attempts),
-            ("weaver.llm.first_token_s", record.first_token_s),
-        ):
-            if value is not None and value != "":
-                span.set_attribute(key, value)
+        found = {
+            "gen_ai.response.model": record.model,
+            "gen_ai.usage.input_tokens": record.prompt_tokens,
+            "gen_ai.usage.output_tokens": record.completion_tokens,
+            "weaver.llm.attempts": record.attempts,
+            "weaver.llm.first_token_s": record.first_token_s,
+        }
+        span.set_attributes({key: value for key, value in found.items() if value is not None and value != ""})

@@ -108,15 +108,20 @@ class CodeInterpreter(Role):
         cold = not self.executor.ready
         if cold:  # say why this wait is longer; execute() starts the kernel first
             proxy.update_status(PostStatus.starting_kernel)
-        with ctx.tracing.span("weaver.execution", {**ctx.trace_attributes(), "weaver.kernel.cold": cold}) as span:
+        with ctx.tracing.span("weaver.execution", {"weaver.kernel.cold": cold}) as span:
             result = self.executor.execute(
                 code,
                 session_vars=dict(ctx.session_vars),
                 cancel=ctx.cancel,
                 on_running=lambda: proxy.update_status(PostStatus.executing_code),
             )
-            span.set_attribute("weaver.execution.outcome", result.status.value)
-            span.set_attribute("weaver.execution.kernel_died", result.kernel_died)
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "weaver.execution.outcome": result.status.value,
+                        "weaver.execution.kernel_died": result.kernel_died,
+                    }
+                )
         metrics.code_executed(result.status.value)
         proxy.update_attachment(result.status, AttachmentType.execution_status)
         limits = self.config.execution

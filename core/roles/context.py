@@ -30,7 +30,8 @@ class RoundContext:
     tracing: Tracing = field(default_factory=Tracing)  # the app's; by default no spans
 
     def trace_attributes(self) -> dict[str, str | None]:
-        """What every span of this round names: the chat (its Weaver session), the round, the user."""
+        """What the round's span names (its children share its trace): the chat (its Weaver session),
+        the round, the user."""
         return {
             "weaver.session.id": self.session_id,
             "weaver.round.id": self.round.id,
