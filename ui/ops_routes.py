@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import time
 from typing import Any, Callable
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -27,6 +28,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core import TaskWeaverApp, metrics
+from core.metrics import Kind
 from ui.guards.asgi import header
 from ui.readiness import readiness
 
@@ -175,7 +177,7 @@ def install(engine: Callable[[], TaskWeaverApp | None], history: Callable[[], An
 def _watch_web_tier(history: Callable[[], Any]) -> None:
     """The web tier's states, read at each scrape: connected users, the history's write queue."""
 
-    def connected_users() -> int:
+    def connected_users() -> float | None:
         from chainlit.server import sio
         from chainlit.session import ws_sessions_id
 
@@ -184,19 +186,46 @@ def _watch_web_tier(history: Callable[[], Any]) -> None:
             user = getattr(session, "user", None)
             if user is not None and sio.manager.is_connected(session.socket_id, "/"):
                 users.add(getattr(user, "identifier", None))
-        return len(users)
+        return float(len(users))
 
     def writes() -> Any:
-        return getattr(history(), "_writes", None)  # the layer's WriteBehind (ui/history/write_behind.py)
+        """The history's write-behind (ui/history/write_behind.py), by whichever name the layer gives it."""
+        layer = history()
+        return getattr(layer, "writes", None) or getattr(layer, "_writes", None)
 
-    def queued() -> int | None:
-        pending = getattr(writes(), "pending", None)
-        return int(pending) if isinstance(pending, int) else None
+    def number(name: str) -> Callable[[], float | None]:
+        """An int the write-behind keeps, read defensively: absent (an older history), no series."""
 
-    def failed() -> int | None:
-        count = getattr(writes(), "failed_writes", None)
-        return int(count) if isinstance(count, int) else None
+        def read() -> float | None:
+            value = getattr(writes(), name, None)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
-    metrics.watch("weaver_users_connected", "gauge", "Distinct users with a connected page", connected_users)
-    metrics.watch("weaver_history_queue_depth", "gauge", "History rows waiting to be stored", queued)
-    metrics.watch("weaver_history_write_failures", "counter", "History stores that failed", failed)
+        return read
+
+    def outage_seconds() -> float | None:
+        found = writes()
+        if found is None or not hasattr(found, "failing_since"):
+            return None
+        since = found.failing_since
+        return max(0.0, time.time() - since) if isinstance(since, (int, float)) else 0.0
+
+    readings: tuple[tuple[str, Kind, str, Callable[[], float | None]], ...] = (
+        ("weaver_users_connected", "gauge", "Distinct users with a connected page", connected_users),
+        ("weaver_history_queue_depth", "gauge", "History rows waiting to be stored", number("pending")),
+        ("weaver_history_write_failures", "counter", "History stores that failed", number("failed_writes")),
+        ("weaver_history_dropped_rows", "counter", "History changes not kept (spool full)", number("dropped_rows")),
+        (
+            "weaver_history_spooled_bytes",
+            "gauge",
+            "Unsaved history kept while its database fails",
+            number("spooled_bytes"),
+        ),
+        (
+            "weaver_history_outage_seconds",
+            "gauge",
+            "How long the history's database has failed (0: it answers)",
+            outage_seconds,
+        ),
+    )
+    for name, kind, documentation, read in readings:
+        metrics.watch(name, kind, documentation, read)
