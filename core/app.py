@@ -6,15 +6,18 @@ import logging
 import re
 import shutil
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 from injector import Injector, Module, provider, singleton
 
+from core import metrics
 from core.config import AppConfig, load_config
 from core.datasets import Dataset, DatasetCatalog
 from core.errors import SessionLimitReached, SessionNotFound
 from core.execution.backend import KernelBackend, backend_for
+from core.execution.kernel import live_kernels
 from core.execution.pool import KernelPool, StartGate, WarmKernel
 from core.ids import create_id
 from core.llm.base import LLMBackend
@@ -47,7 +50,7 @@ class _AppModule(Module):
         binder.bind(Workspace, to=self.workspace)
         binder.bind(DatasetCatalog, to=self.datasets)
         binder.bind(TelemetryLogger, to=TelemetryLogger("weaver"), scope=singleton)
-        binder.bind(Tracing, to=Tracing(), scope=singleton)
+        binder.bind(Tracing, to=Tracing(self.config.tracing.enabled), scope=singleton)
         binder.bind(RoleRegistry, to=default_role_registry(), scope=singleton)
         binder.bind(StartGate, to=StartGate(self.config.execution.max_concurrent_starts), scope=singleton)
 
@@ -112,6 +115,7 @@ class TaskWeaverApp:
         self._being_built = 0  # new sessions under construction, counted against the cap
         self.kernel_starts = self.injector.get(StartGate)
         self.pool = KernelPool(self.config.execution.pool_size, self._reserve_kernel, self._discard_kernel).start()
+        _watch_metrics(self)
 
     @property
     def datasets(self) -> list[Dataset]:
@@ -250,6 +254,25 @@ class TaskWeaverApp:
             logging.getLogger("weaver").removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
+
+
+def _watch_metrics(app: TaskWeaverApp) -> None:
+    """``/metrics`` reads this app's live sessions and kernels when scraped (the app is held weakly:
+    a stopped app is not kept alive by its metrics)."""
+    metrics.configure(app.config.metrics.enabled)
+    ref = weakref.ref(app)
+
+    def live_sessions() -> int | None:
+        found = ref()
+        return len(found.sessions) if found is not None else None
+
+    def pooled_kernels() -> int | None:
+        found = ref()
+        return found.pool.ready_count if found is not None else None
+
+    metrics.watch("weaver_sessions_live", "gauge", "Live sessions (chats holding a kernel or about to)", live_sessions)
+    metrics.watch("weaver_kernels_pooled", "gauge", "Warm kernels waiting in the pool for a new chat", pooled_kernels)
+    metrics.watch("weaver_kernels_live", "gauge", "Kernels started, not stopped (pooled ones too)", live_kernels)
 
 
 def _file_log_handler(app_dir: Path, config: AppConfig) -> logging.Handler | None:

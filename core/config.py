@@ -275,6 +275,16 @@ class LoggingSettings(BaseModel):
     log_file: str | None = None
 
 
+class TracingSettings(BaseModel):
+    """TaskWeaver's ``tracing.*``: OpenTelemetry spans over OTLP/HTTP (core/tracing.py)."""
+
+    enabled: bool = Field(False, description="export spans to where the OTEL_EXPORTER_OTLP_* variables say")
+
+
+class MetricsSettings(BaseModel):
+    enabled: bool = Field(True, description="count rounds, model calls and kernel starts for /metrics")
+
+
 class AppConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="WEAVER_",
@@ -289,6 +299,8 @@ class AppConfig(BaseSettings):
     planner: PlannerSettings = PlannerSettings()
     code_interpreter: CodeInterpreterSettings = CodeInterpreterSettings()
     logging: LoggingSettings = LoggingSettings()
+    tracing: TracingSettings = TracingSettings()
+    metrics: MetricsSettings = MetricsSettings()
     plugin_dir: Path | None = None
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Literal, Optional
 
 from injector import Injector, inject
 
+from core import metrics
 from core.cancel import CancelToken, RoundCancelled
 from core.config import AppSessionConfig
 from core.datasets import DatasetCatalog
@@ -327,6 +329,7 @@ class Session:
         return True
 
     def _run_round(self, rnd: Round, files_added: list[str], cancel: CancelToken) -> None:
+        started = time.monotonic()
         self._take_llm_choice()
         self.emitter.emit_round(RoundEventType.round_start, rnd.id, "Round started", RoundStarted(self._llm.model_name))
         rnd.add_post(Post(send_from=USER, send_to=PLANNER, message=rnd.user_query))
@@ -339,9 +342,10 @@ class Session:
             cwd=self.execution_cwd,
             session_vars=self.session_var,
             files_added=files_added,
+            tracing=self.tracing,
         )
         try:
-            with self.tracing.span("weaver.round", session_id=self.session_id, round_id=rnd.id):
+            with self.tracing.span("weaver.round", {**ctx.trace_attributes(), "weaver.model": self._llm.model_name}):
                 self._converse(ctx)
             rnd.state = "finished"
         except RoundCancelled:
@@ -359,6 +363,7 @@ class Session:
         if rnd.state == "failed":
             self.emitter.emit_round(RoundEventType.round_error, rnd.id, rnd.error or "")
         self.emitter.emit_round(RoundEventType.round_end, rnd.id, rnd.state, RoundEnded(rnd.state))
+        metrics.round_ended(rnd.state, time.monotonic() - started)
         self.rounds.append(rnd)
         # The state and Weaver's own error sentence, never the answer or the program's output (those
         # are the user's: rounds.jsonl keeps them).
@@ -374,7 +379,8 @@ class Session:
             role = self.roles.get(recipient)
             if role is None:
                 raise RoundFailed(f"The Planner addressed {recipient!r}, which is not a role of this session.")
-            post = role.reply(ctx)
+            with ctx.tracing.span("weaver.role", {"weaver.role": recipient}):
+                post = role.reply(ctx)
             ctx.round.add_post(post)
             if post.send_to == USER:
                 return

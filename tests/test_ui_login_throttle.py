@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator
@@ -276,3 +277,19 @@ def test_a_hand_set_uvicorn_proxy_trust_refuses_to_start(tmp_path: Path) -> None
     """``FORWARDED_ALLOW_IPS`` would say otherwise than ``WEAVER_UI_TRUSTED_PROXIES``: one line, naming it."""
     said = run_server_expecting_refusal(tmp_path, "127.0.0.1", {"FORWARDED_ALLOW_IPS": "*"})
     assert "Weaver UI: FORWARDED_ALLOW_IPS='*' is set" in said and "WEAVER_UI_TRUSTED_PROXIES" in said, said
+
+
+def test_refused_logins_are_counted_in_the_metrics(direct: UIServer) -> None:
+    """``weaver_login_failures_total`` by reason, as an operator's alert would read it (loopback scrape)."""
+
+    def failures() -> dict[str, float]:
+        text = httpx.get(f"{direct.base_url}/metrics", timeout=30).text
+        found = re.findall(r'^weaver_login_failures_total\{reason="(\w+)"\} ([0-9.]+)$', text, re.MULTILINE)
+        return {reason: float(value) for reason, value in found}
+
+    before = failures()
+    assert login(direct, {"username": "metrics-user", "password": "wrong-password"}).status_code in (401, 429)
+    assert login(direct, {"username": ["a", "b"], "password": "x"}).status_code == 400
+    after = failures()
+    assert after["password"] + after["throttled"] == before["password"] + before["throttled"] + 1
+    assert after["bad_form"] == before["bad_form"] + 1

@@ -23,7 +23,7 @@ from core.config import load_config
 from core.errors import WeaverError
 from core.execution.backend import KernelBackend, backend_for
 from core.workspace import default_app_dir
-from ui import guards, patches
+from ui import guards, ops_routes, patches
 from ui.audit import AuditEvent, request_user
 from ui.audit import record as record_audit
 from ui.bridge import in_background, run_in_thread
@@ -259,6 +259,7 @@ except AuthSetupError as exc:
     raise SystemExit(f"Weaver UI: {exc}") from None
 patches.install("revocation", LOGIN.tokens.refusal)
 ENDED_LOGINS = EndedLogins(LOGIN.tokens, OWNER)
+OPS = ops_routes.install(lambda: _app, lambda: HISTORY)  # /ready, /metrics: inside the guards (installed next)
 GUARD = _install_guards()
 
 

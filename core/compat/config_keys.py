@@ -75,7 +75,11 @@ IGNORED: tuple[tuple[str, str], ...] = (
     ),
     (r"session_manager\..*", "live sessions are kept by the app; the web UI keeps chat history in its database"),
     (r"workspace\..*", "Weaver's workspace is always <app_dir>/workspace"),
-    (r"tracing\..*", "Weaver has no OpenTelemetry export"),
+    (
+        r"tracing\.(exporter|endpoint)",
+        "Weaver exports spans over OTLP/HTTP to where the standard OTEL_EXPORTER_OTLP_* variables say",
+    ),
+    (r"tracing\.tokenizer_target_model", "token counts on spans are the ones the model server reports"),
     (r"role\..*", "Weaver's roles are built in"),
     (
         r"logging\.(remote|app_insights_connection_string|injector|log_format_prompt)",

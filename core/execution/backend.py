@@ -92,6 +92,11 @@ class KernelBackend(ABC):
             return BackendStatus(self.name, False, str(exc))
         return BackendStatus(self.name, True, "kernels can start")
 
+    def readiness(self, timeout: float) -> BackendStatus:
+        """Whether kernels can start now, asked often (``/ready``): cheap, within about ``timeout`` s.
+        ``ok`` with a ``detail`` (a degraded but working state) is still ready; ``detail`` "" when all is well."""
+        return BackendStatus(self.name, True, "")
+
     def delete_kernel(self, kernel_id: str) -> None:
         """Stop a kernel another server started and left behind (only where ``kernels_outlive_server``)."""
         raise NotImplementedError(f"the {self.name!r} kernel backend's kernels do not outlive their server")

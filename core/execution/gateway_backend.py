@@ -56,6 +56,16 @@ class GatewayBackend(KernelBackend):
         offered = self.settings.gateway_kernel_name
         return BackendStatus(self.name, True, f"kernel gateway {self.url}: token accepted, offers {offered!r}")
 
+    def readiness(self, timeout: float) -> BackendStatus:
+        """The gateway answers (``GET /api/kernelspecs`` with Weaver's token) within ``timeout``."""
+        from core.execution.gateway_client import GatewayREST
+
+        try:
+            GatewayREST.shared(self.settings).answers(timeout)
+        except GatewayError as exc:
+            return BackendStatus(self.name, False, str(exc), "execution.gateway_url")
+        return BackendStatus(self.name, True, "")
+
     def delete_kernel(self, kernel_id: str) -> None:
         """``DELETE`` a kernel a dead replica left (404 included); ``GatewayError`` when not asked."""
         from core.execution.gateway_client import GatewayREST

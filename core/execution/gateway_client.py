@@ -71,10 +71,14 @@ class GatewayREST:
     def close(self) -> None:
         self._client.close()
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
-        """One request; 401/403 raise ``GatewayAuthError``, no answer ``GatewayUnavailable``."""
+    def request(
+        self, method: str, path: str, body: dict[str, Any] | None = None, timeout: float | None = None
+    ) -> httpx.Response:
+        """One request (``timeout``: seconds, instead of ``gateway_request_timeout``); 401/403 raise
+        ``GatewayAuthError``, no answer ``GatewayUnavailable``."""
         try:
-            response = self._client.request(method, path, json=body)
+            extra: dict[str, Any] = {"timeout": timeout} if timeout is not None else {}
+            response = self._client.request(method, path, json=body, **extra)
         except httpx.HTTPError as exc:
             raise GatewayUnavailable(
                 f"The kernel gateway at {self.base} (execution.gateway_url) could not be reached: {exc}"
@@ -98,6 +102,12 @@ class GatewayREST:
                 f"(GET /api/kernelspecs: HTTP {response.status_code})."
             ) from exc
         return sorted(str(name) for name in specs)
+
+    def answers(self, timeout: float) -> None:
+        """The gateway answers an authenticated request within ``timeout`` s (``/ready``); else ``GatewayError``."""
+        response = self.request("GET", "/api/kernelspecs", timeout=timeout)
+        if response.status_code != 200:
+            raise GatewayUnavailable(f"the kernel gateway at {self.base} answered HTTP {response.status_code}")
 
     def start_kernel(self, name: str, env: dict[str, str]) -> str:
         """``POST /api/kernels``; returns the new kernel's id."""

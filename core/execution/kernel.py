@@ -16,10 +16,12 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from core import metrics
 from core.cancel import CancelToken
 from core.config import ExecutionSettings
 from core.execution import messages
@@ -174,15 +176,13 @@ class KernelExecutor:
             return self._stopping.is_set() or (cancel is not None and cancel.cancelled)
 
         if self.start_gate is None:
-            self.process.launch()
-            self._bootstrap()
+            self._timed_launch(urgent)
         else:
             try:
                 with self.start_gate.slot(urgent=urgent, cancelled=cancelled):
                     if cancelled():
                         raise StartCancelled("the kernel start was cancelled")
-                    self.process.launch()
-                    self._bootstrap()
+                    self._timed_launch(urgent)
             except StartCancelled as exc:
                 raise KernelStartError(str(exc)) from exc
         self._ready = True
@@ -191,6 +191,17 @@ class KernelExecutor:
                 self.on_kernel_started(self.remote_kernel_id)
             except Exception:  # noqa: BLE001 - a listener's failure is not the kernel's
                 logger.exception("on_kernel_started failed in session %s", self.session_id)
+
+    def _timed_launch(self, urgent: bool) -> None:
+        """Launch and bootstrap, counted in ``weaver_kernel_starts`` (a wait for a start slot is not)."""
+        started = time.monotonic()
+        ok = False
+        try:
+            self.process.launch()
+            self._bootstrap()
+            ok = True
+        finally:
+            metrics.kernel_started("session" if urgent else "pool", ok, time.monotonic() - started)
 
     def _bootstrap(self) -> None:
         """Shell settings and plugins; a failure is reported as a plugin error, not raised."""
@@ -404,6 +415,11 @@ def _execution_payload(execution_id: str, session_vars: dict[str, str] | None) -
 
 
 _LIVE: "weakref.WeakSet[KernelExecutor]" = weakref.WeakSet()
+
+
+def live_kernels() -> int:
+    """Kernels of this process started and not stopped (for ``weaver_kernels_live``)."""
+    return sum(1 for executor in list(_LIVE) if executor.process.running)
 
 
 @atexit.register

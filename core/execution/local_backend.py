@@ -77,6 +77,13 @@ class LocalBackend(KernelBackend):
             "(WEAVER_EXECUTION__ALLOW_UNSANDBOXED=true)."
         )
 
+    def readiness(self, timeout: float) -> BackendStatus:
+        """Ready; when kernels should fork from the fork server but it could not start, they start
+        on their own (~5x the CPU each): said in the detail, still ready (nothing would clear it)."""
+        if self.settings.fork_kernels and not FORK_SERVER.usable:
+            return BackendStatus(self.name, True, f"kernels start without the fork server: {FORK_SERVER.problem}")
+        return BackendStatus(self.name, True, "")
+
     def status(self) -> BackendStatus:
         try:
             sandboxed = uses_bwrap(self.settings)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import abc
 from typing import Any, Callable
 
+from opentelemetry.trace import Span
+
+from core import metrics
 from core.cancel import RoundCancelled
 from core.config import AppConfig
 from core.events import PostEventProxy
 from core.ids import create_id
-from core.llm.base import ChatRequest, LLMBackend
+from core.llm.base import ChatRequest, LLMBackend, LLMCallRecord
 from core.llm.json_stream import FieldEvent, JsonProtocolError, JsonStreamParser
 from core.memory import AttachmentType, Post, PostStatus
 from core.roles.context import RoundContext, RoundFailed
@@ -91,20 +94,42 @@ class Role(abc.ABC):
         renderers = self.new_renderers()
         parser = JsonStreamParser()
         parts: list[str] = []
-        try:
-            for chunk in self.llm.stream_chat(request, ctx.cancel):
-                ctx.cancel.raise_if_cancelled()
-                parts.append(chunk)
-                for event in parser.feed(chunk):
-                    render = renderers.get(event.key)
-                    if render is not None:
-                        render(proxy, event)
-        except BaseException as exc:
-            if not isinstance(exc, RoundCancelled):  # a cancel is the user's choice, not an error
-                proxy.error(str(exc) or type(exc).__name__)
-            ctx.round.add_post(proxy.end())
-            raise
-        finally:
-            assert request.record is not None
-            ctx.round.llm_calls.append(request.record.to_dict())
+        backend = getattr(self.llm, "name", "") or type(self.llm).__name__
+        failed = False
+        with ctx.tracing.span("weaver.llm", {"gen_ai.system": backend}) as span:
+            try:
+                for chunk in self.llm.stream_chat(request, ctx.cancel):
+                    ctx.cancel.raise_if_cancelled()
+                    parts.append(chunk)
+                    for event in parser.feed(chunk):
+                        render = renderers.get(event.key)
+                        if render is not None:
+                            render(proxy, event)
+            except BaseException as exc:
+                if not isinstance(exc, RoundCancelled):  # a cancel is the user's choice, not an error
+                    failed = True
+                    proxy.error(str(exc) or type(exc).__name__)
+                ctx.round.add_post(proxy.end())
+                raise
+            finally:
+                record = request.record
+                assert record is not None
+                ctx.round.llm_calls.append(record.to_dict())
+                _observe_call(span, backend, record, failed)
         return "".join(parts)
+
+
+def _observe_call(span: Span, backend: str, record: LLMCallRecord, failed: bool) -> None:
+    """The call's model, tokens and timing on its span and in the metrics (never its text)."""
+    metrics.llm_call(
+        backend, failed, record.attempts, record.prompt_tokens, record.completion_tokens, record.first_token_s
+    )
+    if span.is_recording():
+        found = {
+            "gen_ai.response.model": record.model,
+            "gen_ai.usage.input_tokens": record.prompt_tokens,
+            "gen_ai.usage.output_tokens": record.completion_tokens,
+            "weaver.llm.attempts": record.attempts,
+            "weaver.llm.first_token_s": record.first_token_s,
+        }
+        span.set_attributes({key: value for key, value in found.items() if value is not None and value != ""})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from core import metrics
 from core.cancel import RoundCancelled
 from core.events import PostEventProxy
 from core.execution.kernel import KernelExecutor
@@ -104,14 +105,24 @@ class CodeInterpreter(Role):
         return False
 
     def _run(self, ctx: RoundContext, proxy: PostEventProxy, code: str) -> Post:
-        if not self.executor.ready:  # say why this wait is longer; execute() starts the kernel first
+        cold = not self.executor.ready
+        if cold:  # say why this wait is longer; execute() starts the kernel first
             proxy.update_status(PostStatus.starting_kernel)
-        result = self.executor.execute(
-            code,
-            session_vars=dict(ctx.session_vars),
-            cancel=ctx.cancel,
-            on_running=lambda: proxy.update_status(PostStatus.executing_code),
-        )
+        with ctx.tracing.span("weaver.execution", {"weaver.kernel.cold": cold}) as span:
+            result = self.executor.execute(
+                code,
+                session_vars=dict(ctx.session_vars),
+                cancel=ctx.cancel,
+                on_running=lambda: proxy.update_status(PostStatus.executing_code),
+            )
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        "weaver.execution.outcome": result.status.value,
+                        "weaver.execution.kernel_died": result.kernel_died,
+                    }
+                )
+        metrics.code_executed(result.status.value)
         proxy.update_attachment(result.status, AttachmentType.execution_status)
         limits = self.config.execution
         summary = result.summary(limits.max_output_chars, limits.max_artifacts)

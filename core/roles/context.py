@@ -9,6 +9,7 @@ from pathlib import Path
 from core.cancel import CancelToken
 from core.events import EventEmitter
 from core.memory import Post, Round
+from core.tracing import Tracing
 
 
 class RoundFailed(Exception):
@@ -26,6 +27,16 @@ class RoundContext:
     session_vars: dict[str, str]
     files_added: list[str] = field(default_factory=list)
     code_failures: int = 0
+    tracing: Tracing = field(default_factory=Tracing)  # the app's; by default no spans
+
+    def trace_attributes(self) -> dict[str, str | None]:
+        """What the round's span names (its children share its trace): the chat (its Weaver session),
+        the round, the user."""
+        return {
+            "weaver.session.id": self.session_id,
+            "weaver.round.id": self.round.id,
+            "enduser.id": self.session_vars.get("user_name"),
+        }
 
     @property
     def last_post(self) -> Post:

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
+from core import metrics
 from ui import audit
 from ui.guards.asgi import ASGIApp, Receive, Scope, Send, replayed, watching_status
 from ui.guards.headers import ResponseHeaders, refuse
@@ -174,6 +175,7 @@ class LoginGuard:
                 return  # the client left
             body += message.get("body", b"")
             if len(body) > MAX_LOGIN_BODY:
+                metrics.login_failed("bad_form")
                 await refuse(scope, send, 413, "the login form is too large")
                 return
             if not message.get("more_body"):
@@ -181,6 +183,7 @@ class LoginGuard:
         try:
             user = (await login_name(scope, body))[:MAX_NAME_CHARS]
         except ValueError as exc:
+            metrics.login_failed("bad_form")
             await refuse(scope, send, 400, str(exc))
             return
         address = str((scope.get("client") or ("unknown",))[0])
@@ -188,10 +191,13 @@ class LoginGuard:
         if attempt.retry_after > 0:
             logger.warning("login for %.80r from %s refused: too many failed attempts", user, address)
             audit.record(audit.AuditEvent.LOGIN_FAILED, user=user, client=address, reason="throttled")
+            metrics.login_failed("throttled")
             await refuse(scope, send, 429, f"Too many failed logins; try again in {attempt.retry_after:.0f} s.")
             return
         status: list[int] = []
         await app(scope, replayed(body, receive), out.wrap(watching_status(send, status), False))
         if status and 200 <= status[0] < 300:
             await self.limiter.succeeded(attempt)
+        elif status and status[0] in (401, 403):
+            metrics.login_failed("password")
         # Anything else (401, an error, a client gone mid-check) keeps the reserved failure.
