@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ui.drain import DEFAULT_DRAIN_S
+
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
@@ -79,6 +81,11 @@ class UISettings(BaseSettings):
     )
     replica_heartbeat_s: float = Field(
         10.0, gt=0, description="how often a replica renews its live sessions in a shared database (3 beats = expiry)"
+    )
+    drain_s: float = Field(
+        DEFAULT_DRAIN_S,
+        ge=0,
+        description="on SIGTERM/SIGINT, how long running rounds may still finish (0: stop at once)",
     )
 
     _split_lists = field_validator(

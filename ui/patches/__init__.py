@@ -60,6 +60,8 @@ PATCHES: tuple[Patch, ...] = (
     Patch("no_nest_asyncio", Need.SPEED, (CHAINLIT,)),
     Patch("step_timestamps", Need.SPEED, (CHAINLIT,)),
     Patch("joined_writes", Need.SPEED, (UVICORN,)),
+    Patch("drain_signal", Need.BEHAVIOUR, (UVICORN,)),
+    Patch("files_dir", Need.BEHAVIOUR, (CHAINLIT,)),
 )
 
 VersionOf = Callable[[str], str | None]
