@@ -13,7 +13,9 @@ another's downloads working.
 from __future__ import annotations
 
 import ast
+import asyncio
 import importlib.util
+import logging
 import os
 import signal
 import sqlite3
@@ -26,7 +28,10 @@ from typing import Iterator
 
 import httpx
 import pytest
+import uvicorn
 
+from tests.gateway_server import KERNEL_NAME, start_gateway
+from tests.pg_cluster import start_cluster
 from tests.processes import stop_process
 from tests.ui_harness import (
     REPO_ROOT,
@@ -41,7 +46,7 @@ from tests.ui_harness import (
     wait_until,
 )
 from ui import chainlit_env
-from ui.drain import RETRY_AFTER_S, ROUND_REFUSED
+from ui.drain import DEFAULT_DRAIN_S, RETRY_AFTER_S, ROUND_REFUSED, Drain, drain_seconds
 
 DRAIN_S = 30
 # A round that runs for ~3 s after telling the test it started; files in the chat's own folder.
@@ -104,7 +109,7 @@ def test_the_generic_names_are_the_ones_the_installed_chainlit_reads() -> None:
         if isinstance(node, ast.FunctionDef) and node.name == "chainlit_run"
     )
     envvars = {
-        keyword.value.value
+        str(keyword.value.value)
         for decorator in run.decorator_list
         if isinstance(decorator, ast.Call)
         for keyword in decorator.keywords
@@ -118,6 +123,87 @@ def test_the_generic_names_are_the_ones_the_installed_chainlit_reads() -> None:
 
 
 # ----------------------------------------------------------------------------- the drain
+
+
+def drain_until_exit(drain: Drain, rounds: list[float], signals: list[tuple[float, int]]) -> float:
+    """Rounds of the given lengths run, each as its own task; the signals arrive at their times.
+    Returns how long after the first signal uvicorn was told to exit."""
+
+    async def scenario() -> float:
+        server = uvicorn.Server(uvicorn.Config(app="ui.app:never_loaded"))  # never served: the drain sets its flag
+
+        @drain.one_round
+        async def round_of(seconds: float) -> None:
+            await asyncio.sleep(seconds)
+
+        tasks = [asyncio.ensure_future(round_of(s)) for s in rounds]
+        await asyncio.sleep(0)  # the rounds start
+        loop = asyncio.get_running_loop()
+        first = loop.time()
+        for at, sig in signals:
+            await asyncio.sleep(max(0.0, first + at - loop.time()))
+            assert drain.on_signal(server, sig)
+        while not server.should_exit:
+            await asyncio.sleep(0.01)
+        took = loop.time() - first
+        for task in tasks:
+            task.cancel()
+        return took
+
+    return asyncio.run(scenario())
+
+
+def test_the_drain_waits_for_running_rounds_up_to_its_limit(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="weaver.ui.drain")
+    finishing = Drain()
+    finishing.configure(5.0, None)
+    assert drain_until_exit(finishing, [0.3], [(0, signal.SIGTERM), (0.1, signal.SIGTERM)]) < 2.0
+    assert finishing.draining and "SIGTERM again while draining: ignored" in caplog.text
+    assert "no round is running" in caplog.text
+
+    endless = Drain()
+    endless.configure(0.5, None)  # WEAVER_UI_DRAIN_S=0.5
+    assert 0.5 <= drain_until_exit(endless, [60.0], [(0, signal.SIGTERM)]) < 5.0
+    assert "1 round(s) still running are cancelled" in caplog.text
+
+    impatient = Drain()
+    impatient.configure(30.0, None)
+    assert drain_until_exit(impatient, [60.0], [(0, signal.SIGINT), (0.2, signal.SIGINT)]) < 5.0
+    assert "Ctrl-C again: the drain ends now" in caplog.text
+
+    at_once = Drain()
+    at_once.configure(0.0, None)  # WEAVER_UI_DRAIN_S=0: stop at once
+    assert drain_until_exit(at_once, [60.0], [(0, signal.SIGTERM)]) < 2.0
+
+
+def test_the_drain_setting_is_checked_and_a_newer_uvicorn_only_loses_the_drain(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ui import patches
+    from ui.settings import UISettingsError, ui_settings
+
+    ui_settings.cache_clear()
+    try:
+        monkeypatch.setenv("WEAVER_UI_DRAIN_S", "-1")
+        with pytest.raises(UISettingsError, match="WEAVER_UI_DRAIN_S"):
+            ui_settings()
+        ui_settings.cache_clear()
+        monkeypatch.setenv("WEAVER_UI_DRAIN_S", "0")
+        assert ui_settings().drain_s == 0
+        monkeypatch.delenv("WEAVER_UI_DRAIN_S")
+        ui_settings.cache_clear()
+        assert ui_settings().drain_s == DEFAULT_DRAIN_S == 30
+    finally:
+        ui_settings.cache_clear()
+    assert drain_seconds({"WEAVER_UI_DRAIN_S": "12"}) == 12 and drain_seconds({"WEAVER_UI_DRAIN_S": "x"}) == 30
+
+    def newer(distribution: str) -> str | None:
+        return "0.99.0" if distribution == "uvicorn" else patches.installed_version(distribution)
+
+    with caplog.at_level(logging.WARNING, logger="weaver.ui.patches"):
+        assert "drain_signal" not in patches.check(version_of=newer)  # skipped, not refused
+    assert "'drain_signal' does not fit uvicorn 0.99.0" in caplog.text
+    assert "a stop cancels running rounds at once" in caplog.text
 
 
 @dataclass
@@ -249,3 +335,61 @@ def test_weaver_ui_drains_its_server_on_sigterm_and_ignores_chainlits_generic_na
     assert not any(pid_alive(p) for p in server_pids)
     said = launched.log.read_text()
     assert "SIGTERM: draining" in said and "Traceback" not in said
+
+
+# ----------------------------------------------------------------------------- a gateway's kernels
+
+
+@pytest.mark.gateway
+@pytest.mark.replicas
+def test_a_drained_servers_gateway_kernel_is_kept_and_the_next_server_carries_the_chat_on(tmp_path: Path) -> None:
+    """A rolling restart with kernels on a gateway: the chat's kernel outlives the drained server, and
+    the chat goes on in it on the next one, variables included, with nothing replayed."""
+    gateway = start_gateway(tmp_path / "gateway")
+    pg = start_cluster()
+    try:
+        env = {
+            "WEAVER_DATABASE_URL": pg.create_database(),
+            "WEAVER_EXECUTION__GATEWAY_URL": gateway.url,
+            "WEAVER_EXECUTION__GATEWAY_TOKEN": gateway.token,
+            "WEAVER_EXECUTION__GATEWAY_KERNEL_NAME": KERNEL_NAME,
+            "WEAVER_EXECUTION__POOL_SIZE": "0",
+            "WEAVER_UI_REPLICA_HEARTBEAT_S": "1",
+            "WEAVER_UI_DRAIN_S": str(DRAIN_S),
+        }
+        app_dir = tmp_path / "app"
+        # A kernel nobody adopts is deleted after the grace period: long enough for a busy machine's start.
+        grace = 120.0
+        first = start_server(app_dir, tmp_path / "first.log", grace, {**env, "WEAVER_UI_REPLICA_ID": "first"})
+        try:
+            with first.client() as page:
+                said = "\n".join(answers(page.ask(code_block("import os\nx = 41\nprint('KPID', os.getpid())"))))
+                pid = int(said.split("KPID", 1)[1].split()[0])
+                kernels = {str(k["id"]) for k in gateway.kernels()}
+                assert len(kernels) == 1
+                message_id = page.send(SLOW_ROUND)
+                wait_until(lambda: next(gateway.root.glob("weaver-*/started-slow"), None), 60, "the slow round")
+                first.proc.send_signal(signal.SIGTERM)
+                turn = page.wait_turn(message_id, DRAIN_S)
+                assert any("slow round done" in a for a in answers(turn)), answers(turn)
+                assert first.proc.wait(timeout=DRAIN_S) == 0, first.log()[-3000:]
+            assert {str(k["id"]) for k in gateway.kernels()} == kernels, "the chat's kernel is still on the gateway"
+            assert "left running on the gateway" in first.log()
+        finally:
+            stop_server(first)
+
+        second = start_server(app_dir, tmp_path / "second.log", grace, {**env, "WEAVER_UI_REPLICA_ID": "second"})
+        try:
+            again = second.client(session_id=page.session_id)  # the page reconnects, as after any drop
+            again.connect(expect_chat_start=False)
+            again.wait_for(lambda: "resume_thread" in again.event_names(), 30, "the chat's history")
+            turn = again.ask(code_block("import os\nprint('x+1 =', x + 1, 'in', os.getpid())"), timeout=60)
+            assert any(f"x+1 = 42 in {pid}" in a for a in answers(turn)), answers(turn)
+            assert not [m for m in again.messages().values() if m.get("name") == "Restoring your session"]
+            second.wait_log(rf"chat {page.session_id}: adopting gateway kernel", 5)
+            again.disconnect()
+        finally:
+            stop_server(second)
+    finally:
+        pg.stop()
+        gateway.stop()

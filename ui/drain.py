@@ -243,7 +243,8 @@ async def _unavailable(scope: Scope, send: Send) -> None:
 
 def install(app: Any, drain_s: float, flush: Callable[[], Awaitable[None]] | None, root_path: str = "") -> None:
     """At server start (before uvicorn runs): the gate in front of Chainlit's ``app``, and uvicorn's
-    stop signals handed to the drain. ``PatchRefused`` when uvicorn is not the version it fits."""
+    stop signals handed to the drain (on a uvicorn the patch was not written for, a warning, and the
+    server stops as uvicorn does: ``ui.patches.Need.DRAIN``)."""
     from ui import patches
 
     DRAIN.configure(drain_s, flush)
