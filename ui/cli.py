@@ -82,21 +82,22 @@ def run_ui(host: str, port: int, app_dir: str | None) -> int:
     proc = subprocess.Popen(
         chainlit_command(host, port), cwd=REPO_ROOT, env=env, preexec_fn=_die_with_parent, start_new_session=True
     )
-    return _serve_until_stopped(proc, drain_seconds(env) + STOP_GRACE_S)
+    return _serve_until_stopped(proc, drain_seconds(env), STOP_GRACE_S)
 
 
-def _serve_until_stopped(proc: subprocess.Popen[bytes], stop_within_s: float) -> int:
-    """Wait for the server; forward SIGINT and SIGTERM to it, and once asked to stop, give it
-    ``stop_within_s`` (its drain and its shutdown) before killing it. The server's exit code, or
-    128 + the signal that ended it, as a shell reports it."""
+def _serve_until_stopped(proc: subprocess.Popen[bytes], drain_s: float, grace_s: float) -> int:
+    """Wait for the server; forward SIGINT and SIGTERM to it, and once asked to stop, give it its
+    drain and ``grace_s`` more (its shutdown) before killing it. The server's exit code, or 128 +
+    the signal that ended it, as a shell reports it."""
     asked: list[float] = []
+    stop_within_s = drain_s + grace_s
 
     def forward(sig: int, _frame: object) -> None:
         if proc.poll() is None:
             proc.send_signal(sig)
         if not asked:
             asked.append(time.monotonic())
-            print(f"Stopping: running rounds may finish for up to {stop_within_s:.0f}s", file=sys.stderr, flush=True)
+            print(f"Stopping: running rounds may finish first (up to {drain_s:g}s)", file=sys.stderr, flush=True)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
