@@ -200,6 +200,7 @@ def test_the_drain_setting_is_checked_and_a_newer_uvicorn_only_loses_the_drain(
     def newer(distribution: str) -> str | None:
         return "0.99.0" if distribution == "uvicorn" else patches.installed_version(distribution)
 
+    monkeypatch.setattr(patches, "_warned", set())  # each misfit is warned about once per process: not this one's
     with caplog.at_level(logging.WARNING, logger="weaver.ui.patches"):
         assert "drain_signal" not in patches.check(version_of=newer)  # skipped, not refused
     assert "'drain_signal' does not fit uvicorn 0.99.0" in caplog.text
