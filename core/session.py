@@ -390,15 +390,17 @@ class Session:
             "Try a more specific request."
         )
 
-    def stop(self) -> None:
-        """End the session: cancel a running round, shut the kernel down (its process is gone)."""
+    def stop(self, keep_kernel: bool = False) -> None:
+        """End the session: cancel a running round, shut the kernel down (its process is gone).
+        ``keep_kernel`` (a draining web server): a kernel that outlives its server, as a gateway's
+        does, is left running with its variables for the server the chat moves to; a local one stops."""
         if self._stopped:
             return
         self._stopped = True
         self.cancel()
         got_lock = self._round_lock.acquire(timeout=STOP_WAIT_S)
         try:
-            self.executor.stop()
+            self.executor.stop(keep_kernel=keep_kernel)
         finally:
             if got_lock:
                 self._round_lock.release()

@@ -31,6 +31,7 @@ from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
 from ui import server  # noqa: E402  (importing ``server`` sets this server up)
 from ui.bridge import in_background, run_in_thread  # noqa: E402
 from ui.check import CheckReport, run_check_async  # noqa: E402
+from ui.drain import DRAIN  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.guards import client_address  # noqa: E402
 from ui.lifecycle import session_error_text  # noqa: E402
@@ -103,9 +104,10 @@ async def _check_model(app: TaskWeaverApp) -> None:
 @cl.on_app_shutdown
 async def on_app_shutdown() -> None:
     await server.ENDED_LOGINS.stop()
-    await server.OWNER.close_all()
+    keep = server.hands_over_kernels()  # after a drain, with a gateway: another replica adopts them
+    await server.OWNER.close_all(keep_kernels=keep)
     if server.LIVE is not None:
-        await server.LIVE.stop()
+        await server.LIVE.stop(hand_over=keep)
     engine = server.running_engine()
     if engine is not None:
         await asyncio.to_thread(engine.stop)
@@ -200,6 +202,7 @@ async def _apply_llm(session: Session) -> None:
 
 
 @cl.on_message
+@DRAIN.one_round  # a round the drain waits for; none starts while draining
 async def on_message(message: cl.Message) -> None:
     server.GUARD.uploads.message_sent(_key())
     if server.ENDED_LOGINS.refused(_key()):  # signed out, removed or a new password since this socket connected

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -53,12 +54,15 @@ def root_warning(auth: str, euid: int | None = None) -> str | None:
 
 
 def run_ui(host: str, port: int, app_dir: str | None, public_url: str | None = None) -> int:
-    """Serve the web UI until Ctrl-C; returns Chainlit's exit code.
+    """Serve the web UI until stopped; returns the server's exit code (0 after a clean drain).
 
     Chainlit must run in the repo root, so the app folder (plugins, config, workspace) is resolved
     here, against the folder the user started ``weaver ui`` in, and handed over by environment.
     The app's files are read first (``ui/startup.py``): a bad one stops here, in a line, before
     anything listens. ``public_url``: the address others type (``ui/public_url.py``).
+    The server runs in a process group of its own, so Ctrl-C reaches it once, through here: SIGINT
+    and SIGTERM are forwarded and the server drains (``ui/drain.py``); if this process is killed
+    outright the server gets SIGTERM from Linux (``_die_with_parent``) and drains all the same.
     """
     from ui.public_url import WILDCARD_HOSTS, PublicUrlError, public_url_env, wildcard_advice
     from ui.startup import EXIT_REFUSED, StartupRefused, check_before_serving
@@ -81,16 +85,42 @@ def run_ui(host: str, port: int, app_dir: str | None, public_url: str | None = N
     warning = root_warning(env.get("WEAVER_UI_AUTH", ""))
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    proc = subprocess.Popen(chainlit_command(host, port), cwd=REPO_ROOT, env=env, preexec_fn=_die_with_parent)
+    from ui.drain import STOP_GRACE_S, drain_seconds
+
+    proc = subprocess.Popen(
+        chainlit_command(host, port), cwd=REPO_ROOT, env=env, preexec_fn=_die_with_parent, start_new_session=True
+    )
+    return _serve_until_stopped(proc, drain_seconds(env), STOP_GRACE_S)
+
+
+def _serve_until_stopped(proc: subprocess.Popen[bytes], drain_s: float, grace_s: float) -> int:
+    """Wait for the server; forward SIGINT and SIGTERM to it, and once asked to stop, give it its
+    drain and ``grace_s`` more (its shutdown) before killing it. The server's exit code, or 128 +
+    the signal that ended it, as a shell reports it."""
+    asked: list[float] = []
+    stop_within_s = drain_s + grace_s
+
+    def forward(sig: int, _frame: object) -> None:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        if not asked:
+            asked.append(time.monotonic())
+            print(f"Stopping: running rounds may finish first (up to {drain_s:g}s)", file=sys.stderr, flush=True)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)  # the server stops its sessions (and kernels) on the way out
-        try:
-            return proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        while True:
+            try:
+                code = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if asked and time.monotonic() - asked[0] > stop_within_s:
+                    print("The server did not stop in time: killing it", file=sys.stderr, flush=True)
+                    proc.kill()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
 
 
 # The login modes are ui.logins.MODES (not imported here: --help stays instant; a test keeps them equal).

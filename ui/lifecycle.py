@@ -67,7 +67,7 @@ class StoppableSession(Protocol):
 
     def cancel(self) -> object: ...
 
-    def stop(self) -> None: ...
+    def stop(self, keep_kernel: bool = False) -> None: ...
 
 
 # The chat's session type: ``core.Session`` in the server (``ui.app`` uses all of it), anything
@@ -336,12 +336,16 @@ class SessionOwner(Generic[S]):
             self.grace_s,
         )
 
-    async def close_all(self) -> None:
-        """Server shutdown: stop every live session and wait for the stops to finish."""
+    async def close_all(self, keep_kernels: bool = False) -> None:
+        """Server shutdown: stop every live session and wait for the stops to finish.
+
+        ``keep_kernels`` (a drained stop where kernels outlive this server): each session lets go of
+        its kernel instead of stopping it, and keeps its chat's place in the shared registry, whose
+        row names the kernel for the replica the chat reconnects to (``adopt_kernel``)."""
         for key, entry in list(self._entries.items()):
             self._disarm(entry)
             if entry.session is not None:
-                self._stop(key, entry)
+                self._stop(key, entry, keep_kernel=keep_kernels)
         if self._stopping:
             await asyncio.gather(*list(self._stopping), return_exceptions=True)
 
@@ -418,19 +422,23 @@ class SessionOwner(Generic[S]):
         entry.timer = entry.settle_timer = None
         entry.timer_token = None
 
-    def _stop(self, key: str, entry: _Entry[S]) -> None:
-        """Stop the chat's session, unless another chat (a second tab) still holds it."""
+    def _stop(self, key: str, entry: _Entry[S], keep_kernel: bool = False) -> None:
+        """Stop the chat's session, unless another chat (a second tab) still holds it; ``keep_kernel``:
+        see ``close_all``."""
         session = entry.session
         entry.session = None
         entry.stopped_at = time.monotonic()
         if session is None:
             return
         entry.resume_id = session.session_id
-        self._give_back(key)
+        if not keep_kernel:
+            self._give_back(key)
         if any(other is not entry and other.session is session for other in self._entries.values()):
             logger.info("chat %s lets go of weaver session %s, which another chat still holds", key, session.session_id)
             return
-        task = asyncio.ensure_future(run_in_thread(_cancel_and_stop, key, session, name="weaver-session-stop"))
+        task = asyncio.ensure_future(
+            run_in_thread(_cancel_and_stop, key, session, keep_kernel, name="weaver-session-stop")
+        )
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
@@ -441,14 +449,18 @@ class SessionOwner(Generic[S]):
             del self._entries[key]
 
 
-def _cancel_and_stop(key: str, session: StoppableSession) -> None:
-    """Cancel a round that may still run for a vanished user, then shut the kernel down."""
+def _cancel_and_stop(key: str, session: StoppableSession, keep_kernel: bool = False) -> None:
+    """Cancel a round that may still run for a vanished user, then shut the kernel down (or, with
+    ``keep_kernel``, let go of a kernel that outlives this server)."""
     try:
         session.cancel()
     except Exception:
         logger.exception("cancel failed for weaver session %s", session.session_id)
     try:
-        session.stop()
+        if keep_kernel:
+            session.stop(keep_kernel=True)
+        else:
+            session.stop()
     except Exception:
         logger.exception("stop failed for weaver session %s", session.session_id)
     else:

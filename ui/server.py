@@ -11,7 +11,9 @@ import logging
 import math
 import os
 import socket
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import chainlit as cl
@@ -23,7 +25,7 @@ from core.config import load_config
 from core.errors import WeaverError
 from core.execution.backend import KernelBackend, backend_for
 from core.workspace import default_app_dir
-from ui import guards, ops_routes, patches
+from ui import drain, guards, ops_routes, patches
 from ui.audit import AuditEvent, request_user
 from ui.audit import record as record_audit
 from ui.bridge import in_background, run_in_thread
@@ -212,6 +214,12 @@ def guard_policy() -> guards.GuardPolicy:
     )
 
 
+async def _flush_history() -> None:
+    """Store the history's pending writes (the drain does, before the sockets close)."""
+    if HISTORY is not None:
+        await HISTORY.flush_writes()
+
+
 def _install_guards() -> guards.GuardPolicy:
     """The guard middleware, and the patches of Chainlit's own handlers the guards need."""
     from chainlit.server import app as server_app
@@ -225,6 +233,8 @@ def _install_guards() -> guards.GuardPolicy:
         patches.install("thread_author")
         patches.install("step_timestamps")
         patches.install("joined_writes")
+        patches.install("files_dir", Path(tempfile.mkdtemp(prefix="weaver-ui-files-")))  # this server's own
+        drain.install(server_app, SETTINGS.drain_s, _flush_history, chainlit_config.run.root_path or "")
     except patches.PatchRefused as exc:
         raise SystemExit(f"Weaver UI: {exc}") from None
     return policy
@@ -334,6 +344,14 @@ def track_kernel(chat: str, session: Session) -> None:
     current = session.executor.remote_kernel_id
     if current is not None:
         note(current)
+
+
+def hands_over_kernels() -> bool:
+    """At a drained stop: leave the chats' kernels running for the replicas their chats move to. Only
+    where kernels outlive this server and the shared database names them for another replica to
+    adopt; without one nobody could, and they would be left behind for good."""
+    kernels = _app.kernel_backend if _app is not None else None
+    return drain.is_draining() and LIVE is not None and kernels is not None and kernels.kernels_outlive_server
 
 
 def running_engine() -> TaskWeaverApp | None:

@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ui.drain import DEFAULT_DRAIN_S
+
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
@@ -94,6 +96,11 @@ class UISettings(BaseSettings):
     )
     history_notice_s: float = Field(
         5.0, ge=0, description="a chat unsaved this long (the database failing) tells its user so"
+    )
+    drain_s: float = Field(
+        DEFAULT_DRAIN_S,
+        ge=0,
+        description="on SIGTERM/SIGINT, how long running rounds may still finish (0: stop at once)",
     )
 
     _split_lists = field_validator(

@@ -219,17 +219,21 @@ class LiveSessions:
         await self._retire_mine()
         self._beat = asyncio.ensure_future(self._heartbeat())
 
-    async def stop(self) -> None:
-        """At shutdown: stop beating; this replica's rows no longer count (its sessions were stopped)."""
+    async def stop(self, hand_over: bool = False) -> None:
+        """At shutdown: stop beating; this replica's rows no longer count (its sessions were stopped).
+        ``hand_over`` (a drain left its chats' kernels running): the rows expire now, so the replica a
+        chat reconnects to adopts its kernel at once rather than after the rows' expiry."""
         if self._beat is not None:
             self._beat.cancel()
             await asyncio.gather(self._beat, return_exceptions=True)
-        await self._retire_mine()
+        await self._retire_mine(expire=hand_over)
 
-    async def _retire_mine(self) -> None:
+    async def _retire_mine(self, expire: bool = False) -> None:
+        expiry = f', "expiresAt" = {NOW}' if expire else ""
         async with self._db().begin() as conn:
             await conn.execute(
-                text('UPDATE weaver_live_sessions SET "live" = FALSE WHERE "replica" = :r'), {"r": self.replica}
+                text(f'UPDATE weaver_live_sessions SET "live" = FALSE{expiry} WHERE "replica" = :r'),
+                {"r": self.replica},
             )
 
     async def _heartbeat(self) -> None:

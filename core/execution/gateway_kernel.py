@@ -179,13 +179,16 @@ class GatewayKernel:
         self.remote_cwd = now_cwd if here else posixpath.join(now_cwd, self._workdir)
         self.files.reset()
 
-    def teardown(self, graceful: bool) -> None:
-        """Close the channels and ``DELETE`` the kernel on the gateway (it stops its process)."""
+    def teardown(self, graceful: bool, keep: bool = False) -> None:
+        """Close the channels and ``DELETE`` the kernel on the gateway (it stops its process); with
+        ``keep`` (this server drains), leave the kernel running for the replica its chat moves to."""
         kc, kernel_id = self.client, self.kernel_id
         self.client = self.kernel_id = self.remote_pid = None
         if kc is not None:
             kc.stop_channels()
-        if kernel_id is not None:
+        if kernel_id is not None and keep:
+            logger.info("session %s: kernel %s left running on the gateway", self.session_id, kernel_id)
+        elif kernel_id is not None:
             try:
                 self.rest.delete_kernel(kernel_id)
             except GatewayError as exc:

@@ -61,7 +61,10 @@ class KernelHandle(Protocol):
 
     def launch(self) -> None: ...
 
-    def teardown(self, graceful: bool) -> None: ...
+    def teardown(self, graceful: bool, keep: bool = False) -> None:
+        """Stop the kernel; ``keep``: where it outlives its server (``kernel_id`` not None), only let
+        go of it (close the channels) and leave it running for another server to adopt."""
+        ...
 
     def bootstrap_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
         """What the kernel's runtime needs to start, for this backend (e.g. plugin sources)."""

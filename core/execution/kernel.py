@@ -151,15 +151,16 @@ class KernelExecutor:
                 return
             self._launch(urgent=not background, cancel=cancel)
 
-    def stop(self) -> None:
-        """Shut the kernel down and wait for its process to exit; the executor cannot be reused."""
+    def stop(self, keep_kernel: bool = False) -> None:
+        """Shut the kernel down and wait for its process to exit; the executor cannot be reused.
+        ``keep_kernel``: a kernel that outlives its server (a gateway's) is left running, to be adopted."""
         self._stopping.set()  # a running execute interrupts its code and returns promptly
         got_exec = self._exec_lock.acquire(timeout=INTERRUPT_GRACE_SECONDS + SILENT_TIMEOUT_SECONDS)
         try:
             with self._lifecycle:
                 self._closed = True
                 self._ready = False
-                self.process.teardown(graceful=True)
+                self.process.teardown(graceful=True, keep=keep_kernel)
         finally:
             if got_exec:
                 self._exec_lock.release()

@@ -206,8 +206,9 @@ class KernelProcess:
     def local_path(self, path: str) -> Path:
         return Path(path)
 
-    def teardown(self, graceful: bool) -> None:
-        """Close channels, shut the kernel down and make sure every process it started is gone."""
+    def teardown(self, graceful: bool, keep: bool = False) -> None:
+        """Close channels, shut the kernel down and make sure every process it started is gone
+        (``keep`` does not apply: a local kernel dies with its server anyway)."""
         kc, km, proc, box = self.client, self.manager, self.proc, self.box
         self.client = self.manager = self.proc = self.box = None
         if kc is not None:

@@ -8,7 +8,9 @@ the distributions and versions it was written for. Nothing patches anything exce
 
 * a patch Weaver needs (``SECURITY``, or ``BEHAVIOUR`` users rely on) on a version it was not
   written for stops the server at start with one line (``PatchRefused``);
-* a ``SPEED`` patch on such a version is skipped with a warning: the server runs as Chainlit wrote it.
+* a ``SPEED`` patch on such a version is skipped with a warning: the server runs as Chainlit wrote it;
+  so is a ``DRAIN`` patch (the graceful stop, ``ui/drain.py``): the server then stops as uvicorn does,
+  at once, rather than refuse to start on a newer uvicorn (which Weaver does not pin).
 
 ``check()`` runs the same test over every patch at once; ``ui/chainlit_main.py`` calls it before
 Chainlit is imported. How to move the pin: CONTRIBUTING.md, "Patches of Chainlit and uvicorn".
@@ -33,6 +35,11 @@ class Need(Enum):
     SECURITY = "security"  # without it a user could do what they must not: refuse to start
     BEHAVIOUR = "behaviour"  # without it users would see the wrong thing: refuse to start
     SPEED = "speed"  # without it the server is only slower: warn and skip
+    DRAIN = "drain"  # without it a stop cancels running rounds at once, as uvicorn's own does: warn and skip
+
+
+# What the server is like without a patch it may skip, for the warning.
+WITHOUT = {Need.SPEED: "slower, not less safe", Need.DRAIN: "a stop cancels running rounds at once"}
 
 
 # The series every Chainlit patch was written against; pyproject.toml pins the same (a test checks).
@@ -60,6 +67,8 @@ PATCHES: tuple[Patch, ...] = (
     Patch("no_nest_asyncio", Need.SPEED, (CHAINLIT,)),
     Patch("step_timestamps", Need.SPEED, (CHAINLIT,)),
     Patch("joined_writes", Need.SPEED, (UVICORN,)),
+    Patch("drain_signal", Need.DRAIN, (UVICORN,)),
+    Patch("files_dir", Need.BEHAVIOUR, (CHAINLIT,)),
 )
 
 VersionOf = Callable[[str], str | None]
@@ -101,11 +110,11 @@ def _verdict(patch: Patch, version_of: VersionOf) -> bool:
     if not wrong:
         return True
     said = f"Weaver's {patch.need.value} patch {patch.name!r} does not fit {', '.join(wrong)}"
-    if patch.need is not Need.SPEED:
+    if patch.need not in WITHOUT:
         raise PatchRefused(f"{said}; install the pinned versions (pyproject.toml) or move the pin (CONTRIBUTING.md).")
     if patch.name not in _warned:
         _warned.add(patch.name)
-        logger.warning("%s: skipped, the server runs unpatched there (slower, not less safe)", said)
+        logger.warning("%s: skipped, the server runs unpatched there (%s)", said, WITHOUT[patch.need])
     return False
 
 
