@@ -73,6 +73,9 @@ def refused_while_draining(base_url: str) -> None:
         assert response.status_code == 503, response.text
         assert response.headers["retry-after"] == str(RETRY_AFTER_S)
         assert "restarting" in response.json()["detail"]
+    ready = httpx.get(f"{base_url}/ready", timeout=10)  # the load balancer sends no one new here
+    assert ready.status_code == 503, ready.text
+    assert ready.json()["checks"]["draining"]["ok"] is False
 
 
 def history_outputs(app_dir: Path, thread_id: str) -> str:

@@ -25,7 +25,7 @@ from core.config import load_config
 from core.errors import WeaverError
 from core.execution.backend import KernelBackend, backend_for
 from core.workspace import default_app_dir
-from ui import drain, guards, ops_routes, patches
+from ui import drain, guards, ops_routes, patches, readiness
 from ui.audit import AuditEvent, request_user
 from ui.audit import record as record_audit
 from ui.bridge import in_background, run_in_thread
@@ -270,6 +270,7 @@ except AuthSetupError as exc:
 patches.install("revocation", LOGIN.tokens.refusal)
 ENDED_LOGINS = EndedLogins(LOGIN.tokens, OWNER)
 OPS = ops_routes.install(lambda: _app, lambda: HISTORY)  # /ready, /metrics: inside the guards (installed next)
+readiness.register("draining", lambda: "this server is draining (stopping)" if drain.is_draining() else None)
 GUARD = _install_guards()
 
 
