@@ -8,6 +8,7 @@ from typing import Any, Callable
 from core.cancel import RoundCancelled
 from core.events import PostEventProxy
 from core.execution.kernel import KernelExecutor
+from core.execution.live_output import LiveOutput
 from core.llm.json_stream import FieldEvent
 from core.memory import AttachmentType, ExecutionStatus, Post, PostStatus
 from core.roles.base import FieldRenderer, Role, StreamedField
@@ -106,14 +107,18 @@ class CodeInterpreter(Role):
     def _run(self, ctx: RoundContext, proxy: PostEventProxy, code: str) -> Post:
         if not self.executor.ready:  # say why this wait is longer; execute() starts the kernel first
             proxy.update_status(PostStatus.starting_kernel)
+        limits = self.config.execution
+        live = None
+        if limits.live_output_s > 0:  # what the code prints shows while it runs, bounded like the result
+            live = LiveOutput(proxy.execution_output, limits.live_output_s, limits.max_output_chars)
         result = self.executor.execute(
             code,
             session_vars=dict(ctx.session_vars),
             cancel=ctx.cancel,
             on_running=lambda: proxy.update_status(PostStatus.executing_code),
+            live=live,
         )
         proxy.update_attachment(result.status, AttachmentType.execution_status)
-        limits = self.config.execution
         summary = result.summary(limits.max_output_chars, limits.max_artifacts)
         proxy.update_attachment(summary, AttachmentType.execution_result)
         for table in result.tables[: limits.max_artifacts]:
