@@ -134,6 +134,9 @@ class PostView:
                 parts.append(f"**→ {RoleName.User}:** _(the answer below)_")
             else:
                 parts.append(f"**→ {self.send_to or '…'}:** {self.message}")
+        revision = self._no_revision()
+        if revision:
+            parts.append(revision)
         if self.live is not None and not shows_result:
             parts.append(self.live.markdown())
         if self.error:
@@ -142,6 +145,19 @@ class PostView:
             # Bold with asterisks: underscores stay literal when the streaming cursor follows them.
             parts.append(f"**Working:** {self.status or 'starting'}…")
         return safe_markdown("\n\n".join(parts), max_chars)
+
+    def _no_revision(self) -> str:
+        """For failed code that goes back without a revision (the post is not addressed to its own
+        role, and no revision was announced), say where the error goes instead."""
+        by_type = {a.type: a for a in self.attachments.values()}
+        status = by_type.get(AttachmentType.execution_status)
+        failed = status is not None and status.text.strip() in (ExecutionStatus.failure, ExecutionStatus.timeout)
+        if not failed or not self.ended or AttachmentType.revise_message in by_type:
+            return ""
+        if not self.send_to or self.send_to == self.role:
+            return ""
+        target = "you" if self.send_to == RoleName.User else f"the {self.send_to}"
+        return f"**{AttachmentType.revise_message.label.capitalize()}:** none; the error goes to {target} as it is."
 
 
 @dataclass

@@ -91,7 +91,7 @@ class CodeInterpreter(Role):
         proxy.update_attachment(report, AttachmentType.code_error)
         # Not run; "failure" so the model reads this as a result to fix (and a resume skips it).
         proxy.update_attachment(ExecutionStatus.failure, AttachmentType.execution_status)
-        retry = ctx.code_failures < settings.max_retry_count
+        retry = self.llm.revises_code() and ctx.code_failures < settings.max_retry_count
         ctx.code_failures += 1
         if retry:
             proxy.update_attachment(
@@ -141,6 +141,7 @@ class CodeInterpreter(Role):
         retry = (
             not result.is_success
             and not result.timed_out
+            and self.llm.revises_code()  # the offline backend runs code as written: the error goes back as is
             and ctx.code_failures < self.config.code_interpreter.max_retry_count
         )
         if not result.is_success:
