@@ -17,6 +17,7 @@ from markdown_it.token import Token
 from core import AttachmentType, RoleName, SessionEventHandler, TaskWeaverApp, TaskWeaverEvent
 from core.llm.offline import OfflineBackend
 from core.session import Session
+from ui.markdown import table_markdown
 from ui.view import RoundView
 
 pytestmark = pytest.mark.timeout(120)
@@ -85,3 +86,31 @@ def test_the_code_interpreters_own_words_about_a_failure_are_fenced_too() -> Non
     answer = OfflineBackend.planner_answer(hints)
     assert answer["send_to"] == "User"
     assert_output_fenced(answer["message"], "It failed:", "----------\n# not a heading\n```\nafter the backticks")
+
+
+def test_a_profiled_table_tells_its_true_shape_missing_values_and_statistics(session: Session, tmp_path: Path) -> None:
+    rows = ["city,units,price,note"]
+    for i in range(200):
+        units = "" if i % 10 == 0 else str(i % 37)  # 20 missing
+        note = "" if i % 40 == 0 else f"n{i % 3}"  # 5 missing
+        rows.append(f"c{i % 7},{units},{1.5 + i % 5},{note}")
+    csv = tmp_path / "shop.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    rnd = session.send_message("profile this file", files=[{"name": "shop.csv", "path": str(csv)}])
+    assert rnd.state == "finished", rnd.error
+    answer = rnd.reply_text
+    assert "shop.csv: 200 rows x 4 columns, loaded as `shop`" in answer
+    assert "missing values: 25 in all" in answer
+    assert_output_fenced(answer, "summary of the numeric columns")
+    overview, statistics = answer.split("summary of the numeric columns")
+    columns = {line.split()[0]: line.split()[1:] for line in overview.splitlines() if line.split()}
+    assert columns["units"][:2] == ["float64", "20"] and columns["note"][1] == "5"  # type, missing values
+    assert columns["city"][1:3] == ["0", "7"]  # missing, distinct
+    stats = {line.split()[0]: line.split()[1:] for line in statistics.splitlines() if line.split()}
+    assert stats["count"] == ["180.00", "200.00"] and "mean" in stats and "50%" in stats
+    # The first rows come once, as a table that knows the whole table's shape (not a text copy).
+    assert "c0" not in answer
+    worker = next(p for p in rnd.post_list if p.send_from == RoleName.CodeInterpreter)
+    (table,) = worker.get_attachment(AttachmentType.table)
+    assert table["shape"] == [200, 4] and len(table["rows"]) == 5
+    assert "shape: 200 rows × 4 columns; showing 5 of 200 rows" in table_markdown(table)
