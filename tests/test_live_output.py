@@ -29,10 +29,12 @@ from core import (
 from core.events import EventEmitter
 from core.execution.live_output import LiveOutput, OutputPiece
 from core.session import Session
+from tests.ui_harness import UIServer, ui_server, wait_started
 from ui.console import ConsoleEventHandler
 from ui.view import RoundView
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
+__all__ = ["ui_server"]  # the fixture, for the browser test
 
 INTERVAL = 0.3  # execution.live_output_s, the default
 MAX_CHARS = 1500  # execution.max_output_chars, the default
@@ -247,3 +249,49 @@ def test_the_running_step_shows_the_tail_of_its_output_until_the_result(tmp_path
     proxy.update_attachment("The execution succeeded.\nStdout:\ntick 1", AttachmentType.execution_result)
     proxy.end()
     assert "Output so far" not in step.markdown()  # the result replaces the preview
+
+
+# ----------------------------------------------------------------------------- in a real browser
+
+
+def test_the_first_printed_line_shows_in_the_running_step_in_a_browser(ui_server: UIServer) -> None:
+    pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import expect
+
+    from tests.test_ui_browser import ARTIFACTS, CHROMIUM, _browser_page, _chat_started
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed")
+    # "tick 1" is computed, so only the output (not the code shown in the chat) contains it.
+    source = (
+        "import os, time\nprint('tick', 1 + 0, flush=True)\nopen('started-live', 'w').close()\n"
+        f"deadline = time.monotonic() + {GATE_WAIT_S}\n"
+        "while not os.path.exists('gate-live') and time.monotonic() < deadline:\n    time.sleep(0.05)\n"
+        "print('after', 'the gate')"
+    )
+    with _browser_page() as page:
+        with page.expect_websocket() as ws_info:
+            page.goto(ui_server.base_url)
+        ws_info.value.wait_for_event("framereceived", predicate=_chat_started, timeout=60_000)
+        page.locator("#chat-input").fill(f"```python\n{source}\n```")
+        page.locator("#chat-submit").click()
+        gate = wait_started(ui_server, "live", timeout=90)
+        try:
+            running = page.get_by_role("button", name=re.compile(r"^Using\s+CodeInterpreter"))
+            running.click()  # unfold the running step, as a user would to watch it
+            expect(page.get_by_text("tick 1", exact=True).first).to_be_visible(timeout=30_000)
+            # At the same moment the cell still runs: the step says so and the stop button is there.
+            expect(running).to_have_class(re.compile("loading-shimmer"))
+            expect(page.locator("#stop-button")).to_be_visible()
+            expect(page.get_by_text("Working: executing code", exact=False).first).to_be_visible()
+            expect(page.get_by_text("Output so far").first).to_be_visible()
+            expect(page.get_by_text("after the gate")).to_have_count(0)
+            assert not gate.exists()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.set_viewport_size({"width": 1280, "height": 1400})  # the whole running step in the picture
+            page.screenshot(path=str(ARTIFACTS / "live_output_running_step.png"))
+        finally:
+            gate.write_text("")
+        expect(page.get_by_text("after the gate").first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("Output so far")).to_have_count(0)  # the result took its place
+        page.screenshot(path=str(ARTIFACTS / "live_output_after_the_cell.png"))
