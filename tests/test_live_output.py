@@ -11,7 +11,7 @@ import io
 import re
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 from markdown_it import MarkdownIt
@@ -29,7 +29,7 @@ from core import (
 from core.events import EventEmitter
 from core.execution.live_output import LiveOutput, OutputPiece
 from core.session import Session
-from tests.ui_harness import UIServer, ui_server, wait_started
+from tests.ui_harness import UIServer, ui_server, wait_started, wait_until
 from ui.console import ConsoleEventHandler
 from ui.view import RoundView
 
@@ -254,7 +254,16 @@ def test_the_running_step_shows_the_tail_of_its_output_until_the_result(tmp_path
 # ----------------------------------------------------------------------------- in a real browser
 
 
-def test_the_first_printed_line_shows_in_the_running_step_in_a_browser(ui_server: UIServer) -> None:
+def _unfolded(step_button: Any) -> bool:
+    """Click a folded step's button; True once it is unfolded."""
+    if step_button.get_attribute("aria-expanded") == "true":
+        return True
+    step_button.dispatch_event("click")
+    return False
+
+
+def test_the_first_printed_line_shows_in_the_running_step_in_a_browser(ui_server: UIServer, tmp_path: Path) -> None:
+    """Then, in the same chat: a failed cell's answer and step, and a profiled file, as a user sees them."""
     pytest.importorskip("playwright.sync_api")
     from playwright.sync_api import expect
 
@@ -278,7 +287,11 @@ def test_the_first_printed_line_shows_in_the_running_step_in_a_browser(ui_server
         gate = wait_started(ui_server, "live", timeout=90)
         try:
             running = page.get_by_role("button", name=re.compile(r"^Using\s+CodeInterpreter"))
-            running.click()  # unfold the running step, as a user would to watch it
+            # Unfold the running step, as a user would to watch it. The click goes to the button
+            # itself (a click at its coordinates can miss while the page scrolls for new content),
+            # and again if the step is still folded: on a busy machine the page sometimes folds it
+            # back while the round's first events arrive (seen in ~1 of 15 runs at load 10+).
+            wait_until(lambda: _unfolded(running), 30, "the running step to unfold", every=0.5)
             expect(page.get_by_text("tick 1", exact=True).first).to_be_visible(timeout=30_000)
             # At the same moment the cell still runs: the step says so and the stop button is there.
             expect(running).to_have_class(re.compile("loading-shimmer"))
@@ -295,3 +308,35 @@ def test_the_first_printed_line_shows_in_the_running_step_in_a_browser(ui_server
         expect(page.get_by_text("after the gate").first).to_be_visible(timeout=60_000)
         expect(page.get_by_text("Output so far")).to_have_count(0)  # the result took its place
         page.screenshot(path=str(ARTIFACTS / "live_output_after_the_cell.png"))
+
+        # A failed cell's answer keeps its output and traceback in a fence (a row of dashes makes
+        # no heading), and its step says that no revision follows (offline mode makes none).
+        failing = "print('Total')\nprint('-' * 20)\nprint(undefined_name)"
+        page.locator("#chat-input").fill(f"```python\n{failing}\n```")
+        page.locator("#chat-submit").click()
+        expect(page.get_by_text("Offline mode runs code as written", exact=False).first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("NameError: name 'undefined_name' is not defined").first).to_be_visible()
+        expect(page.locator("h1, h2")).to_have_count(0)
+        page.screenshot(path=str(ARTIFACTS / "offline_failed_answer.png"))
+        failed_step = page.get_by_role("button", name=re.compile("CodeInterpreter")).last
+        wait_until(lambda: _unfolded(failed_step), 30, "the failed step to unfold", every=0.5)
+        revision = page.get_by_text("none; the error goes to the Planner as it is.").first
+        revision.scroll_into_view_if_needed()
+        expect(revision).to_be_in_viewport()
+        expect(page.get_by_text("will be revised")).to_have_count(0)
+        page.screenshot(path=str(ARTIFACTS / "offline_failed_step.png"))
+
+        # A profiled file: its whole shape, missing values and statistics, the first rows once.
+        csv = tmp_path / "shop.csv"
+        rows = [f"c{i % 7},{'' if i % 10 == 0 else i % 37},{1.5 + i % 5}" for i in range(200)]
+        csv.write_text("city,units,price\n" + "\n".join(rows) + "\n")
+        page.set_input_files("#upload-button-input", str(csv))
+        expect(page.get_by_text("shop.csv").first).to_be_visible()
+        page.locator("#chat-input").fill("profile this file")
+        page.locator("#chat-submit").click()
+        expect(page.get_by_text("shape: 200 rows × 3 columns; showing 5 of 200 rows").first).to_be_visible(
+            timeout=60_000
+        )
+        expect(page.get_by_text("missing values: 20 in all", exact=False).first).to_be_visible()
+        expect(page.get_by_text("summary of the numeric columns", exact=False).first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / "offline_profile_answer.png"))
