@@ -39,6 +39,8 @@ _EXPORTS = {
     "SendToUpdated": "core.events",
     "MessageChunk": "core.events",
     "AttachmentChunk": "core.events",
+    "ExecutionOutput": "core.events",
+    "OutputStream": "core.execution.live_output",
     "Attachment": "core.memory",
     "AttachmentType": "core.memory",
     "ExecutionStatus": "core.memory",
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
         AttachmentChunk,
         EventPayload,
         EventScope,
+        ExecutionOutput,
         MessageChunk,
         PostAdded,
         PostEventType,
@@ -82,6 +85,7 @@ if TYPE_CHECKING:
         SessionEventType,
         TaskWeaverEvent,
     )
+    from core.execution.live_output import OutputStream
     from core.memory import Attachment, AttachmentType, ExecutionStatus, Post, PostStatus, RoleName, Round
     from core.plugins.api import Plugin, register_plugin
     from core.session import Session

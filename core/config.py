@@ -130,6 +130,9 @@ class ExecutionSettings(BaseModel):
         "Python anew: ~5x less CPU per start; each still gets the sandbox bubblewrap built",
     )
     max_output_chars: int = Field(1500, gt=0)
+    live_output_s: float = Field(
+        0.3, ge=0, description="seconds between two updates of a running cell's printed output (0: only at the end)"
+    )
     # Output caps: one user's huge result must not grow the server or every other user's page.
     max_table_rows: int = Field(20, gt=0, description="rows of a table result kept and shown")
     max_table_columns: int = Field(30, gt=0, description="columns of a table result kept and shown")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Optional
 
+from core.execution.live_output import OutputPiece, OutputStream
 from core.memory import Attachment, AttachmentType, Named, Post, RoundState
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ class PostEventType(Named):
     post_send_to_update = "post_send_to_update"
     post_message_update = "post_message_update"
     post_attachment_update = "post_attachment_update"
+    # Weaver's own: what the running code printed since the last one (``ExecutionOutput``). Not part
+    # of the post (its ``execution_result`` holds the output once the code ended); a preview only.
+    post_execution_output = "post_execution_output"
 
 
 EventType = SessionEventType | RoundEventType | PostEventType
@@ -135,7 +139,29 @@ class AttachmentChunk:
         return {"type": self.type, "extra": extra, "id": self.id, "is_end": self.is_end, "data": self.data}
 
 
-EventPayload = RoundStarted | RoundEnded | PostAdded | PostStarted | SendToUpdated | MessageChunk | AttachmentChunk
+@dataclass(frozen=True)
+class ExecutionOutput:
+    """``post_execution_output``: ``msg`` is text the running code printed on ``stream`` since the
+    last such event, in order; ``skipped`` characters printed before it were dropped (a burst
+    bigger than ``execution.max_output_chars`` between two events keeps its tail)."""
+
+    stream: OutputStream
+    skipped: int = 0
+
+    def as_extra(self) -> dict[str, Any]:
+        return {"stream": self.stream, "skipped": self.skipped}
+
+
+EventPayload = (
+    RoundStarted
+    | RoundEnded
+    | PostAdded
+    | PostStarted
+    | SendToUpdated
+    | MessageChunk
+    | AttachmentChunk
+    | ExecutionOutput
+)
 
 
 @dataclass
@@ -253,6 +279,10 @@ class PostEventProxy:
         """Replace what was streamed (``MessageChunk.replace``): the complete answer said otherwise."""
         self.post.message = text
         self._emit(PostEventType.post_message_update, text, MessageChunk(is_end=True, replace=True))
+
+    def execution_output(self, piece: OutputPiece) -> None:
+        """Pass on what the running code printed (``ExecutionOutput``); the post itself is unchanged."""
+        self._emit(PostEventType.post_execution_output, piece.text, ExecutionOutput(piece.stream, piece.skipped))
 
     def update_attachment(
         self,

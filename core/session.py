@@ -53,6 +53,9 @@ class _SessionLLM(LLMBackend):
     def stream_chat(self, request: ChatRequest, cancel: CancelToken) -> Iterator[str]:
         return self.backend.stream_chat(request, cancel)
 
+    def revises_code(self) -> bool:
+        return self.backend.revises_code()
+
     def close(self) -> None:
         """The backends are the app's (shared by sessions); it closes them."""
 

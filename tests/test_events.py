@@ -10,6 +10,7 @@ from typing import Any
 from core import (
     AttachmentChunk,
     AttachmentType,
+    ExecutionOutput,
     MessageChunk,
     Post,
     PostAdded,
@@ -37,6 +38,7 @@ PAYLOAD_OF = {
     PostEventType.post_send_to_update: SendToUpdated,
     PostEventType.post_message_update: MessageChunk,
     PostEventType.post_attachment_update: AttachmentChunk,
+    PostEventType.post_execution_output: ExecutionOutput,
 }
 # TaskWeaver's keys of each ``extra`` (docs: taskweaver-behaviour.md), and the ones Weaver adds.
 TASKWEAVER_KEYS = {
@@ -44,6 +46,7 @@ TASKWEAVER_KEYS = {
     PostEventType.post_send_to_update: ({"role"}, set()),
     PostEventType.post_message_update: ({"is_end"}, {"replace"}),
     PostEventType.post_attachment_update: ({"type", "extra", "id", "is_end"}, {"data"}),
+    PostEventType.post_execution_output: (set(), {"stream", "skipped"}),  # Weaver's own event
 }
 
 
@@ -83,6 +86,9 @@ def test_a_round_tells_its_data_in_typed_payloads_and_in_taskweaver_dicts(app: T
     for event in events:
         expected = PAYLOAD_OF.get(event.t)
         assert (type(event.payload) is expected) if expected else event.payload is None, event
+    # What the code printed came while it ran, as well as in its result.
+    printed = [(e.msg, e.payload) for e in events if e.t == PostEventType.post_execution_output]
+    assert printed == [("typed\n", ExecutionOutput("stdout"))]
     # The payloads say what the round's memory holds.
     started = events[0].payload
     assert isinstance(started, RoundStarted) and started.model

@@ -100,6 +100,30 @@ def test_code_runs_in_a_kernel_the_gateway_started_and_its_output_streams(gatewa
     assert any(k["id"] == session.executor.process.kernel_id for k in gateway.kernels())  # type: ignore[attr-defined]
 
 
+def test_what_a_remote_cell_prints_arrives_while_it_runs(gateway: Gateway, session: Session) -> None:
+    """Live output comes through the gateway's websocket too: the cell waits for a file this test
+    writes only once its first line has arrived."""
+    folder = remote_folder(gateway, session)
+    printed: list[str] = []
+
+    class OpenGate(SessionEventHandler):
+        def handle(self, event: TaskWeaverEvent) -> None:
+            if event.t == PostEventType.post_execution_output:
+                printed.append(event.msg)
+                if "tick 1" in event.msg:
+                    (folder / "gate").touch()
+
+    source = (
+        "import os, time\nprint('tick', 1 + 0, flush=True)\ndeadline = time.monotonic() + 3\n"
+        "while not os.path.exists('gate') and time.monotonic() < deadline:\n    time.sleep(0.02)\n"
+        "print('gate seen' if os.path.exists('gate') else 'no gate')"
+    )
+    rnd = session.send_message(code(source), event_handler=OpenGate())
+    assert rnd.state == "finished", rnd.error
+    assert "gate seen" in rnd.reply_text
+    assert printed[0] == "tick 1\n" and "".join(printed) == "tick 1\ngate seen\n"
+
+
 def test_an_uploaded_csv_is_read_by_the_remote_kernel(gateway: Gateway, session: Session) -> None:
     table = "region,revenue\nEMEA,10\nAPAC,32\n"
     rnd = session.send_message(

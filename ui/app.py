@@ -239,6 +239,7 @@ async def on_message(message: cl.Message) -> None:
         max_attached_bytes=server.SETTINGS.max_attached_mb * 2**20,
         max_table_rows=session.config.execution.max_table_rows,
         max_table_columns=session.config.execution.max_table_columns,
+        max_output_chars=session.config.execution.max_output_chars,
         show_model=len(getattr(session, "llm_models", [])) > 1,
         expand_steps=EXPANDED_BY_USER.get(_user_name(), False),
     )

@@ -19,6 +19,7 @@ from core import (
     AttachmentChunk,
     AttachmentType,
     EventPayload,
+    ExecutionOutput,
     MessageChunk,
     PostEventType,
     PostStarted,
@@ -111,6 +112,11 @@ class ConsoleEventHandler(SessionEventHandler):
                 self._stream((post_id, "message"), self._paint("weaver>", "1;32"), msg, indent="")
             else:
                 self._stream((post_id, "message"), self._paint("  message:", "36"), msg)
+        elif isinstance(payload, ExecutionOutput):  # printed by the running code, as it comes
+            text = f"[... {payload.skipped:,} characters not shown ...]\n{msg}" if payload.skipped else msg
+            if payload.stream == "stderr":
+                text = self._paint(text, "31")
+            self._stream((post_id, "live"), self._paint("  printed:", "36"), text)
         elif isinstance(payload, AttachmentChunk):
             kind = payload.type
             if kind in QUIET or not msg:

@@ -26,7 +26,7 @@ from core import RoleName, Round, SessionEventHandler, TaskWeaverEvent, WeaverEr
 from ui.bridge import EventPipe, PipeEnd, ThreadJob, run_in_thread
 from ui.files import MAX_ATTACHED_TOTAL_BYTES, Attached, select_artifacts
 from ui.markdown import table_markdown
-from ui.view import MAX_EVENT_CHARS, RoundView, safe_markdown
+from ui.view import MAX_EVENT_CHARS, MAX_LIVE_CHARS, RoundView, safe_markdown
 
 logger = logging.getLogger("weaver.ui.render")
 
@@ -74,6 +74,7 @@ class RoundRenderer:
         max_table_columns: int = 30,
         show_model: bool = False,
         expand_steps: bool = False,
+        max_output_chars: int = MAX_LIVE_CHARS,
     ) -> None:
         self.parent_id = parent_id
         self.author = author
@@ -81,7 +82,8 @@ class RoundRenderer:
         self.max_event_chars = max_event_chars
         self.max_attached_bytes = max_attached_bytes
         self.table_caps = (max_table_rows, max_table_columns)
-        self.view = RoundView(execution_cwd, show_model=show_model)
+        # A running cell's output shows its tail, bounded like the result (execution.max_output_chars).
+        self.view = RoundView(execution_cwd, show_model=show_model, max_live_chars=max_output_chars)
         self.expand_steps = expand_steps  # answer first: the work is folded away unless asked for
         self.steps: dict[str, _StepState] = {}
         self.answer: cl.Message | None = None

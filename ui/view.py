@@ -15,6 +15,7 @@ from typing import Any
 from core import (
     AttachmentChunk,
     AttachmentType,
+    ExecutionOutput,
     ExecutionStatus,
     MessageChunk,
     PostEventType,
@@ -29,6 +30,7 @@ from ui.files import Artifact, artifacts_inside
 from ui.markdown import clip_text, code_text, fence, neutralise_images, table_markdown
 
 MAX_EVENT_CHARS = 100_000  # the default of WEAVER_UI_MAX_EVENT_CHARS
+MAX_LIVE_CHARS = 1500  # the default of execution.max_output_chars: a running cell's output shows its tail
 # Plain symbols from common text fonts: emoji would show as boxes where no emoji font is installed.
 STATUS_ICONS = {
     ExecutionStatus.success: "✓",
@@ -97,6 +99,7 @@ class PostView:
     attachments: dict[str, AttachmentView] = field(default_factory=dict)
     artifacts: list[Artifact] = field(default_factory=list)
     ended: bool = False
+    live: "LiveText | None" = None  # what the running code printed so far, until its result comes
 
     def summary(self) -> str:
         """One line for the collapsed step: what this post did ("plan of 2 steps", "ran 4 lines")."""
@@ -131,12 +134,51 @@ class PostView:
                 parts.append(f"**→ {RoleName.User}:** _(the answer below)_")
             else:
                 parts.append(f"**→ {self.send_to or '…'}:** {self.message}")
+        revision = self._no_revision()
+        if revision:
+            parts.append(revision)
+        if self.live is not None and not shows_result:
+            parts.append(self.live.markdown())
         if self.error:
             parts.append(f"**Error:** {self.error}")
         if not self.ended:
             # Bold with asterisks: underscores stay literal when the streaming cursor follows them.
             parts.append(f"**Working:** {self.status or 'starting'}…")
         return safe_markdown("\n\n".join(parts), max_chars)
+
+    def _no_revision(self) -> str:
+        """For failed code that goes back without a revision (the post is not addressed to its own
+        role, and no revision was announced), say where the error goes instead."""
+        by_type = {a.type: a for a in self.attachments.values()}
+        status = by_type.get(AttachmentType.execution_status)
+        failed = status is not None and status.text.strip() in (ExecutionStatus.failure, ExecutionStatus.timeout)
+        if not failed or not self.ended or AttachmentType.revise_message in by_type:
+            return ""
+        if not self.send_to or self.send_to == self.role:
+            return ""
+        target = "you" if self.send_to == RoleName.User else f"the {self.send_to}"
+        return f"**{AttachmentType.revise_message.label.capitalize()}:** none; the error goes to {target} as it is."
+
+
+@dataclass
+class LiveText:
+    """The tail of what a running cell printed (stdout and stderr as they interleaved), bounded."""
+
+    max_chars: int = MAX_LIVE_CHARS
+    text: str = ""
+    cut: int = 0  # characters printed before ``text`` that are not shown
+
+    def add(self, chunk: str, skipped: int) -> None:
+        self.cut += skipped
+        self.text += chunk
+        over = len(self.text) - self.max_chars
+        if over > 0:
+            self.text = self.text[over:]
+            self.cut += over
+
+    def markdown(self) -> str:
+        note = f"\n\n_(showing the last {len(self.text):,} characters; {self.cut:,} before them are not shown)_"
+        return f"**Output so far**\n\n{fence(self.text, 'text')}" + (note if self.cut else "")
 
 
 @dataclass
@@ -152,9 +194,10 @@ class Change:
 class RoundView:
     """Every post of one round and the answer to the user, as the events tell them."""
 
-    def __init__(self, execution_cwd: Path, show_model: bool = False) -> None:
+    def __init__(self, execution_cwd: Path, show_model: bool = False, max_live_chars: int = MAX_LIVE_CHARS) -> None:
         self.execution_cwd = Path(execution_cwd)
         self.show_model = show_model
+        self.max_live_chars = max_live_chars
         self.posts: dict[str, PostView] = {}
         self.draft = AnswerDraft()
         self.code_running = False
@@ -191,6 +234,10 @@ class RoundView:
             view.message = event.msg if replace else view.message + event.msg
         elif t == PostEventType.post_attachment_update and isinstance(payload, AttachmentChunk):
             self._attachment(view, event.msg, payload)
+        elif t == PostEventType.post_execution_output and isinstance(payload, ExecutionOutput):
+            if view.live is None:
+                view.live = LiveText(self.max_live_chars)
+            view.live.add(event.msg, payload.skipped)
         elif t == PostEventType.post_error:
             view.error = event.msg
         elif t == PostEventType.post_end:

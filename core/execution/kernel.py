@@ -29,6 +29,7 @@ from core.execution.backend import KernelBackend, backend_for
 from core.execution.kernel_process import KernelStartError
 from core.execution.kernel_rpc import NO_REPLY_GRACE_SECONDS, SILENT_TIMEOUT_SECONDS, KernelDiedError, KernelRPC
 from core.execution.limits import MB, disk_room, folder_usage, set_file_size_limit
+from core.execution.live_output import LiveOutput
 from core.execution.outputs import OutputCollector
 from core.execution.pool import StartCancelled, StartGate
 from core.execution.result import Artifact, ExecutionResult
@@ -248,10 +249,12 @@ class KernelExecutor:
         cancel: CancelToken | None = None,
         timeout: float | None = None,
         on_running: Callable[[], object] | None = None,
+        live: LiveOutput | None = None,
     ) -> ExecutionResult:
         """Run ``code`` in the session's kernel and report everything it produced.
 
-        ``on_running`` is called once the kernel is up (started if need be), just before the code is sent.
+        ``on_running`` is called once the kernel is up (started if need be), just before the code is sent;
+        ``live`` gets what the code prints while it runs (on this thread, throttled by itself).
         """
         execution_id = create_id("exec")
         with self._exec_lock:
@@ -278,7 +281,7 @@ class KernelExecutor:
 
             disk_over = None if disk_start is None else (lambda: self._disk_overrun(disk_start))
             limit = timeout or self.timeout
-            run = run_user_code(self.process, self._rpc, self.cwd, code, limit, should_stop, disk_over)
+            run = run_user_code(self.process, self._rpc, self.cwd, code, limit, should_stop, disk_over, live)
             if disk_start is not None and run.stop_reason is None and not run.died:
                 run.disk_full = self._disk_overrun(disk_start)  # a burst of writes between two checks
             return self._finish(execution_id, code, run, limit, begin_id, notes)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.execution.live_output import LiveOutput
 from core.execution.result import Artifact, Table
 from core.plugins.runtime import TABLE_MIME
 from core.safe_files import UnsafeFile, numbered, write_new
@@ -40,6 +41,7 @@ class OutputCollector:
     tables: list[Table] = field(default_factory=list)
     _sizes: dict[str, int] = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     _figures: int = 0  # figures saved: the next one is looked for from there, not from figure.png
+    live: LiveOutput | None = None  # passes stream text on while the cell runs
 
     def handle(self, msg: dict[str, Any]) -> bool:
         """Record one message; True once the kernel reports idle (the execution is over)."""
@@ -69,6 +71,8 @@ class OutputCollector:
             text = text[:room] + f"\n[{name} truncated after {MAX_STREAM_CHARS} characters]\n"
         self._sizes[name] += len(text)
         parts.append(text)
+        if self.live is not None:
+            self.live.write(name, text)
 
     def _rich(self, data: dict[str, Any], is_result: bool) -> None:
         saved = self._save_image(data)

@@ -13,6 +13,7 @@ from typing import Callable
 
 from core.execution.handle import KernelHandle
 from core.execution.kernel_rpc import KernelRPC
+from core.execution.live_output import LiveOutput
 from core.execution.outputs import OutputCollector
 
 ALIVE_CHECK_SECONDS = 0.5
@@ -46,13 +47,32 @@ def run_user_code(
     timeout: float,
     should_stop: Callable[[], bool],
     disk_over: Callable[[], bool] | None,
+    live: LiveOutput | None = None,
 ) -> Run:
     """Send ``code`` and collect its iopub messages until it ends one way or another.
 
     ``should_stop`` says the user cancelled (or the session is stopping); ``disk_over``, when the
-    folder has a limit, says the run grew it past that limit.
+    folder has a limit, says the run grew it past that limit; ``live`` gets the streams' text as
+    it comes, and the rest of it once the run ends.
     """
-    run = Run(OutputCollector(cwd))
+    run = Run(OutputCollector(cwd, live=live))
+    try:
+        return _wait(run, process, rpc, code, timeout, should_stop, disk_over, live)
+    finally:
+        if live is not None:
+            live.flush()
+
+
+def _wait(
+    run: Run,
+    process: KernelHandle,
+    rpc: KernelRPC,
+    code: str,
+    timeout: float,
+    should_stop: Callable[[], bool],
+    disk_over: Callable[[], bool] | None,
+    live: LiveOutput | None,
+) -> Run:
     msg_id = run.msg_id = rpc.execute(code)
     deadline = time.monotonic() + timeout
     grace_end = next_interrupt = next_alive = next_disk = 0.0
@@ -64,6 +84,8 @@ def run_user_code(
                 busy_since = time.monotonic()
             if run.collector.handle(msg):
                 return run
+        if live is not None:
+            live.poll()
         now = time.monotonic()
         if msg is None or now >= next_alive:
             next_alive = now + ALIVE_CHECK_SECONDS

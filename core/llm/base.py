@@ -61,5 +61,9 @@ class LLMBackend(abc.ABC):
         ``RoundCancelled``; must raise ``LLMError`` for failures; fills ``request.record``.
         """
 
+    def revises_code(self) -> bool:
+        """Whether this model can revise code that failed (the CodeInterpreter asks it again only then)."""
+        return True
+
     def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release connections; called when the app stops."""

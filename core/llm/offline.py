@@ -32,12 +32,18 @@ To chat in plain language, configure a model: set `WEAVER_LLM__API_KEY` (and `WE
 `WEAVER_LLM__MODEL` for other servers), or put `llm.api_key` in `taskweaver_config.json`. See the README."""
 
 
+OFFLINE_CANNOT_FIX = "Offline mode runs code as written and cannot fix it: edit the code and send it again."
+
 # "profile sales_2024" as the whole of the user's message (a command, like a fenced code block).
 PROFILE_COMMAND = re.compile(r"^\s*profile\s+([A-Za-z_][A-Za-z0-9_]*)\s*[.!]?\s*$", re.IGNORECASE)
 
 
 class OfflineBackend(LLMBackend):
     name = "offline"
+
+    def revises_code(self) -> bool:
+        """It runs code as written: a failure goes back to the user, never to a revision."""
+        return False
 
     def __init__(self, datasets: list[Dataset] | None = None) -> None:
         self.datasets = {d.name.lower(): d for d in datasets or []}
@@ -126,8 +132,7 @@ class OfflineBackend(LLMBackend):
             return {
                 "thought": "Offline mode runs code as written and cannot revise it.",
                 "reply_type": "text",
-                "reply_content": f"{hints['previous_error']}\n\nOffline mode runs code as written and cannot "
-                "fix it: edit the code and send it again.",
+                "reply_content": str(hints["previous_error"]),
             }
         code_blocks: list[str] = hints.get("code_blocks") or []
         if code_blocks:
@@ -151,23 +156,26 @@ class OfflineBackend(LLMBackend):
 
 
 def _report(hints: dict[str, Any]) -> dict[str, Any]:
+    """The CodeInterpreter's report, told to the user. Its text is program output (tables, a
+    traceback's rows of dashes): it always goes in a fenced block, never into live Markdown."""
     status = hints.get("execution_status")
     output = str(hints.get("worker_message", "")).strip()
+    note = ""
     if status == "success":
         lead = "Done. Here is what the code produced:"
     elif status == "timeout":
         lead = "The code ran too long and was interrupted. Your earlier variables are still there:"
-    elif status is None:
-        lead = "The code did not succeed:"
-    else:
+    else:  # a failure, or the CodeInterpreter's words about one (status None)
         lead = "The code did not succeed. Here is what happened:"
+        note = OFFLINE_CANNOT_FIX
     if status is not None:  # an execution's report: its first line is the status, said above
         first_line, _, details = output.partition("\n")
-        output = fence(details.strip() or first_line, "text")
+        output = details.strip() or first_line
+    message = f"{lead}\n\n{fence(output, 'text')}" if output else lead
     return {
         "thought": "Report the CodeInterpreter's result to the user as it is.",
         "plan": ["Run the work", "Report the result"],
         "current_plan_step": "Report the result",
         "send_to": "User",
-        "message": f"{lead}\n\n{output}" if output else lead,
+        "message": f"{message}\n\n{note}" if note else message,
     }

@@ -13,6 +13,8 @@ import keyword
 import re
 from pathlib import PurePath
 
+from core.plugins.runtime import TABLE_MIME
+
 TABLE_READERS = {
     ".csv": "pd.read_csv({path!r})",
     ".tsv": "pd.read_csv({path!r}, sep='\\t')",
@@ -29,10 +31,27 @@ _HELPERS = {
     "_could_not_read": """def _could_not_read(name, kind, error):
     print(f"{name}: could not be read as {kind} ({type(error).__name__}: {error})")
 """,
-    "_describe_table": """def _describe_table(name, table, variable):
-    print(f"{name}: {table.shape[0]} rows x {table.shape[1]} columns, loaded as `{variable}`")
-    print(table.dtypes.to_string())
-    display(table.head(5))
+    "_describe_table": f"""def _describe_table(name, table, variable):
+    rows, columns = table.shape
+    print(f"{{name}}: {{rows}} rows x {{columns}} columns, loaded as `{{variable}}`")
+    if not columns:
+        return
+    missing = table.isna().sum()
+    print(f"missing values: {{int(missing.sum())}} in all\\n")
+    overview = pd.DataFrame({{"type": table.dtypes.astype(str), "missing": missing, "distinct": table.nunique()}})
+    print(overview.to_string())
+    numeric = table.select_dtypes("number")
+    if numeric.shape[1]:
+        print("\\nsummary of the numeric columns:")
+        print(numeric.describe().round(2).to_string())
+    # The first rows once, as a table that knows the whole table's shape (not a second text copy).
+    kind = {TABLE_MIME!r}
+    bundle, _ = get_ipython().display_formatter.format(table.head(5), include={{kind}})
+    if kind in bundle:
+        display({{kind: {{**bundle[kind], "shape": [rows, columns]}}}}, raw=True)
+    else:
+        print("\\nfirst rows:")
+        print(table.head(5).to_string())
 """,
     "_describe_image": """def _describe_image(name):
     with Image.open(name) as img:

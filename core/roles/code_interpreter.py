@@ -9,6 +9,7 @@ from core import metrics
 from core.cancel import RoundCancelled
 from core.events import PostEventProxy
 from core.execution.kernel import KernelExecutor
+from core.execution.live_output import LiveOutput
 from core.llm.json_stream import FieldEvent
 from core.memory import AttachmentType, ExecutionStatus, Post, PostStatus
 from core.roles.base import FieldRenderer, Role, StreamedField
@@ -91,7 +92,7 @@ class CodeInterpreter(Role):
         proxy.update_attachment(report, AttachmentType.code_error)
         # Not run; "failure" so the model reads this as a result to fix (and a resume skips it).
         proxy.update_attachment(ExecutionStatus.failure, AttachmentType.execution_status)
-        retry = ctx.code_failures < settings.max_retry_count
+        retry = self.llm.revises_code() and ctx.code_failures < settings.max_retry_count
         ctx.code_failures += 1
         if retry:
             proxy.update_attachment(
@@ -108,12 +109,17 @@ class CodeInterpreter(Role):
         cold = not self.executor.ready
         if cold:  # say why this wait is longer; execute() starts the kernel first
             proxy.update_status(PostStatus.starting_kernel)
+        limits = self.config.execution
+        live = None
+        if limits.live_output_s > 0:  # what the code prints shows while it runs, bounded like the result
+            live = LiveOutput(proxy.execution_output, limits.live_output_s, limits.max_output_chars)
         with ctx.tracing.span("weaver.execution", {"weaver.kernel.cold": cold}) as span:
             result = self.executor.execute(
                 code,
                 session_vars=dict(ctx.session_vars),
                 cancel=ctx.cancel,
                 on_running=lambda: proxy.update_status(PostStatus.executing_code),
+                live=live,
             )
             if span.is_recording():
                 span.set_attributes(
@@ -124,7 +130,6 @@ class CodeInterpreter(Role):
                 )
         metrics.code_executed(result.status.value)
         proxy.update_attachment(result.status, AttachmentType.execution_status)
-        limits = self.config.execution
         summary = result.summary(limits.max_output_chars, limits.max_artifacts)
         proxy.update_attachment(summary, AttachmentType.execution_result)
         for table in result.tables[: limits.max_artifacts]:
@@ -147,6 +152,7 @@ class CodeInterpreter(Role):
         retry = (
             not result.is_success
             and not result.timed_out
+            and self.llm.revises_code()  # the offline backend runs code as written: the error goes back as is
             and ctx.code_failures < self.config.code_interpreter.max_retry_count
         )
         if not result.is_success:
