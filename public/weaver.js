@@ -25,13 +25,14 @@
     return "This kind of file cannot be added here. You can add " + kinds.join(" ") + " files.";
   }
 
-  // A chart that finishes loading after its answer was scrolled into view: follow it, if the
-  // view was at the bottom before the chart grew.
+  // A chart that finishes loading below the visible part of the chat (it grew its answer after the
+  // view had followed it): scroll on to the end of the chat, so the chart is seen whole.
   function followImage(image) {
-    var box = image.closest(".overflow-y-auto, .overflow-auto");
+    var box = image.closest(".overflow-y-auto");
     if (!box || box.closest("#side-view-content")) return;
-    var below = box.scrollHeight - box.scrollTop - box.clientHeight;
-    if (below - image.clientHeight < 120) box.scrollTop = box.scrollHeight;
+    var view = box.getBoundingClientRect();
+    var picture = image.getBoundingClientRect();
+    if (picture.top < view.bottom && picture.bottom > view.bottom) box.scrollTop = box.scrollHeight;
   }
   document.addEventListener(
     "load",

@@ -32,6 +32,10 @@ datasets:
       region: EMEA, APAC or AMER
       revenue: thousands of EUR
 """
+CHART = (
+    "```python\nimport matplotlib.pyplot as plt\nplt.figure(figsize=(6, 6))\nplt.plot([1, 3, 2])\n"
+    "plt.title('tall chart')\nplt.show()\n```"
+)
 LONG_NAME = "a-rather-long-file-name-written-by-the-code-of-this-chat-2024.csv"
 
 
@@ -128,6 +132,16 @@ def test_welcome_files_panel_and_a_reopened_chat(server: UIServer) -> None:
             panel.locator("a[title='report.csv']").click()
         assert download.value.suggested_filename == "report.csv"
 
+        # A chart that loads after its answer: the view follows it to its end.
+        page.locator("#side-view-title button").click()  # the panel's back arrow closes it
+        page.locator("#chat-input").fill(CHART)
+        page.locator("#chat-submit").click()
+        chart = page.locator("img.inline-image").last
+        expect(chart).to_be_visible(timeout=120_000)
+        wait_until(lambda: chart.evaluate("i => i.complete && i.naturalHeight > 0"), 30, "the chart to load")
+        expect(chart).to_be_in_viewport(ratio=0.95)
+        _shot(page, "chart_followed")
+
         # Stop: one message says the round was cancelled (Chainlit's own note is taken away).
         page.locator("#chat-input").fill(gated_code("stop", "print('not reached')"))
         page.locator("#chat-submit").click()
@@ -144,12 +158,12 @@ def test_welcome_files_panel_and_a_reopened_chat(server: UIServer) -> None:
         expect(page.locator("#chat-input")).to_be_visible()
         page.locator("#thread-history").get_by_text("Python: import os", exact=False).click()
         expect(page.get_by_text("files written").first).to_be_visible()
-        reopened_files = page.get_by_role("button", name="Files (4)")  # one more: the stopped code's mark
+        reopened_files = page.get_by_role("button", name=re.compile(r"Files \(\d+\)"))
         expect(reopened_files).to_be_visible()
         expect(page.locator("#chat-settings-open-modal")).to_be_visible()
         _shot(page, "reopened_chat")
         reopened_files.click()
-        expect(page.locator("#side-view-content tbody tr")).to_have_count(4)
+        expect(page.locator("#side-view-content a[title='report.csv']")).to_have_count(1)
 
 
 # -- bob opens a link to alice's chat --------------------------------------------------------------
@@ -169,28 +183,23 @@ def _thread(server: UIServer, thread_id: str) -> dict[str, Any]:
     return asyncio.run(read())
 
 
-def _alice_thread(server: UIServer) -> str:
-    """The id of one of alice's chats, read from the history database as the server stored it."""
-    from ui.history import open_history
-
-    async def find() -> str:
-        layer = await open_history(server.app_dir, None)
-        try:
-            from chainlit.types import Pagination, ThreadFilter
-
-            alice = await layer.get_user("alice")
-            assert alice is not None
-            page = await layer.list_threads(Pagination(first=5), ThreadFilter(userId=alice.id))
-            return page.data[0]["id"] if page.data else ""
-        finally:
-            await layer.close()
-
-    return asyncio.run(find())
+ALICE_ONLY = "a note for alice only"
 
 
-def test_bob_signs_in_and_a_link_to_alices_chat_says_not_found_and_the_tab_works(server: UIServer) -> None:
+@pytest.fixture(scope="module")
+def alice_thread(server: UIServer) -> str:
+    """A chat of alice's, made at the socket as the page would."""
+    from tests.test_ui_auth import logged_in_with_password
+
+    with logged_in_with_password(server, "alice", "alice-password") as client:
+        client.ask(ALICE_ONLY)
+        return client.thread_id()
+
+
+def test_bob_signs_in_and_a_link_to_alices_chat_says_not_found_and_the_tab_works(
+    server: UIServer, alice_thread: str, tmp_path: Path
+) -> None:
     expect = playwright_sync.expect
-    thread_id = wait_until(lambda: _alice_thread(server), 30, "a chat of alice's")
     with _browser_page() as page:
         # The login page asks for a name, shows a sharp picture, and says plainly what went wrong.
         page.goto(server.base_url)
@@ -208,13 +217,24 @@ def test_bob_signs_in_and_a_link_to_alices_chat_says_not_found_and_the_tab_works
         page.locator("#password").press("Enter")
         expect(page.locator("#chat-input")).to_be_visible()
 
+        # A file the app does not read: the refusal names what can be added, in words.
+        pdf = tmp_path / "report.pdf"
+        pdf.write_bytes(b"%PDF-1.4\n%%EOF\n")
+        page.set_input_files("#upload-button-input", str(pdf))
+        refusal = page.get_by_text("This kind of file cannot be added here", exact=False)
+        expect(refusal).to_be_visible()
+        expect(page.locator("[data-sonner-toast]").first).to_have_css("opacity", "1")
+        expect(refusal).to_contain_text(".csv")
+        expect(page.get_by_text("application/vnd", exact=False)).to_have_count(0)
+        _shot(page, "unsupported_file")
         # A link to alice's chat: a plain "not found", a new chat of bob's own, and the tab goes on.
-        page.goto(f"{server.base_url}/thread/{thread_id}")
+        page.goto(f"{server.base_url}/thread/{alice_thread}")
         expect(page.get_by_text("That chat was not found", exact=False).first).to_be_visible()
         expect(page.get_by_text("Could not reach the server")).to_have_count(0)
-        expect(page.get_by_text("files written")).to_have_count(0)  # nothing of alice's chat
+        expect(page.get_by_text(ALICE_ONLY)).to_have_count(0)  # nothing of alice's chat
         expect(page.locator("#welcome-screen img").first).to_be_visible()
         expect(page.locator("#welcome-screen")).to_have_css("opacity", "1")  # faded in
+        expect(page.locator("[data-sonner-toast]").first).to_have_css("opacity", "1")
         _shot(page, "link_to_another_users_chat")
         page.locator("#chat-input").fill("hello")
         page.locator("#chat-submit").click()
@@ -222,18 +242,19 @@ def test_bob_signs_in_and_a_link_to_alices_chat_says_not_found_and_the_tab_works
         expect(page.get_by_text("Could not reach the server")).to_have_count(0)
 
 
-def test_a_socket_for_alices_chat_opened_by_bob_is_a_new_chat_of_his(server: UIServer) -> None:
+def test_a_socket_for_alices_chat_opened_by_bob_is_a_new_chat_of_his(server: UIServer, alice_thread: str) -> None:
     """What the page's link does, at the socket: bob is let in, told "not found", sees nothing of
     alice's chat, and what he sends goes to a chat of his own; alice's chat is unchanged."""
     from tests.test_ui_auth import logged_in_with_password
 
-    thread_id = wait_until(lambda: _alice_thread(server), 30, "a chat of alice's")
+    thread_id = alice_thread
     before = _thread(server, thread_id)
     client = logged_in_with_password(server, "bob", "bob-password-2")
     client.resume_thread_id = thread_id
     with client:
         events = [name for name, _ in client.events]
         assert "resume_thread_error" in events and "resume_thread" not in events, events
+        assert ALICE_ONLY not in str(client.events)
         client.ask("hello from bob")
         assert client.thread_id() != thread_id
     after = _thread(server, thread_id)

@@ -38,7 +38,7 @@ from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
 from ui.outputs import Folder, files_action, session_folder, show_outputs, stored_folder  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
 from ui.reopen import last_answer_id, remove_stop_notice  # noqa: E402
-from ui.welcome import dataset_starters, send_welcome  # noqa: E402
+from ui.welcome import EXPAND_STEPS_NOTE, dataset_starters, send_welcome  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
 MODEL_CHECK: CheckReport | None = None  # the model check made at start, when a model is configured
@@ -165,7 +165,12 @@ async def _send_chat_settings(engine: TaskWeaverApp) -> None:
     """The gear in the composer: how steps are shown (the user's choice, for all their chats) and,
     with several models, the chat's model and temperature."""
     widgets: list[Any] = [
-        Switch(id="expand_steps", label="Show every step expanded", initial=EXPANDED_BY_USER.get(_user_name(), False))
+        Switch(
+            id="expand_steps",
+            label="Show every step expanded",
+            description=EXPAND_STEPS_NOTE,
+            initial=EXPANDED_BY_USER.get(_user_name(), False),
+        )
     ]
     if len(engine.models) > 1:
         widgets += [

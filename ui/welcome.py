@@ -17,6 +17,8 @@ from core.datasets import Dataset
 from ui.markdown import code_text
 
 MAX_DATASET_STARTERS = 3
+# The chat settings' "Show every step expanded": a preference of the user's, not of one chat.
+EXPAND_STEPS_NOTE = "Your preference for all your chats, kept while the server runs."
 OFFLINE_TEXT = (
     "No language model is configured, so Weaver answers by itself: it runs the Python you send in a "
     "fenced block (```` ```python ````), profiles the files you drop in, and explains what it can do. "
