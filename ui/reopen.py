@@ -54,6 +54,6 @@ async def not_yours(connect: Callable[..., Awaitable[Any]], sid: str, environ: A
     logger.info("socket %s asked for chat %s, which is not the user's: a new chat instead", sid, thread_id)
     accepted = await connect(sid, environ, {**auth, "threadId": ""})
     session = WebsocketSession.get(sid)
-    if session is not None:
+    if session is not None and not session.restored:  # a page coming back keeps its own chat, and no note
         session.thread_id_to_resume = thread_id  # refused by Chainlit's resume: its author is not this user
     return accepted
