@@ -32,10 +32,18 @@ datasets:
       region: EMEA, APAC or AMER
       revenue: thousands of EUR
 """
-CHART = (
-    "```python\nimport matplotlib.pyplot as plt\nplt.figure(figsize=(6, 6))\nplt.plot([1, 3, 2])\n"
-    "plt.title('tall chart')\nplt.show()\n```"
-)
+# A tall picture shown by the code (made without matplotlib: its first import in a kernel is slow).
+CHART = """```python
+import struct, zlib
+from IPython.display import Image, display
+w, h = 400, 500
+def chunk(kind, data):
+    return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+rows = b''.join(b'\\x00' + bytes([40, 90, 200]) * w for _ in range(h))
+png = b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0))
+png += chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b'')
+display(Image(data=png))
+```"""
 LONG_NAME = "a-rather-long-file-name-written-by-the-code-of-this-chat-2024.csv"
 
 
@@ -193,7 +201,7 @@ def alice_thread(server: UIServer) -> str:
 
     with logged_in_with_password(server, "alice", "alice-password") as client:
         client.ask(ALICE_ONLY)
-        return client.thread_id()
+        return client.wait_for(client.thread_id, 30, "alice's chat to be stored")
 
 
 def test_bob_signs_in_and_a_link_to_alices_chat_says_not_found_and_the_tab_works(
@@ -256,7 +264,7 @@ def test_a_socket_for_alices_chat_opened_by_bob_is_a_new_chat_of_his(server: UIS
         assert "resume_thread_error" in events and "resume_thread" not in events, events
         assert ALICE_ONLY not in str(client.events)
         client.ask("hello from bob")
-        assert client.thread_id() != thread_id
+        assert client.wait_for(client.thread_id, 30, "bob's chat to be stored") != thread_id
     after = _thread(server, thread_id)
     assert after["userIdentifier"] == "alice" and len(after["steps"]) == len(before["steps"])
     assert "hello from bob" not in str(after)
@@ -325,3 +333,30 @@ def test_panel_downloads_reads_the_files_panel_links() -> None:
     table = listing_markdown(FileListing(entries, 2, 10**9 + 10, None), {"out/a_b [1].csv": "/project/file/k?s=1"})
     assert panel_downloads(table) == {"out/a_b [1].csv": "/project/file/k?s=1"}
     assert "| big.bin |" in table and "**2 files**" in table
+
+
+def test_a_reopened_chats_files_are_listed_from_its_stored_folder_only(tmp_path: Path) -> None:
+    from ui.outputs import stored_folder
+
+    def cwd(session_id: str) -> Path:
+        return tmp_path / session_id / "cwd"
+
+    (cwd("s-1") / "out").mkdir(parents=True)
+    (cwd("s-1") / "out" / "a.csv").write_text("a\n1\n")
+    folder = stored_folder(cwd, "s-1", 2)
+    assert folder is not None
+    listing = folder.list(10)
+    assert [e.path for e in listing.entries] == ["out/a.csv"] and listing.quota_bytes == 2 * 1024 * 1024
+    assert stored_folder(cwd, "../s-1", 2) is None  # not a session id: never a path
+    assert stored_folder(cwd, "s-2", 2) is None  # no folder (yet): "no files"
+
+
+def test_a_files_time_is_short_and_says_the_day_only_when_needed() -> None:
+    import time
+
+    from ui.outputs import when_text
+
+    now = time.mktime((2026, 12, 7, 15, 0, 0, 0, 0, -1))
+    assert when_text(now - 3600, now) == "14:00"
+    assert when_text(now - 86400, now) == "6 Dec 15:00"
+    assert when_text(now - 400 * 86400, now) == "2025-11-02"

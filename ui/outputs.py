@@ -29,6 +29,7 @@ from chainlit.config import config as chainlit_config
 
 from core import Session
 from core.app import SESSION_ID
+from core.execution.limits import MB
 from core.files import FileListing, list_files
 from core.safe_files import Refusal, UnsafeFile, read_file
 from core.text import human_size
@@ -73,7 +74,7 @@ def stored_folder(workspace_cwd: Callable[[str], Path], session_id: str, quota_m
     root = workspace_cwd(session_id)
     if not root.is_dir():
         return None
-    quota = int(quota_mb * 2**20) if quota_mb else None
+    quota = int(quota_mb * MB) if quota_mb else None  # as Session.files counts it
     return Folder(root, lambda limit: list_files(root, limit, quota))
 
 
