@@ -25,14 +25,24 @@
     return "This kind of file cannot be added here. You can add " + kinds.join(" ") + " files.";
   }
 
-  // A chart that finishes loading below the visible part of the chat (it grew its answer after the
-  // view had followed it): scroll on to the end of the chat, so the chart is seen whole.
+  // A chart that finishes loading after the view followed its answer grows the chat under the
+  // view: if the view was at the end of the chat, or the chart is cut at the bottom, go on to the end.
+  var atEnd = new WeakMap();
+  document.addEventListener(
+    "scroll",
+    function (event) {
+      var box = event.target;
+      if (box instanceof Element) atEnd.set(box, box.scrollHeight - box.scrollTop - box.clientHeight < 40);
+    },
+    true
+  );
   function followImage(image) {
     var box = image.closest(".overflow-y-auto");
     if (!box || box.closest("#side-view-content")) return;
     var view = box.getBoundingClientRect();
     var picture = image.getBoundingClientRect();
-    if (picture.top < view.bottom && picture.bottom > view.bottom) box.scrollTop = box.scrollHeight;
+    var cut = picture.top < view.bottom && picture.bottom > view.bottom;
+    if (cut || atEnd.get(box)) box.scrollTop = box.scrollHeight;
   }
   document.addEventListener(
     "load",

@@ -167,9 +167,14 @@ def test_welcome_files_panel_and_a_reopened_chat(server: UIServer) -> None:
         page.locator("#thread-history").get_by_text("Python: import os", exact=False).click()
         expect(page.get_by_text("files written").first).to_be_visible()
         reopened_files = page.get_by_role("button", name=re.compile(r"Files \(\d+\)"))
-        expect(reopened_files).to_be_visible()
+        expect(reopened_files).to_be_in_viewport()  # the chat opens at its end, its pictures loaded
         expect(page.locator("#chat-settings-open-modal")).to_be_visible()
         _shot(page, "reopened_chat")
+        page.locator("#chat-settings-open-modal").click()  # the step switch says whose preference it is
+        expect(page.get_by_text("Your preference for all your chats", exact=False)).to_be_visible()
+        expect(page.get_by_role("dialog")).to_have_css("opacity", "1")
+        _shot(page, "chat_settings")
+        page.keyboard.press("Escape")
         reopened_files.click()
         expect(page.locator("#side-view-content a[title='report.csv']")).to_have_count(1)
 
