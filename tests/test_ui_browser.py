@@ -210,7 +210,7 @@ def test_log_in_chat_reload_and_continue_from_the_sidebar(password_server: UISer
         page.locator("#email").fill("alice")
         page.locator("#password").fill("wrong-password")
         page.locator("#password").press("Enter")
-        expect(page.get_by_text(re.compile("Unable to sign in|Sign in failed")).first).to_be_visible()
+        expect(page.get_by_text(re.compile("Wrong name or password")).first).to_be_visible()
         page.locator("#password").fill("alice-password")
         page.locator("#password").press("Enter")
 

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from tests.files_panel import panel_downloads
 from tests.test_safe_files import REGULAR, swap_code
 from tests.ui_harness import ChatClient, UIServer, code_block, start_server, stop_server
 
@@ -86,10 +87,12 @@ def test_the_files_panel_never_serves_a_swapped_in_link(server: UIServer, tmp_pa
             for element in _press(server, client, action):
                 fetched = client.fetch_element(element)
                 assert fetched.status_code == 200
-                if element["type"] == "text":
-                    notes.append(fetched.text)
-                elif element["name"] in ("x.csv", "y.csv", "z.csv"):
-                    served.append(fetched.content)
+                notes.append(fetched.text)
+                for name, url in panel_downloads(fetched.text).items():
+                    download = httpx.get(f"{server.base_url}{url}", headers=client.headers, timeout=10)
+                    assert download.status_code == 200
+                    if name in ("x.csv", "y.csv", "z.csv"):
+                        served.append(download.content)
     everything = b"".join(served) + "".join(notes).encode()
     assert secret not in everything and env_canary.encode() not in everything
     assert served and all(content == REGULAR for content in served), served[:3]
@@ -104,8 +107,8 @@ def test_the_files_panel_attaches_at_most_the_configured_total(tmp_path: Path) -
         with running.client() as client:
             turn = client.ask(code_block("for n in 'ab': open(f'{n}.bin', 'wb').write(b'x' * 600_000)"))
             panel = _press(running, client, _files_button(client, turn))
-            downloads = [e["name"] for e in panel if e["type"] != "text"]
             table = next(client.fetch_element(e).text for e in panel if e["type"] == "text")
+            downloads = list(panel_downloads(table))
     finally:
         stop_server(running)
     assert len(downloads) == 1 and downloads[0] in ("a.bin", "b.bin"), downloads

@@ -36,11 +36,12 @@ from ui.files import uploads_from_elements  # noqa: E402
 from ui.guards import client_address  # noqa: E402
 from ui.lifecycle import session_error_text  # noqa: E402
 from ui.log_setup import setup as setup_log  # noqa: E402
-from ui.markdown import code_text  # noqa: E402
 from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
-from ui.outputs import files_action, show_outputs  # noqa: E402
+from ui.outputs import Folder, files_action, session_folder, show_outputs, stored_folder  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
+from ui.reopen import last_answer_id, remove_stop_notice  # noqa: E402
 from ui.startup import stop_server_on_failure  # noqa: E402
+from ui.welcome import EXPAND_STEPS_NOTE, dataset_starters, send_welcome  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
 MODEL_CHECK: CheckReport | None = None  # the model check made at start, when a model is configured
@@ -123,7 +124,7 @@ async def starters(user: Any = None, language: str | None = None) -> list[cl.Sta
             "plt.plot(xs, [x * x for x in xs])\nplt.title('y = x²')\nplt.show()\n```",
         ),
         cl.Starter(label="What can you do?", message="What can you do?"),
-    ]
+    ] + dataset_starters(engine.datasets if (engine := server.running_engine()) is not None else [])
 
 
 async def _or_report(get: Awaitable[T]) -> T | None:
@@ -155,13 +156,20 @@ async def on_chat_start() -> None:
         ).send()
     if engine is None:
         return
-    if engine.datasets:
-        listed = "\n".join(
-            f"- **{code_text(d.name)}** (`{code_text(d.path)}`): {d.description}" for d in engine.datasets
-        )
-        await cl.Message(content=f"Project datasets you can use:\n\n{listed}", author=chainlit_config.ui.name).send()
+    await send_welcome(engine.datasets, engine.config.llm.resolved_api_type == "offline")
+    await _send_chat_settings(engine)
+
+
+async def _send_chat_settings(engine: TaskWeaverApp) -> None:
+    """The gear in the composer: how steps are shown (the user's choice, for all their chats) and,
+    with several models, the chat's model and temperature."""
     widgets: list[Any] = [
-        Switch(id="expand_steps", label="Show every step expanded", initial=EXPANDED_BY_USER.get(_user_name(), False))
+        Switch(
+            id="expand_steps",
+            label="Show every step expanded",
+            description=EXPAND_STEPS_NOTE,
+            initial=EXPANDED_BY_USER.get(_user_name(), False),
+        )
     ]
     if len(engine.models) > 1:
         widgets += [
@@ -245,11 +253,13 @@ async def on_message(message: cl.Message) -> None:
     )
     renderer.closing_actions = lambda: _files_action(session)
     async with lease.round_lock:  # one round at a time per chat; core refuses overlapping rounds
-        await pump_round(
+        outcome = await pump_round(
             lambda handler: session.send_message(text, event_handler=handler, files=files or None),
             renderer,
             session.cancel,
         )
+    if outcome.state == "cancelled":  # the round said so itself
+        await remove_stop_notice()
 
 
 async def _files_action(session: Session) -> list[cl.Action]:
@@ -264,10 +274,19 @@ async def on_files(action: cl.Action) -> None:
     if server.ENDED_LOGINS.refused(_key()):
         return
     session = cl.user_session.get("weaver_session")
-    if session is None:
+    folder = session_folder(session) if session is not None else _stored_folder()
+    if folder is None:
         await cl.Message(content="This chat has no files yet.", author=chainlit_config.ui.name).send()
         return
-    await show_outputs(session, server.SETTINGS.max_attached_mb * 2**20)
+    await show_outputs(folder, server.SETTINGS.max_attached_mb * 2**20)
+
+
+def _stored_folder() -> Folder | None:
+    """The folder of a reopened chat's Weaver session, before its next message brings it back."""
+    engine, session_id = server.running_engine(), cl.user_session.get("weaver_session_id")
+    if engine is None or not isinstance(session_id, str):
+        return None
+    return stored_folder(engine.workspace.execution_cwd, session_id, engine.config.execution.disk_mb)
 
 
 def _remember_session(session_id: str) -> None:
@@ -320,13 +339,23 @@ async def _restore(session: Session) -> None:
 
 @cl.on_chat_resume
 async def on_chat_resume(thread: ThreadDict) -> None:
-    """An old chat was opened: remember its Weaver session; it comes back with the next message."""
+    """An old chat was opened: remember its Weaver session (it comes back with the next message), and
+    show at once the chat settings and the "Files (N)" button under its last answer."""
     metadata: Any = thread.get("metadata") or {}
     if isinstance(metadata, str):
         metadata = json.loads(metadata or "{}")
     session_id = metadata.get("weaver_session_id") if isinstance(metadata, dict) else None
     if isinstance(session_id, str) and session_id:
         cl.user_session.set("weaver_session_id", session_id)
+    engine = server.running_engine()
+    if engine is not None:  # what a chat shows after a message, shown before one too
+        await _send_chat_settings(engine)
+    folder = _stored_folder()
+    answer_id = last_answer_id(thread)
+    if folder is not None and answer_id:
+        count = (await run_in_thread(folder.list, 0, name="weaver-count-files")).total_files
+        if count:
+            await files_action(count).send(for_id=answer_id)
 
 
 @cl.on_stop

@@ -3,8 +3,11 @@ deleted with everything in them.
 
 * ``update_thread`` never moves a thread that has an owner to another user; its changes wait in
   the write-behind with the steps and share their transaction.
+* A thread's first name is a title made from its first message (``ui.titles``: Chainlit would use
+  the message's Markdown verbatim); a name given later (a rename) is kept as given.
 * ``list_threads`` returns only the given user's threads, most recently active first (last step,
-  else creation), searched by name (case-insensitive, Unicode-aware, the same on both databases),
+  else creation), each dated by that activity (the page sorts and groups its list by that date),
+  searched by name (case-insensitive, Unicode-aware, the same on both databases),
   with Chainlit's cursor pagination; threads in the list carry no steps (as Chainlit's own layer).
 * ``delete_thread`` removes its rows in one transaction, then its files from storage, then calls
   ``on_thread_deleted(thread_id, metadata)`` (sync or async) with the thread's metadata.
@@ -22,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ui.history.rows import ELEMENT_COLUMNS, STEP_COLUMNS, is_thread_id, step_dict, thread_dict
 from ui.history.store import HistoryStore, sql_text
+from ui.titles import chat_title
 
 logger = logging.getLogger("weaver.ui.history")
 
@@ -41,6 +45,13 @@ def merge_change(kept: dict[str, Any], new: dict[str, Any]) -> None:
             kept["metadata"] = {**kept["metadata"], **value}
         else:
             kept[key] = value
+
+
+def _listed(row: Mapping[str, Any]) -> ThreadDict:
+    """A thread as the sidebar lists it: dated by its last activity, which the page sorts by."""
+    thread = thread_dict(row)
+    thread["createdAt"] = row["last_activity"] or row["createdAt"]
+    return thread
 
 
 class Threads(HistoryStore):
@@ -85,7 +96,7 @@ class Threads(HistoryStore):
             return
         lock = " FOR UPDATE" if self.dialect == "postgresql" else ""  # SQLite: BEGIN IMMEDIATE locked it
         (existing,) = await self._rows(
-            conn, f'SELECT "metadata", "userId" FROM threads WHERE "id" = :id{lock}', {"id": thread_id}
+            conn, f'SELECT "metadata", "userId", "name" FROM threads WHERE "id" = :id{lock}', {"id": thread_id}
         )
         values: dict[str, Any] = {}
         metadata, name, user_id = change.get("metadata"), change.get("name"), change.get("userId")
@@ -94,7 +105,7 @@ class Threads(HistoryStore):
             merged.update({k: v for k, v in metadata.items() if v is not None})
             values["metadata"] = merged
         if name is not None:
-            values["name"] = str(name)
+            values["name"] = str(name) if existing["name"] else chat_title(str(name))
         if user_id is not None:
             owner = existing["userId"]
             if owner and owner != user_id:
@@ -206,7 +217,7 @@ class Threads(HistoryStore):
                 startCursor=page[0]["id"] if page else None,
                 endCursor=page[-1]["id"] if page else None,
             ),
-            data=[thread_dict(row) for row in page],
+            data=[_listed(row) for row in page],
         )
 
     async def delete_thread(self, thread_id: str) -> None:

@@ -1,8 +1,10 @@
 """Chainlit's socket.io ``connect`` handler (``chainlit.socket.connect``, found in python-socketio's
 ``sio.handlers["/"]["connect"]``), wrapped: a ``sessionId`` or ``threadId`` that is not a canonical
 UUID is refused before Chainlit builds a folder path or a database key from it; the Host/Origin rules
-are checked again (should the middleware ever be bypassed); and a page whose replica died is
-resumed into its chat (``ui.guards.failover``).
+are checked again (should the middleware ever be bypassed); a page whose replica died is
+resumed into its chat (``ui.guards.failover``); and a link to a chat that is not the user's opens a
+new chat instead (``ui.reopen.not_yours``), where Chainlit would refuse the socket and leave the tab
+dead behind "Could not reach the server".
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from ui.guards.failover import resume_elsewhere
 from ui.guards.middleware import GuardPolicy
 from ui.ids import is_canonical_uuid
+from ui.reopen import not_yours
 
 logger = logging.getLogger("weaver.ui.patches.socket_connect")
 
@@ -37,7 +40,7 @@ def install(sio: Any, policy: GuardPolicy) -> None:
             raise ConnectionRefusedError(refusal[1])
         if not thread_id:
             auth = await resume_elsewhere(policy.thread_of_chat, str(session_id), auth)
-        return await original(sid, environ, auth)
+        return await not_yours(original, sid, environ, auth)
 
     connect.weaver_patched = True  # type: ignore[attr-defined]
     sio.handlers["/"]["connect"] = connect
