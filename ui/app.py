@@ -11,7 +11,6 @@ session's ``user_name``. What a request may do is checked first by ``ui.guards``
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import logging
 import sys
@@ -38,6 +37,9 @@ from ui.markdown import code_text  # noqa: E402
 from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
 from ui.outputs import files_action, show_outputs  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
+from ui.restore import SKIP_ACTION as SKIP_RESTORE  # noqa: E402
+from ui.restore import restore_session  # noqa: E402
+from ui.restore import skip as skip_restore  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
 MODEL_CHECK: CheckReport | None = None  # the model check made at start, when a model is configured
@@ -288,33 +290,15 @@ async def _note_session(thread_id: str, session_id: str, key: str) -> None:
 
 
 async def _restore(session: Session) -> None:
-    """Run a resumed chat's earlier code again, with a visible step saying how it goes."""
-    loop = asyncio.get_running_loop()
-    step = cl.Step(name="Restoring your session", type="tool", default_open=True, show_input=False)
-    step.output = "Running your earlier code again to rebuild its variables…"
-    await step.send()
+    """Bring a resumed chat's variables back, shown as a step with a "Skip restore" button (``ui.restore``)."""
+    await restore_session(session, chainlit_config.ui.name)
 
-    chat_context = contextvars.copy_context()  # Chainlit's context of this chat: stream_token needs it
 
-    def progress(done: int, total: int) -> None:
-        text = f"Running your earlier code again to rebuild its variables… step {done} of {total}"
-        loop.call_soon_threadsafe(
-            lambda: asyncio.ensure_future(step.stream_token(text, is_sequence=True)), context=chat_context
-        )
-
-    try:
-        report = await run_in_thread(session.replay_code, progress, name="weaver-restore")
-        step.output = report.summary()
-        step.is_error = not report.complete
-    except WeaverError as exc:
-        step.output, step.is_error = str(exc), True
-    except Exception:
-        logger.exception("restoring weaver session %s failed", session.session_id)
-        step.output, step.is_error = (
-            "Your earlier variables could not be restored; the chat goes on without them.",
-            True,
-        )
-    await step.update()
+@cl.action_callback(SKIP_RESTORE)
+async def on_skip_restore(action: cl.Action) -> None:
+    """The "Skip restore" button: the chat goes on without waiting for its earlier variables."""
+    if not server.ENDED_LOGINS.refused(_key()):
+        skip_restore(cl.user_session.get("weaver_session"))
 
 
 @cl.on_chat_resume

@@ -1,0 +1,225 @@
+"""A resumed chat's variables from its snapshot, without running its code again (real kernels and server).
+
+Each cell that must not run again writes a line to ``runs.txt``: after a restore, the file says
+which cells ran twice. The hostile test plants a pickle whose loading writes a canary into the
+chat's own (temporary) folder saying which process loaded it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core import TaskWeaverApp
+from core.memory import Round
+from core.replay_check import SkipKind
+from core.resume import replay_plan
+from core.snapshot import SNAPSHOT_PATH, LoadStatus, SaveStatus
+from tests.test_resume import coder
+from tests.ui_harness import (
+    KERNEL_ID_CODE,
+    UIServer,
+    answers,
+    code_block,
+    kernel_pid_in,
+    pid_alive,
+    steps,
+    ui_server,
+    wait_until,
+)
+from ui.restore import SKIP_ACTION, TITLE
+
+__all__ = ["ui_server"]
+FIXTURE_APP = Path(__file__).parent / "app_fixture"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def code(text: str) -> str:
+    return f"```python\n{text}\n```"
+
+
+@pytest.fixture()
+def app_dir(tmp_path: Path) -> Path:
+    shutil.copytree(FIXTURE_APP, tmp_path / "app")
+    return tmp_path / "app"
+
+
+def saved(session: object) -> SaveStatus:
+    """Wait for the background snapshot after the last round; its status."""
+    snapshots = session.snapshots  # type: ignore[attr-defined]
+    assert snapshots.wait(60), "the snapshot did not finish"
+    assert snapshots.last is not None
+    return snapshots.last.status
+
+
+def test_variables_come_back_from_the_snapshot_and_only_later_code_runs_again(app_dir: Path) -> None:
+    first = TaskWeaverApp(app_dir=app_dir)
+    session = first.get_session()
+    session_id, folder = session.session_id, session.execution_cwd
+    one = (
+        "counter = 0\ndef bump():\n    global counter\n    counter += 1\n    return counter\n"
+        "data = [1, 2]\nsame = data\nf = whoami\ngreeting = whoami('Hi')\nopen('runs.txt', 'a').write('1')"
+    )
+    assert session.send_message(code(one)).state == "finished"
+    assert saved(session) is SaveStatus.SAVED
+    two = "import threading\nlock = threading.Lock()\nlater = len(data)\nopen('runs.txt', 'a').write('2')"
+    assert session.send_message(code(two)).state == "finished"
+    assert saved(session) is SaveStatus.UNPICKLABLE  # so the snapshot of the first round stays
+    assert "lock" in session.snapshots.last.not_saved, session.snapshots.last
+    first.stop()
+
+    second = TaskWeaverApp(app_dir=app_dir)
+    try:
+        resumed = second.open_session(session_id)
+        report = resumed.replay_code()
+        assert report.from_snapshot and report.complete, report.summary()
+        assert report.ran == 1 and report.rounds_after_snapshot == 1, report.summary()
+        assert (folder / "runs.txt").read_text() == "122", "the first cell ran again, or the second did not"
+        assert "Loaded" in report.summary() and "of the later rounds" in report.summary()
+        answer = resumed.send_message(
+            code("counter = 10\nprint(bump(), counter, data is same, later, type(lock).__name__, greeting, f('yo'))")
+        ).reply_text
+        assert "11 11 True 2 lock Hi, anonymous! (from the config) yo, anonymous!" in answer, answer
+        assert "core.snapshot_kernel" not in sys.modules, "the server imported the unpickling side"
+    finally:
+        second.stop()
+
+
+def test_a_damaged_snapshot_falls_back_to_running_the_code_without_its_waits(app_dir: Path) -> None:
+    first = TaskWeaverApp(app_dir=app_dir)
+    session = first.get_session()
+    session_id, folder = session.session_id, session.execution_cwd
+    assert session.send_message(code("x = list(range(1000))\nopen('runs.txt', 'a').write('1')")).state == "finished"
+    assert session.send_message(code("import time\ntime.sleep(0.01)\nprint('waited')\ny = 2")).state == "finished"
+    assert session.send_message(code("time.sleep(0.01)")).state == "finished"
+    assert saved(session) is SaveStatus.SAVED
+    first.stop()
+    snapshot = folder / SNAPSHOT_PATH
+    snapshot.write_bytes(snapshot.read_bytes()[:-40])  # cut short: the header is fine, the pickle is not
+    rounds = folder.parent / "rounds.jsonl"
+    rounds.write_text(rounds.read_text().replace("time.sleep(0.01)", "time.sleep(3600)"))
+
+    second = TaskWeaverApp(app_dir=app_dir, config={"session.resume_replay_timeout": 60})
+    try:
+        resumed = second.open_session(session_id)
+        report = resumed.replay_code()
+        assert report.snapshot is not None and report.snapshot.status is LoadStatus.CORRUPT, report.snapshot
+        assert report.complete and report.ran == 2 and report.time_only == 1, report.summary()
+        assert "could not be read" in report.summary() and "only waited" in report.summary()
+        assert (folder / "runs.txt").read_text() == "11"
+        answer = resumed.send_message(code("print(len(x), y)")).reply_text
+        assert "1000 2" in answer, answer
+    finally:
+        second.stop()
+
+
+def test_the_server_never_loads_a_snapshot_only_the_chats_own_kernel_does(app_dir: Path) -> None:
+    first = TaskWeaverApp(app_dir=app_dir)
+    session = first.get_session()
+    session_id, folder = session.session_id, session.execution_cwd
+    assert session.send_message(code("x = 1")).state == "finished"
+    assert saved(session) is SaveStatus.SAVED
+    first.stop()
+    canary = folder / "canary.txt"
+    snapshot = folder / SNAPSHOT_PATH
+    magic, header = snapshot.read_bytes().split(b"\n")[:2]  # the header names the real round: it is loaded
+    trap = (
+        b"cbuiltins\nexec\n(V"
+        + f"import sys; open({str(canary)!r}, 'a').write(str('_pytest' in sys.modules))".encode()
+        + b"\ntR."
+    )
+    snapshot.write_bytes(magic + b"\n" + header + b"\n" + trap)
+
+    second = TaskWeaverApp(app_dir=app_dir)
+    try:
+        report = second.open_session(session_id).replay_code()
+        assert report.snapshot is not None and report.snapshot.status is LoadStatus.CORRUPT  # not a dict of variables
+        assert report.complete and report.ran == 1, report.summary()
+    finally:
+        second.stop()
+    assert canary.read_text() == "False", "the pickle was loaded by the server process"
+    assert "core.snapshot_kernel" not in sys.modules
+    unpickling = re.compile(r"\b(c?pickle|cloudpickle|dill|marshal)\s*\.\s*(loads?|Unpickler)\b")
+    readers = [
+        str(path.relative_to(REPO_ROOT))
+        for top in ("core", "ui")
+        for path in (REPO_ROOT / top).rglob("*.py")
+        if unpickling.search(path.read_text(encoding="utf-8"))
+    ]
+    assert readers == ["core/snapshot_kernel.py"], readers
+
+
+def test_waits_and_output_are_not_run_again_but_what_binds_names_is() -> None:
+    rnd = Round(
+        "q",
+        post_list=[
+            coder("import time\ntime.sleep(10)\nprint('done')"),
+            coder("from time import sleep as nap\nnap(5)"),
+            coder("df = [1]\nfor i in range(3):\n    time.sleep(1)\n    df.append(i)\ndf"),
+            coder("print(df)\ndisplay(df)\ndf"),
+            coder("time.sleep(len(df))"),
+            coder("print(df.pop())"),  # calls something: it runs
+        ],
+    )
+    plan = replay_plan([rnd], [])
+    assert [s.code for s in plan[:3]] == [
+        "import time",
+        "from time import sleep as nap",
+        "df = [1]\nfor i in range(3):\n    df.append(i)",
+    ]
+    assert [s.trimmed for s in plan[:3]] == [2, 1, 2]
+    assert [s.skip_reason.kind if s.skip_reason else None for s in plan[3:]] == [
+        SkipKind.TIME_ONLY,
+        None,  # len(df) is a call: kept, conservatively
+        None,
+    ]
+
+
+def test_skip_restore_lets_the_chat_go_on_and_says_what_is_missing(ui_server: UIServer) -> None:
+    first = ui_server.client().connect()
+    marker = f"skip-{first.session_id}"
+    turn = first.ask(code_block(f"x = 1\nopen({marker!r}, 'w').write('1')\n" + KERNEL_ID_CODE))
+    pid = kernel_pid_in("\n".join(steps(turn, "CodeInterpreter")))
+    first.ask(code_block("n = 0\nwhile n < 10 ** 3:\n    n += 1\ny = 2"))
+    first.disconnect()
+    wait_until(lambda: not pid_alive(pid), ui_server.grace_s + 30, f"kernel {pid} to exit")
+    folder = next((ui_server.app_dir / "workspace" / "sessions").glob(f"*/cwd/{marker}")).parent
+    (folder / SNAPSHOT_PATH).unlink()  # an older chat, without a snapshot: its code runs again
+    rounds = folder.parent / "rounds.jsonl"
+    rounds.write_text(rounds.read_text().replace("10 ** 3", "10 ** 15"))  # now it would run for days
+
+    again = ui_server.client(first.session_id).connect(expect_chat_start=False)
+    try:
+        message_id = again.send(code_block("print('went on with', x)"))
+        action = again.wait_for(
+            lambda: next((d for e, d in again.events if e == "action" and d.get("name") == SKIP_ACTION), None),
+            90,
+            "the Skip restore button",
+        )
+        again.wait_for(
+            lambda: any("step 2 of 2" in str(m.get("output")) for m in again.messages().values()),
+            60,
+            "the restore to reach the endless step",
+        )
+        pressed = httpx.post(
+            f"{ui_server.base_url}/project/action",
+            json={"sessionId": again.session_id, "action": action},
+            headers=again.headers,
+            timeout=30,
+        )
+        assert pressed.status_code == 200, pressed.text
+        turn = again.wait_turn(message_id, timeout=90)
+        restore = [m for m in again.messages().values() if str(m.get("name", "")).startswith(TITLE)]
+        run_steps = [m for m in again.messages().values() if m.get("type") == "run"]
+    finally:
+        again.disconnect()
+    assert any("went on with 1" in a for a in answers(turn)), answers(turn)
+    assert restore and "restore skipped" in restore[0]["name"], restore
+    assert "You skipped the restore" in restore[0]["output"] and "n, y" in restore[0]["output"], restore[0]
+    assert restore[0].get("parentId") in {m["id"] for m in run_steps}, "under the message, so above the answer"
+    assert any(e == "remove_action" for e, _ in again.events), "the button goes once the restore ends"
