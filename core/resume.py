@@ -143,6 +143,7 @@ class ReplayReport:
     time_only: int = 0  # steps not run again because they only waited or showed output
     trimmed: int = 0  # statements left out of the steps run, for the same reason
     user_skipped: bool = False
+    kernel_lost: bool = False  # stopping the restore took a new kernel: nothing restored is left
     missing: list[str] = field(default_factory=list)  # variables not back because the restore stopped
     snapshot: LoadResult | None = None
     rounds_after_snapshot: int = 0
@@ -176,12 +177,14 @@ class ReplayReport:
 
     def summary(self) -> str:
         parts: list[str] = []
-        if self.from_snapshot:
+        if self.from_snapshot and not self.kernel_lost:
             assert self.snapshot is not None
             count = len(self.snapshot.names)
             parts.append(f"Loaded {count} saved variable{'s' if count != 1 else ''} in {self.snapshot.seconds:.1f} s.")
         elif self.snapshot is not None and self.snapshot.status is LoadStatus.CORRUPT:
             parts.append("The saved variables could not be read, so the earlier code runs again.")
+        if self.from_snapshot and self.rounds_after_snapshot and self.snapshot is not None:
+            parts.append(self.snapshot.why_older())
         if self.total == 0:
             if not self.from_snapshot:
                 parts.append("There was no code to run again.")
@@ -204,7 +207,7 @@ class ReplayReport:
             parts.append("The restore took too long and was stopped; later variables may be missing.")
         elif self.failed:
             parts.append(f"It stopped at a step that now fails, so later variables may be missing: {self.failed}")
-        return " ".join(parts)
+        return " ".join(part for part in parts if part)
 
 
 Progress = Callable[[int, int], None]
@@ -240,6 +243,7 @@ def replay(
             result = executor.execute(step.code, session_vars=session_vars, cancel=cancel, timeout=left)
             if result.cancelled or (cancel.cancelled and not result.is_success):
                 report.user_skipped = True
+                report.kernel_lost = result.kernel_died  # the interrupt did not stop it: a new kernel
             elif result.timed_out:
                 report.timed_out = True
             elif not result.is_success:
@@ -251,7 +255,8 @@ def replay(
                 report.trimmed += step.trimmed
                 continue
         if report.user_skipped:
-            report.missing = sorted(set().union(*(s.binds for s in steps[index - 1 :] if s.skip_reason is None)))
+            unrun = steps if report.kernel_lost else steps[index - 1 :]
+            report.missing = sorted(set().union(*(s.binds for s in unrun if s.skip_reason is None)))
         break
     report.seconds = time.monotonic() - started
     return report
@@ -285,6 +290,8 @@ def restore(
         report = replay(executor, steps, session_vars, left, cancel, on_progress)
     else:
         report = ReplayReport(total=0)
+    if report.kernel_lost and loaded is not None:
+        report.missing = sorted(set(report.missing) | set(loaded.names))
     report.snapshot = loaded
     report.rounds_after_snapshot = len(later) if start else 0
     report.seconds = time.monotonic() - started

@@ -25,7 +25,8 @@ from typing import Any, Callable, Protocol
 from core.execution.limits import MB
 from core.memory import AttachmentType, RoleName, Round
 
-SNAPSHOT_PATH = ".weaver/snapshot.pkl"  # relative to the kernel's working folder
+SNAPSHOT_DIR = ".weaver"  # in the kernel's working folder; not among the chat's listed files
+SNAPSHOT_PATH = f"{SNAPSHOT_DIR}/snapshot.pkl"
 _KERNEL = "__import__('core.snapshot_kernel', fromlist=['save'])"
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,23 @@ class LoadResult:
     dropped: tuple[str, ...] = ()  # closed files, finished generators: nothing to bring back
     seconds: float = 0.0
     error: str = ""
+    not_saved: dict[str, str] = field(default_factory=dict)  # why no later snapshot: these cannot be pickled
+    too_big_mb: float = 0.0  # or: the variables passed this bound
+
+    def why_older(self) -> str:
+        """Why the snapshot is older than the chat's last round, in words a user can read."""
+        if self.not_saved:
+            listed = ", ".join(f"{name} ({kind})" for name, kind in list(self.not_saved.items())[:10])
+            return (
+                f"Variables cannot be saved while these exist: {listed}; `del` them when done "
+                "to make the next restore fast."
+            )
+        if self.too_big_mb:
+            return (
+                f"The variables took more than {self.too_big_mb:.0f} MB once saved "
+                "(session.snapshot_max_mb, or the folder's room), so they were not saved."
+            )
+        return ""
 
 
 def save_snapshot(kernel: _Kernel, round_id: str, max_mb: float, only_if: Callable[[], bool]) -> SaveResult:
@@ -125,6 +143,10 @@ def load_snapshot(kernel: _Kernel, round_ids: list[str]) -> LoadResult:
     except ValueError:
         return LoadResult(LoadStatus.FAILED, error=f"unexpected answer {answer[:200]!r}")
     round_id = data.get("round_id")
+    why: dict[str, Any] = data["why_older"] if isinstance(data.get("why_older"), dict) else {}
+    not_saved = why.get("not_saved") if why.get("status") == "unpicklable" else None
+    not_saved = not_saved if isinstance(not_saved, dict) else {}
+    too_big = why.get("max_bytes") if why.get("status") == "too_big" else None
     return LoadResult(
         status,
         round_id=round_id if isinstance(round_id, str) else None,
@@ -132,6 +154,8 @@ def load_snapshot(kernel: _Kernel, round_ids: list[str]) -> LoadResult:
         dropped=tuple(str(n) for n in data.get("dropped", []) if isinstance(n, str)),
         seconds=time.monotonic() - started,
         error=str(data.get("error", ""))[:300],
+        not_saved={str(k): str(v)[:100] for k, v in list(not_saved.items())[:50]},
+        too_big_mb=float(too_big) / MB if isinstance(too_big, (int, float)) else 0.0,
     )
 
 

@@ -149,7 +149,8 @@ def _describe(value: Any) -> str:
 
 def save(payload_json: str) -> str:
     """Save the user's variables: ``{"path", "max_bytes", "round_id"}`` in; the outcome as JSON out:
-    ``status`` saved | unpicklable (``not_saved``: name -> type) | too_big (``bytes`` so far)."""
+    ``status`` saved | unpicklable (``not_saved``: name -> type) | too_big (``bytes`` so far). Why
+    a snapshot was not taken is noted beside it (``.why``), for the next load to say."""
     payload = json.loads(payload_json)
     path, limit = str(payload["path"]), int(payload["max_bytes"])
     started = time.monotonic()
@@ -167,7 +168,7 @@ def save(payload_json: str) -> str:
             values[name] = value
     known_bad = {n: _describe(values[n]) for n, i in _unpicklable.items() if n in values and id(values[n]) == i}
     if known_bad:
-        return json.dumps({"status": "unpicklable", "not_saved": known_bad})
+        return _note(path, {"status": "unpicklable", "not_saved": known_bad})
     _unpicklable.clear()
     header = {"round_id": payload.get("round_id"), "names": sorted(values), "dropped": sorted(dropped)}
     folder = os.path.dirname(path)
@@ -183,12 +184,13 @@ def save(payload_json: str) -> str:
         os.replace(part, path)
     except _TooBig as exc:
         _remove(part)
-        return json.dumps({"status": "too_big", "bytes": int(exc.args[0])})
+        return _note(path, {"status": "too_big", "bytes": int(exc.args[0]), "max_bytes": limit})
     except Exception:  # noqa: BLE001 - whatever a variable's pickling raises, name the culprits
         _remove(part)
         bad = _culprits(values, namespace, limit, pickler)
         _unpicklable.update({name: id(values[name]) for name in bad})
-        return json.dumps({"status": "unpicklable", "not_saved": bad})
+        return _note(path, {"status": "unpicklable", "not_saved": bad})
+    _remove(path + ".why")
     return json.dumps(
         {
             "status": "saved",
@@ -198,6 +200,25 @@ def save(payload_json: str) -> str:
             "seconds": round(time.monotonic() - started, 3),
         }
     )
+
+
+def _note(path: str, outcome: dict[str, Any]) -> str:
+    """Why the snapshot is older than the last round, kept beside it for the next load to tell."""
+    try:
+        with open(path + ".why", "w", encoding="utf-8") as why:
+            json.dump(outcome, why)
+    except OSError:
+        pass
+    return json.dumps(outcome)
+
+
+def _why(path: str) -> dict[str, Any]:
+    try:
+        with open(path + ".why", encoding="utf-8") as why:
+            note = json.load(why)
+    except (OSError, ValueError):
+        return {}
+    return note if isinstance(note, dict) else {}
 
 
 def _culprits(values: dict[str, Any], namespace: dict[str, Any], limit: int, pickler: type) -> dict[str, str]:
@@ -223,8 +244,8 @@ def _remove(path: str) -> None:
 def load(payload_json: str) -> str:
     """Load a snapshot into the namespace: ``{"path", "round_ids"}`` in (the rounds the server knows;
     a snapshot taken after another one is stale); JSON out: ``status`` loaded | none | stale |
-    corrupt (``error``), and ``round_id``, ``names``, ``dropped``. On any failure the namespace is
-    as it was before."""
+    corrupt (``error``), and ``round_id``, ``names``, ``dropped``, ``why_older`` (why no later
+    snapshot was taken). On any failure the namespace is as it was before."""
     payload = json.loads(payload_json)
     path = str(payload["path"])
     try:
@@ -264,5 +285,6 @@ def load(payload_json: str) -> str:
             "round_id": header.get("round_id"),
             "names": sorted(str(k) for k in values),
             "dropped": list(header.get("dropped", [])),
+            "why_older": _why(path),
         }
     )
