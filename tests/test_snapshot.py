@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+import uuid
 from pathlib import Path
 
 import httpx
@@ -228,3 +229,42 @@ def test_skip_restore_lets_the_chat_go_on_and_says_what_is_missing(ui_server: UI
     assert restore[0].get("parentId") in {m["id"] for m in run_steps}, "under the message, so above the answer"
     removed = [d.get("id") for e, d in again.events if e == "delete_message" and isinstance(d, dict)]
     assert action["forId"] in removed, "the button goes once the restore ends"
+
+
+def test_the_restore_step_in_the_browser_sits_above_the_answer_and_can_be_skipped(ui_server: UIServer) -> None:
+    from tests.test_ui_browser import ARTIFACTS, _browser_page, playwright_sync
+
+    expect = playwright_sync.expect
+    marker = f"browser-{uuid.uuid4().hex[:8]}"
+    with _browser_page() as page:
+        page.goto(ui_server.base_url)
+        chat_input = page.locator("#chat-input")
+        cell = f"open({marker!r}, 'w').write('1')\nn = 0\nwhile n < 10 ** 3:\n    n += 1\nmade = n\nprint('made', made)"
+        chat_input.fill(f"```python\n{cell}\n```")
+        page.locator("#chat-submit").click()
+        expect(page.get_by_text("made 1000").last).to_be_visible(timeout=90_000)
+        folder = next((ui_server.app_dir / "workspace" / "sessions").glob(f"*/cwd/{marker}")).parent
+        session_id = folder.parent.name
+        wait_until(lambda: "/thread/" in page.url, 30, "the page to show the chat's address")
+        page.reload()  # the old socket goes: the session stops after the grace period
+        wait_until(lambda: f"session {session_id} stopped" in ui_server.log(), ui_server.grace_s + 60, "the stop")
+        (folder / SNAPSHOT_PATH).unlink()  # an older chat without a snapshot, whose code now runs for days
+        rounds = folder.parent / "rounds.jsonl"
+        rounds.write_text(rounds.read_text().replace("10 ** 3", "10 ** 15"))
+        chat_input = page.locator("#chat-input")
+        expect(chat_input).to_be_visible()
+        chat_input.fill("```python\nprint('went on', 'made' in dir())\n```")
+        page.locator("#chat-submit").click()
+        skip_button = page.get_by_role("button", name="Skip restore")
+        expect(skip_button).to_be_visible(timeout=90_000)
+        expect(page.get_by_text("step 1 of 1").first).to_be_visible(timeout=60_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "resume_restoring.png"))
+        skip_button.click()
+        answer = page.get_by_text("went on False").last
+        expect(answer).to_be_visible(timeout=90_000)
+        title = page.get_by_text(f"{TITLE} · restore skipped").first
+        expect(title).to_be_visible()
+        expect(skip_button).to_have_count(0)
+        assert title.bounding_box()["y"] < answer.bounding_box()["y"], "the restore step is drawn below the answer"
+        page.screenshot(path=str(ARTIFACTS / "resume_skipped.png"))

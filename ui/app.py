@@ -222,7 +222,7 @@ async def on_message(message: cl.Message) -> None:
         for problem in getattr(session, "plugin_errors", []) or []:
             await cl.Message(content=f"Warning: {problem}", author=chainlit_config.ui.name).send()
         if session.replay_pending:
-            await _restore(session)
+            await _restore(session, lease.round_lock)
         elif resume_id and resume_id != session.session_id:
             await cl.Message(
                 content="Note: this chat's earlier Python session could not be brought back, so this is a "
@@ -289,9 +289,9 @@ async def _note_session(thread_id: str, session_id: str, key: str) -> None:
         await server.LIVE.note_thread(key, thread_id)
 
 
-async def _restore(session: Session) -> None:
+async def _restore(session: Session, round_lock: asyncio.Lock) -> None:
     """Bring a resumed chat's variables back, shown as a step with a "Skip restore" button (``ui.restore``)."""
-    await restore_session(session, chainlit_config.ui.name)
+    await restore_session(session, chainlit_config.ui.name, round_lock)
 
 
 @cl.action_callback(SKIP_RESTORE)

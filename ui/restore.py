@@ -5,7 +5,9 @@ rounds); this shows it as a step under the user's message, so it stays above the
 the round's own steps arrive (a step without a parent was a sibling of the message, drawn after
 everything under it), titled with what happened, plus a "Skip restore" button while it runs. The
 button calls ``Session.skip_restore``: the restore stops, the chat goes on, and the step says
-which variables did not come back.
+which variables did not come back. The page would keep that button disabled while the message's
+task runs, so the task is ended for the time of the restore (the page is idle meanwhile; a
+message sent then waits for the chat's round lock, held by the restore).
 """
 
 from __future__ import annotations
@@ -37,8 +39,14 @@ def skip(session: Session | None) -> bool:
     return session is not None and session.skip_restore()
 
 
-async def restore_session(session: Session, author: str) -> None:
-    """Bring back a resumed chat's variables, shown as a step with a "Skip restore" button meanwhile."""
+async def restore_session(session: Session, author: str, round_lock: asyncio.Lock) -> None:
+    """Bring back a resumed chat's variables, shown as a step with a "Skip restore" button meanwhile;
+    ``round_lock``: the chat's, held meanwhile (one round or restore at a time)."""
+    async with round_lock:
+        await _restore(session, author)
+
+
+async def _restore(session: Session, author: str) -> None:
     loop = asyncio.get_running_loop()
     parent = cl.context.current_step
     step = cl.Step(
@@ -53,6 +61,9 @@ async def restore_session(session: Session, author: str) -> None:
         actions=[skip_action()],
     )
     await offer.send()
+    # The page disables every button while a message's task runs: the task is ended for the time
+    # of the restore, as Chainlit does while it asks the user something, and started again after.
+    await cl.context.emitter.task_end()
     chat_context = contextvars.copy_context()  # Chainlit's context of this chat: stream_token needs it
 
     def progress(done: int, total: int) -> None:
@@ -76,5 +87,6 @@ async def restore_session(session: Session, author: str) -> None:
         )
     finally:
         await offer.remove()
+        await cl.context.emitter.task_start()
     step.end = utc_now()
     await step.update()
