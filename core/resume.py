@@ -90,15 +90,19 @@ class ReplayStep:
         return bound_names(self.code)
 
 
-def replay_plan(rounds: Iterable[Round], plugin_names: Iterable[str], missing: Iterable[str] = ()) -> list[ReplayStep]:
+def replay_plan(
+    rounds: Iterable[Round], plugin_names: Iterable[str], missing: Iterable[str] = (), restored: int = 0
+) -> list[ReplayStep]:
     """The code that succeeded in these rounds, in order; code that could reach a plugin is
     skipped (see ``core.replay_check``), and so is code that only waits or shows output.
-    ``missing``: names the replay starts without although the chat had them (a snapshot's
-    dropped ones), so code that uses them is skipped too."""
+    ``restored``: how many first rounds a snapshot brought back: their code is only read (for the
+    aliases it made, ``import sys as s``), not planned. ``missing``: names the replay starts
+    without although the chat had them (a snapshot's dropped ones), so code using them is skipped."""
     checker = ReplayChecker(frozenset(plugin_names))
-    checker.missing |= set(missing)
     steps: list[ReplayStep] = []
-    for rnd in rounds:
+    for number, rnd in enumerate(rounds):
+        if number == restored:
+            checker.missing = set(missing)  # the snapshot holds what earlier skipped steps made
         for post in rnd.post_list:
             if post.send_from != RoleName.CodeInterpreter:
                 continue
@@ -110,6 +114,8 @@ def replay_plan(rounds: Iterable[Round], plugin_names: Iterable[str], missing: I
                 checker.not_run(code)  # what it made is missing from the replay
                 continue
             skip = checker.check(code)
+            if number < restored:
+                continue
             if skip is not None:
                 steps.append(ReplayStep(code, skip))
                 continue
@@ -285,7 +291,7 @@ def restore(
     later = rounds[start:]
     if run_code:
         missing = loaded.dropped if loaded is not None else ()
-        steps = replay_plan(later, plugin_names, missing)
+        steps = replay_plan(rounds, plugin_names, missing, restored=start)
         left = max(0.0, timeout - (time.monotonic() - started))
         report = replay(executor, steps, session_vars, left, cancel, on_progress)
     else:

@@ -223,3 +223,12 @@ def test_the_restore_step_in_the_browser_sits_above_the_answer_and_can_be_skippe
         expect(skip_button).to_have_count(0)
         assert title.bounding_box()["y"] < answer.bounding_box()["y"], "the restore step is drawn below the answer"
         page.screenshot(path=str(ARTIFACTS / "resume_skipped.png"))
+
+
+def test_after_a_snapshot_the_later_code_is_checked_with_what_the_earlier_code_made() -> None:
+    earlier = Round("q", post_list=[coder("import sys as s\nrows = send_mail('x')")])  # restored by the snapshot
+    later = Round("q", post_list=[coder("n = len(rows)"), coder("m = s.modules['_weaver' + '_plugin_x']")])
+    plan = replay_plan([earlier, later], ["send_mail"], restored=1)
+    assert [s.code for s in plan] == ["n = len(rows)", "m = s.modules['_weaver' + '_plugin_x']"]
+    assert plan[0].skip_reason is None, "rows came back with the snapshot"
+    assert plan[1].skip_reason is not None and plan[1].skip_reason.kind is SkipKind.DYNAMIC, "s is sys"
