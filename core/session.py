@@ -149,7 +149,10 @@ class Session:
                 prompt.datasets = datasets
         self._round_lock = threading.Lock()
         self._cancel: CancelToken | None = None
-        self.snapshots = Snapshots(self.executor, config.session.snapshot_max_mb, self.log.logger)
+        # Kernels that outlive their server (a gateway's) are adopted instead; their files travel after
+        # every run, and a snapshot with them would be copied each time.
+        snapshot_mb = 0 if kernel_backend.kernels_outlive_server else config.session.snapshot_max_mb
+        self.snapshots = Snapshots(self.executor, snapshot_mb, self.log.logger)
         self._restoring = False
         self._stopped = False
         self.log.logger.info(

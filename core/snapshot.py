@@ -6,7 +6,8 @@ server only sends those calls and reads their JSON answers: it never opens the f
 unpickling runs code, and that may only happen inside the user's own sandbox.
 
 When: after a round that ran code (the namespace can only change when code runs), in the
-background once the round is over, so the answer is never held up; and when the session stops
+background once the chat has been idle for ``IDLE_S``, so neither the answer nor a next message
+sent at once is held up; and when the session stops
 (idle timeout, server drain or stop). A round that starts meanwhile goes first: the snapshot is
 then skipped, and taken after that round instead. Its size is bounded by
 ``session.snapshot_max_mb`` (0 turns snapshots off) and the folder's room (``execution.disk_mb``).
@@ -28,6 +29,7 @@ from core.memory import AttachmentType, RoleName, Round
 SNAPSHOT_DIR = ".weaver"  # in the kernel's working folder; not among the chat's listed files
 SNAPSHOT_PATH = f"{SNAPSHOT_DIR}/snapshot.pkl"
 _KERNEL = "__import__('core.snapshot_kernel', fromlist=['save'])"
+IDLE_S = 1.0  # a chat idle this long after a round is saved (rounds sent back to back are not held up)
 
 logger = logging.getLogger(__name__)
 
@@ -208,10 +210,18 @@ class Snapshots:
         self._due = None
 
     def in_background(self) -> None:
-        """Save the due round on a thread of its own; the caller (a round just over) does not wait."""
+        """Save the due round on a thread of its own once the chat has been idle ``IDLE_S``; the caller
+        (a round just over) does not wait."""
         if self._due is None or not self.enabled:
             return
-        thread = threading.Thread(target=self.save_due, name="weaver-snapshot", daemon=True)
+        generation = self.generation
+
+        def when_idle() -> None:
+            if self.generation == generation:  # no round started meanwhile (it saves after itself)
+                self.save_due()
+
+        thread = threading.Timer(IDLE_S, when_idle)
+        thread.name, thread.daemon = "weaver-snapshot", True
         self._thread = thread
         thread.start()
 
