@@ -236,6 +236,9 @@ class SessionSettings(BaseModel):
     max_file_mb: float = Field(100.0, gt=0)
     resume_replay: bool = Field(True, description="rebuild a resumed chat's variables by running its code again")
     resume_replay_timeout: float = Field(120.0, gt=0, description="bound on that replay, in seconds")
+    snapshot_max_mb: float = Field(
+        200.0, ge=0, description="bound on a chat's saved variables (its snapshot); 0: none, resume replays code"
+    )
     idle_timeout: float = Field(3600.0, gt=0, description="a chat nobody has used this long stops its kernel")
     max_dataset_prompt_chars: int = Field(2000, ge=0, description="bound on the datasets listed in the prompts")
     max_session_vars: int = Field(100, gt=0, description="session variables a session may hold (plugins' writes)")

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from core.errors import BadFiles
-from core.safe_files import OpenedFile, UnsafeFile, open_plain, open_root, walk, write_new
+from core.safe_files import TEMP_PREFIX, OpenedFile, UnsafeFile, open_plain, open_root, walk, write_new
+from core.snapshot import SNAPSHOT_DIR
 
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes; leave room for a "-N" clash suffix
 _UNSAFE_CHARS = re.compile(r'[<>:"|?*]')
@@ -152,7 +153,7 @@ class FileListing:
 def list_files(folder: Path, limit: int, quota_bytes: int | None = None) -> FileListing:
     """Every regular file under ``folder`` (links are not followed), newest first, at most ``limit``."""
     try:
-        found = walk(folder).files
+        found = walk(folder, skip_hidden_prefixes=(TEMP_PREFIX, SNAPSHOT_DIR)).files  # not the saved variables
     except OSError:
         found = []
     entries = [FileEntry(f.path, f.size, f.modified) for f in found]

@@ -20,6 +20,12 @@ step is read with ``ast`` and skipped (``Skip``, which says why) when:
   stops the restore);
 * it is **not plain Python**: IPython's ``%magic`` and ``!shell`` lines run whatever they say.
 
+Apart from that, time is not spent again on what only took time: ``trim`` drops, outside
+functions and classes, the statements that only wait (``time.sleep``/``sleep``/``await
+asyncio.sleep`` with arguments that call nothing) or only show something (``print``/``display``
+of values that call nothing, a bare name or attribute left to be displayed); a step made only of
+those is skipped (``SkipKind.TIME_ONLY``), as it rebuilds nothing.
+
 Names are tracked per statement at the top level of each step (a use checked before the
 statement's own bindings; uses inside functions count, bindings inside them do not). This is a
 conservative reading of the text, not a sandbox: it decides what is run *again*, which the user
@@ -32,7 +38,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterator
+from typing import Callable, Iterator
 
 # Reached by name, these look up or run other names at run time.
 DYNAMIC_NAMES = frozenset(
@@ -59,6 +65,8 @@ BLOCKED_MODULES = frozenset(
         "pydoc", "pickle", "marshal", "dill", "copyreg",
     }
 )  # fmt: skip
+# Calls that only show their arguments (the time a replay saves by not showing them again).
+OUTPUT_FUNCTIONS = frozenset({"print", "display"})
 # A pandas ``.query``/``.eval`` string resolves ``@names`` from the caller's variables.
 EXPRESSION_METHODS = frozenset({"query", "eval"})
 
@@ -68,6 +76,7 @@ class SkipKind(Enum):
     DYNAMIC = "dynamic"  # looks names up at run time
     FROM_SKIPPED = "from_skipped"  # uses a name only a step not replayed made
     NOT_PYTHON = "not_python"  # IPython magics or shell lines, or not code at all
+    TIME_ONLY = "time_only"  # only waits or shows output: nothing to rebuild
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,8 @@ class Skip:
             )
         if self.kind is SkipKind.FROM_SKIPPED:
             return f"it uses {listed}, made by an earlier step that is not run again"
+        if self.kind is SkipKind.TIME_ONLY:
+            return "it only waits or shows output"
         return "it is not plain Python (IPython magics or shell commands), so it could call a plugin"
 
 
@@ -98,6 +109,8 @@ class ReplayChecker:
     plugins: frozenset[str]
     missing: set[str] = field(default_factory=set)  # made by a step not replayed, not made again since
     _sys_names: set[str] = field(default_factory=lambda: {"sys"})
+    _wait_modules: set[str] = field(default_factory=lambda: {"time", "asyncio"})
+    _sleep_names: set[str] = field(default_factory=set)  # ``from time import sleep [as nap]``
 
     def check(self, code: str) -> Skip | None:
         """Why ``code`` must not run again, or None; either way its names are accounted for."""
@@ -105,12 +118,48 @@ class ReplayChecker:
         if tree is None:
             return Skip(SkipKind.NOT_PYTHON)
         self._sys_names |= _aliases_of(tree, "sys")
+        self._wait_modules |= _aliases_of(tree, "time") | _aliases_of(tree, "asyncio")
+        self._sleep_names |= _imported_as(tree, ("time", "asyncio"), "sleep")
         skip = self._reaches_plugin(tree) if plain else Skip(SkipKind.NOT_PYTHON)
         if skip is None:
             skip = self._uses_missing(tree)
         if skip is not None:
             self.missing |= _bound_names(tree)
         return skip
+
+    def trim(self, code: str) -> tuple[str | None, int]:
+        """``code`` without its statements that only wait or show output, and how many were dropped;
+        None when nothing else is left. Plain Python only (other code is returned as it is)."""
+        tree, plain = _parse(code)
+        if tree is None or not plain:
+            return code, 0
+        dropped = _drop_time_only(tree.body, self._only_time)
+        if not dropped:
+            return code, 0
+        if all(isinstance(node, ast.Pass) for node in tree.body):
+            return None, dropped
+        return ast.unparse(tree), dropped
+
+    def _only_time(self, statement: ast.stmt) -> bool:
+        """A statement whose only effect is time: a wait, or output of values that call nothing."""
+        if not isinstance(statement, ast.Expr):
+            return False
+        value = statement.value
+        if isinstance(value, ast.Await):
+            value = value.value
+        if isinstance(value, (ast.Name, ast.Attribute, ast.Constant)) and _calls_nothing(value):
+            return True  # left to be displayed
+        if not isinstance(value, ast.Call) or not all(_calls_nothing(a) for a in [*value.args, *value.keywords]):
+            return False
+        func = value.func
+        if isinstance(func, ast.Name):
+            return func.id in self._sleep_names or func.id in OUTPUT_FUNCTIONS
+        return (
+            isinstance(func, ast.Attribute)
+            and func.attr == "sleep"
+            and isinstance(func.value, ast.Name)
+            and func.value.id in self._wait_modules
+        )
 
     def not_run(self, code: str) -> None:
         """A step that is not run again for another reason (it failed, or was cancelled)."""
@@ -135,6 +184,12 @@ class ReplayChecker:
         if used:  # ``check`` marks everything the step binds as missing again
             return Skip(SkipKind.FROM_SKIPPED, tuple(sorted(used)))
         return None
+
+
+def bound_names(code: str) -> set[str]:
+    """The module-level names ``code`` binds (none when it cannot be read)."""
+    tree, _ = _parse(code)
+    return _bound_names(tree) if tree is not None else set()
 
 
 def _parse(code: str) -> tuple[ast.Module | None, bool]:
@@ -299,3 +354,48 @@ def _bound_names(tree: ast.AST) -> set[str]:
 def _loaded_names(tree: ast.AST) -> set[str]:
     """Every name the code reads, inside functions too (they run when called)."""
     return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+
+
+_BLOCKS = ("body", "orelse", "finalbody")
+
+
+def _drop_time_only(body: list[ast.stmt], only_time: Callable[[ast.stmt], bool]) -> int:
+    """Replace, in place, the statements ``only_time`` picks by nothing (``pass`` where a block would
+    be left empty), in this block and the blocks nested in it, not in functions or classes (their
+    bodies run later, when called, and are kept as written); returns how many were dropped."""
+    dropped = 0
+    kept: list[ast.stmt] = []
+    for statement in body:
+        if only_time(statement):
+            dropped += 1
+            continue
+        if not isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            for name in _BLOCKS:
+                block = getattr(statement, name, None)
+                if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
+                    dropped += _drop_time_only(block, only_time)
+            for part in [*getattr(statement, "handlers", []), *getattr(statement, "cases", [])]:
+                dropped += _drop_time_only(part.body, only_time)
+        kept.append(statement)
+    body[:] = kept or [ast.Pass()]
+    return dropped
+
+
+def _calls_nothing(node: ast.AST) -> bool:
+    """No call, await, yield or assignment anywhere in the expression (reading it changes nothing
+    the replay needs; a property is trusted to only read)."""
+    return not any(
+        isinstance(n, (ast.Call, ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr, ast.Lambda))
+        for n in ast.walk(node)
+    )
+
+
+def _imported_as(tree: ast.AST, modules: tuple[str, ...], name: str) -> set[str]:
+    """The names ``from module import name [as x]`` binds in the code."""
+    return {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module in modules
+        for alias in node.names
+        if alias.name == name
+    }

@@ -31,10 +31,11 @@ from core.llm.factory import ModelChoices
 from core.memory import Post, Round
 from core.plugins.api import MAX_SESSION_VAR_NAME
 from core.plugins.catalog import PluginCatalog, describe_plugins
-from core.resume import Progress, ReplayReport, load_rounds, replay, replay_plan
+from core.resume import Progress, ReplayReport, load_rounds, restore
 from core.roles.context import RoundContext, RoundFailed
 from core.roles.protocol import PLANNER, USER
 from core.roles.registry import RoleDeps, RoleRegistry
+from core.snapshot import Snapshots, ran_code
 from core.telemetry import SessionLog, TelemetryLogger
 from core.tracing import Tracing
 from core.workspace import Workspace
@@ -153,6 +154,11 @@ class Session:
                 prompt.datasets = datasets
         self._round_lock = threading.Lock()
         self._cancel: CancelToken | None = None
+        # Kernels that outlive their server (a gateway's) are adopted instead; their files travel after
+        # every run, and a snapshot with them would be copied each time.
+        snapshot_mb = 0 if kernel_backend.kernels_outlive_server else config.session.snapshot_max_mb
+        self.snapshots = Snapshots(self.executor, snapshot_mb, self.log.logger)
+        self._restoring = False
         self._stopped = False
         self.log.logger.info(
             "session %s started in %s%s", session_id, self.execution_cwd, " with a kernel handed over" if warm else ""
@@ -261,15 +267,20 @@ class Session:
             self._cancel = CancelToken()
             if event_handler is not None:
                 self.emitter.register(event_handler)
+            self.snapshots.code_may_run()
             try:
                 self._run_round(rnd, names, self._cancel)
             finally:
                 if event_handler is not None:
                     self.emitter.unregister(event_handler)
                 self._cancel = None
+            if ran_code(rnd):
+                self.snapshots.round_ran_code(rnd.id)
             return rnd
         finally:
             self._round_lock.release()
+            if not self._stopped:
+                self.snapshots.in_background()  # the chat is idle: its variables are saved meanwhile
 
     def _check_room(self, files: list[Any]) -> None:
         """Refuse files that would take the session's folder past ``execution.disk_mb``."""
@@ -296,32 +307,49 @@ class Session:
         self.log.logger.info("session %s resumed with %d earlier rounds", self.session_id, len(self.rounds))
 
     def replay_code(self, on_progress: Progress | None = None) -> ReplayReport:
-        """Rebuild the kernel's variables by running again the code that succeeded in earlier rounds
-        (see ``core.resume``); bounded by ``session.resume_replay_timeout``. Like a round, it
-        cannot overlap one, and ``cancel()`` stops it."""
+        """Bring back the kernel's variables of earlier rounds: the last snapshot, then the code that
+        succeeded in the rounds after it (see ``core.resume``); bounded by
+        ``session.resume_replay_timeout``. Like a round, it cannot overlap one; ``skip_restore()``
+        (or ``cancel()``) stops it and the chat goes on."""
         self.replay_pending = False
-        if not self.config.session.resume_replay:
+        settings = self.config.session
+        if not settings.resume_replay and not self.snapshots.enabled:
             return ReplayReport(total=0)
         if self._stopped:
             raise SessionStopped(self.session_id)
         if not self._round_lock.acquire(blocking=False):
             raise RoundInProgress()
         try:
-            steps = replay_plan(self.rounds, [spec.name for spec in self._plugin_catalog.specs])
             self._cancel = CancelToken()
-            report = replay(
+            self._restoring = True
+            self.snapshots.code_may_run()
+            report = restore(
                 self.executor,
-                steps,
+                self.rounds,
+                [spec.name for spec in self._plugin_catalog.specs],
                 dict(self.session_var),
-                self.config.session.resume_replay_timeout,
+                settings.resume_replay_timeout,
                 self._cancel,
                 on_progress,
+                use_snapshot=self.snapshots.enabled,
+                run_code=settings.resume_replay,
             )
-            self.log.logger.info("session %s replay: %s", self.session_id, report.summary())
+            if report.ran and report.complete and self.rounds:
+                self.snapshots.round_ran_code(self.rounds[-1].id)  # saved now, the next restore is fast
+            self.log.logger.info("session %s restore: %s", self.session_id, report.summary())
             return report
         finally:
+            self._restoring = False
             self._cancel = None
             self._round_lock.release()
+            if not self._stopped:
+                self.snapshots.in_background()
+
+    def skip_restore(self) -> bool:
+        """The user chose not to wait for the restore (``replay_code``): it stops where it is, and the
+        chat goes on with the variables brought back so far (``RestoreOutcome.SKIPPED``, whose report
+        names the missing ones). False when no restore is running."""
+        return self._restoring and self.cancel()
 
     def cancel(self) -> bool:
         """Cancel the running round from any thread: its model stream stops, its code is interrupted."""
@@ -403,6 +431,8 @@ class Session:
         self.cancel()
         got_lock = self._round_lock.acquire(timeout=STOP_WAIT_S)
         try:
+            if got_lock:
+                self.snapshots.save_due()  # the variables of the last rounds, for the next kernel
             self.executor.stop(keep_kernel=keep_kernel)
         finally:
             if got_lock:

@@ -24,6 +24,7 @@ from tests.pg_cluster import start_cluster
 from tests.test_replicas import BIND_FAILED, Layout, Login, _start_layout, _stop_all, chat, other
 from tests.test_ui_auth import add_user
 from tests.ui_harness import ChatClient, answers, code_block, steps, wait_until
+from ui.restore import TITLE as RESTORE_TITLE
 
 pytestmark = [pytest.mark.layout, pytest.mark.replicas, pytest.mark.gateway, pytest.mark.timeout(240)]
 
@@ -175,7 +176,7 @@ def test_a_killed_replicas_chat_adopts_its_kernel_elsewhere_and_nothing_is_left(
             turn = again.ask(code_block("import os\nprint('x+1 =', x + 1, 'in', os.getpid())"), timeout=60)
             said = "\n".join(answers(turn))
             assert f"x+1 = 42 in {pid}" in said, said  # the same kernel, its variables kept
-            assert not [m for m in again.messages().values() if m.get("name") == "Restoring your session"]
+            assert not [m for m in again.messages().values() if str(m.get("name")).startswith(RESTORE_TITLE)]
             survivor.wait_log(rf"chat {page.session_id}: adopting gateway kernel", 5)
 
             # The left-behind chat's kernel: nobody adopts it, so the survivor deletes it.

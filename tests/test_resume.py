@@ -13,6 +13,7 @@ from core.replay_check import SkipKind
 from core.resume import replay_plan
 
 FIXTURE_APP = Path(__file__).parent / "app_fixture"
+REPLAY_ONLY = {"session.snapshot_max_mb": 0}  # these tests are about running code again: no snapshots
 
 
 def code(text: str) -> str:
@@ -26,7 +27,7 @@ def app_dir(tmp_path: Path) -> Path:
 
 
 def test_a_resumed_chat_has_its_rounds_files_and_variables_back(app_dir: Path) -> None:
-    first = TaskWeaverApp(app_dir=app_dir)
+    first = TaskWeaverApp(app_dir=app_dir, config=REPLAY_ONLY)
     session = first.get_session()
     session_id = session.session_id
     assert session.send_message(code("x = 41\nopen('notes.txt', 'w').write('kept')")).state == "finished"
@@ -35,7 +36,7 @@ def test_a_resumed_chat_has_its_rounds_files_and_variables_back(app_dir: Path) -
     assert session.send_message(code("y = x + 1")).state == "finished"
     first.stop()  # the server goes away, and every kernel with it
 
-    second = TaskWeaverApp(app_dir=app_dir)
+    second = TaskWeaverApp(app_dir=app_dir, config=REPLAY_ONLY)
     try:
         resumed = second.open_session(session_id)
         assert [r.user_query for r in resumed.rounds][0].endswith(code("x = 41\nopen('notes.txt', 'w').write('kept')"))
@@ -57,7 +58,7 @@ def test_a_resumed_chat_has_its_rounds_files_and_variables_back(app_dir: Path) -
 
 
 def test_a_step_that_fails_now_stops_the_replay_and_says_so(app_dir: Path) -> None:
-    first = TaskWeaverApp(app_dir=app_dir)
+    first = TaskWeaverApp(app_dir=app_dir, config=REPLAY_ONLY)
     session = first.get_session()
     session.send_message(code("open('data.txt', 'w').write('1')"))
     session.send_message(code("n = int(open('data.txt').read())"))
@@ -68,7 +69,7 @@ def test_a_step_that_fails_now_stops_the_replay_and_says_so(app_dir: Path) -> No
     rounds_file = folder.parent / "rounds.jsonl"
     rounds_file.write_text(rounds_file.read_text().replace("open('data.txt', 'w').write('1')", "pass"))
 
-    second = TaskWeaverApp(app_dir=app_dir)
+    second = TaskWeaverApp(app_dir=app_dir, config=REPLAY_ONLY)
     try:
         resumed = second.open_session(session_id)
         report = resumed.replay_code()
@@ -80,12 +81,12 @@ def test_a_step_that_fails_now_stops_the_replay_and_says_so(app_dir: Path) -> No
 
 
 def test_replay_is_bounded_in_time(app_dir: Path) -> None:
-    first = TaskWeaverApp(app_dir=app_dir)
+    first = TaskWeaverApp(app_dir=app_dir, config=REPLAY_ONLY)
     session = first.get_session()
-    session.send_message(code("import time\ntime.sleep(0.5)\nslow = True"))
+    session.send_message(code("import time\nend = time.time() + 0.5\nwhile time.time() < end:\n    pass\nslow = True"))
     session_id = session.session_id
     first.stop()
-    second = TaskWeaverApp(app_dir=app_dir, config={"session.resume_replay_timeout": 0.2})
+    second = TaskWeaverApp(app_dir=app_dir, config={**REPLAY_ONLY, "session.resume_replay_timeout": 0.2})
     try:
         report = second.open_session(session_id).replay_code()
         assert report.timed_out and "took too long" in report.summary()
@@ -194,7 +195,7 @@ def test_names_made_by_skipped_or_failed_steps_are_tracked_until_made_again() ->
 def test_a_resumed_chat_does_not_repeat_a_plugin_reached_indirectly(app_dir: Path) -> None:
     (app_dir / "plugins" / "send_mail.py").write_text(SEND_MAIL_PY)
     (app_dir / "plugins" / "send_mail.yaml").write_text(SEND_MAIL_YAML)
-    first = TaskWeaverApp(app_dir=app_dir)
+    first = TaskWeaverApp(app_dir=app_dir, config=REPLAY_ONLY)
     session = first.get_session()
     session_id, outbox = session.session_id, session.execution_cwd / "outbox.txt"
     cells = ["x = 41", *INDIRECT.values(), *ALIAS, "y = x + 1"]
@@ -204,7 +205,7 @@ def test_a_resumed_chat_does_not_repeat_a_plugin_reached_indirectly(app_dir: Pat
     assert sent == sorted([*INDIRECT, "alias"]), "every way reached the plugin once"
     first.stop()
 
-    second = TaskWeaverApp(app_dir=app_dir)
+    second = TaskWeaverApp(app_dir=app_dir, config=REPLAY_ONLY)
     try:
         resumed = second.open_session(session_id)
         report = resumed.replay_code()

@@ -16,6 +16,7 @@ import pytest
 
 from tests.test_ui_auth import PLUGINS, add_user, password_login
 from tests.ui_harness import ChatClient, UIServer, answers, code_block, start_server, steps, stop_server
+from ui.restore import TITLE as RESTORE_TITLE
 
 ENV = {"WEAVER_UI_AUTH": "password"}
 
@@ -104,8 +105,8 @@ def test_after_a_restart_a_chat_is_listed_and_continues_with_its_variables(app_d
             turn = chat.ask(code_block("print(x + 1, open('notes.txt').read())"), timeout=120)
         finally:
             chat.disconnect()
-        restore = [m for m in chat.messages().values() if m.get("name") == "Restoring your session"]
-        assert restore and "Ran 2 of 2 earlier code steps" in str(restore[0].get("output")), restore
+        restore = [m for m in chat.messages().values() if str(m.get("name")).startswith(RESTORE_TITLE)]
+        assert restore and "Loaded" in str(restore[0].get("output")), restore
         said = "\n".join(answers(turn) + steps(turn, "CodeInterpreter"))
         assert "42 kept" in said, said
     finally:

@@ -43,6 +43,7 @@ from tests.ui_harness import (
 )
 from ui.lifecycle import SESSION_FAILED
 from ui.markdown import neutralise_images
+from ui.restore import TITLE as RESTORE_TITLE
 
 __all__ = ["ui_server"]
 
@@ -190,7 +191,7 @@ def test_a_round_running_across_a_blip_finishes_on_the_new_socket(ui_server: UIS
 
 
 def test_message_after_the_grace_period_brings_the_session_back(ui_server: UIServer) -> None:
-    """The kernel went with the grace period; the chat's next message restores it by replaying its code."""
+    """The kernel went with the grace period; the chat's next message brings its variables back (its snapshot)."""
     first = ui_server.client().connect()
     pid = kernel_pid(first.ask(code_block("z = 5\n" + KERNEL_ID_CODE)))
     first.disconnect()
@@ -199,12 +200,12 @@ def test_message_after_the_grace_period_brings_the_session_back(ui_server: UISer
     again = ui_server.client(first.session_id).connect(expect_chat_start=False)
     try:
         turn = again.ask(code_block("print('z is', z)"))
-        restore = [m for m in again.messages().values() if m.get("name") == "Restoring your session"]
+        restore = [m for m in again.messages().values() if str(m.get("name")).startswith(RESTORE_TITLE)]
     finally:
         again.disconnect()
     said = answers(turn)
     assert any("z is 5" in a for a in said), said
-    assert restore and "Ran 1 of 1 earlier code steps" in str(restore[0].get("output")), restore
+    assert restore and "Loaded" in str(restore[0].get("output")), restore
 
 
 def test_stop_cancels_a_long_round_and_the_next_message_works(ui_server: UIServer) -> None:

@@ -11,7 +11,6 @@ session's ``user_name``. What a request may do is checked first by ``ui.guards``
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import logging
 import sys
@@ -40,6 +39,9 @@ from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
 from ui.outputs import Folder, files_action, session_folder, show_outputs, stored_folder  # noqa: E402
 from ui.render import RoundRenderer, pump_round  # noqa: E402
 from ui.reopen import last_answer_id, remove_stop_notice  # noqa: E402
+from ui.restore import SKIP_ACTION as SKIP_RESTORE  # noqa: E402
+from ui.restore import restore_session  # noqa: E402
+from ui.restore import skip as skip_restore  # noqa: E402
 from ui.startup import stop_server_on_failure  # noqa: E402
 from ui.welcome import EXPAND_STEPS_NOTE, dataset_starters, send_welcome  # noqa: E402
 
@@ -228,7 +230,7 @@ async def on_message(message: cl.Message) -> None:
         for problem in getattr(session, "plugin_errors", []) or []:
             await cl.Message(content=f"Warning: {problem}", author=chainlit_config.ui.name).send()
         if session.replay_pending:
-            await _restore(session)
+            await _restore(session, lease.round_lock)
         elif resume_id and resume_id != session.session_id:
             await cl.Message(
                 content="Note: this chat's earlier Python session could not be brought back, so this is a "
@@ -307,34 +309,16 @@ async def _note_session(thread_id: str, session_id: str, key: str) -> None:
         await server.LIVE.note_thread(key, thread_id)
 
 
-async def _restore(session: Session) -> None:
-    """Run a resumed chat's earlier code again, with a visible step saying how it goes."""
-    loop = asyncio.get_running_loop()
-    step = cl.Step(name="Restoring your session", type="tool", default_open=True, show_input=False)
-    step.output = "Running your earlier code again to rebuild its variables…"
-    await step.send()
+async def _restore(session: Session, round_lock: asyncio.Lock) -> None:
+    """Bring a resumed chat's variables back, shown as a step with a "Skip restore" button (``ui.restore``)."""
+    await restore_session(session, chainlit_config.ui.name, round_lock)
 
-    chat_context = contextvars.copy_context()  # Chainlit's context of this chat: stream_token needs it
 
-    def progress(done: int, total: int) -> None:
-        text = f"Running your earlier code again to rebuild its variables… step {done} of {total}"
-        loop.call_soon_threadsafe(
-            lambda: asyncio.ensure_future(step.stream_token(text, is_sequence=True)), context=chat_context
-        )
-
-    try:
-        report = await run_in_thread(session.replay_code, progress, name="weaver-restore")
-        step.output = report.summary()
-        step.is_error = not report.complete
-    except WeaverError as exc:
-        step.output, step.is_error = str(exc), True
-    except Exception:
-        logger.exception("restoring weaver session %s failed", session.session_id)
-        step.output, step.is_error = (
-            "Your earlier variables could not be restored; the chat goes on without them.",
-            True,
-        )
-    await step.update()
+@cl.action_callback(SKIP_RESTORE)
+async def on_skip_restore(action: cl.Action) -> None:
+    """The "Skip restore" button: the chat goes on without waiting for its earlier variables."""
+    if not server.ENDED_LOGINS.refused(_key()):
+        skip_restore(cl.user_session.get("weaver_session"))
 
 
 @cl.on_chat_resume

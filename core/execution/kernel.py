@@ -286,6 +286,22 @@ class KernelExecutor:
                 run.disk_full = self._disk_overrun(disk_start)  # a burst of writes between two checks
             return self._finish(execution_id, code, run, limit, begin_id, notes)
 
+    def call_helper(
+        self, expression: str, *, start: bool = False, only_if: Callable[[], bool] | None = None
+    ) -> str | None:
+        """Evaluate Weaver's own ``expression`` (it returns a str) in the kernel between executions,
+        out of the user's history and output (a session's snapshot). None, having done nothing,
+        when no kernel runs (unless ``start``) or ``only_if``, checked once no execution runs,
+        is False. Raises what a bookkeeping call raises (``RuntimeError``, ``TimeoutError``...)."""
+        with self._exec_lock:
+            if self._closed or self._stopping.is_set() or (only_if is not None and not only_if()):
+                return None
+            if not (self.process.running and self.process.alive()):
+                if not start:
+                    return None
+                self.start()
+            return self._rpc.silent_value(expression)
+
     def _move_files(self, move: Callable[[KernelRPC], list[str]]) -> list[str]:
         """The backend's file hook (a remote kernel's files follow it); a failure is a note, not a crash."""
         try:
