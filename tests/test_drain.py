@@ -121,7 +121,7 @@ def test_the_generic_names_are_the_ones_the_installed_chainlit_reads() -> None:
     assert {v for v in envvars if not v.startswith("CHAINLIT_")} == set(chainlit_env.RUN_OPTIONS)
 
     environ = {"run": "x", "Ui": "y", "CI": "true", "CHAINLIT_AUTH_SECRET": "kept", "RUNNER": "kept"}
-    assert chainlit_env.isolate(environ) == ["CI", "Ui", "run"]
+    assert chainlit_env.isolate(environ) == ["Ui", "run"]  # CI removed too, without a word
     assert environ == {"CHAINLIT_AUTH_SECRET": "kept", "RUNNER": "kept"}
 
 
@@ -327,7 +327,7 @@ def test_weaver_ui_drains_its_server_on_sigterm_and_ignores_chainlits_generic_na
 ) -> None:
     _, launched = servers
     said = launched.log.read_text()
-    assert "Weaver UI: ignoring CI, DEBUG, PROJECT, ROOT, RUN, ui: names Chainlit would misread" in said, said
+    assert "Weaver UI: ignoring DEBUG, PROJECT, ROOT, RUN, ui: names Chainlit would misread" in said, said
     server_pids = launched.server_pids()
     with ChatClient(launched.base_url) as chat:
         message_id = chat.send(SLOW_ROUND)

@@ -222,7 +222,7 @@ def test_metrics_through_a_proxy_need_the_token(
     assert proxied.status_code == 200
     assert proxied.json() == {
         "ready": True,
-        "checks": {"engine": {"ok": True}, "database": {"ok": True}, "kernels": {"ok": True}},
+        "checks": {"engine": {"ok": True}, "database": {"ok": True}, "kernels": {"ok": True}, "draining": {"ok": True}},
     }
 
 
@@ -285,19 +285,19 @@ def test_a_registered_check_makes_the_server_unready(tmp_path: Path) -> None:
     from ui import readiness
 
     draining = False
-    readiness.register("draining", lambda: "the server is draining" if draining else None)
+    readiness.register("paused", lambda: "the server is paused" if draining else None)
     database = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'h.db'}")
     try:
         found = asyncio.run(readiness.readiness(lambda: None, lambda: database, 1.0))
-        assert found.checks["database"] == {"ok": True} and found.checks["draining"] == {"ok": True}
+        assert found.checks["database"] == {"ok": True} and found.checks["paused"] == {"ok": True}
         assert found.checks["engine"] == {"ok": False, "detail": "the engine has not started yet"}
         draining = True
         found = asyncio.run(readiness.readiness(lambda: None, lambda: None, 1.0))
         assert not found.ready
-        assert found.checks["draining"] == {"ok": False, "detail": "the server is draining"}
-        assert found.body(with_details=False)["checks"]["draining"] == {"ok": False}
+        assert found.checks["paused"] == {"ok": False, "detail": "the server is paused"}
+        assert found.body(with_details=False)["checks"]["paused"] == {"ok": False}
     finally:
-        readiness.EXTRA_CHECKS.pop("draining", None)
+        readiness.EXTRA_CHECKS.pop("paused", None)
         asyncio.run(database.dispose())
 
 

@@ -137,30 +137,3 @@ def scope_client(scope: Mapping[str, Any]) -> str:
     already put it in ``client``, ``ui.guards.client``)."""
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
-
-
-def request_user(scope: Mapping[str, Any] | None = None) -> str:
-    """Who sent the current request, read from its login token (Chainlit's cookie, or a Bearer
-    header). Only for requests Chainlit has already let through; "" when there is no token."""
-    import jwt
-    from chainlit.auth import get_token_from_cookies
-    from starlette.requests import Request
-
-    from ui.logins.base import SECRET_ENV
-
-    scope = scope if scope is not None else REQUEST.get()
-    if scope is None or scope.get("type") not in ("http", "websocket"):
-        return ""
-    request = Request(dict(scope))
-    token = get_token_from_cookies(dict(request.cookies)) or ""
-    if not token:
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        token = value.strip() if scheme.lower() == "bearer" else ""
-    secret = os.environ.get(SECRET_ENV)
-    if not token or not secret:
-        return ""
-    try:
-        claims = jwt.decode(token, secret, algorithms=["HS256"])
-    except jwt.InvalidTokenError:
-        return ""
-    return str(claims.get("identifier", ""))

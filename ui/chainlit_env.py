@@ -12,7 +12,8 @@ Chainlit reads some variables whose names anyone may have set for something else
 
 Weaver configures Chainlit through its own command line and ``.chainlit/config.toml``, never
 through these, so ``isolate`` removes them from the server's environment before Chainlit is
-imported, and says so in one line. Chainlit's own ``.env`` loading would put them back, so the
+imported, and says so in one line (of ``CI``, which every CI runner sets, it says nothing).
+Chainlit's own ``.env`` loading would put them back, so the
 same file is loaded here first (same rules: the environment wins) and Chainlit is told there is
 none. Names with Chainlit's own prefix (``CHAINLIT_AUTH_SECRET``, ``CHAINLIT_ROOT_PATH``…) are
 deliberate and stay. ``tests/test_drain.py`` checks these lists against the installed Chainlit.
@@ -26,6 +27,8 @@ from collections.abc import MutableMapping
 SETTINGS_FIELDS = ("ROOT", "CHAINLIT_SERVER", "RUN", "FEATURES", "UI", "PROJECT", "CODE")  # case-insensitive
 RUN_OPTIONS = ("RUN_TARGET", "WATCH", "HEADLESS", "DEBUG", "CI", "NO_CACHE")
 GENERIC_NAMES = frozenset(SETTINGS_FIELDS + RUN_OPTIONS)
+# Removed without a word: every CI runner sets it, so naming it would only add a line to each start.
+QUIET_NAMES = frozenset({"CI"})
 
 
 def load_dotenv_first(environ: MutableMapping[str, str], cwd: str) -> None:
@@ -42,8 +45,8 @@ def load_dotenv_first(environ: MutableMapping[str, str], cwd: str) -> None:
 
 
 def isolate(environ: MutableMapping[str, str]) -> list[str]:
-    """Remove the names Chainlit would misread; returns those removed, sorted."""
+    """Remove the names Chainlit would misread; returns those removed worth a word, sorted."""
     removed = sorted(name for name in environ if name.upper() in GENERIC_NAMES)
     for name in removed:
         del environ[name]
-    return removed
+    return [name for name in removed if name.upper() not in QUIET_NAMES]

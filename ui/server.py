@@ -26,8 +26,9 @@ from core.errors import WeaverError
 from core.execution.backend import KernelBackend, backend_for
 from core.workspace import default_app_dir
 from ui import drain, guards, ops_routes, patches, readiness
-from ui.audit import AuditEvent, request_user
+from ui.audit import AuditEvent
 from ui.audit import record as record_audit
+from ui.audit_user import request_user
 from ui.bridge import in_background, run_in_thread
 from ui.history import HistoryConfigError, OutageNotices, WeaverDataLayer, history_settings, open_history
 from ui.history.write_behind import MB, OutagePolicy

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from urllib.parse import parse_qs
 
 from ui import audit
+from ui.audit_user import request_user
 from ui.guards.asgi import Message, Scope, Send
 
 logger = logging.getLogger("weaver.ui.guards")
@@ -31,7 +32,7 @@ def _from_chainlit(scope: Scope) -> dict[str, Any]:
     session = WebsocketSession.get_by_id((query.get("session_id") or [""])[0])
     file_id = str(scope.get("path", "")).rstrip("/").rsplit("/", 1)[-1]
     if session is None:
-        return {"user": audit.request_user(scope), "file": file_id}
+        return {"user": request_user(scope), "file": file_id}
     found = session.files.get(file_id) or {}
     return {
         "user": str(getattr(session.user, "identifier", "") or ""),
