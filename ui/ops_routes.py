@@ -14,6 +14,7 @@ balancer needs.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -30,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from core import TaskWeaverApp, metrics
 from core.metrics import Kind
 from ui.guards.asgi import header
-from ui.readiness import readiness
+from ui.readiness import Readiness, readiness
 
 logger = logging.getLogger("weaver.ui.ops")
 
@@ -49,6 +50,10 @@ class OpsSettings(BaseSettings):
         None, description="Bearer token that lets non-loopback clients read /metrics and /ready's details"
     )
     ui_ready_timeout_s: float = Field(2.0, gt=0, le=60, description="how long one /ready check may take")
+    ui_ready_db_grace_s: float = Field(
+        60.0, ge=0, description="how long a silent database stays a note while the history spools writes"
+    )
+    ui_ready_cache_s: float = Field(1.0, ge=0, le=60, description="how long one /ready answer is reused")
 
     @field_validator("metrics_token")
     @classmethod
@@ -77,6 +82,8 @@ def _loopback(scope: Scope) -> bool:
         address = ipaddress.ip_address(str(client[0]))
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1 on a dual-stack socket
     return address.is_loopback and not any(header(scope.get("headers", []), name) for name in FORWARDING_HEADERS)
 
 
@@ -105,6 +112,10 @@ class OpsRoutes:
         self.metrics_path = f"{root_path}/metrics"
         self.engine = engine
         self.history = history
+        # The last /ready verdict and when it was made (monotonic): /ready is open to anyone, so a
+        # flood of it reuses one answer a second instead of opening a database connection per hit.
+        self._last: tuple[float, Readiness] | None = None
+        self._lock = asyncio.Lock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path")
@@ -123,11 +134,22 @@ class OpsRoutes:
         return _loopback(scope) or _bearer_ok(scope, self.settings.metrics_token)
 
     async def _ready(self, scope: Scope) -> Response:
-        found = await readiness(self.engine, self.history, self.settings.ui_ready_timeout_s)
+        found = await self._readiness()
+        return _json(200 if found.ready else 503, found.body(self._trusted(scope)), {"Cache-Control": "no-store"})
+
+    async def _readiness(self) -> Readiness:
+        """The checks' verdict, made at most once per ``WEAVER_UI_READY_CACHE_S``."""
+        async with self._lock:  # concurrent hits wait for the one running check
+            if self._last is not None and time.monotonic() - self._last[0] < self.settings.ui_ready_cache_s:
+                return self._last[1]
+            found = await readiness(
+                self.engine, self.history, self.settings.ui_ready_timeout_s, self.settings.ui_ready_db_grace_s
+            )
+            self._last = (time.monotonic(), found)
         if not found.ready:
             failed = ", ".join(name for name, result in found.checks.items() if not result["ok"])
             logger.warning("not ready: %s", failed)
-        return _json(200 if found.ready else 503, found.body(self._trusted(scope)), {"Cache-Control": "no-store"})
+        return found
 
     def _metrics(self, scope: Scope) -> Response:
         if not self._trusted(scope):

@@ -5,7 +5,11 @@
 ``WEAVER_UI_READY_TIMEOUT_S``; they run side by side:
 
 * ``engine``: the engine has started (it does at the app's start-up);
-* ``database``: ``SELECT 1`` on the chat history's database (SQLite or PostgreSQL);
+* ``database``: ``SELECT 1`` on the chat history's database (SQLite or PostgreSQL). A database that
+  does not answer while the history keeps (spools) its writes is only a note for
+  ``WEAVER_UI_READY_DB_GRACE_S``: the replicas share the database, so failing at once would take every
+  one of them out of the load balancer for a blip the history rides out. It fails when the outage
+  lasts longer, or when the history can no longer keep writes (its spool is full or broken);
 * ``kernels``: the kernel backend says kernels can start (a gateway answers an authenticated
   request; local kernels: whether they fork from the fork server, said but never failing);
 * whatever else was registered with ``register`` (e.g. a draining server: one line).
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Union
 
@@ -26,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import TaskWeaverApp
 from ui.bridge import run_in_thread
+from ui.history.write_behind import WriteBehind, history_writes
 
 
 class Note(str):
@@ -72,10 +78,50 @@ async def _run(check: Check, timeout: float) -> tuple[bool, str]:
     return isinstance(verdict, Note), str(verdict)[:300]
 
 
+class DatabaseOutage:
+    """When this server's ``/ready`` first found the database silent (None: it answers)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+
+OUTAGE = DatabaseOutage()
+
+
+def _history_keeps(writes: WriteBehind | None) -> bool:
+    """Whether the history still keeps every write: its spool is neither full nor broken."""
+    if writes is None:
+        return True  # nothing was written in this outage: nothing to lose yet
+    full = writes.spooled_bytes >= writes.outage.spool_bytes
+    return not (full or getattr(writes, "_full", False) or getattr(writes, "_spool_broken", False))
+
+
+def database_verdict(
+    problem: str, writes: WriteBehind | None, grace_s: float, outage: DatabaseOutage, now: float
+) -> Verdict:
+    """A silent database (``problem`` says how): a note while the outage is younger than ``grace_s``
+    and the history keeps its writes, else a failure."""
+    started = [t for t in (outage.since, writes.failing_since if writes is not None else None) if t is not None]
+    lasted = max(0.0, now - min(started)) if started else 0.0
+    if not _history_keeps(writes):
+        return f"{problem}; the history can no longer keep writes (spool full or broken)"
+    if lasted >= grace_s:
+        return f"{problem} for {lasted:.0f} s (WEAVER_UI_READY_DB_GRACE_S={grace_s:g})"
+    spooling = (
+        f"history spooling since {now - writes.failing_since:.0f} s"
+        if writes is not None and writes.failing_since is not None
+        else "history would spool writes"
+    )
+    return Note(f"{problem}; {spooling} (ready for up to WEAVER_UI_READY_DB_GRACE_S={grace_s:g} s)")
+
+
 async def readiness(
     engine: Callable[[], TaskWeaverApp | None],
     history: Callable[[], AsyncEngine | None],
     timeout: float,
+    db_grace_s: float = 0.0,
+    writes: Callable[[], WriteBehind | None] = history_writes,
+    outage: DatabaseOutage = OUTAGE,
 ) -> Readiness:
     """Run every check (each within ``timeout`` s) and say whether all passed."""
 
@@ -86,9 +132,18 @@ async def readiness(
         found = history()
         if found is None:
             return "the chat history is not open yet"
-        async with found.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-        return None
+        try:
+            await asyncio.wait_for(_select_one(found), timeout * 0.9)
+        except asyncio.TimeoutError:
+            problem = f"no answer within {timeout:g} s (WEAVER_UI_READY_TIMEOUT_S)"
+        except Exception as exc:  # noqa: BLE001 - the database failing is what is checked
+            problem = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        else:
+            outage.since = None
+            return None
+        now = time.time()
+        outage.since = outage.since if outage.since is not None else now
+        return database_verdict(problem, writes(), db_grace_s, outage, now)
 
     async def kernels() -> Verdict:
         app = engine()
@@ -106,3 +161,8 @@ async def readiness(
         for name, (ok, detail) in zip(checks, results, strict=True)
     }
     return Readiness(all(ok for ok, _ in results), found)
+
+
+async def _select_one(database: AsyncEngine) -> None:
+    async with database.connect() as connection:
+        await connection.execute(text("SELECT 1"))
