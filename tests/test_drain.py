@@ -210,6 +210,51 @@ def test_the_drain_setting_is_checked_and_a_newer_uvicorn_only_loses_the_drain(
     assert "a stop cancels running rounds at once" in caplog.text
 
 
+def test_the_wrapper_reads_the_drain_from_the_servers_env_file(tmp_path: Path) -> None:
+    """The server reads the checkout's ``.env``; ``weaver ui``'s kill deadline must use the same
+    ``WEAVER_UI_DRAIN_S`` (the environment wins), or it could kill a server mid-drain."""
+    from ui.cli import server_environment
+
+    (tmp_path / ".env").write_text("WEAVER_UI_DRAIN_S=95\n")
+    assert drain_seconds(server_environment({}, tmp_path)) == 95
+    assert drain_seconds(server_environment({"WEAVER_UI_DRAIN_S": "7"}, tmp_path)) == 7
+    assert drain_seconds(server_environment({}, tmp_path / "elsewhere")) == DEFAULT_DRAIN_S
+
+
+def test_a_failing_or_slow_shutdown_step_lets_the_next_ones_run(caplog: pytest.LogCaptureFixture) -> None:
+    """Chainlit closes the history after the app's shutdown hook, and not at all if it raises:
+    each of Weaver's steps logs its failure, and a slow one is given up on within its bound."""
+    from ui import shutdown_steps
+
+    ran: list[str] = []
+
+    async def broken() -> None:
+        raise RuntimeError("the registry is gone")
+
+    async def slow() -> None:
+        await asyncio.sleep(30)
+
+    async def fine() -> None:
+        ran.append("fine")
+
+    async def scenario() -> list[bool]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        done = [
+            await shutdown_steps.step("a broken step", broken()),
+            await shutdown_steps.step("a slow step", slow(), 0.2),
+            await shutdown_steps.step("the history's turn", fine()),
+        ]
+        assert loop.time() - started < 5
+        return done
+
+    with caplog.at_level(logging.WARNING, logger="weaver.ui.shutdown"):
+        assert asyncio.run(scenario()) == [False, False, True]
+    assert ran == ["fine"]
+    assert "shutdown: a broken step failed; going on" in caplog.text and "the registry is gone" in caplog.text
+    assert "shutdown: a slow step took over 0.2s; going on without it" in caplog.text
+
+
 @dataclass
 class Launched:
     """``weaver ui`` (the launcher) and its server, as an operator runs it."""

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from core import TaskWeaverApp, metrics
 from core.config import ExecutionSettings, load_config
 from core.execution.gateway_backend import GatewayBackend
+from core.tracing import Tracing
 from tests.llm_server import Answer, ScriptedLLMServer, Status
 from tests.otlp_receiver import OTLPReceiver, ReceivedSpan
 from tests.pg_cluster import PgCluster, start_cluster
@@ -408,3 +409,41 @@ def test_tracing_enabled_is_taskweavers_key_and_metrics_can_be_off(tmp_path: Pat
     finally:
         app.stop()
         metrics.configure(True)
+
+
+def test_queued_spans_are_sent_at_shutdown_and_no_endpoint_means_no_tracing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Chainlit ends its process with ``os._exit``, so the SDK's exit hook never sends what is
+    queued: ``shutdown_tracing`` (the server's shutdown calls it) does, at once, not after the batch
+    delay. And ``tracing.enabled`` without an OTLP endpoint is one warning naming the variables,
+    not spans sent to a default address nobody listens on."""
+    from core import tracing
+
+    tracing.shutdown_tracing(1.0)  # whatever an earlier test set up
+    for name in tracing.ENDPOINT_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tracing, "_WARNED", False)
+    with caplog.at_level("WARNING", logger="weaver.tracing"):
+        assert Tracing(True).enabled is False
+        assert Tracing(True).enabled is False
+    warned = [r.getMessage() for r in caplog.records if r.name == "weaver.tracing"]
+    assert warned == [
+        "tracing.enabled is set but neither OTEL_EXPORTER_OTLP_ENDPOINT nor OTEL_EXPORTER_OTLP_TRACES_ENDPOINT "
+        "is: tracing stays off"
+    ]
+
+    receiver = OTLPReceiver().start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", receiver.endpoint)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # ms: only a flush sends it within the test
+        traced = Tracing(True)
+        assert traced.enabled
+        with traced.span("weaver.round", {"weaver.session": "s-1"}):
+            pass
+        assert receiver.spans == []  # queued, not sent
+        tracing.shutdown_tracing(5.0)
+        assert [s.name for s in receiver.spans] == ["weaver.round"]  # sent by the call itself
+    finally:
+        tracing.shutdown_tracing(1.0)
+        receiver.stop()

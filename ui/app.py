@@ -27,7 +27,9 @@ from chainlit.input_widget import Select, Slider, Switch  # noqa: E402
 from chainlit.types import ThreadDict  # noqa: E402
 
 from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
+from core.tracing import shutdown_tracing  # noqa: E402
 from ui import server  # noqa: E402  (importing ``server`` sets this server up)
+from ui import shutdown_steps as shutdown  # noqa: E402
 from ui.bridge import in_background, run_in_thread  # noqa: E402
 from ui.check import CheckReport, run_check_async  # noqa: E402
 from ui.drain import DRAIN  # noqa: E402
@@ -106,14 +108,18 @@ async def _check_model(app: TaskWeaverApp) -> None:
 
 @cl.on_app_shutdown
 async def on_app_shutdown() -> None:
-    await server.ENDED_LOGINS.stop()
+    # Each step logs its own failure and the slow ones are bounded (ui/shutdown_steps.py): Chainlit
+    # closes the history after this hook, and not at all if it raises.
+    await shutdown.step("the ended-logins watcher", server.ENDED_LOGINS.stop())
     keep = server.hands_over_kernels()  # after a drain, with a gateway: another replica adopts them
-    await server.OWNER.close_all(keep_kernels=keep)
+    await shutdown.step("stopping the sessions", server.OWNER.close_all(keep_kernels=keep), shutdown.SESSIONS_STOP_S)
     if server.LIVE is not None:
-        await server.LIVE.stop(hand_over=keep)
+        await shutdown.step("the live-chat registry", server.LIVE.stop(hand_over=keep), shutdown.LIVE_STOP_S)
     engine = server.running_engine()
     if engine is not None:
-        await asyncio.to_thread(engine.stop)
+        await shutdown.step("stopping the engine", asyncio.to_thread(engine.stop), shutdown.ENGINE_STOP_S)
+    flush = asyncio.to_thread(shutdown_tracing, shutdown.TRACING_FLUSH_S)  # Chainlit's os._exit skips the SDK's
+    await shutdown.step("sending queued spans", flush, shutdown.TRACING_FLUSH_S + 1)
 
 
 @cl.set_starters

@@ -90,7 +90,17 @@ def run_ui(host: str, port: int, app_dir: str | None, public_url: str | None = N
     proc = subprocess.Popen(
         chainlit_command(host, port), cwd=REPO_ROOT, env=env, preexec_fn=_die_with_parent, start_new_session=True
     )
-    return _serve_until_stopped(proc, drain_seconds(env), STOP_GRACE_S)
+    return _serve_until_stopped(proc, drain_seconds(server_environment(env, REPO_ROOT)), STOP_GRACE_S)
+
+
+def server_environment(env: dict[str, str], cwd: Path) -> dict[str, str]:
+    """``env`` as the server will see it: plus the ``.env`` it reads in ``cwd`` (the environment
+    wins), so the wrapper's kill deadline uses the server's own ``WEAVER_UI_DRAIN_S``."""
+    from ui.chainlit_env import load_dotenv_first
+
+    seen = dict(env)
+    load_dotenv_first(seen, str(cwd))
+    return seen
 
 
 def _serve_until_stopped(proc: subprocess.Popen[bytes], drain_s: float, grace_s: float) -> int:

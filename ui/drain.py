@@ -35,7 +35,9 @@ from urllib.parse import parse_qs
 logger = logging.getLogger("weaver.ui.drain")
 
 DEFAULT_DRAIN_S = 30.0  # WEAVER_UI_DRAIN_S
-STOP_GRACE_S = 30.0  # past the drain: stopping sessions and kernels, storing the history (``weaver ui`` waits this)
+# Past the drain: the history flush (FLUSH_TIMEOUT_S), ui/shutdown_steps.py's bounded steps, the
+# history close (``weaver ui`` waits this long before it kills its server).
+STOP_GRACE_S = 40.0
 FLUSH_TIMEOUT_S = 10.0  # the history's pending writes, stored before the sockets close
 RETRY_AFTER_S = 5
 RESTARTING = "This server is restarting: try again in a few seconds."
