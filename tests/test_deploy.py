@@ -16,14 +16,17 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
-from tests.ui_harness import REPO_ROOT, free_port
+from tests.ui_harness import REPO_ROOT, free_port, wait_until
 
 DEPLOY = REPO_ROOT / "deploy"
 
@@ -125,8 +128,17 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_image() -> None:
         "elsewhere/audit.jsonl",
     ):
         assert dockerignored(patterns, secret), f"{secret} would be copied into the image"
-    for needed in ("core/app.py", "ui/app.py", "pyproject.toml", ".chainlit/config.toml", "chainlit.md", "public"):
+    for needed in (
+        "core/app.py",
+        "ui/app.py",
+        "pyproject.toml",
+        ".chainlit/config.toml",
+        ".chainlit/translations/en-US.json",  # Weaver's own texts; Chainlit writes the others
+        "chainlit.md",
+        "public",
+    ):
         assert not dockerignored(patterns, needed), f"{needed} is needed in the image but ignored"
+    assert dockerignored(patterns, ".chainlit/translations/fr-FR.json")
 
 
 def compose() -> dict[str, Any]:
@@ -148,7 +160,11 @@ def test_compose_has_every_service_shared_volumes_and_readiness_checks() -> None
         assert env["WEAVER_APP_DIR"] == "/srv/weaver-app"
         assert env["WEAVER_DATABASE_URL"].startswith("postgresql+asyncpg://")
         assert "localhost" in env["WEAVER_UI_ALLOWED_HOSTS"].split(",")  # the health checks' Host
-        assert env["WEAVER_UI_ALLOWED_ORIGINS"] and env["WEAVER_UI_TRUSTED_PROXIES"]
+        assert env["WEAVER_UI_ALLOWED_ORIGINS"]
+        # Only the proxy's own fixed address may name the client (a range would let others spoof it).
+        proxy_address = services["proxy"]["networks"]["weaver-front"]["ipv4_address"]
+        assert env["WEAVER_UI_TRUSTED_PROXIES"] == proxy_address
+        assert "weaver-front" in web["networks"]
         assert env["WEAVER_LOG_FORMAT"] == "json"
     assert (
         services["web-a"]["environment"]["WEAVER_UI_REPLICA_ID"]
@@ -217,3 +233,58 @@ def test_haproxy_accepts_the_example_configuration() -> None:
         ["haproxy", "-c", "-f", str(DEPLOY / "haproxy.cfg")], capture_output=True, text=True, env=env, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+def test_haproxy_replaces_a_client_sent_forwarded_for() -> None:
+    """A browser's own ``X-Forwarded-For`` never reaches a replica: it would name any address it
+    likes to the audit log and the per-address login throttle. The example configuration runs in
+    front of a replica stand-in (127.0.0.1) that records the headers it gets."""
+    seen: list[dict[str, str]] = []
+
+    class Replica(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+            if self.path != "/ready":
+                seen.append({k.lower(): v for k, v in self.headers.items()})
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    replica = ThreadingHTTPServer(("127.0.0.1", 0), Replica)
+    threading.Thread(target=replica.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    port = free_port()
+    backend = f"127.0.0.1:{replica.server_address[1]}"
+    env = {
+        **os.environ,
+        "WEAVER_PROXY_BIND": f"127.0.0.1:{port}",
+        "WEAVER_PROXY_HOST": "localhost",
+        "WEAVER_REPLICA_A": backend,
+        "WEAVER_REPLICA_B": backend,
+    }
+    proxy = subprocess.Popen(
+        ["haproxy", "-db", "-f", str(DEPLOY / "haproxy.cfg")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        spoofed = {"X-Forwarded-For": "203.0.113.66", "Forwarded": "for=203.0.113.66", "X-Real-IP": "203.0.113.66"}
+
+        def through_proxy() -> httpx.Response | None:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/page", headers=spoofed, timeout=2)
+            except httpx.TransportError:
+                return None  # not listening yet
+
+        assert wait_until(through_proxy, 20, "HAProxy to answer").status_code == 200
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        replica.shutdown()
+        replica.server_close()
+    assert seen, "no request reached the replica"
+    assert seen[-1]["x-forwarded-for"] == "127.0.0.1"  # the browser's own address, nothing it sent
+    assert "forwarded" not in seen[-1] and "x-real-ip" not in seen[-1]
