@@ -173,6 +173,9 @@ def test_logins_failed_logins_and_logouts_name_the_user_and_the_browser(audited:
     assert login(audited, "alice", "wrong").status_code == 401
     assert login(audited, "alice", "wrong").status_code == 429
     assert wait_event(app, AuditEvent.LOGIN_FAILED, user="alice", reason="throttled")["client"] == BROWSER
+    assert [login(audited, "alice", "wrong").status_code for _ in range(3)] == [429] * 3
+    throttled = [e for e in lines(app) if e["event"] == "login_failed" and e.get("reason") == "throttled"]
+    assert len(throttled) == 1, "a throttled client's every try was written: the audit log can be flooded"
     assert login(audited, "nobody", "x").status_code == 401
     wait_event(app, AuditEvent.LOGIN_FAILED, user="nobody")
 

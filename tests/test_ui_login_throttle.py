@@ -91,6 +91,21 @@ def login_scope(content_type: str | None) -> dict:
     return {"type": "http", "method": "POST", "path": "/login", "headers": headers}
 
 
+def test_a_throttled_pair_is_said_once_per_throttle_period_and_the_memory_is_bounded() -> None:
+    """Each throttled try names what it likes: written once per (name, address) and period, so the
+    audit and server logs cannot be flooded; the pairs kept are bounded."""
+    from ui.guards.login_throttle import RefusalsSaid
+
+    said = RefusalsSaid(max_keys=3)
+    assert said.first("alice", "10.0.0.1", 60, now=0)
+    assert not said.first("Alice", "10.0.0.1", 60, now=30)  # the name as the throttle counts it
+    assert said.first("alice", "10.0.0.2", 60, now=30)  # another address: its own line
+    assert said.first("alice", "10.0.0.1", 60, now=61)  # a new period: said again
+    for n in range(10):
+        said.first(f"name-{n}", "10.0.0.3", 60, now=62)
+    assert len(said._until) == 3
+
+
 def test_the_name_counted_is_the_name_the_login_parses() -> None:
     """Parsed by Starlette's form parser, as Chainlit's login parses it: urlencoded and multipart
     alike. A form naming the user (or the password) twice, or a body that is no form, is refused."""

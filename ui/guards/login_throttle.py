@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -157,12 +158,37 @@ async def login_name(scope: Scope, body: bytes) -> str:
         await form.close()
 
 
+class RefusalsSaid:
+    """Which throttled (name, address) pairs were already written to the audit and server logs, until
+    when: a throttled client is refused at every try, and each try names whatever it likes, so a
+    line per refusal would let anyone flood both logs. One line per pair per throttle period; the
+    oldest pairs are forgotten past ``max_keys`` (then said again at worst)."""
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self.max_keys = max_keys
+        self._until: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def first(self, user: str, address: str, retry_after: float, now: float | None = None) -> bool:
+        """True if this refusal is to be written: the pair's first within its throttle period."""
+        now = time.monotonic() if now is None else now
+        key = (user.lower(), address)
+        until = self._until.get(key)
+        if until is not None and now < until:
+            return False
+        self._until[key] = now + retry_after
+        self._until.move_to_end(key)
+        while len(self._until) > self.max_keys:
+            self._until.popitem(last=False)
+        return True
+
+
 @dataclass
 class LoginGuard:
     """``POST {path}`` with password login on: throttled, and counted by the name the login uses."""
 
     path: str
     limiter: LoginLimiter
+    said: RefusalsSaid = field(default_factory=RefusalsSaid)
 
     def applies(self, scope: Scope) -> bool:
         return scope.get("method") == "POST" and scope.get("path") == self.path
@@ -189,8 +215,9 @@ class LoginGuard:
         address = str((scope.get("client") or ("unknown",))[0])
         attempt = await self.limiter.attempt(user, address)
         if attempt.retry_after > 0:
-            logger.warning("login for %.80r from %s refused: too many failed attempts", user, address)
-            audit.record(audit.AuditEvent.LOGIN_FAILED, user=user, client=address, reason="throttled")
+            if self.said.first(user, address, attempt.retry_after):  # once per pair and throttle period
+                logger.warning("login for %.80r from %s refused: too many failed attempts", user, address)
+                audit.record(audit.AuditEvent.LOGIN_FAILED, user=user, client=address, reason="throttled")
             metrics.login_failed("throttled")
             await refuse(scope, send, 429, f"Too many failed logins; try again in {attempt.retry_after:.0f} s.")
             return
