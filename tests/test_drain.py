@@ -365,6 +365,48 @@ def test_sigterm_lets_the_running_round_answer_then_exits_0_and_leaves_the_other
 
         got = other.fetch_element(images[0])  # the stopped server deleted only its own files
         assert got.status_code == 200 and got.content.startswith(b"\x89PNG")
+    assert not [p for p in stopping.app_dir.glob(".files-*") if p.is_dir()]  # its own folder went with it
+    (kept,) = [p for p in staying.app_dir.glob(".files-*") if p.is_dir()]  # in the app folder, not /tmp
+    assert kept.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_dead_servers_files_folder_is_swept_and_a_live_ones_is_kept(tmp_path: Path) -> None:
+    """Each server's files folder is ``<app_dir>/.files-*`` (0700), locked for the server's life; a
+    server that starts removes those of servers that are gone, never a running one's."""
+    from ui import files_folder
+
+    make = "import sys; from pathlib import Path; from ui.files_folder import server_files_dir as m; "
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    live = subprocess.Popen(
+        [sys.executable, "-c", make + "print(m(Path(sys.argv[1])), flush=True); sys.stdin.read()", str(tmp_path)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert live.stdout is not None
+        running = Path(live.stdout.readline().strip())
+        dead = subprocess.run(
+            [sys.executable, "-c", make + "print(m(Path(sys.argv[1])))", str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        (Path(dead) / "upload.csv").write_text("a,b\n")  # what its chats had, left when it died
+        assert running.is_dir() and Path(dead).is_dir()
+        mine = files_folder.server_files_dir(tmp_path)
+        assert not Path(dead).exists() and not Path(dead + files_folder.LOCK_SUFFIX).exists()
+        assert running.is_dir(), "a running server's folder was removed"
+        assert mine.parent == tmp_path and mine.stat().st_mode & 0o777 == 0o700
+        mine.rmdir()  # as another Chainlit server's shutdown could
+        files_folder.ensure(mine)
+        assert mine.is_dir() and mine.stat().st_mode & 0o777 == 0o700
+    finally:
+        assert live.stdin is not None
+        live.stdin.close()
+        live.wait(timeout=10)
 
 
 def test_weaver_ui_drains_its_server_on_sigterm_and_ignores_chainlits_generic_names(

@@ -25,6 +25,7 @@ from chainlit.utils import utc_now
 from core import RoleName, Round, SessionEventHandler, TaskWeaverEvent, WeaverError
 from ui.bridge import EventPipe, PipeEnd, ThreadJob, run_in_thread
 from ui.files import MAX_ATTACHED_TOTAL_BYTES, Attached, select_artifacts
+from ui.files_folder import ensure as ensure_files_dir
 from ui.markdown import table_markdown
 from ui.view import MAX_EVENT_CHARS, MAX_LIVE_CHARS, RoundView, safe_markdown
 
@@ -247,7 +248,7 @@ def _ensure_files_dir() -> None:
     element would fail to persist."""
     from chainlit.config import FILES_DIRECTORY
 
-    FILES_DIRECTORY.mkdir(parents=True, exist_ok=True)
+    ensure_files_dir(FILES_DIRECTORY)
 
 
 async def pump_round(

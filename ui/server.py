@@ -11,9 +11,7 @@ import logging
 import math
 import os
 import socket
-import tempfile
 import threading
-from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import chainlit as cl
@@ -30,6 +28,7 @@ from ui.audit import AuditEvent
 from ui.audit import record as record_audit
 from ui.audit_user import request_user
 from ui.bridge import in_background, run_in_thread
+from ui.files_folder import server_files_dir
 from ui.history import HistoryConfigError, OutageNotices, WeaverDataLayer, history_settings, open_history
 from ui.history.write_behind import MB, OutagePolicy
 from ui.lifecycle import SessionOwner
@@ -234,7 +233,7 @@ def _install_guards() -> guards.GuardPolicy:
         patches.install("thread_author")
         patches.install("step_timestamps")
         patches.install("joined_writes")
-        patches.install("files_dir", Path(tempfile.mkdtemp(prefix="weaver-ui-files-")))  # this server's own
+        patches.install("files_dir", server_files_dir(default_app_dir()))  # this server's own
         drain.install(server_app, SETTINGS.drain_s, _flush_history, chainlit_config.run.root_path or "")
     except patches.PatchRefused as exc:
         raise SystemExit(f"Weaver UI: {exc}") from None

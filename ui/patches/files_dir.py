@@ -6,8 +6,9 @@ lifespan deletes that whole folder when the server stops. ``weaver ui`` runs eve
 checkout (Chainlit finds its config there), so two servers from one checkout shared it, and
 stopping one broke the other's downloads. ``install(folder)`` points Chainlit at ``folder``: both
 ``chainlit.config.FILES_DIRECTORY`` (read by ``WebsocketSession.files_dir`` at each use) and the
-name ``chainlit.server`` imported for its shutdown. ``ui/server.py`` gives it a private temporary
-folder of the process's own (``mkdtemp``: mode 0700, under ``TMPDIR``), which that shutdown deletes.
+name ``chainlit.server`` imported for its shutdown. ``ui/server.py`` gives it a folder of the
+process's own in the app folder (``ui/files_folder.py``: mode 0700, swept when its server is gone),
+which that shutdown deletes.
 """
 
 from __future__ import annotations
