@@ -278,6 +278,29 @@ def test_a_public_url_gives_its_host_and_origin() -> None:
             parse_public_url(bad)
 
 
+def test_a_public_url_must_name_a_host_a_browser_can_open() -> None:
+    """Wildcards, spaces, commas (which would split ``WEAVER_UI_ALLOWED_HOSTS``) and other non-names
+    are refused; DNS names (IDNA in the ``xn--`` form browsers send) and IP literals are taken."""
+    for wildcard in ("http://0.0.0.0:8000", "http://[::]:8000"):
+        with pytest.raises(PublicUrlError, match="listen-everywhere"):
+            parse_public_url(wildcard)
+    for bad in ("http://*:8000", "http://a b", "http://a,b:8000", "http://[fe80::1%25eth0]:8000", "http://a%20b"):
+        with pytest.raises(PublicUrlError, match="not a host name"):
+            parse_public_url(bad)
+    for bad in ("http://user@teambox:8000", "http://teambox:8000/chat", "http://-teambox", "http://team_box"):
+        with pytest.raises(PublicUrlError, match="--public-url"):
+            parse_public_url(bad)
+    assert parse_public_url("http://10.0.0.7:8000/") == ("10.0.0.7", "http://10.0.0.7:8000")
+    assert parse_public_url("https://team-box.internal.example") == (
+        "team-box.internal.example",
+        "https://team-box.internal.example",
+    )
+    assert parse_public_url("http://Bücher.example:8000") == (
+        "xn--bcher-kva.example",
+        "http://xn--bcher-kva.example:8000",
+    )
+
+
 def test_a_public_url_adds_to_the_defaults(clean_ui_settings: pytest.MonkeyPatch) -> None:
     env = public_url_env("http://teambox:8000", "0.0.0.0", 8000)
     hosts = env["WEAVER_UI_ALLOWED_HOSTS"].split(",")
