@@ -349,7 +349,7 @@ class _JsonFileSource(PydanticBaseSettingsSource):
             return {}
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bytes that are not UTF-8
             raise ConfigError(f"{self.path}: not valid JSON ({exc})") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{self.path}: expected a JSON object of config keys")

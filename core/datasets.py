@@ -183,6 +183,8 @@ def _read_index(path: Path) -> list[DatasetEntry]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: cannot be read ({exc})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: not valid YAML (nested too deeply)") from None
     except yaml.YAMLError as exc:
         raise DatasetError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     if data is None:

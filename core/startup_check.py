@@ -14,6 +14,8 @@ is the one who can fix the file.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from core.config import AppConfig, load_config
@@ -38,10 +40,28 @@ def check_app_files(app_dir: Path, env_file: Path | None = None) -> AppConfig:
     """Read the app's files as ``TaskWeaverApp(app_dir)`` would; returns the config. Raises
     ``ConfigError`` (one line: the file, or the key, and what is wrong) at the first bad file.
     ``env_file``: the ``.env`` to read instead of the working directory's."""
-    config = load_config(app_dir, env_file=env_file)  # the JSON file, the environment, the prompt files
-    DatasetCatalog.load(data_folder(config, app_dir))  # DatasetError names datasets.yaml and the entry
+    with _reading(f"{app_dir / 'taskweaver_config.json'} (or a prompt file it names)"):
+        config = load_config(app_dir, env_file=env_file)  # the JSON file, the environment, the prompt files
+    with _reading(str(data_folder(config, app_dir) / "datasets.yaml")):
+        DatasetCatalog.load(data_folder(config, app_dir))  # DatasetError names datasets.yaml and the entry
     plugins = plugin_folder(config, app_dir)
-    problems = PluginCatalog.load(plugins).errors
+    with _reading(f"{plugins} (a plugin file)"):
+        problems = PluginCatalog.load(plugins).errors
     if problems:
         raise ConfigError(f"{plugins}: {' '.join(problems)}")
     return config
+
+
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """A failure no reader foresaw still ends in one ``ConfigError`` naming the file being read, so
+    the commands that call this print one line instead of a traceback."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError(f"{what}: cannot be read (nested too deeply)") from None
+    except Exception as exc:  # noqa: BLE001 - any reader's surprise becomes the line that names the file
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"{what}: cannot be read ({type(exc).__name__}: {reason})") from None

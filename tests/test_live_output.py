@@ -148,6 +148,28 @@ def test_a_burst_keeps_its_tail_and_counts_what_was_dropped() -> None:
     assert sum(len(p.text) + p.skipped for p in burst) == len("".join(lines)) + len("E\n")
 
 
+def test_live_output_goes_on_after_the_result_text_is_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long job's live view keeps moving after the kept stdout hit its cap (``MAX_STREAM_CHARS``,
+    tiny here): the result stops growing, the preview does not."""
+    import core.execution.outputs as outputs
+
+    monkeypatch.setattr(outputs, "MAX_STREAM_CHARS", 10)
+    clock, sent = _Clock(), []
+    collector = outputs.OutputCollector(cwd=tmp_path, live=LiveOutput(sent.append, interval=0.5, clock=clock))
+
+    def printed(text: str) -> None:
+        collector.handle({"header": {"msg_type": "stream"}, "content": {"name": "stdout", "text": text}})
+
+    printed("step 1 of 3\n")  # past the cap already
+    printed("step 2 of 3\n")
+    clock.now += 1
+    printed("step 3 of 3\n")
+    collector.live.flush()  # type: ignore[union-attr]
+    assert "".join(p.text for p in sent) == "step 1 of 3\nstep 2 of 3\nstep 3 of 3\n"
+    assert collector.stdout_text.startswith("step 1 of") and "truncated after 10 characters" in collector.stdout_text
+    assert "step 3" not in collector.stdout_text
+
+
 # ----------------------------------------------------------------------------- a real kernel
 
 

@@ -7,6 +7,7 @@ offline mode never makes.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -114,3 +115,18 @@ def test_a_profiled_table_tells_its_true_shape_missing_values_and_statistics(ses
     (table,) = worker.get_attachment(AttachmentType.table)
     assert table["shape"] == [200, 4] and len(table["rows"]) == 5
     assert "shape: 200 rows × 4 columns; showing 5 of 200 rows" in table_markdown(table)
+
+
+def test_a_table_with_lists_and_objects_in_its_cells_is_profiled(session: Session, tmp_path: Path) -> None:
+    """Nested JSON (lists and objects in the cells) is still a table: the distinct values are
+    counted by their text instead of the profile saying the file could not be read."""
+    records = [{"id": i, "tags": ["a", "b"][: i % 3], "meta": {"k": i % 2}} for i in range(6)]
+    path = tmp_path / "orders.json"
+    path.write_text(json.dumps(records))
+    rnd = session.send_message("profile this file", files=[{"name": "orders.json", "path": str(path)}])
+    assert rnd.state == "finished", rnd.error
+    answer = rnd.reply_text
+    assert "could not be read" not in answer, answer
+    assert "orders.json: 6 rows x 3 columns, loaded as `orders`" in answer
+    columns = {line.split()[0]: line.split()[1:] for line in answer.splitlines() if line.split()}
+    assert columns["tags"][1:3] == ["0", "3"] and columns["meta"][1:3] == ["0", "2"]  # missing, distinct

@@ -122,7 +122,37 @@ def _users(app: Path) -> str:
     return "users.json"
 
 
-@pytest.mark.parametrize("break_file", [_config, _prompt, _datasets, _plugin, _users], ids=lambda f: f.__name__[1:])
+NOT_UTF8 = b"\xff\xfe not UTF-8 \xe9\n"  # what a file saved in another encoding looks like
+DEEP_YAML = "description: " + "[" * 5000 + "]" * 5000 + "\n"  # parses only by recursing past Python's limit
+
+
+def _config_not_utf8(app: Path) -> str:
+    (app / "taskweaver_config.json").write_bytes(b'{"llm.model": "caf' + NOT_UTF8 + b'"}')
+    return "taskweaver_config.json"
+
+
+def _plugin_not_utf8(app: Path) -> str:
+    (app / "plugins").mkdir()
+    (app / "plugins" / "lookup.yaml").write_bytes(b"name: lookup\ndescription: " + NOT_UTF8)
+    return "lookup.yaml"
+
+
+def _plugin_nested_deeply(app: Path) -> str:
+    (app / "plugins").mkdir()
+    (app / "plugins" / "lookup.yaml").write_text("name: lookup\n" + DEEP_YAML)
+    return "lookup.yaml"
+
+
+def _users_not_an_object(app: Path) -> str:
+    (app / "users.json").write_text("[]")
+    return "users.json"
+
+
+BROKEN = [_config, _prompt, _datasets, _plugin, _users]
+BROKEN += [_config_not_utf8, _plugin_not_utf8, _plugin_nested_deeply, _users_not_an_object]
+
+
+@pytest.mark.parametrize("break_file", BROKEN, ids=lambda f: f.__name__[1:])
 def test_weaver_ui_with_a_bad_file_stops_at_once_in_one_line(tmp_path: Path, break_file: Callable[[Path], str]) -> None:
     """Each file read at start, broken: ``weaver ui`` exits non-zero within seconds, with one line on
     stderr naming the file and no traceback, and nothing listens on its port."""
@@ -147,6 +177,83 @@ def test_weaver_ui_with_a_bad_file_stops_at_once_in_one_line(tmp_path: Path, bre
     assert "open http" not in done.stdout and not _listening(port)
 
 
+def _prompt_not_utf8(app: Path) -> str:
+    (app / "taskweaver_config.json").write_text(json.dumps({"planner.prompt_file_path": "planner.yaml"}))
+    (app / "planner.yaml").write_bytes(b"system: " + NOT_UTF8)
+    return "planner.yaml"
+
+
+def _prompt_nested_deeply(app: Path) -> str:
+    (app / "taskweaver_config.json").write_text(json.dumps({"planner.prompt_file_path": "planner.yaml"}))
+    (app / "planner.yaml").write_text(DEEP_YAML.replace("description", "system"))
+    return "planner.yaml"
+
+
+def _config_nested_deeply(app: Path) -> str:
+    (app / "taskweaver_config.json").write_text('{"llm.model": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    return "taskweaver_config.json"
+
+
+def _datasets_not_utf8(app: Path) -> str:
+    (app / "data").mkdir()
+    (app / "data" / "datasets.yaml").write_bytes(b"datasets: " + NOT_UTF8)
+    return "datasets.yaml"
+
+
+def _datasets_nested_deeply(app: Path) -> str:
+    (app / "data").mkdir()
+    (app / "data" / "datasets.yaml").write_text(DEEP_YAML.replace("description", "datasets"))
+    return "datasets.yaml"
+
+
+UNREADABLE = [_prompt_not_utf8, _prompt_nested_deeply, _config_nested_deeply, _datasets_not_utf8]
+UNREADABLE += [_datasets_nested_deeply, _config_not_utf8, _plugin_not_utf8, _plugin_nested_deeply]
+
+
+@pytest.mark.parametrize("break_file", UNREADABLE, ids=lambda f: f.__name__[1:])
+def test_a_file_that_is_not_text_or_nests_too_deeply_is_refused_in_one_line(
+    tmp_path: Path, clean_ui_settings: pytest.MonkeyPatch, break_file: Callable[[Path], str]
+) -> None:
+    """The same check in-process, for every file it reads: one ``StartupRefused`` line naming the
+    file (``weaver check`` and ``weaver chat`` print the same ``ConfigError``), never another error."""
+    name = break_file(tmp_path)
+    with pytest.raises(StartupRefused) as refused:
+        check_before_serving(tmp_path)
+    assert name in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_check_names_the_file_when_a_reader_fails_unforeseen(
+    tmp_path: Path, clean_ui_settings: pytest.MonkeyPatch
+) -> None:
+    """The catch-all in ``check_app_files``: an error no reader foresaw still names the file. Every
+    real one found is caught by its reader now, so the surprise is injected into the plugin reader."""
+    import core.plugins.spec
+
+    def surprise(path: Path) -> None:
+        raise LookupError(f"unforeseen, reading {path.name}")
+
+    clean_ui_settings.setattr(core.plugins.spec, "parse_plugin_yaml", surprise)
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "lookup.yaml").write_text("name: lookup\n")
+    with pytest.raises(StartupRefused) as refused:
+        check_before_serving(tmp_path)
+    assert str(refused.value).startswith(f"{tmp_path / 'plugins'} (a plugin file): cannot be read (LookupError")
+
+
+def test_weaver_check_and_chat_refuse_a_file_that_is_not_text_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ui.console import main as chat_main
+
+    _config_not_utf8(tmp_path)
+    assert main(["check", "--app-dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "taskweaver_config.json" in out and "Traceback" not in out
+    assert chat_main(["--app-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("weaver chat: ") and "taskweaver_config.json" in err and "\n" not in err
+
+
 def test_the_same_app_folder_unbroken_passes_the_check(tmp_path: Path, clean_ui_settings: pytest.MonkeyPatch) -> None:
     clean_ui_settings.setenv("WEAVER_UI_AUTH", "password")
     shutil.copytree(FIXTURE_APP, tmp_path / "app")  # a plugin, a config
@@ -169,6 +276,29 @@ def test_a_public_url_gives_its_host_and_origin() -> None:
     for bad in ("teambox:8000", "ftp://teambox", "https://example.com/weaver", "http://a:b@host", "http://host:99999"):
         with pytest.raises(PublicUrlError, match="--public-url"):
             parse_public_url(bad)
+
+
+def test_a_public_url_must_name_a_host_a_browser_can_open() -> None:
+    """Wildcards, spaces, commas (which would split ``WEAVER_UI_ALLOWED_HOSTS``) and other non-names
+    are refused; DNS names (IDNA in the ``xn--`` form browsers send) and IP literals are taken."""
+    for wildcard in ("http://0.0.0.0:8000", "http://[::]:8000"):
+        with pytest.raises(PublicUrlError, match="listen-everywhere"):
+            parse_public_url(wildcard)
+    for bad in ("http://*:8000", "http://a b", "http://a,b:8000", "http://[fe80::1%25eth0]:8000", "http://a%20b"):
+        with pytest.raises(PublicUrlError, match="not a host name"):
+            parse_public_url(bad)
+    for bad in ("http://user@teambox:8000", "http://teambox:8000/chat", "http://-teambox", "http://team_box"):
+        with pytest.raises(PublicUrlError, match="--public-url"):
+            parse_public_url(bad)
+    assert parse_public_url("http://10.0.0.7:8000/") == ("10.0.0.7", "http://10.0.0.7:8000")
+    assert parse_public_url("https://team-box.internal.example") == (
+        "team-box.internal.example",
+        "https://team-box.internal.example",
+    )
+    assert parse_public_url("http://Bücher.example:8000") == (
+        "xn--bcher-kva.example",
+        "http://xn--bcher-kva.example:8000",
+    )
 
 
 def test_a_public_url_adds_to_the_defaults(clean_ui_settings: pytest.MonkeyPatch) -> None:

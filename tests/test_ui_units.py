@@ -483,3 +483,23 @@ def test_token_checks_verify_each_token_once_and_still_end_logins(tmp_path: Path
     for n in range(token_module.MAX_VERIFIED + 5):
         gate.claims(jwt.encode({"identifier": f"u{n}", "iat": now, "exp": now + 3600}, secret))
     assert len(gate._verified) == token_module.MAX_VERIFIED
+
+
+def test_only_chainlits_stop_note_is_taken_away_never_a_user_message_with_its_words() -> None:
+    """After Stop, the round's own "Round cancelled" replaces Chainlit's "Task manually stopped."
+    (``remove_stop_notice``); a user who sent those very words keeps their message."""
+    import chainlit as cl
+    from chainlit.context import init_http_context
+
+    from ui.reopen import CHAINLIT_STOP_NOTICE, remove_stop_notice
+
+    async def chat() -> list[tuple[str, str]]:
+        init_http_context()  # a chat context of its own, without a socket
+        await cl.Message(content=CHAINLIT_STOP_NOTICE, type="user_message", author="alice").send()
+        await cl.Message(content="working on it").send()
+        await remove_stop_notice()  # no note from Chainlit yet: the user's message stays
+        await cl.Message(content=CHAINLIT_STOP_NOTICE).send()  # as chainlit/socket.py's "stop" sends it
+        await remove_stop_notice()
+        return [(m.type, m.content) for m in cl.chat_context.get()]
+
+    assert asyncio.run(chat()) == [("user_message", CHAINLIT_STOP_NOTICE), ("assistant_message", "working on it")]

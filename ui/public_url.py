@@ -9,12 +9,15 @@ host is added to the hosts answered and its origin to the origins accepted, next
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from urllib.parse import urlsplit
 
 from ui.settings import host_literal, serving_hosts, serving_origins, ui_settings
 
 WILDCARD_HOSTS = ("0.0.0.0", "::")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_DNS_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # one label of a host name, in ASCII
 
 
 class PublicUrlError(ValueError):
@@ -37,9 +40,36 @@ def parse_public_url(url: str) -> tuple[str, str]:
         raise PublicUrlError(
             f"--public-url {url!r}: only scheme://host[:port] (a path prefix is set with CHAINLIT_ROOT_PATH)"
         )
-    host = host_literal(parts.hostname.lower())
+    host = host_literal(_browser_host(url, parts.hostname.lower()))
     origin = f"{scheme}://{host}" if port in (None, _DEFAULT_PORTS[scheme]) else f"{scheme}://{host}:{port}"
     return host, origin
+
+
+def _browser_host(url: str, name: str) -> str:
+    """``name`` as a browser sends it in ``Host`` (IDNA names in their ``xn--`` form), once it is an
+    address one can type: a DNS name or an IP literal, not a wildcard. What is refused here would
+    otherwise land in ``WEAVER_UI_ALLOWED_HOSTS`` (a comma splits it) after "open ..." was printed."""
+    if "%" not in name:  # an IPv6 zone (fe80::1%eth0) means nothing on another machine
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            pass
+        else:
+            if address.is_unspecified:
+                raise PublicUrlError(
+                    f"--public-url {url!r}: {name} is the listen-everywhere address, which no browser can "
+                    "open; give this machine's name or address, e.g. http://teambox:8000"
+                )
+            return str(address)
+    try:
+        ascii_name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    if not all(_DNS_LABEL.fullmatch(label) for label in ascii_name.split(".")):
+        raise PublicUrlError(
+            f"--public-url {url!r}: {name!r} is not a host name (letters, digits, hyphens and dots) or an IP address"
+        )
+    return ascii_name
 
 
 def public_url_env(url: str, bound_host: str, port: int) -> dict[str, str]:

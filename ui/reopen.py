@@ -15,6 +15,7 @@ import logging
 from typing import Any, Awaitable, Callable, Mapping
 
 import chainlit as cl
+from chainlit.config import config
 from chainlit.session import WebsocketSession
 
 logger = logging.getLogger("weaver.ui.reopen")
@@ -30,10 +31,20 @@ def last_answer_id(thread: Mapping[str, Any]) -> str | None:
     return str(answers[-1]["id"]) if answers and answers[-1].get("id") else None
 
 
+def is_stop_notice(message: cl.Message) -> bool:
+    """Chainlit's own note: an assistant message by the app's name (``config.ui.name``, the author a
+    bare ``Message`` gets) with that text; a user who typed the same words is never taken for it."""
+    return (
+        message.content == CHAINLIT_STOP_NOTICE
+        and message.type == "assistant_message"
+        and message.author == config.ui.name
+    )
+
+
 async def remove_stop_notice() -> None:
     """Remove Chainlit's "Task manually stopped." just posted in this chat, if it is there."""
     for message in reversed(cl.chat_context.get()):
-        if message.content == CHAINLIT_STOP_NOTICE:
+        if is_stop_notice(message):
             await message.remove()
             return
 

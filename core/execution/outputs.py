@@ -64,6 +64,8 @@ class OutputCollector:
     def _stream(self, name: str, text: str) -> None:
         name = "stderr" if name == "stderr" else "stdout"
         parts = self.stderr if name == "stderr" else self.stdout
+        if self.live is not None:  # before the cap: the live view is bounded on its own and must not freeze
+            self.live.write(name, text)
         room = MAX_STREAM_CHARS - self._sizes[name]
         if room <= 0:
             return
@@ -71,8 +73,6 @@ class OutputCollector:
             text = text[:room] + f"\n[{name} truncated after {MAX_STREAM_CHARS} characters]\n"
         self._sizes[name] += len(text)
         parts.append(text)
-        if self.live is not None:
-            self.live.write(name, text)
 
     def _rich(self, data: dict[str, Any], is_result: bool) -> None:
         saved = self._save_image(data)

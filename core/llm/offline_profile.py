@@ -38,7 +38,8 @@ _HELPERS = {
         return
     missing = table.isna().sum()
     print(f"missing values: {{int(missing.sum())}} in all\\n")
-    overview = pd.DataFrame({{"type": table.dtypes.astype(str), "missing": missing, "distinct": table.nunique()}})
+    distinct = pd.Series([_distinct(table.iloc[:, i]) for i in range(columns)], index=table.columns)
+    overview = pd.DataFrame({{"type": table.dtypes.astype(str), "missing": missing, "distinct": distinct}})
     print(overview.to_string())
     numeric = table.select_dtypes("number")
     if numeric.shape[1]:
@@ -52,6 +53,12 @@ _HELPERS = {
     else:
         print("\\nfirst rows:")
         print(table.head(5).to_string())
+""",
+    "_distinct": """def _distinct(column):
+    try:
+        return column.nunique()
+    except TypeError:  # lists or dicts in the cells (nested JSON) cannot be hashed: count them as text
+        return column.astype(str).nunique()
 """,
     "_describe_image": """def _describe_image(name):
     with Image.open(name) as img:
@@ -101,7 +108,7 @@ def profile_code(file_names: list[str], variables: dict[str, str] | None = None)
         suffix = PurePath(name).suffix.lower()
         if suffix in TABLE_READERS:
             imports.add("import pandas as pd")
-            helpers.append("_describe_table")
+            helpers += ["_distinct", "_describe_table"]
             given = (variables or {}).get(name)
             var = variable_name(given + ".x" if given else name, taken)
             reader = TABLE_READERS[suffix].format(path=name)

@@ -106,7 +106,7 @@ def parse_plugin_yaml(yaml_path: Path) -> PluginSpec:
     """Read one YAML file into a spec whose code file exists; raise ``PluginSpecError`` otherwise."""
     try:
         data = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, RecursionError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
         raise PluginSpecError(f"Plugin file {yaml_path.name} is not readable YAML: {_one_line(exc)}.") from exc
     if not isinstance(data, dict):
         raise PluginSpecError(f"Plugin file {yaml_path.name} must hold a mapping of plugin fields.")

@@ -63,7 +63,7 @@ class LocalLogin(LoginMode):
             audit.record(AuditEvent.LOGIN, user=name, mode=self.name)
             return cl.User(identifier=name, metadata={"provider": "local"})
 
-        return f"local: everyone who reaches this page is {name!r}"
+        return f"local: on this machine's own address the page signs you in as {name!r}, without a password"
 
 
 class PasswordLogin(LoginMode):

@@ -49,9 +49,15 @@ class UserStore:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return {}
-        except (OSError, json.JSONDecodeError) as exc:
-            raise AuthSetupError(f"{self.path} cannot be read as a user list ({exc})") from None
-        return data if isinstance(data, dict) else {}
+        except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or not UTF-8
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else exc
+            raise AuthSetupError(f"{self.path} cannot be read as a user list ({reason})") from None
+        if not isinstance(data, dict):
+            raise AuthSetupError(
+                f"{self.path} is not a user list: expected a JSON object of names, found {type(data).__name__}"
+                " (`weaver user add NAME` writes one)"
+            )
+        return data
 
     def _save(self, users: Mapping[str, dict[str, Any]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,7 @@ def load_templates(section: str, override: Path | None = None) -> PromptTemplate
             data = yaml.safe_load(Path(override).read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"{where}: the file cannot be read ({exc.strerror or exc})") from None
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: not UTF-8
             raise ConfigError(f"{where}: not valid YAML ({_one_line(exc)})") from None
         sources.update(_checked(section, data, where))
         origin = str(override)
