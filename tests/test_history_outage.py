@@ -31,6 +31,8 @@ from tests.processes import stop_process
 from tests.ui_harness import UIServer, answers, start_server, stop_server, wait_until
 from ui.history import SPOOL_DIR, OutagePolicy, WeaverDataLayer, history_writes, open_history
 from ui.history.spool import Spool, orphans
+from ui.history.store import sql_text
+from ui.history.write_behind import WriteBehind
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -280,6 +282,7 @@ def test_the_outage_settings_are_read_and_a_bad_one_is_refused_by_name(monkeypat
     from ui.settings import UISettingsError, ui_settings
 
     values = {"RETRY_FIRST_S": "0.25", "RETRY_MAX_S": "3", "WAIT_S": "0", "NOTICE_S": "2", "SPOOL_MB": "0.5"}
+    values["STORE_TIMEOUT_S"] = "4"
     for name, value in values.items():
         monkeypatch.setenv(f"WEAVER_UI_HISTORY_{name}", value)
     ui_settings.cache_clear()
@@ -288,6 +291,7 @@ def test_the_outage_settings_are_read_and_a_bad_one_is_refused_by_name(monkeypat
         read = (settings.history_retry_first_s, settings.history_retry_max_s, settings.history_wait_s)
         assert read == (0.25, 3.0, 0.0)
         assert (settings.history_notice_s, settings.history_spool_mb) == (2.0, 0.5)
+        assert settings.history_store_timeout_s == 4.0
         monkeypatch.setenv("WEAVER_UI_HISTORY_SPOOL_MB", "0")
         ui_settings.cache_clear()
         with pytest.raises(UISettingsError, match="WEAVER_UI_HISTORY_SPOOL_MB"):
@@ -296,6 +300,206 @@ def test_the_outage_settings_are_read_and_a_bad_one_is_refused_by_name(monkeypat
         ui_settings.cache_clear()
     assert OutagePolicy(retry_first_s=0.5, retry_max_s=10).retry_after(1) == 0.5
     assert [OutagePolicy(retry_first_s=0.5, retry_max_s=10).retry_after(n) for n in (2, 3, 5, 9)] == [1, 2, 8, 10]
+    # An outage of days: past a float's range, the tries still come, at the longest wait.
+    assert [OutagePolicy(retry_first_s=0.5, retry_max_s=10).retry_after(n) for n in (64, 1025, 10**6)] == [10] * 3
+
+
+# -- the write-behind alone, over a store that fails on purpose (fast, no database) -----------------
+
+
+class Store:
+    """A store that answers (keeping the rows), raises, or never ends, as the test says."""
+
+    def __init__(self) -> None:
+        self.mode = "answer"  # "answer", "fail" or "hang"
+        self.calls = 0
+        self.stored: dict[str, dict[str, Any]] = {}
+
+    async def __call__(self, rows: dict[str, dict[str, Any]]) -> None:
+        self.calls += 1
+        if self.mode == "fail":
+            raise ConnectionRefusedError("the database is away")
+        if self.mode == "hang":
+            await asyncio.Event().wait()  # a frozen host: never answers
+        for key, values in rows.items():
+            self.stored.setdefault(key, {}).update(values)
+
+
+def test_a_store_that_never_ends_is_a_failure_its_rows_are_spooled_and_stored_later(tmp_path: Path) -> None:
+    policy = OutagePolicy(retry_first_s=0.05, retry_max_s=0.2, wait_s=0.5, store_timeout_s=0.3)
+    folder = tmp_path / SPOOL_DIR
+
+    async def scenario() -> None:
+        store = Store()
+        writes = WriteBehind(store, 0.05, outage=policy, spool=Spool(folder, "frozen"))
+        store.mode = "hang"
+        writes.write_soon("chat/question", {"output": "asked while the host froze"})
+        await until(lambda: writes.failing_since is not None, 5, "the silent store to count as failed")
+        await until(lambda: "asked while the host froze" in json.dumps(spool_lines(tmp_path)), 5, "the row spooled")
+        began = time.monotonic()
+        assert not await writes.flush()  # a read does not hang behind the silent store either
+        assert time.monotonic() - began < 2
+        store.mode = "answer"
+        await until(lambda: writes.failing_since is None and writes.pending == 0, 5, "the rows to be stored")
+        assert store.stored == {"chat/question": {"output": "asked while the host froze"}}
+        assert spool_lines(tmp_path) == []
+        await writes.close()
+
+        # Shut down while the store hangs: the shutdown ends, and leaves the rows for the next start.
+        store.mode = "hang"
+        writes = WriteBehind(store, 0.05, outage=policy, spool=Spool(folder, "stopping"))
+        writes.add("chat/answer", {"output": "streamed at shutdown"})
+        await asyncio.wait_for(writes.close(), 5)
+        assert "streamed at shutdown" in json.dumps(spool_lines(tmp_path))
+
+    asyncio.run(scenario())
+
+
+def test_after_taking_over_a_dead_servers_spool_the_next_outage_keeps_its_changes(tmp_path: Path) -> None:
+    policy = OutagePolicy(retry_first_s=0.05, retry_max_s=0.2, wait_s=0.5, spool_bytes=2000)
+    folder = tmp_path / SPOOL_DIR
+
+    async def scenario() -> None:
+        store = Store()
+        writes = WriteBehind(store, 0.05, outage=policy, spool=Spool(folder, "next"))
+        try:
+            left = {"chat/old": {"output": "x" * 2500}}  # more than the bound, stored at once
+            assert await writes.take_over([left]) == 1
+            await until(lambda: "chat/old" in store.stored and writes.pending == 0, 5, "the dead server's rows")
+
+            store.mode = "fail"
+            writes.write_soon("chat/first", {"output": "said in the outage"})
+            await until(lambda: writes.failing_since is not None, 5, "the store to fail")
+            writes.write_soon("chat/second", {"output": "said next"})
+            assert writes.dropped_rows == 0  # the bound counts this outage's changes only
+            store.mode = "answer"
+            await until(lambda: writes.failing_since is None and writes.pending == 0, 5, "the rows to be stored")
+            assert {"chat/first", "chat/second"} <= store.stored.keys()
+        finally:
+            await writes.close()
+
+    asyncio.run(scenario())
+
+
+def test_reads_during_an_outage_wait_for_the_next_try_and_never_add_one(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = Store()
+        policy = OutagePolicy(retry_first_s=0.01, retry_max_s=60, wait_s=0.3)
+        writes = WriteBehind(store, 0.05, outage=policy)
+        store.mode = "fail"
+        writes.write_soon("chat/question", {"output": "asked"})
+        await until(lambda: store.calls >= 8, 10, "the waits between tries to grow past wait_s")
+        tries = store.calls
+        for _ in range(5):  # a page reloaded five times: each read answers at once, no try is added
+            began = time.monotonic()
+            assert not await writes.flush()
+            assert time.monotonic() - began < 0.25
+            await asyncio.sleep(0.03)  # longer than retry_first_s apart
+        assert store.calls == tries
+
+        # A next try that comes within wait_s: the read waits for it, and gets the rows stored.
+        writes = WriteBehind(store, 0.05, outage=OutagePolicy(retry_first_s=0.2, retry_max_s=0.2, wait_s=2))
+        writes.write_soon("chat/answer", {"output": "answered"})
+        await until(lambda: writes.failing_since is not None, 5, "the store to fail")
+        tries = store.calls
+        store.mode = "answer"
+        assert await writes.flush()
+        assert store.calls == tries + 1 and store.stored["chat/answer"] == {"output": "answered"}
+
+    asyncio.run(scenario())
+
+
+# -- deleted chats and titles, over SQLite with a store that fails on purpose ------------------------
+
+
+def flaky(layer: WeaverDataLayer) -> dict[str, bool]:
+    """Make the layer's store fail while ``switch["fail"]`` (the database away, for writes only)."""
+    switch = {"fail": False}
+    real = layer.writes._store
+
+    async def store(rows: dict[str, dict[str, Any]]) -> None:
+        if switch["fail"]:
+            raise ConnectionRefusedError("the database is away")
+        await real(rows)
+
+    layer.writes._store = store
+    return switch
+
+
+def test_a_chat_deleted_while_its_rows_wait_never_comes_back(tmp_path: Path) -> None:
+    app_dir = tmp_path / "app"
+    doomed, elsewhere, begun = (str(uuid.uuid4()) for _ in range(3))
+
+    async def scenario() -> None:
+        first = await open_history(app_dir, None, outage=FAST, server_id="first")
+        switch = flaky(first)
+        alice = await new_user(first, "alice")
+        for thread_id in (doomed, elsewhere):
+            await first.update_thread(thread_id, name=f"chat {thread_id}", user_id=alice.id)
+            await first.create_step(step(thread_id, f"{thread_id}-1", "stored", "user_message"))  # type: ignore[arg-type]
+        assert await first.flush_writes()
+
+        switch["fail"] = True  # the database stops taking writes...
+        await first.create_step(step(doomed, "late", "written in the outage", "user_message"))  # type: ignore[arg-type]
+        await until(lambda: first.writes.failing_since is not None, 5, "the store to fail")
+        await first.create_step(step(elsewhere, "late-2", "written in the outage", "user_message"))  # type: ignore[arg-type]
+        await first.update_thread(begun, name="begun in the outage", user_id=alice.id)
+        await first.create_step(step(begun, "begun-1", "first words", "user_message"))  # type: ignore[arg-type]
+
+        await first.delete_thread(doomed)  # ...and answers the deletion
+        other = await open_history(app_dir, None, server_id="other")  # a replica deletes the other chat
+        try:
+            await other.delete_thread(elsewhere)
+        finally:
+            await other.close()
+        await first.close()  # its spool holds rows of both deleted chats
+        assert "written in the outage" in json.dumps(spool_lines(app_dir))
+
+        third = await open_history(app_dir, None, server_id="third")  # takes the spool over
+        try:
+            assert await third.get_thread(doomed) is None
+            assert await third.get_thread(elsewhere) is None
+            async with third.transaction() as conn:
+                rows = await conn.execute(
+                    sql_text('SELECT COUNT(*) FROM steps WHERE "threadId" IN (:a, :b)'), {"a": doomed, "b": elsewhere}
+                )
+                assert rows.scalar() == 0
+            kept = await third.get_thread(begun)  # a chat begun in the outage is kept, with its owner
+            assert kept is not None and kept["userIdentifier"] == "alice"
+            assert [s["output"] for s in kept["steps"]] == ["first words"]
+        finally:
+            await third.close()
+
+    run(scenario)
+
+
+def test_a_spooled_thread_change_applied_twice_ends_as_once(tmp_path: Path) -> None:
+    from ui.titles import chat_title
+
+    app_dir = tmp_path / "app"
+    thread_id = str(uuid.uuid4())
+    first_message = "Plot the **monthly** sales " + "and their trend " * 10
+
+    async def scenario() -> None:
+        layer = await open_history(app_dir, None, outage=FAST, server_id="twice")
+        try:
+            alice = await new_user(layer, "alice")
+            await layer.update_thread(thread_id, name=first_message, user_id=alice.id)
+            line = {
+                f"thread:{thread_id}": {"name": first_message, "userId": alice.id}
+            }  # a line left by an older server
+            for _ in range(2):  # the same spool line applied again (a takeover after a store that did commit)
+                await layer.writes.take_over([line])
+                assert await layer.flush_writes(now=True)
+                thread = await layer.get_thread(thread_id)
+                assert thread is not None and thread["name"] == chat_title(first_message) != first_message
+            await layer.update_thread(thread_id, name="Sales, **by month**")  # a rename stays as given
+            thread = await layer.get_thread(thread_id)
+            assert thread is not None and thread["name"] == "Sales, **by month**"
+        finally:
+            await layer.close()
+
+    run(scenario)
 
 
 # -- a real server: the user's notice, and a server killed during the outage ------------------------

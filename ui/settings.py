@@ -94,6 +94,9 @@ class UISettings(BaseSettings):
         gt=0,
         description="the most unsaved chat changes kept while the database fails (the spool file, and memory)",
     )
+    history_store_timeout_s: float = Field(
+        15.0, gt=0, description="a history store not done after this long failed: the database does not answer"
+    )
     history_notice_s: float = Field(
         5.0, ge=0, description="a chat unsaved this long (the database failing) tells its user so"
     )

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Iterable, Iterator
 
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.data.storage_clients.base import BaseStorageClient
@@ -38,9 +39,9 @@ from ui.history.elements import Elements
 from ui.history.feedback import Feedbacks
 from ui.history.rows import is_thread_id, sqlite_transactions
 from ui.history.schema import migrate
-from ui.history.spool import Spool, orphans
+from ui.history.spool import Rows, Spool, orphans
 from ui.history.steps import Steps
-from ui.history.threads import THREAD_CHANGE, ThreadDeleted, Threads, merge_change
+from ui.history.threads import THREAD_CHANGE, ThreadDeleted, Threads, merge_change, thread_of
 from ui.history.users import Users
 from ui.history.write_behind import DEFAULT_OUTAGE, Merge, OutagePolicy, WriteBehind, register, unregister
 
@@ -50,6 +51,11 @@ __all__ = ["STEP_WRITE_DELAY_S", "ThreadDeleted", "WeaverDataLayer", "is_thread_
 
 # How long a step's update may wait to be stored with others (ui/history/write_behind.py).
 STEP_WRITE_DELAY_S = 0.5
+# PostgreSQL (asyncpg): the longest a new connection, and any statement, may take. A database that
+# stops answering would otherwise hold a read, or a pooled connection, for minutes; the write-behind
+# gives up on a store sooner (``OutagePolicy.store_timeout_s``), these bound what it leaves running.
+PG_CONNECT_TIMEOUT_S = 10.0
+PG_COMMAND_TIMEOUT_S = 60.0
 
 
 def _merge_for(key: str) -> Merge:
@@ -73,9 +79,10 @@ class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, SQLAlchemyData
         spool: Spool | None = None,
     ) -> None:
         is_sqlite = database_url.startswith("sqlite")
+        asyncpg = {"timeout": PG_CONNECT_TIMEOUT_S, "command_timeout": PG_COMMAND_TIMEOUT_S}
         super().__init__(
             conninfo=database_url,
-            connect_args={"timeout": 30} if is_sqlite else None,
+            connect_args={"timeout": 30} if is_sqlite else asyncpg if "+asyncpg" in database_url else None,
             storage_provider=storage,
             user_thread_limit=user_thread_limit,
         )
@@ -85,6 +92,8 @@ class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, SQLAlchemyData
             self._store_pending, step_write_delay, merge_for=_merge_for, outage=outage, spool=spool
         )
         self._users = {}
+        self._deleted_threads = {}
+        self._adopted_threads = set()
         self._user_writes = asyncio.Lock()
         # SQLite has one writer at a time. Writers queue here, before taking a pooled connection,
         # so the ones waiting for the write lock do not hold every connection while a login or a
@@ -113,7 +122,7 @@ class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, SQLAlchemyData
         taken = 0
         for orphan in await asyncio.to_thread(orphans, spool.folder, spool.name):
             try:
-                rows = await self._writes.take_over(orphan.batches())
+                rows = await self._writes.take_over(self._adopting(orphan.batches()))
             except BaseException:
                 orphan.release()
                 raise
@@ -123,6 +132,12 @@ class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, SQLAlchemyData
         if taken:
             await self._writes.flush(now=True)
         return taken
+
+    def _adopting(self, batches: Iterable[Rows]) -> Iterator[Rows]:
+        """``batches``, their threads noted: the store checks they still exist (``Steps._store_rows``)."""
+        for rows in batches:
+            self._adopted_threads.update(thread_of(key) for key in rows)
+            yield rows
 
     async def close(self) -> None:
         """Store the writes still pending (steps, thread changes), then let the connections go;

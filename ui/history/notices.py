@@ -16,8 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from ui.history.elements import ELEMENT_ROW
-from ui.history.threads import THREAD_CHANGE
+from ui.history.threads import DELETED_THREAD, thread_of
 from ui.history.write_behind import WriteBehind
 
 logger = logging.getLogger("weaver.ui.history")
@@ -34,13 +33,6 @@ def unsaved_text(seconds: float) -> str:
 
 def saved_text(seconds: float) -> str:
     return f"This chat is saved again (the history database was away for {seconds:.0f} s)."
-
-
-def thread_of(key: str) -> str:
-    """The chat a pending row belongs to: ``thread:<chat>``, ``element:<chat>/<element>`` or ``<chat>/<step>``."""
-    if key.startswith(THREAD_CHANGE):
-        return key[len(THREAD_CHANGE) :]
-    return key.removeprefix(ELEMENT_ROW).split("/", 1)[0]
 
 
 @dataclass
@@ -87,7 +79,8 @@ class OutageNotices:
                     self._tell(thread_id, notice.message_id, saved_text(now - notice.since), update=True)
             self._waiting.clear()
             return
-        for thread_id in {thread_of(key) for key in self.writes.pending_keys()}:
+        waiting = {thread_of(key) for key in self.writes.pending_keys() if not key.startswith(DELETED_THREAD)}
+        for thread_id in waiting:
             notice = self._waiting.setdefault(thread_id, _Notice(since=now))
             if notice.message_id is None and now - notice.since >= self.after_s:
                 notice.message_id = str(uuid.uuid4())

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from chainlit.context import context
 from chainlit.data.utils import queue_until_user_message
+from sqlalchemy import bindparam
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ui.history.elements import ELEMENT_ROW
 from ui.history.rows import STEP_COLUMNS, is_thread_id, step_dict
 from ui.history.store import HistoryStore, lost_connection, sql_text
-from ui.history.threads import THREAD_CHANGE
+from ui.history.threads import THREAD_CHANGE, thread_of
 
 if TYPE_CHECKING:
     from chainlit.step import StepDict
@@ -27,6 +29,8 @@ logger = logging.getLogger("weaver.ui.history")
 
 class Steps(HistoryStore):
     """Chainlit's step methods, and the store the write-behind calls."""
+
+    _adopted_threads: set[str]  # threads with rows taken over from a dead server's spool, not yet stored
 
     @queue_until_user_message()
     async def create_step(self, step_dict: StepDict) -> None:
@@ -83,13 +87,17 @@ class Steps(HistoryStore):
                 logger.exception("could not store %s", key)
 
     async def _store_rows(self, rows: dict[str, dict[str, Any]]) -> None:
-        changes = {k[len(THREAD_CHANGE) :]: v for k, v in rows.items() if k.startswith(THREAD_CHANGE)}
-        elements = [v for k, v in rows.items() if k.startswith(ELEMENT_ROW)]
-        steps = [v for k, v in rows.items() if not k.startswith((THREAD_CHANGE, ELEMENT_ROW))]
+        rows = self._stored_threads(rows)  # not those of chats deleted meanwhile
         created = await self.get_current_timestamp()
-        # Every thread row first (a no-op where it exists), in one lock order for every replica.
-        threads = sorted({*changes, *(str(values["threadId"]) for values in steps)})
         async with self.transaction() as conn:
+            adopted = {thread_of(key) for key in rows} & self._adopted_threads
+            if adopted:
+                rows = await self._without_lost_threads(conn, rows, adopted)
+            changes = {k[len(THREAD_CHANGE) :]: v for k, v in rows.items() if k.startswith(THREAD_CHANGE)}
+            elements = [v for k, v in rows.items() if k.startswith(ELEMENT_ROW)]
+            steps = [v for k, v in rows.items() if not k.startswith((THREAD_CHANGE, ELEMENT_ROW))]
+            # Every thread row first (a no-op where it exists), in one lock order for every replica.
+            threads = sorted({*changes, *(str(values["threadId"]) for values in steps)})
             if threads:  # (none when only elements wait)
                 await conn.execute(
                     sql_text(
@@ -104,6 +112,31 @@ class Steps(HistoryStore):
                 await self._upsert_many(conn, "steps", steps)
             if elements:
                 await self._upsert_many(conn, "elements", elements)
+        self._adopted_threads -= adopted
+
+    async def _without_lost_threads(
+        self, conn: AsyncConnection, rows: dict[str, dict[str, Any]], adopted: set[str]
+    ) -> dict[str, dict[str, Any]]:
+        """``rows`` without those of threads taken over from a dead server's spool that are gone
+        from the database (deleted, by another server, while the spool waited), unless the rows
+        create the thread with its owner (it began during the outage): else a deleted chat would
+        come back, ownerless, with the steps it had."""
+        found = await self._rows(
+            conn,
+            sql_text('SELECT "id" FROM threads WHERE "id" IN :ids').bindparams(bindparam("ids", expanding=True)),
+            {"ids": sorted(adopted)},
+        )
+        existing = {row["id"] for row in found}
+        lost = {t for t in adopted - existing if not rows.get(THREAD_CHANGE + t, {}).get("userId")}
+        if not lost:
+            return rows
+        kept = {key: values for key, values in rows.items() if thread_of(key) not in lost}
+        logger.warning(
+            "history: %d row(s) of %d chat(s) deleted since a stopped server kept them are not stored",
+            len(rows) - len(kept),
+            len(lost),
+        )
+        return kept
 
     async def flush_writes(self, now: bool = False) -> bool:
         """Store the writes still pending (steps, thread changes); every read of the history calls it

@@ -163,3 +163,6 @@ class HistoryStore:
 
     async def _change_thread(self, conn: AsyncConnection, thread_id: str, change: dict[str, Any]) -> None:  # threads
         raise NotImplementedError
+
+    def _stored_threads(self, rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:  # threads
+        raise NotImplementedError

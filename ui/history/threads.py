@@ -4,13 +4,18 @@ deleted with everything in them.
 * ``update_thread`` never moves a thread that has an owner to another user; its changes wait in
   the write-behind with the steps and share their transaction.
 * A thread's first name is a title made from its first message (``ui.titles``: Chainlit would use
-  the message's Markdown verbatim); a name given later (a rename) is kept as given.
+  the message's Markdown verbatim); a name given later (a rename) is kept as given. The title is
+  made once, in ``update_thread``, and a change whose title is already the thread's name changes
+  nothing: a spool line applied twice (``write_behind``) ends as it did once.
 * ``list_threads`` returns only the given user's threads, most recently active first (last step,
   else creation), each dated by that activity (the page sorts and groups its list by that date),
   searched by name (case-insensitive, Unicode-aware, the same on both databases),
   with Chainlit's cursor pagination; threads in the list carry no steps (as Chainlit's own layer).
 * ``delete_thread`` removes its rows in one transaction, then its files from storage, then calls
-  ``on_thread_deleted(thread_id, metadata)`` (sync or async) with the thread's metadata.
+  ``on_thread_deleted(thread_id, metadata)`` (sync or async) with the thread's metadata. What of
+  the thread still waits in the write-behind is dropped, and the thread is remembered as deleted
+  (in this process, and in the spool while the database fails, as a ``deleted:<thread>`` row): a
+  store that was under way, or a spool taken over later, never brings the chat back.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from chainlit.types import PageInfo, PaginatedResponse, Pagination, ThreadDict, 
 from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ui.history.elements import ELEMENT_ROW
 from ui.history.rows import ELEMENT_COLUMNS, STEP_COLUMNS, is_thread_id, step_dict, thread_dict
 from ui.history.store import HistoryStore, sql_text
 from ui.titles import chat_title
@@ -30,8 +36,19 @@ from ui.titles import chat_title
 logger = logging.getLogger("weaver.ui.history")
 
 THREAD_CHANGE = "thread:"  # queued beside steps, whose keys begin with their thread's UUID
+DELETED_THREAD = "deleted:"  # a thread deleted while its rows may be in the spool: they are not stored
+DELETED_KEPT = 100_000  # deleted threads remembered by a process (a UUID each)
 
 ThreadDeleted = Callable[[str, dict[str, Any]], Union[None, Awaitable[None]]]
+
+
+def thread_of(key: str) -> str:
+    """The chat a pending row belongs to: ``thread:<chat>``, ``deleted:<chat>``,
+    ``element:<chat>/<element>`` or ``<chat>/<step>``."""
+    for prefix in (THREAD_CHANGE, DELETED_THREAD):
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key.removeprefix(ELEMENT_ROW).split("/", 1)[0]
 
 
 def merge_change(kept: dict[str, Any], new: dict[str, Any]) -> None:
@@ -58,6 +75,7 @@ class Threads(HistoryStore):
     """Chainlit's thread methods, each thread kept to its owner."""
 
     on_thread_deleted: ThreadDeleted | None
+    _deleted_threads: dict[str, None]  # deleted by this process, oldest first (at most DELETED_KEPT)
 
     async def get_thread_author(self, thread_id: str) -> str:
         """The thread's owner, or "" when there is none (Chainlit's check then answers 404)."""
@@ -83,7 +101,8 @@ class Threads(HistoryStore):
             return
         if name is None and metadata:
             name = metadata.get("name")
-        given = {"name": name, "userId": user_id, "metadata": metadata, "tags": tags}
+        title = chat_title(str(name)) if name is not None else None
+        given = {"name": name, "title": title, "userId": user_id, "metadata": metadata, "tags": tags}
         change = {k: v for k, v in given.items() if v is not None}
         self._writes.add(THREAD_CHANGE + thread_id, change, merge_change)
         await self._writes.flush()
@@ -105,7 +124,11 @@ class Threads(HistoryStore):
             merged.update({k: v for k, v in metadata.items() if v is not None})
             values["metadata"] = merged
         if name is not None:
-            values["name"] = str(name) if existing["name"] else chat_title(str(name))
+            title = str(change.get("title") or chat_title(str(name)))  # (a spool line from before titles were kept)
+            if not existing["name"]:
+                values["name"] = title  # the first message names the chat
+            elif existing["name"] != title:
+                values["name"] = str(name)  # a rename, as given (the same change again renames nothing)
         if user_id is not None:
             owner = existing["userId"]
             if owner and owner != user_id:
@@ -242,6 +265,7 @@ class Threads(HistoryStore):
             )
             for table, column in (("elements", "threadId"), ("steps", "threadId"), ("threads", "id")):
                 await conn.execute(sql_text(f'DELETE FROM {table} WHERE "{column}" = :id'), params)
+        self._forget_thread(thread_id)
         await self._delete_files(keys)
         if found and self.on_thread_deleted is not None:
             try:
@@ -250,3 +274,26 @@ class Threads(HistoryStore):
                     await result
             except Exception:
                 logger.exception("on_thread_deleted failed for thread %s", thread_id)
+
+    def _forget_thread(self, thread_id: str) -> None:
+        """Drop what of the deleted thread waits to be stored, and remember it as deleted: rows of
+        it in a store under way, or in the spool (read back by the next start), are not stored."""
+        self._deleted_threads[thread_id] = None
+        while len(self._deleted_threads) > DELETED_KEPT:
+            del self._deleted_threads[next(iter(self._deleted_threads))]
+        for key in self._writes.pending_keys():
+            if thread_of(key) == thread_id:
+                self._writes.discard(key)
+        if self._writes.failing_since is not None or self._writes.spooled:
+            self._writes.add(DELETED_THREAD + thread_id, {})  # to the spool, with the rows it voids
+
+    def _stored_threads(self, rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """``rows`` without those of deleted threads (and without the tombstones themselves)."""
+        for key in rows:
+            if key.startswith(DELETED_THREAD):
+                self._deleted_threads[key[len(DELETED_THREAD) :]] = None
+        return {
+            key: values
+            for key, values in rows.items()
+            if not key.startswith(DELETED_THREAD) and thread_of(key) not in self._deleted_threads
+        }

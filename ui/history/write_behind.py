@@ -18,14 +18,16 @@ own: ``update_thread`` waits for the transaction that stores its change, but a h
 share a few transactions instead of taking three each.
 
 **When the database fails** (the store raises: ``Steps._store_pending`` raises only when the
-database does not answer; a row it refuses is logged and dropped there), nothing is dropped: the
-rows go back in front of what came since (merged as any later update is, so an older state never
-lands after a newer one), every change from then on is also appended to this server's spool file
-(``ui.history.spool``, fsync'd within ``delay``, at once for a user's message) so a crash loses
-nothing, and the store is tried again after ``retry_first_s``, doubling up to ``retry_max_s``.
-When it succeeds, the spool is emptied. A read waits for one try at most ``wait_s``, then reads
-what the database has. What is kept is bounded by ``spool_bytes`` (the spool's size, which also
-bounds the memory held): past it, later changes are not kept, and one error line says so.
+database does not answer; a row it refuses is logged and dropped there; or the store has not ended
+after ``store_timeout_s``, as when the database's host is frozen or drops packets), nothing is
+dropped: the rows go back in front of what came since (merged as any later update is, so an older
+state never lands after a newer one), every change from then on is also appended to this server's
+spool file (``ui.history.spool``, fsync'd within ``delay``, at once for a user's message) so a crash
+loses nothing, and the store is tried again after ``retry_first_s``, doubling up to
+``retry_max_s``. When it succeeds, the spool is emptied. A read waits for the next try if it comes
+within ``wait_s`` (it does not start one: reads would undo the backoff), then reads what the
+database has. What is kept is bounded by ``spool_bytes`` (the spool's size, which also bounds the
+memory held): past it, later changes are not kept, and one error line says so.
 
 ``pending``, ``failed_writes``, ``failing_since`` (and ``dropped_rows``, ``spooled_bytes``) are for
 the metrics and readiness endpoints; ``history_writes()`` gives the open history's write-behind.
@@ -59,9 +61,12 @@ class OutagePolicy:
     retry_max_s: float = 10.0  # ...up to this
     wait_s: float = 5.0  # the longest a read waits for pending writes while the database fails
     spool_bytes: int = 256 * MB  # the most unsaved changes kept (the spool file's size)
+    store_timeout_s: float = 15.0  # a store not ended by then failed: the database does not answer
 
     def retry_after(self, failures: int) -> float:
-        return min(max(self.retry_max_s, self.retry_first_s), self.retry_first_s * 2 ** max(0, failures - 1))
+        # The exponent is bounded: 2 ** 1024 is past a float's range, and an outage may go on.
+        doubled = self.retry_first_s * 2 ** min(max(0, failures - 1), 30)
+        return min(max(self.retry_max_s, self.retry_first_s), doubled)
 
 
 DEFAULT_OUTAGE = OutagePolicy()
@@ -96,7 +101,6 @@ class WriteBehind:
         self._settled = 0  # ...and how many of them the last store that ended has settled
         self._tried = asyncio.Event()  # set (and replaced) each time a store ends, stored or not
         self._failures = 0  # stores failed in a row
-        self._last_end = 0.0  # monotonic time the last store ended
         self._failed_at = 0.0  # monotonic time this outage began
         self._full = False  # the bound was hit in this outage (said once)
         self._spool_broken = False  # the spool file could not be written in this outage (said once)
@@ -111,6 +115,11 @@ class WriteBehind:
     def pending(self) -> int:
         """Rows waiting to be stored (the queue's depth), the one being stored included."""
         return len(self._pending.keys() | self._in_flight.keys())
+
+    @property
+    def spooled(self) -> bool:
+        """The spool file may hold rows not known to be stored."""
+        return self._spooled
 
     def pending_keys(self) -> set[str]:
         return set(self._pending) | set(self._in_flight)
@@ -140,15 +149,15 @@ class WriteBehind:
         self.add(row_id, values, merge, soon=True)
 
     def discard(self, row_id: str) -> None:
+        """Forget the pending change of ``row_id`` (its row was deleted); one being stored goes on."""
         self._pending.pop(row_id, None)
         self._unspooled.pop(row_id, None)
 
     async def flush(self, now: bool = False) -> bool:
         """Store everything pending now; True once it is stored. The store goes on if the caller is
-        cancelled: it holds other chats' rows too. While the database fails this waits for one try
-        (made now when ``now``, or when the last one ended ``retry_first_s`` ago), at most
-        ``wait_s``; if the rows are still not stored they are all in the spool file when this
-        returns False (so a shutdown may follow at once)."""
+        cancelled: it holds other chats' rows too. While the database fails this waits for the next
+        try (made now when ``now``), if it ends within ``wait_s``; if the rows are still not stored
+        they are all in the spool file when this returns False (so a shutdown may follow at once)."""
         target = self._added
         if self._settled >= target and not self._lock.locked():
             return True  # the common read: nothing queued, no store running
@@ -162,11 +171,14 @@ class WriteBehind:
         return stored
 
     async def _wait_for_try(self, target: int, now: bool) -> bool:
+        """Wait for the next try (made at once when ``now``) if it ends within ``wait_s``. A read
+        does not start one: reads would undo the backoff, a try for each read of each user."""
         tried = self._tried
         if not self._lock.locked():
-            if not now and time.monotonic() - self._last_end < self.outage.retry_first_s:
-                return False  # a try has just failed: that was this read's
-            self._schedule(0.0)
+            if now or self._timer is None:
+                self._schedule(0.0)
+            elif self._timer.when() - asyncio.get_running_loop().time() > self.outage.wait_s:
+                return False  # the next try is too far off to wait for
         try:
             await asyncio.wait_for(asyncio.shield(tried.wait()), self.outage.wait_s)
         except asyncio.TimeoutError:
@@ -233,7 +245,7 @@ class WriteBehind:
                 return
             self._in_flight = rows
             try:
-                await self._store(rows)
+                await self._store_in_time(rows)
             except Exception as exc:
                 await self._failed(rows, exc)
             else:
@@ -244,9 +256,23 @@ class WriteBehind:
                     await self._clear_spool()
             finally:
                 self._in_flight = {}
-                self._last_end = time.monotonic()
                 tried, self._tried = self._tried, asyncio.Event()
                 tried.set()
+
+    async def _store_in_time(self, rows: Rows) -> None:
+        """The store, failed (``TimeoutError``) when it has not ended after ``store_timeout_s``: a
+        database that stops answering (a frozen host, dropped packets) would hold it for minutes,
+        and every flush, and the shutdown, behind it. It is cancelled but not waited for, as its
+        cancellation may wait on the same silent connection; if it committed after all, storing the
+        rows again ends the same."""
+        task = asyncio.ensure_future(self._store(rows))
+        done, _ = await asyncio.wait({task}, timeout=self.outage.store_timeout_s)
+        if task in done:
+            task.result()
+            return
+        task.cancel()
+        task.add_done_callback(_ignore_result)
+        raise TimeoutError(f"no answer within {self.outage.store_timeout_s:g} s")
 
     def _settle(self, upto: int) -> None:
         self._settled = max(self._settled, upto)
@@ -307,6 +333,8 @@ class WriteBehind:
         hold rows still pending here: stored within ``delay``, as any change is when all is well)."""
         async with self._spool_lock:  # after any line being written: none is left behind
             self._spooled = False
+            self.spooled_bytes = 0  # what it held counts no more (rows taken over from a dead server too)
+            self._full = False
             if self.spool is None:
                 return
             try:
@@ -377,6 +405,12 @@ class WriteBehind:
     def _fire_spool(self) -> None:
         self._spool_timer = None
         in_background(self._spool_now(), "spooling the history")
+
+
+def _ignore_result(task: asyncio.Future[Any]) -> None:
+    """A store given up on: what it ends with was already counted as a failure."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _merge_into(rows: Rows, key: str, values: dict[str, Any], merge: Merge) -> None:
