@@ -308,7 +308,7 @@ def test_the_first_printed_line_shows_in_the_running_step_in_a_browser(ui_server
         page.locator("#chat-submit").click()
         gate = wait_started(ui_server, "live", timeout=90)
         try:
-            running = page.get_by_role("button", name=re.compile(r"^Using\s+CodeInterpreter"))
+            running = page.get_by_role("button", name=re.compile(r"^Running\s+CodeInterpreter"))
             # Unfold the running step, as a user would to watch it. The click goes to the button
             # itself (a click at its coordinates can miss while the page scrolls for new content),
             # and again if the step is still folded: on a busy machine the page sometimes folds it

@@ -122,6 +122,7 @@ HISTORY_OUTAGE = OutagePolicy(
     retry_max_s=SETTINGS.history_retry_max_s,
     wait_s=SETTINGS.history_wait_s,
     spool_bytes=int(SETTINGS.history_spool_mb * MB),
+    store_timeout_s=SETTINGS.history_store_timeout_s,
 )
 # Replicas sharing a PostgreSQL history share the login secret, the throttle and the session caps
 # through it (``ui.shared``); a SQLite file belongs to this process, which keeps them in memory.
