@@ -76,7 +76,7 @@ def test_variables_come_back_from_the_snapshot_and_only_later_code_runs_again(ap
         assert report.ran == 1 and report.rounds_after_snapshot == 1, report.summary()
         assert (folder / "runs.txt").read_text() == "122", "the first cell ran again, or the second did not"
         assert "Loaded" in report.summary() and "of the later rounds" in report.summary()
-        assert "cannot be saved while these exist: lock (_thread.lock)" in report.summary(), report.summary()
+        assert "cannot be saved while these exist: `lock` (`_thread.lock`)" in report.summary(), report.summary()
         answer = resumed.send_message(
             code("counter = 10\nprint(bump(), counter, data is same, later, type(lock).__name__, greeting, f('yo'))")
         ).reply_text
