@@ -20,11 +20,15 @@ step is read with ``ast`` and skipped (``Skip``, which says why) when:
   stops the restore);
 * it is **not plain Python**: IPython's ``%magic`` and ``!shell`` lines run whatever they say.
 
-Apart from that, time is not spent again on what only took time: ``trim`` drops, outside
-functions and classes, the statements that only wait (``time.sleep``/``sleep``/``await
-asyncio.sleep`` with arguments that call nothing) or only show something (``print``/``display``
-of values that call nothing, a bare name or attribute left to be displayed); a step made only of
-those is skipped (``SkipKind.TIME_ONLY``), as it rebuilds nothing.
+Apart from that, time is not spent again on what only took time: ``trim`` drops the
+straight-line statements (at the top level, or in an ``if`` or ``with`` block; never in a loop,
+whose wait may be what paces it, nor in a function or class) that only wait (``time.sleep``/
+``sleep``/``await asyncio.sleep`` with arguments that call nothing) or only show something
+(``print``/``display`` of values that call nothing and with no keyword - ``file=`` writes a file -
+nor ``*args``; a bare name or attribute left to be displayed); a step made only of those is
+skipped (``SkipKind.TIME_ONLY``), as it rebuilds nothing. These names count as the builtins or
+``time``/``asyncio`` functions only while the chat has not bound them itself (``def print``,
+``t = []`` after ``import time as t``); a trimmed step that would not compile runs as written.
 
 Names are tracked per statement at the top level of each step (a use checked before the
 statement's own bindings; uses inside functions count, bindings inside them do not). This is a
@@ -67,6 +71,9 @@ BLOCKED_MODULES = frozenset(
 )  # fmt: skip
 # Calls that only show their arguments (the time a replay saves by not showing them again).
 OUTPUT_FUNCTIONS = frozenset({"print", "display"})
+# How a binding made a wait: ``import time [as t]`` (origin ``time``), ``from time import sleep``.
+WAIT_MODULES = frozenset({"time", "asyncio"})
+WAIT_SLEEPS = frozenset({"time.sleep", "asyncio.sleep"})
 # A pandas ``.query``/``.eval`` string resolves ``@names`` from the caller's variables.
 EXPRESSION_METHODS = frozenset({"query", "eval"})
 
@@ -109,8 +116,9 @@ class ReplayChecker:
     plugins: frozenset[str]
     missing: set[str] = field(default_factory=set)  # made by a step not replayed, not made again since
     _sys_names: set[str] = field(default_factory=lambda: {"sys"})
-    _wait_modules: set[str] = field(default_factory=lambda: {"time", "asyncio"})
+    _wait_modules: set[str] = field(default_factory=set)  # ``import time [as t]``, ``import asyncio``
     _sleep_names: set[str] = field(default_factory=set)  # ``from time import sleep [as nap]``
+    _output_names: set[str] = field(default_factory=lambda: set(OUTPUT_FUNCTIONS))  # not rebound by the chat
 
     def check(self, code: str) -> Skip | None:
         """Why ``code`` must not run again, or None; either way its names are accounted for."""
@@ -118,8 +126,7 @@ class ReplayChecker:
         if tree is None:
             return Skip(SkipKind.NOT_PYTHON)
         self._sys_names |= _aliases_of(tree, "sys")
-        self._wait_modules |= _aliases_of(tree, "time") | _aliases_of(tree, "asyncio")
-        self._sleep_names |= _imported_as(tree, ("time", "asyncio"), "sleep")
+        self._learn_waits(tree)
         skip = self._reaches_plugin(tree) if plain else Skip(SkipKind.NOT_PYTHON)
         if skip is None:
             skip = self._uses_missing(tree)
@@ -127,9 +134,30 @@ class ReplayChecker:
             self.missing |= _bound_names(tree)
         return skip
 
+    def _learn_waits(self, tree: ast.Module) -> None:
+        """Which names are ``time``/``asyncio`` and their ``sleep``, and which output functions are
+        still the builtins, once this step has run: a name the step binds any other way (``def
+        print``, ``sleep = 3``, ``t = []``) is the user's own from then on, and is never dropped."""
+        modules: dict[str, bool] = {}  # name -> every binding of it in the step imports a wait module
+        sleeps: dict[str, bool] = {}
+        for name, origin in _bindings(tree):
+            modules[name] = modules.get(name, True) and origin in WAIT_MODULES
+            sleeps[name] = sleeps.get(name, True) and origin in WAIT_SLEEPS
+        for name in modules:
+            self._output_names.discard(name)
+            if modules[name]:
+                self._wait_modules.add(name)
+            else:
+                self._wait_modules.discard(name)
+            if sleeps[name]:
+                self._sleep_names.add(name)
+            else:
+                self._sleep_names.discard(name)
+
     def trim(self, code: str) -> tuple[str | None, int]:
         """``code`` without its statements that only wait or show output, and how many were dropped;
-        None when nothing else is left. Plain Python only (other code is returned as it is)."""
+        None when nothing else is left. Plain Python only (other code is returned as it is, and so
+        is code whose trimmed form cannot be written back or would not compile)."""
         tree, plain = _parse(code)
         if tree is None or not plain:
             return code, 0
@@ -138,7 +166,12 @@ class ReplayChecker:
             return code, 0
         if all(isinstance(node, ast.Pass) for node in tree.body):
             return None, dropped
-        return ast.unparse(tree), dropped
+        try:
+            trimmed = ast.unparse(tree)
+            compile(trimmed, "<replay>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+        except (SyntaxError, ValueError, RecursionError, TypeError):
+            return code, 0
+        return trimmed, dropped
 
     def _only_time(self, statement: ast.stmt) -> bool:
         """A statement whose only effect is time: a wait, or output of values that call nothing."""
@@ -151,9 +184,13 @@ class ReplayChecker:
             return True  # left to be displayed
         if not isinstance(value, ast.Call) or not all(_calls_nothing(a) for a in [*value.args, *value.keywords]):
             return False
+        if any(isinstance(a, ast.Starred) for a in value.args) or any(k.arg is None for k in value.keywords):
+            return False  # ``*args``/``**kwargs`` may hold ``file=``, or anything
         func = value.func
         if isinstance(func, ast.Name):
-            return func.id in self._sleep_names or func.id in OUTPUT_FUNCTIONS
+            if func.id in self._output_names:
+                return not value.keywords  # ``file=`` writes a file; ``sep``/``end``/``flush`` are kept too
+            return func.id in self._sleep_names
         return (
             isinstance(func, ast.Attribute)
             and func.attr == "sleep"
@@ -331,24 +368,35 @@ def _top_level(node: ast.AST) -> Iterator[ast.AST]:
 
 def _bound_names(tree: ast.AST) -> set[str]:
     """The module-level names the code binds (or deletes)."""
-    bound: set[str] = set()
+    return {name for name, _ in _bindings(tree)}
+
+
+def _bindings(tree: ast.AST) -> Iterator[tuple[str, str]]:
+    """Each module-level binding (or deletion) in the code, as the name and its origin: for an
+    import, the module it binds (``import time as t``: ``time``) or the module's name
+    (``from time import sleep``: ``time.sleep``); otherwise ``""``."""
     for node in _top_level(tree):
         if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-            bound.add(node.id)
+            yield node.id, ""
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            bound.add(node.name)
-        elif isinstance(node, ast.alias):
-            bound.add(node.asname or node.name.split(".")[0])
+            yield node.name, ""
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield (alias.asname, alias.name) if alias.asname else (alias.name.split(".")[0], alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                origin = f"{node.module}.{alias.name}" if node.module and not node.level else ""
+                yield alias.asname or alias.name, origin
         elif isinstance(node, ast.ExceptHandler) and node.name:
-            bound.add(node.name)
+            yield node.name, ""
         elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
-            bound.add(node.name)
+            yield node.name, ""
         elif isinstance(node, ast.MatchMapping) and node.rest:
-            bound.add(node.rest)
+            yield node.rest, ""
     for node in ast.walk(tree):  # ``global x`` in a function binds the module's x when it runs
         if isinstance(node, ast.Global):
-            bound.update(node.names)
-    return bound
+            for name in node.names:
+                yield name, ""
 
 
 def _loaded_names(tree: ast.AST) -> set[str]:
@@ -356,26 +404,23 @@ def _loaded_names(tree: ast.AST) -> set[str]:
     return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
 
 
-_BLOCKS = ("body", "orelse", "finalbody")
-
-
 def _drop_time_only(body: list[ast.stmt], only_time: Callable[[ast.stmt], bool]) -> int:
     """Replace, in place, the statements ``only_time`` picks by nothing (``pass`` where a block would
-    be left empty), in this block and the blocks nested in it, not in functions or classes (their
-    bodies run later, when called, and are kept as written); returns how many were dropped."""
+    be left empty), in this block and the ``if``/``with`` blocks nested in it; never in a loop (a
+    wait there may pace it: ``while not ready(): sleep(1)``), a ``try`` or a function or class
+    (their bodies run later, when called, and are kept as written); returns how many were dropped."""
     dropped = 0
     kept: list[ast.stmt] = []
     for statement in body:
         if only_time(statement):
             dropped += 1
             continue
-        if not isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            for name in _BLOCKS:
-                block = getattr(statement, name, None)
-                if isinstance(block, list) and block and isinstance(block[0], ast.stmt):
-                    dropped += _drop_time_only(block, only_time)
-            for part in [*getattr(statement, "handlers", []), *getattr(statement, "cases", [])]:
-                dropped += _drop_time_only(part.body, only_time)
+        if isinstance(statement, ast.If):
+            dropped += _drop_time_only(statement.body, only_time)
+            if statement.orelse:
+                dropped += _drop_time_only(statement.orelse, only_time)
+        elif isinstance(statement, (ast.With, ast.AsyncWith)):
+            dropped += _drop_time_only(statement.body, only_time)
         kept.append(statement)
     body[:] = kept or [ast.Pass()]
     return dropped
@@ -388,14 +433,3 @@ def _calls_nothing(node: ast.AST) -> bool:
         isinstance(n, (ast.Call, ast.Await, ast.Yield, ast.YieldFrom, ast.NamedExpr, ast.Lambda))
         for n in ast.walk(node)
     )
-
-
-def _imported_as(tree: ast.AST, modules: tuple[str, ...], name: str) -> set[str]:
-    """The names ``from module import name [as x]`` binds in the code."""
-    return {
-        alias.asname or alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module in modules
-        for alias in node.names
-        if alias.name == name
-    }

@@ -34,6 +34,7 @@ from core.execution.result import ExecutionResult
 from core.memory import AttachmentType, ExecutionStatus, RoleName, Round
 from core.replay_check import ReplayChecker, Skip, SkipKind, bound_names
 from core.snapshot import LoadResult, LoadStatus, load_snapshot
+from core.text import code_span
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ class ReplayReport:
         parts: list[str] = []
         if self.from_snapshot and not self.kernel_lost:
             assert self.snapshot is not None
-            count = len(self.snapshot.names)
+            count = self.snapshot.count
             parts.append(f"Loaded {count} saved variable{'s' if count != 1 else ''} in {self.snapshot.seconds:.1f} s.")
         elif self.snapshot is not None and self.snapshot.status is LoadStatus.CORRUPT:
             parts.append("The saved variables could not be read, so the earlier code runs again.")
@@ -204,7 +205,9 @@ class ReplayReport:
         if self.skipped:
             parts.append("Skipped: " + "; ".join(self.skipped) + ".")
         if self.user_skipped:
-            missing = ", ".join(self.missing[:20]) + (" …" if len(self.missing) > 20 else "")
+            missing = ", ".join(code_span(name) for name in self.missing[:20]) + (
+                " …" if len(self.missing) > 20 else ""
+            )
             parts.append(
                 "You skipped the restore; your files are all here"
                 + (f", but these variables are not back: {missing}." if missing else ".")
@@ -254,7 +257,7 @@ def replay(
                 report.timed_out = True
             elif not result.is_success:
                 first_error = (result.error or result.status_line()).strip().splitlines()
-                report.failed = f"step {index}: {first_error[-1] if first_error else 'it failed'}"
+                report.failed = f"step {index}: {code_span(first_error[-1]) if first_error else 'it failed'}"
                 break
             else:
                 report.ran += 1
@@ -278,14 +281,16 @@ def restore(
     on_progress: Progress | None = None,
     use_snapshot: bool = True,
     run_code: bool = True,
+    folder: Path | None = None,
 ) -> ReplayReport:
-    """Bring the chat's variables back: its snapshot (when ``use_snapshot``), then the code of the
-    rounds after it (all rounds without one), within ``timeout`` seconds in all."""
+    """Bring the chat's variables back: its snapshot (when ``use_snapshot``; it lies in ``folder``,
+    the session's), then the code of the rounds after it (all rounds without one), within
+    ``timeout`` seconds in all."""
     started = time.monotonic()
     loaded: LoadResult | None = None
     start = 0
-    if use_snapshot and rounds and not cancel.cancelled:
-        loaded = load_snapshot(executor, [r.id for r in rounds])
+    if use_snapshot and folder is not None and rounds and not cancel.cancelled:
+        loaded = load_snapshot(executor, [r.id for r in rounds], folder)
         if loaded.status is LoadStatus.LOADED:  # the kernel's answer is not trusted: an unknown round, all code
             start = next((i + 1 for i, r in enumerate(rounds) if r.id == loaded.round_id), 0)
     later = rounds[start:]

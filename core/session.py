@@ -31,7 +31,7 @@ from core.llm.factory import ModelChoices
 from core.memory import Post, Round
 from core.plugins.api import MAX_SESSION_VAR_NAME
 from core.plugins.catalog import PluginCatalog, describe_plugins
-from core.resume import Progress, ReplayReport, load_rounds, restore
+from core.resume import Progress, ReplayReport, RestoreOutcome, load_rounds, restore
 from core.roles.context import RoundContext, RoundFailed
 from core.roles.protocol import PLANNER, USER
 from core.roles.registry import RoleDeps, RoleRegistry
@@ -157,7 +157,7 @@ class Session:
         # Kernels that outlive their server (a gateway's) are adopted instead; their files travel after
         # every run, and a snapshot with them would be copied each time.
         snapshot_mb = 0 if kernel_backend.kernels_outlive_server else config.session.snapshot_max_mb
-        self.snapshots = Snapshots(self.executor, snapshot_mb, self.log.logger)
+        self.snapshots = Snapshots(self.executor, snapshot_mb, self.log.logger, self.execution_cwd)
         self._restoring = False
         self._stopped = False
         self.log.logger.info(
@@ -333,7 +333,10 @@ class Session:
                 on_progress,
                 use_snapshot=self.snapshots.enabled,
                 run_code=settings.resume_replay,
+                folder=self.execution_cwd,
             )
+            if report.outcome in (RestoreOutcome.FAILED, RestoreOutcome.TIMED_OUT):
+                self.snapshots.stop_taking()  # the older snapshot stays: the next resume tries the gaps again
             if report.ran and report.complete and self.rounds:
                 self.snapshots.round_ran_code(self.rounds[-1].id)  # saved now, the next restore is fast
             self.log.logger.info("session %s restore: %s", self.session_id, report.summary())

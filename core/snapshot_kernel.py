@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 MAGIC = b"weaver-snapshot 1\n"
 _IPYTHON_NAMES = re.compile(r"_+|_i+|_i?\d+|_(oh|ih|dh)|In|Out|exit|quit|get_ipython")
 _unpicklable: dict[str, int] = {}  # name -> id of the object that failed last time (fail fast)
+MAX_LISTED = 500  # names in an answer (the server reads a bounded answer; ``count`` gives the total)
 
 
 class _TooBig(Exception):
@@ -194,8 +195,9 @@ def save(payload_json: str) -> str:
     return json.dumps(
         {
             "status": "saved",
-            "names": header["names"],
-            "dropped": header["dropped"],
+            "names": header["names"][:MAX_LISTED],
+            "dropped": header["dropped"][:MAX_LISTED],
+            "count": len(header["names"]),
             "bytes": os.path.getsize(path),
             "seconds": round(time.monotonic() - started, 3),
         }
@@ -283,8 +285,9 @@ def load(payload_json: str) -> str:
         {
             "status": "loaded",
             "round_id": header.get("round_id"),
-            "names": sorted(str(k) for k in values),
-            "dropped": list(header.get("dropped", [])),
+            "names": sorted(str(k) for k in values)[:MAX_LISTED],
+            "dropped": list(header.get("dropped", []))[:MAX_LISTED],
+            "count": len(values),
             "why_older": _why(path),
         }
     )

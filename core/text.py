@@ -1,4 +1,4 @@
-"""Text helpers shared by the engine and the UI: Markdown fences that nothing inside can close."""
+"""Text helpers shared by the engine and the UI: Markdown fences and code spans that nothing inside can close."""
 
 from __future__ import annotations
 
@@ -17,6 +17,13 @@ def fence(text: str, language: str = "") -> str:
     ticks = "`" * max(3, longest + 1)
     body = text if text.endswith("\n") or not text else text + "\n"
     return f"{ticks}{language}\n{body}{ticks}"
+
+
+def code_span(text: str, max_chars: int = 200) -> str:
+    """``text`` as an inline code span that nothing in it can close or break (a name or type the
+    user's kernel reported is untrusted: it must not turn into live Markdown)."""
+    clipped = text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+    return "`" + clipped.replace("`", "'").replace("\r", " ").replace("\n", " ") + "`"
 
 
 def human_size(size: float) -> str:

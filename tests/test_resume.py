@@ -9,7 +9,7 @@ import pytest
 
 from core import SessionNotFound, TaskWeaverApp
 from core.memory import Attachment, AttachmentType, ExecutionStatus, Post, Round
-from core.replay_check import SkipKind
+from core.replay_check import ReplayChecker, SkipKind
 from core.resume import replay_plan
 
 FIXTURE_APP = Path(__file__).parent / "app_fixture"
@@ -116,6 +116,70 @@ def test_replay_plan_skips_plugins_and_failures() -> None:
     rnd.add_post(coder("send_mail(to='x')", ExecutionStatus.success))
     plan = replay_plan([rnd], ["send_mail"])
     assert [(s.code, s.skip_reason is None) for s in plan] == [("a = 1", True), ("send_mail(to='x')", False)]
+
+
+# -- what trimming may drop: only waits and output that change nothing ----------------------------
+
+
+def trimmed(*cells: str) -> list[str | None]:
+    """Each cell as a replay would run it (None: not at all), read in the chat's order."""
+    checker = ReplayChecker(frozenset())
+    out: list[str | None] = []
+    for cell in cells:
+        assert checker.check(cell) is None
+        out.append(checker.trim(cell)[0])
+    return out
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        'with open("out.txt", "w") as f:\n    print("a,b", file=f)',  # dropped, the file would be left empty
+        'import sys\nprint("a", file=sys.stderr)',
+        "print('a', 'b', sep=',', end='')",
+        "args = [1]\nprint(*args)",
+        "kw = {}\nprint(1, **kw)",
+    ],
+)
+def test_print_with_keywords_or_unpacking_is_run_again(cell: str) -> None:
+    assert trimmed(cell) == [cell]
+
+
+def test_a_wait_in_a_loop_is_kept_so_the_loop_does_not_spin() -> None:
+    cell = "import time\nn = 0\nwhile n < 3:\n    time.sleep(0.01)\n    n += 1\nfor i in range(2):\n    time.sleep(1)"
+    assert trimmed(cell) == [cell]
+    assert trimmed("import time\nif True:\n    time.sleep(1)\n    x = 1\nwith open('f') as f:\n    print(f)") == [
+        "import time\nif True:\n    x = 1\nwith open('f') as f:\n    pass"
+    ]
+
+
+def test_a_trimmed_step_that_does_not_compile_runs_as_written() -> None:
+    cell = "import time\ntime.sleep(1)\nx = 1\nreturn x"  # ``return`` outside a function: kept as the user wrote it
+    assert trimmed(cell) == [cell]
+
+
+@pytest.mark.parametrize(
+    "cells",
+    [
+        ("log = []\ndef print(*a):\n    log.append(a)", "print(1)"),
+        ("def display(x):\n    return x", "display(1)"),
+        ("from time import sleep\ndef sleep(n):\n    return n", "sleep(3)"),
+        ("def sleep(n):\n    return n", "sleep(3)"),
+        ("import time as t\nt = []", "t.sleep(1)"),
+        ("class time:\n    sleep = print", "time.sleep(1)"),  # never imported: not the module
+        ("asyncio = object()", "await asyncio.sleep(1)"),
+    ],
+)
+def test_the_users_own_print_sleep_or_time_is_run_again(cells: tuple[str, ...]) -> None:
+    assert trimmed(*cells) == list(cells)
+
+
+def test_the_real_sleep_and_print_are_still_left_out() -> None:
+    assert trimmed("import time as t", "t.sleep(1)", "from time import sleep as nap\nnap(1)\nprint(1)") == [
+        "import time as t",
+        None,
+        "from time import sleep as nap",
+    ]
 
 
 # -- code that reaches a plugin without calling it by name ---------------------------------------

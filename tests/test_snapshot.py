@@ -7,6 +7,7 @@ chat's own (temporary) folder saying which process loaded it.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -18,8 +19,8 @@ import pytest
 from core import TaskWeaverApp
 from core.memory import Round
 from core.replay_check import SkipKind
-from core.resume import replay_plan
-from core.snapshot import SNAPSHOT_PATH, LoadStatus, SaveStatus
+from core.resume import ReplayReport, RestoreOutcome, replay_plan
+from core.snapshot import SNAPSHOT_PATH, LoadResult, LoadStatus, SaveStatus, load_snapshot, save_snapshot
 from tests.test_resume import coder
 from tests.ui_harness import (
     UIServer,
@@ -75,7 +76,7 @@ def test_variables_come_back_from_the_snapshot_and_only_later_code_runs_again(ap
         assert report.ran == 1 and report.rounds_after_snapshot == 1, report.summary()
         assert (folder / "runs.txt").read_text() == "122", "the first cell ran again, or the second did not"
         assert "Loaded" in report.summary() and "of the later rounds" in report.summary()
-        assert "cannot be saved while these exist: lock (_thread.lock)" in report.summary(), report.summary()
+        assert "cannot be saved while these exist: `lock` (`_thread.lock`)" in report.summary(), report.summary()
         answer = resumed.send_message(
             code("counter = 10\nprint(bump(), counter, data is same, later, type(lock).__name__, greeting, f('yo'))")
         ).reply_text
@@ -171,9 +172,9 @@ def test_waits_and_output_are_not_run_again_but_what_binds_names_is() -> None:
     assert [s.code for s in plan[:3]] == [
         "import time",
         "from time import sleep as nap",
-        "df = [1]\nfor i in range(3):\n    df.append(i)",
+        "df = [1]\nfor i in range(3):\n    time.sleep(1)\n    df.append(i)",  # a wait in a loop may pace it
     ]
-    assert [s.trimmed for s in plan[:3]] == [2, 1, 2]
+    assert [s.trimmed for s in plan[:3]] == [2, 1, 1]
     assert [s.skip_reason.kind if s.skip_reason else None for s in plan[3:]] == [
         SkipKind.TIME_ONLY,
         None,  # len(df) is a call: kept, conservatively
@@ -232,3 +233,88 @@ def test_after_a_snapshot_the_later_code_is_checked_with_what_the_earlier_code_m
     assert [s.code for s in plan] == ["n = len(rows)", "m = s.modules['_weaver' + '_plugin_x']"]
     assert plan[0].skip_reason is None, "rows came back with the snapshot"
     assert plan[1].skip_reason is not None and plan[1].skip_reason.kind is SkipKind.DYNAMIC, "s is sys"
+
+
+def header_round(folder: Path) -> str:
+    """The round the snapshot in ``folder`` was taken after (its JSON header line; never unpickled)."""
+    return json.loads((folder / SNAPSHOT_PATH).read_bytes().split(b"\n")[1])["round_id"]
+
+
+def test_a_restore_that_failed_takes_no_snapshot_so_the_next_resume_tries_again(app_dir: Path) -> None:
+    first = TaskWeaverApp(app_dir=app_dir)
+    session = first.get_session()
+    session_id, folder = session.session_id, session.execution_cwd
+    assert session.send_message(code("x = 1\nopen('data.txt', 'w').write('41')")).state == "finished"
+    assert saved(session) is SaveStatus.SAVED
+    kept = session.rounds[-1].id
+    two = "n = int(open('data.txt').read())\nimport threading\nlock = threading.Lock()"  # keeps that snapshot
+    assert session.send_message(code(two)).state == "finished"
+    assert saved(session) is SaveStatus.UNPICKLABLE
+    first.stop()
+    (folder / "data.txt").unlink()  # the second round now fails when it runs again
+
+    second = TaskWeaverApp(app_dir=app_dir)
+    try:
+        resumed = second.open_session(session_id)
+        report = resumed.replay_code()
+        assert report.from_snapshot and report.outcome is RestoreOutcome.FAILED, report.summary()
+        assert resumed.send_message(code("z = x + 2")).state == "finished"  # lock did not come back: all picklable
+        assert resumed.snapshots.wait(60) and resumed.snapshots.last is None, resumed.snapshots.last
+    finally:
+        second.stop()  # a stop saves what is due: nothing is
+    assert header_round(folder) == kept, "a snapshot without n passed for the whole chat"
+
+    (folder / "data.txt").write_text("41")
+    third = TaskWeaverApp(app_dir=app_dir)
+    try:
+        resumed = third.open_session(session_id)
+        report = resumed.replay_code()
+        assert report.from_snapshot and report.complete and report.rounds_after_snapshot == 2, report.summary()
+        assert "42 3" in resumed.send_message(code("print(n + 1, z)")).reply_text
+    finally:
+        third.stop()
+
+
+def test_the_snapshot_stays_in_the_session_folder_after_the_code_changes_directory(app_dir: Path) -> None:
+    app = TaskWeaverApp(app_dir=app_dir)
+    try:
+        session = app.get_session()
+        folder = session.execution_cwd
+        assert (
+            session.send_message(code("import os\nos.makedirs('out', exist_ok=True)\nos.chdir('out')\nx = 1")).state
+            == "finished"
+        )
+        assert saved(session) is SaveStatus.SAVED
+        assert (folder / SNAPSHOT_PATH).is_file() and not (folder / "out" / ".weaver").exists()
+    finally:
+        app.stop()
+
+
+def test_names_and_types_from_the_kernel_are_shown_as_code_and_bounded() -> None:
+    hostile = "x`<img src=x onerror=alert(1)>\n# **title**"
+    loaded = LoadResult(LoadStatus.LOADED, not_saved={hostile: "[link](http://127.0.0.1/)`"})
+    shown = loaded.why_older()
+    assert shown.count("`") == 6 and "\n" not in shown, shown  # two closed code spans and the ``del`` one
+    report = ReplayReport(total=1, user_skipped=True, missing=[hostile])
+    assert "`x'<img src=x onerror=alert(1)> # **title**`" in report.summary(), report.summary()
+
+    class Answering:  # a kernel whose answer was changed by the code in it (the user's kernel is not trusted)
+        def __init__(self, answer: str) -> None:
+            self.answer = answer
+
+        def call_helper(self, expression: str, *, start: bool = False, only_if: object = None) -> str:
+            return self.answer
+
+        def disk_room(self) -> None:
+            return None
+
+    many = [f"v{i}" + "x" * 300 for i in range(10_000)]
+    big = Answering(json.dumps({"status": "loaded", "round_id": "r", "names": many[:300], "dropped": many[:300]}))
+    result = load_snapshot(big, ["r"], Path("/tmp"))
+    assert len(result.names) == 300 and max(map(len, result.names)) <= 100 and result.count == 300
+    huge = Answering(json.dumps({"status": "loaded", "round_id": "r", "names": many, "count": 10_000}))
+    assert load_snapshot(huge, ["r"], Path("/tmp")).status is LoadStatus.FAILED, "an answer too long to read"
+    short = [f"v{i}" for i in range(600)]
+    wide = Answering(json.dumps({"status": "saved", "names": short, "not_saved": dict.fromkeys(short, "t")}))
+    saved_result = save_snapshot(wide, "r", 1, lambda: True, Path("/tmp"))
+    assert len(saved_result.names) == 500 and len(saved_result.not_saved) == 500
