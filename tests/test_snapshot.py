@@ -200,7 +200,7 @@ def test_the_restore_step_in_the_browser_sits_above_the_answer_and_can_be_skippe
         expect(page.get_by_text("made 1000").last).to_be_visible(timeout=90_000)
         folder = next((ui_server.app_dir / "workspace" / "sessions").glob(f"*/cwd/{marker}")).parent
         session_id = folder.parent.name
-        wait_until(lambda: "/thread/" in page.url, 30, "the page to show the chat's address")
+        page.wait_for_url(re.compile(r"/thread/[0-9a-f-]{36}$"), timeout=30_000)  # the chat's address
         page.reload()  # the old socket goes: the session stops after the grace period
         wait_until(lambda: f"session {session_id} stopped" in ui_server.log(), ui_server.grace_s + 60, "the stop")
         (folder / SNAPSHOT_PATH).unlink()  # an older chat without a snapshot, whose code now runs for days
