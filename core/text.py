@@ -23,7 +23,12 @@ def code_span(text: str, max_chars: int = 200) -> str:
     """``text`` as an inline code span that nothing in it can close or break (a name or type the
     user's kernel reported is untrusted: it must not turn into live Markdown)."""
     clipped = text if len(text) <= max_chars else text[: max_chars - 1] + "…"
-    return "`" + clipped.replace("`", "'").replace("\r", " ").replace("\n", " ") + "`"
+    return "`" + code_text(clipped) + "`"
+
+
+def code_text(text: str) -> str:
+    """Text safe inside a single-backtick code span (a name cannot close it or break the line)."""
+    return text.replace("`", "'").replace("\r", " ").replace("\n", " ")
 
 
 def human_size(size: float) -> str:

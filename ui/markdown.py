@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from core.text import fence
+from core.text import code_text, fence
 
 __all__ = ["clip_text", "code_text", "fence", "neutralise_images", "table_markdown"]
 
@@ -70,11 +70,6 @@ def _rewrite_lines(text: str, lines: set[int] | None) -> str:
         if index < len(parts):
             parts[index] = parts[index].replace(IMAGE_MARK, LINK_TEXT)
     return "".join(parts)
-
-
-def code_text(text: str) -> str:
-    """Text safe inside a single-backtick code span (a name cannot close it or break the line)."""
-    return text.replace("`", "'").replace("\r", " ").replace("\n", " ")
 
 
 def clip_text(text: str, max_chars: int, what: str = "characters") -> str:

@@ -12,11 +12,11 @@ import functools
 import logging
 import os
 import shutil
-import subprocess
 import threading
 from pathlib import Path
 
 from core.errors import SandboxUnavailableError
+from core.execution.bwrap_probe import probe_problem
 from core.safe_files import Progress, entries, open_root
 
 logger = logging.getLogger(__name__)
@@ -54,14 +54,7 @@ def uid_switch_problem(uid: int) -> str | None:
     probe = [shutil.which("bwrap") or "bwrap", "--unshare-pid", "--cap-drop", "ALL"]
     probe += [arg for cap in UID_CAPS for arg in ("--cap-add", cap)]
     probe += ["--ro-bind", "/", "/", "--proc", "/proc", "--", *drop_to(uid), "true"]
-    try:
-        done = subprocess.run(probe, capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"bubblewrap could not be run ({exc})"
-    if done.returncode != 0:
-        detail = done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}"
-        return f"bubblewrap cannot switch a kernel's uid here ({detail})"
-    return None
+    return probe_problem(probe, "cannot switch a kernel's uid")
 
 
 class KernelUids:

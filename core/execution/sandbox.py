@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from core.errors import SandboxUnavailableError
 from core.execution import syscalls
+from core.execution.bwrap_probe import probe_problem
 from core.execution.kernel_procs import RUNTIME_PREFIX, children
 from core.execution.kernel_users import (
     KERNEL_UIDS,
@@ -105,14 +106,7 @@ def bwrap_problem() -> str | None:
         "/tmp",
         "true",
     ]
-    try:
-        done = subprocess.run(probe, capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"})
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"bwrap could not be run ({exc})"
-    if done.returncode != 0:
-        detail = done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}"
-        return f"bwrap cannot create namespaces here ({detail})"
-    return None
+    return probe_problem(probe, "cannot create namespaces")
 
 
 @functools.lru_cache(maxsize=1)

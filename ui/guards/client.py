@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, MutableMapping
 
+from ui.audit import scope_client
+
 UVICORN_TRUST = "FORWARDED_ALLOW_IPS"
 
 
@@ -37,6 +39,4 @@ def trust_proxies(trusted: list[str], environ: MutableMapping[str, str] | None =
 
 def client_address(environ: Mapping[str, Any] | None) -> str:
     """The client address of a socket (engine.io's ``REMOTE_ADDR`` is always 127.0.0.1 under ASGI)."""
-    scope = (environ or {}).get("asgi.scope") or {}
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"
+    return scope_client((environ or {}).get("asgi.scope") or {})

@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from core.safe_files import OpenedFile, UnsafeFile, open_file
+from ui.audit_user import login_token
 from ui.guards.downloads import DOWNLOAD_STATE
 from ui.history.layer import WeaverDataLayer
 from ui.history.storage import DEFAULT_URL_PREFIX, LocalFileStorage, UnsafeObjectKey, check_object_key, safe_file_name
@@ -50,13 +51,9 @@ async def request_user(request: Request) -> str | None:
     call time: the function every Chainlit route uses, with Weaver's revocation check around it
     (``ui.patches.revocation``), so this route refuses exactly what the others refuse."""
     import chainlit.auth as chainlit_auth
-    from chainlit.auth import get_token_from_cookies
     from chainlit.auth.jwt import get_jwt_secret
 
-    token = get_token_from_cookies(dict(request.cookies))
-    if not token:
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        token = value.strip() if scheme.lower() == "bearer" else None
+    token = login_token(request)
     if not token or not get_jwt_secret():
         return None
     try:
