@@ -38,7 +38,14 @@ class LLMSettings(BaseModel):
     max_retries: int = Field(3, ge=0)
     retry_backoff: float = Field(0.5, ge=0, description="first backoff in seconds, doubled per retry")
     temperature: float = Field(0.0, ge=0, le=2)
-    max_tokens: int | None = Field(None, gt=0)
+    max_tokens: int | None = Field(None, gt=0, description="TaskWeaver's llm.max_output_tokens is the same key")
+    # Sampling (core/llm/sampling.py): unset keys are not sent; a provider that lacks one warns once.
+    top_p: float | None = Field(None, ge=0, le=1)
+    top_k: int | None = Field(None, gt=0)
+    seed: int | None = None
+    stop_token: list[str] | None = Field(None, description="sequences that end the answer (a string is one)")
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
     response_format: Literal["json_object", "text"] = Field(
         "json_object", description="null (TaskWeaver's setting for older models) means text"
     )
@@ -55,6 +62,12 @@ class LLMSettings(BaseModel):
             base = str(data.get("api_base") or "http://127.0.0.1:11434").rstrip("/")
             data["api_base"] = base if base.endswith("/v1") else f"{base}/v1"
         return data
+
+    @field_validator("stop_token", mode="before")
+    @classmethod
+    def _one_stop_token(cls, value: Any) -> Any:
+        """TaskWeaver accepts one stop sequence as a plain string."""
+        return [value] if isinstance(value, str) else value
 
     @field_validator("response_format", mode="before")
     @classmethod

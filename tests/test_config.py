@@ -117,6 +117,27 @@ def test_taskweaver_keys_are_mapped(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         load_config(tmp_path, {"execution_service.kernel_mode": "docker"})
 
 
+def test_taskweaver_sampling_keys_are_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taskweaver_config.json").write_text(
+        json.dumps(
+            {
+                "llm.api_type": "openai",
+                "llm.top_p": 0.8,
+                "llm.seed": 3,
+                "llm.stop_token": "<|end|>",
+                "llm.openai.frequency_penalty": 0.1,
+                "llm.max_output_tokens": 512,
+            }
+        )
+    )
+    llm = load_config(tmp_path).llm
+    assert (llm.top_p, llm.seed, llm.stop_token, llm.frequency_penalty) == (0.8, 3, ["<|end|>"], 0.1)
+    assert llm.max_tokens == 512  # TaskWeaver's max_output_tokens
+    with pytest.raises(ConfigError, match="top_p"):
+        load_config(tmp_path, {"llm.top_p": 1.5})
+
+
 def test_verification_defaults_are_taskweavers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     settings = load_config(tmp_path).code_interpreter

@@ -90,6 +90,30 @@ def test_request_carries_model_messages_stream_and_json_format(llm_server: Scrip
     assert "response_format" not in second.body
 
 
+def test_sampling_keys_reach_the_request_and_unset_ones_are_not_sent(
+    llm_server: ScriptedLLMServer, backends: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    llm_server.push(Answer(ANSWER), Answer(ANSWER), Answer(ANSWER))
+    tuned = llm_server.openai_settings(
+        top_p=0.9, top_k=5, seed=7, stop_token="<END>", frequency_penalty=0.5, presence_penalty=-0.25
+    )
+    with caplog.at_level("WARNING", logger="weaver.llm"):
+        _run(backends(tuned))
+        _run(backends(tuned))
+    _run(backends(llm_server.openai_settings()))
+
+    first, _, plain = llm_server.wait_for_requests(3)
+    assert first.body["top_p"] == 0.9
+    assert first.body["seed"] == 7
+    assert first.body["stop"] == ["<END>"]
+    assert (first.body["frequency_penalty"], first.body["presence_penalty"]) == (0.5, -0.25)
+    assert "top_k" not in first.body  # the chat completions API has none: warned, not sent
+    top_k_warnings = [r for r in caplog.records if "llm.top_k is not sent" in r.getMessage()]
+    assert len(top_k_warnings) == 1, "warned once, not at every call"
+    for key in ("top_p", "seed", "stop", "frequency_penalty", "presence_penalty", "top_k"):
+        assert key not in plain.body
+
+
 def test_text_response_format_setting_sends_no_response_format(llm_server: ScriptedLLMServer, backends: Any) -> None:
     llm_server.push(Answer(ANSWER))
     _run(backends(llm_server.openai_settings(response_format="text")))

@@ -33,7 +33,10 @@ LLM_TYPES = frozenset(
 )
 ROLES = frozenset({"planner", "code_interpreter"})
 _ONE_MODEL = "Weaver uses one model (the llm.* keys) for every role"
-_NOT_SENT = "Weaver sends the model only temperature, max_tokens and response_format"
+_NOT_SENT = (
+    "Weaver sends the model temperature, max_tokens, response_format and the sampling keys "
+    "(top_p, top_k, seed, stop_token, frequency_penalty, presence_penalty) only"
+)
 _NO_EXAMPLES = (
     "Weaver's roles read no example files; their prompts are YAML in core/roles/prompts, replaced per role "
     "with <role>.prompt_file_path"
@@ -47,8 +50,8 @@ IGNORED: tuple[tuple[str, str], ...] = (
     (r"llm\.(.+\.)?embedding_(model|api_type)", "Weaver has no embedding-based plugin selection or experience"),
     (r"llm\.use_mock", "Weaver's offline backend (llm.api_type = offline) plays that part"),
     (
-        r"llm\.(.+\.)?(stop_token|top_p|top_k|frequency_penalty|presence_penalty|seed|require_alternative_roles|"
-        r"support_system_role|support_constrained_generation|json_schema_enforcer|max_output_tokens|chat_mode)",
+        r"llm\.(.+\.)?(require_alternative_roles|support_system_role|support_constrained_generation|"
+        r"json_schema_enforcer|chat_mode)",
         _NOT_SENT,
     ),
     (r"llm\.(.+\.)?aad_.*", "Azure AD sign-in is not supported; use llm.api_type = azure with an API key"),
@@ -132,6 +135,8 @@ def translate(
         section = _LLM_SECTION.match(key)
         if section and section["type"] in LLM_TYPES:
             target = f"llm.{section['key']}"
+            if target == "llm.max_output_tokens":
+                target = "llm.max_tokens"
             if section["type"] != active:
                 notes.append(f"{key} is ignored: llm.api_type is {active!r}, not {section['type']!r}")
             elif target in known:
@@ -144,6 +149,8 @@ def translate(
             mapped["execution.sandbox"] = _sandbox_for(value)
         elif key == "plugin.base_path":
             mapped["plugin_dir"] = _app_path(value, app_dir)
+        elif key == "llm.max_output_tokens":
+            mapped["llm.max_tokens"] = value
         elif key == "use_local_uri":
             mapped["code_interpreter.use_local_uri"] = value
         else:

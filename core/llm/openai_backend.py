@@ -29,10 +29,13 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from core.cancel import CancelToken, RoundCancelled
 from core.config import LLMSettings
 from core.llm.base import ChatRequest, LLMBackend, LLMCallRecord, LLMError
+from core.llm.sampling import supported_options
 
 _BACKOFF_CAP_S = 30.0  # longest wait between two attempts, whatever the server's Retry-After says
 _SNIPPET = 200  # characters of a server's error message shown to users
 _RETRY_STATUSES = {408, 409, 429}
+# The chat completions API has every sampling key but top_k.
+_OPENAI_SAMPLING = frozenset({"top_p", "seed", "stop_token", "frequency_penalty", "presence_penalty"})
 
 
 class OpenAIBackend(LLMBackend):
@@ -71,6 +74,8 @@ class OpenAIBackend(LLMBackend):
         }
         if s.max_tokens:
             params["max_tokens"] = s.max_tokens
+        for key, value in supported_options(s, self.name, _OPENAI_SAMPLING).items():
+            params["stop" if key == "stop_token" else key] = value
         if self.send_stream_options:
             params["stream_options"] = {"include_usage": True}
         if request.json_mode and s.response_format == "json_object" and self.send_response_format:
