@@ -665,14 +665,19 @@ def test_without_libseccomp_bwrap_mode_refuses_to_start_and_auto_warns(
     assert syscalls.seccomp_problem() is None
 
 
-def test_weaver_ui_as_root_with_a_login_for_others_says_to_run_it_as_a_user() -> None:
-    from ui.cli import root_warning
+def test_weaver_ui_as_root_with_a_login_for_others_says_to_run_it_as_a_user(tmp_path: Path) -> None:
+    from ui.cli import root_warning, server_environment
 
     for mode in ("password", "header", "oauth"):
-        warning = root_warning(mode, euid=0)
+        warning = root_warning({"WEAVER_UI_AUTH": mode}, euid=0)
         assert warning is not None and "runs as root" in warning and "deploy/weaver.service" in warning
-    assert root_warning("password", euid=1000) is None  # an ordinary user: nothing to say
-    assert root_warning("local", euid=0) is None and root_warning("", euid=0) is None  # one person's own machine
+    # A proxy's user header alone means the header login, as the server reads it.
+    assert root_warning({"WEAVER_UI_USER_HEADER": "X-Forwarded-User"}, euid=0) is not None
+    # The login named in the server's .env counts as much as one in the shell's environment.
+    (tmp_path / ".env").write_text("WEAVER_UI_AUTH=password\n")
+    assert root_warning(server_environment({}, tmp_path), euid=0) is not None
+    assert root_warning({"WEAVER_UI_AUTH": "password"}, euid=1000) is None  # an ordinary user: nothing to say
+    assert root_warning({"WEAVER_UI_AUTH": "local"}, euid=0) is None and root_warning({}, euid=0) is None
 
 
 def test_without_a_uid_switch_kernels_keep_the_servers_uid_with_one_warning(

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_PATH = REPO_ROOT / "ui" / "app.py"
@@ -38,15 +38,21 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-MULTI_USER_LOGINS = ("password", "header", "oauth")
+def root_warning(env: Mapping[str, str], euid: int | None = None) -> str | None:
+    """The warning for a web server that serves several users as root, or None. ``env`` is the
+    server's environment (its ``.env`` included), read as the server picks its login mode."""
+    from ui.logins import MODES, AuthSetupError, choose_mode
 
-
-def root_warning(auth: str, euid: int | None = None) -> str | None:
-    """The warning for a web server that serves several users as root, or None."""
-    if (os.geteuid() if euid is None else euid) != 0 or auth.strip().lower() not in MULTI_USER_LOGINS:
+    if (os.geteuid() if euid is None else euid) != 0:
+        return None
+    try:
+        mode = choose_mode(env.get("WEAVER_UI_AUTH"), env.get("WEAVER_UI_USER_HEADER"), loopback=True)
+    except AuthSetupError:
+        return None  # the server refuses to start and says why
+    if not MODES[mode].serves_others:
         return None
     return (
-        f"WARNING: the web server runs as root with WEAVER_UI_AUTH={auth.strip().lower()}: a flaw in it would "
+        f"WARNING: the web server runs as root with the {mode} login: a flaw in it would "
         "give its finder the whole machine. Run `weaver ui` as an ordinary user instead (deploy/weaver.service "
         "and deploy/README.md: useradd --system weaver). Kernels then run as that user, still sandboxed; what "
         "needs root is listed in README, 'What needs root'."
@@ -82,7 +88,7 @@ def run_ui(host: str, port: int, app_dir: str | None, public_url: str | None = N
         import socket
 
         print(wildcard_advice(port, socket.gethostname()), flush=True)
-    warning = root_warning(env.get("WEAVER_UI_AUTH", ""))
+    warning = root_warning(server_environment(env, REPO_ROOT))
     if warning:
         print(warning, file=sys.stderr, flush=True)
     from ui.drain import STOP_GRACE_S, drain_seconds

@@ -49,6 +49,7 @@ class LoginMode:
     # (a generated one would let each replica sign its own: header and oauth users come from outside).
     explicit_secret: ClassVar[bool] = False
     throttled: ClassVar[bool] = False  # ui.guard counts failed logins of this mode
+    serves_others: ClassVar[bool] = True  # False only for the one local user's own machine
 
     def __init__(self, context: LoginContext) -> None:
         self.context = context

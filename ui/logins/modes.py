@@ -44,6 +44,7 @@ def local_user_name(configured: str | None) -> str:
 class LocalLogin(LoginMode):
     name = "local"
     summary = "whoever reaches the page is the local user (127.0.0.1 only)"
+    serves_others = False
 
     def check_safe(self) -> None:
         super().check_safe()
