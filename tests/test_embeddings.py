@@ -138,6 +138,27 @@ def test_openai_compatible_embeddings_use_the_chats_server_and_key(ollama: FakeO
         embedder.close()
 
 
+def test_an_embedding_server_of_its_own(ollama: FakeOllama) -> None:
+    """``llm.embedding_api_base`` / ``embedding_api_key`` when embeddings come from elsewhere than the chat."""
+    first = len(ollama.requests("/v1/embeddings"))
+    settings = LLMSettings(
+        api_type="azure",
+        api_base="https://chat.example.invalid",
+        api_key="chat-key",
+        embedding_api_type="openai",
+        embedding_api_base=ollama.base + "/v1",
+        embedding_api_key="embedding-key",
+    )
+    embedder = create_embedder(settings)
+    try:
+        embedder.embed(["hello"])
+        [call] = ollama.wait_for("/v1/embeddings", first + 1)[first:]
+        assert call.headers["authorization"] == "Bearer embedding-key"
+        assert call.body["model"] == "text-embedding-3-small"
+    finally:
+        embedder.close()
+
+
 def test_azure_embeddings_use_the_model_as_deployment(ollama: FakeOllama) -> None:
     path = "/openai/deployments/my-embeddings/embeddings"
     first = len(ollama.requests(path))

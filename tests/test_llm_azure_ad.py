@@ -5,16 +5,21 @@ http) with a certificate from a throw-away CA made here; ``REQUESTS_CA_BUNDLE`` 
 requests transport trust it. ``llm.aad_authority_host`` points ``ClientSecretCredential`` at it:
 azure-identity and MSAL fetch the tenant's OpenID metadata, post the client-credentials grant to its
 token endpoint, and the OpenAI client sends the token to the fake Azure OpenAI server
-(tests/llm_server.py) as ``Authorization: Bearer``. Nothing in azure-identity is replaced.
+(tests/llm_server.py) as ``Authorization: Bearer``. ``device_login`` runs the real device-code grant
+(the fake signs the user in at the first poll). Nothing in azure-identity is replaced; what is not
+exercised: ``DefaultAzureCredential``'s chain (environment, managed identity, CLI) beyond being chosen,
+and a browser sign-in.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
 import json
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,6 +40,14 @@ from tests.llm_server import Answer, ScriptedLLMServer, Status  # llm_server: co
 pytestmark = pytest.mark.timeout(60)
 
 TENANT, CLIENT, SECRET = "tenant-1234", "client-5678", "s3cret"
+DEVICE_CODE = {
+    "device_code": "device-1",
+    "user_code": "WEAVER42",
+    "verification_uri": "https://microsoft.com/devicelogin",
+    "expires_in": 900,
+    "interval": 1,
+    "message": "To sign in, use a web browser to open the page https://microsoft.com/devicelogin",
+}
 ANSWER = json.dumps({"thought": "t", "send_to": "User", "message": "signed in"})
 
 
@@ -90,6 +103,7 @@ class FakeEntra:
 
     def __init__(self, certificate: Path, key: Path) -> None:
         self.token_requests: list[dict[str, str]] = []
+        self.device_requests: list[dict[str, str]] = []
         self.issued = 0
         fake = self
 
@@ -115,10 +129,18 @@ class FakeEntra:
             def do_POST(self) -> None:  # noqa: N802
                 length = int(self.headers.get("Content-Length") or 0)
                 form = dict(parse_qsl(self.rfile.read(length).decode()))
+                if self.path == f"/{TENANT}/oauth2/v2.0/devicecode":
+                    fake.device_requests.append(form)
+                    self._json(200, DEVICE_CODE)
+                    return
                 if self.path != f"/{TENANT}/oauth2/v2.0/token":
                     self._json(404, {"error": "not_found"})
                     return
                 fake.token_requests.append(form)
+                if form.get("grant_type") == "urn:ietf:params:oauth:grant-type:device_code":
+                    fake.issued += 1
+                    self._json(200, fake.user_tokens(form))
+                    return
                 if (form.get("client_id"), form.get("client_secret")) != (CLIENT, SECRET):
                     self._json(
                         401,
@@ -150,6 +172,35 @@ class FakeEntra:
     @property
     def authority(self) -> str:
         return f"https://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def user_tokens(self, form: dict[str, str]) -> dict[str, Any]:
+        """A signed-in user's answer to the device-code grant: tokens plus the id token and
+        client_info azure-identity builds its account record from (MSAL does not check a signature)."""
+        now = int(time.time())
+        claims = {
+            "iss": f"{self.authority}/{TENANT}/v2.0",
+            "aud": form.get("client_id"),
+            "sub": "user-sub",
+            "oid": "user-oid",
+            "tid": TENANT,
+            "preferred_username": "ada@example.org",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+        }
+        return {
+            "token_type": "Bearer",
+            "scope": form.get("scope", ""),
+            "expires_in": 3600,
+            "access_token": f"aad-token-{self.issued}",
+            "refresh_token": "refresh-1",
+            "id_token": ".".join(_b64({"alg": "none", "typ": "JWT"}) + [_b64(claims)[0], ""]),
+            "client_info": _b64({"uid": "user-oid", "utid": TENANT})[0],
+        }
+
+
+def _b64(payload: dict[str, Any]) -> list[str]:
+    return [base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")]
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +327,36 @@ def test_weaver_check_signs_in_and_names_the_aad_keys(llm_server: ScriptedLLMSer
     refused = run_check(_settings(llm_server, entra, aad_client_secret="wrong"))
     assert refused.failure is not None and refused.failure.name == "key accepted"
     assert refused.failure.key == "aad_auth_mode" and "llm.aad_client_secret" in refused.failure.detail
+
+
+def test_device_login_logs_the_code_for_the_operator_and_signs_in(
+    llm_server: ScriptedLLMServer, entra: FakeEntra, caplog: pytest.LogCaptureFixture
+) -> None:
+    """TaskWeaver's default mode: the server's operator reads the code from the log and signs in."""
+    llm_server.push(Answer(ANSWER))
+    settings = _settings(llm_server, entra, aad_auth_mode="device_login", aad_client_id=None, aad_client_secret=None)
+    backend = create_backend(settings)
+    try:
+        with caplog.at_level("WARNING", logger="weaver.llm"):
+            assert _ask(backend) == ANSWER
+    finally:
+        backend.close()
+    [prompt] = [r.getMessage() for r in caplog.records if "device sign-in" in r.getMessage()]
+    assert "https://microsoft.com/devicelogin" in prompt and "WEAVER42" in prompt
+    assert entra.device_requests[-1]["scope"].split()[0] == "https://cognitiveservices.azure.com/.default"
+    [request] = llm_server.wait_for_requests(1)
+    assert request.headers["authorization"] == f"Bearer aad-token-{entra.issued}"
+
+
+def test_each_mode_picks_its_azure_identity_credential() -> None:
+    from core.config import LLMSettings
+    from core.llm.azure_ad import credential
+
+    def kind(**values: Any) -> str:
+        return type(credential(LLMSettings(api_type="azure_ad", **values))).__name__
+
+    assert kind() == "DefaultAzureCredential"
+    assert kind(aad_auth_mode="device_login") == "DeviceCodeCredential"
+    assert kind(aad_auth_mode="device_login", aad_skip_interactive=False) == "InteractiveBrowserCredential"
+    with pytest.raises(LLMError, match="llm.aad_authority_host must be an https:// URL"):
+        kind(aad_authority_host="http://127.0.0.1:1")
