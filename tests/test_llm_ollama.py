@@ -196,6 +196,21 @@ def test_cancel_while_blocked_mid_stream_is_immediate_and_drops_the_connection(
     assert seen.disconnected.wait(3), "the server should see the client hang up"
 
 
+def test_cancel_while_the_model_loads_returns_at_once(ollama: FakeOllama, backends: Any) -> None:
+    """No byte yet (Ollama loading a model): the caller is released at once all the same."""
+    first = len(ollama.requests("/api/chat"))
+    ollama.push(Stall(10))
+    backend = backends(ollama.settings(timeout=20))
+    token = CancelToken()
+    canceller = threading.Thread(target=lambda: ollama.wait_for("/api/chat", first + 1) and token.cancel())
+    canceller.start()
+    started = time.monotonic()
+    with pytest.raises(RoundCancelled):
+        list(backend.stream_chat(_request(), token))
+    canceller.join()
+    assert time.monotonic() - started < 2
+
+
 # ------------------------------------------------------------------------------------ config
 
 
