@@ -25,7 +25,7 @@ CONFIG_FILE_NAME = "taskweaver_config.json"
 
 
 class LLMSettings(BaseModel):
-    api_type: Literal["offline", "openai", "azure"] | None = Field(
+    api_type: Literal["offline", "openai", "azure", "azure_ad", "ollama", "groq", "qwen", "zhipuai"] | None = Field(
         None, description="None picks openai when an api_key or api_base is set, else offline"
     )
     api_base: str | None = None
@@ -52,16 +52,28 @@ class LLMSettings(BaseModel):
     models: list[dict[str, Any]] = Field(
         [], description="named model choices for a chat: each a name plus any llm.* keys it overrides"
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _taskweaver_ollama(cls, data: Any) -> Any:
-        """TaskWeaver's ``ollama`` type is Ollama's OpenAI-compatible API (``<base>/v1``) for us."""
-        if isinstance(data, dict) and data.get("api_type") == "ollama":
-            data = {**data, "api_type": "openai"}
-            base = str(data.get("api_base") or "http://127.0.0.1:11434").rstrip("/")
-            data["api_base"] = base if base.endswith("/v1") else f"{base}/v1"
-        return data
+    # Azure AD sign-in for api_type azure_ad (core/llm/azure_ad.py); TaskWeaver's aad_* names.
+    aad_auth_mode: Literal["default_azure_credential", "aad_app", "device_login"] = Field(
+        "default_azure_credential", description="how azure-identity gets the token"
+    )
+    aad_tenant_id: str | None = Field(None, description="the directory (tenant); aad_app needs it")
+    aad_client_id: str | None = Field(None, description="the app registration (aad_app), or a user-assigned identity")
+    aad_client_secret: SecretStr | None = Field(None, description="the app registration's secret (aad_app)")
+    aad_api_resource: str = "https://cognitiveservices.azure.com"
+    aad_api_scope: str = ".default"
+    aad_skip_interactive: bool = Field(True, description="device_login: never open a browser, print a code")
+    aad_authority_host: str | None = Field(
+        None, description="sign-in host (https), e.g. a sovereign cloud's; default azure-identity's"
+    )
+    # Embeddings (core/llm/embeddings.py): TaskWeaver's embedding_api_type / embedding_model.
+    embedding_api_type: Literal[
+        "offline", "openai", "azure", "azure_ad", "ollama", "qwen", "zhipuai", "glm", "sentence_transformers"
+    ] = Field("offline", description="offline: feature hashing, no model; sentence_transformers reads as offline")
+    embedding_model: str | None = Field(None, description="default per type (core/llm/embeddings.py)")
+    embedding_api_base: str | None = Field(None, description="default: llm.api_base if the chat uses the same type")
+    embedding_api_key: SecretStr | None = Field(None, description="default: llm.api_key if the same type")
+    embedding_batch_size: int = Field(64, gt=0, description="texts per embedding request")
+    embedding_cache_size: int = Field(10000, ge=0, description="embeddings of distinct texts kept in memory")
 
     @field_validator("stop_token", mode="before")
     @classmethod

@@ -73,8 +73,8 @@ def test_taskweaver_llm_values_are_understood(tmp_path: Path, monkeypatch: pytes
         tmp_path,
         {"llm.api_type": "ollama", "llm.api_base": "http://127.0.0.1:11434", "llm.response_format": "json_schema"},
     )
-    assert config.llm.resolved_api_type == "openai"
-    assert config.llm.api_base == "http://127.0.0.1:11434/v1"
+    assert config.llm.resolved_api_type == "ollama"  # its native API (tests/test_llm_ollama.py)
+    assert config.llm.api_base == "http://127.0.0.1:11434"
     assert config.llm.response_format == "json_object"
 
 
@@ -153,14 +153,15 @@ def test_an_ignored_key_is_warned_about_once_with_its_reason(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "taskweaver_config.json").write_text(
         json.dumps(
-            {"llm.embedding_model": "all-mpnet-base-v2", "planner.llm_alias": "fast", "session.roles": ["planner"]}
+            {"llm.aad_token_cache_path": "cache/a.bin", "planner.llm_alias": "fast", "session.roles": ["planner"]}
         )
     )
     with caplog.at_level("WARNING", logger="weaver.config"):
-        load_config(tmp_path, {"llm.embedding_model": "again", "llm.azure.model": "x", "nonsense.key": 1})
+        load_config(tmp_path, {"llm.aad_token_cache_path": "again", "llm.azure.model": "x", "nonsense.key": 1})
     lines = [r.getMessage() for r in caplog.records]
-    assert [line for line in lines if line.startswith("llm.embedding_model")] == [
-        "llm.embedding_model is ignored: Weaver has no embedding-based plugin selection or experience"
+    assert [line for line in lines if line.startswith("llm.aad_token_cache_path")] == [
+        "llm.aad_token_cache_path is ignored: azure-identity keeps the Azure AD token in memory for the life of "
+        "the process (no token file)"
     ]
     assert any("planner.llm_alias is ignored" in line and "one model" in line for line in lines)
     assert any("llm.azure.model is ignored: llm.api_type is 'openai'" in line for line in lines)

@@ -83,6 +83,20 @@ def run_check(config: AppConfig | LLMSettings, model: str | None = None) -> Chec
         report.add("config loads", PASS)
         report.add("model", PASS, "offline mode (no model configured: set llm.api_key, llm.api_base, llm.model)")
         return report
+    if api_type == "ollama":  # its native API (core/llm/ollama_backend.py)
+        from ui.check_ollama import check_ollama
+
+        return check_ollama(settings)
+    if api_type in ("groq", "qwen", "zhipuai"):  # OpenAI-compatible, at the vendor's address
+        from core.llm.base import LLMError
+        from core.llm.compatible import resolved_settings
+
+        try:
+            settings = resolved_settings(settings)
+        except LLMError as exc:
+            report = CheckReport(f"{api_type} model {settings.model!r}")
+            report.add("config loads", FAIL, str(exc), "api_key")
+            return report
     where = settings.api_base or "https://api.openai.com/v1"
     report = CheckReport(f"{api_type} model {settings.model!r} at {where}")
     report.add("config loads", PASS)
@@ -228,8 +242,12 @@ def _api_failure(report: CheckReport, exc: Exception, settings: LLMSettings, ste
     """Name the config key behind a failed request."""
     import openai
 
+    from core.llm.base import LLMError
+
     status = getattr(exc, "status_code", None)
     detail = _snippet(getattr(exc, "message", None) or str(exc))
+    if isinstance(exc, LLMError):  # the Azure AD sign-in, before any request
+        return report.add("key accepted", FAIL, str(exc), "aad_auth_mode")
     if status in (401, 403):
         return report.add(
             "key accepted", FAIL, f"the server refused the key (HTTP {status}: {detail}); change llm.api_key", "api_key"
@@ -240,7 +258,7 @@ def _api_failure(report: CheckReport, exc: Exception, settings: LLMSettings, ste
     )
     if model_missing:
         report.add("key accepted", PASS)
-        key = "azure_deployment" if settings.resolved_api_type == "azure" else "model"
+        key = "azure_deployment" if settings.resolved_api_type in ("azure", "azure_ad") else "model"
         return report.add(
             "model exists",
             FAIL,

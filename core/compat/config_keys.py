@@ -47,14 +47,16 @@ _NO_ROLE = "this role is not available in Weaver (it has the Planner and the Cod
 
 # (pattern, reason), first match wins. Patterns match the whole key.
 IGNORED: tuple[tuple[str, str], ...] = (
-    (r"llm\.(.+\.)?embedding_(model|api_type)", "Weaver has no embedding-based plugin selection or experience"),
     (r"llm\.use_mock", "Weaver's offline backend (llm.api_type = offline) plays that part"),
     (
         r"llm\.(.+\.)?(require_alternative_roles|support_system_role|support_constrained_generation|"
         r"json_schema_enforcer|chat_mode)",
         _NOT_SENT,
     ),
-    (r"llm\.(.+\.)?aad_.*", "Azure AD sign-in is not supported; use llm.api_type = azure with an API key"),
+    (
+        r"llm\.(.+\.)?aad_(use_token_cache|token_cache_path)",
+        "azure-identity keeps the Azure AD token in memory for the life of the process (no token file)",
+    ),
     (r"ext_llms\..*", _ONE_MODEL),
     (r".*\.llm_alias", _ONE_MODEL),
     (r".*\.(prompt_compression|compression_prompt_path)", _NO_HISTORY_COMPRESSION),
@@ -95,6 +97,8 @@ IGNORED: tuple[tuple[str, str], ...] = (
     ),
 )
 _IGNORED = tuple((re.compile(pattern + r"\Z"), reason) for pattern, reason in IGNORED)
+# TaskWeaver's embedding service of another type reads that type's section: llm.ollama.api_base...
+_EMBEDDING_KEYS = frozenset({"api_base", "api_key", "embedding_model"})
 _LLM_SECTION = re.compile(r"llm\.(?P<type>[a-z_]+)\.(?P<key>.+)\Z")
 
 
@@ -126,6 +130,7 @@ def translate(
     mapped: dict[str, Any] = {}  # filled in only where the same source did not set Weaver's key
     notes: list[str] = []
     active = str(flat.get("llm.api_type") or "openai")
+    embedding = str(flat.get("llm.embedding_api_type") or "")
     for key, value in flat.items():
         if key in known:
             out[key] = value
@@ -137,7 +142,9 @@ def translate(
             target = f"llm.{section['key']}"
             if target == "llm.max_output_tokens":
                 target = "llm.max_tokens"
-            if section["type"] != active:
+            if section["type"] != active and section["type"] == embedding and section["key"] in _EMBEDDING_KEYS:
+                mapped[f"llm.embedding_{section['key'].removeprefix('embedding_')}"] = value
+            elif section["type"] != active:
                 notes.append(f"{key} is ignored: llm.api_type is {active!r}, not {section['type']!r}")
             elif target in known:
                 out[target] = value  # TaskWeaver: the type's own key wins over llm.<key>

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 
 def create_backend(settings: LLMSettings, datasets: Sequence[Dataset] = ()) -> LLMBackend:
-    """``offline`` → the scripted offline backend; ``openai``/``azure`` → ``OpenAIBackend``.
+    """``offline`` → the scripted offline backend; ``openai``/``azure``/``azure_ad`` → ``OpenAIBackend``;
+    ``ollama`` → ``OllamaBackend`` (native API); ``groq``/``qwen``/``zhipuai`` → ``CompatibleBackend``.
 
     Imports are lazy so the offline path never loads the ``openai`` package. ``datasets`` lets
     the offline backend profile a project dataset by name.
@@ -23,11 +24,21 @@ def create_backend(settings: LLMSettings, datasets: Sequence[Dataset] = ()) -> L
         from core.llm.offline import OfflineBackend
 
         return OfflineBackend(list(datasets))
-    if api_type in ("openai", "azure"):
+    if api_type in ("openai", "azure", "azure_ad"):
         from core.llm.openai_backend import OpenAIBackend
 
         return OpenAIBackend(settings)
-    raise LLMError(f"unknown llm.api_type {api_type!r} (expected offline, openai or azure)")
+    if api_type == "ollama":
+        from core.llm.ollama_backend import OllamaBackend
+
+        return OllamaBackend(settings)
+    if api_type in ("groq", "qwen", "zhipuai"):
+        from core.llm.compatible import CompatibleBackend
+
+        return CompatibleBackend(settings)
+    raise LLMError(
+        f"unknown llm.api_type {api_type!r} (expected offline, openai, azure, azure_ad, ollama, groq, qwen or zhipuai)"
+    )
 
 
 class ModelChoices:

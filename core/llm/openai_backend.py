@@ -39,11 +39,14 @@ _OPENAI_SAMPLING = frozenset({"top_p", "seed", "stop_token", "frequency_penalty"
 
 
 class OpenAIBackend(LLMBackend):
-    """``LLMBackend`` for ``api_type`` "openai" (incl. compatible servers) and "azure"."""
+    """``LLMBackend`` for ``api_type`` "openai" (incl. compatible servers), "azure" and "azure_ad"."""
+
+    sampling_keys: frozenset[str] = _OPENAI_SAMPLING  # a compatible provider may accept more or fewer
 
     def __init__(self, settings: LLMSettings) -> None:
         self.settings = settings
-        self.name = "azure" if settings.resolved_api_type == "azure" else "openai"
+        api_type = settings.resolved_api_type
+        self.name = api_type if api_type in ("azure", "azure_ad") else "openai"
         self._client = _make_client(settings, self.name)
         # Some compatible servers reject these with a 400; learned once per backend.
         self.send_stream_options = True
@@ -74,7 +77,7 @@ class OpenAIBackend(LLMBackend):
         }
         if s.max_tokens:
             params["max_tokens"] = s.max_tokens
-        for key, value in supported_options(s, self.name, _OPENAI_SAMPLING).items():
+        for key, value in supported_options(s, self.name, self.sampling_keys).items():
             params["stop" if key == "stop_token" else key] = value
         if self.send_stream_options:
             params["stream_options"] = {"include_usage": True}
@@ -104,14 +107,20 @@ def _make_client(settings: LLMSettings, api_type: str) -> openai.OpenAI:
     timeout = openai.Timeout(settings.timeout, connect=settings.connect_timeout)
     key = settings.api_key.get_secret_value() if settings.api_key else None
     try:
-        if api_type == "azure":
+        if api_type in ("azure", "azure_ad"):
             if not settings.api_base:
                 raise LLMError("llm.api_base must be set to the Azure OpenAI endpoint")
+            if api_type == "azure_ad":  # a bearer token from azure-identity instead of a key
+                from core.llm.azure_ad import token_provider
+
+                auth: dict[str, Any] = {"azure_ad_token_provider": token_provider(settings)}
+            else:
+                auth = {"api_key": key or os.environ.get("AZURE_OPENAI_API_KEY")}
             return openai.AzureOpenAI(
                 azure_endpoint=settings.api_base,
                 azure_deployment=settings.azure_deployment or settings.model,
                 api_version=settings.api_version,
-                api_key=key or os.environ.get("AZURE_OPENAI_API_KEY"),
+                **auth,
                 timeout=timeout,
                 max_retries=0,
             )
@@ -338,11 +347,12 @@ class _Call:
         if code >= 500 or code in _RETRY_STATUSES:
             return _Retry(f"the model server failed with HTTP {code}: {detail}", _retry_after(exc.response.headers))
         if code in (401, 403):
-            return LLMError(f"the model server refused the credentials (HTTP {code}); check llm.api_key: {detail}")
+            key = "the llm.aad_* sign-in and the identity's role" if self.backend.name == "azure_ad" else "llm.api_key"
+            return LLMError(f"the model server refused the credentials (HTTP {code}); check {key}: {detail}")
         if code == 404:
             return LLMError(
                 f"model or endpoint not found (HTTP 404); check llm.model, llm.api_base"
-                f"{' and llm.azure_deployment' if self.backend.name == 'azure' else ''}: {detail}"
+                f"{' and llm.azure_deployment' if self.backend.name.startswith('azure') else ''}: {detail}"
             )
         return LLMError(f"the model server rejected the request (HTTP {code}): {detail}")
 
