@@ -12,64 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from core.config import AppConfig, LLMSettings
 from core.errors import ConfigError
+from ui.check_report import FAIL, PASS, SKIP, CheckReport, reachable, skip_rest, snippet
 
-PASS, FAIL, SKIP = "ok", "FAIL", "--"
 _PROMPT = [{"role": "user", "content": 'Reply with the JSON object {"ok": true} and nothing else.'}]
-
-
-@dataclass
-class CheckStep:
-    name: str
-    status: str  # PASS, FAIL or SKIP
-    detail: str = ""
-    key: str | None = None  # the config key to change when it failed
-
-
-@dataclass
-class CheckReport:
-    """What ``weaver check`` found; ``ok`` and the one-line ``summary`` are for a banner."""
-
-    target: str
-    steps: list[CheckStep] = field(default_factory=list)
-    offline: bool = False
-    latency_s: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return all(step.status != FAIL for step in self.steps)
-
-    @property
-    def failure(self) -> CheckStep | None:
-        return next((step for step in self.steps if step.status == FAIL), None)
-
-    @property
-    def summary(self) -> str:
-        if self.offline:
-            return "Offline mode: no language model is configured, so there is no connection to check."
-        failed = self.failure
-        if failed is not None:
-            return f"Model check failed ({self.target}): {failed.detail}"
-        latency = f", {self.latency_s:.2f} s for a short answer" if self.latency_s is not None else ""
-        return f"Model connection OK ({self.target}{latency})."
-
-    def lines(self) -> list[str]:
-        out = [f"weaver check: {self.target}"]
-        out += [f"  {step.status:<4}  {step.name}" + (f": {step.detail}" if step.detail else "") for step in self.steps]
-        out.append(("PASSED: " if self.ok else "FAILED: ") + self.summary)
-        return out
-
-    def add(self, name: str, status: str, detail: str = "", key: str | None = None) -> bool:
-        self.steps.append(CheckStep(name, status, detail, key))
-        return status != FAIL
 
 
 def run_check(config: AppConfig | LLMSettings, model: str | None = None) -> CheckReport:
@@ -100,14 +51,14 @@ def run_check(config: AppConfig | LLMSettings, model: str | None = None) -> Chec
     where = settings.api_base or "https://api.openai.com/v1"
     report = CheckReport(f"{api_type} model {settings.model!r} at {where}")
     report.add("config loads", PASS)
-    if not _reachable(report, settings, where):
-        return _skip_rest(report, "server reachable")
+    if not reachable(report, settings, where):
+        return skip_rest(report, "server reachable")
     client = _client(settings, api_type)
     try:
         if not _completion(report, client, settings):
-            return _skip_rest(report, "key accepted")
+            return skip_rest(report, "key accepted")
         if not _streaming(report, client, settings):
-            return _skip_rest(report, "streaming works")
+            return skip_rest(report, "streaming works")
         _json_mode(report, client, settings)
     finally:
         client.close()
@@ -120,36 +71,6 @@ async def run_check_async(config: AppConfig | LLMSettings, model: str | None = N
 
 
 # --------------------------------------------------------------------------------------- steps
-
-_ORDER = ["server reachable", "key accepted", "model exists", "chat completion", "streaming works", "JSON mode works"]
-
-
-def _skip_rest(report: CheckReport, after: str) -> CheckReport:
-    done = {step.name for step in report.steps}
-    for name in _ORDER[_ORDER.index(after) + 1 :]:
-        if name not in done:
-            report.add(name, SKIP, "not checked")
-    return report
-
-
-def _reachable(report: CheckReport, settings: LLMSettings, where: str) -> bool:
-    parts = urlsplit(where)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return report.add("server reachable", FAIL, f"{where!r} is not an http(s) URL; change llm.api_base", "api_base")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=settings.connect_timeout):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        return report.add(
-            "server reachable",
-            FAIL,
-            f"cannot connect to {parts.hostname}:{port} ({reason}); is the server running? "
-            "Otherwise change llm.api_base",
-            "api_base",
-        )
-    return report.add("server reachable", PASS, f"{parts.hostname}:{port}")
 
 
 def _client(settings: LLMSettings, api_type: str) -> Any:
@@ -217,7 +138,7 @@ def _json_mode(report: CheckReport, client: Any, settings: LLMSettings) -> bool:
     except Exception as exc:  # noqa: BLE001
         status = getattr(exc, "status_code", None)
         if status in (400, 415, 422):
-            detail = _snippet(getattr(exc, "message", str(exc)))
+            detail = snippet(getattr(exc, "message", str(exc)))
             return report.add(
                 "JSON mode works",
                 FAIL,
@@ -232,7 +153,7 @@ def _json_mode(report: CheckReport, client: Any, settings: LLMSettings) -> bool:
         return report.add(
             "JSON mode works",
             FAIL,
-            f"asked for JSON, the model answered {_snippet(text)!r}; {advice}",
+            f"asked for JSON, the model answered {snippet(text)!r}; {advice}",
             "response_format",
         )
     return report.add("JSON mode works", PASS)
@@ -245,7 +166,7 @@ def _api_failure(report: CheckReport, exc: Exception, settings: LLMSettings, ste
     from core.llm.base import LLMError
 
     status = getattr(exc, "status_code", None)
-    detail = _snippet(getattr(exc, "message", None) or str(exc))
+    detail = snippet(getattr(exc, "message", None) or str(exc))
     if isinstance(exc, LLMError):  # the Azure AD sign-in, before any request
         return report.add("key accepted", FAIL, str(exc), "aad_auth_mode")
     if status in (401, 403):
@@ -280,11 +201,6 @@ def _api_failure(report: CheckReport, exc: Exception, settings: LLMSettings, ste
         f"unexpected answer ({type(exc).__name__}: {detail}); is llm.api_base OpenAI-compatible?",
         "api_base",
     )
-
-
-def _snippet(text: Any, limit: int = 160) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 # --------------------------------------------------------------------------------------- command

@@ -12,7 +12,7 @@ import httpx
 
 from core.config import LLMSettings
 from core.llm.ollama_backend import make_client, ollama_base
-from ui.check import FAIL, PASS, SKIP, CheckReport, _reachable, _skip_rest, _snippet
+from ui.check_report import FAIL, PASS, SKIP, CheckReport, reachable, skip_rest, snippet
 
 _PROMPT = [{"role": "user", "content": 'Reply with the JSON object {"ok": true} and nothing else.'}]
 
@@ -22,15 +22,15 @@ def check_ollama(settings: LLMSettings) -> CheckReport:
     where = ollama_base(settings.api_base)
     report = CheckReport(f"ollama model {settings.model!r} at {where}")
     report.add("config loads", PASS)
-    if not _reachable(report, settings, where):
-        return _skip_rest(report, "server reachable")
+    if not reachable(report, settings, where):
+        return skip_rest(report, "server reachable")
     with make_client(settings) as client:
         if not _model(report, client, settings):
-            return _skip_rest(report, "model exists")
+            return skip_rest(report, "model exists")
         if not _completion(report, client, settings):
-            return _skip_rest(report, "chat completion")
+            return skip_rest(report, "chat completion")
         if not _streaming(report, client, settings):
-            return _skip_rest(report, "streaming works")
+            return skip_rest(report, "streaming works")
         _json_mode(report, client, settings)
     return report
 
@@ -63,7 +63,7 @@ def _model(report: CheckReport, client: httpx.Client, settings: LLMSettings) -> 
         return report.add(
             "model exists",
             FAIL,
-            f"the server answered HTTP {response.status_code} to /api/show ({_snippet(response.text)}); "
+            f"the server answered HTTP {response.status_code} to /api/show ({snippet(response.text)}); "
             "is llm.api_base the Ollama server's address?",
             "api_base",
         )
@@ -80,7 +80,7 @@ def _completion(report: CheckReport, client: httpx.Client, settings: LLMSettings
     text = _content(response)
     if response.status_code != 200 or not text:
         return report.add(
-            "chat completion", FAIL, f"no answer (HTTP {response.status_code}: {_snippet(response.text)})", "model"
+            "chat completion", FAIL, f"no answer (HTTP {response.status_code}: {snippet(response.text)})", "model"
         )
     return report.add("chat completion", PASS, f"answered in {report.latency_s:.2f} s")
 
@@ -94,7 +94,7 @@ def _streaming(report: CheckReport, client: httpx.Client, settings: LLMSettings)
                 if line.strip():
                     chunk = json.loads(line)
                     if chunk.get("error"):
-                        return report.add("streaming works", FAIL, f"the server reported: {_snippet(chunk['error'])}")
+                        return report.add("streaming works", FAIL, f"the server reported: {snippet(chunk['error'])}")
                     if (chunk.get("message") or {}).get("content"):
                         pieces.append(chunk["message"]["content"])
     except httpx.HTTPError as exc:
@@ -121,7 +121,7 @@ def _json_mode(report: CheckReport, client: httpx.Client, settings: LLMSettings)
         return report.add(
             "JSON mode works",
             FAIL,
-            f'asked for JSON, the model answered {_snippet(text)!r}; set llm.response_format to "text"',
+            f'asked for JSON, the model answered {snippet(text)!r}; set llm.response_format to "text"',
             "response_format",
         )
     return report.add("JSON mode works", PASS)
@@ -138,4 +138,4 @@ def _transport_failure(report: CheckReport, exc: httpx.HTTPError, settings: LLMS
     if isinstance(exc, httpx.TimeoutException):
         detail = f"no answer within {settings.timeout:g} s (a large model may still be loading); raise llm.timeout"
         return report.add(step, FAIL, detail, "timeout")
-    return report.add(step, FAIL, f"the connection failed ({_snippet(exc)}); check llm.api_base", "api_base")
+    return report.add(step, FAIL, f"the connection failed ({snippet(exc)}); check llm.api_base", "api_base")
