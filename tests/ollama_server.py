@@ -20,20 +20,15 @@ import base64
 import hashlib
 import json
 import re
-import select
-import socket
 import struct
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator, Union
-from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
 from core.config import LLMSettings
+from tests.fake_http import FakeHandler, FakeServer, Seen, Stall, split
 
 FAKE_DIMENSIONS = 8
 _AZURE_EMBEDDINGS = re.compile(r"^/openai/deployments/(?P<dep>[^/]+)/embeddings$")
@@ -65,25 +60,7 @@ class Error:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class Stall:
-    """Accept the request, then send nothing for ``seconds`` and close."""
-
-    seconds: float
-
-
 Reply = Union[Chat, Error, Stall]
-
-
-@dataclass
-class Seen:
-    """One request as the server saw it."""
-
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]  # lower-case names
-    body: Any
-    disconnected: threading.Event = field(default_factory=threading.Event)
 
 
 def fake_vector(text: str) -> list[float]:
@@ -92,78 +69,53 @@ def fake_vector(text: str) -> list[float]:
     return [round(b / 255 - 0.5, 4) for b in digest[:FAKE_DIMENSIONS]]
 
 
-class _Gone(Exception):
-    """The client left, or the server is stopping."""
+class _Handler(FakeHandler):
+    server: Any
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 10
-    server: "_Server"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        """Quiet."""
-
-    def do_POST(self) -> None:  # noqa: N802 - stdlib naming
-        self.close_connection = True
-        parts = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length).decode("utf-8", "replace") if length else ""
-        try:
-            body: Any = json.loads(raw)
-        except ValueError:
-            body = raw
-        seen = Seen(parts.path, dict(parse_qsl(parts.query)), {k.lower(): v for k, v in self.headers.items()}, body)
-        fake = self.server.fake
-        try:
-            if parts.path == "/api/chat":
-                self._chat(fake.record(seen, takes_reply=True), body if isinstance(body, dict) else {})
-            elif parts.path == "/api/show":
-                fake.record(seen)
-                if body.get("model") in fake.models:
-                    self._json(200, {"details": {"family": "llama"}, "model_info": {}})
-                else:
-                    self._json(404, {"error": f"model '{body.get('model')}' not found"})
-            elif parts.path == "/api/embed":
-                fake.record(seen)
-                self._embed(body, openai=False)
-            elif parts.path == "/v1/embeddings" or _AZURE_EMBEDDINGS.match(parts.path):
-                fake.record(seen)
-                self._embed(body, openai=True)
+    def route(self, seen: Seen) -> None:
+        fake, body = self.server.fake, seen.body
+        if seen.path == "/api/chat":
+            self._chat(fake.record(seen, takes_reply=True), body if isinstance(body, dict) else {})
+        elif seen.path == "/api/show":
+            fake.record(seen)
+            if body.get("model") in fake.models:
+                self.send_json(200, {"details": {"family": "llama"}, "model_info": {}})
             else:
-                self._json(404, {"error": f"no route {parts.path}"})
-        except _Gone:
-            seen.disconnected.set()
+                self.send_json(404, {"error": f"model '{body.get('model')}' not found"})
+        elif seen.path == "/api/embed":
+            fake.record(seen)
+            self._embed(body, openai=False)
+        elif seen.path == "/v1/embeddings" or _AZURE_EMBEDDINGS.match(seen.path):
+            fake.record(seen)
+            self._embed(body, openai=True)
+        else:
+            self.send_json(404, {"error": f"no route {seen.path}"})
 
     # -- routes
 
     def _chat(self, reply: Reply | None, body: dict[str, Any]) -> None:
         if reply is None:
-            self._json(500, {"error": "fake ollama: no reply queued"})
+            self.send_json(500, {"error": "fake ollama: no reply queued"})
         elif isinstance(reply, Error):
-            self._json(reply.code, {"error": reply.message}, reply.headers)
+            self.send_json(reply.code, {"error": reply.message}, reply.headers)
         elif isinstance(reply, Stall):
-            self._pause(reply.seconds)
-            self._drop()
+            self.pause(reply.seconds)
+            self.drop()
         elif body.get("stream") is False:
-            self._json(200, self._done(reply, {"role": "assistant", "content": reply.text}))
+            self.send_json(200, self._done(reply, {"role": "assistant", "content": reply.text}))
         else:
             self._stream(reply)
 
     def _stream(self, chat: Chat) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        for index, piece in enumerate(_split(chat.text, chat.chunks)):
-            self._pause(chat.first_delay if index == 0 else chat.delay)
+        self.start_chunked("application/x-ndjson")
+        for index, piece in enumerate(split(chat.text, chat.chunks)):
+            self.pause(chat.first_delay if index == 0 else chat.delay)
             if chat.drop_after == index:
-                self._drop()
+                self.drop()
                 return
             if chat.error_after == index:
                 self._line({"error": "scripted failure mid-stream"})
-                self._write(b"0\r\n\r\n")
+                self.end_chunks()
                 return
             self._line(
                 {
@@ -174,7 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
                 }
             )
         self._line(self._done(chat, {"role": "assistant", "content": ""}))
-        self._write(b"0\r\n\r\n")
+        self.end_chunks()
 
     def _done(self, chat: Chat, message: dict[str, str]) -> dict[str, Any]:
         return {
@@ -192,13 +144,13 @@ class _Handler(BaseHTTPRequestHandler):
         model = body.get("model") if isinstance(body, dict) else None
         if model == "missing":
             message = f'model "{model}" not found, try pulling it first'
-            self._json(404, {"error": {"message": message}} if openai else {"error": message})
+            self.send_json(404, {"error": {"message": message}} if openai else {"error": message})
             return
         texts = body.get("input")
         texts = [texts] if isinstance(texts, str) else list(texts or [])
         vectors = [fake_vector(str(t)) for t in texts]
         if not openai:
-            self._json(200, {"model": model, "embeddings": vectors, "prompt_eval_count": len(texts)})
+            self.send_json(200, {"model": model, "embeddings": vectors, "prompt_eval_count": len(texts)})
             return
         as_base64 = body.get("encoding_format") == "base64"
         data = [
@@ -210,107 +162,25 @@ class _Handler(BaseHTTPRequestHandler):
             for i, v in enumerate(vectors)
         ]
         usage = {"prompt_tokens": len(texts), "total_tokens": len(texts)}
-        self._json(200, {"object": "list", "data": data, "model": model, "usage": usage})
-
-    # -- plumbing
-
-    def _json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self._write(data)
+        self.send_json(200, {"object": "list", "data": data, "model": model, "usage": usage})
 
     def _line(self, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode() + b"\n"
-        self._write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-
-    def _write(self, data: bytes) -> None:
-        try:
-            self.wfile.write(data)
-            self.wfile.flush()
-        except OSError as exc:
-            raise _Gone from exc
-
-    def _pause(self, seconds: float) -> None:
-        """Wait, but notice at once if the client hangs up or the server stops."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([self.connection, self.server.wake_r], [], [], left)
-            if self.server.wake_r in readable:
-                raise _Gone("server stopping")
-            if readable:
-                try:
-                    closed = self.connection.recv(1, socket.MSG_PEEK) == b""
-                except OSError:
-                    closed = True
-                if closed:
-                    raise _Gone("client closed the connection")
-
-    def _drop(self) -> None:
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
-def _split(text: str, chunks: int) -> list[str]:
-    count = max(1, min(chunks, len(text)))
-    size, extra = divmod(len(text), count)
-    pieces, start = [], 0
-    for i in range(count):
-        end = start + size + (1 if i < extra else 0)
-        pieces.append(text[start:end])
-        start = end
-    return pieces
+        self.chunk(json.dumps(payload).encode() + b"\n")
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = False
-    block_on_close = True
-    fake: "FakeOllama"
-    wake_r: socket.socket
+class FakeOllama(FakeServer[Reply]):
+    """The fake Ollama: chat replies queued, embeddings computed, ``models`` known to ``/api/show``."""
 
-
-class FakeOllama:
-    """Owns the server thread, the chat reply queue and the request log."""
+    handler = _Handler
+    thread_name = "fake-ollama"
 
     def __init__(self) -> None:
-        self._lock = threading.Condition()
-        self._replies: deque[Reply] = deque()
-        self._seen: list[Seen] = []
+        super().__init__()
         self.models = {"llama3.2", "nomic-embed-text"}
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
-        self._httpd.fake = self
-        self._httpd.wake_r = self._wake_r
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-ollama", daemon=True
-        )
-
-    def start(self) -> "FakeOllama":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._wake_w.send(b"x")
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=10)
-        self._wake_r.close()
-        self._wake_w.close()
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
 
     def settings(self, **overrides: Any) -> LLMSettings:
         values: dict[str, Any] = dict(
@@ -324,32 +194,6 @@ class FakeOllama:
         )
         values.update(overrides)
         return LLMSettings(**values)
-
-    def push(self, *replies: Reply) -> None:
-        with self._lock:
-            self._replies.extend(replies)
-
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._replies)
-
-    def record(self, seen: Seen, takes_reply: bool = False) -> Reply | None:
-        with self._lock:
-            reply = self._replies.popleft() if takes_reply and self._replies else None
-            self._seen.append(seen)
-            self._lock.notify_all()
-            return reply
-
-    def requests(self, path: str | None = None) -> list[Seen]:
-        with self._lock:
-            return [s for s in self._seen if path is None or s.path == path]
-
-    def wait_for(self, path: str, count: int, timeout: float = 5.0) -> list[Seen]:
-        with self._lock:
-            if not self._lock.wait_for(lambda: len([s for s in self._seen if s.path == path]) >= count, timeout):
-                raise TimeoutError(f"expected {count} requests to {path}")
-            return [s for s in self._seen if s.path == path]
 
 
 @pytest.fixture(scope="module", name="ollama")
