@@ -22,12 +22,17 @@ from core.roles.prompts.templates import load_templates
 from core.roles.verification import DEFAULT_ALLOWED_MODULES, DEFAULT_BLOCKED_FUNCTIONS
 
 CONFIG_FILE_NAME = "taskweaver_config.json"
+# The API types with no default model, and an example for the message that asks for one.
+MODEL_REQUIRED = {"anthropic": "claude-sonnet-4-5", "google_genai": "gemini-2.5-flash"}
 
 
 class LLMSettings(BaseModel):
-    api_type: Literal["offline", "openai", "azure", "azure_ad", "ollama", "groq", "qwen", "zhipuai"] | None = Field(
-        None, description="None picks openai when an api_key or api_base is set, else offline"
-    )
+    api_type: (
+        Literal[
+            "offline", "openai", "azure", "azure_ad", "ollama", "groq", "qwen", "zhipuai", "anthropic", "google_genai"
+        ]
+        | None
+    ) = Field(None, description="None picks openai when an api_key or api_base is set, else offline")
     api_base: str | None = None
     api_key: SecretStr | None = None
     model: str = "gpt-4o-mini"
@@ -91,6 +96,13 @@ class LLMSettings(BaseModel):
         return "json_object" if value == "json_schema" else value
 
     @model_validator(mode="after")
+    def _model_named(self) -> LLMSettings:
+        """Anthropic and Gemini have no model Weaver could guess (the default is an OpenAI model)."""
+        if self.api_type in MODEL_REQUIRED and ("model" not in self.model_fields_set or not self.model.strip()):
+            raise ValueError(f"llm.api_type {self.api_type} needs llm.model, e.g. {MODEL_REQUIRED[self.api_type]!r}")
+        return self
+
+    @model_validator(mode="after")
     def _check_models(self) -> LLMSettings:
         """Each named choice must build valid settings, so a bad one stops the app at start."""
         seen = {self.default_model_name}
@@ -129,6 +141,9 @@ class LLMSettings(BaseModel):
             raise KeyError(f"no model named {name!r} in llm.models (choices: {', '.join(self.model_names)})")
         base = self.model_dump(exclude={"models"})
         overrides = {k: v for k, v in entry.items() if k != "name"}
+        if overrides.get("api_type") in MODEL_REQUIRED and overrides["api_type"] != self.api_type:
+            base.pop("model")  # another provider's model name: the choice must name its own
+
         return LLMSettings(**{**base, **overrides})
 
     @property

@@ -12,33 +12,24 @@ from typing import Any, Iterator
 
 import pytest
 
-from core import AttachmentType, TaskWeaverApp
 from core.cancel import CancelToken, RoundCancelled
 from core.config import LLMSettings, load_config
-from core.llm.base import ChatRequest, LLMError
+from core.llm.base import ChatRequest
 from core.llm.factory import create_backend
 from core.llm.ollama_backend import OllamaBackend
+from tests.llm_cases import (
+    assert_cancel_mid_stream,
+    backends_fixture,  # noqa: F401  (fixture)
+    error_of,
+    run_squares_round,
+    squares_answers,
+)
 from tests.ollama_server import Chat, Error, FakeOllama, Stall, ollama_fixture  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(60)
 
 ANSWER = json.dumps({"thought": "add them", "send_to": "User", "message": "1 + 1 = 2"})
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "1+1?"}]
-
-
-@pytest.fixture
-def backends() -> Iterator[Any]:
-    made: list[OllamaBackend] = []
-
-    def make(settings: LLMSettings) -> OllamaBackend:
-        backend = create_backend(settings)
-        assert isinstance(backend, OllamaBackend)
-        made.append(backend)
-        return backend
-
-    yield make
-    for backend in made:
-        backend.close()
 
 
 @pytest.fixture(autouse=True)
@@ -52,10 +43,7 @@ def _request(json_mode: bool = True) -> ChatRequest:
 
 
 def _error(backend: OllamaBackend) -> tuple[str, float]:
-    started = time.monotonic()
-    with pytest.raises(LLMError) as info:
-        list(backend.stream_chat(_request(), CancelToken()))
-    return str(info.value), time.monotonic() - started
+    return error_of(backend, _request())
 
 
 # ------------------------------------------------------------------------------------ happy path
@@ -177,23 +165,8 @@ def test_connection_refused_names_the_server(backends: Any) -> None:
 def test_cancel_while_blocked_mid_stream_is_immediate_and_drops_the_connection(
     ollama: FakeOllama, backends: Any
 ) -> None:
-    first = len(ollama.requests("/api/chat"))
     ollama.push(Chat(ANSWER, chunks=3, delay=10))
-    backend = backends(ollama.settings(timeout=20))
-    token = CancelToken()
-    got_first = threading.Event()
-    canceller = threading.Thread(target=lambda: got_first.wait(5) and token.cancel())
-    canceller.start()
-    started = time.monotonic()
-    received = []
-    with pytest.raises(RoundCancelled):
-        for chunk in backend.stream_chat(_request(), token):
-            received.append(chunk)
-            got_first.set()  # the next read blocks for 10 s unless cancel unblocks it
-    canceller.join()
-    assert time.monotonic() - started < 2 and len(received) == 1
-    seen = ollama.wait_for("/api/chat", first + 1)[first]
-    assert seen.disconnected.wait(3), "the server should see the client hang up"
+    assert_cancel_mid_stream(ollama, "/api/chat", backends(ollama.settings(timeout=20)), _request())
 
 
 def test_cancel_while_the_model_loads_returns_at_once(ollama: FakeOllama, backends: Any) -> None:
@@ -232,50 +205,14 @@ def test_taskweaver_ollama_config_selects_the_native_backend(tmp_path: Path, mon
 # ------------------------------------------------------------------------------------ whole round
 
 
-def _planner(send_to: str, message: str) -> str:
-    return json.dumps(
-        {
-            "thought": "t",
-            "plan": ["compute", "report"],
-            "current_plan_step": "compute",
-            "send_to": send_to,
-            "message": message,
-        }
-    )
-
-
 def test_a_whole_round_over_ollama_runs_real_code(ollama: FakeOllama, tmp_path: Path) -> None:
     first = len(ollama.requests("/api/chat"))
-    code = "total = sum(i * i for i in range(1, 11))\nprint(f'total={total}')"
-    ollama.push(
-        Chat(_planner("CodeInterpreter", "Sum the squares of 1..10 and print total=<n>."), chunks=8),
-        Chat(json.dumps({"thought": "run", "reply_type": "python", "reply_content": code}), chunks=8),
-        Chat(_planner("User", "The sum of the squares of 1 to 10 is 385."), chunks=8, eval_count=9),
-    )
-    app = TaskWeaverApp(
-        app_dir=tmp_path,
-        config={
-            "llm.api_type": "ollama",
-            "llm.api_base": ollama.base,
-            "llm.model": "llama3.2",
-            "llm.timeout": 5,
-            "execution.timeout": 20,
-            "execution.prewarm": False,
-            "execution.pool_size": 0,  # one kernel, for the one session
-        },
-    )
-    try:
-        rnd = app.get_session().send_message("What is the sum of squares of 1..10?")
-        assert rnd.state == "finished", rnd.error
-        assert [p.send_from for p in rnd.post_list] == ["User", "Planner", "CodeInterpreter", "Planner"]
-        assert "total=385" in rnd.post_list[2].first(AttachmentType.execution_result)
-        assert "385" in rnd.reply_text
-        calls = ollama.wait_for("/api/chat", first + 3)[first:]
-        assert all(c.body["format"] == "json" and c.body["stream"] is True for c in calls)
-        assert "You are the Planner" in calls[0].body["messages"][0]["content"]
-        assert "total=385" in json.dumps(calls[2].body["messages"])  # the Planner saw the kernel's output
-    finally:
-        app.stop()
+    ollama.push(*(Chat(text, chunks=8) for text in squares_answers()))
+    run_squares_round(tmp_path, {"llm.api_type": "ollama", "llm.api_base": ollama.base, "llm.model": "llama3.2"})
+    calls = ollama.wait_for("/api/chat", first + 3)[first:]
+    assert all(c.body["format"] == "json" and c.body["stream"] is True for c in calls)
+    assert "You are the Planner" in calls[0].body["messages"][0]["content"]
+    assert "total=385" in json.dumps(calls[2].body["messages"])  # the Planner saw the kernel's output
 
 
 # ------------------------------------------------------------------------------------ weaver check

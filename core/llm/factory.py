@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 
 def create_backend(settings: LLMSettings, datasets: Sequence[Dataset] = ()) -> LLMBackend:
     """``offline`` → the scripted offline backend; ``openai``/``azure``/``azure_ad`` → ``OpenAIBackend``;
-    ``ollama`` → ``OllamaBackend`` (native API); ``groq``/``qwen``/``zhipuai`` → ``CompatibleBackend``.
+    ``ollama`` → ``OllamaBackend`` (native API); ``groq``/``qwen``/``zhipuai`` → ``CompatibleBackend``;
+    ``anthropic`` → ``AnthropicBackend``; ``google_genai`` → ``GeminiBackend`` (Gemini).
 
     Imports are lazy so the offline path never loads the ``openai`` package. ``datasets`` lets
     the offline backend profile a project dataset by name.
@@ -36,8 +37,17 @@ def create_backend(settings: LLMSettings, datasets: Sequence[Dataset] = ()) -> L
         from core.llm.compatible import CompatibleBackend
 
         return CompatibleBackend(settings)
+    if api_type == "anthropic":
+        from core.llm.anthropic_backend import AnthropicBackend
+
+        return AnthropicBackend(settings)
+    if api_type == "google_genai":
+        from core.llm.gemini_backend import GeminiBackend
+
+        return GeminiBackend(settings)
     raise LLMError(
-        f"unknown llm.api_type {api_type!r} (expected offline, openai, azure, azure_ad, ollama, groq, qwen or zhipuai)"
+        f"unknown llm.api_type {api_type!r} (expected offline, openai, azure, azure_ad, ollama, groq, qwen, "
+        "zhipuai, anthropic or google_genai)"
     )
 
 
