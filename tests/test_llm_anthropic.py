@@ -262,3 +262,58 @@ def test_a_whole_round_over_anthropic_runs_real_code(anthropic: FakeAnthropic, t
     assert [(c["model"], c["prompt_tokens"], c["completion_tokens"]) for c in rnd.llm_calls] == [
         ("claude-test", 21, 8)
     ] * 3
+
+
+# ------------------------------------------------------------------------------------ weaver check
+
+STEPS = [
+    "config loads",
+    "server reachable",
+    "key accepted",
+    "model exists",
+    "chat completion",
+    "streaming works",
+    "JSON mode works",
+]
+
+
+def test_weaver_check_passes_against_the_messages_api(
+    anthropic: FakeAnthropic, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ui.cli import main
+
+    first = len(anthropic.requests("/v1/messages"))
+    anthropic.push(Chat("OK"), Chat("OK, fine", chunks=3), Chat('{"ok": true}'))
+    config = {
+        "llm.api_type": "anthropic",
+        "llm.api_base": anthropic.base,
+        "llm.api_key": anthropic.key,
+        "llm.model": "claude-test",
+    }
+    (tmp_path / "taskweaver_config.json").write_text(json.dumps(config))
+    code = main(["check", "--app-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for step in STEPS:
+        assert f"ok    {step}" in out, out
+    assert "PASSED: Model connection OK (anthropic model 'claude-test'" in out
+    whole, streamed, json_mode = _calls(anthropic, first, 3)
+    assert "stream" not in whole.body and whole.body["max_tokens"] == 20
+    assert streamed.body["stream"] is True and streamed.body["messages"][-1]["role"] == "user"
+    assert json_mode.body["messages"][-1] == {"role": "assistant", "content": "{"}  # as a round asks for JSON
+
+
+def test_weaver_check_names_a_refused_key_and_an_unknown_model(anthropic: FakeAnthropic) -> None:
+    from ui.check import run_check
+
+    report = run_check(anthropic.settings(api_key="sk-wrong"))
+    failed = report.failure
+    assert not report.ok and failed is not None
+    assert (failed.name, failed.key) == ("key accepted", "api_key") and "ANTHROPIC_API_KEY" in failed.detail
+    assert [s.status for s in report.steps[-4:]] == ["--"] * 4
+
+    report = run_check(anthropic.settings(model="claude-9"))
+    failed = report.failure
+    assert failed is not None and (failed.name, failed.key) == ("model exists", "model")
+    assert "'claude-9' not found" in failed.detail and "change llm.model" in failed.detail
+    assert [s.status for s in report.steps[-3:]] == ["--"] * 3

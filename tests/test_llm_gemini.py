@@ -276,3 +276,53 @@ def test_a_whole_round_over_gemini_runs_real_code(gemini: FakeGemini, tmp_path: 
     assert "total=385" in json.dumps(calls[2].body["contents"])  # the Planner saw the kernel's output
     usage = [(c["model"], c["prompt_tokens"], c["completion_tokens"]) for c in rnd.llm_calls]
     assert usage == [("gemini-test-001", 31, 9)] * 3
+
+
+# ------------------------------------------------------------------------------------ weaver check
+
+
+def test_weaver_check_passes_against_the_gemini_api(gemini: FakeGemini) -> None:
+    from ui.check import run_check
+
+    first = len(gemini.requests())
+    gemini.push(Chat("OK"), Chat("OK, fine", chunks=3), Chat('{"ok": true}'))
+    report = run_check(gemini.settings())
+    assert report.ok, report.lines()
+    assert [s.name for s in report.steps] == [
+        "config loads",
+        "server reachable",
+        "key accepted",
+        "model exists",
+        "chat completion",
+        "streaming works",
+        "JSON mode works",
+    ]
+    assert report.steps[3].detail == "gemini-test-001"
+    whole, streamed, json_mode = gemini.requests()[first:]
+    assert whole.path == "/v1beta/models/gemini-test:generateContent"
+    assert streamed.path == json_mode.path == PATH
+    assert "responseMimeType" not in streamed.body["generationConfig"]
+    assert json_mode.body["generationConfig"]["responseMimeType"] == "application/json"
+
+
+def test_weaver_check_names_a_refused_key_an_unknown_model_and_a_missing_key(
+    gemini: FakeGemini, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ui.check import run_check
+
+    report = run_check(gemini.settings(api_key="AIza-wrong"))
+    failed = report.failure
+    assert failed is not None and (failed.name, failed.key) == ("key accepted", "api_key")
+    assert "HTTP 400" in failed.detail and "API key not valid" in failed.detail
+    assert [s.status for s in report.steps[-4:]] == ["--"] * 4
+
+    report = run_check(gemini.settings(model="gemini-9"))
+    failed = report.failure
+    assert failed is not None and (failed.name, failed.key) == ("model exists", "model")
+
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    report = run_check(gemini.settings(api_key=None))
+    failed = report.failure
+    assert failed is not None and (failed.name, failed.key) == ("config loads", "api_key")
+    assert "GEMINI_API_KEY" in failed.detail

@@ -38,6 +38,14 @@ def run_check(config: AppConfig | LLMSettings, model: str | None = None) -> Chec
         from ui.check_ollama import check_ollama
 
         return check_ollama(settings)
+    if api_type == "anthropic":  # the Messages API (core/llm/anthropic_backend.py)
+        from ui.check_anthropic import check_anthropic
+
+        return check_anthropic(settings)
+    if api_type == "google_genai":  # the Gemini API (core/llm/gemini_backend.py)
+        from ui.check_gemini import check_gemini
+
+        return check_gemini(settings)
     if api_type in ("groq", "qwen", "zhipuai"):  # OpenAI-compatible, at the vendor's address
         from core.llm.base import LLMError
         from core.llm.compatible import resolved_settings

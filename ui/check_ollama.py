@@ -12,7 +12,7 @@ import httpx
 
 from core.config import LLMSettings
 from core.llm.ollama_backend import make_client, ollama_base
-from ui.check_report import FAIL, PASS, SKIP, CheckReport, reachable, skip_rest, snippet
+from ui.check_report import FAIL, PASS, SKIP, CheckReport, reachable, skip_rest, snippet, transport_failure
 
 _PROMPT = [{"role": "user", "content": 'Reply with the JSON object {"ok": true} and nothing else.'}]
 
@@ -135,7 +135,4 @@ def _content(response: httpx.Response) -> str:
 
 
 def _transport_failure(report: CheckReport, exc: httpx.HTTPError, settings: LLMSettings, step: str) -> bool:
-    if isinstance(exc, httpx.TimeoutException):
-        detail = f"no answer within {settings.timeout:g} s (a large model may still be loading); raise llm.timeout"
-        return report.add(step, FAIL, detail, "timeout")
-    return report.add(step, FAIL, f"the connection failed ({snippet(exc)}); check llm.api_base", "api_base")
+    return transport_failure(report, exc, settings, step, " (a large model may still be loading)")

@@ -1,15 +1,23 @@
 """What ``weaver check`` reports, shared by each provider's checker (ui/check.py for OpenAI-style
-servers, ui/check_ollama.py for Ollama's native API): the steps, their verdicts, and the first
-two steps every provider takes the same way."""
+servers, ui/check_ollama.py for Ollama's native API, ui/check_anthropic.py, ui/check_gemini.py):
+the steps, their verdicts, the first two steps every provider takes the same way, and the later
+ones for a provider checked over its own API (one short answer, then streaming and JSON through
+the backend the roles use)."""
 
 from __future__ import annotations
 
+import json
 import socket
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
+import httpx
+
+from core.cancel import CancelToken
 from core.config import LLMSettings
+from core.llm.base import ChatRequest, LLMBackend, LLMError
 
 PASS, FAIL, SKIP = "ok", "FAIL", "--"
 
@@ -101,3 +109,95 @@ def reachable(report: CheckReport, settings: LLMSettings, where: str) -> bool:
 def snippet(text: Any, limit: int = 160) -> str:
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# ------------------------------------------------------------------ steps over a provider's own API
+
+PROMPT = [{"role": "user", "content": 'Reply with the JSON object {"ok": true} and nothing else.'}]
+
+
+@dataclass
+class Reply:
+    """What a provider's checker reads from its one short, non-streamed answer."""
+
+    key_refused: bool = False
+    model_missing: bool = False
+    text: str = ""
+    model: str = ""
+    detail: str = ""
+
+
+def completion_step(
+    report: CheckReport,
+    settings: LLMSettings,
+    post: Callable[[], httpx.Response],
+    judge: Callable[[httpx.Response], Reply],
+    key_hint: str = "",
+) -> bool:
+    """ "key accepted", "model exists" and "chat completion" from one short answer (its time is
+    the latency); ``key_hint`` follows "change llm.api_key" (a variable read instead)."""
+    started = time.monotonic()
+    try:
+        response = post()
+    except httpx.HTTPError as exc:
+        return transport_failure(report, exc, settings, "key accepted")
+    report.latency_s = time.monotonic() - started
+    reply, code = judge(response), response.status_code
+    if reply.key_refused:
+        detail = f"the server refused the key (HTTP {code}: {reply.detail}); change llm.api_key{key_hint}"
+        return report.add("key accepted", FAIL, detail, "api_key")
+    report.add("key accepted", PASS)
+    if reply.model_missing:
+        detail = f"model {settings.model!r} not found (HTTP {code}: {reply.detail}); change llm.model"
+        return report.add("model exists", FAIL, detail, "model")
+    if code != 200:
+        return report.add("chat completion", FAIL, f"the server answered HTTP {code}: {reply.detail}")
+    report.add("model exists", PASS, reply.model or settings.model)
+    if not reply.text:
+        detail = "the server answered without any text (is llm.api_base the provider's API?)"
+        return report.add("chat completion", FAIL, detail, "api_base")
+    return report.add("chat completion", PASS, f"answered in {report.latency_s:.2f} s")
+
+
+def backend_steps(report: CheckReport, backend: LLMBackend, settings: LLMSettings) -> CheckReport:
+    """ "streaming works" and "JSON mode works" through the backend the roles use (its JSON
+    request as sent in a round), then closes it."""
+    try:
+        if not _streamed(report, backend, json_mode=False):
+            return skip_rest(report, "streaming works")
+        if settings.response_format != "json_object":
+            report.add("JSON mode works", SKIP, "not used (llm.response_format is text)")
+        else:
+            _streamed(report, backend, json_mode=True)
+    finally:
+        backend.close()
+    return report
+
+
+def _streamed(report: CheckReport, backend: LLMBackend, json_mode: bool) -> bool:
+    step = "JSON mode works" if json_mode else "streaming works"
+    started = time.monotonic()
+    try:
+        chunks = list(backend.stream_chat(ChatRequest("check", list(PROMPT), json_mode=json_mode), CancelToken()))
+    except LLMError as exc:
+        return report.add(step, FAIL, str(exc))
+    text = "".join(chunks)
+    if not json_mode:
+        if not text:
+            return report.add(step, FAIL, "the streamed answer had no text", "model")
+        return report.add(step, PASS, f"{len(chunks)} chunks in {time.monotonic() - started:.2f} s")
+    try:
+        json.loads(text)
+    except ValueError:
+        detail = f'asked for JSON, the model answered {snippet(text)!r}; set llm.response_format to "text"'
+        return report.add(step, FAIL, detail, "response_format")
+    return report.add(step, PASS)
+
+
+def transport_failure(
+    report: CheckReport, exc: httpx.HTTPError, settings: LLMSettings, step: str, hint: str = ""
+) -> bool:
+    """A request that got no answer: a timeout names llm.timeout, anything else llm.api_base."""
+    if isinstance(exc, httpx.TimeoutException):
+        return report.add(step, FAIL, f"no answer within {settings.timeout:g} s{hint}; raise llm.timeout", "timeout")
+    return report.add(step, FAIL, f"the connection failed ({snippet(exc)}); check llm.api_base", "api_base")
