@@ -218,9 +218,10 @@ def test_cancel_mid_stream_is_immediate_and_drops_the_connection(gemini: FakeGem
 
 
 def test_taskweaver_google_genai_config_selects_the_backend(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gemini: FakeGemini
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gemini: FakeGemini, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.WARNING, logger="weaver.config")
     config = load_config(
         tmp_path,
         {
@@ -232,6 +233,8 @@ def test_taskweaver_google_genai_config_selects_the_backend(
             "llm.google_genai.top_k": 1,
             "llm.google_genai.top_p": 0.5,
             "llm.google_genai.temperature": 0.9,
+            "llm.google_genai.backup_model": "gemini-pro",
+            "llm.google_genai.embedding_model": "embedding-001",
         },
     )
     llm = config.llm
@@ -243,6 +246,10 @@ def test_taskweaver_google_genai_config_selects_the_backend(
         0.5,
         0.9,
     )
+    assert llm.embedding_model is None  # not Gemini's: Weaver has no Gemini embeddings
+    warned = [r.getMessage() for r in caplog.records if r.name == "weaver.config"]
+    assert "llm.google_genai.backup_model is ignored: Weaver has no backup model" in " ".join(warned)
+    assert "llm.google_genai.embedding_model is ignored: Weaver has no Gemini embeddings" in " ".join(warned)
     create_backend(llm).close()
 
 

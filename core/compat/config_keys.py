@@ -97,6 +97,11 @@ IGNORED: tuple[tuple[str, str], ...] = (
     ),
 )
 _IGNORED = tuple((re.compile(pattern + r"\Z"), reason) for pattern, reason in IGNORED)
+# Keys of an active type's section that do not mean the llm.* key of the same name.
+_SECTION_IGNORED = {
+    ("google_genai", "backup_model"): "Weaver has no backup model (llm.max_retries retries the same one)",
+    ("google_genai", "embedding_model"): "Weaver has no Gemini embeddings (llm.embedding_api_type picks them)",
+}
 # TaskWeaver's embedding service of another type reads that type's section: llm.ollama.api_base...
 _EMBEDDING_KEYS = frozenset({"api_base", "api_key", "embedding_model"})
 _LLM_SECTION = re.compile(r"llm\.(?P<type>[a-z_]+)\.(?P<key>.+)\Z")
@@ -146,6 +151,8 @@ def translate(
                 mapped[f"llm.embedding_{section['key'].removeprefix('embedding_')}"] = value
             elif section["type"] != active:
                 notes.append(f"{key} is ignored: llm.api_type is {active!r}, not {section['type']!r}")
+            elif (section["type"], section["key"]) in _SECTION_IGNORED:
+                notes.append(f"{key} is ignored: {_SECTION_IGNORED[section['type'], section['key']]}")
             elif target in known:
                 out[target] = value  # TaskWeaver: the type's own key wins over llm.<key>
                 continue
