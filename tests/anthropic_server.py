@@ -4,8 +4,9 @@
 (``message_start`` with ``usage.input_tokens``, ``content_block_start``, ``ping``, one
 ``content_block_delta`` per piece, ``content_block_stop``, ``message_delta`` with
 ``usage.output_tokens``, ``message_stop``); without it, one ``message`` object. As the real API
-does, a wrong ``x-api-key`` is a 401 and an unknown model a 404 (no reply taken), and a model in
-``refuses_prefill`` answers a prefilled assistant turn with a 400. Like a model continuing a
+does, a wrong ``x-api-key`` is a 401 and an unknown model a 404 (no reply taken), a model in
+``refuses_prefill`` answers a prefilled assistant turn with a 400, and one in
+``one_of_temperature_top_p`` a request with both. Like a model continuing a
 prefill, a scripted text that starts with the prefilled turn is streamed without it::
 
     anthropic.push(Chat('{"a": 1}', chunks=4), Error(529, "overloaded_error", "Overloaded"))
@@ -73,6 +74,10 @@ class _Handler(FakeHandler):
         elif _prefill(body) and body.get("model") in fake.refuses_prefill:
             fake.record(seen)
             self._error(400, "invalid_request_error", "Prefilling assistant messages is not supported for this model.")
+        elif {"temperature", "top_p"} <= body.keys() and body.get("model") in fake.one_of_temperature_top_p:
+            fake.record(seen)
+            message = "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
+            self._error(400, "invalid_request_error", message)
         else:
             self._reply(fake.record(seen, takes_reply=True), body)
 
@@ -152,8 +157,9 @@ class FakeAnthropic(FakeServer[Reply]):
     def __init__(self) -> None:
         super().__init__()
         self.key = KEY
-        self.models = {"claude-test", "claude-no-prefill"}
-        self.refuses_prefill = {"claude-no-prefill"}
+        self.models = {"claude-test", "claude-no-prefill", "claude-one-sampler"}
+        self.refuses_prefill = {"claude-no-prefill", "claude-one-sampler"}
+        self.one_of_temperature_top_p = {"claude-one-sampler"}
 
     def settings(self, **overrides: Any) -> LLMSettings:
         values: dict[str, Any] = dict(

@@ -144,6 +144,23 @@ def test_a_model_that_refuses_prefills_is_asked_in_the_system_prompt(anthropic: 
         assert call.body["system"] == f"be brief\n\nanswer in JSON\n\n{JSON_ONLY}"
 
 
+def test_a_model_that_takes_temperature_or_top_p_gets_top_p_alone(anthropic: FakeAnthropic, backends: Any) -> None:
+    """The newest models refuse both; llm.top_p, set on purpose, wins over the default temperature."""
+    first = len(anthropic.requests("/v1/messages"))
+    anthropic.push(Chat(ANSWER), Chat(ANSWER))
+    backend = backends(anthropic.settings(model="claude-one-sampler", top_p=0.8))
+    answers = ["".join(backend.stream_chat(_request(), CancelToken())) for _ in range(2)]
+    assert [json.loads(a)["send_to"] for a in answers] == ["User", "User"]
+    calls = _calls(anthropic, first, 4)  # the two refusals, learned once each, then two answers
+    assert [("temperature" in c.body, "{" == c.body["messages"][-1]["content"]) for c in calls] == [
+        (True, True),
+        (True, False),
+        (False, False),
+        (False, False),
+    ]
+    assert all(c.body["top_p"] == 0.8 for c in calls)
+
+
 # ------------------------------------------------------------------------------------ failures
 
 
@@ -243,6 +260,13 @@ def test_no_model_is_a_config_error_and_no_key_names_the_variable(
         create_backend(settings)
     monkeypatch.setenv("ANTHROPIC_API_KEY", "from-env")
     create_backend(settings).close()
+    # A model choice of another type must name its own model too.
+    with pytest.raises(ConfigError, match="llm.models\\[0\\] \\(claude\\).*needs llm.model"):
+        load_config(tmp_path, {"llm.api_key": "k", "llm.models": [{"name": "claude", "api_type": "anthropic"}]})
+    config = load_config(
+        tmp_path, {"llm.models": [{"name": "claude", "api_type": "anthropic", "model": "claude-test", "api_key": "k"}]}
+    )
+    assert config.llm.for_model("claude").model == "claude-test"
 
 
 # ------------------------------------------------------------------------------------ whole round
