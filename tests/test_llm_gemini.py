@@ -124,6 +124,21 @@ def test_request_body_has_system_instruction_roles_and_generation_config(gemini:
     assert "responseMimeType" not in text_call.body["generationConfig"] and text == "plain words"
 
 
+def test_neighbouring_turns_of_one_role_are_merged_and_empty_ones_left_out(gemini: FakeGemini, backends: Any) -> None:
+    first = len(gemini.requests(PATH))
+    gemini.push(Chat(ANSWER))
+    messages = [
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "second"},
+        {"role": "system", "content": "  "},
+    ]
+    list(backends(gemini.settings()).stream_chat(ChatRequest("Planner", messages), CancelToken()))
+    [call] = _calls(gemini, first, 1)
+    assert call.body["contents"] == [{"role": "user", "parts": [{"text": "first\n\nsecond"}]}]
+    assert "systemInstruction" not in call.body
+
+
 def test_unset_sampling_keys_are_not_sent_and_none_is_warned(
     gemini: FakeGemini, backends: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,11 +18,14 @@ class Turn:
 
 def split_system(messages: list[dict[str, str]]) -> tuple[str, list[Turn]]:
     """The system messages' text (joined by a blank line) and the other messages as turns, where
-    neighbours of one role are joined by a blank line too."""
+    neighbours of one role are joined by a blank line too. Empty messages are left out: both APIs
+    refuse an empty text part."""
     system: list[str] = []
     turns: list[Turn] = []
     for message in messages:
         role, text = message.get("role", "user"), str(message.get("content") or "")
+        if not text.strip():
+            continue
         if role == "system":
             system.append(text)
             continue
@@ -31,4 +34,4 @@ def split_system(messages: list[dict[str, str]]) -> tuple[str, list[Turn]]:
             turns[-1].text = f"{turns[-1].text}\n\n{text}"
         else:
             turns.append(Turn(role, text))
-    return "\n\n".join(part for part in system if part), turns
+    return "\n\n".join(system), turns
