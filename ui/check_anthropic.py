@@ -9,41 +9,15 @@ import httpx
 
 from core.config import LLMSettings
 from core.llm.anthropic_backend import AnthropicBackend, anthropic_root, make_client
-from core.llm.base import LLMError
-from ui.check_report import (
-    FAIL,
-    PASS,
-    PROMPT,
-    CheckReport,
-    Reply,
-    backend_steps,
-    completion_step,
-    reachable,
-    skip_rest,
-    snippet,
-)
+from ui.check_report import PROMPT, ApiProbe, CheckReport, Reply, check_api, snippet
 
 
 def check_anthropic(settings: LLMSettings) -> CheckReport:
-    """Each step only when the one before passed; bounded by ``llm.connect_timeout`` and ``llm.timeout``."""
-    where = anthropic_root(settings.api_base)
-    report = CheckReport(f"anthropic model {settings.model!r} at {where}")
-    settings = settings.model_copy(update={"max_retries": 0})  # a verdict now, not after backoffs
-    try:
-        client = make_client(settings)
-    except LLMError as exc:  # no key at all
-        report.add("config loads", FAIL, str(exc), "api_key")
-        return report
-    report.add("config loads", PASS)
-    with client:
-        if not reachable(report, settings, where):
-            return skip_rest(report, "server reachable")
-        body = {"model": settings.model, "max_tokens": 20, "messages": PROMPT}
-        if not completion_step(
-            report, settings, lambda: client.post("/v1/messages", json=body), _judge, " (or ANTHROPIC_API_KEY)"
-        ):
-            return skip_rest(report, "key accepted")
-    return backend_steps(report, AnthropicBackend(settings), settings)
+    return check_api(settings, PROBE)
+
+
+def _ask(client: httpx.Client, settings: LLMSettings) -> httpx.Response:
+    return client.post("/v1/messages", json={"model": settings.model, "max_tokens": 20, "messages": PROMPT})
 
 
 def _judge(response: httpx.Response) -> Reply:
@@ -63,3 +37,6 @@ def _judge(response: httpx.Response) -> Reply:
     blocks = payload.get("content") or []
     text = "".join(str(b.get("text") or "") for b in blocks if isinstance(b, dict))
     return Reply(text=text, model=str(payload.get("model") or ""), detail=detail)
+
+
+PROBE = ApiProbe("anthropic", anthropic_root, make_client, _ask, _judge, AnthropicBackend, " (or ANTHROPIC_API_KEY)")

@@ -12,9 +12,7 @@ import httpx
 
 from core.config import LLMSettings
 from core.llm.ollama_backend import make_client, ollama_base
-from ui.check_report import FAIL, PASS, SKIP, CheckReport, reachable, skip_rest, snippet, transport_failure
-
-_PROMPT = [{"role": "user", "content": 'Reply with the JSON object {"ok": true} and nothing else.'}]
+from ui.check_report import FAIL, PASS, PROMPT, SKIP, CheckReport, reachable, skip_rest, snippet, transport_failure
 
 
 def check_ollama(settings: LLMSettings) -> CheckReport:
@@ -38,7 +36,7 @@ def check_ollama(settings: LLMSettings) -> CheckReport:
 def _body(settings: LLMSettings, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": settings.model,
-        "messages": _PROMPT,
+        "messages": PROMPT,
         "stream": False,
         "options": {"temperature": settings.temperature, "num_predict": 20},
     }

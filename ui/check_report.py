@@ -127,6 +127,39 @@ class Reply:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class ApiProbe:
+    """How ``check_api`` checks one provider over its own API."""
+
+    name: str  # the api_type, for the report's title
+    where: Callable[[str | None], str]  # llm.api_base → the address used
+    client: Callable[[LLMSettings], httpx.Client]  # raises LLMError when no key is set
+    ask: Callable[[httpx.Client, LLMSettings], httpx.Response]  # one short, non-streamed answer
+    judge: Callable[[httpx.Response], Reply]
+    backend: Callable[[LLMSettings], LLMBackend]  # the backend a round uses
+    key_hint: str = ""  # after "change llm.api_key": a variable read instead
+
+
+def check_api(settings: LLMSettings, probe: ApiProbe) -> CheckReport:
+    """Every step, each only when the one before passed; bounded by ``llm.connect_timeout`` and
+    ``llm.timeout`` per request, with no retries (a verdict now, not after backoffs)."""
+    where = probe.where(settings.api_base)
+    report = CheckReport(f"{probe.name} model {settings.model!r} at {where}")
+    settings = settings.model_copy(update={"max_retries": 0})
+    try:
+        client = probe.client(settings)
+    except LLMError as exc:  # no key at all
+        report.add("config loads", FAIL, str(exc), "api_key")
+        return report
+    report.add("config loads", PASS)
+    with client:
+        if not reachable(report, settings, where):
+            return skip_rest(report, "server reachable")
+        if not completion_step(report, settings, lambda: probe.ask(client, settings), probe.judge, probe.key_hint):
+            return skip_rest(report, "key accepted")
+    return backend_steps(report, probe.backend(settings), settings)
+
+
 def completion_step(
     report: CheckReport,
     settings: LLMSettings,

@@ -15,16 +15,17 @@ is required by the API: ``llm.max_tokens``, else 4096. Usage comes from ``messag
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
 from core.cancel import CancelToken
 from core.config import LLMSettings
-from core.llm.base import ChatRequest, LLMBackend, LLMError
+from core.llm.base import ChatRequest, LLMError
 from core.llm.http_stream import (
     Retry,
     StreamedCall,
+    StreamingBackend,
     http_client,
     json_event,
     provider_key,
@@ -60,15 +61,13 @@ def make_client(settings: LLMSettings) -> httpx.Client:
     return http_client(settings, anthropic_root(settings.api_base), headers)
 
 
-class AnthropicBackend(LLMBackend):
+class AnthropicBackend(StreamingBackend):
     """``LLMBackend`` for ``api_type`` "anthropic"."""
 
     name = "anthropic"
 
     def __init__(self, settings: LLMSettings) -> None:
-        self.settings = settings
-        self.base = anthropic_root(settings.api_base)
-        self._client = make_client(settings)
+        super().__init__(settings, anthropic_root(settings.api_base), make_client(settings))
         # Learned once from a 400 naming them: newer models refuse prefills, and both
         # temperature and top_p in one request.
         self.prefill = True
@@ -78,17 +77,8 @@ class AnthropicBackend(LLMBackend):
                 "llm.temperature %g is sent as %g: Anthropic's range is 0 to 1", settings.temperature, _MAX_TEMPERATURE
             )
 
-    def stream_chat(self, request: ChatRequest, cancel: CancelToken) -> Iterator[str]:
-        """Yield the answer's text chunks; see ``StreamedCall`` for the threading."""
-        cancel.raise_if_cancelled()
-        yield from _Call(self, request, cancel).drain()
-
-    def close(self) -> None:
-        self._client.close()
-
-    @property
-    def client(self) -> httpx.Client:
-        return self._client
+    def call(self, request: ChatRequest, cancel: CancelToken) -> StreamedCall:
+        return _Call(self, request, cancel)
 
     def body(self, request: ChatRequest) -> tuple[dict[str, Any], bool]:
         """The ``/v1/messages`` body, and whether its last turn is the ``{`` prefill."""

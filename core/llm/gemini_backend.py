@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
 from core.cancel import CancelToken
 from core.config import LLMSettings
-from core.llm.base import ChatRequest, LLMBackend, LLMError
+from core.llm.base import ChatRequest, LLMError
 from core.llm.http_stream import (
     Retry,
     StreamedCall,
+    StreamingBackend,
     http_client,
     json_event,
     provider_key,
@@ -93,27 +94,16 @@ def key_refused(code: int, message: str, details: dict[str, Any]) -> bool:
     return code in (401, 403) or details.get("reason") in _KEY_REASONS or "api key not valid" in message.lower()
 
 
-class GeminiBackend(LLMBackend):
+class GeminiBackend(StreamingBackend):
     """``LLMBackend`` for ``api_type`` "google_genai"."""
 
     name = "google_genai"
 
     def __init__(self, settings: LLMSettings) -> None:
-        self.settings = settings
-        self.base = gemini_base(settings.api_base)
-        self._client = make_client(settings)
+        super().__init__(settings, gemini_base(settings.api_base), make_client(settings))
 
-    def stream_chat(self, request: ChatRequest, cancel: CancelToken) -> Iterator[str]:
-        """Yield the answer's text chunks; see ``StreamedCall`` for the threading."""
-        cancel.raise_if_cancelled()
-        yield from _Call(self, request, cancel).drain()
-
-    def close(self) -> None:
-        self._client.close()
-
-    @property
-    def client(self) -> httpx.Client:
-        return self._client
+    def call(self, request: ChatRequest, cancel: CancelToken) -> StreamedCall:
+        return _Call(self, request, cancel)
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """The ``streamGenerateContent`` body: contents, ``systemInstruction``, ``generationConfig``."""

@@ -25,7 +25,7 @@ import httpx
 
 from core.cancel import CancelToken, RoundCancelled
 from core.config import LLMSettings
-from core.llm.base import ChatRequest, LLMCallRecord, LLMError
+from core.llm.base import ChatRequest, LLMBackend, LLMCallRecord, LLMError
 
 BACKOFF_CAP_S = 30.0  # longest wait between two attempts, whatever the server's Retry-After says
 _SNIPPET = 200  # characters of a server's error message shown to users
@@ -300,3 +300,28 @@ class StreamedCall(abc.ABC):
                 return LLMError(f"the connection to {self.server} dropped mid-answer")
             return Retry(f"{self.server} closed the connection before answering")
         return LLMError(f"the call to {self.server} failed: {type(exc).__name__}: {snippet(exc)}")
+
+
+class StreamingBackend(LLMBackend):
+    """A backend whose calls are ``StreamedCall``s over one httpx client, made once."""
+
+    def __init__(self, settings: LLMSettings, base: str, client: httpx.Client) -> None:
+        self.settings = settings
+        self.base = base  # the server's address, in messages
+        self._client = client
+
+    @abc.abstractmethod
+    def call(self, request: ChatRequest, cancel: CancelToken) -> StreamedCall:
+        """The provider's ``StreamedCall`` for one request."""
+
+    def stream_chat(self, request: ChatRequest, cancel: CancelToken) -> Iterator[str]:
+        """Yield the answer's text chunks; see ``StreamedCall`` for the threading."""
+        cancel.raise_if_cancelled()
+        yield from self.call(request, cancel).drain()
+
+    def close(self) -> None:
+        self._client.close()
+
+    @property
+    def client(self) -> httpx.Client:
+        return self._client

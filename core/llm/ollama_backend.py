@@ -9,14 +9,23 @@ and retries are core/llm/http_stream.py's, shared with the Anthropic and Gemini 
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
 from core.cancel import CancelToken
 from core.config import LLMSettings
-from core.llm.base import ChatRequest, LLMBackend, LLMError
-from core.llm.http_stream import Retry, StreamedCall, http_client, retry_after, retryable, server_root, snippet
+from core.llm.base import ChatRequest, LLMError
+from core.llm.http_stream import (
+    Retry,
+    StreamedCall,
+    StreamingBackend,
+    http_client,
+    retry_after,
+    retryable,
+    server_root,
+    snippet,
+)
 from core.llm.sampling import supported_options
 
 DEFAULT_BASE = "http://127.0.0.1:11434"  # where `ollama serve` listens
@@ -45,27 +54,16 @@ def make_client(settings: LLMSettings) -> httpx.Client:
     return http_client(settings, ollama_base(settings.api_base), headers)
 
 
-class OllamaBackend(LLMBackend):
+class OllamaBackend(StreamingBackend):
     """``LLMBackend`` for ``api_type`` "ollama"."""
 
     name = "ollama"
 
     def __init__(self, settings: LLMSettings) -> None:
-        self.settings = settings
-        self.base = ollama_base(settings.api_base)
-        self._client = make_client(settings)
+        super().__init__(settings, ollama_base(settings.api_base), make_client(settings))
 
-    def stream_chat(self, request: ChatRequest, cancel: CancelToken) -> Iterator[str]:
-        """Yield the answer's text chunks; see ``StreamedCall`` for the threading."""
-        cancel.raise_if_cancelled()
-        yield from _Call(self, request, cancel).drain()
-
-    def close(self) -> None:
-        self._client.close()
-
-    @property
-    def client(self) -> httpx.Client:
-        return self._client
+    def call(self, request: ChatRequest, cancel: CancelToken) -> StreamedCall:
+        return _Call(self, request, cancel)
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """The ``/api/chat`` request body: messages, ``format``, and ``options`` for sampling."""
