@@ -54,11 +54,18 @@ APP_MODULES: dict[str, tuple[bool, Sources]] = {
     "taskweaver.session.session": (False, (("core.session", ("Session",)), ("core.config", ("AppSessionConfig",)))),
     "taskweaver.module": (True, ()),
     "taskweaver.module.event_emitter": (False, (("core.events", _EVENTS),)),
-    "taskweaver.memory": (True, (("core.memory", ("Attachment", "AttachmentType", "Post", "Round")),)),
+    "taskweaver.memory": (
+        True,
+        (("core.memory", ("Attachment", "AttachmentType", "Conversation", "Memory", "Post", "Round")),),
+    ),
+    "taskweaver.memory.memory": (False, (("core.memory", ("Memory",)),)),
+    "taskweaver.memory.conversation": (False, (("core.memory", ("Conversation",)),)),
     "taskweaver.memory.attachment": (False, (("core.memory", ("Attachment", "AttachmentType")),)),
     "taskweaver.memory.post": (False, (("core.memory", ("Post",)),)),
     "taskweaver.memory.round": (False, (("core.memory", ("Round",)),)),
     "taskweaver.memory.type_vars": (False, (("core.memory", ("RoleName", "RoundState")),)),
+    "taskweaver.utils": (True, ()),
+    "taskweaver.utils.app_utils": (False, (("core.workspace", ("discover_app_dir",)),)),
 }
 
 
