@@ -64,6 +64,11 @@ APP_MODULES: dict[str, tuple[bool, Sources]] = {
     "taskweaver.memory.post": (False, (("core.memory", ("Post",)),)),
     "taskweaver.memory.round": (False, (("core.memory", ("Round",)),)),
     "taskweaver.memory.type_vars": (False, (("core.memory", ("RoleName", "RoundState")),)),
+    "taskweaver.code_interpreter": (True, ()),
+    "taskweaver.code_interpreter.code_verification": (
+        False,
+        (("core.roles.verification", ("code_snippet_verification",)),),
+    ),
     "taskweaver.utils": (True, ()),
     "taskweaver.utils.app_utils": (False, (("core.workspace", ("discover_app_dir",)),)),
 }
