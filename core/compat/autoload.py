@@ -8,8 +8,9 @@ runs on its own (``python my_plugin.py``, its ``if __name__ == "__main__":`` blo
 events, memory).
 
 Installed by ``install()``: in each kernel by the plugin runtime, in any Python by
-``python -m core.compat my_plugin.py``, or at every start by a ``.pth`` file in site-packages holding
-``import core.compat.autoload as a; a.install()``.
+``python -m core.compat my_plugin.py``, or, where Weaver is installed, on the first ``taskweaver``
+import by the start-up hook ``weaver_taskweaver_plugins`` (run by ``weaver_taskweaver_plugins.pth``
+in site-packages, which ``pip install`` puts there; ``WEAVER_TASKWEAVER_PLUGINS=0`` turns it off).
 Nothing heavy is imported until a module is.
 """
 
@@ -133,7 +134,8 @@ def real_taskweaver() -> str | None:
             return None
         return str(getattr(loaded, "__file__", None) or getattr(loaded, "__path__", None) or "an imported module")
     for other in sys.meta_path:
-        if isinstance(other, TaskWeaverAliasFinder) or not hasattr(other, "find_spec"):
+        # Weaver's own finders, this one and the start-up hook (weaver_taskweaver_plugins), are not it.
+        if isinstance(other, TaskWeaverAliasFinder) or getattr(other, MARKER, False) or not hasattr(other, "find_spec"):
             continue
         try:
             spec = other.find_spec(ROOT, None)
