@@ -20,6 +20,7 @@ from core.llm.mock import RecordReplayBackend, call_key
 from core.memory import Round
 from tests.llm_server import Answer, ScriptedLLMServer
 from tests.ui_harness import answers, start_server, steps, stop_server
+from ui.check import run_check
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -203,3 +204,18 @@ def test_a_recorded_demo_runs_offline_in_the_web_ui(server: ScriptedLLMServer, t
         stop_server(ui)
     assert (answers(turn), steps(turn, "CodeInterpreter")) == recorded
     assert "could not connect" not in log and len(server.requests) == 3
+
+
+def test_weaver_check_passes_in_playback_only_without_a_model(tmp_path: Path) -> None:
+    config = load_config(
+        tmp_path,
+        {
+            "llm.api_type": "openai",
+            "llm.api_base": "http://127.0.0.1:9/v1",  # nothing listens there: it must not be asked
+            "llm.use_mock": True,
+            "llm.mock.mode": "playback_only",
+        },
+    )
+    report = run_check(config)
+    assert report.ok, report.lines()
+    assert "playback only" in "\n".join(report.lines()) and str(tmp_path / "cache" / "llm") in "\n".join(report.lines())
