@@ -29,7 +29,7 @@ from core.session import Session, new_executor
 from core.startup_check import data_folder
 from core.telemetry import TelemetryLogger
 from core.tracing import Tracing
-from core.workspace import Workspace, default_app_dir
+from core.workspace import Workspace, default_app_dir, discover_app_dir
 
 # Ids made by ``create_id`` (and the pool): safe as a folder name, never a path.
 SESSION_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
@@ -127,6 +127,12 @@ class TaskWeaverApp:
     def models(self) -> list[str]:
         """The model names a chat may pick with ``Session.set_llm`` (``llm.models``), the default first."""
         return self.config.llm.model_names
+
+    @staticmethod
+    def discover_app_dir(app_dir: str | None = None) -> tuple[str, bool, bool]:
+        """TaskWeaver's: ``(folder, has a valid taskweaver_config.json, is empty)`` for ``app_dir``,
+        or the nearest app folder above the current one (``core.workspace.discover_app_dir``)."""
+        return discover_app_dir(app_dir)
 
     def _reserve_kernel(self) -> WarmKernel:
         """A new session id and folder, and an unstarted kernel for them (the pool starts it)."""

@@ -26,6 +26,29 @@ CONFIG_FILE_NAME = "taskweaver_config.json"
 MODEL_REQUIRED = {"anthropic": "claude-sonnet-4-5", "google_genai": "gemini-2.5-flash"}
 
 
+class MockSettings(BaseModel):
+    """TaskWeaver's ``llm.mock.*``: how ``llm.use_mock`` records and replays model calls (core/llm/mock.py)."""
+
+    mode: Literal["playback_or_record", "record_only", "playback_only"] = Field(
+        "playback_or_record",
+        description="playback_or_record: replay, else call and record; record_only: call and record; "
+        "playback_only: replay, never call a model",
+    )
+    cache_path: Path | None = Field(
+        None, description="folder of the recorded calls, one JSON file each; default <app_dir>/cache/llm"
+    )
+    playback_delay: float = Field(-1.0, description="seconds before each replayed chunk; negative: no wait")
+
+    @field_validator("cache_path", mode="after")
+    @classmethod
+    def _a_folder(cls, value: Path | None) -> Path | None:
+        """TaskWeaver's cache is one file (``cache/mock.yaml``); Weaver's is a folder: that name
+        without its suffix."""
+        if value is not None and value.suffix.lower() in (".yaml", ".yml", ".json"):
+            return value.with_suffix("")
+        return value
+
+
 class LLMSettings(BaseModel):
     api_type: (
         Literal[
@@ -79,6 +102,9 @@ class LLMSettings(BaseModel):
     embedding_api_key: SecretStr | None = Field(None, description="default: llm.api_key if the same type")
     embedding_batch_size: int = Field(64, gt=0, description="texts per embedding request")
     embedding_cache_size: int = Field(10000, ge=0, description="embeddings of distinct texts kept in memory")
+    # Record and replay (core/llm/mock.py): TaskWeaver's llm.use_mock and llm.mock.*.
+    use_mock: bool = Field(False, description="record the model's answers and replay them (llm.mock.mode)")
+    mock: MockSettings = MockSettings()
 
     @field_validator("stop_token", mode="before")
     @classmethod
@@ -442,9 +468,21 @@ def load_config(
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from None
     _check_prompt_files(config, app_dir)
+    _place_mock_cache(config, app_dir)
     for note in dict.fromkeys(notes + file_notes):  # each once, in order
         logging.getLogger("weaver.config").warning("%s", note)
     return config
+
+
+def _place_mock_cache(config: AppConfig, app_dir: Path | None) -> None:
+    """The recorded model calls live in the app folder: ``<app_dir>/cache/llm``, or a relative
+    ``llm.mock.cache_path`` there (TaskWeaver's paths are relative to the app folder too)."""
+    mock = config.llm.mock
+    base = app_dir if app_dir is not None else Path.cwd()
+    if mock.cache_path is None:
+        mock.cache_path = base / "cache" / "llm"
+    elif not mock.cache_path.is_absolute():
+        mock.cache_path = base / mock.cache_path
 
 
 def _check_prompt_files(config: AppConfig, app_dir: Path | None) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Iterable, Literal
 
 from core.ids import create_id
 
@@ -118,6 +119,12 @@ class Attachment:
     id: str = field(default_factory=lambda: create_id("atta"))
     extra: Any = None
 
+    @staticmethod
+    def create(type: AttachmentType | str, content: Any, id: str | None = None, extra: Any = None) -> Attachment:
+        """TaskWeaver's constructor: ``type`` may be the member's name as a string; a new id when none."""
+        kind = type if isinstance(type, AttachmentType) else AttachmentType(type)
+        return Attachment(type=kind, content=content, id=id if id is not None else create_id("atta"), extra=extra)
+
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "type": self.type.value, "content": self.content, "extra": self.extra}
 
@@ -141,17 +148,38 @@ class Post:
     attachment_list: list[Attachment] = field(default_factory=list)
     id: str = field(default_factory=lambda: create_id("post"))
 
+    @staticmethod
+    def create(
+        message: str | None,
+        send_from: str,
+        send_to: str = "Unknown",
+        attachment_list: list[Attachment] | None = None,
+    ) -> Post:
+        """TaskWeaver's constructor: a new id; no message is an empty one."""
+        return Post(
+            send_from=send_from,
+            send_to=send_to,
+            message=message or "",
+            attachment_list=attachment_list if attachment_list is not None else [],
+        )
+
     def add_attachment(self, attachment: Attachment) -> Attachment:
         self.attachment_list.append(attachment)
         return attachment
 
-    def get_attachment(self, type: AttachmentType) -> list[Any]:
-        """Contents of every attachment of ``type``, in order."""
-        return [a.content for a in self.attachment_list if a.type == type]
+    def get_attachment(self, type: AttachmentType) -> list[Attachment]:
+        """Every attachment of ``type``, in order (TaskWeaver's code reads ``[0].content``)."""
+        return [a for a in self.attachment_list if a.type == type]
+
+    def del_attachment(self, type_list: AttachmentType | Iterable[AttachmentType]) -> None:
+        """Remove every attachment of the given type(s): TaskWeaver passes a list, one type works too."""
+        kinds = {type_list} if isinstance(type_list, AttachmentType) else set(type_list)
+        self.attachment_list = [a for a in self.attachment_list if a.type not in kinds]
 
     def first(self, type: AttachmentType, default: Any = None) -> Any:
+        """The content of the first attachment of ``type``, or ``default``."""
         found = self.get_attachment(type)
-        return found[0] if found else default
+        return found[0].content if found else default
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -183,9 +211,24 @@ class Round:
     error: str | None = None
     llm_calls: list[dict[str, Any]] = field(default_factory=list)
 
+    @staticmethod
+    def create(
+        user_query: str, id: str | None = None, state: RoundState = "created", post_list: list[Post] | None = None
+    ) -> Round:
+        """TaskWeaver's constructor: a new id unless one is given."""
+        return Round(
+            user_query=user_query,
+            state=state,
+            post_list=post_list if post_list is not None else [],
+            id=id if id is not None else create_id("round"),
+        )
+
     def add_post(self, post: Post) -> Post:
         self.post_list.append(post)
         return post
+
+    def change_round_state(self, new_state: RoundState) -> None:
+        self.state = new_state
 
     @property
     def reply(self) -> Post | None:
@@ -223,3 +266,44 @@ class Round:
             error=data.get("error"),
             llm_calls=list(data.get("llm_calls") or []),
         )
+
+
+@dataclass
+class Conversation:
+    """TaskWeaver's container of a session's rounds (``memory.conversation.rounds``)."""
+
+    id: str = ""
+    rounds: list[Round] = field(default_factory=list)
+
+    def add_round(self, rnd: Round) -> None:
+        self.rounds.append(rnd)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "rounds": [r.to_dict() for r in self.rounds]}
+
+
+class Memory:
+    """A session's memory as TaskWeaver's code reads it: ``session.memory.conversation.rounds``.
+
+    ``rounds`` is the session's own list, not a copy: what the session does, the memory shows."""
+
+    def __init__(self, session_id: str, rounds: list[Round] | None = None) -> None:
+        self.session_id = session_id
+        self.conversation = Conversation(id=create_id("conv"), rounds=rounds if rounds is not None else [])
+
+    def create_round(self, user_query: str) -> Round:
+        """A new round for ``user_query``, added to the conversation."""
+        rnd = Round.create(user_query=user_query)
+        self.conversation.add_round(rnd)
+        return rnd
+
+    def get_role_rounds(self, role: str, include_failure_rounds: bool = False) -> list[Round]:
+        """Copies of the rounds holding only the posts ``role`` sent or received (failed rounds
+        left out unless asked for), as TaskWeaver's roles see their history."""
+        found: list[Round] = []
+        for rnd in self.conversation.rounds:
+            if rnd.state == "failed" and not include_failure_rounds:
+                continue
+            posts = [copy.deepcopy(p) for p in rnd.post_list if role in (p.send_from, p.send_to)]
+            found.append(Round.create(user_query=rnd.user_query, id=rnd.id, state=rnd.state, post_list=posts))
+        return found

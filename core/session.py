@@ -28,7 +28,7 @@ from core.execution.pool import StartGate
 from core.files import FileListing, add_files, files_prefix, list_files
 from core.llm.base import ChatRequest, LLMBackend, LLMError
 from core.llm.factory import ModelChoices
-from core.memory import Post, Round
+from core.memory import Memory, Post, Round
 from core.plugins.api import MAX_SESSION_VAR_NAME
 from core.plugins.catalog import PluginCatalog, describe_plugins
 from core.resume import Progress, ReplayReport, RestoreOutcome, load_rounds, restore
@@ -117,13 +117,15 @@ class Session:
         """``executor``: a warm kernel from the app's pool, started for ``session_id`` and its folder."""
         self.session_id = session_id
         self.workspace = workspace.session_dir(session_id)
-        self.execution_cwd = workspace.execution_cwd(session_id)
-        self.execution_cwd.mkdir(parents=True, exist_ok=True)
+        self.cwd: Path = workspace.execution_cwd(session_id)  # the working folder, for Weaver's own code
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        self.execution_cwd: str = str(self.cwd)  # TaskWeaver's name and type
         self.logger = logger
         self.tracing = tracing
         self.config = config
         self.session_var: dict[str, str] = {}
         self.rounds: list[Round] = []
+        self.memory = Memory(session_id, self.rounds)  # TaskWeaver's view of the same rounds
         self.replay_pending = False  # resumed with earlier rounds whose code has not been run again yet
         self._models: ModelChoices = app_injector.get(ModelChoices)
         self._llm = _SessionLLM(self._models.get(None), self._models.default_name)
@@ -133,9 +135,7 @@ class Session:
         self.log = SessionLog(self.workspace, session_id, parent=logger)
         plugins: PluginCatalog = app_injector.get(PluginCatalog)
         warm = executor is not None
-        self.executor = executor or new_executor(
-            session_id, self.execution_cwd, config, plugins, start_gate, kernel_backend
-        )
+        self.executor = executor or new_executor(session_id, self.cwd, config, plugins, start_gate, kernel_backend)
         self.executor.on_session_vars = self._merge_plugin_vars
         self._plugin_catalog = plugins
         self.roles = role_registry.create_roles(
@@ -157,11 +157,11 @@ class Session:
         # Kernels that outlive their server (a gateway's) are adopted instead; their files travel after
         # every run, and a snapshot with them would be copied each time.
         snapshot_mb = 0 if kernel_backend.kernels_outlive_server else config.session.snapshot_max_mb
-        self.snapshots = Snapshots(self.executor, snapshot_mb, self.log.logger, self.execution_cwd)
+        self.snapshots = Snapshots(self.executor, snapshot_mb, self.log.logger, self.cwd)
         self._restoring = False
         self._stopped = False
         self.log.logger.info(
-            "session %s started in %s%s", session_id, self.execution_cwd, " with a kernel handed over" if warm else ""
+            "session %s started in %s%s", session_id, self.cwd, " with a kernel handed over" if warm else ""
         )
         if config.execution.prewarm and not warm:
             threading.Thread(target=self._prewarm, name=f"prewarm-{session_id}", daemon=True).start()
@@ -262,7 +262,7 @@ class Session:
             if self._stopped:  # stop() ran between the first check and taking the lock
                 raise SessionStopped(self.session_id)
             self._check_room(list(files or []))
-            names = add_files(self.execution_cwd, list(files or []), int(self.config.session.max_file_mb * 1e6))
+            names = add_files(self.cwd, list(files or []), int(self.config.session.max_file_mb * 1e6))
             rnd = Round(user_query=files_prefix(names) + message)
             self._cancel = CancelToken()
             if event_handler is not None:
@@ -298,11 +298,11 @@ class Session:
         """The session folder's files (uploads and everything the code wrote), newest first, with
         the space they use and the folder's quota (``execution.disk_mb``; None when unlimited)."""
         quota_mb = self.config.execution.disk_mb
-        return list_files(self.execution_cwd, limit, int(quota_mb * MB) if quota_mb else None)
+        return list_files(self.cwd, limit, int(quota_mb * MB) if quota_mb else None)
 
     def restore_history(self) -> None:
         """Take the earlier rounds of this session's folder back into memory (a resumed chat)."""
-        self.rounds = load_rounds(self.log.rounds_path)
+        self.rounds[:] = load_rounds(self.log.rounds_path)  # the same list: session.memory shows them
         self.replay_pending = any(r.state == "finished" for r in self.rounds)
         self.log.logger.info("session %s resumed with %d earlier rounds", self.session_id, len(self.rounds))
 
@@ -333,7 +333,7 @@ class Session:
                 on_progress,
                 use_snapshot=self.snapshots.enabled,
                 run_code=settings.resume_replay,
-                folder=self.execution_cwd,
+                folder=self.cwd,
             )
             if report.outcome in (RestoreOutcome.FAILED, RestoreOutcome.TIMED_OUT):
                 self.snapshots.stop_taking()  # the older snapshot stays: the next resume tries the gaps again
@@ -373,7 +373,7 @@ class Session:
             history=list(self.rounds),
             emitter=self.emitter,
             cancel=cancel,
-            cwd=self.execution_cwd,
+            cwd=self.cwd,
             session_vars=self.session_var,
             files_added=files_added,
             tracing=self.tracing,
@@ -423,6 +423,10 @@ class Session:
             f"The agents took more than {limit} turns without answering you, so this round stopped. "
             "Try a more specific request."
         )
+
+    def to_dict(self) -> Dict[str, str]:
+        """TaskWeaver's summary of a session: its id, folder and working folder, as strings."""
+        return {"session_id": self.session_id, "workspace": str(self.workspace), "execution_cwd": self.execution_cwd}
 
     def stop(self, keep_kernel: bool = False) -> None:
         """End the session: cancel a running round, shut the kernel down (its process is gone).

@@ -323,7 +323,10 @@ class ScriptedLLMServer:
         return self
 
     def stop(self) -> None:
-        """Wake every handler, stop serving, join all threads."""
+        """Wake every handler, stop serving, join all threads; a second call does nothing (a test may
+        stop the server midway, as a model going away)."""
+        if self._wake_w.fileno() == -1:
+            return
         self._wake_w.send(b"x")
         self._httpd.shutdown()
         self._httpd.server_close()

@@ -132,6 +132,9 @@ def test_dockerignore_keeps_secrets_and_local_state_out_of_the_image() -> None:
         "core/app.py",
         "ui/app.py",
         "pyproject.toml",
+        "setup.py",  # installs the .pth below
+        "weaver_taskweaver_plugins.py",
+        "weaver_taskweaver_plugins.pth",
         ".chainlit/config.toml",
         ".chainlit/translations/en-US.json",  # Weaver's own texts; Chainlit writes the others
         "chainlit.md",

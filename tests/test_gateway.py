@@ -144,10 +144,10 @@ def test_a_saved_chart_comes_back_with_identical_bytes(gateway: Gateway, session
         )
     )
     assert rnd.state == "finished"
-    local = session.execution_cwd / "chart.png"
+    local = session.cwd / "chart.png"
     assert local.read_bytes() == (remote_folder(gateway, session) / "chart.png").read_bytes()
     assert local.read_bytes().startswith(b"\x89PNG")
-    assert (session.execution_cwd / "out" / "note.txt").read_text() == "made remotely"
+    assert (session.cwd / "out" / "note.txt").read_text() == "made remotely"
     assert "chart.png" in [f.path for f in session.files().entries]  # what the Files panel lists
 
 
@@ -174,7 +174,7 @@ def test_a_plugin_artifact_comes_back_and_is_listed(gateway: Gateway, session: S
     rnd = session.send_message(code("df, note = save_table(3)\nprint(note)"))
     assert "saved 3 rows" in rnd.reply_text
     paths = [p for p in rnd.post_list if p.send_from == "CodeInterpreter"][0].first(AttachmentType.artifact_paths)
-    assert paths and Path(paths[0]).parent == session.execution_cwd
+    assert paths and Path(paths[0]).parent == session.cwd
     assert Path(paths[0]).read_bytes() == (remote_folder(gateway, session) / Path(paths[0]).name).read_bytes()
     assert Path(paths[0]).read_text().startswith("month,sales")
 
@@ -246,7 +246,7 @@ def test_a_kernel_the_gateway_stopped_on_its_own_is_replaced(gateway: Gateway, s
 def test_a_file_over_the_cap_stays_in_the_kernel_and_the_user_is_told(session: Session) -> None:
     rnd = session.send_message(code("open('big.bin', 'wb').write(b'x' * (2 * 1024 * 1024))"))
     assert "big.bin" in rnd.reply_text and "execution.max_file_mb" in rnd.reply_text
-    assert not (session.execution_cwd / "big.bin").exists()
+    assert not (session.cwd / "big.bin").exists()
 
 
 def test_a_run_bringing_back_more_than_its_share_waits_for_the_next_run(
@@ -259,13 +259,13 @@ def test_a_run_bringing_back_more_than_its_share_waits_for_the_next_run(
     try:
         writes = "for i in range(3):\n    open(f'part{i}.bin', 'wb').write(bytes([i]) * (600 * 1024))"
         rnd = s.send_message(code(writes))
-        back = sorted(p.name for p in s.execution_cwd.glob("part*.bin"))
+        back = sorted(p.name for p in s.cwd.glob("part*.bin"))
         assert len(back) == 1, back  # 600 KB fits in 1 MB; a second would not
         assert "execution.gateway_sync_mb" in rnd.reply_text and "after the next execution" in rnd.reply_text
         s.send_message(code("print('next')"))
         s.send_message(code("print('and the next')"))
         for i in range(3):
-            assert (s.execution_cwd / f"part{i}.bin").read_bytes() == bytes([i]) * (600 * 1024)
+            assert (s.cwd / f"part{i}.bin").read_bytes() == bytes([i]) * (600 * 1024)
     finally:
         s.stop()
         app.stop()
@@ -274,7 +274,7 @@ def test_a_run_bringing_back_more_than_its_share_waits_for_the_next_run(
 def test_hostile_names_from_the_kernel_are_not_written_outside(gateway: Gateway, gw_app: TaskWeaverApp) -> None:
     s = gw_app.get_session()
     try:
-        outside = s.execution_cwd.parent
+        outside = s.cwd.parent
         # User code replaces the kernel-side helpers: the kernel is not trusted.
         rnd = s.send_message(
             code(
@@ -289,12 +289,12 @@ def test_hostile_names_from_the_kernel_are_not_written_outside(gateway: Gateway,
         assert "refuses" in rnd.reply_text
         assert not (outside / "escape.txt").exists() and not Path("/tmp/abs-escape.txt").exists()
         assert not (outside.parent / "up.txt").exists()
-        assert (s.execution_cwd / "ok.txt").read_bytes() == b"evil"  # a plain name is fine, whatever its bytes
+        assert (s.cwd / "ok.txt").read_bytes() == b"evil"  # a plain name is fine, whatever its bytes
         # A symlink in the kernel's folder is never followed: its target's content does not come back.
         s.send_message(code("import importlib; importlib.reload(kf)"))
-        assert not (s.execution_cwd / "link.txt").exists()
+        assert not (s.cwd / "link.txt").exists()
         # Nor a local symlink sent to the kernel.
-        (s.execution_cwd / "passwd-link").symlink_to("/etc/passwd")
+        (s.cwd / "passwd-link").symlink_to("/etc/passwd")
         s.send_message(code("print(1)"))
         assert not os.path.lexists(remote_folder(gateway, s) / "passwd-link")
     finally:
@@ -317,7 +317,7 @@ def test_a_lying_or_malformed_file_list_is_refused_not_fatal(gw_app: TaskWeaverA
         )
         assert rnd.state == "finished", rnd.error
         assert rnd.reply_text.count("refuses to copy") == 5, rnd.reply_text
-        assert sorted(p.name for p in s.execution_cwd.iterdir()) == ["ok.txt"]
+        assert sorted(p.name for p in s.cwd.iterdir()) == ["ok.txt"]
         rnd = s.send_message(code("kf.manifest = lambda a: json.dumps({'files': 5})"))
         assert rnd.state == "finished" and "could not be synchronised" in rnd.reply_text, rnd.reply_text
         rnd = s.send_message(code("import importlib\nimportlib.reload(kf)\nprint(6 * 7)"))
@@ -336,7 +336,7 @@ def test_a_file_over_the_per_run_share_but_under_the_file_cap_still_comes_back(
     try:
         rnd = s.send_message(code("open('big.bin', 'wb').write(b'b' * (1536 * 1024))"))
         assert rnd.state == "finished", rnd.error
-        assert (s.execution_cwd / "big.bin").read_bytes() == b"b" * (1536 * 1024)
+        assert (s.cwd / "big.bin").read_bytes() == b"b" * (1536 * 1024)
     finally:
         s.stop()
         app.stop()
@@ -495,11 +495,11 @@ def test_files_coming_back_replace_a_planted_link_and_never_write_through_one(
         canary = tmp_path / "canary.txt"
         canary.write_bytes(b"canary")
         (tmp_path / "elsewhere").mkdir()
-        s.execution_cwd.mkdir(parents=True, exist_ok=True)
-        (s.execution_cwd / "res.csv").symlink_to(canary)
-        (s.execution_cwd / "out").symlink_to(tmp_path / "elsewhere")
+        s.cwd.mkdir(parents=True, exist_ok=True)
+        (s.cwd / "res.csv").symlink_to(canary)
+        (s.cwd / "out").symlink_to(tmp_path / "elsewhere")
         if os.geteuid() == 0:
-            os.chown(s.execution_cwd, 54321, 54322)
+            os.chown(s.cwd, 54321, 54322)
         rnd = s.send_message(
             code(
                 "import os\nos.makedirs('out', exist_ok=True)\n"
@@ -508,7 +508,7 @@ def test_files_coming_back_replace_a_planted_link_and_never_write_through_one(
         )
         assert rnd.state == "finished"
         assert canary.read_bytes() == b"canary" and list((tmp_path / "elsewhere").iterdir()) == []
-        local = s.execution_cwd / "res.csv"
+        local = s.cwd / "res.csv"
         assert not local.is_symlink() and local.read_text() == "a,b"
         assert "out/x.csv could not be copied from the kernel: out/x.csv is a link" in rnd.reply_text
         if os.geteuid() == 0:

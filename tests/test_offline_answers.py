@@ -112,7 +112,7 @@ def test_a_profiled_table_tells_its_true_shape_missing_values_and_statistics(ses
     # The first rows come once, as a table that knows the whole table's shape (not a text copy).
     assert "c0" not in answer
     worker = next(p for p in rnd.post_list if p.send_from == RoleName.CodeInterpreter)
-    (table,) = worker.get_attachment(AttachmentType.table)
+    (table,) = (a.content for a in worker.get_attachment(AttachmentType.table))
     assert table["shape"] == [200, 4] and len(table["rows"]) == 5
     assert "shape: 200 rows × 4 columns; showing 5 of 200 rows" in table_markdown(table)
 

@@ -63,11 +63,11 @@ def test_a_new_session_gets_a_running_kernel_bound_to_its_own_folder_and_variabl
     bob.update_session_var({"user_name": "bob"})
     statuses = Statuses()
     rnd = alice.send_message(code("import os\nprint(os.getcwd())\nprint(whoami('Hi'))"), event_handler=statuses)
-    assert str(alice.execution_cwd) in rnd.reply_text and "Hi, alice!" in rnd.reply_text
+    assert str(alice.cwd) in rnd.reply_text and "Hi, alice!" in rnd.reply_text
     assert PostStatus.starting_kernel not in statuses.seen  # nothing to wait for
     assert "Hi, bob!" in reply(bob, "print(whoami('Hi'))")
-    assert str(bob.execution_cwd) in reply(bob, "import os\nprint(os.getcwd())")
-    assert alice.execution_cwd != bob.execution_cwd
+    assert str(bob.cwd) in reply(bob, "import os\nprint(os.getcwd())")
+    assert alice.cwd != bob.cwd
 
 
 def test_the_pool_refills_with_new_kernels_and_never_hands_one_out_twice(pooled_app: TaskWeaverApp) -> None:

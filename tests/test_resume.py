@@ -63,7 +63,7 @@ def test_a_step_that_fails_now_stops_the_replay_and_says_so(app_dir: Path) -> No
     session.send_message(code("open('data.txt', 'w').write('1')"))
     session.send_message(code("n = int(open('data.txt').read())"))
     session.send_message(code("m = n + 1"))
-    session_id, folder = session.session_id, session.execution_cwd
+    session_id, folder = session.session_id, session.cwd
     first.stop()
     (folder / "data.txt").unlink()  # the first step now recreates it, so remove the code's input instead
     rounds_file = folder.parent / "rounds.jsonl"
@@ -261,7 +261,7 @@ def test_a_resumed_chat_does_not_repeat_a_plugin_reached_indirectly(app_dir: Pat
     (app_dir / "plugins" / "send_mail.yaml").write_text(SEND_MAIL_YAML)
     first = TaskWeaverApp(app_dir=app_dir, config=REPLAY_ONLY)
     session = first.get_session()
-    session_id, outbox = session.session_id, session.execution_cwd / "outbox.txt"
+    session_id, outbox = session.session_id, session.cwd / "outbox.txt"
     cells = ["x = 41", *INDIRECT.values(), *ALIAS, "y = x + 1"]
     for cell in cells:
         assert session.send_message(code(cell)).state == "finished"

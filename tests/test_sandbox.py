@@ -85,13 +85,13 @@ def run_in_a(pair, source: str) -> str:
 
 def assert_b_intact(pair) -> None:
     _, b = pair
-    assert (b.execution_cwd / "b_data.csv").read_bytes() == b"x\nb-upload\n"
+    assert (b.cwd / "b_data.csv").read_bytes() == b"x\nb-upload\n"
     assert b.executor.execute("secret_of_b").result == "'b-variable'"
 
 
 def test_a_cannot_read_or_overwrite_b_upload(pair) -> None:
     _, b = pair
-    target = b.execution_cwd / "b_data.csv"
+    target = b.cwd / "b_data.csv"
     out = run_in_a(pair, f"open({str(target)!r}).read()")
     assert "FileNotFoundError" in out and "b-upload" not in out
     out = run_in_a(pair, f"open({str(target)!r}, 'w').write('overwritten')")
@@ -313,7 +313,7 @@ def test_an_upload_into_a_full_session_is_refused(tmp_path: Path) -> None:
         assert s.send_message("", files=[part]).state == "finished"
         with pytest.raises(ValueError, match="execution.disk_mb"):
             s.send_message("", files=[{**part, "name": "more.bin"}])
-        assert not (s.execution_cwd / "more.bin").exists()
+        assert not (s.cwd / "more.bin").exists()
     finally:
         application.stop()
 
@@ -615,12 +615,12 @@ def test_pandas_charts_plugins_and_uploads_work_as_the_kernels_uid(pair) -> None
     )
     assert "{1: 4.0, 2: 2.0}" in out
     uid = int(out.split("uid ")[1].split()[0])
-    assert uid != 0 and (a.execution_cwd / "chart.png").stat().st_uid == uid
+    assert uid != 0 and (a.cwd / "chart.png").stat().st_uid == uid
     rnd = a.send_message(code("print(whoami('Hi'))"), files=[{"name": "upload.csv", "content": b"x\n1\n"}])
     assert "Hi, " in rnd.reply_text
     # an upload the server wrote is the kernel's to change
     assert "changed" in run_in_a(pair, "open('upload.csv', 'a').write('2\\n')\nprint('changed')")
-    assert (a.execution_cwd / "upload.csv").stat().st_uid == uid
+    assert (a.cwd / "upload.csv").stat().st_uid == uid
 
 
 def test_the_uid_range_setting_is_checked() -> None:
@@ -706,9 +706,9 @@ def test_a_chart_prints_no_fontconfig_error_and_leaves_no_cache_in_the_chat_fold
             "print(os.environ['XDG_CACHE_HOME'], open('/etc/fonts/fonts.conf').read(5))",
         )
         assert "Fontconfig" not in out and "/tmp/cache <?xml" in out, out
-        names = [p.relative_to(s.execution_cwd).as_posix() for p in s.execution_cwd.rglob("*")]
+        names = [p.relative_to(s.cwd).as_posix() for p in s.cwd.rglob("*")]
         assert "chart.png" in names and not any(name.startswith(".cache") for name in names), names
-        assert "Fontconfig" not in (s.execution_cwd.parent / "kernel.log").read_text(errors="replace")
+        assert "Fontconfig" not in (s.cwd.parent / "kernel.log").read_text(errors="replace")
     finally:
         s.stop()
 

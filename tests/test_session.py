@@ -104,13 +104,13 @@ def test_files_by_path_and_content_land_in_cwd_and_are_profiled(session, tmp_pat
     )
     assert rnd.state == "finished", rnd.error
     assert rnd.user_query.startswith("files added: sales.csv, notes.txt.")
-    assert (session.execution_cwd / "sales.csv").read_bytes() == csv.read_bytes()
-    assert (session.execution_cwd / "notes.txt").read_bytes() == b"alpha beta\ngamma\n"
+    assert (session.cwd / "sales.csv").read_bytes() == csv.read_bytes()
+    assert (session.cwd / "notes.txt").read_bytes() == b"alpha beta\ngamma\n"
     reply = rnd.reply_text
     assert "sales.csv: 3 rows x 2 columns" in reply and "`sales`" in reply
     assert "notes.txt: text, 2 lines, 3 words" in reply
     tables = rnd.post_list[2].get_attachment(AttachmentType.table)
-    assert tables and tables[0]["columns"] == ["region", "amount"]
+    assert tables and tables[0].content["columns"] == ["region", "amount"]
     # The table stays loaded under the file's name.
     assert "42" in session.send_message(code("print(sales.amount.sum())")).reply_text
 
@@ -139,13 +139,13 @@ def test_hostile_names_are_neutralised(session, hostile: str) -> None:
     assert rnd.state == "finished"
     added = rnd.user_query.split("files added: ")[1].split(".\n")[0]
     assert "/" not in added and "\\" not in added and not added.startswith(".") and "\x07" not in added
-    assert (session.execution_cwd / added).read_bytes() == b"x"
+    assert (session.cwd / added).read_bytes() == b"x"
     sessions = session.workspace.parent
     new_paths = set(sessions.parent.rglob("*")) - outside_before
     # the warm pool refills meanwhile: folders of other (pooled) sessions may appear beside this one
     pooled = {p for p in new_paths if p.is_relative_to(sessions) and p != sessions and _is_other_session(p, session)}
     assert all(
-        session.execution_cwd in p.parents or p == session.execution_cwd / added or p.parent == session.workspace
+        session.cwd in p.parents or p == session.cwd / added or p.parent == session.workspace
         for p in new_paths - pooled
     ), new_paths
 
@@ -168,19 +168,19 @@ def _is_other_session(path: Path, session: Any) -> bool:
 )
 def test_bad_file_entries_raise_before_the_round(session, entry: dict[str, Any], reason: str) -> None:
     rounds_before = len(session.rounds)
-    files_before = sorted(os.listdir(session.execution_cwd))
+    files_before = sorted(os.listdir(session.cwd))
     with pytest.raises(ValueError, match=reason):
         session.send_message("hi", files=[{"name": "fine.txt", "content": b"ok"}, entry])
     assert len(session.rounds) == rounds_before
-    assert sorted(os.listdir(session.execution_cwd)) == files_before  # nothing written, not even fine.txt
+    assert sorted(os.listdir(session.cwd)) == files_before  # nothing written, not even fine.txt
 
 
 def test_a_name_clash_gets_a_suffix(session) -> None:
     session.send_message("", files=[{"name": "dup.txt", "content": b"one"}])
     rnd = session.send_message("", files=[{"name": "dup.txt", "content": b"two"}])
     assert "files added: dup-1.txt." in rnd.user_query
-    assert (session.execution_cwd / "dup.txt").read_bytes() == b"one"
-    assert (session.execution_cwd / "dup-1.txt").read_bytes() == b"two"
+    assert (session.cwd / "dup.txt").read_bytes() == b"one"
+    assert (session.cwd / "dup-1.txt").read_bytes() == b"two"
 
 
 def test_prose_gets_an_honest_offline_reply(session) -> None:
@@ -239,7 +239,7 @@ def test_two_sessions_see_their_own_session_vars_in_a_plugin(app: TaskWeaverApp)
         assert "Hi, bob!" in bob.send_message(code("print(whoami('Hi'))")).reply_text
         alice.send_message(code("secret = 1"))
         assert "NameError" in bob.send_message(code("print(secret)")).reply_text
-        assert alice.execution_cwd != bob.execution_cwd
+        assert alice.cwd != bob.cwd
     finally:
         alice.stop()
         bob.stop()
@@ -302,7 +302,7 @@ def test_app_stop_stops_every_session(app_dir: Path) -> None:
 def test_get_session_by_id_returns_the_live_session(app: TaskWeaverApp) -> None:
     s = app.get_session()
     assert app.get_session(s.session_id) is s
-    assert s.execution_cwd == s.workspace / "cwd" and s.execution_cwd.is_dir()
+    assert s.cwd == s.workspace / "cwd" and s.cwd.is_dir()
     s.stop()
     with pytest.raises(KeyError):
         app.get_session(s.session_id)

@@ -55,7 +55,7 @@ def saved(session: object) -> SaveStatus:
 def test_variables_come_back_from_the_snapshot_and_only_later_code_runs_again(app_dir: Path) -> None:
     first = TaskWeaverApp(app_dir=app_dir)
     session = first.get_session()
-    session_id, folder = session.session_id, session.execution_cwd
+    session_id, folder = session.session_id, session.cwd
     one = (
         "counter = 0\ndef bump():\n    global counter\n    counter += 1\n    return counter\n"
         "data = [1, 2]\nsame = data\nf = whoami\ngreeting = whoami('Hi')\nopen('runs.txt', 'a').write('1')"
@@ -90,7 +90,7 @@ def test_variables_come_back_from_the_snapshot_and_only_later_code_runs_again(ap
 def test_a_damaged_snapshot_falls_back_to_running_the_code_without_its_waits(app_dir: Path) -> None:
     first = TaskWeaverApp(app_dir=app_dir)
     session = first.get_session()
-    session_id, folder = session.session_id, session.execution_cwd
+    session_id, folder = session.session_id, session.cwd
     assert session.send_message(code("x = list(range(1000))\nopen('runs.txt', 'a').write('1')")).state == "finished"
     assert session.send_message(code("import time\ntime.sleep(0.01)\nprint('waited')\ny = 2")).state == "finished"
     assert session.send_message(code("time.sleep(0.01)")).state == "finished"
@@ -120,7 +120,7 @@ def test_a_damaged_snapshot_falls_back_to_running_the_code_without_its_waits(app
 def test_the_server_never_loads_a_snapshot_only_the_chats_own_kernel_does(app_dir: Path) -> None:
     first = TaskWeaverApp(app_dir=app_dir)
     session = first.get_session()
-    session_id, folder = session.session_id, session.execution_cwd
+    session_id, folder = session.session_id, session.cwd
     assert session.send_message(code("x = 1")).state == "finished"
     assert saved(session) is SaveStatus.SAVED
     snapshot = folder / SNAPSHOT_PATH
@@ -243,7 +243,7 @@ def header_round(folder: Path) -> str:
 def test_a_restore_that_failed_takes_no_snapshot_so_the_next_resume_tries_again(app_dir: Path) -> None:
     first = TaskWeaverApp(app_dir=app_dir)
     session = first.get_session()
-    session_id, folder = session.session_id, session.execution_cwd
+    session_id, folder = session.session_id, session.cwd
     assert session.send_message(code("x = 1\nopen('data.txt', 'w').write('41')")).state == "finished"
     assert saved(session) is SaveStatus.SAVED
     kept = session.rounds[-1].id
@@ -279,7 +279,7 @@ def test_the_snapshot_stays_in_the_session_folder_after_the_code_changes_directo
     app = TaskWeaverApp(app_dir=app_dir)
     try:
         session = app.get_session()
-        folder = session.execution_cwd
+        folder = session.cwd
         assert (
             session.send_message(code("import os\nos.makedirs('out', exist_ok=True)\nos.chdir('out')\nx = 1")).state
             == "finished"

@@ -79,7 +79,7 @@ def test_blocked_eval_is_not_run_and_the_revised_code_is(server: ScriptedLLMServ
         assert refused.first(AttachmentType.verification) == "INCORRECT"
         assert "function 'eval' is not allowed" in refused.first(AttachmentType.code_error)
         assert refused.send_to == RoleName.CodeInterpreter  # revised within max_retry_count
-        assert not (session.execution_cwd / "ran.txt").exists()  # nothing of it ran
+        assert not (session.cwd / "ran.txt").exists()  # nothing of it ran
         assert ran.first(AttachmentType.verification) == "CORRECT"
         assert ran.first(AttachmentType.execution_status) == "success" and "1" in ran.message
         # The user sees why: the verification attachments went out as events.

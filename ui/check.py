@@ -34,6 +34,13 @@ def run_check(config: AppConfig | LLMSettings, model: str | None = None) -> Chec
         report.add("config loads", PASS)
         report.add("model", PASS, "offline mode (no model configured: set llm.api_key, llm.api_base, llm.model)")
         return report
+    if settings.use_mock and settings.mock.mode == "playback_only":  # core/llm/mock.py: no model is called
+        report = CheckReport("recorded model calls (playback only)")
+        report.add("config loads", PASS)
+        report.add(
+            "model", PASS, f"playback only (llm.use_mock): recorded calls from {settings.mock.cache_path}, no model"
+        )
+        return report
     if api_type == "ollama":  # its native API (core/llm/ollama_backend.py)
         from ui.check_ollama import check_ollama
 

@@ -8,8 +8,9 @@ runs on its own (``python my_plugin.py``, its ``if __name__ == "__main__":`` blo
 events, memory).
 
 Installed by ``install()``: in each kernel by the plugin runtime, in any Python by
-``python -m core.compat my_plugin.py``, or at every start by a ``.pth`` file in site-packages holding
-``import core.compat.autoload as a; a.install()``.
+``python -m core.compat my_plugin.py``, or, where Weaver is installed, on the first ``taskweaver``
+import by the start-up hook ``weaver_taskweaver_plugins`` (run by ``weaver_taskweaver_plugins.pth``
+in site-packages, which ``pip install`` puts there; ``WEAVER_TASKWEAVER_PLUGINS=0`` turns it off).
 Nothing heavy is imported until a module is.
 """
 
@@ -54,11 +55,23 @@ APP_MODULES: dict[str, tuple[bool, Sources]] = {
     "taskweaver.session.session": (False, (("core.session", ("Session",)), ("core.config", ("AppSessionConfig",)))),
     "taskweaver.module": (True, ()),
     "taskweaver.module.event_emitter": (False, (("core.events", _EVENTS),)),
-    "taskweaver.memory": (True, (("core.memory", ("Attachment", "AttachmentType", "Post", "Round")),)),
+    "taskweaver.memory": (
+        True,
+        (("core.memory", ("Attachment", "AttachmentType", "Conversation", "Memory", "Post", "Round")),),
+    ),
+    "taskweaver.memory.memory": (False, (("core.memory", ("Memory",)),)),
+    "taskweaver.memory.conversation": (False, (("core.memory", ("Conversation",)),)),
     "taskweaver.memory.attachment": (False, (("core.memory", ("Attachment", "AttachmentType")),)),
     "taskweaver.memory.post": (False, (("core.memory", ("Post",)),)),
     "taskweaver.memory.round": (False, (("core.memory", ("Round",)),)),
     "taskweaver.memory.type_vars": (False, (("core.memory", ("RoleName", "RoundState")),)),
+    "taskweaver.code_interpreter": (True, ()),
+    "taskweaver.code_interpreter.code_verification": (
+        False,
+        (("core.roles.verification", ("code_snippet_verification",)),),
+    ),
+    "taskweaver.utils": (True, ()),
+    "taskweaver.utils.app_utils": (False, (("core.workspace", ("discover_app_dir",)),)),
 }
 
 
@@ -121,7 +134,8 @@ def real_taskweaver() -> str | None:
             return None
         return str(getattr(loaded, "__file__", None) or getattr(loaded, "__path__", None) or "an imported module")
     for other in sys.meta_path:
-        if isinstance(other, TaskWeaverAliasFinder) or not hasattr(other, "find_spec"):
+        # Weaver's own finders, this one and the start-up hook (weaver_taskweaver_plugins), are not it.
+        if isinstance(other, TaskWeaverAliasFinder) or getattr(other, MARKER, False) or not hasattr(other, "find_spec"):
             continue
         try:
             spec = other.find_spec(ROOT, None)

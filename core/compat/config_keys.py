@@ -47,7 +47,7 @@ _NO_ROLE = "this role is not available in Weaver (it has the Planner and the Cod
 
 # (pattern, reason), first match wins. Patterns match the whole key.
 IGNORED: tuple[tuple[str, str], ...] = (
-    (r"llm\.use_mock", "Weaver's offline backend (llm.api_type = offline) plays that part"),
+    (r"llm\.mock\.fixed_(chat|embedding)_responses", "llm.mock.mode 'fixed' is not supported: record answers instead"),
     (
         r"llm\.(.+\.)?(require_alternative_roles|support_system_role|support_constrained_generation|"
         r"json_schema_enforcer|chat_mode)",
@@ -104,6 +104,8 @@ _SECTION_IGNORED = {
 }
 # TaskWeaver's embedding service of another type reads that type's section: llm.ollama.api_base...
 _EMBEDDING_KEYS = frozenset({"api_base", "api_key", "embedding_model"})
+# TaskWeaver's record/replay keys, Weaver's too (core/llm/mock.py); "mock" is also an llm.api_type.
+MOCK_KEYS = frozenset({"mode", "cache_path", "playback_delay"})
 _LLM_SECTION = re.compile(r"llm\.(?P<type>[a-z_]+)\.(?P<key>.+)\Z")
 
 
@@ -141,6 +143,12 @@ def translate(
             out[key] = value
             if key == "session.roles":
                 notes.extend(_roles_note(value))
+            continue
+        if key.startswith("llm.mock."):
+            if key.removeprefix("llm.mock.") in MOCK_KEYS:
+                out[key] = _app_path(value, app_dir) if key == "llm.mock.cache_path" else value
+            else:
+                notes.append(_ignored_note(key, key) or f"{key} is ignored: Weaver has no such llm.mock key")
             continue
         section = _LLM_SECTION.match(key)
         if section and section["type"] in LLM_TYPES:

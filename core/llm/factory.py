@@ -13,6 +13,16 @@ if TYPE_CHECKING:
 
 
 def create_backend(settings: LLMSettings, datasets: Sequence[Dataset] = ()) -> LLMBackend:
+    """The backend of ``settings``; with ``llm.use_mock``, behind the recorder (``core/llm/mock.py``),
+    which builds it only when a call must reach the model."""
+    if settings.use_mock:
+        from core.llm.mock import RecordReplayBackend
+
+        return RecordReplayBackend(settings, lambda: _model_backend(settings, datasets))
+    return _model_backend(settings, datasets)
+
+
+def _model_backend(settings: LLMSettings, datasets: Sequence[Dataset]) -> LLMBackend:
     """``offline`` → the scripted offline backend; ``openai``/``azure``/``azure_ad`` → ``OpenAIBackend``;
     ``ollama`` → ``OllamaBackend`` (native API); ``groq``/``qwen``/``zhipuai`` → ``CompatibleBackend``;
     ``anthropic`` → ``AnthropicBackend``; ``google_genai`` → ``GeminiBackend`` (Gemini).

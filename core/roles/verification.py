@@ -2,8 +2,13 @@
 
 The generated code is parsed and walked: an ``import`` of a module outside ``allowed_modules``, and
 any use of a name in ``blocked_functions`` (a call, or the bare name handed on, ``f = eval``), is an
-error; so are IPython magics and shell escapes, and reaching for interpreter internals through dunder
-attributes (``().__class__.__subclasses__()``). The model gets the errors and revises its code.
+error; so are IPython magics and shell escapes (a plain ``!pip install``/``%pip install`` line
+passes, as in TaskWeaver), reaching for interpreter internals through dunder attributes
+(``().__class__.__subclasses__()``) or dunder keys (``d['__class__']``), calls through a subscript
+(``d['f']()``) or of anything but a name, an attribute or a call, and the dynamic attribute functions
+(``getattr``, ``vars``, ``globals``...) whatever ``blocked_functions`` says, as TaskWeaver's checker
+(``taskweaver/code_interpreter/code_verification.py``) does. The model gets the errors and revises
+its code.
 
 This is a guard rail that keeps a well-meaning model inside the rules the app asked for; it is not a
 sandbox. Python has too many ways around a static check (``importlib``, attributes of allowed
@@ -49,6 +54,11 @@ DEFAULT_BLOCKED_FUNCTIONS: tuple[str, ...] = (
     "__setattr__",
     "__delattr__",
 )
+# Blocked whatever ``blocked_functions`` says: they look attributes up by a computed name, which
+# takes any check of names around (TaskWeaver's DANGEROUS_BUILTINS, its function names).
+ALWAYS_BLOCKED = frozenset(
+    {"getattr", "setattr", "delattr", "vars", "globals", "locals", "__getattribute__", "__setattr__", "__delattr__"}
+)
 # Attributes that lead from any object to the interpreter's internals; refused whatever the lists say.
 INTERNAL_ATTRIBUTES = frozenset(
     {
@@ -69,6 +79,12 @@ INTERNAL_ATTRIBUTES = frozenset(
     }
 )
 _MAGIC = re.compile(r"^\s*(%|!)")
+_CELL_MAGIC = re.compile(r"^\s*%%")
+# A package install and nothing else: TaskWeaver lets these through (they run in the sandboxed
+# kernel, where without execution.network they fail with pip's own message). No shell operators, so
+# ``!pip install x; curl ...`` is still a shell command.
+_INSTALL = re.compile(r"^\s*[!%]\s*(pip3?|conda|mamba)\s+install\s[^;&|`$<>()\n]*$")
+MAGIC_ERROR = "Magic commands except package install are not allowed"
 
 
 def verify_code(code: str, allowed_modules: Sequence[str] | None, blocked_functions: Iterable[str]) -> list[str]:
@@ -79,24 +95,35 @@ def verify_code(code: str, allowed_modules: Sequence[str] | None, blocked_functi
     errors: list[str] = []
     lines = code.splitlines()
     kept: list[str] = []
+    magics: list[str] = []
+    in_cell_magic = False  # a %%cell magic takes the rest of the cell
     for number, line in enumerate(lines, 1):
-        if _MAGIC.match(line):
-            errors.append(f"line {number}: `{line.strip()}`: IPython magics and shell commands are not allowed")
+        if in_cell_magic or _CELL_MAGIC.match(line):
+            in_cell_magic = True
+            if line.strip():
+                magics.append(f"line {number} `{line.strip()}`")
             kept.append("")  # keep the line numbers of the rest
+        elif _INSTALL.match(line):
+            kept.append("")
+        elif _MAGIC.match(line):
+            magics.append(f"line {number} `{line.strip()}`")
+            kept.append("")
         else:
             kept.append(line)
+    if magics:  # one error for them all, as TaskWeaver's checker gives
+        errors.append(f"{MAGIC_ERROR} (IPython magics and shell commands): {', '.join(magics)}")
     try:
         tree = ast.parse("\n".join(kept))
     except SyntaxError as exc:
         return errors + [f"line {exc.lineno}: syntax error: {exc.msg}"]
-    checker = _Checker(lines, allowed_modules, frozenset(blocked_functions))
+    checker = _Checker(lines, allowed_modules, frozenset(blocked_functions) | ALWAYS_BLOCKED)
     checker.visit(tree)
     return errors + checker.errors
 
 
 def describe_rules(allowed_modules: Sequence[str] | None, blocked_functions: Iterable[str]) -> str:
     """The rules in one paragraph, for the model's system prompt."""
-    blocked = ", ".join(sorted(blocked_functions)) or "none"
+    blocked = ", ".join(sorted(set(blocked_functions) | ALWAYS_BLOCKED))
     if allowed_modules is None:
         imports = "any module may be imported"
     elif allowed_modules:
@@ -105,8 +132,9 @@ def describe_rules(allowed_modules: Sequence[str] | None, blocked_functions: Ite
         imports = "do not import any module"
     return (
         "Code verification is on: your code is checked before it runs and refused if it breaks a rule. "
-        f"Rules: {imports}; do not use these functions: {blocked}; no IPython magics or shell commands; "
-        "no dunder attributes such as __class__ or __dict__."
+        f"Rules: {imports}; do not use these functions: {blocked}; no IPython magics or shell commands "
+        "(a `!pip install` line alone is allowed); no dunder attributes such as __class__ or __dict__; "
+        "call functions by name or attribute, not through a subscript such as d['f']()."
     )
 
 
@@ -155,9 +183,31 @@ class _Checker(ast.NodeVisitor):
             self._error(node, f"function '{node.attr}' is not allowed")
         self.generic_visit(node)
 
+    def visit_Call(self, node: ast.Call) -> None:
+        func = node.func
+        if isinstance(func, ast.Subscript):
+            self._error(node, "calling through a subscript (such as d['f']()) is not allowed")
+        elif not isinstance(func, (ast.Name, ast.Attribute, ast.Call)):
+            self._error(node, "only a function's name, an attribute or a call's result may be called")
+        self.generic_visit(node)
+
     def visit_Subscript(self, node: ast.Subscript) -> None:
         key = node.slice
         if isinstance(key, ast.Constant) and isinstance(key.value, str):
-            if key.value in INTERNAL_ATTRIBUTES or key.value in self.blocked:
+            if key.value.startswith("__") or key.value in self.blocked:
                 self._error(node, f"'{key.value}' is not allowed")
         self.generic_visit(node)
+
+
+def code_snippet_verification(
+    code_snippet: str,
+    code_verification_on: bool = False,
+    allowed_modules: Sequence[str] | None = None,
+    blocked_functions: Iterable[str] | None = None,
+) -> list[str] | None:
+    """TaskWeaver's entry point, with the two lists its CodeInterpreter passes: None when
+    verification is off, else the errors (``allowed_modules=None``: any import; ``blocked_functions=
+    None``: only the always-blocked ones)."""
+    if not code_verification_on:
+        return None
+    return verify_code(code_snippet, allowed_modules, blocked_functions or ())
