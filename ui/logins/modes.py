@@ -66,11 +66,16 @@ class LocalLogin(LoginMode):
 
         return f"local: on this machine's own address the page signs you in as {name!r}, without a password"
 
+    def is_admin(self, identifier: str) -> bool:
+        """The one local user owns this machine's server: the admin page is theirs."""
+        return identifier == local_user_name(self.context.local_user)
+
 
 class PasswordLogin(LoginMode):
     name = "password"
     summary = "users and passwords in <app_dir>/users.json (weaver user add)"
     throttled = True
+    manages_users = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -96,11 +101,17 @@ class PasswordLogin(LoginMode):
 
         return f"password: users in {store.path}"
 
+    def is_admin(self, identifier: str) -> bool:
+        """The role ``users.json`` gives the user now (``weaver user add --admin``, the admin page)."""
+        return self.users.role_of(identifier) == "admin" and not self.users.is_disabled(identifier)
+
     def refusal(self, identifier: str, metadata: Mapping[str, Any]) -> Refusal | None:
-        """A removed user's logins, and logins made under an earlier password, no longer hold."""
+        """A removed or disabled user's logins, and logins made under an earlier password, no longer hold."""
         epoch = self.users.epoch_of(identifier)
         if epoch is None:
             return Refusal.USER_REMOVED
+        if self.users.is_disabled(identifier):
+            return Refusal.USER_DISABLED
         if str(metadata.get("login_epoch", "")) != epoch:
             return Refusal.PASSWORD_CHANGED
         return None
