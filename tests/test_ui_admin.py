@@ -25,9 +25,10 @@ import pytest
 from tests.test_ui_auth import add_user, cookie_of, kernel_of, password_login, socket_refused, user_page
 from tests.test_ui_history import client_of
 from tests.test_ui_history_ownership import an_answer, put_feedback
-from tests.ui_harness import REPO_ROOT, UIServer, pid_alive, start_server, stop_server, wait_until
+from tests.ui_harness import REPO_ROOT, UIServer, login_cookie, pid_alive, start_server, stop_server, wait_until
 
 ENV = {"WEAVER_UI_AUTH": "password"}
+HEADER = "X-Forwarded-User"
 ACTIONS = ("users/add", "users/disable", "users/enable", "users/role", "users/password", "sessions/stop")
 
 
@@ -56,9 +57,14 @@ def add_admin(app_dir: Path, name: str, password: str) -> None:
 class Browser:
     """One signed-in browser: its cookie, and the admin page's forms as it posts them."""
 
-    def __init__(self, server: UIServer, name: str, password: str) -> None:
+    def __init__(self, server: UIServer, name: str, password: str | None = None) -> None:
+        """A password login, or (``password`` None) a header login with the proxy's header."""
         self.server = server
-        self.cookie = cookie_of(password_login(server, name, password))
+        if password is None:
+            self.cookie = login_cookie(server.base_url, {HEADER: name})
+            assert self.cookie, f"{name} could not sign in"
+        else:
+            self.cookie = cookie_of(password_login(server, name, password))
 
     def get(self, path: str) -> httpx.Response:
         return httpx.get(f"{self.server.base_url}{path}", headers=self.cookie, timeout=30)
@@ -264,3 +270,38 @@ def test_weaver_user_roles_and_disabling(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no user 'nobody'" in missing.stderr
     events = [json.loads(line)["event"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert {"user_disabled", "user_enabled", "role_changed"} <= set(events)
+
+
+@pytest.fixture(scope="module")
+def header_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
+    """Header login (the test plays the proxy), with ``boss`` named in WEAVER_UI_ADMINS."""
+    root = tmp_path_factory.mktemp("weaver-ui-admin-header")
+    env = {"WEAVER_UI_USER_HEADER": HEADER, "CHAINLIT_AUTH_SECRET": "s" * 40, "WEAVER_UI_ADMINS": "Boss, other"}
+    srv = start_server(root / "app", root / "server.log", extra_env=env)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+def test_header_login_admins_come_from_the_setting_and_may_disable_users(header_server: UIServer) -> None:
+    server = header_server
+    gil = Browser(server, "gil")
+    assert gil.get("/admin").status_code == 403
+    boss = Browser(server, "boss")  # named "Boss" in WEAVER_UI_ADMINS: compared without case
+    page = boss.get("/admin").text
+    assert 'data-user="gil"' in page and "Add user" not in page  # the proxy adds users, not Weaver
+    assert "User gil disabled" in boss.act("users/disable", name="gil")
+    assert user_page(server, gil.cookie) == 401  # his next request
+    assert not login_cookie(server.base_url, {HEADER: "gil"})  # and the proxy cannot sign him in again
+    assert audited(server, "login_failed", "gil")["reason"] == "disabled"
+    assert "User gil enabled" in boss.act("users/enable", name="gil")
+    assert login_cookie(server.base_url, {HEADER: "gil"})
+    # the command line does the same for a user of the proxy, who has no password here
+    done = weaver_user(server.app_dir, "disable", "hal", "--outside")
+    assert done.returncode == 0, done.stderr
+    assert not login_cookie(server.base_url, {HEADER: "hal"})
+    assert weaver_user(server.app_dir, "enable", "hal", "--outside").returncode == 0
+    assert login_cookie(server.base_url, {HEADER: "hal"})
+    for refused in ("users/add", "users/role", "users/password"):  # nothing to manage here: refused plainly
+        assert boss.post(f"/admin/{refused}", {"name": "gil", "password": "x" * 12, "role": "admin"}).status_code == 409

@@ -204,8 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     actions.add_parser("remove", help="remove a user and sign out all its logins at once").add_argument("name")
-    actions.add_parser("disable", help="disable a user: their logins and live chats end at once").add_argument("name")
-    actions.add_parser("enable", help="let a disabled user sign in again").add_argument("name")
+    outside = "a user of header or OAuth login, who has no password here"
+    disable = actions.add_parser("disable", help="disable a user: their logins and live chats end at once")
+    disable.add_argument("name")
+    disable.add_argument("--outside", action="store_true", help=outside)
+    enable = actions.add_parser("enable", help="let a disabled user sign in again")
+    enable.add_argument("name")
+    enable.add_argument("--outside", action="store_true", help=outside)
     role = actions.add_parser("role", help="make a user an admin or an ordinary user")
     role.add_argument("name")
     role.add_argument("role", choices=["admin", "user"])
@@ -230,6 +235,7 @@ def run_user(
     password_stdin: bool,
     admin: bool = False,
     role: str | None = None,
+    outside: bool = False,
 ) -> int:
     """``weaver user add|passwd|remove|disable|enable|role|list``: the password store in the app
     folder. A running server re-reads it at its next request, so a removal, a disabling or a new
@@ -248,7 +254,7 @@ def run_user(
         return 0
     assert name is not None
     if action in ("disable", "enable", "role"):
-        return _change_user(store, audit, action, name, role)
+        return _change_user(store, audit, action, name, role, outside)
     if action == "remove":
         if not store.remove(name):
             print(f"weaver user: no user {name!r} in {store.path}", file=sys.stderr)
@@ -284,8 +290,10 @@ def run_user(
     return 0
 
 
-def _change_user(store: UserStore, audit: AuditLog, action: str, name: str, role: str | None) -> int:
-    """``weaver user disable|enable|role``."""
+def _change_user(
+    store: UserStore, audit: AuditLog, action: str, name: str, role: str | None, outside: bool = False
+) -> int:
+    """``weaver user disable|enable|role`` (``outside``: a header or OAuth user, without a record yet)."""
     from ui.audit import AuditEvent
     from ui.logins import NoSuchUser
 
@@ -293,10 +301,16 @@ def _change_user(store: UserStore, audit: AuditLog, action: str, name: str, role
         if action == "role":
             assert role is not None
             changed = store.set_role(name, role)
+        elif outside:
+            changed = store.set_disabled_outside(name, action == "disable")
         else:
             changed = store.set_disabled(name, action == "disable")
     except NoSuchUser:
-        print(f"weaver user: no user {name!r} in {store.path}", file=sys.stderr)
+        hint = " (a user of header or OAuth login: add --outside)" if action != "role" else ""
+        print(f"weaver user: no user {name!r} in {store.path}{hint}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"weaver user: {exc}; nothing changed", file=sys.stderr)
         return 1
     if action == "role":
         if changed:
@@ -336,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             getattr(args, "password_stdin", False),
             admin=getattr(args, "admin", False),
             role=getattr(args, "role", None),
+            outside=getattr(args, "outside", False),
         )
     from ui.console import main as chat_main
 

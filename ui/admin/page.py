@@ -61,12 +61,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
-def users_section(root: str, me: str, csrf: str, users: Sequence[UserInfo], managed: bool) -> str:
+def users_section(
+    root: str, me: str, csrf: str, users: Sequence[UserInfo], managed: bool, outside: bool = False
+) -> str:
+    if not managed and outside:
+        return _outside_users(root, me, csrf, users)
     if not managed:
-        return (
-            '<h2>Users</h2><p class="muted">Users come from the login provider (header or OAuth login): '
-            "admins are named in WEAVER_UI_ADMINS; users are added, disabled and given passwords there.</p>"
-        )
+        return '<h2>Users</h2><p class="muted">With local login the one user is this machine\'s own.</p>'
     rows = []
     for user in users:
         act = f"{root}/admin/users"
@@ -113,6 +114,37 @@ def users_section(root: str, me: str, csrf: str, users: Sequence[UserInfo], mana
     return (
         '<h2>Users</h2><table id="users"><tr><th>name</th><th>role</th><th>state</th><th>password set</th>'
         f"<th></th></tr>{''.join(rows)}</table><p>{add}</p>"
+    )
+
+
+def _outside_users(root: str, me: str, csrf: str, users: Sequence[UserInfo]) -> str:
+    """Users of header or OAuth login: added and given passwords by the provider; admins named by
+    WEAVER_UI_ADMINS; Weaver can disable them."""
+    rows = []
+    for user in users:
+        action = "enable" if user.disabled else "disable"
+        button = (
+            ""
+            if user.name == me
+            else form(f"{root}/admin/users/{action}", csrf, [("name", user.name)], action.capitalize())
+        )
+        state = '<span class="error">disabled</span>' if user.disabled else "active"
+        rows.append(
+            f'<tr data-user="{esc(user.name)}"><td>{esc(user.name)}</td><td>{esc(user.role)}</td><td>{state}</td>'
+            f"<td>{button}</td></tr>"
+        )
+    by_name = form(
+        f"{root}/admin/users/disable",
+        csrf,
+        [],
+        "Disable",
+        '<input name="name" placeholder="user name" aria-label="user to disable" required> ',
+    )
+    return (
+        '<h2>Users</h2><p class="muted">Users come from the login provider (header or OAuth login), which '
+        "adds them and keeps their passwords; admins are named in WEAVER_UI_ADMINS. Everyone who has signed in "
+        'is listed; a disabled user\'s logins end at once.</p><table id="users"><tr><th>name</th><th>role</th>'
+        f"<th>state</th><th></th></tr>{''.join(rows)}</table><p>{by_name}</p>"
     )
 
 

@@ -30,6 +30,8 @@ from ui.audit import AuditEvent
 from ui.bridge import run_in_thread
 from ui.lifecycle import SessionOwner
 from ui.logins import LoginMode, NoSuchUser, UserStore
+from ui.logins.modes import OutsideUsers
+from ui.logins.users import UserInfo
 
 logger = logging.getLogger("weaver.ui.admin")
 
@@ -66,8 +68,15 @@ class AdminContext:
 
     @property
     def store(self) -> UserStore | None:
+        """The password store, when users and passwords are Weaver's own (password login)."""
         users = getattr(self.mode, "users", None)
         return users if self.mode.manages_users and isinstance(users, UserStore) else None
+
+    @property
+    def outside(self) -> UserStore | None:
+        """Where users who come from a proxy or an OAuth provider are disabled (header, oauth login)."""
+        users = getattr(self.mode, "users", None)
+        return users if isinstance(self.mode, OutsideUsers) and isinstance(users, UserStore) else None
 
 
 def _refused(status: int, text: str) -> Response:
@@ -133,8 +142,8 @@ class AdminRoutes:
             return _refused(405, "The admin page is read with GET; its forms post to its actions.")
         ctx = self.ctx
         store = ctx.store
-        users = await run_in_thread(store.users, name="weaver-admin-users") if store is not None else []
         history = ctx.history()
+        users = await self._users_listed(history)
         feedback, names = None, {}
         if history is not None:
             try:
@@ -148,12 +157,37 @@ class AdminRoutes:
             f'<a href="{page.esc(ctx.root or "/")}">Back to the chat</a>'
             + (f' · <a href="{page.esc(ctx.root)}/account/password">Change your password</a>' if store else "")
             + "</p>"
-            + page.users_section(ctx.root, who.name, who.csrf, users, store is not None)
+            + page.users_section(ctx.root, who.name, who.csrf, users, store is not None, ctx.outside is not None)
             + page.sessions_section(ctx.root, who.csrf, session_rows(ctx.owner, names))
             + page.feedback_section(feedback)
             + page.figures_section(glance())
         )
         return HTMLResponse(page.shell("Weaver admin", body, note, error), headers=NO_STORE)
+
+    async def _users_listed(self, history: Any) -> list[UserInfo]:
+        """Password login: the store's users. Header or OAuth login: everyone who has signed in (the
+        history's users) and everyone disabled, with the role ``WEAVER_UI_ADMINS`` gives them."""
+        ctx = self.ctx
+        if ctx.store is not None:
+            return await run_in_thread(ctx.store.users, name="weaver-admin-users")
+        if ctx.outside is None:
+            return []
+        kept = {user.name: user for user in await run_in_thread(ctx.outside.users, name="weaver-admin-users")}
+        names = set(kept)
+        if history is not None:
+            try:
+                names.update(await history.known_identifiers())
+            except Exception:
+                logger.exception("reading the users of the history failed")
+        return [
+            UserInfo(
+                name,
+                "admin" if ctx.mode.is_admin(name) else "user",
+                kept[name].disabled if name in kept else False,
+                kept[name].changed if name in kept else "",
+            )
+            for name in sorted(names)
+        ]
 
     async def _chat_names(self, history: Any) -> dict[str, str]:
         """The titles of the chats live here, from the history (best effort)."""
@@ -213,16 +247,22 @@ class AdminRoutes:
         return _back(self.ctx, "/admin", "added", name=name)
 
     async def _set_disabled(self, who: Caller, fields: dict[str, str], disabled: bool) -> Response:
-        store = self._users()
-        if isinstance(store, Response):
-            return store
-        name = fields.get("name", "")
+        name = fields.get("name", "").strip()
         if disabled and name == who.name:
             return _back(self.ctx, "/admin", "self")
+        outside = self.ctx.outside
         try:
-            changed = store.set_disabled(name, disabled)
+            if outside is not None:
+                changed = outside.set_disabled_outside(name, disabled)
+            else:
+                store = self._users()
+                if isinstance(store, Response):
+                    return store
+                changed = store.set_disabled(name, disabled)
         except NoSuchUser:
             return _back(self.ctx, "/admin", "nouser", name=name)
+        except ValueError as exc:
+            return _back(self.ctx, "/admin", "invalid", why=str(exc))
         if not changed:
             return _back(self.ctx, "/admin", "unchanged", name=name)
         audit.record(AuditEvent.USER_DISABLED if disabled else AuditEvent.USER_ENABLED, user=name, by=who.name)

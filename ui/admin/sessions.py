@@ -20,8 +20,8 @@ from ui.lifecycle import LiveChat, SessionOwner
 logger = logging.getLogger("weaver.ui.admin")
 
 STOPPED_TEXT = (
-    "An administrator stopped this chat's Python session: its kernel and variables are gone. "
-    "Your next message starts a new session."
+    "An administrator stopped this chat's Python session: its kernel process is gone. "
+    "Your next message starts a new one."
 )
 
 

@@ -158,6 +158,23 @@ class UserStore:
 
         return self._change(name, change)
 
+    def set_disabled_outside(self, name: str, disabled: bool) -> bool:
+        """``set_disabled`` for a user of header or OAuth login, who may have no record here yet:
+        disabling makes one without a password (it never signs anyone in with a password)."""
+        name = name.strip()
+        if not name or len(name) > 256 or not name.isprintable():
+            raise ValueError("a user name is 1-256 printable characters")
+        if disabled:
+            with self._lock:
+                users = self._load()
+                if not isinstance(users.get(name), dict):
+                    users[name] = {"changed": _now(), "login_epoch": secrets.token_hex(8)}
+                    self._save(users)
+        try:
+            return self.set_disabled(name, disabled)
+        except NoSuchUser:
+            return False  # enabling someone never disabled
+
     def _change(self, name: str, change: Any) -> bool:
         with self._lock:
             users = self._load()
