@@ -213,7 +213,8 @@ def password_page(root: str, csrf: str, name: str) -> str:
     )
     return (
         f"<p>Signed in as <strong>{esc(name)}</strong>. Changing your password signs out your other logins "
-        f"(other browsers and chats open elsewhere); this browser stays signed in.</p>"
+        "(other browsers and devices) and closes the chats open now (reload them to go on); this browser "
+        "stays signed in.</p>"
         f"{form(f'{root}/account/password', csrf, [], 'Change password', fields)}"
         f'<p><a href="{esc(root or "/")}">Back to the chat</a></p>'
     )

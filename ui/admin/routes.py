@@ -190,22 +190,19 @@ class AdminRoutes:
         ]
 
     async def _chat_names(self, history: Any) -> dict[str, str]:
-        """The titles of the chats live here, from the history (best effort)."""
+        """The titles of the chats live here, from the history (best effort: a title is a nicety)."""
         from chainlit.session import WebsocketSession
 
-        names = {}
+        ids = []
         for chat in self.ctx.owner.live_chats():
-            ws = WebsocketSession.get_by_id(chat.key)
-            thread_id = str(getattr(ws, "thread_id", "") or "")
-            if not thread_id:
-                continue
-            try:
-                thread = await history.get_thread(thread_id)
-            except Exception:
-                continue
-            if thread and thread.get("name"):
-                names[thread_id] = str(thread["name"])
-        return names
+            thread_id = getattr(WebsocketSession.get_by_id(chat.key), "thread_id", None)
+            if thread_id:
+                ids.append(str(thread_id))
+        try:
+            return dict(await history.thread_names(ids))
+        except Exception:
+            logger.exception("reading the titles of live chats failed")
+            return {}
 
     # ----- the actions ------------------------------------------------------------------------
 
