@@ -243,7 +243,7 @@ def test_weaver_user_manages_the_password_store(tmp_path: Path) -> None:
         cwd=REPO_ROOT,
         timeout=60,
     )
-    assert listed.stdout.split() == ["carol"]
+    assert listed.stdout.split() == ["carol", "user"]  # name, role (and "disabled" when it is)
     short = subprocess.run(
         [sys.executable, "-m", "ui.cli", "user", "--app-dir", str(tmp_path), "add", "dave", "--password-stdin"],
         input="short\n",

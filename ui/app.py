@@ -162,6 +162,13 @@ async def on_chat_start() -> None:
         await cl.ErrorMessage(
             content=f"{MODEL_CHECK.summary} Ask the operator to run `weaver check`.", author=chainlit_config.ui.name
         ).send()
+    if server.greets_as_admin(_user_name()):
+        root = chainlit_config.run.root_path or ""
+        await cl.Message(
+            content=f"You are an administrator: users, live sessions, feedback and figures are on "
+            f"[the admin page]({root}/admin).",
+            author=chainlit_config.ui.name,
+        ).send()
     if engine is None:
         return
     await send_welcome(engine.datasets, engine.config.llm.resolved_api_type == "offline")

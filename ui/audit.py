@@ -1,5 +1,6 @@
-"""The audit log, ``<app_dir>/audit.jsonl``: who signed in, out, was added or removed, deleted a
-chat, downloaded a file, or had a chat stopped because their login ended; one JSON object a line.
+"""The audit log, ``<app_dir>/audit.jsonl``: who signed in, out, was added or removed, disabled,
+given a role, deleted a chat, downloaded a file, had a chat stopped because their login ended or by
+an admin, and every admin action (``by`` names the admin); one JSON object a line.
 
 Each line has ``time`` (UTC, ISO 8601), ``event`` (an ``AuditEvent`` value), ``user`` and
 ``client`` (the browser's address as the guards see it, behind a trusted proxy the one it names;
@@ -55,6 +56,11 @@ class AuditEvent(str, enum.Enum):
     CHAT_DELETED = "chat_deleted"
     FILE_DOWNLOADED = "file_downloaded"
     SESSION_ENDED = "session_ended"  # a live chat stopped because its login ended (reason: ui.logins.Refusal)
+    USER_DISABLED = "user_disabled"
+    USER_ENABLED = "user_enabled"
+    ROLE_CHANGED = "role_changed"  # role: the new one
+    SESSION_STOPPED = "session_stopped"  # an admin stopped a live chat's session (user: its owner; by: the admin)
+    ADMIN_REFUSED = "admin_refused"  # an admin route asked by someone who may not (reason)
 
 
 class UnsafeAuditFile(OSError):

@@ -16,7 +16,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from ui.audit import AuditLog
+    from ui.logins import UserStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_PATH = REPO_ROOT / "ui" / "app.py"
@@ -195,11 +199,22 @@ def build_parser() -> argparse.ArgumentParser:
     add = actions.add_parser("add", help="add a user, or set a new password (signs out its logins)")
     add.add_argument("name")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add.add_argument("--admin", action="store_true", help="make the user an admin (the admin page, /admin)")
     passwd = actions.add_parser("passwd", help="change a user's password and sign out all its logins at once")
     passwd.add_argument("name")
     passwd.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     actions.add_parser("remove", help="remove a user and sign out all its logins at once").add_argument("name")
-    actions.add_parser("list", help="list the users")
+    outside = "a user of header or OAuth login, who has no password here"
+    disable = actions.add_parser("disable", help="disable a user: their logins and live chats end at once")
+    disable.add_argument("name")
+    disable.add_argument("--outside", action="store_true", help=outside)
+    enable = actions.add_parser("enable", help="let a disabled user sign in again")
+    enable.add_argument("name")
+    enable.add_argument("--outside", action="store_true", help=outside)
+    role = actions.add_parser("role", help="make a user an admin or an ordinary user")
+    role.add_argument("name")
+    role.add_argument("role", choices=["admin", "user"])
+    actions.add_parser("list", help="list the users with their roles and whether they are disabled")
     return parser
 
 
@@ -213,9 +228,18 @@ def _os_user() -> str:
         return str(os.getuid())
 
 
-def run_user(action: str, name: str | None, app_dir: str | None, password_stdin: bool) -> int:
-    """``weaver user add|passwd|remove|list``: the password store in the app folder. A running server
-    re-reads it at its next request, so a removal or a new password ends the user's logins at once."""
+def run_user(
+    action: str,
+    name: str | None,
+    app_dir: str | None,
+    password_stdin: bool,
+    admin: bool = False,
+    role: str | None = None,
+    outside: bool = False,
+) -> int:
+    """``weaver user add|passwd|remove|disable|enable|role|list``: the password store in the app
+    folder. A running server re-reads it at its next request, so a removal, a disabling or a new
+    password ends the user's logins at once, and a role holds at the admin page's next request."""
     import getpass
 
     from ui.audit import AuditEvent, AuditLog
@@ -225,10 +249,12 @@ def run_user(action: str, name: str | None, app_dir: str | None, password_stdin:
     store = UserStore(folder)
     audit = AuditLog(folder)  # the server's audit.jsonl: who changed the users, from this machine
     if action == "list":
-        for known in store.names():
-            print(known)
+        for info in store.users():
+            print(f"{info.name}\t{info.role}{chr(9) + 'disabled' if info.disabled else ''}")
         return 0
     assert name is not None
+    if action in ("disable", "enable", "role"):
+        return _change_user(store, audit, action, name, role, outside)
     if action == "remove":
         if not store.remove(name):
             print(f"weaver user: no user {name!r} in {store.path}", file=sys.stderr)
@@ -247,7 +273,7 @@ def run_user(action: str, name: str | None, app_dir: str | None, password_stdin:
             print("weaver user: the two passwords differ; nothing changed", file=sys.stderr)
             return 1
     try:
-        new = store.add(name, password, must_exist=action == "passwd")
+        new = store.add(name, password, must_exist=action == "passwd", role="admin" if admin else None)
     except NoSuchUser:
         print(f"weaver user: no user {name!r} in {store.path}; nothing changed", file=sys.stderr)
         return 1
@@ -255,10 +281,49 @@ def run_user(action: str, name: str | None, app_dir: str | None, password_stdin:
         print(f"weaver user: {exc}; nothing changed", file=sys.stderr)
         return 1
     audit.record(AuditEvent.USER_ADDED if new else AuditEvent.PASSWORD_CHANGED, user=name, client="cli", by=_os_user())
+    if admin:
+        audit.record(AuditEvent.ROLE_CHANGED, user=name, client="cli", by=_os_user(), role="admin")
     if new:
-        print(f"added {name} in {store.path}")
+        print(f"added {name}{' (admin)' if admin else ''} in {store.path}")
     else:
         print(f"changed the password of {name} in {store.path}; their earlier logins end at once")
+    return 0
+
+
+def _change_user(
+    store: UserStore, audit: AuditLog, action: str, name: str, role: str | None, outside: bool = False
+) -> int:
+    """``weaver user disable|enable|role`` (``outside``: a header or OAuth user, without a record yet)."""
+    from ui.audit import AuditEvent
+    from ui.logins import NoSuchUser
+
+    try:
+        if action == "role":
+            assert role is not None
+            changed = store.set_role(name, role)
+        elif outside:
+            changed = store.set_disabled_outside(name, action == "disable")
+        else:
+            changed = store.set_disabled(name, action == "disable")
+    except NoSuchUser:
+        hint = " (a user of header or OAuth login: add --outside)" if action != "role" else ""
+        print(f"weaver user: no user {name!r} in {store.path}{hint}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"weaver user: {exc}; nothing changed", file=sys.stderr)
+        return 1
+    if action == "role":
+        if changed:
+            audit.record(AuditEvent.ROLE_CHANGED, user=name, client="cli", by=_os_user(), role=role)
+        print(f"{name} is {'now' if changed else 'already'} {'an admin' if role == 'admin' else 'a user'}")
+        return 0
+    event = AuditEvent.USER_DISABLED if action == "disable" else AuditEvent.USER_ENABLED
+    if changed:
+        audit.record(event, user=name, client="cli", by=_os_user())
+    if action == "disable":
+        print(f"disabled {name}; their logins and live chats end at once" if changed else f"{name} is already disabled")
+    else:
+        print(f"enabled {name}; they can sign in again" if changed else f"{name} is not disabled")
     return 0
 
 
@@ -278,7 +343,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "user":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return run_user(args.action, getattr(args, "name", None), args.app_dir, getattr(args, "password_stdin", False))
+        return run_user(
+            args.action,
+            getattr(args, "name", None),
+            args.app_dir,
+            getattr(args, "password_stdin", False),
+            admin=getattr(args, "admin", False),
+            role=getattr(args, "role", None),
+            outside=getattr(args, "outside", False),
+        )
     from ui.console import main as chat_main
 
     return int(chat_main(rest) or 0)

@@ -123,6 +123,20 @@ class _Entry(Generic[S]):
     creating: asyncio.Future[S] | None = None  # acquire_async's creation in flight
     resume_id: str | None = None  # the Weaver session to bring back when this chat needs one again
     idle_timer: asyncio.TimerHandle | None = None
+    started_at: float | None = None  # time.time() when its current session was adopted
+    active_at: float = field(default_factory=time.time)  # time.time() of its last message
+
+
+@dataclass(frozen=True)
+class LiveChat(Generic[S]):
+    """One chat holding a live session here, as the admin page lists it."""
+
+    key: str
+    user_name: str
+    client: str
+    session: S
+    started_at: float
+    active_at: float
 
 
 class SessionOwner(Generic[S]):
@@ -224,6 +238,7 @@ class SessionOwner(Generic[S]):
             self._entries[key] = entry
         self._disarm(entry)
         entry.released_at = None
+        entry.active_at = time.time()
         if resume_id and entry.session is None:
             entry.resume_id = resume_id
         if entry.session is not None and entry.session.is_stopped:
@@ -257,6 +272,7 @@ class SessionOwner(Generic[S]):
         entry.user_name, entry.client = user_name, client
         entry.had_session = True
         entry.stopped_at = None
+        entry.started_at = time.time()
         logger.info("chainlit session %s owns weaver session %s", key, session.session_id)
 
     def _created(self, key: str, entry: _Entry[S], done: asyncio.Future[S], user_name: str, client: str) -> None:
@@ -357,6 +373,15 @@ class SessionOwner(Generic[S]):
     def live_keys(self) -> list[str]:
         """The chats that hold a session here, or are getting one."""
         return [k for k, e in self._entries.items() if e.session is not None or e.creating is not None]
+
+    def live_chats(self) -> list[LiveChat[S]]:
+        """Every chat holding a live session here, oldest first (the admin page)."""
+        found = [
+            LiveChat(k, e.user_name, e.client, e.session, e.started_at or e.active_at, e.active_at)
+            for k, e in self._entries.items()
+            if e.session is not None and not e.session.is_stopped
+        ]
+        return sorted(found, key=lambda chat: chat.started_at)
 
     def end(self, key: str) -> None:
         """The chat's login ended: stop its session now and forget the chat (a session still being

@@ -23,7 +23,7 @@ from core.config import load_config
 from core.errors import WeaverError
 from core.execution.backend import KernelBackend, backend_for
 from core.workspace import default_app_dir
-from ui import drain, guards, ops_routes, patches, readiness
+from ui import admin, drain, guards, ops_routes, patches, readiness
 from ui.audit import AuditEvent
 from ui.audit import record as record_audit
 from ui.audit_user import request_user
@@ -259,6 +259,7 @@ try:
                 local_user=SETTINGS.local_user,
                 user_header=SETTINGS.user_header,
                 allowed_users=SETTINGS.allowed_users,
+                admins=SETTINGS.admins,
                 database_url=HISTORY_SETTINGS.database_url,
             ),
         ),
@@ -270,6 +271,27 @@ except AuthSetupError as exc:
     raise SystemExit(f"Weaver UI: {exc}") from None
 patches.install("revocation", LOGIN.tokens.refusal)
 ENDED_LOGINS = EndedLogins(LOGIN.tokens, OWNER)
+ADMIN = admin.AdminContext(LOGIN.mode, OWNER, lambda: HISTORY, chainlit_config.run.root_path or "")
+
+
+def _install_admin_routes() -> None:
+    from chainlit.server import app as server_app
+
+    admin.install(server_app, ADMIN)  # ahead of Chainlit's catch-all; the guards wrap them as every route
+
+
+def is_admin(user_name: str) -> bool:
+    """Whether this user may use the admin page now (asked of the login mode at every call)."""
+    return LOGIN.mode.is_admin(user_name)
+
+
+def greets_as_admin(user_name: str) -> bool:
+    """Whether a new chat points this user to the admin page: an admin of a server used by several
+    people (the one local user may open /admin too, but is not told so in every chat)."""
+    return LOGIN.mode.serves_others and is_admin(user_name)
+
+
+_install_admin_routes()
 OPS = ops_routes.install(lambda: _app, lambda: HISTORY)  # /ready, /metrics: inside the guards (installed next)
 readiness.register("draining", lambda: "this server is draining (stopping)" if drain.is_draining() else None)
 GUARD = _install_guards()

@@ -51,6 +51,9 @@ class UISettings(BaseSettings):
     allowed_users: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="OAuth: names, @domains, or * for anyone the provider accepts"
     )
+    admins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="header/OAuth login: the identifiers that are admins (comma list)"
+    )
     login_attempts_per_user: int = Field(5, gt=0, description="failed logins per user within the window")
     login_attempts_per_address: int = Field(20, gt=0, description="failed logins per address within the window")
     login_window_s: float = Field(300.0, gt=0, description="the login throttle's window")
@@ -107,7 +110,7 @@ class UISettings(BaseSettings):
     )
 
     _split_lists = field_validator(
-        "allowed_origins", "allowed_hosts", "allowed_users", "trusted_proxies", mode="before"
+        "allowed_origins", "allowed_hosts", "allowed_users", "admins", "trusted_proxies", mode="before"
     )(_comma_list)
 
     @field_validator("trusted_proxies")

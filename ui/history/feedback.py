@@ -26,6 +26,20 @@ class FeedbackTarget:
     author: str
 
 
+@dataclass(frozen=True)
+class GivenFeedback:
+    """One feedback as the admin page lists it: the thumb, the comment, and the step it is on."""
+
+    value: int  # 1: thumbs up, 0: thumbs down
+    comment: str
+    step_text: str
+    step_name: str
+    chat_id: str
+    chat_name: str
+    user: str
+    given_on: str  # the step's time
+
+
 class Feedbacks(HistoryStore):
     """Chainlit's feedback methods, and the ownership questions the feedback routes ask."""
 
@@ -55,6 +69,33 @@ class Feedbacks(HistoryStore):
         if not rows:
             return None
         return FeedbackTarget(step_id=str(rows[0]["forId"]), author=str(rows[0]["userIdentifier"] or ""))
+
+    async def recent_feedback(self, limit: int = 100) -> list[GivenFeedback]:
+        """The feedback on the newest steps first, with each step's text: what admins read."""
+        await self.flush_writes()
+        async with self.reading() as conn:
+            rows = await self._rows(
+                conn,
+                """SELECT f."value", f."comment", s."output", s."name", s."createdAt", f."threadId",
+                          t."name" AS "threadName", t."userIdentifier"
+                   FROM feedbacks f LEFT JOIN steps s ON s."id" = f."forId"
+                   LEFT JOIN threads t ON t."id" = f."threadId"
+                   ORDER BY s."createdAt" DESC LIMIT :limit""",
+                {"limit": limit},
+            )
+        return [
+            GivenFeedback(
+                value=int(row["value"] or 0),
+                comment=str(row["comment"] or ""),
+                step_text=str(row["output"] or ""),
+                step_name=str(row["name"] or ""),
+                chat_id=str(row["threadId"] or ""),
+                chat_name=str(row["threadName"] or ""),
+                user=str(row["userIdentifier"] or ""),
+                given_on=str(row["createdAt"] or ""),
+            )
+            for row in rows
+        ]
 
     async def upsert_feedback(self, feedback: Feedback) -> str:
         """Store the feedback on its step (in the step's chat); returns its id. A feedback id that

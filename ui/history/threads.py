@@ -83,6 +83,19 @@ class Threads(HistoryStore):
             rows = await self._rows(conn, 'SELECT "userIdentifier" FROM threads WHERE "id" = :id', {"id": thread_id})
         return str(rows[0]["userIdentifier"] or "") if rows else ""
 
+    async def thread_names(self, thread_ids: list[str]) -> dict[str, str]:
+        """The titles of these chats (one query, no steps read): the admin page's live sessions."""
+        if not thread_ids:
+            return {}
+        marks = ", ".join(f":t{i}" for i in range(len(thread_ids)))
+        async with self.reading() as conn:
+            rows = await self._rows(
+                conn,
+                f'SELECT "id", "name" FROM threads WHERE "id" IN ({marks})',
+                {f"t{i}": thread_id for i, thread_id in enumerate(thread_ids)},
+            )
+        return {str(row["id"]): str(row["name"]) for row in rows if row["name"]}
+
     async def update_thread(
         self,
         thread_id: str,

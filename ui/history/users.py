@@ -56,6 +56,14 @@ class Users(HistoryStore):
         self._users[identifier] = (now, copy.copy(user))
         return user
 
+    async def known_identifiers(self, limit: int = 1000) -> list[str]:
+        """Everyone who has signed in (the admin page lists them where users come from outside)."""
+        async with self.reading() as conn:
+            rows = await self._rows(
+                conn, 'SELECT "identifier" FROM users ORDER BY "identifier" LIMIT :limit', {"limit": limit}
+            )
+        return [str(row["identifier"]) for row in rows]
+
     async def create_user(self, user: User) -> Optional[PersistedUser]:
         """Create the user, or update its metadata if the identifier exists; returns the stored user.
 

@@ -6,9 +6,10 @@ small class (``ui.logins.modes``): ``check_safe`` refuses what cannot be served 
 registers its Chainlit callback. Login cookies are signed with ``CHAINLIT_AUTH_SECRET``
 (``ui.logins.secret``); ``header`` and ``oauth`` want an explicit one, shared by every replica.
 
-A login lasts ``WEAVER_UI_SESSION_HOURS`` and ends at once on logout, on ``weaver user remove`` and
-on a password change: ``ui.logins.tokens`` says whether a token still holds, ``ui.patches.revocation``
-asks it on every request, ``ui.logins.watch`` stops the live chats of logins that ended.
+A login lasts ``WEAVER_UI_SESSION_HOURS`` and ends at once on logout, on ``weaver user remove``, on
+a password change and when its user is disabled (``weaver user disable``, the admin page):
+``ui.logins.tokens`` says whether a token still holds, ``ui.patches.revocation`` asks it on every
+request, ``ui.logins.watch`` stops the live chats of logins that ended.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ class Refusal(enum.Enum):
     EXPIRED = "expired"  # older than WEAVER_UI_SESSION_HOURS
     USER_REMOVED = "user removed"  # weaver user remove
     PASSWORD_CHANGED = "password changed"  # weaver user passwd (a new login epoch)
+    USER_DISABLED = "user disabled"  # weaver user disable, or the admin page
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class LoginContext:
     local_user: str | None = None
     user_header: str | None = None
     allowed_users: list[str] = field(default_factory=list)
+    admins: list[str] = field(default_factory=list)  # WEAVER_UI_ADMINS, for header and oauth logins
     database_url: str | None = None
 
 
@@ -65,6 +67,15 @@ class LoginMode:
     def install(self) -> str:
         """Register the Chainlit callback that authenticates; returns a line for the server log."""
         raise NotImplementedError
+
+    # True: users, their roles and passwords are Weaver's own (``users.json``), managed from the
+    # admin page and ``weaver user``; elsewhere they come from outside and only roles are Weaver's.
+    manages_users: ClassVar[bool] = False
+
+    def is_admin(self, identifier: str) -> bool:
+        """Whether this user may use the admin page: by default, when ``WEAVER_UI_ADMINS`` names it."""
+        wanted = identifier.strip().lower()
+        return bool(wanted) and wanted in {name.strip().lower() for name in self.context.admins if name.strip()}
 
     def refusal(self, identifier: str, metadata: Mapping[str, Any]) -> Refusal | None:
         """Whether a signed, unexpired login of ``identifier`` no longer holds (asked on every request)."""

@@ -66,11 +66,16 @@ class LocalLogin(LoginMode):
 
         return f"local: on this machine's own address the page signs you in as {name!r}, without a password"
 
+    def is_admin(self, identifier: str) -> bool:
+        """The one local user owns this machine's server: the admin page is theirs."""
+        return identifier == local_user_name(self.context.local_user)
+
 
 class PasswordLogin(LoginMode):
     name = "password"
     summary = "users and passwords in <app_dir>/users.json (weaver user add)"
     throttled = True
+    manages_users = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -96,17 +101,43 @@ class PasswordLogin(LoginMode):
 
         return f"password: users in {store.path}"
 
+    def is_admin(self, identifier: str) -> bool:
+        """The role ``users.json`` gives the user now (``weaver user add --admin``, the admin page)."""
+        return self.users.role_of(identifier) == "admin" and not self.users.is_disabled(identifier)
+
     def refusal(self, identifier: str, metadata: Mapping[str, Any]) -> Refusal | None:
-        """A removed user's logins, and logins made under an earlier password, no longer hold."""
+        """A removed or disabled user's logins, and logins made under an earlier password, no longer hold."""
         epoch = self.users.epoch_of(identifier)
         if epoch is None:
             return Refusal.USER_REMOVED
+        if self.users.is_disabled(identifier):
+            return Refusal.USER_DISABLED
         if str(metadata.get("login_epoch", "")) != epoch:
             return Refusal.PASSWORD_CHANGED
         return None
 
 
-class HeaderLogin(LoginMode):
+class OutsideUsers(LoginMode):
+    """Users who come from outside (a proxy, an OAuth provider): Weaver keeps no password for them,
+    but may disable one (a record in ``users.json`` without a password: ``weaver user disable NAME
+    --outside``, the admin page), which refuses their logins and ends those they have."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.users = UserStore(self.context.app_dir)
+
+    def disabled(self, identifier: str) -> bool:
+        """True (and an audit line) when this user may not sign in."""
+        if not self.users.is_disabled(identifier):
+            return False
+        audit.record(AuditEvent.LOGIN_FAILED, user=identifier, mode=self.name, reason="disabled")
+        return True
+
+    def refusal(self, identifier: str, metadata: Mapping[str, Any]) -> Refusal | None:
+        return Refusal.USER_DISABLED if self.users.is_disabled(identifier) else None
+
+
+class HeaderLogin(OutsideUsers):
     name = "header"
     summary = "a trusted proxy names the user in WEAVER_UI_USER_HEADER"
     explicit_secret = True
@@ -126,6 +157,8 @@ class HeaderLogin(LoginMode):
             value = (headers.get(header) or "").strip()  # a repeated header never gets here (ui.guard)
             if not value:
                 audit.record(AuditEvent.LOGIN_FAILED, user="", mode=self.name, reason="no_user_header")
+                return None
+            if self.disabled(value):
                 return None
             audit.record(AuditEvent.LOGIN, user=value, mode=self.name)
             return cl.User(identifier=value, metadata={"provider": "header"})
@@ -151,7 +184,7 @@ def allowed_by(allowed: list[str], identifier: str, email: str | None = None) ->
     return any(c.rpartition("@")[1] and "@" + c.rpartition("@")[2] in domains for c in candidates)
 
 
-class OAuthLogin(LoginMode):
+class OAuthLogin(OutsideUsers):
     name = "oauth"
     summary = "Chainlit's OAuth providers; WEAVER_UI_ALLOWED_USERS says who may enter"
     explicit_secret = True
@@ -186,6 +219,8 @@ class OAuthLogin(LoginMode):
         ) -> cl.User | None:
             email = raw_user_data.get("email") if isinstance(raw_user_data, dict) else None
             if allowed_by(allowed, default_user.identifier, email):
+                if self.disabled(default_user.identifier):
+                    return None
                 audit.record(AuditEvent.LOGIN, user=default_user.identifier, mode=self.name, provider=provider_id)
                 return default_user
             audit.record(

@@ -6,6 +6,10 @@ login carries the epoch it was made under (in the token's user metadata), so a p
 and ``remove`` every login of it: the server compares on each request (``epoch_of``), and re-reads
 the file when it changes, so the command needs no way to reach a running server and every replica
 sharing the app folder sees it at once.
+
+A record may also hold a ``role`` (``admin`` or ``user``; absent: ``user``, so stores written
+before roles load as before) and ``disabled`` (absent: false). Disabling makes a new epoch too, so
+the user's logins end at once and do not come back when the user is enabled again.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import re
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -31,8 +36,32 @@ _HASHER = PasswordHasher()
 _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 
+ADMIN = "admin"
+USER = "user"
+ROLES = (ADMIN, USER)
+Role = Literal["admin", "user"]
+
+
 class NoSuchUser(KeyError):
     """The name is not in the user list."""
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """One user as lists show it (never the hash)."""
+
+    name: str
+    role: Role
+    disabled: bool
+    changed: str
+
+
+def _role(entry: Mapping[str, Any]) -> Role:
+    return "admin" if entry.get("role") == ADMIN else "user"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 class UserStore:
@@ -93,9 +122,75 @@ class UserStore:
         entry = self.current().get(name)
         return str(entry.get("login_epoch", "")) if isinstance(entry, dict) else None
 
-    def add(self, name: str, password: str, *, must_exist: bool = False) -> bool:
+    def users(self) -> list[UserInfo]:
+        """Every user with its role and state, by name."""
+        return [
+            UserInfo(name, _role(entry), bool(entry.get("disabled")), str(entry.get("changed", "")))
+            for name, entry in sorted(self._load().items())
+            if isinstance(entry, dict)
+        ]
+
+    def role_of(self, name: str) -> Role | None:
+        """The user's role as the file says now; None: no such user."""
+        entry = self.current().get(name)
+        return _role(entry) if isinstance(entry, dict) else None
+
+    def is_disabled(self, name: str) -> bool:
+        entry = self.current().get(name)
+        return isinstance(entry, dict) and bool(entry.get("disabled"))
+
+    def set_role(self, name: str, role: str) -> bool:
+        """Make ``name`` an ``admin`` or a ``user``; False when it already was. ``NoSuchUser``."""
+        if role not in ROLES:
+            raise ValueError(f"a role is one of {', '.join(ROLES)}")
+        return self._change(name, lambda entry: entry.update(role=role) if _role(entry) != role else False)
+
+    def set_disabled(self, name: str, disabled: bool) -> bool:
+        """Disable (its logins end: a new epoch) or enable ``name``; False when nothing changed."""
+
+        def change(entry: dict[str, Any]) -> bool:
+            if bool(entry.get("disabled")) == disabled:
+                return False
+            entry["disabled"] = disabled
+            entry["login_epoch"] = secrets.token_hex(8)
+            entry["changed"] = _now()
+            return True
+
+        return self._change(name, change)
+
+    def set_disabled_outside(self, name: str, disabled: bool) -> bool:
+        """``set_disabled`` for a user of header or OAuth login, who may have no record here yet:
+        disabling makes one without a password (it never signs anyone in with a password)."""
+        name = name.strip()
+        if not name or len(name) > 256 or not name.isprintable():
+            raise ValueError("a user name is 1-256 printable characters")
+        if disabled:
+            with self._lock:
+                users = self._load()
+                if not isinstance(users.get(name), dict):
+                    users[name] = {"changed": _now(), "login_epoch": secrets.token_hex(8)}
+                    self._save(users)
+        try:
+            return self.set_disabled(name, disabled)
+        except NoSuchUser:
+            return False  # enabling someone never disabled
+
+    def _change(self, name: str, change: Any) -> bool:
+        with self._lock:
+            users = self._load()
+            entry = users.get(name)
+            if not isinstance(entry, dict):
+                raise NoSuchUser(name)
+            if change(entry) is False:
+                return False
+            self._save(users)
+        return True
+
+    def add(self, name: str, password: str, *, must_exist: bool = False, role: Role | None = None) -> bool:
         """Add ``name`` or give it a new password (a new login epoch: its earlier logins end);
-        True if the user is new. ``must_exist``: only change a password (``NoSuchUser`` otherwise)."""
+        True if the user is new. ``must_exist``: only change a password (``NoSuchUser`` otherwise).
+        ``role``: set it (a new user without one is a ``user``; an existing one keeps its own), and
+        a new password keeps the user's disabled state."""
         if not USER_NAME.match(name):
             raise ValueError("a user name has 1-64 letters, digits or . _ @ + - and starts with a letter or digit")
         if len(password) < 8:
@@ -105,11 +200,12 @@ class UserStore:
             new = name not in users
             if new and must_exist:
                 raise NoSuchUser(name)
-            users[name] = {
-                "hash": _HASHER.hash(password),
-                "changed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "login_epoch": secrets.token_hex(8),
-            }
+            before = users.get(name)
+            entry = {k: v for k, v in before.items() if k in ("role", "disabled")} if isinstance(before, dict) else {}
+            entry.update(hash=_HASHER.hash(password), changed=_now(), login_epoch=secrets.token_hex(8))
+            if role is not None:
+                entry["role"] = role
+            users[name] = entry
             self._save(users)
         return new
 
@@ -122,12 +218,12 @@ class UserStore:
         return True
 
     def login(self, name: str, password: str) -> str | None:
-        """The user's login epoch when the password is right, else None; an unknown name costs the
-        same work as a wrong password."""
+        """The user's login epoch when the password is right and the user is not disabled, else
+        None; an unknown name costs the same work as a wrong password."""
         entry = self._load().get(name)
         stored = str(entry.get("hash", "")) if isinstance(entry, dict) else _DUMMY_HASH
         try:
-            ok = _HASHER.verify(stored, password) and isinstance(entry, dict)
+            ok = _HASHER.verify(stored, password) and isinstance(entry, dict) and not entry.get("disabled")
         except (VerificationError, InvalidHashError):
             return None
         return str(entry.get("login_epoch", "")) if ok and isinstance(entry, dict) else None

@@ -30,6 +30,7 @@ _WHY = {
     Refusal.EXPIRED: "Your login has expired",
     Refusal.USER_REMOVED: "Your user account was removed",
     Refusal.PASSWORD_CHANGED: "Your password was changed",
+    Refusal.USER_DISABLED: "Your user account was disabled by an administrator",
 }
 
 
