@@ -246,6 +246,10 @@ class EventEmitter:
         """The model that writes the posts (told in ``post_start``); None where no session chose one."""
         return None
 
+    def model_for(self, role: str) -> str | None:
+        """The model that writes ``role``'s posts: ``model_name`` unless that role has its own."""
+        return self.model_name
+
     def post_proxy(self, round_id: str, post: Post) -> "PostEventProxy":
         return PostEventProxy(self, round_id, post)
 
@@ -258,7 +262,7 @@ class PostEventProxy:
         self.round_id = round_id
         self.post = post
         self.failed = False
-        self._emit(PostEventType.post_start, "", PostStarted(post.send_from, emitter.model_name))
+        self._emit(PostEventType.post_start, "", PostStarted(post.send_from, emitter.model_for(post.send_from)))
 
     def _emit(self, t: PostEventType, msg: str, payload: EventPayload | None = None) -> None:
         self.emitter.emit(TaskWeaverEvent(EventScope.post, t, self.round_id, self.post.id, msg, payload))
