@@ -28,6 +28,7 @@ from chainlit.types import ThreadDict  # noqa: E402
 
 from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
 from core.tracing import shutdown_tracing  # noqa: E402
+from core.usage import RoundUsage  # noqa: E402
 from ui import server  # noqa: E402  (importing ``server`` sets this server up)
 from ui import shutdown_steps as shutdown  # noqa: E402
 from ui.bridge import in_background, run_in_thread  # noqa: E402
@@ -35,6 +36,7 @@ from ui.check import CheckReport, run_check_async  # noqa: E402
 from ui.drain import DRAIN  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.guards import client_address  # noqa: E402
+from ui.history.usage import add_usage  # noqa: E402
 from ui.lifecycle import session_error_text  # noqa: E402
 from ui.log_setup import setup as setup_log  # noqa: E402
 from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
@@ -268,6 +270,20 @@ async def on_message(message: cl.Message) -> None:
         )
     if outcome.state == "cancelled":  # the round said so itself
         await remove_stop_notice()
+    if outcome.usage is not None:
+        await _count_usage(_user_name(), outcome.usage)
+
+
+async def _count_usage(user: str, usage: RoundUsage) -> None:
+    """Add the round's tokens to the user's totals in the history (admins read them); a database
+    that does not answer costs the count, never the round."""
+    history = server.HISTORY
+    if history is None or not usage.reported:
+        return
+    try:
+        await add_usage(history, user, usage)
+    except Exception:
+        logging.getLogger("weaver.ui").warning("the round's token usage was not stored", exc_info=True)
 
 
 async def _files_action(session: Session) -> list[cl.Action]:

@@ -25,6 +25,7 @@ from core import (
     SendToUpdated,
     TaskWeaverEvent,
 )
+from core.usage import RoundUsage
 from ui.answer import AnswerDraft
 from ui.files import Artifact, artifacts_inside
 from ui.markdown import clip_text, code_text, fence, neutralise_images, table_markdown
@@ -52,6 +53,34 @@ HIDDEN = frozenset(
 def safe_markdown(text: str, max_chars: int) -> str:
     """What may be sent to the browser: bounded in size, with no image that loads by itself."""
     return neutralise_images(clip_text(text, max_chars))
+
+
+USAGE_STEP = "Usage"
+
+
+def _money(cost: float) -> str:
+    return f"${cost:.4f}" if cost < 1 else f"${cost:,.2f}"
+
+
+def usage_summary(usage: RoundUsage) -> str:
+    """The round's tokens in one line: "1,234 tokens in · 210 out · $0.0040" (the cost only where
+    the models have prices)."""
+    line = f"{usage.prompt_tokens:,} tokens in · {usage.completion_tokens:,} out"
+    cost = usage.cost
+    return line if cost is None else f"{line} · {_money(cost)}"
+
+
+def usage_markdown(usage: RoundUsage) -> str:
+    """One line per role and model, for the inside of the round's usage step."""
+    rows = []
+    for line in usage.lines:
+        calls = f"{line.calls} call{'s' if line.calls != 1 else ''}"
+        cost = "" if line.cost is None else f" · {_money(line.cost)}"
+        rows.append(
+            f"- {line.role or 'Weaver'} · `{code_text(line.model or '?')}` · {calls} · "
+            f"{line.prompt_tokens:,} in · {line.completion_tokens:,} out{cost}"
+        )
+    return safe_markdown("\n".join(rows), MAX_EVENT_CHARS)
 
 
 @dataclass
