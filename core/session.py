@@ -142,6 +142,7 @@ class Session:
         own = {alias: role_models.own_backend(alias) for alias in role_registry.aliases if alias in ROLE_SECTIONS}
         role_llms = {alias: backend for alias, backend in own.items() if backend is not None}
         own_names = {alias: role_models.settings_for_role(alias).model for alias in role_llms}
+        self._own_models = own_names
         self.emitter: EventEmitter = _SessionEmitter(self._llm, own_names)
         self.log = SessionLog(self.workspace, session_id, parent=logger)
         plugins: PluginCatalog = app_injector.get(PluginCatalog)
@@ -229,6 +230,12 @@ class Session:
     def llm_models(self) -> list[str]:
         """The names of the models this session may use (``llm.models``), the default first."""
         return self._models.names
+
+    @property
+    def role_models(self) -> dict[str, str]:
+        """The roles that call a model of their own (``<role>.llm_alias``), with that model's name;
+        the others call ``llm_name``."""
+        return dict(self._own_models)
 
     @property
     def llm_name(self) -> str:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from core import TaskWeaverApp
+from core import PostStarted, SessionEventHandler, TaskWeaverApp, TaskWeaverEvent
 from core.errors import ConfigError
 from core.usage import round_usage
 from tests.llm_server import Answer, RecordedRequest, ScriptedLLMServer
@@ -74,6 +74,17 @@ def _since(server: ScriptedLLMServer, start: int) -> list[RecordedRequest]:
     return server.requests[start:]
 
 
+class _Starts(SessionEventHandler):
+    """Who wrote each post, with which model, as the UI is told (``PostStarted``)."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str | None]] = []
+
+    def handle(self, event: TaskWeaverEvent) -> None:
+        if isinstance(event.payload, PostStarted):
+            self.started.append((event.payload.role, event.payload.model))
+
+
 def _one_round(
     app: TaskWeaverApp, primary: ScriptedLLMServer, coder: ScriptedLLMServer, pick: str | None = None
 ) -> Any:
@@ -82,14 +93,20 @@ def _one_round(
     primary.push(Answer(_planner("CodeInterpreter", "Print 6*7.")), Answer(_planner("User", "It is 42.")))
     coder.push(Answer(_code("print(6 * 7)")))
     session = app.get_session()
+    starts = _Starts()
     try:
         if pick is not None:
             session.set_llm(pick)
-        rnd = session.send_message("What is 6*7?")
+        assert session.role_models == {"CodeInterpreter": "coder-model"}
+        rnd = session.send_message("What is 6*7?", event_handler=starts)
     finally:
         session.stop()
     assert rnd.state == "finished", rnd.error
     assert rnd.reply_text == "It is 42."
+    planner_model = pick or "planner-model"
+    # Each step of the UI names the model that wrote it.
+    assert [s for s in starts.started if s[0] == "CodeInterpreter"] == [("CodeInterpreter", "coder-model")]
+    assert {s for s in starts.started if s[0] == "Planner"} == {("Planner", planner_model)}
     return rnd
 
 

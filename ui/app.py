@@ -258,7 +258,8 @@ async def on_message(message: cl.Message) -> None:
         max_table_rows=session.config.execution.max_table_rows,
         max_table_columns=session.config.execution.max_table_columns,
         max_output_chars=session.config.execution.max_output_chars,
-        show_model=len(getattr(session, "llm_models", [])) > 1,
+        # Each step names its model where models differ: a choice of models, or roles with their own.
+        show_model=len(getattr(session, "llm_models", [])) > 1 or bool(getattr(session, "role_models", None)),
         expand_steps=EXPANDED_BY_USER.get(_user_name(), False),
     )
     renderer.closing_actions = lambda: _files_action(session)
