@@ -196,3 +196,55 @@ def test_a_bad_value_in_a_named_model_is_refused_with_its_name(tmp_path: Path) -
     )
     with pytest.raises(ConfigError, match=r"ext_llms\.llm_configs\.cold: temperature"):
         TaskWeaverApp(app_dir=tmp_path)
+
+
+def test_a_role_on_ollama_counts_its_tokens_under_its_own_provider_and_model(
+    servers: tuple[ScriptedLLMServer, ScriptedLLMServer], tmp_path: Path
+) -> None:
+    """The Planner on an OpenAI-compatible server, the code generator on Ollama's native API: each
+    call's tokens land in ``weaver_llm_tokens_total`` under its provider and configured model."""
+    from prometheus_client import REGISTRY
+
+    from tests.ollama_server import Chat, FakeOllama
+
+    def tokens(direction: str, provider: str, model: str) -> float:
+        labels = {"direction": direction, "provider": provider, "model": model}
+        return REGISTRY.get_sample_value("weaver_llm_tokens_total", labels) or 0.0
+
+    primary, _ = servers
+    ollama = FakeOllama().start()
+    app = _app(
+        tmp_path,
+        primary,
+        primary,
+        **{
+            "ext_llms.llm_configs": {
+                "local": {"llm.api_type": "ollama", "llm.api_base": ollama.base, "llm.model": "qwen"}
+            }
+        },
+        **{"code_generator.llm_alias": "local"},
+    )
+    try:
+        assert tokens("prompt", "ollama", "qwen") == 0  # configured models start at zero
+        before = {
+            key: tokens(*key) for key in [("prompt", "openai", "planner-model"), ("completion", "ollama", "qwen")]
+        }
+        primary.push(Answer(_planner("CodeInterpreter", "Print 6*7.")), Answer(_planner("User", "It is 42.")))
+        ollama.push(Chat(_code("print(6 * 7)"), prompt_eval_count=40, eval_count=9))
+        session = app.get_session()
+        try:
+            rnd = session.send_message("What is 6*7?")
+        finally:
+            session.stop()
+        assert rnd.state == "finished", rnd.error
+        assert [s.body["model"] for s in ollama.requests("/api/chat")] == ["qwen"]
+        assert tokens("prompt", "openai", "planner-model") - before[("prompt", "openai", "planner-model")] == 22
+        assert tokens("completion", "ollama", "qwen") - before[("completion", "ollama", "qwen")] == 9
+        lines = {(line.role, line.model): line for line in round_usage(rnd).lines}
+        assert (
+            lines[("CodeInterpreter", "llama3.2:latest")].prompt_tokens,
+            lines[("CodeInterpreter", "llama3.2:latest")].completion_tokens,
+        ) == (40, 9)
+    finally:
+        app.stop()
+        ollama.stop()
