@@ -248,3 +248,13 @@ def test_a_role_on_ollama_counts_its_tokens_under_its_own_provider_and_model(
     finally:
         app.stop()
         ollama.stop()
+
+
+def test_the_model_picker_says_which_roles_it_changes(tmp_path: Path) -> None:
+    from core.config import load_config
+    from ui.view import model_picker_note
+
+    base = {"llm.api_type": "offline", "ext_llms.llm_configs": {"coder": {"llm.model": "c"}}}
+    assert model_picker_note(load_config(tmp_path, base)) is None  # no role has its own: it changes both
+    config = load_config(tmp_path, {**base, "code_generator.llm_alias": "coder"})
+    assert model_picker_note(config) == "Changes the Planner; the CodeInterpreter (coder) keeps its own model."

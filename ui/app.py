@@ -47,6 +47,7 @@ from ui.restore import SKIP_ACTION as SKIP_RESTORE  # noqa: E402
 from ui.restore import restore_session  # noqa: E402
 from ui.restore import skip as skip_restore  # noqa: E402
 from ui.startup import stop_server_on_failure  # noqa: E402
+from ui.view import model_picker_note  # noqa: E402
 from ui.welcome import EXPAND_STEPS_NOTE, dataset_starters, send_welcome  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
@@ -183,7 +184,13 @@ async def _send_chat_settings(engine: TaskWeaverApp) -> None:
     ]
     if len(engine.models) > 1:
         widgets += [
-            Select(id="model", label="Model", values=engine.models, initial_index=0),
+            Select(
+                id="model",
+                label="Model",
+                values=engine.models,
+                initial_index=0,
+                description=model_picker_note(engine.config),
+            ),
             Slider(
                 id="temperature", label="Temperature", initial=engine.config.llm.temperature, min=0, max=2, step=0.1
             ),

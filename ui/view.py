@@ -25,6 +25,7 @@ from core import (
     SendToUpdated,
     TaskWeaverEvent,
 )
+from core.config import AppConfig
 from core.usage import RoundUsage
 from ui.answer import AnswerDraft
 from ui.files import Artifact, artifacts_inside
@@ -56,6 +57,21 @@ def safe_markdown(text: str, max_chars: int) -> str:
 
 
 USAGE_STEP = "Usage"
+_ROLE_NAMES = {"planner": RoleName.Planner, "code_interpreter": RoleName.CodeInterpreter}
+
+
+def model_picker_note(config: AppConfig) -> str | None:
+    """What the chat settings' model picker changes, where a role has a model of its own
+    (``<role>.llm_alias``): the picker changes only the roles without one."""
+    own = [role for role in _ROLE_NAMES if config.llm_alias_of(role)]
+    if not own:
+        return None
+    free = [str(_ROLE_NAMES[role]) for role in _ROLE_NAMES if role not in own]
+    kept = " and ".join(f"{_ROLE_NAMES[role]} ({config.llm_alias_of(role)})" for role in own)
+    verb = "keeps its own model" if len(own) == 1 else "keep their own models"
+    if not free:
+        return f"Changes no role here: the {kept} {verb}."
+    return f"Changes the {' and '.join(free)}; the {kept} {verb}."
 
 
 def _money(cost: float) -> str:
