@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from core.execution.live_output import OutputPiece, OutputStream
 from core.memory import Attachment, AttachmentType, Named, Post, RoundState
+from core.usage import RoundUsage
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,14 @@ class RoundStarted:
 
 @dataclass(frozen=True)
 class RoundEnded:
-    """``round_end``: how the round ended (``msg`` says the same as text)."""
+    """``round_end``: how the round ended (``msg`` says the same as text), and the tokens its model
+    calls used as the servers reported them."""
 
     state: RoundState
+    usage: RoundUsage | None = None
 
     def as_extra(self) -> dict[str, Any]:
-        return {"state": self.state}
+        return {"state": self.state}  # TaskWeaver's dict; the usage is read from the typed payload
 
 
 @dataclass(frozen=True)

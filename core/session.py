@@ -39,6 +39,7 @@ from core.roles.registry import RoleDeps, RoleRegistry
 from core.snapshot import Snapshots, ran_code
 from core.telemetry import SessionLog, TelemetryLogger
 from core.tracing import Tracing
+from core.usage import RoundUsage, round_usage
 from core.workspace import Workspace
 
 STOP_WAIT_S = 15.0
@@ -79,6 +80,12 @@ class _SessionEmitter(EventEmitter):
 
     def model_for(self, role: str) -> str | None:
         return self.own_models.get(role, self._llm.model_name)
+
+
+def _reported_usage(rnd: Round) -> RoundUsage | None:
+    """The round's usage for ``RoundEnded``, None where no model server reported tokens (offline)."""
+    usage = round_usage(rnd)
+    return usage if usage.reported else None
 
 
 def new_executor(
@@ -417,7 +424,8 @@ class Session:
             )
         if rnd.state == "failed":
             self.emitter.emit_round(RoundEventType.round_error, rnd.id, rnd.error or "")
-        self.emitter.emit_round(RoundEventType.round_end, rnd.id, rnd.state, RoundEnded(rnd.state))
+        ended = RoundEnded(rnd.state, _reported_usage(rnd))
+        self.emitter.emit_round(RoundEventType.round_end, rnd.id, rnd.state, ended)
         metrics.round_ended(rnd.state, time.monotonic() - started)
         self.rounds.append(rnd)
         # The state and Weaver's own error sentence, never the answer or the program's output (those
