@@ -51,7 +51,7 @@ LLM_TOKENS = Counter(
     ["direction", "provider", "model"],
 )
 # Every api_type's backend name (core/llm/factory.py); groq, qwen and zhipuai name themselves.
-PROVIDERS = ("offline", "openai", "azure", "azure_ad", "ollama", "groq", "qwen", "zhipuai")
+PROVIDERS = ("offline", "openai", "azure", "azure_ad", "ollama", "groq", "qwen", "zhipuai", "anthropic", "google_genai")
 OTHER_MODEL = "other"  # a model not configured at start: the label stays bounded
 LLM_FIRST_TOKEN = Histogram(
     "weaver_llm_first_token_seconds",
