@@ -22,6 +22,7 @@ from core.execution.pool import KernelPool, StartGate, WarmKernel
 from core.ids import create_id
 from core.llm.base import LLMBackend
 from core.llm.factory import ModelChoices, create_backend
+from core.llm.role_models import RoleModels
 from core.logs import formatter
 from core.plugins.catalog import PluginCatalog
 from core.roles.registry import RoleRegistry, default_role_registry
@@ -63,6 +64,11 @@ class _AppModule(Module):
     @provider
     def model_choices(self, default: LLMBackend) -> ModelChoices:
         return ModelChoices(self.config.llm, default, self.datasets.datasets)
+
+    @singleton
+    @provider
+    def role_models(self, default: LLMBackend) -> RoleModels:
+        return RoleModels(self.config, default, self.datasets.datasets)
 
     @singleton
     @provider
@@ -133,6 +139,12 @@ class TaskWeaverApp:
         """TaskWeaver's: ``(folder, has a valid taskweaver_config.json, is empty)`` for ``app_dir``,
         or the nearest app folder above the current one (``core.workspace.discover_app_dir``)."""
         return discover_app_dir(app_dir)
+
+    def backend_for_role(self, role: str) -> LLMBackend:
+        """The model ``role`` calls (``planner``, ``code_interpreter``/``code_generator``,
+        ``round_compressor``, ``experience``): its ``<role>.llm_alias`` entry of
+        ``ext_llms.llm_configs``, else the primary ``llm.*`` model. Made once per alias."""
+        return self.injector.get(RoleModels).backend_for_role(role)
 
     def _reserve_kernel(self) -> WarmKernel:
         """A new session id and folder, and an unstarted kernel for them (the pool starts it)."""
@@ -254,6 +266,7 @@ class TaskWeaverApp:
         for session in sessions:
             session.stop()
         self.injector.get(ModelChoices).close()
+        self.injector.get(RoleModels).close()
         self.injector.get(LLMBackend).close()  # type: ignore[type-abstract]  # bound to a concrete backend
         self.kernel_backend.close()
         if self._log_handler is not None:
@@ -265,7 +278,7 @@ class TaskWeaverApp:
 def _watch_metrics(app: TaskWeaverApp) -> None:
     """``/metrics`` reads this app's live sessions and kernels when scraped (the app is held weakly:
     a stopped app is not kept alive by its metrics)."""
-    metrics.configure(app.config.metrics.enabled)
+    metrics.configure(app.config.metrics.enabled, _configured_models(app.config))
     ref = weakref.ref(app)
 
     def live_sessions() -> int | None:
@@ -279,6 +292,18 @@ def _watch_metrics(app: TaskWeaverApp) -> None:
     metrics.watch("weaver_sessions_live", "gauge", "Live sessions (chats holding a kernel or about to)", live_sessions)
     metrics.watch("weaver_kernels_pooled", "gauge", "Warm kernels waiting in the pool for a new chat", pooled_kernels)
     metrics.watch("weaver_kernels_live", "gauge", "Kernels started, not stopped (pooled ones too)", live_kernels)
+
+
+def _configured_models(config: AppConfig) -> list[tuple[str, str]]:
+    """(provider, model) of every model the configuration names: the primary, each ``llm.models``
+    choice and each ``ext_llms.llm_configs`` entry (the token counter's bounded labels)."""
+    found = [config.llm.for_model(name) for name in config.llm.model_names]
+    found += [config.llm_for_alias(alias) for alias in config.ext_llms.llm_configs]
+    pairs = []
+    for settings in found:
+        api_type = settings.resolved_api_type
+        pairs.append((api_type, "offline" if api_type == "offline" else settings.model))
+    return list(dict.fromkeys(pairs))
 
 
 def _file_log_handler(app_dir: Path, config: AppConfig) -> logging.Handler | None:

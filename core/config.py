@@ -105,6 +105,11 @@ class LLMSettings(BaseModel):
     # Record and replay (core/llm/mock.py): TaskWeaver's llm.use_mock and llm.mock.*.
     use_mock: bool = Field(False, description="record the model's answers and replay them (llm.mock.mode)")
     mock: MockSettings = MockSettings()
+    # Cost (core/usage.py): no built-in price table; a round's cost is shown only when both are set.
+    price_per_1k_prompt_tokens: float | None = Field(None, ge=0, description="your price per 1000 prompt tokens")
+    price_per_1k_completion_tokens: float | None = Field(
+        None, ge=0, description="your price per 1000 completion tokens"
+    )
 
     @field_validator("stop_token", mode="before")
     @classmethod
@@ -316,13 +321,36 @@ class SessionSettings(BaseModel):
     _roles_list = field_validator("roles", mode="before")(classmethod(lambda cls, v: as_list(v)))
 
 
+class ExtLLMSettings(BaseModel):
+    """TaskWeaver's ``ext_llms.llm_configs``: extra models by name, each a set of ``llm.*`` keys
+    over the primary ``llm.*`` settings (as TaskWeaver clones its config and overrides them)."""
+
+    llm_configs: dict[str, dict[str, Any]] = Field(
+        {}, description='named models for <role>.llm_alias: each {"llm.model": ..., "llm.api_base": ...}'
+    )
+
+    @field_validator("llm_configs", mode="before")
+    @classmethod
+    def _each_a_dict(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name, entry in value.items():
+                if not isinstance(entry, dict):
+                    raise ValueError(f"{name!r} must be an object of llm.* keys")
+        return value
+
+
+_ALIAS = "the name of an ext_llms.llm_configs entry this role calls (unset: the primary llm.* model)"
+
+
 class PlannerSettings(BaseModel):
+    llm_alias: str | None = Field(None, description=_ALIAS)
     prompt_file_path: Path | None = Field(
         None, description="YAML replacing some or all of the Planner's prompts (core/roles/prompts/planner.yaml)"
     )
 
 
 class CodeInterpreterSettings(BaseModel):
+    llm_alias: str | None = Field(None, description=_ALIAS + "; TaskWeaver's code_generator.llm_alias")
     max_retry_count: int = Field(3, ge=0)
     # Checked before each execution (core/roles/verification.py): a guard rail, not a sandbox.
     code_verification_on: bool = False
@@ -338,6 +366,18 @@ class CodeInterpreterSettings(BaseModel):
     prompt_file_path: Path | None = Field(
         None, description="YAML replacing some or all of the CodeInterpreter's prompts (code_interpreter.yaml)"
     )
+
+
+class RoundCompressorSettings(BaseModel):
+    """TaskWeaver's ``round_compressor.*``: only its model is read for now (``backend_for_role``)."""
+
+    llm_alias: str | None = Field(None, description=_ALIAS)
+
+
+class ExperienceSettings(BaseModel):
+    """TaskWeaver's ``experience.*``: only its model is read for now (``backend_for_role``)."""
+
+    llm_alias: str | None = Field(None, description=_ALIAS)
 
 
 class LoggingSettings(BaseModel):
@@ -370,10 +410,60 @@ class AppConfig(BaseSettings):
     session: SessionSettings = SessionSettings()
     planner: PlannerSettings = PlannerSettings()
     code_interpreter: CodeInterpreterSettings = CodeInterpreterSettings()
+    round_compressor: RoundCompressorSettings = RoundCompressorSettings()
+    experience: ExperienceSettings = ExperienceSettings()
+    ext_llms: ExtLLMSettings = ExtLLMSettings()
     logging: LoggingSettings = LoggingSettings()
     tracing: TracingSettings = TracingSettings()
     metrics: MetricsSettings = MetricsSettings()
     plugin_dir: Path | None = None
+
+    def llm_alias_of(self, section: str) -> str | None:
+        """The ``<section>.llm_alias`` set for a role (``ROLE_MODEL_SECTIONS``), None when unset."""
+        return getattr(self, section).llm_alias or None
+
+    def llm_for_alias(self, alias: str) -> LLMSettings:
+        """The settings of ``ext_llms.llm_configs[alias]``: the primary ``llm.*`` keys with the
+        entry's own over them. Raises ``ConfigError`` naming the key for an unknown alias or a bad value."""
+        entry = self.ext_llms.llm_configs.get(alias)
+        if entry is None:
+            known = ", ".join(sorted(self.ext_llms.llm_configs)) or "none are configured"
+            raise ConfigError(f"no model named {alias!r} in ext_llms.llm_configs ({known})")
+        base = self.llm.model_dump(exclude={"models"})
+        api_type = entry.get("llm.api_type") or entry.get("api_type") or self.llm.resolved_api_type
+        overrides = _ext_llm_keys(alias, entry, str(api_type))
+        try:
+            return LLMSettings(**{**base, **overrides})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(f"ext_llms.llm_configs.{alias}: {problems}") from None
+
+
+# The config sections whose ``llm_alias`` picks a role's model (TaskWeaver's code_generator is
+# Weaver's code_interpreter); round_compressor and experience have no role yet, only their model.
+ROLE_MODEL_SECTIONS = ("planner", "code_interpreter", "round_compressor", "experience")
+
+
+def _ext_llm_keys(alias: str, entry: dict[str, Any], api_type: str) -> dict[str, Any]:
+    """An ``ext_llms.llm_configs`` entry's keys as ``LLMSettings`` fields: ``llm.model`` or
+    ``model``; ``llm.<type>.<key>`` for the entry's own type; ``max_output_tokens`` is ``max_tokens``."""
+    fields = LLMSettings.model_fields
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        name = key.removeprefix("llm.")
+        kind, dot, rest = name.partition(".")
+        if dot:
+            if kind != api_type:
+                continue  # another type's section, as TaskWeaver reads only the active type's
+            name = rest
+        name = "max_tokens" if name == "max_output_tokens" else name
+        if name in fields and name != "models":
+            out[name] = value
+        else:
+            logging.getLogger("weaver.config").warning(
+                "ext_llms.llm_configs.%s: %s is ignored (not a Weaver llm.* key)", alias, key
+            )
+    return out
 
 
 # TaskWeaver types a Session's ``config`` as ``AppSessionConfig``. A Weaver session reads every
@@ -469,6 +559,7 @@ def load_config(
         raise ConfigError(f"invalid configuration: {problems}") from None
     _check_prompt_files(config, app_dir)
     _place_mock_cache(config, app_dir)
+    _check_llm_aliases(config)
     for note in dict.fromkeys(notes + file_notes):  # each once, in order
         logging.getLogger("weaver.config").warning("%s", note)
     return config
@@ -483,6 +574,18 @@ def _place_mock_cache(config: AppConfig, app_dir: Path | None) -> None:
         mock.cache_path = base / "cache" / "llm"
     elif not mock.cache_path.is_absolute():
         mock.cache_path = base / mock.cache_path
+
+
+def _check_llm_aliases(config: AppConfig) -> None:
+    """Every ``<role>.llm_alias`` must name an ``ext_llms.llm_configs`` entry that builds valid
+    settings, and every entry must, so a typo stops the app at start with the key named."""
+    for name in config.ext_llms.llm_configs:
+        config.llm_for_alias(name)
+    for section in ROLE_MODEL_SECTIONS:
+        alias = config.llm_alias_of(section)
+        if alias is not None and alias not in config.ext_llms.llm_configs:
+            known = ", ".join(sorted(config.ext_llms.llm_configs)) or "none are configured"
+            raise ConfigError(f"{section}.llm_alias = {alias!r} names no model in ext_llms.llm_configs ({known})")
 
 
 def _check_prompt_files(config: AppConfig, app_dir: Path | None) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from core.execution.live_output import OutputPiece, OutputStream
 from core.memory import Attachment, AttachmentType, Named, Post, RoundState
+from core.usage import RoundUsage
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,14 @@ class RoundStarted:
 
 @dataclass(frozen=True)
 class RoundEnded:
-    """``round_end``: how the round ended (``msg`` says the same as text)."""
+    """``round_end``: how the round ended (``msg`` says the same as text), and the tokens its model
+    calls used as the servers reported them."""
 
     state: RoundState
+    usage: RoundUsage | None = None
 
     def as_extra(self) -> dict[str, Any]:
-        return {"state": self.state}
+        return {"state": self.state}  # TaskWeaver's dict; the usage is read from the typed payload
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,10 @@ class EventEmitter:
         """The model that writes the posts (told in ``post_start``); None where no session chose one."""
         return None
 
+    def model_for(self, role: str) -> str | None:
+        """The model that writes ``role``'s posts: ``model_name`` unless that role has its own."""
+        return self.model_name
+
     def post_proxy(self, round_id: str, post: Post) -> "PostEventProxy":
         return PostEventProxy(self, round_id, post)
 
@@ -258,7 +265,7 @@ class PostEventProxy:
         self.round_id = round_id
         self.post = post
         self.failed = False
-        self._emit(PostEventType.post_start, "", PostStarted(post.send_from, emitter.model_name))
+        self._emit(PostEventType.post_start, "", PostStarted(post.send_from, emitter.model_for(post.send_from)))
 
     def _emit(self, t: PostEventType, msg: str, payload: EventPayload | None = None) -> None:
         self.emitter.emit(TaskWeaverEvent(EventScope.post, t, self.round_id, self.post.id, msg, payload))

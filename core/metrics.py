@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -45,7 +45,14 @@ ROUND_SECONDS = Histogram(
 LLM_REQUESTS = Counter("weaver_llm_requests", "Model calls made (retries inside one call count once)", ["backend"])
 LLM_ERRORS = Counter("weaver_llm_errors", "Model calls that failed (a cancel is not a failure)", ["backend"])
 LLM_RETRIES = Counter("weaver_llm_retries", "Extra attempts model calls needed", ["backend"])
-LLM_TOKENS = Counter("weaver_llm_tokens", "Tokens the model server reported", ["backend", "kind"])
+LLM_TOKENS = Counter(
+    "weaver_llm_tokens",
+    "Tokens the model servers reported, by provider and configured model",
+    ["direction", "provider", "model"],
+)
+# Every api_type's backend name (core/llm/factory.py); groq, qwen and zhipuai name themselves.
+PROVIDERS = ("offline", "openai", "azure", "azure_ad", "ollama", "groq", "qwen", "zhipuai", "anthropic", "google_genai")
+OTHER_MODEL = "other"  # a model not configured at start: the label stays bounded
 LLM_FIRST_TOKEN = Histogram(
     "weaver_llm_first_token_seconds",
     "Time from a model call to its first streamed piece",
@@ -65,11 +72,9 @@ def _start_at_zero() -> None:
     for outcome in ("finished", "failed", "cancelled"):
         ROUNDS.labels(outcome)
         ROUND_SECONDS.labels(outcome)
-    for backend in ("offline", "openai", "azure"):
+    for backend in PROVIDERS:
         for counter in (LLM_REQUESTS, LLM_ERRORS, LLM_RETRIES):
             counter.labels(backend)
-        for kind in ("prompt", "completion"):
-            LLM_TOKENS.labels(backend, kind)
     for purpose in ("session", "pool"):
         KERNEL_STARTS.labels(purpose, "ok")
         KERNEL_STARTS.labels(purpose, "failed")
@@ -121,10 +126,19 @@ REGISTRY.register(_READINGS)
 _enabled = True
 
 
-def configure(enabled: bool) -> None:
-    """Turn the updates on or off for this process (``metrics.enabled``)."""
+_models: set[tuple[str, str]] = set()  # (provider, model) pairs configured: the token counter's labels
+
+
+def configure(enabled: bool, models: Iterable[tuple[str, str]] = ()) -> None:
+    """Turn the updates on or off for this process (``metrics.enabled``); ``models``: the (provider,
+    model) pairs the configuration names, whose token series start at zero. Any other model a call
+    reports is counted as ``model="other"``, so a model server cannot grow the label set."""
     global _enabled
     _enabled = enabled
+    for provider, model in models:
+        _models.add((provider, model))
+        for direction in ("prompt", "completion"):
+            LLM_TOKENS.labels(direction, provider, model)
 
 
 def enabled() -> bool:
@@ -161,8 +175,10 @@ def llm_call(
     prompt_tokens: int | None,
     completion_tokens: int | None,
     first_token_s: float | None,
+    model: str = "",
 ) -> None:
-    """One model call as its ``LLMCallRecord`` tells it (cancelled calls: ``failed`` False)."""
+    """One model call as its ``LLMCallRecord`` tells it (cancelled calls: ``failed`` False);
+    ``model``: the configured model it called."""
     if not _enabled:
         return
     LLM_REQUESTS.labels(backend).inc()
@@ -170,10 +186,11 @@ def llm_call(
         LLM_ERRORS.labels(backend).inc()
     if attempts > 1:
         LLM_RETRIES.labels(backend).inc(attempts - 1)
+    label = model if (backend, model) in _models else OTHER_MODEL
     if prompt_tokens:
-        LLM_TOKENS.labels(backend, "prompt").inc(prompt_tokens)
+        LLM_TOKENS.labels("prompt", backend, label).inc(prompt_tokens)
     if completion_tokens:
-        LLM_TOKENS.labels(backend, "completion").inc(completion_tokens)
+        LLM_TOKENS.labels("completion", backend, label).inc(completion_tokens)
     if first_token_s is not None:
         LLM_FIRST_TOKEN.labels(backend).observe(first_token_s)
 

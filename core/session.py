@@ -11,7 +11,7 @@ from injector import Injector, inject
 
 from core import metrics
 from core.cancel import CancelToken, RoundCancelled
-from core.config import AppSessionConfig
+from core.config import AppSessionConfig, LLMSettings
 from core.datasets import DatasetCatalog
 from core.errors import ConfigError, RoundInProgress, SessionFull, SessionStopped
 from core.events import (
@@ -28,6 +28,7 @@ from core.execution.pool import StartGate
 from core.files import FileListing, add_files, files_prefix, list_files
 from core.llm.base import ChatRequest, LLMBackend, LLMError
 from core.llm.factory import ModelChoices
+from core.llm.role_models import ROLE_SECTIONS, RoleModels
 from core.memory import Memory, Post, Round
 from core.plugins.api import MAX_SESSION_VAR_NAME
 from core.plugins.catalog import PluginCatalog, describe_plugins
@@ -38,6 +39,7 @@ from core.roles.registry import RoleDeps, RoleRegistry
 from core.snapshot import Snapshots, ran_code
 from core.telemetry import SessionLog, TelemetryLogger
 from core.tracing import Tracing
+from core.usage import RoundUsage, round_usage
 from core.workspace import Workspace
 
 STOP_WAIT_S = 15.0
@@ -57,6 +59,9 @@ class _SessionLLM(LLMBackend):
     def revises_code(self) -> bool:
         return self.backend.revises_code()
 
+    def configured(self) -> LLMSettings | None:
+        return self.backend.configured()
+
     def close(self) -> None:
         """The backends are the app's (shared by sessions); it closes them."""
 
@@ -64,13 +69,23 @@ class _SessionLLM(LLMBackend):
 class _SessionEmitter(EventEmitter):
     """Tells the model in use in each post's ``post_start`` (``PostStarted.model``), for the UI."""
 
-    def __init__(self, llm: _SessionLLM) -> None:
+    def __init__(self, llm: _SessionLLM, own_models: dict[str, str] | None = None) -> None:
         super().__init__()
         self._llm = llm
+        self.own_models = own_models or {}  # role alias -> the model of its own llm_alias
 
     @property
     def model_name(self) -> str | None:
         return self._llm.model_name
+
+    def model_for(self, role: str) -> str | None:
+        return self.own_models.get(role, self._llm.model_name)
+
+
+def _reported_usage(rnd: Round) -> RoundUsage | None:
+    """The round's usage for ``RoundEnded``, None where no model server reported tokens (offline)."""
+    usage = round_usage(rnd)
+    return usage if usage.reported else None
 
 
 def new_executor(
@@ -131,7 +146,13 @@ class Session:
         self._llm = _SessionLLM(self._models.get(None), self._models.default_name)
         self._llm_next: tuple[str, float | None] | None = None  # set_llm's choice, taken at the next round
         self.llm_temperature: float | None = None  # None: the chosen model's own llm.temperature
-        self.emitter: EventEmitter = _SessionEmitter(self._llm)
+        # Roles with their own <role>.llm_alias call that model; the others the session's (the picker's).
+        role_models: RoleModels = app_injector.get(RoleModels)
+        own = {alias: role_models.own_backend(alias) for alias in role_registry.aliases if alias in ROLE_SECTIONS}
+        role_llms = {alias: backend for alias, backend in own.items() if backend is not None}
+        own_names = {alias: role_models.settings_for_role(alias).model for alias in role_llms}
+        self._own_models = own_names
+        self.emitter: EventEmitter = _SessionEmitter(self._llm, own_names)
         self.log = SessionLog(self.workspace, session_id, parent=logger)
         plugins: PluginCatalog = app_injector.get(PluginCatalog)
         warm = executor is not None
@@ -141,6 +162,7 @@ class Session:
         self.roles = role_registry.create_roles(
             RoleDeps(
                 llm=self._llm,
+                role_llms=role_llms,
                 config=config,
                 executor=self.executor,
                 plugins_prompt=self._plugins_prompt,
@@ -215,6 +237,12 @@ class Session:
     def llm_models(self) -> list[str]:
         """The names of the models this session may use (``llm.models``), the default first."""
         return self._models.names
+
+    @property
+    def role_models(self) -> dict[str, str]:
+        """The roles that call a model of their own (``<role>.llm_alias``), with that model's name;
+        the others call ``llm_name``."""
+        return dict(self._own_models)
 
     @property
     def llm_name(self) -> str:
@@ -396,7 +424,8 @@ class Session:
             )
         if rnd.state == "failed":
             self.emitter.emit_round(RoundEventType.round_error, rnd.id, rnd.error or "")
-        self.emitter.emit_round(RoundEventType.round_end, rnd.id, rnd.state, RoundEnded(rnd.state))
+        ended = RoundEnded(rnd.state, _reported_usage(rnd))
+        self.emitter.emit_round(RoundEventType.round_end, rnd.id, rnd.state, ended)
         metrics.round_ended(rnd.state, time.monotonic() - started)
         self.rounds.append(rnd)
         # The state and Weaver's own error sentence, never the answer or the program's output (those

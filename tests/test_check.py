@@ -133,3 +133,36 @@ def test_the_command_line(tmp_path: Path) -> None:
     assert done.returncode == 0 and "PASSED" in done.stdout
     probe = "import sys, ui.check; assert 'chainlit' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parents[1]).returncode == 0
+
+
+def test_each_role_model_is_checked_on_its_own_server(
+    tmp_path: Path, llm_server: ScriptedLLMServer, capsys: Any
+) -> None:
+    """A role with its own model (``code_generator.llm_alias``) gets its own verdict, from its server;
+    the run fails when that model fails, even though the primary one passes."""
+    other = ScriptedLLMServer().start()
+    try:
+        llm_server.push(completion(), Answer("OK, fine", chunks=3), Answer('{"ok": true}', chunks=3))
+        other.push(Status(401, "bad key"))
+        folder = app_dir(
+            tmp_path,
+            **{
+                "llm.api_base": llm_server.base_url,
+                "ext_llms.llm_configs": {
+                    "coder": {"llm.api_base": other.base_url, "llm.model": "coder-model", "llm.api_key": "other"},
+                    "same": {"llm.model": "scripted"},  # the primary model again: checked once
+                },
+                "code_generator.llm_alias": "coder",
+            },
+        )
+        code, out = check(folder, capsys)
+        assert code == 1, out
+        assert "PASSED: Model connection OK" in out
+        assert "ext_llms.llm_configs.coder (used by code_interpreter):" in out
+        assert "openai model 'coder-model' at " + other.base_url in out
+        assert "FAIL  key accepted" in out and "llm.api_key" in out
+        assert "ext_llms.llm_configs.same" not in out
+        [request] = other.wait_for_requests(1)
+        assert request.body["model"] == "coder-model" and request.headers["authorization"] == "Bearer other"
+    finally:
+        other.stop()

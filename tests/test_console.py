@@ -137,3 +137,46 @@ def test_a_bad_app_file_stops_the_terminal_chat_in_one_line(tmp_path: Path, caps
     assert main(["--app-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("weaver chat: ") and "lookup.yaml" in err and "\n" not in err
+
+
+def test_the_terminal_chat_prints_each_rounds_tokens(tmp_path: Path) -> None:
+    """With a model server that reports usage (the scripted one: 11 in, 7 out per answer), the
+    round's end line carries its tokens and, with prices set, its cost."""
+    import json
+
+    from tests.llm_server import Answer, ScriptedLLMServer
+
+    llm = ScriptedLLMServer().start()
+    try:
+        answer = {
+            "thought": "t",
+            "plan": ["say hi"],
+            "current_plan_step": "say hi",
+            "send_to": "User",
+            "message": "Hi!",
+        }
+        llm.push(Answer(json.dumps(answer)))
+        env = {
+            **os.environ,
+            "WEAVER_LLM__API_TYPE": "openai",
+            "WEAVER_LLM__API_BASE": llm.base_url,
+            "WEAVER_LLM__API_KEY": "test-key",
+            "WEAVER_LLM__MAX_RETRIES": "0",
+            "WEAVER_LLM__PRICE_PER_1K_PROMPT_TOKENS": "1",
+            "WEAVER_LLM__PRICE_PER_1K_COMPLETION_TOKENS": "3",
+            "WEAVER_EXECUTION__POOL_SIZE": "0",
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "ui.cli", "chat", "--app-dir", str(tmp_path)],
+            input="Hello\n\n",
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        llm.stop()
+    assert done.returncode == 0, done.stderr
+    assert "weaver>" in done.stdout and "Hi!" in done.stdout
+    assert "[round finished · 11 tokens in · 7 out · $0.0320]" in done.stdout, done.stdout

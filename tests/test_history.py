@@ -822,3 +822,32 @@ def test_logged_out_tokens_are_kept_for_every_replica_until_they_expire(db: DB) 
             await second.close()
 
     run(db, scenario)
+
+
+def test_usage_adds_up_per_user_and_model_on_both_databases(db: DB) -> None:
+    """Rounds add to a user's totals per model (concurrent rounds too); a model without prices has
+    no cost; the totals are read back per user, as ``weaver usage`` and the admin page show them."""
+    from core.usage import usage_of_calls
+    from ui.history.usage import add_usage, usage_by_user
+
+    def calls(model: str, cost: float | None, n: int = 1) -> Any:
+        one = {"role": "Planner", "model": model, "prompt_tokens": 100, "completion_tokens": 10, "cost": cost}
+        return usage_of_calls([one] * n)
+
+    async def scenario(layer: WeaverDataLayer) -> None:
+        await asyncio.gather(*(add_usage(layer, "ann", calls("gpt", 0.5)) for _ in range(5)))
+        await add_usage(layer, "ann", calls("local", None, n=2))
+        await add_usage(layer, "ben", calls("gpt", 0.25))
+        await add_usage(layer, "ben", usage_of_calls([{"role": "Planner", "model": "gpt"}]))  # nothing reported
+        users = await usage_by_user(layer)
+        assert [u.user for u in users] == ["ann", "ben"]
+        ann, ben = users
+        assert (ann.prompt_tokens, ann.completion_tokens, ann.rounds) == (700, 70, 6)
+        assert ann.cost == pytest.approx(2.5)
+        assert [(m.model, m.prompt_tokens, m.cost, m.rounds) for m in ann.models] == [
+            ("gpt", 500, pytest.approx(2.5), 5),
+            ("local", 200, None, 1),
+        ]
+        assert (ben.prompt_tokens, ben.completion_tokens, ben.cost, ben.rounds) == (100, 10, 0.25, 1)
+
+    run(db, scenario)

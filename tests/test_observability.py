@@ -137,8 +137,10 @@ def test_a_round_is_counted_traced_and_its_text_never_leaves(
     assert grew("weaver_rounds_total", 1, outcome="finished")
     assert grew("weaver_round_duration_seconds_count", 1, outcome="finished")
     assert grew("weaver_llm_requests_total", 3, backend="openai")
-    assert grew("weaver_llm_tokens_total", 3 * 11, backend="openai", kind="prompt")  # the server reports 11 + 7
-    assert grew("weaver_llm_tokens_total", 3 * 7, backend="openai", kind="completion")
+    assert grew(
+        "weaver_llm_tokens_total", 3 * 11, direction="prompt", provider="openai", model="test-model"
+    )  # the server reports 11 + 7
+    assert grew("weaver_llm_tokens_total", 3 * 7, direction="completion", provider="openai", model="test-model")
     assert grew("weaver_llm_first_token_seconds_count", 3, backend="openai")
     assert grew("weaver_code_executions_total", 1, outcome="success")
     assert grew("weaver_kernel_starts_total", 1, purpose="session", outcome="ok")

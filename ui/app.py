@@ -28,6 +28,7 @@ from chainlit.types import ThreadDict  # noqa: E402
 
 from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
 from core.tracing import shutdown_tracing  # noqa: E402
+from core.usage import RoundUsage  # noqa: E402
 from ui import server  # noqa: E402  (importing ``server`` sets this server up)
 from ui import shutdown_steps as shutdown  # noqa: E402
 from ui.bridge import in_background, run_in_thread  # noqa: E402
@@ -35,6 +36,7 @@ from ui.check import CheckReport, run_check_async  # noqa: E402
 from ui.drain import DRAIN  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.guards import client_address  # noqa: E402
+from ui.history.usage import add_usage  # noqa: E402
 from ui.lifecycle import session_error_text  # noqa: E402
 from ui.log_setup import setup as setup_log  # noqa: E402
 from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
@@ -45,6 +47,7 @@ from ui.restore import SKIP_ACTION as SKIP_RESTORE  # noqa: E402
 from ui.restore import restore_session  # noqa: E402
 from ui.restore import skip as skip_restore  # noqa: E402
 from ui.startup import stop_server_on_failure  # noqa: E402
+from ui.view import model_picker_note  # noqa: E402
 from ui.welcome import EXPAND_STEPS_NOTE, dataset_starters, send_welcome  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
@@ -188,7 +191,13 @@ async def _send_chat_settings(engine: TaskWeaverApp) -> None:
     ]
     if len(engine.models) > 1:
         widgets += [
-            Select(id="model", label="Model", values=engine.models, initial_index=0),
+            Select(
+                id="model",
+                label="Model",
+                values=engine.models,
+                initial_index=0,
+                description=model_picker_note(engine.config),
+            ),
             Slider(
                 id="temperature", label="Temperature", initial=engine.config.llm.temperature, min=0, max=2, step=0.1
             ),
@@ -263,7 +272,8 @@ async def on_message(message: cl.Message) -> None:
         max_table_rows=session.config.execution.max_table_rows,
         max_table_columns=session.config.execution.max_table_columns,
         max_output_chars=session.config.execution.max_output_chars,
-        show_model=len(getattr(session, "llm_models", [])) > 1,
+        # Each step names its model where models differ: a choice of models, or roles with their own.
+        show_model=len(getattr(session, "llm_models", [])) > 1 or bool(getattr(session, "role_models", None)),
         expand_steps=EXPANDED_BY_USER.get(_user_name(), False),
     )
     renderer.closing_actions = lambda: _files_action(session)
@@ -275,6 +285,20 @@ async def on_message(message: cl.Message) -> None:
         )
     if outcome.state == "cancelled":  # the round said so itself
         await remove_stop_notice()
+    if outcome.usage is not None:
+        await _count_usage(_user_name(), outcome.usage)
+
+
+async def _count_usage(user: str, usage: RoundUsage) -> None:
+    """Add the round's tokens to the user's totals in the history (admins read them); a database
+    that does not answer costs the count, never the round."""
+    history = server.HISTORY
+    if history is None or not usage.reported:
+        return
+    try:
+        await add_usage(history, user, usage)
+    except Exception:
+        logging.getLogger("weaver.ui").warning("the round's token usage was not stored", exc_info=True)
 
 
 async def _files_action(session: Session) -> list[cl.Action]:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.config import AppConfig, LLMSettings
+from core.config import ROLE_MODEL_SECTIONS, AppConfig, LLMSettings
 from core.errors import ConfigError
 from ui.check_report import FAIL, PASS, SKIP, CheckReport, reachable, skip_rest, snippet
 
@@ -237,7 +237,35 @@ def main(app_dir: str | None, model: str | None = None) -> int:
     lines = report.lines()
     kernels_ok, line = kernels_verdict(config)
     print("\n".join([*lines[:-1], line, lines[-1]]))
-    return 0 if report.ok and kernels_ok else 1
+    models_ok = True
+    if model is None:  # each other model a role calls (ext_llms.llm_configs), once per distinct one
+        for name, settings in role_models_to_check(config):
+            print(f"\n{name}:")
+            other = run_check(settings)
+            print("\n".join(other.lines()))
+            models_ok = models_ok and other.ok
+    return 0 if report.ok and kernels_ok and models_ok else 1
+
+
+def role_models_to_check(config: AppConfig) -> list[tuple[str, LLMSettings]]:
+    """The ``ext_llms.llm_configs`` entries whose model differs from the primary's and from each
+    other's (type, address, key, model), each named with the roles that call it."""
+
+    def identity(s: LLMSettings) -> tuple[str, str, str, str]:
+        key = s.api_key.get_secret_value() if s.api_key else ""
+        return (s.resolved_api_type, s.api_base or "", key, s.model)
+
+    seen = {identity(config.llm)}
+    found = []
+    for alias in config.ext_llms.llm_configs:
+        settings = config.llm_for_alias(alias)
+        if identity(settings) in seen:
+            continue
+        seen.add(identity(settings))
+        roles = [section for section in ROLE_MODEL_SECTIONS if config.llm_alias_of(section) == alias]
+        used = f" (used by {', '.join(roles)})" if roles else " (no role uses it)"
+        found.append((f"ext_llms.llm_configs.{alias}{used}", settings))
+    return found
 
 
 def kernels_verdict(config: AppConfig) -> tuple[bool, str]:

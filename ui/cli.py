@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="check the configured model connection and name what to fix")
     check.add_argument("--app-dir", help="the app folder whose taskweaver_config.json to read (default ./.weaver)")
     check.add_argument("--model", help="check this choice of llm.models instead of the default model")
+    usage = sub.add_parser("usage", help="list each user's model tokens and cost (from the chat history database)")
+    usage.add_argument("--app-dir", help="the app folder whose weaver.db to read (default ./.weaver)")
     user = sub.add_parser("user", help="manage password-login users (WEAVER_UI_AUTH=password)")
     user.add_argument("--app-dir", help="the app folder whose users.json to change (default ./.weaver)")
     actions = user.add_subparsers(dest="action", required=True)
@@ -327,6 +329,24 @@ def _change_user(
     return 0
 
 
+def run_usage(app_dir: str | None) -> int:
+    """``weaver usage``: every user's tokens and cost, per model, from the history database
+    (``WEAVER_DATABASE_URL``, else ``<app_dir>/weaver.db``)."""
+    import asyncio
+
+    from ui.history import HistoryConfigError, history_settings
+    from ui.history.usage import read_usage, usage_table
+
+    folder = Path(app_dir or os.environ.get("WEAVER_APP_DIR") or ".weaver").resolve()
+    try:
+        users = asyncio.run(read_usage(folder, history_settings().database_url))
+    except HistoryConfigError as exc:
+        print(f"weaver usage: {exc}", file=sys.stderr)
+        return 1
+    print(usage_table(users))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -340,6 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ui.check import main as check_main
 
         return check_main(args.app_dir, args.model)
+    if args.command == "usage":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return run_usage(args.app_dir)
     if args.command == "user":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -38,6 +38,7 @@ from core.errors import ConfigError
 from core.startup_check import check_app_files
 from core.workspace import default_app_dir
 from ui.bridge import ThreadJob
+from ui.view import usage_summary
 
 QUIET = {AttachmentType.reply_type, AttachmentType.revise_message}
 OFFLINE_STATUS = "answering by Weaver's offline rules (no language model is configured)"
@@ -88,7 +89,9 @@ class ConsoleEventHandler(SessionEventHandler):
         elif type == RoundEventType.round_end:
             self._stream_key = None
             state = payload.state if isinstance(payload, RoundEnded) else ""
-            self._write("\n" + self._paint(f"[round {state}]", "2") + "\n")
+            usage = payload.usage if isinstance(payload, RoundEnded) else None
+            tokens = f" · {usage_summary(usage)}" if usage is not None and usage.reported else ""
+            self._write("\n" + self._paint(f"[round {state}{tokens}]", "2") + "\n")
 
     def _post(self, type: PostEventType, msg: str, payload: EventPayload | None, post_id: str) -> None:
         if isinstance(payload, PostStarted):

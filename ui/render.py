@@ -23,11 +23,20 @@ import chainlit as cl
 from chainlit.utils import utc_now
 
 from core import RoleName, Round, SessionEventHandler, TaskWeaverEvent, WeaverError
+from core.usage import RoundUsage, round_usage
 from ui.bridge import EventPipe, PipeEnd, ThreadJob, run_in_thread
 from ui.files import MAX_ATTACHED_TOTAL_BYTES, Attached, select_artifacts
 from ui.files_folder import ensure as ensure_files_dir
 from ui.markdown import table_markdown
-from ui.view import MAX_EVENT_CHARS, MAX_LIVE_CHARS, RoundView, safe_markdown
+from ui.view import (
+    MAX_EVENT_CHARS,
+    MAX_LIVE_CHARS,
+    USAGE_STEP,
+    RoundView,
+    safe_markdown,
+    usage_markdown,
+    usage_summary,
+)
 
 logger = logging.getLogger("weaver.ui.render")
 
@@ -42,6 +51,7 @@ class RoundOutcome:
     state: str
     reply_text: str = ""
     error: str | None = None
+    usage: RoundUsage | None = None  # the tokens the model servers reported for the round
 
 
 @dataclass
@@ -189,6 +199,8 @@ class RoundRenderer:
                 state.step.end = utc_now()
                 state.dirty = True
         await self.flush(force=True)
+        if outcome.usage is not None and outcome.usage.reported:
+            await self._usage_step(outcome.usage)
         if outcome.state == "refused":
             await cl.ErrorMessage(
                 content=safe_markdown(outcome.error or "", self.max_event_chars), author=self.author
@@ -235,6 +247,20 @@ class RoundRenderer:
             await cl.Message(
                 content=f"Files made before the failure:{notes}", author=self.author, elements=elements, actions=actions
             ).send()
+
+    async def _usage_step(self, usage: RoundUsage) -> None:
+        """A small folded step after the round's work: its tokens (and cost) in the header, one line
+        per role and model inside."""
+        step = cl.Step(
+            name=f"{USAGE_STEP} · {usage_summary(usage)}",
+            type="undefined",
+            parent_id=self.parent_id,
+            default_open=False,
+            show_input=False,
+        )
+        step.start = step.end = utc_now()
+        step.output = usage_markdown(usage)
+        await step.send()
 
     def _tables_markdown(self) -> str:
         """The round's tables, shown with the answer (its steps are folded away)."""
@@ -334,4 +360,4 @@ async def _outcome(job: ThreadJob[Round]) -> RoundOutcome:
         except Exception as exc:
             logger.exception("send_message raised")
             return RoundOutcome("failed", error=f"internal error ({type(exc).__name__}); details are in the server log")
-    return RoundOutcome(rnd.state, rnd.reply_text or "", rnd.error)
+    return RoundOutcome(rnd.state, rnd.reply_text or "", rnd.error, round_usage(rnd))

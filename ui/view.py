@@ -25,6 +25,8 @@ from core import (
     SendToUpdated,
     TaskWeaverEvent,
 )
+from core.config import AppConfig
+from core.usage import RoundUsage
 from ui.answer import AnswerDraft
 from ui.files import Artifact, artifacts_inside
 from ui.markdown import clip_text, code_text, fence, neutralise_images, table_markdown
@@ -52,6 +54,49 @@ HIDDEN = frozenset(
 def safe_markdown(text: str, max_chars: int) -> str:
     """What may be sent to the browser: bounded in size, with no image that loads by itself."""
     return neutralise_images(clip_text(text, max_chars))
+
+
+USAGE_STEP = "Usage"
+_ROLE_NAMES = {"planner": RoleName.Planner, "code_interpreter": RoleName.CodeInterpreter}
+
+
+def model_picker_note(config: AppConfig) -> str | None:
+    """What the chat settings' model picker changes, where a role has a model of its own
+    (``<role>.llm_alias``): the picker changes only the roles without one."""
+    own = [role for role in _ROLE_NAMES if config.llm_alias_of(role)]
+    if not own:
+        return None
+    free = [str(_ROLE_NAMES[role]) for role in _ROLE_NAMES if role not in own]
+    kept = " and ".join(f"{_ROLE_NAMES[role]} ({config.llm_alias_of(role)})" for role in own)
+    verb = "keeps its own model" if len(own) == 1 else "keep their own models"
+    if not free:
+        return f"Changes no role here: the {kept} {verb}."
+    return f"Changes the {' and '.join(free)}; the {kept} {verb}."
+
+
+def _money(cost: float) -> str:
+    return f"${cost:.4f}" if cost < 1 else f"${cost:,.2f}"
+
+
+def usage_summary(usage: RoundUsage) -> str:
+    """The round's tokens in one line: "1,234 tokens in · 210 out · $0.0040" (the cost only where
+    the models have prices)."""
+    line = f"{usage.prompt_tokens:,} tokens in · {usage.completion_tokens:,} out"
+    cost = usage.cost
+    return line if cost is None else f"{line} · {_money(cost)}"
+
+
+def usage_markdown(usage: RoundUsage) -> str:
+    """One line per role and model, for the inside of the round's usage step."""
+    rows = []
+    for line in usage.lines:
+        calls = f"{line.calls} call{'s' if line.calls != 1 else ''}"
+        cost = "" if line.cost is None else f" · {_money(line.cost)}"
+        rows.append(
+            f"- {line.role or 'Weaver'} · `{code_text(line.model or '?')}` · {calls} · "
+            f"{line.prompt_tokens:,} in · {line.completion_tokens:,} out{cost}"
+        )
+    return safe_markdown("\n".join(rows), MAX_EVENT_CHARS)
 
 
 @dataclass

@@ -32,7 +32,6 @@ LLM_TYPES = frozenset(
     }
 )
 ROLES = frozenset({"planner", "code_interpreter"})
-_ONE_MODEL = "Weaver uses one model (the llm.* keys) for every role"
 _NOT_SENT = (
     "Weaver sends the model temperature, max_tokens, response_format and the sampling keys "
     "(top_p, top_k, seed, stop_token, frequency_penalty, presence_penalty) only"
@@ -57,8 +56,7 @@ IGNORED: tuple[tuple[str, str], ...] = (
         r"llm\.(.+\.)?aad_(use_token_cache|token_cache_path)",
         "azure-identity keeps the Azure AD token in memory for the life of the process (no token file)",
     ),
-    (r"ext_llms\..*", _ONE_MODEL),
-    (r".*\.llm_alias", _ONE_MODEL),
+    (r"ext_llms\..*", "Weaver reads ext_llms.llm_configs only"),
     (r".*\.(prompt_compression|compression_prompt_path)", _NO_HISTORY_COMPRESSION),
     (r"round_compressor\..*", _NO_HISTORY_COMPRESSION),
     (r".*\.(use_experience|experience_dir|dynamic_experience_sub_path)", _NO_EXPERIENCE),
@@ -173,6 +171,8 @@ def translate(
             mapped["plugin_dir"] = _app_path(value, app_dir)
         elif key == "llm.max_output_tokens":
             mapped["llm.max_tokens"] = value
+        elif key == "code_generator.llm_alias":
+            mapped["code_interpreter.llm_alias"] = value
         elif key == "use_local_uri":
             mapped["code_interpreter.use_local_uri"] = value
         else:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from core.cancel import CancelToken
+
+if TYPE_CHECKING:
+    from core.config import LLMSettings
 
 
 class LLMError(Exception):
@@ -24,6 +27,8 @@ class LLMCallRecord:
     latency_s: float = 0.0
     first_token_s: float | None = None
     attempts: int = 1
+    provider: str = ""  # the backend's name (openai, azure, ollama, ...), for the metrics
+    cost: float | None = None  # from the model's llm.price_per_1k_* settings, when both are set
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -64,6 +69,11 @@ class LLMBackend(abc.ABC):
     def revises_code(self) -> bool:
         """Whether this model can revise code that failed (the CodeInterpreter asks it again only then)."""
         return True
+
+    def configured(self) -> LLMSettings | None:
+        """The ``llm.*`` settings this backend was made from (None: the offline backend has none)."""
+        settings = getattr(self, "settings", None)
+        return settings if settings is not None and hasattr(settings, "model") else None
 
     def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release connections; called when the app stops."""

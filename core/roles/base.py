@@ -17,6 +17,7 @@ from core.llm.json_stream import FieldEvent, JsonProtocolError, JsonStreamParser
 from core.memory import AttachmentType, Post, PostStatus
 from core.roles.context import RoundContext, RoundFailed
 from core.roles.prompts import RolePrompt
+from core.usage import cost_of
 
 # Turns one streamed JSON field of the model's answer into updates of the post.
 FieldRenderer = Callable[[PostEventProxy, FieldEvent], None]
@@ -114,15 +115,20 @@ class Role(abc.ABC):
             finally:
                 record = request.record
                 assert record is not None
+                settings = self.llm.configured()
+                record.provider = backend
+                record.model = record.model or (settings.model if settings is not None else backend)
+                record.cost = cost_of(settings, record.prompt_tokens, record.completion_tokens)
                 ctx.round.llm_calls.append(record.to_dict())
-                _observe_call(span, backend, record, failed)
+                _observe_call(span, backend, settings.model if settings is not None else backend, record, failed)
         return "".join(parts)
 
 
-def _observe_call(span: Span, backend: str, record: LLMCallRecord, failed: bool) -> None:
-    """The call's model, tokens and timing on its span and in the metrics (never its text)."""
+def _observe_call(span: Span, backend: str, model: str, record: LLMCallRecord, failed: bool) -> None:
+    """The call's model, tokens and timing on its span and in the metrics (never its text);
+    ``model`` is the configured one (a bounded label), not the name the server answered with."""
     metrics.llm_call(
-        backend, failed, record.attempts, record.prompt_tokens, record.completion_tokens, record.first_token_s
+        backend, failed, record.attempts, record.prompt_tokens, record.completion_tokens, record.first_token_s, model
     )
     if span.is_recording():
         found = {

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping
 
 from core.config import AppConfig
 from core.execution.kernel import KernelExecutor
@@ -23,6 +23,7 @@ class RoleDeps:
     executor: KernelExecutor
     plugins_prompt: Callable[[], str]
     workers: tuple[str, ...]
+    role_llms: Mapping[str, LLMBackend] = field(default_factory=dict)  # a role's own model (its llm_alias)
 
 
 RoleFactory = Callable[[RoleDeps], Role]
@@ -40,7 +41,11 @@ class RoleRegistry:
         return tuple(self._factories)
 
     def create_roles(self, deps: RoleDeps) -> dict[str, Role]:
-        return {alias: factory(deps) for alias, factory in self._factories.items()}
+        """Each role gets its own model where ``deps.role_llms`` has one, else ``deps.llm``."""
+        return {
+            alias: factory(replace(deps, llm=deps.role_llms[alias]) if alias in deps.role_llms else deps)
+            for alias, factory in self._factories.items()
+        }
 
 
 def default_role_registry() -> RoleRegistry:

@@ -166,11 +166,29 @@ def _v4(dialect: str) -> list[str]:
     ]
 
 
+def _v5(dialect: str) -> list[str]:
+    """Each user's model usage (``ui.history.usage``): tokens and cost summed per user and model."""
+    money = "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
+    return [
+        f"""CREATE TABLE weaver_usage (
+            "userIdentifier" TEXT NOT NULL,
+            "model" TEXT NOT NULL,
+            "promptTokens" BIGINT NOT NULL DEFAULT 0,
+            "completionTokens" BIGINT NOT NULL DEFAULT 0,
+            "cost" {money},
+            "rounds" BIGINT NOT NULL DEFAULT 0,
+            "updatedAt" {money} NOT NULL,
+            PRIMARY KEY ("userIdentifier", "model")
+        )""",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "Chainlit's tables: users, threads, steps, elements, feedbacks", _v1),
     Migration(2, "shared by replicas: the login secret, failed logins, live sessions per user", _v2),
     Migration(3, "the gateway kernel of each live chat, for adoption and clean-up across replicas", _v3),
     Migration(4, "logged-out login tokens, refused on every replica until they expire", _v4),
+    Migration(5, "model tokens and cost per user and model, for the admins", _v5),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
