@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.llm_server import Answer, ScriptedLLMServer
-from tests.ui_harness import REPO_ROOT, UIServer, answers, start_server, stop_server
+from tests.ui_harness import REPO_ROOT, UIServer, answers, login_cookie, start_server, stop_server
 from ui.history.usage import read_usage
 
 pytestmark = pytest.mark.timeout(240)
@@ -52,6 +53,7 @@ def _env(llm: ScriptedLLMServer) -> dict[str, str]:
         "WEAVER_LLM__PRICE_PER_1K_COMPLETION_TOKENS": "2.0",
         "WEAVER_EXECUTION__POOL_SIZE": "0",
         "WEAVER_UI_USER_HEADER": HEADER,
+        "WEAVER_UI_ADMINS": "carol",
         "CHAINLIT_AUTH_SECRET": secrets.token_urlsafe(32),
     }
 
@@ -95,6 +97,15 @@ def _weaver_usage(app_dir: Path) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def _admin_usage_rows(server: UIServer, admin: str) -> dict[str, list[str]]:
+    """The admin page's "Model usage" table, cell texts by user."""
+    page = httpx.get(f"{server.base_url}/admin", headers=login_cookie(server.base_url, {HEADER: admin}), timeout=30)
+    assert page.status_code == 200, page.text
+    table = page.text.split('<table id="usage">', 1)[1].split("</table>", 1)[0]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in table.split("<tr")[2:]]
+    return {row[0]: row for row in rows}
 
 
 def test_usage_is_shown_per_round_counted_in_metrics_and_kept_per_user(tmp_path: Path) -> None:
@@ -149,12 +160,17 @@ def test_usage_is_shown_per_round_counted_in_metrics_and_kept_per_user(tmp_path:
         ["bob", "11", "7", "$0.0250", "1"],
     ], listing
 
-    # A restarted server keeps adding to the same totals.
+    # A restarted server keeps adding to the same totals, and shows them to an admin on /admin.
     server = start_server(app_dir, tmp_path / "server2.log", extra_env=_env(llm))
     try:
         llm.push(Answer(_planner("User", "Back again.")))
         [step] = _usage_steps(_ask(server, "bob", "Hi"))
         assert step["name"] == "Usage · 11 tokens in · 7 out · $0.0250"
+        rows = _admin_usage_rows(server, "carol")
+        assert rows["alice"][:4] == ["alice", "44", "28", "$0.1000"], rows
+        assert rows["bob"][:4] == ["bob", "22", "14", "$0.0500"], rows
+        bob_page = httpx.get(f"{server.base_url}/admin", headers=login_cookie(server.base_url, {HEADER: "bob"}))
+        assert bob_page.status_code == 403 and "44" not in bob_page.text
     finally:
         stop_server(server)
         llm.stop()

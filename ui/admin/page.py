@@ -14,6 +14,7 @@ from ui.admin.access import CSRF_FIELD
 from ui.admin.figures import Figure
 from ui.admin.sessions import SessionRow
 from ui.history.feedback import GivenFeedback
+from ui.history.usage import UserUsage
 from ui.logins.users import UserInfo
 
 STEP_CHARS = 400  # how much of a step's text the feedback list shows
@@ -96,7 +97,6 @@ def users_section(
         if user.name == me:
             buttons = [buttons[2]]  # never disable or demote yourself here (the CLI still can)
         state = '<span class="error">disabled</span>' if user.disabled else "active"
-        # Lane "usage": a per-user token column (ui.history.usage.usage_by_user) goes here.
         rows.append(
             f'<tr data-user="{esc(user.name)}"><td>{esc(user.name)}</td><td>{esc(user.role)}</td><td>{state}</td>'
             f"<td>{esc(user.changed)}</td><td>{''.join(buttons)}</td></tr>"
@@ -189,6 +189,27 @@ def feedback_section(found: Sequence[GivenFeedback] | None) -> str:
     return (
         '<h2>Feedback</h2><table id="feedback"><tr><th></th><th>user</th><th>chat</th><th>answer</th>'
         f"<th>comment</th><th>when</th></tr>{''.join(lines)}</table>"
+    )
+
+
+def usage_section(found: Sequence[UserUsage] | None) -> str:
+    """Each user's model tokens and cost over every chat (``weaver usage`` prints the same)."""
+    if found is None:
+        return '<h2>Model usage</h2><p class="muted">Chat history is not available, so neither is usage.</p>'
+    if not found:
+        return '<h2>Model usage</h2><p class="muted">No model has reported tokens yet.</p>'
+    lines = []
+    for user in found:
+        models = ", ".join(f"{m.model}: {m.prompt_tokens:,} in · {m.completion_tokens:,} out" for m in user.models)
+        cost = "" if user.cost is None else f"${user.cost:.4f}"
+        lines.append(
+            f'<tr data-usage="{esc(user.user)}"><td>{esc(user.user)}</td><td>{user.prompt_tokens:,}</td>'
+            f"<td>{user.completion_tokens:,}</td><td>{esc(cost)}</td><td>{user.rounds}</td>"
+            f'<td class="muted">{esc(models)}</td></tr>'
+        )
+    return (
+        '<h2>Model usage</h2><table id="usage"><tr><th>user</th><th>tokens in</th><th>tokens out</th><th>cost</th>'
+        f"<th>rounds</th><th>per model</th></tr>{''.join(lines)}</table>"
     )
 
 

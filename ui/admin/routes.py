@@ -28,6 +28,7 @@ from ui.admin.figures import glance
 from ui.admin.sessions import find_chat, session_rows, stop_chat
 from ui.audit import AuditEvent
 from ui.bridge import run_in_thread
+from ui.history.usage import UserUsage, usage_by_user
 from ui.lifecycle import SessionOwner
 from ui.logins import LoginMode, NoSuchUser, UserStore
 from ui.logins.modes import OutsideUsers
@@ -77,6 +78,15 @@ class AdminContext:
         """Where users who come from a proxy or an OAuth provider are disabled (header, oauth login)."""
         users = getattr(self.mode, "users", None)
         return users if isinstance(self.mode, OutsideUsers) and isinstance(users, UserStore) else None
+
+
+async def _usage(history: Any) -> list[UserUsage] | None:
+    """Every user's model usage, or None when the history cannot say (the page still shows)."""
+    try:
+        return await usage_by_user(history)
+    except Exception:
+        logger.exception("reading the model usage failed")
+        return None
 
 
 def _refused(status: int, text: str) -> Response:
@@ -144,12 +154,13 @@ class AdminRoutes:
         store = ctx.store
         history = ctx.history()
         users = await self._users_listed(history)
-        feedback, names = None, {}
+        feedback, names, usage = None, {}, None
         if history is not None:
             try:
                 feedback = await history.recent_feedback(FEEDBACK_ROWS)
             except Exception:
                 logger.exception("reading the feedback failed")
+            usage = await _usage(history)
             names = await self._chat_names(history)
         note, error = _note(request)
         body = (
@@ -159,6 +170,7 @@ class AdminRoutes:
             + "</p>"
             + page.users_section(ctx.root, who.name, who.csrf, users, store is not None, ctx.outside is not None)
             + page.sessions_section(ctx.root, who.csrf, session_rows(ctx.owner, names))
+            + page.usage_section(usage)
             + page.feedback_section(feedback)
             + page.figures_section(glance())
         )
