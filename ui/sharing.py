@@ -138,13 +138,17 @@ def render_shared(thread: Mapping[str, Any], token: str, root_path: str = "") ->
 
     def step_html(step: Mapping[str, Any]) -> str:
         step_id = str(step.get("id") or "")
-        inner = _markdown(str(step.get("output") or "")) + files_of(step_id)
-        inner += "".join(step_html(c) for c in children.get(step_id, []))
+        own = _markdown(str(step.get("output") or "")) + files_of(step_id)
+        below = "".join(step_html(c) for c in children.get(step_id, []))
         kind = str(step.get("type") or "")
-        if kind in ("user_message", "assistant_message"):
-            who = "User" if kind == "user_message" else html.escape(str(step.get("name") or "Assistant"))
-            return f'<div class="msg {kind}"><div class="who">{who}</div>{inner}</div>'
-        return f"<details><summary>{html.escape(str(step.get('name') or 'step'))}</summary>{inner}</details>"
+        if kind == "run":  # Chainlit's wrapper of a hook (on_message): what it sent shows at its level
+            return below
+        if kind == "user_message":  # the round it started follows it, as in the chat
+            return f'<div class="msg user_message"><div class="who">User</div>{own}</div>{below}'
+        if kind == "assistant_message":
+            who = html.escape(str(step.get("name") or "Assistant"))
+            return f'<div class="msg assistant_message"><div class="who">{who}</div>{own}{below}</div>'
+        return f"<details><summary>{html.escape(str(step.get('name') or 'step'))}</summary>{own}{below}</details>"
 
     ids = {str(s.get("id")) for s in steps}
     messages = "".join(step_html(s) for s in steps if str(s.get("parentId") or "") not in ids)
