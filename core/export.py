@@ -30,6 +30,7 @@ from core.files import list_files
 from core.memory import AttachmentType, ExecutionStatus, Post, RoleName, Round
 from core.safe_files import UnsafeFile, open_file
 
+# Defaults of the UI's settings WEAVER_UI_EXPORT_MAX_IMAGE_MB and WEAVER_UI_EXPORT_MAX_FILES.
 MAX_IMAGE_BYTES = 20 * 2**20  # a figure bigger than this is named, not embedded
 MAX_FILES_NAMED = 200  # the chat's files listed at the end of an export
 _IMAGE_MIMES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
@@ -76,7 +77,8 @@ class ChatRecord:
     other_ratings: Sequence[Rating] = ()
     cwd: Path | None = None
     files: Sequence[str] = ()  # the chat's files when exported (``chat_files``)
-    more_files: int = 0  # files not named, past ``MAX_FILES_NAMED``
+    more_files: int = 0  # files not named, past the limit ``chat_files`` was given
+    max_image_bytes: int = MAX_IMAGE_BYTES  # a bigger figure is named with a note, not embedded
     exported_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
@@ -163,35 +165,37 @@ def files_made(rnd: Round) -> list[str]:
     return names
 
 
-def chat_files(cwd: Path) -> tuple[list[str], int]:
-    """The names (paths within the folder) of a chat's files, sorted, at most ``MAX_FILES_NAMED``,
-    and how many more there are."""
+def chat_files(cwd: Path, limit: int = MAX_FILES_NAMED) -> tuple[list[str], int]:
+    """The names (paths within the folder) of a chat's files, sorted, at most ``limit``, and how
+    many more there are."""
     listing = list_files(cwd, 10**9)
     names = sorted(entry.path for entry in listing.entries)
-    return names[:MAX_FILES_NAMED], max(0, len(names) - MAX_FILES_NAMED)
+    return names[:limit], max(0, len(names) - limit)
 
 
 def _files_section(record: ChatRecord) -> str:
     if not record.files:
         return ""
-    more = f"\n- … and {record.more_files} more" if record.more_files else ""
+    more = f"\n- … and {record.more_files} more (past the export's limit of files named)" if record.more_files else ""
     return "## Files of this chat\n\n" + "\n".join(f"- `{name}`" for name in record.files) + more
 
 
 # -- notebook ------------------------------------------------------------------------------------
 
 
-def _read_figure(cwd: Path | None, name: str) -> tuple[str, str] | None:
-    """(mime, base64) of a figure in the chat's folder, or None (gone, not an image, too big)."""
+def _read_figure(cwd: Path | None, name: str, max_bytes: int) -> tuple[str, str] | str:
+    """(mime, base64) of a figure in the chat's folder, or why it is not embedded."""
     mime = _IMAGE_MIMES.get(Path(name).suffix.lower())
     if cwd is None or mime is None or "/" in name:
-        return None
+        return "it is among the chat's files"
     try:
-        opened = open_file(cwd, name, MAX_IMAGE_BYTES)
-    except (UnsafeFile, OSError):
-        return None
+        opened = open_file(cwd, name, max_bytes)
+    except UnsafeFile as refused:
+        return f"it {refused.said}"
+    except OSError:
+        return "it could not be read"
     try:
-        return mime, base64.b64encode(opened.file.read(MAX_IMAGE_BYTES)).decode("ascii")
+        return mime, base64.b64encode(opened.file.read(max_bytes)).decode("ascii")
     finally:
         opened.close()
 
@@ -203,7 +207,7 @@ def _error_output(text: str) -> NotebookNode:
     return new_output("error", ename=ename, evalue=evalue, traceback=lines)
 
 
-def _code_outputs(block: _Code, count: int, cwd: Path | None) -> list[NotebookNode]:
+def _code_outputs(block: _Code, count: int, record: ChatRecord) -> list[NotebookNode]:
     out = block.outputs
     outputs: list[NotebookNode] = []
     if "summary" in out:
@@ -212,12 +216,12 @@ def _code_outputs(block: _Code, count: int, cwd: Path | None) -> list[NotebookNo
         if out.get(name):
             outputs.append(new_output("stream", name=name, text=str(out[name])))
     for figure in out.get("figures") or []:
-        image = _read_figure(cwd, str(figure))
-        if image is not None:
+        image = _read_figure(record.cwd, str(figure), record.max_image_bytes)
+        if isinstance(image, tuple):
             mime, encoded = image
             outputs.append(new_output("display_data", data={mime: encoded, "text/plain": f"<{figure}>"}))
         else:
-            note = f"[figure {figure}: not embedded; it is among the chat's files]\n"
+            note = f"[figure {figure} not embedded: {image}]\n"
             outputs.append(new_output("stream", name="stdout", text=note))
     if out.get("result"):
         data: dict[str, str] = {"text/plain": str(out["result"])}
@@ -258,7 +262,7 @@ def to_notebook(record: ChatRecord) -> NotebookNode:
                 cells.append(new_markdown_cell(f"**{block.heading}:**\n\n{block.text}"))
             elif block.ran:
                 count += 1
-                cell = new_code_cell(block.code, execution_count=count, outputs=_code_outputs(block, count, record.cwd))
+                cell = new_code_cell(block.code, execution_count=count, outputs=_code_outputs(block, count, record))
                 if block.status is ExecutionStatus.failure:
                     cell.metadata["tags"] = ["raises-exception"]
                 cells.append(cell)

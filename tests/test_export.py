@@ -5,6 +5,7 @@ kernel; its rounds (as ``rounds.jsonl`` keeps them) become a notebook that ``nbf
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -13,11 +14,13 @@ from typing import Any, Iterator
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from pydantic import ValidationError
 
 from core import TaskWeaverApp
 from core.export import ChatRecord, ExportFormat, Rating, chat_files, export_chat, to_markdown, to_notebook
 from core.memory import Round
 from core.resume import load_rounds
+from ui.settings import UISettings
 
 FIXTURE_APP = Path(__file__).parent / "app_fixture"
 CODES = [
@@ -157,3 +160,21 @@ def test_a_round_kept_before_outputs_were_recorded_exports_its_summary() -> None
     (cell,) = [c for c in notebook.cells if c.cell_type == "code"]
     assert texts(cell) == {"stdout": "The execution succeeded.\nStdout:\n1"}
     assert "It printed 1." in to_markdown(record)
+
+
+def test_the_export_limits_name_what_they_leave_out(chat: ChatRecord) -> None:
+    """``WEAVER_UI_EXPORT_MAX_IMAGE_MB`` and ``WEAVER_UI_EXPORT_MAX_FILES``: a figure over the limit
+    is named with the reason, files past the limit are counted."""
+    assert chat.cwd is not None
+    files, more = chat_files(chat.cwd, limit=1)
+    small = dataclasses.replace(chat, max_image_bytes=1000, files=files, more_files=more)
+    figure_cell = [c for c in to_notebook(small).cells if c.cell_type == "code"][2]
+    assert not images(figure_cell)
+    assert "[figure figure.png not embedded: it is over the" in texts(figure_cell)["stdout"]
+    text = to_markdown(small)
+    assert files == ["figure.png"] and "- … and 1 more (past the export's limit of files named)" in text
+    with pytest.raises(ValidationError):
+        UISettings(export_max_files=0)
+    with pytest.raises(ValidationError):
+        UISettings(export_max_image_mb=0)
+    assert UISettings().export_max_files == 200 and UISettings().sharing is False

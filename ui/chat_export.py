@@ -15,14 +15,24 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from core.export import ChatRecord, ExportFormat, Rating, chat_files, export_chat
+from core.export import (
+    MAX_FILES_NAMED,
+    MAX_IMAGE_BYTES,
+    ChatRecord,
+    ExportFormat,
+    Rating,
+    chat_files,
+    export_chat,
+)
 from core.files import safe_file_name
 from core.memory import Round
 from core.resume import load_rounds
 from core.workspace import Workspace
+from ui.settings import UISettings, ui_settings
 
 SESSION_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")  # as core.app: a folder name, never a path
 ON_WORDS = 8  # words of a rated message other than the answer that name it
@@ -81,7 +91,21 @@ def place_ratings(
     return by_round, other
 
 
-def record_from_thread(thread: Mapping[str, Any], workspace: Workspace) -> ChatRecord:
+@dataclass(frozen=True)
+class ExportLimits:
+    """``WEAVER_UI_EXPORT_MAX_IMAGE_MB`` and ``WEAVER_UI_EXPORT_MAX_FILES``."""
+
+    max_image_bytes: int = MAX_IMAGE_BYTES
+    max_files: int = MAX_FILES_NAMED
+
+    @classmethod
+    def from_settings(cls, settings: UISettings) -> ExportLimits:
+        return cls(int(settings.export_max_image_mb * 2**20), settings.export_max_files)
+
+
+def record_from_thread(
+    thread: Mapping[str, Any], workspace: Workspace, limits: ExportLimits = ExportLimits()
+) -> ChatRecord:
     """The export of a chat of the history (its dict as ``get_thread`` returns it). Reads files:
     call it off the event loop."""
     session_id = session_of(thread)
@@ -89,7 +113,7 @@ def record_from_thread(thread: Mapping[str, Any], workspace: Workspace) -> ChatR
     steps = [s for s in thread.get("steps") or [] if isinstance(s, Mapping)]
     ratings, other = place_ratings(steps, rounds)
     cwd = workspace.execution_cwd(session_id) if session_id else None
-    files, more = chat_files(cwd) if cwd is not None else ([], 0)
+    files, more = chat_files(cwd, limits.max_files) if cwd is not None else ([], 0)
     return ChatRecord(
         chat_id=str(thread.get("id") or ""),
         title=str(thread.get("name") or "Chat"),
@@ -99,6 +123,7 @@ def record_from_thread(thread: Mapping[str, Any], workspace: Workspace) -> ChatR
         cwd=cwd,
         files=files,
         more_files=more,
+        max_image_bytes=limits.max_image_bytes,
     )
 
 
@@ -122,7 +147,8 @@ async def export_from_history(app_dir: Path, thread_id: str, fmt: ExportFormat) 
         await layer.close()
     if thread is None:
         return None
-    record = await asyncio.to_thread(record_from_thread, thread, Workspace(app_dir))
+    limits = ExportLimits.from_settings(ui_settings())
+    record = await asyncio.to_thread(record_from_thread, thread, Workspace(app_dir), limits)
     return record, await asyncio.to_thread(export_chat, record, fmt)
 
 

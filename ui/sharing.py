@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import os
 from typing import Any, Callable, Mapping, Union
 
 from markdown_it import MarkdownIt
@@ -32,15 +31,15 @@ from starlette.routing import Route
 from core.export import ExportFormat, export_chat
 from core.safe_files import UnsafeFile, open_file
 from core.workspace import Workspace
-from ui.chat_export import record_from_thread
+from ui.chat_export import ExportLimits, record_from_thread
 from ui.guards.downloads import DOWNLOAD_STATE
 from ui.history.layer import WeaverDataLayer
 from ui.history.route import FILE_HEADERS, _attachment, _chunks, request_user
 from ui.history.storage import LocalFileStorage, check_object_key, safe_file_name
+from ui.settings import ui_settings
 
 logger = logging.getLogger("weaver.ui.sharing")
 
-SHARING_ENV = "WEAVER_UI_SHARING"
 EXPORT_PREFIX = "/weaver/export"
 SHARED_PREFIX = "/weaver/shared"
 SHARED_FILES_PREFIX = "/weaver/shared-files"
@@ -50,10 +49,9 @@ PAGE_HEADERS = {"Cache-Control": "private, no-store", "X-Robots-Tag": "noindex"}
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
-def sharing_enabled(environ: Mapping[str, str] | None = None) -> bool:
-    """``WEAVER_UI_SHARING``: 1/true/yes/on turns share links on; anything else leaves them off."""
-    value = (os.environ if environ is None else environ).get(SHARING_ENV, "")
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+def sharing_enabled() -> bool:
+    """``WEAVER_UI_SHARING`` (``ui.settings``): read-only share links on; off by default."""
+    return ui_settings().sharing
 
 
 def share_path(token: str, root_path: str = "") -> str:
@@ -193,7 +191,8 @@ def export_endpoint(source: LayerSource, workspace: WorkspaceSource) -> Callable
         thread = await layer.get_thread(thread_id)
         if thread is None:
             return JSONResponse({"detail": "Chat not found"}, status_code=404, headers=FILE_HEADERS)
-        record = await asyncio.to_thread(record_from_thread, thread, workspace())
+        limits = ExportLimits.from_settings(ui_settings())
+        record = await asyncio.to_thread(record_from_thread, thread, workspace(), limits)
         body = await asyncio.to_thread(export_chat, record, fmt)
         name = safe_file_name(f"{record.title or 'chat'}.{fmt.value}")
         setattr(request.state, DOWNLOAD_STATE, {"user": user, "file": name, "chat": thread_id})
