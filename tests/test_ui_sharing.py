@@ -227,5 +227,11 @@ def test_a_link_made_while_sharing_was_on_is_refused_once_it_is_off(
         bob_again = cookie(off, "bob", "bob-password-2")
         refused = httpx.get(f"{off.base_url}{path}", headers=bob_again, timeout=30)
         assert refused.status_code == 404 and "Sharing is off" in refused.text and "plotted 3" not in refused.text
+        # after the restart the chat still exports whole, from its session folder
+        alice_again = cookie(off, "alice", "alice-password")
+        exported = httpx.get(f"{off.base_url}/weaver/export/{chat.thread_id()}", headers=alice_again, timeout=60)
+        assert exported.status_code == 200, exported.text
+        cells = [c for c in nbformat.reads(exported.text, as_version=4).cells if c.cell_type == "code"]
+        assert [c.source for c in cells] == [FIGURE, SECOND] and "42" in str(cells[1].outputs)
     finally:
         stop_server(off)

@@ -34,7 +34,7 @@ from core.workspace import Workspace
 from ui.chat_export import ExportLimits, record_from_thread
 from ui.guards.downloads import DOWNLOAD_STATE
 from ui.history.layer import WeaverDataLayer
-from ui.history.route import FILE_HEADERS, _attachment, _chunks, request_user
+from ui.history.route import FILE_HEADERS, attachment_header, file_chunks, request_user
 from ui.history.storage import LocalFileStorage, check_object_key, safe_file_name
 from ui.settings import ui_settings
 
@@ -197,7 +197,7 @@ def export_endpoint(source: LayerSource, workspace: WorkspaceSource) -> Callable
         name = safe_file_name(f"{record.title or 'chat'}.{fmt.value}")
         setattr(request.state, DOWNLOAD_STATE, {"user": user, "file": name, "chat": thread_id})
         return Response(
-            body, media_type=fmt.media_type, headers={**FILE_HEADERS, "Content-Disposition": _attachment(name)}
+            body, media_type=fmt.media_type, headers={**FILE_HEADERS, "Content-Disposition": attachment_header(name)}
         )
 
     return export
@@ -256,12 +256,12 @@ def shared_file_endpoint(source: LayerSource) -> Callable[[Request], Any]:
         name = str(element.get("name") or "file")
         setattr(request.state, DOWNLOAD_STATE, {"user": user, "file": name, "chat": link.thread_id, "shared": "yes"})
         return StreamingResponse(
-            _chunks(opened),
+            file_chunks(opened),
             media_type=str(element.get("mime") or "application/octet-stream"),
             headers={
                 **FILE_HEADERS,
                 "Content-Length": str(opened.size),
-                "Content-Disposition": _attachment(safe_file_name(name)),
+                "Content-Disposition": attachment_header(safe_file_name(name)),
             },
         )
 
