@@ -202,7 +202,8 @@ def test_a_shared_link_is_read_only_for_another_user_and_dead_once_revoked(
 
     events = [(e["event"], e.get("chat")) for e in audit_events(server) if e["event"].startswith("chat_")]
     assert ("chat_shared", thread_id) in events and ("chat_unshared", thread_id) in events
-    assert [e["user"] for e in audit_events(server) if e["event"] == "chat_shared"] == ["alice"]
+    shared = [e for e in audit_events(server) if e["event"] == "chat_shared"]
+    assert [(e["user"], e["client"]) for e in shared] == [("alice", "127.0.0.1")]
 
 
 def test_another_user_cannot_share_a_chat_that_is_not_theirs(

@@ -15,6 +15,7 @@ import chainlit as cl
 from chainlit.config import config as chainlit_config
 
 from ui import audit
+from ui.guards import client_address
 from ui.history.layer import WeaverDataLayer
 from ui.sharing import EXPORT_PREFIX, share_path, sharing_enabled
 
@@ -58,6 +59,11 @@ async def _say(text: str, actions: list[cl.Action] | None = None) -> None:
     await cl.Message(content=text, author=chainlit_config.ui.name, actions=actions or []).send()
 
 
+def _client() -> str:
+    """The browser's address, for the audit line (behind a trusted proxy, the one it names)."""
+    return client_address(getattr(cl.context.session, "environ", None))
+
+
 def _root() -> str:
     return chainlit_config.run.root_path or ""
 
@@ -80,7 +86,7 @@ async def share(layer: WeaverDataLayer | None) -> None:
     if thread_id is None or layer is None:
         return
     link = await layer.create_share(thread_id, _caller())
-    audit.record(audit.AuditEvent.CHAT_SHARED, user=_caller(), client="socket", chat=thread_id, link=link.token[:6])
+    audit.record(audit.AuditEvent.CHAT_SHARED, user=_caller(), client=_client(), chat=thread_id, link=link.token[:6])
     path = share_path(link.token, _root())
     stop = cl.Action(name=UNSHARE_ACTION, payload={}, label="Stop sharing", tooltip="The link stops working at once")
     await _say(
@@ -95,7 +101,7 @@ async def unshare(layer: WeaverDataLayer | None) -> None:
     if thread_id is None or layer is None:
         return
     revoked = await layer.revoke_shares(thread_id)
-    audit.record(audit.AuditEvent.CHAT_UNSHARED, user=_caller(), client="socket", chat=thread_id, links=len(revoked))
+    audit.record(audit.AuditEvent.CHAT_UNSHARED, user=_caller(), client=_client(), chat=thread_id, links=len(revoked))
     await _say(
         "This chat is no longer shared: its link now answers that it was revoked."
         if revoked
