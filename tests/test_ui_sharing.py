@@ -153,12 +153,15 @@ def test_the_owner_exports_the_chat_with_its_feedback_from_the_cli_and_the_chat(
     assert missing.returncode == 1 and "no chat 'no-such-chat'" in missing.stderr
 
     assert click(server, alice, chat, "weaver_export").status_code == 200
-    link = said(chat, r"\((/weaver/export/[^)?]+\?format=md)\)").group(1)
+    link = said(chat, r"\((/weaver/export/[^)]+\.md)\)").group(1)
+    assert link.endswith("/Python%3A%20import%20matplotlib.pyplot%20as%20plt.md"), "named after the chat"
     download = httpx.get(f"{server.base_url}{link}", headers=alice, timeout=30)
     assert download.status_code == 200 and "attachment" in download.headers["content-disposition"]
     assert COMMENT in download.text and "total is 42" in download.text
     assert httpx.get(f"{server.base_url}{link}", headers=bob, timeout=30).status_code == 404
     assert httpx.get(f"{server.base_url}{link}", timeout=30).status_code == 401
+    wrong = httpx.get(f"{server.base_url}{link[: -len('.md')]}.pdf", headers=alice, timeout=30)
+    assert wrong.status_code == 400 and ".ipynb or .md" in wrong.text
 
 
 def test_a_shared_link_is_read_only_for_another_user_and_dead_once_revoked(
@@ -230,7 +233,9 @@ def test_a_link_made_while_sharing_was_on_is_refused_once_it_is_off(
         assert refused.status_code == 404 and "Sharing is off" in refused.text and "plotted 3" not in refused.text
         # after the restart the chat still exports whole, from its session folder
         alice_again = cookie(off, "alice", "alice-password")
-        exported = httpx.get(f"{off.base_url}/weaver/export/{chat.thread_id()}", headers=alice_again, timeout=60)
+        exported = httpx.get(
+            f"{off.base_url}/weaver/export/{chat.thread_id()}/c.ipynb", headers=alice_again, timeout=60
+        )
         assert exported.status_code == 200, exported.text
         cells = [c for c in nbformat.reads(exported.text, as_version=4).cells if c.cell_type == "code"]
         assert [c.source for c in cells] == [FIGURE, SECOND] and "42" in str(cells[1].outputs)

@@ -1,5 +1,6 @@
-"""Sharing in a real browser (Debian's Chromium via Playwright) against a real server: alice presses
-Share under her answer, bob signs in in his own browser and opens the link, read-only."""
+"""Export and sharing in a real browser (Debian's Chromium via Playwright) against a real server:
+alice downloads her chat as a notebook with Export, presses Share under her answer, and bob signs
+in in his own browser and opens the link, read-only."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+import nbformat
 import pytest
 
 from tests.test_ui_auth import PLUGINS, add_user
@@ -20,7 +22,8 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"),
 ]
 
-FIGURE = "```python\nimport matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.show()\nprint('plotted', 3)\n```"
+FIGURE_CODE = "import matplotlib.pyplot as plt\nplt.plot([1, 4, 9])\nplt.show()\nprint('plotted', 3)"
+FIGURE = f"```python\n{FIGURE_CODE}\n```"
 
 
 @pytest.fixture()
@@ -51,6 +54,16 @@ def test_bob_opens_the_link_alice_shared_and_reads_her_chat(sharing_server: UISe
         page.locator("#chat-input").fill(FIGURE)
         page.locator("#chat-submit").click()
         expect(page.get_by_text("plotted 3").last).to_be_visible(timeout=120_000)
+        page.get_by_role("button", name="Export").last.click()
+        notebook_link = page.get_by_role("link", name="Jupyter notebook (.ipynb)").last
+        expect(notebook_link).to_be_visible()
+        with page.context.expect_event("download") as download_info:  # the link may open a new tab
+            notebook_link.click()
+        saved = download_info.value
+        assert saved.suggested_filename.endswith(".ipynb")
+        notebook = nbformat.reads(Path(saved.path()).read_text(), as_version=4)
+        assert [c.source for c in notebook.cells if c.cell_type == "code"] == [FIGURE_CODE]
+
         page.get_by_role("button", name="Share").last.click()
         link = page.locator("a[href*='/weaver/shared/']").last
         expect(link).to_be_visible()

@@ -14,10 +14,11 @@ import logging
 import chainlit as cl
 from chainlit.config import config as chainlit_config
 
+from core.export import ExportFormat
 from ui import audit
 from ui.guards import client_address
 from ui.history.layer import WeaverDataLayer
-from ui.sharing import EXPORT_PREFIX, share_path, sharing_enabled
+from ui.sharing import export_path, share_path, sharing_enabled
 
 logger = logging.getLogger("weaver.ui.chat_menu")
 
@@ -72,10 +73,10 @@ async def export_links(layer: WeaverDataLayer | None) -> None:
     thread_id = await _own_chat(layer)
     if thread_id is None:
         return
-    base = f"{_root()}{EXPORT_PREFIX}/{thread_id}"
-    await _say(
-        f"Download this chat: [Jupyter notebook (.ipynb)]({base}?format=ipynb) · [Markdown (.md)]({base}?format=md)"
-    )
+    thread = await layer.get_thread(thread_id) if layer is not None else None
+    title = str(thread.get("name") or "chat") if thread is not None else "chat"
+    notebook, markdown = (export_path(thread_id, title, fmt, _root()) for fmt in (ExportFormat.ipynb, ExportFormat.md))
+    await _say(f"Download this chat: [Jupyter notebook (.ipynb)]({notebook}) · [Markdown (.md)]({markdown})")
 
 
 async def share(layer: WeaverDataLayer | None) -> None:

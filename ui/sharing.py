@@ -3,8 +3,10 @@
 Routes, ahead of Chainlit's catch-all page route, answered only to a signed-in user (Chainlit's
 login token, checked as every Chainlit route checks it: ``ui.history.request_user``):
 
-* ``GET /weaver/export/<chat>?format=ipynb|md`` - the chat as a notebook or Markdown, to its owner
-  only (404 for anyone else's chat or none, the same answer, as ``/weaver/files``).
+* ``GET /weaver/export/<chat>/<name>.ipynb`` (or ``.md``) - the chat as a notebook or Markdown, to
+  its owner only (404 for anyone else's chat or none, the same answer, as ``/weaver/files``). The
+  name is the download's: the guards send every user file as a bare ``attachment`` (no filename),
+  so the browser names it from the address.
 * ``GET /weaver/shared/<token>`` - a server-made page with the chat's messages and steps and the
   files it showed, to any signed-in user while the link is live: no composer, no socket, no
   kernel. A revoked link answers 410 and a page saying so; an unknown one 404.
@@ -22,6 +24,7 @@ import asyncio
 import html
 import logging
 from typing import Any, Callable, Mapping, Union
+from urllib.parse import quote
 
 from markdown_it import MarkdownIt
 from starlette.requests import Request
@@ -56,6 +59,12 @@ def sharing_enabled() -> bool:
 
 def share_path(token: str, root_path: str = "") -> str:
     return f"{root_path}{SHARED_PREFIX}/{token}"
+
+
+def export_path(thread_id: str, title: str, fmt: ExportFormat, root_path: str = "") -> str:
+    """The download address of a chat's export, ending in the file's name (``<title>.<format>``)."""
+    name = safe_file_name(f"{title or 'chat'}.{fmt.value}")
+    return f"{root_path}{EXPORT_PREFIX}/{thread_id}/{quote(name)}"
 
 
 # -- pages ---------------------------------------------------------------------------------------
@@ -180,10 +189,11 @@ def export_endpoint(source: LayerSource, workspace: WorkspaceSource) -> Callable
         layer = _layer(source)
         if layer is None:
             return JSONResponse({"detail": "History is not available"}, status_code=503, headers=FILE_HEADERS)
+        file_name = request.path_params.get("file_name", "")
         try:
-            fmt = ExportFormat(request.query_params.get("format", "ipynb"))
+            fmt = ExportFormat(file_name.rsplit(".", 1)[-1] if "." in file_name else "")
         except ValueError:
-            return JSONResponse({"detail": "format must be ipynb or md"}, status_code=400, headers=FILE_HEADERS)
+            return JSONResponse({"detail": "the name must end in .ipynb or .md"}, status_code=400, headers=FILE_HEADERS)
         thread_id = request.path_params.get("thread_id", "")
         if await layer.get_thread_author(thread_id) != user:  # "" for none: not yours and not there look alike
             return JSONResponse({"detail": "Chat not found"}, status_code=404, headers=FILE_HEADERS)
@@ -194,7 +204,7 @@ def export_endpoint(source: LayerSource, workspace: WorkspaceSource) -> Callable
         limits = ExportLimits.from_settings(ui_settings())
         record = await asyncio.to_thread(record_from_thread, thread, workspace(), limits)
         body = await asyncio.to_thread(export_chat, record, fmt)
-        name = safe_file_name(f"{record.title or 'chat'}.{fmt.value}")
+        name = safe_file_name(file_name)
         setattr(request.state, DOWNLOAD_STATE, {"user": user, "file": name, "chat": thread_id})
         return Response(
             body, media_type=fmt.media_type, headers={**FILE_HEADERS, "Content-Disposition": attachment_header(name)}
@@ -271,7 +281,11 @@ def shared_file_endpoint(source: LayerSource) -> Callable[[Request], Any]:
 def install_chat_routes(app: Any, source: LayerSource, workspace: WorkspaceSource, root_path: str = "") -> None:
     """The export and share routes on Chainlit's FastAPI ``app``, ahead of its catch-all. Safe to call twice."""
     routes = [
-        Route(f"{root_path}{EXPORT_PREFIX}/{{thread_id}}", export_endpoint(source, workspace), methods=["GET"]),
+        Route(
+            f"{root_path}{EXPORT_PREFIX}/{{thread_id}}/{{file_name}}",
+            export_endpoint(source, workspace),
+            methods=["GET"],
+        ),
         Route(f"{root_path}{SHARED_PREFIX}/{{token}}", shared_page_endpoint(source, root_path), methods=["GET"]),
         Route(
             f"{root_path}{SHARED_FILES_PREFIX}/{{token}}/{{element_id}}", shared_file_endpoint(source), methods=["GET"]
