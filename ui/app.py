@@ -29,7 +29,7 @@ from chainlit.types import ThreadDict  # noqa: E402
 from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
 from core.tracing import shutdown_tracing  # noqa: E402
 from core.usage import RoundUsage  # noqa: E402
-from ui import server  # noqa: E402  (importing ``server`` sets this server up)
+from ui import chat_menu, server  # noqa: E402  (importing ``server`` sets this server up)
 from ui import shutdown_steps as shutdown  # noqa: E402
 from ui.bridge import in_background, run_in_thread  # noqa: E402
 from ui.check import CheckReport, run_check_async  # noqa: E402
@@ -302,9 +302,31 @@ async def _count_usage(user: str, usage: RoundUsage) -> None:
 
 
 async def _files_action(session: Session) -> list[cl.Action]:
-    """The "Files (N)" button under a round's last message: the chat's files, counted now."""
+    """The "Files (N)" button under a round's last message (the chat's files, counted now), and the
+    chat's Export and Share buttons (``ui.chat_menu``)."""
     listing = await run_in_thread(session.files, 0, name="weaver-count-files")
-    return [files_action(listing.total_files)] if listing.total_files else []
+    return ([files_action(listing.total_files)] if listing.total_files else []) + chat_menu.menu_actions()
+
+
+@cl.action_callback(chat_menu.EXPORT_ACTION)
+async def on_export(action: cl.Action) -> None:
+    """The "Export" button: download links for this chat as a notebook and as Markdown (owner only)."""
+    if not server.ENDED_LOGINS.refused(_key()):
+        await chat_menu.export_links(server.HISTORY)
+
+
+@cl.action_callback(chat_menu.SHARE_ACTION)
+async def on_share(action: cl.Action) -> None:
+    """The "Share" button: this chat's read-only link (owner only; ``WEAVER_UI_SHARING``)."""
+    if not server.ENDED_LOGINS.refused(_key()):
+        await chat_menu.share(server.HISTORY)
+
+
+@cl.action_callback(chat_menu.UNSHARE_ACTION)
+async def on_unshare(action: cl.Action) -> None:
+    """The "Stop sharing" button: the chat's link is revoked."""
+    if not server.ENDED_LOGINS.refused(_key()):
+        await chat_menu.unshare(server.HISTORY)
 
 
 @cl.action_callback(OUTPUTS_ACTION)
@@ -377,6 +399,9 @@ async def on_chat_resume(thread: ThreadDict) -> None:
         count = (await run_in_thread(folder.list, 0, name="weaver-count-files")).total_files
         if count:
             await files_action(count).send(for_id=answer_id)
+    if answer_id:
+        for menu_action in chat_menu.menu_actions():
+            await menu_action.send(for_id=answer_id)
 
 
 @cl.on_stop

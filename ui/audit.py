@@ -55,6 +55,8 @@ class AuditEvent(str, enum.Enum):
     PASSWORD_CHANGED = "password_changed"
     CHAT_DELETED = "chat_deleted"
     FILE_DOWNLOADED = "file_downloaded"
+    CHAT_SHARED = "chat_shared"  # a read-only link made (chat, link: the token's first characters)
+    CHAT_UNSHARED = "chat_unshared"  # its links revoked
     SESSION_ENDED = "session_ended"  # a live chat stopped because its login ended (reason: ui.logins.Refusal)
     USER_DISABLED = "user_disabled"
     USER_ENABLED = "user_enabled"

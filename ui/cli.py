@@ -1,5 +1,6 @@
 """The ``weaver`` command: ``weaver ui`` serves the web chat, ``weaver chat`` the terminal chat,
-``weaver user`` manages password-login users, ``weaver check`` checks the model connection.
+``weaver user`` manages password-login users, ``weaver check`` checks the model connection,
+``weaver export`` writes a chat of the history as a notebook or Markdown.
 
 ``weaver ui`` runs ``python -m ui.chainlit_main run <repo>/ui/app.py --headless`` (Chainlit's own
 command line, see ``ui/chainlit_main.py``) with the repo root as
@@ -217,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     role.add_argument("name")
     role.add_argument("role", choices=["admin", "user"])
     actions.add_parser("list", help="list the users with their roles and whether they are disabled")
+    export = sub.add_parser("export", help="export a chat of the web UI's history as a notebook or Markdown")
+    export.add_argument("chat_id", metavar="CHAT_ID", help="the chat id (the end of its address in the browser)")
+    export.add_argument("--format", choices=("ipynb", "md"), default="ipynb", help="default ipynb")
+    export.add_argument("-o", "--output", metavar="FILE", help="output file (default: the chat name; - for stdout)")
+    export.add_argument("--app-dir", help="the server's app folder (default ./.weaver)")
     return parser
 
 
@@ -376,6 +382,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             role=getattr(args, "role", None),
             outside=getattr(args, "outside", False),
         )
+    if args.command == "export":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        from ui.chat_export import run_export
+
+        return run_export(args.chat_id, args.format, args.output, args.app_dir)
     from ui.console import main as chat_main
 
     return int(chat_main(rest) or 0)

@@ -36,6 +36,7 @@ from ui.logins import AuthSetupError, LoginContext, TokenRevocations, install_lo
 from ui.logins.watch import EndedLogins
 from ui.settings import UISettingsError, is_loopback, serving_hosts, serving_origins, ui_settings
 from ui.shared import EXPIRY_BEATS, LiveSessions, SharedLoginThrottle, is_shared
+from ui.sharing import EXPORT_PREFIX, SHARED_FILES_PREFIX
 
 logger = logging.getLogger("weaver.ui.server")
 
@@ -154,7 +155,8 @@ HISTORY_FILES = f"{chainlit_config.run.root_path or ''}/weaver/files"
 def _install_history_route() -> None:
     from chainlit.server import app as server_app
 
-    patches.install("history_route", server_app, lambda: HISTORY, HISTORY_FILES)  # ahead of Chainlit's catch-all
+    # ahead of Chainlit's catch-all: the history's files, chat exports and share links (ui.sharing)
+    patches.install("history_route", server_app, lambda: HISTORY, HISTORY_FILES, chainlit_config.run.root_path or "")
     patches.install(
         "history_ownership", server_app, lambda: HISTORY
     )  # feedback and element routes: the caller's rows only
@@ -208,7 +210,9 @@ def guard_policy() -> guards.GuardPolicy:
             max_bytes=lambda: int((_upload_settings().max_size_mb or 0) * 2**20) + guards.MULTIPART_SLACK_BYTES,
             max_files=lambda: int(_upload_settings().max_files or 1),
         ),
-        files=guards.FileServing((f"{root}/project/file/", f"{HISTORY_FILES}/")),
+        files=guards.FileServing(
+            (f"{root}/project/file/", f"{HISTORY_FILES}/", f"{root}{EXPORT_PREFIX}/", f"{root}{SHARED_FILES_PREFIX}/")
+        ),
         headers=guards.ResponseHeaders(guards.page_csp(guards.inline_scripts_of(page)), SETTINGS.replica_id),
         login=guards.LoginGuard(f"{root}/login", LOGIN.throttle) if LOGIN.throttle is not None else None,
         thread_of_chat=LIVE.thread_of if LIVE is not None else None,

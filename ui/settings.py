@@ -103,6 +103,11 @@ class UISettings(BaseSettings):
     history_notice_s: float = Field(
         5.0, ge=0, description="a chat unsaved this long (the database failing) tells its user so"
     )
+    sharing: bool = Field(False, description="read-only share links of chats for signed-in users (ui.sharing)")
+    export_max_image_mb: float = Field(
+        20.0, gt=0, description="a figure larger than this is named in a chat's export, not embedded"
+    )
+    export_max_files: int = Field(200, gt=0, description="files of a chat named at the end of its export")
     drain_s: float = Field(
         DEFAULT_DRAIN_S,
         ge=0,

@@ -338,6 +338,7 @@ class KernelExecutor:
             code=code,
             is_success=False,
             result=c.result,
+            result_html=c.result_html,
             stdout=c.stdout_text,
             stderr=c.stderr_text,
             error=c.error,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from core.execution.live_output import LiveOutput
-from core.execution.result import Artifact, Table
+from core.execution.result import FIGURE_DESCRIPTION, Artifact, Table
 from core.plugins.runtime import TABLE_MIME
 from core.safe_files import UnsafeFile, numbered, write_new
 
@@ -35,6 +35,7 @@ class OutputCollector:
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
     result: str = ""
+    result_html: str = ""
     error: str | None = None
     error_name: str | None = None
     artifacts: list[Artifact] = field(default_factory=list)
@@ -85,6 +86,8 @@ class OutputCollector:
         text = strip_ansi(str(data.get("text/plain", "")))
         if is_result:
             self.result = text
+            html = data.get("text/html")
+            self.result_html = html[:MAX_STREAM_CHARS] if isinstance(html, str) else ""
         elif text and not saved:
             # display(obj) shows inline in a notebook; in a chat it reads like printed output.
             self._stream("stdout", text if text.endswith("\n") else text + "\n")
@@ -109,7 +112,7 @@ class OutputCollector:
                 return False
             self._figures += 1
             path = self.cwd / name
-            self.artifacts.append(Artifact(path.name, path, kind, "figure displayed by the code"))
+            self.artifacts.append(Artifact(path.name, path, kind, FIGURE_DESCRIPTION))
             return True
         return False
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.memory import ExecutionStatus
 
+FIGURE_DESCRIPTION = "figure displayed by the code"  # an image the cell displayed (not a file it saved)
 ARTIFACT_TYPES = ("image", "chart", "df", "file", "txt", "svg", "html")
 
 
@@ -42,6 +43,7 @@ class ExecutionResult:
     code: str
     is_success: bool
     result: str = ""
+    result_html: str = ""  # the result's text/html, when it has one (a DataFrame): for exports
     stdout: str = ""
     stderr: str = ""
     error: str | None = None
@@ -71,6 +73,20 @@ class ExecutionResult:
             ExecutionStatus.cancelled: "it was cancelled",
         }.get(status, "the Python kernel died" if self.kernel_died else "an error was raised")
         return f"The execution failed ({reason})."
+
+    def outputs(self, max_chars: int) -> dict[str, object]:
+        """What the cell showed, part by part, each bounded like the summary: a round keeps it (the
+        ``execution_result`` attachment's ``extra``) so an exported notebook has the real outputs."""
+        figures = [a.name for a in self.artifacts if a.description == FIGURE_DESCRIPTION]
+        parts: dict[str, object] = {
+            "stdout": clip(self.stdout, max_chars),
+            "stderr": clip(self.stderr, max_chars),
+            "result": clip(self.result, max_chars),
+            "result_html": self.result_html if len(self.result_html) <= max_chars * 4 else "",
+            "error": clip(self.error or "", max_chars),
+            "figures": figures,
+        }
+        return {key: value for key, value in parts.items() if value}
 
     def summary(self, max_chars: int = 1500, max_artifacts: int = 20) -> str:
         """Text for the model and the user; long parts and long file lists are cut so a prompt stays bounded."""

@@ -131,7 +131,8 @@ class CodeInterpreter(Role):
         metrics.code_executed(result.status.value)
         proxy.update_attachment(result.status, AttachmentType.execution_status)
         summary = result.summary(limits.max_output_chars, limits.max_artifacts)
-        proxy.update_attachment(summary, AttachmentType.execution_result)
+        # The parts too (``extra``), for exports: the summary is worded for the model.
+        proxy.update_attachment(summary, AttachmentType.execution_result, extra=result.outputs(limits.max_output_chars))
         for table in result.tables[: limits.max_artifacts]:
             table = table.clipped(limits.max_table_rows, limits.max_table_columns)
             proxy.update_attachment(table.as_payload(), AttachmentType.table)

@@ -19,7 +19,8 @@ dead one left there (``write_behind``, ``spool``); ``notices`` tells the users w
 Modules: ``layer`` (``WeaverDataLayer``, made of ``users``, ``threads``, ``steps``, ``elements``
 and ``feedback`` over the SQL of ``store``), ``write_behind`` (steps stored together), ``rows``
 (rows as Chainlit's dicts), ``schema`` (tables and migrations), ``storage`` (files and key checks),
-``route`` (the file route), ``ownership`` (feedback and element routes refuse another user's rows).
+``route`` (the file route), ``ownership`` (feedback and element routes refuse another user's rows),
+``shares`` (read-only share links of chats, for ``ui.sharing``).
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from ui.history.elements import Elements
 from ui.history.feedback import Feedbacks
 from ui.history.rows import is_thread_id, sqlite_transactions
 from ui.history.schema import migrate
+from ui.history.shares import Shares
 from ui.history.spool import Rows, Spool, orphans
 from ui.history.steps import Steps
 from ui.history.threads import THREAD_CHANGE, ThreadDeleted, Threads, merge_change, thread_of
@@ -64,7 +65,7 @@ def _merge_for(key: str) -> Merge:
     return merge_change if key.startswith(THREAD_CHANGE) else dict.update
 
 
-class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, SQLAlchemyDataLayer):
+class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, Shares, SQLAlchemyDataLayer):
     """Chainlit's data layer for Weaver's history. Call ``await open()`` once, in the server's
     event loop (``ui.history.open_history`` does), before Chainlit uses it."""
 

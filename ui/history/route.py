@@ -68,13 +68,13 @@ def _not_found() -> Response:
     return JSONResponse({"detail": "File not found"}, status_code=404, headers=FILE_HEADERS)
 
 
-def _attachment(name: str) -> str:
+def attachment_header(name: str) -> str:
     """``Content-Disposition`` of a download named ``name`` (RFC 6266; non-ASCII as ``filename*``)."""
     quoted = quote(name)
     return f'attachment; filename="{name}"' if quoted == name else f"attachment; filename*=utf-8''{quoted}"
 
 
-async def _chunks(opened: OpenedFile) -> AsyncIterator[bytes]:
+async def file_chunks(opened: OpenedFile) -> AsyncIterator[bytes]:
     """The file's bytes as checked when it was opened: no more than its size then."""
     left = opened.size
     try:
@@ -118,12 +118,12 @@ def file_endpoint(source: LayerSource) -> Callable[[Request], Any]:
         # For the audit line the guards write when the answer starts (ui.guards.downloads).
         setattr(request.state, DOWNLOAD_STATE, {"user": user, "file": found["name"], "chat": found["thread_id"]})
         return StreamingResponse(
-            _chunks(opened),
+            file_chunks(opened),
             media_type=found["mime"],
             headers={
                 **FILE_HEADERS,
                 "Content-Length": str(opened.size),
-                "Content-Disposition": _attachment(safe_file_name(found["name"])),
+                "Content-Disposition": attachment_header(safe_file_name(found["name"])),
             },
             background=BackgroundTask(opened.close),
         )

@@ -183,12 +183,28 @@ def _v5(dialect: str) -> list[str]:
     ]
 
 
+def _v6(dialect: str) -> list[str]:
+    """Read-only share links of chats (``ui.history.shares``): an unguessable token each, kept after
+    it is revoked (``revokedAt``) so the link can say so."""
+    return [
+        """CREATE TABLE weaver_shares (
+            "token" TEXT PRIMARY KEY,
+            "threadId" TEXT NOT NULL,
+            "userIdentifier" TEXT NOT NULL,
+            "createdAt" TEXT NOT NULL,
+            "revokedAt" TEXT
+        )""",
+        'CREATE INDEX shares_thread ON weaver_shares ("threadId")',
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "Chainlit's tables: users, threads, steps, elements, feedbacks", _v1),
     Migration(2, "shared by replicas: the login secret, failed logins, live sessions per user", _v2),
     Migration(3, "the gateway kernel of each live chat, for adoption and clean-up across replicas", _v3),
     Migration(4, "logged-out login tokens, refused on every replica until they expire", _v4),
     Migration(5, "model tokens and cost per user and model, for the admins", _v5),
+    Migration(6, "read-only share links of chats, revocable", _v6),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -276,7 +276,12 @@ class Threads(HistoryStore):
                 ),
                 params,
             )
-            for table, column in (("elements", "threadId"), ("steps", "threadId"), ("threads", "id")):
+            for table, column in (
+                ("elements", "threadId"),
+                ("steps", "threadId"),
+                ("weaver_shares", "threadId"),  # a deleted chat's links answer "not found"
+                ("threads", "id"),
+            ):
                 await conn.execute(sql_text(f'DELETE FROM {table} WHERE "{column}" = :id'), params)
         self._forget_thread(thread_id)
         await self._delete_files(keys)
