@@ -131,6 +131,14 @@ def files_prefix(names: list[str]) -> str:
     return f"files added: {', '.join(names)}.\n" if names else ""
 
 
+def split_files_prefix(query: str) -> tuple[str, str]:
+    """A round's query as ``(files_prefix(...), the user's own text)``: an edit keeps the files."""
+    head, newline, rest = query.partition("\n")
+    if newline and head.startswith("files added: ") and head.endswith("."):
+        return head + newline, rest
+    return "", query
+
+
 @dataclass(frozen=True)
 class FileEntry:
     """One file of a session folder, as a chat's file list shows it."""
