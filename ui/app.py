@@ -15,19 +15,21 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Literal, TypeVar, cast
+from typing import Any, Awaitable, Callable, Literal, TypeVar, cast
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the path, not the repo root
     sys.path.insert(0, str(REPO_ROOT))
 
 import chainlit as cl  # noqa: E402
+from chainlit.chat_context import chat_context  # noqa: E402
 from chainlit.config import config as chainlit_config  # noqa: E402
 from chainlit.input_widget import Select, Slider, Switch  # noqa: E402
 from chainlit.types import ThreadDict  # noqa: E402
 
-from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
+from core import Round, RoundInProgress, Session, SessionEventHandler, TaskWeaverApp, WeaverError  # noqa: E402
 from core.tracing import shutdown_tracing  # noqa: E402
+from ui import rerun as rerun_ui  # noqa: E402
 from ui import server  # noqa: E402  (importing ``server`` sets this server up)
 from ui import shutdown_steps as shutdown  # noqa: E402
 from ui.bridge import in_background, run_in_thread  # noqa: E402
@@ -45,6 +47,7 @@ from ui.restore import SKIP_ACTION as SKIP_RESTORE  # noqa: E402
 from ui.restore import restore_session  # noqa: E402
 from ui.restore import skip as skip_restore  # noqa: E402
 from ui.startup import stop_server_on_failure  # noqa: E402
+from ui.view import safe_markdown  # noqa: E402
 from ui.welcome import EXPAND_STEPS_NOTE, dataset_starters, send_welcome  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
@@ -247,8 +250,25 @@ async def on_message(message: cl.Message) -> None:
     files = cast(list[dict[Literal["name", "path", "content"], Any]], uploads_from_elements(message.elements))
     text = message.content or ""
     parent = cl.context.current_step
+    await _draw_round(
+        session,
+        lease.round_lock,
+        parent.id if parent else message.id,
+        message.id,
+        lambda handler: session.send_message(text, event_handler=handler, files=files or None),
+    )
+
+
+async def _draw_round(
+    session: Session,
+    round_lock: asyncio.Lock,
+    parent_id: str,
+    message_id: str,
+    send: Callable[[SessionEventHandler], Round],
+) -> None:
+    """Run one round (``send``: ``send_message`` or ``rerun``) and draw it under the user's message."""
     renderer = RoundRenderer(
-        parent_id=parent.id if parent else message.id,
+        parent_id=parent_id,
         execution_cwd=Path(session.execution_cwd),
         author=chainlit_config.ui.name,
         max_event_chars=server.SETTINGS.max_event_chars,
@@ -259,15 +279,89 @@ async def on_message(message: cl.Message) -> None:
         show_model=len(getattr(session, "llm_models", [])) > 1,
         expand_steps=EXPANDED_BY_USER.get(_user_name(), False),
     )
-    renderer.closing_actions = lambda: _files_action(session)
-    async with lease.round_lock:  # one round at a time per chat; core refuses overlapping rounds
-        outcome = await pump_round(
-            lambda handler: session.send_message(text, event_handler=handler, files=files or None),
-            renderer,
-            session.cancel,
+    regenerate: list[cl.Action] = []
+
+    async def closing() -> list[cl.Action]:
+        round_id = renderer.outcome.round_id if renderer.outcome is not None else None
+        regenerate[:] = [rerun_ui.regenerate_action(round_id)] if round_id else []
+        return regenerate + await _files_action(session)
+
+    renderer.closing_actions = closing
+    async with round_lock:  # one round at a time per chat; core refuses overlapping rounds
+        outcome = await pump_round(send, renderer, session.cancel)
+    if outcome.round_id is not None:
+        steps = [state.step for state in renderer.steps.values()]
+        await rerun_ui.remember(
+            rerun_ui.DrawnRound(outcome.round_id, message_id, steps, regenerate[0] if regenerate else None)
         )
     if outcome.state == "cancelled":  # the round said so itself
         await remove_stop_notice()
+
+
+async def _rerun(message_id: str | None, text: str | None) -> None:
+    """Regenerate the last answer (``message_id`` None) or re-run an edited message: its round and
+    every later one are removed from the page and the history, then run again by the engine from
+    the kernel state before it (``Session.rerun``)."""
+    if server.ENDED_LOGINS.refused(_key()):
+        return
+    session = cl.user_session.get("weaver_session")
+    index = rerun_ui.find(message_id)
+    if session is None or index is None:
+        await cl.ErrorMessage(
+            content="This message cannot be run again: it was not sent in this visit to the chat. "
+            "Send it as a new message instead.",
+            author=chainlit_config.ui.name,
+        ).send()
+        return
+    lease = await _or_report(server.OWNER.acquire_async(_key(), _user_name(), _client()))
+    if lease is None:
+        return
+    if lease.round_lock.locked():
+        await cl.ErrorMessage(content=str(RoundInProgress()), author=chainlit_config.ui.name).send()
+        return
+    entry = rerun_ui.drawn()[index]
+    round_id = entry.round_id
+    if text is not None:
+        for message in chat_context.get():
+            if message.id == entry.message_id:
+                message.content = text
+                await message.update()
+    await rerun_ui.erase_from(index)
+    async with cl.Step(name="on_message", type="run", parent_id=entry.message_id) as run:  # as a sent message's
+        await _draw_round(
+            session,
+            lease.round_lock,
+            run.id,
+            entry.message_id,
+            lambda handler: session.rerun(round_id, text, event_handler=handler),
+        )
+    redrawn = rerun_ui.drawn()
+    if redrawn and redrawn[-1].message_id == entry.message_id:
+        redrawn[-1].steps.append(run)  # a later re-run removes this one too
+    report = session.last_rerun
+    if report is not None and report.note():
+        await cl.Message(content=safe_markdown(report.note(), 20_000), author=chainlit_config.ui.name).send()
+
+
+@rerun_ui.on_edit
+@DRAIN.one_round
+async def on_edit(message_id: str, text: str) -> None:
+    """A sent message was edited (the ``edit_message`` patch, only while editing is on)."""
+    await _rerun(message_id, text)
+
+
+@cl.action_callback(rerun_ui.ACTION)
+@DRAIN.one_round
+async def on_regenerate(action: cl.Action) -> None:
+    """The "Regenerate" button under the last answer."""
+    last = rerun_ui.drawn()[-1].round_id if rerun_ui.drawn() else None
+    if action.payload.get("round") != last:
+        await cl.ErrorMessage(
+            content="Only the last answer can be regenerated; edit its message to run an earlier one again.",
+            author=chainlit_config.ui.name,
+        ).send()
+        return
+    await _rerun(None, None)
 
 
 async def _files_action(session: Session) -> list[cl.Action]:

@@ -42,6 +42,7 @@ class RoundOutcome:
     state: str
     reply_text: str = ""
     error: str | None = None
+    round_id: str | None = None  # None: refused before it started
 
 
 @dataclass
@@ -90,6 +91,7 @@ class RoundRenderer:
         self.answer: cl.Message | None = None
         self.answer_last_flush = 0.0
         self.closing_actions: Callable[[], Awaitable[list[cl.Action]]] | None = None  # under the round's last message
+        self.outcome: RoundOutcome | None = None  # set as the round ends, before ``closing_actions`` runs
 
     async def apply(self, event: TaskWeaverEvent) -> None:
         """Follow one event; only a new post is shown at once, the rest on flush."""
@@ -183,6 +185,7 @@ class RoundRenderer:
 
     async def finish(self, outcome: RoundOutcome) -> None:
         """Close every step and tell the user how the round ended."""
+        self.outcome = outcome
         for post_id in self.view.finish_posts():
             state = self.steps.get(post_id)
             if state is not None:
@@ -334,4 +337,4 @@ async def _outcome(job: ThreadJob[Round]) -> RoundOutcome:
         except Exception as exc:
             logger.exception("send_message raised")
             return RoundOutcome("failed", error=f"internal error ({type(exc).__name__}); details are in the server log")
-    return RoundOutcome(rnd.state, rnd.reply_text or "", rnd.error)
+    return RoundOutcome(rnd.state, rnd.reply_text or "", rnd.error, rnd.id)
