@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterator, List, Literal, Optional
 from injector import Injector, inject
 
 from core import metrics
+from core.approval import Approval, ApprovalGate, Decision
 from core.cancel import CancelToken, RoundCancelled
 from core.config import AppSessionConfig
 from core.datasets import DatasetCatalog
@@ -162,6 +163,8 @@ class Session:
         self._restoring = False
         self._stopped = False
         self.last_rerun: RerunReport | None = None  # how the latest ``rerun`` brought the kernel back
+        self.approvals = ApprovalGate()
+        self.code_approval: bool | None = None  # this chat's choice; None: code_interpreter.require_confirmation
         self.log.logger.info(
             "session %s started in %s%s", session_id, self.execution_cwd, " with a kernel handed over" if warm else ""
         )
@@ -455,6 +458,26 @@ class Session:
         names the missing ones). False when no restore is running."""
         return self._restoring and self.cancel()
 
+    @property
+    def approval_required(self) -> bool:
+        """Whether generated code waits for the user's Run, Edit or Cancel in this chat."""
+        if self.code_approval is not None:
+            return self.code_approval
+        return self.config.code_interpreter.require_confirmation
+
+    def set_code_approval(self, required: bool | None) -> None:
+        """This chat's own choice (from its next code on; None: the app's
+        ``code_interpreter.require_confirmation``)."""
+        self.code_approval = required
+
+    def approve(self, post_id: str, decision: Decision, code: str | None = None) -> bool:
+        """The user's answer to the code of post ``post_id`` waiting for approval (``post_approval_request``):
+        ``Decision.RUN``, ``EDIT`` (run ``code`` instead) or ``CANCEL``. False when that code is not
+        waiting (answered already, timed out, the round ended). Safe from any thread."""
+        if decision is Decision.TIMED_OUT:
+            raise ValueError("only the engine times an approval out")
+        return self.approvals.answer(post_id, Approval(decision, code))
+
     def cancel(self) -> bool:
         """Cancel the running round from any thread: its model stream stops, its code is interrupted."""
         token = self._cancel
@@ -478,6 +501,7 @@ class Session:
             session_vars=self.session_var,
             files_added=files_added,
             tracing=self.tracing,
+            approvals=self.approvals if self.approval_required else None,
         )
         try:
             with self.tracing.span("weaver.round", {**ctx.trace_attributes(), "weaver.model": self._llm.model_name}):
