@@ -9,6 +9,7 @@ thread, the round is cancelled (Stop) or ``code_interpreter.confirmation_timeout
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -17,6 +18,13 @@ from enum import Enum
 from core.cancel import CancelToken, RoundCancelled
 
 MAX_EDITED_CHARS = 200_000  # an edited cell longer than this is refused (the browser sends it)
+_FENCED = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+
+
+def edited_code(text: str) -> str:
+    """The cell a user sent as their edit: the first fenced block if they fenced it, else all of it."""
+    found = _FENCED.search(text)
+    return (found.group(1) if found else text).strip("\n")
 
 
 class Decision(Enum):

@@ -8,7 +8,16 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from tests.ui_harness import ChatClient, UIServer, answers, code_block, start_server, stop_server, ui_server
+from tests.ui_harness import (
+    ChatClient,
+    UIServer,
+    answers,
+    code_block,
+    start_server,
+    stop_server,
+    ui_server,
+    wait_until,
+)
 
 __all__ = ["ui_server"]
 COUNT = code_block("n = globals().get('n', 0) + 1\nprint('n is', n, 'a is', a)")
@@ -78,6 +87,19 @@ def test_regenerate_and_edit_rerun_from_the_state_before_the_round(ui_server: UI
         assert not any("n is" in a for a in shown), f"the replaced answer is still shown: {shown}"
         edited = client.messages()[second]
         assert "a + 1" in str(edited.get("output")), edited
+        thread_id = client.wait_for(client.thread_id, 30, "the chat's history id")
+
+        def stored() -> str:
+            thread = httpx.get(f"{ui_server.base_url}/project/thread/{thread_id}", headers=client.headers, timeout=10)
+            return "\n".join(str(step.get("output") or "") for step in thread.json().get("steps") or [])
+
+        # The history (write-behind) ends up as the page: the edited round only, none of those it replaced.
+        def settled() -> str:
+            text = stored()
+            return text if "False 42" in text and "n is" not in text else ""
+
+        history = wait_until(settled, 30, "the history to hold only the edited round")
+        assert "a + 1" in history, "the edited message is not stored as edited"
 
 
 @pytest.fixture()

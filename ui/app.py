@@ -29,8 +29,8 @@ from chainlit.types import ThreadDict  # noqa: E402
 
 from core import Round, RoundInProgress, Session, SessionEventHandler, TaskWeaverApp, WeaverError  # noqa: E402
 from core.tracing import shutdown_tracing  # noqa: E402
+from ui import approval, server  # noqa: E402  (importing ``server`` sets this server up)
 from ui import rerun as rerun_ui  # noqa: E402
-from ui import server  # noqa: E402  (importing ``server`` sets this server up)
 from ui import shutdown_steps as shutdown  # noqa: E402
 from ui.bridge import in_background, run_in_thread  # noqa: E402
 from ui.check import CheckReport, run_check_async  # noqa: E402
@@ -180,7 +180,13 @@ async def _send_chat_settings(engine: TaskWeaverApp) -> None:
             label="Show every step expanded",
             description=EXPAND_STEPS_NOTE,
             initial=EXPANDED_BY_USER.get(_user_name(), False),
-        )
+        ),
+        Switch(
+            id=approval.SETTING,
+            label="Approve code before it runs",
+            description="Generated code waits for your Run, Edit or Cancel in this chat.",
+            initial=_code_approval(engine),
+        ),
     ]
     if len(engine.models) > 1:
         widgets += [
@@ -192,12 +198,22 @@ async def _send_chat_settings(engine: TaskWeaverApp) -> None:
     await cl.ChatSettings(widgets).send()
 
 
+def _code_approval(engine: TaskWeaverApp) -> bool:
+    """The chat's approval switch: its own choice, else ``code_interpreter.require_confirmation``."""
+    chosen = cl.user_session.get(approval.KEY)
+    return bool(engine.config.code_interpreter.require_confirmation if chosen is None else chosen)
+
+
 @cl.on_settings_update
 async def on_settings_update(settings: dict[str, Any]) -> None:
     """A chat chose another model or temperature (from its next round), or how steps are shown
     (remembered for the user's next chats too)."""
     if "expand_steps" in settings:
         EXPANDED_BY_USER[_user_name()] = bool(settings["expand_steps"])
+    if approval.SETTING in settings:
+        cl.user_session.set(approval.KEY, bool(settings[approval.SETTING]))
+        if (session := cl.user_session.get("weaver_session")) is not None:
+            session.set_code_approval(bool(settings[approval.SETTING]))
     if "model" not in settings:
         return
     cl.user_session.set("weaver_llm", (settings.get("model"), settings.get("temperature")))
@@ -233,6 +249,7 @@ async def on_message(message: cl.Message) -> None:
     session = lease.session
     cl.user_session.set("weaver_session", session)
     await _apply_llm(session)
+    session.set_code_approval(cl.user_session.get(approval.KEY))
     if lease.created:
         server.track_kernel(_key(), session)
         _remember_session(session.session_id)
@@ -287,6 +304,7 @@ async def _draw_round(
         return regenerate + await _files_action(session)
 
     renderer.closing_actions = closing
+    renderer.on_approval = lambda post_id, request: approval.ask(session, post_id, request, chainlit_config.ui.name)
     async with round_lock:  # one round at a time per chat; core refuses overlapping rounds
         outcome = await pump_round(send, renderer, session.cancel)
     if outcome.round_id is not None:

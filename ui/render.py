@@ -23,6 +23,7 @@ import chainlit as cl
 from chainlit.utils import utc_now
 
 from core import RoleName, Round, SessionEventHandler, TaskWeaverEvent, WeaverError
+from core.events import ApprovalRequested
 from ui.bridge import EventPipe, PipeEnd, ThreadJob, run_in_thread
 from ui.files import MAX_ATTACHED_TOTAL_BYTES, Attached, select_artifacts
 from ui.files_folder import ensure as ensure_files_dir
@@ -92,9 +93,14 @@ class RoundRenderer:
         self.answer_last_flush = 0.0
         self.closing_actions: Callable[[], Awaitable[list[cl.Action]]] | None = None  # under the round's last message
         self.outcome: RoundOutcome | None = None  # set as the round ends, before ``closing_actions`` runs
+        # Asks the user about code waiting for approval (``ui.approval.ask``), on a task of its own.
+        self.on_approval: Callable[[str, ApprovalRequested], Awaitable[None]] | None = None
+        self._asking: list[asyncio.Task[None]] = []
 
     async def apply(self, event: TaskWeaverEvent) -> None:
         """Follow one event; only a new post is shown at once, the rest on flush."""
+        if isinstance(event.payload, ApprovalRequested) and event.post_id and self.on_approval is not None:
+            self._asking.append(asyncio.ensure_future(self.on_approval(event.post_id, event.payload)))
         change = self.view.apply(event)
         if change is None:
             return
@@ -186,6 +192,8 @@ class RoundRenderer:
     async def finish(self, outcome: RoundOutcome) -> None:
         """Close every step and tell the user how the round ended."""
         self.outcome = outcome
+        for task in self._asking:  # a question the round no longer waits for
+            task.cancel()
         for post_id in self.view.finish_posts():
             state = self.steps.get(post_id)
             if state is not None:
