@@ -86,6 +86,8 @@ def test_approval_cancel_runs_nothing_and_edit_runs_the_edited_cell(approving_se
         expect(page.get_by_text("This code waits for your approval")).to_have_count(1, timeout=90_000)
         page.get_by_role("button", name="Edit", exact=True).click()
         expect(page.get_by_text("Send the code to run instead").first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("You chose to edit this code:")).to_have_count(1)
+        page.screenshot(path=str(ARTIFACTS / "ui_approval_edit_prompt.png"))
         _send(page, "open('edited.txt', 'w').write('y')\nprint('ed' 'ited ran')")  # the output, not the input
         expect(page.get_by_text("edited ran").first).to_be_visible(timeout=90_000)
         assert list(folder_files.rglob("edited.txt")) and not list(folder_files.rglob("model.txt"))
