@@ -77,8 +77,9 @@ class ApprovalGate:
 
     def answer(self, post_id: str, approval: Approval) -> bool:
         """The user's answer; False (nothing changes) when no code of that post is waiting."""
-        if approval.decision is Decision.EDIT and (approval.code is None or len(approval.code) > MAX_EDITED_CHARS):
-            raise ValueError(f"an edited cell must be text of at most {MAX_EDITED_CHARS} characters")
+        code = approval.code
+        if approval.decision is Decision.EDIT and (code is None or not code.strip() or len(code) > MAX_EDITED_CHARS):
+            raise ValueError(f"an edited cell must be code of at most {MAX_EDITED_CHARS} characters")
         with self._cond:
             if self._pending != post_id or self._answer is not None:
                 return False

@@ -137,3 +137,29 @@ def test_a_bad_app_file_stops_the_terminal_chat_in_one_line(tmp_path: Path, caps
     assert main(["--app-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("weaver chat: ") and "lookup.yaml" in err and "\n" not in err
+
+
+def test_terminal_chat_asks_before_code_runs_when_approval_is_on(tmp_path: Path) -> None:
+    script = (
+        "```python\nopen('cancelled.txt', 'w').write('x')\n```\n\nc\n"
+        "```python\nopen('model.txt', 'w').write('x')\n```\n\ne\n"
+        "open('edited.txt', 'w').write('y')\nprint('ed' 'ited ran')\n\n"
+    )
+    env = {**os.environ, "WEAVER_CODE_INTERPRETER__REQUIRE_CONFIRMATION": "true"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ui.cli", "chat", "--app-dir", str(tmp_path)],
+        input=script,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.count("waits for your approval") == 2, out
+    assert "You cancelled the code, so nothing was run." in out
+    assert "code (your edit):\n    open('edited.txt', 'w').write('y')" in out, out
+    assert "edited ran" in out.split("weaver>")[-1]
+    written = {p.name for p in tmp_path.rglob("*.txt")}
+    assert "edited.txt" in written and not {"cancelled.txt", "model.txt"} & written, written
