@@ -103,3 +103,19 @@ def test_a_rerun_is_refused_while_a_round_runs_and_when_there_is_nothing_to_reru
         wait_until(session.cancel, 30, "the round to be cancellable")
         worker.join(60)
     assert session.rounds[-1].state == "cancelled"
+
+
+def test_a_rerun_says_which_earlier_variables_did_not_come_back(app_dir: Path) -> None:
+    no_snapshots = TaskWeaverApp(app_dir=app_dir, config={"session.snapshot_max_mb": 0})
+    try:
+        session = no_snapshots.get_session()
+        assert session.send_message(code("greeting = whoami('Hi')\na = 1")).state == "finished"
+        session.send_message(code("print('greeting' in globals())"))
+        again = session.rerun()
+        assert "False" in again.reply_text, "a plugin call was run twice to bring its variable back"
+        report = session.last_rerun
+        assert report is not None and not report.complete
+        assert report.note().startswith("The earlier variables did not all come back for this re-run:")
+        assert "Skipped: step 1" in report.note(), report.note()
+    finally:
+        no_snapshots.stop()
