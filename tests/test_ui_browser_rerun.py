@@ -54,6 +54,16 @@ def test_regenerate_replaces_the_answer_without_the_old_variables(ui_server: UIS
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "ui_regenerate.png"))
 
+        # The pencil on the sent message: its round runs again with the new text, from before it.
+        sent = page.locator(".step").filter(has_text="globals().get('n', 0)").last
+        sent.hover()
+        page.locator(".edit-message").last.click()
+        page.locator("#edit-chat-input").fill("```python\nprint('n' in globals(), a + 1)\n```")
+        page.locator(".confirm-edit").click()
+        expect(page.get_by_text("False 42").first).to_be_visible(timeout=90_000)
+        expect(page.get_by_text("n is 1 a is 41")).to_have_count(0)
+        page.screenshot(path=str(ARTIFACTS / "ui_edit.png"))
+
 
 @pytest.fixture()
 def approving_server(tmp_path: Path) -> Iterator[UIServer]:

@@ -13,9 +13,11 @@ from tests.ui_harness import (
     UIServer,
     answers,
     code_block,
+    gated_code,
     start_server,
     stop_server,
     ui_server,
+    wait_started,
     wait_until,
 )
 
@@ -100,6 +102,40 @@ def test_regenerate_and_edit_rerun_from_the_state_before_the_round(ui_server: UI
 
         history = wait_until(settled, 30, "the history to hold only the edited round")
         assert "a + 1" in history, "the edited message is not stored as edited"
+
+
+def test_an_edit_while_a_round_runs_is_refused(ui_server: UIServer) -> None:
+    with ui_server.client() as client:
+        first = client.send(code_block("x = 1"))
+        client.wait_turn(first)
+        second = client.send(gated_code("busy", "print('busy done')"))
+        gate = wait_started(ui_server, "busy")
+        client.sio.emit("edit_message", {"message": {"id": first, "output": code_block("print('edited ran')")}})
+        client.wait_for(
+            lambda: any("still being worked on" in str(m.get("output")) for m in client.messages().values()),
+            30,
+            "the refusal",
+        )
+        gate.write_text("")
+        done = client.wait_turn(second)
+        assert any("busy done" in a for a in answers(done))
+        assert not any("edited ran" in str(m.get("output")) for m in client.messages().values())
+
+
+def test_stop_cancels_a_regenerated_round(ui_server: UIServer) -> None:
+    # Waits at its gate each time it runs, and clears its marks when let through.
+    gated = gated_code("again", "os.remove('started-again')\nos.remove('gate-again')\nprint('let through')")
+    with ui_server.client() as client:
+        message = client.send(gated)
+        wait_started(ui_server, "again").write_text("")
+        client.wait_turn(message)
+        press(ui_server, client, regenerate_button(client, message))
+        wait_started(ui_server, "again")  # the regenerated round runs the code again and waits
+        assert "task_start" in client.event_names()[-40:], "the page does not show the round running"
+        client.stop()
+        client.wait_for(
+            lambda: any("Round cancelled" in a for a in answers_under(client, message)), 60, "the cancelled round"
+        )
 
 
 @pytest.fixture()

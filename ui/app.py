@@ -323,36 +323,38 @@ async def _rerun(message_id: str | None, text: str | None) -> None:
     if server.ENDED_LOGINS.refused(_key()):
         return
     session = cl.user_session.get("weaver_session")
+    lease = await _or_report(server.OWNER.acquire_async(_key(), _user_name(), _client())) if session else None
+    if lease is not None and lease.round_lock.locked():
+        await cl.ErrorMessage(content=str(RoundInProgress()), author=chainlit_config.ui.name).send()
+        return
     index = rerun_ui.find(message_id)
-    if session is None or index is None:
+    if lease is None or index is None:
         await cl.ErrorMessage(
             content="This message cannot be run again: it was not sent in this visit to the chat. "
             "Send it as a new message instead.",
             author=chainlit_config.ui.name,
         ).send()
         return
-    lease = await _or_report(server.OWNER.acquire_async(_key(), _user_name(), _client()))
-    if lease is None:
-        return
-    if lease.round_lock.locked():
-        await cl.ErrorMessage(content=str(RoundInProgress()), author=chainlit_config.ui.name).send()
-        return
     entry = rerun_ui.drawn()[index]
     round_id = entry.round_id
-    if text is not None:
-        for message in chat_context.get():
-            if message.id == entry.message_id:
-                message.content = text
-                await message.update()
-    await rerun_ui.erase_from(index)
-    async with cl.Step(name="on_message", type="run", parent_id=entry.message_id) as run:  # as a sent message's
-        await _draw_round(
-            session,
-            lease.round_lock,
-            run.id,
-            entry.message_id,
-            lambda handler: session.rerun(round_id, text, event_handler=handler),
-        )
+    await cl.context.emitter.task_start()  # the page shows the round running, with its Stop button
+    try:
+        if text is not None:
+            for message in chat_context.get():
+                if message.id == entry.message_id:
+                    message.content = text
+                    await message.update()
+        await rerun_ui.erase_from(index)
+        async with cl.Step(name="on_message", type="run", parent_id=entry.message_id) as run:  # as a sent message's
+            await _draw_round(
+                session,
+                lease.round_lock,
+                run.id,
+                entry.message_id,
+                lambda handler: session.rerun(round_id, text, event_handler=handler),
+            )
+    finally:
+        await cl.context.emitter.task_end()
     redrawn = rerun_ui.drawn()
     if redrawn and redrawn[-1].message_id == entry.message_id:
         redrawn[-1].steps.append(run)  # a later re-run removes this one too
@@ -369,9 +371,10 @@ async def on_edit(message_id: str, text: str) -> None:
 
 
 @cl.action_callback(rerun_ui.ACTION)
-@DRAIN.one_round
 async def on_regenerate(action: cl.Action) -> None:
-    """The "Regenerate" button under the last answer."""
+    """The "Regenerate" button under the last answer. The round runs as the chat's task (Chainlit
+    calls actions from an HTTP request, which would otherwise wait for the whole round), so Stop
+    reaches it as it reaches a sent message."""
     last = rerun_ui.drawn()[-1].round_id if rerun_ui.drawn() else None
     if action.payload.get("round") != last:
         await cl.ErrorMessage(
@@ -379,7 +382,15 @@ async def on_regenerate(action: cl.Action) -> None:
             author=chainlit_config.ui.name,
         ).send()
         return
-    await _rerun(None, None)
+    cl.context.session.current_task = asyncio.ensure_future(_regenerate())
+
+
+@DRAIN.one_round
+async def _regenerate() -> None:
+    try:
+        await _rerun(None, None)
+    except asyncio.CancelledError:  # Stop: the engine was told (on_stop); the round ends by itself
+        pass
 
 
 async def _files_action(session: Session) -> list[cl.Action]:

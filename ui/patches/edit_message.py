@@ -7,8 +7,9 @@ of the rounds it replaced stay. Here an edit is refused on the server while edit
 (``enabled()``: ``edit_message`` in ``.chainlit/config.toml`` and ``WEAVER_UI_EDIT_MESSAGES``), and
 otherwise handed to Weaver's own handler (``ui.rerun``), which re-runs that round from the kernel
 state before it (``Session.rerun``). It runs as a task the session's Stop cancels, as a new message
-does (``chainlit.socket.message``); it relies on ``init_ws_context`` and the emitter's
-``task_start``/``task_end`` as Chainlit's own handler does.
+does (``chainlit.socket.message``); it relies on ``init_ws_context`` as Chainlit's own handler does
+(the handler sends ``task_start``/``task_end`` itself, around the round only: a refused edit must
+not mark a round that is still running as ended).
 """
 
 from __future__ import annotations
@@ -32,16 +33,13 @@ def install(sio: Any, enabled: Callable[[], bool], handler: EditHandler) -> None
         return
 
     async def run(session: Any, message_id: str, text: str) -> None:
-        context = init_ws_context(session)
-        await context.emitter.task_start()
+        init_ws_context(session)  # the handler marks the task running only once it runs the round
         try:
             await handler(message_id, text)
         except asyncio.CancelledError:
             pass
         except Exception:
             logger.exception("editing message %s failed", message_id)
-        finally:
-            await context.emitter.task_end()
 
     async def edit_message(sid: str, payload: Any) -> dict[str, str] | None:
         if not enabled():
