@@ -170,3 +170,25 @@ def test_with_editing_off_the_server_refuses_an_edit(no_edit_server: UIServer) -
         assert len(runs_of(client, first)) == 1
         assert first not in client.messages(), "the server updated the message it refused to edit"
         assert not any("edited ran" in a for a in answers_under(client, first))
+
+
+def test_the_approval_switch_makes_code_wait_and_stop_ends_the_wait(ui_server: UIServer) -> None:
+    with ui_server.client() as client:
+        client.sio.emit("chat_settings_change", {"code_approval": True})
+        try:
+            message = client.send(code_block("open('approved.txt', 'w').write('x')"))
+            question = client.wait_for(
+                lambda: next((d for n, d in client.events if n == "ask" and "waits for your approval" in str(d)), None),
+                60,
+                "the approval question",
+            )
+            assert "open('approved.txt'" in str(question) and "action" in str(question), question
+            client.stop()
+            client.wait_for(
+                lambda: any("Round cancelled" in a for a in answers_under(client, message)), 60, "the cancelled round"
+            )
+            assert not list(Path(ui_server.app_dir).rglob("approved.txt")), "code ran without approval"
+        finally:  # the switch is the user's, for all their chats: the server's other tests run code freely
+            client.sio.emit("chat_settings_change", {"code_approval": False})
+        turn = client.ask(code_block("print('free' 'ly')"))
+        assert any("freely" in a for a in answers(turn)), answers(turn)

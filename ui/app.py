@@ -54,6 +54,8 @@ logger = logging.getLogger("weaver.ui.app")
 MODEL_CHECK: CheckReport | None = None  # the model check made at start, when a model is configured
 # Answer first: each user's choice to see every step expanded (for this server's lifetime).
 EXPANDED_BY_USER: dict[str, bool] = {}
+# Each user's choice to approve code before it runs (None: code_interpreter.require_confirmation).
+APPROVAL_BY_USER: dict[str, bool] = {}
 T = TypeVar("T")
 
 
@@ -184,7 +186,7 @@ async def _send_chat_settings(engine: TaskWeaverApp) -> None:
         Switch(
             id=approval.SETTING,
             label="Approve code before it runs",
-            description="Generated code waits for your Run, Edit or Cancel in this chat.",
+            description="Generated code waits for your Run, Edit or Cancel (in all your chats).",
             initial=_code_approval(engine),
         ),
     ]
@@ -200,7 +202,7 @@ async def _send_chat_settings(engine: TaskWeaverApp) -> None:
 
 def _code_approval(engine: TaskWeaverApp) -> bool:
     """The chat's approval switch: its own choice, else ``code_interpreter.require_confirmation``."""
-    chosen = cl.user_session.get(approval.KEY)
+    chosen = APPROVAL_BY_USER.get(_user_name())
     return bool(engine.config.code_interpreter.require_confirmation if chosen is None else chosen)
 
 
@@ -211,7 +213,7 @@ async def on_settings_update(settings: dict[str, Any]) -> None:
     if "expand_steps" in settings:
         EXPANDED_BY_USER[_user_name()] = bool(settings["expand_steps"])
     if approval.SETTING in settings:
-        cl.user_session.set(approval.KEY, bool(settings[approval.SETTING]))
+        APPROVAL_BY_USER[_user_name()] = bool(settings[approval.SETTING])
         if (session := cl.user_session.get("weaver_session")) is not None:
             session.set_code_approval(bool(settings[approval.SETTING]))
     if "model" not in settings:
@@ -249,7 +251,7 @@ async def on_message(message: cl.Message) -> None:
     session = lease.session
     cl.user_session.set("weaver_session", session)
     await _apply_llm(session)
-    session.set_code_approval(cl.user_session.get(approval.KEY))
+    session.set_code_approval(APPROVAL_BY_USER.get(_user_name()))
     if lease.created:
         server.track_kernel(_key(), session)
         _remember_session(session.session_id)

@@ -24,8 +24,7 @@ from core.text import fence
 
 logger = logging.getLogger("weaver.ui.approval")
 
-SETTING = "code_approval"  # the chat settings switch
-KEY = "weaver_code_approval"  # user_session: this chat's choice (None: the app's setting)
+SETTING = "code_approval"  # the chat settings switch (the user's choice, for all their chats)
 
 
 CHOSEN = {
