@@ -26,7 +26,7 @@ from core.execution.backend import KernelBackend
 from core.execution.kernel import KernelExecutor
 from core.execution.limits import MB, incoming_bytes
 from core.execution.pool import StartGate
-from core.files import FileListing, add_files, files_prefix, list_files, split_files_prefix
+from core.files import FileListing, add_files, files_in_prefix, files_prefix, list_files, split_files_prefix
 from core.llm.base import ChatRequest, LLMBackend, LLMError
 from core.llm.factory import ModelChoices
 from core.memory import Post, Round
@@ -321,7 +321,7 @@ class Session:
                 self.emitter.register(event_handler)
             try:
                 self.last_rerun = self._roll_back(index, self._cancel, on_progress)
-                self._run_round(rnd, [], self._cancel)
+                self._run_round(rnd, files_in_prefix(prefix), self._cancel)
             finally:
                 if event_handler is not None:
                     self.emitter.unregister(event_handler)

@@ -119,3 +119,14 @@ def test_a_rerun_says_which_earlier_variables_did_not_come_back(app_dir: Path) -
         assert "Skipped: step 1" in report.note(), report.note()
     finally:
         no_snapshots.stop()
+
+
+def test_a_rerun_keeps_the_files_of_the_message(app: TaskWeaverApp, tmp_path: Path) -> None:
+    csv = tmp_path / "sales.csv"
+    csv.write_text("region,units\nnorth,3\nsouth,5\n")
+    session = app.get_session()
+    first = session.send_message("profile this file", files=[{"name": "sales.csv", "path": str(csv)}])
+    assert "2 rows" in first.reply_text, first.reply_text
+    edited = session.rerun(first.id, "profile it again")
+    assert edited.user_query == "files added: sales.csv.\nprofile it again"
+    assert "2 rows" in edited.reply_text, "the edited round did not get the message's file: " + edited.reply_text
