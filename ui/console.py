@@ -46,6 +46,7 @@ OFFLINE_STATUS = "answering by Weaver's offline rules (no language model is conf
 HELP = """\
 Type a message and end it with an empty line; a ```python block runs as code in your kernel.
   /file PATH [PATH...]  add files to your next message (an empty message sends them alone)
+  /again                run the last message again, from the variables before it (regenerate)
   /help                 this list
   /quit                 quit (so does Ctrl-D)
 Ctrl-C stops a running round; your variables are kept.
@@ -189,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
             if message is None or message.strip() == "/quit":
                 print("\nGoodbye.", flush=True)
                 break
+            if message.strip() == "/again":
+                error = run_round(session, "", handler, [], stdin, again=True)
+                if error is not None:
+                    print(f"error: {error}", flush=True)
+                continue
             if message.startswith("/"):
                 _command(message, files)
                 continue
@@ -240,15 +246,20 @@ def run_round(
     handler: SessionEventHandler,
     files: list[FileEntry],
     stdin: _StdinLines | None = None,
+    again: bool = False,
 ) -> str | None:
     """Run one round through the bridge so Ctrl-C can cancel it; returns a refusal to print, if any.
 
     The first Ctrl-C cancels the round (its code is interrupted, variables are kept) and waits for
     it to end; a second one during the same round raises ``KeyboardInterrupt`` to quit. Code
     waiting for approval (``code_interpreter.require_confirmation``) is asked about on ``stdin``.
+    ``again``: regenerate the last answer instead (``Session.rerun``), from the variables before it.
     """
     job = ThreadJob(
-        lambda: session.send_message(message, event_handler=handler, files=files or None), "weaver-chat-round"
+        (lambda: session.rerun(event_handler=handler))
+        if again
+        else (lambda: session.send_message(message, event_handler=handler, files=files or None)),
+        "weaver-chat-round",
     )
     cancelled = False
     while not job.done():
