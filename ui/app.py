@@ -27,7 +27,15 @@ from chainlit.config import config as chainlit_config  # noqa: E402
 from chainlit.input_widget import Select, Slider, Switch  # noqa: E402
 from chainlit.types import ThreadDict  # noqa: E402
 
-from core import Round, RoundInProgress, Session, SessionEventHandler, TaskWeaverApp, WeaverError  # noqa: E402
+from core import (  # noqa: E402
+    NothingToRerun,
+    Round,
+    RoundInProgress,
+    Session,
+    SessionEventHandler,
+    TaskWeaverApp,
+    WeaverError,
+)
 from core.tracing import shutdown_tracing  # noqa: E402
 from ui import approval, server  # noqa: E402  (importing ``server`` sets this server up)
 from ui import rerun as rerun_ui  # noqa: E402
@@ -339,6 +347,9 @@ async def _rerun(message_id: str | None, text: str | None) -> None:
         return
     entry = rerun_ui.drawn()[index]
     round_id = entry.round_id
+    if round_id not in {r.id for r in session.rounds}:  # checked before the page loses anything
+        await cl.ErrorMessage(content=str(NothingToRerun(round_id)), author=chainlit_config.ui.name).send()
+        return
     await cl.context.emitter.task_start()  # the page shows the round running, with its Stop button
     try:
         if text is not None:
