@@ -22,6 +22,7 @@ _EXPORTS = {
     "SessionNotFound": "core.errors",
     "SessionStopped": "core.errors",
     "RoundInProgress": "core.errors",
+    "NothingToRerun": "core.errors",
     "CancelToken": "core.cancel",
     "RoundCancelled": "core.cancel",
     "EventScope": "core.events",
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from core.errors import (
         BadFiles,
         ConfigError,
+        NothingToRerun,
         RoundInProgress,
         SessionFull,
         SessionLimitReached,

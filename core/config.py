@@ -359,6 +359,12 @@ class CodeInterpreterSettings(BaseModel):
     )
     blocked_functions: list[str] = Field(list(DEFAULT_BLOCKED_FUNCTIONS), description="names code may not use")
     use_local_uri: bool = Field(True, description="artifact_paths hold absolute paths; false: names in the cwd")
+    require_confirmation: bool = Field(
+        False, description="generated code waits for the user's Run, Edit or Cancel before it runs (core/approval.py)"
+    )
+    confirmation_timeout: float = Field(
+        300.0, gt=0, le=86_400, description="seconds code waits for approval; then it is not run and the round ends"
+    )
 
     _lists = field_validator("allowed_modules", "blocked_functions", mode="before")(
         classmethod(lambda cls, v: as_list(v))

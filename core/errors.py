@@ -55,6 +55,19 @@ class RoundInProgress(WeaverError, RuntimeError):
         super().__init__("Your previous message is still being worked on; wait for it or press Stop.")
 
 
+class NothingToRerun(WeaverError, LookupError):
+    """``Session.rerun`` named no round of this session (or the session has none yet)."""
+
+    def __init__(self, round_id: str | None = None) -> None:
+        super().__init__(
+            "There is no answer to regenerate yet; send a message first."
+            if round_id is None
+            else "That message is not part of this chat's conversation any more (it was replaced or the chat "
+            "was reopened), so it cannot be run again; send it as a new message."
+        )
+        self.round_id = round_id
+
+
 class GatewayError(WeaverError, RuntimeError):
     """The Jupyter kernel gateway (``execution.gateway_url``) cannot serve Weaver's kernels."""
 

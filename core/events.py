@@ -51,6 +51,9 @@ class PostEventType(Named):
     # Weaver's own: what the running code printed since the last one (``ExecutionOutput``). Not part
     # of the post (its ``execution_result`` holds the output once the code ended); a preview only.
     post_execution_output = "post_execution_output"
+    # Weaver's own: the post's code waits for the user's approval (``ApprovalRequested``); answer
+    # with ``Session.approve(post_id, ...)``.
+    post_approval_request = "post_approval_request"
 
 
 EventType = SessionEventType | RoundEventType | PostEventType
@@ -136,10 +139,24 @@ class AttachmentChunk:
     is_end: bool = True
     data: Any = None
     attachment_extra: Any = None
+    replace: bool = False  # ``msg`` is the attachment's whole text now (the user edited the code)
 
     def as_extra(self) -> dict[str, Any]:
         extra = self.attachment_extra
-        return {"type": self.type, "extra": extra, "id": self.id, "is_end": self.is_end, "data": self.data}
+        found = {"type": self.type, "extra": extra, "id": self.id, "is_end": self.is_end, "data": self.data}
+        return {**found, "replace": True} if self.replace else found
+
+
+@dataclass(frozen=True)
+class ApprovalRequested:
+    """``post_approval_request``: ``code`` waits for the user's Run, Edit or Cancel for ``timeout_s``
+    seconds (``code_interpreter.confirmation_timeout``)."""
+
+    code: str
+    timeout_s: float
+
+    def as_extra(self) -> dict[str, Any]:
+        return {"code": self.code, "timeout_s": self.timeout_s}
 
 
 @dataclass(frozen=True)
@@ -164,6 +181,7 @@ EventPayload = (
     | MessageChunk
     | AttachmentChunk
     | ExecutionOutput
+    | ApprovalRequested
 )
 
 
@@ -319,6 +337,16 @@ class PostEventProxy:
         payload = AttachmentChunk(existing.id, type, is_end, data=data, attachment_extra=extra)
         self._emit(PostEventType.post_attachment_update, msg, payload)
         return existing
+
+    def replace_attachment(self, attachment: Attachment, text: str) -> None:
+        """Replace a text attachment's content (``AttachmentChunk.replace``): the code the user edited."""
+        attachment.content = text
+        payload = AttachmentChunk(attachment.id, attachment.type, replace=True)
+        self._emit(PostEventType.post_attachment_update, text, payload)
+
+    def request_approval(self, code: str, timeout_s: float) -> None:
+        """Tell handlers that ``code`` waits for the user's approval (``ApprovalRequested``)."""
+        self._emit(PostEventType.post_approval_request, code, ApprovalRequested(code, timeout_s))
 
     def error(self, msg: str) -> None:
         self.failed = True

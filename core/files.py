@@ -126,9 +126,28 @@ def _write_all(folder: Path, pending: list[_PendingFile]) -> list[str]:
     return written
 
 
+_ADDED = "files added: "
+
+
 def files_prefix(names: list[str]) -> str:
     """TaskWeaver's note to the agent about added files, put before the user's message."""
-    return f"files added: {', '.join(names)}.\n" if names else ""
+    return f"{_ADDED}{', '.join(names)}.\n" if names else ""
+
+
+def split_files_prefix(query: str) -> tuple[str, str]:
+    """A round's query as ``(files_prefix(...), the user's own text)``: an edit keeps the files."""
+    head, newline, rest = query.partition("\n")
+    if newline and head.startswith(_ADDED) and head.endswith("."):
+        return head + newline, rest
+    return "", query
+
+
+def files_in_prefix(prefix: str) -> list[str]:
+    """The names a ``files_prefix`` lists (a re-run hands them to its round again)."""
+    listed = prefix.strip()
+    if not listed.startswith(_ADDED) or not listed.endswith("."):
+        return []
+    return [name for name in listed[len(_ADDED) : -1].split(", ") if name]
 
 
 @dataclass(frozen=True)

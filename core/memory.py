@@ -31,6 +31,7 @@ class PostStatus(Named):
     calling_model = "calling the language model"
     starting_kernel = "starting your Python kernel"
     executing_code = "executing code"
+    awaiting_approval = "waiting for your approval to run the code"
 
 
 class ExecutionStatus(Named):

@@ -10,10 +10,11 @@ from typing import Any, Dict, Iterator, List, Literal, Optional
 from injector import Injector, inject
 
 from core import metrics
+from core.approval import Approval, ApprovalGate, Decision
 from core.cancel import CancelToken, RoundCancelled
 from core.config import AppSessionConfig, LLMSettings
 from core.datasets import DatasetCatalog
-from core.errors import ConfigError, RoundInProgress, SessionFull, SessionStopped
+from core.errors import ConfigError, NothingToRerun, RoundInProgress, SessionFull, SessionStopped
 from core.events import (
     EventEmitter,
     RoundEnded,
@@ -25,13 +26,14 @@ from core.execution.backend import KernelBackend
 from core.execution.kernel import KernelExecutor
 from core.execution.limits import MB, incoming_bytes
 from core.execution.pool import StartGate
-from core.files import FileListing, add_files, files_prefix, list_files
+from core.files import FileListing, add_files, files_in_prefix, files_prefix, list_files, split_files_prefix
 from core.llm.base import ChatRequest, LLMBackend, LLMError
 from core.llm.factory import ModelChoices
 from core.llm.role_models import ROLE_SECTIONS, RoleModels
 from core.memory import Memory, Post, Round
 from core.plugins.api import MAX_SESSION_VAR_NAME
 from core.plugins.catalog import PluginCatalog, describe_plugins
+from core.rerun import RerunReport
 from core.resume import Progress, ReplayReport, RestoreOutcome, load_rounds, restore
 from core.roles.context import RoundContext, RoundFailed
 from core.roles.protocol import PLANNER, USER
@@ -182,6 +184,9 @@ class Session:
         self.snapshots = Snapshots(self.executor, snapshot_mb, self.log.logger, self.cwd)
         self._restoring = False
         self._stopped = False
+        self.last_rerun: RerunReport | None = None  # how the latest ``rerun`` brought the kernel back
+        self.approvals = ApprovalGate()
+        self.code_approval: bool | None = None  # this chat's choice; None: code_interpreter.require_confirmation
         self.log.logger.info(
             "session %s started in %s%s", session_id, self.cwd, " with a kernel handed over" if warm else ""
         )
@@ -310,6 +315,105 @@ class Session:
             if not self._stopped:
                 self.snapshots.in_background()  # the chat is idle: its variables are saved meanwhile
 
+    def rerun(
+        self,
+        round_id: Optional[str] = None,
+        message: Optional[str] = None,
+        event_handler: Optional[SessionEventHandler] = None,
+        on_progress: Progress | None = None,
+    ) -> Round:
+        """Run a round again from the kernel state before it: regenerate the last answer
+        (``round_id`` None) or re-run the round ``round_id`` with ``message`` (an edit; None: its
+        own message). That round and every later one leave the session's memory and
+        ``rounds.jsonl``; the kernel is replaced by a fresh one that gets the variables of the rounds
+        kept (the snapshot taken before, else their code run again, as a resume does:
+        ``core.resume``), so nothing the discarded rounds made is left in it. Files they wrote stay
+        in the folder (they may be uploads, or already downloaded; same-named outputs are written
+        again). ``last_rerun`` says how the variables came back (gaps included).
+
+        Refusals raise before anything changes: ``NothingToRerun``, ``SessionStopped``,
+        ``RoundInProgress``. Once started this never raises, as ``send_message``."""
+        if self._stopped:
+            raise SessionStopped(self.session_id)
+        if not self._round_lock.acquire(blocking=False):
+            raise RoundInProgress()
+        try:
+            if self._stopped:
+                raise SessionStopped(self.session_id)
+            index = self._rerun_index(round_id)
+            old = self.rounds[index]
+            prefix, _ = split_files_prefix(old.user_query)
+            rnd = Round(user_query=old.user_query if message is None else prefix + message)
+            self._cancel = CancelToken()
+            if event_handler is not None:
+                self.emitter.register(event_handler)
+            try:
+                self.last_rerun = self._roll_back(index, self._cancel, on_progress)
+                self._run_round(rnd, files_in_prefix(prefix), self._cancel)
+            finally:
+                if event_handler is not None:
+                    self.emitter.unregister(event_handler)
+                self._cancel = None
+            if ran_code(rnd):
+                self.snapshots.round_ran_code(rnd.id)
+            return rnd
+        finally:
+            self._round_lock.release()
+            if not self._stopped:
+                self.snapshots.in_background()
+
+    def _rerun_index(self, round_id: str | None) -> int:
+        if not self.rounds:
+            raise NothingToRerun(round_id)
+        if round_id is None:
+            return len(self.rounds) - 1
+        for index, rnd in enumerate(self.rounds):
+            if rnd.id == round_id:
+                return index
+        raise NothingToRerun(round_id)
+
+    def _roll_back(self, index: int, cancel: CancelToken, on_progress: Progress | None) -> RerunReport:
+        """Drop the rounds from ``index`` on, in memory and on disk, and bring a fresh kernel to the
+        state after the rounds kept."""
+        discarded = tuple(r.id for r in self.rounds[index:])
+        kept = self.rounds[:index]
+        self.snapshots.code_may_run()  # a save still pending would be of the discarded state
+        self.executor.new_kernel()
+        self.rounds = kept
+        self.replay_pending = False
+        self.log.rewrite_rounds(kept)
+        settings = self.config.session
+        self._restoring = True
+        try:
+            report = restore(
+                self.executor,
+                kept,
+                [spec.name for spec in self._plugin_catalog.specs],
+                dict(self.session_var),
+                settings.resume_replay_timeout,
+                cancel,
+                on_progress,
+                use_snapshot=self.snapshots.enabled,
+                run_code=settings.resume_replay,
+                folder=self.cwd,
+            )
+        finally:
+            self._restoring = False
+        if report.outcome is not RestoreOutcome.COMPLETE:
+            self.snapshots.stop_taking()  # a namespace with gaps must not pass for the whole chat
+        elif report.ran and kept:
+            self.snapshots.round_ran_code(kept[-1].id)
+        else:
+            self.snapshots.nothing_due()
+        self.log.logger.info(
+            "session %s re-runs from round %d (discarding %s): %s",
+            self.session_id,
+            index + 1,
+            ", ".join(discarded),
+            report.summary(),
+        )
+        return RerunReport(discarded=discarded, restore=report, kept_rounds=len(kept))
+
     def _check_room(self, files: list[Any]) -> None:
         """Refuse files that would take the session's folder past ``execution.disk_mb``."""
         room = self.executor.disk_room()
@@ -382,6 +486,26 @@ class Session:
         names the missing ones). False when no restore is running."""
         return self._restoring and self.cancel()
 
+    @property
+    def approval_required(self) -> bool:
+        """Whether generated code waits for the user's Run, Edit or Cancel in this chat."""
+        if self.code_approval is not None:
+            return self.code_approval
+        return self.config.code_interpreter.require_confirmation
+
+    def set_code_approval(self, required: bool | None) -> None:
+        """This chat's own choice (from its next code on; None: the app's
+        ``code_interpreter.require_confirmation``)."""
+        self.code_approval = required
+
+    def approve(self, post_id: str, decision: Decision, code: str | None = None) -> bool:
+        """The user's answer to the code of post ``post_id`` waiting for approval (``post_approval_request``):
+        ``Decision.RUN``, ``EDIT`` (run ``code`` instead) or ``CANCEL``. False when that code is not
+        waiting (answered already, timed out, the round ended). Safe from any thread."""
+        if decision is Decision.TIMED_OUT:
+            raise ValueError("only the engine times an approval out")
+        return self.approvals.answer(post_id, Approval(decision, code))
+
     def cancel(self) -> bool:
         """Cancel the running round from any thread: its model stream stops, its code is interrupted."""
         token = self._cancel
@@ -405,6 +529,7 @@ class Session:
             session_vars=self.session_var,
             files_added=files_added,
             tracing=self.tracing,
+            approvals=self.approvals if self.approval_required else None,
         )
         try:
             with self.tracing.span("weaver.round", {**ctx.trace_attributes(), "weaver.model": self._llm.model_name}):

@@ -34,6 +34,7 @@ from typing import Any, BinaryIO
 MAGIC = b"weaver-snapshot 1\n"
 _IPYTHON_NAMES = re.compile(r"_+|_i+|_i?\d+|_(oh|ih|dh)|In|Out|exit|quit|get_ipython")
 _unpicklable: dict[str, int] = {}  # name -> id of the object that failed last time (fail fast)
+PREVIOUS = ".prev"  # the snapshot before the latest, beside it (``path + PREVIOUS``)
 MAX_LISTED = 500  # names in an answer (the server reads a bounded answer; ``count`` gives the total)
 
 
@@ -182,6 +183,8 @@ def save(payload_json: str) -> str:
             sink = _Capped(raw, limit)
             sink.write(MAGIC + json.dumps(header).encode() + b"\n")
             pickler(sink, namespace).dump(values)
+        if os.path.exists(path):  # kept one round back: a re-run of the last round starts from it
+            os.replace(path, path + PREVIOUS)
         os.replace(part, path)
     except _TooBig as exc:
         _remove(part)
@@ -247,9 +250,24 @@ def load(payload_json: str) -> str:
     """Load a snapshot into the namespace: ``{"path", "round_ids"}`` in (the rounds the server knows;
     a snapshot taken after another one is stale); JSON out: ``status`` loaded | none | stale |
     corrupt (``error``), and ``round_id``, ``names``, ``dropped``, ``why_older`` (why no later
-    snapshot was taken). On any failure the namespace is as it was before."""
+    snapshot was taken). On any failure the namespace is as it was before.
+
+    A stale snapshot (taken after a round the chat dropped: a re-run) gives way to the one before it
+    (``path + PREVIOUS``), which then takes its place: the dropped round never comes back."""
     payload = json.loads(payload_json)
     path = str(payload["path"])
+    answer = _load_one(path, payload)
+    if json.loads(answer).get("status") != "stale" or not os.path.exists(path + PREVIOUS):
+        return answer
+    older = _load_one(path + PREVIOUS, payload)
+    if json.loads(older).get("status") == "loaded":
+        os.replace(path + PREVIOUS, path)
+        _remove(path + ".why")
+    return older
+
+
+def _load_one(path: str, payload: dict[str, Any]) -> str:
+    """``load`` of the snapshot at ``path``."""
     try:
         snapshot = open(path, "rb")
     except FileNotFoundError:

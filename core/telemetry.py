@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,14 @@ class SessionLog:
     def record_round(self, rnd: Round) -> None:
         with self.rounds_path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(rnd.to_dict(), ensure_ascii=False, default=str) + "\n")
+
+    def rewrite_rounds(self, rounds: list[Round]) -> None:
+        """``rounds.jsonl`` as these rounds only (a re-run dropped the later ones), replaced at once."""
+        part = self.rounds_path.with_name(self.rounds_path.name + ".part")
+        with part.open("w", encoding="utf-8") as out:
+            for rnd in rounds:
+                out.write(json.dumps(rnd.to_dict(), ensure_ascii=False, default=str) + "\n")
+        os.replace(part, self.rounds_path)
 
     def close(self) -> None:
         self.logger.removeHandler(self._handler)

@@ -180,3 +180,45 @@ def test_the_terminal_chat_prints_each_rounds_tokens(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "weaver>" in done.stdout and "Hi!" in done.stdout
     assert "[round finished · 11 tokens in · 7 out · $0.0320]" in done.stdout, done.stdout
+
+
+def test_terminal_chat_asks_before_code_runs_when_approval_is_on(tmp_path: Path) -> None:
+    script = (
+        "```python\nopen('cancelled.txt', 'w').write('x')\n```\n\nc\n"
+        "```python\nopen('model.txt', 'w').write('x')\n```\n\ne\n"
+        "open('edited.txt', 'w').write('y')\nprint('ed' 'ited ran')\n\n"
+    )
+    env = {**os.environ, "WEAVER_CODE_INTERPRETER__REQUIRE_CONFIRMATION": "true"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ui.cli", "chat", "--app-dir", str(tmp_path)],
+        input=script,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert out.count("waits for your approval") == 2, out
+    assert "You cancelled the code, so nothing was run." in out
+    assert "code (your edit):\n    open('edited.txt', 'w').write('y')" in out, out
+    assert "edited ran" in out.split("weaver>")[-1]
+    written = {p.name for p in tmp_path.rglob("*.txt")}
+    assert "edited.txt" in written and not {"cancelled.txt", "model.txt"} & written, written
+
+
+def test_again_regenerates_the_last_answer_from_the_variables_before_it(tmp_path: Path) -> None:
+    script = "```python\nn = globals().get('n', 0) + 1\nprint('n' ' is', n)\n```\n\n/again\n"
+    done = subprocess.run(
+        [sys.executable, "-m", "ui.cli", "chat", "--app-dir", str(tmp_path)],
+        input=script,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    answers = [part for part in done.stdout.split("weaver>")[1:]]
+    assert len(answers) == 2 and all("n is 1" in a for a in answers), done.stdout
+    assert "n is 2" not in done.stdout

@@ -15,21 +15,31 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Literal, TypeVar, cast
+from typing import Any, Awaitable, Callable, Literal, TypeVar, cast
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `chainlit run ui/app.py` puts ui/ on the path, not the repo root
     sys.path.insert(0, str(REPO_ROOT))
 
 import chainlit as cl  # noqa: E402
+from chainlit.chat_context import chat_context  # noqa: E402
 from chainlit.config import config as chainlit_config  # noqa: E402
 from chainlit.input_widget import Select, Slider, Switch  # noqa: E402
 from chainlit.types import ThreadDict  # noqa: E402
 
-from core import Session, TaskWeaverApp, WeaverError  # noqa: E402
+from core import (  # noqa: E402
+    NothingToRerun,
+    Round,
+    RoundInProgress,
+    Session,
+    SessionEventHandler,
+    TaskWeaverApp,
+    WeaverError,
+)
 from core.tracing import shutdown_tracing  # noqa: E402
 from core.usage import RoundUsage  # noqa: E402
-from ui import chat_menu, server  # noqa: E402  (importing ``server`` sets this server up)
+from ui import approval, chat_menu, server  # noqa: E402  (importing ``server`` sets this server up)
+from ui import rerun as rerun_ui  # noqa: E402
 from ui import shutdown_steps as shutdown  # noqa: E402
 from ui.bridge import in_background, run_in_thread  # noqa: E402
 from ui.check import CheckReport, run_check_async  # noqa: E402
@@ -47,13 +57,15 @@ from ui.restore import SKIP_ACTION as SKIP_RESTORE  # noqa: E402
 from ui.restore import restore_session  # noqa: E402
 from ui.restore import skip as skip_restore  # noqa: E402
 from ui.startup import stop_server_on_failure  # noqa: E402
-from ui.view import model_picker_note  # noqa: E402
+from ui.view import model_picker_note, safe_markdown  # noqa: E402
 from ui.welcome import EXPAND_STEPS_NOTE, dataset_starters, send_welcome  # noqa: E402
 
 logger = logging.getLogger("weaver.ui.app")
 MODEL_CHECK: CheckReport | None = None  # the model check made at start, when a model is configured
 # Answer first: each user's choice to see every step expanded (for this server's lifetime).
 EXPANDED_BY_USER: dict[str, bool] = {}
+# Each user's choice to approve code before it runs (None: code_interpreter.require_confirmation).
+APPROVAL_BY_USER: dict[str, bool] = {}
 T = TypeVar("T")
 
 
@@ -187,7 +199,13 @@ async def _send_chat_settings(engine: TaskWeaverApp) -> None:
             label="Show every step expanded",
             description=EXPAND_STEPS_NOTE,
             initial=EXPANDED_BY_USER.get(_user_name(), False),
-        )
+        ),
+        Switch(
+            id=approval.SETTING,
+            label="Approve code before it runs",
+            description="Generated code waits for your Run, Edit or Cancel (in all your chats).",
+            initial=_code_approval(engine),
+        ),
     ]
     if len(engine.models) > 1:
         widgets += [
@@ -205,12 +223,22 @@ async def _send_chat_settings(engine: TaskWeaverApp) -> None:
     await cl.ChatSettings(widgets).send()
 
 
+def _code_approval(engine: TaskWeaverApp) -> bool:
+    """The chat's approval switch: its own choice, else ``code_interpreter.require_confirmation``."""
+    chosen = APPROVAL_BY_USER.get(_user_name())
+    return bool(engine.config.code_interpreter.require_confirmation if chosen is None else chosen)
+
+
 @cl.on_settings_update
 async def on_settings_update(settings: dict[str, Any]) -> None:
     """A chat chose another model or temperature (from its next round), or how steps are shown
     (remembered for the user's next chats too)."""
     if "expand_steps" in settings:
         EXPANDED_BY_USER[_user_name()] = bool(settings["expand_steps"])
+    if approval.SETTING in settings:
+        APPROVAL_BY_USER[_user_name()] = bool(settings[approval.SETTING])
+        if (session := cl.user_session.get("weaver_session")) is not None:
+            session.set_code_approval(bool(settings[approval.SETTING]))
     if "model" not in settings:
         return
     cl.user_session.set("weaver_llm", (settings.get("model"), settings.get("temperature")))
@@ -246,6 +274,7 @@ async def on_message(message: cl.Message) -> None:
     session = lease.session
     cl.user_session.set("weaver_session", session)
     await _apply_llm(session)
+    session.set_code_approval(APPROVAL_BY_USER.get(_user_name()))
     if lease.created:
         server.track_kernel(_key(), session)
         _remember_session(session.session_id)
@@ -263,8 +292,25 @@ async def on_message(message: cl.Message) -> None:
     files = cast(list[dict[Literal["name", "path", "content"], Any]], uploads_from_elements(message.elements))
     text = message.content or ""
     parent = cl.context.current_step
+    await _draw_round(
+        session,
+        lease.round_lock,
+        parent.id if parent else message.id,
+        message.id,
+        lambda handler: session.send_message(text, event_handler=handler, files=files or None),
+    )
+
+
+async def _draw_round(
+    session: Session,
+    round_lock: asyncio.Lock,
+    parent_id: str,
+    message_id: str,
+    send: Callable[[SessionEventHandler], Round],
+) -> None:
+    """Run one round (``send``: ``send_message`` or ``rerun``) and draw it under the user's message."""
     renderer = RoundRenderer(
-        parent_id=parent.id if parent else message.id,
+        parent_id=parent_id,
         execution_cwd=Path(session.execution_cwd),
         author=chainlit_config.ui.name,
         max_event_chars=server.SETTINGS.max_event_chars,
@@ -276,12 +322,23 @@ async def on_message(message: cl.Message) -> None:
         show_model=len(getattr(session, "llm_models", [])) > 1 or bool(getattr(session, "role_models", None)),
         expand_steps=EXPANDED_BY_USER.get(_user_name(), False),
     )
-    renderer.closing_actions = lambda: _files_action(session)
-    async with lease.round_lock:  # one round at a time per chat; core refuses overlapping rounds
-        outcome = await pump_round(
-            lambda handler: session.send_message(text, event_handler=handler, files=files or None),
-            renderer,
-            session.cancel,
+    regenerate: list[cl.Action] = []
+
+    async def closing() -> list[cl.Action]:
+        round_id = renderer.outcome.round_id if renderer.outcome is not None else None
+        regenerate[:] = [rerun_ui.regenerate_action(round_id)] if round_id else []
+        return regenerate + await _files_action(session)
+
+    renderer.closing_actions = closing
+    renderer.on_approval = lambda post_id, request: approval.ask(session, post_id, request, chainlit_config.ui.name)
+    async with round_lock:  # one round at a time per chat; core refuses overlapping rounds
+        outcome = await pump_round(send, renderer, session.cancel)
+    if outcome.round_id is not None:
+        steps = [state.step for state in renderer.steps.values()]
+        if renderer.usage_step is not None:
+            steps.append(renderer.usage_step)
+        await rerun_ui.remember(
+            rerun_ui.DrawnRound(outcome.round_id, message_id, steps, regenerate[0] if regenerate else None)
         )
     if outcome.state == "cancelled":  # the round said so itself
         await remove_stop_notice()
@@ -299,6 +356,86 @@ async def _count_usage(user: str, usage: RoundUsage) -> None:
         await add_usage(history, user, usage)
     except Exception:
         logging.getLogger("weaver.ui").warning("the round's token usage was not stored", exc_info=True)
+
+
+async def _rerun(message_id: str | None, text: str | None) -> None:
+    """Regenerate the last answer (``message_id`` None) or re-run an edited message: its round and
+    every later one are removed from the page and the history, then run again by the engine from
+    the kernel state before it (``Session.rerun``)."""
+    if server.ENDED_LOGINS.refused(_key()):
+        return
+    session = cl.user_session.get("weaver_session")
+    lease = await _or_report(server.OWNER.acquire_async(_key(), _user_name(), _client())) if session else None
+    if lease is not None and lease.round_lock.locked():
+        await cl.ErrorMessage(content=str(RoundInProgress()), author=chainlit_config.ui.name).send()
+        return
+    index = rerun_ui.find(message_id)
+    if lease is None or index is None:
+        await cl.ErrorMessage(
+            content="This message cannot be run again: it was not sent in this visit to the chat. "
+            "Send it as a new message instead.",
+            author=chainlit_config.ui.name,
+        ).send()
+        return
+    entry = rerun_ui.drawn()[index]
+    round_id = entry.round_id
+    if round_id not in {r.id for r in session.rounds}:  # checked before the page loses anything
+        await cl.ErrorMessage(content=str(NothingToRerun(round_id)), author=chainlit_config.ui.name).send()
+        return
+    await cl.context.emitter.task_start()  # the page shows the round running, with its Stop button
+    try:
+        if text is not None:
+            for message in chat_context.get():
+                if message.id == entry.message_id:
+                    message.content = text
+                    await message.update()
+        await rerun_ui.erase_from(index)
+        async with cl.Step(name="on_message", type="run", parent_id=entry.message_id) as run:  # as a sent message's
+            await _draw_round(
+                session,
+                lease.round_lock,
+                run.id,
+                entry.message_id,
+                lambda handler: session.rerun(round_id, text, event_handler=handler),
+            )
+    finally:
+        await cl.context.emitter.task_end()
+    redrawn = rerun_ui.drawn()
+    if redrawn and redrawn[-1].message_id == entry.message_id:
+        redrawn[-1].steps.append(run)  # a later re-run removes this one too
+    report = session.last_rerun
+    if report is not None and report.note():
+        await cl.Message(content=safe_markdown(report.note(), 20_000), author=chainlit_config.ui.name).send()
+
+
+@rerun_ui.on_edit
+@DRAIN.one_round
+async def on_edit(message_id: str, text: str) -> None:
+    """A sent message was edited (the ``edit_message`` patch, only while editing is on)."""
+    await _rerun(message_id, text)
+
+
+@cl.action_callback(rerun_ui.ACTION)
+async def on_regenerate(action: cl.Action) -> None:
+    """The "Regenerate" button under the last answer. The round runs as the chat's task (Chainlit
+    calls actions from an HTTP request, which would otherwise wait for the whole round), so Stop
+    reaches it as it reaches a sent message."""
+    last = rerun_ui.drawn()[-1].round_id if rerun_ui.drawn() else None
+    if action.payload.get("round") != last:
+        await cl.ErrorMessage(
+            content="Only the last answer can be regenerated; edit its message to run an earlier one again.",
+            author=chainlit_config.ui.name,
+        ).send()
+        return
+    cl.context.session.current_task = asyncio.ensure_future(_regenerate())
+
+
+@DRAIN.one_round
+async def _regenerate() -> None:
+    try:
+        await _rerun(None, None)
+    except asyncio.CancelledError:  # Stop: the engine was told (on_stop); the round ends by itself
+        pass
 
 
 async def _files_action(session: Session) -> list[cl.Action]:

@@ -34,7 +34,9 @@ from core import (
     TaskWeaverEvent,
     WeaverError,
 )
+from core.approval import Decision, edited_code
 from core.errors import ConfigError
+from core.events import ApprovalRequested
 from core.startup_check import check_app_files
 from core.workspace import default_app_dir
 from ui.bridge import ThreadJob
@@ -45,9 +47,11 @@ OFFLINE_STATUS = "answering by Weaver's offline rules (no language model is conf
 HELP = """\
 Type a message and end it with an empty line; a ```python block runs as code in your kernel.
   /file PATH [PATH...]  add files to your next message (an empty message sends them alone)
+  /again                run the last message again, from the variables before it (regenerate)
   /help                 this list
   /quit                 quit (so does Ctrl-D)
-Ctrl-C stops a running round; your variables are kept."""
+Ctrl-C stops a running round; your variables are kept.
+With code approval on (code_interpreter.require_confirmation), code waits for [r]un, [e]dit or [c]ancel."""
 FileEntry = dict[Literal["name", "path", "content"], Any]  # one of ``Session.send_message``'s files
 
 
@@ -61,6 +65,7 @@ class ConsoleEventHandler(SessionEventHandler):
         self._stream_key: tuple[str, str] | None = None
         self._send_to: dict[str, str] = {}
         self._has_output: set[str] = set()
+        self.approvals: queue.Queue[tuple[str, ApprovalRequested]] = queue.Queue()  # for ``run_round`` to ask
 
     def _paint(self, text: str, code: str) -> str:
         return f"\033[{code}m{text}\033[0m" if self.color else text
@@ -115,6 +120,9 @@ class ConsoleEventHandler(SessionEventHandler):
                 self._stream((post_id, "message"), self._paint("weaver>", "1;32"), msg, indent="")
             else:
                 self._stream((post_id, "message"), self._paint("  message:", "36"), msg)
+        elif isinstance(payload, ApprovalRequested):
+            self._stream_key = None
+            self.approvals.put((post_id, payload))
         elif isinstance(payload, ExecutionOutput):  # printed by the running code, as it comes
             text = f"[... {payload.skipped:,} characters not shown ...]\n{msg}" if payload.skipped else msg
             if payload.stream == "stderr":
@@ -123,6 +131,10 @@ class ConsoleEventHandler(SessionEventHandler):
         elif isinstance(payload, AttachmentChunk):
             kind = payload.type
             if kind in QUIET or not msg:
+                return
+            if payload.replace:  # the user's edit of the code
+                self._stream_key = None
+                self._stream((post_id, f"{payload.id}-edited"), self._paint(f"  {kind.label} (your edit):", "36"), msg)
                 return
             if kind == AttachmentType.execution_result:
                 self._has_output.add(post_id)
@@ -181,12 +193,17 @@ def main(argv: list[str] | None = None) -> int:
             if message is None or message.strip() == "/quit":
                 print("\nGoodbye.", flush=True)
                 break
+            if message.strip() == "/again":
+                error = run_round(session, "", handler, [], stdin, again=True)
+                if error is not None:
+                    print(f"error: {error}", flush=True)
+                continue
             if message.startswith("/"):
                 _command(message, files)
                 continue
             if not message.strip() and not files:
                 continue
-            error = run_round(session, message, handler, files)
+            error = run_round(session, message, handler, files, stdin)
             if error is not None:
                 print(f"error: {error}", flush=True)
             files = []
@@ -226,19 +243,33 @@ def _add_file(files: list[FileEntry], path: str) -> None:
     print(f"{file.name} goes with your next message ({len(files)} file(s) waiting)", flush=True)
 
 
-def run_round(session: Session, message: str, handler: SessionEventHandler, files: list[FileEntry]) -> str | None:
+def run_round(
+    session: Session,
+    message: str,
+    handler: SessionEventHandler,
+    files: list[FileEntry],
+    stdin: _StdinLines | None = None,
+    again: bool = False,
+) -> str | None:
     """Run one round through the bridge so Ctrl-C can cancel it; returns a refusal to print, if any.
 
     The first Ctrl-C cancels the round (its code is interrupted, variables are kept) and waits for
-    it to end; a second one during the same round raises ``KeyboardInterrupt`` to quit.
+    it to end; a second one during the same round raises ``KeyboardInterrupt`` to quit. Code
+    waiting for approval (``code_interpreter.require_confirmation``) is asked about on ``stdin``.
+    ``again``: regenerate the last answer instead (``Session.rerun``), from the variables before it.
     """
     job = ThreadJob(
-        lambda: session.send_message(message, event_handler=handler, files=files or None), "weaver-chat-round"
+        (lambda: session.rerun(event_handler=handler))
+        if again
+        else (lambda: session.send_message(message, event_handler=handler, files=files or None)),
+        "weaver-chat-round",
     )
     cancelled = False
     while not job.done():
         try:
             job.wait(0.2)  # a short timeout keeps the main thread responsive to SIGINT everywhere
+            if stdin is not None and isinstance(handler, ConsoleEventHandler):
+                _answer_approvals(session, handler, stdin)
         except KeyboardInterrupt:
             if cancelled:
                 raise
@@ -250,6 +281,28 @@ def run_round(session: Session, message: str, handler: SessionEventHandler, file
     except WeaverError as exc:  # refused before it started: bad files, a busy or ended session
         return str(exc)
     return None
+
+
+def _answer_approvals(session: Session, handler: ConsoleEventHandler, stdin: _StdinLines) -> None:
+    """Ask about code that waits for approval (shown already under its step), and answer the engine."""
+    while True:
+        try:
+            post_id, request = handler.approvals.get_nowait()
+        except queue.Empty:
+            return
+        print(f"\n  The code above waits for your approval ({request.timeout_s:g} s).", flush=True)
+        choice = (stdin.read("  [r]un, [e]dit or [c]ancel? ") or "c").strip().lower()[:1]
+        if choice == "r":
+            done = session.approve(post_id, Decision.RUN)
+        elif choice == "e":
+            print("  Type the code to run instead; end it with an empty line.", flush=True)
+            edited = edited_code(_read_message(stdin) or "")
+            decision = Decision.EDIT if edited.strip() else Decision.CANCEL  # nothing typed: nothing runs
+            done = session.approve(post_id, decision, edited if edited.strip() else None)
+        else:
+            done = session.approve(post_id, Decision.CANCEL)
+        if not done:
+            print("  Too late: the code no longer waits (it timed out, or the round ended).", flush=True)
 
 
 class _StdinLines:

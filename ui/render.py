@@ -23,6 +23,7 @@ import chainlit as cl
 from chainlit.utils import utc_now
 
 from core import RoleName, Round, SessionEventHandler, TaskWeaverEvent, WeaverError
+from core.events import ApprovalRequested
 from core.usage import RoundUsage, round_usage
 from ui.bridge import EventPipe, PipeEnd, ThreadJob, run_in_thread
 from ui.files import MAX_ATTACHED_TOTAL_BYTES, Attached, select_artifacts
@@ -52,6 +53,7 @@ class RoundOutcome:
     reply_text: str = ""
     error: str | None = None
     usage: RoundUsage | None = None  # the tokens the model servers reported for the round
+    round_id: str | None = None  # None: refused before it started
 
 
 @dataclass
@@ -97,12 +99,19 @@ class RoundRenderer:
         self.view = RoundView(execution_cwd, show_model=show_model, max_live_chars=max_output_chars)
         self.expand_steps = expand_steps  # answer first: the work is folded away unless asked for
         self.steps: dict[str, _StepState] = {}
+        self.usage_step: cl.Step | None = None  # drawn at the end; a re-run removes it with the steps
         self.answer: cl.Message | None = None
         self.answer_last_flush = 0.0
         self.closing_actions: Callable[[], Awaitable[list[cl.Action]]] | None = None  # under the round's last message
+        self.outcome: RoundOutcome | None = None  # set as the round ends, before ``closing_actions`` runs
+        # Asks the user about code waiting for approval (``ui.approval.ask``), on a task of its own.
+        self.on_approval: Callable[[str, ApprovalRequested], Awaitable[None]] | None = None
+        self._asking: list[asyncio.Task[None]] = []
 
     async def apply(self, event: TaskWeaverEvent) -> None:
         """Follow one event; only a new post is shown at once, the rest on flush."""
+        if isinstance(event.payload, ApprovalRequested) and event.post_id and self.on_approval is not None:
+            self._asking.append(asyncio.ensure_future(self.on_approval(event.post_id, event.payload)))
         change = self.view.apply(event)
         if change is None:
             return
@@ -193,6 +202,9 @@ class RoundRenderer:
 
     async def finish(self, outcome: RoundOutcome) -> None:
         """Close every step and tell the user how the round ended."""
+        self.outcome = outcome
+        for task in self._asking:  # a question the round no longer waits for
+            task.cancel()
         for post_id in self.view.finish_posts():
             state = self.steps.get(post_id)
             if state is not None:
@@ -261,6 +273,7 @@ class RoundRenderer:
         step.start = step.end = utc_now()
         step.output = usage_markdown(usage)
         await step.send()
+        self.usage_step = step
 
     def _tables_markdown(self) -> str:
         """The round's tables, shown with the answer (its steps are folded away)."""
@@ -360,4 +373,4 @@ async def _outcome(job: ThreadJob[Round]) -> RoundOutcome:
         except Exception as exc:
             logger.exception("send_message raised")
             return RoundOutcome("failed", error=f"internal error ({type(exc).__name__}); details are in the server log")
-    return RoundOutcome(rnd.state, rnd.reply_text or "", rnd.error, round_usage(rnd))
+    return RoundOutcome(rnd.state, rnd.reply_text or "", rnd.error, round_usage(rnd), rnd.id)

@@ -34,6 +34,7 @@ from ui.history.write_behind import MB, OutagePolicy
 from ui.lifecycle import SessionOwner
 from ui.logins import AuthSetupError, LoginContext, TokenRevocations, install_login, make_login
 from ui.logins.watch import EndedLogins
+from ui.rerun import dispatch as rerun_dispatch
 from ui.settings import UISettingsError, is_loopback, serving_hosts, serving_origins, ui_settings
 from ui.shared import EXPIRY_BEATS, LiveSessions, SharedLoginThrottle, is_shared
 from ui.sharing import EXPORT_PREFIX, SHARED_FILES_PREFIX
@@ -239,10 +240,17 @@ def _install_guards() -> guards.GuardPolicy:
         patches.install("step_timestamps")
         patches.install("joined_writes")
         patches.install("files_dir", server_files_dir(default_app_dir()))  # this server's own
+        chainlit_config.features.edit_message = edits_allowed()  # the browser shows the pencil only then
+        patches.install("edit_message", sio, edits_allowed, rerun_dispatch)  # refused while editing is off
         drain.install(server_app, SETTINGS.drain_s, _flush_history, chainlit_config.run.root_path or "")
     except patches.PatchRefused as exc:
         raise SystemExit(f"Weaver UI: {exc}") from None
     return policy
+
+
+def edits_allowed() -> bool:
+    """Editing a sent message: on only if ``.chainlit/config.toml`` and ``WEAVER_UI_EDIT_MESSAGES`` both say so."""
+    return bool(chainlit_config.features.edit_message) and SETTINGS.edit_messages
 
 
 def _login_throttle() -> guards.LoginLimiter:

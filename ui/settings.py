@@ -69,6 +69,11 @@ class UISettings(BaseSettings):
     check_model_at_start: bool = Field(
         True, description="run `weaver check` at start when a model is configured (a few small requests)"
     )
+    edit_messages: bool = Field(
+        True,
+        description="users may edit a sent message (it runs again from the kernel state before it); "
+        "off: the server refuses edits",
+    )
     max_event_chars: int = Field(100_000, ge=1000, description="largest text of one step or message sent")
     max_attached_mb: int = Field(
         100,

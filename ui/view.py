@@ -295,6 +295,8 @@ class RoundView:
         att = view.attachments.setdefault(att_id, AttachmentView(type=kind))
         if payload.data is not None:
             att.data = payload.data
+        elif payload.replace:  # the user edited the code before it ran
+            att.text = chunk or ""
         else:
             att.text += chunk or ""
         if payload.is_end and not att.done:

@@ -227,6 +227,15 @@ class KernelExecutor:
         self._loaded = list(report.get("loaded", []))
         self._plugin_errors = list(report.get("errors", []))
 
+    def new_kernel(self) -> None:
+        """Throw the kernel away with its variables; the next execution (or ``call_helper(start=True)``)
+        starts a fresh one in the same folder. A re-run of a round starts from there."""
+        with self._exec_lock, self._lifecycle:
+            if self._closed:
+                raise ExecutorClosedError(f"the executor of session {self.session_id} was stopped")
+            self._ready = False
+            self.process.teardown(graceful=False)
+
     def _restart(self) -> str | None:
         """Replace a dead or stuck kernel with a fresh one; returns an error sentence on failure."""
         with self._lifecycle:

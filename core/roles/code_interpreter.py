@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core import metrics
+from core.approval import ApprovalGate, Decision
 from core.cancel import RoundCancelled
 from core.events import PostEventProxy
 from core.execution.kernel import KernelExecutor
@@ -16,8 +17,10 @@ from core.roles.base import FieldRenderer, Role, StreamedField
 from core.roles.context import RoundContext
 from core.roles.planner import extract_code_blocks
 from core.roles.prompts import CodePrompt
-from core.roles.protocol import CODE_INTERPRETER, PLANNER
+from core.roles.protocol import CODE_INTERPRETER, PLANNER, USER
 from core.roles.verification import describe_rules, verify_code
+
+USER_EDITED_NOTE = "Note: the user edited this code before it ran; it ran as shown.\n"
 
 
 class _ReplyContentField(StreamedField):
@@ -77,7 +80,42 @@ class CodeInterpreter(Role):
             proxy.update_attachment(reply.reply_content, AttachmentType.reply_content)
         if settings.code_verification_on and not self._verified(ctx, proxy, reply.reply_content):
             return proxy.end()
-        return self._run(ctx, proxy, reply.reply_content)
+        code, note = reply.reply_content, ""
+        if ctx.approvals is not None:
+            approved = self._approved(ctx, ctx.approvals, proxy, code)
+            if approved is None:  # cancelled, or nobody answered: nothing ran, the round ends saying so
+                return proxy.end()
+            if approved != code:
+                # The user's cell meets the app's rules too: an approval is no way around them.
+                if settings.code_verification_on and not self._verified(ctx, proxy, approved):
+                    return proxy.end()
+                code, note = approved, USER_EDITED_NOTE
+        return self._run(ctx, proxy, code, note)
+
+    def _approved(self, ctx: RoundContext, gate: ApprovalGate, proxy: PostEventProxy, code: str) -> str | None:
+        """Wait for the user's answer to ``code``: the code to run (the user's edit replaces it in the
+        post, so the round's memory holds what ran), or None (the post then says why nothing ran).
+        Stop raises ``RoundCancelled`` from the wait."""
+        timeout = self.config.code_interpreter.confirmation_timeout
+        proxy.update_status(PostStatus.awaiting_approval)
+        proxy.request_approval(code, timeout)
+        answer = gate.wait(proxy.post.id, timeout, ctx.cancel)
+        if answer.decision is Decision.RUN:
+            return code
+        if answer.decision is Decision.EDIT and answer.code is not None:
+            content = next(a for a in proxy.post.attachment_list if a.type == AttachmentType.reply_content)
+            proxy.replace_attachment(content, answer.code)
+            return answer.code
+        if answer.decision is Decision.TIMED_OUT:
+            said = (
+                f"Nobody approved the code within {timeout:g} s (code_interpreter.confirmation_timeout), "
+                "so it was not run."
+            )
+        else:
+            said = "You cancelled the code, so nothing was run."
+        proxy.update_message(said, is_end=True)
+        proxy.update_send_to(USER)
+        return None
 
     def _verified(self, ctx: RoundContext, proxy: PostEventProxy, code: str) -> bool:
         """Check the code against the app's rules before it runs; on errors the post says why, the
@@ -105,7 +143,7 @@ class CodeInterpreter(Role):
         proxy.update_send_to(CODE_INTERPRETER if retry else PLANNER)
         return False
 
-    def _run(self, ctx: RoundContext, proxy: PostEventProxy, code: str) -> Post:
+    def _run(self, ctx: RoundContext, proxy: PostEventProxy, code: str, note: str = "") -> Post:
         cold = not self.executor.ready
         if cold:  # say why this wait is longer; execute() starts the kernel first
             proxy.update_status(PostStatus.starting_kernel)
@@ -163,7 +201,7 @@ class CodeInterpreter(Role):
                 f"The execution failed (attempt {ctx.code_failures}); the code will be revised.",
                 AttachmentType.revise_message,
             )
-        proxy.update_message(summary, is_end=True)
+        proxy.update_message(note + summary, is_end=True)
         proxy.update_send_to(CODE_INTERPRETER if retry else PLANNER)
         return proxy.end()
 

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.approval import ApprovalGate
 from core.cancel import CancelToken
 from core.events import EventEmitter
 from core.memory import Post, Round
@@ -28,6 +29,7 @@ class RoundContext:
     files_added: list[str] = field(default_factory=list)
     code_failures: int = 0
     tracing: Tracing = field(default_factory=Tracing)  # the app's; by default no spans
+    approvals: ApprovalGate | None = None  # set when code waits for the user's approval before it runs
 
     def trace_attributes(self) -> dict[str, str | None]:
         """What the round's span names (its children share its trace): the chat (its Weaver session),

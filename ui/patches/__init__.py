@@ -69,6 +69,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch("joined_writes", Need.SPEED, (UVICORN,)),
     Patch("drain_signal", Need.DRAIN, (UVICORN,)),
     Patch("files_dir", Need.BEHAVIOUR, (CHAINLIT,)),
+    Patch("edit_message", Need.SECURITY, (CHAINLIT, SOCKETIO)),  # an edit turned off is refused
 )
 
 VersionOf = Callable[[str], str | None]
