@@ -13,26 +13,20 @@ that dropped before the first chunk, none of which the client's built-in retries
 
 from __future__ import annotations
 
-import email.utils
 import json
 import os
-import queue
-import socket
-import threading
-import time
 from typing import Any, Iterator
 
 import openai
 import pydantic
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from core.cancel import CancelToken, RoundCancelled
+from core.cancel import CancelToken
 from core.config import LLMSettings
-from core.llm.base import ChatRequest, LLMBackend, LLMCallRecord, LLMError
+from core.llm.base import ChatRequest, LLMBackend, LLMError
+from core.llm.pump import PumpedCall, Retry, retry_after, snippet
 from core.llm.sampling import supported_options
 
-_BACKOFF_CAP_S = 30.0  # longest wait between two attempts, whatever the server's Retry-After says
-_SNIPPET = 200  # characters of a server's error message shown to users
 _RETRY_STATUSES = {408, 409, 429}
 # The chat completions API has every sampling key but top_k.
 _OPENAI_SAMPLING = frozenset({"top_p", "seed", "stop_token", "frequency_penalty", "presence_penalty"})
@@ -135,115 +129,21 @@ def _make_client(settings: LLMSettings, api_type: str) -> openai.OpenAI:
         raise LLMError(f"cannot set up the {api_type} client: {exc}") from None
 
 
-class _Retry(Exception):
-    """An attempt failed in a way worth another try."""
+class _Call(PumpedCall):
+    """One streamed completion through the OpenAI client (``core.llm.pump`` has the threading)."""
 
-    def __init__(self, message: str, retry_after: float | None = None, free: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-        self.free = free  # retry at once without spending the retry budget (a dropped option)
-
-
-class _Call:
-    """One streamed completion: a pump thread does the HTTP work, ``drain`` yields in the caller's thread."""
+    provider = "the model client"
 
     def __init__(self, backend: OpenAIBackend, request: ChatRequest, cancel: CancelToken) -> None:
+        super().__init__(backend.settings, request, cancel)
         self.backend = backend
-        self.settings = backend.settings
-        self.request = request
-        self.record: LLMCallRecord = request.record  # type: ignore[assignment]  # set in __post_init__
-        self.cancel = cancel
-        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.stopped = threading.Event()  # the caller is gone: the pump should quit
-        self.lock = threading.Lock()  # guards ``stream`` between the pump and ``abort``
         self.stream: openai.Stream[Any] | None = None
-        self.sent_content = False
 
-    # -- caller side
-
-    def drain(self) -> Iterator[str]:
-        """Yield chunks from the pump; raise its error, or ``RoundCancelled`` on cancel."""
-        started = time.monotonic()
-        self.record.model = self.settings.model
-        threading.Thread(target=self._pump, name="llm-pump", daemon=True).start()
-        forget_cancel = self.cancel.on_cancel(self._on_cancel)
-        try:
-            while True:
-                kind, value = self.events.get()
-                if kind == "cancel" or self.cancel.cancelled:
-                    raise RoundCancelled("the round was cancelled")
-                if kind == "error":
-                    raise value
-                if kind == "end":
-                    return
-                if self.record.first_token_s is None:
-                    self.record.first_token_s = time.monotonic() - started
-                yield value
-                self.cancel.raise_if_cancelled()
-        finally:
-            forget_cancel()
-            self.abort()
-            self.record.latency_s = time.monotonic() - started
-
-    def abort(self) -> None:
-        """Tell the pump to quit and unblock its read: shut the socket down (safe across threads)."""
-        self.stopped.set()
-        with self.lock:
-            stream = self.stream
-            if stream is None or stream.response.is_closed:
-                return  # finished: the connection may be back in the pool, leave it alone
-            network = stream.response.extensions.get("network_stream")
-            sock = network.get_extra_info("socket") if network is not None else None
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def _on_cancel(self) -> None:
-        """Runs in the cancelling thread: wake the caller and unblock the pump's read."""
-        self.events.put(("cancel", None))
-        self.abort()
-
-    # -- pump side
-
-    def _pump(self) -> None:
-        """Thread body: always ends with exactly one terminal event, so ``drain`` never hangs."""
-        outcome: tuple[str, Any] = ("end", None)
-        try:
-            self._attempts()
-        except LLMError as exc:
-            outcome = ("error", exc)
-        except BaseException as exc:  # noqa: BLE001 - must reach the caller as an LLMError
-            outcome = ("error", LLMError(f"unexpected error from the model client: {_short(exc)}"))
-        finally:
-            self.events.put(outcome)
-
-    def _attempts(self) -> None:
-        """Run attempts until one succeeds, the failure is final, or the caller is gone."""
-        retries_left = self.settings.max_retries
-        backoff = self.settings.retry_backoff
-        attempt = 0
-        while not self.stopped.is_set():
-            attempt += 1
-            self.record.attempts = attempt
-            try:
-                self._attempt()
-                return
-            except _Retry as retry:
-                if retry.free:
-                    continue
-                if retries_left == 0:
-                    raise LLMError(_gave_up(retry.message, attempt)) from None
-                retries_left -= 1
-                delay = retry.retry_after if retry.retry_after is not None else backoff
-                backoff *= 2
-                if self.cancel.wait(min(delay, _BACKOFF_CAP_S)):
-                    return
+    def live_response(self) -> Any:
+        return self.stream.response if self.stream is not None else None
 
     def _attempt(self) -> None:
-        """One HTTP request; translate every failure into ``_Retry`` or ``LLMError``."""
+        """One HTTP request; translate every failure into ``Retry`` or ``LLMError``."""
         params = self.backend.params(self.request)
         try:
             # ``client.post`` is what ``chat.completions.create`` calls, minus its walk over the
@@ -258,7 +158,7 @@ class _Call:
             )
         except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
             if self.backend.drop_rejected_option(exc, params):
-                raise _Retry("option rejected", free=True) from None
+                raise Retry("option rejected", free=True) from None
             raise self._failure(exc) from None
         except Exception as exc:  # noqa: BLE001
             raise self._failure(exc) from None
@@ -299,13 +199,11 @@ class _Call:
             self.record.completion_tokens = usage.completion_tokens
         for choice in chunk.choices or ():
             text = choice.delta.content if choice.delta is not None else None
-            if text:
-                self.sent_content = True
-                self.events.put(("chunk", text))
+            self.emit(text or "")
 
     def _failure(self, exc: Exception) -> Exception:
-        """Classify an exception from the client: ``_Retry`` if worth another try, else ``LLMError``."""
-        if isinstance(exc, (LLMError, _Retry)):
+        """Classify an exception from the client: ``Retry`` if worth another try, else ``LLMError``."""
+        if isinstance(exc, (LLMError, Retry)):
             return exc
         if self.stopped.is_set():
             return LLMError("the model call was stopped")  # the caller is gone and raises its own
@@ -314,7 +212,7 @@ class _Call:
             return self._status_failure(exc)
         if isinstance(exc, openai.APITimeoutError):
             if _caused_by(exc, "ConnectTimeout"):
-                return _Retry(
+                return Retry(
                     f"could not connect to the model server at {where} "
                     f"within {self.settings.connect_timeout:g} s (llm.connect_timeout)"
                 )
@@ -325,12 +223,12 @@ class _Call:
             )
         if isinstance(exc, openai.APIConnectionError):
             if _caused_by(exc, "ConnectError"):
-                return _Retry(f"could not connect to the model server at {where}")
+                return Retry(f"could not connect to the model server at {where}")
             if self.sent_content:
                 return LLMError(f"the connection to the model server at {where} dropped mid-answer")
-            return _Retry(f"the model server at {where} closed the connection before answering")
+            return Retry(f"the model server at {where} closed the connection before answering")
         if isinstance(exc, openai.APIError):
-            return LLMError(f"the model server reported an error: {_snippet(exc.message)}")
+            return LLMError(f"the model server reported an error: {snippet(exc.message)}")
         if isinstance(exc, (json.JSONDecodeError, pydantic.ValidationError, AttributeError, TypeError)):
             return LLMError(
                 f"the model server at {where} sent a malformed stream (is llm.api_base an OpenAI-compatible endpoint?)"
@@ -339,13 +237,13 @@ class _Call:
 
     def _status_failure(self, exc: openai.APIStatusError) -> Exception:
         code = exc.status_code
-        detail = _snippet(exc.message)
+        detail = snippet(exc.message)
         if code == 429:
-            return _Retry(
-                f"the model server is rate-limiting requests (HTTP 429): {detail}", _retry_after(exc.response.headers)
+            return Retry(
+                f"the model server is rate-limiting requests (HTTP 429): {detail}", retry_after(exc.response.headers)
             )
         if code >= 500 or code in _RETRY_STATUSES:
-            return _Retry(f"the model server failed with HTTP {code}: {detail}", _retry_after(exc.response.headers))
+            return Retry(f"the model server failed with HTTP {code}: {detail}", retry_after(exc.response.headers))
         if code in (401, 403):
             key = "the llm.aad_* sign-in and the identity's role" if self.backend.name == "azure_ad" else "llm.api_key"
             return LLMError(f"the model server refused the credentials (HTTP {code}); check {key}: {detail}")
@@ -355,23 +253,6 @@ class _Call:
                 f"{' and llm.azure_deployment' if self.backend.name.startswith('azure') else ''}: {detail}"
             )
         return LLMError(f"the model server rejected the request (HTTP {code}): {detail}")
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` / ``Retry-After`` (number or HTTP date), if present."""
-    try:
-        if headers.get("retry-after-ms"):
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        value = headers.get("retry-after")
-        if not value:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(value)
-            return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError, OverflowError):
-        return None
 
 
 def _caused_by(exc: BaseException, name: str) -> bool:
@@ -386,14 +267,5 @@ def _caused_by(exc: BaseException, name: str) -> bool:
     return False
 
 
-def _gave_up(message: str, attempts: int) -> str:
-    return message if attempts == 1 else f"{message} (gave up after {attempts} attempts)"
-
-
-def _snippet(text: object) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= _SNIPPET else flat[: _SNIPPET - 1] + "…"
-
-
 def _short(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {_snippet(exc)}"
+    return f"{type(exc).__name__}: {snippet(exc)}"
