@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Literal, Optional
 
@@ -297,16 +298,9 @@ class Session:
             self._check_room(list(files or []))
             names = add_files(self.cwd, list(files or []), int(self.config.session.max_file_mb * 1e6))
             rnd = Round(user_query=files_prefix(names) + message)
-            self._cancel = CancelToken()
-            if event_handler is not None:
-                self.emitter.register(event_handler)
             self.snapshots.code_may_run()
-            try:
-                self._run_round(rnd, names, self._cancel)
-            finally:
-                if event_handler is not None:
-                    self.emitter.unregister(event_handler)
-                self._cancel = None
+            with self._round_running(event_handler) as cancel:
+                self._run_round(rnd, names, cancel)
             if ran_code(rnd):
                 self.snapshots.round_ran_code(rnd.id)
             return rnd
@@ -314,6 +308,20 @@ class Session:
             self._round_lock.release()
             if not self._stopped:
                 self.snapshots.in_background()  # the chat is idle: its variables are saved meanwhile
+
+    @contextmanager
+    def _round_running(self, event_handler: Optional[SessionEventHandler]) -> Iterator[CancelToken]:
+        """While a round runs (the round lock held): its cancel token, for ``stop``, and the
+        caller's event handler, registered for this round only."""
+        self._cancel = cancel = CancelToken()
+        if event_handler is not None:
+            self.emitter.register(event_handler)
+        try:
+            yield cancel
+        finally:
+            if event_handler is not None:
+                self.emitter.unregister(event_handler)
+            self._cancel = None
 
     def rerun(
         self,
@@ -344,16 +352,9 @@ class Session:
             old = self.rounds[index]
             prefix, _ = split_files_prefix(old.user_query)
             rnd = Round(user_query=old.user_query if message is None else prefix + message)
-            self._cancel = CancelToken()
-            if event_handler is not None:
-                self.emitter.register(event_handler)
-            try:
-                self.last_rerun = self._roll_back(index, self._cancel, on_progress)
-                self._run_round(rnd, files_in_prefix(prefix), self._cancel)
-            finally:
-                if event_handler is not None:
-                    self.emitter.unregister(event_handler)
-                self._cancel = None
+            with self._round_running(event_handler) as cancel:
+                self.last_rerun = self._roll_back(index, cancel, on_progress)
+                self._run_round(rnd, files_in_prefix(prefix), cancel)
             if ran_code(rnd):
                 self.snapshots.round_ran_code(rnd.id)
             return rnd
