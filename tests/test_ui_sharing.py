@@ -177,6 +177,7 @@ def test_a_shared_link_is_read_only_for_another_user_and_dead_once_revoked(
     assert "Read-only" in page.text and "plotted 3" in page.text and "total is 42" in page.text
     assert "print(&#x27;total is&#x27;, total)" in page.text or "print('total is', total)" in page.text
     assert not re.search(r"<(form|textarea|input|script)\b", page.text), "nothing on the page can send"
+    assert "Download this chat" not in page.text and path not in page.text, "the owner's own links stay hers"
     files = re.findall(r'src="(/weaver/shared-files/[^"]+)"', page.text)
     assert files, "the figure the chat showed is on the page"
     figure = httpx.get(f"{server.base_url}{files[0]}", headers=bob, timeout=30)

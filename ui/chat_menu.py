@@ -18,7 +18,7 @@ from core.export import ExportFormat
 from ui import audit
 from ui.guards import client_address
 from ui.history.layer import WeaverDataLayer
-from ui.sharing import export_path, share_path, sharing_enabled
+from ui.sharing import MENU_NOTE, export_path, share_path, sharing_enabled
 
 logger = logging.getLogger("weaver.ui.chat_menu")
 
@@ -57,7 +57,11 @@ async def _own_chat(layer: WeaverDataLayer | None) -> str | None:
 
 
 async def _say(text: str, actions: list[cl.Action] | None = None) -> None:
-    await cl.Message(content=text, author=chainlit_config.ui.name, actions=actions or []).send()
+    """A note for the chat's owner (links to download or share it): marked, so that a reader of the
+    shared chat is not shown the owner's own links."""
+    await cl.Message(
+        content=text, author=chainlit_config.ui.name, actions=actions or [], metadata={MENU_NOTE: True}
+    ).send()
 
 
 def _client() -> str:

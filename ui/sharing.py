@@ -115,11 +115,21 @@ def _markdown(text: str) -> str:
     return _MARKDOWN.render(text or "")
 
 
+MENU_NOTE = "weaver_chat_menu"  # metadata of the owner's notes (ui.chat_menu): a shared page leaves them out
+
+
+def _owners_note(step: Mapping[str, Any]) -> bool:
+    """A note only the owner should see: their links to download or share the chat."""
+    metadata = step.get("metadata")
+    return isinstance(metadata, Mapping) and bool(metadata.get(MENU_NOTE))
+
+
 def render_shared(thread: Mapping[str, Any], token: str, root_path: str = "") -> str:
     """The page body of a shared chat: its messages in order, each with its steps folded under it,
     and the images and files it showed (served through the link)."""
     steps = sorted(
-        (s for s in thread.get("steps") or [] if isinstance(s, Mapping)), key=lambda s: str(s.get("createdAt") or "")
+        (s for s in thread.get("steps") or [] if isinstance(s, Mapping) and not _owners_note(s)),
+        key=lambda s: str(s.get("createdAt") or ""),
     )
     elements = [e for e in thread.get("elements") or [] if isinstance(e, Mapping)]
     children: dict[str, list[Mapping[str, Any]]] = {}
