@@ -280,6 +280,34 @@ def test_selection_offers_the_relevant_plugin_and_keeps_the_ones_used(
     finally:
         app.stop()
 
+    # The server restarts and the chat is resumed: the plugins its rounds used are still offered.
+    again = new_app(tmp_path, server, **{"code_generator.enable_auto_plugin_selection": True})
+    try:
+        resumed = again.open_session(session.session_id)
+        third, (_, ci3, _) = run_round(
+            server,
+            resumed,
+            "Pull last month's orders from the company database",
+            "Run a SQL query for last month's orders.",
+            "print(sql_pull_data('select * from orders'))",
+        )
+        assert offered(ci3) == set(PLUGINS)
+        details = selection_of(third).get_attachment(AttachmentType.plugin_selection)[0].extra
+        assert details["picked"] == ["sql_pull_data"] and details["kept"] == ["anomaly_detection", "send_email"]
+
+        # The email round is edited into another request: its plugin is no longer "used" by the chat.
+        before = len(server.requests)
+        server.push(
+            planner("CodeInterpreter", "Run a SQL query for the orders."),
+            code_reply("print(sql_pull_data('select * from orders'))"),
+            planner("User", "Done."),
+        )
+        redone = resumed.rerun(second.id, "Pull the orders from the company database instead")
+        assert redone.state == "finished", redone.error
+        assert offered(server.requests[before + 1]) == {"anomaly_detection", "sql_pull_data"}
+    finally:
+        again.stop()
+
 
 def test_with_selection_off_every_plugin_is_offered(tmp_path: Path, server: ScriptedLLMServer) -> None:
     app = new_app(tmp_path, server)
