@@ -25,6 +25,7 @@ from core.llm.factory import ModelChoices, create_backend
 from core.llm.role_models import RoleModels
 from core.logs import formatter
 from core.plugins.catalog import PluginCatalog
+from core.plugins.selection import PluginSelector
 from core.roles.registry import RoleRegistry, default_role_registry
 from core.session import Session, new_executor
 from core.startup_check import data_folder
@@ -69,6 +70,11 @@ class _AppModule(Module):
     @provider
     def role_models(self, default: LLMBackend) -> RoleModels:
         return RoleModels(self.config, default, self.datasets.datasets)
+
+    @singleton
+    @provider
+    def plugin_selector(self) -> PluginSelector:
+        return PluginSelector(self.config.code_interpreter, self.config.llm)
 
     @singleton
     @provider
@@ -268,6 +274,7 @@ class TaskWeaverApp:
         self.injector.get(ModelChoices).close()
         self.injector.get(RoleModels).close()
         self.injector.get(LLMBackend).close()  # type: ignore[type-abstract]  # bound to a concrete backend
+        self.injector.get(PluginSelector).close()
         self.kernel_backend.close()
         if self._log_handler is not None:
             logging.getLogger("weaver").removeHandler(self._log_handler)

@@ -365,6 +365,13 @@ class CodeInterpreterSettings(BaseModel):
     confirmation_timeout: float = Field(
         300.0, gt=0, le=86_400, description="seconds code waits for approval; then it is not run and the round ends"
     )
+    # core/plugins/selection.py: TaskWeaver's code_generator.enable_auto_plugin_selection / _topk.
+    enable_auto_plugin_selection: bool = Field(
+        False, description="offer the model only the plugins relevant to the request (and those it used before)"
+    )
+    auto_plugin_selection_topk: int = Field(
+        3, ge=1, le=1000, description="plugins picked per request when enable_auto_plugin_selection is on"
+    )
 
     _lists = field_validator("allowed_modules", "blocked_functions", mode="before")(
         classmethod(lambda cls, v: as_list(v))

@@ -374,6 +374,8 @@ def describe_value(type: AttachmentType, value: Any) -> str:
     if type == AttachmentType.artifact_paths and isinstance(value, list):
         names = [str(item.get("name") if isinstance(item, dict) else PurePath(str(item)).name) for item in value]
         return f"{len(names)} file(s): {', '.join(names)}"
+    if type == AttachmentType.plugin_selection and isinstance(value, list):
+        return ", ".join(map(str, value)) or "(none)"  # under the label "plugins offered"
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except TypeError:

@@ -63,6 +63,9 @@ class AttachmentType(Named):
     invalid_response = "invalid_response"
     table = "table"
     llm_usage = "llm_usage"
+    # Weaver's own: the plugins offered to the CodeInterpreter when auto plugin selection is on
+    # (content: their names; extra: ``Selection.details()``).
+    plugin_selection = "plugin_selection"
     # TaskWeaver's other members, so its code can name them. Weaver's roles never create these:
     # ``function`` (function-calling replies), the ``web_exploring_*`` ones (the WebExplorer role),
     # ``text``, ``shared_memory_entry`` (cross-role shared memory) and ``image_url`` (vision input)
@@ -100,6 +103,7 @@ ATTACHMENT_LABELS: dict[AttachmentType, str] = {
     AttachmentType.invalid_response: "invalid response",
     AttachmentType.table: "table",
     AttachmentType.llm_usage: "model usage",
+    AttachmentType.plugin_selection: "plugins offered",
     AttachmentType.function: "function call",
     AttachmentType.web_exploring_plan: "web plan",
     AttachmentType.web_exploring_screenshot: "web screenshot",

@@ -34,6 +34,8 @@ from core.llm.role_models import ROLE_SECTIONS, RoleModels
 from core.memory import Memory, Post, Round
 from core.plugins.api import MAX_SESSION_VAR_NAME
 from core.plugins.catalog import PluginCatalog, describe_plugins
+from core.plugins.selection import PluginSelector
+from core.plugins.spec import PluginSpec
 from core.rerun import RerunReport
 from core.resume import Progress, ReplayReport, RestoreOutcome, load_rounds, restore
 from core.roles.context import RoundContext, RoundFailed
@@ -170,6 +172,8 @@ class Session:
                 executor=self.executor,
                 plugins_prompt=self._plugins_prompt,
                 workers=tuple(a for a in role_registry.aliases if a != PLANNER),
+                plugin_specs=self._plugin_specs,
+                plugin_selector=app_injector.get(PluginSelector),
             )
         )
         datasets = app_injector.get(DatasetCatalog).prompt(config.session.max_dataset_prompt_chars)
@@ -206,11 +210,14 @@ class Session:
         """Plugins that failed to load, as sentences to show the user."""
         return self._plugin_catalog.errors + self.executor.plugin_errors
 
-    def _plugins_prompt(self) -> str:
+    def _plugin_specs(self) -> list[PluginSpec]:
         """The plugins the model may call: those that loaded in the kernel, once it has started."""
         if self.executor.pid:
-            return describe_plugins(self.executor.plugin_specs)
-        return self._plugin_catalog.prompt()
+            return list(self.executor.plugin_specs)
+        return list(self._plugin_catalog.specs)
+
+    def _plugins_prompt(self) -> str:
+        return describe_plugins(self._plugin_specs())
 
     @property
     def is_stopped(self) -> bool:

@@ -125,6 +125,8 @@ class AttachmentView:
             return f"**{label}:** {icon} {text}".replace("  ", " ") if text else ""
         if kind == AttachmentType.execution_result:
             return f"**{label}**\n\n{fence(self.text, 'text')}" if text else ""
+        if kind == AttachmentType.plugin_selection and isinstance(self.data, list):
+            return f"**{label}:** " + (", ".join(f"`{code_text(str(name))}`" for name in self.data) or "none")
         if kind == AttachmentType.table:
             return table_markdown(self.data, max_table_rows, max_table_columns) if self.done and self.data else ""
         return f"**{label}:** {text}" if text else ""

@@ -63,10 +63,6 @@ IGNORED: tuple[tuple[str, str], ...] = (
     (r"experience\..*", _NO_EXPERIENCE),
     (r".*\.(use_example|example_base_path|dynamic_example_sub_path)", _NO_EXAMPLES),
     (
-        r"code_generator\.(enable_auto_plugin_selection|auto_plugin_selection_topk)",
-        "every enabled plugin is always offered to the model (no embedding-based selection)",
-    ),
-    (
         r"code_generator\..*",
         "Weaver's CodeInterpreter has no separate code generator; replace its prompts with "
         "code_interpreter.prompt_file_path (Weaver's YAML format)",
@@ -104,6 +100,10 @@ _SECTION_IGNORED = {
 _EMBEDDING_KEYS = frozenset({"api_base", "api_key", "embedding_model"})
 # TaskWeaver's record/replay keys, Weaver's too (core/llm/mock.py); "mock" is also an llm.api_type.
 MOCK_KEYS = frozenset({"mode", "cache_path", "playback_delay"})
+# TaskWeaver's keys (its older docs put them under plugin.*): Weaver's CodeInterpreter has them.
+_PLUGIN_SELECTION = re.compile(
+    r"(code_generator|plugin)\.(?P<key>enable_auto_plugin_selection|auto_plugin_selection_topk)\Z"
+)
 _LLM_SECTION = re.compile(r"llm\.(?P<type>[a-z_]+)\.(?P<key>.+)\Z")
 
 
@@ -173,6 +173,8 @@ def translate(
             mapped["llm.max_tokens"] = value
         elif key == "code_generator.llm_alias":
             mapped["code_interpreter.llm_alias"] = value
+        elif (match := _PLUGIN_SELECTION.match(key)) is not None:
+            mapped[f"code_interpreter.{match['key']}"] = value
         elif key == "use_local_uri":
             mapped["code_interpreter.use_local_uri"] = value
         else:

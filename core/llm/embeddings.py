@@ -10,8 +10,8 @@ The types: ``offline`` (the default: feature hashing of words and character n-gr
 download), ``openai`` (or any OpenAI-compatible server through ``llm.embedding_api_base``),
 ``azure`` / ``azure_ad``, ``ollama`` (``/api/embed``), ``qwen`` and ``zhipuai`` (their compatible
 ``/embeddings``). TaskWeaver's default, ``sentence_transformers``, needs a model download; here it
-reads as ``offline``. Nothing calls this yet: plugin selection, experience and document retrieval
-are the planned users.
+reads as ``offline``. Auto plugin selection ranks with it when ``llm.embedding_api_type`` is set
+(core/retrieval.py); experience and document retrieval are the planned users.
 """
 
 from __future__ import annotations

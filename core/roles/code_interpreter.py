@@ -13,6 +13,9 @@ from core.execution.kernel import KernelExecutor
 from core.execution.live_output import LiveOutput
 from core.llm.json_stream import FieldEvent
 from core.memory import AttachmentType, ExecutionStatus, Post, PostStatus
+from core.plugins.catalog import describe_plugins
+from core.plugins.selection import PluginSelector, Selection
+from core.plugins.spec import PluginSpec
 from core.roles.base import FieldRenderer, Role, StreamedField
 from core.roles.context import RoundContext
 from core.roles.planner import extract_code_blocks
@@ -48,12 +51,22 @@ class CodeInterpreter(Role):
     alias = CODE_INTERPRETER
 
     def __init__(
-        self, *args: Any, executor: KernelExecutor, plugins_prompt: Callable[[], str] = lambda: "", **kwargs: Any
+        self,
+        *args: Any,
+        executor: KernelExecutor,
+        plugins_prompt: Callable[[], str] = lambda: "",
+        plugin_specs: Callable[[], list[PluginSpec]] = list,
+        plugin_selector: PluginSelector | None = None,
+        **kwargs: Any,
     ) -> None:
+        """``plugin_specs`` and ``plugin_selector``: with auto plugin selection on, the prompt lists
+        the plugins the selector picks from ``plugin_specs()`` instead of ``plugins_prompt()``."""
         super().__init__(*args, **kwargs)
         self.executor = executor
         self.prompt = CodePrompt(self.config)
         self.plugins_prompt = plugins_prompt
+        self.plugin_specs = plugin_specs
+        self.plugin_selector = plugin_selector if plugin_selector is not None and plugin_selector.enabled else None
 
     def new_renderers(self) -> dict[str, FieldRenderer]:
         content = _ReplyContentField()
@@ -65,12 +78,16 @@ class CodeInterpreter(Role):
 
     def reply(self, ctx: RoundContext) -> Post:
         incoming = ctx.last_post
-        messages = self.prompt.messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
+        selection = self._select_plugins(ctx)
+        plugins = self.plugins_prompt() if selection is None else describe_plugins(selection.offered)
+        messages = self.prompt.messages(ctx.history, ctx.round, ctx.cwd_files(), plugins)
         settings = self.config.code_interpreter
         if settings.code_verification_on:  # tell the model the rules its code is checked against
             rules = describe_rules(settings.allowed_modules, settings.blocked_functions)
             messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n{rules}"}
         proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming))
+        if selection is not None:  # which plugins the model was shown, for every UI (no model needed)
+            proxy.update_attachment(selection.names, AttachmentType.plugin_selection, extra=selection.details())
         if reply.reply_type == "text":
             if proxy.post.message != reply.reply_content:
                 proxy.replace_message(reply.reply_content)
@@ -91,6 +108,23 @@ class CodeInterpreter(Role):
                     return proxy.end()
                 code, note = approved, USER_EDITED_NOTE
         return self._run(ctx, proxy, code, note)
+
+    def _select_plugins(self, ctx: RoundContext) -> Selection | None:
+        """With auto plugin selection on: the plugins for this request (the user's request and the
+        Planner's latest instruction), plus those the CodeInterpreter's code in this chat called."""
+        if self.plugin_selector is None:
+            return None
+        specs = self.plugin_specs()
+        if not specs:  # no plugins: nothing to choose, nothing to show
+            return None
+        posts = [p for r in ctx.history if r is not ctx.round for p in r.post_list] + ctx.round.post_list
+        earlier = [
+            str(p.first(AttachmentType.reply_content, ""))
+            for p in posts
+            if p.send_from == CODE_INTERPRETER and p.get_attachment(AttachmentType.reply_content)
+        ]
+        query = f"{ctx.round.user_query}\n{self._request(ctx, ctx.last_post)}"
+        return self.plugin_selector.select(specs, query, earlier)
 
     def _approved(self, ctx: RoundContext, gate: ApprovalGate, proxy: PostEventProxy, code: str) -> str | None:
         """Wait for the user's answer to ``code``: the code to run (the user's edit replaces it in the
@@ -207,7 +241,17 @@ class CodeInterpreter(Role):
 
     def _hints(self, ctx: RoundContext, incoming: Post) -> dict[str, Any]:
         """The situation as data, for the offline backend."""
-        request = next(
+        request = self._request(ctx, incoming)
+        return {
+            "code_blocks": extract_code_blocks(request),
+            "files": list(ctx.files_added),
+            "previous_error": incoming.message if incoming.send_from == CODE_INTERPRETER else None,
+        }
+
+    @staticmethod
+    def _request(ctx: RoundContext, incoming: Post) -> str:
+        """The Planner's latest instruction to the CodeInterpreter in this round."""
+        return next(
             (
                 p.message
                 for p in reversed(ctx.round.post_list)
@@ -215,11 +259,6 @@ class CodeInterpreter(Role):
             ),
             incoming.message,
         )
-        return {
-            "code_blocks": extract_code_blocks(request),
-            "files": list(ctx.files_added),
-            "previous_error": incoming.message if incoming.send_from == CODE_INTERPRETER else None,
-        }
 
 
 def _relative(path: Path, cwd: Path) -> str:

@@ -8,6 +8,8 @@ from typing import Callable, Mapping
 from core.config import AppConfig
 from core.execution.kernel import KernelExecutor
 from core.llm.base import LLMBackend
+from core.plugins.selection import PluginSelector
+from core.plugins.spec import PluginSpec
 from core.roles.base import Role
 from core.roles.code_interpreter import CodeInterpreter
 from core.roles.planner import Planner
@@ -24,6 +26,8 @@ class RoleDeps:
     plugins_prompt: Callable[[], str]
     workers: tuple[str, ...]
     role_llms: Mapping[str, LLMBackend] = field(default_factory=dict)  # a role's own model (its llm_alias)
+    plugin_specs: Callable[[], list[PluginSpec]] = list  # the plugins the session can call now
+    plugin_selector: PluginSelector | None = None  # the app's, for auto plugin selection
 
 
 RoleFactory = Callable[[RoleDeps], Role]
@@ -53,6 +57,13 @@ def default_role_registry() -> RoleRegistry:
     registry.register(PLANNER, lambda d: Planner(d.llm, d.config, workers=d.workers, plugins_prompt=d.plugins_prompt))
     registry.register(
         CODE_INTERPRETER,
-        lambda d: CodeInterpreter(d.llm, d.config, executor=d.executor, plugins_prompt=d.plugins_prompt),
+        lambda d: CodeInterpreter(
+            d.llm,
+            d.config,
+            executor=d.executor,
+            plugins_prompt=d.plugins_prompt,
+            plugin_specs=d.plugin_specs,
+            plugin_selector=d.plugin_selector,
+        ),
     )
     return registry
