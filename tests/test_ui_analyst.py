@@ -23,7 +23,14 @@ def test_the_files_button_lists_a_written_file_and_it_downloads(ui_server: UISer
         turn = client.ask(code_block(code))
         answer_ids = {m["id"] for m in turn if m.get("type") == "assistant_message"}
         action = client.wait_for(
-            lambda: next((d for n, d in client.events if n == "action" and d.get("forId") in answer_ids), None),
+            lambda: next(
+                (
+                    d
+                    for n, d in client.events
+                    if n == "action" and d.get("forId") in answer_ids and d.get("name") == "weaver_outputs"
+                ),
+                None,
+            ),
             30,
             "the Files button under the answer",
         )

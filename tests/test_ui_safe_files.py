@@ -46,7 +46,14 @@ def _files_button(client: ChatClient, turn: list[dict[str, Any]]) -> dict[str, A
     """The Files button shown under the round's answer."""
     answer_ids = {m["id"] for m in turn if m.get("type") == "assistant_message"}
     return client.wait_for(
-        lambda: next((d for n, d in client.events if n == "action" and d.get("forId") in answer_ids), None),
+        lambda: next(
+            (
+                d
+                for n, d in client.events
+                if n == "action" and d.get("forId") in answer_ids and d.get("name") == "weaver_outputs"
+            ),
+            None,
+        ),
         30,
         "the Files button under the answer",
     )
