@@ -10,12 +10,15 @@ from opentelemetry.trace import Span
 from core import metrics
 from core.cancel import RoundCancelled
 from core.config import AppConfig
+from core.errors import ConfigError
 from core.events import PostEventProxy
 from core.ids import create_id
 from core.llm.base import ChatRequest, LLMBackend, LLMCallRecord
 from core.llm.json_stream import FieldEvent, JsonProtocolError, JsonStreamParser
 from core.memory import AttachmentType, Post, PostStatus
 from core.roles.context import RoundContext, RoundFailed
+from core.roles.examples import ExampleShelf, named_sub_path
+from core.roles.examples import log as examples_log
 from core.roles.prompts import RolePrompt
 from core.usage import cost_of
 
@@ -49,6 +52,26 @@ class Role(abc.ABC):
     def __init__(self, llm: LLMBackend, config: AppConfig) -> None:
         self.llm = llm
         self.config = config
+        self.examples: ExampleShelf | None = None  # set by a role that reads example conversations
+        self._examples_used: tuple[str, ...] = ()
+
+    def use_examples(self, ctx: RoundContext) -> list[str]:
+        """Choose this turn's example conversations and hand them to the prompt; their names go
+        into the call's record (``Round.llm_calls``) and the offline backend's hints."""
+        if self.examples is None:
+            return []
+        posts = [p for r in (*ctx.history, ctx.round) for p in r.post_list]
+        sub_path = named_sub_path(posts, ctx.session_vars) if self.examples.dynamic else ""
+        try:
+            chosen = self.examples.select(sub_path)
+        except ConfigError as exc:  # a file changed into a broken one after the start-up check
+            raise RoundFailed(f"The {self.alias}'s example conversations could not be read: {exc}") from None
+        self.prompt.examples = chosen
+        names = tuple(e.name for e in chosen)
+        if names and names != self._examples_used:  # once per change, not at every turn
+            examples_log.info("%s's prompt holds %d example(s): %s", self.alias, len(names), ", ".join(names))
+        self._examples_used = names
+        return list(names)
 
     @abc.abstractmethod
     def reply(self, ctx: RoundContext) -> Post:
@@ -92,6 +115,8 @@ class Role(abc.ABC):
         self, ctx: RoundContext, proxy: PostEventProxy, messages: list[dict[str, str]], hints: dict[str, Any]
     ) -> str:
         request = ChatRequest(role=self.alias, messages=messages, hints=hints)
+        assert request.record is not None
+        request.record.examples = list(self._examples_used)
         renderers = self.new_renderers()
         parser = JsonStreamParser()
         parts: list[str] = []

@@ -10,6 +10,7 @@ from core.llm.json_stream import FieldEvent
 from core.memory import AttachmentType, Post
 from core.roles.base import FieldRenderer, Role, StreamedField
 from core.roles.context import RoundContext
+from core.roles.examples import ExampleShelf
 from core.roles.prompts import PlannerPrompt
 from core.roles.protocol import CODE_INTERPRETER, PLANNER, USER, PlannerReply
 
@@ -63,6 +64,14 @@ class Planner(Role):
         self.workers = workers
         self.prompt = PlannerPrompt(self.config, workers)
         self.plugins_prompt = plugins_prompt
+        settings = self.config.planner
+        self.examples = ExampleShelf(
+            PLANNER,
+            settings.use_example,
+            settings.example_base_path,
+            settings.dynamic_example_sub_path,
+            {*workers, PLANNER, USER},  # TaskWeaver's filter: an example naming another role is skipped
+        )
 
     def new_renderers(self) -> dict[str, FieldRenderer]:
         return {
@@ -75,8 +84,12 @@ class Planner(Role):
 
     def reply(self, ctx: RoundContext) -> Post:
         incoming = ctx.last_post
+        examples = self.use_examples(ctx)
         messages = self.prompt.messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
-        proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming))
+        hints = self._hints(ctx, incoming)
+        if examples:
+            hints["examples"] = examples
+        proxy, reply = self.ask_model(ctx, messages, hints)
         self._complete(proxy, reply)
         return proxy.end()
 
