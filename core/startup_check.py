@@ -47,7 +47,7 @@ def check_app_files(app_dir: Path, env_file: Path | None = None) -> AppConfig:
         folder = section.example_base_path
         if section.use_example and folder is not None:
             with _reading(f"{folder} (an example file)"):  # ConfigError names the file and the line
-                check_example_folder(folder, app_dir, recursive=section.dynamic_example_sub_path)
+                check_example_folder(folder, recursive=section.dynamic_example_sub_path)
     with _reading(str(data_folder(config, app_dir) / "datasets.yaml")):
         DatasetCatalog.load(data_folder(config, app_dir))  # DatasetError names datasets.yaml and the entry
     plugins = plugin_folder(config, app_dir)

@@ -8,6 +8,7 @@ records every request, or the offline backend. The code runs in a real kernel.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -313,7 +314,12 @@ def test_a_dynamic_sub_path_picks_the_folder_the_chat_names(tmp_path: Path, serv
     assert PLANNER_MARK not in text_of(third)
 
 
-def test_the_offline_backend_records_the_examples_it_was_given(tmp_path: Path) -> None:
+def test_the_offline_backend_records_the_examples_it_was_given(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Which examples each call held is in the round's record of its calls and in the log, with the
+    offline backend too; what was skipped or ignored is logged, naming the file."""
+    caplog.set_level(logging.INFO, logger="weaver.examples")
     app = TaskWeaverApp(app_dir=make_app_dir(tmp_path), config={"llm.api_type": "offline"})
     session = app.get_session()
     try:
@@ -328,6 +334,11 @@ def test_the_offline_backend_records_the_examples_it_was_given(tmp_path: Path) -
         "Planner": ["planner_examples/example-planner.yaml"],
         "CodeInterpreter": ["codeinterpreter_examples/example-code.yaml"],
     }
+    said = [r.getMessage() for r in caplog.records if r.name == "weaver.examples"]
+    assert "planner_examples/example-planner.yaml: attachment types init_plan, stop are ignored" in "\n".join(said)
+    assert "planner_examples/example-disabled.yaml: skipped for Planner (enabled: false)" in said
+    assert "planner_examples/example-echo.yaml: skipped for Planner (names Echo, not in this session)" in said
+    assert "Planner's prompt holds 1 example(s): planner_examples/example-planner.yaml" in said
 
 
 # ------------------------------------------------------------------------------------ bad files
@@ -397,3 +408,26 @@ def test_weaver_ui_refuses_a_broken_example_in_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert lines[0].startswith("Weaver UI: ")
     assert "planner_examples/example-1.yaml line 12: send_to 'Nobody' is not a role" in lines[0]
+
+
+def test_taskweavers_newer_layout_and_its_config_keys(tmp_path: Path) -> None:
+    """``examples/planner_examples`` (TaskWeaver's newer default) is found; ``code_generator.example_base_path``
+    in ``taskweaver_config.json`` (with ``${AppBaseDir}``) is the CodeInterpreter's folder. Examples are
+    named from their folder on."""
+    app = tmp_path / "app"
+    (app / "examples" / "planner_examples").mkdir(parents=True)
+    (app / "examples" / "planner_examples" / "one.yaml").write_text(PLANNER_EXAMPLE)
+    (app / "ci").mkdir()
+    (app / "ci" / "two.yaml").write_text(CODE_EXAMPLE)
+    config = {"llm.api_type": "offline", "code_generator.example_base_path": "${AppBaseDir}/ci"}
+    (app / "taskweaver_config.json").write_text(json.dumps(config))
+    weaver = TaskWeaverApp(app_dir=app)
+    session = weaver.get_session()
+    try:
+        rnd = session.send_message("```python\nprint(1)\n```")
+    finally:
+        session.stop()
+        weaver.stop()
+    assert rnd.state == "finished", rnd.error
+    by_role = {call["role"]: call.get("examples") for call in rnd.llm_calls}
+    assert by_role == {"Planner": ["planner_examples/one.yaml"], "CodeInterpreter": ["ci/two.yaml"]}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,7 +155,8 @@ def _line_map(text: str) -> _Lines:
 
 
 def display_name(path: Path, app_dir: Path | None) -> str:
-    """A file as an error names it: ``planner_examples/example-1.yaml`` within the app folder."""
+    """A file as errors and records name it: ``planner_examples/example-1.yaml``, from ``app_dir``
+    (the example folder's parent) on."""
     if app_dir is not None:
         try:
             return str(path.resolve().relative_to(app_dir.resolve()))
@@ -279,15 +281,14 @@ def load_examples(
     return examples
 
 
-def check_example_folder(
-    folder: Path, app_dir: Path | None, recursive: bool = False, known_roles: Iterable[str] = ()
-) -> int:
-    """Read every example file in ``folder`` (and below it, for sub-paths a chat names later); the count read."""
+def check_example_folder(folder: Path, recursive: bool = False, known_roles: Iterable[str] = ()) -> int:
+    """Read every example file in ``folder`` (and below it, for sub-paths a chat names later); the count
+    read. Files are named from the folder's parent on, as a role names the examples it used."""
     if not folder.is_dir():
         return 0
     files = example_files(folder, recursive=recursive)
     for path in files:
-        read_example(path, known_roles, app_dir)
+        read_example(path, known_roles, folder.parent)
     return len(files)
 
 
@@ -320,6 +321,7 @@ def named_sub_path(posts: Iterable[Post], session_vars: Mapping[str, str]) -> st
 
 _CACHE_KEPT = 64
 _cache: dict[tuple[Path, str, frozenset[str]], tuple[tuple[Any, ...], list[Example]]] = {}
+_cache_lock = threading.Lock()  # sessions build and run their roles on threads of their own
 
 
 class ExampleShelf:
@@ -350,11 +352,13 @@ class ExampleShelf:
         files = example_files(folder)
         signature = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
         key = (folder, self.alias, self.role_set)
-        cached = _cache.get(key)
+        with _cache_lock:
+            cached = _cache.get(key)
         if cached is not None and cached[0] == signature:
             return cached[1]
         examples = load_examples(folder, self.alias, self.role_set, self.base.parent)
-        if len(_cache) >= _CACHE_KEPT:
-            _cache.pop(next(iter(_cache)))
-        _cache[key] = (signature, examples)
+        with _cache_lock:
+            if len(_cache) >= _CACHE_KEPT:
+                _cache.pop(next(iter(_cache)))
+            _cache[key] = (signature, examples)
         return examples
