@@ -19,8 +19,8 @@ import pytest
 
 from core import TaskWeaverApp
 from core.errors import ConfigError
-from core.memory import Round
-from core.roles.examples import read_example
+from core.memory import Attachment, AttachmentType, Post, Round
+from core.roles.examples import named_sub_path, read_example
 from core.startup_check import check_app_files
 from tests.llm_server import Answer, RecordedRequest, ScriptedLLMServer
 from tests.ui_harness import REPO_ROOT, free_port
@@ -334,6 +334,9 @@ def test_the_offline_backend_records_the_examples_it_was_given(
         "Planner": ["planner_examples/example-planner.yaml"],
         "CodeInterpreter": ["codeinterpreter_examples/example-code.yaml"],
     }
+    thoughts = {str(p.send_from): p.first(AttachmentType.thought, "") for p in rnd.post_list if p.send_from != "User"}
+    assert thoughts["Planner"].endswith("(Examples in my prompt: planner_examples/example-planner.yaml.)")
+    assert thoughts["CodeInterpreter"].endswith("(Examples in my prompt: codeinterpreter_examples/example-code.yaml.)")
     said = [r.getMessage() for r in caplog.records if r.name == "weaver.examples"]
     assert "planner_examples/example-planner.yaml: attachment types init_plan, stop are ignored" in "\n".join(said)
     assert "planner_examples/example-disabled.yaml: skipped for Planner (enabled: false)" in said
@@ -431,3 +434,16 @@ def test_taskweavers_newer_layout_and_its_config_keys(tmp_path: Path) -> None:
     assert rnd.state == "finished", rnd.error
     by_role = {call["role"]: call.get("examples") for call in rnd.llm_calls}
     assert by_role == {"Planner": ["planner_examples/one.yaml"], "CodeInterpreter": ["ci/two.yaml"]}
+
+
+def test_a_roles_shared_memory_entry_names_the_sub_path_before_the_session_variable() -> None:
+    """TaskWeaver's way: a role posts a ``shared_memory_entry`` of type ``example_sub_path``; the last wins."""
+
+    def entry(content: str) -> Post:
+        extra = {"type": "example_sub_path", "content": content, "scope": "conversation", "id": "sme-1"}
+        memo = Attachment(AttachmentType.shared_memory_entry, "Add example sub path", extra=extra)
+        return Post(send_from="TaskTypeIdentifier", send_to="Planner", attachment_list=[memo])
+
+    assert named_sub_path([], {"example_sub_path": "from_var"}) == "from_var"
+    assert named_sub_path([entry("first"), entry("second")], {"example_sub_path": "from_var"}) == "second"
+    assert named_sub_path([Post(send_from="User", send_to="Planner")], {}) == ""
