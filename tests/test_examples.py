@@ -447,3 +447,24 @@ def test_a_roles_shared_memory_entry_names_the_sub_path_before_the_session_varia
     assert named_sub_path([], {"example_sub_path": "from_var"}) == "from_var"
     assert named_sub_path([entry("first"), entry("second")], {"example_sub_path": "from_var"}) == "second"
     assert named_sub_path([Post(send_from="User", send_to="Planner")], {}) == ""
+
+
+def test_a_file_broken_after_the_start_fails_the_round_naming_it(tmp_path: Path) -> None:
+    """The start-up check passed; a file edited into a broken one later stops that role's round with
+    the file and line named, and the chat works again once it is fixed."""
+    app_dir = make_app_dir(tmp_path)
+    app = TaskWeaverApp(app_dir=app_dir, config={"llm.api_type": "offline"})
+    session = app.get_session()
+    example = app_dir / "planner_examples" / "example-planner.yaml"
+    try:
+        example.write_text(BAD_ROLE_EXAMPLE)
+        broken = session.send_message("hello")
+        example.write_text(PLANNER_EXAMPLE)
+        fixed = session.send_message("hello again")
+    finally:
+        session.stop()
+        app.stop()
+    assert broken.state == "failed"
+    assert broken.error is not None
+    assert "planner_examples/example-planner.yaml line 12: send_to 'Nobody' is not a role" in broken.error
+    assert fixed.state == "finished", fixed.error

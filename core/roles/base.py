@@ -66,6 +66,9 @@ class Role(abc.ABC):
             chosen = self.examples.select(sub_path)
         except ConfigError as exc:  # a file changed into a broken one after the start-up check
             raise RoundFailed(f"The {self.alias}'s example conversations could not be read: {exc}") from None
+        except OSError as exc:  # the folder changed while it was read: this turn goes without examples
+            examples_log.warning("%s: example folder not readable now (%s); no examples this turn", self.alias, exc)
+            chosen = []
         self.prompt.examples = chosen
         names = tuple(e.name for e in chosen)
         if names and names != self._examples_used:  # once per change, not at every turn
