@@ -20,6 +20,8 @@ from core.roles.context import RoundContext, RoundFailed
 from core.roles.examples import ExampleShelf, named_sub_path
 from core.roles.examples import log as examples_log
 from core.roles.prompts import RolePrompt
+from core.roles.prompts.templates import section_of
+from core.roles.protocol import PLANNER
 from core.usage import cost_of
 
 # Turns one streamed JSON field of the model's answer into updates of the post.
@@ -52,8 +54,30 @@ class Role(abc.ABC):
     def __init__(self, llm: LLMBackend, config: AppConfig) -> None:
         self.llm = llm
         self.config = config
-        self.examples: ExampleShelf | None = None  # set by a role that reads example conversations
+        self._examples: ExampleShelf | None = None
         self._examples_used: tuple[str, ...] = ()
+
+    def example_roles(self) -> set[str]:
+        """The roles an example may name to be shown to this role (TaskWeaver's filter): by default
+        this role and the Planner, as TaskWeaver's code generator has it."""
+        return {self.alias, PLANNER}
+
+    @property
+    def examples(self) -> ExampleShelf | None:
+        """This role's example conversations, from its config section's ``use_example``,
+        ``example_base_path`` and ``dynamic_example_sub_path`` (none for a role without them)."""
+        if self._examples is None:
+            settings = getattr(self.config, section_of(self.alias), None)
+            if settings is None or not hasattr(settings, "use_example"):
+                return None
+            self._examples = ExampleShelf(
+                self.alias,
+                settings.use_example,
+                settings.example_base_path,
+                settings.dynamic_example_sub_path,
+                self.example_roles(),
+            )
+        return self._examples
 
     def use_examples(self, ctx: RoundContext) -> list[str]:
         """Choose this turn's example conversations and hand them to the prompt; their names go
@@ -91,6 +115,8 @@ class Role(abc.ABC):
         hints: dict[str, Any],
     ) -> tuple[PostEventProxy, Any]:
         """Stream one answer into a new post; an unusable answer gets one corrective re-ask."""
+        if self._examples_used:  # the names, for the offline backend (it does not read prose)
+            hints = {**hints, "examples": list(self._examples_used)}
         for attempt in (1, 2):
             proxy = ctx.emitter.post_proxy(ctx.round.id, Post(send_from=self.alias))
             proxy.update_status(PostStatus.calling_model)

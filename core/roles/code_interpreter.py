@@ -15,7 +15,6 @@ from core.llm.json_stream import FieldEvent
 from core.memory import AttachmentType, ExecutionStatus, Post, PostStatus
 from core.roles.base import FieldRenderer, Role, StreamedField
 from core.roles.context import RoundContext
-from core.roles.examples import ExampleShelf
 from core.roles.planner import extract_code_blocks
 from core.roles.prompts import CodePrompt
 from core.roles.protocol import CODE_INTERPRETER, PLANNER, USER
@@ -55,14 +54,6 @@ class CodeInterpreter(Role):
         self.executor = executor
         self.prompt = CodePrompt(self.config)
         self.plugins_prompt = plugins_prompt
-        settings = self.config.code_interpreter
-        self.examples = ExampleShelf(
-            CODE_INTERPRETER,
-            settings.use_example,
-            settings.example_base_path,
-            settings.dynamic_example_sub_path,
-            {CODE_INTERPRETER, PLANNER},  # as TaskWeaver's code generator filters them
-        )
 
     def new_renderers(self) -> dict[str, FieldRenderer]:
         content = _ReplyContentField()
@@ -73,17 +64,14 @@ class CodeInterpreter(Role):
         }
 
     def reply(self, ctx: RoundContext) -> Post:
+        self.use_examples(ctx)
         incoming = ctx.last_post
-        examples = self.use_examples(ctx)
         messages = self.prompt.messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
         settings = self.config.code_interpreter
         if settings.code_verification_on:  # tell the model the rules its code is checked against
             rules = describe_rules(settings.allowed_modules, settings.blocked_functions)
             messages[0] = {**messages[0], "content": f"{messages[0]['content']}\n{rules}"}
-        hints = self._hints(ctx, incoming)
-        if examples:
-            hints["examples"] = examples
-        proxy, reply = self.ask_model(ctx, messages, hints)
+        proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming))
         if reply.reply_type == "text":
             if proxy.post.message != reply.reply_content:
                 proxy.replace_message(reply.reply_content)

@@ -10,7 +10,6 @@ from core.llm.json_stream import FieldEvent
 from core.memory import AttachmentType, Post
 from core.roles.base import FieldRenderer, Role, StreamedField
 from core.roles.context import RoundContext
-from core.roles.examples import ExampleShelf
 from core.roles.prompts import PlannerPrompt
 from core.roles.protocol import CODE_INTERPRETER, PLANNER, USER, PlannerReply
 
@@ -64,14 +63,9 @@ class Planner(Role):
         self.workers = workers
         self.prompt = PlannerPrompt(self.config, workers)
         self.plugins_prompt = plugins_prompt
-        settings = self.config.planner
-        self.examples = ExampleShelf(
-            PLANNER,
-            settings.use_example,
-            settings.example_base_path,
-            settings.dynamic_example_sub_path,
-            {*workers, PLANNER, USER},  # TaskWeaver's filter: an example naming another role is skipped
-        )
+
+    def example_roles(self) -> set[str]:
+        return {*self.workers, PLANNER, USER}
 
     def new_renderers(self) -> dict[str, FieldRenderer]:
         return {
@@ -83,13 +77,10 @@ class Planner(Role):
         }
 
     def reply(self, ctx: RoundContext) -> Post:
+        self.use_examples(ctx)
         incoming = ctx.last_post
-        examples = self.use_examples(ctx)
         messages = self.prompt.messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
-        hints = self._hints(ctx, incoming)
-        if examples:
-            hints["examples"] = examples
-        proxy, reply = self.ask_model(ctx, messages, hints)
+        proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming))
         self._complete(proxy, reply)
         return proxy.end()
 
