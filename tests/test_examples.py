@@ -18,6 +18,8 @@ from typing import Any, Iterator
 import pytest
 
 from core import TaskWeaverApp
+from core.compat.config_keys import translate
+from core.config import known_keys
 from core.errors import ConfigError
 from core.memory import Attachment, AttachmentType, Post, Round
 from core.roles.examples import named_sub_path, read_example
@@ -468,3 +470,24 @@ def test_a_file_broken_after_the_start_fails_the_round_naming_it(tmp_path: Path)
     assert broken.error is not None
     assert "planner_examples/example-planner.yaml line 12: send_to 'Nobody' is not a role" in broken.error
     assert fixed.state == "finished", fixed.error
+
+
+def test_taskweavers_example_keys_are_honoured_not_warned(tmp_path: Path) -> None:
+    given = {
+        "planner.use_example": False,
+        "planner.example_base_path": "p",
+        "planner.dynamic_example_sub_path": True,
+        "code_generator.use_example": False,
+        "code_generator.example_base_path": "${AppBaseDir}/ci",
+        "code_generator.dynamic_example_sub_path": True,
+        "echo.use_example": True,
+    }
+    keys, notes = translate(given, known_keys(), tmp_path)
+    assert keys["code_interpreter.use_example"] is False
+    assert keys["code_interpreter.example_base_path"] == str(tmp_path / "ci")
+    assert keys["code_interpreter.dynamic_example_sub_path"] is True
+    assert keys["planner.example_base_path"] == "p"
+    assert notes == [
+        "echo.use_example is ignored: only the Planner (planner.*) and the CodeInterpreter "
+        "(code_generator.* or code_interpreter.*) read example conversations in Weaver"
+    ]

@@ -36,6 +36,14 @@ _NOT_SENT = (
     "Weaver sends the model temperature, max_tokens, response_format and the sampling keys "
     "(top_p, top_k, seed, stop_token, frequency_penalty, presence_penalty) only"
 )
+_NO_EXAMPLES = (
+    "only the Planner (planner.*) and the CodeInterpreter (code_generator.* or code_interpreter.*) read example "
+    "conversations in Weaver"
+)
+# TaskWeaver's CodeInterpreter reads its examples with these keys; Weaver's with code_interpreter.*.
+_CODE_GENERATOR_EXAMPLE_KEYS = frozenset(
+    {"code_generator.use_example", "code_generator.example_base_path", "code_generator.dynamic_example_sub_path"}
+)
 _NO_HISTORY_COMPRESSION = "Weaver sends the last 8 rounds as they are and does not summarise older ones"
 _NO_EXPERIENCE = "Weaver has no experience memory"
 _NO_ROLE = "this role is not available in Weaver (it has the Planner and the CodeInterpreter)"
@@ -57,6 +65,7 @@ IGNORED: tuple[tuple[str, str], ...] = (
     (r"round_compressor\..*", _NO_HISTORY_COMPRESSION),
     (r".*\.(use_experience|experience_dir|dynamic_experience_sub_path)", _NO_EXPERIENCE),
     (r"experience\..*", _NO_EXPERIENCE),
+    (r".*\.(use_example|example_base_path|dynamic_example_sub_path)", _NO_EXAMPLES),
     (
         r"code_generator\.(enable_auto_plugin_selection|auto_plugin_selection_topk)",
         "every enabled plugin is always offered to the model (no embedding-based selection)",
@@ -99,9 +108,6 @@ _SECTION_IGNORED = {
 _EMBEDDING_KEYS = frozenset({"api_base", "api_key", "embedding_model"})
 # TaskWeaver's record/replay keys, Weaver's too (core/llm/mock.py); "mock" is also an llm.api_type.
 MOCK_KEYS = frozenset({"mode", "cache_path", "playback_delay"})
-_CODE_GENERATOR_EXAMPLE_KEYS = frozenset(
-    {"code_generator.use_example", "code_generator.example_base_path", "code_generator.dynamic_example_sub_path"}
-)
 _LLM_SECTION = re.compile(r"llm\.(?P<type>[a-z_]+)\.(?P<key>.+)\Z")
 
 
@@ -169,11 +175,11 @@ def translate(
             mapped["plugin_dir"] = _app_path(value, app_dir)
         elif key == "llm.max_output_tokens":
             mapped["llm.max_tokens"] = value
-        elif key == "code_generator.llm_alias":
-            mapped["code_interpreter.llm_alias"] = value
-        elif key in _CODE_GENERATOR_EXAMPLE_KEYS:  # TaskWeaver's CodeInterpreter reads its examples here
+        elif key in _CODE_GENERATOR_EXAMPLE_KEYS:
             name = key.removeprefix("code_generator.")
             mapped[f"code_interpreter.{name}"] = _app_path(value, app_dir) if name == "example_base_path" else value
+        elif key == "code_generator.llm_alias":
+            mapped["code_interpreter.llm_alias"] = value
         elif key == "use_local_uri":
             mapped["code_interpreter.use_local_uri"] = value
         else:
