@@ -342,8 +342,20 @@ class ExtLLMSettings(BaseModel):
 _ALIAS = "the name of an ext_llms.llm_configs entry this role calls (unset: the primary llm.* model)"
 
 
+_EXAMPLES = "folder of TaskWeaver-format example conversations (*.yaml); default %s"
+_SUB_PATH = (
+    "read examples from the sub-folder the chat names (session variable example_sub_path, or a role's "
+    "shared_memory_entry of type example_sub_path); none named: no examples"
+)
+
+
 class PlannerSettings(BaseModel):
     llm_alias: str | None = Field(None, description=_ALIAS)
+    use_example: bool = Field(True, description="show the example conversations of example_base_path in the prompt")
+    example_base_path: Path | None = Field(
+        None, description=_EXAMPLES % "<app_dir>/planner_examples, else <app_dir>/examples/planner_examples"
+    )
+    dynamic_example_sub_path: bool = Field(False, description=_SUB_PATH)
     prompt_file_path: Path | None = Field(
         None, description="YAML replacing some or all of the Planner's prompts (core/roles/prompts/planner.yaml)"
     )
@@ -352,6 +364,12 @@ class PlannerSettings(BaseModel):
 class CodeInterpreterSettings(BaseModel):
     llm_alias: str | None = Field(None, description=_ALIAS + "; TaskWeaver's code_generator.llm_alias")
     max_retry_count: int = Field(3, ge=0)
+    use_example: bool = Field(True, description="show the example conversations of example_base_path in the prompt")
+    example_base_path: Path | None = Field(
+        None,
+        description=_EXAMPLES % "<app_dir>/codeinterpreter_examples, else <app_dir>/examples/code_generator_examples",
+    )
+    dynamic_example_sub_path: bool = Field(False, description=_SUB_PATH)
     # Checked before each execution (core/roles/verification.py): a guard rail, not a sandbox.
     code_verification_on: bool = False
     allowed_modules: list[str] = Field(
@@ -572,6 +590,7 @@ def load_config(
         raise ConfigError(f"invalid configuration: {problems}") from None
     _check_prompt_files(config, app_dir)
     _place_mock_cache(config, app_dir)
+    _place_examples(config, app_dir)
     _check_llm_aliases(config)
     for note in dict.fromkeys(notes + file_notes):  # each once, in order
         logging.getLogger("weaver.config").warning("%s", note)
@@ -587,6 +606,39 @@ def _place_mock_cache(config: AppConfig, app_dir: Path | None) -> None:
         mock.cache_path = base / "cache" / "llm"
     elif not mock.cache_path.is_absolute():
         mock.cache_path = base / mock.cache_path
+
+
+# Where each role's examples are when example_base_path is not set: TaskWeaver's older place, then its newer.
+EXAMPLE_FOLDERS = {
+    "planner": ("planner_examples", "examples/planner_examples"),
+    "code_interpreter": ("codeinterpreter_examples", "examples/code_generator_examples"),
+}
+
+
+def _place_examples(config: AppConfig, app_dir: Path | None) -> None:
+    """Each role's example folder as an absolute path (``${AppBaseDir}`` and relative paths are the
+    app folder). Unset: the first default folder that exists (none: no examples). Set but missing,
+    with use_example on: a ``ConfigError`` now, as a typo should stop the app."""
+    sections: tuple[tuple[str, PlannerSettings | CodeInterpreterSettings], ...] = (
+        ("planner", config.planner),
+        ("code_interpreter", config.code_interpreter),
+    )
+    for name, section in sections:
+        path = section.example_base_path
+        if path is None:
+            if app_dir is not None:
+                found = [app_dir / folder for folder in EXAMPLE_FOLDERS[name]]
+                section.example_base_path = next((f for f in found if f.is_dir()), found[0])
+            continue
+        text = str(path)
+        if app_dir is not None:
+            text = text.replace("${AppBaseDir}", str(app_dir))
+        path = Path(text)
+        if not path.is_absolute():
+            path = (app_dir if app_dir is not None else Path.cwd()) / path
+        section.example_base_path = path
+        if section.use_example and not path.is_dir():
+            raise ConfigError(f"{name}.example_base_path: {path} is not a folder (set use_example false to read none)")
 
 
 def _check_llm_aliases(config: AppConfig) -> None:

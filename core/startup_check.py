@@ -7,9 +7,9 @@ stops it at once with one ``ConfigError`` naming the file and the problem. Only 
 here: no kernel, no model client, no process.
 
 What is read: ``taskweaver_config.json`` with the ``WEAVER_*`` environment and ``.env``, the
-roles' prompt files (``planner.prompt_file_path``...), ``data/datasets.yaml`` and the plugins'
-YAML specs. A plugin the app would skip with a warning stops the command here: whoever starts it
-is the one who can fix the file.
+roles' prompt files (``planner.prompt_file_path``...), the roles' example conversations
+(``planner_examples/``...), ``data/datasets.yaml`` and the plugins' YAML specs. A plugin the app
+would skip with a warning stops the command here: whoever starts it is the one who can fix the file.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from core.config import AppConfig, load_config
 from core.datasets import DatasetCatalog
 from core.errors import ConfigError
 from core.plugins.catalog import PluginCatalog
+from core.roles.examples import check_example_folder
 from core.workspace import Workspace
 
 
@@ -42,6 +43,11 @@ def check_app_files(app_dir: Path, env_file: Path | None = None) -> AppConfig:
     ``env_file``: the ``.env`` to read instead of the working directory's."""
     with _reading(f"{app_dir / 'taskweaver_config.json'} (or a prompt file it names)"):
         config = load_config(app_dir, env_file=env_file)  # the JSON file, the environment, the prompt files
+    for section in (config.planner, config.code_interpreter):
+        folder = section.example_base_path
+        if section.use_example and folder is not None:
+            with _reading(f"{folder} (an example file)"):  # ConfigError names the file and the line
+                check_example_folder(folder, recursive=section.dynamic_example_sub_path)
     with _reading(str(data_folder(config, app_dir) / "datasets.yaml")):
         DatasetCatalog.load(data_folder(config, app_dir))  # DatasetError names datasets.yaml and the entry
     plugins = plugin_folder(config, app_dir)

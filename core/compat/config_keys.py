@@ -37,8 +37,12 @@ _NOT_SENT = (
     "(top_p, top_k, seed, stop_token, frequency_penalty, presence_penalty) only"
 )
 _NO_EXAMPLES = (
-    "Weaver's roles read no example files; their prompts are YAML in core/roles/prompts, replaced per role "
-    "with <role>.prompt_file_path"
+    "only the Planner (planner.*) and the CodeInterpreter (code_generator.* or code_interpreter.*) read example "
+    "conversations in Weaver"
+)
+# TaskWeaver's CodeInterpreter reads its examples with these keys; Weaver's with code_interpreter.*.
+_CODE_GENERATOR_EXAMPLE_KEYS = frozenset(
+    {"code_generator.use_example", "code_generator.example_base_path", "code_generator.dynamic_example_sub_path"}
 )
 _NO_HISTORY_COMPRESSION = "Weaver sends the last 8 rounds as they are and does not summarise older ones"
 _NO_EXPERIENCE = "Weaver has no experience memory"
@@ -171,6 +175,9 @@ def translate(
             mapped["plugin_dir"] = _app_path(value, app_dir)
         elif key == "llm.max_output_tokens":
             mapped["llm.max_tokens"] = value
+        elif key in _CODE_GENERATOR_EXAMPLE_KEYS:
+            name = key.removeprefix("code_generator.")
+            mapped[f"code_interpreter.{name}"] = _app_path(value, app_dir) if name == "example_base_path" else value
         elif key == "code_generator.llm_alias":
             mapped["code_interpreter.llm_alias"] = value
         elif (match := _PLUGIN_SELECTION.match(key)) is not None:

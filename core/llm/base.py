@@ -29,9 +29,13 @@ class LLMCallRecord:
     attempts: int = 1
     provider: str = ""  # the backend's name (openai, azure, ollama, ...), for the metrics
     cost: float | None = None  # from the model's llm.price_per_1k_* settings, when both are set
+    examples: list[str] = field(default_factory=list)  # the example conversations the prompt held (files)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        if not data["examples"]:  # most calls have none: records stay as they were
+            del data["examples"]
+        return data
 
 
 @dataclass

@@ -55,6 +55,9 @@ class OfflineBackend(LLMBackend):
             answer = self.code_answer(request.hints)
         if answer.get("send_to") == "User" and self.datasets and answer.get("message") == OFFLINE_HELP:
             answer = {**answer, "message": f"{OFFLINE_HELP}\n\n{self._datasets_help()}"}
+        examples = hints_examples(request.hints)
+        if examples:  # a model would learn from them; offline, the thought at least says which it was shown
+            answer = {**answer, "thought": f"{answer.get('thought', '')} (Examples in my prompt: {examples}.)".strip()}
         text = json.dumps(answer, ensure_ascii=False)
         assert request.record is not None
         request.record.model = "offline"
@@ -153,6 +156,12 @@ class OfflineBackend(LLMBackend):
             "reply_type": "text",
             "reply_content": "There was no code or file to work on.",
         }
+
+
+def hints_examples(hints: dict[str, Any]) -> str:
+    """The example conversations a role's prompt held (``hints["examples"]``, file names), listed."""
+    names = hints.get("examples") or []
+    return ", ".join(str(n) for n in names)
 
 
 def _report(hints: dict[str, Any]) -> dict[str, Any]:

@@ -10,13 +10,18 @@ from opentelemetry.trace import Span
 from core import metrics
 from core.cancel import RoundCancelled
 from core.config import AppConfig
+from core.errors import ConfigError
 from core.events import PostEventProxy
 from core.ids import create_id
 from core.llm.base import ChatRequest, LLMBackend, LLMCallRecord
 from core.llm.json_stream import FieldEvent, JsonProtocolError, JsonStreamParser
 from core.memory import AttachmentType, Post, PostStatus
 from core.roles.context import RoundContext, RoundFailed
+from core.roles.examples import ExampleShelf, named_sub_path
+from core.roles.examples import log as examples_log
 from core.roles.prompts import RolePrompt
+from core.roles.prompts.templates import section_of
+from core.roles.protocol import PLANNER
 from core.usage import cost_of
 
 # Turns one streamed JSON field of the model's answer into updates of the post.
@@ -49,6 +54,51 @@ class Role(abc.ABC):
     def __init__(self, llm: LLMBackend, config: AppConfig) -> None:
         self.llm = llm
         self.config = config
+        self._examples: ExampleShelf | None = None
+        self._examples_used: tuple[str, ...] = ()
+
+    def example_roles(self) -> set[str]:
+        """The roles an example may name to be shown to this role (TaskWeaver's filter): by default
+        this role and the Planner, as TaskWeaver's code generator has it."""
+        return {self.alias, PLANNER}
+
+    @property
+    def examples(self) -> ExampleShelf | None:
+        """This role's example conversations, from its config section's ``use_example``,
+        ``example_base_path`` and ``dynamic_example_sub_path`` (none for a role without them)."""
+        if self._examples is None:
+            settings = getattr(self.config, section_of(self.alias), None)
+            if settings is None or not hasattr(settings, "use_example"):
+                return None
+            self._examples = ExampleShelf(
+                self.alias,
+                settings.use_example,
+                settings.example_base_path,
+                settings.dynamic_example_sub_path,
+                self.example_roles(),
+            )
+        return self._examples
+
+    def use_examples(self, ctx: RoundContext) -> list[str]:
+        """Choose this turn's example conversations and hand them to the prompt; their names go
+        into the call's record (``Round.llm_calls``) and the offline backend's hints."""
+        if self.examples is None:
+            return []
+        posts = [p for r in (*ctx.history, ctx.round) for p in r.post_list]
+        sub_path = named_sub_path(posts, ctx.session_vars) if self.examples.dynamic else ""
+        try:
+            chosen = self.examples.select(sub_path)
+        except ConfigError as exc:  # a file changed into a broken one after the start-up check
+            raise RoundFailed(f"The {self.alias}'s example conversations could not be read: {exc}") from None
+        except OSError as exc:  # the folder changed while it was read: this turn goes without examples
+            examples_log.warning("%s: example folder not readable now (%s); no examples this turn", self.alias, exc)
+            chosen = []
+        self.prompt.examples = chosen
+        names = tuple(e.name for e in chosen)
+        if names and names != self._examples_used:  # once per change, not at every turn
+            examples_log.info("%s's prompt holds %d example(s): %s", self.alias, len(names), ", ".join(names))
+        self._examples_used = names
+        return list(names)
 
     @abc.abstractmethod
     def reply(self, ctx: RoundContext) -> Post:
@@ -65,6 +115,8 @@ class Role(abc.ABC):
         hints: dict[str, Any],
     ) -> tuple[PostEventProxy, Any]:
         """Stream one answer into a new post; an unusable answer gets one corrective re-ask."""
+        if self._examples_used:  # the names, for the offline backend (it does not read prose)
+            hints = {**hints, "examples": list(self._examples_used)}
         for attempt in (1, 2):
             proxy = ctx.emitter.post_proxy(ctx.round.id, Post(send_from=self.alias))
             proxy.update_status(PostStatus.calling_model)
@@ -92,6 +144,8 @@ class Role(abc.ABC):
         self, ctx: RoundContext, proxy: PostEventProxy, messages: list[dict[str, str]], hints: dict[str, Any]
     ) -> str:
         request = ChatRequest(role=self.alias, messages=messages, hints=hints)
+        assert request.record is not None
+        request.record.examples = list(self._examples_used)
         renderers = self.new_renderers()
         parser = JsonStreamParser()
         parts: list[str] = []

@@ -64,6 +64,9 @@ class Planner(Role):
         self.prompt = PlannerPrompt(self.config, workers)
         self.plugins_prompt = plugins_prompt
 
+    def example_roles(self) -> set[str]:
+        return {*self.workers, PLANNER, USER}
+
     def new_renderers(self) -> dict[str, FieldRenderer]:
         return {
             "thought": StreamedField(AttachmentType.thought),
@@ -74,6 +77,7 @@ class Planner(Role):
         }
 
     def reply(self, ctx: RoundContext) -> Post:
+        self.use_examples(ctx)
         incoming = ctx.last_post
         messages = self.prompt.messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
         proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming))

@@ -11,7 +11,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from core.memory import AttachmentType, Round
+from core.memory import AttachmentType, Post, Round
+from core.roles.examples import Example
 from core.roles.prompts.history import code_turn, planner_turn, recent_posts
 from core.roles.prompts.templates import PromptTemplates, has_builtin, load_templates, section_of
 from core.roles.protocol import CODE_INTERPRETER, PLANNER, CodeReply, PlannerReply, ReplyContract, planner_recipients
@@ -61,6 +62,29 @@ class RolePrompt:
         # Every request re-sends the recent turns; each is rendered once (posts do not change
         # once they are in the conversation), so a prompt costs the same at round 50 as at round 2.
         self._rendered: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # The example conversations (core/roles/examples.py) the role chose for this turn; shown
+        # after the system prompt as earlier conversations, rendered like the chat's own turns.
+        self.examples: Sequence[Example] = ()
+
+    def _conversations(self, history: list[Round], current: Round) -> list[Message]:
+        """Each example's turns, then the chat's; with examples, each conversation opens with
+        the ``new_conversation`` line (TaskWeaver's delimiter), so the model tells them apart."""
+        chat = recent_posts(history, current)
+        if not self.examples:
+            return self._turns(chat)
+        opener = self.templates.render("new_conversation").strip()
+        messages: list[Message] = []
+        for posts in [[p for r in e.rounds for p in r.post_list] for e in self.examples] + [chat]:
+            turns = self._turns(posts)
+            first = next((i for i, m in enumerate(turns) if m["role"] == "user"), None)
+            if first is not None:
+                turns[first] = {**turns[first], "content": f"{opener}\n{turns[first]['content']}"}
+            messages.extend(turns)
+        return messages
+
+    def _turns(self, posts: list[Post]) -> list[Message]:
+        """The chat messages of one conversation's posts, as this role sees them."""
+        raise NotImplementedError
 
     def messages(self, history: list[Round], current: Round, files: list[str], plugins: str) -> list[Message]:
         """The chat the role's model is asked to continue: system prompt, then recent turns."""
@@ -102,8 +126,11 @@ class PlannerPrompt(RolePrompt):
         system = self._system(
             workers=self._workers, recipients=list(self.recipients), files=_listing(files), plugins=_listing(plugins)
         )
-        messages = [system]
-        for post in recent_posts(history, current):
+        return [system, *self._conversations(history, current)]
+
+    def _turns(self, posts: list[Post]) -> list[Message]:
+        messages: list[Message] = []
+        for post in posts:
             if post.send_from == PLANNER:
                 messages.append({"role": "assistant", "content": planner_turn(post)})
             elif post.send_to == PLANNER:
@@ -118,8 +145,11 @@ class CodePrompt(RolePrompt):
         super().__init__(role_templates(CODE_INTERPRETER, config), ReplyContract(CodeReply))
 
     def messages(self, history: list[Round], current: Round, files: list[str], plugins: str) -> list[Message]:
-        messages = [self._system(files=_listing(files), plugins=_listing(plugins))]
-        for post in recent_posts(history, current):
+        return [self._system(files=_listing(files), plugins=_listing(plugins)), *self._conversations(history, current)]
+
+    def _turns(self, posts: list[Post]) -> list[Message]:
+        messages: list[Message] = []
+        for post in posts:
             if post.send_from == PLANNER and post.send_to == CODE_INTERPRETER:
                 messages.append(self._incoming(PLANNER, post.message))
             elif post.send_from == CODE_INTERPRETER:

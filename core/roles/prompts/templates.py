@@ -25,6 +25,7 @@ _KEYS: dict[str, dict[str, frozenset[str]]] = {
         "system": frozenset({"workers", "recipients", "files", "plugins", "datasets", "reply_format"}),
         "reask": frozenset({"problem", "reply_format"}),
         "incoming": frozenset({"sender", "message"}),
+        "new_conversation": frozenset(),
     },
     "code_interpreter": {
         "description": frozenset(),
@@ -32,6 +33,7 @@ _KEYS: dict[str, dict[str, frozenset[str]]] = {
         "reask": frozenset({"problem", "reply_format"}),
         "incoming": frozenset({"sender", "message"}),
         "execution_result": frozenset({"result", "retry"}),
+        "new_conversation": frozenset(),
     },
 }
 
