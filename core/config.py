@@ -349,6 +349,12 @@ _SUB_PATH = (
 )
 
 
+_COMPRESSION = (
+    "summarise older rounds into a running summary sent instead of them (round_compressor.*; "
+    "the summary is kept in the chat's folder)"
+)
+
+
 class PlannerSettings(BaseModel):
     llm_alias: str | None = Field(None, description=_ALIAS)
     use_example: bool = Field(True, description="show the example conversations of example_base_path in the prompt")
@@ -356,6 +362,7 @@ class PlannerSettings(BaseModel):
         None, description=_EXAMPLES % "<app_dir>/planner_examples, else <app_dir>/examples/planner_examples"
     )
     dynamic_example_sub_path: bool = Field(False, description=_SUB_PATH)
+    prompt_compression: bool = Field(False, description=_COMPRESSION)
     prompt_file_path: Path | None = Field(
         None, description="YAML replacing some or all of the Planner's prompts (core/roles/prompts/planner.yaml)"
     )
@@ -370,6 +377,7 @@ class CodeInterpreterSettings(BaseModel):
         description=_EXAMPLES % "<app_dir>/codeinterpreter_examples, else <app_dir>/examples/code_generator_examples",
     )
     dynamic_example_sub_path: bool = Field(False, description=_SUB_PATH)
+    prompt_compression: bool = Field(False, description=_COMPRESSION + "; TaskWeaver's code_generator.*")
     # Checked before each execution (core/roles/verification.py): a guard rail, not a sandbox.
     code_verification_on: bool = False
     allowed_modules: list[str] = Field(
@@ -400,9 +408,16 @@ class CodeInterpreterSettings(BaseModel):
 
 
 class RoundCompressorSettings(BaseModel):
-    """TaskWeaver's ``round_compressor.*``: only its model is read for now (``backend_for_role``)."""
+    """TaskWeaver's ``round_compressor.*`` (core/compression.py): when a role's prompt_compression is
+    on and this many rounds are not summarised yet, all but the last ``rounds_to_retain`` are."""
 
-    llm_alias: str | None = Field(None, description=_ALIAS)
+    llm_alias: str | None = Field(None, description=_ALIAS + "; unset: the chat's model")
+    rounds_to_compress: int = Field(
+        2, ge=1, le=1000, description="rounds summarised at a time (once that many are older than the retained ones)"
+    )
+    rounds_to_retain: int = Field(
+        3, ge=1, le=1000, description="the latest rounds (the current one included) always sent verbatim"
+    )
 
 
 class ExperienceSettings(BaseModel):
@@ -471,7 +486,8 @@ class AppConfig(BaseSettings):
 
 
 # The config sections whose ``llm_alias`` picks a role's model (TaskWeaver's code_generator is
-# Weaver's code_interpreter); round_compressor and experience have no role yet, only their model.
+# Weaver's code_interpreter); round_compressor is the summary call of prompt compression
+# (core/compression.py); experience has no role yet, only its model.
 ROLE_MODEL_SECTIONS = ("planner", "code_interpreter", "round_compressor", "experience")
 
 

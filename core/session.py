@@ -13,6 +13,7 @@ from injector import Injector, inject
 from core import metrics
 from core.approval import Approval, ApprovalGate, Decision
 from core.cancel import CancelToken, RoundCancelled
+from core.compression import RoundCompressor, SummaryStore
 from core.config import AppSessionConfig, LLMSettings
 from core.datasets import DatasetCatalog
 from core.errors import ConfigError, NothingToRerun, RoundInProgress, SessionFull, SessionStopped
@@ -176,6 +177,8 @@ class Session:
                 plugin_selector=app_injector.get(PluginSelector),
             )
         )
+        self.summaries = SummaryStore(self.workspace)  # prompt compression's, per role; a resume loads them
+        self._attach_compressors(role_models.own_backend("round_compressor") or self._llm)
         datasets = app_injector.get(DatasetCatalog).prompt(config.session.max_dataset_prompt_chars)
         for role in self.roles.values():
             prompt = getattr(role, "prompt", None)
@@ -440,9 +443,19 @@ class Session:
         quota_mb = self.config.execution.disk_mb
         return list_files(self.cwd, limit, int(quota_mb * MB) if quota_mb else None)
 
+    def _attach_compressors(self, llm: LLMBackend) -> None:
+        """A round compressor for each role whose ``<section>.prompt_compression`` is on, calling
+        ``round_compressor.llm_alias``'s model, else the chat's (core/compression.py)."""
+        for alias, role in self.roles.items():
+            section = ROLE_SECTIONS.get(alias)
+            if section is not None and getattr(getattr(self.config, section, None), "prompt_compression", False):
+                role.compressor = RoundCompressor(alias, section, self.summaries, llm, self.config.round_compressor)
+
     def restore_history(self) -> None:
-        """Take the earlier rounds of this session's folder back into memory (a resumed chat)."""
+        """Take the earlier rounds of this session's folder back into memory (a resumed chat), and
+        the summaries prompt compression made of them."""
         self.rounds[:] = load_rounds(self.log.rounds_path)  # the same list: session.memory shows them
+        self.summaries.load()
         self.replay_pending = any(r.state == "finished" for r in self.rounds)
         self.log.logger.info("session %s resumed with %d earlier rounds", self.session_id, len(self.rounds))
 

@@ -44,7 +44,13 @@ _NO_EXAMPLES = (
 _CODE_GENERATOR_EXAMPLE_KEYS = frozenset(
     {"code_generator.use_example", "code_generator.example_base_path", "code_generator.dynamic_example_sub_path"}
 )
-_NO_HISTORY_COMPRESSION = "Weaver sends the last 8 rounds as they are and does not summarise older ones"
+_COMPRESSION_ROLES = (
+    "only the Planner (planner.prompt_compression) and the CodeInterpreter (code_generator.prompt_compression) "
+    "summarise older rounds in Weaver"
+)
+_COMPRESSION_PROMPT = (
+    "Weaver's summary prompt is core/roles/prompts/round_compressor.yaml (its own format); it is not replaceable"
+)
 _NO_EXPERIENCE = "Weaver has no experience memory"
 _NO_ROLE = "this role is not available in Weaver (it has the Planner and the CodeInterpreter)"
 
@@ -61,8 +67,9 @@ IGNORED: tuple[tuple[str, str], ...] = (
         "azure-identity keeps the Azure AD token in memory for the life of the process (no token file)",
     ),
     (r"ext_llms\..*", "Weaver reads ext_llms.llm_configs only"),
-    (r".*\.(prompt_compression|compression_prompt_path)", _NO_HISTORY_COMPRESSION),
-    (r"round_compressor\..*", _NO_HISTORY_COMPRESSION),
+    (r".*\.prompt_compression", _COMPRESSION_ROLES),
+    (r".*\.compression_prompt_path", _COMPRESSION_PROMPT),
+    (r"round_compressor\..*", "Weaver reads round_compressor.rounds_to_compress, rounds_to_retain and llm_alias"),
     (r".*\.(use_experience|experience_dir|dynamic_experience_sub_path)", _NO_EXPERIENCE),
     (r"experience\..*", _NO_EXPERIENCE),
     (r".*\.(use_example|example_base_path|dynamic_example_sub_path)", _NO_EXAMPLES),
@@ -178,8 +185,8 @@ def translate(
         elif key in _CODE_GENERATOR_EXAMPLE_KEYS:
             name = key.removeprefix("code_generator.")
             mapped[f"code_interpreter.{name}"] = _app_path(value, app_dir) if name == "example_base_path" else value
-        elif key == "code_generator.llm_alias":
-            mapped["code_interpreter.llm_alias"] = value
+        elif key in ("code_generator.llm_alias", "code_generator.prompt_compression"):
+            mapped[f"code_interpreter.{key.removeprefix('code_generator.')}"] = value
         elif (match := _PLUGIN_SELECTION.match(key)) is not None:
             mapped[f"code_interpreter.{match['key']}"] = value
         elif key == "use_local_uri":

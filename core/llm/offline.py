@@ -49,6 +49,9 @@ class OfflineBackend(LLMBackend):
         self.datasets = {d.name.lower(): d for d in datasets or []}
 
     def stream_chat(self, request: ChatRequest, cancel: CancelToken) -> Iterator[str]:
+        if request.hints.get("stage") == "compress":  # prompt compression's summary call: plain text
+            yield from self._chunks(compress_answer(request.hints), request, cancel)
+            return
         if request.role == "Planner":
             answer = self.dataset_answer(request) or self.planner_answer(request.hints)
         else:
@@ -58,7 +61,10 @@ class OfflineBackend(LLMBackend):
         examples = hints_examples(request.hints)
         if examples:  # a model would learn from them; offline, the thought at least says which it was shown
             answer = {**answer, "thought": f"{answer.get('thought', '')} (Examples in my prompt: {examples}.)".strip()}
-        text = json.dumps(answer, ensure_ascii=False)
+        yield from self._chunks(json.dumps(answer, ensure_ascii=False), request, cancel)
+
+    @staticmethod
+    def _chunks(text: str, request: ChatRequest, cancel: CancelToken) -> Iterator[str]:
         assert request.record is not None
         request.record.model = "offline"
         for start in range(0, len(text), CHUNK_CHARS):
@@ -156,6 +162,23 @@ class OfflineBackend(LLMBackend):
             "reply_type": "text",
             "reply_content": "There was no code or file to work on.",
         }
+
+
+def compress_answer(hints: dict[str, Any]) -> str:
+    """A summary with no model: the previous one, then each folded round's request and outcome."""
+    lines = [str(hints.get("previous_summary") or "").strip()]
+    for rnd in hints.get("rounds") or []:
+        query = " ".join(str(rnd.get("user_query", "")).split())
+        outcome = {"failed": "it failed", "cancelled": "it was cancelled"}.get(str(rnd.get("state")))
+        reply = " ".join(str(rnd.get("reply", "")).split())
+        if outcome is None:
+            outcome = f"answered: {_clip(reply)}" if reply else "no answer"
+        lines.append(f"- The user asked: {_clip(query)} ({outcome})")
+    return "\n".join(line for line in lines if line)
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def hints_examples(hints: dict[str, Any]) -> str:

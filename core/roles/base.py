@@ -9,6 +9,7 @@ from opentelemetry.trace import Span
 
 from core import metrics
 from core.cancel import RoundCancelled
+from core.compression import RoundCompressor
 from core.config import AppConfig
 from core.errors import ConfigError
 from core.events import PostEventProxy
@@ -50,6 +51,8 @@ class Role(abc.ABC):
 
     alias: str = ""
     prompt: RolePrompt
+    # Set by the session when the role's <section>.prompt_compression is on (core/compression.py).
+    compressor: RoundCompressor | None = None
 
     def __init__(self, llm: LLMBackend, config: AppConfig) -> None:
         self.llm = llm
@@ -99,6 +102,16 @@ class Role(abc.ABC):
             examples_log.info("%s's prompt holds %d example(s): %s", self.alias, len(names), ", ".join(names))
         self._examples_used = names
         return list(names)
+
+    def compress_history(self, ctx: RoundContext) -> None:
+        """With prompt compression on: the chat's older rounds, summarised (the summary model is
+        asked when enough rounds are pending), go into this turn's prompt as that summary."""
+        if self.compressor is None:
+            return
+        rounds = [*ctx.history, ctx.round]
+        state = self.compressor.compress(rounds, self.prompt.transcript, ctx.cancel, ctx.round.llm_calls)
+        self.prompt.summary = self.compressor.note(state)
+        self.prompt.summarised = frozenset(state.rounds)
 
     @abc.abstractmethod
     def reply(self, ctx: RoundContext) -> Post:

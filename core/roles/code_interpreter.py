@@ -78,6 +78,7 @@ class CodeInterpreter(Role):
 
     def reply(self, ctx: RoundContext) -> Post:
         self.use_examples(ctx)
+        self.compress_history(ctx)
         incoming = ctx.last_post
         selection = self._select_plugins(ctx)
         plugins = self.plugins_prompt() if selection is None else describe_plugins(selection.offered)

@@ -7,6 +7,7 @@ answers, so the prompt and the check cannot disagree.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -45,6 +46,14 @@ def _worker_description(alias: str, config: AppConfig) -> str:
     return templates.render("description").strip() if templates.has("description") else ""
 
 
+def _opened(turns: list[Message], opener: str) -> list[Message]:
+    """``turns`` with ``opener`` in front of the first user turn (nothing to add: as they are)."""
+    first = next((i for i, m in enumerate(turns) if m["role"] == "user"), None)
+    if opener and first is not None:
+        turns[first] = {**turns[first], "content": f"{opener}\n{turns[first]['content']}"}
+    return turns
+
+
 def _listing(items: Sequence[str] | str) -> str:
     text = items if isinstance(items, str) else ", ".join(items)
     return text or "(none)"
@@ -65,22 +74,30 @@ class RolePrompt:
         # The example conversations (core/roles/examples.py) the role chose for this turn; shown
         # after the system prompt as earlier conversations, rendered like the chat's own turns.
         self.examples: Sequence[Example] = ()
+        # Prompt compression (core/compression.py), set by the role for this turn: the rounds a
+        # running summary stands for are left out, and ``summary`` (its note) opens the chat instead.
+        self.summary = ""
+        self.summarised: frozenset[str] = frozenset()
 
     def _conversations(self, history: list[Round], current: Round) -> list[Message]:
         """Each example's turns, then the chat's; with examples, each conversation opens with
         the ``new_conversation`` line (TaskWeaver's delimiter), so the model tells them apart."""
-        chat = recent_posts(history, current)
+        chat = recent_posts([r for r in history if r.id not in self.summarised], current)
         if not self.examples:
-            return self._turns(chat)
+            return _opened(self._turns(chat), self.summary)
         opener = self.templates.render("new_conversation").strip()
         messages: list[Message] = []
-        for posts in [[p for r in e.rounds for p in r.post_list] for e in self.examples] + [chat]:
-            turns = self._turns(posts)
-            first = next((i for i, m in enumerate(turns) if m["role"] == "user"), None)
-            if first is not None:
-                turns[first] = {**turns[first], "content": f"{opener}\n{turns[first]['content']}"}
-            messages.extend(turns)
+        for posts in [[p for r in e.rounds for p in r.post_list] for e in self.examples]:
+            messages.extend(_opened(self._turns(posts), opener))
+        messages.extend(_opened(self._turns(chat), "\n".join(t for t in (opener, self.summary) if t)))
         return messages
+
+    def transcript(self, rounds: list[Round]) -> str:
+        """These rounds as this role's turns, as JSON: what the round compressor summarises ("" when
+        the role had no turn in them)."""
+        posts = [p for r in rounds for p in (r.post_list if r.state == "finished" else r.post_list[:1])]
+        turns = self._turns(posts)
+        return json.dumps(turns, ensure_ascii=False, indent=1) if turns else ""
 
     def _turns(self, posts: list[Post]) -> list[Message]:
         """The chat messages of one conversation's posts, as this role sees them."""

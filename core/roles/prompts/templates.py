@@ -35,6 +35,11 @@ _KEYS: dict[str, dict[str, frozenset[str]]] = {
         "execution_result": frozenset({"result", "retry"}),
         "new_conversation": frozenset(),
     },
+    # core/compression.py: the summary call, and how the summary appears in a role's prompt.
+    "round_compressor": {
+        "system": frozenset({"role", "previous_summary"}),
+        "summary": frozenset({"summary"}),
+    },
 }
 
 # Autoescape off: prompts are plain text. Sandboxed: a template cannot reach Python internals.
