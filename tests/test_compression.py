@@ -16,9 +16,12 @@ from typing import Any, Iterator
 import pytest
 
 from core import TaskWeaverApp
+from core.cancel import CancelToken
 from core.compat.config_keys import translate
-from core.compression import STATE_FILE
-from core.config import known_keys
+from core.compression import STATE_FILE, Compressed, RoundCompressor, SummaryStore
+from core.config import RoundCompressorSettings, known_keys
+from core.llm.offline import OfflineBackend
+from core.memory import Post, Round
 from core.session import Session
 from tests.llm_server import Answer, RecordedRequest, ScriptedLLMServer, Status
 
@@ -319,3 +322,43 @@ def test_taskweaver_compression_keys_are_read_not_warned() -> None:
         "round_compressor.rounds_to_retain": 1,
     }
     assert [n.split(" is ignored")[0] for n in notes] == ["echo.prompt_compression", "planner.compression_prompt_path"]
+
+
+def _finished(query: str) -> Round:
+    rnd = Round(user_query=query, state="finished")
+    rnd.add_post(Post(send_from="User", send_to="Planner", message=query))
+    rnd.add_post(Post(send_from="Planner", send_to="User", message=f"done: {query}"))
+    return rnd
+
+
+def _turns(rounds: list[Round]) -> str:
+    return json.dumps([p.message for r in rounds for p in r.post_list])
+
+
+def test_a_summary_of_rounds_the_chat_no_longer_has_is_started_over(tmp_path: Path) -> None:
+    """A re-run drops rounds: a summary naming them would describe another chat."""
+    store = SummaryStore(tmp_path)
+    settings = RoundCompressorSettings(rounds_to_compress=2, rounds_to_retain=1)
+    compressor = RoundCompressor("Planner", "planner", store, OfflineBackend(), settings)
+    rounds = [_finished(f"q{n}") for n in range(1, 4)]
+    calls: list[dict[str, Any]] = []
+    state = compressor.compress(rounds, _turns, CancelToken(), calls)
+    assert state.rounds == (rounds[0].id, rounds[1].id) and "q1" in state.summary and "q3" not in state.summary
+    assert [c["role"] for c in calls] == ["RoundCompressor"]
+    # The same rounds again: cached, no call.
+    assert compressor.compress(rounds, _turns, CancelToken(), calls) == state and len(calls) == 1
+
+    # Round 2 was re-run: its replacement is another round; the summary starts over from round 1.
+    redone = [rounds[0], _finished("q2 again"), _finished("q4")]
+    state = compressor.compress(redone, _turns, CancelToken(), calls)
+    assert "q2 again" in state.summary and "- The user asked: q2 (" not in state.summary
+    assert state.rounds == (redone[0].id, redone[1].id) and len(calls) == 2
+
+    # A damaged file is logged and read as no summary; a good one is read back as written.
+    reread = SummaryStore(tmp_path)
+    reread.load()
+    assert reread.get("planner") == state
+    (tmp_path / STATE_FILE).write_text("{not json")
+    damaged = SummaryStore(tmp_path)
+    damaged.load()
+    assert damaged.get("planner") == Compressed()
