@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from core import metrics
 from core.cancel import CancelToken, RoundCancelled
 from core.config import RoundCompressorSettings
 from core.llm.base import ChatRequest, LLMBackend
@@ -174,14 +175,30 @@ class RoundCompressor:
         )
         record = request.record
         assert record is not None
+        failed = True
         try:
-            return "".join(self.llm.stream_chat(request, cancel)).strip()
+            text = "".join(self.llm.stream_chat(request, cancel)).strip()
+            failed = False
+            return text
+        except RoundCancelled:
+            failed = False  # the user's choice, not a failure (as the roles count it)
+            raise
         finally:
             settings = self.llm.configured()
+            model = settings.model if settings is not None else (getattr(self.llm, "name", "") or "")
             record.provider = getattr(self.llm, "name", "") or type(self.llm).__name__
-            record.model = record.model or (settings.model if settings is not None else record.provider)
+            record.model = record.model or model or record.provider
             record.cost = cost_of(settings, record.prompt_tokens, record.completion_tokens)
             calls.append(record.to_dict())
+            metrics.llm_call(
+                record.provider,
+                failed,
+                record.attempts,
+                record.prompt_tokens,
+                record.completion_tokens,
+                record.first_token_s,
+                model or record.provider,
+            )
 
 
 def _outline(rnd: Round) -> dict[str, str]:
