@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -362,3 +363,33 @@ def test_a_summary_of_rounds_the_chat_no_longer_has_is_started_over(tmp_path: Pa
     damaged = SummaryStore(tmp_path)
     damaged.load()
     assert damaged.get("planner") == Compressed()
+
+
+def test_stopping_the_round_during_the_summary_call_cancels_it(
+    servers: tuple[ScriptedLLMServer, ScriptedLLMServer], tmp_path: Path
+) -> None:
+    """A cancel is the user's choice: the round stops (no fallback to the verbatim rounds)."""
+    primary, _ = servers
+    app = _app(tmp_path, primary, **_compressing())
+    session = app.get_session()
+    try:
+        for number in (1, 2, 3):
+            _ask(session, primary, number)
+        start = len(primary.requests)
+        primary.push(Answer("never finished", chunks=2, first_delay=30))
+
+        def cancel_when_asked() -> None:
+            primary.wait_for_requests(start + 1, timeout=30)
+            session.cancel()
+
+        canceller = threading.Thread(target=cancel_when_asked)
+        canceller.start()
+        rnd = session.send_message("question 4")
+        canceller.join()
+        assert rnd.state == "cancelled"
+        [summary_call] = primary.requests[start:]  # the Planner was not asked
+        assert _is_summary_call(summary_call)
+        assert not (session.workspace / STATE_FILE).exists()
+    finally:
+        session.stop()
+        app.stop()
