@@ -124,6 +124,7 @@ class RoundCompressor:
         if tuple(ids[: len(state.rounds)]) != state.rounds:
             log.info("%s: the summarised rounds are no longer the chat's first ones; starting over", self.role)
             state = Compressed()
+            self.store.put(self.section, state)
         pending = rounds[len(state.rounds) :]
         retain, batch = self.settings.rounds_to_retain, self.settings.rounds_to_compress
         if len(pending) < batch + retain:
