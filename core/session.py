@@ -174,6 +174,7 @@ class Session:
                 workers=tuple(a for a in role_registry.aliases if a != PLANNER),
                 plugin_specs=self._plugin_specs,
                 plugin_selector=app_injector.get(PluginSelector),
+                intros=role_registry.intros,
             )
         )
         datasets = app_injector.get(DatasetCatalog).prompt(config.session.max_dataset_prompt_chars)
