@@ -294,3 +294,18 @@ def test_the_echo_role_gets_its_own_step_in_the_web_ui(tmp_path: Path) -> None:
         assert any("Echo answered" in a and "hello from the browser" in a for a in answers(turn)), answers(turn)
     finally:
         stop_server(server)
+
+
+def test_role_keys_go_to_their_role_and_a_model_alias_is_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listed role's section is its own (no warning); its llm_alias is not read, so it is warned."""
+    from core.config import load_config
+
+    given = {"session.roles": ["planner", "shout"], "shout.suffix": "?", "echo.llm_alias": "fast"}
+    with caplog.at_level("WARNING", logger="weaver.config"):
+        config = load_config(tmp_path, given)
+    assert config.session.roles == ["planner", "shout"]
+    assert config.role_settings == {"shout": {"suffix": "?"}}
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["echo.llm_alias is ignored: only the Planner and the CodeInterpreter call a model of their own"]

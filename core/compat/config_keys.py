@@ -189,6 +189,8 @@ def translate(
             mapped[f"code_interpreter.{match['key']}"] = value
         elif key == "use_local_uri":
             mapped["code_interpreter.use_local_uri"] = value
+        elif key.split(".", 1)[0] in role_sections and key.endswith(".llm_alias"):
+            notes.append(f"{key} is ignored: only the Planner and the CodeInterpreter call a model of their own")
         elif key.split(".", 1)[0] in role_sections and "." in key and _ignored_note(key, key) is None:
             section_name, name = key.split(".", 1)
             role_settings.setdefault(section_name, {})[name] = value  # the role reads it (core/roles/ext.py)
