@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
-from core import TaskWeaverApp
+from core import SessionEventHandler, TaskWeaverApp, TaskWeaverEvent
+from core.approval import Decision
 from core.errors import ConfigError
+from core.events import ApprovalRequested, PostEventType
 from core.memory import AttachmentType, Round
 from core.startup_check import check_app_files
 from tests.llm_server import Answer, RecordedRequest, ScriptedLLMServer
@@ -309,3 +312,65 @@ def test_role_keys_go_to_their_role_and_a_model_alias_is_warned(
     assert config.role_settings == {"shout": {"suffix": "?"}}
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["echo.llm_alias is ignored: only the Planner and the CodeInterpreter call a model of their own"]
+
+
+class _Asked(SessionEventHandler):
+    """Wakes the test when a post's code waits for approval."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, ApprovalRequested]] = []
+        self.asked = threading.Event()
+
+    def handle(self, event: TaskWeaverEvent) -> None:
+        if event.t is PostEventType.post_approval_request and isinstance(event.payload, ApprovalRequested):
+            assert event.post_id is not None
+            self.requests.append((event.post_id, event.payload))
+            self.asked.set()
+
+
+def _answered(session: Any, message: str, decision: Decision, code: str | None = None) -> tuple[Round, str]:
+    asked = _Asked()
+    result: list[Round] = []
+    worker = threading.Thread(target=lambda: result.append(session.send_message(message, event_handler=asked)))
+    worker.start()
+    assert asked.asked.wait(60), "no approval was asked"
+    post_id, request = asked.requests[0]
+    assert session.approve(post_id, decision, code)
+    worker.join(120)
+    return result[0], request.code
+
+
+def test_the_new_roles_wait_for_code_approval_and_check_an_edit(tmp_path: Path, server: ScriptedLLMServer) -> None:
+    """With code_interpreter.require_confirmation on, a command waits for the user: cancelled, it
+    never runs. A plugin-only edit that is free code is refused like the model's."""
+    plugins = tmp_path / "app" / "plugins"
+    plugins.mkdir(parents=True)
+    for name in ("greet.py", "greet.yaml"):
+        shutil.copy(FIXTURES / name, plugins / name)
+    roles = ["planner", "code_interpreter_cli_only", "code_interpreter_plugin_only"]
+    app = scripted_app(
+        tmp_path / "app",
+        server,
+        **{"session.roles": roles, "code_interpreter.require_confirmation": True},
+    )
+    session = app.get_session()
+    try:
+        server.push(
+            planner("CodeInterpreterCLIOnly", "make a file"),
+            Answer(json.dumps({"thought": "t", "command": "touch ran.txt"})),
+        )
+        cancelled, asked_code = _answered(session, "make it", Decision.CANCEL)
+        assert "touch ran.txt" in asked_code
+        assert not (session.cwd / "ran.txt").exists()
+        assert cancelled.reply_text == "You cancelled the code, so nothing was run."
+        server.push(
+            planner("CodeInterpreterPluginOnly", "greet"),
+            Answer(json.dumps({"thought": "t", "reply_type": "python", "reply_content": 'r1 = greet(prefix="Hi")'})),
+            planner("User", "refused"),
+        )
+        edited, _ = _answered(session, "greet me", Decision.EDIT, "open('ran.txt', 'w').write('x')")
+    finally:
+        session.stop()
+    post = post_from(edited, "CodeInterpreterPluginOnly")
+    assert post.message.startswith("Your edited code was not run:") and "is not a plugin of this app" in post.message
+    assert not (session.cwd / "ran.txt").exists()

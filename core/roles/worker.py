@@ -13,6 +13,7 @@ from typing import Any, Callable
 import yaml
 
 from core import metrics
+from core.approval import Decision
 from core.errors import ConfigError
 from core.events import PostEventProxy
 from core.memory import AttachmentType, Post, PostStatus, Round
@@ -21,7 +22,7 @@ from core.roles.ext import ExtRole
 from core.roles.prompts import Message, RolePrompt
 from core.roles.prompts.history import recent_posts
 from core.roles.prompts.templates import PromptTemplates
-from core.roles.protocol import PLANNER, ReplyContract
+from core.roles.protocol import PLANNER, USER, ReplyContract
 
 PROMPT_KEYS = ("system", "reask", "incoming", "execution_result")
 
@@ -77,8 +78,20 @@ class KernelWorker(ExtRole):
         messages = self.prompt.messages(ctx.history, ctx.round, ctx.cwd_files(), self.deps.plugins_prompt())
         return self.ask_model(ctx, messages, hints)
 
-    def run(self, ctx: RoundContext, proxy: PostEventProxy, code: str) -> Post:
-        """Run ``code`` in the sandboxed kernel; its status and output go back to the Planner."""
+    def run(
+        self, ctx: RoundContext, proxy: PostEventProxy, code: str, check: Callable[[str], list[str]] | None = None
+    ) -> Post:
+        """Run ``code`` in the sandboxed kernel; its status and output go back to the Planner. With
+        code approval on (``code_interpreter.require_confirmation`` or the chat's choice), the user
+        answers first, as for the CodeInterpreter; an edit is checked by ``check`` like the model's."""
+        if ctx.approvals is not None:
+            approved = self._approved(ctx, proxy, code)
+            if approved is None:
+                return proxy.end()
+            problems = check(approved) if check is not None and approved != code else []
+            if problems:
+                return self.refuse(proxy, "Your edited code was not run:\n" + "\n".join(problems))
+            code = approved
         executor = self.deps.executor
         if not executor.ready:
             proxy.update_status(PostStatus.starting_kernel)
@@ -99,6 +112,28 @@ class KernelWorker(ExtRole):
         proxy.update_message(summary, is_end=True)
         proxy.update_send_to(PLANNER)
         return proxy.end()
+
+    def _approved(self, ctx: RoundContext, proxy: PostEventProxy, code: str) -> str | None:
+        """The code to run after the user's answer, or None (nothing runs; the round ends saying why)."""
+        assert ctx.approvals is not None
+        timeout = self.config.code_interpreter.confirmation_timeout
+        proxy.update_status(PostStatus.awaiting_approval)
+        proxy.request_approval(code, timeout)
+        answer = ctx.approvals.wait(proxy.post.id, timeout, ctx.cancel)
+        if answer.decision is Decision.RUN:
+            return code
+        if answer.decision is Decision.EDIT and answer.code is not None:
+            return answer.code
+        if answer.decision is Decision.TIMED_OUT:
+            said = (
+                f"Nobody approved the code within {timeout:g} s (code_interpreter.confirmation_timeout), "
+                "so it was not run."
+            )
+        else:
+            said = "You cancelled the code, so nothing was run."
+        proxy.update_message(said, is_end=True)
+        proxy.update_send_to(USER)
+        return None
 
     def refuse(self, proxy: PostEventProxy, message: str) -> Post:
         """Nothing ran: the reason goes back to the Planner."""

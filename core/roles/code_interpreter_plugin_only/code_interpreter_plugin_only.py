@@ -41,7 +41,7 @@ class CodeInterpreterPluginOnly(KernelWorker):
             proxy.update_attachment("\n".join(problems), AttachmentType.code_error)
             return self.refuse(proxy, REFUSED.format(alias=self.alias, problems="\n".join(problems)))
         proxy.update_attachment("CORRECT", AttachmentType.verification)
-        return self.run(ctx, proxy, code)
+        return self.run(ctx, proxy, code, check=lambda edited: plugin_call_problems(edited, plugins))
 
     def _hints(self, ctx: RoundContext) -> dict[str, Any]:
         """For the offline backend, which runs code written out in the Planner's message."""
