@@ -374,3 +374,16 @@ def test_the_new_roles_wait_for_code_approval_and_check_an_edit(tmp_path: Path, 
     post = post_from(edited, "CodeInterpreterPluginOnly")
     assert post.message.startswith("Your edited code was not run:") and "is not a plugin of this app" in post.message
     assert not (session.cwd / "ran.txt").exists()
+
+
+def test_a_failing_command_reports_its_error_output(tmp_path: Path, server: ScriptedLLMServer) -> None:
+    app = scripted_app(tmp_path / "app", server, **{"session.roles": ["planner", "code_interpreter_cli_only"]})
+    server.push(
+        planner("CodeInterpreterCLIOnly", "fail"),
+        Answer(json.dumps({"thought": "t", "command": "echo oops >&2; exit 3"})),
+        planner("User", "it failed"),
+    )
+    rnd = one_round(app, "fail please")
+    post = post_from(rnd, "CodeInterpreterCLIOnly")
+    assert post.first(AttachmentType.execution_status) == "failure"
+    assert "oops" in post.message and "the command exited with status 3" in post.message
