@@ -387,3 +387,13 @@ def test_a_failing_command_reports_its_error_output(tmp_path: Path, server: Scri
     post = post_from(rnd, "CodeInterpreterCLIOnly")
     assert post.first(AttachmentType.execution_status) == "failure"
     assert "oops" in post.message and "the command exited with status 3" in post.message
+
+
+def test_an_app_role_may_not_take_a_built_in_alias(tmp_path: Path) -> None:
+    folder = tmp_path / "roles" / "shout"
+    folder.mkdir(parents=True)
+    (folder / "shout.role.yaml").write_text(APP_ROLE_YAML.replace("alias: Shouter", "alias: Planner"))
+    (folder / "shout.py").write_text(APP_ROLE_PY)
+    with pytest.raises(ConfigError) as started:
+        TaskWeaverApp(app_dir=tmp_path, config={"llm.api_type": "offline", "session.roles": ["planner", "shout"]})
+    assert f"role file {folder / 'shout.role.yaml'}: the alias 'Planner' is taken" in str(started.value)

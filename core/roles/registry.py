@@ -106,6 +106,8 @@ def build_role_registry(config: AppConfig, app_dir: Path | None) -> RoleRegistry
             registry.register(CODE_INTERPRETER, _code_interpreter)
         elif name in entries:
             entry = entries[name]
+            if entry.alias in registry.aliases or entry.alias == USER:
+                raise ConfigError(f"role file {entry.file}: the alias {entry.alias!r} is taken by another role")
             registry.register(entry.alias, entry.create, entry.intro)
         else:
             known = ", ".join(["planner", "code_interpreter", *sorted(entries)])
