@@ -26,7 +26,7 @@ from core.llm.role_models import RoleModels
 from core.logs import formatter
 from core.plugins.catalog import PluginCatalog
 from core.plugins.selection import PluginSelector
-from core.roles.registry import RoleRegistry, default_role_registry
+from core.roles.registry import RoleRegistry, build_role_registry
 from core.session import Session, new_executor
 from core.startup_check import data_folder
 from core.telemetry import TelemetryLogger
@@ -39,9 +39,15 @@ SESSION_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$")
 
 class _AppModule(Module):
     def __init__(
-        self, config: AppConfig, workspace: Workspace, datasets: DatasetCatalog, kernels: KernelBackend
+        self,
+        config: AppConfig,
+        workspace: Workspace,
+        datasets: DatasetCatalog,
+        kernels: KernelBackend,
+        roles: RoleRegistry,
     ) -> None:
         self.config = config
+        self.roles = roles
         self.workspace = workspace
         self.datasets = datasets
         self.kernels = kernels
@@ -53,7 +59,7 @@ class _AppModule(Module):
         binder.bind(DatasetCatalog, to=self.datasets)
         binder.bind(TelemetryLogger, to=TelemetryLogger("weaver"), scope=singleton)
         binder.bind(Tracing, to=Tracing(self.config.tracing.enabled), scope=singleton)
-        binder.bind(RoleRegistry, to=default_role_registry(), scope=singleton)
+        binder.bind(RoleRegistry, to=self.roles, scope=singleton)
         binder.bind(StartGate, to=StartGate(self.config.execution.max_concurrent_starts), scope=singleton)
 
     @singleton
@@ -116,7 +122,10 @@ class TaskWeaverApp:
         if self.sandbox_warning:
             logging.getLogger("weaver").warning("!!! %s", self.sandbox_warning)
         self.workspace = Workspace(self.app_dir)
-        module = _AppModule(self.config, self.workspace, self.dataset_catalog, self.kernel_backend)
+        # session.roles' workers, from core/roles/<name>/ and <app_dir>/roles/<name>/: a broken role
+        # file or an unknown name stops the app here, with the file or the name said.
+        self.role_registry = build_role_registry(self.config, self.app_dir)
+        module = _AppModule(self.config, self.workspace, self.dataset_catalog, self.kernel_backend, self.role_registry)
         self.injector = Injector([module])
         self.injector.binder.bind(Injector, to=self.injector)
         self.plugins = self.injector.get(PluginCatalog)

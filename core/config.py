@@ -315,7 +315,9 @@ class SessionSettings(BaseModel):
     max_session_vars: int = Field(100, gt=0, description="session variables a session may hold (plugins' writes)")
     max_session_var_chars: int = Field(4000, gt=0, description="longest value a plugin may write to one")
     roles: list[str] = Field(
-        ["planner", "code_interpreter"], description="TaskWeaver's key; Weaver always runs these two (others: warned)"
+        ["planner", "code_interpreter"],
+        description="the Planner (always there) and the workers: code_interpreter, a shipped role "
+        "(echo, code_interpreter_cli_only, code_interpreter_plugin_only) or a folder of <app_dir>/roles/",
     )
 
     _roles_list = field_validator("roles", mode="before")(classmethod(lambda cls, v: as_list(v)))
@@ -463,6 +465,9 @@ class AppConfig(BaseSettings):
     tracing: TracingSettings = TracingSettings()
     metrics: MetricsSettings = MetricsSettings()
     plugin_dir: Path | None = None
+    # The config sections of roles beyond the two built-in ones (``echo.decorator`` → ``{"echo": {...}}``),
+    # read by each role (core/roles/ext.py).
+    role_settings: dict[str, dict[str, Any]] = {}
 
     def llm_alias_of(self, section: str) -> str | None:
         """The ``<section>.llm_alias`` set for a role (``ROLE_MODEL_SECTIONS``), None when unset."""

@@ -175,6 +175,7 @@ class Session:
                 workers=tuple(a for a in role_registry.aliases if a != PLANNER),
                 plugin_specs=self._plugin_specs,
                 plugin_selector=app_injector.get(PluginSelector),
+                intros=role_registry.intros,
             )
         )
         self.summaries = SummaryStore(self.workspace)  # prompt compression's, per role; a resume loads them

@@ -23,6 +23,7 @@ from core.datasets import DatasetCatalog
 from core.errors import ConfigError
 from core.plugins.catalog import PluginCatalog
 from core.roles.examples import check_example_folder
+from core.roles.registry import build_role_registry
 from core.workspace import Workspace
 
 
@@ -48,6 +49,8 @@ def check_app_files(app_dir: Path, env_file: Path | None = None) -> AppConfig:
         if section.use_example and folder is not None:
             with _reading(f"{folder} (an example file)"):  # ConfigError names the file and the line
                 check_example_folder(folder, recursive=section.dynamic_example_sub_path)
+    with _reading(f"{app_dir / 'roles'} (a role file)"):  # ConfigError names the role file
+        build_role_registry(config, app_dir)
     with _reading(str(data_folder(config, app_dir) / "datasets.yaml")):
         DatasetCatalog.load(data_folder(config, app_dir))  # DatasetError names datasets.yaml and the entry
     plugins = plugin_folder(config, app_dir)

@@ -52,7 +52,12 @@ _COMPRESSION_PROMPT = (
     "Weaver's summary prompt is core/roles/prompts/round_compressor.yaml (its own format); it is not replaceable"
 )
 _NO_EXPERIENCE = "Weaver has no experience memory"
-_NO_ROLE = "this role is not available in Weaver (it has the Planner and the CodeInterpreter)"
+_NO_ROLE = (
+    "this role is not available in Weaver (it has the Planner, the CodeInterpreter, the roles shipped in "
+    "core/roles/ and the app's own in <app_dir>/roles/)"
+)
+# The roles Weaver ships besides the built-in two (core/roles/<name>/): their config sections are theirs.
+EXT_ROLES = frozenset({"echo", "code_interpreter_cli_only", "code_interpreter_plugin_only"})
 
 # (pattern, reason), first match wins. Patterns match the whole key.
 IGNORED: tuple[tuple[str, str], ...] = (
@@ -96,8 +101,7 @@ IGNORED: tuple[tuple[str, str], ...] = (
         "Weaver logs to the console and, with logging.log_folder / logging.log_file, to a file only",
     ),
     (
-        r"(web_search|web_explorer|document_retriever|echo|recepta|code_interpreter_cli_only|"
-        r"code_interpreter_plugin_only|image_reader)\..*",
+        r"(web_search|web_explorer|document_retriever|recepta|image_reader)\..*",
         _NO_ROLE,
     ),
 )
@@ -147,11 +151,12 @@ def translate(
     notes: list[str] = []
     active = str(flat.get("llm.api_type") or "openai")
     embedding = str(flat.get("llm.embedding_api_type") or "")
+    listed = as_list(flat.get("session.roles", []))
+    role_sections = EXT_ROLES | {str(r) for r in (listed if isinstance(listed, list) else [])} - ROLES
+    role_settings: dict[str, dict[str, Any]] = {}
     for key, value in flat.items():
         if key in known:
             out[key] = value
-            if key == "session.roles":
-                notes.extend(_roles_note(value))
             continue
         if key.startswith("llm.mock."):
             if key.removeprefix("llm.mock.") in MOCK_KEYS:
@@ -191,10 +196,17 @@ def translate(
             mapped[f"code_interpreter.{match['key']}"] = value
         elif key == "use_local_uri":
             mapped["code_interpreter.use_local_uri"] = value
+        elif key.split(".", 1)[0] in role_sections and key.endswith(".llm_alias"):
+            notes.append(f"{key} is ignored: only the Planner and the CodeInterpreter call a model of their own")
+        elif key.split(".", 1)[0] in role_sections and "." in key and _ignored_note(key, key) is None:
+            section_name, name = key.split(".", 1)
+            role_settings.setdefault(section_name, {})[name] = value  # the role reads it (core/roles/ext.py)
         else:
             notes.append(_ignored_note(key, key) or f"{key} is ignored: it is not a Weaver or TaskWeaver config key")
     for key, value in mapped.items():
         out.setdefault(key, value)
+    if role_settings:
+        out["role_settings"] = {**role_settings, **out.get("role_settings", {})}
     return out, notes
 
 
@@ -223,21 +235,3 @@ def _app_path(value: Any, app_dir: Path | None) -> str:
         if not Path(text).is_absolute():
             text = str(app_dir / text)
     return text
-
-
-def _roles_note(value: Any) -> list[str]:
-    roles = as_list(value)
-    if not isinstance(roles, list):
-        return []
-    names = {str(r) for r in roles}
-    if names == ROLES:
-        return []
-    extra = sorted(names - ROLES)
-    missing = sorted(ROLES - names)
-    parts = []
-    if extra:
-        parts.append(f"{', '.join(extra)} {'is' if len(extra) == 1 else 'are'} not available")
-    if missing:
-        parts.append(f"{' and '.join(missing)} cannot be left out")
-    why = "; ".join(parts)
-    return [f"session.roles is partly ignored: Weaver always runs the Planner with the CodeInterpreter ({why})"]

@@ -35,6 +35,8 @@ To chat in plain language, configure a model: set `WEAVER_LLM__API_KEY` (and `WE
 OFFLINE_CANNOT_FIX = "Offline mode runs code as written and cannot fix it: edit the code and send it again."
 
 # "profile sales_2024" as the whole of the user's message (a command, like a fenced code block).
+ECHO_COMMAND = re.compile(r"^\s*echo\b[\s:]*(.+)$", re.IGNORECASE | re.DOTALL)
+CODE_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n(.*?)```", re.DOTALL)
 PROFILE_COMMAND = re.compile(r"^\s*profile\s+([A-Za-z_][A-Za-z0-9_]*)\s*[.!]?\s*$", re.IGNORECASE)
 
 
@@ -54,6 +56,8 @@ class OfflineBackend(LLMBackend):
             return
         if request.role == "Planner":
             answer = self.dataset_answer(request) or self.planner_answer(request.hints)
+        elif "command" in request.hints:  # a role answering with a shell command line
+            answer = self.command_answer(request.hints)
         else:
             answer = self.code_answer(request.hints)
         if answer.get("send_to") == "User" and self.datasets and answer.get("message") == OFFLINE_HELP:
@@ -104,9 +108,22 @@ class OfflineBackend(LLMBackend):
         return f"- **Profile a project dataset**: send `profile <name>`, e.g. `profile {names[0].name}` ({shown})."
 
     @staticmethod
+    def command_answer(hints: dict[str, Any]) -> dict[str, Any]:
+        """The command the Planner's message holds (a fenced block, else its text), run as written."""
+        text = str(hints.get("command") or "")
+        blocks = CODE_FENCE.findall(text)
+        command = blocks[0].strip() if blocks else text.strip()
+        return {"thought": "Run the command as written.", "command": command}
+
+    @staticmethod
     def planner_answer(hints: dict[str, Any]) -> dict[str, Any]:
         if hints.get("stage") == "worker_reply":
+            if hints.get("execution_status") is None and hints.get("worker") != "CodeInterpreter":
+                return _relay(hints)
             return _report(hints)
+        echoed = _echo_request(hints)
+        if echoed is not None:
+            return echoed
         code_blocks: list[str] = hints.get("code_blocks") or []
         files: list[str] = hints.get("files_added") or []
         if code_blocks:
@@ -185,6 +202,32 @@ def hints_examples(hints: dict[str, Any]) -> str:
     """The example conversations a role's prompt held (``hints["examples"]``, file names), listed."""
     names = hints.get("examples") or []
     return ", ".join(str(n) for n in names)
+
+
+def _echo_request(hints: dict[str, Any]) -> dict[str, Any] | None:
+    """ "echo <text>" with the Echo role registered: Echo is sent the text."""
+    match = ECHO_COMMAND.match(str(hints.get("request") or ""))
+    if match is None or "Echo" not in (hints.get("workers") or []):
+        return None
+    return {
+        "thought": "The user asked for an echo; the Echo role repeats the text.",
+        "plan": ["Have Echo repeat the text", "Tell the user what it said"],
+        "current_plan_step": "Have Echo repeat the text",
+        "send_to": "Echo",
+        "message": match.group(1).strip(),
+    }
+
+
+def _relay(hints: dict[str, Any]) -> dict[str, Any]:
+    """A worker that ran no code (Echo, or one that refused): its words go to the user as they are."""
+    worker = hints.get("worker") or "the worker"
+    return {
+        "thought": f"Report what {worker} said to the user.",
+        "plan": ["Ask the worker", "Report its answer"],
+        "current_plan_step": "Report its answer",
+        "send_to": "User",
+        "message": f"{worker} answered:\n\n{fence(str(hints.get('worker_message', '')), 'text')}",
+    }
 
 
 def _report(hints: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from core.events import PostEventProxy
 from core.llm.json_stream import FieldEvent
@@ -57,11 +57,14 @@ class Planner(Role):
         *args: Any,
         workers: tuple[str, ...] = (CODE_INTERPRETER,),
         plugins_prompt: Callable[[], str] = lambda: "",
+        intros: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
+        """``workers`` and their ``intros`` come from the role registry: what the prompt lists and
+        the ``send_to`` values the reply may take."""
         super().__init__(*args, **kwargs)
         self.workers = workers
-        self.prompt = PlannerPrompt(self.config, workers)
+        self.prompt = PlannerPrompt(self.config, workers, intros or {})
         self.plugins_prompt = plugins_prompt
 
     def example_roles(self) -> set[str]:
@@ -92,6 +95,8 @@ class Planner(Role):
                 "stage": "request",
                 "code_blocks": extract_code_blocks(incoming.message),
                 "files_added": list(ctx.files_added),
+                "workers": list(self.workers),
+                "request": incoming.message,
             }
         return {
             "stage": "worker_reply",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from core.memory import AttachmentType, Post, Round
 from core.roles.examples import Example
@@ -133,11 +133,15 @@ class RolePrompt:
 class PlannerPrompt(RolePrompt):
     """The Planner's prompt: workers and allowed recipients come from the role registry."""
 
-    def __init__(self, config: AppConfig, workers: Sequence[str]) -> None:
+    def __init__(self, config: AppConfig, workers: Sequence[str], intros: Mapping[str, str] | None = None) -> None:
+        """``intros``: a registered role's own words (its role file's ``intro``) over its prompt's description."""
         self.workers = tuple(workers)
+        intros = intros or {}
         self.recipients = planner_recipients(self.workers)
         super().__init__(role_templates(PLANNER, config), ReplyContract(PlannerReply, {"send_to": self.recipients}))
-        self._workers = [{"name": w, "description": _worker_description(w, config)} for w in self.workers]
+        self._workers = [
+            {"name": w, "description": intros.get(w) or _worker_description(w, config)} for w in self.workers
+        ]
 
     def messages(self, history: list[Round], current: Round, files: list[str], plugins: str) -> list[Message]:
         system = self._system(
