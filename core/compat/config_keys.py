@@ -45,7 +45,14 @@ _CODE_GENERATOR_EXAMPLE_KEYS = frozenset(
     {"code_generator.use_example", "code_generator.example_base_path", "code_generator.dynamic_example_sub_path"}
 )
 _NO_HISTORY_COMPRESSION = "Weaver sends the last 8 rounds as they are and does not summarise older ones"
-_NO_EXPERIENCE = "Weaver has no experience memory"
+_NO_EXPERIENCE = (
+    "only the Planner (planner.*) and the CodeInterpreter (code_generator.* or code_interpreter.*) read experience "
+    "tips in Weaver"
+)
+# TaskWeaver's CodeInterpreter reads its tips with these keys; Weaver's with code_interpreter.*.
+_CODE_GENERATOR_EXPERIENCE_KEYS = frozenset(
+    {"code_generator.use_experience", "code_generator.experience_dir", "code_generator.dynamic_experience_sub_path"}
+)
 _NO_ROLE = "this role is not available in Weaver (it has the Planner and the CodeInterpreter)"
 
 # (pattern, reason), first match wins. Patterns match the whole key.
@@ -64,7 +71,11 @@ IGNORED: tuple[tuple[str, str], ...] = (
     (r".*\.(prompt_compression|compression_prompt_path)", _NO_HISTORY_COMPRESSION),
     (r"round_compressor\..*", _NO_HISTORY_COMPRESSION),
     (r".*\.(use_experience|experience_dir|dynamic_experience_sub_path)", _NO_EXPERIENCE),
-    (r"experience\..*", _NO_EXPERIENCE),
+    (
+        r"experience\..*",
+        "Weaver's experience summariser uses its own prompt; it reads experience.llm_alias, retrieve_threshold, "
+        "max_tips, max_chat_chars and max_tip_chars",
+    ),
     (r".*\.(use_example|example_base_path|dynamic_example_sub_path)", _NO_EXAMPLES),
     (
         r"code_generator\..*",
@@ -178,6 +189,11 @@ def translate(
         elif key in _CODE_GENERATOR_EXAMPLE_KEYS:
             name = key.removeprefix("code_generator.")
             mapped[f"code_interpreter.{name}"] = _app_path(value, app_dir) if name == "example_base_path" else value
+        elif key in _CODE_GENERATOR_EXPERIENCE_KEYS:
+            name = key.removeprefix("code_generator.")
+            mapped[f"code_interpreter.{name}"] = _app_path(value, app_dir) if name == "experience_dir" else value
+        elif key == "experience.experience_dir":  # TaskWeaver's older name of the folder chats are saved to
+            mapped["session.experience_dir"] = _app_path(value, app_dir)
         elif key == "code_generator.llm_alias":
             mapped["code_interpreter.llm_alias"] = value
         elif (match := _PLUGIN_SELECTION.match(key)) is not None:

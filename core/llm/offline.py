@@ -49,6 +49,9 @@ class OfflineBackend(LLMBackend):
         self.datasets = {d.name.lower(): d for d in datasets or []}
 
     def stream_chat(self, request: ChatRequest, cancel: CancelToken) -> Iterator[str]:
+        if request.role == "experience":  # a saved chat's tip (core/experience.py): plain text, not JSON
+            yield from self._chunks(experience_tip(request.hints), request, cancel)
+            return
         if request.role == "Planner":
             answer = self.dataset_answer(request) or self.planner_answer(request.hints)
         else:
@@ -58,7 +61,14 @@ class OfflineBackend(LLMBackend):
         examples = hints_examples(request.hints)
         if examples:  # a model would learn from them; offline, the thought at least says which it was shown
             answer = {**answer, "thought": f"{answer.get('thought', '')} (Examples in my prompt: {examples}.)".strip()}
-        text = json.dumps(answer, ensure_ascii=False)
+        tips = ", ".join(str(t) for t in request.hints.get("experience") or [])
+        if tips:  # likewise the experience tips it was given
+            thought = f"{answer.get('thought', '')} (Experience tips in my prompt: {tips}.)"
+            answer = {**answer, "thought": thought.strip()}
+        yield from self._chunks(json.dumps(answer, ensure_ascii=False), request, cancel)
+
+    @staticmethod
+    def _chunks(text: str, request: ChatRequest, cancel: CancelToken) -> Iterator[str]:
         assert request.record is not None
         request.record.model = "offline"
         for start in range(0, len(text), CHUNK_CHARS):
@@ -156,6 +166,19 @@ class OfflineBackend(LLMBackend):
             "reply_type": "text",
             "reply_content": "There was no code or file to work on.",
         }
+
+
+def experience_tip(hints: dict[str, Any]) -> str:
+    """A saved chat's tip with no model: its requests, and the code that ran without error."""
+    queries = [str(q) for q in hints.get("queries") or []]
+    code = [str(c) for c in hints.get("code") or []]
+    lines = ["Requests of this chat: " + "; ".join(queries) if queries else "This chat had no request in words."]
+    if code:
+        lines.append("Code that ran without error:")
+        lines.append(fence("\n\n".join(code[-3:]), "python"))
+    else:
+        lines.append("No code ran without error in this chat.")
+    return "\n".join(lines)
 
 
 def hints_examples(hints: dict[str, Any]) -> str:

@@ -65,6 +65,8 @@ class RolePrompt:
         # The example conversations (core/roles/examples.py) the role chose for this turn; shown
         # after the system prompt as earlier conversations, rendered like the chat's own turns.
         self.examples: Sequence[Example] = ()
+        # The experience tips (core/experience.py) the role chose for this turn; after the system prompt.
+        self.tips: Sequence[str] = ()
 
     def _conversations(self, history: list[Round], current: Round) -> list[Message]:
         """Each example's turns, then the chat's; with examples, each conversation opens with
@@ -101,6 +103,8 @@ class RolePrompt:
             content = self._rendered[key] = self.templates.render(
                 "system", reply_format=self.contract.format(), datasets=self.datasets, **values
             )
+        if self.tips and self.templates.has("experience"):
+            content = f"{content}\n\n{self.templates.render('experience', tips=list(self.tips))}"
         return {"role": "system", "content": content}
 
     def _incoming(self, sender: str, message: str) -> Message:

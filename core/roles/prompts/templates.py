@@ -26,6 +26,7 @@ _KEYS: dict[str, dict[str, frozenset[str]]] = {
         "reask": frozenset({"problem", "reply_format"}),
         "incoming": frozenset({"sender", "message"}),
         "new_conversation": frozenset(),
+        "experience": frozenset({"tips"}),
     },
     "code_interpreter": {
         "description": frozenset(),
@@ -34,7 +35,10 @@ _KEYS: dict[str, dict[str, frozenset[str]]] = {
         "incoming": frozenset({"sender", "message"}),
         "execution_result": frozenset({"result", "retry"}),
         "new_conversation": frozenset(),
+        "experience": frozenset({"tips"}),
     },
+    # core/experience.py: a saved chat distilled into a tip (no role of its own, only a model).
+    "experience": {"summarise": frozenset()},
 }
 
 # Autoescape off: prompts are plain text. Sandboxed: a template cannot reach Python internals.

@@ -1,0 +1,203 @@
+"""Experience (``<role>.use_experience``): a saved chat becomes a tip, and a later similar request
+carries it in the role's prompt.
+
+Real rounds run in real kernels against the scripted OpenAI-compatible server
+(tests/llm_server.py), which records every request, or against the offline backend.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from core import TaskWeaverApp
+from core.compat.config_keys import translate
+from core.config import known_keys
+from core.experience import ExperienceError, ExperienceStore
+from tests.llm_server import Answer, RecordedRequest, ScriptedLLMServer
+
+pytestmark = pytest.mark.timeout(120)
+
+SALES_TIP = "For sales per region: df.groupby('region')['sales'].sum(), then a bar chart sorted descending."
+WEATHER_TIP = "For weather forecasts: ask which city, and give temperatures in Celsius."
+
+
+def planner(send_to: str, message: str) -> Answer:
+    body = {"thought": "t", "plan": ["work", "report"], "current_plan_step": "work", "send_to": send_to}
+    return Answer(json.dumps({**body, "message": message}))
+
+
+def code(source: str) -> Answer:
+    return Answer(json.dumps({"thought": "run", "reply_type": "python", "reply_content": source}))
+
+
+def system_of(request: RecordedRequest) -> str:
+    return str(request.body["messages"][0]["content"])
+
+
+def scripted_app(app_dir: Path, server: ScriptedLLMServer, **overrides: Any) -> TaskWeaverApp:
+    config: dict[str, Any] = {
+        "llm.api_type": "openai",
+        "llm.api_base": server.base_url,
+        "llm.api_key": "test",
+        "llm.model": "scripted",
+        "llm.timeout": 5,
+        "llm.max_retries": 0,
+        "execution.timeout": 20,
+        **overrides,
+    }
+    return TaskWeaverApp(app_dir=app_dir, config=config)
+
+
+def run_round(app: TaskWeaverApp, server: ScriptedLLMServer, query: str) -> tuple[str, list[RecordedRequest]]:
+    """User → Planner → CodeInterpreter (runs code) → Planner → User; the session id and its requests."""
+    start = len(server.requests)
+    server.push(planner("CodeInterpreter", "sum sales per region"), code("print(7)"), planner("User", "Done: 7."))
+    session = app.get_session()
+    rnd = session.send_message(query)
+    assert rnd.state == "finished", rnd.error
+    return session.session_id, server.wait_for_requests(start + 3)[start:]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ScriptedLLMServer]:
+    scripted = ScriptedLLMServer().start()
+    yield scripted
+    scripted.stop()
+
+
+def test_saving_a_chat_asks_the_experience_model_and_writes_a_tip(tmp_path: Path, server: ScriptedLLMServer) -> None:
+    app = scripted_app(tmp_path / "app", server)
+    try:
+        session_id, _ = run_round(app, server, "show total sales per region")
+        start = len(server.requests)
+        server.push(Answer(SALES_TIP))
+        tip = app.save_experience(session_id)
+        [asked] = server.wait_for_requests(start + 1)[start:]
+    finally:
+        app.stop()
+    # The summary request: our instruction, then the chat's rounds as JSON (its query and code).
+    assert "Distil it into a short tip" in system_of(asked)
+    chat = json.loads(asked.body["messages"][1]["content"])
+    assert chat[0]["user_query"] == "show total sales per region"
+    assert "print(7)" in json.dumps(chat)
+    assert "response_format" not in asked.body  # a tip is text, not the roles' JSON
+    folder = tmp_path / "app" / "experience"
+    assert tip.text == SALES_TIP and tip.path == folder / f"exp_{session_id}.yaml"
+    saved = yaml.safe_load(tip.path.read_text())
+    assert saved["experience_text"] == SALES_TIP and saved["exp_id"] == session_id
+    raw = yaml.safe_load((folder / f"raw_exp_{session_id}.yaml").read_text())
+    assert raw["rounds"][0]["user_query"] == "show total sales per region"
+    assert "id" not in raw["rounds"][0]  # TaskWeaver's raw experience drops the ids
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+
+
+def _with_two_tips(app_dir: Path) -> None:
+    folder = app_dir / "experience"
+    folder.mkdir(parents=True)
+    (folder / "exp_sales1.yaml").write_text(yaml.safe_dump({"exp_id": "sales1", "experience_text": SALES_TIP}))
+    (folder / "handcrafted_exp_weather1.yaml").write_text(yaml.safe_dump({"experience_text": WEATHER_TIP}))
+
+
+def test_a_similar_request_carries_the_tip_and_not_an_unrelated_one(tmp_path: Path, server: ScriptedLLMServer) -> None:
+    app_dir = tmp_path / "app"
+    _with_two_tips(app_dir)
+    app = scripted_app(app_dir, server, **{"planner.use_experience": True, "code_generator.use_experience": True})
+    try:
+        session_id, (to_planner, to_code, back) = run_round(app, server, "plot the sales of each region")
+        rnd = app.get_session(session_id).rounds[-1]
+    finally:
+        app.stop()
+    for request in (to_planner, to_code, back):
+        system = system_of(request)
+        assert SALES_TIP in system and WEATHER_TIP not in system
+        assert "Experience from earlier chats" in system
+    assert [call.get("experience") for call in rnd.llm_calls] == [["sales1"], ["sales1"], ["sales1"]]
+
+    # A request about something else carries neither.
+    app = scripted_app(app_dir, server, **{"planner.use_experience": True})
+    try:
+        _, (unrelated, _, _) = run_round(app, server, "list the files in my folder")
+    finally:
+        app.stop()
+    assert SALES_TIP not in system_of(unrelated) and "Experience from earlier chats" not in system_of(unrelated)
+
+
+def test_use_experience_off_sends_no_tip(tmp_path: Path, server: ScriptedLLMServer) -> None:
+    app_dir = tmp_path / "app"
+    _with_two_tips(app_dir)
+    app = scripted_app(app_dir, server)  # TaskWeaver's default: false
+    try:
+        session_id, requests = run_round(app, server, "plot the sales of each region")
+        rnd = app.get_session(session_id).rounds[-1]
+    finally:
+        app.stop()
+    assert all(SALES_TIP not in system_of(r) and "Experience from" not in system_of(r) for r in requests)
+    assert all("experience" not in call for call in rnd.llm_calls)
+
+
+def test_the_offline_backend_makes_a_tip_from_the_requests_and_the_code_that_ran(tmp_path: Path) -> None:
+    app = TaskWeaverApp(app_dir=tmp_path / "app", config={"planner.use_experience": True})
+    try:
+        session = app.get_session()
+        rnd = session.send_message("```python\ntotal_sales = 3 + 4\nprint(total_sales)\n```")
+        assert rnd.state == "finished", rnd.error
+        tip = app.save_experience(session.session_id)
+        again = app.save_experience(session.session_id)  # the same chat again: the same tip, replaced
+        later = app.get_session()
+        answer = later.send_message("```python\nprint('total_sales')\n```")
+    finally:
+        app.stop()
+    assert tip.text == again.text
+    assert "total_sales = 3 + 4" in tip.text and tip.text.startswith("Requests of this chat: ")
+    assert [t.exp_id for t in app.experience.tips()] == [session.session_id]
+    # The offline Planner says which tips it was shown (it does not read prose).
+    thoughts = [str(a.content) for p in answer.post_list if p.send_from == "Planner" for a in p.attachment_list]
+    assert any(f"Experience tips in my prompt: {session.session_id}" in t for t in thoughts)
+
+
+def test_a_chat_without_rounds_is_refused(tmp_path: Path) -> None:
+    app = TaskWeaverApp(app_dir=tmp_path / "app")
+    try:
+        session = app.get_session()
+        with pytest.raises(ExperienceError, match="no finished round"):
+            app.save_experience(session.session_id)
+    finally:
+        app.stop()
+
+
+def test_the_store_lists_and_deletes_tips_and_refuses_a_path(tmp_path: Path) -> None:
+    _with_two_tips(tmp_path)
+    store = ExperienceStore(tmp_path / "experience")
+    assert [(t.exp_id, t.handcrafted) for t in store.tips()] == [("sales1", False), ("weather1", True)]
+    assert store.delete("sales1") == ["exp_sales1.yaml"]
+    assert [t.exp_id for t in store.tips()] == ["weather1"]
+    with pytest.raises(ExperienceError):
+        store.delete("../weaver")
+
+
+def test_taskweavers_experience_keys_are_honoured_not_warned(tmp_path: Path) -> None:
+    given = {
+        "planner.use_experience": True,
+        "planner.experience_dir": "tips",
+        "code_generator.use_experience": True,
+        "code_generator.experience_dir": "${AppBaseDir}/ci_tips",
+        "code_generator.dynamic_experience_sub_path": True,
+        "experience.experience_dir": "saved",
+        "experience.retrieve_threshold": 0.5,
+        "echo.use_experience": True,
+    }
+    keys, notes = translate(given, known_keys(), tmp_path)
+    assert keys["code_interpreter.use_experience"] is True
+    assert keys["code_interpreter.experience_dir"] == str(tmp_path / "ci_tips")
+    assert keys["code_interpreter.dynamic_experience_sub_path"] is True
+    assert keys["session.experience_dir"] == str(tmp_path / "saved")
+    assert keys["experience.retrieve_threshold"] == 0.5
+    assert notes == [
+        "echo.use_experience is ignored: only the Planner (planner.*) and the CodeInterpreter "
+        "(code_generator.* or code_interpreter.*) read experience tips in Weaver"
+    ]
