@@ -7,7 +7,11 @@ Real rounds run in real kernels against the scripted OpenAI-compatible server
 
 from __future__ import annotations
 
+import html
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +23,11 @@ from core.compat.config_keys import translate
 from core.config import known_keys
 from core.experience import ExperienceError, ExperienceStore
 from tests.llm_server import Answer, RecordedRequest, ScriptedLLMServer
+from tests.test_ui_admin import Browser, add_admin, audited
+from tests.test_ui_auth import add_user
+from tests.test_ui_history import client_of, cookie
+from tests.test_ui_sharing import click, said
+from tests.ui_harness import REPO_ROOT, UIServer, answers, code_block, start_server, stop_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -201,3 +210,78 @@ def test_taskweavers_experience_keys_are_honoured_not_warned(tmp_path: Path) -> 
         "echo.use_experience is ignored: only the Planner (planner.*) and the CodeInterpreter "
         "(code_generator.* or code_interpreter.*) read experience tips in Weaver"
     ]
+
+
+# ------------------------------------------------------------------ the web UI and the command line
+
+UI_ENV = {"WEAVER_UI_AUTH": "password"}
+SALES_CODE = "total_sales = 3 + 4\nprint('sales', total_sales)"
+
+
+def weaver_experience(app_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "ui.cli", "experience", *args, "--app-dir", str(app_dir)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UIServer]:
+    root = tmp_path_factory.mktemp("weaver-experience-ui")
+    add_admin(root / "app", "root", "root-password")
+    add_user(root / "app", "bob", "bob-password-2")
+    srv = start_server(root / "app", root / "server.log", extra_env=UI_ENV)
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+def test_the_owner_saves_a_chat_as_experience_and_an_admin_lists_and_deletes_it(ui_server: UIServer) -> None:
+    bob = cookie(ui_server, "bob", "bob-password-2")
+    with client_of(ui_server, bob) as chat:
+        assert any("sales 7" in a for a in answers(chat.ask(code_block(SALES_CODE))))
+        thread_id = chat.wait_for(chat.thread_id, 30, "the chat's history id")
+        root = Browser(ui_server, "root", "root-password")
+        refused = click(ui_server, root.cookie, chat, "weaver_save_experience")
+        assert refused.status_code == 401  # Chainlit: the socket session is bob's
+        assert click(ui_server, bob, chat, "weaver_save_experience").status_code == 200
+        tip_id = said(chat, r"Saved as experience \(tip `([0-9A-Za-z_-]+)`\)").group(1)
+    folder = ui_server.app_dir / "experience"
+    tip = yaml.safe_load((folder / f"exp_{tip_id}.yaml").read_text())
+    assert "total_sales = 3 + 4" in tip["experience_text"]  # the offline backend's tip: the code that ran
+    saved = audited(ui_server, "experience_saved", "bob")
+    assert saved["chat"] == thread_id and saved["tip"] == tip_id
+
+    # The command line lists it, and saves the same chat by its history id.
+    listed = weaver_experience(ui_server.app_dir, "list")
+    assert listed.returncode == 0 and listed.stdout.startswith(f"{tip_id}\tchat\tRequests of this chat"), listed
+    again = weaver_experience(ui_server.app_dir, "save", thread_id)
+    assert again.returncode == 0 and f"exp_{tip_id}.yaml" in again.stdout, again.stderr
+    unknown = weaver_experience(ui_server.app_dir, "save", "no-such-chat")
+    assert unknown.returncode == 1 and "no chat 'no-such-chat'" in unknown.stderr
+
+    # An ordinary user may neither see the list nor delete a tip.
+    bob_browser = Browser(ui_server, "bob", "bob-password-2")
+    assert bob_browser.get("/admin").status_code == 403
+    assert bob_browser.post("/admin/experience/delete", {"tip": tip_id}, csrf="0" * 64).status_code == 403
+    assert (folder / f"exp_{tip_id}.yaml").is_file()
+
+    page = root.get("/admin").text
+    assert f'data-tip="{tip_id}"' in page and "total_sales = 3 + 4" in html.unescape(page)
+    landed = root.act("experience/delete", tip=tip_id)
+    assert f"Experience tip {tip_id} deleted." in landed and f'data-tip="{tip_id}"' not in landed
+    assert not (folder / f"exp_{tip_id}.yaml").exists() and not (folder / f"raw_exp_{tip_id}.yaml").exists()
+    assert audited(ui_server, "experience_deleted", "root")["tip"] == tip_id
+    assert "There is no experience tip" in root.act("experience/delete", tip=tip_id)
+
+
+def test_weaver_experience_deletes_a_tip_from_the_command_line(tmp_path: Path) -> None:
+    _with_two_tips(tmp_path)
+    done = weaver_experience(tmp_path, "delete", "weather1")
+    assert done.returncode == 0 and "handcrafted_exp_weather1.yaml" in done.stdout, done.stderr
+    listed = weaver_experience(tmp_path, "list")
+    assert listed.stdout.splitlines() == [f"sales1\tchat\t{SALES_TIP}"]
+    missing = weaver_experience(tmp_path, "delete", "weather1")
+    assert missing.returncode == 1 and "no tip 'weather1'" in missing.stderr
+    events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["tip"], e["client"]) for e in events] == [("experience_deleted", "weather1", "cli")]
