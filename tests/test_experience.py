@@ -285,3 +285,19 @@ def test_weaver_experience_deletes_a_tip_from_the_command_line(tmp_path: Path) -
     assert missing.returncode == 1 and "no tip 'weather1'" in missing.stderr
     events = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [(e["event"], e["tip"], e["client"]) for e in events] == [("experience_deleted", "weather1", "cli")]
+
+
+def test_a_dynamic_sub_path_reads_the_tips_of_the_folder_the_chat_names(tmp_path: Path) -> None:
+    from core.config import load_config
+    from core.experience import ExperienceShelf
+
+    (tmp_path / "experience").mkdir()
+    _with_two_tips(tmp_path / "experience" / "sales")
+    config = load_config(tmp_path, {"planner.use_experience": True, "planner.dynamic_experience_sub_path": True})
+    folder = config.planner.experience_dir
+    assert folder == tmp_path / "experience"
+    shelf = ExperienceShelf("Planner", config, True, folder, dynamic=True)
+    query = "plot the sales of each region"
+    assert shelf.select(query, "") == []  # none named: no tips
+    assert [t.exp_id for t in shelf.select(query, "sales/experience")] == ["sales1"]
+    assert shelf.select(query, "../..") == []  # a path leaving the folder: none
