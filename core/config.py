@@ -426,7 +426,7 @@ class ExperienceSettings(BaseModel):
 
     llm_alias: str | None = Field(None, description=_ALIAS)
     retrieve_threshold: float = Field(
-        0.2, ge=0, description="a tip is used when its similarity to the request is at least this (TaskWeaver's)"
+        0.2, ge=0, description="a tip is used when its relevance (0-1) to the request is at least this (TaskWeaver's)"
     )
     max_tips: int = Field(3, ge=1, le=100, description="tips added to a role's prompt at most, the most similar first")
     max_chat_chars: int = Field(

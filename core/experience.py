@@ -10,9 +10,12 @@ temporary name and renamed into place, so a reader never sees half a tip.
 A role with ``<role>.use_experience`` ranks the tips of its ``experience_dir`` (with
 ``dynamic_experience_sub_path``, of the sub-folder the chat names) against the request and puts the
 best ``experience.max_tips`` scoring at least ``experience.retrieve_threshold`` into its prompt.
-Ranking is ``core.retrieval``'s: BM25 with no model by default (a tip shares no word with an
-unrelated request, so it scores 0 and is never shown), cosine similarity of embeddings when
-``llm.embedding_api_type`` is set (as TaskWeaver ranks).
+Ranking is ``core.retrieval``'s ``relevance`` (0 to 1): BM25 with no model by default, its score over
+the request's total word weight (a tip shares no word with an unrelated request, so it scores 0 and
+is never shown; no model call per turn, the same answer on every machine), or the cosine similarity
+of embeddings when ``llm.embedding_api_type`` is set (as TaskWeaver ranks). The offline hashing
+embedder is not the default here because its character n-grams give unrelated texts a small
+similarity that the threshold must then be tuned against.
 """
 
 from __future__ import annotations
@@ -199,9 +202,18 @@ def summarise(llm: LLMBackend, rounds: Sequence[Round], config: AppConfig, cance
     limits = config.experience
     record = _without_ids([r.to_dict() for r in rounds])
     text = json.dumps(record, ensure_ascii=False, default=str)
+    total = len(record)
     while len(text) > limits.max_chat_chars and len(record) > 1:
         record = record[1:]
         text = json.dumps(record, ensure_ascii=False, default=str)
+    if len(record) < total or len(text) > limits.max_chat_chars:
+        log.warning(
+            "the chat is longer than experience.max_chat_chars (%d): its last %d of %d rounds are summarised%s",
+            limits.max_chat_chars,
+            len(record),
+            total,
+            ", cut" if len(text) > limits.max_chat_chars else "",
+        )
     text = text[-limits.max_chat_chars :]
     messages = [
         {"role": "system", "content": load_templates("experience").render("summarise")},
@@ -214,6 +226,8 @@ def summarise(llm: LLMBackend, rounds: Sequence[Round], config: AppConfig, cance
         raise ExperienceError(f"the experience model could not summarise the chat: {exc}") from None
     if not answer:
         raise ExperienceError("the experience model answered with nothing; no tip was saved")
+    if len(answer) > limits.max_tip_chars:
+        log.warning("the tip is longer than experience.max_tip_chars (%d): cut", limits.max_tip_chars)
     return answer[: limits.max_tip_chars]
 
 
@@ -302,5 +316,5 @@ class ExperienceShelf:
         if not tips:
             return []
         limits = self.config.experience
-        ranked = _ranker(self.config.llm).rank(query, [t.text for t in tips])
+        ranked = _ranker(self.config.llm).relevance(query, [t.text for t in tips])
         return [tips[i] for i, score in ranked if score >= limits.retrieve_threshold and score > 0][: limits.max_tips]

@@ -301,3 +301,66 @@ def test_a_dynamic_sub_path_reads_the_tips_of_the_folder_the_chat_names(tmp_path
     assert shelf.select(query, "") == []  # none named: no tips
     assert [t.exp_id for t in shelf.select(query, "sales/experience")] == ["sales1"]
     assert shelf.select(query, "../..") == []  # a path leaving the folder: none
+
+
+def test_with_embeddings_configured_tips_are_ranked_by_their_similarity(tmp_path: Path) -> None:
+    """``llm.embedding_api_type`` set (here the offline hashing embedder): cosine similarity at least
+    ``experience.retrieve_threshold`` chooses, as TaskWeaver ranks."""
+    from core.config import load_config
+    from core.experience import ExperienceShelf
+
+    _with_two_tips(tmp_path)
+    config = load_config(tmp_path, {"planner.use_experience": True, "llm.embedding_api_type": "offline"})
+    shelf = ExperienceShelf("Planner", config, True, config.planner.experience_dir, dynamic=False)
+    assert [t.exp_id for t in shelf.select("plot the sales of each region")] == ["sales1"]
+    assert shelf.select("list the files in my folder") == []
+    strict = load_config(
+        tmp_path, {"llm.embedding_api_type": "offline", "experience.retrieve_threshold": 0.9, "experience.max_tips": 1}
+    )
+    assert ExperienceShelf("Planner", strict, True, tmp_path / "experience", False).select("sales per region") == []
+
+
+def test_the_limits_on_a_saved_chat_and_its_tip(
+    tmp_path: Path, server: ScriptedLLMServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``experience.max_chat_chars`` leaves older rounds out of the summary request,
+    ``experience.max_tip_chars`` cuts a long tip, ``experience.max_tips`` bounds the tips shown;
+    each cut is a warning naming its setting."""
+    app = scripted_app(tmp_path / "app", server, **{"experience.max_chat_chars": 1000, "experience.max_tip_chars": 100})
+    try:
+        session_id, _ = run_round(app, server, "first: " + "a" * 900)
+        server.push(planner("User", "ok"))
+        app.get_session(session_id).send_message("second request about sales")
+        start = len(server.requests)
+        server.push(Answer("tip " * 100))
+        tip = app.save_experience(session_id)
+        [asked] = server.wait_for_requests(start + 1)[start:]
+    finally:
+        app.stop()
+    sent = json.loads(asked.body["messages"][1]["content"])
+    assert [r["user_query"] for r in sent] == ["second request about sales"]
+    assert len(tip.text) == 100
+    assert "experience.max_chat_chars (1000): its last 1 of 2 rounds" in caplog.text
+    assert "experience.max_tip_chars (100): cut" in caplog.text
+
+    folder = tmp_path / "many" / "experience"
+    folder.mkdir(parents=True)
+    for n in range(3):
+        (folder / f"exp_s{n}.yaml").write_text(yaml.safe_dump({"experience_text": f"sales tip number {n}"}))
+    from core.config import load_config
+    from core.experience import ExperienceShelf
+
+    config = load_config(tmp_path / "many", {"experience.max_tips": 2})
+    assert len(ExperienceShelf("Planner", config, True, folder, False).select("sales")) == 2
+
+
+def test_bm25_relevance_is_the_share_of_the_requests_word_weight_a_tip_has() -> None:
+    from core.retrieval import BM25Ranker
+
+    ranker = BM25Ranker()
+    tips = [SALES_TIP, WEATHER_TIP]
+    assert dict(ranker.relevance("list the files in my folder", tips)) == {0: 0.0, 1: 0.0}
+    sales = dict(ranker.relevance("plot the sales of each region", tips))
+    assert sales[1] == 0.0 and 0.2 <= sales[0] < 1.0  # two of its four words
+    # A word every tip has still counts (its weight is small, but so is the total).
+    assert [s for _, s in ranker.relevance("sales", ["sales tip one", "sales tip two"])] == [1.0, 1.0]
