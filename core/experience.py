@@ -274,6 +274,31 @@ def _inside(base: Path, sub_path: str) -> Path | None:
     return target if target.is_relative_to(base.resolve()) else None
 
 
+_TIPS_KEPT = 64
+_tips_cache: dict[Path, tuple[tuple[Any, ...], list[Tip]]] = {}
+_tips_lock = threading.Lock()  # sessions run their roles on threads of their own
+
+
+def folder_tips(folder: Path) -> list[Tip]:
+    """The tips of ``folder``, read again only when its tip files change (every turn of every role
+    with ``use_experience`` asks)."""
+    try:
+        files = sorted(folder.glob("*exp_*.yaml"))
+        signature = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    except FileNotFoundError:  # the folder, or a file, went away while it was listed
+        return []
+    with _tips_lock:
+        cached = _tips_cache.get(folder)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    tips = ExperienceStore(folder).tips()
+    with _tips_lock:
+        if len(_tips_cache) >= _TIPS_KEPT:
+            _tips_cache.pop(next(iter(_tips_cache)))
+        _tips_cache[folder] = (signature, tips)
+    return tips
+
+
 _rankers: dict[str, Ranker] = {}
 _rankers_lock = threading.Lock()
 
@@ -312,7 +337,7 @@ class ExperienceShelf:
                     log.warning("%s: experience sub-path %r leaves %s; no tips used", self.alias, sub_path, self.folder)
                 return []
         assert folder is not None
-        tips = ExperienceStore(folder).tips()
+        tips = folder_tips(folder)
         if not tips:
             return []
         limits = self.config.experience

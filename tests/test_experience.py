@@ -364,3 +364,15 @@ def test_bm25_relevance_is_the_share_of_the_requests_word_weight_a_tip_has() -> 
     assert sales[1] == 0.0 and 0.2 <= sales[0] < 1.0  # two of its four words
     # A word every tip has still counts (its weight is small, but so is the total).
     assert [s for _, s in ranker.relevance("sales", ["sales tip one", "sales tip two"])] == [1.0, 1.0]
+
+
+def test_the_tips_read_per_turn_follow_files_added_and_deleted(tmp_path: Path) -> None:
+    from core.experience import folder_tips
+
+    _with_two_tips(tmp_path)
+    folder = tmp_path / "experience"
+    assert [t.exp_id for t in folder_tips(folder)] == ["sales1", "weather1"]
+    assert folder_tips(folder) is folder_tips(folder)  # unchanged files: not read again
+    ExperienceStore(folder).delete("weather1")
+    (folder / "exp_new1.yaml").write_text(yaml.safe_dump({"experience_text": "a new tip"}))
+    assert [t.exp_id for t in folder_tips(folder)] == ["new1", "sales1"]
