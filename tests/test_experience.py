@@ -376,3 +376,22 @@ def test_the_tips_read_per_turn_follow_files_added_and_deleted(tmp_path: Path) -
     ExperienceStore(folder).delete("weather1")
     (folder / "exp_new1.yaml").write_text(yaml.safe_dump({"experience_text": "a new tip"}))
     assert [t.exp_id for t in folder_tips(folder)] == ["new1", "sales1"]
+
+
+def test_save_in_the_terminal_chat_saves_it_as_experience(tmp_path: Path) -> None:
+    """``/save`` (TaskWeaver's chat command) in ``weaver chat``, offline."""
+    script = f"```python\n{SALES_CODE}\n```\n\n/save\n"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "WEAVER_LLM__API_TYPE": "offline"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ui.cli", "chat", "--app-dir", str(tmp_path / "app")],
+        input=script,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**env, "WEAVER_EXECUTION__POOL_SIZE": "0"},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "saved as experience: " in done.stdout and "total_sales = 3 + 4" in done.stdout.split("saved as")[1]
+    [tip] = ExperienceStore(tmp_path / "app" / "experience").tips()
+    assert "total_sales = 3 + 4" in tip.text
