@@ -19,6 +19,7 @@ from core.errors import SessionLimitReached, SessionNotFound
 from core.execution.backend import KernelBackend, backend_for
 from core.execution.kernel import live_kernels
 from core.execution.pool import KernelPool, StartGate, WarmKernel
+from core.experience import ExperienceStore, Tip, save_experience
 from core.ids import create_id
 from core.llm.base import LLMBackend
 from core.llm.factory import ModelChoices, create_backend
@@ -26,6 +27,7 @@ from core.llm.role_models import RoleModels
 from core.logs import formatter
 from core.plugins.catalog import PluginCatalog
 from core.plugins.selection import PluginSelector
+from core.resume import load_rounds
 from core.roles.registry import RoleRegistry, build_role_registry
 from core.session import Session, new_executor
 from core.startup_check import data_folder
@@ -160,6 +162,24 @@ class TaskWeaverApp:
         ``round_compressor``, ``experience``): its ``<role>.llm_alias`` entry of
         ``ext_llms.llm_configs``, else the primary ``llm.*`` model. Made once per alias."""
         return self.injector.get(RoleModels).backend_for_role(role)
+
+    @property
+    def experience(self) -> ExperienceStore:
+        """The tips of ``session.experience_dir``, where chats are saved as experience."""
+        assert self.config.session.experience_dir is not None  # placed by load_config
+        return ExperienceStore(self.config.session.experience_dir)
+
+    def save_experience(self, session_id: str) -> Tip:
+        """Save the chat of session ``session_id`` as experience (core/experience.py): its rounds, live
+        or from its folder, summarised by the experience model (``experience.llm_alias``). Blocks on
+        the model: call it off an event loop."""
+        if not SESSION_ID.match(session_id):
+            raise SessionNotFound(f"no session {session_id!r}")
+        with self._lock:
+            live = self._sessions.get(session_id)
+        saved = self.workspace.session_dir(session_id) / "rounds.jsonl"
+        rounds = list(live.rounds) if live is not None else load_rounds(saved)
+        return save_experience(self.config, self.backend_for_role("experience"), session_id, rounds)
 
     def _reserve_kernel(self) -> WarmKernel:
         """A new session id and folder, and an unstarted kernel for them (the pool starts it)."""

@@ -314,6 +314,9 @@ class SessionSettings(BaseModel):
     max_dataset_prompt_chars: int = Field(2000, ge=0, description="bound on the datasets listed in the prompts")
     max_session_vars: int = Field(100, gt=0, description="session variables a session may hold (plugins' writes)")
     max_session_var_chars: int = Field(4000, gt=0, description="longest value a plugin may write to one")
+    experience_dir: Path | None = Field(
+        None, description="folder a chat saved as experience goes to (raw rounds and tip); default <app_dir>/experience"
+    )
     roles: list[str] = Field(
         ["planner", "code_interpreter"],
         description="the Planner (always there) and the workers: code_interpreter, a shipped role "
@@ -345,6 +348,12 @@ _ALIAS = "the name of an ext_llms.llm_configs entry this role calls (unset: the 
 
 
 _EXAMPLES = "folder of TaskWeaver-format example conversations (*.yaml); default %s"
+_USE_EXPERIENCE = "add the saved experience tips relevant to the request to the prompt"
+_EXPERIENCE_DIR = "folder of experience tips this role reads (core/experience.py); default <app_dir>/experience"
+_EXPERIENCE_SUB_PATH = (
+    "read tips from the sub-folder the chat names (session variable experience_sub_path, or a role's "
+    "shared_memory_entry of type experience_sub_path); none named: no tips"
+)
 _SUB_PATH = (
     "read examples from the sub-folder the chat names (session variable example_sub_path, or a role's "
     "shared_memory_entry of type example_sub_path); none named: no examples"
@@ -359,6 +368,9 @@ _COMPRESSION = (
 
 class PlannerSettings(BaseModel):
     llm_alias: str | None = Field(None, description=_ALIAS)
+    use_experience: bool = Field(False, description=_USE_EXPERIENCE)
+    experience_dir: Path | None = Field(None, description=_EXPERIENCE_DIR)
+    dynamic_experience_sub_path: bool = Field(False, description=_EXPERIENCE_SUB_PATH)
     use_example: bool = Field(True, description="show the example conversations of example_base_path in the prompt")
     example_base_path: Path | None = Field(
         None, description=_EXAMPLES % "<app_dir>/planner_examples, else <app_dir>/examples/planner_examples"
@@ -372,6 +384,9 @@ class PlannerSettings(BaseModel):
 
 class CodeInterpreterSettings(BaseModel):
     llm_alias: str | None = Field(None, description=_ALIAS + "; TaskWeaver's code_generator.llm_alias")
+    use_experience: bool = Field(False, description=_USE_EXPERIENCE)
+    experience_dir: Path | None = Field(None, description=_EXPERIENCE_DIR)
+    dynamic_experience_sub_path: bool = Field(False, description=_EXPERIENCE_SUB_PATH)
     max_retry_count: int = Field(3, ge=0)
     use_example: bool = Field(True, description="show the example conversations of example_base_path in the prompt")
     example_base_path: Path | None = Field(
@@ -423,9 +438,18 @@ class RoundCompressorSettings(BaseModel):
 
 
 class ExperienceSettings(BaseModel):
-    """TaskWeaver's ``experience.*``: only its model is read for now (``backend_for_role``)."""
+    """TaskWeaver's ``experience.*``: the model that distils a saved chat into a tip, and how tips are
+    chosen (core/experience.py)."""
 
     llm_alias: str | None = Field(None, description=_ALIAS)
+    retrieve_threshold: float = Field(
+        0.2, ge=0, description="a tip is used when its relevance (0-1) to the request is at least this (TaskWeaver's)"
+    )
+    max_tips: int = Field(3, ge=1, le=100, description="tips added to a role's prompt at most, the most similar first")
+    max_chat_chars: int = Field(
+        40_000, ge=1000, le=2_000_000, description="characters of a saved chat sent to be summarised (older rounds cut)"
+    )
+    max_tip_chars: int = Field(4000, ge=100, le=100_000, description="characters of a tip kept (longer: cut)")
 
 
 class LoggingSettings(BaseModel):
@@ -612,6 +636,7 @@ def load_config(
     _check_prompt_files(config, app_dir)
     _place_mock_cache(config, app_dir)
     _place_examples(config, app_dir)
+    _place_experience(config, app_dir)
     _check_llm_aliases(config)
     for note in dict.fromkeys(notes + file_notes):  # each once, in order
         logging.getLogger("weaver.config").warning("%s", note)
@@ -660,6 +685,23 @@ def _place_examples(config: AppConfig, app_dir: Path | None) -> None:
         section.example_base_path = path
         if section.use_example and not path.is_dir():
             raise ConfigError(f"{name}.example_base_path: {path} is not a folder (set use_example false to read none)")
+
+
+def _place_experience(config: AppConfig, app_dir: Path | None) -> None:
+    """The experience folders as absolute paths (``${AppBaseDir}`` and relative paths are the app
+    folder): ``session.experience_dir`` (default ``<app_dir>/experience``), and each role's
+    ``experience_dir`` (default the session's). A folder that does not exist yet holds no tips."""
+    base = app_dir if app_dir is not None else Path.cwd()
+
+    def placed(path: Path | None, default: Path) -> Path:
+        if path is None:
+            return default
+        found = Path(str(path).replace("${AppBaseDir}", str(base)))
+        return found if found.is_absolute() else base / found
+
+    config.session.experience_dir = shared = placed(config.session.experience_dir, base / "experience")
+    for section in (config.planner, config.code_interpreter):
+        section.experience_dir = placed(section.experience_dir, shared)
 
 
 def _check_llm_aliases(config: AppConfig) -> None:

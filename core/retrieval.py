@@ -62,6 +62,11 @@ class Ranker(abc.ABC):
     def rank(self, query: str, documents: Sequence[str]) -> Ranked:
         """``(index, score)`` of every document, most relevant first; equal scores in input order."""
 
+    def relevance(self, query: str, documents: Sequence[str]) -> Ranked:
+        """Like ``rank``, with scores on a 0-1 scale a threshold can be set on (experience tips);
+        an embedding ranker's cosine similarities already are."""
+        return self.rank(query, documents)
+
     def top(self, query: str, documents: Sequence[str], k: int) -> list[int]:
         """The indexes of the ``k`` most relevant documents (all of them when there are ``k`` or fewer)."""
         if k >= len(documents):
@@ -96,6 +101,19 @@ class BM25Ranker(Ranker):
             norm = self.k1 * (1 - self.b + self.b * length / average)
             scores.append(float(sum(idf[t] * doc[t] * (self.k1 + 1) / (doc[t] + norm) for t in terms if doc[t])))
         return _ordered(scores)
+
+    def relevance(self, query: str, documents: Sequence[str]) -> Ranked:
+        """Each BM25 score over the sum of the query's term weights (IDF): about the share of the
+        request's words, the rarer weighing more, that the document has once at average length;
+        0 for no shared word, at most 1."""
+        ranked = self.rank(query, documents)
+        docs = [set(words(d)) for d in documents]
+        count = len(docs)
+        weights = [
+            math.log(1 + (count - n + 0.5) / (n + 0.5)) for t in set(words(query)) for n in [sum(t in d for d in docs)]
+        ]
+        total = sum(weights)
+        return [(i, min(1.0, score / total) if total else 0.0) for i, score in ranked]
 
 
 class EmbeddingRanker(Ranker):

@@ -466,6 +466,13 @@ async def on_unshare(action: cl.Action) -> None:
         await chat_menu.unshare(server.HISTORY)
 
 
+@cl.action_callback(chat_menu.EXPERIENCE_ACTION)
+async def on_save_experience(action: cl.Action) -> None:
+    """The "Save as experience" button: the chat summarised into a tip (owner only)."""
+    if not server.ENDED_LOGINS.refused(_key()):
+        await chat_menu.save_experience(server.HISTORY, server.weaver_app)
+
+
 @cl.action_callback(OUTPUTS_ACTION)
 async def on_files(action: cl.Action) -> None:
     """The "Files" button: the chat's files in the side panel."""

@@ -63,6 +63,8 @@ class AuditEvent(str, enum.Enum):
     ROLE_CHANGED = "role_changed"  # role: the new one
     SESSION_STOPPED = "session_stopped"  # an admin stopped a live chat's session (user: its owner; by: the admin)
     ADMIN_REFUSED = "admin_refused"  # an admin route asked by someone who may not (reason)
+    EXPERIENCE_SAVED = "experience_saved"  # a chat saved as an experience tip (chat, tip)
+    EXPERIENCE_DELETED = "experience_deleted"  # a tip deleted (tip; by: the admin, or the OS user of the CLI)
 
 
 class UnsafeAuditFile(OSError):

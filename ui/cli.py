@@ -1,6 +1,7 @@
 """The ``weaver`` command: ``weaver ui`` serves the web chat, ``weaver chat`` the terminal chat,
 ``weaver user`` manages password-login users, ``weaver check`` checks the model connection,
-``weaver export`` writes a chat of the history as a notebook or Markdown.
+``weaver export`` writes a chat of the history as a notebook or Markdown, ``weaver experience``
+saves a chat as an experience tip and lists or deletes tips.
 
 ``weaver ui`` runs ``python -m ui.chainlit_main run <repo>/ui/app.py --headless`` (Chainlit's own
 command line, see ``ui/chainlit_main.py``) with the repo root as
@@ -223,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("ipynb", "md"), default="ipynb", help="default ipynb")
     export.add_argument("-o", "--output", metavar="FILE", help="output file (default: the chat name; - for stdout)")
     export.add_argument("--app-dir", help="the server's app folder (default ./.weaver)")
+    experience = sub.add_parser("experience", help="save a chat as an experience tip; list or delete tips")
+    tips = experience.add_subparsers(dest="action", required=True)
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--app-dir", help="the server's app folder (default ./.weaver)")
+    save = tips.add_parser("save", parents=[where], help="summarise a chat into a tip (with the experience model)")
+    save.add_argument("ident", metavar="CHAT_ID", help="the chat id (the end of its address), or a session id")
+    tips.add_parser("list", parents=[where], help="list the tips: id, source, first words")
+    delete = tips.add_parser("delete", parents=[where], help="delete a tip and its saved chat")
+    delete.add_argument("ident", metavar="ID")
     return parser
 
 
@@ -388,6 +398,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ui.chat_export import run_export
 
         return run_export(args.chat_id, args.format, args.output, args.app_dir)
+    if args.command == "experience":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        from ui.experience import run_experience
+
+        return run_experience(args.action, getattr(args, "ident", None), args.app_dir)
     from ui.console import main as chat_main
 
     return int(chat_main(rest) or 0)

@@ -48,6 +48,7 @@ HELP = """\
 Type a message and end it with an empty line; a ```python block runs as code in your kernel.
   /file PATH [PATH...]  add files to your next message (an empty message sends them alone)
   /again                run the last message again, from the variables before it (regenerate)
+  /save                 save this chat as experience: a tip later chats with use_experience read
   /help                 this list
   /quit                 quit (so does Ctrl-D)
 Ctrl-C stops a running round; your variables are kept.
@@ -198,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                 if error is not None:
                     print(f"error: {error}", flush=True)
                 continue
+            if message.strip() == "/save":  # TaskWeaver's command
+                _save_experience(app, session.session_id)
+                continue
             if message.startswith("/"):
                 _command(message, files)
                 continue
@@ -212,6 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         app.stop()
     return 0
+
+
+def _save_experience(app: TaskWeaverApp, session_id: str) -> None:
+    """``/save``: this chat summarised into an experience tip (core/experience.py)."""
+    try:
+        tip = app.save_experience(session_id)
+    except WeaverError as exc:
+        print(f"/save: {exc}", flush=True)
+        return
+    print(f"saved as experience: {tip.path}\n{tip.text}", flush=True)
 
 
 def _command(line: str, files: list[FileEntry]) -> None:

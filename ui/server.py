@@ -22,6 +22,7 @@ from core import Session, SessionNotFound, TaskWeaverApp
 from core.config import load_config
 from core.errors import WeaverError
 from core.execution.backend import KernelBackend, backend_for
+from core.experience import ExperienceStore
 from core.workspace import default_app_dir
 from ui import admin, drain, guards, ops_routes, patches, readiness
 from ui.audit import AuditEvent
@@ -283,7 +284,9 @@ except AuthSetupError as exc:
     raise SystemExit(f"Weaver UI: {exc}") from None
 patches.install("revocation", LOGIN.tokens.refusal)
 ENDED_LOGINS = EndedLogins(LOGIN.tokens, OWNER)
-ADMIN = admin.AdminContext(LOGIN.mode, OWNER, lambda: HISTORY, chainlit_config.run.root_path or "")
+ADMIN = admin.AdminContext(
+    LOGIN.mode, OWNER, lambda: HISTORY, chainlit_config.run.root_path or "", lambda: experience_store()
+)
 
 
 def _install_admin_routes() -> None:
@@ -388,6 +391,16 @@ def hands_over_kernels() -> bool:
     adopt; without one nobody could, and they would be left behind for good."""
     kernels = _app.kernel_backend if _app is not None else None
     return drain.is_draining() and LIVE is not None and kernels is not None and kernels.kernels_outlive_server
+
+
+def experience_store() -> ExperienceStore:
+    """The experience tips (``session.experience_dir``): the engine's, or from the config when the
+    engine has not started (the admin page does not start it)."""
+    if _app is not None:
+        return _app.experience
+    folder = load_config(default_app_dir()).session.experience_dir
+    assert folder is not None  # placed by load_config
+    return ExperienceStore(folder)
 
 
 def running_engine() -> TaskWeaverApp | None:

@@ -51,13 +51,20 @@ _COMPRESSION_ROLES = (
 _COMPRESSION_PROMPT = (
     "Weaver's summary prompt is core/roles/prompts/round_compressor.yaml (its own format); it is not replaceable"
 )
-_NO_EXPERIENCE = "Weaver has no experience memory"
 _NO_ROLE = (
     "this role is not available in Weaver (it has the Planner, the CodeInterpreter, the roles shipped in "
     "core/roles/ and the app's own in <app_dir>/roles/)"
 )
 # The roles Weaver ships besides the built-in two (core/roles/<name>/): their config sections are theirs.
 EXT_ROLES = frozenset({"echo", "code_interpreter_cli_only", "code_interpreter_plugin_only"})
+_NO_EXPERIENCE = (
+    "only the Planner (planner.*) and the CodeInterpreter (code_generator.* or code_interpreter.*) read experience "
+    "tips in Weaver"
+)
+# TaskWeaver's CodeInterpreter reads its tips with these keys; Weaver's with code_interpreter.*.
+_CODE_GENERATOR_EXPERIENCE_KEYS = frozenset(
+    {"code_generator.use_experience", "code_generator.experience_dir", "code_generator.dynamic_experience_sub_path"}
+)
 
 # (pattern, reason), first match wins. Patterns match the whole key.
 IGNORED: tuple[tuple[str, str], ...] = (
@@ -76,7 +83,11 @@ IGNORED: tuple[tuple[str, str], ...] = (
     (r".*\.compression_prompt_path", _COMPRESSION_PROMPT),
     (r"round_compressor\..*", "Weaver reads round_compressor.rounds_to_compress, rounds_to_retain and llm_alias"),
     (r".*\.(use_experience|experience_dir|dynamic_experience_sub_path)", _NO_EXPERIENCE),
-    (r"experience\..*", _NO_EXPERIENCE),
+    (
+        r"experience\..*",
+        "Weaver's experience summariser uses its own prompt; it reads experience.llm_alias, retrieve_threshold, "
+        "max_tips, max_chat_chars and max_tip_chars",
+    ),
     (r".*\.(use_example|example_base_path|dynamic_example_sub_path)", _NO_EXAMPLES),
     (
         r"code_generator\..*",
@@ -192,6 +203,11 @@ def translate(
             mapped[f"code_interpreter.{name}"] = _app_path(value, app_dir) if name == "example_base_path" else value
         elif key in ("code_generator.llm_alias", "code_generator.prompt_compression"):
             mapped[f"code_interpreter.{key.removeprefix('code_generator.')}"] = value
+        elif key in _CODE_GENERATOR_EXPERIENCE_KEYS:
+            name = key.removeprefix("code_generator.")
+            mapped[f"code_interpreter.{name}"] = _app_path(value, app_dir) if name == "experience_dir" else value
+        elif key == "experience.experience_dir":  # TaskWeaver's older name of the folder chats are saved to
+            mapped["session.experience_dir"] = _app_path(value, app_dir)
         elif (match := _PLUGIN_SELECTION.match(key)) is not None:
             mapped[f"code_interpreter.{match['key']}"] = value
         elif key == "use_local_uri":

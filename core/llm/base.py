@@ -30,11 +30,13 @@ class LLMCallRecord:
     provider: str = ""  # the backend's name (openai, azure, ollama, ...), for the metrics
     cost: float | None = None  # from the model's llm.price_per_1k_* settings, when both are set
     examples: list[str] = field(default_factory=list)  # the example conversations the prompt held (files)
+    experience: list[str] = field(default_factory=list)  # the experience tips the prompt held (their ids)
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
-        if not data["examples"]:  # most calls have none: records stay as they were
-            del data["examples"]
+        for key in ("examples", "experience"):
+            if not data[key]:  # most calls have none: records stay as they were
+                del data[key]
         return data
 
 

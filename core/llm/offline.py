@@ -54,6 +54,9 @@ class OfflineBackend(LLMBackend):
         if request.hints.get("stage") == "compress":  # prompt compression's summary call: plain text
             yield from self._chunks(compress_answer(request.hints), request, cancel)
             return
+        if request.role == "experience":  # a saved chat's tip (core/experience.py): plain text, not JSON
+            yield from self._chunks(experience_tip(request.hints), request, cancel)
+            return
         if request.role == "Planner":
             answer = self.dataset_answer(request) or self.planner_answer(request.hints)
         elif "command" in request.hints:  # a role answering with a shell command line
@@ -65,6 +68,10 @@ class OfflineBackend(LLMBackend):
         examples = hints_examples(request.hints)
         if examples:  # a model would learn from them; offline, the thought at least says which it was shown
             answer = {**answer, "thought": f"{answer.get('thought', '')} (Examples in my prompt: {examples}.)".strip()}
+        tips = ", ".join(str(t) for t in request.hints.get("experience") or [])
+        if tips:  # likewise the experience tips it was given
+            thought = f"{answer.get('thought', '')} (Experience tips in my prompt: {tips}.)"
+            answer = {**answer, "thought": thought.strip()}
         yield from self._chunks(json.dumps(answer, ensure_ascii=False), request, cancel)
 
     @staticmethod
@@ -196,6 +203,19 @@ def compress_answer(hints: dict[str, Any]) -> str:
 
 def _clip(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def experience_tip(hints: dict[str, Any]) -> str:
+    """A saved chat's tip with no model: its requests, and the code that ran without error."""
+    queries = [str(q) for q in hints.get("queries") or []]
+    code = [str(c) for c in hints.get("code") or []]
+    lines = ["Requests of this chat: " + "; ".join(queries) if queries else "This chat had no request in words."]
+    if code:
+        lines.append("Code that ran without error:")
+        lines.append(fence("\n\n".join(code[-3:]), "python"))
+    else:
+        lines.append("No code ran without error in this chat.")
+    return "\n".join(lines)
 
 
 def hints_examples(hints: dict[str, Any]) -> str:

@@ -13,6 +13,9 @@ from core.compression import RoundCompressor
 from core.config import AppConfig
 from core.errors import ConfigError
 from core.events import PostEventProxy
+from core.experience import ExperienceShelf
+from core.experience import log as experience_log
+from core.experience import named_sub_path as experience_sub_path
 from core.ids import create_id
 from core.llm.base import ChatRequest, LLMBackend, LLMCallRecord
 from core.llm.json_stream import FieldEvent, JsonProtocolError, JsonStreamParser
@@ -59,6 +62,8 @@ class Role(abc.ABC):
         self.config = config
         self._examples: ExampleShelf | None = None
         self._examples_used: tuple[str, ...] = ()
+        self._experience: ExperienceShelf | None = None
+        self._tips_used: tuple[str, ...] = ()
 
     def example_roles(self) -> set[str]:
         """The roles an example may name to be shown to this role (TaskWeaver's filter): by default
@@ -113,6 +118,30 @@ class Role(abc.ABC):
         self.prompt.summary = self.compressor.note(state)
         self.prompt.summarised = frozenset(state.rounds)
 
+    def use_experience(self, ctx: RoundContext, query: str) -> list[str]:
+        """Choose the experience tips for ``query`` (``<role>.use_experience``) and hand them to the
+        prompt; their ids go into the call's record and the offline backend's hints."""
+        settings = getattr(self.config, section_of(self.alias), None)
+        if settings is None or not getattr(settings, "use_experience", False):
+            return []
+        if self._experience is None:
+            self._experience = ExperienceShelf(
+                self.alias, self.config, True, settings.experience_dir, settings.dynamic_experience_sub_path
+            )
+        posts = [p for r in (*ctx.history, ctx.round) for p in r.post_list]
+        sub_path = experience_sub_path(posts, ctx.session_vars) if self._experience.dynamic else ""
+        try:
+            tips = self._experience.select(query, sub_path)
+        except OSError as exc:  # the folder changed while it was read: this turn goes without tips
+            experience_log.warning("%s: experience folder not readable now (%s); no tips this turn", self.alias, exc)
+            tips = []
+        self.prompt.tips = [t.text for t in tips]
+        ids = tuple(t.exp_id for t in tips)
+        if ids and ids != self._tips_used:
+            experience_log.info("%s's prompt holds %d tip(s): %s", self.alias, len(ids), ", ".join(ids))
+        self._tips_used = ids
+        return list(ids)
+
     @abc.abstractmethod
     def reply(self, ctx: RoundContext) -> Post:
         """Take the round's last post (addressed to this role) and answer it with new posts."""
@@ -130,6 +159,8 @@ class Role(abc.ABC):
         """Stream one answer into a new post; an unusable answer gets one corrective re-ask."""
         if self._examples_used:  # the names, for the offline backend (it does not read prose)
             hints = {**hints, "examples": list(self._examples_used)}
+        if self._tips_used:
+            hints = {**hints, "experience": list(self._tips_used)}
         for attempt in (1, 2):
             proxy = ctx.emitter.post_proxy(ctx.round.id, Post(send_from=self.alias))
             proxy.update_status(PostStatus.calling_model)
@@ -159,6 +190,7 @@ class Role(abc.ABC):
         request = ChatRequest(role=self.alias, messages=messages, hints=hints)
         assert request.record is not None
         request.record.examples = list(self._examples_used)
+        request.record.experience = list(self._tips_used)
         renderers = self.new_renderers()
         parser = JsonStreamParser()
         parts: list[str] = []

@@ -80,6 +80,7 @@ class CodeInterpreter(Role):
         self.use_examples(ctx)
         self.compress_history(ctx)
         incoming = ctx.last_post
+        self.use_experience(ctx, f"{ctx.round.user_query}\n{incoming.message}")
         selection = self._select_plugins(ctx)
         plugins = self.plugins_prompt() if selection is None else describe_plugins(selection.offered)
         messages = self.prompt.messages(ctx.history, ctx.round, ctx.cwd_files(), plugins)

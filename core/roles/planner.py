@@ -82,6 +82,7 @@ class Planner(Role):
     def reply(self, ctx: RoundContext) -> Post:
         self.use_examples(ctx)
         self.compress_history(ctx)
+        self.use_experience(ctx, ctx.round.user_query)
         incoming = ctx.last_post
         messages = self.prompt.messages(ctx.history, ctx.round, ctx.cwd_files(), self.plugins_prompt())
         proxy, reply = self.ask_model(ctx, messages, self._hints(ctx, incoming))

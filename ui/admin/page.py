@@ -10,6 +10,7 @@ from __future__ import annotations
 from html import escape
 from typing import Iterable, Sequence
 
+from core.experience import Tip
 from ui.admin.access import CSRF_FIELD
 from ui.admin.figures import Figure
 from ui.admin.sessions import SessionRow
@@ -222,6 +223,32 @@ def figures_section(figures: Sequence[Figure]) -> str:
     return (
         '<h2>Figures</h2><p class="muted">As <code>/metrics</code> reports them now (this server only).</p>'
         f'<table id="figures"><tr><th>series</th><th>value</th><th>by label</th></tr>{lines}</table>'
+    )
+
+
+def experience_section(root: str, csrf: str, tips: Sequence[Tip] | None) -> str:
+    """The saved experience tips (core/experience.py), each with Delete."""
+    if tips is None:
+        return '<h2>Experience</h2><p class="muted">The experience folder could not be read.</p>'
+    if not tips:
+        return (
+            '<h2>Experience</h2><p class="muted">No experience tips yet: a chat\'s owner saves one with '
+            "<em>Save as experience</em> under an answer, or <code>weaver experience save CHAT_ID</code>.</p>"
+        )
+    lines = []
+    for tip in tips:
+        text = tip.text[:STEP_CHARS] + ("…" if len(tip.text) > STEP_CHARS else "")
+        delete = form(f"{root}/admin/experience/delete", csrf, [("tip", tip.exp_id)], "Delete")
+        lines.append(
+            f'<tr data-tip="{esc(tip.exp_id)}"><td>{esc(tip.exp_id)}</td>'
+            f"<td>{'handcrafted' if tip.handcrafted else 'chat'}</td><td><pre>{esc(text)}</pre></td>"
+            f"<td>{delete}</td></tr>"
+        )
+    return (
+        '<h2>Experience</h2><p class="muted">Tips learned from saved chats; a role with '
+        "<code>use_experience</code> adds those relevant to a request to its prompt.</p>"
+        '<table id="experience"><tr><th>id</th><th>from</th><th>tip</th><th></th></tr>'
+        f"{''.join(lines)}</table>"
     )
 
 

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from core.experience import ExperienceError, ExperienceStore, Tip
 from ui import audit
 from ui.admin import page
 from ui.admin.access import CSRF_FIELD, Caller, caller, form_allowed
@@ -48,6 +49,8 @@ NOTES = {
     "stopped": "The session of {name} was stopped; its kernel is gone.",
     "gone": "That session had already ended.",
     "unchanged": "Nothing to change for {name}.",
+    "tip-deleted": "Experience tip {name} deleted.",
+    "tip-gone": "There is no experience tip {name}.",
     "nouser": "There is no user {name}.",
     "self": "You cannot disable yourself or take your own admin role here.",
     "invalid": "Not done: {why}.",
@@ -55,7 +58,7 @@ NOTES = {
     "own-wrong": "The current password is wrong; nothing changed.",
     "own-differ": "The two new passwords differ; nothing changed.",
 }
-ERRORS = {"nouser", "self", "invalid", "own-wrong", "own-differ"}
+ERRORS = {"nouser", "self", "invalid", "own-wrong", "own-differ", "tip-gone"}
 
 
 @dataclass
@@ -66,6 +69,7 @@ class AdminContext:
     owner: SessionOwner[Any]
     history: Callable[[], Any]  # the WeaverDataLayer once open, else None
     root: str = ""
+    experience: Callable[[], ExperienceStore] | None = None  # the saved experience tips
 
     @property
     def store(self) -> UserStore | None:
@@ -119,6 +123,7 @@ class AdminRoutes:
             "users/role": self.set_role,
             "users/password": self.reset_password,
             "sessions/stop": self.stop_session,
+            "experience/delete": self.delete_tip,
         }
 
     # ----- who may ----------------------------------------------------------------------------
@@ -173,8 +178,20 @@ class AdminRoutes:
             + page.usage_section(usage)
             + page.feedback_section(feedback)
             + page.figures_section(glance())
+            + page.experience_section(ctx.root, who.csrf, await self._tips())
         )
         return HTMLResponse(page.shell("Weaver admin", body, note, error), headers=NO_STORE)
+
+    async def _tips(self) -> list[Tip] | None:
+        """The saved experience tips (None when this server has no experience folder)."""
+        found = self.ctx.experience
+        if found is None:
+            return None
+        try:
+            return await run_in_thread(lambda: found().tips(), name="weaver-admin-tips")
+        except Exception:
+            logger.exception("reading the experience tips failed")
+            return None
 
     async def _users_listed(self, history: Any) -> list[UserInfo]:
         """Password login: the store's users. Header or OAuth login: everyone who has signed in (the
@@ -324,6 +341,20 @@ class AdminRoutes:
         await stop_chat(self.ctx.owner, chat)
         audit.record(AuditEvent.SESSION_STOPPED, user=chat.user_name, by=who.name, session=str(chat.session.session_id))
         return _back(self.ctx, "/admin", "stopped", name=chat.user_name)
+
+    async def delete_tip(self, request: Request, who: Caller, fields: dict[str, str]) -> Response:
+        found = self.ctx.experience
+        if found is None:
+            return _refused(409, "This server keeps no experience tips.")
+        tip = fields.get("tip", "")
+        try:
+            removed = await run_in_thread(lambda: found().delete(tip), name="weaver-admin-tip")
+        except ExperienceError as exc:
+            return _back(self.ctx, "/admin", "invalid", why=str(exc))
+        if not removed:
+            return _back(self.ctx, "/admin", "tip-gone", name=tip)
+        audit.record(AuditEvent.EXPERIENCE_DELETED, user=who.name, by=who.name, tip=tip)
+        return _back(self.ctx, "/admin", "tip-deleted", name=tip)
 
 
 class AccountRoutes:

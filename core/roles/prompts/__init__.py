@@ -78,6 +78,8 @@ class RolePrompt:
         # running summary stands for are left out, and ``summary`` (its note) opens the chat instead.
         self.summary = ""
         self.summarised: frozenset[str] = frozenset()
+        # The experience tips (core/experience.py) the role chose for this turn; after the system prompt.
+        self.tips: Sequence[str] = ()
 
     def _conversations(self, history: list[Round], current: Round) -> list[Message]:
         """Each example's turns, then the chat's; with examples, each conversation opens with
@@ -118,6 +120,8 @@ class RolePrompt:
             content = self._rendered[key] = self.templates.render(
                 "system", reply_format=self.contract.format(), datasets=self.datasets, **values
             )
+        if self.tips and self.templates.has("experience"):
+            content = f"{content}\n\n{self.templates.render('experience', tips=list(self.tips))}"
         return {"role": "system", "content": content}
 
     def _incoming(self, sender: str, message: str) -> Message:

@@ -26,6 +26,7 @@ _KEYS: dict[str, dict[str, frozenset[str]]] = {
         "reask": frozenset({"problem", "reply_format"}),
         "incoming": frozenset({"sender", "message"}),
         "new_conversation": frozenset(),
+        "experience": frozenset({"tips"}),
     },
     "code_interpreter": {
         "description": frozenset(),
@@ -34,12 +35,15 @@ _KEYS: dict[str, dict[str, frozenset[str]]] = {
         "incoming": frozenset({"sender", "message"}),
         "execution_result": frozenset({"result", "retry"}),
         "new_conversation": frozenset(),
+        "experience": frozenset({"tips"}),
     },
     # core/compression.py: the summary call, and how the summary appears in a role's prompt.
     "round_compressor": {
         "system": frozenset({"role", "previous_summary"}),
         "summary": frozenset({"summary"}),
     },
+    # core/experience.py: a saved chat distilled into a tip (no role of its own, only a model).
+    "experience": {"summarise": frozenset()},
 }
 
 # Autoescape off: prompts are plain text. Sandboxed: a template cannot reach Python internals.
