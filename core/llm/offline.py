@@ -37,6 +37,14 @@ OFFLINE_CANNOT_FIX = "Offline mode runs code as written and cannot fix it: edit 
 # "profile sales_2024" as the whole of the user's message (a command, like a fenced code block).
 ECHO_COMMAND = re.compile(r"^\s*echo\b[\s:]*(.+)$", re.IGNORECASE | re.DOTALL)
 CODE_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n(.*?)```", re.DOTALL)
+# "find the refund policy in my documents", "search my files for refunds": to DocumentRetriever.
+FIND_IN_DOCUMENTS = re.compile(
+    r"^\s*(?:please\s+)?(?:find|search(?:\s+for)?|look\s+(?:up|for)|retrieve)\s+(?P<query>.+?)\s+"
+    r"(?:in|from|across|within)\s+(?:my|the|our)\s+(?:documents|docs|files|uploads|notes|data)\s*[.?!]?\s*$"
+    r"|^\s*(?:please\s+)?search\s+(?:my|the|our)\s+(?:documents|docs|files|uploads|notes|data)\s+for\s+"
+    r"(?P<query2>.+?)\s*[.?!]?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
 PROFILE_COMMAND = re.compile(r"^\s*profile\s+([A-Za-z_][A-Za-z0-9_]*)\s*[.!]?\s*$", re.IGNORECASE)
 
 
@@ -128,7 +136,7 @@ class OfflineBackend(LLMBackend):
             if hints.get("execution_status") is None and hints.get("worker") != "CodeInterpreter":
                 return _relay(hints)
             return _report(hints)
-        echoed = _echo_request(hints)
+        echoed = _echo_request(hints) or _retrieval_request(hints)
         if echoed is not None:
             return echoed
         code_blocks: list[str] = hints.get("code_blocks") or []
@@ -235,6 +243,25 @@ def _echo_request(hints: dict[str, Any]) -> dict[str, Any] | None:
         "current_plan_step": "Have Echo repeat the text",
         "send_to": "Echo",
         "message": match.group(1).strip(),
+    }
+
+
+def _retrieval_request(hints: dict[str, Any]) -> dict[str, Any] | None:
+    """ "find <words> in my documents" with DocumentRetriever registered: it is sent the words."""
+    request = str(hints.get("request") or "")
+    head, newline, rest = request.partition("\n")
+    if newline and head.startswith("files added: "):  # core/files.py's note before the user's words
+        request = rest
+    match = FIND_IN_DOCUMENTS.match(request)
+    if match is None or "DocumentRetriever" not in (hints.get("workers") or []):
+        return None
+    query = (match.group("query") or match.group("query2") or "").strip()
+    return {
+        "thought": "The user asked to find something in their documents; DocumentRetriever searches them.",
+        "plan": ["Have DocumentRetriever find the passages", "Tell the user what it found"],
+        "current_plan_step": "Have DocumentRetriever find the passages",
+        "send_to": "DocumentRetriever",
+        "message": query,
     }
 
 
