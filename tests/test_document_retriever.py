@@ -18,7 +18,7 @@ import pytest
 from core import TaskWeaverApp
 from core.llm.embeddings import HashingEmbedder
 from core.memory import Round
-from core.retrieval import EmbeddingRanker
+from core.retrieval import BM25Ranker, EmbeddingRanker
 from core.roles.document_retriever.document_retriever import answer
 from core.roles.document_retriever.index import DocumentIndex, Limits, fts5_available
 from core.roles.document_retriever.passages import Folder, split_passages
@@ -196,3 +196,29 @@ def test_taskweaver_keys_reach_the_role_and_index_folder_is_warned(
     assert len(lines) == 1 and lines[0].startswith(
         "document_retriever.index_folder is ignored: Weaver's DocumentRetriever"
     )
+
+
+def test_without_fts5_weavers_bm25_finds_the_same_passage(tmp_path: Path) -> None:
+    """Where SQLite lacks FTS5 the index ranks with core/retrieval.py's BM25: same top passage,
+    and a question sharing no word with any passage finds nothing."""
+    (tmp_path / "a.md").write_text("The warranty covers two years of repairs.\n\nDelivery is free over 50 euros.\n")
+    (tmp_path / "b.md").write_text("Repairs outside the warranty are billed hourly.\n")
+    fts = DocumentIndex([Folder(tmp_path, "")], Limits(1_000_000, 1000, 8))
+    bm25 = DocumentIndex([Folder(tmp_path, "")], Limits(1_000_000, 1000, 8), BM25Ranker())
+    assert bm25.engine == "bm25"
+    top = [index.search("how long is the warranty for repairs", 1)[0].passage for index in (fts, bm25)]
+    assert top[0] == top[1] and top[0].source == "a.md" and top[0].first_line == 1
+    assert bm25.search("zebra", 3) == [] and fts.search("zebra", 3) == []
+
+
+def test_offline_help_mentions_the_search_when_the_role_is_registered(tmp_path: Path) -> None:
+    """The offline Planner's help lists what works: with DocumentRetriever, the find command too."""
+    app = app_with(tmp_path, **{"llm.api_type": "offline"})
+    session = app.get_session()
+    try:
+        rnd = session.send_message("hello there")
+    finally:
+        session.stop()
+        app.stop()
+    assert rnd.state == "finished", rnd.error
+    assert rnd.reply_text.endswith("send `find <words> in my documents` or `search my documents for <words>`.")

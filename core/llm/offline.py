@@ -32,6 +32,8 @@ To chat in plain language, configure a model: set `WEAVER_LLM__API_KEY` (and `WE
 `WEAVER_LLM__MODEL` for other servers), or put `llm.api_key` in `taskweaver_config.json`. See the README."""
 
 
+FIND_HELP = "- **Search your documents**: send `find <words> in my documents` or `search my documents for <words>`."
+
 OFFLINE_CANNOT_FIX = "Offline mode runs code as written and cannot fix it: edit the code and send it again."
 
 # "profile sales_2024" as the whole of the user's message (a command, like a fenced code block).
@@ -73,6 +75,9 @@ class OfflineBackend(LLMBackend):
             answer = self.code_answer(request.hints)
         if answer.get("send_to") == "User" and self.datasets and answer.get("message") == OFFLINE_HELP:
             answer = {**answer, "message": f"{OFFLINE_HELP}\n\n{self._datasets_help()}"}
+        if answer.get("send_to") == "User" and "DocumentRetriever" in (request.hints.get("workers") or []):
+            if str(answer.get("message", "")).startswith(OFFLINE_HELP):
+                answer = {**answer, "message": f"{answer['message']}\n\n{FIND_HELP}"}
         examples = hints_examples(request.hints)
         if examples:  # a model would learn from them; offline, the thought at least says which it was shown
             answer = {**answer, "thought": f"{answer.get('thought', '')} (Examples in my prompt: {examples}.)".strip()}

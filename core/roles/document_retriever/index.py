@@ -56,10 +56,11 @@ class DocumentIndex:
     def __init__(self, folders: list[Folder], limits: Limits, ranker: Ranker | None = None) -> None:
         self.folders = folders
         self.limits = limits
-        self.ranker = ranker  # None: FTS5 when available, else BM25 in Python
-        self.engine = ranker.name if ranker is not None else ("fts5" if fts5_available() else "bm25")
-        if ranker is None and self.engine == "bm25":
+        if ranker is None and not fts5_available():
             log.warning("this SQLite has no FTS5: document_retriever ranks with Weaver's BM25 instead")
+            ranker = BM25Ranker()
+        self.ranker = ranker  # None: SQLite FTS5's bm25()
+        self.engine = ranker.name if ranker is not None else "fts5"
         self.collected = Collected()
         self.builds = 0  # how many times the passages were read (a test checks it stays put)
         self._signature: tuple[tuple[str, str, int, int], ...] | None = None
@@ -76,7 +77,7 @@ class DocumentIndex:
                 )
                 self._signature = now
                 self.builds += 1
-                if self.engine == "fts5":
+                if self.ranker is None:
                     self._load_fts()
             return self.collected
 
@@ -85,12 +86,12 @@ class DocumentIndex:
         passages = self.refresh().passages
         if not passages or size <= 0:
             return []
-        if self.engine == "fts5":
+        if self.ranker is None:
             return self._search_fts(query, size)
-        ranker = self.ranker or BM25Ranker()
-        ranked = ranker.rank(query, [p.text for p in passages])
-        keep = [(i, s) for i, s in ranked if s > 0] if self.ranker is None else ranked
-        return [Hit(passages[i], score) for i, score in keep[:size]]
+        ranked = self.ranker.rank(query, [p.text for p in passages])
+        if isinstance(self.ranker, BM25Ranker):  # as FTS5: a passage sharing no word is no answer
+            ranked = [(i, score) for i, score in ranked if score > 0]
+        return [Hit(passages[i], score) for i, score in ranked[:size]]
 
     def close(self) -> None:
         with self._lock:
