@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import pytest
 
 from core import TaskWeaverApp
+from core.errors import ConfigError
 from core.llm.embeddings import HashingEmbedder
 from core.memory import Round
 from core.retrieval import BM25Ranker, EmbeddingRanker
@@ -222,3 +223,27 @@ def test_offline_help_mentions_the_search_when_the_role_is_registered(tmp_path: 
         app.stop()
     assert rnd.state == "finished", rnd.error
     assert rnd.reply_text.endswith("send `find <words> in my documents` or `search my documents for <words>`.")
+
+
+def test_with_embeddings_configured_the_passages_are_ranked_by_them(tmp_path: Path) -> None:
+    """``llm.embedding_api_type`` set (here ``offline``: hashing, no download): the answer says so."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "handbook.md").write_bytes(HANDBOOK)
+    app = app_with(tmp_path, **{"llm.api_type": "offline", "llm.embedding_api_type": "offline"})
+    session = app.get_session()
+    try:
+        rnd = session.send_message("search my documents for vacation")
+    finally:
+        session.stop()
+        app.stop()
+    found = post_from(rnd, "DocumentRetriever").message
+    assert "ranked by embedding:offline" in found and "1. data/handbook.md, lines 1-3" in found
+
+
+def test_a_limit_below_one_stops_the_chat_naming_the_key(tmp_path: Path) -> None:
+    app = app_with(tmp_path, **{"llm.api_type": "offline", "document_retriever.max_passages": 0})
+    try:
+        with pytest.raises(ConfigError, match=r"document_retriever\.max_passages: must be at least 1, got 0"):
+            app.get_session()
+    finally:
+        app.stop()

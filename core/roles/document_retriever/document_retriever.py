@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import AppConfig
+from core.errors import ConfigError
 from core.memory import Post
 from core.retrieval import EmbeddingRanker, Ranker, create_ranker
 from core.roles.context import RoundContext
@@ -38,6 +39,11 @@ class DocumentRetriever(ExtRole):
             max_passages=self.setting("max_passages", 20000),
             target_words=max(16, self.setting("target_length", 256)),
         )
+        for key, value in (("size", self.size), ("max_passages", self.limits.max_passages)):
+            if value < 1:
+                raise ConfigError(f"{SECTION}.{key}: must be at least 1, got {value}")
+        if self.limits.max_file_bytes < 1:
+            raise ConfigError(f"{SECTION}.max_file_mb: must be more than 0")
         self.index: DocumentIndex | None = None
 
     def setting(self, key: str, default: Any) -> Any:
