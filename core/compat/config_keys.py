@@ -56,7 +56,9 @@ _NO_ROLE = (
     "core/roles/ and the app's own in <app_dir>/roles/)"
 )
 # The roles Weaver ships besides the built-in two (core/roles/<name>/): their config sections are theirs.
-EXT_ROLES = frozenset({"echo", "code_interpreter_cli_only", "code_interpreter_plugin_only"})
+EXT_ROLES = frozenset(
+    {"echo", "code_interpreter_cli_only", "code_interpreter_plugin_only", "web_search", "web_explorer"}
+)
 _NO_EXPERIENCE = (
     "only the Planner (planner.*) and the CodeInterpreter (code_generator.* or code_interpreter.*) read experience "
     "tips in Weaver"
@@ -112,7 +114,7 @@ IGNORED: tuple[tuple[str, str], ...] = (
         "Weaver logs to the console and, with logging.log_folder / logging.log_file, to a file only",
     ),
     (
-        r"(web_search|web_explorer|document_retriever|recepta|image_reader)\..*",
+        r"(document_retriever|recepta|image_reader)\..*",
         _NO_ROLE,
     ),
 )

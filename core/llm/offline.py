@@ -36,6 +36,8 @@ OFFLINE_CANNOT_FIX = "Offline mode runs code as written and cannot fix it: edit 
 
 # "profile sales_2024" as the whole of the user's message (a command, like a fenced code block).
 ECHO_COMMAND = re.compile(r"^\s*echo\b[\s:]*(.+)$", re.IGNORECASE | re.DOTALL)
+# "search the web for X" / "web search: X" with the WebSearch role registered.
+SEARCH_COMMAND = re.compile(r"^\s*(?:search\s+the\s+web\s+for|web\s+search)\b[\s:]*(.+)$", re.IGNORECASE | re.DOTALL)
 CODE_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n(.*?)```", re.DOTALL)
 PROFILE_COMMAND = re.compile(r"^\s*profile\s+([A-Za-z_][A-Za-z0-9_]*)\s*[.!]?\s*$", re.IGNORECASE)
 
@@ -128,7 +130,7 @@ class OfflineBackend(LLMBackend):
             if hints.get("execution_status") is None and hints.get("worker") != "CodeInterpreter":
                 return _relay(hints)
             return _report(hints)
-        echoed = _echo_request(hints)
+        echoed = _echo_request(hints) or _search_request(hints)
         if echoed is not None:
             return echoed
         code_blocks: list[str] = hints.get("code_blocks") or []
@@ -234,6 +236,20 @@ def _echo_request(hints: dict[str, Any]) -> dict[str, Any] | None:
         "plan": ["Have Echo repeat the text", "Tell the user what it said"],
         "current_plan_step": "Have Echo repeat the text",
         "send_to": "Echo",
+        "message": match.group(1).strip(),
+    }
+
+
+def _search_request(hints: dict[str, Any]) -> dict[str, Any] | None:
+    """ "search the web for <query>" with the WebSearch role registered: WebSearch is sent the query."""
+    match = SEARCH_COMMAND.match(str(hints.get("request") or ""))
+    if match is None or "WebSearch" not in (hints.get("workers") or []):
+        return None
+    return {
+        "thought": "The user asked for a web search; the WebSearch role asks the search engine.",
+        "plan": ["Have WebSearch search the web", "Tell the user what it found"],
+        "current_plan_step": "Have WebSearch search the web",
+        "send_to": "WebSearch",
         "message": match.group(1).strip(),
     }
 

@@ -1,0 +1,153 @@
+"""One page fetched for the WebExplorer without making the server a proxy into its own network.
+
+The URL comes from the model, so it is hostile input: only http(s); the host is resolved once and
+every address it resolves to must be public (no loopback, private, link-local such as the cloud
+metadata address, shared, multicast or reserved range) unless the operator names the host in
+``web_explorer.allowed_hosts``; the connection then goes to the address that was checked (the URL's
+host kept in the Host header and TLS name), so a second DNS answer cannot swap it. Redirects are
+followed by hand, each hop checked the same way; the size, the time and the content type are capped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+
+ACCEPTED_TYPES = ("text/html", "text/plain")
+
+
+class FetchRefused(Exception):
+    """The page is not fetched or not read; the message says why, for the Planner and the user."""
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    allowed_hosts: frozenset[str]  # lower-case host names (or literal addresses) let through to any address
+    max_bytes: int
+    timeout_s: float
+    max_redirects: int
+
+
+@dataclass(frozen=True)
+class Page:
+    url: str  # the last hop's URL
+    content_type: str
+    text: str  # decoded body
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def public(address: Address) -> bool:
+    """Whether an address is on the public internet (an IPv4-mapped IPv6 address judged as its IPv4)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+def resolve(host: str, port: int) -> list[Address]:
+    """Every address ``host`` resolves to (a literal address is itself)."""
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise FetchRefused(f"the host {host} could not be resolved ({exc})") from None
+    found = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    return list(dict.fromkeys(found))
+
+
+def checked_target(url: str, limits: FetchLimits) -> tuple[str, str, Address]:
+    """``(url, host, address)``: the URL checked, its host, and the one address to connect to."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise FetchRefused(f"only http and https URLs are fetched, not {parts.scheme or 'a URL without scheme'}")
+    if parts.username is not None or parts.password is not None:
+        raise FetchRefused("a URL with a user name or password is not fetched")
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not host:
+        raise FetchRefused("the URL has no host")
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        raise FetchRefused("the URL's port is not a number from 0 to 65535") from None
+    addresses = resolve(host, port)
+    if not addresses:
+        raise FetchRefused(f"the host {host} has no address")
+    if host not in limits.allowed_hosts:
+        private = [a for a in addresses if not public(a)]
+        if private:
+            raise FetchRefused(
+                f"{host} resolves to a private, loopback, link-local or reserved address ({private[0]}); "
+                "such addresses are fetched only for hosts named in web_explorer.allowed_hosts"
+            )
+    return url, host, addresses[0]
+
+
+def _pinned(url: str, address: Address) -> str:
+    """``url`` with its host replaced by the checked address (the port and path kept)."""
+    parts = urlsplit(url)
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    return urlunsplit((parts.scheme.lower(), netloc, parts.path or "/", parts.query, ""))
+
+
+def fetch_page(url: str, limits: FetchLimits) -> Page:
+    """GET ``url`` under the rules above; ``FetchRefused`` says which one stopped it."""
+    with httpx.Client(follow_redirects=False, trust_env=False, timeout=limits.timeout_s) as client:
+        for _hop in range(limits.max_redirects + 1):
+            url, host, address = checked_target(url, limits)
+            netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+            extensions = {"sni_hostname": host} if urlsplit(url).scheme.lower() == "https" else {}
+            headers = {"Host": netloc, "Accept": "text/html, text/plain;q=0.9", "User-Agent": "Weaver-WebExplorer"}
+            try:
+                with client.stream("GET", _pinned(url, address), headers=headers, extensions=extensions) as response:
+                    if response.is_redirect:
+                        location = response.headers.get("location", "")
+                        if not location:
+                            raise FetchRefused(f"{url} answered {response.status_code} without a Location")
+                        url = urljoin(url, location)
+                        continue
+                    return _read(url, response, limits)
+            except httpx.TimeoutException:
+                raise FetchRefused(
+                    f"{url} did not answer within {limits.timeout_s:g} s (web_explorer.timeout)"
+                ) from None
+            except httpx.HTTPError as exc:
+                raise FetchRefused(f"{url} could not be fetched ({type(exc).__name__}: {exc})") from None
+    raise FetchRefused(f"more than {limits.max_redirects} redirects (web_explorer.max_redirects)")
+
+
+def _read(url: str, response: httpx.Response, limits: FetchLimits) -> Page:
+    if response.status_code >= 400:
+        raise FetchRefused(f"{url} answered HTTP {response.status_code}")
+    content_type = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type not in ACCEPTED_TYPES:
+        raise FetchRefused(f"{url} is {content_type or 'of no stated type'}; only text/html and text/plain are read")
+    too_big = FetchRefused(
+        f"{url} is larger than {limits.max_bytes // 1024} KB (web_explorer.max_page_kb); it was not read"
+    )
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_bytes:
+        raise too_big
+    body = bytearray()
+    deadline = time.monotonic() + limits.timeout_s  # the whole body, not each read (a slow drip is cut)
+    for chunk in response.iter_bytes():
+        body.extend(chunk)
+        if len(body) > limits.max_bytes:
+            raise too_big
+        if time.monotonic() > deadline:
+            raise FetchRefused(f"{url} took longer than {limits.timeout_s:g} s to send (web_explorer.timeout)")
+    encoding = response.charset_encoding or "utf-8"
+    try:
+        text = bytes(body).decode(encoding, errors="replace")
+    except LookupError:
+        text = bytes(body).decode("utf-8", errors="replace")
+    return Page(url=url, content_type=content_type, text=text)
