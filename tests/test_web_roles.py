@@ -7,7 +7,9 @@ The hostile cases aim only at 127.0.0.1, so a failed defence reaches nothing els
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,6 +18,7 @@ import pytest
 from core import TaskWeaverApp
 from core.errors import ConfigError
 from core.memory import Round
+from core.roles.web_explorer.fetch import public
 from tests.fake_http import FakeHandler, FakeServer, Seen
 from tests.llm_server import Answer, RecordedRequest, ScriptedLLMServer
 
@@ -296,3 +299,42 @@ def test_web_explorer_cuts_long_text(tmp_path: Path, web: WebServer) -> None:
     more = {"web_explorer.allowed_hosts": ["127.0.0.1"], "web_explorer.max_text_chars": 10}
     said = explorer_read(tmp_path, f"{web.base}/page", **more)
     assert "\n\nWeaving\nLo\n" in said and "cut at 10 characters: web_explorer.max_text_chars" in said
+
+
+def test_web_explorer_connects_to_the_address_it_checked(tmp_path: Path, web: WebServer) -> None:
+    """An allowlisted name is resolved once and the connection goes to that address, the name kept
+    in the Host header (what a second, different DNS answer could not change)."""
+    port = web.base.rsplit(":", 1)[1]
+    said = explorer_read(tmp_path, f"http://LocalHost:{port}/page", **{"web_explorer.allowed_hosts": ["localhost"]})
+    assert "Looms interlace the warp" in said
+    assert web.requests("/page")[-1].headers["host"] == f"LocalHost:{port}"
+
+
+def test_web_explorer_says_when_a_page_cannot_be_reached(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port that was just free: nothing listens there once it is closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    said = explorer_read(tmp_path, f"http://127.0.0.1:{port}/", **{"web_explorer.allowed_hosts": ["127.0.0.1"]})
+    assert said.startswith(f"WebExplorer did not read http://127.0.0.1:{port}/: ") and "could not be reached" in said
+
+
+@pytest.mark.parametrize(
+    ("address", "is_public"),
+    [
+        ("169.254.169.254", False),  # the cloud metadata address (link-local)
+        ("10.1.2.3", False),
+        ("192.168.0.1", False),
+        ("100.64.0.1", False),  # shared (carrier-grade NAT)
+        ("0.0.0.0", False),
+        ("::1", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
+        ("fe80::1", False),
+        ("fd00::1", False),
+        ("224.0.0.1", False),
+        ("93.184.215.14", True),
+        ("2606:4700::6810:85e5", True),
+    ],
+)
+def test_only_public_addresses_pass_the_check(address: str, is_public: bool) -> None:
+    """The rule itself, on address values only (nothing is connected to)."""
+    assert public(ipaddress.ip_address(address)) is is_public

@@ -64,8 +64,8 @@ def resolve(host: str, port: int) -> list[Address]:
     return list(dict.fromkeys(found))
 
 
-def checked_target(url: str, limits: FetchLimits) -> tuple[str, str, Address]:
-    """``(url, host, address)``: the URL checked, its host, and the one address to connect to."""
+def checked_target(url: str, limits: FetchLimits) -> tuple[str, list[Address]]:
+    """``(host, addresses)``: the URL's host and the checked addresses to connect to, in DNS order."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https"):
         raise FetchRefused(f"only http and https URLs are fetched, not {parts.scheme or 'a URL without scheme'}")
@@ -88,7 +88,7 @@ def checked_target(url: str, limits: FetchLimits) -> tuple[str, str, Address]:
                 f"{host} resolves to a private, loopback, link-local or reserved address ({private[0]}); "
                 "such addresses are fetched only for hosts named in web_explorer.allowed_hosts"
             )
-    return url, host, addresses[0]
+    return host, addresses
 
 
 def _pinned(url: str, address: Address) -> str:
@@ -103,26 +103,39 @@ def fetch_page(url: str, limits: FetchLimits) -> Page:
     """GET ``url`` under the rules above; ``FetchRefused`` says which one stopped it."""
     with httpx.Client(follow_redirects=False, trust_env=False, timeout=limits.timeout_s) as client:
         for _hop in range(limits.max_redirects + 1):
-            url, host, address = checked_target(url, limits)
-            netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
-            extensions = {"sni_hostname": host} if urlsplit(url).scheme.lower() == "https" else {}
-            headers = {"Host": netloc, "Accept": "text/html, text/plain;q=0.9", "User-Agent": "Weaver-WebExplorer"}
-            try:
-                with client.stream("GET", _pinned(url, address), headers=headers, extensions=extensions) as response:
-                    if response.is_redirect:
-                        location = response.headers.get("location", "")
-                        if not location:
-                            raise FetchRefused(f"{url} answered {response.status_code} without a Location")
-                        url = urljoin(url, location)
-                        continue
-                    return _read(url, response, limits)
-            except httpx.TimeoutException:
-                raise FetchRefused(
-                    f"{url} did not answer within {limits.timeout_s:g} s (web_explorer.timeout)"
-                ) from None
-            except httpx.HTTPError as exc:
-                raise FetchRefused(f"{url} could not be fetched ({type(exc).__name__}: {exc})") from None
+            host, addresses = checked_target(url, limits)
+            page, location = _get(client, url, host, addresses, limits)
+            if page is not None:
+                return page
+            url = urljoin(url, location)
     raise FetchRefused(f"more than {limits.max_redirects} redirects (web_explorer.max_redirects)")
+
+
+def _get(
+    client: httpx.Client, url: str, host: str, addresses: list[Address], limits: FetchLimits
+) -> tuple[Page | None, str]:
+    """One hop: the page, or ``(None, location)`` for a redirect. Each checked address is tried in
+    turn until one accepts the connection (a host with an IPv6 address the server cannot reach)."""
+    netloc = urlsplit(url).netloc.rsplit("@", 1)[-1]
+    extensions = {"sni_hostname": host} if urlsplit(url).scheme.lower() == "https" else {}
+    headers = {"Host": netloc, "Accept": "text/html, text/plain;q=0.9", "User-Agent": "Weaver-WebExplorer"}
+    for number, address in enumerate(addresses, 1):
+        try:
+            with client.stream("GET", _pinned(url, address), headers=headers, extensions=extensions) as response:
+                if not response.is_redirect:
+                    return _read(url, response, limits), ""
+                location = response.headers.get("location", "")
+                if not location:
+                    raise FetchRefused(f"{url} answered {response.status_code} without a Location")
+                return None, location
+        except httpx.ConnectError as exc:
+            if number == len(addresses):
+                raise FetchRefused(f"{url} could not be reached ({exc})") from None
+        except httpx.TimeoutException:
+            raise FetchRefused(f"{url} did not answer within {limits.timeout_s:g} s (web_explorer.timeout)") from None
+        except httpx.HTTPError as exc:
+            raise FetchRefused(f"{url} could not be fetched ({type(exc).__name__}: {exc})") from None
+    raise FetchRefused(f"{url}: no address to connect to")
 
 
 def _read(url: str, response: httpx.Response, limits: FetchLimits) -> Page:
