@@ -61,6 +61,12 @@ class WebHandler(FakeHandler):
         elif seen.path == "/to-localhost":  # a redirect to the same server under a name not allowlisted
             port = base.rsplit(":", 1)[1]
             self.send_body(302, b"", "text/plain", {"Location": f"http://localhost:{port}/page"})
+        elif seen.path == "/loop":
+            self.send_body(302, b"", "text/plain", {"Location": "/loop"})
+        elif seen.path in ("/slow", "/slow/search"):  # headers only after a while: the client's timeout ends it
+            self.pause(5)
+        elif seen.path == "/huge/search":
+            self.send_json(200, {"results": [{"title": "t" * 1000, "url": f"https://e.org/{i}"} for i in range(8)]})
         elif seen.path == "/to-page":
             self.send_body(301, b"", "text/plain", {"Location": "/page"})
         else:
@@ -338,3 +344,28 @@ def test_web_explorer_says_when_a_page_cannot_be_reached(tmp_path: Path) -> None
 def test_only_public_addresses_pass_the_check(address: str, is_public: bool) -> None:
     """The rule itself, on address values only (nothing is connected to)."""
     assert public(ipaddress.ip_address(address)) is is_public
+
+
+def test_web_explorer_limits_redirects_and_time(tmp_path: Path, web: WebServer) -> None:
+    more = {"web_explorer.allowed_hosts": ["127.0.0.1"], "web_explorer.max_redirects": 2, "web_explorer.timeout": 0.5}
+    before = len(web.requests("/loop"))
+    said = explorer_read(tmp_path, f"{web.base}/loop", **more)
+    assert "more than 2 redirects (web_explorer.max_redirects)" in said
+    assert len(web.requests("/loop")) == before + 3
+    said = explorer_read(tmp_path, f"{web.base}/slow", **more)
+    assert "did not answer within 0.5 s (web_explorer.timeout)" in said
+
+
+def test_web_search_limits_time_and_size(tmp_path: Path, web: WebServer) -> None:
+    for base, said in [
+        (f"{web.base}/slow", "the searxng server did not answer within 0.5 s (web_search.timeout)"),
+        (f"{web.base}/huge", "the searxng answer was larger than 2 KB (web_search.max_response_kb)"),
+    ]:
+        more = {"web_search.api_base": base, "web_search.timeout": 0.5, "web_search.max_response_kb": 2}
+        app = make_app(tmp_path, search_settings(web, **more))
+        session = app.get_session()
+        try:
+            answer = session.roles["WebSearch"].answer("loom")  # type: ignore[attr-defined]
+        finally:
+            session.stop()
+        assert answer.startswith("WebSearch found 0 results for: loom") and f"The search for loom: {said}." in answer

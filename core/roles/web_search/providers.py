@@ -101,7 +101,9 @@ def search(s: SearchSettings, query: str) -> list[Result]:
                 for chunk in reply.iter_bytes():
                     body.extend(chunk)
                     if len(body) > s.max_bytes:
-                        raise SearchFailed(f"the {s.provider} answer was larger than {s.max_bytes // 1024} KB")
+                        kb = s.max_bytes // 1024
+                        too_big = f"the {s.provider} answer was larger than {kb} KB (web_search.max_response_kb)"
+                        raise SearchFailed(too_big)
     except httpx.TimeoutException:
         late = f"the {s.provider} server did not answer within {s.timeout_s:g} s (web_search.timeout)"
         raise SearchFailed(late) from None
