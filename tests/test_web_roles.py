@@ -369,3 +369,11 @@ def test_web_search_limits_time_and_size(tmp_path: Path, web: WebServer) -> None
         finally:
             session.stop()
         assert answer.startswith("WebSearch found 0 results for: loom") and f"The search for loom: {said}." in answer
+
+
+def test_offline_read_a_url_goes_to_web_explorer(tmp_path: Path, web: WebServer) -> None:
+    app = make_app(tmp_path, explorer_settings(**{"web_explorer.allowed_hosts": ["127.0.0.1"]}))
+    rnd = one_round(app, f"read {web.base}/page")
+    assert rnd.state == "finished", rnd.error
+    assert post_from(rnd, "WebExplorer").message.startswith(f"WebExplorer read {web.base}/page")
+    assert "Looms interlace the warp" in rnd.reply_text and "SCRIPT-LEAK" not in rnd.reply_text

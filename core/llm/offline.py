@@ -38,6 +38,8 @@ OFFLINE_CANNOT_FIX = "Offline mode runs code as written and cannot fix it: edit 
 ECHO_COMMAND = re.compile(r"^\s*echo\b[\s:]*(.+)$", re.IGNORECASE | re.DOTALL)
 # "search the web for X" / "web search: X" with the WebSearch role registered.
 SEARCH_COMMAND = re.compile(r"^\s*(?:search\s+the\s+web\s+for|web\s+search)\b[\s:]*(.+)$", re.IGNORECASE | re.DOTALL)
+# "read <url>" / "open <url>" with the WebExplorer role registered.
+EXPLORE_COMMAND = re.compile(r"^\s*(?:read|open|explore)\s+(\S+://\S+)\s*$", re.IGNORECASE)
 CODE_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n(.*?)```", re.DOTALL)
 PROFILE_COMMAND = re.compile(r"^\s*profile\s+([A-Za-z_][A-Za-z0-9_]*)\s*[.!]?\s*$", re.IGNORECASE)
 
@@ -130,7 +132,7 @@ class OfflineBackend(LLMBackend):
             if hints.get("execution_status") is None and hints.get("worker") != "CodeInterpreter":
                 return _relay(hints)
             return _report(hints)
-        echoed = _echo_request(hints) or _search_request(hints)
+        echoed = _echo_request(hints) or _search_request(hints) or _explore_request(hints)
         if echoed is not None:
             return echoed
         code_blocks: list[str] = hints.get("code_blocks") or []
@@ -251,6 +253,20 @@ def _search_request(hints: dict[str, Any]) -> dict[str, Any] | None:
         "current_plan_step": "Have WebSearch search the web",
         "send_to": "WebSearch",
         "message": match.group(1).strip(),
+    }
+
+
+def _explore_request(hints: dict[str, Any]) -> dict[str, Any] | None:
+    """ "read <url>" with the WebExplorer role registered: WebExplorer is sent the URL."""
+    match = EXPLORE_COMMAND.match(str(hints.get("request") or ""))
+    if match is None or "WebExplorer" not in (hints.get("workers") or []):
+        return None
+    return {
+        "thought": "The user asked for a page to be read; the WebExplorer role fetches it.",
+        "plan": ["Have WebExplorer read the page", "Tell the user what it says"],
+        "current_plan_step": "Have WebExplorer read the page",
+        "send_to": "WebExplorer",
+        "message": f"Read {match.group(1)}",
     }
 
 
