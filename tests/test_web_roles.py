@@ -19,6 +19,7 @@ from core import TaskWeaverApp
 from core.errors import ConfigError
 from core.memory import Round
 from core.roles.web_explorer.fetch import public
+from core.startup_check import check_app_files
 from tests.fake_http import FakeHandler, FakeServer, Seen
 from tests.llm_server import Answer, RecordedRequest, ScriptedLLMServer
 
@@ -167,6 +168,8 @@ def test_an_enabled_web_role_is_said_loudly_at_start(
         ({"web_search.api_provider": "google", "web_search.google_api_key": "k"}, "google_search_engine_id is needed"),
         ({"web_search.api_base": "ftp://x"}, "web_search.api_base: the searxng server's http(s) address is needed"),
         ({"web_search.result_count": 0}, "web_search.result_count: must be at least 1"),
+        ({"web_search.timeout": 0}, "web_search.timeout and web_search.max_response_kb: must be more than 0"),
+        ({"web_search.result_count": "3"}, "web_search.result_count: expected int, got '3'"),
     ],
 )
 def test_web_search_settings_are_checked_at_start(
@@ -377,3 +380,22 @@ def test_offline_read_a_url_goes_to_web_explorer(tmp_path: Path, web: WebServer)
     assert rnd.state == "finished", rnd.error
     assert post_from(rnd, "WebExplorer").message.startswith(f"WebExplorer read {web.base}/page")
     assert "Looms interlace the warp" in rnd.reply_text and "SCRIPT-LEAK" not in rnd.reply_text
+
+
+@pytest.mark.parametrize(
+    ("more", "said"),
+    [
+        ({"web_explorer.max_page_kb": 0}, "web_explorer.max_page_kb: must be more than 0"),
+        ({"web_explorer.max_redirects": -1}, "web_explorer.max_redirects: must be 0 or more"),
+        ({"web_explorer.allowed_hosts": [1]}, "web_explorer.allowed_hosts: expected a list of host names"),
+        ({"web_explorer.enabled": "yes"}, "web_explorer.enabled: expected bool, got 'yes'"),
+    ],
+)
+def test_web_explorer_settings_are_checked_at_start(tmp_path: Path, more: dict[str, Any], said: str) -> None:
+    """By ``weaver ui`` / ``weaver chat``'s check of the app's files too, before anything is served."""
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "taskweaver_config.json").write_text(json.dumps({**explorer_settings(), **more}))
+    with pytest.raises(ConfigError) as refused:
+        check_app_files(app_dir)
+    assert said in str(refused.value)

@@ -74,6 +74,8 @@ def checked_target(url: str, limits: FetchLimits) -> tuple[str, list[Address]]:
     host = (parts.hostname or "").lower().rstrip(".")
     if not host:
         raise FetchRefused("the URL has no host")
+    if not host.isascii():
+        raise FetchRefused(f"the host {host} is not written in ASCII (use its xn-- form)")
     try:
         port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
     except ValueError:

@@ -33,8 +33,15 @@ def limits_from(settings: dict[str, Any]) -> FetchLimits:
         allowed_hosts=frozenset(h.strip().lower().rstrip(".") for h in hosts if h.strip()),
         max_bytes=int(_positive(settings, "max_page_kb", 1024) * 1024),
         timeout_s=float(_positive(settings, "timeout", 10.0)),
-        max_redirects=int(section_setting("web_explorer", settings, "max_redirects", 5)),
+        max_redirects=_at_least_zero(settings, "max_redirects", 5),
     )
+
+
+def _at_least_zero(settings: dict[str, Any], key: str, default: int) -> int:
+    value = int(section_setting("web_explorer", settings, key, default))
+    if value < 0:
+        raise ConfigError(f"web_explorer.{key}: must be 0 or more, got {value!r}")
+    return value
 
 
 def _positive(settings: dict[str, Any], key: str, default: float) -> float:
@@ -49,6 +56,8 @@ class WebExplorer(ExtRole):
     def check_startup(cls, name: str, settings: dict[str, Any]) -> None:
         require_enabled(name, settings, "fetches web pages")
         limits_from(settings)
+        if section_setting(name, settings, "max_text_chars", 8000) < 1:
+            raise ConfigError("web_explorer.max_text_chars: must be at least 1")
 
     def reply(self, ctx: RoundContext) -> Post:
         incoming = ctx.last_post

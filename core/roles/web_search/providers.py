@@ -82,6 +82,8 @@ def check_settings(s: SearchSettings) -> None:
         raise ConfigError("web_search.google_search_engine_id is needed for google")
     if s.result_count < 1:
         raise ConfigError(f"web_search.result_count: must be at least 1, got {s.result_count}")
+    if s.timeout_s <= 0 or s.max_bytes <= 0:
+        raise ConfigError("web_search.timeout and web_search.max_response_kb: must be more than 0")
 
 
 def default_base(provider: str) -> str:
