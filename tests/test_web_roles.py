@@ -337,6 +337,9 @@ def test_web_explorer_says_when_a_page_cannot_be_reached(tmp_path: Path) -> None
         ("0.0.0.0", False),
         ("::1", False),
         ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("::ffff:93.184.215.14", True),
         ("fe80::1", False),
         ("fd00::1", False),
         ("224.0.0.1", False),

@@ -43,10 +43,20 @@ class Page:
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def public(address: Address) -> bool:
-    """Whether an address is on the public internet (an IPv4-mapped IPv6 address judged as its IPv4)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Whether an address is on the public internet. An IPv6 address that carries an IPv4 one
+    (mapped, NAT64, 6to4, Teredo) is judged by the IPv4 address too."""
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = [address.ipv4_mapped, address.sixtofour, address.teredo[1] if address.teredo else None]
+        if address in _NAT64:
+            inner.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        if any(v4 is not None and not public(v4) for v4 in inner):
+            return False
+        if address.ipv4_mapped is not None:
+            return True  # the mapped IPv4 address was public
     return address.is_global and not address.is_multicast
 
 

@@ -32,7 +32,7 @@ class _TextParser(HTMLParser):
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "pre":
             self._pre += 1
-        if tag == "title":
+        if tag == "title" and not self._skipping and not self.title_parts:  # not an <svg>'s <title>
             self._in_title = True
         elif tag in _SKIPPED and tag not in _VOID:
             self._skipping.append(tag)
