@@ -7,6 +7,7 @@ hands its text back (``page_text.py``). Off unless ``web_explorer.enabled`` is t
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -19,6 +20,7 @@ from core.roles.web_explorer.page_text import html_text, tidy
 from core.roles.web_permission import require_enabled
 
 # The first thing that looks like a URL: a scheme, "://", then up to a space or a closing mark.
+log = logging.getLogger("weaver.roles")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s<>\"'`)\]]+")
 
 
@@ -76,6 +78,7 @@ class WebExplorer(ExtRole):
         try:
             page = fetch_page(url, limits_from(self.settings))
         except FetchRefused as exc:
+            log.info("web_explorer did not read %s: %s", url, exc)
             return f"WebExplorer did not read {url}: {exc}."
         title, text = html_text(page.text) if page.content_type == "text/html" else ("", tidy(page.text))
         cut = len(text) > max_chars

@@ -63,12 +63,12 @@ class WebSearch(ExtRole):
         results: list[Result] = []
         problems: list[str] = []
         for query in queries:
-            ctx_results: list[Result] = []
+            found: list[Result] = []
             try:
-                ctx_results = search(settings, query)
+                found = search(settings, query)
             except SearchFailed as exc:
                 problems.append(f"{query}: {exc}")
-            for result in ctx_results:
+            for result in found:
                 if result.url not in seen:
                     seen.add(result.url)
                     results.append(result)
