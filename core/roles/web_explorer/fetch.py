@@ -116,6 +116,7 @@ def fetch_page(url: str, limits: FetchLimits) -> Page:
     with httpx.Client(follow_redirects=False, trust_env=False, timeout=limits.timeout_s) as client:
         for _hop in range(limits.max_redirects + 1):
             host, addresses = checked_target(url, limits)
+            client.cookies.clear()  # requests go to addresses: a cookie of one hop is not sent on
             page, location = _get(client, url, host, addresses, limits)
             if page is not None:
                 return page

@@ -19,8 +19,8 @@ from core.roles.web_explorer.fetch import FetchLimits, FetchRefused, fetch_page
 from core.roles.web_explorer.page_text import html_text, tidy
 from core.roles.web_permission import require_enabled
 
-# The first thing that looks like a URL: a scheme, "://", then up to a space or a closing mark.
 log = logging.getLogger("weaver.roles")
+# The first thing that looks like a URL: a scheme, "://", then up to a space or a closing mark.
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s<>\"'`)\]]+")
 
 
