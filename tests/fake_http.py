@@ -70,6 +70,29 @@ class FakeHandler(BaseHTTPRequestHandler):
         except Gone:
             seen.disconnected.set()
 
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self.close_connection = True
+        parts = urlsplit(self.path)
+        seen = Seen(parts.path, dict(parse_qsl(parts.query)), {k.lower(): v for k, v in self.headers.items()}, None)
+        try:
+            self.route_get(seen)
+        except Gone:
+            seen.disconnected.set()
+
+    def route_get(self, seen: Seen) -> None:
+        """Answer one GET (a fake search engine or web site); none by default."""
+        self.send_json(404, {"error": f"no route {seen.path}"})
+
+    def send_body(self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.write(body)
+
     def route(self, seen: Seen) -> None:
         """Answer one request (``self.server.fake.record`` logs it and hands out the next reply)."""
         self.send_json(404, {"error": f"no route {seen.path}"})

@@ -153,7 +153,7 @@ def test_an_ignored_key_is_warned_about_once_with_its_reason(
     monkeypatch.chdir(tmp_path)
     (tmp_path / "taskweaver_config.json").write_text(
         json.dumps(
-            {"llm.aad_token_cache_path": "cache/a.bin", "web_search.llm_alias": "fast", "session.roles": ["planner"]}
+            {"llm.aad_token_cache_path": "cache/a.bin", "recepta.llm_alias": "fast", "session.roles": ["planner"]}
         )
     )
     with caplog.at_level("WARNING", logger="weaver.config"):
@@ -163,7 +163,7 @@ def test_an_ignored_key_is_warned_about_once_with_its_reason(
         "llm.aad_token_cache_path is ignored: azure-identity keeps the Azure AD token in memory for the life of "
         "the process (no token file)"
     ]
-    assert any("web_search.llm_alias is ignored" in line and "not available" in line for line in lines)
+    assert any("recepta.llm_alias is ignored" in line and "not available" in line for line in lines)
     assert any("llm.azure.model is ignored: llm.api_type is 'openai'" in line for line in lines)
     assert any(line.startswith("nonsense.key is ignored") for line in lines)
     assert not any("session.roles" in line for line in lines)  # honoured: the Planner alone (tests/test_roles.py)

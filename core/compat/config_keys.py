@@ -56,7 +56,16 @@ _NO_ROLE = (
     "core/roles/ and the app's own in <app_dir>/roles/)"
 )
 # The roles Weaver ships besides the built-in two (core/roles/<name>/): their config sections are theirs.
-EXT_ROLES = frozenset({"echo", "code_interpreter_cli_only", "code_interpreter_plugin_only", "document_retriever"})
+EXT_ROLES = frozenset(
+    {
+        "echo",
+        "code_interpreter_cli_only",
+        "code_interpreter_plugin_only",
+        "document_retriever",
+        "web_search",
+        "web_explorer",
+    }
+)
 _NO_EXPERIENCE = (
     "only the Planner (planner.*) and the CodeInterpreter (code_generator.* or code_interpreter.*) read experience "
     "tips in Weaver"
@@ -117,7 +126,7 @@ IGNORED: tuple[tuple[str, str], ...] = (
         "a prebuilt FAISS index folder is not read (put the documents in data/ instead)",
     ),
     (
-        r"(web_search|web_explorer|recepta|image_reader)\..*",
+        r"(recepta|image_reader)\..*",
         _NO_ROLE,
     ),
 )

@@ -38,6 +38,10 @@ OFFLINE_CANNOT_FIX = "Offline mode runs code as written and cannot fix it: edit 
 
 # "profile sales_2024" as the whole of the user's message (a command, like a fenced code block).
 ECHO_COMMAND = re.compile(r"^\s*echo\b[\s:]*(.+)$", re.IGNORECASE | re.DOTALL)
+# "search the web for X" / "web search: X" with the WebSearch role registered.
+SEARCH_COMMAND = re.compile(r"^\s*(?:search\s+the\s+web\s+for|web\s+search)\b[\s:]*(.+)$", re.IGNORECASE | re.DOTALL)
+# "read <url>" / "open <url>" with the WebExplorer role registered.
+EXPLORE_COMMAND = re.compile(r"^\s*(?:read|open|explore)\s+(\S+://\S+)\s*$", re.IGNORECASE)
 CODE_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n(.*?)```", re.DOTALL)
 # "find the refund policy in my documents", "search my files for refunds": to DocumentRetriever.
 FIND_IN_DOCUMENTS = re.compile(
@@ -141,7 +145,7 @@ class OfflineBackend(LLMBackend):
             if hints.get("execution_status") is None and hints.get("worker") != "CodeInterpreter":
                 return _relay(hints)
             return _report(hints)
-        echoed = _echo_request(hints) or _retrieval_request(hints)
+        echoed = _echo_request(hints) or _retrieval_request(hints) or _search_request(hints) or _explore_request(hints)
         if echoed is not None:
             return echoed
         code_blocks: list[str] = hints.get("code_blocks") or []
@@ -267,6 +271,34 @@ def _retrieval_request(hints: dict[str, Any]) -> dict[str, Any] | None:
         "current_plan_step": "Have DocumentRetriever find the passages",
         "send_to": "DocumentRetriever",
         "message": query,
+    }
+
+
+def _search_request(hints: dict[str, Any]) -> dict[str, Any] | None:
+    """ "search the web for <query>" with the WebSearch role registered: WebSearch is sent the query."""
+    match = SEARCH_COMMAND.match(str(hints.get("request") or ""))
+    if match is None or "WebSearch" not in (hints.get("workers") or []):
+        return None
+    return {
+        "thought": "The user asked for a web search; the WebSearch role asks the search engine.",
+        "plan": ["Have WebSearch search the web", "Tell the user what it found"],
+        "current_plan_step": "Have WebSearch search the web",
+        "send_to": "WebSearch",
+        "message": match.group(1).strip(),
+    }
+
+
+def _explore_request(hints: dict[str, Any]) -> dict[str, Any] | None:
+    """ "read <url>" with the WebExplorer role registered: WebExplorer is sent the URL."""
+    match = EXPLORE_COMMAND.match(str(hints.get("request") or ""))
+    if match is None or "WebExplorer" not in (hints.get("workers") or []):
+        return None
+    return {
+        "thought": "The user asked for a page to be read; the WebExplorer role fetches it.",
+        "plan": ["Have WebExplorer read the page", "Tell the user what it says"],
+        "current_plan_step": "Have WebExplorer read the page",
+        "send_to": "WebExplorer",
+        "message": f"Read {match.group(1)}",
     }
 
 

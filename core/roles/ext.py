@@ -39,10 +39,22 @@ class ExtRole(Role):
 
     def setting(self, key: str, default: Any) -> Any:
         """A key of this role's config section (``<name>.<key>``), checked against the default's type."""
-        value = self.settings.get(key, default)
-        if not isinstance(value, type(default)):
-            raise ConfigError(f"{self.entry.name}.{key}: expected {type(default).__name__}, got {value!r}")
-        return value
+        return section_setting(self.entry.name, self.settings, key, default)
+
+    @classmethod
+    def check_startup(cls, name: str, settings: dict[str, Any]) -> None:
+        """Called once at start for a role ``session.roles`` lists, with its config section: a role
+        that must be allowed, or needs a setting, raises ``ConfigError`` here so the app does not start."""
+
+
+def section_setting(name: str, settings: dict[str, Any], key: str, default: Any) -> Any:
+    """``<name>.<key>`` from a role's section, checked against the default's type (an int is taken
+    where a float is expected)."""
+    value = settings.get(key, default)
+    expected = (int, float) if isinstance(default, float) else type(default)
+    if not isinstance(value, expected) or (isinstance(value, bool) and not isinstance(default, bool)):
+        raise ConfigError(f"{name}.{key}: expected {type(default).__name__}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)

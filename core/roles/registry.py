@@ -106,6 +106,7 @@ def build_role_registry(config: AppConfig, app_dir: Path | None) -> RoleRegistry
             registry.register(CODE_INTERPRETER, _code_interpreter)
         elif name in entries:
             entry = entries[name]
+            entry.cls.check_startup(name, dict(config.role_settings.get(name, {})))
             if entry.alias in registry.aliases or entry.alias == USER:
                 raise ConfigError(f"role file {entry.file}: the alias {entry.alias!r} is taken by another role")
             registry.register(entry.alias, entry.create, entry.intro)
