@@ -56,7 +56,10 @@ _NO_ROLE = (
     "core/roles/ and the app's own in <app_dir>/roles/)"
 )
 # The roles Weaver ships besides the built-in two (core/roles/<name>/): their config sections are theirs.
-EXT_ROLES = frozenset({"echo", "code_interpreter_cli_only", "code_interpreter_plugin_only"})
+EXT_ROLES = frozenset({"echo", "code_interpreter_cli_only", "code_interpreter_plugin_only", "image_reader"})
+# Shipped roles that call a model of their own when <name>.llm_alias is set (ImageReader needs a
+# vision model); the others call the chat's model, and their llm_alias is warned.
+OWN_MODEL_ROLES = ("image_reader",)
 _NO_EXPERIENCE = (
     "only the Planner (planner.*) and the CodeInterpreter (code_generator.* or code_interpreter.*) read experience "
     "tips in Weaver"
@@ -112,7 +115,7 @@ IGNORED: tuple[tuple[str, str], ...] = (
         "Weaver logs to the console and, with logging.log_folder / logging.log_file, to a file only",
     ),
     (
-        r"(web_search|web_explorer|document_retriever|recepta|image_reader)\..*",
+        r"(web_search|web_explorer|document_retriever|recepta)\..*",
         _NO_ROLE,
     ),
 )
@@ -212,8 +215,10 @@ def translate(
             mapped[f"code_interpreter.{match['key']}"] = value
         elif key == "use_local_uri":
             mapped["code_interpreter.use_local_uri"] = value
-        elif key.split(".", 1)[0] in role_sections and key.endswith(".llm_alias"):
-            notes.append(f"{key} is ignored: only the Planner and the CodeInterpreter call a model of their own")
+        elif key.split(".", 1)[0] in role_sections and key.endswith(".llm_alias") and key[:-10] not in OWN_MODEL_ROLES:
+            notes.append(
+                f"{key} is ignored: only the Planner, the CodeInterpreter and image_reader call a model of their own"
+            )
         elif key.split(".", 1)[0] in role_sections and "." in key and _ignored_note(key, key) is None:
             section_name, name = key.split(".", 1)
             role_settings.setdefault(section_name, {})[name] = value  # the role reads it (core/roles/ext.py)
