@@ -320,7 +320,7 @@ class SessionSettings(BaseModel):
     roles: list[str] = Field(
         ["planner", "code_interpreter"],
         description="the Planner (always there) and the workers: code_interpreter, a shipped role "
-        "(echo, code_interpreter_cli_only, code_interpreter_plugin_only) or a folder of <app_dir>/roles/",
+        "(echo, code_interpreter_cli_only, code_interpreter_plugin_only, image_reader) or a folder of <app_dir>/roles/",
     )
 
     _roles_list = field_validator("roles", mode="before")(classmethod(lambda cls, v: as_list(v)))
