@@ -176,6 +176,8 @@ def test_image_reader_llm_alias_calls_its_own_vision_model(tmp_path: Path, serve
         app = scripted_app(
             tmp_path / "app", server, **{"ext_llms.llm_configs": llm_configs, "image_reader.llm_alias": "eyes"}
         )
+        own = app.backend_for_role("image_reader").configured()
+        assert own is not None and own.model == "vision-model"
         start = len(server.requests)
         server.push(planner("ImageReader", "What is in plot.webp?"), planner("User", "A red square."))
         vision.push(Answer(json.dumps({"answer": "A red square."})))
@@ -256,3 +258,20 @@ def test_an_image_that_is_not_a_data_url_is_refused_naming_the_provider() -> Non
     backend = AnthropicBackend(LLMSettings(api_type="anthropic", api_key="k", model="m"))
     with pytest.raises(LLMError, match="Anthropic is sent images only as base64 data: URLs"):
         backend.body(request)
+
+
+def test_offline_a_figure_in_a_sub_folder_named_by_the_request_is_read(tmp_path: Path) -> None:
+    """A figure code saved (here written into the chat's folder) is found by the name the request
+    gives, sub-folder included."""
+    config = {"llm.api_type": "offline", "session.roles": ROLES, "execution.prewarm": False}
+    app = TaskWeaverApp(app_dir=tmp_path, config=config)
+    session = app.get_session()
+    try:
+        (session.cwd / "figs").mkdir()
+        (session.cwd / "figs" / "plot.gif").write_bytes(picture("GIF", (10, 7)))
+        rnd = session.send_message("what does figs/plot.gif show?")
+    finally:
+        session.stop()
+        app.stop()
+    assert rnd.state == "finished", rnd.error
+    assert reader_post(rnd).message.startswith("figs/plot.gif is a GIF image, 10 x 7 pixels,")

@@ -38,7 +38,7 @@ OFFLINE_CANNOT_FIX = "Offline mode runs code as written and cannot fix it: edit 
 # "profile sales_2024" as the whole of the user's message (a command, like a fenced code block).
 ECHO_COMMAND = re.compile(r"^\s*echo\b[\s:]*(.+)$", re.IGNORECASE | re.DOTALL)
 CODE_FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n(.*?)```", re.DOTALL)
-IMAGE_NAME = re.compile(r"(?<![\w./-])[\w.-]{1,255}\.(?:png|jpe?g|gif|webp)\b", re.IGNORECASE)
+IMAGE_NAME = re.compile(r"(?<![\w./-])[\w./-]{1,255}\.(?:png|jpe?g|gif|webp)\b", re.IGNORECASE)
 PROFILE_COMMAND = re.compile(r"^\s*profile\s+([A-Za-z_][A-Za-z0-9_]*)\s*[.!]?\s*$", re.IGNORECASE)
 
 
