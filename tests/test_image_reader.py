@@ -16,6 +16,7 @@ from PIL import Image
 
 from core import TaskWeaverApp
 from core.config import load_config
+from core.errors import ConfigError
 from core.llm.base import ChatRequest
 from core.memory import Round
 from core.roles.image_reader.image_facts import image_facts
@@ -275,3 +276,10 @@ def test_offline_a_figure_in_a_sub_folder_named_by_the_request_is_read(tmp_path:
         app.stop()
     assert rnd.state == "finished", rnd.error
     assert reader_post(rnd).message.startswith("figs/plot.gif is a GIF image, 10 x 7 pixels,")
+
+
+@pytest.mark.parametrize("value", [0, -1, "big", 1000])
+def test_a_bad_max_image_mb_stops_start_up_naming_the_key(tmp_path: Path, value: Any) -> None:
+    config = {"llm.api_type": "offline", "session.roles": ROLES, "image_reader.max_image_mb": value}
+    with pytest.raises(ConfigError, match=r"image_reader\.max_image_mb: expected a number of MB above 0"):
+        TaskWeaverApp(app_dir=tmp_path, config=config)

@@ -37,6 +37,12 @@ class ExtRole(Role):
         self.deps = deps
         self.settings: dict[str, Any] = dict(deps.config.role_settings.get(entry.name, {}))
 
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        """Called once at start-up with the role's config section (``<name>.<key>``) when
+        ``session.roles`` lists it: raise ``ConfigError`` naming the key for a bad value, so a typo
+        stops the app there rather than at each new chat. By default nothing is checked."""
+
     def setting(self, key: str, default: Any) -> Any:
         """A key of this role's config section (``<name>.<key>``), checked against the default's type."""
         value = self.settings.get(key, default)

@@ -108,6 +108,7 @@ def build_role_registry(config: AppConfig, app_dir: Path | None) -> RoleRegistry
             entry = entries[name]
             if entry.alias in registry.aliases or entry.alias == USER:
                 raise ConfigError(f"role file {entry.file}: the alias {entry.alias!r} is taken by another role")
+            entry.cls.check_settings(dict(config.role_settings.get(name, {})))
             registry.register(entry.alias, entry.create, entry.intro)
         else:
             known = ", ".join(["planner", "code_interpreter", *sorted(entries)])

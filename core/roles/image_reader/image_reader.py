@@ -32,6 +32,7 @@ from core.roles.protocol import PLANNER, ReplyContract
 from core.safe_files import Refusal, UnsafeFile, open_file, relative_name
 
 DEFAULT_MAX_IMAGE_MB = 10.0
+MAX_IMAGE_MB_CEILING = 100.0  # model APIs take far less; base64 makes it a third bigger again
 PROMPT_KEYS = ("system", "question", "reask")
 _EXTENSIONS = r"(?:png|jpe?g|gif|webp)"
 # A name in quotes or backticks (it may hold spaces), else a bare word ending in an image extension.
@@ -76,14 +77,11 @@ class ImageReader(ExtRole):
     def __init__(self, deps: RoleDeps, entry: RoleEntry) -> None:
         super().__init__(deps, entry)
         self.prompt = RolePrompt(load_prompt(entry.file.parent), ReplyContract(ImageAnswer))
-        self.max_image_mb = float(self.setting("max_image_mb", DEFAULT_MAX_IMAGE_MB))
-        if self.max_image_mb <= 0:
-            raise ConfigError(f"image_reader.max_image_mb: expected a positive number, got {self.max_image_mb!r}")
+        self.max_image_mb = max_image_mb(self.settings)
 
-    def setting(self, key: str, default: Any) -> Any:
-        if key == "max_image_mb" and isinstance(self.settings.get(key), int):  # 5 means 5.0
-            return float(self.settings[key])
-        return super().setting(key, default)
+    @classmethod
+    def check_settings(cls, settings: dict[str, Any]) -> None:
+        max_image_mb(settings)
 
     def reply(self, ctx: RoundContext) -> Post:
         message = ctx.last_post.message
@@ -124,6 +122,17 @@ class ImageReader(ExtRole):
         proxy.update_message(text, is_end=True)
         proxy.update_send_to(PLANNER)
         return proxy.end()
+
+
+def max_image_mb(settings: dict[str, Any]) -> float:
+    """``image_reader.max_image_mb``: a number above 0 (10 when unset); else a ``ConfigError``."""
+    value = settings.get("max_image_mb", DEFAULT_MAX_IMAGE_MB)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_IMAGE_MB_CEILING:
+        raise ConfigError(
+            f"image_reader.max_image_mb: expected a number of MB above 0 and at most {MAX_IMAGE_MB_CEILING:g}, "
+            f"got {value!r}"
+        )
+    return float(value)
 
 
 def offline_answer(name: str, facts: ImageFacts) -> str:
