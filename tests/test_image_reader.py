@@ -14,9 +14,10 @@ from typing import Any, Iterator
 import pytest
 from PIL import Image
 
-from core import TaskWeaverApp
+from core import SessionEventHandler, TaskWeaverApp, TaskWeaverEvent
 from core.config import load_config
 from core.errors import ConfigError
+from core.events import PostEventType
 from core.llm.base import ChatRequest
 from core.memory import Round
 from core.roles.image_reader.image_facts import image_facts
@@ -67,6 +68,17 @@ def image_parts(request: RecordedRequest) -> list[dict[str, Any]]:
     ]
 
 
+class _Chunks(SessionEventHandler):
+    """The message chunks of each post, as the UI receives them."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[str, list[str]] = {}
+
+    def handle(self, event: TaskWeaverEvent) -> None:
+        if event.t is PostEventType.post_message_update and event.post_id is not None:
+            self.chunks.setdefault(event.post_id, []).append(event.msg)
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[ScriptedLLMServer]:
     scripted = ScriptedLLMServer().start()
@@ -87,7 +99,10 @@ def test_the_planner_asks_image_reader_about_an_uploaded_png(tmp_path: Path, ser
     )
     session = app.get_session()
     try:
-        rnd = session.send_message("What is in my chart?", files=[{"name": "chart.png", "content": png}])
+        seen = _Chunks()
+        rnd = session.send_message(
+            "What is in my chart?", files=[{"name": "chart.png", "content": png}], event_handler=seen
+        )
     finally:
         session.stop()
         app.stop()
@@ -100,6 +115,8 @@ def test_the_planner_asks_image_reader_about_an_uploaded_png(tmp_path: Path, ser
     assert question["type"] == "text" and "What colour is chart.png?" in question["text"]
     assert "PNG image, 3 x 2 pixels" in question["text"]
     assert reader_post(rnd).message == "It is a small red rectangle." and reader_post(rnd).send_to == "Planner"
+    streamed = seen.chunks[reader_post(rnd).id]
+    assert len([c for c in streamed if c]) > 1 and "".join(streamed) == "It is a small red rectangle."
     assert second.body["messages"][-1]["content"] == "From ImageReader: It is a small red rectangle."
     assert rnd.reply_text == "The chart is a small red rectangle."
 

@@ -20,8 +20,11 @@ import yaml
 from pydantic import BaseModel, Field
 
 from core.errors import ConfigError
+from core.events import PostEventProxy
 from core.llm.content import ChatMessage, image_part
+from core.llm.json_stream import FieldEvent
 from core.memory import Post
+from core.roles.base import FieldRenderer
 from core.roles.context import RoundContext
 from core.roles.deps import RoleDeps
 from core.roles.ext import ExtRole, RoleEntry
@@ -83,6 +86,10 @@ class ImageReader(ExtRole):
     def check_settings(cls, settings: dict[str, Any]) -> None:
         max_image_mb(settings)
 
+    def new_renderers(self) -> dict[str, FieldRenderer]:
+        """The answer streams into the post's message, so the step fills in as the model writes."""
+        return {"answer": _stream_message}
+
     def reply(self, ctx: RoundContext) -> Post:
         message = ctx.last_post.message
         name = named_image(message, ctx.cwd_files(limit=1000), ctx.cwd)
@@ -112,7 +119,8 @@ class ImageReader(ExtRole):
         ]
         hints = {"image": {"name": name, "format": facts.format, "width": facts.width, "height": facts.height}}
         proxy, reply = self.ask_model(ctx, messages, hints)
-        proxy.update_message(reply.answer, is_end=True)
+        if proxy.post.message != reply.answer:  # streamed as it came; the validated answer is the word
+            proxy.replace_message(reply.answer)
         proxy.update_send_to(PLANNER)
         return proxy.end()
 
@@ -122,6 +130,13 @@ class ImageReader(ExtRole):
         proxy.update_message(text, is_end=True)
         proxy.update_send_to(PLANNER)
         return proxy.end()
+
+
+def _stream_message(proxy: PostEventProxy, event: FieldEvent) -> None:
+    if event.kind == "chunk":
+        proxy.update_message(event.text, is_end=False)
+    elif event.kind == "end":
+        proxy.update_message("", is_end=True)
 
 
 def max_image_mb(settings: dict[str, Any]) -> float:
