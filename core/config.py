@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from core.compat.config_keys import as_list, translate
+from core.compat.config_keys import OWN_MODEL_ROLES, as_list, translate
 from core.errors import ConfigError
 from core.roles.prompts.templates import load_templates
 from core.roles.verification import DEFAULT_ALLOWED_MODULES, DEFAULT_BLOCKED_FUNCTIONS
@@ -320,8 +320,8 @@ class SessionSettings(BaseModel):
     roles: list[str] = Field(
         ["planner", "code_interpreter"],
         description="the Planner (always there) and the workers: code_interpreter, a shipped role "
-        "(echo, code_interpreter_cli_only, code_interpreter_plugin_only, document_retriever) or a folder of "
-        "<app_dir>/roles/",
+        "(echo, code_interpreter_cli_only, code_interpreter_plugin_only, document_retriever, web_search, "
+        "web_explorer, image_reader) or a folder of <app_dir>/roles/",
     )
 
     _roles_list = field_validator("roles", mode="before")(classmethod(lambda cls, v: as_list(v)))
@@ -495,7 +495,11 @@ class AppConfig(BaseSettings):
     role_settings: dict[str, dict[str, Any]] = {}
 
     def llm_alias_of(self, section: str) -> str | None:
-        """The ``<section>.llm_alias`` set for a role (``ROLE_MODEL_SECTIONS``), None when unset."""
+        """The ``<section>.llm_alias`` set for a role (``ROLE_MODEL_SECTIONS``), None when unset.
+        A shipped role's section (``OWN_MODEL_ROLES``, e.g. ``image_reader``) is in ``role_settings``."""
+        if section in OWN_MODEL_ROLES:
+            alias = self.role_settings.get(section, {}).get("llm_alias")
+            return str(alias) if alias else None
         return getattr(self, section).llm_alias or None
 
     def llm_for_alias(self, alias: str) -> LLMSettings:
@@ -710,7 +714,7 @@ def _check_llm_aliases(config: AppConfig) -> None:
     settings, and every entry must, so a typo stops the app at start with the key named."""
     for name in config.ext_llms.llm_configs:
         config.llm_for_alias(name)
-    for section in ROLE_MODEL_SECTIONS:
+    for section in (*ROLE_MODEL_SECTIONS, *OWN_MODEL_ROLES):
         alias = config.llm_alias_of(section)
         if alias is not None and alias not in config.ext_llms.llm_configs:
             known = ", ".join(sorted(config.ext_llms.llm_configs)) or "none are configured"

@@ -311,7 +311,9 @@ def test_role_keys_go_to_their_role_and_a_model_alias_is_warned(
     assert config.session.roles == ["planner", "shout"]
     assert config.role_settings == {"shout": {"suffix": "?"}}
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["echo.llm_alias is ignored: only the Planner and the CodeInterpreter call a model of their own"]
+    assert lines == [
+        "echo.llm_alias is ignored: only the Planner, the CodeInterpreter and image_reader call a model of their own"
+    ]
 
 
 class _Asked(SessionEventHandler):

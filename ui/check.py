@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.compat.config_keys import OWN_MODEL_ROLES
 from core.config import ROLE_MODEL_SECTIONS, AppConfig, LLMSettings
 from core.errors import ConfigError
 from ui.check_report import FAIL, PASS, SKIP, CheckReport, reachable, skip_rest, snippet
@@ -262,7 +263,8 @@ def role_models_to_check(config: AppConfig) -> list[tuple[str, LLMSettings]]:
         if identity(settings) in seen:
             continue
         seen.add(identity(settings))
-        roles = [section for section in ROLE_MODEL_SECTIONS if config.llm_alias_of(section) == alias]
+        sections = (*ROLE_MODEL_SECTIONS, *OWN_MODEL_ROLES)
+        roles = [section for section in sections if config.llm_alias_of(section) == alias]
         used = f" (used by {', '.join(roles)})" if roles else " (no role uses it)"
         found.append((f"ext_llms.llm_configs.{alias}{used}", settings))
     return found

@@ -64,8 +64,12 @@ EXT_ROLES = frozenset(
         "document_retriever",
         "web_search",
         "web_explorer",
+        "image_reader",
     }
 )
+# Shipped roles that call a model of their own when <name>.llm_alias is set (ImageReader needs a
+# vision model); the others call the chat's model, and their llm_alias is warned.
+OWN_MODEL_ROLES = ("image_reader",)
 _NO_EXPERIENCE = (
     "only the Planner (planner.*) and the CodeInterpreter (code_generator.* or code_interpreter.*) read experience "
     "tips in Weaver"
@@ -126,7 +130,7 @@ IGNORED: tuple[tuple[str, str], ...] = (
         "a prebuilt FAISS index folder is not read (put the documents in data/ instead)",
     ),
     (
-        r"(recepta|image_reader)\..*",
+        r"recepta\..*",
         _NO_ROLE,
     ),
 )
@@ -226,8 +230,10 @@ def translate(
             mapped[f"code_interpreter.{match['key']}"] = value
         elif key == "use_local_uri":
             mapped["code_interpreter.use_local_uri"] = value
-        elif key.split(".", 1)[0] in role_sections and key.endswith(".llm_alias"):
-            notes.append(f"{key} is ignored: only the Planner and the CodeInterpreter call a model of their own")
+        elif key.split(".", 1)[0] in role_sections and key.endswith(".llm_alias") and key[:-10] not in OWN_MODEL_ROLES:
+            notes.append(
+                f"{key} is ignored: only the Planner, the CodeInterpreter and image_reader call a model of their own"
+            )
         elif key.split(".", 1)[0] in role_sections and "." in key and _ignored_note(key, key) is None:
             section_name, name = key.split(".", 1)
             role_settings.setdefault(section_name, {})[name] = value  # the role reads it (core/roles/ext.py)

@@ -36,7 +36,7 @@ from core.llm.http_stream import (
     sse_events,
 )
 from core.llm.sampling import supported_options
-from core.llm.turns import split_system
+from core.llm.turns import Turn, split_system
 
 logger = logging.getLogger("weaver.llm")
 
@@ -83,12 +83,12 @@ class AnthropicBackend(StreamingBackend):
     def body(self, request: ChatRequest) -> tuple[dict[str, Any], bool]:
         """The ``/v1/messages`` body, and whether its last turn is the ``{`` prefill."""
         s = self.settings
-        system, turns = split_system(request.messages)
+        system, turns = split_system(request.messages, "Anthropic")
         wants_json = request.json_mode and s.response_format == "json_object"
         prefill = wants_json and self.prefill and bool(turns) and turns[-1].role == "user"
         if wants_json and not self.prefill:
             system = f"{system}\n\n{JSON_ONLY}" if system else JSON_ONLY
-        messages = [{"role": turn.role, "content": turn.text} for turn in turns]
+        messages: list[dict[str, Any]] = [{"role": turn.role, "content": _content(turn)} for turn in turns]
         if prefill:
             messages.append({"role": "assistant", "content": "{"})
         body: dict[str, Any] = {
@@ -105,6 +105,19 @@ class AnthropicBackend(StreamingBackend):
         for key, value in sampling.items():
             body[_NAMES[key]] = value
         return body, prefill
+
+
+def _content(turn: Turn) -> str | list[dict[str, Any]]:
+    """A turn's text, or with images: Anthropic's base64 image blocks, then the text block."""
+    if not turn.images:
+        return turn.text
+    blocks: list[dict[str, Any]] = [
+        {"type": "image", "source": {"type": "base64", "media_type": image.mime, "data": image.data}}
+        for image in turn.images
+    ]
+    if turn.text.strip():
+        blocks.append({"type": "text", "text": turn.text})
+    return blocks
 
 
 class _Call(StreamedCall):

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
 
 from core.cancel import CancelToken
 
 if TYPE_CHECKING:
     from core.config import LLMSettings
+
+
+# A message's content: text, or OpenAI-style parts (text and data-URL images; core/llm/content.py).
+ContentPart = dict[str, Any]
+MessageContent = Union[str, list[ContentPart]]
+ChatMessage = Mapping[str, MessageContent]
 
 
 class LLMError(Exception):
@@ -44,12 +50,14 @@ class LLMCallRecord:
 class ChatRequest:
     """What a role asks of a model.
 
-    ``messages`` is the OpenAI chat-message list that real backends send. ``hints`` carries the same
-    situation as structured data for the offline backend, which must not pretend to read prose.
+    ``messages`` is the OpenAI chat-message list that real backends send; a content may be a list
+    of parts with images (core/llm/content.py), which each backend sends in its provider's format.
+    ``hints`` carries the same situation as structured data for the offline backend, which must not
+    pretend to read prose.
     """
 
     role: str
-    messages: list[dict[str, str]]
+    messages: Sequence[ChatMessage]
     hints: dict[str, Any] = field(default_factory=dict)
     json_mode: bool = True
     record: LLMCallRecord | None = None

@@ -37,7 +37,7 @@ from core.llm.http_stream import (
     sse_events,
 )
 from core.llm.sampling import supported_options
-from core.llm.turns import split_system
+from core.llm.turns import Turn, split_system
 
 logger = logging.getLogger("weaver.llm")
 
@@ -108,7 +108,7 @@ class GeminiBackend(StreamingBackend):
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """The ``streamGenerateContent`` body: contents, ``systemInstruction``, ``generationConfig``."""
         s = self.settings
-        system, turns = split_system(request.messages)
+        system, turns = split_system(request.messages, "Gemini")
         config: dict[str, Any] = {"temperature": s.temperature}
         if s.max_tokens:
             config["maxOutputTokens"] = s.max_tokens
@@ -118,14 +118,21 @@ class GeminiBackend(StreamingBackend):
             config["responseMimeType"] = "application/json"
         body: dict[str, Any] = {
             "contents": [
-                {"role": "model" if turn.role == "assistant" else "user", "parts": [{"text": turn.text}]}
-                for turn in turns
+                {"role": "model" if turn.role == "assistant" else "user", "parts": _parts(turn)} for turn in turns
             ],
             "generationConfig": config,
         }
         if system:
             body["systemInstruction"] = {"parts": [{"text": system}]}
         return body
+
+
+def _parts(turn: Turn) -> list[dict[str, Any]]:
+    """A turn's parts: each image as ``inlineData`` (base64), then its text."""
+    parts: list[dict[str, Any]] = [{"inlineData": {"mimeType": i.mime, "data": i.data}} for i in turn.images]
+    if turn.text.strip() or not parts:
+        parts.append({"text": turn.text})
+    return parts
 
 
 class _Call(StreamedCall):

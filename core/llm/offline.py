@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from core.cancel import CancelToken
 from core.llm.base import ChatRequest, LLMBackend
+from core.llm.content import text_of
 from core.llm.offline_profile import profile_code
 from core.text import fence
 
@@ -51,6 +52,7 @@ FIND_IN_DOCUMENTS = re.compile(
     r"(?P<query2>.+?)\s*[.?!]?\s*$",
     re.IGNORECASE | re.DOTALL,
 )
+IMAGE_NAME = re.compile(r"(?<![\w./-])[\w./-]{1,255}\.(?:png|jpe?g|gif|webp)\b", re.IGNORECASE)
 PROFILE_COMMAND = re.compile(r"^\s*profile\s+([A-Za-z_][A-Za-z0-9_]*)\s*[.!]?\s*$", re.IGNORECASE)
 
 
@@ -107,7 +109,7 @@ class OfflineBackend(LLMBackend):
             return None
         if not self.datasets or not request.messages or request.messages[-1].get("role") != "user":
             return None
-        text = request.messages[-1].get("content", "")
+        text = text_of(request.messages[-1].get("content"))
         message = text.split(":", 1)[1] if text.startswith("From User:") else text
         match = PROFILE_COMMAND.match(message)
         dataset = self.datasets.get(match.group(1).lower()) if match else None
@@ -159,6 +161,9 @@ class OfflineBackend(LLMBackend):
                 "send_to": "CodeInterpreter",
                 "message": f"Please run this code exactly as written:\n{fence(code, 'python')}",
             }
+        image = _image_request(hints, files)
+        if image is not None:
+            return image
         if files:
             listed = ", ".join(files)
             return {
@@ -299,6 +304,24 @@ def _explore_request(hints: dict[str, Any]) -> dict[str, Any] | None:
         "current_plan_step": "Have WebExplorer read the page",
         "send_to": "WebExplorer",
         "message": f"Read {match.group(1)}",
+    }
+
+
+def _image_request(hints: dict[str, Any], files: list[str]) -> dict[str, Any] | None:
+    """With ImageReader registered: an image the request names, else one just added, goes to it."""
+    if "ImageReader" not in (hints.get("workers") or []):
+        return None
+    named = IMAGE_NAME.search(str(hints.get("request") or ""))
+    added = [f for f in files if IMAGE_NAME.fullmatch(f)]
+    name = named.group(0) if named is not None else (added[0] if added else None)
+    if name is None:
+        return None
+    return {
+        "thought": "The request is about an image; ImageReader reads it.",
+        "plan": [f"Have ImageReader read {name}", "Tell the user what it said"],
+        "current_plan_step": f"Have ImageReader read {name}",
+        "send_to": "ImageReader",
+        "message": f"What does the image {name} show?",
     }
 
 

@@ -16,6 +16,7 @@ import httpx
 from core.cancel import CancelToken
 from core.config import LLMSettings
 from core.llm.base import ChatRequest, LLMError
+from core.llm.content import ChatMessage, images_of, text_of
 from core.llm.http_stream import (
     Retry,
     StreamedCall,
@@ -73,10 +74,23 @@ class OllamaBackend(StreamingBackend):
             options["num_predict"] = s.max_tokens
         for key, value in supported_options(s, self.name, _OPTION_NAMES).items():
             options[_OPTION_NAMES[key]] = value
-        body: dict[str, Any] = {"model": s.model, "messages": request.messages, "stream": True, "options": options}
+        messages = [_message(m) for m in request.messages]
+        body: dict[str, Any] = {"model": s.model, "messages": messages, "stream": True, "options": options}
         if request.json_mode and s.response_format == "json_object":
             body["format"] = "json"
         return body
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """Ollama's chat message: content parts become its text plus ``images`` (base64, no data URL)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return dict(message)
+    out: dict[str, Any] = {**message, "content": text_of(content)}
+    images = images_of(content, "Ollama")
+    if images:
+        out["images"] = [image.data for image in images]
+    return out
 
 
 class _Call(StreamedCall):

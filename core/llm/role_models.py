@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Sequence
 
+from core.compat.config_keys import OWN_MODEL_ROLES
 from core.config import ROLE_MODEL_SECTIONS, AppConfig, LLMSettings
 from core.llm.base import LLMBackend
 from core.llm.factory import create_backend
@@ -21,10 +22,11 @@ if TYPE_CHECKING:
 # The names a caller may use for a role: its config section, TaskWeaver's code_generator, or a
 # session's role alias (``core.roles.protocol``).
 ROLE_SECTIONS = {
-    **{section: section for section in ROLE_MODEL_SECTIONS},
+    **{section: section for section in (*ROLE_MODEL_SECTIONS, *OWN_MODEL_ROLES)},
     "code_generator": "code_interpreter",
     "Planner": "planner",
     "CodeInterpreter": "code_interpreter",
+    "ImageReader": "image_reader",  # core/roles/image_reader/: image_reader.llm_alias, a vision model
 }
 
 

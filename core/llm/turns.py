@@ -7,31 +7,38 @@ as one; merging them here keeps the request the same whatever the API version do
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from core.llm.content import ChatMessage, InlineImage, images_of, text_of
 
 
 @dataclass
 class Turn:
     role: str  # "user" or "assistant"
     text: str
+    images: list[InlineImage] = field(default_factory=list)  # a message's image parts (data URLs)
 
 
-def split_system(messages: list[dict[str, str]]) -> tuple[str, list[Turn]]:
+def split_system(messages: Sequence[ChatMessage], provider: str = "this provider") -> tuple[str, list[Turn]]:
     """The system messages' text (joined by a blank line) and the other messages as turns, where
-    neighbours of one role are joined by a blank line too. Empty messages are left out: both APIs
-    refuse an empty text part."""
+    neighbours of one role are joined by a blank line too (their images kept in order). Empty
+    messages are left out: both APIs refuse an empty text part. An image that is not a data URL
+    is an ``LLMError`` naming ``provider``."""
     system: list[str] = []
     turns: list[Turn] = []
     for message in messages:
-        role, text = message.get("role", "user"), str(message.get("content") or "")
-        if not text.strip():
+        role, content = str(message.get("role", "user")), message.get("content")
+        text, images = text_of(content), images_of(content, provider)
+        if not text.strip() and not images:
             continue
         if role == "system":
             system.append(text)
             continue
         role = "assistant" if role == "assistant" else "user"
         if turns and turns[-1].role == role:
-            turns[-1].text = f"{turns[-1].text}\n\n{text}"
+            turns[-1].text = f"{turns[-1].text}\n\n{text}" if text.strip() else turns[-1].text
+            turns[-1].images.extend(images)
         else:
-            turns.append(Turn(role, text))
+            turns.append(Turn(role, text, images))
     return "\n\n".join(system), turns

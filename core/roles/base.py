@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from opentelemetry.trace import Span
 
@@ -17,7 +17,7 @@ from core.experience import ExperienceShelf
 from core.experience import log as experience_log
 from core.experience import named_sub_path as experience_sub_path
 from core.ids import create_id
-from core.llm.base import ChatRequest, LLMBackend, LLMCallRecord
+from core.llm.base import ChatMessage, ChatRequest, LLMBackend, LLMCallRecord
 from core.llm.json_stream import FieldEvent, JsonProtocolError, JsonStreamParser
 from core.memory import AttachmentType, Post, PostStatus
 from core.roles.context import RoundContext, RoundFailed
@@ -153,7 +153,7 @@ class Role(abc.ABC):
     def ask_model(
         self,
         ctx: RoundContext,
-        messages: list[dict[str, str]],
+        messages: Sequence[ChatMessage],
         hints: dict[str, Any],
     ) -> tuple[PostEventProxy, Any]:
         """Stream one answer into a new post; an unusable answer gets one corrective re-ask."""
@@ -177,7 +177,8 @@ class Role(abc.ABC):
                         f"The {self.alias}'s model answered twice with something that is not the expected "
                         f"JSON, so this round stopped. Last problem: {exc}"
                     ) from None
-                messages = messages + [
+                messages = [
+                    *messages,
                     {"role": "assistant", "content": text},
                     {"role": "user", "content": self.prompt.reask(str(exc))},
                 ]
@@ -185,7 +186,7 @@ class Role(abc.ABC):
         raise AssertionError("unreachable")
 
     def _stream_into(
-        self, ctx: RoundContext, proxy: PostEventProxy, messages: list[dict[str, str]], hints: dict[str, Any]
+        self, ctx: RoundContext, proxy: PostEventProxy, messages: Sequence[ChatMessage], hints: dict[str, Any]
     ) -> str:
         request = ChatRequest(role=self.alias, messages=messages, hints=hints)
         assert request.record is not None

@@ -43,8 +43,10 @@ class ExtRole(Role):
 
     @classmethod
     def check_startup(cls, name: str, settings: dict[str, Any]) -> None:
-        """Called once at start for a role ``session.roles`` lists, with its config section: a role
-        that must be allowed, or needs a setting, raises ``ConfigError`` here so the app does not start."""
+        """Called once at start for a role ``session.roles`` lists, with its config section
+        (``<name>.<key>``): a role that must be allowed, or a bad value, raises ``ConfigError`` naming
+        the key here, so the app does not start rather than failing at each new chat. By default
+        nothing is checked."""
 
 
 def section_setting(name: str, settings: dict[str, Any], key: str, default: Any) -> Any:
