@@ -127,10 +127,10 @@ def record_from_thread(
     )
 
 
-async def export_from_history(app_dir: Path, thread_id: str, fmt: ExportFormat) -> tuple[ChatRecord, bytes] | None:
-    """The chat ``thread_id`` of the history the server of ``app_dir`` uses (``WEAVER_DATABASE_URL``,
-    else ``<app_dir>/weaver.db``), exported; None when there is no such chat. Reads only: the
-    schema is checked, no server's spool is touched."""
+async def read_thread(app_dir: Path, thread_id: str) -> Any | None:
+    """The chat ``thread_id`` as the history of ``app_dir``'s server holds it (``WEAVER_DATABASE_URL``,
+    else ``<app_dir>/weaver.db``), or None. Reads only: the schema is checked, no server's spool is
+    touched."""
     from ui.history import database_url_for, history_settings, make_storage
     from ui.history.layer import WeaverDataLayer
 
@@ -142,9 +142,16 @@ async def export_from_history(app_dir: Path, thread_id: str, fmt: ExportFormat) 
     )
     try:
         await layer.open()
-        thread = await layer.get_thread(thread_id)
+        return await layer.get_thread(thread_id)
     finally:
         await layer.close()
+
+
+async def export_from_history(app_dir: Path, thread_id: str, fmt: ExportFormat) -> tuple[ChatRecord, bytes] | None:
+    """The chat ``thread_id`` of the history the server of ``app_dir`` uses (``WEAVER_DATABASE_URL``,
+    else ``<app_dir>/weaver.db``), exported; None when there is no such chat. Reads only: the
+    schema is checked, no server's spool is touched."""
+    thread = await read_thread(app_dir, thread_id)
     if thread is None:
         return None
     limits = ExportLimits.from_settings(ui_settings())

@@ -29,20 +29,9 @@ PREVIEW_CHARS = 100
 
 async def session_of_chat(app_dir: Path, thread_id: str) -> str | None:
     """The Weaver session of chat ``thread_id`` in the history of ``app_dir``'s server, if any."""
-    from ui.history import database_url_for, history_settings, make_storage
-    from ui.history.layer import WeaverDataLayer
+    from ui.chat_export import read_thread
 
-    settings = history_settings()
-    if settings.database_url is None and not (app_dir / "weaver.db").is_file():
-        return None
-    layer = WeaverDataLayer(
-        database_url_for(app_dir, settings.database_url), make_storage(app_dir, settings.file_storage)
-    )
-    try:
-        await layer.open()
-        thread = await layer.get_thread(thread_id)
-    finally:
-        await layer.close()
+    thread = await read_thread(app_dir, thread_id)
     return session_of(thread) if thread is not None else None
 
 

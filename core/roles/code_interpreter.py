@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core import metrics
-from core.approval import ApprovalGate, Decision
+from core.approval import ApprovalGate
 from core.cancel import RoundCancelled
 from core.events import PostEventProxy
 from core.execution.kernel import KernelExecutor
@@ -16,11 +16,12 @@ from core.memory import AttachmentType, ExecutionStatus, Post, PostStatus
 from core.plugins.catalog import describe_plugins
 from core.plugins.selection import PluginSelector, Selection
 from core.plugins.spec import PluginSpec
+from core.roles.approval_wait import approved_code
 from core.roles.base import FieldRenderer, Role, StreamedField
 from core.roles.context import RoundContext
 from core.roles.planner import extract_code_blocks
 from core.roles.prompts import CodePrompt
-from core.roles.protocol import CODE_INTERPRETER, PLANNER, USER
+from core.roles.protocol import CODE_INTERPRETER, PLANNER
 from core.roles.verification import describe_rules, verify_code
 
 USER_EDITED_NOTE = "Note: the user edited this code before it ran; it ran as shown.\n"
@@ -130,29 +131,15 @@ class CodeInterpreter(Role):
         return self.plugin_selector.select(specs, query, earlier)
 
     def _approved(self, ctx: RoundContext, gate: ApprovalGate, proxy: PostEventProxy, code: str) -> str | None:
-        """Wait for the user's answer to ``code``: the code to run (the user's edit replaces it in the
-        post, so the round's memory holds what ran), or None (the post then says why nothing ran).
-        Stop raises ``RoundCancelled`` from the wait."""
-        timeout = self.config.code_interpreter.confirmation_timeout
-        proxy.update_status(PostStatus.awaiting_approval)
-        proxy.request_approval(code, timeout)
-        answer = gate.wait(proxy.post.id, timeout, ctx.cancel)
-        if answer.decision is Decision.RUN:
-            return code
-        if answer.decision is Decision.EDIT and answer.code is not None:
+        """The code to run after the user's answer; an edit replaces the code in the post, so the
+        round's memory holds what ran."""
+
+        def replace(edited: str) -> None:
             content = next(a for a in proxy.post.attachment_list if a.type == AttachmentType.reply_content)
-            proxy.replace_attachment(content, answer.code)
-            return answer.code
-        if answer.decision is Decision.TIMED_OUT:
-            said = (
-                f"Nobody approved the code within {timeout:g} s (code_interpreter.confirmation_timeout), "
-                "so it was not run."
-            )
-        else:
-            said = "You cancelled the code, so nothing was run."
-        proxy.update_message(said, is_end=True)
-        proxy.update_send_to(USER)
-        return None
+            proxy.replace_attachment(content, edited)
+
+        timeout = self.config.code_interpreter.confirmation_timeout
+        return approved_code(gate, proxy, code, timeout, ctx.cancel, on_edit=replace)
 
     def _verified(self, ctx: RoundContext, proxy: PostEventProxy, code: str) -> bool:
         """Check the code against the app's rules before it runs; on errors the post says why, the

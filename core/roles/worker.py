@@ -13,16 +13,16 @@ from typing import Any, Callable
 import yaml
 
 from core import metrics
-from core.approval import Decision
 from core.errors import ConfigError
 from core.events import PostEventProxy
 from core.memory import AttachmentType, Post, PostStatus, Round
+from core.roles.approval_wait import approved_code
 from core.roles.context import RoundContext
 from core.roles.ext import ExtRole
 from core.roles.prompts import Message, RolePrompt
 from core.roles.prompts.history import recent_posts
 from core.roles.prompts.templates import PromptTemplates
-from core.roles.protocol import PLANNER, USER, ReplyContract
+from core.roles.protocol import PLANNER, ReplyContract
 
 PROMPT_KEYS = ("system", "reask", "incoming", "execution_result")
 
@@ -117,23 +117,7 @@ class KernelWorker(ExtRole):
         """The code to run after the user's answer, or None (nothing runs; the round ends saying why)."""
         assert ctx.approvals is not None
         timeout = self.config.code_interpreter.confirmation_timeout
-        proxy.update_status(PostStatus.awaiting_approval)
-        proxy.request_approval(code, timeout)
-        answer = ctx.approvals.wait(proxy.post.id, timeout, ctx.cancel)
-        if answer.decision is Decision.RUN:
-            return code
-        if answer.decision is Decision.EDIT and answer.code is not None:
-            return answer.code
-        if answer.decision is Decision.TIMED_OUT:
-            said = (
-                f"Nobody approved the code within {timeout:g} s (code_interpreter.confirmation_timeout), "
-                "so it was not run."
-            )
-        else:
-            said = "You cancelled the code, so nothing was run."
-        proxy.update_message(said, is_end=True)
-        proxy.update_send_to(USER)
-        return None
+        return approved_code(ctx.approvals, proxy, code, timeout, ctx.cancel)
 
     def refuse(self, proxy: PostEventProxy, message: str) -> Post:
         """Nothing ran: the reason goes back to the Planner."""
