@@ -40,6 +40,8 @@ from core.llm.base import ChatRequest, LLMBackend
 from core.memory import AttachmentType, Post, Round
 from core.retrieval import Ranker, create_ranker
 from core.roles.prompts.templates import load_templates
+from core.sub_paths import named_sub_path as shared_sub_path
+from core.sub_paths import sub_folder
 
 log = logging.getLogger("weaver.experience")
 
@@ -256,22 +258,9 @@ def _shared_folder(config: AppConfig) -> Path:
 
 
 def named_sub_path(posts: Iterable[Post], session_vars: Mapping[str, str]) -> str:
-    """The sub-folder a chat names: the last ``shared_memory_entry`` of type ``experience_sub_path``
-    a role posted (TaskWeaver's way), else the session variable of that name."""
-    found = ""
-    for post in posts:
-        for attachment in post.get_attachment(AttachmentType.shared_memory_entry):
-            entry = attachment.extra if isinstance(attachment.extra, Mapping) else attachment.content
-            if isinstance(entry, Mapping) and entry.get("type") == SUB_PATH_KEY and entry.get("content"):
-                found = str(entry["content"])
-    return found or str(session_vars.get(SUB_PATH_KEY) or "")
-
-
-def _inside(base: Path, sub_path: str) -> Path | None:
-    if not sub_path or os.path.isabs(sub_path):
-        return None
-    target = (base / sub_path).resolve()
-    return target if target.is_relative_to(base.resolve()) else None
+    """The tips' sub-folder a chat names (``experience_sub_path``: a role's shared-memory entry,
+    else the session variable)."""
+    return shared_sub_path(posts, session_vars, SUB_PATH_KEY)
 
 
 _TIPS_KEPT = 64
@@ -331,7 +320,7 @@ class ExperienceShelf:
             return []
         folder: Path | None = self.folder
         if self.dynamic:
-            folder = _inside(self.folder, sub_path)
+            folder = sub_folder(self.folder, sub_path)
             if folder is None:
                 if sub_path:
                     log.warning("%s: experience sub-path %r leaves %s; no tips used", self.alias, sub_path, self.folder)

@@ -12,7 +12,6 @@ Each file is one conversation: ``enabled``, then ``rounds`` of ``user_query``, `
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import ConfigError
 from core.memory import Attachment, AttachmentType, ExecutionStatus, Post, Round
+from core.sub_paths import named_sub_path as shared_sub_path
+from core.sub_paths import sub_folder
 
 log = logging.getLogger("weaver.examples")
 
@@ -292,31 +293,13 @@ def check_example_folder(folder: Path, recursive: bool = False, known_roles: Ite
     return len(files)
 
 
-def sub_folder(base: Path, sub_path: str) -> Path | None:
-    """``base / sub_path`` when it stays inside ``base``; ``None`` for a path that would leave it."""
-    if not sub_path or os.path.isabs(sub_path):
-        return None
-    target = (base / sub_path).resolve()
-    try:
-        target.relative_to(base.resolve())
-    except ValueError:
-        return None
-    return target
-
-
 SUB_PATH_KEY = "example_sub_path"  # TaskWeaver's shared-memory entry type, and Weaver's session variable
 
 
 def named_sub_path(posts: Iterable[Post], session_vars: Mapping[str, str]) -> str:
-    """The example sub-folder a chat names: the last ``shared_memory_entry`` of type
-    ``example_sub_path`` a role posted (TaskWeaver's way), else the session variable of that name."""
-    found = ""
-    for post in posts:
-        for attachment in post.get_attachment(AttachmentType.shared_memory_entry):
-            entry = attachment.extra if isinstance(attachment.extra, Mapping) else attachment.content
-            if isinstance(entry, Mapping) and entry.get("type") == SUB_PATH_KEY and entry.get("content"):
-                found = str(entry["content"])
-    return found or str(session_vars.get(SUB_PATH_KEY) or "")
+    """The example sub-folder a chat names (``example_sub_path``: a role's shared-memory entry, else
+    the session variable)."""
+    return shared_sub_path(posts, session_vars, SUB_PATH_KEY)
 
 
 _CACHE_KEPT = 64

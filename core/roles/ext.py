@@ -21,6 +21,7 @@ import yaml
 from core.errors import ConfigError
 from core.roles.base import Role
 from core.roles.deps import RoleDeps
+from core.roles.prompts.templates import PromptTemplates
 
 ROLE_FILE_SUFFIX = ".role.yaml"
 _ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\Z")
@@ -129,3 +130,16 @@ def _role_class(folder: Path, name: str, module: str, where: str) -> type[ExtRol
     if not (isinstance(cls, type) and issubclass(cls, ExtRole)):
         raise ConfigError(f"role file {where}: {module} is not a class derived from core.roles.ext.ExtRole")
     return cls
+
+
+def role_prompt(role_file: Path, keys: tuple[str, ...]) -> PromptTemplates:
+    """The role's ``prompt.yaml`` beside its role file, with the text ``keys`` it must hold; a
+    missing or broken one stops start-up naming the file."""
+    path = role_file.parent / "prompt.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"role prompt {path}: cannot be read ({' '.join(str(exc).split())})") from None
+    if not isinstance(data, dict) or any(not isinstance(data.get(k), str) for k in keys):
+        raise ConfigError(f"role prompt {path}: needs the text keys {', '.join(keys)}")
+    return PromptTemplates(role_file.parent.name, {k: data[k] for k in keys}, str(path))

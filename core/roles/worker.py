@@ -10,15 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from core import metrics
-from core.errors import ConfigError
 from core.events import PostEventProxy
 from core.memory import AttachmentType, Post, PostStatus, Round
 from core.roles.approval_wait import approved_code
 from core.roles.context import RoundContext
-from core.roles.ext import ExtRole
+from core.roles.ext import ExtRole, role_prompt
 from core.roles.prompts import Message, RolePrompt
 from core.roles.prompts.history import recent_posts
 from core.roles.prompts.templates import PromptTemplates
@@ -28,15 +25,8 @@ PROMPT_KEYS = ("system", "reask", "incoming", "execution_result")
 
 
 def folder_templates(role_file: Path) -> PromptTemplates:
-    """The role's ``prompt.yaml``, beside its role file; a missing key stops start-up naming the file."""
-    path = role_file.parent / "prompt.yaml"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, ValueError) as exc:
-        raise ConfigError(f"role prompt {path}: cannot be read ({' '.join(str(exc).split())})") from None
-    if not isinstance(data, dict) or any(not isinstance(data.get(k), str) for k in PROMPT_KEYS):
-        raise ConfigError(f"role prompt {path}: needs the text keys {', '.join(PROMPT_KEYS)}")
-    return PromptTemplates(role_file.parent.name, {k: data[k] for k in PROMPT_KEYS}, str(path))
+    """A code role's ``prompt.yaml`` (its system prompt, re-ask, incoming and result turns)."""
+    return role_prompt(role_file, PROMPT_KEYS)
 
 
 def _listing(items: list[str] | str) -> str:

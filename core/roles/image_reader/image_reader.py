@@ -16,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, Field
 
 from core.errors import ConfigError
@@ -27,10 +26,9 @@ from core.memory import Post
 from core.roles.base import FieldRenderer
 from core.roles.context import RoundContext
 from core.roles.deps import RoleDeps
-from core.roles.ext import ExtRole, RoleEntry
+from core.roles.ext import ExtRole, RoleEntry, role_prompt
 from core.roles.image_reader.image_facts import ImageFacts, image_facts
 from core.roles.prompts import RolePrompt
-from core.roles.prompts.templates import PromptTemplates
 from core.roles.protocol import PLANNER, ReplyContract
 from core.safe_files import Refusal, UnsafeFile, open_file, relative_name
 
@@ -45,17 +43,6 @@ _BARE = re.compile(r"(?<![\w./-])([\w./-]{1,255}\." + _EXTENSIONS + r")\b", re.I
 
 class ImageAnswer(BaseModel):
     answer: str = Field(description="your answer about the image")
-
-
-def load_prompt(folder: Path) -> PromptTemplates:
-    path = folder / "prompt.yaml"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, ValueError) as exc:
-        raise ConfigError(f"role prompt {path}: cannot be read ({' '.join(str(exc).split())})") from None
-    if not isinstance(data, dict) or any(not isinstance(data.get(k), str) for k in PROMPT_KEYS):
-        raise ConfigError(f"role prompt {path}: needs the text keys {', '.join(PROMPT_KEYS)}")
-    return PromptTemplates(folder.name, {k: data[k] for k in PROMPT_KEYS}, str(path))
 
 
 def named_image(message: str, files: list[str], cwd: Path) -> str | None:
@@ -79,7 +66,7 @@ def named_image(message: str, files: list[str], cwd: Path) -> str | None:
 class ImageReader(ExtRole):
     def __init__(self, deps: RoleDeps, entry: RoleEntry) -> None:
         super().__init__(deps, entry)
-        self.prompt = RolePrompt(load_prompt(entry.file.parent), ReplyContract(ImageAnswer))
+        self.prompt = RolePrompt(role_prompt(entry.file, PROMPT_KEYS), ReplyContract(ImageAnswer))
         self.max_image_mb = max_image_mb(self.settings)
 
     @classmethod
