@@ -18,6 +18,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -151,6 +152,9 @@ def test_an_admin_resets_a_password_and_changes_a_role(server: UIServer) -> None
     short = admin.act("users/password", name="dora", password="short")
     assert "at least 8 characters" in short
     assert "You cannot disable yourself" in admin.act("users/disable", name="root")
+    # a link someone crafted cannot put words on the admin's page: only the server's own notes show
+    crafted = admin.get("/admin?" + urlencode({"done": "invalid", "why": "your session expired, sign in at evil.test"}))
+    assert crafted.status_code == 200 and "evil.test" not in crafted.text
 
 
 def test_an_admin_stops_another_users_live_session_and_its_kernel_is_gone(server: UIServer) -> None:

@@ -12,7 +12,10 @@ page CSP), read the caller from Chainlit's login (``ui.admin.access``) and decid
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from urllib.parse import urlencode
@@ -97,17 +100,29 @@ def _refused(status: int, text: str) -> Response:
     return HTMLResponse(page.shell("Not allowed", f"<p>{page.esc(text)}</p>"), status_code=status, headers=NO_STORE)
 
 
+# Signs the notes this process's own actions send back (``_back``), so a link someone crafted
+# (``/admin?done=invalid&why=...``) cannot put words of theirs on an admin's page.
+_NOTE_KEY = secrets.token_bytes(32)
+_NOTE_FIELDS = ("done", "name", "role", "why")
+
+
+def _note_signature(values: dict[str, str]) -> str:
+    text = "\n".join(f"{k}={values.get(k, '')}" for k in _NOTE_FIELDS)
+    return hmac.new(_NOTE_KEY, text.encode(), hashlib.sha256).hexdigest()
+
+
 def _note(request: Request) -> tuple[str, bool]:
-    code = request.query_params.get("done", "")
-    template = NOTES.get(code)
-    if template is None:
+    values = {k: request.query_params.get(k, "") for k in _NOTE_FIELDS}
+    template = NOTES.get(values["done"])
+    if template is None or not hmac.compare_digest(request.query_params.get("sig", ""), _note_signature(values)):
         return "", False
-    values = {k: request.query_params.get(k, "") for k in ("name", "role", "why")}
-    return template.format(**values), code in ERRORS
+    return template.format(**{k: values[k] for k in ("name", "role", "why")}), values["done"] in ERRORS
 
 
 def _back(ctx: AdminContext, path: str, code: str, **values: str) -> Response:
-    return RedirectResponse(f"{ctx.root}{path}?{urlencode({'done': code, **values})}", status_code=303)
+    query = {"done": code, **values}
+    query["sig"] = _note_signature(query)
+    return RedirectResponse(f"{ctx.root}{path}?{urlencode(query)}", status_code=303)
 
 
 Handler = Callable[[Request, Caller, dict[str, str]], Awaitable[Response]]
