@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.llm_server import Answer, ScriptedLLMServer
-from tests.test_ui_browser import CHROMIUM, _browser_page, _chat_started
+from tests.test_ui_browser import ARTIFACTS, CHROMIUM, _browser_page, _chat_started
 from tests.ui_harness import start_server, stop_server
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
@@ -53,6 +53,9 @@ def test_the_usage_step_shows_the_rounds_tokens_and_cost(tmp_path: Path) -> None
             header.click()
             expect(page.get_by_text("1 call · 11 in · 7 out · $0.0250", exact=False).first).to_be_visible()
             expect(page.get_by_text("scripted-model").first).to_be_visible()
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.get_by_text("scripted-model").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "ui_usage_step.png"), full_page=True)
     finally:
         stop_server(server)
         llm.stop()

@@ -192,8 +192,8 @@ class AdminRoutes:
             + page.sessions_section(ctx.root, who.csrf, session_rows(ctx.owner, names))
             + page.usage_section(usage)
             + page.feedback_section(feedback)
-            + page.figures_section(glance())
             + page.experience_section(ctx.root, who.csrf, await self._tips())
+            + page.figures_section(glance())
         )
         return HTMLResponse(page.shell("Weaver admin", body, note, error), headers=NO_STORE)
 
