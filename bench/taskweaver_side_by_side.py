@@ -639,6 +639,7 @@ class Figures:
     rounds: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     crowd: dict[str, list[dict[str, int]]] = field(default_factory=dict)
     crowd_tree_kb: dict[str, list[float]] = field(default_factory=dict)
+    crowd_pids: list[int] = field(default_factory=list)
     load_start: float = field(default_factory=lambda: os.getloadavg()[0])
 
 
@@ -674,8 +675,24 @@ def measure_crowd(sides: dict[str, Side], n: int, repeats: int, figures: Figures
             if len(pids) != n:
                 raise SystemExit(f"{name}: expected {n} kernels, found {len(pids)}")
             figures.crowd.setdefault(name, []).extend(kb_fields(p) for p in pids)
+            figures.crowd_pids += pids
             figures.crowd_tree_kb.setdefault(name, []).append((tree_pss_kb(driver) - before) / n)
             sides[name].ask("release")
+
+
+def leftovers(figures: Figures) -> list[int]:
+    """The kernels seen in the run that still exist (not zombies) now that the drivers are gone."""
+    seen = {int(p) for rows in figures.first.values() for row in rows for p in row["kernel_pids"]}
+    seen |= set(figures.crowd_pids)
+    left = []
+    for pid in sorted(seen):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            left.append(pid)
+    return left
 
 
 def report(figures: Figures, tw_version: str, args: argparse.Namespace) -> None:
@@ -785,6 +802,10 @@ def parent_main(args: argparse.Namespace) -> None:
             for side in sides.values():
                 side.close()
             report(figures, tw_version, args)
+            left = leftovers(figures)
+            print(f"\nkernel processes left after both drivers stopped: {len(left)}")
+            if left:
+                raise SystemExit(1)
     finally:
         for side in sides.values():
             side.close()
