@@ -26,7 +26,8 @@ prints 385), and a Planner reply to the User. Measured, per side:
     changed), which is the framework's own work.
 
 TaskWeaver runs in its ``local`` kernel mode (its default ``container`` mode needs Docker): its
-kernels are plain, unsandboxed processes of the user, while Weaver's default kernels are sandboxed.
+kernels are plain, unsandboxed processes of the user, while Weaver's default kernels are sandboxed
+and run at a lower CPU priority (``execution.nice``; ``--weaver-kernel-nice 0`` levels it).
 
 The script never installs TaskWeaver. Give it the path of a Python interpreter that can
 ``import taskweaver``: for instance make a virtual environment outside this repository, clone
@@ -35,7 +36,7 @@ itself in editable mode with that environment's pip. Without such an interpreter
 exit code 2.
 
     python bench/taskweaver_side_by_side.py --taskweaver-python /path/to/venv/bin/python \\
-        [--repeats 5] [--rounds 10] [--round-blocks 3] [--crowd 20]
+        [--repeats 5] [--rounds 10] [--round-blocks 3] [--crowd 20] [--weaver-kernel-nice N]
 """
 
 from __future__ import annotations
@@ -697,7 +698,16 @@ def leftovers(figures: Figures) -> list[int]:
 
 def report(figures: Figures, tw_version: str, args: argparse.Namespace) -> None:
     print(f"TaskWeaver {tw_version} (local kernel mode: its kernels run UNSANDBOXED as plain processes)")
-    print("Weaver: default settings (sandboxed kernels), scripted model on 127.0.0.1 unless 'offline'")
+    nice = args.weaver_kernel_nice
+    print(
+        "Weaver: default settings (sandboxed kernels), scripted model on 127.0.0.1 unless 'offline'; "
+        + (
+            "kernels at its default execution.nice (below normal priority: on a machine busy with other work "
+            "they wait longer than TaskWeaver's, which run at normal priority)"
+            if nice is None
+            else f"kernels at execution.nice = {nice} (TaskWeaver's run at 0)"
+        )
+    )
     print(
         f"load average at the start {figures.load_start:.2f}, at the end {os.getloadavg()[0]:.2f} "
         f"(on {os.cpu_count()} cores; under load wall times are noisy, CPU times less so)"
@@ -786,6 +796,8 @@ def parent_main(args: argparse.Namespace) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="weaver-twbench-") as tmp:
             weaver_env = {**_clean_env(), "PYTHONPATH": str(ROOT)}
+            if args.weaver_kernel_nice is not None:
+                weaver_env["WEAVER_EXECUTION__NICE"] = str(args.weaver_kernel_nice)
             (Path(tmp) / "tw").mkdir()
             (Path(tmp) / "weaver").mkdir()
             sides["taskweaver"] = Side(
@@ -820,6 +832,11 @@ def main() -> None:
     parser.add_argument("--round-blocks", type=int, default=3, help="alternating blocks of warm rounds (default 3)")
     parser.add_argument("--crowd", type=int, default=20, help="idle kernels per side (default 20)")
     parser.add_argument("--crowd-repeats", type=int, default=1, help="crowds per side (default 1)")
+    parser.add_argument(
+        "--weaver-kernel-nice",
+        type=int,
+        help="execution.nice for Weaver's kernels (default: Weaver's own; 0 = TaskWeaver's priority)",
+    )
     parser.add_argument("--driver", choices=("weaver", "taskweaver"), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--app-dir", help=argparse.SUPPRESS)
