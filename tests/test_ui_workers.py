@@ -1,0 +1,339 @@
+"""``weaver ui --workers 2``: two Chainlit servers behind one port, each browser kept on its own.
+
+Everything is real and on 127.0.0.1: the ``weaver ui`` command (its router hands each accepted
+connection to a worker), two worker processes sharing the default SQLite history and one app
+folder, password login (users made by ``weaver user add``), real kernels, and Debian's Chromium
+for the browser test. Each process is stopped by its PID.
+
+What a user would check: people land on both workers and each chat stays with its browser (its
+kernel, its variables, its uploads and downloads); a login made through one worker is good on the
+other, a logout is honoured by both, failed logins and the chat cap count on both; each worker has
+its own files folder, and stopping one leaves the other's alone and brings it back; SIGTERM to
+``weaver ui`` stops every worker and kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from tests.processes import stop_process
+from tests.test_ui_auth import add_user
+from tests.ui_harness import (
+    EXECUTION_TIMEOUT_S,
+    KERNEL_ID_CODE,
+    REPO_ROOT,
+    ChatClient,
+    answers,
+    code_block,
+    free_port,
+    kernel_pid_in,
+    pid_alive,
+    steps,
+    wait_until,
+)
+from ui.workers import COOKIE, HEADER, INDEX_ENV
+
+GRACE_S = 2.0
+CAP = 2
+ATTEMPTS = 3
+PASSWORDS = {"alice": "alice-password", "bob": "bob-password-2", "carol": "carol-password", "dave": "dave-password"}
+WORKER_HEADER = HEADER.lower()
+
+
+@dataclass
+class Workers:
+    """A running ``weaver ui --workers 2``."""
+
+    base_url: str
+    app_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def pids(self) -> dict[int, int]:
+        """The live worker processes: index -> PID (children of ``weaver ui`` that carry an index)."""
+        found = {}
+        for pid in _children(self.proc.pid):
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            for item in env:
+                if item.startswith(f"{INDEX_ENV}=".encode()):
+                    found[int(item.split(b"=", 1)[1])] = pid
+        return found
+
+
+def _parents() -> dict[int, int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return parents
+
+
+def _children(pid: int) -> list[int]:
+    return [child for child, parent in _parents().items() if parent == pid and pid_alive(child)]
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = _parents()
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _worker_of(pid: int, workers: Workers) -> int | None:
+    """The worker a process (a kernel) descends from."""
+    by_pid = {p: i for i, p in workers.pids().items()}
+    parents = _parents()
+    while pid in parents and pid > 1:
+        if pid in by_pid:
+            return by_pid[pid]
+        pid = parents[pid]
+    return None
+
+
+def _health_of(base_url: str, index: int) -> int | None:
+    try:
+        response = httpx.get(f"{base_url}/health", headers={"Cookie": f"{COOKIE}={index}"}, timeout=2)
+    except httpx.HTTPError:
+        return None
+    return int(response.headers[WORKER_HEADER]) if response.status_code == 200 else None
+
+
+def start_workers(root: Path, count: int = 2) -> Workers:
+    app_dir = root / "app"
+    (app_dir / "plugins").mkdir(parents=True, exist_ok=True)
+    for name, password in PASSWORDS.items():
+        add_user(app_dir, name, password)
+    port = free_port()
+    env = {
+        **os.environ,
+        "WEAVER_UI_AUTH": "password",
+        "WEAVER_UI_DISCONNECT_GRACE_S": str(GRACE_S),
+        "WEAVER_UI_MAX_SESSIONS_PER_CLIENT": str(CAP),
+        "WEAVER_UI_LOGIN_ATTEMPTS_PER_USER": str(ATTEMPTS),
+        "WEAVER_UI_REPLICA_HEARTBEAT_S": "1",
+        "WEAVER_UI_DRAIN_S": "5",
+        "WEAVER_EXECUTION__TIMEOUT": str(EXECUTION_TIMEOUT_S),
+        "WEAVER_EXECUTION__POOL_SIZE": "0",  # every kernel belongs to a chat
+        "WEAVER_LLM__API_TYPE": "offline",
+        "WEAVER_UI_CHECK_MODEL_AT_START": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for key in ("OPENAI_API_KEY", "LITERAL_API_KEY", "DATABASE_URL", "CHAINLIT_AUTH_SECRET", "WEAVER_DATABASE_URL"):
+        env.pop(key, None)
+    log_path = root / "weaver-ui.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ui.cli",
+        "ui",
+        "--port",
+        str(port),
+        "--app-dir",
+        str(app_dir),
+        "--workers",
+        str(count),
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    workers = Workers(f"http://127.0.0.1:{port}", app_dir, log_path, proc)
+
+    def all_ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"weaver ui exited with {proc.returncode}:\n{workers.log()[-3000:]}")
+        return all(_health_of(workers.base_url, i) == i for i in range(count))
+
+    try:
+        wait_until(all_ready, 90, "every worker to answer /health", every=0.2)
+    except BaseException:
+        stop_process(proc, signal.SIGTERM, timeout=30)
+        raise
+    return workers
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    server = start_workers(tmp_path_factory.mktemp("weaver-workers"))
+    try:
+        yield server
+    finally:
+        stop_process(server.proc, signal.SIGTERM, timeout=60)
+
+
+@dataclass
+class Login:
+    name: str
+    cookies: dict[str, str]
+
+    @property
+    def worker(self) -> int:
+        return int(self.cookies[COOKIE])
+
+    def headers(self, worker: int | None = None) -> dict[str, str]:
+        """The login's cookies as the browser sends them; ``worker``: with the sticky cookie changed."""
+        cookies = {**self.cookies, **({COOKIE: str(worker)} if worker is not None else {})}
+        return {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
+
+
+def login(base_url: str, name: str, password: str | None = None, worker: int | None = None) -> httpx.Response:
+    headers = {"Cookie": f"{COOKIE}={worker}"} if worker is not None else {}
+    data = {"username": name, "password": password or PASSWORDS[name]}
+    return httpx.post(f"{base_url}/login", data=data, headers=headers, timeout=30)
+
+
+def signed_in(workers: Workers, name: str, worker: int | None = None) -> Login:
+    response = login(workers.base_url, name, worker=worker)
+    assert response.status_code == 200, response.text
+    cookies = dict(response.cookies.items())
+    if worker is None:
+        assert cookies.get(COOKIE) == response.headers[WORKER_HEADER], "the answering worker sets the sticky cookie"
+    else:  # the browser already holds it: not set again
+        assert COOKIE not in cookies and response.headers[WORKER_HEADER] == str(worker)
+    return Login(name, {COOKIE: response.headers[WORKER_HEADER], **cookies})
+
+
+def chat(workers: Workers, user: Login, **kwargs: object) -> ChatClient:
+    client = ChatClient(workers.base_url, **kwargs)  # type: ignore[arg-type]
+    client.headers.update(user.headers())
+    return client
+
+
+def _said(turn: list[dict[str, object]]) -> str:
+    return "\n".join(answers(turn) + steps(turn, "CodeInterpreter"))
+
+
+def test_browsers_land_on_both_workers_and_each_chat_stays_with_its_browser(workers: Workers) -> None:
+    alice = signed_in(workers, "alice")
+    bob = wait_until(
+        lambda: (b := signed_in(workers, "bob")).worker != alice.worker and b, 20, "bob to land on the other worker"
+    )
+    for user, transports in ((alice, ("polling", "websocket")), (bob, ("websocket",))):  # polling: every request sticks
+        with chat(workers, user, transports=transports) as page:
+            code = f"{KERNEL_ID_CODE}\nimport random\nx = random.random()\nprint('x', x)"
+            first = _said(page.ask(code_block(code)))
+            found = re.search(r"x ([0-9.e-]+)", first)
+            assert found, first
+            kernel, x = kernel_pid_in(first), found.group(1)
+            assert _worker_of(kernel, workers) == user.worker, "the chat's kernel runs under the browser's worker"
+
+            content = f"notes of {user.name}".encode()
+            file_id = page.upload("notes.txt", content)
+            url, params = f"{workers.base_url}/project/file/{file_id}", {"session_id": page.session_id}
+            fetched = httpx.get(url, params=params, headers=page.headers)
+            assert fetched.status_code == 200 and fetched.content == content
+            assert int(fetched.headers[WORKER_HEADER]) == user.worker
+            # the other worker has neither the chat nor its file
+            elsewhere = httpx.get(url, params=params, headers=user.headers(1 - user.worker))
+            assert elsewhere.status_code != 200 and int(elsewhere.headers[WORKER_HEADER]) == 1 - user.worker
+
+            # A random number is not made again by a replay: the same value means the same kernel.
+            second = _said(page.ask(code_block("print('again', x, open('notes.txt').read())"), [file_id]))
+            assert f"again {x} notes of {user.name}" in second, second
+        assert f"chainlit session {page.session_id}" in workers.log()
+
+
+def test_a_login_through_one_worker_is_good_on_the_other_and_a_logout_ends_it_on_both(workers: Workers) -> None:
+    assert (workers.app_dir / ".auth_secret").exists(), "the workers share the app folder's login secret"
+    user = signed_in(workers, "alice", worker=0)
+    assert user.worker == 0
+    for worker in (0, 1):
+        me = httpx.get(f"{workers.base_url}/user", headers=user.headers(worker), timeout=10)
+        assert me.status_code == 200 and me.json()["identifier"] == "alice", (worker, me.text)
+        assert int(me.headers[WORKER_HEADER]) == worker
+    assert httpx.post(f"{workers.base_url}/logout", headers=user.headers(0), timeout=10).status_code == 200
+    assert httpx.get(f"{workers.base_url}/user", headers=user.headers(0), timeout=10).status_code == 401
+    wait_until(  # the other worker reads the revocation from the shared SQLite history (every 2 s)
+        lambda: httpx.get(f"{workers.base_url}/user", headers=user.headers(1), timeout=10).status_code == 401,
+        15,
+        "worker 1 to refuse the logged-out login",
+    )
+
+
+def test_failed_logins_count_on_both_workers(workers: Workers) -> None:
+    for worker in (0, 1, 0)[:ATTEMPTS]:
+        assert login(workers.base_url, "dave", "wrong-password", worker=worker).status_code == 401
+    refused = login(workers.base_url, "dave", worker=1)  # even the right password waits, on either worker
+    assert refused.status_code == 429, refused.text
+    assert login(workers.base_url, "bob", worker=1).status_code == 200  # nobody else is held up
+
+
+def test_the_chat_cap_holds_across_workers(workers: Workers) -> None:
+    carol = signed_in(workers, "carol", worker=0)
+    pages = [chat(workers, carol).connect() for _ in range(CAP)]
+    elsewhere = ChatClient(workers.base_url)
+    elsewhere.headers.update(carol.headers(1))
+    try:
+        for page in pages:
+            assert "ok" in _said(page.ask(code_block("print('ok')")))
+        said = "\n".join(answers(elsewhere.connect().ask(code_block("print('one more')"))))
+        assert f"You already have {CAP} chats open" in said, said
+        pages[0].disconnect()  # a tab closed: after its grace period its place is free on the other worker too
+
+        def got_in() -> bool:
+            return "now ok" in _said(elsewhere.ask(code_block("print('now ok')")))
+
+        wait_until(got_in, GRACE_S + 30, "the freed place to count on the other worker", every=0.5)
+    finally:
+        for client in (*pages, elsewhere):
+            client.disconnect()
+
+
+def test_each_worker_has_its_own_files_folder_and_a_stopped_one_comes_back(workers: Workers) -> None:
+    pids = workers.pids()
+    assert sorted(pids) == [0, 1]
+    folders = {i: next(p for p in workers.app_dir.glob(f".files-{pid}-*") if p.is_dir()) for i, pid in pids.items()}
+    assert folders[0] != folders[1]
+
+    user = signed_in(workers, "bob", worker=0)
+    with chat(workers, user) as page:  # a file shown in worker 0's chat
+        file_id = page.upload("kept.txt", b"still here")
+        url, params = f"{workers.base_url}/project/file/{file_id}", {"session_id": page.session_id}
+        assert httpx.get(url, params=params, headers=page.headers).content == b"still here"
+
+        mark = len(workers.log())
+        os.kill(pids[1], signal.SIGTERM)  # worker 1 stops (and deletes its own folder)
+        wait_until(lambda: not pid_alive(pids[1]), 60, "worker 1 to stop")
+        assert not folders[1].exists()
+        assert folders[0].is_dir(), "stopping worker 1 left worker 0's files alone"
+        assert httpx.get(url, params=params, headers=page.headers).content == b"still here"
+
+        said = r"worker 1 exited with code 0: starting it again"
+        wait_until(lambda: re.search(said, workers.log()[mark:]), 10, "weaver ui to start worker 1 again")
+        wait_until(lambda: _health_of(workers.base_url, 1) == 1, 90, "worker 1 to be back")
+        assert workers.pids()[1] != pids[1]
+
+
+def test_sigterm_to_weaver_ui_stops_every_worker_and_kernel(workers: Workers) -> None:
+    user = signed_in(workers, "alice")
+    page = chat(workers, user).connect()
+    assert "ready" in _said(page.ask(code_block("print('ready')")))
+    everything = _descendants(workers.proc.pid)
+    assert len(workers.pids()) == 2 and len(everything) > 2, "two workers and at least one kernel"
+    workers.proc.send_signal(signal.SIGTERM)
+    assert workers.proc.wait(timeout=90) == 0, workers.log()[-3000:]
+    page.disconnect()
+    left = [pid for pid in everything if pid_alive(pid)]
+    assert not left, f"left running after weaver ui stopped: {left}"
+    assert not [p for p in workers.app_dir.glob(".files-*") if p.is_dir()], "every worker removed its files folder"
