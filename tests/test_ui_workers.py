@@ -224,6 +224,32 @@ def _said(turn: list[dict[str, object]]) -> str:
     return "\n".join(answers(turn) + steps(turn, "CodeInterpreter"))
 
 
+def test_the_router_reads_the_sticky_cookie_of_the_first_request_only() -> None:
+    from ui.workers.router import Choice, head_complete, sticky_index
+
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1; weaver_worker=1; b=2\r\n\r\n"
+    head += b"GET / HTTP/1.1\r\nCookie: weaver_worker=0"  # a pipelined second request does not count
+    assert head_complete(head) and sticky_index(head) == 1
+    assert sticky_index(b"GET / HTTP/1.1\r\nCookie: weaver_worker=x\r\n\r\n") is None  # not a worker number
+    assert sticky_index(b"GET /?weaver_worker=1 HTTP/1.1\r\nX-Note: weaver_worker=1\r\n\r\n") is None
+    assert not head_complete(b"GET / HTTP/1.1\r\nCookie: weaver_")
+    choice = Choice()
+    assert [choice.pick(None, [0, 1]) for _ in range(4)] == [0, 1, 0, 1]  # new browsers take turns
+    assert choice.pick(1, [0, 1]) == 1 and choice.pick(1, [0]) == 0  # a worker that is down: the next live one
+    assert choice.pick(0, []) is None
+
+
+def test_the_worker_count_is_checked_by_the_command() -> None:
+    for bad in ("0", "65", "two"):
+        done = subprocess.run(
+            [sys.executable, "-m", "ui.cli", "ui", "--workers", bad], cwd=REPO_ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == 2 and "--workers" in done.stderr, done.stderr
+    from ui.cli import _worker_count
+
+    assert _worker_count("auto") == len(os.sched_getaffinity(0))
+
+
 def test_browsers_land_on_both_workers_and_each_chat_stays_with_its_browser(workers: Workers) -> None:
     alice = signed_in(workers, "alice")
     bob = wait_until(
@@ -323,6 +349,52 @@ def test_each_worker_has_its_own_files_folder_and_a_stopped_one_comes_back(worke
         wait_until(lambda: re.search(said, workers.log()[mark:]), 10, "weaver ui to start worker 1 again")
         wait_until(lambda: _health_of(workers.base_url, 1) == 1, 90, "worker 1 to be back")
         assert workers.pids()[1] != pids[1]
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+def test_in_chromium_a_chat_with_an_upload_keeps_its_kernel_on_the_pages_worker(
+    workers: Workers, tmp_path: Path
+) -> None:
+    """The real page through the router: its polling and websocket requests, its upload and its
+    second message all reach the worker whose kernel holds the variable of the first message."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from tests.test_ui_browser import _browser_page
+
+    expect = sync_api.expect
+    notes = tmp_path / "notes.txt"
+    notes.write_text("written by the browser\n")
+    with _browser_page() as page:
+        page.goto(workers.base_url)
+        page.locator("#email").fill("alice")
+        page.locator("#password").fill(PASSWORDS["alice"])
+        page.locator("#password").press("Enter")
+        chat_input = page.locator("#chat-input")
+        expect(chat_input).to_be_visible()
+        chat_input.fill(
+            f"```python\n{KERNEL_ID_CODE}\nimport random\nw = random.randint(10**8, 10**9 - 1)\nprint('w', w)\n```"
+        )
+        page.locator("#chat-submit").click()
+        shown = page.get_by_text(re.compile(r"\bw \d{9}\b")).first  # in the answer's "Stdout: ..." block
+        expect(shown).to_be_visible(timeout=90_000)
+        found = re.search(r"\bw (\d{9})\b", shown.inner_text())
+        assert found, shown.inner_text()
+        w = found.group(1)
+        worker = int(next(c["value"] for c in page.context.cookies() if c["name"] == COOKIE))
+        kernel = kernel_pid_in(page.locator("body").inner_text())
+        assert _worker_of(kernel, workers) == worker, "the page's kernel runs under the page's worker"
+
+        page.set_input_files("#upload-button-input", str(notes))
+        expect(page.get_by_text("notes.txt").first).to_be_visible()
+        chat_input.fill("```python\nprint('again', w, open('notes.txt').read().strip())\n```")
+        submit = page.locator("#chat-submit")
+        expect(submit).to_be_enabled()
+        submit.click()
+        expect(page.get_by_text(f"again {w} written by the browser").last).to_be_visible(timeout=90_000)
+        assert int(next(c["value"] for c in page.context.cookies() if c["name"] == COOKIE)) == worker
 
 
 def test_sigterm_to_weaver_ui_stops_every_worker_and_kernel(workers: Workers) -> None:
