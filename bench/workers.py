@@ -42,6 +42,7 @@ class Run:
     errors: int = 0
     wall_s: float = 0.0
     server_cpu_s: float = 0.0
+    router_cpu_s: float = 0.0  # ``weaver ui`` itself: the router with workers, an idle wrapper with one
 
 
 def server_processes(root: int) -> list[int]:
@@ -140,12 +141,14 @@ def one(workers: int, args: argparse.Namespace) -> Run:
             settle(proc.pid, 90.0)
             servers = server_processes(proc.pid)
             before = sum(cpu_ticks(p) for p in servers)
+            router_before = cpu_ticks(proc.pid)
             started = time.monotonic()
             load = [sys.executable, str(ROOT / "bench" / "load.py"), "--url", base, "--users", str(args.users)]
             load += ["--rounds", str(args.rounds), "--arrival", str(args.arrival)]
             done = subprocess.run(load, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
             run.wall_s = time.monotonic() - started
             run.server_cpu_s = (sum(cpu_ticks(p) for p in servers) - before) / os.sysconf("SC_CLK_TCK")
+            run.router_cpu_s = (cpu_ticks(proc.pid) - router_before) / os.sysconf("SC_CLK_TCK")
             print(f"\n--- --workers {workers} ---\n{done.stdout.strip()}\n{done.stderr.strip()[-2000:]}", flush=True)
             parse(done.stdout, run)
         finally:
@@ -174,6 +177,7 @@ def main() -> None:
         mine = [r for r in runs if r.workers == count]
         row = {name: statistics.median(r.p95.get(name, float("nan")) for r in mine) for name in FIGURES}
         row["server CPU s"] = statistics.median(r.server_cpu_s for r in mine)
+        row["of it weaver ui s"] = statistics.median(r.router_cpu_s for r in mine)
         row["wall s"] = statistics.median(r.wall_s for r in mine)
         errors = sum(max(0, r.errors) for r in mine)
         base = base or row

@@ -351,6 +351,45 @@ def test_each_worker_has_its_own_files_folder_and_a_stopped_one_comes_back(worke
         assert workers.pids()[1] != pids[1]
 
 
+def test_a_killed_workers_chat_goes_on_through_the_router_and_the_worker_comes_back(workers: Workers) -> None:
+    from ui.restore import TITLE as RESTORE_TITLE
+
+    alice = signed_in(workers, "alice", worker=1)
+    page = chat(workers, alice).connect()
+    again = chat(workers, alice, session_id=page.session_id)
+    try:
+        assert "set" in _said(page.ask(code_block(f"{KERNEL_ID_CODE}\nx = 41\nprint('set')")))
+        kernel = kernel_pid_in(_said(page.ask(code_block(KERNEL_ID_CODE))))
+        thread_id = page.wait_for(page.thread_id, 30, "the chat's history id")
+
+        def saved() -> bool:  # what worker 0 can read: the chat and its code
+            url = f"{workers.base_url}/project/thread/{thread_id}"
+            got = httpx.get(url, headers=alice.headers(0), timeout=10)
+            return got.status_code == 200 and "x = 41" in str(got.json().get("steps"))
+
+        wait_until(saved, 30, "the chat to be in the shared history")
+        mark = len(workers.log())
+        os.kill(workers.pids()[1], signal.SIGKILL)
+        wait_until(lambda: not pid_alive(kernel), 20, "the killed worker's kernel to die with it")
+        page.wait_for(lambda: not page.sio.connected, 30, "the page to notice the drop")
+
+        # The page reconnects with the same session id; its cookie still names the dead worker.
+        again.connect(expect_chat_start=False)
+        resumed = again.wait_for(
+            lambda: next((d for n, d in again.events if n == "resume_thread"), None), 30, "the chat's history"
+        )
+        assert "x = 41" in str(resumed.get("steps")), resumed
+        said = _said(again.ask(code_block("print(x + 1)"), timeout=120))
+        assert "42" in said, said
+        restore = [m for m in again.messages().values() if str(m.get("name")).startswith(RESTORE_TITLE)]
+        assert restore, "the variables came back (the chat's code run again)"
+        assert re.search(r"worker 1 exited with code -9: starting it again", workers.log()[mark:])
+        wait_until(lambda: _health_of(workers.base_url, 1) == 1, 90, "worker 1 to be back")
+    finally:
+        again.disconnect()
+        page.disconnect()
+
+
 CHROMIUM = "/usr/bin/chromium"
 
 
