@@ -19,6 +19,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -248,6 +249,65 @@ def test_the_worker_count_is_checked_by_the_command() -> None:
     from ui.cli import _worker_count
 
     assert _worker_count("auto") == len(os.sched_getaffinity(0))
+
+
+def test_on_the_sqlite_history_workers_share_caps_and_adopt_a_gateway_kernel_once(tmp_path: Path) -> None:
+    """Straight on the shared tables in the default SQLite file, each worker with its own connection
+    pool as in its own process: a dead worker's place expires; of two workers adopting its chat's
+    gateway kernel only one gets it, after the row expired; an orphaned kernel is deleted once."""
+    import asyncio
+
+    from ui.history import open_history
+    from ui.shared import LiveSessions
+
+    beat, window = 0.2, 0.4
+
+    async def scenario() -> None:
+        layers = [await open_history(tmp_path, None) for _ in range(3)]  # <app_dir>/weaver.db, three pools
+        try:
+            dead, a, b = (
+                LiveSessions(lambda layer=layer: layer.engine, rid, beat, window)
+                for layer, rid in zip(layers, ("dead", "w0", "w1"), strict=True)
+            )
+            deleted: list[str] = []
+
+            async def delete(kernel_id: str) -> None:
+                await asyncio.sleep(0.05)  # a gateway round trip, inside the transaction
+                deleted.append(kernel_id)
+
+            a.delete_kernel = b.delete_kernel = delete
+            await a.start()
+            await b.start()
+            try:
+                for n in (1, 2):
+                    assert await dead.claim(f"chat-{n}", "user:erin", limit=2)
+                    await dead.note_kernel(f"chat-{n}", f"s{n}", f"k{n}")
+                assert not await a.claim("chat-3", "user:erin", limit=2), "the dead worker's chats still count"
+                started = time.monotonic()
+                got = await asyncio.gather(
+                    a.adopt_kernel("chat-1", "s1", "user:erin"), b.adopt_kernel("chat-1", "s1", "user:erin")
+                )
+                assert got.count("k1") == 1 and got.count(None) == 1, got
+                assert time.monotonic() - started >= beat * 2, "adopted before the dead worker's row expired"
+                winner = a if got[0] == "k1" else b
+                assert await winner.claim("chat-1", "user:erin", limit=2)
+                assert await a.claim("chat-3", "user:erin", limit=2), "the dead worker's places expired"
+                expires = time.monotonic() + beat * 3 + window + 5
+                while "k2" not in deleted:
+                    assert time.monotonic() < expires, "the orphaned kernel was never deleted"
+                    await asyncio.gather(a.reap_orphans(), b.reap_orphans())
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(window + beat * 3)
+                await asyncio.gather(a.reap_orphans(), b.reap_orphans())
+                assert deleted == ["k2"], "deleted once, and never the adopted kernel"
+            finally:
+                await a.stop()
+                await b.stop()
+        finally:
+            for layer in layers:
+                await layer.close()
+
+    asyncio.run(scenario())
 
 
 def test_browsers_land_on_both_workers_and_each_chat_stays_with_its_browser(workers: Workers) -> None:
