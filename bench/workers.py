@@ -43,6 +43,8 @@ class Run:
     wall_s: float = 0.0
     server_cpu_s: float = 0.0
     router_cpu_s: float = 0.0  # ``weaver ui`` itself: the router with workers, an idle wrapper with one
+    per_connection_us: float = 0.0  # ``weaver ui``'s CPU per new connection (accept, peek, hand over)
+    per_request_us: float = 0.0  # the servers' CPU per ``GET /health`` on its own connection
 
 
 def server_processes(root: int) -> list[int]:
@@ -133,6 +135,18 @@ def parse(output: str, run: Run) -> None:
     run.errors = int(errors.group(1)) if errors else -1
 
 
+def connection_cost(proc: subprocess.Popen[bytes], base: str, n: int, run: Run) -> None:
+    """``n`` requests, each on a new connection: what ``weaver ui`` itself spends per connection
+    (with workers: the router's accept, peek and hand-over) against what the servers spend to answer."""
+    servers = server_processes(proc.pid)
+    tick = os.sysconf("SC_CLK_TCK")
+    router_before, servers_before = cpu_ticks(proc.pid), sum(cpu_ticks(p) for p in servers)
+    for _ in range(n):
+        httpx.get(f"{base}/health", headers={"Connection": "close"}, timeout=10)
+    run.per_connection_us = (cpu_ticks(proc.pid) - router_before) / tick / n * 1e6
+    run.per_request_us = (sum(cpu_ticks(p) for p in servers) - servers_before) / tick / n * 1e6
+
+
 def one(workers: int, args: argparse.Namespace) -> Run:
     run = Run(workers)
     with tempfile.TemporaryDirectory(prefix="weaver-workers-") as tmp:
@@ -151,6 +165,13 @@ def one(workers: int, args: argparse.Namespace) -> Run:
             run.router_cpu_s = (cpu_ticks(proc.pid) - router_before) / os.sysconf("SC_CLK_TCK")
             print(f"\n--- --workers {workers} ---\n{done.stdout.strip()}\n{done.stderr.strip()[-2000:]}", flush=True)
             parse(done.stdout, run)
+            if args.connections:
+                connection_cost(proc, base, args.connections, run)
+                print(
+                    f"  weaver ui CPU per new connection {run.per_connection_us:.0f} us; "
+                    f"all its processes per request on it {run.per_request_us:.0f} us",
+                    flush=True,
+                )
         finally:
             stop(proc)
     return run
@@ -164,6 +185,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs per worker count, alternating (2)")
     parser.add_argument("--counts", default="1,2", help="worker counts to compare; the first is the baseline")
     parser.add_argument("--timeout", type=float, default=600.0, help="bound on one crowd (600 s)")
+    parser.add_argument("--connections", type=int, default=1000, help="new connections for the router's cost")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     print(f"{os.cpu_count()} CPUs; {args.users} users over {args.arrival:g} s, {args.rounds} rounds; counts {counts}")
@@ -178,6 +200,8 @@ def main() -> None:
         row = {name: statistics.median(r.p95.get(name, float("nan")) for r in mine) for name in FIGURES}
         row["server CPU s"] = statistics.median(r.server_cpu_s for r in mine)
         row["of it weaver ui s"] = statistics.median(r.router_cpu_s for r in mine)
+        row["weaver ui us/conn"] = statistics.median(r.per_connection_us for r in mine)
+        row["servers us/request"] = statistics.median(r.per_request_us for r in mine)
         row["wall s"] = statistics.median(r.wall_s for r in mine)
         errors = sum(max(0, r.errors) for r in mine)
         base = base or row
