@@ -508,3 +508,21 @@ def test_sigterm_to_weaver_ui_stops_every_worker_and_kernel(workers: Workers) ->
     left = [pid for pid in everything if pid_alive(pid)]
     assert not left, f"left running after weaver ui stopped: {left}"
     assert not [p for p in workers.app_dir.glob(".files-*") if p.is_dir()], "every worker removed its files folder"
+
+
+def test_killing_weaver_ui_outright_takes_every_worker_and_kernel_with_it(tmp_path: Path) -> None:
+    """SIGKILL leaves ``weaver ui`` no time to stop anything: Linux tells each worker (its parent
+    died), which stops, and its kernels die with it."""
+    server = start_workers(tmp_path)
+    try:
+        user = signed_in(server, "bob")
+        page = chat(server, user).connect()
+        assert "up" in _said(page.ask(code_block("print('up')")))
+        everything = _descendants(server.proc.pid)
+        assert len(server.pids()) == 2 and len(everything) > 2
+        server.proc.kill()
+        server.proc.wait(timeout=10)
+        page.disconnect()
+        wait_until(lambda: not any(pid_alive(p) for p in everything), 60, "every worker and kernel to stop")
+    finally:
+        stop_process(server.proc, signal.SIGTERM, timeout=30)
