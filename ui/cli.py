@@ -65,7 +65,7 @@ def root_warning(env: Mapping[str, str], euid: int | None = None) -> str | None:
     )
 
 
-def run_ui(host: str, port: int, app_dir: str | None, public_url: str | None = None) -> int:
+def run_ui(host: str, port: int, app_dir: str | None, public_url: str | None = None, workers: int = 1) -> int:
     """Serve the web UI until stopped; returns the server's exit code (0 after a clean drain).
 
     Chainlit must run in the repo root, so the app folder (plugins, config, workspace) is resolved
@@ -75,6 +75,7 @@ def run_ui(host: str, port: int, app_dir: str | None, public_url: str | None = N
     The server runs in a process group of its own, so Ctrl-C reaches it once, through here: SIGINT
     and SIGTERM are forwarded and the server drains (``ui/drain.py``); if this process is killed
     outright the server gets SIGTERM from Linux (``_die_with_parent``) and drains all the same.
+    ``workers`` > 1: this process routes to that many servers instead (``ui/workers/``).
     """
     from ui.public_url import WILDCARD_HOSTS, PublicUrlError, public_url_env, wildcard_advice
     from ui.startup import EXIT_REFUSED, StartupRefused, check_before_serving
@@ -99,6 +100,12 @@ def run_ui(host: str, port: int, app_dir: str | None, public_url: str | None = N
         print(warning, file=sys.stderr, flush=True)
     from ui.drain import STOP_GRACE_S, drain_seconds
 
+    if workers > 1:
+        from ui.workers.supervisor import supervise
+
+        drain_s = drain_seconds(server_environment(env, REPO_ROOT))
+        command = chainlit_command(host, port)
+        return supervise(command, env, REPO_ROOT, host, port, workers, drain_s, STOP_GRACE_S, _die_with_parent)
     proc = subprocess.Popen(
         chainlit_command(host, port), cwd=REPO_ROOT, env=env, preexec_fn=_die_with_parent, start_new_session=True
     )
@@ -143,6 +150,24 @@ def _serve_until_stopped(proc: subprocess.Popen[bytes], drain_s: float, grace_s:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 128 - code if code < 0 else code
+
+
+WORKERS_ENV = "WEAVER_UI_WORKERS"
+DEFAULT_WORKERS = 1  # measured: README, "Several workers on one machine"
+MAX_WORKERS = 64
+
+
+def _worker_count(text: str) -> int:
+    """``--workers``: a count from 1 to ``MAX_WORKERS``, or ``auto`` (the cores this process may use)."""
+    if text.strip().lower() == "auto":
+        return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers (1 to {MAX_WORKERS}, or auto)") from None
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{count} workers: give 1 to {MAX_WORKERS}, or auto")
+    return count
 
 
 # The login modes are ui.logins.MODES (not imported here: --help stays instant; a test keeps them equal).
@@ -190,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the address others type (http://teambox:8000, or the proxy's https://…): its host is answered "
         "and its pages accepted, besides the loopback names",
+    )
+    ui.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=None,
+        metavar="N",
+        help="server processes behind one port, each browser kept on its own (default: WEAVER_UI_WORKERS, else "
+        f"{DEFAULT_WORKERS}; 'auto': one per core)",
     )
     sub.add_parser("chat", help="chat in this terminal (see: weaver chat --help)", add_help=False)
     check = sub.add_parser("check", help="check the configured model connection and name what to fix")
@@ -369,7 +402,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "ui":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return run_ui(args.host, args.port, args.app_dir, args.public_url)
+        try:
+            workers = args.workers or _worker_count(os.environ.get(WORKERS_ENV) or str(DEFAULT_WORKERS))
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"{WORKERS_ENV}: {exc}")
+        return run_ui(args.host, args.port, args.app_dir, args.public_url, workers)
     if args.command == "check":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")

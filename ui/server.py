@@ -39,6 +39,7 @@ from ui.rerun import dispatch as rerun_dispatch
 from ui.settings import UISettingsError, is_loopback, serving_hosts, serving_origins, ui_settings
 from ui.shared import EXPIRY_BEATS, LiveSessions, SharedLoginThrottle, is_shared
 from ui.sharing import EXPORT_PREFIX, SHARED_FILES_PREFIX
+from ui.workers import this_worker
 
 logger = logging.getLogger("weaver.ui.server")
 
@@ -128,9 +129,13 @@ HISTORY_OUTAGE = OutagePolicy(
     store_timeout_s=SETTINGS.history_store_timeout_s,
 )
 # Replicas sharing a PostgreSQL history share the login secret, the throttle and the session caps
-# through it (``ui.shared``); a SQLite file belongs to this process, which keeps them in memory.
-SHARED = is_shared(HISTORY_SETTINGS.database_url)
-REPLICA_ID = SETTINGS.replica_id or f"{socket.gethostname()}:{chainlit_config.run.port}"
+# through it (``ui.shared``), and so do the workers of ``weaver ui --workers N`` through any history,
+# the default SQLite file included; a server alone on a SQLite file keeps them in memory.
+WORKER = this_worker()
+SHARED = is_shared(HISTORY_SETTINGS.database_url) or WORKER is not None
+REPLICA_ID = (SETTINGS.replica_id or f"{socket.gethostname()}:{chainlit_config.run.port}") + (
+    f"/worker{WORKER.index}" if WORKER is not None else ""
+)
 
 
 def _history_engine() -> AsyncEngine | None:
@@ -307,9 +312,36 @@ def greets_as_admin(user_name: str) -> bool:
 
 
 _install_admin_routes()
+
+
+def _install_worker() -> None:
+    """In a worker of ``weaver ui --workers N``: serve the connections the router hands over, and
+    set the sticky cookie that brings each browser back (``ui/workers/``). Installed after the
+    guards, so it is the outermost middleware and names the worker on every answer."""
+    if WORKER is None:
+        return
+    from chainlit.server import app as server_app
+
+    from ui.workers.handoff import HandedSockets
+    from ui.workers.sticky import StickyWorker
+
+    if os.environ.get("CHAINLIT_SSL_CERT"):
+        raise SystemExit(
+            "Weaver UI: --workers needs plain HTTP behind it (a TLS proxy in front); unset CHAINLIT_SSL_CERT"
+        )
+    if not patches.install("handed_sockets", HandedSockets(WORKER.fd)):
+        raise SystemExit(
+            f"Weaver UI: --workers needs {patches.UVICORN}, the version its router was "
+            "written for (ui/patches/handed_sockets.py); install it, or serve with --workers 1"
+        )
+    server_app.add_middleware(StickyWorker, index=WORKER.index, root_path=chainlit_config.run.root_path or "")
+    logger.info("worker %d of %d (%s)", WORKER.index, WORKER.count, REPLICA_ID)
+
+
 OPS = ops_routes.install(lambda: _app, lambda: HISTORY)  # /ready, /metrics: inside the guards (installed next)
 readiness.register("draining", lambda: "this server is draining (stopping)" if drain.is_draining() else None)
 GUARD = _install_guards()
+_install_worker()
 
 
 def _refuse_unservable_kernels() -> None:

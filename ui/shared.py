@@ -22,9 +22,12 @@ process's memory:
   (``reap_orphans``). Row locks (``FOR UPDATE``, ``SKIP LOCKED``) keep two replicas from both
   adopting, or both deleting, one kernel, and from deleting one being adopted.
 
-Times are epoch seconds from the database's clock, so replicas' clocks need not agree. Only
-PostgreSQL is used this way (``is_shared``): a SQLite file belongs to one server process, which
-keeps today's in-memory throttle and caps.
+Times are epoch seconds from the database's clock, so replicas' clocks need not agree. Replicas
+share PostgreSQL this way (``is_shared``). The workers of ``weaver ui --workers N`` (one machine)
+share the history whatever it is, the default SQLite file included: there every transaction that
+may write begins ``BEGIN IMMEDIATE`` (``ui.history.rows.sqlite_transactions``), so one process at a
+time writes and the advisory and row locks PostgreSQL needs are left out (``_Sql``); the time is
+SQLite's ``julianday('now')``. A server alone on a SQLite file keeps the throttle and caps in memory.
 """
 
 from __future__ import annotations
@@ -44,11 +47,27 @@ from ui.history import database_url_for, migrate
 
 logger = logging.getLogger("weaver.ui.shared")
 
-NOW = "extract(epoch from clock_timestamp())"
+NOW = "extract(epoch from clock_timestamp())"  # PostgreSQL; SQLite's is ``_Sql.now``
 SECRET_NAME = "chainlit_auth_secret"
 EXPIRY_BEATS = 3  # a replica's rows live this many heartbeats past its last one
 LOCK_CLASS = 0x57A7  # the advisory-lock class of the login throttle (claims lock on one key, class-less)
 FORGET_AFTER_S = 86_400.0  # expired rows are kept this long: a page may still reconnect into its chat
+
+
+class _Sql:
+    """The few words that differ between PostgreSQL and SQLite in these tables' statements."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.pg = conn.dialect.name == "postgresql"
+        self.now = NOW if self.pg else "((julianday('now') - 2440587.5) * 86400.0)"
+        self.for_update = " FOR UPDATE" if self.pg else ""  # SQLite: BEGIN IMMEDIATE holds the file
+        self.skip_locked = " FOR UPDATE SKIP LOCKED" if self.pg else ""
+        self.row = "ctid" if self.pg else "rowid"
+
+    async def lock(self, conn: AsyncConnection, statement: str, params: dict[str, object]) -> None:
+        """An advisory lock on PostgreSQL; nothing on SQLite, whose writers already take turns."""
+        if self.pg:
+            await conn.execute(text(statement), params)
 
 
 def is_shared(database_url: str | None) -> bool:
@@ -129,12 +148,13 @@ class SharedLoginThrottle:
         token: the time it was counted at, to refund it by)."""
         limits = {user_key(user): self.per_user, address_key(address): self.per_address}
         async with self._db().begin() as conn:
+            sql = _Sql(conn)
             for key in sorted(limits):
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:c, hashtext(:k))"), {"c": LOCK_CLASS, "k": key})
+                await sql.lock(conn, "SELECT pg_advisory_xact_lock(:c, hashtext(:k))", {"c": LOCK_CLASS, "k": key})
             wait = max([await self._wait(conn, key, limit) for key, limit in limits.items()])
             if wait > 0:
                 return Attempt(user, address, wait)
-            at = float((await conn.execute(text(f"SELECT ({NOW})::double precision"))).scalar_one())
+            at = float((await conn.execute(text(f"SELECT CAST({sql.now} AS DOUBLE PRECISION)"))).scalar_one())
             for key in limits:
                 await conn.execute(
                     text('INSERT INTO weaver_login_failures ("key", "at") VALUES (:k, :a)'), {"k": key, "a": at}
@@ -142,16 +162,17 @@ class SharedLoginThrottle:
             self._writes += 1
             if self._writes % 100 == 0:  # now and then, forget what has left every window
                 await conn.execute(
-                    text(f'DELETE FROM weaver_login_failures WHERE "at" < {NOW} - :w'), {"w": self.window_s}
+                    text(f'DELETE FROM weaver_login_failures WHERE "at" < {sql.now} - :w'), {"w": self.window_s}
                 )
         return Attempt(user, address, token=at)
 
     async def _wait(self, conn: AsyncConnection, key: str, limit: int) -> float:
+        clock = _Sql(conn).now
         rows = (
             await conn.execute(
                 text(
-                    f'SELECT "at", {NOW} AS now FROM weaver_login_failures '
-                    f'WHERE "key" = :k AND "at" > {NOW} - :w ORDER BY "at" DESC LIMIT :n'
+                    f'SELECT "at", {clock} AS now FROM weaver_login_failures '
+                    f'WHERE "key" = :k AND "at" > {clock} - :w ORDER BY "at" DESC LIMIT :n'
                 ),
                 {"k": key, "w": self.window_s, "n": limit},
             )
@@ -167,9 +188,10 @@ class SharedLoginThrottle:
             await conn.execute(
                 text('DELETE FROM weaver_login_failures WHERE "key" = :k'), {"k": user_key(attempt.user)}
             )
+            row = _Sql(conn).row
             await conn.execute(
                 text(
-                    "DELETE FROM weaver_login_failures WHERE ctid IN (SELECT ctid FROM weaver_login_failures "
+                    f"DELETE FROM weaver_login_failures WHERE {row} IN (SELECT {row} FROM weaver_login_failures "
                     'WHERE "key" = :k AND "at" = :a LIMIT 1)'
                 ),
                 {"k": address_key(attempt.address), "a": attempt.token},
@@ -229,8 +251,8 @@ class LiveSessions:
         await self._retire_mine(expire=hand_over)
 
     async def _retire_mine(self, expire: bool = False) -> None:
-        expiry = f', "expiresAt" = {NOW}' if expire else ""
         async with self._db().begin() as conn:
+            expiry = f', "expiresAt" = {_Sql(conn).now}' if expire else ""
             await conn.execute(
                 text(f'UPDATE weaver_live_sessions SET "live" = FALSE{expiry} WHERE "replica" = :r'),
                 {"r": self.replica},
@@ -240,14 +262,15 @@ class LiveSessions:
         while True:
             try:
                 async with self._db().begin() as conn:
+                    now = _Sql(conn).now
                     await conn.execute(
                         text(
-                            f'UPDATE weaver_live_sessions SET "expiresAt" = {NOW} + :t WHERE "replica" = :r AND "live"'
+                            f'UPDATE weaver_live_sessions SET "expiresAt" = {now} + :t WHERE "replica" = :r AND "live"'
                         ),
                         {"t": self.ttl_s, "r": self.replica},
                     )
                     await conn.execute(
-                        text(f'DELETE FROM weaver_live_sessions WHERE "expiresAt" < {NOW} - :f'), {"f": FORGET_AFTER_S}
+                        text(f'DELETE FROM weaver_live_sessions WHERE "expiresAt" < {now} - :f'), {"f": FORGET_AFTER_S}
                     )
             except Exception:  # a database blip must not end the heartbeat; rows expire if it lasts
                 logger.exception("live-session heartbeat failed")
@@ -263,12 +286,13 @@ class LiveSessions:
         ``limit`` other live chats on any replica; False when it is at its cap. Claims of one client
         are serialised by an advisory lock, so two replicas cannot both take the last place."""
         async with self._db().begin() as conn:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:c))"), {"c": client})
+            sql = _Sql(conn)
+            await sql.lock(conn, "SELECT pg_advisory_xact_lock(hashtext(:c))", {"c": client})
             held = (
                 await conn.execute(
                     text(
                         'SELECT COUNT(*) FROM weaver_live_sessions WHERE "client" = :c AND "chat" <> :k '
-                        f'AND "live" AND "expiresAt" > {NOW}'
+                        f'AND "live" AND "expiresAt" > {sql.now}'
                     ),
                     {"c": client, "k": chat},
                 )
@@ -278,7 +302,7 @@ class LiveSessions:
             await conn.execute(
                 text(
                     'INSERT INTO weaver_live_sessions ("chat", "client", "replica", "live", "expiresAt") '
-                    f'VALUES (:k, :c, :r, TRUE, {NOW} + :t) ON CONFLICT ("chat") DO UPDATE SET '
+                    f'VALUES (:k, :c, :r, TRUE, {sql.now} + :t) ON CONFLICT ("chat") DO UPDATE SET '
                     '"client" = EXCLUDED."client", "replica" = EXCLUDED."replica", "live" = TRUE, '
                     '"expiresAt" = EXCLUDED."expiresAt", '
                     # A kernel noted by another replica is not ours unless ``adopt_kernel`` took it.
@@ -337,11 +361,12 @@ class LiveSessions:
         deadline = loop.time() + self.ttl_s + self.heartbeat_s
         while True:
             async with self._db().begin() as conn:
+                sql = _Sql(conn)
                 row = (
                     await conn.execute(
                         text(
-                            f'SELECT "kernelId", "sessionId", "expiresAt" - {NOW} '
-                            'FROM weaver_live_sessions WHERE "chat" = :k AND "client" = :c FOR UPDATE'
+                            f'SELECT "kernelId", "sessionId", "expiresAt" - {sql.now} '
+                            f'FROM weaver_live_sessions WHERE "chat" = :k AND "client" = :c{sql.for_update}'
                         ),
                         {"k": chat, "c": client},
                     )
@@ -355,7 +380,7 @@ class LiveSessions:
                     await conn.execute(
                         text(
                             'UPDATE weaver_live_sessions SET "replica" = :r, "live" = FALSE, '
-                            f'"expiresAt" = {NOW} + :t WHERE "chat" = :k'
+                            f'"expiresAt" = {sql.now} + :t WHERE "chat" = :k'
                         ),
                         {"r": self.replica, "t": self.ttl_s, "k": chat},
                     )
@@ -376,11 +401,12 @@ class LiveSessions:
         deleted: list[str] = []
         while True:
             async with self._db().begin() as conn:
+                sql = _Sql(conn)
                 row = (
                     await conn.execute(
                         text(
                             'SELECT "chat", "kernelId" FROM weaver_live_sessions WHERE "kernelId" IS NOT NULL '
-                            f'AND "expiresAt" < {NOW} - :w LIMIT 1 FOR UPDATE SKIP LOCKED'
+                            f'AND "expiresAt" < {sql.now} - :w LIMIT 1{sql.skip_locked}'
                         ),
                         {"w": self.adopt_window_s},
                     )

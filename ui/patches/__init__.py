@@ -10,7 +10,8 @@ the distributions and versions it was written for. Nothing patches anything exce
   written for stops the server at start with one line (``PatchRefused``);
 * a ``SPEED`` patch on such a version is skipped with a warning: the server runs as Chainlit wrote it;
   so is a ``DRAIN`` patch (the graceful stop, ``ui/drain.py``): the server then stops as uvicorn does,
-  at once, rather than refuse to start on a newer uvicorn (which Weaver does not pin).
+  at once, rather than refuse to start on a newer uvicorn (which Weaver does not pin); and so is a
+  ``WORKERS`` patch, which only ``weaver ui --workers N`` needs (its workers then refuse to start).
 
 ``check()`` runs the same test over every patch at once; ``ui/chainlit_main.py`` calls it before
 Chainlit is imported. How to move the pin: CONTRIBUTING.md, "Patches of Chainlit and uvicorn".
@@ -36,10 +37,15 @@ class Need(Enum):
     BEHAVIOUR = "behaviour"  # without it users would see the wrong thing: refuse to start
     SPEED = "speed"  # without it the server is only slower: warn and skip
     DRAIN = "drain"  # without it a stop cancels running rounds at once, as uvicorn's own does: warn and skip
+    WORKERS = "workers"  # only `weaver ui --workers N` needs it: skip with a warning; a worker refuses to start
 
 
 # What the server is like without a patch it may skip, for the warning.
-WITHOUT = {Need.SPEED: "slower, not less safe", Need.DRAIN: "a stop cancels running rounds at once"}
+WITHOUT = {
+    Need.SPEED: "slower, not less safe",
+    Need.DRAIN: "a stop cancels running rounds at once",
+    Need.WORKERS: "`weaver ui --workers N` refuses to start; one worker serves as before",
+}
 
 
 # The series every Chainlit patch was written against; pyproject.toml pins the same (a test checks).
@@ -69,6 +75,7 @@ PATCHES: tuple[Patch, ...] = (
     Patch("joined_writes", Need.SPEED, (UVICORN,)),
     Patch("drain_signal", Need.DRAIN, (UVICORN,)),
     Patch("files_dir", Need.BEHAVIOUR, (CHAINLIT,)),
+    Patch("handed_sockets", Need.WORKERS, (UVICORN,)),  # `weaver ui --workers N`: the router's sockets
     Patch("edit_message", Need.SECURITY, (CHAINLIT, SOCKETIO)),  # an edit turned off is refused
 )
 
