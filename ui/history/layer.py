@@ -93,9 +93,10 @@ class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, Shares, SQLAlc
             self._store_pending, step_write_delay, merge_for=_merge_for, outage=outage, spool=spool
         )
         self._users = {}
+        self._known_users = set()
+        self._user_writes = {}
         self._deleted_threads = {}
         self._adopted_threads = set()
-        self._user_writes = asyncio.Lock()
         # SQLite has one writer at a time. Writers queue here, before taking a pooled connection,
         # so the ones waiting for the write lock do not hold every connection while a login or a
         # page of the chat list waits for one (PostgreSQL locks rows, not the database: no queue).
@@ -106,6 +107,7 @@ class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, Shares, SQLAlc
     async def open(self) -> tuple[int, int]:
         """Create or upgrade the schema; returns (version before, version after)."""
         versions = await migrate(self.engine)
+        await self.load_known_users()  # their logins read; only new names write
         register(self._writes)
         return versions
 
