@@ -68,17 +68,20 @@ class Counted:
     def __init__(self, layer: WeaverDataLayer) -> None:
         self.engine = layer.engine.sync_engine
         self.transactions = 0
-        self.user_writes = 0
+        self.user_writes = 0  # statements that write users (one may write many)
+        self.names_written: list[str] = []  # every value those statements sent
         event.listen(self.engine, "begin", self._begin)
         event.listen(self.engine, "before_cursor_execute", self._statement)
 
     def _begin(self, conn: Any) -> None:
         self.transactions += 1
 
-    def _statement(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+    def _statement(self, conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
         words = statement.lstrip().upper()
         if words.startswith("INSERT INTO USERS") or words.startswith("UPDATE USERS"):
             self.user_writes += 1
+            values = parameters.values() if isinstance(parameters, dict) else parameters
+            self.names_written.extend(str(v) for v in values)
 
     def reset(self) -> tuple[int, int]:
         seen = (self.transactions, self.user_writes)
@@ -145,8 +148,8 @@ def test_a_login_costs_one_transaction_at_most(db: DB) -> None:
 
 
 def test_a_rush_of_new_names_costs_no_more_transactions_than_returning_ones(db: DB) -> None:
-    """A hundred first logins at once, then (after a restart, nothing cached) the same hundred:
-    a transaction each both times, and every name stored once."""
+    """A hundred first logins at once: written together, a few transactions in all, every name
+    stored once. Then (after a restart, nothing cached) the same hundred: reads only, as few."""
 
     async def scenario() -> None:
         names = [f"new-{i:03d}" for i in range(100)]
@@ -169,7 +172,7 @@ def test_a_rush_of_new_names_costs_no_more_transactions_than_returning_ones(db: 
             counted.close()
             await layer.close()
         assert [u.id for u in made if u] == [u.id for u in back if u] and len(made) == 100
-        assert first == (100, 100) and returning == (100, 0), (first, returning)
+        assert first[0] <= 10 and first[1] <= 10 and returning[1] == 0 and returning[0] <= 10, (first, returning)
         assert tuple(stored) == (100, 100)
 
     run(scenario)
@@ -177,7 +180,7 @@ def test_a_rush_of_new_names_costs_no_more_transactions_than_returning_ones(db: 
 
 def test_logins_of_one_name_at_once_share_one_write_and_other_names_go_on(db: DB) -> None:
     """Thirty logins of one new name and thirty of other new names, all at once: one row for the
-    name, one for each other name; the name's logins share one write."""
+    name, one for each other name; the name's logins share one write (it is sent once)."""
 
     async def scenario() -> None:
         layer = await open_history(db.app_dir, db.url)
@@ -187,7 +190,8 @@ def test_logins_of_one_name_at_once_share_one_write_and_other_names_go_on(db: DB
             others = [layer.create_user(_user(f"pupil-{i}")) for i in range(30)]
             made = await asyncio.gather(*same, *others)
             assert len({u.id for u in made[:30] if u}) == 1 and len({u.id for u in made[30:] if u}) == 30
-            assert counted.user_writes == 31
+            assert counted.names_written.count("class") == 1
+            assert all(counted.names_written.count(f"pupil-{i}") == 1 for i in range(30))
             async with layer.reading() as conn:
                 rows = (await conn.execute(text("SELECT COUNT(*) FROM users"))).scalar()
             assert rows == 31 and not layer._user_writes, "every name's write ended and was forgotten"

@@ -95,6 +95,10 @@ class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, Shares, SQLAlc
         self._users = {}
         self._known_users = set()
         self._user_writes = {}
+        self._user_reads = {}
+        self._user_reader = None
+        self._user_queue = {}
+        self._user_writer = None
         self._deleted_threads = {}
         self._adopted_threads = set()
         # SQLite has one writer at a time. Writers queue here, before taking a pooled connection,

@@ -7,13 +7,18 @@ transaction at most, and logins of different names never wait for each other:
 * a user read or written in the last ``USER_CACHE_S`` with the same metadata costs nothing;
 * a name this process has seen stored (``_known_users``, filled at open and by every read and
   write) is read (a transaction that only reads: on SQLite it does not queue for the write lock);
-  only changed metadata writes;
+  only changed metadata writes. Reads that miss the cache at once are one query
+  (``_read_users``: every name asked meanwhile, ``WHERE "identifier" IN (…)``), so a rush of
+  returning users, and Chainlit's ``get_user`` at each connect, cost a few reads, not one each,
+  and do not take a pooled connection each;
 * any other name, a first login, is one upsert that returns the stored row
   (``INSERT … ON CONFLICT ("identifier") DO UPDATE … WHERE changed … RETURNING``) and, when it
   changed nothing (the user exists: another replica made it, or this server restarted), a read of
-  the row in the same transaction;
-* logins of one name at once share one write (``_user_writes``: the write in flight per name;
-  a name's entry goes when its write ends), so a class opening the app together writes its user once.
+  the row in the same transaction. First logins queued meanwhile go in the same statement
+  (``_write_users``: many rows of ``VALUES``), so a rush of new users costs a few transactions,
+  as a rush of returning ones does, and none waits behind a queue of single writes;
+* logins of one name at once share one read or write (``_user_writes``: the name's login in
+  flight; its entry goes when it ends), so a class opening the app together writes its user once.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import uuid
 from typing import Any, Mapping, Optional
 
 from chainlit.user import PersistedUser, User
+from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ui.history.store import HistoryStore, sql_text
@@ -34,9 +40,13 @@ from ui.history.store import HistoryStore, sql_text
 USER_CACHE_S = 5.0  # how long a user read from the database is used again
 USER_CACHE_SIZE = 10_000
 KNOWN_USERS_MAX = 200_000  # names known to be stored; past that the set starts again (a hint only)
+USER_READ_BATCH = 500  # names read by one query at most
+USER_WRITE_BATCH = 200  # users written by one statement at most (4 values each: under SQLite's 999)
 
 _COLUMNS = '"id", "identifier", "metadata", "createdAt"'
-_USER_BY_IDENTIFIER = f'SELECT {_COLUMNS} FROM users WHERE "identifier" = :identifier'
+_USERS_BY_IDENTIFIERS = sql_text(f'SELECT {_COLUMNS} FROM users WHERE "identifier" IN :names').bindparams(
+    bindparam("names", expanding=True)
+)
 # SQLite has RETURNING from 3.35 (2021); older ones read the row back in the same transaction.
 SQLITE_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
 
@@ -50,13 +60,14 @@ def _persisted_user(row: Mapping[str, Any]) -> PersistedUser:
     )
 
 
-def upsert_user_sql(dialect: str) -> tuple[str, bool]:
-    """The upsert of one user, and whether it returns the row. It writes only when the user is new
-    or its metadata changed (a returning user after a restart rewrites nothing)."""
+def upsert_users_sql(dialect: str, count: int) -> tuple[str, bool]:
+    """The upsert of ``count`` users (distinct names), and whether it returns their rows. It writes
+    only a user that is new or whose metadata changed (a returning user after a restart rewrites nothing)."""
     changed = "IS DISTINCT FROM" if dialect == "postgresql" else "IS NOT"
     returning = dialect == "postgresql" or SQLITE_RETURNING
+    values = ", ".join(f"(:id{i}, :identifier{i}, :metadata{i}, :created{i})" for i in range(count))
     sql = (
-        f"INSERT INTO users ({_COLUMNS}) VALUES (:id, :identifier, :metadata, :created) "
+        f"INSERT INTO users ({_COLUMNS}) VALUES {values} "
         'ON CONFLICT ("identifier") DO UPDATE SET "metadata" = EXCLUDED."metadata" '
         f'WHERE users."metadata" {changed} EXCLUDED."metadata"'
     )
@@ -69,6 +80,10 @@ class Users(HistoryStore):
     _users: dict[str, tuple[float, PersistedUser]]  # identifier -> (when read, user)
     _known_users: set[str]  # identifiers seen stored (the hint that picks a read over a write)
     _user_writes: dict[str, asyncio.Future[None]]  # identifier -> its write in flight
+    _user_reads: dict[str, asyncio.Future[Optional[PersistedUser]]]  # identifier -> its read, not begun yet
+    _user_reader: asyncio.Task[None] | None  # reads the names asked, a batch at a time
+    _user_queue: dict[str, tuple[dict[str, Any], asyncio.Future[Optional[PersistedUser]]]]  # writes not begun
+    _user_writer: asyncio.Task[None] | None  # writes the users queued, a batch at a time
 
     def _cached_user(self, identifier: str) -> Optional[PersistedUser]:
         cached = self._users.get(identifier)
@@ -98,9 +113,38 @@ class Users(HistoryStore):
         cached = self._cached_user(identifier)
         if cached is not None:
             return cached
-        async with self.reading() as conn:
-            rows = await self._rows(conn, _USER_BY_IDENTIFIER, {"identifier": identifier})
-        return self._remember(_persisted_user(rows[0])) if rows else None
+        return await self._read_user(identifier)
+
+    async def _read_user(self, identifier: str) -> Optional[PersistedUser]:
+        """The stored user, read with every other name asked meanwhile (one query for them all)."""
+        pending = self._user_reads.get(identifier)
+        if pending is None:
+            pending = self._user_reads[identifier] = asyncio.get_running_loop().create_future()
+            if self._user_reader is None or self._user_reader.done():
+                self._user_reader = asyncio.ensure_future(self._read_users())
+        found = await asyncio.shield(pending)  # a caller that gives up leaves the others their answer
+        return copy.copy(found) if found is not None else None
+
+    async def _read_users(self) -> None:
+        """Read the names asked, a batch at a time, until none is left; each waiter gets its user."""
+        while self._user_reads:
+            names = list(self._user_reads)[:USER_READ_BATCH]
+            waiting = {name: self._user_reads.pop(name) for name in names}
+            try:
+                async with self.reading() as conn:
+                    rows = await self._rows(conn, _USERS_BY_IDENTIFIERS, {"names": names})
+            except BaseException as exc:  # each waiter gets the failure, as its own read would have
+                for future in waiting.values():
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("read cancelled"))
+                        future.exception()  # retrieved here too: a waiter that gave up logs nothing
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            found = {str(row["identifier"]): self._remember(_persisted_user(row)) for row in rows}
+            for name, future in waiting.items():
+                if not future.done():
+                    future.set_result(found.get(name))
 
     async def known_identifiers(self, limit: int = 1000) -> list[str]:
         """Everyone who has signed in (the admin page lists them where users come from outside)."""
@@ -133,31 +177,61 @@ class Users(HistoryStore):
 
     async def _store_user(self, identifier: str, metadata: dict[str, Any]) -> Optional[PersistedUser]:
         if identifier in self._known_users:  # a returning user: read; write only what changed
-            async with self.reading() as conn:
-                rows = await self._rows(conn, _USER_BY_IDENTIFIER, {"identifier": identifier})
-            if rows and dict(rows[0]["metadata"] or {}) == metadata:
-                return self._remember(_persisted_user(rows[0]))
-        async with self.transaction() as conn:
-            stored = await self._upsert_user(conn, identifier, metadata)
-        if stored is None:
-            self._users.pop(identifier, None)
-            return None
-        return self._remember(stored)
+            known = await self._read_user(identifier)
+            if known is not None and known.metadata == metadata:
+                return known
+        pending: asyncio.Future[Optional[PersistedUser]] = asyncio.get_running_loop().create_future()
+        self._user_queue[identifier] = (metadata, pending)  # one per name: the caller holds the name
+        if self._user_writer is None or self._user_writer.done():
+            self._user_writer = asyncio.ensure_future(self._write_users())
+        stored = await asyncio.shield(pending)  # a caller that gives up leaves the others their answer
+        return copy.copy(stored) if stored is not None else None
 
-    async def _upsert_user(
-        self, conn: AsyncConnection, identifier: str, metadata: dict[str, Any]
-    ) -> Optional[PersistedUser]:
-        """The user's row after the upsert, read in the same transaction when the upsert returned none."""
-        sql, returns = upsert_user_sql(self.dialect)
-        params = {
-            "id": str(uuid.uuid4()),
-            "identifier": identifier,
-            "metadata": json.dumps(metadata),
-            "created": await self.get_current_timestamp(),
-        }
-        rows = await self._rows(conn, sql, params) if returns else []
-        if not returns:
+    async def _write_users(self) -> None:
+        """Store the users queued, a batch at a time, until none is left: each batch one transaction
+        (one upsert statement for all its names), each waiter gets its stored user."""
+        while self._user_queue:
+            names = list(self._user_queue)[:USER_WRITE_BATCH]
+            batch = {name: self._user_queue.pop(name) for name in names}
+            try:
+                async with self.transaction() as conn:
+                    stored = await self._upsert_users(conn, {name: md for name, (md, _) in batch.items()})
+            except BaseException as exc:  # each waiter gets the failure, as its own write would have
+                for _, future in batch.values():
+                    if not future.done():
+                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("write cancelled"))
+                        future.exception()  # retrieved here too: a waiter that gave up logs nothing
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for name, (_, future) in batch.items():
+                user = stored.get(name)
+                if user is None:
+                    self._users.pop(name, None)
+                if not future.done():
+                    future.set_result(self._remember(user) if user is not None else None)
+
+    async def _upsert_users(
+        self, conn: AsyncConnection, users: Mapping[str, dict[str, Any]]
+    ) -> dict[str, PersistedUser]:
+        """The users' rows after one upsert of them all; those it did not return (unchanged, or no
+        RETURNING here) are read in the same transaction."""
+        sql, returns = upsert_users_sql(self.dialect, len(users))
+        created = await self.get_current_timestamp()
+        params: dict[str, Any] = {}
+        for i, (identifier, metadata) in enumerate(users.items()):
+            params.update(
+                {f"id{i}": str(uuid.uuid4()), f"identifier{i}": identifier, f"metadata{i}": json.dumps(metadata)}
+            )
+            params[f"created{i}"] = created
+        if returns:
+            rows = await self._rows(conn, sql, params)
+        else:
             await conn.execute(sql_text(sql), params)
-        if not rows:  # unchanged (nothing returned), or no RETURNING here
-            rows = await self._rows(conn, _USER_BY_IDENTIFIER, {"identifier": identifier})
-        return _persisted_user(rows[0]) if rows else None
+            rows = []
+        stored = {str(row["identifier"]): _persisted_user(row) for row in rows}
+        missing = [name for name in users if name not in stored]
+        if missing:
+            rows = await self._rows(conn, _USERS_BY_IDENTIFIERS, {"names": missing})
+            stored.update((str(row["identifier"]), _persisted_user(row)) for row in rows)
+        return stored
