@@ -8,15 +8,17 @@ transaction at most, and logins of different names never wait for each other:
 * a name this process has seen stored (``_known_users``, filled at open and by every read and
   write) is read (a transaction that only reads: on SQLite it does not queue for the write lock);
   only changed metadata writes. Reads that miss the cache at once are one query
-  (``_read_users``: every name asked meanwhile, ``WHERE "identifier" IN (…)``), so a rush of
+  (``_user_reads``: every name asked meanwhile, ``WHERE "identifier" IN (…)``), so a rush of
   returning users, and Chainlit's ``get_user`` at each connect, cost a few reads, not one each,
   and do not take a pooled connection each;
 * any other name, a first login, is one upsert that returns the stored row
   (``INSERT … ON CONFLICT ("identifier") DO UPDATE … WHERE changed … RETURNING``) and, when it
   changed nothing (the user exists: another replica made it, or this server restarted), a read of
   the row in the same transaction. First logins queued meanwhile go in the same statement
-  (``_write_users``: many rows of ``VALUES``), so a rush of new users costs a few transactions,
-  as a rush of returning ones does, and none waits behind a queue of single writes;
+  (``_user_batches``: many rows of ``VALUES``; ``ui.history.batches``), so a rush of new users
+  costs a few transactions, as a rush of returning ones does, and none waits behind a queue of
+  single writes (on PostgreSQL batches run side by side; SQLite has one writer, and the logins
+  queued while it writes go together in its next transaction);
 * logins of one name at once share one read or write (``_user_writes``: the name's login in
   flight; its entry goes when it ends), so a class opening the app together writes its user once.
 """
@@ -35,6 +37,7 @@ from chainlit.user import PersistedUser, User
 from sqlalchemy import bindparam
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from ui.history.batches import Batches
 from ui.history.store import HistoryStore, sql_text
 
 USER_CACHE_S = 5.0  # how long a user read from the database is used again
@@ -79,11 +82,9 @@ class Users(HistoryStore):
 
     _users: dict[str, tuple[float, PersistedUser]]  # identifier -> (when read, user)
     _known_users: set[str]  # identifiers seen stored (the hint that picks a read over a write)
-    _user_writes: dict[str, asyncio.Future[None]]  # identifier -> its write in flight
-    _user_reads: dict[str, asyncio.Future[Optional[PersistedUser]]]  # identifier -> its read, not begun yet
-    _user_reader: asyncio.Task[None] | None  # reads the names asked, a batch at a time
-    _user_queue: dict[str, tuple[dict[str, Any], asyncio.Future[Optional[PersistedUser]]]]  # writes not begun
-    _user_writer: asyncio.Task[None] | None  # writes the users queued, a batch at a time
+    _user_writes: dict[str, asyncio.Future[None]]  # identifier -> its login in flight (a read or a write)
+    _user_reads: Batches[str, None, PersistedUser]  # reads of names asked together: one query
+    _user_batches: Batches[str, dict[str, Any], PersistedUser]  # first logins together: one upsert
 
     def _cached_user(self, identifier: str) -> Optional[PersistedUser]:
         cached = self._users.get(identifier)
@@ -117,34 +118,14 @@ class Users(HistoryStore):
 
     async def _read_user(self, identifier: str) -> Optional[PersistedUser]:
         """The stored user, read with every other name asked meanwhile (one query for them all)."""
-        pending = self._user_reads.get(identifier)
-        if pending is None:
-            pending = self._user_reads[identifier] = asyncio.get_running_loop().create_future()
-            if self._user_reader is None or self._user_reader.done():
-                self._user_reader = asyncio.ensure_future(self._read_users())
-        found = await asyncio.shield(pending)  # a caller that gives up leaves the others their answer
+        found = await self._user_reads.ask(identifier, None)
         return copy.copy(found) if found is not None else None
 
-    async def _read_users(self) -> None:
-        """Read the names asked, a batch at a time, until none is left; each waiter gets its user."""
-        while self._user_reads:
-            names = list(self._user_reads)[:USER_READ_BATCH]
-            waiting = {name: self._user_reads.pop(name) for name in names}
-            try:
-                async with self.reading() as conn:
-                    rows = await self._rows(conn, _USERS_BY_IDENTIFIERS, {"names": names})
-            except BaseException as exc:  # each waiter gets the failure, as its own read would have
-                for future in waiting.values():
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("read cancelled"))
-                        future.exception()  # retrieved here too: a waiter that gave up logs nothing
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            found = {str(row["identifier"]): self._remember(_persisted_user(row)) for row in rows}
-            for name, future in waiting.items():
-                if not future.done():
-                    future.set_result(found.get(name))
+    async def _read_users(self, names: Mapping[str, None]) -> dict[str, PersistedUser]:
+        """One batch of ``_user_reads``: every name asked, one query."""
+        async with self.reading() as conn:
+            rows = await self._rows(conn, _USERS_BY_IDENTIFIERS, {"names": list(names)})
+        return {str(row["identifier"]): self._remember(_persisted_user(row)) for row in rows}
 
     async def known_identifiers(self, limit: int = 1000) -> list[str]:
         """Everyone who has signed in (the admin page lists them where users come from outside)."""
@@ -180,36 +161,17 @@ class Users(HistoryStore):
             known = await self._read_user(identifier)
             if known is not None and known.metadata == metadata:
                 return known
-        pending: asyncio.Future[Optional[PersistedUser]] = asyncio.get_running_loop().create_future()
-        self._user_queue[identifier] = (metadata, pending)  # one per name: the caller holds the name
-        if self._user_writer is None or self._user_writer.done():
-            self._user_writer = asyncio.ensure_future(self._write_users())
-        stored = await asyncio.shield(pending)  # a caller that gives up leaves the others their answer
-        return copy.copy(stored) if stored is not None else None
+        stored = await self._user_batches.ask(identifier, metadata)  # one per name: the caller holds the name
+        if stored is None:
+            self._users.pop(identifier, None)
+            return None
+        return copy.copy(stored)
 
-    async def _write_users(self) -> None:
-        """Store the users queued, a batch at a time, until none is left: each batch one transaction
-        (one upsert statement for all its names), each waiter gets its stored user."""
-        while self._user_queue:
-            names = list(self._user_queue)[:USER_WRITE_BATCH]
-            batch = {name: self._user_queue.pop(name) for name in names}
-            try:
-                async with self.transaction() as conn:
-                    stored = await self._upsert_users(conn, {name: md for name, (md, _) in batch.items()})
-            except BaseException as exc:  # each waiter gets the failure, as its own write would have
-                for _, future in batch.values():
-                    if not future.done():
-                        future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("write cancelled"))
-                        future.exception()  # retrieved here too: a waiter that gave up logs nothing
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for name, (_, future) in batch.items():
-                user = stored.get(name)
-                if user is None:
-                    self._users.pop(name, None)
-                if not future.done():
-                    future.set_result(self._remember(user) if user is not None else None)
+    async def _write_users(self, users: Mapping[str, dict[str, Any]]) -> dict[str, PersistedUser]:
+        """One batch of ``_user_batches``, in one transaction (its ``Batches`` holds the writer's turn)."""
+        async with self.engine.begin() as conn:
+            stored = await self._upsert_users(conn, users)
+        return {name: self._remember(user) for name, user in stored.items()}
 
     async def _upsert_users(
         self, conn: AsyncConnection, users: Mapping[str, dict[str, Any]]
