@@ -86,6 +86,7 @@ class Wave:
     cpu_s: float = 0.0
     loop_cpu_s: float = 0.0
     wall_s: float = 0.0
+    client_cpu_s: float = 0.0  # this script's own CPU while the wave ran (the simulated browsers)
 
 
 async def one_login(base: str, name: str, transport: httpx.AsyncHTTPTransport, wave: Wave) -> None:
@@ -143,8 +144,9 @@ async def wave_of(
         cmd = ["py-spy", "record", "-p", str(cpu.pid), "-r", "200", "-f", "raw", "-o", str(profile)]
         spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(1.0)  # py-spy attaches
-    before, started = cpu.now(), time.monotonic()
+    before, started, client = cpu.now(), time.monotonic(), time.process_time()
     await asyncio.gather(*(one_login(base, name, transport, wave) for name in names))
+    wave.client_cpu_s = time.process_time() - client
     after = await settled(cpu, idle[0])
     if spy is not None:
         spy.send_signal(signal.SIGINT)
@@ -315,7 +317,12 @@ async def main_async(args: argparse.Namespace) -> bool:
             for i, kind in enumerate(["returning", "new", "new", "returning"][: 2 * args.pairs]):
                 names = returning if kind == "returning" else [f"new{i}-{run}-{j:04d}" for j in range(args.users)]
                 profile = prof.with_suffix(f".{i}.{kind}.txt") if prof else None
-                waves[kind].append(await wave_of(base, names, cpu, idle, kind, profile))
+                wave = await wave_of(base, names, cpu, idle, kind, profile)
+                waves[kind].append(wave)
+                print(
+                    f"wave {i + 1} ({kind}): server CPU {wave.cpu_s / args.users * 1000:.2f} ms per login, "
+                    f"login p95 {pct(wave.login_s, 0.95) * 1000:.0f} ms, this client's CPU {wave.client_cpu_s:.2f} s"
+                )
                 await asyncio.sleep(CACHE_S + 1)
         finally:
             stop_server(proc)
@@ -327,7 +334,7 @@ async def main_async(args: argparse.Namespace) -> bool:
         for kind, (cpu_s, wall_s, transactions) in alone.items():
             print(
                 f"  {kind:9} event-loop CPU {cpu_s * 1000:.2f} ms per login, {wall_s * 1000:.0f} ms for all, "
-                f"{transactions / args.users:.1f} transactions per login"
+                f"{transactions} transaction(s) in all"
             )
         print(f"  new / returning CPU {alone['new'][0] / alone['returning'][0]:.2f}")
     first = merged(f"first logins (new users), {len(waves['new'])} waves", waves["new"])
