@@ -35,6 +35,7 @@ from typing import Iterable, Iterator
 from chainlit.data.sql_alchemy import SQLAlchemyDataLayer
 from chainlit.data.storage_clients.base import BaseStorageClient
 
+from ui.history.batches import Batches
 from ui.history.elements import Elements
 from ui.history.feedback import Feedbacks
 from ui.history.rows import is_thread_id, sqlite_transactions
@@ -43,7 +44,7 @@ from ui.history.shares import Shares
 from ui.history.spool import Rows, Spool, orphans
 from ui.history.steps import Steps
 from ui.history.threads import THREAD_CHANGE, ThreadDeleted, Threads, merge_change, thread_of
-from ui.history.users import Users
+from ui.history.users import USER_READ_BATCH, USER_WRITE_BATCH, Users
 from ui.history.write_behind import DEFAULT_OUTAGE, Merge, OutagePolicy, WriteBehind, register, unregister
 
 logger = logging.getLogger("weaver.ui.history")
@@ -93,19 +94,23 @@ class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, Shares, SQLAlc
             self._store_pending, step_write_delay, merge_for=_merge_for, outage=outage, spool=spool
         )
         self._users = {}
+        self._known_users = set()
+        self._user_writes = {}
         self._deleted_threads = {}
         self._adopted_threads = set()
-        self._user_writes = asyncio.Lock()
         # SQLite has one writer at a time. Writers queue here, before taking a pooled connection,
         # so the ones waiting for the write lock do not hold every connection while a login or a
         # page of the chat list waits for one (PostgreSQL locks rows, not the database: no queue).
         self._one_writer = asyncio.Lock() if is_sqlite else None
         if is_sqlite:
             sqlite_transactions(self.engine.sync_engine)
+        self._user_reads = Batches(self._read_users, USER_READ_BATCH)
+        self._user_batches = Batches(self._write_users, USER_WRITE_BATCH, turn=self.writer_turn)
 
     async def open(self) -> tuple[int, int]:
         """Create or upgrade the schema; returns (version before, version after)."""
         versions = await migrate(self.engine)
+        await self.load_known_users()  # their logins read; only new names write
         register(self._writes)
         return versions
 

@@ -9,11 +9,12 @@ few methods one part calls in another, so each part type-checks on its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, AsyncContextManager, AsyncIterator, Iterable, Mapping, Sequence
 
 from chainlit.data.storage_clients.base import BaseStorageClient
 from chainlit.utils import utc_now
@@ -67,12 +68,13 @@ class HistoryStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that may write (never nested: on SQLite, writers take turns)."""
-        if self._one_writer is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        async with self._one_writer, self.engine.begin() as conn:
+        async with self.writer_turn(), self.engine.begin() as conn:
             yield conn
+
+    def writer_turn(self) -> AsyncContextManager[object]:
+        """This process's turn to write: SQLite's one writer (``_one_writer``); on PostgreSQL, now.
+        ``transaction`` takes it; a caller that holds it begins with ``engine.begin()`` itself."""
+        return self._one_writer if self._one_writer is not None else contextlib.nullcontext()
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:

@@ -70,8 +70,9 @@ class UserStore:
     def __init__(self, app_dir: Path) -> None:
         self.path = app_dir / USERS_FILE
         self._lock = threading.Lock()
-        self._seen: tuple[int, int, int] | None = None  # (mtime_ns, size, inode) of the copy below
-        self._cached: dict[str, dict[str, Any]] = {}
+        # The list as last read, with the (mtime_ns, size, inode) it was read at: one pair, replaced
+        # whole, so a login on a worker thread and a check on the event loop never see halves.
+        self._copy: tuple[tuple[int, int, int] | None, Mapping[str, dict[str, Any]]] = (None, {})
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
@@ -103,16 +104,16 @@ class UserStore:
         try:
             st = self.path.stat()
         except FileNotFoundError:
-            self._seen, self._cached = None, {}
-            return self._cached
+            self._copy = (None, {})
+            return self._copy[1]
         seen = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if seen != self._seen:
+        if seen != self._copy[0]:
             try:
-                self._cached = self._load()
+                users: Mapping[str, dict[str, Any]] = self._load()
             except AuthSetupError:
-                self._cached = {}
-            self._seen = seen
-        return self._cached
+                users = {}
+            self._copy = (seen, users)
+        return self._copy[1]
 
     def names(self) -> list[str]:
         return sorted(self._load())
@@ -219,8 +220,9 @@ class UserStore:
 
     def login(self, name: str, password: str) -> str | None:
         """The user's login epoch when the password is right and the user is not disabled, else
-        None; an unknown name costs the same work as a wrong password."""
-        entry = self._load().get(name)
+        None; an unknown name costs the same work as a wrong password. The list is the copy read
+        when the file last changed (``current``): a rush of logins parses it once, not once each."""
+        entry = self.current().get(name)
         stored = str(entry.get("hash", "")) if isinstance(entry, dict) else _DUMMY_HASH
         try:
             ok = _HASHER.verify(stored, password) and isinstance(entry, dict) and not entry.get("disabled")
