@@ -54,6 +54,11 @@ def _opened(turns: list[Message], opener: str) -> list[Message]:
     return turns
 
 
+def _same(kept: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
+    """The same objects, one by one (``is``: a content replaced by an equal one still counts as new)."""
+    return len(kept) == len(now) and all(a is b for a, b in zip(kept, now, strict=True))
+
+
 def _listing(items: Sequence[str] | str) -> str:
     text = items if isinstance(items, str) else ", ".join(items)
     return text or "(none)"
@@ -71,6 +76,9 @@ class RolePrompt:
         # Every request re-sends the recent turns; each is rendered once (posts do not change
         # once they are in the conversation), so a prompt costs the same at round 50 as at round 2.
         self._rendered: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # The same for a whole post's turns (its JSON, a result's template), by post id; an entry
+        # is used only for the very post it was made from, unchanged (see ``_post_turns``).
+        self._post_turns_kept: OrderedDict[str, tuple[Post, tuple[Any, ...], list[Message]]] = OrderedDict()
         # The example conversations (core/roles/examples.py) the role chose for this turn; shown
         # after the system prompt as earlier conversations, rendered like the chat's own turns.
         self.examples: Sequence[Example] = ()
@@ -103,6 +111,29 @@ class RolePrompt:
 
     def _turns(self, posts: list[Post]) -> list[Message]:
         """The chat messages of one conversation's posts, as this role sees them."""
+        messages: list[Message] = []
+        for post in posts:
+            messages.extend(self._post_turns(post))
+        return messages
+
+    def _post_turns(self, post: Post) -> list[Message]:
+        """``_turns_of(post)``, rendered once: a post in the conversation is finished, and every
+        request re-sends it. Kept for the same object only, with the very same message, recipient
+        and attachment contents (an example's post may share an id with another; a finished post
+        is not edited, but if one were, it is rendered again)."""
+        state = (post.message, post.send_to, *(a.content for a in post.attachment_list))
+        kept = self._post_turns_kept.get(post.id)
+        if kept is not None and kept[0] is post and _same(kept[1], state):
+            return [dict(m) for m in kept[2]]
+        turns = self._turns_of(post)
+        self._post_turns_kept[post.id] = (post, state, turns)
+        self._post_turns_kept.move_to_end(post.id)
+        if len(self._post_turns_kept) > RENDERED_KEPT:
+            self._post_turns_kept.popitem(last=False)
+        return [dict(m) for m in turns]
+
+    def _turns_of(self, post: Post) -> list[Message]:
+        """One post's chat messages, as this role sees them (none: not this role's business)."""
         raise NotImplementedError
 
     def messages(self, history: list[Round], current: Round, files: list[str], plugins: str) -> list[Message]:
@@ -153,14 +184,12 @@ class PlannerPrompt(RolePrompt):
         )
         return [system, *self._conversations(history, current)]
 
-    def _turns(self, posts: list[Post]) -> list[Message]:
-        messages: list[Message] = []
-        for post in posts:
-            if post.send_from == PLANNER:
-                messages.append({"role": "assistant", "content": planner_turn(post)})
-            elif post.send_to == PLANNER:
-                messages.append(self._incoming(str(post.send_from), post.message))
-        return messages
+    def _turns_of(self, post: Post) -> list[Message]:
+        if post.send_from == PLANNER:
+            return [{"role": "assistant", "content": planner_turn(post)}]
+        if post.send_to == PLANNER:
+            return [self._incoming(str(post.send_from), post.message)]
+        return []
 
 
 class CodePrompt(RolePrompt):
@@ -172,15 +201,14 @@ class CodePrompt(RolePrompt):
     def messages(self, history: list[Round], current: Round, files: list[str], plugins: str) -> list[Message]:
         return [self._system(files=_listing(files), plugins=_listing(plugins)), *self._conversations(history, current)]
 
-    def _turns(self, posts: list[Post]) -> list[Message]:
-        messages: list[Message] = []
-        for post in posts:
-            if post.send_from == PLANNER and post.send_to == CODE_INTERPRETER:
-                messages.append(self._incoming(PLANNER, post.message))
-            elif post.send_from == CODE_INTERPRETER:
-                messages.append({"role": "assistant", "content": code_turn(post)})
-                if post.get_attachment(AttachmentType.execution_status):
-                    retry = post.send_to == CODE_INTERPRETER
-                    content = self.templates.render("execution_result", result=post.message, retry=retry)
-                    messages.append({"role": "user", "content": content})
+    def _turns_of(self, post: Post) -> list[Message]:
+        if post.send_from == PLANNER and post.send_to == CODE_INTERPRETER:
+            return [self._incoming(PLANNER, post.message)]
+        if post.send_from != CODE_INTERPRETER:
+            return []
+        messages = [{"role": "assistant", "content": code_turn(post)}]
+        if post.get_attachment(AttachmentType.execution_status):
+            retry = post.send_to == CODE_INTERPRETER
+            content = self.templates.render("execution_result", result=post.message, retry=retry)
+            messages.append({"role": "user", "content": content})
         return messages
