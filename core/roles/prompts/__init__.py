@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from core.memory import AttachmentType, Post, Round
 from core.roles.examples import Example
-from core.roles.prompts.history import code_turn, planner_turn, recent_posts
+from core.roles.prompts.history import HISTORY_ROUNDS, code_turn, planner_turn, usable_posts
 from core.roles.prompts.templates import PromptTemplates, has_builtin, load_templates, section_of
 from core.roles.protocol import CODE_INTERPRETER, PLANNER, CodeReply, PlannerReply, ReplyContract, planner_recipients
 
@@ -78,6 +78,7 @@ class RolePrompt:
         self._rendered: OrderedDict[tuple[str, str], str] = OrderedDict()
         # The same for a whole post's turns (its JSON, a result's template), by post id; an entry
         # is used only for the very post it was made from, unchanged (see ``_post_turns``).
+        self._round_turns_kept: OrderedDict[str, tuple[Round, str, tuple[Post, ...], list[Message]]] = OrderedDict()
         self._post_turns_kept: OrderedDict[str, tuple[Post, tuple[Any, ...], list[Message]]] = OrderedDict()
         # The example conversations (core/roles/examples.py) the role chose for this turn; shown
         # after the system prompt as earlier conversations, rendered like the chat's own turns.
@@ -92,14 +93,32 @@ class RolePrompt:
     def _conversations(self, history: list[Round], current: Round) -> list[Message]:
         """Each example's turns, then the chat's; with examples, each conversation opens with
         the ``new_conversation`` line (TaskWeaver's delimiter), so the model tells them apart."""
-        chat = recent_posts([r for r in history if r.id not in self.summarised], current)
+        kept = [r for r in history if r.id not in self.summarised] if self.summarised else history
+        chat = self._chat_turns(kept, current)
         if not self.examples:
-            return _opened(self._turns(chat), self.summary)
+            return _opened(chat, self.summary)
         opener = self.templates.render("new_conversation").strip()
         messages: list[Message] = []
         for posts in [[p for r in e.rounds for p in r.post_list] for e in self.examples]:
             messages.extend(_opened(self._turns(posts), opener))
-        messages.extend(_opened(self._turns(chat), "\n".join(t for t in (opener, self.summary) if t)))
+        messages.extend(_opened(chat, "\n".join(t for t in (opener, self.summary) if t)))
+        return messages
+
+    def _chat_turns(self, history: list[Round], current: Round) -> list[Message]:
+        """``_turns(recent_posts(history, current))``, each earlier round's turns made once: a round
+        in the history is over, and every request re-sends the recent ones."""
+        messages: list[Message] = []
+        for rnd in history[-HISTORY_ROUNDS:]:
+            posts = rnd.post_list if rnd.state == "finished" else rnd.post_list[:1]
+            kept = self._round_turns_kept.get(rnd.id)
+            if kept is None or kept[0] is not rnd or kept[1] != rnd.state or not _same(kept[2], tuple(posts)):
+                turns = self._turns(usable_posts(posts))
+                kept = self._round_turns_kept[rnd.id] = (rnd, rnd.state, tuple(posts), turns)
+                self._round_turns_kept.move_to_end(rnd.id)
+                if len(self._round_turns_kept) > RENDERED_KEPT:
+                    self._round_turns_kept.popitem(last=False)
+            messages.extend(dict(m) for m in kept[3])
+        messages.extend(self._turns(usable_posts(current.post_list)))
         return messages
 
     def transcript(self, rounds: list[Round]) -> str:
