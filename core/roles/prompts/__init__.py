@@ -78,7 +78,7 @@ class RolePrompt:
         self._rendered: OrderedDict[tuple[str, str], str] = OrderedDict()
         # The same for a whole post's turns (its JSON, a result's template), by post id; an entry
         # is used only for the very post it was made from, unchanged (see ``_post_turns``).
-        self._round_turns_kept: OrderedDict[str, tuple[Round, str, tuple[Post, ...], list[Message]]] = OrderedDict()
+        self._round_turns_kept: OrderedDict[str, tuple[Round, str, tuple[Any, ...], list[Message]]] = OrderedDict()
         self._post_turns_kept: OrderedDict[str, tuple[Post, tuple[Any, ...], list[Message]]] = OrderedDict()
         # The example conversations (core/roles/examples.py) the role chose for this turn; shown
         # after the system prompt as earlier conversations, rendered like the chat's own turns.
@@ -106,14 +106,16 @@ class RolePrompt:
 
     def _chat_turns(self, history: list[Round], current: Round) -> list[Message]:
         """``_turns(recent_posts(history, current))``, each earlier round's turns made once: a round
-        in the history is over, and every request re-sends the recent ones."""
+        in the history is over, and every request re-sends the recent ones. Made again if the round
+        has other posts, or a post another message, recipient or number of attachments."""
         messages: list[Message] = []
         for rnd in history[-HISTORY_ROUNDS:]:
             posts = rnd.post_list if rnd.state == "finished" else rnd.post_list[:1]
+            state = tuple(x for p in posts for x in (p, p.message, p.send_to, len(p.attachment_list)))
             kept = self._round_turns_kept.get(rnd.id)
-            if kept is None or kept[0] is not rnd or kept[1] != rnd.state or not _same(kept[2], tuple(posts)):
+            if kept is None or kept[0] is not rnd or kept[1] != rnd.state or not _same(kept[2], state):
                 turns = self._turns(usable_posts(posts))
-                kept = self._round_turns_kept[rnd.id] = (rnd, rnd.state, tuple(posts), turns)
+                kept = self._round_turns_kept[rnd.id] = (rnd, rnd.state, state, turns)
                 self._round_turns_kept.move_to_end(rnd.id)
                 if len(self._round_turns_kept) > RENDERED_KEPT:
                     self._round_turns_kept.popitem(last=False)
