@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -100,16 +101,19 @@ class KernelClock(SessionEventHandler):
     def __init__(self) -> None:
         self.started = 0.0
         self.total = 0.0
+        self.cpu_started = 0.0
+        self.cpu = 0.0  # this process's CPU time meanwhile (waiting for the kernel's messages)
 
     def handle(self, event: TaskWeaverEvent) -> None:
         if event.t == PostEventType.post_status_update and event.msg == "executing code":
-            self.started = time.monotonic()
+            self.cpu_started, self.started = time.process_time(), time.monotonic()
         elif (
             event.t == PostEventType.post_attachment_update
             and event.extra["type"] == AttachmentType.execution_status
             and self.started
         ):
             self.total += time.monotonic() - self.started
+            self.cpu += time.process_time() - self.cpu_started
             self.started = 0.0
 
 
@@ -118,6 +122,9 @@ class RoundSample:
     wall_s: float
     server_s: float
     kernel_s: float
+    # CPU time of this process (every thread: Weaver's, the server's; not the kernel's), a round's
+    # without its kernel execution, as for the wall time
+    cpu_s: float = 0.0
 
     @property
     def overhead_s(self) -> float:
@@ -155,14 +162,14 @@ def run_rounds(
         for index in range(rounds + 1):
             push_round(server, chunks, delay)
             first, clock = len(server.timings), KernelClock()
-            started = time.monotonic()
+            cpu_started, started = time.process_time(), time.monotonic()
             rnd = session.send_message("What is the sum of squares of 1..10?", event_handler=clock)
-            wall = time.monotonic() - started
+            wall, cpu = time.monotonic() - started, time.process_time() - cpu_started
             if rnd.state != "finished" or "385" not in rnd.post_list[2].first(AttachmentType.execution_result, ""):
                 raise SystemExit(f"round {index} did not work: {rnd.state} {rnd.error}")
             bare = bare_round(server, backend, chunks, delay)
             if index:
-                samples.append(RoundSample(wall, server.server_time_since(first), clock.total))
+                samples.append(RoundSample(wall, server.server_time_since(first), clock.total, cpu - clock.cpu))
                 raw.append(bare)
     finally:
         backend.close()
@@ -175,11 +182,12 @@ def bare_round(server: TimedServer, backend: OpenAIBackend, chunks: int, delay: 
     messages = [{"role": "system", "content": "bench"}, {"role": "user", "content": "sum of squares?"}]
     push_round(server, chunks, delay)
     first = len(server.timings)
-    started = time.monotonic()
+    cpu_started, started = time.process_time(), time.monotonic()
     for role in ("Planner", "CodeInterpreter", "Planner"):
         text = "".join(backend.stream_chat(ChatRequest(role=role, messages=messages), CancelToken()))
         assert text in ANSWERS
-    return RoundSample(time.monotonic() - started, server.server_time_since(first), 0.0)
+    wall, cpu = time.monotonic() - started, time.process_time() - cpu_started
+    return RoundSample(wall, server.server_time_since(first), 0.0, cpu)
 
 
 def p90(values: list[float]) -> float:
@@ -212,6 +220,9 @@ def report(rounds: list[RoundSample], raw: list[RoundSample]) -> None:
     for start in range(0, len(own), 10):
         block = own[start : start + 10]
         line(f"rounds {start + 1}-{start + len(block)}", block)
+    # CPU time does not grow when other processes take the cores, so this part holds on a busy machine.
+    print("Weaver's own CPU per round (this process's CPU in the round - in its bare calls - during the kernel run)")
+    line("all rounds", [r.cpu_s - b.cpu_s for r, b in zip(rounds, raw, strict=True)])
 
 
 def main() -> None:
@@ -220,6 +231,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=8, help="streamed chunks per answer (default 8)")
     parser.add_argument("--delay", type=float, default=0.0, help="server delay between chunks, s (default 0)")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     server = TimedServer().start()
     try:
         with tempfile.TemporaryDirectory(prefix="weaver-bench-") as tmp:
@@ -227,6 +239,8 @@ def main() -> None:
     finally:
         server.stop()
     print(f"chunks per answer {args.chunks}, server delay between chunks {args.delay * 1000:.0f} ms")
+    load_after = os.getloadavg()[0]
+    print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after:.2f}, on {os.cpu_count()} cores")
     report(rounds, raw)
 
 

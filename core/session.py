@@ -428,8 +428,10 @@ class Session:
 
     def _check_room(self, files: list[Any]) -> None:
         """Refuse files that would take the session's folder past ``execution.disk_mb``."""
+        if not files:
+            return
         room = self.executor.disk_room()
-        if room is None or not files:
+        if room is None:
             return
         incoming = incoming_bytes(files)
         if incoming > room:

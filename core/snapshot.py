@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from core.execution.limits import MB
+from core.later import Later, call_later
 from core.memory import AttachmentType, RoleName, Round
 from core.text import code_span
 
@@ -233,7 +234,7 @@ class Snapshots:
         self.last: SaveResult | None = None  # the latest attempt, for the UI and tests
         self._due: str | None = None  # the round after which the namespace changed, unsaved
         self._lock = threading.Lock()  # one save at a time
-        self._thread: threading.Thread | None = None
+        self._pending: Later | None = None  # the background save, waiting or running
 
     @property
     def enabled(self) -> bool:
@@ -260,7 +261,7 @@ class Snapshots:
 
     def in_background(self) -> None:
         """Save the due round on a thread of its own once the chat has been idle ``IDLE_S``; the caller
-        (a round just over) does not wait."""
+        (a round just over) does not wait, nor start a thread (``core.later``)."""
         if self._due is None or not self.enabled:
             return
         generation = self.generation
@@ -269,18 +270,15 @@ class Snapshots:
             if self.generation == generation:  # no round started meanwhile (it saves after itself)
                 self.save_due()
 
-        thread = threading.Timer(IDLE_S, when_idle)
-        thread.name, thread.daemon = "weaver-snapshot", True
-        self._thread = thread
-        thread.start()
+        pending = self._pending
+        if pending is not None:
+            pending.cancel()  # a later round is due now; a save already running goes on
+        self._pending = call_later(IDLE_S, when_idle, name="weaver-snapshot")
 
     def wait(self, timeout: float) -> bool:
         """Wait for a background save to end (tests, and a stop); True if none is running."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
+        pending = self._pending
+        return pending.wait(timeout) if pending is not None else True
 
     def save_due(self) -> SaveResult | None:
         """Save now if a round's changes are unsaved and no round has started since; never raises."""

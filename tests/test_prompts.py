@@ -13,7 +13,7 @@ import pytest
 
 from core import TaskWeaverApp
 from core.errors import ConfigError
-from core.memory import Post
+from core.memory import Post, Round
 from core.roles.base import Role
 from core.roles.context import RoundContext
 from core.roles.registry import RoleRegistry, default_role_registry
@@ -144,3 +144,35 @@ def test_a_code_interpreter_prompt_file_is_checked_too(tmp_path: Path) -> None:
     expected = r"^code_interpreter\.prompt_file_path: .*ci\.yaml: 'execution_result' uses output"
     with pytest.raises(ConfigError, match=expected):
         TaskWeaverApp(app_dir=tmp_path, config={"code_interpreter.prompt_file_path": str(path), **NO_PREWARM})
+
+
+def test_earlier_turns_rendered_once_still_follow_a_changed_post(llm_server: ScriptedLLMServer, tmp_path: Path) -> None:
+    """Each earlier round's turns are made once per role (every request re-sends them); a post
+    that changed (here by hand: nothing in Weaver edits a finished post) is rendered again, and a
+    caller changing a message it was given changes no later prompt."""
+    app = new_app(tmp_path, llm_server, **NO_PREWARM)
+    try:
+        session = app.get_session()
+        llm_server.push(to_user("First answer."), to_user("Second answer."))
+        for text in ("first question", "second question"):
+            assert session.send_message(text).state == "finished"
+        prompt = session.roles["Planner"].prompt
+        current = Round(user_query="third question")
+        current.add_post(Post(send_from="User", send_to="Planner", message="third question"))
+
+        def chat() -> list[str]:
+            return [m["content"] for m in prompt.messages(session.rounds, current, [], "")[1:]]
+
+        before = chat()
+        assert any("First answer." in c for c in before) and any("second question" in c for c in before)
+        assert chat() == before  # from the kept turns
+        answer = session.rounds[0].post_list[-1]
+        answer.message = "First answer, corrected."
+        assert any("First answer, corrected." in c for c in chat())
+        session.rounds[1].post_list[0] = Post(send_from="User", send_to="Planner", message="second, asked again")
+        after = chat()
+        assert any("second, asked again" in c for c in after) and not any("second question" in c for c in after)
+        prompt.messages(session.rounds, current, [], "")[1]["content"] = "changed by a caller"
+        assert chat() == after
+    finally:
+        app.stop()

@@ -254,27 +254,33 @@ def set_file_size_limit(pid: int, max_bytes: int) -> bool:
         pass
     except (OSError, ValueError):
         return False
+    try:
+        current, hard = _file_size_limits(pid)
+    except (OSError, ValueError):
+        return False
+    soft = max_bytes if hard is None else min(max_bytes, hard)
+    if current == soft:  # already so (the usual case from one run to the next): no setpriv + prlimit (~2 ms)
+        return True
     uid = _uid_of(pid)
     setpriv, prlimit = shutil.which("setpriv"), shutil.which("prlimit")
     if uid is None or uid == os.geteuid() or setpriv is None or prlimit is None:
         return False
     drop = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
     try:
-        hard = _file_size_hard_limit(pid)
-        soft = max_bytes if hard is None else min(max_bytes, hard)
         done = subprocess.run([*drop, prlimit, f"--pid={pid}", f"--fsize={soft}:"], capture_output=True, timeout=10)
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
 
 
-def _file_size_hard_limit(pid: int) -> int | None:
-    """RLIMIT_FSIZE's hard limit of ``pid`` (None: unlimited), read where any process may read it."""
+def _file_size_limits(pid: int) -> tuple[int | None, int | None]:
+    """RLIMIT_FSIZE's soft and hard limits of ``pid`` (None: unlimited), read where any process may
+    read them."""
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
         if line.startswith("Max file size"):
-            hard = line[26:].split()[1]
-            return None if hard == "unlimited" else int(hard)
-    return None
+            soft, hard = line[26:].split()[:2]
+            return (None if soft == "unlimited" else int(soft)), (None if hard == "unlimited" else int(hard))
+    return None, None
 
 
 def _uid_of(pid: int) -> int | None:

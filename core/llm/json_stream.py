@@ -30,6 +30,7 @@ _FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$", re.IGNORECASE)
 # One decoder for every parse: ``json.loads`` with an option builds a new one each call, and a
 # streamed answer is parsed in hundreds of small pieces.
 _LENIENT = json.JSONDecoder(strict=False)
+_STRING_RUN = re.compile(r'[^"\\]+')
 
 
 def parse_json_object(text: str, required: frozenset[str] = frozenset()) -> dict[str, Any]:
@@ -84,8 +85,17 @@ class JsonStreamParser:
 
     def feed(self, chunk: str) -> list[FieldEvent]:
         events: list[FieldEvent] = []
-        for char in chunk:
-            self._step(char, events)
+        i, end = 0, len(chunk)
+        while i < end:
+            if self._state == "string" and not self._escape:
+                # Inside a string only a quote or a backslash matters: take the run before it at once.
+                run = _STRING_RUN.match(chunk, i)
+                if run is not None:
+                    self._segment += run.group()
+                    i = run.end()
+                    continue
+            self._step(chunk[i], events)
+            i += 1
         if self._state == "string" and self._segment:
             self._flush_string(events)
         return events

@@ -92,8 +92,9 @@ class Role(abc.ABC):
         into the call's record (``Round.llm_calls``) and the offline backend's hints."""
         if self.examples is None:
             return []
-        posts = [p for r in (*ctx.history, ctx.round) for p in r.post_list]
-        sub_path = named_sub_path(posts, ctx.session_vars) if self.examples.dynamic else ""
+        sub_path = ""
+        if self.examples.dynamic:  # the whole chat's posts: only built when a sub-path may be named
+            sub_path = named_sub_path([p for r in (*ctx.history, ctx.round) for p in r.post_list], ctx.session_vars)
         try:
             chosen = self.examples.select(sub_path)
         except ConfigError as exc:  # a file changed into a broken one after the start-up check
@@ -128,8 +129,10 @@ class Role(abc.ABC):
             self._experience = ExperienceShelf(
                 self.alias, self.config, True, settings.experience_dir, settings.dynamic_experience_sub_path
             )
-        posts = [p for r in (*ctx.history, ctx.round) for p in r.post_list]
-        sub_path = experience_sub_path(posts, ctx.session_vars) if self._experience.dynamic else ""
+        sub_path = ""
+        if self._experience.dynamic:
+            posts = [p for r in (*ctx.history, ctx.round) for p in r.post_list]
+            sub_path = experience_sub_path(posts, ctx.session_vars)
         try:
             tips = self._experience.select(query, sub_path)
         except OSError as exc:  # the folder changed while it was read: this turn goes without tips

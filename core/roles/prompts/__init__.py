@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from core.memory import AttachmentType, Post, Round
 from core.roles.examples import Example
-from core.roles.prompts.history import code_turn, planner_turn, recent_posts
+from core.roles.prompts.history import HISTORY_ROUNDS, code_turn, planner_turn, usable_posts
 from core.roles.prompts.templates import PromptTemplates, has_builtin, load_templates, section_of
 from core.roles.protocol import CODE_INTERPRETER, PLANNER, CodeReply, PlannerReply, ReplyContract, planner_recipients
 
@@ -54,6 +54,11 @@ def _opened(turns: list[Message], opener: str) -> list[Message]:
     return turns
 
 
+def _same(kept: tuple[Any, ...], now: tuple[Any, ...]) -> bool:
+    """The same objects, one by one (``is``: a content replaced by an equal one still counts as new)."""
+    return len(kept) == len(now) and all(a is b for a, b in zip(kept, now, strict=True))
+
+
 def _listing(items: Sequence[str] | str) -> str:
     text = items if isinstance(items, str) else ", ".join(items)
     return text or "(none)"
@@ -71,6 +76,10 @@ class RolePrompt:
         # Every request re-sends the recent turns; each is rendered once (posts do not change
         # once they are in the conversation), so a prompt costs the same at round 50 as at round 2.
         self._rendered: OrderedDict[tuple[str, str], str] = OrderedDict()
+        # The same for a whole post's turns (its JSON, a result's template), by post id; an entry
+        # is used only for the very post it was made from, unchanged (see ``_post_turns``).
+        self._round_turns_kept: OrderedDict[str, tuple[Round, str, tuple[Any, ...], list[Message]]] = OrderedDict()
+        self._post_turns_kept: OrderedDict[str, tuple[Post, tuple[Any, ...], list[Message]]] = OrderedDict()
         # The example conversations (core/roles/examples.py) the role chose for this turn; shown
         # after the system prompt as earlier conversations, rendered like the chat's own turns.
         self.examples: Sequence[Example] = ()
@@ -84,14 +93,34 @@ class RolePrompt:
     def _conversations(self, history: list[Round], current: Round) -> list[Message]:
         """Each example's turns, then the chat's; with examples, each conversation opens with
         the ``new_conversation`` line (TaskWeaver's delimiter), so the model tells them apart."""
-        chat = recent_posts([r for r in history if r.id not in self.summarised], current)
+        kept = [r for r in history if r.id not in self.summarised] if self.summarised else history
+        chat = self._chat_turns(kept, current)
         if not self.examples:
-            return _opened(self._turns(chat), self.summary)
+            return _opened(chat, self.summary)
         opener = self.templates.render("new_conversation").strip()
         messages: list[Message] = []
         for posts in [[p for r in e.rounds for p in r.post_list] for e in self.examples]:
             messages.extend(_opened(self._turns(posts), opener))
-        messages.extend(_opened(self._turns(chat), "\n".join(t for t in (opener, self.summary) if t)))
+        messages.extend(_opened(chat, "\n".join(t for t in (opener, self.summary) if t)))
+        return messages
+
+    def _chat_turns(self, history: list[Round], current: Round) -> list[Message]:
+        """``_turns(recent_posts(history, current))``, each earlier round's turns made once: a round
+        in the history is over, and every request re-sends the recent ones. Made again if the round
+        has other posts, or a post another message, recipient or number of attachments."""
+        messages: list[Message] = []
+        for rnd in history[-HISTORY_ROUNDS:]:
+            posts = rnd.post_list if rnd.state == "finished" else rnd.post_list[:1]
+            state = tuple(x for p in posts for x in (p, p.message, p.send_to, len(p.attachment_list)))
+            kept = self._round_turns_kept.get(rnd.id)
+            if kept is None or kept[0] is not rnd or kept[1] != rnd.state or not _same(kept[2], state):
+                turns = self._turns(usable_posts(posts))
+                kept = self._round_turns_kept[rnd.id] = (rnd, rnd.state, state, turns)
+                self._round_turns_kept.move_to_end(rnd.id)
+                if len(self._round_turns_kept) > RENDERED_KEPT:
+                    self._round_turns_kept.popitem(last=False)
+            messages.extend(dict(m) for m in kept[3])
+        messages.extend(self._turns(usable_posts(current.post_list)))
         return messages
 
     def transcript(self, rounds: list[Round]) -> str:
@@ -103,6 +132,29 @@ class RolePrompt:
 
     def _turns(self, posts: list[Post]) -> list[Message]:
         """The chat messages of one conversation's posts, as this role sees them."""
+        messages: list[Message] = []
+        for post in posts:
+            messages.extend(self._post_turns(post))
+        return messages
+
+    def _post_turns(self, post: Post) -> list[Message]:
+        """``_turns_of(post)``, rendered once: a post in the conversation is finished, and every
+        request re-sends it. Kept for the same object only, with the very same message, recipient
+        and attachment contents (an example's post may share an id with another; a finished post
+        is not edited, but if one were, it is rendered again)."""
+        state = (post.message, post.send_to, *(a.content for a in post.attachment_list))
+        kept = self._post_turns_kept.get(post.id)
+        if kept is not None and kept[0] is post and _same(kept[1], state):
+            return [dict(m) for m in kept[2]]
+        turns = self._turns_of(post)
+        self._post_turns_kept[post.id] = (post, state, turns)
+        self._post_turns_kept.move_to_end(post.id)
+        if len(self._post_turns_kept) > RENDERED_KEPT:
+            self._post_turns_kept.popitem(last=False)
+        return [dict(m) for m in turns]
+
+    def _turns_of(self, post: Post) -> list[Message]:
+        """One post's chat messages, as this role sees them (none: not this role's business)."""
         raise NotImplementedError
 
     def messages(self, history: list[Round], current: Round, files: list[str], plugins: str) -> list[Message]:
@@ -153,14 +205,12 @@ class PlannerPrompt(RolePrompt):
         )
         return [system, *self._conversations(history, current)]
 
-    def _turns(self, posts: list[Post]) -> list[Message]:
-        messages: list[Message] = []
-        for post in posts:
-            if post.send_from == PLANNER:
-                messages.append({"role": "assistant", "content": planner_turn(post)})
-            elif post.send_to == PLANNER:
-                messages.append(self._incoming(str(post.send_from), post.message))
-        return messages
+    def _turns_of(self, post: Post) -> list[Message]:
+        if post.send_from == PLANNER:
+            return [{"role": "assistant", "content": planner_turn(post)}]
+        if post.send_to == PLANNER:
+            return [self._incoming(str(post.send_from), post.message)]
+        return []
 
 
 class CodePrompt(RolePrompt):
@@ -172,15 +222,14 @@ class CodePrompt(RolePrompt):
     def messages(self, history: list[Round], current: Round, files: list[str], plugins: str) -> list[Message]:
         return [self._system(files=_listing(files), plugins=_listing(plugins)), *self._conversations(history, current)]
 
-    def _turns(self, posts: list[Post]) -> list[Message]:
-        messages: list[Message] = []
-        for post in posts:
-            if post.send_from == PLANNER and post.send_to == CODE_INTERPRETER:
-                messages.append(self._incoming(PLANNER, post.message))
-            elif post.send_from == CODE_INTERPRETER:
-                messages.append({"role": "assistant", "content": code_turn(post)})
-                if post.get_attachment(AttachmentType.execution_status):
-                    retry = post.send_to == CODE_INTERPRETER
-                    content = self.templates.render("execution_result", result=post.message, retry=retry)
-                    messages.append({"role": "user", "content": content})
+    def _turns_of(self, post: Post) -> list[Message]:
+        if post.send_from == PLANNER and post.send_to == CODE_INTERPRETER:
+            return [self._incoming(PLANNER, post.message)]
+        if post.send_from != CODE_INTERPRETER:
+            return []
+        messages = [{"role": "assistant", "content": code_turn(post)}]
+        if post.get_attachment(AttachmentType.execution_status):
+            retry = post.send_to == CODE_INTERPRETER
+            content = self.templates.render("execution_result", result=post.message, retry=retry)
+            messages.append({"role": "user", "content": content})
         return messages

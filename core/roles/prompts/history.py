@@ -41,4 +41,9 @@ def recent_posts(history: list[Round], current: Round) -> list[Post]:
     """Posts of the last rounds and the current one, without answers the model could not use."""
     # A failed or cancelled round may end in a post cut short: keep only what the user asked.
     posts = [p for r in history[-HISTORY_ROUNDS:] for p in (r.post_list if r.state == "finished" else r.post_list[:1])]
-    return [p for p in posts + current.post_list if not p.get_attachment(AttachmentType.invalid_response)]
+    return usable_posts(posts + current.post_list)
+
+
+def usable_posts(posts: list[Post]) -> list[Post]:
+    """``posts`` without answers the model could not use."""
+    return [p for p in posts if not p.get_attachment(AttachmentType.invalid_response)]

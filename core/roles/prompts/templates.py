@@ -58,8 +58,10 @@ def _compiled(text: str) -> Template:
     return _ENV.from_string(text)
 
 
+@functools.lru_cache(maxsize=256)
 def section_of(alias: str) -> str:
-    """A role alias as its YAML file and config section name: ``CodeInterpreter`` → ``code_interpreter``."""
+    """A role alias as its YAML file and config section name: ``CodeInterpreter`` → ``code_interpreter``
+    (asked at every turn; a few aliases, so each is worked out once)."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", alias).lower()
 
 
