@@ -19,13 +19,40 @@ fork server (``zygote.py``), whose children go straight to ``run``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib
 import sys
 import types
+from collections.abc import Iterator
 from typing import Any
 
 LEFT_OUT = ("debugpy", "jedi")
 EMBED = "IPython.terminal.embed"
+# What every kernel imports while it starts and answers its first requests, beyond ``ipykernel.kernelapp``
+# (``bench/kernel_memory.py`` lists it): imported by ``prepare``, so a forked kernel shares them with
+# the fork server instead of holding a copy of its own. Only modules whose import starts no thread
+# and opens nothing; Weaver's own runtime (``core.plugins.runtime``) is not here, a forked kernel
+# imports it from inside its sandbox, but what it needs of the standard library is.
+PRE_IMPORTS = (
+    "ipykernel.ipkernel",
+    "ipykernel.zmqshell",
+    "ipykernel.debugger",  # imported (and found unusable) even with debugpy hidden
+    "IPython.core.completerlib",
+    "IPython.extensions.storemagic",  # IPython's default extension
+    "faulthandler",
+    "pwd",
+    "tornado.gen",
+    "tornado.locks",
+    "tornado.queues",
+    "tornado.platform.asyncio",
+    # Weaver's runtime in the kernel (core.plugins.runtime, api, core.compat.autoload)
+    "secrets",
+    "tempfile",
+    "shutil",
+    "importlib.util",
+    "traceback",
+)
 
 
 def _embed(**kwargs: Any) -> Any:
@@ -54,7 +81,39 @@ def prepare() -> list[str]:
         sys.modules[EMBED] = _stand_in_embed()
     import ipykernel.kernelapp  # noqa: F401
 
+    for name in PRE_IMPORTS:
+        importlib.import_module(name)
     return [*hidden, EMBED]
+
+
+class _SysForTheKernelClass:
+    """``sys`` as ipykernel's kernel class sees it while it is built: no modules listed.
+
+    ``IPythonKernel.__init__`` lists the file of every loaded module, for the debugger alone. In a
+    forked kernel that walk writes to the reference count of every module object and file name the
+    fork server imported: ~4 MB of its shared pages copied into each kernel, for a list nobody reads
+    when the debugger is hidden."""
+
+    modules: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys, name)
+
+
+@contextlib.contextmanager
+def _no_module_list() -> Iterator[None]:
+    """While the kernel is built, ipykernel's kernel module sees ``_SysForTheKernelClass`` for ``sys``;
+    only when the debugger is hidden (its module list is then unused) and that module reads ``sys``."""
+    from ipykernel import ipkernel
+
+    if sys.modules.get("debugpy", False) is not None or getattr(ipkernel, "sys", None) is not sys:
+        yield
+        return
+    ipkernel.sys = _SysForTheKernelClass()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        ipkernel.sys = sys
 
 
 def run(argv: list[str], hidden: list[str]) -> None:
@@ -63,7 +122,8 @@ def run(argv: list[str], hidden: list[str]) -> None:
 
     gc.disable()
     app = IPKernelApp.instance()
-    app.initialize(argv)  # ipykernel and IPython note here, once, that the hidden modules are missing
+    with _no_module_list():
+        app.initialize(argv)  # ipykernel and IPython note here, once, that the hidden modules are missing
     for name in hidden:
         module = sys.modules.get(name, False)
         if module is None or getattr(module, "__weaver_stand_in__", False):

@@ -226,17 +226,26 @@ def _kernel(request: dict[str, Any], hidden: list[str], log: int, fifo: int) -> 
     os._exit(0)
 
 
-def serve() -> None:
-    """Answer fork requests from stdin until the server closes it (or dies: parent-death signal)."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "setting the parent-death signal")
-    if os.getppid() == 1:
-        return
+def preload() -> list[str]:
+    """What every kernel shares with this process: the seccomp filter, ipykernel and what a kernel
+    imports at its start (``kernel_main.prepare``), then every object frozen out of the collector's
+    reach (a collection in a kernel would otherwise write to, and so copy, each page it visits).
+    Nothing here is any kernel's: it runs before the first request. Returns the hidden module names."""
     global _FILTER
     if syscalls.seccomp_problem() is None:
         _FILTER = syscalls.build_filter()
     hidden = kernel_main.prepare()
     gc.collect()
-    gc.freeze()  # the imported objects stay shared with every kernel instead of being copied on the first collection
+    gc.freeze()
+    return hidden
+
+
+def serve() -> None:
+    """Answer fork requests from stdin until the server closes it (or dies: parent-death signal)."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "setting the parent-death signal")
+    if os.getppid() == 1:
+        return
+    hidden = preload()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # helpers exit at once and are reaped by the system
     _reply({"ready": True})
     for line in sys.stdin.buffer:
