@@ -13,7 +13,8 @@ import pytest
 from core.config import ExecutionSettings
 from core.execution import sandbox
 from core.execution.kernel import KernelExecutor
-from core.execution.launcher import kernel_env
+from core.execution.kernel_main import FIXED_ARGS
+from core.execution.launcher import KERNEL_ARGS, kernel_env
 from tests.conftest import pid_alive
 from tests.ui_harness import (
     KERNEL_ID_CODE,
@@ -58,16 +59,51 @@ def test_an_idle_forked_kernel_imports_no_package_the_fork_server_could_share(tm
         assert box is not None and box.forked, "the kernel was not forked from the fork server"
         result = executor.execute(
             "import gc, json, sys\n"
-            "open('seen.json', 'w').write(json.dumps([sorted(sys.modules), gc.get_freeze_count()]))"
+            "from ipykernel.kernelapp import IPKernelApp\n"
+            "app = IPKernelApp.instance()\n"
+            "own = [app.connection_file, sys.argv, app.ignore_cwd, get_ipython().history_manager.enabled]\n"
+            "open('seen.json', 'w').write(json.dumps([sorted(sys.modules), gc.get_freeze_count(), own]))"
         )
         assert result.is_success, result.error
-        modules, frozen = json.loads((executor.cwd / "seen.json").read_text())
+        modules, frozen, its_own = json.loads((executor.cwd / "seen.json").read_text())
     finally:
         executor.stop()
     after_fork = sorted(set(modules) - fork_server_modules())
     own = [m for m in after_fork if m.split(".")[0] in SHARED_PACKAGES]
     assert own == [], f"imported by the kernel itself, not the fork server: {own}"
     assert frozen > 20_000, frozen  # ipykernel's and IPython's objects, frozen before the fork
+    # The application was built in the fork server (``kernel_main.prebuild``), yet its connection file
+    # is this kernel's own and the shared command line took effect.
+    connection_file, argv, ignore_cwd, history = its_own
+    assert connection_file == argv[argv.index("-f") + 1] and connection_file.endswith("kernel.json"), its_own
+    assert ignore_cwd is True and history is False, its_own
+
+
+def test_the_kernel_command_line_is_the_one_the_fork_server_parses_once() -> None:
+    """``kernel_main.run`` uses the fork server's pre-parsed application only for this command line;
+    if the two drifted apart every kernel would silently parse its own again (and copy ~0.35 MB)."""
+    assert KERNEL_ARGS == ["-f", "{connection_file}", *FIXED_ARGS]
+
+
+def test_the_fork_server_leaves_few_free_blocks_for_kernels_to_fill() -> None:
+    """After ``zygote.preload`` the small-object allocator's partly used pools are full
+    (``kernel_main.fill_free_slots``): a kernel's new objects go to fresh pages instead of copying the
+    shared pages that held free blocks. What is left is the unused tail of the last pool per size."""
+    code = (
+        "import gc, os, sys\n"
+        "from core.execution import kernel_main, zygote\n"
+        "def free():\n"
+        "    fd = os.memfd_create('stats'); saved = os.dup(2); os.dup2(fd, 2); sys._debugmallocstats()\n"
+        "    os.dup2(saved, 2); os.lseek(fd, 0, 0); text = os.read(fd, 1 << 20).decode()\n"
+        "    return sum(int(n) for size, n in kernel_main._ALLOCATOR_CLASS.findall(text) if int(size) >= 48)\n"
+        "kernel_main.prepare(); kernel_main.prebuild(); gc.collect(); before = free()\n"
+        "kernel_main.fill_free_slots(); print(before, free(), sum(map(len, kernel_main._FILLERS)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=kernel_env("fork-server", None), cwd="/", capture_output=True, check=True
+    ).stdout
+    before, after, fillers = map(int, out.decode().split()[-3:])
+    assert fillers > 1000 and after < before / 2, (before, after, fillers)
 
 
 def test_the_idle_note_names_the_time_and_what_comes_back() -> None:
