@@ -87,8 +87,9 @@ def test_the_kernel_command_line_is_the_one_the_fork_server_parses_once() -> Non
 
 def test_the_fork_server_leaves_few_free_blocks_for_kernels_to_fill() -> None:
     """After ``zygote.preload`` the small-object allocator's partly used pools are full
-    (``kernel_main.fill_free_slots``): a kernel's new objects go to fresh pages instead of copying the
-    shared pages that held free blocks. What is left is the unused tail of the last pool per size."""
+    (``kernel_main.fill_free_slots``) and so are the gaps in the C heap (``fill_malloc_holes``): a
+    kernel's new objects go to fresh pages instead of copying the shared pages that held free space.
+    What is left is the unused tail of the last pool per size and the heap's top."""
     code = (
         "import gc, os, sys\n"
         "from core.execution import kernel_main, zygote\n"
@@ -96,14 +97,19 @@ def test_the_fork_server_leaves_few_free_blocks_for_kernels_to_fill() -> None:
         "    fd = os.memfd_create('stats'); saved = os.dup(2); os.dup2(fd, 2); sys._debugmallocstats()\n"
         "    os.dup2(saved, 2); os.lseek(fd, 0, 0); text = os.read(fd, 1 << 20).decode()\n"
         "    return sum(int(n) for size, n in kernel_main._ALLOCATOR_CLASS.findall(text) if int(size) >= 48)\n"
-        "kernel_main.prepare(); kernel_main.prebuild(); gc.collect(); before = free()\n"
-        "kernel_main.fill_free_slots(); print(before, free(), sum(map(len, kernel_main._FILLERS)))\n"
+        "def gaps():\n"
+        "    info = kernel_main.mallinfo()\n"
+        "    return info.fordblks - info.keepcost\n"
+        "kernel_main.prepare(); kernel_main.prebuild(); gc.collect(); before, heap_before = free(), gaps()\n"
+        "kernel_main.fill_malloc_holes(); kernel_main.fill_free_slots()\n"
+        "print(heap_before, gaps(), before, free(), sum(map(len, kernel_main._FILLERS)))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=kernel_env("fork-server", None), cwd="/", capture_output=True, check=True
     ).stdout
-    before, after, fillers = map(int, out.decode().split()[-3:])
+    heap_before, heap_after, before, after, fillers = map(int, out.decode().split()[-5:])
     assert fillers > 1000 and after < before / 2, (before, after, fillers)
+    assert heap_before > 50_000 and heap_after < heap_before / 4, (heap_before, heap_after)
 
 
 def test_the_idle_note_names_the_time_and_what_comes_back() -> None:

@@ -229,8 +229,9 @@ def _kernel(request: dict[str, Any], hidden: list[str], log: int, fifo: int) -> 
 def preload() -> list[str]:
     """What every kernel shares with this process: the seccomp filter, ipykernel and what a kernel
     imports at its start (``kernel_main.prepare``) and the kernel application with the command line
-    every kernel shares (``kernel_main.prebuild``); then the allocator's free blocks are taken (a
-    kernel's new objects go to fresh pages, ``kernel_main.fill_free_slots``) and every object is frozen
+    every kernel shares (``kernel_main.prebuild``); then the free chunks of the C heap and the free
+    blocks of Python's allocator are taken (a kernel's new objects go to fresh pages,
+    ``kernel_main.fill_malloc_holes`` and ``fill_free_slots``) and every object is frozen
     out of the collector's reach (a collection in a kernel would otherwise write to, and so copy, each
     page it visits).
     Nothing here is any kernel's: it runs before the first request. Returns the hidden module names."""
@@ -240,6 +241,7 @@ def preload() -> list[str]:
     hidden = kernel_main.prepare()
     kernel_main.prebuild()
     gc.collect()
+    kernel_main.fill_malloc_holes()
     kernel_main.fill_free_slots()
     gc.freeze()
     return hidden
