@@ -230,37 +230,42 @@ def mallinfo() -> Any:
     return _mallinfo2()()
 
 
-def fill_malloc_holes(limit: int = 100_000) -> None:
+def fill_malloc_holes() -> None:
     """In the fork server, before ``gc.freeze()``: take the free chunks inside the C heap (glibc's
     malloc, which holds Python's larger objects: dict tables, code, type objects), so a kernel's larger
     objects come from the heap's top, on fresh pages, instead of gaps in pages it shares with the fork
     server (each such allocation would copy a whole shared page).
 
     Blocks of 64 KiB, then halves down to 16 bytes, are allocated and kept while they come from a gap;
-    the first one that comes from the top (the top shrinks, or the heap grows) is freed and the size
-    halved. Does nothing without glibc's ``mallinfo2``. Saves ~1 MB per kernel (``bench/kernel_memory.py``)."""
+    the first one that does not (the heap's top shrinks, the heap grows, or it was mapped on its own) is
+    freed and the size halved. Never much more is kept than the gaps held at the start. Does nothing without
+    glibc's ``mallinfo2``. Saves ~1 MB per kernel (``bench/kernel_memory.py``)."""
     import ctypes
 
     try:
-        mallinfo()
+        start = mallinfo()
         libc = ctypes.CDLL(None)
         malloc, free = libc.malloc, libc.free
     except (OSError, AttributeError):
         return
     malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     free.restype, free.argtypes = None, [ctypes.c_void_p]
+    # At most twice the free bytes inside the heap below its top at the start (this loop's own list
+    # leaves gaps as it grows), and a megabyte: a bound should glibc ever answer unexpectedly.
+    budget = 2 * (start.fordblks - start.keepcost) + (1 << 20)
     size = 1 << 16
-    while size >= 16 and len(_HOLES) < limit:
+    while size >= 16 and budget >= size:
         before = mallinfo()
         pointer = malloc(size)
         if not pointer:
             return
         after = mallinfo()
-        if after.keepcost < before.keepcost or after.arena != before.arena:
+        if after.keepcost < before.keepcost or after.arena != before.arena or after.hblkhd != before.hblkhd:
             free(pointer)
             size //= 2
         else:
             _HOLES.append(pointer)
+            budget -= size
 
 
 def main() -> None:
