@@ -47,7 +47,7 @@ from ui.drain import DRAIN  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.guards import client_address  # noqa: E402
 from ui.history.usage import add_usage  # noqa: E402
-from ui.lifecycle import session_error_text  # noqa: E402
+from ui.lifecycle import idle_note, session_error_text  # noqa: E402
 from ui.log_setup import setup as setup_log  # noqa: E402
 from ui.outputs import ACTION as OUTPUTS_ACTION  # noqa: E402
 from ui.outputs import Folder, files_action, session_folder, show_outputs, stored_folder  # noqa: E402
@@ -280,6 +280,9 @@ async def on_message(message: cl.Message) -> None:
         _remember_session(session.session_id)
         for problem in getattr(session, "plugin_errors", []) or []:
             await cl.Message(content=f"Warning: {problem}", author=chainlit_config.ui.name).send()
+        if lease.after_idle and server.OWNER.idle_s:
+            note = idle_note(server.OWNER.idle_s, session.replay_pending)
+            await cl.Message(content=note, author=chainlit_config.ui.name).send()
         if session.replay_pending:
             await _restore(session, lease.round_lock)
         elif resume_id and resume_id != session.session_id:

@@ -89,6 +89,21 @@ class TooManyChats(WeaverError):
         self.limit = limit
 
 
+def idle_note(idle_s: float, restoring: bool) -> str:
+    """What a chat says when its next message comes after ``idle_s`` unused: why it waits for a kernel
+    (``restoring``: its earlier variables are being brought back)."""
+    if idle_s >= 3600:
+        span = f"{idle_s / 3600:g} hour" + ("" if idle_s == 3600 else "s")
+    elif idle_s >= 60:
+        span = f"{idle_s / 60:g} minute" + ("" if idle_s == 60 else "s")
+    else:
+        span = f"{idle_s:g} second" + ("" if idle_s == 1 else "s")
+    return (
+        f"Note: nobody used this chat for {span}, so its Python session was stopped to free the server's "
+        "memory. It starts again now" + (", and your earlier variables are being brought back." if restoring else ".")
+    )
+
+
 def session_error_text(exc: BaseException) -> str:
     """What the browser is told when a session cannot be created: a ``WeaverError``'s own message
     (written for users), else a plain sentence, never a raw error that may name server paths."""
@@ -106,6 +121,7 @@ class Lease(Generic[S]):
     recreated: bool
     round_lock: asyncio.Lock
     created: bool = False
+    after_idle: bool = False  # the session it replaces was stopped because nobody used the chat for ``idle_s``
 
 
 @dataclass
@@ -125,6 +141,7 @@ class _Entry(Generic[S]):
     idle_timer: asyncio.TimerHandle | None = None
     started_at: float | None = None  # time.time() when its current session was adopted
     active_at: float = field(default_factory=time.time)  # time.time() of its last message
+    idle_stopped: bool = False  # its last session was stopped by the idle timer (``Lease.after_idle``)
 
 
 @dataclass(frozen=True)
@@ -176,10 +193,12 @@ class SessionOwner(Generic[S]):
         if entry.session is not None:
             return Lease(session=entry.session, recreated=False, round_lock=entry.round_lock)
         self._make_room(client, key)
-        recreated = entry.had_session
+        recreated, after_idle = entry.had_session, entry.idle_stopped
         self._adopt(key, entry, self._factory(user_name, entry.resume_id), user_name, client)
         assert entry.session is not None
-        return Lease(session=entry.session, recreated=recreated, round_lock=entry.round_lock, created=True)
+        return Lease(
+            session=entry.session, recreated=recreated, round_lock=entry.round_lock, created=True, after_idle=after_idle
+        )
 
     async def acquire_async(self, key: str, user_name: str, client: str = "", resume_id: str | None = None) -> Lease[S]:
         """``acquire`` with the session created on a thread of its own, never on the event loop.
@@ -191,16 +210,22 @@ class SessionOwner(Generic[S]):
         entry = self._arrive(key, user_name, client, resume_id)
         if entry.session is not None:
             return Lease(session=entry.session, recreated=False, round_lock=entry.round_lock)
-        creating, created = entry.creating, False
+        creating, created, after_idle = entry.creating, False, False
         if creating is None:
             if self._cap is None:  # with a registry, ``ReplicaCap`` makes room against the shared count
                 self._make_room(client, key)
-            recreated = entry.had_session
+            recreated, after_idle = entry.had_session, entry.idle_stopped
             creating = asyncio.ensure_future(self._create(key, user_name, client, entry.resume_id))
             entry.creating, created = creating, True
             creating.add_done_callback(lambda done: self._created(key, entry, done, user_name, client))
         session = await asyncio.shield(creating)
-        return Lease(session=session, recreated=created and recreated, round_lock=entry.round_lock, created=created)
+        return Lease(
+            session=session,
+            recreated=created and recreated,
+            round_lock=entry.round_lock,
+            created=created,
+            after_idle=created and after_idle,
+        )
 
     async def _create(self, key: str, user_name: str, client: str, resume_id: str | None) -> S:
         """Claim the chat's place among the client's live chats on every replica (taking over the gateway
@@ -265,12 +290,15 @@ class SessionOwner(Generic[S]):
             return
         logger.info("chat %s idle for %.0fs: stopping weaver session %s", key, self.idle_s, entry.session.session_id)
         self._disarm(entry)
+        shared = any(other is not entry and other.session is entry.session for other in self._entries.values())
         self._stop(key, entry)
+        entry.idle_stopped = not shared  # another tab still holds it: nothing was stopped
 
     def _adopt(self, key: str, entry: _Entry[S], session: S, user_name: str, client: str) -> None:
         entry.session = session
         entry.user_name, entry.client = user_name, client
         entry.had_session = True
+        entry.idle_stopped = False
         entry.stopped_at = None
         entry.started_at = time.time()
         logger.info("chainlit session %s owns weaver session %s", key, session.session_id)
@@ -452,6 +480,7 @@ class SessionOwner(Generic[S]):
         see ``close_all``."""
         session = entry.session
         entry.session = None
+        entry.idle_stopped = False
         entry.stopped_at = time.monotonic()
         if session is None:
             return

@@ -19,13 +19,46 @@ fork server (``zygote.py``), whose children go straight to ``run``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
+import importlib
+import os
+import re
 import sys
 import types
+from collections.abc import Iterator
 from typing import Any
 
 LEFT_OUT = ("debugpy", "jedi")
+# The kernel's command line after ``-f <connection file>`` (``launcher.KERNEL_ARGS``): the same for every
+# kernel, so the fork server parses it once (``prebuild``).
+FIXED_ARGS = ("--IPKernelApp.ignore_cwd=True", "--HistoryManager.enabled=False")
 EMBED = "IPython.terminal.embed"
+# What every kernel imports while it starts and answers its first requests, beyond ``ipykernel.kernelapp``
+# (``bench/kernel_memory.py`` lists it): imported by ``prepare``, so a forked kernel shares them with
+# the fork server instead of holding a copy of its own. Only modules whose import starts no thread
+# and opens nothing; Weaver's own runtime (``core.plugins.runtime``) is not here, a forked kernel
+# imports it from inside its sandbox, but what it needs of the standard library is.
+PRE_IMPORTS = (
+    "ipykernel.ipkernel",
+    "ipykernel.zmqshell",
+    "ipykernel.debugger",  # imported (and found unusable) even with debugpy hidden
+    "IPython.core.completerlib",
+    "IPython.extensions.storemagic",  # IPython's default extension
+    "faulthandler",
+    "pwd",
+    "tornado.gen",
+    "tornado.locks",
+    "tornado.queues",
+    "tornado.platform.asyncio",
+    # Weaver's runtime in the kernel (core.plugins.runtime, api, core.compat.autoload)
+    "secrets",
+    "tempfile",
+    "shutil",
+    "importlib.util",
+    "traceback",
+)
 
 
 def _embed(**kwargs: Any) -> Any:
@@ -54,22 +87,185 @@ def prepare() -> list[str]:
         sys.modules[EMBED] = _stand_in_embed()
     import ipykernel.kernelapp  # noqa: F401
 
+    for name in PRE_IMPORTS:
+        importlib.import_module(name)
     return [*hidden, EMBED]
+
+
+class _SysForTheKernelClass:
+    """``sys`` as ipykernel's kernel class sees it while it is built: no modules listed.
+
+    ``IPythonKernel.__init__`` lists the file of every loaded module, for the debugger alone. In a
+    forked kernel that walk writes to the reference count of every module object and file name the
+    fork server imported: ~4 MB of its shared pages copied into each kernel, for a list nobody reads
+    when the debugger is hidden."""
+
+    modules: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys, name)
+
+
+@contextlib.contextmanager
+def _no_module_list() -> Iterator[None]:
+    """While the kernel is built, ipykernel's kernel module sees ``_SysForTheKernelClass`` for ``sys``;
+    only when the debugger is hidden (its module list is then unused) and that module reads ``sys``."""
+    from ipykernel import ipkernel
+
+    if sys.modules.get("debugpy", False) is not None or getattr(ipkernel, "sys", None) is not sys:
+        yield
+        return
+    ipkernel.sys = _SysForTheKernelClass()  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        ipkernel.sys = sys
+
+
+def prebuild() -> None:
+    """In the fork server: the kernel application object, with the command line every kernel shares
+    (``FIXED_ARGS``) parsed into its configuration. Neither holds anything of one kernel: no file,
+    socket, profile or environment is read yet; a kernel adds its connection file (``run``). Building
+    it once spares each kernel ~0.35 MB of pages it would copy (measured with ``bench/kernel_memory.py``)."""
+    from ipykernel.kernelapp import IPKernelApp
+
+    IPKernelApp.instance().parse_command_line(list(FIXED_ARGS))
+
+
+@contextlib.contextmanager
+def _parsed_before_the_fork(app: Any, argv: list[str]) -> Iterator[None]:
+    """While ``app`` initialises, its command line is taken as parsed when ``prebuild`` parsed it
+    (``argv`` is ``-f <connection file>`` then ``FIXED_ARGS``); only the connection file is this kernel's."""
+    app.connection_file = argv[1]
+    app.parse_command_line = lambda argv=None: None
+    try:
+        yield
+    finally:
+        del app.parse_command_line
+
+
+def _app(argv: list[str]) -> tuple[Any, contextlib.AbstractContextManager[None]]:
+    """The application to initialise from ``argv``: the fork server's (``prebuild``) when ``argv`` is
+    what it parsed, else a new one (that also parses ``argv``)."""
+    from ipykernel.kernelapp import IPKernelApp
+
+    if IPKernelApp.initialized():
+        app = IPKernelApp.instance()
+        if len(argv) == 2 + len(FIXED_ARGS) and argv[0] == "-f" and tuple(argv[2:]) == FIXED_ARGS:
+            return app, _parsed_before_the_fork(app, argv)
+        IPKernelApp.clear_instance()
+    return IPKernelApp.instance(), contextlib.nullcontext()
 
 
 def run(argv: list[str], hidden: list[str]) -> None:
     """Initialise the kernel from ``argv`` (without the program name), then serve until shutdown."""
-    from ipykernel.kernelapp import IPKernelApp
-
     gc.disable()
-    app = IPKernelApp.instance()
-    app.initialize(argv)  # ipykernel and IPython note here, once, that the hidden modules are missing
+    app, parsing = _app(argv)
+    with _no_module_list(), parsing:
+        app.initialize(argv)  # ipykernel and IPython note here, once, that the hidden modules are missing
     for name in hidden:
         module = sys.modules.get(name, False)
         if module is None or getattr(module, "__weaver_stand_in__", False):
             del sys.modules[name]  # later imports get the real module
     gc.enable()
     app.start()
+
+
+_FILLERS: list[list[Any]] = []
+_ALLOCATOR_CLASS = re.compile(r"^\s*\d+\s+(\d+)\s+\d+\s+\d+\s+(\d+)\s*$", re.MULTILINE)
+
+
+def fill_free_slots() -> None:
+    """In the fork server, last before ``gc.freeze()``: take every free block of CPython's small-object
+    allocator, so that what a kernel allocates goes to fresh pages, not into gaps in pages it shares
+    with the fork server (each such allocation would copy a whole shared page).
+
+    The free blocks per size class come from ``sys._debugmallocstats()`` (written to stderr); each is
+    taken by a ``bytes`` object of that exact size (33 bytes of header and the data), or an ``int`` for
+    the 32-byte class. Without pymalloc (``PYTHONMALLOC=malloc``) there is nothing to read and nothing
+    is done. Saves ~0.6 MB per kernel (``bench/kernel_memory.py``)."""
+    fd = os.memfd_create("weaver-mallocstats")
+    saved = os.dup(2)
+    try:
+        os.dup2(fd, 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 1 << 20).decode(errors="replace")
+    finally:
+        os.close(saved)
+        os.close(fd)
+    wanted = [(int(size), int(free)) for size, free in _ALLOCATOR_CLASS.findall(text)]
+    for size, free in sorted(wanted, reverse=True):  # the 32-byte class last: counting makes ints of it
+        if size < 32 or not free:
+            continue
+        blocks: list[Any] = [None] * free  # sized at once: a growing list would free blocks as it grows
+        for i in range(free):
+            blocks[i] = bytes(size - 33) if size >= 48 else 10**9 + i
+        _FILLERS.append(blocks)
+
+
+_HOLES: list[int] = []
+_MALLINFO_FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()
+
+
+@functools.cache
+def _mallinfo2() -> Any:
+    import ctypes
+
+    class MallInfo(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO_FIELDS]
+
+    call = ctypes.CDLL(None).mallinfo2
+    call.restype, call.argtypes = MallInfo, []
+    return call
+
+
+def mallinfo() -> Any:
+    """glibc's ``mallinfo2()`` (``arena``: the C heap's size, ``fordblks``: its free bytes, ``keepcost``:
+    its free top); raises ``AttributeError`` without glibc 2.33 or later. Allocates nothing from the
+    C heap once it has been called."""
+    return _mallinfo2()()
+
+
+def fill_malloc_holes() -> None:
+    """In the fork server, before ``gc.freeze()``: take the free chunks inside the C heap (glibc's
+    malloc, which holds Python's larger objects: dict tables, code, type objects), so a kernel's larger
+    objects come from the heap's top, on fresh pages, instead of gaps in pages it shares with the fork
+    server (each such allocation would copy a whole shared page).
+
+    Blocks of 64 KiB, then halves down to 16 bytes, are allocated and kept while they come from a gap;
+    the first one that does not (the heap's top shrinks, the heap grows, or it was mapped on its own) is
+    freed and the size halved. Never much more is kept than the gaps held at the start. Does nothing without
+    glibc's ``mallinfo2``. Saves ~1 MB per kernel (``bench/kernel_memory.py``)."""
+    import ctypes
+
+    try:
+        start = mallinfo()
+        libc = ctypes.CDLL(None)
+        malloc, free = libc.malloc, libc.free
+    except (OSError, AttributeError):
+        return
+    malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    free.restype, free.argtypes = None, [ctypes.c_void_p]
+    # At most twice the free bytes inside the heap below its top at the start (this loop's own list
+    # leaves gaps as it grows), and a megabyte: a bound should glibc ever answer unexpectedly.
+    budget = 2 * (start.fordblks - start.keepcost) + (1 << 20)
+    size = 1 << 16
+    while size >= 16 and budget >= size:
+        before = mallinfo()
+        pointer = malloc(size)
+        if not pointer:
+            return
+        after = mallinfo()
+        if after.keepcost < before.keepcost or after.arena != before.arena or after.hblkhd != before.hblkhd:
+            free(pointer)
+            size //= 2
+        else:
+            _HOLES.append(pointer)
+            budget -= size
 
 
 def main() -> None:

@@ -226,17 +226,33 @@ def _kernel(request: dict[str, Any], hidden: list[str], log: int, fifo: int) -> 
     os._exit(0)
 
 
+def preload() -> list[str]:
+    """What every kernel shares with this process: the seccomp filter, ipykernel and what a kernel
+    imports at its start (``kernel_main.prepare``) and the kernel application with the command line
+    every kernel shares (``kernel_main.prebuild``); then the free chunks of the C heap and the free
+    blocks of Python's allocator are taken (a kernel's new objects go to fresh pages,
+    ``kernel_main.fill_malloc_holes`` and ``fill_free_slots``) and every object is frozen
+    out of the collector's reach (a collection in a kernel would otherwise write to, and so copy, each
+    page it visits).
+    Nothing here is any kernel's: it runs before the first request. Returns the hidden module names."""
+    global _FILTER
+    if syscalls.seccomp_problem() is None:
+        _FILTER = syscalls.build_filter()
+    hidden = kernel_main.prepare()
+    kernel_main.prebuild()
+    gc.collect()
+    kernel_main.fill_malloc_holes()
+    kernel_main.fill_free_slots()
+    gc.freeze()
+    return hidden
+
+
 def serve() -> None:
     """Answer fork requests from stdin until the server closes it (or dies: parent-death signal)."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "setting the parent-death signal")
     if os.getppid() == 1:
         return
-    global _FILTER
-    if syscalls.seccomp_problem() is None:
-        _FILTER = syscalls.build_filter()
-    hidden = kernel_main.prepare()
-    gc.collect()
-    gc.freeze()  # the imported objects stay shared with every kernel instead of being copied on the first collection
+    hidden = preload()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # helpers exit at once and are reaped by the system
     _reply({"ready": True})
     for line in sys.stdin.buffer:

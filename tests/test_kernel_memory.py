@@ -1,0 +1,165 @@
+"""Memory per kernel: what a forked kernel shares with the fork server, and an idle chat giving its
+kernel back (real kernels in their sandboxes; a real Chainlit server for the chat)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.config import ExecutionSettings
+from core.execution import sandbox
+from core.execution.kernel import KernelExecutor
+from core.execution.kernel_main import FIXED_ARGS
+from core.execution.launcher import KERNEL_ARGS, kernel_env
+from tests.conftest import pid_alive
+from tests.ui_harness import (
+    KERNEL_ID_CODE,
+    answers,
+    code_block,
+    kernel_pid_in,
+    start_server,
+    steps,
+    stop_server,
+    wait_until,
+)
+from ui.lifecycle import idle_note
+from ui.restore import TITLE as RESTORE_TITLE
+
+pytestmark = pytest.mark.timeout(300)
+NO_BWRAP = sandbox.bwrap_problem()
+# Packages a kernel needs to start and serve: imported once in the fork server, never again per kernel.
+SHARED_PACKAGES = ("ipykernel", "IPython", "zmq", "tornado", "traitlets", "jupyter_client", "jupyter_core", "comm")
+IDLE_S = 3.0
+
+
+def fork_server_modules() -> set[str]:
+    """The fork server's modules: ``zygote.preload`` in a Python started as the fork server is."""
+    code = (
+        "import json, sys\nfrom core.execution import zygote\nzygote.preload()\nprint(json.dumps(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=kernel_env("fork-server", None), cwd="/", capture_output=True, check=True
+    ).stdout
+    return set(json.loads(out.decode().splitlines()[-1]))
+
+
+@pytest.mark.skipif(NO_BWRAP is not None, reason=f"no working bubblewrap: {NO_BWRAP}")
+def test_an_idle_forked_kernel_imports_no_package_the_fork_server_could_share(tmp_path: Path) -> None:
+    """Started as a session starts it (runtime bootstrapped, one cell run), a forked kernel has imported
+    nothing of ipykernel, IPython, ZMQ or tornado itself, and the fork server's objects stay frozen
+    (a collection in the kernel never writes to their pages)."""
+    executor = KernelExecutor("kmem", tmp_path / "kmem" / "work", settings=ExecutionSettings())
+    try:
+        executor.start()
+        box = getattr(executor.process, "box", None)
+        assert box is not None and box.forked, "the kernel was not forked from the fork server"
+        result = executor.execute(
+            "import gc, json, sys\n"
+            "from ipykernel.kernelapp import IPKernelApp\n"
+            "app = IPKernelApp.instance()\n"
+            "own = [app.connection_file, sys.argv, app.ignore_cwd, get_ipython().history_manager.enabled]\n"
+            "open('seen.json', 'w').write(json.dumps([sorted(sys.modules), gc.get_freeze_count(), own]))"
+        )
+        assert result.is_success, result.error
+        modules, frozen, its_own = json.loads((executor.cwd / "seen.json").read_text())
+    finally:
+        executor.stop()
+    after_fork = sorted(set(modules) - fork_server_modules())
+    own = [m for m in after_fork if m.split(".")[0] in SHARED_PACKAGES]
+    assert own == [], f"imported by the kernel itself, not the fork server: {own}"
+    assert frozen > 20_000, frozen  # ipykernel's and IPython's objects, frozen before the fork
+    # The application was built in the fork server (``kernel_main.prebuild``), yet its connection file
+    # is this kernel's own and the shared command line took effect.
+    connection_file, argv, ignore_cwd, history = its_own
+    assert connection_file == argv[argv.index("-f") + 1] and connection_file.endswith("kernel.json"), its_own
+    assert ignore_cwd is True and history is False, its_own
+
+
+def test_the_kernel_command_line_is_the_one_the_fork_server_parses_once() -> None:
+    """``kernel_main.run`` uses the fork server's pre-parsed application only for this command line;
+    if the two drifted apart every kernel would silently parse its own again (and copy ~0.35 MB)."""
+    assert KERNEL_ARGS == ["-f", "{connection_file}", *FIXED_ARGS]
+
+
+def test_the_fork_server_leaves_few_free_blocks_for_kernels_to_fill() -> None:
+    """After ``zygote.preload`` the small-object allocator's partly used pools are full
+    (``kernel_main.fill_free_slots``) and so are the gaps in the C heap (``fill_malloc_holes``): a
+    kernel's new objects go to fresh pages instead of copying the shared pages that held free space.
+    What is left is the unused tail of the last pool per size and the heap's top."""
+    code = (
+        "import gc, os, sys\n"
+        "from core.execution import kernel_main, zygote\n"
+        "def free():\n"
+        "    fd = os.memfd_create('stats'); saved = os.dup(2); os.dup2(fd, 2); sys._debugmallocstats()\n"
+        "    os.dup2(saved, 2); os.lseek(fd, 0, 0); text = os.read(fd, 1 << 20).decode()\n"
+        "    return sum(int(n) for size, n in kernel_main._ALLOCATOR_CLASS.findall(text) if int(size) >= 48)\n"
+        "def gaps():\n"
+        "    info = kernel_main.mallinfo()\n"
+        "    return info.fordblks - info.keepcost\n"
+        "kernel_main.prepare(); kernel_main.prebuild(); gc.collect(); before, heap_before = free(), gaps()\n"
+        "kernel_main.fill_malloc_holes(); kernel_main.fill_free_slots()\n"
+        "print(heap_before, gaps(), before, free(), sum(map(len, kernel_main._FILLERS)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=kernel_env("fork-server", None), cwd="/", capture_output=True, check=True
+    ).stdout
+    heap_before, heap_after, before, after, fillers = map(int, out.decode().split()[-5:])
+    assert fillers > 1000 and after < before / 2, (before, after, fillers)
+    assert heap_before > 50_000 and heap_after < heap_before / 4, (heap_before, heap_after)
+
+
+def test_the_idle_note_names_the_time_and_what_comes_back() -> None:
+    assert "for 1 hour," in idle_note(3600, True) and "variables are being brought back" in idle_note(3600, True)
+    assert "for 1.5 hours," in idle_note(5400, False) and "brought back" not in idle_note(5400, False)
+    assert "for 1.5 minutes," in idle_note(90, False) and "for 3 seconds," in idle_note(3, False)
+
+
+@pytest.mark.skipif(NO_BWRAP is not None, reason=f"no working bubblewrap: {NO_BWRAP}")
+def test_an_idle_chat_gives_its_kernel_back_and_its_next_message_brings_the_variables_back(tmp_path: Path) -> None:
+    """A chat nobody uses for ``session.idle_timeout`` (the browser still open) stops its kernel: the
+    kernel and its whole sandbox are gone. The next message says why it waits, starts a kernel and
+    has the chat's variables back."""
+    server = start_server(
+        tmp_path / "app",
+        tmp_path / "server.log",
+        extra_env={"WEAVER_SESSION__IDLE_TIMEOUT": str(IDLE_S), "WEAVER_EXECUTION__POOL_SIZE": "0"},
+    )
+    try:
+        client = server.client().connect()
+        try:
+            turn = client.ask(code_block("z = 5\n" + KERNEL_ID_CODE))
+            pid = kernel_pid_in("\n".join(steps(turn, "CodeInterpreter") + answers(turn)))
+            sandbox_pids = ancestors_below(pid, server.proc.pid)
+            assert sandbox_pids, "the kernel is not under the server"
+            server.wait_log(rf"chat {client.session_id} idle for \d+s: stopping", IDLE_S + 30)
+            wait_until(lambda: not any(pid_alive(p) for p in [pid, *sandbox_pids]), 30, "the kernel's sandbox to end")
+            again = client.ask(code_block("print('z is', z)"))
+            said = answers(again)
+            notes = [str(m.get("output")) for m in client.messages().values()]
+            restore = [m for m in client.messages().values() if str(m.get("name")).startswith(RESTORE_TITLE)]
+        finally:
+            client.disconnect()
+    finally:
+        stop_server(server)
+    assert any("z is 5" in a for a in said), said
+    assert any("nobody used this chat for 3 seconds" in n and "being brought back" in n for n in notes), notes
+    assert restore and "Loaded" in str(restore[0].get("output")), restore
+
+
+def ancestors_below(pid: int, top: int) -> list[int]:
+    """The processes between ``pid`` and ``top`` (its sandbox: bubblewrap and its init), nearest first."""
+    found: list[int] = []
+    current = pid
+    while True:
+        try:
+            parent = int(Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return found
+        if parent in (top, 0, 1):
+            return found
+        found.append(parent)
+        current = parent
