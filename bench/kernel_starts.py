@@ -21,8 +21,10 @@ over ``--rounds``; ratios are against the first variant. ``--baseline-code DIR``
 measurement run against another checkout (e.g. ``git archive <commit> | tar -x -C DIR``), the
 unchanged path, in the same run.
 
-    python bench/kernel_starts.py [--kernels 100] [--rounds 1] [--concurrent N] [--baseline-code DIR]
-        [--variant NAME=key=value,key=value ...]
+``--busy N`` runs N processes that spin at nice 0 during each run, as a busy web server would.
+
+    python bench/kernel_starts.py [--kernels 100] [--rounds 1] [--concurrent N] [--busy N]
+        [--baseline-code DIR] [--variant NAME=key=value,key=value ...]
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ def run_variant(kernels: int, overrides: dict[str, Any], concurrent: int | None)
             cpu["(cgroup total)"] = total1 - total0
         steps: dict[str, list[float]] = {}
         for ex in executors:
-            timeline = sorted([*ex.start_steps, *getattr(ex.process, "steps", [])], key=lambda s: s[1])
+            timeline = sorted([*getattr(ex, "start_steps", []), *getattr(ex.process, "steps", [])], key=lambda s: s[1])
             for (_, before), (name, at) in zip(timeline, timeline[1:], strict=False):
                 steps.setdefault(name, []).append(at - before)
             if timeline:
@@ -229,10 +231,19 @@ def _parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return name, overrides
 
 
-def _run_child(code: Path, kernels: int, overrides: dict[str, Any], concurrent: int | None) -> dict[str, Any]:
+def _run_child(
+    code: Path, kernels: int, overrides: dict[str, Any], concurrent: int | None, busy: int
+) -> dict[str, Any]:
     env = dict(os.environ, WEAVER_BENCH_CODE=str(code), PYTHONPATH=str(code))
     argv = [sys.executable, __file__, "--child", json.dumps([kernels, overrides, concurrent])]
-    done = subprocess.run(argv, env=env, cwd=code, capture_output=True, text=True, timeout=900)
+    # A busy web server: processes at nice 0 that spin, outside the variant's cpuacct group.
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    try:
+        done = subprocess.run(argv, env=env, cwd=code, capture_output=True, text=True, timeout=900)
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
     if done.returncode != 0:
         raise RuntimeError(f"variant failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -250,6 +261,7 @@ def main() -> int:
     parser.add_argument(
         "--concurrent", type=int, default=None, help="execution.max_concurrent_starts (default: the config's)"
     )
+    parser.add_argument("--busy", type=int, default=0, help="spinning nice-0 processes meanwhile (a busy server)")
     parser.add_argument("--baseline-code", type=Path, default=None, help="another checkout, measured the same way")
     parser.add_argument(
         "--variant",
@@ -273,7 +285,7 @@ def main() -> int:
     for i in range(args.rounds):
         order = variants if i % 2 == 0 else list(reversed(variants))
         for name, code, overrides in order:
-            result = _run_child(code, args.kernels, overrides, args.concurrent)
+            result = _run_child(code, args.kernels, overrides, args.concurrent, args.busy)
             results[name].append(result)
             errors = f", errors {result['errors']}" if result["errors"] else ""
             print(

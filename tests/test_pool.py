@@ -150,10 +150,10 @@ def test_kernel_starts_stay_within_the_bound(tmp_path: Path) -> None:
         application.stop()
 
 
-def test_the_default_bound_is_the_number_of_cores() -> None:
+def test_the_default_bound_is_four_starts_per_core() -> None:
     import os
 
-    assert StartGate().limit == (os.cpu_count() or 1) and StartGate(3).limit == 3
+    assert StartGate().limit == 4 * (os.cpu_count() or 1) and StartGate(3).limit == 3
 
 
 def test_a_start_a_user_waits_for_goes_before_a_pool_refill() -> None:

@@ -78,6 +78,33 @@ def kernels_cpu_group(nice: int) -> Path | None:
     return folder
 
 
+# All kernels starting at a moment weigh, together, as one process at nice 0: a start is on the
+# path to a user's first answer, and in the kernels' own group (``execution.nice``) a crowd's
+# starts got what the busy web server left, a few per second. Once a kernel answers, it moves
+# to its group among the kernels, before any code of the user's runs.
+START_SHARES = NICE_WEIGHTS[0]
+
+
+@functools.lru_cache(maxsize=None)
+def kernels_start_group() -> Path | None:
+    """The cpu cgroup (v1) kernels start in (and the fork server works in), made once per process,
+    weighing as one process at nice 0; None without one."""
+    parent = _own_cgroup("cpu")
+    if parent is None:
+        return None
+    folder = parent / "weaver-start"
+    try:
+        folder.mkdir(exist_ok=True)
+        idle = folder / "cpu.idle"
+        if idle.exists() and idle.read_text().strip() != "0":
+            idle.write_text("0")
+        (folder / "cpu.shares").write_text(str(START_SHARES))
+    except OSError as exc:
+        logger.debug("no cpu cgroup for starting kernels at %s: %s", folder, exc)
+        return None
+    return folder
+
+
 class KernelCgroups:
     """A memory, a pids and a cpu cgroup for one kernel launch; every process it starts stays inside.
 
@@ -89,6 +116,9 @@ class KernelCgroups:
     is a session of its own, so each kernel weighed as much as the whole web server, and under a
     crowd its event loop waited for a CPU half of the time. A task in a cpu cgroup is outside
     autogroup, so user code that calls ``setsid()`` gains nothing either.
+
+    While it starts, the kernel is in a cpu group of its own in ``weaver-start`` instead (see
+    ``START_SHARES``); ``settle`` moves it, with every process of its sandbox, to its place.
     """
 
     def __init__(self, name: str, limits: Limits) -> None:
@@ -109,6 +139,7 @@ class KernelCgroups:
                 self._configure(controller, folder, limits)
             except OSError as exc:
                 self.problems.append(f"{controller} cgroup {folder}: {exc}")
+        self.starting: Path | None = None  # the cpu group it starts in, until ``settle``
         shared = kernels_cpu_group(limits.nice) if limits.nice > 0 else None  # a priority, not a limit
         if shared is not None:
             try:
@@ -116,6 +147,13 @@ class KernelCgroups:
                 self.dirs["cpu"] = shared / name
             except OSError as exc:
                 logger.debug("no cpu cgroup for %s: %s", name, exc)
+        start = kernels_start_group() if "cpu" in self.dirs else None
+        if start is not None:
+            try:
+                (start / name).mkdir(exist_ok=True)
+                self.starting = start / name
+            except OSError as exc:
+                logger.debug("no cpu cgroup to start %s in: %s", name, exc)
 
     @staticmethod
     def _configure(controller: str, folder: Path, limits: Limits) -> None:
@@ -128,19 +166,45 @@ class KernelCgroups:
             (folder / "pids.max").write_text(str(limits.max_processes))
 
     @property
-    def shared_cpu_group(self) -> Path | None:
-        """The cpu cgroup all kernels share (the parent of this kernel's), if it has one."""
+    def starter_cpu_group(self) -> Path | None:
+        """The cpu cgroup the fork server works in: where kernels start (else where they run)."""
+        if self.starting is not None:
+            return self.starting.parent
         cpu = self.dirs.get("cpu")
         return cpu.parent if cpu is not None else None
 
     @property
     def procs_files(self) -> list[str]:
-        """``cgroup.procs`` files the launcher writes its own pid into before it execs."""
-        return [str(folder / "cgroup.procs") for folder in self.dirs.values()]
+        """``cgroup.procs`` files the launcher writes its own pid into before it execs (the start's
+        cpu group until ``settle``)."""
+        folders = {**self.dirs, **({"cpu": self.starting} if self.starting is not None else {})}
+        return [str(folder / "cgroup.procs") for folder in folders.values()]
+
+    def settle(self) -> None:
+        """The kernel started: move every process of it from the start's cpu group to its own among
+        the kernels (a process forked meanwhile is moved in a later round), and drop the start's.
+        Raises ``OSError`` when a process cannot be moved."""
+        starting, self.starting = self.starting, None
+        target = self.dirs.get("cpu")
+        if starting is None or target is None:
+            return
+        for _ in range(_KILL_ROUNDS):
+            pids = (starting / "cgroup.procs").read_text().split()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    (target / "cgroup.procs").write_text(pid)
+                except ProcessLookupError:
+                    continue  # exited meanwhile
+        try:
+            starting.rmdir()
+        except OSError as exc:
+            logger.warning("the start cpu group %s stays: %s", starting, exc)
 
     def pids(self) -> set[int]:
         found: set[int] = set()
-        for folder in self.dirs.values():
+        for folder in [*self.dirs.values(), *([self.starting] if self.starting is not None else [])]:
             try:
                 found.update(int(p) for p in (folder / "cgroup.procs").read_text().split())
             except OSError:
@@ -177,7 +241,7 @@ class KernelCgroups:
 
     def remove(self) -> None:
         self.kill_all()
-        for folder in self.dirs.values():
+        for folder in [*self.dirs.values(), *([self.starting] if self.starting is not None else [])]:
             for _ in range(_KILL_ROUNDS):  # an exiting process can keep the group busy for a moment
                 try:
                     folder.rmdir()
@@ -187,6 +251,7 @@ class KernelCgroups:
                 except OSError:
                     time.sleep(0.01)
         self.dirs = {}
+        self.starting = None
 
 
 def wrapper_argv(
@@ -313,10 +378,13 @@ def sweep_stale_cgroups(min_age_s: float = 60.0) -> int:
     and the launcher joining it.
     """
     removed = 0
+    bases = []
     for controller in ("memory", "pids", "cpu"):
         parent = _own_cgroup(controller)
-        base = parent / "weaver" if parent is not None else None
-        if base is None or not base.is_dir():
+        if parent is not None:
+            bases += [parent / "weaver", *([parent / "weaver-start"] if controller == "cpu" else [])]
+    for base in bases:
+        if not base.is_dir():
             continue
         for folder in base.iterdir():
             try:

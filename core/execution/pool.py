@@ -29,7 +29,11 @@ from typing import Callable, Iterator, Protocol
 
 logger = logging.getLogger(__name__)
 
-WAIT_POLL_S = 0.2  # how often a queued start looks at its cancel token
+WAIT_POLL_S = 0.2  # how often a queued start looks at its cancel token and its place in line
+# The default bound per core: a start waits on its sandbox and its kernel's sockets for much of its
+# ~0.1 s, so two at a time left both cores half idle (``bench/kernel_starts.py``); all starts
+# together weigh as one process against the web server (``limits.START_SHARES``).
+STARTS_PER_CORE = 4
 RETRY_FIRST_S = 1.0  # a failed refill waits this long, doubled per failure, up to RETRY_MAX_S
 RETRY_MAX_S = 60.0
 
@@ -60,7 +64,7 @@ class StartGate:
     """
 
     def __init__(self, limit: int = 0) -> None:
-        self.limit = limit if limit > 0 else (os.cpu_count() or 1)
+        self.limit = limit if limit > 0 else STARTS_PER_CORE * (os.cpu_count() or 1)
         self._lock = threading.Lock()
         self._running = 0
         self._serials = itertools.count()
