@@ -7,6 +7,7 @@ leave (``/sys`` is not mounted in the sandbox). File sizes use RLIMIT_FSIZE, whi
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -184,8 +185,7 @@ class KernelCgroups:
         """The kernel started: move every process of it from the start's cpu group to its own among
         the kernels (a process forked meanwhile is moved in a later round), and drop the start's.
         Raises ``OSError`` when a process cannot be moved."""
-        starting, self.starting = self.starting, None
-        target = self.dirs.get("cpu")
+        starting, target = self.starting, self.dirs.get("cpu")
         if starting is None or target is None:
             return
         for _ in range(_KILL_ROUNDS):
@@ -197,10 +197,14 @@ class KernelCgroups:
                     (target / "cgroup.procs").write_text(pid)
                 except ProcessLookupError:
                     continue  # exited meanwhile
+        else:
+            raise OSError(errno.EBUSY, f"processes keep appearing in {starting}")
         try:
             starting.rmdir()
-        except OSError as exc:
+        except OSError as exc:  # still busy: ``remove`` tries again, the sweep at the latest
             logger.warning("the start cpu group %s stays: %s", starting, exc)
+            return
+        self.starting = None
 
     def pids(self) -> set[int]:
         found: set[int] = set()
