@@ -230,11 +230,16 @@ def test_starts_waiting_for_a_slot_go_first_come_first_served() -> None:
     assert order == list(range(12)) and gate.waiting == 0 and gate.running == 0
 
 
-def test_kernels_start_in_arrival_order_and_each_waiting_session_sees_its_place_go_down(tmp_path: Path) -> None:
+def test_kernels_start_in_arrival_order_and_each_waiting_session_sees_its_place_go_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With ``execution.max_concurrent_starts = 1``, real kernels: each start waiting in line is told
     its place (1: next) as the line moves, and 0 when its own start begins; they start in the
     order they asked."""
+    from core.execution import pool
     from core.execution.kernel import KernelExecutor
+
+    monkeypatch.setattr(pool, "PLACE_EVERY_S", 0.0)  # every change of place told, however far back
 
     gate = StartGate(1)
     executors = [KernelExecutor(f"q{i}", tmp_path / f"q{i}", start_gate=gate) for i in range(4)]
@@ -272,3 +277,30 @@ def test_a_start_that_did_not_wait_is_told_nothing() -> None:
     with gate.slot(on_place=told.append):
         pass
     assert told == []
+
+
+def test_a_start_far_back_in_line_is_told_its_place_at_most_once_a_second() -> None:
+    """Each place told is an event for the chat's page: far back in a moving line (more than
+    ``limit`` ahead), a start hears at most once per ``PLACE_EVERY_S``; at the front, its turn."""
+    from core.execution.pool import PLACE_EVERY_S
+
+    gate = StartGate(1)
+    told: list[tuple[int, float]] = []
+
+    def start(i: int) -> None:
+        if i == 8:
+            with gate.slot(on_place=lambda place: told.append((place, time.monotonic()))):
+                pass
+        else:
+            with gate.slot():
+                time.sleep(0.15)  # the work of a start: the line moves about 7 places a second
+
+    with gate.slot():
+        threads = _queue_up(gate, 9, start)
+    for thread in threads:
+        thread.join(30)
+    places = [place for place, _ in told]
+    assert places[0] == 9 and places[-1] == 0 and places == sorted(places, reverse=True)
+    far = [at for place, at in told if place > 1]
+    assert len(far) >= 2, told  # it did hear the line move
+    assert all(b - a >= PLACE_EVERY_S * 0.99 for a, b in zip(far, far[1:], strict=False)), told

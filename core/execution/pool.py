@@ -34,6 +34,7 @@ WAIT_POLL_S = 0.2  # how often a queued start looks at its cancel token and its 
 # ~0.1 s, so two at a time left both cores half idle (``bench/kernel_starts.py``); all starts
 # together weigh as one process against the web server (``limits.START_SHARES``).
 STARTS_PER_CORE = 4
+PLACE_EVERY_S = 1.0  # how often a start far back in line is told its place
 RETRY_FIRST_S = 1.0  # a failed refill waits this long, doubled per failure, up to RETRY_MAX_S
 RETRY_MAX_S = 60.0
 
@@ -92,11 +93,14 @@ class StartGate:
         """Hold one of the ``limit`` slots while the body starts a kernel; raises ``StartCancelled``.
 
         ``on_place`` (urgent starts only) is told the start's place in line while it waits (1: next)
-        each time it changes, and 0 when it leaves the line for its slot; never if it did not wait."""
+        when it changes (at most once per ``PLACE_EVERY_S`` while more than ``limit`` are ahead: each
+        is an event for the chat's page), and 0 when it leaves the line for its slot; never if it
+        did not wait."""
         with self._lock:
             ticket = _Ticket(next(self._serials), urgent)
             (self._urgent if urgent else self._background).append(ticket)
         told: int | None = None
+        told_at = 0.0
         try:
             while True:
                 ticket.woken.clear()
@@ -108,8 +112,10 @@ class StartGate:
                 if cancelled():
                     raise StartCancelled("the kernel start was cancelled while it waited for its turn")
                 if on_place is not None and urgent and place != told:
-                    told = place
-                    on_place(place)
+                    now = time.monotonic()
+                    if told is None or place <= self.limit or now - told_at >= PLACE_EVERY_S:
+                        told, told_at = place, now
+                        on_place(place)
                 ticket.woken.wait(WAIT_POLL_S)
         except BaseException:
             with self._lock:
