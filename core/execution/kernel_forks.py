@@ -76,7 +76,7 @@ class KernelForkServer:
     ) -> tuple[int, list[tuple[str, float]]]:
         """Fork a kernel into the sandbox of ``outer_pid`` (bubblewrap around a placeholder reading
         ``fifo``); returns the kernel's host pid. A fork server started for it joins ``cpu_group``
-        (the kernels' shared cpu cgroup): it works only for kernels. The kernel runs as host ``uid``
+        (where kernels start): it works only for kernels. The kernel runs as host ``uid``
         (None: the fork server's) under the seccomp filter if ``seccomp``. Also returns when each of
         the helper's steps ended (monotonic clock). Raises ``ForkServerError``."""
         request = {
