@@ -106,6 +106,18 @@ def kernels_start_group() -> Path | None:
     return folder
 
 
+PF_EXITING = 0x4  # include/linux/sched.h: the task is in do_exit()
+
+
+def _exiting(pid: int) -> bool:
+    """Whether ``pid`` is gone or on its way out (its task flags, field 9 of ``/proc/<pid>/stat``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] in ("Z", "X") or bool(int(fields[6]) & PF_EXITING)
+
+
 class KernelCgroups:
     """A memory, a pids and a cpu cgroup for one kernel launch; every process it starts stays inside.
 
@@ -184,25 +196,33 @@ class KernelCgroups:
     def settle(self) -> None:
         """The kernel started: move every process of it from the start's cpu group to its own among
         the kernels (a process forked meanwhile is moved in a later round), and drop the start's.
-        Raises ``OSError`` when a process cannot be moved."""
+
+        A task already exiting cannot be moved (the kernel skips it) and leaves by itself: the fork
+        server's helper, which joined the group to fork the kernel, exits right after its answer,
+        and at the kernels' idle priority that can take a moment under load. The group then stays
+        until a later call (each run calls ``started``) or ``remove``. Raises ``OSError`` when a
+        live process cannot be moved."""
         starting, target = self.starting, self.dirs.get("cpu")
         if starting is None or target is None:
             return
         for _ in range(_KILL_ROUNDS):
-            pids = (starting / "cgroup.procs").read_text().split()
-            if not pids:
+            pids = [int(p) for p in (starting / "cgroup.procs").read_text().split()]
+            staying = [pid for pid in pids if not _exiting(pid)]
+            if not staying:
                 break
-            for pid in pids:
+            for pid in staying:
                 try:
-                    (target / "cgroup.procs").write_text(pid)
+                    (target / "cgroup.procs").write_text(str(pid))
                 except ProcessLookupError:
                     continue  # exited meanwhile
         else:
             raise OSError(errno.EBUSY, f"processes keep appearing in {starting}")
+        if pids:
+            return  # only exiting ones are left
         try:
             starting.rmdir()
-        except OSError as exc:  # still busy: ``remove`` tries again, the sweep at the latest
-            logger.warning("the start cpu group %s stays: %s", starting, exc)
+        except OSError as exc:  # busy again: the next call or ``remove`` tries again
+            logger.debug("the start cpu group %s stays for now: %s", starting, exc)
             return
         self.starting = None
 
