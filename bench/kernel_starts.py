@@ -216,6 +216,7 @@ def run_variant(kernels: int, overrides: dict[str, Any], concurrent: int | None)
             ex.stop()
         return result
     finally:
+        kernel_forks.FORK_SERVER.close()  # it runs in the cpuacct group, which must be empty to go
         cgroup.close()
 
 
