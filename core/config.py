@@ -193,7 +193,7 @@ class ExecutionSettings(BaseModel):
     )
     pool_size: int = Field(2, ge=0, description="warm kernels kept started ahead, each handed to one new session")
     max_concurrent_starts: int = Field(
-        0, ge=0, description="kernels starting at once (pool refills included); 0 means the number of cores"
+        0, ge=0, description="kernels starting at once (pool refills included); 0 means 4 per core"
     )
     fork_kernels: bool = Field(
         True,

@@ -54,6 +54,9 @@ class PostEventType(Named):
     # Weaver's own: the post's code waits for the user's approval (``ApprovalRequested``); answer
     # with ``Session.approve(post_id, ...)``.
     post_approval_request = "post_approval_request"
+    # Weaver's own: the post's kernel start waits in line for a free start slot (``KernelQueued``),
+    # sent each time its place changes, and once more with place 0 when its turn comes.
+    post_kernel_queue = "post_kernel_queue"
 
 
 EventType = SessionEventType | RoundEventType | PostEventType
@@ -172,6 +175,27 @@ class ExecutionOutput:
         return {"stream": self.stream, "skipped": self.skipped}
 
 
+@dataclass(frozen=True)
+class KernelQueued:
+    """``post_kernel_queue``: the kernel this post needs waits for its turn to start
+    (``execution.max_concurrent_starts`` start at once, first come, first served). ``position`` 1
+    is next; 0 means its turn came and it is starting now (the wait is over)."""
+
+    position: int
+
+    @property
+    def ahead(self) -> int:
+        """Starts in line before this one."""
+        return max(0, self.position - 1)
+
+    @property
+    def waiting(self) -> bool:
+        return self.position > 0
+
+    def as_extra(self) -> dict[str, Any]:
+        return {"position": self.position, "ahead": self.ahead}
+
+
 EventPayload = (
     RoundStarted
     | RoundEnded
@@ -182,6 +206,7 @@ EventPayload = (
     | AttachmentChunk
     | ExecutionOutput
     | ApprovalRequested
+    | KernelQueued
 )
 
 
@@ -343,6 +368,12 @@ class PostEventProxy:
         attachment.content = text
         payload = AttachmentChunk(attachment.id, attachment.type, replace=True)
         self._emit(PostEventType.post_attachment_update, text, payload)
+
+    def kernel_queue(self, position: int) -> None:
+        """Tell handlers where the post's kernel start is in line (``KernelQueued``; 0: starting)."""
+        payload = KernelQueued(position)
+        msg = f"waiting for a kernel: {payload.ahead} ahead" if payload.waiting else ""
+        self._emit(PostEventType.post_kernel_queue, msg, payload)
 
     def request_approval(self, code: str, timeout_s: float) -> None:
         """Tell handlers that ``code`` waits for the user's approval (``ApprovalRequested``)."""

@@ -150,10 +150,10 @@ def test_kernel_starts_stay_within_the_bound(tmp_path: Path) -> None:
         application.stop()
 
 
-def test_the_default_bound_is_the_number_of_cores() -> None:
+def test_the_default_bound_is_four_starts_per_core() -> None:
     import os
 
-    assert StartGate().limit == (os.cpu_count() or 1) and StartGate(3).limit == 3
+    assert StartGate().limit == 4 * (os.cpu_count() or 1) and StartGate(3).limit == 3
 
 
 def test_a_start_a_user_waits_for_goes_before_a_pool_refill() -> None:
@@ -197,3 +197,110 @@ def test_a_queued_start_can_be_cancelled() -> None:
             with gate.slot(cancelled=lambda: True):
                 pass
     assert gate.running == 0
+
+
+def _queue_up(gate: StartGate, count: int, go: Any) -> list[threading.Thread]:
+    """Start ``count`` threads that each call ``go(i)``, the next only once the one before waits
+    in ``gate``: they arrive in the order of ``i``."""
+    threads = []
+    for i in range(count):
+        before = gate.waiting
+        thread = threading.Thread(target=go, args=(i,))
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 30
+        while gate.waiting <= before:
+            assert time.monotonic() < deadline, f"start {i} did not queue"
+            time.sleep(0.005)
+    return threads
+
+
+def test_starts_waiting_for_a_slot_go_first_come_first_served() -> None:
+    gate = StartGate(1)
+    order: list[int] = []
+
+    def start(i: int) -> None:
+        with gate.slot():
+            order.append(i)
+
+    with gate.slot():  # every slot taken: the starts below queue
+        threads = _queue_up(gate, 12, start)
+    for thread in threads:
+        thread.join(30)
+    assert order == list(range(12)) and gate.waiting == 0 and gate.running == 0
+
+
+def test_kernels_start_in_arrival_order_and_each_waiting_session_sees_its_place_go_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``execution.max_concurrent_starts = 1``, real kernels: each start waiting in line is told
+    its place (1: next) as the line moves, and 0 when its own start begins; they start in the
+    order they asked."""
+    from core.execution import pool
+    from core.execution.kernel import KernelExecutor
+
+    monkeypatch.setattr(pool, "PLACE_EVERY_S", 0.0)  # every change of place told, however far back
+
+    gate = StartGate(1)
+    executors = [KernelExecutor(f"q{i}", tmp_path / f"q{i}", start_gate=gate) for i in range(4)]
+    places: dict[int, list[int]] = {i: [] for i in range(4)}
+    try:
+
+        def start(i: int) -> None:
+            executors[i].start(on_queue=places[i].append)
+
+        with gate.slot():  # a start in progress: the four below wait in line
+            threads = _queue_up(gate, 4, start)
+            deadline = time.monotonic() + 30
+            while any(not places[i] for i in range(4)):
+                assert time.monotonic() < deadline, f"not every start was told its place: {places}"
+                time.sleep(0.01)
+            assert [places[i][0] for i in range(4)] == [1, 2, 3, 4]  # where each stood on arrival
+        for thread in threads:
+            thread.join(READY_TIMEOUT_S * 2)
+        assert all(ex.ready for ex in executors)
+        turns = [dict(ex.start_steps)["turn"] for ex in executors]
+        assert turns == sorted(turns), "the kernels did not start in arrival order"
+        for i, seen in places.items():
+            assert seen[-1] == 0, seen  # told its turn came
+            assert all(a > b for a, b in zip(seen, seen[1:], strict=False)), f"start {i}: place went {seen}"
+        assert len(places[3]) >= 3, places  # the last one saw the line move on its way to the front
+        assert gate.peak == 1
+    finally:
+        for ex in executors:
+            ex.stop()
+
+
+def test_a_start_that_did_not_wait_is_told_nothing() -> None:
+    gate = StartGate(2)
+    told: list[int] = []
+    with gate.slot(on_place=told.append):
+        pass
+    assert told == []
+
+
+def test_a_start_far_back_in_line_is_told_its_place_at_most_once_a_second() -> None:
+    """Each place told is an event for the chat's page: far back in a moving line (more than
+    ``limit`` ahead), a start hears at most once per ``PLACE_EVERY_S``; at the front, its turn."""
+    from core.execution.pool import PLACE_EVERY_S
+
+    gate = StartGate(1)
+    told: list[tuple[int, float]] = []
+
+    def start(i: int) -> None:
+        if i == 8:
+            with gate.slot(on_place=lambda place: told.append((place, time.monotonic()))):
+                pass
+        else:
+            with gate.slot():
+                time.sleep(0.15)  # the work of a start: the line moves about 7 places a second
+
+    with gate.slot():
+        threads = _queue_up(gate, 9, start)
+    for thread in threads:
+        thread.join(30)
+    places = [place for place, _ in told]
+    assert places[0] == 9 and places[-1] == 0 and places == sorted(places, reverse=True)
+    far = [at for place, at in told if place > 1]
+    assert len(far) >= 2, told  # it did hear the line move
+    assert all(b - a >= PLACE_EVERY_S * 0.99 for a, b in zip(far, far[1:], strict=False)), told

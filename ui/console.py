@@ -20,6 +20,7 @@ from core import (
     AttachmentType,
     EventPayload,
     ExecutionOutput,
+    KernelQueued,
     MessageChunk,
     PostEventType,
     PostStarted,
@@ -40,7 +41,7 @@ from core.events import ApprovalRequested
 from core.startup_check import check_app_files
 from core.workspace import default_app_dir
 from ui.bridge import ThreadJob
-from ui.view import usage_summary
+from ui.view import queue_words, usage_summary
 
 QUIET = {AttachmentType.reply_type, AttachmentType.revise_message}
 OFFLINE_STATUS = "answering by Weaver's offline rules (no language model is configured)"
@@ -121,6 +122,10 @@ class ConsoleEventHandler(SessionEventHandler):
                 self._stream((post_id, "message"), self._paint("weaver>", "1;32"), msg, indent="")
             else:
                 self._stream((post_id, "message"), self._paint("  message:", "36"), msg)
+        elif isinstance(payload, KernelQueued):
+            if payload.waiting:
+                self._stream_key = None
+                self._write("\n" + self._paint(f"  · waiting for a kernel: {queue_words(payload.position)}", "2"))
         elif isinstance(payload, ApprovalRequested):
             self._stream_key = None
             self.approvals.put((post_id, payload))

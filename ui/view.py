@@ -17,6 +17,7 @@ from core import (
     AttachmentType,
     ExecutionOutput,
     ExecutionStatus,
+    KernelQueued,
     MessageChunk,
     PostEventType,
     PostStarted,
@@ -147,6 +148,7 @@ class PostView:
     artifacts: list[Artifact] = field(default_factory=list)
     ended: bool = False
     live: "LiveText | None" = None  # what the running code printed so far, until its result comes
+    queued: int = 0  # the place in line of this post's kernel start (1: next); 0: not waiting
 
     def summary(self) -> str:
         """One line for the collapsed step: what this post did ("plan of 2 steps", "ran 4 lines")."""
@@ -188,6 +190,8 @@ class PostView:
             parts.append(self.live.markdown())
         if self.error:
             parts.append(f"**Error:** {self.error}")
+        if self.queued > 0 and not self.ended:
+            parts.append(f"**Waiting for a kernel:** {queue_words(self.queued)}")
         if not self.ended:
             # Bold with asterisks: underscores stay literal when the streaming cursor follows them.
             parts.append(f"**Working:** {self.status or 'starting'}…")
@@ -205,6 +209,12 @@ class PostView:
             return ""
         target = "you" if self.send_to == RoleName.User else f"the {self.send_to}"
         return f"**{AttachmentType.revise_message.label.capitalize()}:** none; the error goes to {target} as it is."
+
+
+def queue_words(position: int) -> str:
+    """Where a kernel start is in line, for the user: "12 ahead of you", "you are next"."""
+    ahead = position - 1
+    return "you are next" if ahead <= 0 else f"{ahead} ahead of you"
 
 
 @dataclass
@@ -281,6 +291,8 @@ class RoundView:
             view.message = event.msg if replace else view.message + event.msg
         elif t == PostEventType.post_attachment_update and isinstance(payload, AttachmentChunk):
             self._attachment(view, event.msg, payload)
+        elif t == PostEventType.post_kernel_queue and isinstance(payload, KernelQueued):
+            view.queued = payload.position
         elif t == PostEventType.post_execution_output and isinstance(payload, ExecutionOutput):
             if view.live is None:
                 view.live = LiveText(self.max_live_chars)

@@ -93,6 +93,9 @@ class KernelExecutor:
         self._stopping = threading.Event()
         self._closed = False
         self._ready = False
+        # When the latest start was asked for, got its turn and was bootstrapped (monotonic clock):
+        # with the handle's own ``steps``, where a start's time goes (``bench/kernel_starts.py``).
+        self.start_steps: list[tuple[str, float]] = []
         _LIVE.add(self)
 
     # ----- what callers read -------------------------------------------------------------------
@@ -139,10 +142,17 @@ class KernelExecutor:
 
     # ----- lifecycle -------------------------------------------------------------------------
 
-    def start(self, *, background: bool = False, cancel: CancelToken | None = None) -> None:
+    def start(
+        self,
+        *,
+        background: bool = False,
+        cancel: CancelToken | None = None,
+        on_queue: Callable[[int], object] | None = None,
+    ) -> None:
         """Start the kernel and load plugins unless already running; raises ``KernelStartError``.
 
-        With a start gate, the launch waits for a free slot; ``background`` starts (pool refills)
+        With a start gate, the launch waits in line for a free slot (first come, first served;
+        ``on_queue`` is told its place: ``StartGate.slot``); ``background`` starts (pool refills)
         let every start a user waits for go first, and a ``cancel`` while waiting abandons it.
         """
         with self._lifecycle:
@@ -150,7 +160,7 @@ class KernelExecutor:
                 raise ExecutorClosedError(f"the executor of session {self.session_id} was stopped")
             if self.process.running:
                 return
-            self._launch(urgent=not background, cancel=cancel)
+            self._launch(urgent=not background, cancel=cancel, on_queue=on_queue)
 
     def stop(self, keep_kernel: bool = False) -> None:
         """Shut the kernel down and wait for its process to exit; the executor cannot be reused.
@@ -173,15 +183,18 @@ class KernelExecutor:
             if self.process.running and self.process.alive():
                 self.process.send_interrupt()
 
-    def _launch(self, urgent: bool = True, cancel: CancelToken | None = None) -> None:
+    def _launch(
+        self, urgent: bool = True, cancel: CancelToken | None = None, on_queue: Callable[[int], object] | None = None
+    ) -> None:
         def cancelled() -> bool:
             return self._stopping.is_set() or (cancel is not None and cancel.cancelled)
 
+        self.start_steps = [("asked", time.monotonic())]
         if self.start_gate is None:
             self._timed_launch(urgent)
         else:
             try:
-                with self.start_gate.slot(urgent=urgent, cancelled=cancelled):
+                with self.start_gate.slot(urgent=urgent, cancelled=cancelled, on_place=on_queue):
                     if cancelled():
                         raise StartCancelled("the kernel start was cancelled")
                     self._timed_launch(urgent)
@@ -197,10 +210,13 @@ class KernelExecutor:
     def _timed_launch(self, urgent: bool) -> None:
         """Launch and bootstrap, counted in ``weaver_kernel_starts`` (a wait for a start slot is not)."""
         started = time.monotonic()
+        self.start_steps.append(("turn", started))
         ok = False
         try:
             self.process.launch()
             self._bootstrap()
+            self.process.started()
+            self.start_steps.append(("bootstrapped", time.monotonic()))
             ok = True
         finally:
             metrics.kernel_started("session" if urgent else "pool", ok, time.monotonic() - started)
@@ -259,11 +275,13 @@ class KernelExecutor:
         timeout: float | None = None,
         on_running: Callable[[], object] | None = None,
         live: LiveOutput | None = None,
+        on_queue: Callable[[int], object] | None = None,
     ) -> ExecutionResult:
         """Run ``code`` in the session's kernel and report everything it produced.
 
         ``on_running`` is called once the kernel is up (started if need be), just before the code is sent;
-        ``live`` gets what the code prints while it runs (on this thread, throttled by itself).
+        ``live`` gets what the code prints while it runs (on this thread, throttled by itself);
+        ``on_queue`` the place in line of a kernel start that waits for its turn (0: its turn came).
         """
         execution_id = create_id("exec")
         with self._exec_lock:
@@ -272,7 +290,7 @@ class KernelExecutor:
             if (cancel is not None and cancel.cancelled) or self._stopping.is_set():
                 return _failure(execution_id, code, messages.CANCELLED_BEFORE_START, cancelled=True)
             try:
-                self.start(cancel=cancel)
+                self.start(cancel=cancel, on_queue=on_queue)
             except (KernelStartError, ExecutorClosedError) as exc:
                 if (cancel is not None and cancel.cancelled) or self._stopping.is_set():
                     return _failure(execution_id, code, messages.CANCELLED_BEFORE_START, cancelled=True)

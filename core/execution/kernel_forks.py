@@ -53,6 +53,7 @@ class KernelForkServer:
         self._ids = itertools.count(1)
         self.problem: str | None = None  # set when it cannot start here: kernels then start on their own
         self._holders: weakref.WeakSet[object] = weakref.WeakSet()  # who may still ask for kernels
+        self.helper_cpu = 0.0  # CPU-seconds of the helpers that forked kernels (they leave no other trace)
 
     @property
     def usable(self) -> bool:
@@ -72,11 +73,12 @@ class KernelForkServer:
         cpu_group: Path | None = None,
         uid: int | None = None,
         seccomp: bool = False,
-    ) -> int:
+    ) -> tuple[int, list[tuple[str, float]]]:
         """Fork a kernel into the sandbox of ``outer_pid`` (bubblewrap around a placeholder reading
         ``fifo``); returns the kernel's host pid. A fork server started for it joins ``cpu_group``
-        (the kernels' shared cpu cgroup): it works only for kernels. The kernel runs as host ``uid``
-        (None: the fork server's) under the seccomp filter if ``seccomp``. Raises ``ForkServerError``."""
+        (where kernels start): it works only for kernels. The kernel runs as host ``uid``
+        (None: the fork server's) under the seccomp filter if ``seccomp``. Also returns when each of
+        the helper's steps ended (monotonic clock). Raises ``ForkServerError``."""
         request = {
             "outer": outer_pid,
             "fifo": str(fifo),
@@ -112,7 +114,9 @@ class KernelForkServer:
             run.pending.pop(ident, None)
         if "pid" not in reply:
             raise ForkServerError(str(reply.get("error", reply)))
-        return int(reply["pid"])
+        steps = [(str(name), float(at)) for name, at in reply.get("steps", [])]
+        self.helper_cpu += float(reply.get("cpu", 0.0))
+        return int(reply["pid"]), steps
 
     def _running(self, timeout: float, cpu_group: Path | None) -> _Run:
         """The running fork server, started first if there is none (the caller holds the lock)."""

@@ -57,6 +57,12 @@ class KernelProcess:
         self.client: KernelChannels | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.box: KernelBox | None = None
+        # When each step of the latest launch ended (monotonic clock, the fork server's steps
+        # included): where a start's time goes, for ``bench/kernel_starts.py``.
+        self.steps: list[tuple[str, float]] = []
+
+    def _mark(self, step: str) -> None:
+        self.steps.append((step, time.monotonic()))
 
     @property
     def running(self) -> bool:
@@ -121,14 +127,18 @@ class KernelProcess:
             self._launch(forked=False)
 
     def _launch(self, forked: bool) -> None:
+        self.steps = []
+        self._mark("begin")
         try:
             box = KernelBox(self.session_id, self.cwd, self.settings, self.read_only)
         except (SandboxUnavailableError, OSError) as exc:
             raise KernelStartError(messages.start_failed(exc)) from exc
         forked = forked and box.sandboxed
+        self._mark("box")
         argv = box.placeholder_argv() if forked else KERNEL_ARGV
         km = new_kernel_manager(box.argv_prefix, box.connection_file, box.ipc_prefix, argv)
         env = box.env(kernel_env(self.session_id, self.extra_env, home=self.cwd))
+        self._mark("manager")
         # The kernel's own chatter (e.g. ipykernel's transport warning) goes to the session's
         # folder, not the server's terminal.
         log = self.cwd.parent / "kernel.log"
@@ -144,11 +154,12 @@ class KernelProcess:
                     pass_fds=box.pass_fds,  # the seccomp filter, as BPF for bubblewrap to read
                 )
             box.launched()
+            self._mark("launched")
             proc = getattr(km.provisioner, "process", None)
             if forked:
                 if proc is None:
                     raise ForkServerError("the sandbox's process is not known")
-                pid = FORK_SERVER.fork(
+                pid, helper_steps = FORK_SERVER.fork(
                     outer_pid=proc.pid,
                     fifo=box.fifo,
                     connection_file=box.connection_file,
@@ -157,10 +168,12 @@ class KernelProcess:
                     log=log,
                     cgroups=box.cgroups.procs_files,
                     timeout=self.start_timeout,
-                    cpu_group=box.cgroups.shared_cpu_group,
+                    cpu_group=box.cgroups.starter_cpu_group,
                     uid=box.uid,
                     seccomp=box.seccomp,
                 )
+                self.steps += helper_steps
+                self._mark("forked")
                 try:
                     box.adopt_kernel(pid)
                 except OSError as exc:  # no pidfd on this system (Linux < 5.3): the sandbox goes, unforked next
@@ -190,12 +203,27 @@ class KernelProcess:
         except RuntimeError as exc:
             self.teardown(graceful=False)
             raise KernelStartError(messages.not_ready(self.start_timeout, exc)) from exc
+        self._mark("ready")
 
     # The kernel shares the session's folder and reads plugins where they are: nothing to move.
     def bootstrap_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
         return payload
 
+    def started(self) -> None:
+        """Bootstrapped: every process of the sandbox leaves the start's cpu group for the kernel's
+        own among the kernels (``KernelCgroups.settle``), before any code of the user's runs. A
+        process that cannot be moved ends the kernel (``KernelStartError``)."""
+        box = self.box
+        if box is None or box.cgroups.starting is None:
+            return
+        try:
+            box.cgroups.settle()
+        except OSError as exc:
+            self.teardown(graceful=False)
+            raise KernelStartError(messages.start_failed(exc)) from exc
+
     def before_run(self, rpc: SilentEval) -> list[str]:
+        self.started()  # already done after the bootstrap; never run user code at the start's priority
         if self.box is not None:
             self.box.claim_new_files()  # uploads the server wrote since: the kernel's to change
         return []

@@ -84,9 +84,12 @@ def new_kernel_manager(
 
 
 # bwrap --die-with-parent (PR_SET_PDEATHSIG) fires when the *thread* that started it ends, e.g. a
-# session's pre-start thread; so every kernel is started from this one thread, which lives as long
-# as the server process.
-_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weaver-kernel-spawner")
+# session's pre-start thread; so every kernel is started from these threads, which live as long
+# as the server process (a pool's workers never end before it is shut down). Several: a launch
+# through jupyter_client takes ~5 ms of this thread, and with one thread a crowd's starts queued
+# here one after the other.
+SPAWNER_THREADS = 4
+_SPAWNER = ThreadPoolExecutor(max_workers=SPAWNER_THREADS, thread_name_prefix="weaver-kernel-spawner")
 
 
 def start_kernel(km: KernelManager, **kwargs: Any) -> None:

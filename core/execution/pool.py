@@ -10,12 +10,15 @@ The folder a pooled kernel was started on was given to that kernel's own uid at 
 (``sandbox.KernelBox``) and is the very folder its session adopts, so nothing changes hands here.
 
 ``StartGate`` lets at most ``execution.max_concurrent_starts`` kernels start at once: a hundred
-kernels importing together take as long as one after the other, but leave nothing for the web
-server in between. A start a user waits for goes before a pool refill.
+kernels starting together take as long as a few at a time, but leave nothing for the web server in
+between. The others wait in line, first come first served, and a user's start learns its place;
+a start a user waits for goes before a pool refill.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import os
 import threading
@@ -26,7 +29,12 @@ from typing import Callable, Iterator, Protocol
 
 logger = logging.getLogger(__name__)
 
-WAIT_POLL_S = 0.2  # how often a queued start looks at its cancel token
+WAIT_POLL_S = 0.2  # how often a queued start looks at its cancel token and its place in line
+# The default bound per core: a start waits on its sandbox and its kernel's sockets for much of its
+# ~0.1 s, so two at a time left both cores half idle (``bench/kernel_starts.py``); all starts
+# together weigh as one process against the web server (``limits.START_SHARES``).
+STARTS_PER_CORE = 4
+PLACE_EVERY_S = 1.0  # how often a start far back in line is told its place
 RETRY_FIRST_S = 1.0  # a failed refill waits this long, doubled per failure, up to RETRY_MAX_S
 RETRY_MAX_S = 60.0
 
@@ -35,15 +43,34 @@ class StartCancelled(RuntimeError):
     """The start was abandoned while it queued for a slot (the round was cancelled or the session stops)."""
 
 
+class _Ticket:
+    """One start waiting at the gate: its place in arrival order and what wakes it."""
+
+    __slots__ = ("serial", "urgent", "woken")
+
+    def __init__(self, serial: int, urgent: bool) -> None:
+        self.serial = serial
+        self.urgent = urgent
+        self.woken = threading.Event()
+
+
 class StartGate:
-    """At most ``limit`` kernel starts at once; urgent ones (a user waits) go before background ones."""
+    """At most ``limit`` kernel starts at once, first come first served; urgent ones (a user waits)
+    go before background ones (pool refills).
+
+    A queue, not a semaphore: a semaphore wakes whichever waiter the scheduler picks, so under a
+    crowd a user could wait behind people who came after. Each start waits on a ticket of its own,
+    woken when it is first in line and a slot is free; a waiting start a user sees learns its place
+    (``on_place``) as the line moves, within ``WAIT_POLL_S``.
+    """
 
     def __init__(self, limit: int = 0) -> None:
-        self.limit = limit if limit > 0 else (os.cpu_count() or 1)
-        self._cond = threading.Condition()
+        self.limit = limit if limit > 0 else STARTS_PER_CORE * (os.cpu_count() or 1)
+        self._lock = threading.Lock()
         self._running = 0
-        self._urgent_waiting = 0
-        self._waiting = 0
+        self._serials = itertools.count()
+        self._urgent: list[_Ticket] = []  # in arrival order
+        self._background: list[_Ticket] = []
         self.peak = 0  # the most starts ever seen at once (for tests and operators)
 
     @property
@@ -53,33 +80,91 @@ class StartGate:
     @property
     def waiting(self) -> int:
         """Starts queued for a slot now."""
-        return self._waiting
+        with self._lock:
+            return len(self._urgent) + len(self._background)
 
     @contextmanager
-    def slot(self, urgent: bool = True, cancelled: Callable[[], bool] = lambda: False) -> Iterator[None]:
-        """Hold one of the ``limit`` slots while the body starts a kernel; raises ``StartCancelled``."""
-        with self._cond:
-            if urgent:
-                self._urgent_waiting += 1
-            self._waiting += 1
-            try:
-                while self._running >= self.limit or (not urgent and self._urgent_waiting > 0):
-                    if cancelled():
-                        raise StartCancelled("the kernel start was cancelled while it waited for its turn")
-                    self._cond.wait(WAIT_POLL_S)
-            finally:
-                self._waiting -= 1
-                if urgent:
-                    self._urgent_waiting -= 1
-                    self._cond.notify_all()  # a background start may go now
-            self._running += 1
-            self.peak = max(self.peak, self._running)
+    def slot(
+        self,
+        urgent: bool = True,
+        cancelled: Callable[[], bool] = lambda: False,
+        on_place: Callable[[int], object] | None = None,
+    ) -> Iterator[None]:
+        """Hold one of the ``limit`` slots while the body starts a kernel; raises ``StartCancelled``.
+
+        ``on_place`` (urgent starts only) is told the start's place in line while it waits (1: next)
+        when it changes (at most once per ``PLACE_EVERY_S`` while more than ``limit`` are ahead: each
+        is an event for the chat's page), and 0 when it leaves the line for its slot; never if it
+        did not wait."""
+        with self._lock:
+            ticket = _Ticket(next(self._serials), urgent)
+            (self._urgent if urgent else self._background).append(ticket)
+        told: int | None = None
+        told_at = 0.0
+        try:
+            while True:
+                ticket.woken.clear()
+                with self._lock:
+                    if self._may_go(ticket):
+                        self._take(ticket)
+                        break
+                    place = self._place(ticket)
+                if cancelled():
+                    raise StartCancelled("the kernel start was cancelled while it waited for its turn")
+                if on_place is not None and urgent and place != told:
+                    now = time.monotonic()
+                    if told is None or place <= self.limit or now - told_at >= PLACE_EVERY_S:
+                        told, told_at = place, now
+                        on_place(place)
+                ticket.woken.wait(WAIT_POLL_S)
+        except BaseException:
+            with self._lock:
+                self._leave(ticket)
+                self._wake_next()
+            raise
+        if on_place is not None and told is not None:
+            on_place(0)
         try:
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 self._running -= 1
-                self._cond.notify_all()
+                self._wake_next()
+
+    # ----- under the lock ------------------------------------------------------------------------
+
+    def _may_go(self, ticket: _Ticket) -> bool:
+        if self._running >= self.limit:
+            return False
+        if ticket.urgent:
+            return self._urgent[0] is ticket
+        return not self._urgent and self._background[0] is ticket
+
+    def _take(self, ticket: _Ticket) -> None:
+        self._leave(ticket)
+        self._running += 1
+        self.peak = max(self.peak, self._running)
+        self._wake_next()  # another slot may be free
+
+    def _place(self, ticket: _Ticket) -> int:
+        line = self._urgent if ticket.urgent else self._background
+        return bisect.bisect_left(line, ticket.serial, key=_serial) + 1
+
+    def _leave(self, ticket: _Ticket) -> None:
+        line = self._urgent if ticket.urgent else self._background
+        index = bisect.bisect_left(line, ticket.serial, key=_serial)
+        if index < len(line) and line[index] is ticket:
+            del line[index]
+
+    def _wake_next(self) -> None:
+        if self._running < self.limit:
+            head = self._urgent[0] if self._urgent else self._background[0] if self._background else None
+            if head is not None:
+                head.woken.set()
+
+
+def _serial(ticket: _Ticket) -> int:
+    return ticket.serial
 
 
 class PooledExecutor(Protocol):

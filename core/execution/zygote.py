@@ -33,6 +33,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from typing import Any, NoReturn
 
 from core.execution import kernel_main, syscalls
@@ -115,10 +116,11 @@ def _drop_privileges(last_cap: int, uid: int | None) -> None:
     _prctl(PR_SET_NO_NEW_PRIVS, 1, "setting no_new_privs")
 
 
-def _enter_sandbox(request: dict[str, Any]) -> tuple[int, int]:
+def _enter_sandbox(request: dict[str, Any], steps: list[tuple[str, float]]) -> tuple[int, int]:
     """Give this process the placeholder's confinement; returns the write end of its FIFO and the
     host's /proc."""
     fifo = os.open(request["fifo"], os.O_WRONLY | os.O_CLOEXEC)  # blocks until the placeholder reads it
+    steps.append(("sandbox_up", time.monotonic()))
     (init,) = _children(request["outer"])
     placeholder = _children(init)[0]
     for procs in request["cgroups"]:
@@ -171,6 +173,7 @@ def _helper(order: dict[str, Any], hidden: list[str]) -> NoReturn:
     ends: orphaned there, it is adopted by the sandbox's own init (bubblewrap's), which reaps it,
     rather than by whatever is pid 1 on the host."""
     request: dict[str, Any] = {"id": order.get("id")}
+    steps = [("helper", time.monotonic())]  # when each step ended, for the server's start timeline
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         with open(order["request"], "rb") as file:  # in the kernel's private folder, written by the server
@@ -179,7 +182,8 @@ def _helper(order: dict[str, Any], hidden: list[str]) -> NoReturn:
         signal.signal(signal.SIGALRM, _timed_out)
         signal.alarm(max(1, int(request["timeout"])))
         log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fifo, host_proc = _enter_sandbox(request)
+        fifo, host_proc = _enter_sandbox(request, steps)
+        steps.append(("entered", time.monotonic()))
         first = os.fork()
         if first == 0:
             os.close(host_proc)  # nothing in the sandbox may hold a way back to the host's /proc
@@ -194,7 +198,10 @@ def _helper(order: dict[str, Any], hidden: list[str]) -> NoReturn:
     except BaseException as exc:  # noqa: BLE001 - every failure is the server's to report
         _reply({"id": request["id"], "error": f"{type(exc).__name__}: {exc}"[:1000]})
         os._exit(1)
-    _reply({"id": request["id"], "pid": kernel})
+    steps.append(("kernel_forked", time.monotonic()))
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = used.ru_utime + used.ru_stime  # for bench/kernel_starts.py (its short-lived first child left out)
+    _reply({"id": request["id"], "pid": kernel, "steps": steps, "cpu": round(cpu, 6)})
     os._exit(0)
 
 

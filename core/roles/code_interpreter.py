@@ -181,6 +181,7 @@ class CodeInterpreter(Role):
                 session_vars=dict(ctx.session_vars),
                 cancel=ctx.cancel,
                 on_running=lambda: proxy.update_status(PostStatus.executing_code),
+                on_queue=proxy.kernel_queue,
                 live=live,
             )
             if span.is_recording():

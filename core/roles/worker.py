@@ -92,6 +92,7 @@ class KernelWorker(ExtRole):
                 session_vars=dict(ctx.session_vars),
                 cancel=ctx.cancel,
                 on_running=lambda: proxy.update_status(PostStatus.executing_code),
+                on_queue=proxy.kernel_queue,
             )
         metrics.code_executed(result.status.value)
         summary = result.summary(limits.max_output_chars, limits.max_artifacts)
