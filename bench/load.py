@@ -446,11 +446,11 @@ class Sampler(threading.Thread):
             if self.stop_reason is None and total > self.max_kb:
                 self.stop_reason = (
                     f"stopping: the PSS of the server and its kernels ({total / 2**20:.1f} GiB) passed "
-                    f"--max-memory-gb {self.max_kb / 2**20:g}"
+                    f"--max-memory-gb {self.max_kb / 2**20:.3g}"
                 )
             if self.stop_reason is None and 0 < available < self.min_available_kb:
                 self.stop_reason = (
-                    f"stopping: machine memory available fell below {self.min_available_kb / 2**20:g} GiB "
+                    f"stopping: machine memory available fell below {self.min_available_kb / 2**20:.3g} GiB "
                     f"({available / 2**20:.1f} GiB left; --min-available-gb)"
                 )
 
@@ -668,12 +668,16 @@ class Stop(Exception):
 async def _watch(tasks: list[asyncio.Future[Any]], sampler: Sampler | None, deadline: float) -> list[Any]:
     """Wait for every task, stopping when a bound is hit."""
     pending = set(tasks)
-    while pending:
-        _, pending = await asyncio.wait(pending, timeout=0.5)
-        if sampler is not None and sampler.stop_reason:
-            raise Stop(sampler.stop_reason)
-        if time.monotonic() > deadline:
-            raise Stop("stopping: --timeout reached")
+    try:
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.5)
+            if sampler is not None and sampler.stop_reason:
+                raise Stop(sampler.stop_reason)
+            if time.monotonic() > deadline:
+                raise Stop("stopping: --timeout reached")
+    finally:
+        for task in pending:
+            task.cancel()
     return [t.result() for t in tasks]
 
 
@@ -770,6 +774,8 @@ async def sequential(
         merged.kernel_rss_kb += extra.kernel_rss_kb
         merged.kernel_pss_kb += extra.kernel_pss_kb
         merged.left = max(merged.left, extra.left)
+        merged.peak = max(merged.peak, extra.peak, key=lambda peak: peak.total_kb)
+        merged.peak_kernels = max(merged.peak_kernels, extra.peak_kernels)
         if extra.left_after_s is None or merged.left_after_s is None:
             merged.left_after_s = None
         else:
@@ -817,7 +823,7 @@ def summary(report: Report, args: argparse.Namespace) -> dict[str, Any]:
     in_kernels = report.peak.total_kb - servers
     return {
         "label": report.label,
-        "crowd": crowd_name(args, len(users)),
+        "crowd": crowd_name(args, len(users) if args.users == 1 else args.users),
         "users": len(users),
         "rounds": args.rounds,
         "errors": sum(1 for u in users if u.error is not None),
@@ -826,7 +832,7 @@ def summary(report: Report, args: argparse.Namespace) -> dict[str, Any]:
         "answers_expected": len(users) * args.rounds,
         "open_ready_p95_s": p(opened, 0.95),
         "first_step_p95_s": p(steps, 0.95),
-        "first_answer_p50_s": p(first, 0.5),
+        "first_answer_p50_s": statistics.median(first) if first else None,
         "first_answer_p95_s": p(first, 0.95),
         "first_answer_max_s": max(first) if first else None,
         "warm_p95_s": p(warm, 0.95),
@@ -840,6 +846,7 @@ def summary(report: Report, args: argparse.Namespace) -> dict[str, Any]:
         "client_lag_p95_s": max((c.lag_p95_s for c in report.clients), default=None),
         "client_cpu_share": max((c.cpu_share for c in report.clients), default=None),
         "clients": len(report.clients),
+        "client_pids": [c.pid for c in report.clients],
         "stopped": report.stopped,
         "logins": report.logins,
     }
@@ -862,6 +869,8 @@ def table_row(s: dict[str, Any], grace: float) -> str:
             f"{s['peak_pss_kb'] / 2**20:.2f} GiB ({s['peak_pss_servers_kb'] / 2**20:.2f} + "
             f"{s['peak_pss_kernels_kb'] / 2**20:.2f})"
         )
+    if s["stopped"]:
+        return f"| {s['crowd']} | {s['stopped']} | | | | | {memory} | {s['peak_kernels']} | |"
     cells = [
         s["crowd"],
         str(s["errors"]),
@@ -888,9 +897,13 @@ def show(report: Report, args: argparse.Namespace) -> bool:
     errors = [u.error for u in users if u.error is not None]
     n = len(users)
     s = summary(report, args)
-    print(f"\n== {report.label}: {crowd_name(args, n)}, {args.rounds} rounds each ==")
+    print(f"\n== {report.label}: {s['crowd']}, {args.rounds} rounds each ==")
     if report.stopped:
         print(f"  {report.stopped}")
+        if report.peak.total_kb:
+            print(f"  {'peak memory (PSS)':<24} {_gib(report.peak.total_kb)}, {report.peak_kernels} kernels at most")
+        print(f"  {'server stopped':<24} {report.stop_check}")
+        return False
     print(f"  {'open -> chat ready':<24} {stats([u.open_s for u in users if u.open_s is not None])}")
     print(f"  {'  page + login':<24} {stats([u.page_s for u in users if u.page_s is not None])}")
     print(f"  {'  socket -> chat ready':<24} {stats([u.ready_s for u in users if u.ready_s is not None])}")
@@ -1009,7 +1022,8 @@ async def run_variant(args: argparse.Namespace, size: int, fork: bool, deadline:
             report.peak_part_kb = dict(sampler.peak_part_kb)
         report.stop_check = stop_check
         clean = show(report, run_args) and not left
-        return clean, {**summary(report, run_args), "processes_left_after_stop": len(left)}
+        row = {**summary(report, run_args), "processes_left_after_stop": len(left), "app_dir": str(server.app_dir)}
+        return clean, row
 
 
 async def main_async(args: argparse.Namespace) -> bool:
