@@ -14,6 +14,11 @@ seconds. Measured per user, from the client's side:
 * first answer: message sent → the round's answer (round 1, which starts the user's kernel);
 * warm round: the same for rounds 2 and later.
 
+Just before the crowd, one user alone does the same on the same server (the baseline; ``--no-baseline``
+skips it): the crowd's medians are printed as multiples of it, with the machine's load average and
+the share of the machine's CPU the run's processes got, since other work on a shared machine
+lengthens every figure.
+
 Who the users are: by default every user is the one local user (the default local login), so the
 started server raises the per-client and live-session caps to fit the crowd. ``--distinct-users``
 makes every user a different person logging in for the first time with the ``header`` login, the
