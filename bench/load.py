@@ -709,6 +709,7 @@ async def crowd(
     run = secrets.token_hex(3)
     spacing = args.arrival / args.users if args.users > 1 else 0.0
     procs = [await _spawn_client() for _ in range(n_clients)]
+    answers: list[Any] = []
     try:
         await _watch([asyncio.ensure_future(_read(p, "ready")) for p in procs], sampler, deadline)
         if sampler is not None:
@@ -736,12 +737,13 @@ async def crowd(
         answers = await _watch([asyncio.ensure_future(_read(p, "result")) for p in procs], sampler, deadline)
     finally:
         for proc in procs:
-            if proc.returncode is None:
-                try:
-                    proc.kill()  # ours, by its pid; nothing when it already answered and ended
-                except ProcessLookupError:
-                    pass
-            await proc.wait()
+            if proc.stdin is not None:
+                proc.stdin.close()
+            try:  # a client that answered ends by itself; one stopped midway is killed
+                await asyncio.wait_for(proc.wait(), timeout=5 if answers else 0.1)
+            except asyncio.TimeoutError:
+                proc.kill()  # ours, by its pid
+                await proc.wait()
     for share, answer in zip(shares, answers, strict=True):
         part = answer["result"]
         users = [UserResult(**u) for u in part["users"]]
