@@ -67,6 +67,7 @@ import json
 import math
 import os
 import secrets
+import select
 import signal
 import ssl
 import statistics
@@ -85,7 +86,7 @@ from urllib.parse import urlparse
 
 import httpx
 import socketio
-from procs import alive, cpu_ticks, descendants, free_port, mem_available_kb, pss_kb, rss_kb, start_ticks
+from procs import alive, cpu_ticks, descendants, free_port, mem_available_kb, pss_kb, rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -383,6 +384,96 @@ def server_pids(root: int) -> list[int]:
 KINDS = ("server", "fork server", "kernel", "sandbox")
 
 
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(start time, user + system CPU ticks) of a process from one read of its stat; None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19]), int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+REREAD_EVERY = 4
+
+
+class Probe:
+    """One look at the server's process tree, made in the sampler process: PSS per kind, live
+    kernels, and the CPU of every process seen since the probe started (so kernels that stopped
+    still count)."""
+
+    def __init__(self, root: int, app_dir: Path | None) -> None:
+        self.root, self.app_dir = root, app_dir
+        self.kinds: dict[tuple[int, int], str] = {}
+        self.first: dict[tuple[int, int], int] = {}
+        self.last: dict[tuple[int, int], int] = {}
+        self.looks = 0
+        self.pss: dict[tuple[int, int], tuple[int, int]] = {}  # key → (PSS kB, look it was read at)
+
+    def pss_of(self, pid: int, key: tuple[int, int], kind: str) -> int:
+        """The PSS of a server process at every look; of a kernel or a sandbox (hundreds of them,
+        ~0.5 ms each to read, and slow to change once started) when first seen, and then again at
+        every ``REREAD_EVERY``-th look, staggered by pid."""
+        known = self.pss.get(key)
+        if kind in ("kernel", "sandbox") and known is not None and (self.looks + pid) % REREAD_EVERY:
+            return known[0]
+        value = pss_kb(pid)
+        self.pss[key] = (value, self.looks)
+        return value
+
+    def look(self) -> dict[str, Any]:
+        began = time.monotonic()
+        parts = dict.fromkeys(KINDS, 0)
+        live = session_live = 0
+        new: list[tuple[int, int]] = []
+        for pid in [self.root, *descendants(self.root)]:
+            stat = _stat(pid)
+            if stat is None:
+                continue
+            key = (pid, stat[0])
+            # A kernel stays one; anything else may still exec (or be forked into a kernel).
+            kind = self.kinds.get(key)
+            if kind != "kernel":
+                kind = kind_of(pid)
+            if key not in self.kinds:
+                new.append(key)
+                self.first[key] = stat[1] if self.looks == 0 else 0
+            self.kinds[key] = kind
+            self.last[key] = stat[1]
+            parts[kind] += self.pss_of(pid, key, kind)
+            if kind == "kernel":
+                live += 1
+                seen = session_of(pid, self.app_dir)
+                session_live += 1 if seen is not None and not seen[1] else 0
+        self.looks += 1
+        self.pss = {k: v for k, v in self.pss.items() if v[1] >= self.looks - REREAD_EVERY}
+        cpu = dict.fromkeys(KINDS, 0)
+        for key, ticks in self.last.items():
+            cpu[self.kinds[key]] += ticks - self.first[key]
+        return {
+            "parts": parts,
+            "live": live,
+            "session_live": session_live,
+            "available": mem_available_kb(),
+            "cpu_ticks": cpu,
+            "new": new,
+            "cost_s": time.monotonic() - began,
+            "own_cpu_s": time.process_time(),
+        }
+
+
+def sampler_main(root: int, app_dir: str, period: float) -> None:
+    """Sampler mode: one look every ``period`` s as a JSON line, until stdin closes. Its CPU is
+    printed; on a busy machine that slice comes from every process alike, the kernels no more than
+    others. (At nice 19 in an autogroup of its own it was starved there: a look took most of a
+    second of wall time and missed peaks.)"""
+    probe = Probe(root, Path(app_dir) if app_dir else None)
+    while True:
+        _say(probe.look())
+        readable, _, _ = select.select([sys.stdin], [], [], period)
+        if readable and not sys.stdin.readline():
+            return
+
+
 @dataclass
 class Peak:
     total_kb: int = 0
@@ -390,19 +481,20 @@ class Peak:
 
 
 class Sampler(threading.Thread):
-    """Samples the server's process tree every ``period`` s: PSS per kind of process, live kernels,
-    CPU of every process ever seen (so kernels that stopped still count), and the safety bounds."""
+    """Reads the sampler process (``--sampler``) and keeps the peaks, the CPU per kind since the last
+    ``reset``, the processes seen and the safety bounds."""
 
     def __init__(self, root: int, app_dir: Path | None, period: float, max_kb: int, min_available_kb: int) -> None:
         super().__init__(daemon=True, name="load-sampler")
-        self.root, self.app_dir, self.period = root, app_dir, period
         self.max_kb, self.min_available_kb = max_kb, min_available_kb
-        self.done = threading.Event()
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--sampler", str(root), str(app_dir or ""), str(period)]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
         self.lock = threading.Lock()
         self.stop_reason: str | None = None
-        self.seen: dict[tuple[int, int | None], str] = {}  # (pid, start) → kind, for the final check
-        self.first_ticks: dict[tuple[int, int | None], int] = {}
-        self.last_ticks: dict[tuple[int, int | None], int] = {}
+        self.seen: list[tuple[int, int]] = []  # (pid, start) of every process seen, for the final check
+        self.cpu_ticks: dict[str, int] = dict.fromkeys(KINDS, 0)  # since the sampler started
         self.own_cpu_s = 0.0
         self.reset()
 
@@ -414,72 +506,66 @@ class Sampler(threading.Thread):
             self.peak_kernels = 0
             self.peak_session_kernels = 0
             self.min_available_seen_kb = mem_available_kb()
-            self.samples = 0
-            self.first_ticks = dict(self.last_ticks)
+            self.cpu_at_reset = dict(self.cpu_ticks)
             self.cost_s: list[float] = []
 
-    def sample(self) -> None:
-        began = time.monotonic()
-        parts = dict.fromkeys(KINDS, 0)
-        live = session_live = 0
-        for pid in [self.root, *descendants(self.root)]:
-            key = (pid, start_ticks(pid))
-            if key[1] is None:
-                continue
-            kind = kind_of(pid)  # not kept: a process just forked by the fork server becomes a kernel
-            self.seen[key] = kind
-            parts[kind] += pss_kb(pid)
-            ticks = cpu_ticks(pid)
-            with self.lock:
-                self.first_ticks.setdefault(key, 0 if self.samples else ticks)
-                self.last_ticks[key] = ticks
-            if kind == "kernel":
-                live += 1
-                seen = session_of(pid, self.app_dir)
-                session_live += 1 if seen is not None and not seen[1] else 0
-        available = mem_available_kb()
-        total = sum(parts.values())
-        with self.lock:
-            self.samples += 1
-            if total > self.peak.total_kb:
-                self.peak = Peak(total, parts)
-            for kind in KINDS:
-                self.peak_part_kb[kind] = max(self.peak_part_kb[kind], parts[kind])
-            self.peak_kernels = max(self.peak_kernels, live)
-            self.peak_session_kernels = max(self.peak_session_kernels, session_live)
-            self.min_available_seen_kb = min(self.min_available_seen_kb, available)
-            self.cost_s.append(time.monotonic() - began)
-            if self.stop_reason is None and total > self.max_kb:
-                self.stop_reason = (
-                    f"stopping: the PSS of the server and its kernels ({total / 2**20:.1f} GiB) passed "
-                    f"--max-memory-gb {self.max_kb / 2**20:.3g}"
-                )
-            if self.stop_reason is None and 0 < available < self.min_available_kb:
-                self.stop_reason = (
-                    f"stopping: machine memory available fell below {self.min_available_kb / 2**20:.3g} GiB "
-                    f"({available / 2**20:.1f} GiB left; --min-available-gb)"
-                )
-
     def run(self) -> None:
-        # This thread only: the sampling (~0.5 ms a process) yields to the server and the kernels.
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        while not self.done.is_set():
-            self.sample()
-            self.own_cpu_s = time.thread_time()
-            self.done.wait(self.period)
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            look = json.loads(line)
+            parts, available = look["parts"], look["available"]
+            total = sum(parts.values())
+            with self.lock:
+                self.seen += [tuple(key) for key in look["new"]]  # type: ignore[misc]
+                self.cpu_ticks = look["cpu_ticks"]
+                self.own_cpu_s = look["own_cpu_s"]
+                if total > self.peak.total_kb:
+                    self.peak = Peak(total, parts)
+                for kind in KINDS:
+                    self.peak_part_kb[kind] = max(self.peak_part_kb[kind], parts[kind])
+                self.peak_kernels = max(self.peak_kernels, look["live"])
+                self.peak_session_kernels = max(self.peak_session_kernels, look["session_live"])
+                self.min_available_seen_kb = min(self.min_available_seen_kb, available)
+                self.cost_s.append(look["cost_s"])
+                if self.stop_reason is None and total > self.max_kb:
+                    self.stop_reason = (
+                        f"stopping: the PSS of the server and its kernels ({total / 2**20:.1f} GiB) passed "
+                        f"--max-memory-gb {self.max_kb / 2**20:.3g}"
+                    )
+                if self.stop_reason is None and 0 < available < self.min_available_kb:
+                    self.stop_reason = (
+                        f"stopping: machine memory available fell below {self.min_available_kb / 2**20:.3g} GiB "
+                        f"({available / 2**20:.1f} GiB left; --min-available-gb)"
+                    )
+
+    def finish(self) -> None:
+        """Stop the sampler process (ours: closing its stdin ends it; by its pid if it does not)."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.join(timeout=10)
 
     def cpu_s(self) -> dict[str, float]:
         """CPU-seconds per kind since the last ``reset``."""
         tick = os.sysconf("SC_CLK_TCK")
         with self.lock:
-            used = dict.fromkeys(KINDS, 0.0)
-            for key, last in self.last_ticks.items():
-                used[self.seen.get(key, "sandbox")] += (last - self.first_ticks.get(key, 0)) / tick
-        return used
+            return {kind: (self.cpu_ticks[kind] - self.cpu_at_reset[kind]) / tick for kind in KINDS}
+
+    def note_tree(self, root: int) -> None:
+        """Add the processes under ``root`` now (those started since the last look) to the ones seen."""
+        found = [(pid, stat[0]) for pid in [root, *descendants(root)] if (stat := _stat(pid)) is not None]
+        with self.lock:
+            self.seen += found
 
     def left_running(self) -> list[int]:
         """Pids of the processes ever seen under the server that still run."""
-        return [pid for (pid, started) in list(self.seen) if alive(pid, started)]
+        with self.lock:
+            seen = list(self.seen)
+        return [pid for (pid, started) in seen if alive(pid, started)]
 
 
 async def pool_settled(root: int, app_dir: Path, size: int, timeout: float) -> bool:
@@ -1058,8 +1144,8 @@ async def run_variant(args: argparse.Namespace, size: int, fork: bool, deadline:
             stopped = str(why)
             print(f"\n{stopped}", flush=True)
         finally:
-            sampler.done.set()
-            sampler.join(timeout=30)
+            sampler.finish()
+            sampler.note_tree(server.proc.pid)
             stop_server(server)
             left = sampler.left_running()
             waited = time.monotonic() + 15
@@ -1117,6 +1203,9 @@ async def main_async(args: argparse.Namespace) -> bool:
 def main() -> None:
     if sys.argv[1:] == ["--client"]:
         client_main()
+        return
+    if sys.argv[1:2] == ["--sampler"]:
+        sampler_main(int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100, help="simulated browser users (default 100)")
