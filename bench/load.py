@@ -302,6 +302,7 @@ async def client_part(spec: dict[str, Any]) -> dict[str, Any]:
         sio = await run_user(spec["base"], at, spec["rounds"], spec["step_timeout"], result, proxy)
         if not spec["stay"]:
             await leave(sio, result)
+            _say({"user": asdict(result)})  # at once: a run stopped midway still has it
         return sio
 
     sockets = await asyncio.gather(*(one(u, r) for u, r in zip(users, results, strict=True)))
@@ -743,7 +744,8 @@ async def _spawn_client() -> asyncio.subprocess.Process:
     )
 
 
-async def _read(proc: asyncio.subprocess.Process, key: str) -> dict[str, Any]:
+async def _read(proc: asyncio.subprocess.Process, key: str, done: list[UserResult] | None = None) -> dict[str, Any]:
+    """The client's next message with ``key``; the users it reports meanwhile go to ``done``."""
     assert proc.stdout is not None
     while True:
         line = await proc.stdout.readline()
@@ -752,6 +754,8 @@ async def _read(proc: asyncio.subprocess.Process, key: str) -> dict[str, Any]:
         message = json.loads(line)
         if key in message:
             return message
+        if "user" in message and done is not None:
+            done.append(UserResult(**message["user"]))
 
 
 async def _send(proc: asyncio.subprocess.Process, message: Any) -> None:
@@ -761,7 +765,11 @@ async def _send(proc: asyncio.subprocess.Process, message: Any) -> None:
 
 
 class Stop(Exception):
-    """A safety bound was hit; the message says which."""
+    """A safety bound was hit; the message says which. ``done``: the users who had finished."""
+
+    def __init__(self, reason: str, done: list[UserResult] | None = None) -> None:
+        super().__init__(reason)
+        self.done = done or []
 
 
 async def _watch(tasks: list[asyncio.Future[Any]], sampler: Sampler | None, deadline: float) -> list[Any]:
@@ -796,6 +804,7 @@ async def crowd(
     spacing = args.arrival / args.users if args.users > 1 else 0.0
     procs = [await _spawn_client() for _ in range(n_clients)]
     answers: list[Any] = []
+    done: list[UserResult] = []
     try:
         await _watch([asyncio.ensure_future(_read(p, "ready")) for p in procs], sampler, deadline)
         if sampler is not None:
@@ -820,7 +829,10 @@ async def crowd(
                 report.pooled_kernels = len(kernels(root, server.app_dir)) - len(found)
             for proc in procs:
                 await _send(proc, "leave")
-        answers = await _watch([asyncio.ensure_future(_read(p, "result")) for p in procs], sampler, deadline)
+        try:
+            answers = await _watch([asyncio.ensure_future(_read(p, "result", done)) for p in procs], sampler, deadline)
+        except Stop as why:
+            raise Stop(str(why), sorted(done, key=lambda u: u.index)) from None
     finally:
         for proc in procs:
             if proc.stdin is not None:
@@ -974,8 +986,10 @@ def table_row(s: dict[str, Any], grace: float) -> str:
             f"{s['peak_pss_kb'] / 2**20:.2f} GiB ({s['peak_pss_servers_kb'] / 2**20:.2f} + "
             f"{s['peak_pss_kernels_kb'] / 2**20:.2f})"
         )
-    if s["stopped"]:
+    if s["stopped"] and not s["users"]:
         return f"| {s['crowd']} | {s['stopped']} | | | | | {memory} | {s['peak_kernels']} | |"
+    if s["stopped"]:
+        left = f"stopped ({s['users']} users had finished): {s['stopped']}"
     cells = [
         s["crowd"],
         str(s["errors"]),
@@ -1026,11 +1040,13 @@ def show(report: Report, args: argparse.Namespace) -> bool:
     s = summary(report, args)
     print(f"\n== {report.label}: {s['crowd']}, {args.rounds} rounds each ==")
     if report.stopped:
-        print(f"  {report.stopped}")
-        if report.peak.total_kb:
-            print(f"  {'peak memory (PSS)':<24} {_gib(report.peak.total_kb)}, {report.peak_kernels} kernels at most")
-        print(f"  {'server stopped':<24} {report.stop_check}")
-        return False
+        print(f"  {report.stopped}" + (f"; the figures are of the {n} users who had finished" if n else ""))
+        if not n:
+            if report.peak.total_kb:
+                peak = f"{_gib(report.peak.total_kb)}, {report.peak_kernels} kernels at most"
+                print(f"  {'peak memory (PSS)':<24} {peak}")
+            print(f"  {'server stopped':<24} {report.stop_check}")
+            return False
     print(f"  {'open -> chat ready':<24} {stats([u.open_s for u in users if u.open_s is not None])}")
     print(f"  {'  page + login':<24} {stats([u.page_s for u in users if u.page_s is not None])}")
     print(f"  {'  socket -> chat ready':<24} {stats([u.ready_s for u in users if u.ready_s is not None])}")
@@ -1044,11 +1060,13 @@ def show(report: Report, args: argparse.Namespace) -> bool:
             f"  {'logins (audit log)':<24} {report.logins[0]} of {report.logins[1]} distinct names "
             f"from {report.logins[2]} client addresses"
         )
-    print(f"  {'wall time':<24} {report.wall_s:.1f} s ({len(ok)} users done; they {'stayed' if args.stay else 'left'})")
-    print(
-        f"  {'machine load average':<24} {report.load_before[0]:.1f} before, {report.load_after[0]:.1f} after "
-        f"(1 min; other work on the machine makes every latency longer)"
-    )
+    if not report.stopped:
+        went = "stayed" if args.stay else "left"
+        print(f"  {'wall time':<24} {report.wall_s:.1f} s ({len(ok)} users done; they {went})")
+        print(
+            f"  {'machine load average':<24} {report.load_before[0]:.1f} before, {report.load_after[0]:.1f} after "
+            f"(1 min; other work on the machine makes every latency longer)"
+        )
     for i, c in enumerate(report.clients):
         warn = []
         if c.lag_p95_s > LAG_WARN_S:
@@ -1101,7 +1119,7 @@ def show(report: Report, args: argparse.Namespace) -> bool:
             f"  {'  proportional (PSS)':<24} median {statistics.median(pss):.1f} MB, max {max(pss):.1f} MB, "
             f"total {sum(pss):.0f} MB (pages shared between kernels counted once)"
         )
-    if args.url is None:
+    if args.url is None and not report.stopped:
         gone = f"after {report.left_after_s:.1f} s" if report.left_after_s is not None else "NOT within the limit"
         when = f"all gone {gone} after the last user left; grace {args.grace:g} s"
         print(f"  {'session kernels left':<24} {report.left} ({when})")
@@ -1133,6 +1151,7 @@ async def run_variant(args: argparse.Namespace, size: int, fork: bool, deadline:
         )
         report: Report | None = None
         stopped: str | None = None
+        finished: list[UserResult] = []
         try:
             alone = None
             if args.users > 1 and not args.no_baseline:
@@ -1141,7 +1160,7 @@ async def run_variant(args: argparse.Namespace, size: int, fork: bool, deadline:
             report = await (sequential if args.users == 1 else crowd)(server, run_args, label, deadline, sampler)
             report.alone = alone
         except Stop as why:
-            stopped = str(why)
+            stopped, finished = str(why), why.done
             print(f"\n{stopped}", flush=True)
         finally:
             sampler.finish()
@@ -1156,9 +1175,13 @@ async def run_variant(args: argparse.Namespace, size: int, fork: bool, deadline:
             f" (pids {left[:20]})" if left else " (no kernel or server process left)"
         )
         if report is None:
-            report = Report(label, [], 0.0, stopped=stopped)
+            report = Report(label, finished, 0.0, stopped=stopped)
             report.peak, report.peak_kernels = sampler.peak, sampler.peak_kernels
             report.peak_part_kb = dict(sampler.peak_part_kb)
+            report.peak_session_kernels = sampler.peak_session_kernels
+            report.min_available_kb = sampler.min_available_seen_kb
+            report.sample_cost_s = statistics.median(sampler.cost_s) if sampler.cost_s else 0.0
+            report.sampler_cpu_s = sampler.own_cpu_s
         report.stop_check = stop_check
         clean = show(report, run_args) and not left
         row = {**summary(report, run_args), "processes_left_after_stop": len(left), "app_dir": str(server.app_dir)}
