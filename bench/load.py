@@ -8,8 +8,8 @@ the previous answer (see ``tests/ui_harness.ChatClient``), every one running cod
 server's memory is then read with everyone connected). Users arrive spread evenly over ``--arrival``
 seconds. Measured per user, from the client's side:
 
-* open → chat ready: ``GET /`` requested → ``on_chat_start`` ended (page, login, socket, chat start);
-  the page + login part and the socket → ready part are shown apart too;
+* open → ready: ``GET /`` requested → ``on_chat_start`` ended (page, login, socket, chat start);
+  its two parts are shown apart too: page + login, and chat ready (socket opened → chat ready);
 * first step: message sent → the first role step of the round appears;
 * first answer: message sent → the round's answer (round 1, which starts the user's kernel);
 * warm round: the same for rounds 2 and later.
@@ -635,11 +635,17 @@ def start_server(folder: Path, args: argparse.Namespace, pool_size: int, fork: b
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", proc, app_dir, log)
     deadline = time.monotonic() + timeout
+    answered: set[str] = set()
     while True:
         if proc.poll() is not None:
             raise SystemExit(f"weaver ui exited with {proc.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
         try:
-            if httpx.get(f"{server.base}/health", timeout=1).status_code == 200:
+            # With --workers, every worker must answer (the router picks one by its cookie and names it).
+            for index in range(args.workers):
+                got = httpx.get(f"{server.base}/health", headers={"Cookie": f"weaver_worker={index}"}, timeout=1)
+                if got.status_code == 200:
+                    answered.add(got.headers.get("x-weaver-worker", "0"))
+            if len(answered) >= args.workers:
                 return server
         except httpx.HTTPError:
             pass
@@ -794,7 +800,8 @@ async def crowd(
     root = server.proc.pid if server.proc else None
     step_timeout = max(10.0, min(args.step_timeout, deadline - time.monotonic()))
     if root is not None and server.app_dir is not None and args.pool_size > 0:
-        await pool_settled(root, server.app_dir, args.pool_size, min(60.0, deadline - time.monotonic()))
+        wanted = args.pool_size * args.workers  # each worker keeps its own pool
+        await pool_settled(root, server.app_dir, wanted, min(60.0, deadline - time.monotonic()))
     spids = server_pids(root) if root is not None else []
     report = Report(label, [], 0.0)
     report.server_rss_before_kb = sum(rss_kb(p) for p in spids)
@@ -1047,9 +1054,10 @@ def show(report: Report, args: argparse.Namespace) -> bool:
                 print(f"  {'peak memory (PSS)':<24} {peak}")
             print(f"  {'server stopped':<24} {report.stop_check}")
             return False
-    print(f"  {'open -> chat ready':<24} {stats([u.open_s for u in users if u.open_s is not None])}")
+    # The labels are read by bench/workers.py: "page + login" and "chat ready" (socket → ready) as before.
+    print(f"  {'open -> ready':<24} {stats([u.open_s for u in users if u.open_s is not None])}")
     print(f"  {'  page + login':<24} {stats([u.page_s for u in users if u.page_s is not None])}")
-    print(f"  {'  socket -> chat ready':<24} {stats([u.ready_s for u in users if u.ready_s is not None])}")
+    print(f"  {'  chat ready':<24} {stats([u.ready_s for u in users if u.ready_s is not None])}")
     print(f"  {'first step':<24} {stats([x for u in users for x in u.first_step_s])}")
     print(f"  {'first answer':<24} {stats([u.answer_s[0] for u in users if u.answer_s])}")
     print(f"  {'warm rounds':<24} {stats([x for u in users for x in u.answer_s[1:]])}")
