@@ -36,8 +36,8 @@ bottleneck: each client process reports its own event-loop lag (how late a 10 ms
 figure it measures meanwhile is that late) and the share of a core it used; the script warns when a
 client's lag p95 passes 20 ms or its CPU 80 % (use more ``--clients`` then).
 
-Memory: while the server runs, a thread of the coordinator samples every ``--sample-s`` the
-proportional set size (PSS: pages shared between processes counted in part) of every process under
+Memory: while the server runs, a process of the script (``--sampler``) samples every ``--sample-s``
+the proportional set size (PSS: pages shared between processes counted in part) of every process under
 the started server: the server processes (``weaver ui`` and its Chainlit worker(s)), the fork
 server, the kernels and the sandboxes around them; it reports the peak of their sum with its parts
 and the peak number of live kernels. After everyone leaves it waits for every session's kernel to
