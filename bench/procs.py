@@ -60,6 +60,29 @@ def pss_kb(pid: int) -> int:
     return _kb(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
+def start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks after boot): with the pid, names one process even
+    after its pid is reused. None when it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def alive(pid: int, started: int | None) -> bool:
+    """Whether the process ``pid`` that started at ``started`` still runs (not a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z" and (started is None or int(fields[19]) == started)
+
+
+def mem_available_kb() -> int:
+    """What the machine could still give without swapping (``MemAvailable`` of /proc/meminfo)."""
+    return _kb("/proc/meminfo", "MemAvailable:")
+
+
 def cpu_ticks(pid: int) -> int:
     """User + system CPU of the process, in clock ticks."""
     try:
