@@ -79,6 +79,56 @@ def test_an_idle_forked_kernel_imports_no_package_the_fork_server_could_share(tm
     assert ignore_cwd is True and history is False, its_own
 
 
+SHELL_FACTS = (
+    "import json, os, sys\n"
+    "ip = get_ipython()\n"
+    "%store -z\n"
+    "stored = 41\n"
+    "%store stored\n"
+    "del stored\n"
+    "%store -r stored\n"
+    "pwd = %pwd\n"
+    "facts = dict(kernel=ip.kernel.shell is ip, parent=type(ip.parent).__name__, cwd=str(_dh[0]), pwd=pwd,\n"
+    "    start=ip.starting_dir, home=ip.home_dir, profile=ip.profile_dir.location, ipython_dir=ip.ipython_dir,\n"
+    "    profile_exists=os.path.isdir(os.path.join(ip.profile_dir.location, 'startup')),\n"
+    "    history=str(ip.history_manager.hist_file), store=str(ip.db.root), stored=stored + 1,\n"
+    "    term=os.environ.get('TERM'), pager=os.environ.get('PAGER'), main=sys.modules['__main__'] is ip.user_module,\n"
+    "    magics=len(ip.magics_manager.lsmagic()['line']))\n"
+    "open('shell.json', 'w').write(json.dumps(facts))"
+)
+
+
+def shell_facts(folder: Path, fork: bool) -> tuple[bool, dict[str, object]]:
+    """What a user's code sees of its kernel's IPython shell, and whether the kernel was forked."""
+    executor = KernelExecutor("shell", folder / "work", settings=ExecutionSettings(fork_kernels=fork))
+    try:
+        result = executor.execute(SHELL_FACTS)
+        assert result.is_success, result.error
+        box = getattr(executor.process, "box", None)
+        facts = json.loads((executor.cwd / "shell.json").read_text())
+        for key in ("cwd", "pwd", "start", "home"):  # each kernel's own folder: compared relative to it
+            facts[key] = str(Path(facts[key]).relative_to(executor.cwd)) if facts[key] != "/" else "/"
+        return box is not None and box.forked, facts
+    finally:
+        executor.stop()
+
+
+@pytest.mark.skipif(NO_BWRAP is not None, reason=f"no working bubblewrap: {NO_BWRAP}")
+def test_a_forked_kernels_shell_built_in_the_fork_server_is_its_own(tmp_path: Path) -> None:
+    """The fork server builds the kernel's IPython shell (``kernel_main._prebuild_shell``); in the kernel
+    the shell is that kernel's, exactly as in a kernel that is a Python of its own: its working folder
+    (``%pwd``, ``_dh``), home, profile folder, ``%store``, environment, ``__main__`` and magics."""
+    forked, in_forked = shell_facts(tmp_path / "forked", fork=True)
+    assert forked, "the kernel was not forked from the fork server"
+    unforked, in_own = shell_facts(tmp_path / "own", fork=False)
+    assert not unforked
+    assert in_forked == in_own
+    assert in_forked["kernel"] is True and in_forked["parent"] == "IPythonKernel", in_forked
+    assert in_forked["cwd"] == in_forked["pwd"] == in_forked["start"] == ".", in_forked
+    assert in_forked["profile_exists"] is True and in_forked["stored"] == 42, in_forked
+    assert in_forked["term"] == "xterm-color" and in_forked["pager"] == "cat" and in_forked["main"] is True
+
+
 def test_the_kernel_command_line_is_the_one_the_fork_server_parses_once() -> None:
     """``kernel_main.run`` uses the fork server's pre-parsed application only for this command line;
     if the two drifted apart every kernel would silently parse its own again (and copy ~0.35 MB)."""
