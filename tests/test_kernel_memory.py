@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.config import ExecutionSettings
-from core.execution import sandbox
+from core.execution import kernel_main, sandbox
 from core.execution.kernel import KernelExecutor
 from core.execution.kernel_main import FIXED_ARGS
 from core.execution.launcher import KERNEL_ARGS, kernel_env
@@ -127,6 +127,43 @@ def test_a_forked_kernels_shell_built_in_the_fork_server_is_its_own(tmp_path: Pa
     assert in_forked["cwd"] == in_forked["pwd"] == in_forked["start"] == ".", in_forked
     assert in_forked["profile_exists"] is True and in_forked["stored"] == 42, in_forked
     assert in_forked["term"] == "xterm-color" and in_forked["pager"] == "cat" and in_forked["main"] is True
+
+
+RUNTIME_FACTS = (
+    "import json, sys\n"
+    "runtime = sys.modules['core.plugins.runtime']\n"
+    "facts = [type(runtime.__spec__.loader).__name__, runtime.__file__, runtime.bootstrap.__code__.co_filename,\n"
+    "    list(sys.modules['core'].__path__), runtime._ctx is not None]\n"
+    "open('runtime.json', 'w').write(json.dumps(facts))"
+)
+
+
+@pytest.mark.skipif(NO_BWRAP is not None, reason=f"no working bubblewrap: {NO_BWRAP}")
+def test_a_forked_kernel_runs_the_runtime_the_fork_server_imported_as_its_sandbox_would(tmp_path: Path) -> None:
+    """Weaver's runtime is imported once in the fork server (``kernel_main.prebuild_runtime``), under the
+    names a sandboxed kernel sees (``/opt/weaver/core``): a forked kernel's runtime is that one, already
+    bootstrapped for its own session, with the same file and code paths as a kernel that imported it."""
+    seen = {}
+    for fork in (True, False):
+        executor = KernelExecutor("rt", tmp_path / str(fork) / "work", settings=ExecutionSettings(fork_kernels=fork))
+        try:
+            result = executor.execute(RUNTIME_FACTS)
+            assert result.is_success, result.error
+            box = getattr(executor.process, "box", None)
+            assert (box is not None and box.forked) is fork
+            seen[fork] = json.loads((executor.cwd / "runtime.json").read_text())
+        finally:
+            executor.stop()
+    loader, file, code_file, core_path, bootstrapped = seen[True]
+    assert loader == "_SandboxCore" and bootstrapped is True, seen
+    assert file == code_file == str(sandbox.SANDBOX_ROOT / "core" / "plugins" / "runtime.py"), seen
+    assert seen[True][1:] == seen[False][1:] and core_path == [str(sandbox.SANDBOX_ROOT / "core")], seen
+
+
+def test_the_fork_server_imports_the_runtime_where_the_sandbox_has_it() -> None:
+    """``kernel_main`` (standard library only) names the sandbox's folder for Weaver's code itself."""
+    assert kernel_main.SANDBOX_ROOT == str(sandbox.SANDBOX_ROOT)
+    assert kernel_main._HOST_CORE == sandbox.CORE_DIR.resolve()
 
 
 def test_the_kernel_command_line_is_the_one_the_fork_server_parses_once() -> None:

@@ -23,6 +23,9 @@ import contextlib
 import functools
 import gc
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
 import pathlib
 import re
@@ -262,6 +265,7 @@ def _drop_prebuilt_shell() -> None:
 def run(argv: list[str], hidden: list[str]) -> None:
     """Initialise the kernel from ``argv`` (without the program name), then serve until shutdown."""
     gc.disable()
+    adopt_runtime()
     app, parsing = _app(argv)
     with _no_module_list(), parsing:
         app.initialize(argv)  # ipykernel and IPython note here, once, that the hidden modules are missing
@@ -271,6 +275,73 @@ def run(argv: list[str], hidden: list[str]) -> None:
             del sys.modules[name]  # later imports get the real module
     gc.enable()
     app.start()
+
+
+# Weaver's runtime in a kernel (what ``KernelRPC.bootstrap`` imports) and where a sandboxed kernel
+# finds Weaver's ``core`` (``sandbox.SANDBOX_ROOT``, a read-only bind of the folder this module is in).
+RUNTIME = "core.plugins.runtime"
+SANDBOX_ROOT = "/opt/weaver"
+_HOST_CORE = pathlib.Path(__file__).resolve().parent.parent
+_RUNTIME_MODULES: dict[str, types.ModuleType] = {}
+
+
+class _SandboxCore(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports ``core`` and its modules from this folder as a sandboxed kernel would from inside its
+    sandbox: the module's file, spec and code name their path there (``SANDBOX_ROOT``), so tracebacks
+    and ``__file__`` read the same as in a kernel that imported them itself."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name != "core" and not name.startswith("core."):
+            return None
+        parts = name.split(".")[1:]
+        host = _HOST_CORE.joinpath(*parts)
+        shown = pathlib.PurePosixPath(SANDBOX_ROOT, "core", *parts)
+        if (host / "__init__.py").is_file():
+            spec = importlib.util.spec_from_loader(name, self, origin=str(shown / "__init__.py"), is_package=True)
+        elif host.with_suffix(".py").is_file():
+            spec = importlib.util.spec_from_loader(name, self, origin=str(shown.with_suffix(".py")))
+        else:
+            return None
+        assert spec is not None
+        spec.has_location = True
+        if spec.submodule_search_locations is not None:
+            spec.submodule_search_locations[:] = [str(shown)]
+        return spec
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        shown = str(module.__spec__.origin if module.__spec__ else module.__file__)
+        host = _HOST_CORE.joinpath(*pathlib.PurePosixPath(shown).relative_to(SANDBOX_ROOT, "core").parts)
+        exec(compile(host.read_bytes(), shown, "exec", dont_inherit=True), module.__dict__)
+
+
+def prebuild_runtime() -> None:
+    """In the fork server: Weaver's runtime imported as a sandboxed kernel imports it (``_SandboxCore``),
+    kept aside (the fork server's own ``core`` stays as it is) for ``adopt_runtime``. Importing it runs
+    nothing (the runtime's ``bootstrap`` does the work). A kernel that imported it itself copied ~1.5 MB
+    of the fork server's pages (the import machinery it walks) beside the modules' own objects."""
+    own = {name: sys.modules.pop(name) for name in list(sys.modules) if name == "core" or name.startswith("core.")}
+    finder = _SandboxCore()
+    sys.meta_path.insert(0, finder)
+    try:
+        importlib.import_module(RUNTIME)
+    finally:
+        sys.meta_path.remove(finder)
+        for name in [name for name in sys.modules if name == "core" or name.startswith("core.")]:
+            _RUNTIME_MODULES[name] = sys.modules.pop(name)
+        sys.modules.update(own)
+
+
+def adopt_runtime() -> None:
+    """In a forked kernel: the runtime ``prebuild_runtime`` imported becomes this kernel's, when the kernel
+    finds ``core`` where it was imported from (``SANDBOX_ROOT`` on its path, the same files there) and
+    has not imported any of it itself."""
+    if not _RUNTIME_MODULES or SANDBOX_ROOT not in sys.path or any(name in sys.modules for name in _RUNTIME_MODULES):
+        return
+    for module in _RUNTIME_MODULES.values():
+        shown = module.__spec__.origin if module.__spec__ else None
+        if shown is None or not os.path.isfile(shown):
+            return
+    sys.modules.update(_RUNTIME_MODULES)
 
 
 _FILLERS: list[list[Any]] = []

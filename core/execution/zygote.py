@@ -240,6 +240,7 @@ def preload() -> list[str]:
         _FILTER = syscalls.build_filter()
     hidden = kernel_main.prepare()
     kernel_main.prebuild()
+    kernel_main.prebuild_runtime()
     gc.collect()
     kernel_main.fill_malloc_holes()
     kernel_main.fill_free_slots()
