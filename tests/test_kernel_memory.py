@@ -160,6 +160,33 @@ def test_a_forked_kernel_runs_the_runtime_the_fork_server_imported_as_its_sandbo
     assert seen[True][1:] == seen[False][1:] and core_path == [str(sandbox.SANDBOX_ROOT / "core")], seen
 
 
+@pytest.mark.skipif(NO_BWRAP is not None, reason=f"no working bubblewrap: {NO_BWRAP}")
+def test_a_forked_kernel_knows_its_modules_without_walking_the_fork_servers(tmp_path: Path) -> None:
+    """A forked kernel lists the modules loaded at its start from the fork server's list
+    (``kernel_main.note_modules``) instead of walking ``sys.modules``: ``%reset --aggressive`` still
+    drops exactly what the user imported since, and none of the fork server's own ``core`` is left."""
+    executor = KernelExecutor("modules", tmp_path / "work", settings=ExecutionSettings())
+    try:
+        result = executor.execute(
+            "import colorsys\n"
+            "%reset -f --aggressive\n"
+            "import json, sys\n"
+            "host = [n for n, m in sys.modules.items() if n.split('.')[0] == 'core'\n"
+            "    and not str(getattr(m, '__file__', '')).startswith('/opt/weaver/')]\n"
+            "seen = ['colorsys' in sys.modules, 'ipykernel.kernelapp' in sys.modules, 'core.plugins.runtime' in\n"
+            "    sys.modules, len(get_ipython()._sys_modules_keys), host]\n"
+            "open('modules.json', 'w').write(json.dumps(seen))"
+        )
+        assert result.is_success, result.error
+        box = getattr(executor.process, "box", None)
+        assert box is not None and box.forked, "the kernel was not forked from the fork server"
+        user_module, kernel_module, runtime, listed, host = json.loads((executor.cwd / "modules.json").read_text())
+    finally:
+        executor.stop()
+    assert user_module is False and kernel_module is True and runtime is True, (user_module, kernel_module, runtime)
+    assert listed > 500 and host == [], (listed, host)
+
+
 def test_the_fork_server_imports_the_runtime_where_the_sandbox_has_it() -> None:
     """``kernel_main`` (standard library only) names the sandbox's folder for Weaver's code itself."""
     assert kernel_main.SANDBOX_ROOT == str(sandbox.SANDBOX_ROOT)

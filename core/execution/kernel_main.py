@@ -97,7 +97,8 @@ def prepare() -> list[str]:
 
 
 class _SysForTheKernelClass:
-    """``sys`` as ipykernel's kernel class sees it while it is built: no modules listed.
+    """``sys`` as ipykernel's kernel class sees it while it is built (and IPython's ``init_code``,
+    ``_init_code``): no modules listed.
 
     ``IPythonKernel.__init__`` lists the file of every loaded module, for the debugger alone. In a
     forked kernel that walk writes to the reference count of every module object and file name the
@@ -136,6 +137,65 @@ def prebuild() -> None:
 
     IPKernelApp.instance().parse_command_line(list(FIXED_ARGS))
     _prebuild_shell()
+
+
+def note_modules() -> None:
+    """In the fork server, once it imports nothing more: its modules and their names, so that a kernel
+    never needs to walk ``sys.modules`` (``forget_host_core``, ``_init_code``)."""
+    _FORK_SERVER_MODULES.update(sys.modules)
+    _MODULE_NAMES.update(sys.modules)
+    _HOST_CORE_MODULES[:] = [name for name in sys.modules if name == "core" or name.startswith("core.")]
+
+
+# The fork server's modules (``note_modules``): a kernel's shell lists the modules loaded at its start
+# (``_sys_modules_keys``, for ``%reset --aggressive``) from these (``_init_code``), and a kernel drops
+# the fork server's ``core`` by these names (``forget_host_core``).
+_FORK_SERVER_MODULES: dict[str, Any] = {}
+_MODULE_NAMES: set[str] = set()
+_HOST_CORE_MODULES: list[str] = []
+
+
+def forget_host_core() -> None:
+    """In a forked kernel, first: the fork server's own ``core`` modules leave ``sys.modules`` (the
+    kernel's come from its sandbox, or ``adopt_runtime``). Their names were listed in the fork server
+    (``prebuild``): walking ``sys.modules`` here would write to the count of every module's name and
+    so copy the fork server's pages that hold them."""
+    for name in _HOST_CORE_MODULES:
+        sys.modules.pop(name, None)
+    for name in _modules_since_the_fork():
+        if name == "core" or name.startswith("core."):
+            del sys.modules[name]
+
+
+def _modules_since_the_fork() -> list[str]:
+    """The names of the modules a kernel added to ``sys.modules`` after the fork: the last ones in its
+    order (a dict keeps the order of insertion), back to the first that is the fork server's own. Read
+    from the end, so the fork server's names are not visited (each visit writes to the name's count)."""
+    found = []
+    for name in reversed(sys.modules):
+        if _FORK_SERVER_MODULES.get(name, False) is sys.modules[name]:
+            break
+        found.append(name)
+    return found
+
+
+def _init_code(app: Any, init_code: Any) -> None:
+    """``init_code`` of ``app``, whose last step lists every loaded module's name in a new set
+    (``set(sys.modules)``): in a forked kernel that writes to the count of each name the fork server
+    holds, copying ~1 MB of its pages. Here the step sees no modules, and the shell gets the set the
+    fork server made (``_MODULE_NAMES``) with the names loaded since (``_modules_since_the_fork``)."""
+    from IPython.core import shellapp
+
+    if getattr(shellapp, "sys", None) is not sys or not _MODULE_NAMES:
+        init_code()
+        return
+    shellapp.sys = _SysForTheKernelClass()  # type: ignore[assignment]
+    try:
+        init_code()
+    finally:
+        shellapp.sys = sys
+    _MODULE_NAMES.update(_modules_since_the_fork())
+    app.shell._sys_modules_keys = _MODULE_NAMES
 
 
 # What ``InteractiveShell.__init__`` does that belongs to one kernel (its folder, home, environment,
@@ -233,11 +293,14 @@ def _parsed_before_the_fork(app: Any, argv: list[str]) -> Iterator[None]:
         init_shell()
 
     app.init_shell = adopt_then_init_shell
+    init_code = app.init_code
+    app.init_code = lambda: _init_code(app, init_code)
     try:
         yield
     finally:
         del app.parse_command_line
         del app.init_shell
+        del app.init_code
 
 
 def _app(argv: list[str]) -> tuple[Any, contextlib.AbstractContextManager[None]]:
