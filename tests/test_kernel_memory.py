@@ -91,6 +91,7 @@ SHELL_FACTS = (
     "facts = dict(kernel=ip.kernel.shell is ip, parent=type(ip.parent).__name__, cwd=str(_dh[0]), pwd=pwd,\n"
     "    start=ip.starting_dir, home=ip.home_dir, profile=ip.profile_dir.location, ipython_dir=ip.ipython_dir,\n"
     "    profile_exists=os.path.isdir(os.path.join(ip.profile_dir.location, 'startup')),\n"
+    "    ipython_folder=sorted(os.listdir(ip.ipython_dir)),\n"
     "    history=str(ip.history_manager.hist_file), store=str(ip.db.root), stored=stored + 1,\n"
     "    term=os.environ.get('TERM'), pager=os.environ.get('PAGER'), main=sys.modules['__main__'] is ip.user_module,\n"
     "    magics=len(ip.magics_manager.lsmagic()['line']))\n"

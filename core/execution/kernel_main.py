@@ -268,7 +268,10 @@ def _adopt_shell(app: Any) -> None:
     shell = app.kernel.shell
     shell.kernel = app.kernel
     shell.parent = app.kernel
+    extensions = shell.extension_manager._on_ipython_dir_changed  # it would make an ``extensions`` folder
+    shell.unobserve(extensions, names=("ipython_dir",))
     shell.ipython_dir = app.ipython_dir
+    shell.observe(extensions, names=("ipython_dir",))
     shell.profile_dir = app.profile_dir
     shell.history_manager.hist_file = shell.history_manager._get_hist_file_name()
     shell.starting_dir = os.getcwd()
