@@ -252,7 +252,10 @@ def _prebuild_shell() -> None:
     app = IPKernelApp.instance()
     with _shell_steps_deferred():
         shell = ZMQInteractiveShell.instance(
-            parent=app, profile_dir=ProfileDir(), compiler_class=IPythonKernel.compiler_class.default_value
+            parent=app,
+            ipython_dir="",  # none yet: IPython would otherwise look for, or make, the fork server's own
+            profile_dir=ProfileDir(),
+            compiler_class=IPythonKernel.compiler_class.default_value,
         )
     if shell.history_manager is None or shell.history_manager.enabled:
         raise RuntimeError("the kernel's shell was built with its history on")
