@@ -50,10 +50,10 @@ _IN_KERNEL = (
 )
 _FORK_SERVER_VIEW = (
     "import gc, json, sys\n"
-    "from core.execution import zygote\n"
+    "from core.execution import kernel_main, zygote\n"
     "zygote.preload()\n"
-    "print(json.dumps({'modules': sorted(sys.modules), 'frozen': gc.get_freeze_count(),"
-    " 'blocks': sys.getallocatedblocks()}))\n"
+    "modules = sorted({*sys.modules, *kernel_main._RUNTIME_MODULES})\n"
+    "print(json.dumps({'modules': modules, 'frozen': gc.get_freeze_count(), 'blocks': sys.getallocatedblocks()}))\n"
 )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.config import ExecutionSettings
-from core.execution import sandbox
+from core.execution import kernel_main, sandbox
 from core.execution.kernel import KernelExecutor
 from core.execution.kernel_main import FIXED_ARGS
 from core.execution.launcher import KERNEL_ARGS, kernel_env
@@ -77,6 +77,121 @@ def test_an_idle_forked_kernel_imports_no_package_the_fork_server_could_share(tm
     connection_file, argv, ignore_cwd, history = its_own
     assert connection_file == argv[argv.index("-f") + 1] and connection_file.endswith("kernel.json"), its_own
     assert ignore_cwd is True and history is False, its_own
+
+
+SHELL_FACTS = (
+    "import json, os, sys\n"
+    "ip = get_ipython()\n"
+    "%store -z\n"
+    "stored = 41\n"
+    "%store stored\n"
+    "del stored\n"
+    "%store -r stored\n"
+    "pwd = %pwd\n"
+    "facts = dict(kernel=ip.kernel.shell is ip, parent=type(ip.parent).__name__, cwd=str(_dh[0]), pwd=pwd,\n"
+    "    start=ip.starting_dir, home=ip.home_dir, profile=ip.profile_dir.location, ipython_dir=ip.ipython_dir,\n"
+    "    profile_exists=os.path.isdir(os.path.join(ip.profile_dir.location, 'startup')),\n"
+    "    ipython_folder=sorted(os.listdir(ip.ipython_dir)),\n"
+    "    history=str(ip.history_manager.hist_file), store=str(ip.db.root), stored=stored + 1,\n"
+    "    term=os.environ.get('TERM'), pager=os.environ.get('PAGER'), main=sys.modules['__main__'] is ip.user_module,\n"
+    "    magics=len(ip.magics_manager.lsmagic()['line']))\n"
+    "open('shell.json', 'w').write(json.dumps(facts))"
+)
+
+
+def shell_facts(folder: Path, fork: bool) -> tuple[bool, dict[str, object]]:
+    """What a user's code sees of its kernel's IPython shell, and whether the kernel was forked."""
+    executor = KernelExecutor("shell", folder / "work", settings=ExecutionSettings(fork_kernels=fork))
+    try:
+        result = executor.execute(SHELL_FACTS)
+        assert result.is_success, result.error
+        box = getattr(executor.process, "box", None)
+        facts = json.loads((executor.cwd / "shell.json").read_text())
+        for key in ("cwd", "pwd", "start", "home"):  # each kernel's own folder: compared relative to it
+            facts[key] = str(Path(facts[key]).relative_to(executor.cwd)) if facts[key] != "/" else "/"
+        return box is not None and box.forked, facts
+    finally:
+        executor.stop()
+
+
+@pytest.mark.skipif(NO_BWRAP is not None, reason=f"no working bubblewrap: {NO_BWRAP}")
+def test_a_forked_kernels_shell_built_in_the_fork_server_is_its_own(tmp_path: Path) -> None:
+    """The fork server builds the kernel's IPython shell (``kernel_main._prebuild_shell``); in the kernel
+    the shell is that kernel's, exactly as in a kernel that is a Python of its own: its working folder
+    (``%pwd``, ``_dh``), home, profile folder, ``%store``, environment, ``__main__`` and magics."""
+    forked, in_forked = shell_facts(tmp_path / "forked", fork=True)
+    assert forked, "the kernel was not forked from the fork server"
+    unforked, in_own = shell_facts(tmp_path / "own", fork=False)
+    assert not unforked
+    assert in_forked == in_own
+    assert in_forked["kernel"] is True and in_forked["parent"] == "IPythonKernel", in_forked
+    assert in_forked["cwd"] == in_forked["pwd"] == in_forked["start"] == ".", in_forked
+    assert in_forked["profile_exists"] is True and in_forked["stored"] == 42, in_forked
+    assert in_forked["term"] == "xterm-color" and in_forked["pager"] == "cat" and in_forked["main"] is True
+
+
+RUNTIME_FACTS = (
+    "import json, sys\n"
+    "runtime = sys.modules['core.plugins.runtime']\n"
+    "facts = [type(runtime.__spec__.loader).__name__, runtime.__file__, runtime.bootstrap.__code__.co_filename,\n"
+    "    list(sys.modules['core'].__path__), runtime._ctx is not None]\n"
+    "open('runtime.json', 'w').write(json.dumps(facts))"
+)
+
+
+@pytest.mark.skipif(NO_BWRAP is not None, reason=f"no working bubblewrap: {NO_BWRAP}")
+def test_a_forked_kernel_runs_the_runtime_the_fork_server_imported_as_its_sandbox_would(tmp_path: Path) -> None:
+    """Weaver's runtime is imported once in the fork server (``kernel_main.prebuild_runtime``), under the
+    names a sandboxed kernel sees (``/opt/weaver/core``): a forked kernel's runtime is that one, already
+    bootstrapped for its own session, with the same file and code paths as a kernel that imported it."""
+    seen = {}
+    for fork in (True, False):
+        executor = KernelExecutor("rt", tmp_path / str(fork) / "work", settings=ExecutionSettings(fork_kernels=fork))
+        try:
+            result = executor.execute(RUNTIME_FACTS)
+            assert result.is_success, result.error
+            box = getattr(executor.process, "box", None)
+            assert (box is not None and box.forked) is fork
+            seen[fork] = json.loads((executor.cwd / "runtime.json").read_text())
+        finally:
+            executor.stop()
+    loader, file, code_file, core_path, bootstrapped = seen[True]
+    assert loader == "_SandboxCore" and bootstrapped is True, seen
+    assert file == code_file == str(sandbox.SANDBOX_ROOT / "core" / "plugins" / "runtime.py"), seen
+    assert seen[True][1:] == seen[False][1:] and core_path == [str(sandbox.SANDBOX_ROOT / "core")], seen
+
+
+@pytest.mark.skipif(NO_BWRAP is not None, reason=f"no working bubblewrap: {NO_BWRAP}")
+def test_a_forked_kernel_knows_its_modules_without_walking_the_fork_servers(tmp_path: Path) -> None:
+    """A forked kernel lists the modules loaded at its start from the fork server's list
+    (``kernel_main.note_modules``) instead of walking ``sys.modules``: ``%reset --aggressive`` still
+    drops exactly what the user imported since, and none of the fork server's own ``core`` is left."""
+    executor = KernelExecutor("modules", tmp_path / "work", settings=ExecutionSettings())
+    try:
+        result = executor.execute(
+            "import colorsys\n"
+            "%reset -f --aggressive\n"
+            "import json, sys\n"
+            "host = [n for n, m in sys.modules.items() if n.split('.')[0] == 'core'\n"
+            "    and not str(getattr(m, '__file__', '')).startswith('/opt/weaver/')]\n"
+            "seen = ['colorsys' in sys.modules, 'ipykernel.kernelapp' in sys.modules, 'core.plugins.runtime' in\n"
+            "    sys.modules, len(get_ipython()._sys_modules_keys), host]\n"
+            "open('modules.json', 'w').write(json.dumps(seen))"
+        )
+        assert result.is_success, result.error
+        box = getattr(executor.process, "box", None)
+        assert box is not None and box.forked, "the kernel was not forked from the fork server"
+        user_module, kernel_module, runtime, listed, host = json.loads((executor.cwd / "modules.json").read_text())
+    finally:
+        executor.stop()
+    assert user_module is False and kernel_module is True and runtime is True, (user_module, kernel_module, runtime)
+    assert listed > 500 and host == [], (listed, host)
+
+
+def test_the_fork_server_imports_the_runtime_where_the_sandbox_has_it() -> None:
+    """``kernel_main`` (standard library only) names the sandbox's folder for Weaver's code itself."""
+    assert kernel_main.SANDBOX_ROOT == str(sandbox.SANDBOX_ROOT)
+    assert kernel_main._HOST_CORE == sandbox.CORE_DIR.resolve()
 
 
 def test_the_kernel_command_line_is_the_one_the_fork_server_parses_once() -> None:

@@ -23,7 +23,11 @@ import contextlib
 import functools
 import gc
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
+import pathlib
 import re
 import sys
 import types
@@ -93,7 +97,8 @@ def prepare() -> list[str]:
 
 
 class _SysForTheKernelClass:
-    """``sys`` as ipykernel's kernel class sees it while it is built: no modules listed.
+    """``sys`` as ipykernel's kernel class sees it while it is built (and IPython's ``init_code``,
+    ``_init_code``): no modules listed.
 
     ``IPythonKernel.__init__`` lists the file of every loaded module, for the debugger alone. In a
     forked kernel that walk writes to the reference count of every module object and file name the
@@ -124,24 +129,184 @@ def _no_module_list() -> Iterator[None]:
 
 def prebuild() -> None:
     """In the fork server: the kernel application object, with the command line every kernel shares
-    (``FIXED_ARGS``) parsed into its configuration. Neither holds anything of one kernel: no file,
-    socket, profile or environment is read yet; a kernel adds its connection file (``run``). Building
-    it once spares each kernel ~0.35 MB of pages it would copy (measured with ``bench/kernel_memory.py``)."""
+    (``FIXED_ARGS``) parsed into its configuration, and the kernel's IPython shell (``_prebuild_shell``).
+    Neither holds anything of one kernel: no file, socket, profile or environment is read yet; a kernel
+    adds its connection file (``run``) and makes the shell its own (``_adopt_shell``). Building them once
+    spares each kernel ~0.35 MB and ~1.3 MB of pages it would copy (measured with ``bench/kernel_memory.py``)."""
     from ipykernel.kernelapp import IPKernelApp
 
     IPKernelApp.instance().parse_command_line(list(FIXED_ARGS))
+    _prebuild_shell()
+
+
+def note_modules() -> None:
+    """In the fork server, once it imports nothing more: its modules and their names, so that a kernel
+    never needs to walk ``sys.modules`` (``forget_host_core``, ``_init_code``)."""
+    _FORK_SERVER_MODULES.update(sys.modules)
+    _MODULE_NAMES.update(sys.modules)
+    _HOST_CORE_MODULES[:] = [name for name in sys.modules if name == "core" or name.startswith("core.")]
+
+
+# The fork server's modules (``note_modules``): a kernel's shell lists the modules loaded at its start
+# (``_sys_modules_keys``, for ``%reset --aggressive``) from these (``_init_code``), and a kernel drops
+# the fork server's ``core`` by these names (``forget_host_core``).
+_FORK_SERVER_MODULES: dict[str, Any] = {}
+_MODULE_NAMES: set[str] = set()
+_HOST_CORE_MODULES: list[str] = []
+
+
+def forget_host_core() -> None:
+    """In a forked kernel, first: the fork server's own ``core`` modules leave ``sys.modules`` (the
+    kernel's come from its sandbox, or ``adopt_runtime``). Their names were listed in the fork server
+    (``prebuild``): walking ``sys.modules`` here would write to the count of every module's name and
+    so copy the fork server's pages that hold them."""
+    for name in _HOST_CORE_MODULES:
+        sys.modules.pop(name, None)
+    for name in _modules_since_the_fork():
+        if name == "core" or name.startswith("core."):
+            del sys.modules[name]
+
+
+def _modules_since_the_fork() -> list[str]:
+    """The names of the modules a kernel added to ``sys.modules`` after the fork: the last ones in its
+    order (a dict keeps the order of insertion), back to the first that is the fork server's own. Read
+    from the end, so the fork server's names are not visited (each visit writes to the name's count)."""
+    found = []
+    for name in reversed(sys.modules):
+        if _FORK_SERVER_MODULES.get(name, False) is sys.modules[name]:
+            break
+        found.append(name)
+    return found
+
+
+def _init_code(app: Any, init_code: Any) -> None:
+    """``init_code`` of ``app``, whose last step lists every loaded module's name in a new set
+    (``set(sys.modules)``): in a forked kernel that writes to the count of each name the fork server
+    holds, copying ~1 MB of its pages. Here the step sees no modules, and the shell gets the set the
+    fork server made (``_MODULE_NAMES``) with the names loaded since (``_modules_since_the_fork``)."""
+    from IPython.core import shellapp
+
+    if getattr(shellapp, "sys", None) is not sys or not _MODULE_NAMES:
+        init_code()
+        return
+    shellapp.sys = _SysForTheKernelClass()  # type: ignore[assignment]
+    try:
+        init_code()
+    finally:
+        shellapp.sys = sys
+    _MODULE_NAMES.update(_modules_since_the_fork())
+    app.shell._sys_modules_keys = _MODULE_NAMES
+
+
+# What ``InteractiveShell.__init__`` does that belongs to one kernel (its folder, home, environment,
+# ``__main__``): left out when the fork server builds the shell, done by each kernel (``_adopt_shell``).
+_SHELL_STEPS_AFTER_THE_FORK = (
+    "init_environment",
+    "init_virtualenv",
+    "save_sys_module_state",
+    "init_sys_modules",
+    "init_pushd_popd_magic",
+    "init_logger",
+)
+
+
+def _skip(self: Any, *args: Any, **kwargs: Any) -> None:
+    return None
+
+
+@contextlib.contextmanager
+def _shell_steps_deferred() -> Iterator[None]:
+    """While the fork server builds the shell: no step of ``_SHELL_STEPS_AFTER_THE_FORK`` runs and the
+    shell's key-value store (``shell.db``, which creates its folder) is not opened."""
+    from ipykernel.zmqshell import ZMQInteractiveShell
+    from IPython.core import interactiveshell
+
+    own = {name: ZMQInteractiveShell.__dict__.get(name) for name in _SHELL_STEPS_AFTER_THE_FORK}
+    store = interactiveshell.PickleShareDB
+    interactiveshell.PickleShareDB = _skip  # type: ignore[assignment,misc]
+    for name in own:
+        setattr(ZMQInteractiveShell, name, _skip)
+    try:
+        yield
+    finally:
+        interactiveshell.PickleShareDB = store  # type: ignore[misc]
+        for name, method in own.items():
+            if method is None:
+                delattr(ZMQInteractiveShell, name)
+            else:
+                setattr(ZMQInteractiveShell, name, method)
+
+
+def _prebuild_shell() -> None:
+    """In the fork server: the kernel's IPython shell (``ZMQInteractiveShell``, the singleton the kernel
+    takes when it is built), with the shared configuration, an empty namespace and a profile folder
+    with no location. Nothing in it is any kernel's: no socket, session, file, folder, environment or
+    user data (``_SHELL_STEPS_AFTER_THE_FORK``); it starts no thread (history is off in ``FIXED_ARGS``,
+    checked). A kernel then gives it its own (``_adopt_shell``). Building it once spares each kernel
+    ~2 MB of pages it would copy (``bench/kernel_memory.py``)."""
+    from ipykernel.ipkernel import IPythonKernel
+    from ipykernel.kernelapp import IPKernelApp
+    from ipykernel.zmqshell import ZMQInteractiveShell
+    from IPython.core.profiledir import ProfileDir
+
+    app = IPKernelApp.instance()
+    with _shell_steps_deferred():
+        shell = ZMQInteractiveShell.instance(
+            parent=app,
+            ipython_dir="",  # none yet: IPython would otherwise look for, or make, the fork server's own
+            profile_dir=ProfileDir(),
+            compiler_class=IPythonKernel.compiler_class.default_value,
+        )
+    if shell.history_manager is None or shell.history_manager.enabled:
+        raise RuntimeError("the kernel's shell was built with its history on")
+
+
+def _adopt_shell(app: Any) -> None:
+    """In a kernel whose shell the fork server built, once the kernel is built: the shell becomes this
+    kernel's (its kernel, profile and IPython folders, working folder, home, environment, ``__main__``
+    and key-value store), as ``InteractiveShell.__init__`` would have made it here."""
+    from ipykernel.zmqshell import ZMQInteractiveShell
+    from IPython.core import interactiveshell
+
+    shell = app.kernel.shell
+    shell.kernel = app.kernel
+    shell.parent = app.kernel
+    extensions = shell.extension_manager._on_ipython_dir_changed  # it would make an ``extensions`` folder
+    shell.unobserve(extensions, names=("ipython_dir",))
+    shell.ipython_dir = app.ipython_dir
+    shell.observe(extensions, names=("ipython_dir",))
+    shell.profile_dir = app.profile_dir
+    shell.history_manager.hist_file = shell.history_manager._get_hist_file_name()
+    shell.starting_dir = os.getcwd()
+    shell.history_manager.dir_hist[:] = [pathlib.Path.cwd()]  # the user's ``_dh``, the same list
+    shell.init_encoding()
+    for name in _SHELL_STEPS_AFTER_THE_FORK:
+        getattr(ZMQInteractiveShell, name)(shell)
+    shell.db = interactiveshell.PickleShareDB(os.path.join(shell.profile_dir.location, "db"))
 
 
 @contextlib.contextmanager
 def _parsed_before_the_fork(app: Any, argv: list[str]) -> Iterator[None]:
     """While ``app`` initialises, its command line is taken as parsed when ``prebuild`` parsed it
-    (``argv`` is ``-f <connection file>`` then ``FIXED_ARGS``); only the connection file is this kernel's."""
+    (``argv`` is ``-f <connection file>`` then ``FIXED_ARGS``); only the connection file is this kernel's.
+    The kernel takes the shell ``prebuild`` built, which becomes this kernel's before anything uses it."""
     app.connection_file = argv[1]
     app.parse_command_line = lambda argv=None: None
+    init_shell = app.init_shell
+
+    def adopt_then_init_shell() -> None:
+        _adopt_shell(app)
+        init_shell()
+
+    app.init_shell = adopt_then_init_shell
+    init_code = app.init_code
+    app.init_code = lambda: _init_code(app, init_code)
     try:
         yield
     finally:
         del app.parse_command_line
+        del app.init_shell
+        del app.init_code
 
 
 def _app(argv: list[str]) -> tuple[Any, contextlib.AbstractContextManager[None]]:
@@ -154,12 +319,22 @@ def _app(argv: list[str]) -> tuple[Any, contextlib.AbstractContextManager[None]]
         if len(argv) == 2 + len(FIXED_ARGS) and argv[0] == "-f" and tuple(argv[2:]) == FIXED_ARGS:
             return app, _parsed_before_the_fork(app, argv)
         IPKernelApp.clear_instance()
+        _drop_prebuilt_shell()
     return IPKernelApp.instance(), contextlib.nullcontext()
+
+
+def _drop_prebuilt_shell() -> None:
+    """A kernel with another command line builds its own shell."""
+    from ipykernel.zmqshell import ZMQInteractiveShell
+
+    if ZMQInteractiveShell.initialized():
+        ZMQInteractiveShell.clear_instance()
 
 
 def run(argv: list[str], hidden: list[str]) -> None:
     """Initialise the kernel from ``argv`` (without the program name), then serve until shutdown."""
     gc.disable()
+    adopt_runtime()
     app, parsing = _app(argv)
     with _no_module_list(), parsing:
         app.initialize(argv)  # ipykernel and IPython note here, once, that the hidden modules are missing
@@ -169,6 +344,73 @@ def run(argv: list[str], hidden: list[str]) -> None:
             del sys.modules[name]  # later imports get the real module
     gc.enable()
     app.start()
+
+
+# Weaver's runtime in a kernel (what ``KernelRPC.bootstrap`` imports) and where a sandboxed kernel
+# finds Weaver's ``core`` (``sandbox.SANDBOX_ROOT``, a read-only bind of the folder this module is in).
+RUNTIME = "core.plugins.runtime"
+SANDBOX_ROOT = "/opt/weaver"
+_HOST_CORE = pathlib.Path(__file__).resolve().parent.parent
+_RUNTIME_MODULES: dict[str, types.ModuleType] = {}
+
+
+class _SandboxCore(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports ``core`` and its modules from this folder as a sandboxed kernel would from inside its
+    sandbox: the module's file, spec and code name their path there (``SANDBOX_ROOT``), so tracebacks
+    and ``__file__`` read the same as in a kernel that imported them itself."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if name != "core" and not name.startswith("core."):
+            return None
+        parts = name.split(".")[1:]
+        host = _HOST_CORE.joinpath(*parts)
+        shown = pathlib.PurePosixPath(SANDBOX_ROOT, "core", *parts)
+        if (host / "__init__.py").is_file():
+            spec = importlib.util.spec_from_loader(name, self, origin=str(shown / "__init__.py"), is_package=True)
+        elif host.with_suffix(".py").is_file():
+            spec = importlib.util.spec_from_loader(name, self, origin=str(shown.with_suffix(".py")))
+        else:
+            return None
+        assert spec is not None
+        spec.has_location = True
+        if spec.submodule_search_locations is not None:
+            spec.submodule_search_locations[:] = [str(shown)]
+        return spec
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        shown = str(module.__spec__.origin if module.__spec__ else module.__file__)
+        host = _HOST_CORE.joinpath(*pathlib.PurePosixPath(shown).relative_to(SANDBOX_ROOT, "core").parts)
+        exec(compile(host.read_bytes(), shown, "exec", dont_inherit=True), module.__dict__)
+
+
+def prebuild_runtime() -> None:
+    """In the fork server: Weaver's runtime imported as a sandboxed kernel imports it (``_SandboxCore``),
+    kept aside (the fork server's own ``core`` stays as it is) for ``adopt_runtime``. Importing it runs
+    nothing (the runtime's ``bootstrap`` does the work). A kernel that imported it itself copied ~1.5 MB
+    of the fork server's pages (the import machinery it walks) beside the modules' own objects."""
+    own = {name: sys.modules.pop(name) for name in list(sys.modules) if name == "core" or name.startswith("core.")}
+    finder = _SandboxCore()
+    sys.meta_path.insert(0, finder)
+    try:
+        importlib.import_module(RUNTIME)
+    finally:
+        sys.meta_path.remove(finder)
+        for name in [name for name in sys.modules if name == "core" or name.startswith("core.")]:
+            _RUNTIME_MODULES[name] = sys.modules.pop(name)
+        sys.modules.update(own)
+
+
+def adopt_runtime() -> None:
+    """In a forked kernel: the runtime ``prebuild_runtime`` imported becomes this kernel's, when the kernel
+    finds ``core`` where it was imported from (``SANDBOX_ROOT`` on its path, the same files there) and
+    has not imported any of it itself."""
+    if not _RUNTIME_MODULES or SANDBOX_ROOT not in sys.path or any(name in sys.modules for name in _RUNTIME_MODULES):
+        return
+    for module in _RUNTIME_MODULES.values():
+        shown = module.__spec__.origin if module.__spec__ else None
+        if shown is None or not os.path.isfile(shown):
+            return
+    sys.modules.update(_RUNTIME_MODULES)
 
 
 _FILLERS: list[list[Any]] = []

@@ -221,8 +221,7 @@ def _kernel(request: dict[str, Any], hidden: list[str], log: int, fifo: int) -> 
         os.environ.update(request["env"])
         inherited = [p for p in sys.path if p not in _HOST_PATH]
         sys.path[:] = [*filter(None, request["env"].get("PYTHONPATH", "").split(os.pathsep)), *inherited]
-        for name in [name for name in sys.modules if name == "core" or name.startswith("core.")]:
-            del sys.modules[name]  # Weaver's runtime is imported again from inside the sandbox
+        kernel_main.forget_host_core()  # Weaver's runtime is imported again from inside the sandbox
         sys.argv = [sys.executable, *request["argv"]]
         kernel_main.run(request["argv"], hidden)
     except BaseException:  # noqa: BLE001
@@ -247,6 +246,8 @@ def preload() -> list[str]:
         _FILTER = syscalls.build_filter()
     hidden = kernel_main.prepare()
     kernel_main.prebuild()
+    kernel_main.prebuild_runtime()
+    kernel_main.note_modules()
     gc.collect()
     kernel_main.fill_malloc_holes()
     kernel_main.fill_free_slots()
