@@ -13,7 +13,6 @@ import select
 import signal
 import stat
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +35,6 @@ def _launch(tmp_path: Path, name: str = "s") -> KernelProcess:
     cwd = tmp_path / name / "work"
     kernel = KernelProcess(name, cwd, ExecutionSettings(), {"PLUGIN_EXAMPLE": "x"}, 30, [])
     kernel.launch()
-    kernel.started()
     return kernel
 
 
@@ -215,51 +213,7 @@ def test_kernels_and_the_fork_server_take_the_cpu_as_one_process_at_the_kernels_
 
     assert kernel.kernel_pid in procs(cpu)
     assert procs(cpu) == procs(memory) and len(procs(cpu)) >= 2  # the kernel and the new session's sleep
-    # The fork server only starts kernels: it works where kernels start, weighing as one process
-    # at nice 0, and no kernel is left there once started.
-    start = cpu.parent.with_name("weaver-start")
-    assert FORK_SERVER._run is not None and FORK_SERVER._run.proc.pid in procs(start)
-    assert (start / "cpu.shares").read_text().strip() == "1024"
-    deadline = time.monotonic() + 30
-    while kernel.box.cgroups.starting is not None:  # the helper may still be exiting: see below
-        assert time.monotonic() < deadline, "the start group stays"
-        time.sleep(0.01)
-        kernel.started()
-    assert not (start / cpu.name).exists()
-
-
-def test_a_kernel_starts_in_the_start_cpu_group_and_leaves_it_with_its_sandbox_before_code_runs(
-    tmp_path: Path,
-) -> None:
-    """While it starts, every process of a kernel's sandbox is in a cpu group of its own under
-    ``weaver-start`` (one nice-0 process for all starts): a crowd's starts are not left with what
-    the web server leaves. Once started (the executor calls ``started`` after the bootstrap), all of
-    them are in the kernel's group among the kernels and the start's group is gone."""
-    kernel = KernelProcess("m", tmp_path / "m" / "work", ExecutionSettings(), {}, 30, [])
-    kernel.launch()
-    try:
-        assert kernel.box is not None and kernel.proc is not None
-        starting, cpu = kernel.box.cgroups.starting, kernel.box.cgroups.dirs["cpu"]
-        assert starting is not None and starting.parent.name == "weaver-start"
-
-        def procs(folder: Path) -> set[int]:
-            return {int(p) for p in (folder / "cgroup.procs").read_text().split()}
-
-        sandbox = procs(starting)
-        assert {kernel.kernel_pid, kernel.proc.pid} <= sandbox and not procs(cpu)
-        kernel.started()
-        assert sandbox <= procs(cpu)
-        # The group goes once the fork server's helper, which joined it to fork the kernel, has
-        # finished exiting (an exiting task cannot be moved); each run asks again.
-        deadline = time.monotonic() + 30
-        while kernel.box.cgroups.starting is not None:
-            assert time.monotonic() < deadline, f"the start group stays: {procs(starting)}"
-            time.sleep(0.01)
-            kernel.started()
-        assert not starting.exists()
-        assert run(kernel, "print(6 * 7)").strip() == "42"
-    finally:
-        kernel.teardown(graceful=False)
+    assert FORK_SERVER._run is not None and FORK_SERVER._run.proc.pid in procs(cpu.parent)
 
 
 def test_a_killed_fork_server_is_started_again(tmp_path: Path) -> None:

@@ -35,13 +35,14 @@ parameters: []
 returns: []
 """
 # Runs in each kernel as it starts (plugins load in its bootstrap): says so in the session folder,
-# then waits for the gate file the test writes beside the plugin (the folder is bound read-only).
+# then waits for the gate file the test writes beside the plugin (the folder is bound read-only),
+# or for a ``go`` file the test puts in this kernel's own session folder (one start let through).
 PLUGIN_PY = """import os, time
 from taskweaver.plugin import Plugin, register_plugin
 
 open("start-held", "w").close()
 _GATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gate")
-while not os.path.exists(_GATE):
+while not (os.path.exists(_GATE) or os.path.exists("go")):
     time.sleep(0.05)
 
 
@@ -88,15 +89,18 @@ def test_a_chat_waiting_for_a_kernel_start_sees_its_place_in_line(one_start_at_a
     sessions = Path(server.app_dir, "workspace", "sessions")
     with server.client() as first, server.client() as second, server.client() as third:
         first_id = first.send(code_block("print('first')"))
-        wait_until(lambda: next(sessions.glob("*/cwd/start-held"), None), 60, "the first kernel to hold its start")
+        first_held = wait_until(
+            lambda: next(sessions.glob("*/cwd/start-held"), None), 60, "the first kernel to hold its start"
+        )
         second_id = second.send(code_block("print('second')"))
         second.wait_for(lambda: _code_steps_show(second, f"{WAITING}** you are next"), 60, "second to see its place")
         third_id = third.send(code_block("print('third')"))
         third.wait_for(lambda: _code_steps_show(third, f"{WAITING}** 1 ahead of you"), 60, "third to see its place")
         assert not _code_steps_show(first, WAITING)  # it did not wait: it had the slot
-        (server.app_dir / "plugins" / "gate").write_text("")
+        (first_held.parent / "go").write_text("")  # only the first start goes on; the second's holds
         # Once the first start is done, the line moves: the third one is next.
         third.wait_for(lambda: _code_steps_show(third, f"{WAITING}** you are next"), 60, "third to move up")
+        (server.app_dir / "plugins" / "gate").write_text("")
         chats = ((first, first_id, "first"), (second, second_id, "second"), (third, third_id, "third"))
         for client, message_id, word in chats:
             turn = client.wait_turn(message_id, timeout=120)

@@ -202,9 +202,6 @@ class GatewayKernel:
             plugins.append({**entry, "source": source})
         return {**payload, "plugins": plugins, "workdir": self._workdir}
 
-    def started(self) -> None:
-        """Nothing to do: the gateway's host decides the kernel's priority."""
-
     def before_run(self, rpc: SilentEval) -> list[str]:
         return self.files.push(rpc)
 

@@ -61,11 +61,6 @@ class KernelHandle(Protocol):
 
     def launch(self) -> None: ...
 
-    def started(self) -> None:
-        """The kernel is launched and Weaver's runtime bootstrapped in it: from now on it runs users'
-        code (a local kernel moves from the start's cpu group to the kernels')."""
-        ...
-
     def teardown(self, graceful: bool, keep: bool = False) -> None:
         """Stop the kernel; ``keep``: where it outlives its server (``kernel_id`` not None), only let
         go of it (close the channels) and leave it running for another server to adopt."""

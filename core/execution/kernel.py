@@ -215,7 +215,6 @@ class KernelExecutor:
         try:
             self.process.launch()
             self._bootstrap()
-            self.process.started()
             self.start_steps.append(("bootstrapped", time.monotonic()))
             ok = True
         finally:

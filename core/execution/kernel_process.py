@@ -168,7 +168,7 @@ class KernelProcess:
                     log=log,
                     cgroups=box.cgroups.procs_files,
                     timeout=self.start_timeout,
-                    cpu_group=box.cgroups.starter_cpu_group,
+                    cpu_group=box.cgroups.shared_cpu_group,
                     uid=box.uid,
                     seccomp=box.seccomp,
                 )
@@ -209,21 +209,7 @@ class KernelProcess:
     def bootstrap_payload(self, payload: dict[str, Any]) -> dict[str, Any]:
         return payload
 
-    def started(self) -> None:
-        """Bootstrapped: every process of the sandbox leaves the start's cpu group for the kernel's
-        own among the kernels (``KernelCgroups.settle``), before any code of the user's runs. A
-        process that cannot be moved ends the kernel (``KernelStartError``)."""
-        box = self.box
-        if box is None or box.cgroups.starting is None:
-            return
-        try:
-            box.cgroups.settle()
-        except OSError as exc:
-            self.teardown(graceful=False)
-            raise KernelStartError(messages.start_failed(exc)) from exc
-
     def before_run(self, rpc: SilentEval) -> list[str]:
-        self.started()  # already done after the bootstrap; never run user code at the start's priority
         if self.box is not None:
             self.box.claim_new_files()  # uploads the server wrote since: the kernel's to change
         return []

@@ -7,7 +7,6 @@ leave (``/sys`` is not mounted in the sandbox). File sizes use RLIMIT_FSIZE, whi
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -79,45 +78,6 @@ def kernels_cpu_group(nice: int) -> Path | None:
     return folder
 
 
-# All kernels starting at a moment weigh, together, as one process at nice 0: a start is on the
-# path to a user's first answer, and in the kernels' own group (``execution.nice``) a crowd's
-# starts got what the busy web server left, a few per second. Once a kernel answers, it moves
-# to its group among the kernels, before any code of the user's runs.
-START_SHARES = NICE_WEIGHTS[0]
-
-
-@functools.lru_cache(maxsize=None)
-def kernels_start_group() -> Path | None:
-    """The cpu cgroup (v1) kernels start in (and the fork server works in), made once per process,
-    weighing as one process at nice 0; None without one."""
-    parent = _own_cgroup("cpu")
-    if parent is None:
-        return None
-    folder = parent / "weaver-start"
-    try:
-        folder.mkdir(exist_ok=True)
-        idle = folder / "cpu.idle"
-        if idle.exists() and idle.read_text().strip() != "0":
-            idle.write_text("0")
-        (folder / "cpu.shares").write_text(str(START_SHARES))
-    except OSError as exc:
-        logger.debug("no cpu cgroup for starting kernels at %s: %s", folder, exc)
-        return None
-    return folder
-
-
-PF_EXITING = 0x4  # include/linux/sched.h: the task is in do_exit()
-
-
-def _exiting(pid: int) -> bool:
-    """Whether ``pid`` is gone or on its way out (its task flags, field 9 of ``/proc/<pid>/stat``)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return True
-    return fields[0] in ("Z", "X") or bool(int(fields[6]) & PF_EXITING)
-
-
 class KernelCgroups:
     """A memory, a pids and a cpu cgroup for one kernel launch; every process it starts stays inside.
 
@@ -129,9 +89,6 @@ class KernelCgroups:
     is a session of its own, so each kernel weighed as much as the whole web server, and under a
     crowd its event loop waited for a CPU half of the time. A task in a cpu cgroup is outside
     autogroup, so user code that calls ``setsid()`` gains nothing either.
-
-    While it starts, the kernel is in a cpu group of its own in ``weaver-start`` instead (see
-    ``START_SHARES``); ``settle`` moves it, with every process of its sandbox, to its place.
     """
 
     def __init__(self, name: str, limits: Limits) -> None:
@@ -152,7 +109,6 @@ class KernelCgroups:
                 self._configure(controller, folder, limits)
             except OSError as exc:
                 self.problems.append(f"{controller} cgroup {folder}: {exc}")
-        self.starting: Path | None = None  # the cpu group it starts in, until ``settle``
         shared = kernels_cpu_group(limits.nice) if limits.nice > 0 else None  # a priority, not a limit
         if shared is not None:
             try:
@@ -160,13 +116,6 @@ class KernelCgroups:
                 self.dirs["cpu"] = shared / name
             except OSError as exc:
                 logger.debug("no cpu cgroup for %s: %s", name, exc)
-        start = kernels_start_group() if "cpu" in self.dirs else None
-        if start is not None:
-            try:
-                (start / name).mkdir(exist_ok=True)
-                self.starting = start / name
-            except OSError as exc:
-                logger.debug("no cpu cgroup to start %s in: %s", name, exc)
 
     @staticmethod
     def _configure(controller: str, folder: Path, limits: Limits) -> None:
@@ -179,56 +128,19 @@ class KernelCgroups:
             (folder / "pids.max").write_text(str(limits.max_processes))
 
     @property
-    def starter_cpu_group(self) -> Path | None:
-        """The cpu cgroup the fork server works in: where kernels start (else where they run)."""
-        if self.starting is not None:
-            return self.starting.parent
+    def shared_cpu_group(self) -> Path | None:
+        """The cpu cgroup all kernels share (the parent of this kernel's), if it has one."""
         cpu = self.dirs.get("cpu")
         return cpu.parent if cpu is not None else None
 
     @property
     def procs_files(self) -> list[str]:
-        """``cgroup.procs`` files the launcher writes its own pid into before it execs (the start's
-        cpu group until ``settle``)."""
-        folders = {**self.dirs, **({"cpu": self.starting} if self.starting is not None else {})}
-        return [str(folder / "cgroup.procs") for folder in folders.values()]
-
-    def settle(self) -> None:
-        """The kernel started: move every process of it from the start's cpu group to its own among
-        the kernels (a process forked meanwhile is moved in a later round), and drop the start's.
-
-        A task already exiting cannot be moved (the kernel skips it) and leaves by itself: the fork
-        server's helper, which joined the group to fork the kernel, exits right after its answer,
-        and at the kernels' idle priority that can take a moment under load. The group then stays
-        until a later call (each run calls ``started``) or ``remove``. Raises ``OSError`` when a
-        live process cannot be moved."""
-        starting, target = self.starting, self.dirs.get("cpu")
-        if starting is None or target is None:
-            return
-        for _ in range(_KILL_ROUNDS):
-            pids = [int(p) for p in (starting / "cgroup.procs").read_text().split()]
-            staying = [pid for pid in pids if not _exiting(pid)]
-            if not staying:
-                break
-            for pid in staying:
-                try:
-                    (target / "cgroup.procs").write_text(str(pid))
-                except ProcessLookupError:
-                    continue  # exited meanwhile
-        else:
-            raise OSError(errno.EBUSY, f"processes keep appearing in {starting}")
-        if pids:
-            return  # only exiting ones are left
-        try:
-            starting.rmdir()
-        except OSError as exc:  # busy again: the next call or ``remove`` tries again
-            logger.debug("the start cpu group %s stays for now: %s", starting, exc)
-            return
-        self.starting = None
+        """``cgroup.procs`` files the launcher writes its own pid into before it execs."""
+        return [str(folder / "cgroup.procs") for folder in self.dirs.values()]
 
     def pids(self) -> set[int]:
         found: set[int] = set()
-        for folder in [*self.dirs.values(), *([self.starting] if self.starting is not None else [])]:
+        for folder in self.dirs.values():
             try:
                 found.update(int(p) for p in (folder / "cgroup.procs").read_text().split())
             except OSError:
@@ -265,7 +177,7 @@ class KernelCgroups:
 
     def remove(self) -> None:
         self.kill_all()
-        for folder in [*self.dirs.values(), *([self.starting] if self.starting is not None else [])]:
+        for folder in self.dirs.values():
             for _ in range(_KILL_ROUNDS):  # an exiting process can keep the group busy for a moment
                 try:
                     folder.rmdir()
@@ -275,7 +187,6 @@ class KernelCgroups:
                 except OSError:
                     time.sleep(0.01)
         self.dirs = {}
-        self.starting = None
 
 
 def wrapper_argv(
@@ -408,13 +319,10 @@ def sweep_stale_cgroups(min_age_s: float = 60.0) -> int:
     and the launcher joining it.
     """
     removed = 0
-    bases = []
     for controller in ("memory", "pids", "cpu"):
         parent = _own_cgroup(controller)
-        if parent is not None:
-            bases += [parent / "weaver", *([parent / "weaver-start"] if controller == "cpu" else [])]
-    for base in bases:
-        if not base.is_dir():
+        base = parent / "weaver" if parent is not None else None
+        if base is None or not base.is_dir():
             continue
         for folder in base.iterdir():
             try:

@@ -31,10 +31,9 @@ logger = logging.getLogger(__name__)
 
 WAIT_POLL_S = 0.2  # how often a queued start looks at its cancel token and its place in line
 # The default bound per core: a start waits on its sandbox and its kernel's sockets for much of its
-# ~0.1 s, so two at a time left both cores half idle (``bench/kernel_starts.py``); all starts
-# together weigh as one process against the web server (``limits.START_SHARES``).
+# ~0.1 s, so two at a time left both cores half idle (``bench/kernel_starts.py``).
 STARTS_PER_CORE = 4
-PLACE_EVERY_S = 1.0  # how often a start far back in line is told its place
+PLACE_EVERY_S = 3.0  # how often a start far back in line is told its place (each is an event for its page)
 RETRY_FIRST_S = 1.0  # a failed refill waits this long, doubled per failure, up to RETRY_MAX_S
 RETRY_MAX_S = 60.0
 
@@ -116,7 +115,9 @@ class StartGate:
                     if told is None or place <= self.limit or now - told_at >= PLACE_EVERY_S:
                         told, told_at = place, now
                         on_place(place)
-                ticket.woken.wait(WAIT_POLL_S)
+                # Far back in line, look less often: a crowd's hundreds of waiting starts each
+                # waking five times a second cost the server's threads more than the line moves.
+                ticket.woken.wait(WAIT_POLL_S if place <= self.limit else max(WAIT_POLL_S, PLACE_EVERY_S))
         except BaseException:
             with self._lock:
                 self._leave(ticket)
@@ -145,6 +146,9 @@ class StartGate:
         self._running += 1
         self.peak = max(self.peak, self._running)
         self._wake_next()  # another slot may be free
+        line = self._urgent if ticket.urgent else self._background
+        if len(line) >= self.limit:  # this one just came near the front: told now, then looks often
+            line[self.limit - 1].woken.set()
 
     def _place(self, ticket: _Ticket) -> int:
         line = self._urgent if ticket.urgent else self._background
