@@ -210,20 +210,14 @@ class KernelPool:
         self._cond = threading.Condition()
         self._closed = False
         self._failures = 0
-        self._starting = 0  # refills in flight
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self.handed_over = 0
 
     def start(self) -> "KernelPool":
-        """Begin filling the pool on background threads (nothing happens when ``size`` is 0): as many
-        as the start line lets start at once, so a pool sized for a crowd fills at the machine's
-        start rate, not one kernel at a time (the line still puts every user's start first)."""
-        if self.size > 0 and not self._threads:
-            fillers = min(self.size, STARTS_PER_CORE * (os.cpu_count() or 1))
-            for index in range(fillers):
-                thread = threading.Thread(target=self._fill, name=f"weaver-kernel-pool-{index}", daemon=True)
-                self._threads.append(thread)
-                thread.start()
+        """Begin filling the pool on a background thread (nothing happens when ``size`` is 0)."""
+        if self.size > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._fill, name="weaver-kernel-pool", daemon=True)
+            self._thread.start()
         return self
 
     @property
@@ -263,25 +257,19 @@ class KernelPool:
             self._cond.notify_all()
         for warm in ready:
             self._drop(warm)
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:  # each filler stops the kernel it was starting
-            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread is not None:
+            self._thread.join(timeout)  # the filler stops the kernel it was starting
 
     # ----- the filler thread ---------------------------------------------------------------------
 
     def _fill(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and len(self._ready) + self._starting >= self.size:
+                while not self._closed and len(self._ready) >= self.size:
                     self._cond.wait()
                 if self._closed:
                     return
-                self._starting += 1
-            try:
-                warm = self._start_one()
-            finally:
-                with self._cond:
-                    self._starting -= 1
+            warm = self._start_one()
             if warm is None:
                 self._back_off()
                 continue
