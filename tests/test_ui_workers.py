@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -234,10 +235,46 @@ def test_the_router_reads_the_sticky_cookie_of_the_first_request_only() -> None:
     assert sticky_index(b"GET / HTTP/1.1\r\nCookie: weaver_worker=x\r\n\r\n") is None  # not a worker number
     assert sticky_index(b"GET /?weaver_worker=1 HTTP/1.1\r\nX-Note: weaver_worker=1\r\n\r\n") is None
     assert not head_complete(b"GET / HTTP/1.1\r\nCookie: weaver_")
+    assert sticky_index(b"GET / HTTP/1.1\r\nCookie: weaver_worker=" + b"9" * 5000 + b"\r\n\r\n") is None
     choice = Choice()
     assert [choice.pick(None, [0, 1]) for _ in range(4)] == [0, 1, 0, 1]  # new browsers take turns
     assert choice.pick(1, [0, 1]) == 1 and choice.pick(1, [0]) == 0  # a worker that is down: the next live one
     assert choice.pick(0, []) is None
+
+
+def _raw_request(base_url: str, head: bytes) -> bytes:
+    """Send one request as raw bytes and return the status line of its answer."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n" not in answer:
+            piece = sock.recv(4096)
+            if not piece:
+                break
+            answer += piece
+    return answer.split(b"\r\n", 1)[0]
+
+
+def test_hostile_connections_do_not_stop_the_router(workers: Workers) -> None:
+    """Whatever a client sends the router (a sticky cookie of thousands of digits, a negative or
+    unknown worker, bytes that are no HTTP, nothing at all, half a header block), other browsers
+    are still routed, and each hostile request gets its answer from a live worker or is closed."""
+    silent = [socket.create_connection(("127.0.0.1", int(workers.base_url.rsplit(":", 1)[1]))) for _ in range(20)]
+    half = socket.create_connection(("127.0.0.1", int(workers.base_url.rsplit(":", 1)[1])))
+    half.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: weaver_wor")
+    try:
+        for value in (b"9" * 5000, b"-1", b"99", b"1\x00", "\u0661".encode()):
+            head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: " + COOKIE.encode() + b"=" + value
+            status = _raw_request(workers.base_url, head + b"\r\nConnection: close\r\n\r\n")
+            assert status.startswith(b"HTTP/1.1 "), (value[:20], status)
+        assert _raw_request(workers.base_url, b"\x16\x03\x01garbage\r\n\r\n") != b"HTTP/1.1 200 OK"
+        for index in (0, 1):  # the browsers of both workers are still served, with the others pending
+            assert _health_of(workers.base_url, index) == index
+        assert workers.proc.poll() is None, workers.log()[-2000:]
+    finally:
+        for sock in [*silent, half]:
+            sock.close()
 
 
 def test_the_worker_count_is_checked_by_the_command() -> None:

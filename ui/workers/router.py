@@ -17,6 +17,7 @@ from ui.workers import COOKIE
 from ui.workers.handoff import CONNECTION
 
 PEEK_BYTES = 16_384  # a header block longer than this is routed on what was read (cookies come early)
+INDEX_DIGITS = 2  # `--workers` is at most 64; int() of thousands of digits would raise
 HEAD_WAIT_S = 10.0  # a client that sends no complete header block within this is routed without one
 
 _COOKIE = COOKIE.encode()
@@ -37,8 +38,9 @@ def sticky_index(head: bytes) -> int | None:
             continue
         for part in value.split(b";"):
             key, _, found = part.strip().partition(b"=")
-            if key == _COOKIE and found.strip().isdigit():
-                return int(found.strip())
+            found = found.strip()
+            if key == _COOKIE and found.isdigit() and len(found) <= INDEX_DIGITS:
+                return int(found)
     return None
 
 

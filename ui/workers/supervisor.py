@@ -218,6 +218,15 @@ class Supervisor:
             self._peek(Waiting(conn, now), now)
 
     def _peek(self, waiting: Waiting, now: float) -> None:
+        """Route the connection once its header block is read; whatever one connection sends, a
+        failure ends that connection only, never the loop every browser depends on."""
+        try:
+            self._peek_once(waiting, now)
+        except Exception as exc:
+            log(f"a connection could not be routed and is closed: {exc!r}")
+            waiting.conn.close()
+
+    def _peek_once(self, waiting: Waiting, now: float) -> None:
         try:
             head = waiting.conn.recv(PEEK_BYTES, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
