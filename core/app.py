@@ -137,7 +137,14 @@ class TaskWeaverApp:
         self._lock = threading.Lock()
         self._being_built = 0  # new sessions under construction, counted against the cap
         self.kernel_starts = self.injector.get(StartGate)
-        self.pool = KernelPool(self.config.execution.pool_size, self._reserve_kernel, self._discard_kernel).start()
+        execution = self.config.execution
+        self.pool = KernelPool(
+            execution.pool_size,
+            self._reserve_kernel,
+            self._discard_kernel,
+            quiet_s=execution.pool_refill_quiet_s,
+            fillers=self.kernel_starts.limit,
+        ).start()
         _watch_metrics(self)
 
     @property

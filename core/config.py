@@ -192,6 +192,12 @@ class ExecutionSettings(BaseModel):
         False, description="start a session's own kernel at its creation, not its first code (if the pool had none)"
     )
     pool_size: int = Field(2, ge=0, description="warm kernels kept started ahead, each handed to one new session")
+    pool_refill_quiet_s: float = Field(
+        1.0,
+        ge=0,
+        description="the pool refills only once no session has asked for a kernel for this many seconds "
+        "(then several at once): refills never take CPU from a crowd; 0 refills at once",
+    )
     max_concurrent_starts: int = Field(
         0, ge=0, description="kernels starting at once (pool refills included); 0 means 4 per core"
     )

@@ -150,6 +150,48 @@ def test_kernel_starts_stay_within_the_bound(tmp_path: Path) -> None:
         application.stop()
 
 
+def test_a_large_pool_fills_with_several_starts_at_once_and_never_past_its_size(tmp_path: Path) -> None:
+    """A pool sized for a crowd fills at the start line's pace, not one kernel after another, and
+    its refills in flight never take it past ``execution.pool_size``."""
+    shutil.copytree(FIXTURE_APP, tmp_path / "app")
+    application = TaskWeaverApp(
+        app_dir=tmp_path / "app",
+        config={"execution.pool_size": 6, "execution.max_concurrent_starts": 3, "execution.pool_refill_quiet_s": 0},
+    )
+    try:
+        assert application.pool.wait_ready(6, READY_TIMEOUT_S * 3), "the pool did not fill"
+        assert application.kernel_starts.peak == 3  # three refills at once, within the bound
+        sessions = [application.get_session() for _ in range(2)]
+        assert all("42" in reply(session, "print(6*7)") for session in sessions)
+        assert application.pool.wait_ready(6, READY_TIMEOUT_S * 3), "the pool did not refill"
+        pooled = [entry for entry in (tmp_path / "app" / "workspace" / "sessions").iterdir() if entry.is_dir()]
+        assert len(pooled) == 6 + 2  # six waiting kernels and the two sessions': no refill past the size
+    finally:
+        application.stop()
+
+
+def test_the_pool_refills_only_once_no_session_has_asked_for_a_while(tmp_path: Path) -> None:
+    """While sessions keep asking for kernels (a crowd), no refill takes CPU from them: the pool
+    refills only ``execution.pool_refill_quiet_s`` after the last ask, served or not."""
+    quiet_s = 3.0
+    shutil.copytree(FIXTURE_APP, tmp_path / "app")
+    application = TaskWeaverApp(
+        app_dir=tmp_path / "app", config={"execution.pool_size": 2, "execution.pool_refill_quiet_s": quiet_s}
+    )
+    try:
+        assert application.pool.wait_ready(2, READY_TIMEOUT_S), "the pool did not fill"
+        sessions = [application.get_session() for _ in range(3)]  # two from the pool, one asks an empty pool
+        asked = time.monotonic()
+        assert application.pool.handed_over == 2
+        # Nothing is refilled within the quiet period (the third session's own start is not the pool's).
+        assert not application.pool.wait_ready(1, quiet_s - 1.0), "the pool refilled while sessions asked"
+        assert application.pool.wait_ready(2, READY_TIMEOUT_S), "the pool did not refill once quiet"
+        assert time.monotonic() - asked >= quiet_s - 0.5
+        assert all("42" in reply(session, "print(6*7)") for session in sessions)
+    finally:
+        application.stop()
+
+
 def test_the_default_bound_is_four_starts_per_core() -> None:
     import os
 

@@ -83,6 +83,14 @@ def test_code_block_streams_role_steps_and_answer(ui_server: UIServer) -> None:
     assert not any("**Working:**" in s for s in planner + coder), "status line left behind"
 
 
+def test_the_servers_start_up_objects_are_kept_out_of_garbage_collection(ui_server: UIServer) -> None:
+    """The operator's log says how many start-up objects no collection walks again (``ui/heap.py``):
+    the libraries' and Weaver's, hundreds of thousands; chats on this server still run (the tests
+    around this one)."""
+    frozen = ui_server.wait_log(r"start-up objects kept out of garbage collection: (\d+)", 30)
+    assert int(frozen.group(1)) > 100_000, frozen.group(0)
+
+
 def test_uploaded_csv_is_profiled(ui_server: UIServer) -> None:
     with ui_server.client() as client:
         file_id = client.upload("sales.csv", b"region,units,price\nnorth,3,2.5\nsouth,5,1.0\neast,7,4.25\n")

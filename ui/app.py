@@ -46,6 +46,7 @@ from ui.check import CheckReport, run_check_async  # noqa: E402
 from ui.drain import DRAIN  # noqa: E402
 from ui.files import uploads_from_elements  # noqa: E402
 from ui.guards import client_address  # noqa: E402
+from ui.heap import freeze_startup_objects  # noqa: E402
 from ui.history.usage import add_usage  # noqa: E402
 from ui.lifecycle import idle_note, session_error_text  # noqa: E402
 from ui.log_setup import setup as setup_log  # noqa: E402
@@ -107,6 +108,7 @@ async def on_app_startup() -> None:
     await server.open_chat_history(app)
     if app.config.llm.resolved_api_type != "offline" and server.SETTINGS.check_model_at_start:
         in_background(_check_model(app), "the model check at start")
+    freeze_startup_objects()  # last: everything start-up made is alive by now
 
 
 async def _check_model(app: TaskWeaverApp) -> None:

@@ -1,11 +1,15 @@
 """Warm kernels for new sessions, and a bound on how many kernels start at once.
 
-A kernel takes ~0.7 s to start, most of it CPU (importing IPython). ``KernelPool`` keeps
+A kernel takes ~0.1 s to start, most of it CPU. ``KernelPool`` keeps
 ``execution.pool_size`` sandboxed kernels started ahead, each for a pre-allocated session id and
 folder (the sandbox binds the folder at launch, so a kernel cannot change folders later); a new
 session adopts the id, the folder and the kernel, so each pooled kernel serves exactly one session.
 Plugins are loaded when the kernel starts (they are the app's, the same for every session); a
 session's variables reach the kernel with each execution.
+The pool refills while the server is quiet: only once no session has asked it for a kernel for
+``execution.pool_refill_quiet_s``, and then with as many starts at once as the start line allows. In a
+crowd every refill would take CPU from the people already waiting (a kernel started ahead is work done
+before it is needed); a pool sized for the crowd is filled before it and again after it.
 The folder a pooled kernel was started on was given to that kernel's own uid at its start
 (``sandbox.KernelBox``) and is the very folder its session adopts, so nothing changes hands here.
 
@@ -191,7 +195,8 @@ class WarmKernel:
 
 
 class KernelPool:
-    """Keeps ``size`` warm kernels; ``take`` hands one over for good and a refill starts in the background.
+    """Keeps ``size`` warm kernels; ``take`` hands one over for good; refills start in the background
+    once no session has asked for a kernel for ``quiet_s`` seconds, ``fillers`` at once.
 
     ``allocate()`` reserves a new session id and folder and returns an unstarted executor for it;
     ``discard(session_id)`` removes the folder of a kernel that no session took.
@@ -202,22 +207,30 @@ class KernelPool:
         size: int,
         allocate: Callable[[], WarmKernel],
         discard: Callable[[str], None],
+        quiet_s: float = 0.0,
+        fillers: int = 1,
     ) -> None:
         self.size = size
+        self.quiet_s = quiet_s
+        self.fillers = max(1, min(fillers, size))
         self._allocate = allocate
         self._discard = discard
         self._ready: list[WarmKernel] = []
         self._cond = threading.Condition()
         self._closed = False
         self._failures = 0
-        self._thread: threading.Thread | None = None
+        self._starting = 0  # refills in flight, counted against ``size``
+        self._last_asked = -float("inf")  # when a session last asked for a kernel (``take``)
+        self._threads: list[threading.Thread] = []
         self.handed_over = 0
 
     def start(self) -> "KernelPool":
-        """Begin filling the pool on a background thread (nothing happens when ``size`` is 0)."""
-        if self.size > 0 and self._thread is None:
-            self._thread = threading.Thread(target=self._fill, name="weaver-kernel-pool", daemon=True)
-            self._thread.start()
+        """Begin filling the pool on ``fillers`` background threads (nothing happens when ``size`` is 0)."""
+        if self.size > 0 and not self._threads:
+            for index in range(self.fillers):
+                thread = threading.Thread(target=self._fill, name=f"weaver-kernel-pool-{index}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
         return self
 
     @property
@@ -228,9 +241,10 @@ class KernelPool:
     def take(self) -> WarmKernel | None:
         """A started kernel no session has had, or None when none is ready (the caller starts its own)."""
         with self._cond:
+            self._last_asked = time.monotonic()  # asked, served or not: refills wait for quiet
             while self._ready:
                 warm = self._ready.pop(0)
-                self._cond.notify_all()  # the filler starts a replacement
+                self._cond.notify_all()  # a filler starts a replacement once the pool is quiet
                 if warm.executor.pid is not None:
                     self.handed_over += 1
                     return warm
@@ -257,19 +271,23 @@ class KernelPool:
             self._cond.notify_all()
         for warm in ready:
             self._drop(warm)
-        if self._thread is not None:
-            self._thread.join(timeout)  # the filler stops the kernel it was starting
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:  # each filler stops the kernel it was starting
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     # ----- the filler thread ---------------------------------------------------------------------
 
     def _fill(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and len(self._ready) >= self.size:
-                    self._cond.wait()
-                if self._closed:
+                if not self._wait_for_room():
                     return
-            warm = self._start_one()
+                self._starting += 1
+            try:
+                warm = self._start_one()
+            finally:
+                with self._cond:
+                    self._starting -= 1
             if warm is None:
                 self._back_off()
                 continue
@@ -281,6 +299,19 @@ class KernelPool:
                     continue
             self._drop(warm)  # closed while it started
             return
+
+    def _wait_for_room(self) -> bool:
+        """Under the lock: wait until the pool lacks a kernel nobody is starting and has been quiet
+        for ``quiet_s``; False once it is closed."""
+        while not self._closed:
+            if len(self._ready) + self._starting >= self.size:
+                self._cond.wait()
+                continue
+            quiet_in = self._last_asked + self.quiet_s - time.monotonic()
+            if quiet_in <= 0:
+                return True
+            self._cond.wait(quiet_in)
+        return False
 
     def _start_one(self) -> WarmKernel | None:
         try:
