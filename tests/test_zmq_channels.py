@@ -63,3 +63,22 @@ def test_only_signed_messages_of_the_protocol_s_shape_are_taken(kernel_side: Any
             client.get_iopub_msg(timeout=0.05)
     finally:
         client.stop_channels()
+
+
+def test_one_server_holds_channels_to_more_than_511_kernels(kernel_side: Any) -> None:
+    """ZMQ's default of 1,023 sockets a context let a server hold at most 511 kernels (two sockets
+    each): the 512th kernel failed to start. 600 kernels' channels open here, and the last still
+    talks to its kernel."""
+    info, shell, _iopub = kernel_side
+    clients: list[KernelChannels] = []
+    try:
+        for _ in range(600):
+            clients.append(KernelChannels(info))
+        msg_id = clients[-1].execute("print(1)")
+        kernel = Session(key=info["key"].encode(), signature_scheme="hmac-sha256")
+        shell.poll(10_000)
+        request = kernel.recv(shell, mode=0)[1]
+        assert request is not None and request["header"]["msg_id"] == msg_id
+    finally:
+        for client in clients:
+            client.stop_channels()

@@ -12,12 +12,19 @@ parsing, which nothing here reads; a part that is not a JSON object is dropped w
 Same method names as ``BlockingKernelClient`` and ``GatewayChannels``, so ``KernelRPC`` and
 ``user_run`` do not care which they have. Not thread-safe (ZMQ sockets are
 not): one caller at a time, as the executor's lock ensures.
+
+Every kernel's two sockets come from one ZMQ context of this module's (``channel_context``), made for
+as many sockets as ZMQ allows: a context's default is 1,023 sockets, so a server could hold no more
+than 511 kernels at once and the 512th failed to start. Each kernel also holds ~4 file descriptors
+here, so the process's soft limit on open files is raised to its hard limit with it.
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import resource
+import threading
 import time
 from hmac import compare_digest
 from typing import Any, Mapping
@@ -29,6 +36,35 @@ from core.execution.handle import ShellRequests
 
 RECONNECT_FIRST_MS = 5
 RECONNECT_MAX_MS = 100
+
+
+_context: zmq.Context[zmq.Socket[bytes]] | None = None
+_context_lock = threading.Lock()
+
+
+def channel_context() -> zmq.Context[zmq.Socket[bytes]]:
+    """The ZMQ context of every kernel's channels, sized for ZMQ's most sockets (made once)."""
+    global _context
+    with _context_lock:
+        if _context is None:
+            raise_open_files_limit()
+            context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+            context.max_sockets = context.get(zmq.SOCKET_LIMIT)  # before the first socket, as ZMQ requires
+            _context = context
+        return _context
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit; returns the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass  # kept as it was: the sockets' own error names the limit if it is ever reached
+    return soft
 
 
 class InvalidMessage(ValueError):
@@ -45,7 +81,7 @@ class KernelChannels(ShellRequests):
             signature_scheme=str(info.get("signature_scheme", "hmac-sha256")),
             username="weaver",
         )
-        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        context = channel_context()
         self._shell = context.socket(zmq.DEALER)
         self._iopub = context.socket(zmq.SUB)
         for sock in (self._shell, self._iopub):
