@@ -346,6 +346,29 @@ def run(argv: list[str], hidden: list[str]) -> None:
     app.start()
 
 
+def warm_caches() -> None:
+    """In the fork server, after ``prebuild``: what every kernel computes once, on its first cell, and
+    keeps: the tokenizer's pattern (``tokenize``, IPython splits each cell with it), the patterns of
+    IPython's startup files (``*.py``, ``*.ipy``: ``fnmatch``'s cache), and the prebuilt shell's
+    display formatters' printer tables (its first formatted value, e.g. the runtime's bootstrap
+    answer). Each is the same in every kernel and names nothing of any kernel; computed after the
+    fork, each compiled its pattern or built its tables anew and wrote to the shared pages of the
+    code that does it: ~0.2 MB per kernel (``bench/kernel_memory.py``)."""
+    import fnmatch
+    import io
+    import tokenize
+
+    from ipykernel.zmqshell import ZMQInteractiveShell
+
+    for _ in tokenize.generate_tokens(io.StringIO("pass\n").readline):
+        pass
+    for pattern in ("*.py", "*.ipy"):
+        fnmatch.filter([], pattern)
+    formatter = ZMQInteractiveShell.instance().display_formatter if ZMQInteractiveShell.initialized() else None
+    if formatter is not None:
+        formatter.format("")
+
+
 # Weaver's runtime in a kernel (what ``KernelRPC.bootstrap`` imports) and where a sandboxed kernel
 # finds Weaver's ``core`` (``sandbox.SANDBOX_ROOT``, a read-only bind of the folder this module is in).
 RUNTIME = "core.plugins.runtime"
