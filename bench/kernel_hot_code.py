@@ -1,4 +1,4 @@
-"""Regenerate ``core/execution/kernel_hot_code.txt``: the code an idle kernel runs after the fork.
+"""Regenerate ``core/execution/kernel_hot_code.txt``: the code a kernel runs after the fork.
 
 The fork server gathers these functions' code objects on pages of their own before the first fork
 (``kernel_main.gather_hot_code``): every call writes to its code object's reference count, so a
@@ -7,12 +7,13 @@ code objects a kernel runs cost it ~700 pages, gathered ~230 (``bench/kernel_mem
 
 This script does what the fork server does (``zygote.preload``), forks a kernel from itself as
 the fork server would (not sandboxed: the code it runs is the same), starts it as a session
-does (ready, Weaver's runtime bootstrapped), leaves it idle for a moment, shuts it down, and
-writes the code objects it called (every thread), one per line. Run it again after upgrading
+does (ready, Weaver's runtime bootstrapped), runs a user's cell in it as a session does, leaves
+it idle for a moment, shuts it down, and writes the code objects it called (every thread), one
+per line, with the fork server's helper's (``zygote``'s functions). Run it again after upgrading
 ipykernel, IPython, pyzmq, tornado, traitlets or jupyter_client, or after changing what a kernel
 does at its start: a stale list costs memory, never behaviour.
 
-    python bench/kernel_hot_code.py [--idle 2]
+    python bench/kernel_hot_code.py [--cells 2] [--idle 2]
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from core.execution import kernel_main, zygote  # noqa: E402
+from core.execution.launcher import kernel_env  # noqa: E402
+
+# A user's cell as a session runs it: output, a value shown, a name defined.
+CELL = "x = sum(range(10))\nprint('x is', x)\nx"
 
 
 class _Handle:
@@ -53,6 +58,16 @@ def _kernel(connection_file: str, hidden: list[str], out: Path, log: Path) -> No
         if event == "call":
             called.setdefault(id(frame.f_code), frame.f_code)
 
+    # A sandboxed kernel's environment and fresh folders (its profile and caches are made at its start).
+    private = log.parent
+    env = kernel_env("hot-code", None, home=private / "home")
+    env.update(IPYTHONDIR=str(private / "ipython"), MPLCONFIGDIR=str(private / "mpl"))
+    env["XDG_CACHE_HOME"] = str(private / "cache")
+    for folder in ("home", "work"):
+        (private / folder).mkdir()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(private / "work")
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -73,6 +88,7 @@ def _kernel(connection_file: str, hidden: list[str], out: Path, log: Path) -> No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cells", type=int, default=2, help="user cells run after the bootstrap")
     parser.add_argument("--idle", type=float, default=2.0, help="seconds the bootstrapped kernel stays idle")
     args = parser.parse_args()
     from jupyter_client import BlockingKernelClient
@@ -98,11 +114,20 @@ def main() -> None:
         client.start_channels()
         try:
             client.wait_for_ready(timeout=60)
-            report = KernelRPC(_Handle(client, pid)).bootstrap(  # type: ignore[arg-type]
+            rpc = KernelRPC(_Handle(client, pid))  # type: ignore[arg-type]
+            report = rpc.bootstrap(
                 {"session_id": "hot-code", "env_id": "local", "plugins": [], "session_var_limits": None}
             )
             if report.get("errors"):
                 raise SystemExit(f"the runtime's bootstrap failed: {report['errors']}")
+            for i in range(args.cells):
+                rpc.begin_execution({"execution_id": f"hot-{i}", "session_vars": {}})
+                msg_id = rpc.execute(CELL)
+                if not rpc.replies({msg_id}, 30):
+                    raise SystemExit("the kernel did not answer a cell")
+                while rpc.next_iopub(timeout=0.5) is not None:
+                    pass
+                rpc.threads_started()
             time.sleep(args.idle)
             client.shutdown()
         finally:
@@ -128,7 +153,7 @@ def main() -> None:
         f"# Written by bench/kernel_hot_code.py (Python {sys.version.split()[0]}): see kernel_main.gather_hot_code.\n"
     )
     kernel_main.HOT_CODE.write_text(header + "".join(key + "\n" for key in keys))
-    print(f"{len(keys)} code objects an idle kernel runs after the fork -> {kernel_main.HOT_CODE}")
+    print(f"{len(keys)} code objects a kernel runs after the fork -> {kernel_main.HOT_CODE}")
 
 
 if __name__ == "__main__":

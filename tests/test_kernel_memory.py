@@ -296,6 +296,12 @@ def test_gathered_code_runs_as_before(tmp_path: Path) -> None:
     assert identical == [False, False, True] and equal == [True, True, True] and inner_copied is True
 
 
+def test_without_its_list_the_fork_server_gathers_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A missing ``kernel_hot_code.txt`` (an installation without it) costs memory, never a start."""
+    monkeypatch.setattr(kernel_main, "HOT_CODE", tmp_path / "missing.txt")
+    assert kernel_main.gather_hot_code() == 0
+
+
 def test_the_idle_note_names_the_time_and_what_comes_back() -> None:
     assert "for 1 hour," in idle_note(3600, True) and "variables are being brought back" in idle_note(3600, True)
     assert "for 1.5 hours," in idle_note(5400, False) and "brought back" not in idle_note(5400, False)

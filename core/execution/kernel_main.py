@@ -534,15 +534,8 @@ def fill_malloc_holes() -> None:
             budget -= size
 
 
-def main() -> None:
-    run(sys.argv[1:], prepare())
-
-
-if __name__ == "__main__":
-    main()
-
-
-# The code an idle kernel runs after the fork (``bench/kernel_hot_code.py`` writes it): ``gather_hot_code``.
+# The code a kernel runs after the fork, at its start and first cells (``bench/kernel_hot_code.py`` writes it):
+# ``gather_hot_code``.
 HOT_CODE = pathlib.Path(__file__).with_name("kernel_hot_code.txt")
 _LIBRARY_ROOTS = tuple(
     sorted(
@@ -603,3 +596,11 @@ def gather_hot_code() -> int:
             count += 1
     _GATHERED.clear()
     return count
+
+
+def main() -> None:
+    run(sys.argv[1:], prepare())
+
+
+if __name__ == "__main__":
+    main()
