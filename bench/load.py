@@ -37,6 +37,7 @@ figure it measures meanwhile is that late) and the share of a core it used; the 
 client's lag p95 passes 20 ms or its CPU 80 % (use more ``--clients`` then).
 
 Memory: while the server runs, a process of the script (``--sampler``) samples every ``--sample-s``
+(or, when a look takes longer than a quarter of that, four times the look's time: at most a fifth of a core)
 the proportional set size (PSS: pages shared between processes counted in part) of every process under
 the started server: the server processes (``weaver ui`` and its Chainlit worker(s)), the fork
 server, the kernels and the sandboxes around them; it reports the peak of their sum with its parts
@@ -66,6 +67,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import secrets
 import select
 import signal
@@ -462,6 +464,9 @@ class Probe:
         }
 
 
+SAMPLER_WAIT_PER_COST = 4.0  # the sampler waits at least 4 times as long as its last look took
+
+
 def sampler_main(root: int, app_dir: str, period: float) -> None:
     """Sampler mode: one look every ``period`` s as a JSON line, until stdin closes. Its CPU is
     printed; on a busy machine that slice comes from every process alike, the kernels no more than
@@ -469,8 +474,12 @@ def sampler_main(root: int, app_dir: str, period: float) -> None:
     second of wall time and missed peaks.)"""
     probe = Probe(root, Path(app_dir) if app_dir else None)
     while True:
-        _say(probe.look())
-        readable, _, _ = select.select([sys.stdin], [], [], period)
+        look = probe.look()
+        _say(look)
+        # Reading every process's page tables grows with the processes: with a thousand kernels a look
+        # took ~0.6 s, a third of a core sampling every second. The sampler keeps to a fifth of a core.
+        wait = max(period, float(look["cost_s"]) * SAMPLER_WAIT_PER_COST)
+        readable, _, _ = select.select([sys.stdin], [], [], wait)
         if readable and not sys.stdin.readline():
             return
 
@@ -1207,8 +1216,31 @@ async def run_variant(args: argparse.Namespace, size: int, fork: bool, deadline:
             report.sampler_cpu_s = sampler.own_cpu_s
         report.stop_check = stop_check
         clean = show(report, run_args) and not left
+        if server.log is not None:
+            print(log_summary(server.log))
         row = {**summary(report, run_args), "processes_left_after_stop": len(left), "app_dir": str(server.app_dir)}
         return clean, row
+
+
+def log_summary(log: Path, shown: int = 3) -> str:
+    """The server log's warnings and errors: how many, and the most frequent messages (numbers
+    and ids blanked so repeats count together), so a run says when the server itself complained."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        return f"  {'server log':<24} not readable: {exc}"
+    kinds: dict[str, int] = {"ERROR": 0, "WARNING": 0}
+    messages: dict[str, int] = {}
+    for line in lines:
+        for kind in kinds:
+            if f" {kind} " in line:
+                kinds[kind] += 1
+                text = line.split(f" {kind} ", 1)[1]
+                key = re.sub(r"[0-9a-f]{8,}|\d+(\.\d+)?", "#", text)[:140]
+                messages[f"{kind} {key}"] = messages.get(f"{kind} {key}", 0) + 1
+    top = sorted(messages.items(), key=lambda item: -item[1])[:shown]
+    said = "".join(f"\n    {count} x {message}" for message, count in top)
+    return f"  {'server log':<24} {kinds['ERROR']} errors, {kinds['WARNING']} warnings{said}"
 
 
 async def main_async(args: argparse.Namespace) -> bool:

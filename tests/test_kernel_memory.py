@@ -4,6 +4,7 @@ kernel back (real kernels in their sandboxes; a real Chainlit server for the cha
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -353,3 +354,25 @@ def ancestors_below(pid: int, top: int) -> list[int]:
             return found
         found.append(parent)
         current = parent
+
+
+def test_a_kernel_adds_no_thread_to_the_server(tmp_path: Path) -> None:
+    """Each kernel's control socket shares the server's one ZMQ context: jupyter_client's own context
+    per kernel was two more threads (ZMQ's I/O and reaper) in the server for every kernel alive,
+    4,000 at a thousand kernels."""
+
+    def threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    kernels: list[KernelExecutor] = []
+    try:
+        for i in range(8):
+            if i == 4:  # the first four made what is made once (the context, the spawner's threads)
+                before = threads()
+            kernels.append(KernelExecutor(f"thr{i}", tmp_path / f"thr{i}" / "work", settings=ExecutionSettings()))
+            kernels[-1].start()
+        added = threads() - before
+    finally:
+        for kernel in kernels:
+            kernel.stop()
+    assert added <= 1, f"four more kernels added {added} threads to the server"

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 
+from core.execution.zmq_channels import channel_context
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # The session folder must not shadow modules the kernel or Weaver import: no cwd on sys.path at
@@ -74,7 +76,14 @@ def new_kernel_manager(
     specs = _OwnPythonSpecs()
     specs.argv_prefix = list(argv_prefix)
     specs.argv = list(argv)
-    km = KernelManager(kernel_name="weaver-python", kernel_spec_manager=specs, transport="ipc" if ipc_prefix else "tcp")
+    # The control socket jupyter_client opens to each kernel comes from the context of every kernel's
+    # channels: a manager's own context is two threads per kernel in the server (4,000 at a thousand).
+    km = KernelManager(
+        kernel_name="weaver-python",
+        kernel_spec_manager=specs,
+        transport="ipc" if ipc_prefix else "tcp",
+        context=channel_context(),
+    )
     if ipc_prefix is not None:
         km.ip = str(ipc_prefix)
     if connection_file is not None:
