@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MB = 1024 * 1024
 _KILL_ROUNDS = 50
+KILL_WAIT_S = 5.0  # the longest ``kill_all`` waits for a group's killed processes to be gone
 DATA_FALLBACK_FACTOR = 4
 
 
@@ -162,8 +163,13 @@ class KernelCgroups:
             return 0
 
     def kill_all(self) -> None:
-        """SIGKILL every process left in the group, including ones that called setsid()."""
-        for _ in range(_KILL_ROUNDS):
+        """SIGKILL every process left in the group, including ones that called setsid(), and wait
+        until they are gone: up to ``KILL_WAIT_S``, as a killed process on a machine busy with a
+        crowd can take a second to be scheduled and exit (0.5 s was too short: "survived" errors
+        for processes that were gone a moment later)."""
+        deadline = time.monotonic() + KILL_WAIT_S
+        pause = 0.01
+        while True:
             pids = self.pids()
             if not pids:
                 return
@@ -172,8 +178,13 @@ class KernelCgroups:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-            time.sleep(0.01)
-        logger.error("processes %s survived SIGKILL in their cgroup", sorted(self.pids()))
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+        left = sorted(self.pids())
+        if left:
+            logger.error("processes %s survived SIGKILL in their cgroup for %g s", left, KILL_WAIT_S)
 
     def remove(self) -> None:
         self.kill_all()
