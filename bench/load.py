@@ -50,6 +50,11 @@ offline (``--workers N`` passes ``--workers N`` to it when N > 1), and stops it 
 ``--compare-pool`` runs the same crowd twice in one run, with the pool on (``execution.pool_size`` as
 given) and off (0); ``--compare-fork`` once more with ``execution.fork_kernels`` flipped.
 
+At the end it prints the started server's log warnings and errors, counted, with the most frequent
+messages (numbers blanked so repeats count together): a run says when the server itself complained.
+A large ``--pool-size`` is waited for before the crowd (up to 0.3 s a kernel; the report says how
+long it took and whether it filled).
+
 Safety: only 127.0.0.1 targets are accepted; the run stops with a clear message when ``--timeout``
 passes, when the sampled PSS passes ``--max-memory-gb`` or when the machine's available memory falls
 below ``--min-available-gb``; at the end it stops the server it started (its process group, by its
