@@ -37,14 +37,19 @@ SHARED_PACKAGES = ("ipykernel", "IPython", "zmq", "tornado", "traitlets", "jupyt
 IDLE_S = 3.0
 
 
+def in_a_fork_server_python(code: str) -> bytes:
+    """The standard output of ``code`` run by a Python started as the fork server is."""
+    return subprocess.run(
+        [sys.executable, "-c", code], env=kernel_env("fork-server", None), cwd="/", capture_output=True, check=True
+    ).stdout
+
+
 def fork_server_modules() -> set[str]:
     """The fork server's modules: ``zygote.preload`` in a Python started as the fork server is."""
     code = (
         "import json, sys\nfrom core.execution import zygote\nzygote.preload()\nprint(json.dumps(sorted(sys.modules)))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=kernel_env("fork-server", None), cwd="/", capture_output=True, check=True
-    ).stdout
+    out = in_a_fork_server_python(code)
     return set(json.loads(out.decode().splitlines()[-1]))
 
 
@@ -220,9 +225,7 @@ def test_the_fork_server_leaves_few_free_blocks_for_kernels_to_fill() -> None:
         "kernel_main.fill_malloc_holes(); kernel_main.fill_free_slots()\n"
         "print(heap_before, gaps(), before, free(), sum(map(len, kernel_main._FILLERS)))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=kernel_env("fork-server", None), cwd="/", capture_output=True, check=True
-    ).stdout
+    out = in_a_fork_server_python(code)
     heap_before, heap_after, before, after, fillers = map(int, out.decode().split()[-5:])
     assert fillers > 1000 and after < before / 2, (before, after, fillers)
     assert heap_before > 50_000 and heap_after < heap_before / 4, (heap_before, heap_after)
@@ -245,9 +248,7 @@ def test_the_fork_server_gathers_the_code_kernels_run_on_pages_of_its_own() -> N
         "    stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))\n"
         "print(json.dumps([len(listed), len(set(found.values())), len(found), len({a // 4096 for a in found})]))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=kernel_env("fork-server", None), cwd="/", capture_output=True, check=True
-    ).stdout
+    out = in_a_fork_server_python(code)
     listed, keys_found, objects, pages = json.loads(out.decode().splitlines()[-1])
     assert listed > 500 and keys_found > 0.9 * listed, (listed, keys_found)
     # ~4.5 code objects a page gathered; scattered among the rest they were ~1.5 a page.
