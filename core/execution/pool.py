@@ -283,20 +283,22 @@ class KernelPool:
                 if not self._wait_for_room():
                     return
                 self._starting += 1
+            warm: WarmKernel | None = None
             try:
                 warm = self._start_one()
             finally:
-                with self._cond:
+                with self._cond:  # no longer starting and ready in one step: no other filler overfills
                     self._starting -= 1
+                    kept = False
+                    if warm is not None and not self._closed:
+                        self._ready.append(warm)
+                        self._failures, kept = 0, True
+                    self._cond.notify_all()
+            if kept:
+                continue
             if warm is None:
                 self._back_off()
                 continue
-            with self._cond:
-                if not self._closed:
-                    self._ready.append(warm)
-                    self._cond.notify_all()
-                    self._failures = 0
-                    continue
             self._drop(warm)  # closed while it started
             return
 
