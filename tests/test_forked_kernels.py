@@ -13,6 +13,7 @@ import select
 import signal
 import stat
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,6 +181,28 @@ def test_when_the_forked_kernel_dies_its_sandbox_ends_and_the_server_knows(kerne
     os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=10)  # the placeholder read end-of-file, bubblewrap took the sandbox down
     assert not kernel.alive()
+
+
+def test_many_threads_may_ask_at_once_whether_a_forked_kernel_lives(kernel: KernelProcess) -> None:
+    """A round's thread and a status check ask at the same moment under a crowd: the shared poll
+    object raised "concurrent poll() invocation" and that user's round failed inside Weaver."""
+    failures: list[BaseException] = []
+    answers: set[bool] = set()
+
+    def ask() -> None:
+        try:
+            for _ in range(3000):
+                answers.add(kernel.alive())
+        except BaseException as exc:  # noqa: BLE001 - what a round's thread would have raised
+            failures.append(exc)
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == [], failures[:3]
+    assert answers == {True}
 
 
 def test_a_child_the_kernel_forked_does_not_keep_a_dead_kernel_alive(kernel: KernelProcess) -> None:

@@ -26,6 +26,7 @@ import site
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
@@ -316,6 +317,7 @@ class KernelBox:
         self._kernel_pid: int | None = None
         self._pidfd: int | None = None
         self._exit_poller: select.poll | None = None
+        self._exit_poll_lock = threading.Lock()
         try:
             # A restarted kernel takes its folder's uid again when it is free: nothing to re-own.
             self.uid = _kernel_uid(settings, _owner(cwd)) if self.sandboxed else None
@@ -388,10 +390,13 @@ class KernelBox:
         return self._pidfd is not None
 
     def kernel_exited(self) -> bool:
-        """Whether a forked kernel is gone (its sandbox may still be held open by a child it forked)."""
+        """Whether a forked kernel is gone (its sandbox may still be held open by a child it forked).
+        Asked from any thread (a round's, a status check's): one poll object takes one caller at a
+        time, a second raised "concurrent poll() invocation" and failed that user's round."""
         if self._exit_poller is None:
             return False
-        return bool(self._exit_poller.poll(0))
+        with self._exit_poll_lock:
+            return bool(self._exit_poller.poll(0))
 
     @property
     def ipc_prefix(self) -> Path:
