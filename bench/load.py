@@ -1223,8 +1223,25 @@ async def run_variant(args: argparse.Namespace, size: int, fork: bool, deadline:
         clean = show(report, run_args) and not left
         if server.log is not None:
             print(log_summary(server.log))
+        if server.app_dir is not None and any(u.error for u in report.users):
+            print(first_failed_round(server.app_dir))
         row = {**summary(report, run_args), "processes_left_after_stop": len(left), "app_dir": str(server.app_dir)}
         return clean, row
+
+
+def first_failed_round(app_dir: Path, lines: int = 40) -> str:
+    """The first traceback in the sessions' logs (a round that failed inside Weaver logs one), so a
+    run with errors says where they came from before its temporary folder goes."""
+    for log in sorted((app_dir / "workspace" / "sessions").glob("*/session.log")):
+        try:
+            text = log.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for index, line in enumerate(text):
+            if line.startswith("Traceback (most recent call last)"):
+                shown = "\n    ".join(text[max(0, index - 1) : index + lines])
+                return f"  {'first traceback':<24} {log.parent.name}:\n    {shown}"
+    return f"  {'first traceback':<24} none in the sessions' logs"
 
 
 def log_summary(log: Path, shown: int = 3) -> str:
