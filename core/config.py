@@ -224,6 +224,9 @@ class ExecutionSettings(BaseModel):
     max_processes: int = Field(64, ge=0, description="processes and threads of a kernel and its children")
     disk_mb: int = Field(1024, ge=0, description="size of a session's folder")
     max_file_mb: int = Field(512, ge=0, description="size of any single file the kernel writes")
+    max_open_files: int = Field(
+        1024, ge=0, description="files and sockets one kernel process holds open at once (its RLIMIT_NOFILE)"
+    )
     nice: int = Field(10, ge=0, le=19, description="CPU priority of kernels below the server's")
     data_dir: Path | None = Field(
         None, description="project datasets, read-only in every kernel; default <app_dir>/data"

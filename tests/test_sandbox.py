@@ -285,6 +285,23 @@ def test_a_fork_loop_fails_inside_its_own_sandbox(tmp_path: Path) -> None:
         ex.stop()
 
 
+def test_a_kernel_holds_at_most_max_open_files_and_is_told_which_setting(tmp_path: Path) -> None:
+    """The server raises its own open-files limit for its kernels' sockets; user code keeps the
+    kernel's own (``execution.max_open_files``), soft and hard, and cannot raise it back."""
+    ex = small_kernel(tmp_path, max_open_files=64)
+    try:
+        res = ex.execute("import resource\nprint(*resource.getrlimit(resource.RLIMIT_NOFILE))")
+        assert res.is_success and res.stdout.split() == ["64", "64"], (res.stdout, res.error)
+        res = ex.execute("held = [open('many.txt', 'w') for _ in range(100)]")
+        assert not res.is_success and "Too many open files" in (res.error or "")
+        assert "execution.max_open_files" in (res.error or "")
+        res = ex.execute("resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))")
+        assert not res.is_success and "not allowed" in (res.error or ""), res.error
+        assert ex.execute("'still here'").result == "'still here'"
+    finally:
+        ex.stop()
+
+
 def test_writes_past_the_disk_limit_fail_clearly_and_uploads_are_refused(tmp_path: Path) -> None:
     ex = small_kernel(tmp_path, disk_mb=5, max_file_mb=3)
     try:

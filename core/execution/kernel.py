@@ -392,6 +392,8 @@ class KernelExecutor:
             res.error = f"{over}\n{res.error}" if res.error else over
         elif res.error is not None and ("File too large" in res.error or "No space left" in res.error):
             res.error += "\n" + self._disk_note()
+        elif res.error is not None and "Too many open files" in res.error and self.settings.max_open_files:
+            res.error += "\n" + messages.open_files_note(self.settings.max_open_files)
         res.is_success = res.error is None
         return res
 

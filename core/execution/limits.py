@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import resource
 import shlex
 import shutil
 import signal
@@ -38,6 +39,7 @@ class Limits:
     disk_mb: int = 1024
     max_file_mb: int = 512
     nice: int = 10
+    max_open_files: int = 1024
 
 
 def _own_cgroup(controller: str) -> Path | None:
@@ -219,6 +221,12 @@ def wrapper_argv(
         # Fallback only: RLIMIT_DATA counts reserved, not used, memory (pyarrow's allocator alone
         # reserves ~1 GB), so it is set well above the limit and bounds one process, not the tree.
         script.append(f"ulimit -d {limits.memory_mb * 1024 * DATA_FALLBACK_FACTOR} || exit 98")
+    if limits.max_open_files > 0:
+        # Soft and hard alike (code cannot raise it back), never above what the server may give: the
+        # server raises its own soft limit for its kernels' sockets, which must not pass to user code.
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        cap = limits.max_open_files if hard == resource.RLIM_INFINITY else min(limits.max_open_files, hard)
+        script.append(f"ulimit -n {cap} || exit 98")
     script.append("ulimit -c 0")
     # Nice and SCHED_IDLE order a kernel's processes among the other kernels. Against the web
     # server it is the kernels' shared cpu cgroup that counts (see ``KernelCgroups``): where Linux

@@ -99,6 +99,13 @@ def wrote_past_disk_limit(disk_note: str) -> str:
     return f"The code wrote past the session folder's limit. {disk_note}"
 
 
+def open_files_note(limit: int) -> str:
+    return (
+        f"A kernel may hold at most {limit} files open at once (execution.max_open_files). "
+        "Close files you are done with (a `with open(...)` block closes its file)."
+    )
+
+
 def disk_note(settings: ExecutionSettings, used_mb: float, too_deep: bool = False) -> str:
     """Why a write failed: the session folder's and each file's limit, and what is left."""
     parts = []

@@ -144,7 +144,14 @@ def uses_bwrap(settings: ExecutionSettings) -> bool:
 
 
 def limits_of(settings: ExecutionSettings) -> Limits:
-    return Limits(settings.memory_mb, settings.max_processes, settings.disk_mb, settings.max_file_mb, settings.nice)
+    return Limits(
+        settings.memory_mb,
+        settings.max_processes,
+        settings.disk_mb,
+        settings.max_file_mb,
+        settings.nice,
+        settings.max_open_files,
+    )
 
 
 def confinement_problems(settings: ExecutionSettings) -> list[str]:
