@@ -37,7 +37,7 @@ figure it measures meanwhile is that late) and the share of a core it used; the 
 client's lag p95 passes 20 ms or its CPU 80 % (use more ``--clients`` then).
 
 Memory: while the server runs, a process of the script (``--sampler``) samples every ``--sample-s``
-(or, when a look takes longer than a quarter of that, four times the look's time: at most a fifth of a core)
+(or, when a look takes longer than a ninth of that, nine times the look's time: at most a tenth of a core)
 the proportional set size (PSS: pages shared between processes counted in part) of every process under
 the started server: the server processes (``weaver ui`` and its Chainlit worker(s)), the fork
 server, the kernels and the sandboxes around them; it reports the peak of their sum with its parts
@@ -54,6 +54,10 @@ At the end it prints the started server's log warnings and errors, counted, with
 messages (numbers blanked so repeats count together): a run says when the server itself complained.
 A large ``--pool-size`` is waited for before the crowd (up to 0.3 s a kernel; the report says how
 long it took and whether it filled).
+Then the machine must be calm: the crowd starts once two seconds in a row were at least
+``--calm-idle`` idle (0.8; up to ``--calm-timeout`` s, and the report says whether it was). A
+crowd started while Linux still tore down the previous run's thousand sandboxes measured that
+work: in such runs the first answers took 22-64 s instead of under one.
 
 Safety: only 127.0.0.1 targets are accepted; the run stops with a clear message when ``--timeout``
 passes, when the sampled PSS passes ``--max-memory-gb`` or when the machine's available memory falls
@@ -93,7 +97,7 @@ from urllib.parse import urlparse
 
 import httpx
 import socketio
-from procs import alive, cpu_ticks, descendants, free_port, mem_available_kb, pss_kb, rss_kb
+from procs import alive, cpu_ticks, descendants, free_port, mem_available_kb, pss_kb, rss_kb, wait_until_calm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -469,7 +473,7 @@ class Probe:
         }
 
 
-SAMPLER_WAIT_PER_COST = 4.0  # the sampler waits at least 4 times as long as its last look took
+SAMPLER_WAIT_PER_COST = 9.0  # the sampler waits at least 9 times as long as its last look took
 
 
 def sampler_main(root: int, app_dir: str, period: float) -> None:
@@ -482,7 +486,8 @@ def sampler_main(root: int, app_dir: str, period: float) -> None:
         look = probe.look()
         _say(look)
         # Reading every process's page tables grows with the processes: with a thousand kernels a look
-        # took ~0.6 s, a third of a core sampling every second. The sampler keeps to a fifth of a core.
+        # took ~0.3-0.6 s, a third of a core sampling every second. The sampler keeps to a tenth of a
+        # core (a fifth was 15 % of a core, 18 CPU-s, in a 1,000-person run: taken from the crowd).
         wait = max(period, float(look["cost_s"]) * SAMPLER_WAIT_PER_COST)
         readable, _, _ = select.select([sys.stdin], [], [], wait)
         if readable and not sys.stdin.readline():
@@ -723,6 +728,7 @@ class Report:
     sampler_cpu_s: float = 0.0
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     pool_fill: tuple[int, float, bool] | None = None  # pooled kernels wanted, seconds waited, filled
+    calm: tuple[bool, float, float] | None = None  # the machine before the crowd: calm, seconds waited, idle share
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     stopped: str | None = None
     logins: tuple[int, int, int] | None = None  # logins, distinct names, distinct client addresses
@@ -824,11 +830,13 @@ async def crowd(
         pool_fill = (wanted, time.monotonic() - waited, filled)
     else:
         pool_fill = None
+    calm = await asyncio.to_thread(wait_until_calm, args.calm_idle, min(args.calm_timeout, deadline - time.monotonic()))
     spids = server_pids(root) if root is not None else []
     report = Report(label, [], 0.0)
     report.server_rss_before_kb = sum(rss_kb(p) for p in spids)
     report.load_before = os.getloadavg()
     report.pool_fill = pool_fill
+    report.calm = calm
     n_clients = max(1, min(args.users, args.clients or default_clients(args.users)))
     run = secrets.token_hex(3)
     spacing = args.arrival / args.users if args.users > 1 else 0.0
@@ -1097,6 +1105,14 @@ def show(report: Report, args: argparse.Namespace) -> bool:
             f"  {'warm pool before':<24} {wanted} kernels {'ready' if filled else 'NOT all ready'} "
             f"after {waited_s:.1f} s of waiting"
         )
+    if report.calm is not None:
+        calm, waited_s, idle = report.calm
+        said = (
+            f"calm after {waited_s:.1f} s of waiting"
+            if calm
+            else f"NOT calm after {waited_s:.1f} s (--calm-idle {args.calm_idle:g}): other work took the cores"
+        )
+        print(f"  {'machine before':<24} {idle:.0%} idle, {said}")
     if not report.stopped:
         went = "stayed" if args.stay else "left"
         print(f"  {'wall time':<24} {report.wall_s:.1f} s ({len(ok)} users done; they {went})")
@@ -1141,7 +1157,8 @@ def show(report: Report, args: argparse.Namespace) -> bool:
         print(
             f"  {'  each part at its peak':<24} servers {_gib(report.peak_part_kb['server'])}, "
             f"kernels {_gib(report.peak_part_kb['kernel'])}; machine memory available fell to "
-            f"{_gib(report.min_available_kb)} (sampled every {args.sample_s:g} s, "
+            f"{_gib(report.min_available_kb)} (sampled every "
+            f"{max(args.sample_s, report.sample_cost_s * SAMPLER_WAIT_PER_COST):.1f} s, "
             f"{report.sample_cost_s * 1000:.0f} ms a sample, {report.sampler_cpu_s:.1f} CPU-s in all)"
         )
         print(f"  {'peak live kernels':<24} {report.peak_kernels} ({report.peak_session_kernels} holding a session)")
@@ -1340,6 +1357,13 @@ def main() -> None:
         "--min-available-gb", type=float, default=3.0, help="stop when the machine's MemAvailable falls below (3)"
     )
     parser.add_argument("--sample-s", type=float, default=1.0, help="memory sampling period (default 1 s)")
+    parser.add_argument(
+        "--calm-idle",
+        type=float,
+        default=0.8,
+        help="before the crowd, wait until the machine is this idle two seconds in a row (0.8)",
+    )
+    parser.add_argument("--calm-timeout", type=float, default=120.0, help="longest wait for that (120 s; 0: none)")
     parser.add_argument("--url", help="drive this server (127.0.0.1 only) instead of starting one")
     parser.add_argument("--json", help="also write the summary of each run to this file")
     args = parser.parse_args()

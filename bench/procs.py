@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 
@@ -90,3 +91,35 @@ def cpu_ticks(pid: int) -> int:
         return int(fields[11]) + int(fields[12])
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def machine_idle_share(window_s: float) -> float:
+    """The share of the machine's CPU time (all cores, /proc/stat) that was idle over ``window_s``."""
+
+    def read() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            ticks = [int(x) for x in stat.readline().split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks[:8])  # idle + iowait; user .. steal
+
+    idle_before, total_before = read()
+    time.sleep(window_s)
+    idle_after, total_after = read()
+    return (idle_after - idle_before) / max(1, total_after - total_before)
+
+
+def wait_until_calm(
+    min_idle: float, timeout_s: float, window_s: float = 1.0, windows: int = 2
+) -> tuple[bool, float, float]:
+    """Wait until ``windows`` windows in a row were at least ``min_idle`` idle, or ``timeout_s``.
+
+    A crowd measured while the previous run's thousand sandboxes are still being torn down by Linux
+    (or anything else takes the cores) measures that work, not the server. Returns (calm, seconds
+    waited, the last window's idle share)."""
+    start = time.monotonic()
+    calm_windows, idle = 0, 0.0
+    while calm_windows < windows:
+        if time.monotonic() - start >= timeout_s:
+            return False, time.monotonic() - start, idle
+        idle = machine_idle_share(window_s)
+        calm_windows = calm_windows + 1 if idle >= min_idle else 0
+    return True, time.monotonic() - start, idle
