@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import time
 import uuid
@@ -21,7 +22,7 @@ import pytest
 from core import TaskWeaverApp
 from core.config import ExecutionSettings
 from core.errors import SandboxUnavailableError
-from core.execution import kernel_procs, kernel_users, sandbox
+from core.execution import kernel_procs, kernel_users, limits, sandbox
 from core.execution.kernel import KernelExecutor
 from core.execution.launcher import REPO_ROOT
 from core.execution.local_backend import LocalBackend
@@ -231,6 +232,35 @@ def test_kernel_runs_at_lower_priority_than_the_server(pair) -> None:
     assert shutil.which("chrt") is None or os.sched_getscheduler(a.executor.kernel_pid) == os.SCHED_IDLE
     reported = run_in_a(pair, "from ipykernel.connect import get_connection_file\nprint(get_connection_file())")
     assert kernel_procs.kernel_host_pid(reported.strip()) == a.executor.kernel_pid  # how tests find a kernel's pid
+
+
+def _cpu_group(pid: int) -> str:
+    """The process's cgroup (v1) path in the cpu hierarchy."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        if "cpu" in names.split(","):
+            return path
+    return ""
+
+
+def test_a_killed_kernel_dies_at_the_servers_priority_not_the_kernels(tmp_path: Path) -> None:
+    """A dying process still does its exit's work in Linux (unmapping, its sandbox's namespaces);
+    at the kernels' priority a crowd starved that work while it held locks others wait for."""
+    ex = small_kernel(tmp_path)
+    try:
+        ex.execute("x = 1")
+        pid = ex.kernel_pid
+        assert pid is not None
+        if os.sched_getscheduler(pid) != os.SCHED_IDLE or "/weaver/" not in _cpu_group(pid):
+            pytest.skip("kernels here have no SCHED_IDLE or no cpu cgroup of their own")
+        os.kill(pid, signal.SIGSTOP)  # it runs no code of its own from here, as after SIGKILL
+        limits.hasten_exit({pid})
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0)  # the server's nice
+        assert _cpu_group(pid) == _cpu_group(os.getpid())  # out of the kernels' low-weight group
+    finally:
+        ex.stop()
+    assert not pid_alive(pid)  # the stop killed it, stopped or not
 
 
 # ----- limits --------------------------------------------------------------------------------
