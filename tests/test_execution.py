@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import pytest
 
 from core.cancel import CancelToken
 from core.execution.kernel import KernelExecutor
+from core.execution.kernel_rpc import MAX_POLL_SECONDS, POLL_SECONDS, WAITING, WAITS_PER_POLL_STEP, poll_seconds
 from core.execution.result import Artifact, ExecutionResult
 from tests.conftest import pid_alive
 
@@ -108,6 +110,29 @@ def test_cancel_from_another_thread(executor: KernelExecutor) -> None:
     assert res.cancelled and not res.is_success and not res.timed_out
     assert time.monotonic() - started < 10
     assert "cancelled" in res.summary().splitlines()[0]
+    assert executor.execute("1 + 1").result == "2"
+
+
+def test_many_waits_at_once_poll_less_often_and_a_cancel_still_gets_through(executor: KernelExecutor) -> None:
+    """When kernels fall behind, waits pile up; their polls slow down together so that their
+    wake-ups do not take the CPU the kernels need, and a run still ends, and still stops on cancel."""
+    assert poll_seconds(1) == poll_seconds(WAITS_PER_POLL_STEP) == POLL_SECONDS
+    assert POLL_SECONDS < poll_seconds(4 * WAITS_PER_POLL_STEP) < MAX_POLL_SECONDS == poll_seconds(10_000)
+    before = WAITING.count
+    with contextlib.ExitStack() as others:
+        for _ in range(199):  # the process's other waits, as in a crowd
+            others.enter_context(WAITING)
+        assert executor.execute("6 * 7").result == "42"
+        token = CancelToken()
+        timer = threading.Timer(0.5, token.cancel)
+        timer.start()
+        try:
+            started = time.monotonic()
+            res = executor.execute("import time\nfor _ in range(1000):\n    time.sleep(0.05)", cancel=token)
+        finally:
+            timer.cancel()
+        assert res.cancelled and time.monotonic() - started < 10
+    assert WAITING.count == before  # every wait that ended left the count
     assert executor.execute("1 + 1").result == "2"
 
 

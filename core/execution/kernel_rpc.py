@@ -10,15 +10,49 @@ from __future__ import annotations
 import ast
 import json
 import queue
+import threading
 import time
 from typing import Any
 
 from core.execution.handle import KernelHandle
 
-POLL_SECONDS = 0.1
+POLL_SECONDS = 0.1  # one wait alone; with many waiting, up to MAX_POLL_SECONDS
+MAX_POLL_SECONDS = 1.0
+WAITS_PER_POLL_STEP = 20  # every 20 more waits in the process add 0.1 s to each one's poll
 SILENT_TIMEOUT_SECONDS = 30.0
 NO_REPLY_GRACE_SECONDS = 1.0
 UNCLAIMED_KEPT = 8  # after the idle status, how long a missing reply is waited for
+
+
+class _Waiting:
+    """How many threads of this process wait on a kernel now (a user's run, a bookkeeping call).
+
+    Each wait wakes up every poll to look at its deadline, its cancel and its kernel. When kernels
+    fall behind (a crowd), more waits pile up, and at a fixed rate their wake-ups took the CPU the
+    kernels needed to catch up, so more piled up still: the waits slow their polls as they grow."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+WAITING = _Waiting()
+
+
+def poll_seconds(waiting: int) -> float:
+    """How long one wait listens before it looks again: ``POLL_SECONDS`` alone, longer with many
+    waiting, so that their wake-ups together stay about as many as 20 waits make."""
+    return min(MAX_POLL_SECONDS, POLL_SECONDS * max(1.0, waiting / WAITS_PER_POLL_STEP))
+
+
 _RUNTIME = "__import__('core.plugins.runtime', fromlist=['bootstrap'])"
 _COLLECT = "weaver_collect"
 _COLLECT_CODE = f"{_RUNTIME}.collect()"
@@ -147,10 +181,14 @@ class KernelRPC:
         msg_id = kc.execute(
             code, silent=True, store_history=False, user_expressions=user_expressions or {}, allow_stdin=False
         )
+        with WAITING:
+            return self._silent_reply(kc, msg_id)
+
+    def _silent_reply(self, kc: Any, msg_id: str) -> dict[str, Any]:
         deadline = time.monotonic() + SILENT_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
             try:
-                reply = kc.get_shell_msg(timeout=POLL_SECONDS)
+                reply = kc.get_shell_msg(timeout=poll_seconds(WAITING.count))
             except queue.Empty:
                 if not self.process.alive():
                     raise KernelDiedError("the kernel exited") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from core.execution.handle import KernelHandle
-from core.execution.kernel_rpc import KernelRPC
+from core.execution.kernel_rpc import WAITING, KernelRPC, poll_seconds
 from core.execution.live_output import LiveOutput
 from core.execution.outputs import OutputCollector
 
@@ -24,6 +24,9 @@ INTERRUPT_REPEAT_SECONDS = 2.0
 EARLY_REPEAT_SECONDS = 0.25
 BUSY_SETTLE_SECONDS = 0.2
 DISK_CHECK_SECONDS = 0.1
+# The disk walks of all the runs waiting in this process together take at most about this share
+# of a core (see ``kernel_rpc.WAITING``).
+CHECKS_CPU_SHARE = 0.1
 
 
 @dataclass
@@ -57,7 +60,8 @@ def run_user_code(
     """
     run = Run(OutputCollector(cwd, live=live))
     try:
-        return _wait(run, process, rpc, code, timeout, should_stop, disk_over, live)
+        with WAITING:
+            return _wait(run, process, rpc, code, timeout, should_stop, disk_over, live)
     finally:
         if live is not None:
             live.flush()
@@ -78,7 +82,8 @@ def _wait(
     grace_end = next_interrupt = next_alive = next_disk = 0.0
     busy_since: float | None = None
     while True:
-        msg = rpc.next_iopub()
+        waiting = WAITING.count
+        msg = rpc.next_iopub(poll_seconds(waiting))
         if msg is not None and msg.get("parent_header", {}).get("msg_id") == msg_id:
             if busy_since is None and msg["content"].get("execution_state") == "busy":
                 busy_since = time.monotonic()
@@ -88,14 +93,16 @@ def _wait(
             live.poll()
         now = time.monotonic()
         if msg is None or now >= next_alive:
-            next_alive = now + ALIVE_CHECK_SECONDS
+            next_alive = now + max(ALIVE_CHECK_SECONDS, poll_seconds(waiting))
             if not process.alive():
                 run.died = True
                 return run
         if run.stop_reason is None and disk_over is not None and now >= next_disk:
             over = disk_over()
-            # A folder of many files takes a while to walk: keep that under ~10% of a core.
-            next_disk = time.monotonic() + max(DISK_CHECK_SECONDS, 10 * (time.monotonic() - now))
+            # A folder of many files takes a while to walk: the walks of all waiting runs together
+            # are kept to ~CHECKS_CPU_SHARE of a core.
+            walked = time.monotonic() - now
+            next_disk = time.monotonic() + max(DISK_CHECK_SECONDS, walked * max(1, waiting) / CHECKS_CPU_SHARE)
             if over:
                 run.disk_full = True
                 run.stop_reason = "disk"
