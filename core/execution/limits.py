@@ -211,10 +211,11 @@ class KernelCgroups:
 
 def hasten_exit(pids: set[int]) -> None:
     """Let killed processes finish dying at the server's priority: out of the kernels' cpu group,
-    ``SCHED_OTHER`` at nice 0. Only for processes already sent SIGKILL, which run no code of their
-    own again, so nothing a user wrote gains the priority. Best effort: a process may be gone, and
-    without privileges the priority stays as it was."""
+    ``SCHED_OTHER`` at the server's nice. Only for processes already sent SIGKILL, which run no code
+    of their own again, so nothing a user wrote gains the priority. Best effort: a process may be
+    gone, and without privileges the priority stays as it was."""
     server_cpu_group = _own_cgroup("cpu")
+    server_nice = os.getpriority(os.PRIO_PROCESS, 0)
     for pid in pids:
         if server_cpu_group is not None:
             try:
@@ -223,7 +224,7 @@ def hasten_exit(pids: set[int]) -> None:
                 pass
         try:
             os.sched_setscheduler(pid, os.SCHED_OTHER, os.sched_param(0))
-            os.setpriority(os.PRIO_PROCESS, pid, 0)
+            os.setpriority(os.PRIO_PROCESS, pid, server_nice)
         except OSError:
             pass
 
