@@ -179,12 +179,14 @@ class KernelCgroups:
             pids = self.pids()
             if not pids:
                 return
+            killed = set()
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
+                    killed.add(pid)
                 except OSError:
-                    pass
-            hasten_exit(pids)
+                    pass  # gone already: its pid is not touched again (it could be another's by now)
+            hasten_exit(killed)
             if time.monotonic() >= deadline:
                 break
             time.sleep(pause)
