@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sqlite3
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,24 @@ def test_schema_created_on_first_open_and_migrated(db: DB) -> None:
     if db.kind == "sqlite":
         for name in ("weaver.db", "files"):
             assert (db.app_dir / name).stat().st_mode & 0o077 == 0, f"{name} is readable by others"
+
+
+def test_servers_starting_together_on_a_new_sqlite_file_all_open_it(tmp_path: Path) -> None:
+    """``weaver ui --workers N`` on a first start: every worker opens the new file at the same moment.
+    Each switches it to WAL; SQLite fails all but one of those switches at once, past its busy timeout."""
+
+    async def open_together(app_dir: Path, servers: int) -> list[int]:
+        layers = await asyncio.gather(*(open_history(app_dir, None, server_id=f"w{i}") for i in range(servers)))
+        try:
+            return [await schema_version(layer.engine) for layer in layers]
+        finally:
+            await asyncio.gather(*(layer.close() for layer in layers))
+
+    for attempt in range(12):
+        app_dir = tmp_path / f"start{attempt}"
+        assert asyncio.run(open_together(app_dir, 4)) == [SCHEMA_VERSION] * 4
+        with sqlite3.connect(app_dir / "weaver.db") as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_database_settings() -> None:

@@ -38,7 +38,7 @@ from chainlit.data.storage_clients.base import BaseStorageClient
 from ui.history.batches import Batches
 from ui.history.elements import Elements
 from ui.history.feedback import Feedbacks
-from ui.history.rows import is_thread_id, sqlite_transactions
+from ui.history.rows import SQLITE_BUSY_TIMEOUT_S, is_thread_id, sqlite_transactions
 from ui.history.schema import migrate
 from ui.history.shares import Shares
 from ui.history.spool import Rows, Spool, orphans
@@ -82,9 +82,10 @@ class WeaverDataLayer(Users, Threads, Steps, Elements, Feedbacks, Shares, SQLAlc
     ) -> None:
         is_sqlite = database_url.startswith("sqlite")
         asyncpg = {"timeout": PG_CONNECT_TIMEOUT_S, "command_timeout": PG_COMMAND_TIMEOUT_S}
+        sqlite = {"timeout": SQLITE_BUSY_TIMEOUT_S}
         super().__init__(
             conninfo=database_url,
-            connect_args={"timeout": 30} if is_sqlite else asyncpg if "+asyncpg" in database_url else None,
+            connect_args=sqlite if is_sqlite else asyncpg if "+asyncpg" in database_url else None,
             storage_provider=storage,
             user_thread_limit=user_thread_limit,
         )

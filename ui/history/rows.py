@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -114,6 +116,10 @@ def read_bytes(path: str) -> bytes:
 
 
 READ_ONLY = "weaver_read_only"  # execution option of a connection that only reads
+SQLITE_BUSY_TIMEOUT_S = 30.0  # how long a connection waits for another's lock on the file
+_SQLITE_BUSY = 5  # SQLite's result code for "database is locked"
+_WAL_RETRY_FIRST_S = 0.005
+_WAL_RETRY_MAX_S = 0.1
 
 
 def sqlite_transactions(sync_engine: Any) -> None:
@@ -127,10 +133,31 @@ def sqlite_transactions(sync_engine: Any) -> None:
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
+        try:
+            _switch_to_wal(cursor)
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
 
     @event.listens_for(sync_engine, "begin")
     def _begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the file, for at most
+    ``SQLITE_BUSY_TIMEOUT_S``. On a new file two servers (``weaver ui --workers 2``) switch at the same
+    moment; each holds a read lock while asking for the write lock, so SQLite fails one at once
+    ("database is locked") rather than wait into a deadlock, and its busy timeout does not apply."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    pause = _WAL_RETRY_FIRST_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", None) == _SQLITE_BUSY
+            if not busy or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)  # on the driver's own thread (aiosqlite's), never the event loop
+        pause = min(pause * 2, _WAL_RETRY_MAX_S)
