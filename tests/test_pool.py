@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from core import PostEventType, PostStatus, SessionEventHandler, TaskWeaverApp, TaskWeaverEvent
-from core.execution import kernel_procs
+from core.execution import kernel_procs, limits
 from core.execution.pool import StartCancelled, StartGate
 from tests.conftest import FIXTURE_APP, pid_alive
 
@@ -89,20 +89,39 @@ def test_the_pool_refills_with_new_kernels_and_never_hands_one_out_twice(pooled_
         later.stop()
 
 
-def test_app_stop_stops_the_pooled_kernels_and_removes_their_folders(tmp_path: Path) -> None:
-    application = TaskWeaverApp(app_dir=tmp_path / "app", config={"execution.pool_size": 2})
-    assert application.pool.wait_ready(2, READY_TIMEOUT_S)
+def test_app_stop_stops_the_pooled_kernels_and_removes_their_folders_and_cgroups(tmp_path: Path) -> None:
+    """The pool's kernels are stopped side by side (``CLOSE_THREADS`` at a time), so a large pool is
+    gone within a server's stop: nothing of any of them is left, their cgroups included."""
+    size = 8
+    application = TaskWeaverApp(
+        app_dir=tmp_path / "app", config={"execution.pool_size": size, "execution.pool_refill_quiet_s": 0}
+    )
+    assert application.pool.wait_ready(size, READY_TIMEOUT_S * 2)
     taken = application.get_session()
     sessions = tmp_path / "app" / "workspace" / "sessions"
-    assert application.pool.wait_ready(2, READY_TIMEOUT_S)
+    assert application.pool.wait_ready(size, READY_TIMEOUT_S * 2)
     pooled = [p for p in sessions.iterdir() if p.name != taken.session_id]
-    assert len(pooled) == 2
+    assert len(pooled) == size
     pids = [int(pid) for pid in _kernel_pids(sessions)]
-    assert len(pids) == 3 and all(pid_alive(pid) for pid in pids)
+    assert len(pids) == size + 1 and all(pid_alive(pid) for pid in pids)
+    groups = {group for pid in pids for group in _kernel_cgroups(pid)}
+    assert len(groups) >= size + 1 and all(group.is_dir() for group in groups)
     application.stop()
     assert not any(pid_alive(pid) for pid in pids)
     assert not any(p.exists() for p in pooled)  # never a session: nothing to keep
     assert (sessions / taken.session_id).is_dir()  # a real session keeps its folder and log
+    assert sorted(str(group) for group in groups if group.exists()) == []
+
+
+def _kernel_cgroups(pid: int) -> list[Path]:
+    """The cgroup folders (v1) made for the kernel ``pid``: those named after its sandbox, under
+    ``weaver/`` of each controller; none where this machine gives kernels no cgroups."""
+    found = []
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        if "/weaver/" in path and names:
+            found.append(limits.CGROUP_ROOT / names.split(",")[0] / path.lstrip("/"))
+    return found
 
 
 def _kernel_pids(sessions: Path) -> list[int]:
