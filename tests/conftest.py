@@ -28,6 +28,16 @@ def pid_alive(pid: int) -> bool:
     return "State:\tZ" not in status
 
 
+def cgroups_of(pid: int) -> dict[str, str]:
+    """The process's cgroup (v1) path in each hierarchy, by controller (``cpu``, ``memory``, ...)."""
+    found = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        for name in filter(None, names.split(",")):
+            found[name] = path
+    return found
+
+
 @pytest.fixture(scope="module")
 def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("app")

@@ -20,7 +20,7 @@ import pytest
 from core import PostEventType, PostStatus, SessionEventHandler, TaskWeaverApp, TaskWeaverEvent
 from core.execution import kernel_procs, limits
 from core.execution.pool import StartCancelled, StartGate
-from tests.conftest import FIXTURE_APP, pid_alive
+from tests.conftest import FIXTURE_APP, cgroups_of, pid_alive
 
 READY_TIMEOUT_S = 60.0
 
@@ -116,12 +116,11 @@ def test_app_stop_stops_the_pooled_kernels_and_removes_their_folders_and_cgroups
 def _kernel_cgroups(pid: int) -> list[Path]:
     """The cgroup folders (v1) made for the kernel ``pid``: those named after its sandbox, under
     ``weaver/`` of each controller; none where this machine gives kernels no cgroups."""
-    found = []
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, names, path = line.split(":", 2)
-        if "/weaver/" in path and names:
-            found.append(limits.CGROUP_ROOT / names.split(",")[0] / path.lstrip("/"))
-    return found
+    return [
+        limits.CGROUP_ROOT / name / path.lstrip("/")
+        for name, path in cgroups_of(pid).items()
+        if "/weaver/" in path and (limits.CGROUP_ROOT / name).is_dir()
+    ]
 
 
 def _kernel_pids(sessions: Path) -> list[int]:

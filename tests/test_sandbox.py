@@ -26,7 +26,7 @@ from core.execution import kernel_procs, kernel_users, limits, sandbox
 from core.execution.kernel import KernelExecutor
 from core.execution.launcher import REPO_ROOT
 from core.execution.local_backend import LocalBackend
-from tests.conftest import FIXTURE_APP, pid_alive
+from tests.conftest import FIXTURE_APP, cgroups_of, pid_alive
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -236,11 +236,7 @@ def test_kernel_runs_at_lower_priority_than_the_server(pair) -> None:
 
 def _cpu_group(pid: int) -> str:
     """The process's cgroup (v1) path in the cpu hierarchy."""
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
-        _, names, path = line.split(":", 2)
-        if "cpu" in names.split(","):
-            return path
-    return ""
+    return cgroups_of(pid).get("cpu", "")
 
 
 def test_a_killed_kernel_dies_at_the_servers_priority_not_the_kernels(tmp_path: Path) -> None:
